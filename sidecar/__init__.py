@@ -1,0 +1,3 @@
+"""plasma-sidecar: a localhost daemon that owns the image-generation device for a manga page pipeline."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,109 @@
+"""The app factory: builds the aiohttp application with its typed state and background lifecycle.
+
+Tests call `create_app(settings, backend)` with their own settings and (fake-backed) backend; `sidecar
+serve` calls it with the effective configuration. Every background resource (store, backend, template
+watcher, job runner) is started and stopped by `cleanup_ctx`, in that order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from sidecar.api import events, health, jobs, training
+from sidecar.api.errors import error_middleware
+from sidecar.api.keys import BACKEND, BUILDER, DEVICE, EVENTS, PROFILE, RUNNER, SETTINGS, STORE, TEMPLATES
+from sidecar.backend import GenerationBackend
+from sidecar.config import Settings
+from sidecar.errors import SidecarError
+from sidecar.events import EventBus
+from sidecar.jobs.build import JobBuilder
+from sidecar.jobs.device import Device
+from sidecar.jobs.runner import JobRunner
+from sidecar.jobs.store import JobStore
+from sidecar.profiles import get_profile
+from sidecar.workflows import TemplateStore
+
+log = logging.getLogger("sidecar")
+
+
+def make_backend(settings: Settings) -> GenerationBackend:
+    """The backend the settings ask for. Imported lazily: the embedded engine pulls in torch."""
+    if settings.resolved_engine == "comfyui":
+        from sidecar.comfy.backend import ComfyBackend
+
+        return ComfyBackend(settings)
+    from sidecar.engine.backend import EmbeddedBackend
+
+    return EmbeddedBackend(settings)
+
+
+def create_app(settings: Settings, backend: GenerationBackend | None = None) -> web.Application:
+    app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_body_bytes)
+    backend = backend or make_backend(settings)
+    profile = get_profile(settings.profile)
+    store = JobStore(settings.db_path)
+    device = Device()
+    bus = EventBus()
+
+    async def known_types() -> set[str] | None:
+        try:
+            return await backend.known_node_types()
+        except (SidecarError, OSError) as exc:
+            log.warning("cannot ask the backend for its node types yet (%s); validating templates without", exc)
+            return None
+
+    templates = TemplateStore(settings.workflows_dir, known_types)
+    app[SETTINGS] = settings
+    app[PROFILE] = profile
+    app[STORE] = store
+    app[BACKEND] = backend
+    app[DEVICE] = device
+    app[EVENTS] = bus
+    app[TEMPLATES] = templates
+    app[BUILDER] = JobBuilder(settings, profile, templates, backend)
+    app[RUNNER] = JobRunner(store, backend, device, bus, settings.jobs_dir)
+
+    app.cleanup_ctx.append(_store_ctx)
+    app.cleanup_ctx.append(_backend_ctx)
+    app.cleanup_ctx.append(_templates_ctx)
+    app.cleanup_ctx.append(_runner_ctx)
+    app.router.add_routes(health.routes)
+    app.router.add_routes(jobs.routes)
+    app.router.add_routes(events.routes)
+    training.setup_routes(app)
+    return app
+
+
+async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
+    app[SETTINGS].data_dir.mkdir(parents=True, exist_ok=True)
+    await app[STORE].open()
+    yield
+    await app[STORE].close()
+
+
+async def _backend_ctx(app: web.Application) -> AsyncIterator[None]:
+    await app[BACKEND].start()
+    yield
+    await app[BACKEND].stop()
+
+
+async def _templates_ctx(app: web.Application) -> AsyncIterator[None]:
+    store = app[TEMPLATES]
+    await store.load()  # a broken template set at start-up is fatal: nothing could run
+    stop = asyncio.Event()
+    watcher = asyncio.create_task(store.watch(stop), name="template-watcher")
+    yield
+    stop.set()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await asyncio.wait_for(watcher, 2)
+
+
+async def _runner_ctx(app: web.Application) -> AsyncIterator[None]:
+    await app[RUNNER].start()
+    yield
+    await app[RUNNER].stop()

@@ -1,0 +1,97 @@
+"""The HTTP edge of errors: the middleware mapping `SidecarError` to its body and status, request
+logging (one line per request), and typed body parsing (JSON -> pydantic, pydantic errors -> our codes).
+Handlers raise; only this module builds error responses.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from sidecar.errors import InvalidField, InvalidJson, NotFound, PayloadTooLarge, SidecarError, UnknownField
+
+log = logging.getLogger("sidecar.http")
+M = TypeVar("M", bound=BaseModel)
+
+
+def error_response(exc: SidecarError) -> web.Response:
+    return web.json_response(exc.to_body(), status=exc.http_status)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except SidecarError as exc:
+        status = exc.http_status
+        return error_response(exc)
+    except web.HTTPRequestEntityTooLarge as exc:
+        status = 413
+        return error_response(PayloadTooLarge(
+            f"The request body is larger than the {exc.max_size} bytes this daemon accepts.",
+            {"limit": exc.max_size},
+        ))
+    except web.HTTPNotFound:
+        status = 404
+        return error_response(NotFound(f"No route for {request.method} {request.path}."))
+    except web.HTTPMethodNotAllowed as exc:
+        status = 405
+        err = SidecarError(f"{request.method} is not allowed on {request.path}.",
+                           {"allowed": sorted(exc.allowed_methods)}, code="method_not_allowed")
+        return web.json_response(err.to_body(), status=405)
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return web.json_response(SidecarError("Internal error; see the daemon log.").to_body(), status=500)
+    finally:
+        if request.path != "/events":
+            log.info("%s %s %d %.1fms", request.method, request.path_qs, status,
+                     (time.perf_counter() - started) * 1000)
+
+
+async def read_json(request: web.Request) -> Any:
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidJson(f"The request body is not valid JSON: {exc}.") from None
+
+
+def parse_model(model: type[M], data: Any) -> M:
+    """Validate a body; the first problem becomes unknown_field or invalid_field with the field named."""
+    if not isinstance(data, dict):
+        raise InvalidJson("The request body must be a JSON object.")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        unknown = [".".join(str(p) for p in e["loc"]) for e in errors if e["type"] == "extra_forbidden"]
+        if unknown:
+            raise UnknownField(
+                f"Unknown field(s): {', '.join(unknown)}.", {"fields": unknown}
+            ) from None
+        first = errors[0]
+        field = ".".join(str(p) for p in first["loc"]) or "body"
+        raise InvalidField(
+            f"{field}: {first['msg']}.",
+            {"field": field, "errors": [{"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]}
+                                        for e in errors]},
+        ) from None
+
+
+async def parse_body(request: web.Request, model: type[M]) -> M:
+    return parse_model(model, await read_json(request))

@@ -1,0 +1,58 @@
+"""GET /health, GET /loras (installed LoRAs) and GET /openapi.json."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from sidecar import __version__
+from sidecar.api.keys import BACKEND, DEVICE, PROFILE, RUNNER, TEMPLATES
+from sidecar.api.openapi import build_openapi
+from sidecar.loras import list_loras
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/health")
+async def health(request: web.Request) -> web.Response:
+    app = request.app
+    backend = app[BACKEND]
+    h = await backend.health()
+    templates = app[TEMPLATES]
+    warnings = list(h.warnings)
+    if templates.last_error:
+        warnings.append(f"template reload failed, using the last good set: {templates.last_error}")
+    body = {
+        "status": "ok" if h.available else "degraded",
+        "comfyui": h.engine == "comfyui" and h.available,
+        "mps": h.device == "mps",
+        "engine": h.engine,
+        "engineAvailable": h.available,
+        "device": h.device,
+        "dtypes": h.dtypes,
+        "profile": app[PROFILE].name,
+        "queueDepth": app[RUNNER].queue_depth,
+        "runningJob": app[RUNNER].running_job,
+        "training": app[DEVICE].training.summary(),
+        "templates": sorted(templates.templates),
+        "templateError": templates.last_error,
+        "warnings": warnings,
+        "version": __version__,
+        "backend": h.extra,
+    }
+    return web.json_response(body)
+
+
+@routes.get("/loras")
+async def loras(request: web.Request) -> web.Response:
+    backend = request.app[BACKEND]
+    directory = backend.models_dir("loras")
+    names = None if directory is not None else await backend.list_models("loras")
+    items = await asyncio.to_thread(list_loras, directory, names)
+    return web.json_response({"loras": items})
+
+
+@routes.get("/openapi.json")
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(build_openapi())

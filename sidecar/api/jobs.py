@@ -1,0 +1,69 @@
+"""Generation job routes: submit, list, get, image, cancel."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from sidecar.api.errors import parse_body
+from sidecar.api.keys import BUILDER, DEVICE, RUNNER
+from sidecar.api.models import JobRequest
+from sidecar.errors import InvalidField, JobNotFinished, TrainingInProgress
+
+routes = web.RouteTableDef()
+STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+
+
+def refuse_while_training(request: web.Request) -> None:
+    training = request.app[DEVICE].training.summary()
+    if training is not None:
+        eta = training.get("etaSeconds")
+        raise TrainingInProgress(
+            f"LoRA training {training.get('id')} holds the device (step {training.get('step', 0)}/"
+            f"{training.get('total', '?')}{f', about {int(eta)} s left' if eta else ''}); "
+            "generation is refused until it ends.",
+            {"training": training},
+        )
+
+
+@routes.post("/jobs")
+async def submit_job(request: web.Request) -> web.Response:
+    req = await parse_body(request, JobRequest)
+    refuse_while_training(request)
+    built = await request.app[BUILDER].build(req)
+    job = await request.app[RUNNER].submit(built, req.model_dump(by_alias=True, exclude_none=True))
+    return web.json_response(job.to_api(), status=202, headers={"Location": f"/jobs/{job.id}"})
+
+
+@routes.get("/jobs")
+async def list_jobs(request: web.Request) -> web.Response:
+    status = request.query.get("status")
+    if status is not None and status not in STATUSES:
+        raise InvalidField(f"status must be one of {', '.join(STATUSES)}.", {"field": "status", "value": status})
+    try:
+        limit = int(request.query.get("limit", "50"))
+    except ValueError:
+        raise InvalidField("limit must be an integer.", {"field": "limit"}) from None
+    if not 1 <= limit <= 500:
+        raise InvalidField("limit must be between 1 and 500.", {"field": "limit", "value": limit})
+    jobs = await request.app[RUNNER].list(status, limit)
+    return web.json_response({"jobs": [j.to_api() for j in jobs]})
+
+
+@routes.get("/jobs/{id}")
+async def get_job(request: web.Request) -> web.Response:
+    job = await request.app[RUNNER].get(request.match_info["id"])
+    return web.json_response(job.to_api())
+
+
+@routes.get("/jobs/{id}/image")
+async def get_image(request: web.Request) -> web.StreamResponse:
+    job = await request.app[RUNNER].get(request.match_info["id"])
+    if job.status != "succeeded" or not job.output_file:
+        raise JobNotFinished(f"Job {job.id} is {job.status}; it has no image.", {"jobId": job.id, "status": job.status})
+    return web.FileResponse(job.output_file, headers={"Content-Type": "image/png"})
+
+
+@routes.post("/jobs/{id}/cancel")
+async def cancel_job(request: web.Request) -> web.Response:
+    job = await request.app[RUNNER].cancel(request.match_info["id"])
+    return web.json_response(job.to_api(), status=202 if job.status == "running" else 200)

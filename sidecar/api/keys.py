@@ -1,0 +1,25 @@
+"""Typed app keys: every app-wide object lives here, built by the app factory (no module singletons)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from sidecar.backend import GenerationBackend
+from sidecar.config import Settings
+from sidecar.events import EventBus
+from sidecar.jobs.build import JobBuilder
+from sidecar.jobs.device import Device
+from sidecar.jobs.runner import JobRunner
+from sidecar.jobs.store import JobStore
+from sidecar.profiles import Profile
+from sidecar.workflows import TemplateStore
+
+SETTINGS = web.AppKey("settings", Settings)
+PROFILE = web.AppKey("profile", Profile)
+STORE = web.AppKey("store", JobStore)
+RUNNER = web.AppKey("runner", JobRunner)
+BUILDER = web.AppKey("builder", JobBuilder)
+BACKEND = web.AppKey("backend", GenerationBackend)
+EVENTS = web.AppKey("events", EventBus)
+DEVICE = web.AppKey("device", Device)
+TEMPLATES = web.AppKey("templates", TemplateStore)

@@ -1,0 +1,158 @@
+"""Pydantic models of the generation API's bodies (the OpenAPI document is built from these).
+
+camelCase on the wire, as in the pipeline's own types; unknown fields are refused. These are the
+edge: a request becomes a typed `JobRequest` here once and nothing downstream re-checks a raw dict.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+class Wire(BaseModel):
+    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True)
+
+
+class Resolution(Wire):
+    width: int = Field(512, description="pixels, multiple of 8")
+    height: int = Field(768, description="pixels, multiple of 8")
+
+
+class JobRequest(Wire):
+    """POST /jobs. Either the parameters (a template is chosen and slot-filled) or a whole `workflow`."""
+
+    prompt: str | None = Field(None, min_length=1, max_length=4000)
+    negative_prompt: str | None = Field(None, max_length=4000)
+    lora_id: str | None = Field(None, max_length=200,
+                                description="LoRA file name without extension, as GET /loras lists it")
+    lora_strength: float | None = Field(None, ge=0, le=2)
+    seed: int | None = Field(None, ge=0, le=2**64 - 1, description="random when absent")
+    steps: int | None = Field(None, ge=1, le=150)
+    cfg: float | None = Field(None, ge=0, le=30)
+    sampler: str | None = Field(None, max_length=64)
+    scheduler: str | None = Field(None, max_length=64)
+    resolution: Resolution | None = None
+    checkpoint: str | None = Field(None, max_length=200, description="checkpoint file name")
+    pose_image_path: str | None = Field(None, max_length=4096, description="absolute path of a pose image")
+    controlnet_strength: float | None = Field(None, ge=0.4, le=0.9)
+    denoise: float | None = Field(None, gt=0, le=1)
+    batch_size: int | None = Field(
+        None, validation_alias=AliasChoices("batchSize", "batch_size"),
+        description="accepted only as 1 (the profile's limit)",
+    )
+    workflow: dict[str, Any] | None = Field(
+        None, description="a whole filled API-format workflow (reproduce); excludes the parameter fields"
+    )
+
+
+class Progress(Wire):
+    step: int = 0
+    total: int = 0
+
+
+class JobParams(Wire):
+    """The resolved parameters of a job (defaults applied, seed chosen)."""
+
+    prompt: str | None = None
+    negative_prompt: str | None = None
+    seed: int | None = None
+    steps: int | None = None
+    cfg: float | None = None
+    sampler: str | None = None
+    scheduler: str | None = None
+    width: int | None = None
+    height: int | None = None
+    checkpoint: str | None = None
+    lora_id: str | None = None
+    lora_strength: float | None = None
+    controlnet_strength: float | None = None
+    denoise: float | None = None
+    pose_image_path: str | None = None
+
+
+class JobOutput(Wire):
+    file_name: str
+    url: str
+
+
+class ErrorInfo(Wire):
+    code: str
+    message: str
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class Job(Wire):
+    id: str
+    status: JobStatus
+    progress: Progress
+    params: JobParams
+    workflow_template: str | None
+    workflow: dict[str, Any]
+    engine: str
+    device: str | None = None
+    prompt_id: str | None = None
+    attempts: int = 0
+    created_at: str
+    started_at: str | None = None
+    finished_at: str | None = None
+    duration_ms: int | None = None
+    output: JobOutput | None = None
+    error: ErrorInfo | None = None
+
+
+class JobList(Wire):
+    jobs: list[Job]
+
+
+class ErrorBody(BaseModel):
+    error: ErrorInfo
+
+
+class LoraInfo(Wire):
+    id: str
+    file_name: str
+    size_bytes: int
+    trigger_word: str | None = None
+    steps: int | None = None
+    network_dim: int | None = None
+    network_alpha: float | None = None
+    base_model: str | None = None
+    resolution: str | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+
+class LoraList(Wire):
+    loras: list[LoraInfo]
+
+
+class Health(Wire):
+    status: Literal["ok", "degraded"]
+    comfyui: bool
+    mps: bool
+    engine: str
+    engine_available: bool
+    device: str | None
+    dtypes: dict[str, str]
+    profile: str
+    queue_depth: int
+    running_job: str | None
+    training: dict[str, Any] | None
+    templates: list[str]
+    template_error: str | None
+    warnings: list[str]
+    version: str
+    backend: dict[str, Any] = Field(default_factory=dict)
+
+
+class Event(Wire):
+    """One message on GET /events: `type` is job.queued|job.started|job.progress|job.succeeded|
+    job.failed|job.cancelled (with `job`) or training.* (with `run`)."""
+
+    type: str
+    job: Job | None = None
+    run: dict[str, Any] | None = None

@@ -1,0 +1,152 @@
+"""The `sidecar` command: `serve` and `config show` here; the other groups load lazily from their
+packages (models, loras, dataset, launchd, doctor) so `sidecar serve` never imports what it does not use.
+
+Exit codes: 0 ok, 1 failure, 2 usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from sidecar.config import Settings, is_loopback, load_settings
+from sidecar.errors import ConfigError
+
+LAZY_COMMANDS = {
+    "models": ("sidecar.engine.cli:models", "Embedded-engine models (make-tiny, list)."),
+    "loras": ("sidecar.training.cli:loras", "LoRA checkpoint sweeps and promotion."),
+    "dataset": ("sidecar.datasets.cli:dataset", "Training-set tools: crop, flip, caption, check, layout, reg."),
+    "launchd": ("sidecar.launchd:launchd_cli", "Install the launchd agents (macOS)."),
+    "doctor": ("sidecar.doctor:doctor", "Check what is installed and how to fix what is missing."),
+}
+
+
+class LazyGroup(click.Group):
+    """Sub-groups are imported only when invoked, so `--help` and `serve` stay light."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *LAZY_COMMANDS])
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in LAZY_COMMANDS:
+            module, attr = LAZY_COMMANDS[name][0].split(":")
+            return getattr(importlib.import_module(module), attr)
+        return super().get_command(ctx, name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, cmd.get_short_help_str(60)) for name, cmd in self.commands.items()]
+        rows += [(name, help_) for name, (_, help_) in LAZY_COMMANDS.items()]
+        with formatter.section("Commands"):
+            formatter.write_dl(sorted(rows))
+
+
+def config_options(f):
+    """Options shared by every command that needs the settings; each mirrors a config key."""
+    opts = [
+        click.option("--host", default=None, help="bind address [default: 127.0.0.1]"),
+        click.option("--port", type=int, default=None, help="[default: 3000]"),
+        click.option("--allow-remote", is_flag=True, default=None, help="allow binding to a non-loopback address"),
+        click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
+                     help="TOML config file [default: ~/.config/plasma-sidecar/config.toml]"),
+        click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="jobs, logs, database"),
+        click.option("--profile", default=None, help="hardware profile [default: m1pro-16gb]"),
+        click.option("--engine", type=click.Choice(["auto", "embedded", "comfyui"]), default=None,
+                     help="generation backend; auto = ComfyUI when configured, else embedded"),
+        click.option("--models-dir", type=click.Path(path_type=Path), default=None,
+                     help="checkpoints/, loras/, controlnet/ for the embedded engine [default: <data-dir>/models]"),
+        click.option("--device", type=click.Choice(["auto", "mps", "cuda", "cpu"]), default=None),
+        click.option("--comfyui-url", default=None, help="attach to a running ComfyUI"),
+        click.option("--comfyui-dir", type=click.Path(path_type=Path), default=None,
+                     help="ComfyUI install to start and supervise"),
+        click.option("--comfyui-python", type=click.Path(path_type=Path), default=None,
+                     help="python of ComfyUI's venv (managed mode)"),
+        click.option("--kohya-dir", type=click.Path(path_type=Path), default=None, help="kohya_ss sd-scripts dir"),
+        click.option("--kohya-python", type=click.Path(path_type=Path), default=None, help="python of kohya's venv"),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def settings_from(flags: dict[str, Any]) -> tuple[Settings, dict[str, str]]:
+    config_file = flags.pop("config_file", None)
+    try:
+        return load_settings(flags, config_file)
+    except ConfigError as exc:
+        click.echo(f"sidecar: {exc}", err=True)
+        sys.exit(2)
+
+
+def setup_logging(settings: Settings) -> None:
+    settings.logs_dir.mkdir(parents=True, exist_ok=True)
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    root = logging.getLogger()
+    root.setLevel(settings.log_level.upper())
+    for handler in (logging.StreamHandler(sys.stderr), logging.FileHandler(settings.logs_dir / "sidecar.log")):
+        handler.setFormatter(fmt)
+        root.addHandler(handler)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # our middleware logs each request once
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="plasma-sidecar")
+def main() -> None:
+    """plasma-sidecar: local image generation and LoRA training for the manga page pipeline.
+
+    \b
+    Examples:
+      sidecar serve                                   # embedded engine, 127.0.0.1:3000
+      sidecar serve --comfyui-url http://127.0.0.1:8188
+      sidecar models make-tiny --out ./models         # tiny random models for a demo
+      sidecar config show
+    """
+
+
+@main.command()
+@config_options
+def serve(**flags: Any) -> None:
+    """Run the daemon in the foreground (Ctrl-C stops it and its ComfyUI, if it started one)."""
+    from aiohttp import web
+
+    from sidecar.api.app import create_app
+
+    settings, _ = settings_from(flags)
+    setup_logging(settings)
+    log = logging.getLogger("sidecar")
+    if not is_loopback(settings.host):
+        log.warning("binding to %s: the daemon is reachable from the network and has no authentication",
+                    settings.host)
+    log.info("sidecar starting on http://%s:%d (engine %s, profile %s, data %s)", settings.host, settings.port,
+             settings.resolved_engine, settings.profile, settings.data_dir)
+    app = create_app(settings)
+    web.run_app(app, host=settings.host, port=settings.port, print=None, access_log=None)
+
+
+@main.group()
+def config() -> None:
+    """Inspect the configuration."""
+
+
+@config.command("show")
+@config_options
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def config_show(as_json: bool, **flags: Any) -> None:
+    """Print the effective configuration and where each value came from."""
+    settings, sources = settings_from(flags)
+    values = settings.model_dump(mode="json")
+    if as_json:
+        click.echo(json.dumps({k: {"value": v, "source": sources[k]} for k, v in values.items()}, indent=2))
+        return
+    width = max(len(k) for k in values)
+    for key, value in values.items():
+        click.echo(f"{key:<{width}}  {json.dumps(value):<40}  ({sources[key]})")
+
+
+if __name__ == "__main__":
+    main()

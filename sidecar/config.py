@@ -1,0 +1,239 @@
+"""One typed settings model for the daemon and its tools.
+
+Precedence: command-line flags > `SIDECAR_*` environment > TOML file (`--config`, default
+`~/.config/plasma-sidecar/config.toml`) > defaults. `load_settings` also says where each value came
+from (for `sidecar config show`). A bad value raises `ConfigError` naming the key, before anything starts.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from sidecar.errors import ConfigError
+from sidecar.profiles import PROFILES
+
+ENV_PREFIX = "SIDECAR_"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def default_config_path() -> Path:
+    env = os.environ.get(f"{ENV_PREFIX}CONFIG")
+    if env:
+        return Path(env).expanduser()
+    base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    return base / "plasma-sidecar" / "config.toml"
+
+
+def default_data_dir() -> Path:
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Application Support" / "plasma-sidecar"
+    base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return base / "plasma-sidecar"
+
+
+class Settings(BaseSettings):
+    """Every knob of the daemon. Field names are the TOML keys; env vars are SIDECAR_<NAME>."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
+
+    # -- server
+    host: str = "127.0.0.1"
+    port: int = Field(3000, ge=1, le=65535)
+    allow_remote: bool = False
+    data_dir: Path = Field(default_factory=default_data_dir)
+    profile: str = "m1pro-16gb"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="largest request body accepted")
+
+    # -- generation backend
+    engine: Literal["auto", "embedded", "comfyui"] = "auto"
+    models_dir: Path | None = None
+    device: Literal["auto", "mps", "cuda", "cpu"] = "auto"
+    workflows_dir: Path = REPO_ROOT / "workflows"
+
+    # -- ComfyUI (attach with comfyui_url, or manage with comfyui_dir + comfyui_python)
+    comfyui_url: str | None = None
+    comfyui_dir: Path | None = None
+    comfyui_python: Path | None = None
+    comfyui_port: int = Field(8188, ge=1, le=65535)
+    comfyui_start_timeout: float = Field(120.0, gt=0)
+    comfyui_unavailable_deadline: float = Field(300.0, gt=0)
+    job_inactivity_timeout: float = Field(900.0, gt=0)
+    history_poll_interval: float = Field(3.0, gt=0)
+
+    # -- kohya_ss
+    kohya_dir: Path | None = None
+    kohya_python: Path | None = None
+
+    # -- job defaults
+    checkpoint: str = "anything-v5.safetensors"
+    negative_prompt: str = "lowres, bad anatomy, bad hands, blurry, watermark, text"
+    steps: int = Field(20, ge=1, le=150)
+    cfg: float = Field(7.0, ge=0, le=30)
+    sampler: str = "euler_ancestral"
+    scheduler: str = "normal"
+    lora_strength: float = Field(0.8, ge=0, le=2)
+    controlnet_strength: float = Field(0.65, ge=0.4, le=0.9)
+    controlnet_model: str = "control_v11p_sd15_openpose.pth"
+    trigger_word: str = "spyke_plasma_v1"
+
+    @field_validator("data_dir", "models_dir", "comfyui_dir", "comfyui_python", "kohya_dir",
+                     "kohya_python", "workflows_dir", mode="after")
+    @classmethod
+    def _expand(cls, v: Path | None) -> Path | None:
+        return v.expanduser().resolve() if v is not None else None
+
+    @field_validator("profile")
+    @classmethod
+    def _known_profile(cls, v: str) -> str:
+        if v not in PROFILES:
+            raise ValueError(f"unknown profile {v!r}; known: {', '.join(sorted(PROFILES))}")
+        return v
+
+    @field_validator("comfyui_url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is None or v == "":
+            return None
+        if not v.startswith(("http://", "https://")):
+            raise ValueError(f"must start with http:// or https://, got {v!r}")
+        return v.rstrip("/")
+
+    @model_validator(mode="after")
+    def _coherent(self) -> "Settings":
+        if not self.allow_remote and not is_loopback(self.host):
+            raise ValueError(
+                f"host: {self.host!r} is not a loopback address; pass --allow-remote "
+                "(SIDECAR_ALLOW_REMOTE=1) to expose the daemon to the network"
+            )
+        if self.engine == "comfyui" and not (self.comfyui_url or self.comfyui_dir):
+            raise ValueError("engine: 'comfyui' needs comfyui_url (attach) or comfyui_dir (managed)")
+        if self.comfyui_dir is not None and self.comfyui_url is None and self.comfyui_python is None:
+            raise ValueError("comfyui_python: managed mode (comfyui_dir) needs the python of ComfyUI's venv")
+        return self
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings):
+        return (init_settings, env_settings)
+
+    # -- derived paths
+    @property
+    def models_path(self) -> Path:
+        return self.models_dir or self.data_dir / "models"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.data_dir / "logs"
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "sidecar.db"
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.data_dir / "outputs"
+
+    @property
+    def resolved_engine(self) -> Literal["embedded", "comfyui"]:
+        if self.engine == "auto":
+            return "comfyui" if (self.comfyui_url or self.comfyui_dir) else "embedded"
+        return self.engine
+
+    @property
+    def comfyui_base_url(self) -> str:
+        return self.comfyui_url or f"http://127.0.0.1:{self.comfyui_port}"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def load_settings(
+    flags: dict[str, Any] | None = None,
+    config_file: Path | None = None,
+    environ: dict[str, str] | None = None,
+) -> tuple[Settings, dict[str, str]]:
+    """Build the effective settings and a map key -> where its value came from.
+
+    `flags` holds only the options given on the command line (None values are dropped).
+    """
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    explicit_file = config_file is not None
+    path = Path(config_file).expanduser() if config_file else default_config_path()
+    if explicit_file and not path.is_file():
+        raise ConfigError("config", f"config file {path} does not exist")
+    file_values: dict[str, Any] = {}
+    if path.is_file():
+        try:
+            file_values = TomlConfigSettingsSource(Settings, toml_file=path)()
+        except Exception as exc:  # tomllib.TOMLDecodeError and friends
+            raise ConfigError("config", f"{path} is not valid TOML: {exc}") from None
+        unknown = sorted(set(file_values) - set(Settings.model_fields))
+        if unknown:
+            raise ConfigError(unknown[0], f"unknown key in {path} (known keys: see `sidecar config show`)")
+
+    old_env = None
+    if environ is not None:
+        old_env = dict(os.environ)
+        os.environ.clear()
+        os.environ.update(environ)
+    try:
+        env_values = EnvSettingsSource(Settings, case_sensitive=False, env_prefix=ENV_PREFIX)()
+    finally:
+        if old_env is not None:
+            os.environ.clear()
+            os.environ.update(old_env)
+    env_values.pop("config", None)
+
+    merged: dict[str, Any] = {**file_values, **env_values, **flags}
+    sources = {k: "default" for k in Settings.model_fields}
+    sources.update({k: f"file {path}" for k in file_values})
+    sources.update({k: f"env {ENV_PREFIX}{k.upper()}" for k in env_values})
+    sources.update({k: "flag" for k in flags})
+    try:
+        # Sources were read above; validate the merged dict alone so env is not read twice.
+        settings = _validate(merged)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        msg = err["msg"].removeprefix("Value error, ")
+        key = ".".join(str(p) for p in err["loc"]) or _key_from_message(msg)
+        msg = msg.removeprefix(f"{key}: ")
+        raise ConfigError(key, f"{msg} (from {sources.get(key, 'default')})") from None
+    return settings, sources
+
+
+class _NoEnvSettings(Settings):
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings):
+        return (init_settings,)
+
+
+def _validate(values: dict[str, Any]) -> Settings:
+    built = _NoEnvSettings(**values)
+    return Settings.model_construct(**{k: getattr(built, k) for k in Settings.model_fields})
+
+
+def _key_from_message(msg: str) -> str:
+    # Model-level checks start their message with "<key>: ".
+    head = msg.split(":", 1)[0]
+    return head if head in Settings.model_fields else "config"

@@ -1,0 +1,170 @@
+"""Workflow templates: loading, the slot manifest, validation, slot filling and hot reload.
+
+Templates are static API-format JSON files exported from ComfyUI ("Save (API format)"), never
+assembled in code. Filling touches exactly the slots the manifest declares. A broken edit on disk
+is reported and the last good template set stays in use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from sidecar.errors import WorkflowInvalid
+
+log = logging.getLogger("sidecar.workflows")
+
+MANIFEST = "manifest.json"
+
+
+class SlotTarget(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    node: str
+    input: str
+
+
+class TemplateSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    file: str
+    description: str = ""
+    precision: dict[str, str] = Field(default_factory=dict)
+    output_node: str
+    slots: dict[str, list[SlotTarget]]
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    version: int = 1
+    templates: dict[str, TemplateSpec]
+
+
+@dataclass(frozen=True)
+class Template:
+    name: str
+    spec: TemplateSpec
+    graph: dict[str, Any]
+
+    def has_slot(self, slot: str) -> bool:
+        return slot in self.spec.slots
+
+    def fill(self, values: dict[str, Any]) -> dict[str, Any]:
+        """A deep copy of the graph with exactly the given slots set. Unknown slots are a bug."""
+        graph = copy.deepcopy(self.graph)
+        for slot, value in values.items():
+            targets = self.spec.slots.get(slot)
+            if targets is None:
+                raise KeyError(f"template {self.name} has no slot {slot!r}")
+            for t in targets:
+                graph[t.node]["inputs"][t.input] = value
+        return graph
+
+
+def is_link(value: Any) -> bool:
+    return (
+        isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], int)
+    )
+
+
+def validate_graph(graph: Any, known_types: set[str] | None = None) -> None:
+    """Structural checks shared by templates and raw submitted workflows."""
+    if not isinstance(graph, dict) or not graph:
+        raise WorkflowInvalid("A workflow must be a non-empty JSON object of nodes (API format).")
+    for node_id, node in graph.items():
+        if not isinstance(node, dict) or not isinstance(node.get("class_type"), str):
+            raise WorkflowInvalid(f"Node {node_id!r} has no class_type.", {"node": node_id})
+        inputs = node.get("inputs")
+        if not isinstance(inputs, dict):
+            raise WorkflowInvalid(f"Node {node_id!r} has no inputs object.", {"node": node_id})
+        for name, value in inputs.items():
+            if is_link(value) and value[0] not in graph:
+                raise WorkflowInvalid(
+                    f"Node {node_id!r} input {name!r} links to missing node {value[0]!r}.",
+                    {"node": node_id, "input": name, "link": value},
+                )
+        if known_types is not None and node["class_type"] not in known_types:
+            raise WorkflowInvalid(
+                f"Node {node_id!r} has class_type {node['class_type']!r}, unknown to the backend.",
+                {"node": node_id, "classType": node["class_type"]},
+            )
+
+
+def load_templates(directory: Path, known_types: set[str] | None = None) -> dict[str, Template]:
+    """Load and validate every template the manifest names. Raises WorkflowInvalid on any problem."""
+    manifest_path = directory / MANIFEST
+    try:
+        manifest = Manifest.model_validate_json(manifest_path.read_bytes())
+    except FileNotFoundError:
+        raise WorkflowInvalid(f"No template manifest at {manifest_path}.") from None
+    except ValueError as exc:
+        raise WorkflowInvalid(f"{manifest_path} is invalid: {exc}") from None
+    templates: dict[str, Template] = {}
+    for name, spec in manifest.templates.items():
+        path = directory / spec.file
+        try:
+            graph = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise WorkflowInvalid(f"Template {path} cannot be read as JSON: {exc}", {"template": name}) from None
+        try:
+            validate_graph(graph, known_types)
+        except WorkflowInvalid as exc:
+            raise WorkflowInvalid(f"Template {path}: {exc.message}", {"template": name, **exc.details}) from None
+        if spec.output_node not in graph:
+            raise WorkflowInvalid(f"Template {path}: output node {spec.output_node!r} is missing.")
+        for slot, targets in spec.slots.items():
+            for t in targets:
+                node = graph.get(t.node)
+                if node is None or t.input not in node.get("inputs", {}):
+                    raise WorkflowInvalid(
+                        f"Template {path}: slot {slot!r} targets {t.node}.{t.input}, which does not exist.",
+                        {"template": name, "slot": slot},
+                    )
+        templates[name] = Template(name=name, spec=spec, graph=graph)
+    return templates
+
+
+class TemplateStore:
+    """The current good template set, reloaded when files change (watchfiles)."""
+
+    def __init__(self, directory: Path, known_types: Callable[[], Awaitable[set[str] | None]] | None = None):
+        self.directory = directory
+        self._known_types = known_types
+        self.templates: dict[str, Template] = {}
+        self.last_error: str | None = None
+        self.generation = 0  # bumps on each successful (re)load
+
+    async def load(self) -> None:
+        known = await self._known_types() if self._known_types else None
+        self.templates = await asyncio.to_thread(load_templates, self.directory, known)
+        self.last_error = None
+        self.generation += 1
+
+    async def reload(self) -> bool:
+        """Try a reload; on failure keep the last good set and remember the error."""
+        try:
+            await self.load()
+        except WorkflowInvalid as exc:
+            self.last_error = exc.message
+            log.error("template reload failed, keeping the last good templates: %s", exc.message)
+            return False
+        log.info("templates reloaded: %s", ", ".join(sorted(self.templates)))
+        return True
+
+    def get(self, name: str) -> Template:
+        try:
+            return self.templates[name]
+        except KeyError:
+            raise WorkflowInvalid(f"No template named {name!r} is loaded.") from None
+
+    async def watch(self, stop: asyncio.Event) -> None:
+        from watchfiles import awatch
+
+        async for _changes in awatch(self.directory, stop_event=stop, debounce=200, step=50):
+            await self.reload()

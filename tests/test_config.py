@@ -1,0 +1,84 @@
+"""Configuration: precedence, provenance, and one clear line for a bad value."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sidecar.config import load_settings
+from sidecar.errors import ConfigError
+
+
+def test_flags_beat_env_beat_file_beat_defaults(tmp_path: Path) -> None:
+    cfg = tmp_path / "config.toml"
+    cfg.write_text('port = 4000\nsteps = 25\ncfg = 5.5\nsampler = "ddim"\n')
+    env = {"SIDECAR_STEPS": "30", "SIDECAR_CFG": "6.0"}
+    settings, sources = load_settings({"cfg": 8.0}, cfg, environ=env)
+    assert (settings.port, settings.steps, settings.cfg, settings.sampler, settings.scheduler) == (
+        4000, 30, 8.0, "ddim", "normal")
+    assert sources["cfg"] == "flag"
+    assert sources["steps"] == "env SIDECAR_STEPS"
+    assert sources["port"].startswith("file ")
+    assert sources["scheduler"] == "default"
+
+
+def test_job_defaults_are_the_documented_ones() -> None:
+    s, _ = load_settings({}, None, environ={})
+    assert (s.steps, s.cfg, s.sampler, s.scheduler, s.lora_strength) == (20, 7.0, "euler_ancestral", "normal", 0.8)
+    assert s.resolved_engine == "embedded"  # no ComfyUI configured on a fresh machine
+    assert load_settings({"comfyui_url": "http://127.0.0.1:8188"}, None, environ={})[0].resolved_engine == "comfyui"
+
+
+@pytest.mark.parametrize(
+    ("flags", "env", "key"),
+    [
+        ({"port": 70000}, {}, "port"),
+        ({}, {"SIDECAR_PORT": "abc"}, "port"),
+        ({"profile": "pdp-11"}, {}, "profile"),
+        ({"host": "0.0.0.0"}, {}, "host"),
+        ({"comfyui_url": "localhost:8188"}, {}, "comfyui_url"),
+        ({"engine": "comfyui"}, {}, "engine"),
+    ],
+)
+def test_bad_value_names_the_key(flags: dict, env: dict, key: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_settings(flags, None, environ=env)
+    assert exc.value.key == key
+
+
+def test_remote_bind_needs_allow_remote() -> None:
+    s, _ = load_settings({"host": "0.0.0.0", "allow_remote": True}, None, environ={})
+    assert s.host == "0.0.0.0"
+
+
+def test_unknown_key_in_file_is_refused(tmp_path: Path) -> None:
+    cfg = tmp_path / "config.toml"
+    cfg.write_text("prot = 4000\n")
+    with pytest.raises(ConfigError) as exc:
+        load_settings({}, cfg, environ={})
+    assert exc.value.key == "prot"
+
+
+def _sidecar(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sidecar", *args], capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin", "HOME": "/nonexistent", **(env or {})}, timeout=60)
+
+
+def test_config_show_prints_values_and_sources(tmp_path: Path) -> None:
+    out = _sidecar("config", "show", "--json", "--port", "3100", env={"SIDECAR_STEPS": "12"})
+    assert out.returncode == 0, out.stderr
+    shown = json.loads(out.stdout)
+    assert shown["port"] == {"value": 3100, "source": "flag"}
+    assert shown["steps"] == {"value": 12, "source": "env SIDECAR_STEPS"}
+
+
+def test_serve_with_bad_config_exits_before_starting(tmp_path: Path) -> None:
+    out = _sidecar("serve", "--data-dir", str(tmp_path), "--port", "0")
+    assert out.returncode == 2
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "port" in lines[0]
+    assert not (tmp_path / "sidecar.db").exists()

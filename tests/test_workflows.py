@@ -1,0 +1,93 @@
+"""Templates: validation at load, slot filling touching exactly the slots, hot reload keeping the last good set."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from sidecar.config import REPO_ROOT
+from sidecar.errors import WorkflowInvalid
+from sidecar.workflows import TemplateStore, load_templates
+
+FIXTURES = Path(__file__).parent / "fixtures" / "comfyui"
+WORKFLOWS = REPO_ROOT / "workflows"
+
+
+def diff(a: dict, b: dict) -> set[tuple[str, str]]:
+    return {
+        (node, key)
+        for node in a
+        for key in a[node]["inputs"]
+        if a[node]["inputs"][key] != b[node]["inputs"][key]
+    }
+
+
+def test_templates_load_and_use_only_node_types_the_server_knows() -> None:
+    known = set(json.loads((FIXTURES / "object_info.json").read_text()))
+    templates = load_templates(WORKFLOWS, known)
+    assert {"txt2img-lora", "txt2img", "img2img-lora-controlnet", "img2img-controlnet"} <= set(templates)
+    for t in templates.values():
+        assert t.spec.precision == {"unet": "fp16", "vae": "fp32"}
+        dtype_nodes = [n for n in t.graph.values() if n["class_type"] == "ModelComputeDtype"]
+        assert [n["inputs"]["dtype"] for n in dtype_nodes] == ["fp16"]
+        latent = next(n for n in t.graph.values() if n["class_type"] == "EmptyLatentImage")
+        assert (latent["inputs"]["width"], latent["inputs"]["height"], latent["inputs"]["batch_size"]) == (512, 768, 1)
+
+
+def test_fill_touches_exactly_the_declared_slots() -> None:
+    t = load_templates(WORKFLOWS)["txt2img-lora"]
+    filled = t.fill({"prompt_text": "spyke_plasma_v1, running", "seed": 7, "lora_name": "x.safetensors",
+                     "lora_strength": 0.5})
+    assert diff(t.graph, filled) == {("3", "text"), ("6", "seed"), ("2", "lora_name"), ("2", "strength_model"),
+                                     ("2", "strength_clip")}
+    assert t.graph["6"]["inputs"]["seed"] == 0  # the template itself is never mutated
+    with pytest.raises(KeyError):
+        t.fill({"not_a_slot": 1})
+
+
+def test_a_slot_pointing_at_a_missing_input_is_refused(tmp_path: Path) -> None:
+    shutil.copytree(WORKFLOWS, tmp_path / "wf")
+    manifest = json.loads((tmp_path / "wf" / "manifest.json").read_text())
+    manifest["templates"]["txt2img"]["slots"]["seed"] = [{"node": "6", "input": "sede"}]
+    (tmp_path / "wf" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(WorkflowInvalid, match="sede"):
+        load_templates(tmp_path / "wf")
+
+
+def test_unknown_class_type_is_refused_at_load(tmp_path: Path) -> None:
+    with pytest.raises(WorkflowInvalid, match="unknown to the backend"):
+        load_templates(WORKFLOWS, {"KSampler"})
+
+
+async def test_hot_reload_good_then_broken_keeps_last_good(tmp_path: Path) -> None:
+    wf = tmp_path / "wf"
+    shutil.copytree(WORKFLOWS, wf)
+    store = TemplateStore(wf)
+    await store.load()
+    stop = asyncio.Event()
+    watcher = asyncio.create_task(store.watch(stop))
+    await asyncio.sleep(0.3)
+    try:
+        graph = json.loads((wf / "txt2img.json").read_text())
+        graph["6"]["inputs"]["cfg"] = 4.5
+        (wf / "txt2img.json").write_text(json.dumps(graph))
+        for _ in range(100):
+            if store.templates["txt2img"].graph["6"]["inputs"]["cfg"] == 4.5:
+                break
+            await asyncio.sleep(0.05)
+        assert store.templates["txt2img"].graph["6"]["inputs"]["cfg"] == 4.5
+
+        (wf / "txt2img.json").write_text("{ not json")
+        for _ in range(100):
+            if store.last_error:
+                break
+            await asyncio.sleep(0.05)
+        assert store.last_error and "txt2img.json" in store.last_error
+        assert store.templates["txt2img"].graph["6"]["inputs"]["cfg"] == 4.5  # last good still used
+    finally:
+        stop.set()
+        await asyncio.wait_for(watcher, 5)
