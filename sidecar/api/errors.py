@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from sidecar.api.keys import SETTINGS
 from sidecar.errors import InvalidField, InvalidJson, NotFound, PayloadTooLarge, SidecarError, UnknownField
 
 log = logging.getLogger("sidecar.http")
@@ -34,11 +35,11 @@ async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
     except SidecarError as exc:
         status = exc.http_status
         return error_response(exc)
-    except web.HTTPRequestEntityTooLarge as exc:
+    except web.HTTPRequestEntityTooLarge:
         status = 413
+        limit = request.app[SETTINGS].max_body_bytes
         return error_response(PayloadTooLarge(
-            f"The request body is larger than the {exc.max_size} bytes this daemon accepts.",
-            {"limit": exc.max_size},
+            f"The request body is larger than the {limit} bytes this daemon accepts.", {"limit": limit}
         ))
     except web.HTTPNotFound:
         status = 404
@@ -61,10 +62,7 @@ async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
 
 
 async def read_json(request: web.Request) -> Any:
-    try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise
+    raw = await request.read()
     try:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:

@@ -1,0 +1,77 @@
+"""A scripted GenerationBackend for runner tests that need exact control of timing (FIFO order,
+cancel at a known moment, a lost prompt). Real backends are tested against the fake ComfyUI and the
+tiny-model engine; this one only exercises the runner's bookkeeping through the HTTP API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from sidecar.backend import BackendHealth, RunContext, RunResult
+from sidecar.errors import JobCancelled, JobFailed, PromptLost
+
+
+class ScriptedBackend:
+    name = "scripted"
+
+    def __init__(self, models: dict[str, list[str]] | None = None):
+        self.models = models or {"checkpoints": ["anything-v5.safetensors"], "loras": ["spyke_plasma_v1.safetensors"],
+                                 "controlnet": ["control_v11p_sd15_openpose.pth"]}
+        self.started: list[str] = []  # job ids in the order they started running
+        self.gates: dict[str, asyncio.Event] = {}  # job id -> released when the test says so
+        self.auto_release = True
+        self.script: list[str] = []  # per run: "ok" | "lose" | "fail" (consumed in order)
+        self.runs = 0
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def health(self) -> BackendHealth:
+        return BackendHealth(available=True, engine="scripted", device="cpu")
+
+    async def known_node_types(self) -> set[str] | None:
+        return None
+
+    async def validate(self, workflow: dict[str, Any]) -> None: ...
+
+    async def list_models(self, folder: str) -> list[str] | None:
+        return self.models.get(folder, [])
+
+    def models_dir(self, folder: str) -> Path | None:
+        return None
+
+    def release(self, job_id: str) -> None:
+        self.gates.setdefault(job_id, asyncio.Event()).set()
+
+    async def run(self, ctx: RunContext) -> RunResult:
+        self.runs += 1
+        self.started.append(ctx.job_id)
+        action = self.script.pop(0) if self.script else "ok"
+        if ctx.prompt_id is None:
+            await ctx.on_prompt_id(f"p-{ctx.job_id}-{self.runs}")
+        gate = self.gates.setdefault(ctx.job_id, asyncio.Event())
+        if self.auto_release:
+            gate.set()
+        total = 3
+        for step in range(1, total + 1):
+            ctx.on_progress(step, total)
+            waiter = asyncio.ensure_future(gate.wait())
+            canceller = asyncio.ensure_future(ctx.cancel_event.wait())
+            await asyncio.wait({waiter, canceller}, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            canceller.cancel()
+            if ctx.cancel_event.is_set():
+                raise JobCancelled()
+        if action == "lose":
+            raise PromptLost("The backend lost the prompt.")
+        if action == "fail":
+            raise JobFailed("KSampler failed: boom", {"node_id": "6"}, code="execution_error")
+        w = ctx.workflow
+        latent = next(n for n in w.values() if n["class_type"] == "EmptyLatentImage")["inputs"]
+        Image.new("RGB", (latent["width"], latent["height"]), (200, 120, 40)).save(ctx.output_path)
+        return RunResult(output_path=ctx.output_path, device="cpu")
