@@ -12,3 +12,5 @@ test: setup
 
 bench: setup
 	@.venv/bin/python bench/overhead.py
+	@.venv/bin/python bench/engine.py
+	@.venv/bin/python bench/train.py

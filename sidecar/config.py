@@ -90,11 +90,18 @@ class Settings(BaseSettings):
     controlnet_model: str = "control_v11p_sd15_openpose.pth"
     trigger_word: str = "spyke_plasma_v1"
 
-    @field_validator("data_dir", "models_dir", "comfyui_dir", "comfyui_python", "kohya_dir",
-                     "kohya_python", "workflows_dir", mode="after")
+    @field_validator("data_dir", "models_dir", "comfyui_dir", "kohya_dir", "workflows_dir",
+                     mode="after")
     @classmethod
     def _expand(cls, v: Path | None) -> Path | None:
         return v.expanduser().resolve() if v is not None else None
+
+    @field_validator("comfyui_python", "kohya_python", mode="after")
+    @classmethod
+    def _absolute_interpreter(cls, v: Path | None) -> Path | None:
+        # Absolute but not resolved: a venv's python is a symlink to the base interpreter, and
+        # following it would run outside the venv (without its site-packages).
+        return Path(os.path.abspath(v.expanduser())) if v is not None else None
 
     @field_validator("profile")
     @classmethod

@@ -29,7 +29,9 @@ builds error JSON. The tree:
     ├── EngineUnavailable             engine_unavailable 503
     └── job failures (stored on the job, never an HTTP answer of their own):
         comfyui_validation_error, execution_error, black_image, timeout, lost_on_restart,
-        prompt_lost, training_failed, internal_error
+        prompt_lost, model_load_failed (embedded: a checkpoint/LoRA/ControlNet file that does not
+        load), lora_incompatible (embedded: a LoRA whose keys match nothing in the base model),
+        internal_error; training runs: training_failed, interrupted (daemon restarted mid-run)
 """
 
 from __future__ import annotations

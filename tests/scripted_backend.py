@@ -26,6 +26,7 @@ class ScriptedBackend:
         self.auto_release = True
         self.script: list[str] = []  # per run: "ok" | "lose" | "fail" (consumed in order)
         self.runs = 0
+        self.unloads = 0  # times the daemon asked for the device memory back
 
     async def start(self) -> None: ...
 
@@ -44,6 +45,9 @@ class ScriptedBackend:
 
     def models_dir(self, folder: str) -> Path | None:
         return None
+
+    async def unload(self) -> None:
+        self.unloads += 1
 
     def release(self, job_id: str) -> None:
         self.gates.setdefault(job_id, asyncio.Event()).set()

@@ -1,9 +1,88 @@
-"""Training routes (/loras/train, /loras/{id}/status, cancel, resume). Filled in by the training work."""
+"""Training routes: POST /loras/train, GET /loras/runs, GET /loras/{id}/status, POST /loras/{id}/cancel
+and /resume. The training manager (queue, device gate, trainers) is built here and started and
+stopped with the app through `cleanup_ctx`; handlers only parse, call it and answer.
+"""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 from aiohttp import web
+
+from sidecar.api.errors import parse_body
+from sidecar.api.keys import BACKEND, DEVICE, EVENTS, PROFILE, SETTINGS
+from sidecar.api.openapi import Operation, register
+from sidecar.errors import InvalidField
+from sidecar.training.manager import TrainingManager
+from sidecar.training.wire import TrainingRun, TrainingRunList, TrainRequest
+
+TRAINING = web.AppKey("training", TrainingManager)
+
+routes = web.RouteTableDef()
 
 
 def setup_routes(app: web.Application) -> None:
     """Register the training routes and their background resources on the app."""
+    app[TRAINING] = TrainingManager(app[SETTINGS], app[PROFILE], app[DEVICE], app[EVENTS], app[BACKEND])
+    app.cleanup_ctx.append(_training_ctx)
+    app.router.add_routes(routes)
+
+
+async def _training_ctx(app: web.Application) -> AsyncIterator[None]:
+    # Registered after the job runner's context: starts after it, stops (trainer included) before it.
+    await app[TRAINING].start()
+    yield
+    await app[TRAINING].stop()
+
+
+@routes.post("/loras/train")
+async def train(request: web.Request) -> web.Response:
+    req = await parse_body(request, TrainRequest)
+    run = await request.app[TRAINING].submit(req)
+    return web.json_response(run, status=202, headers={"Location": f"/loras/{run['id']}/status"})
+
+
+@routes.get("/loras/runs")
+async def list_runs(request: web.Request) -> web.Response:
+    try:
+        limit = int(request.query.get("limit", "50"))
+    except ValueError:
+        raise InvalidField("limit must be an integer.", {"field": "limit"}) from None
+    if not 1 <= limit <= 500:
+        raise InvalidField("limit must be between 1 and 500.", {"field": "limit", "value": limit})
+    return web.json_response({"runs": await request.app[TRAINING].list(limit)})
+
+
+@routes.get("/loras/{id}/status")
+async def status(request: web.Request) -> web.Response:
+    return web.json_response(await request.app[TRAINING].get(request.match_info["id"]))
+
+
+@routes.post("/loras/{id}/cancel")
+async def cancel(request: web.Request) -> web.Response:
+    run = await request.app[TRAINING].cancel(request.match_info["id"])
+    return web.json_response(run, status=202 if run["status"] == "running" else 200)
+
+
+@routes.post("/loras/{id}/resume")
+async def resume(request: web.Request) -> web.Response:
+    run = await request.app[TRAINING].resume(request.match_info["id"])
+    return web.json_response(run, status=202 if run["status"] == "queued" else 200,
+                             headers={"Location": f"/loras/{run['id']}/status"})
+
+
+register(
+    Operation("post", "/loras/train", "Submit a LoRA training run", request=TrainRequest, response=TrainingRun,
+              status=202,
+              errors={400: "invalid_json, unknown_field, invalid_field, batch_size_not_supported, "
+                           "resolution_exceeds_profile, dataset_invalid, checkpoint_not_found",
+                      409: "training_in_progress", 503: "engine_unavailable"}),
+    Operation("get", "/loras/runs", "Recent training runs, newest first (?limit=)", response=TrainingRunList),
+    Operation("get", "/loras/{id}/status", "A training run: status, step, loss, ETA, checkpoints, log tail, error",
+              response=TrainingRun, errors={404: "training_not_found"}),
+    Operation("post", "/loras/{id}/cancel", "Cancel a run (the trainer's process group is stopped; checkpoints "
+              "are kept)", response=TrainingRun, errors={404: "training_not_found", 409: "invalid_state"}),
+    Operation("post", "/loras/{id}/resume", "Continue an interrupted, cancelled or failed run from its last "
+              "saved state", response=TrainingRun, status=202,
+              errors={404: "training_not_found", 409: "invalid_state, training_in_progress"}),
+)

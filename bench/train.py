@@ -1,0 +1,130 @@
+"""Embedded-trainer benchmark: steps/s and peak memory at 512x512, batch 1, LoRA dim 32 (alpha 16).
+
+    .venv/bin/python bench/train.py                       # tiny random model (CPU-friendly)
+    .venv/bin/python bench/train.py --model sd15 --device cuda   # full-size random SD1.5 (GPU)
+
+Runs the real trainer (`sidecar.training.embedded`) on the engine's random model files (as `sidecar
+models make-tiny` writes them; speed and memory do not depend on the weights) and a synthetic
+captioned set, prints the figures and merges them into `bench/results/train-<device>.json` (one
+entry per model). Issue 5's goal, on the target: at least kohya's steps/s at no more than its peak
+memory, under 10 GB at 512x512 fp16. The rate excludes the first step (allocator and kernel
+warm-up); memory is the CUDA allocator's peak on GPU, the process's peak RSS elsewhere (which
+includes writing and loading the model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from sidecar.config import Settings
+from sidecar.training.dataset import load_dataset
+from sidecar.training.embedded import EmbeddedTrainer, pick_device
+from sidecar.training.spec import TrainerHooks, TrainJob, TrainSpec
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TRIGGER = "spyke_plasma_v1"
+
+
+def models(model: str, root: Path) -> Path:
+    """The engine's random model set, as files (tiny, or SD1.5's real architecture in fp16), so the
+    trainer loads it the way it loads a real checkpoint."""
+    from sidecar.engine.tiny import make_models
+
+    return make_models(root, full_size=model == "sd15", dtype=torch.float16 if model == "sd15" else torch.float32).root
+
+
+def dataset(folder: Path, size: int, n: int = 4) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.effect_noise((size, size), 40 + 10 * i).convert("RGB").save(folder / f"img{i}.png")
+        (folder / f"img{i}.txt").write_text(f"{TRIGGER}, full body, standing, plain background\n")
+    return folder
+
+
+def peak_rss_bytes() -> int:
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss if sys.platform == "darwin" else rss * 1024  # macOS reports bytes, Linux KiB
+
+
+def run(model: str, device: str, steps: int, resolution: int, dim: int) -> dict:
+    tmp = Path(tempfile.mkdtemp(prefix="bench-train-"))
+    models_dir = models(model, tmp / "models")
+    base = next((models_dir / "checkpoints").glob("*.safetensors"))
+    spec = TrainSpec(output_name="bench", dataset_dir=str(tmp / "ds"), steps=steps, resolution=resolution,
+                     network_dim=dim, network_alpha=dim / 2, learning_rate=1e-4, save_every=10**6, seed=1,
+                     engine="embedded", trigger_word=TRIGGER, checkpoint=model)
+    ds = load_dataset(dataset(tmp / "ds", resolution), TRIGGER)
+    (tmp / "run").mkdir()
+    job = TrainJob("bench", spec, ds, tmp / "run", tmp / "run" / "out", base)
+    times: dict[int, float] = {}
+    mps_peak = 0
+
+    def progress(step: int, total: int, loss: float | None) -> None:
+        nonlocal mps_peak
+        times[step] = time.perf_counter()
+        if device == "mps":
+            mps_peak = max(mps_peak, torch.mps.driver_allocated_memory())
+
+    hooks = TrainerHooks(progress=progress, checkpoint=lambda *a: None, log=lambda _: None, warning=print)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    trainer = EmbeddedTrainer(Settings(data_dir=tmp / "data", device=device, models_dir=models_dir))
+    started = time.perf_counter()
+    asyncio.run(trainer.run(job, hooks))
+    wall = time.perf_counter() - started
+    first = min(k for k in times if k >= 1)
+    per_step = (times[steps] - times[first]) / (steps - first) if steps > first else float("nan")
+    if device == "cuda":
+        memory, kind = torch.cuda.max_memory_allocated(), "cuda max_memory_allocated"
+    elif device == "mps":
+        memory, kind = mps_peak, "mps driver_allocated_memory (sampled per step)"
+    else:
+        memory, kind = peak_rss_bytes(), "process peak RSS"
+    return {
+        "model": model, "device": device, "resolution": resolution, "batch": 1, "network_dim": dim,
+        "network_alpha": dim / 2, "steps": steps, "seconds_per_step": round(per_step, 4),
+        "steps_per_second": round(1 / per_step, 4), "peak_memory_bytes": memory,
+        "peak_memory_gib": round(memory / 2**30, 3), "memory_kind": kind,
+        "mixed_precision": "fp16" if device == "cuda" else "no", "wall_seconds": round(wall, 1),
+        "torch": torch.__version__, "platform": platform.platform(), "cpu_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name() if device == "cuda" else None,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", choices=["tiny", "sd15"], default="tiny")
+    ap.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+    ap.add_argument("--steps", type=int, default=None, help="default: 12 (tiny), 30 (sd15)")
+    ap.add_argument("--resolution", type=int, default=512)
+    ap.add_argument("--dim", type=int, default=32)
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = ap.parse_args()
+    device = pick_device(args.device)
+    steps = args.steps or (12 if args.model == "tiny" else 30)
+    result = run(args.model, device, steps, args.resolution, args.dim)
+    for k, v in result.items():
+        print(f"{k:>18}: {v}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"train-{device}.json"
+    data = json.loads(path.read_text()) if path.is_file() else {"benchmark": "embedded trainer", "results": []}
+    data["results"] = [r for r in data["results"] if r["model"] != args.model] + [result]
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,317 @@
+"""The `generate` command (also `python -m pipeline_stage`): options, page selection, output and exit codes.
+
+`generate --comfyui -c 1 --page 1` renders; `generate approve ...` marks a version approved. The group
+runs the generation itself when no subcommand is given, so the pipeline's existing call works as is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import click
+
+from pipeline_stage.consistency import ConsistencyReport, summary_lines, write_report
+from pipeline_stage.daemon import DEFAULT_URL, DaemonClient
+from pipeline_stage.errors import EXIT_INTERRUPTED, InputError, PromptFileMissing, StageError
+from pipeline_stage.genlog import approve as approve_entry
+from pipeline_stage.genlog import find_entries, read_log, versions_in
+from pipeline_stage.layout import Page, Project, page_of, parse_pages
+from pipeline_stage.outputs import approve_version
+from pipeline_stage.progress import make_progress
+from pipeline_stage.prompts import GenerateOptions, build_request, load_defaults, load_prompt, merge
+from pipeline_stage.stage import PageResult, PageTask, render_page, summary_line
+
+EPILOG = """\b
+Examples:
+  generate --comfyui -c 1 --page 1            page 1 of chapter 1 -> output/ch-01/raw/ch01_p001_vN.png
+  generate -c 1 --pages 1-4,7 --seed 42
+  generate -c 1 --page 3 --repeat 3           3 versions, same seed, + a consistency report
+  generate -c 1 --all --dry-run               print the requests, submit nothing
+  generate --reproduce output/ch-01/raw/ch01_p001_v1.workflow.json
+  generate approve -c 1 --page 1 --version 2
+
+\b
+Exit codes:
+  0    done
+  1    a job failed on the daemon (its error is shown); nothing written for it
+  2    usage or input error: bad option, prompt file missing (the path is named),
+       bad front matter or pipeline.toml, or the daemon refused the request (400)
+  3    the daemon is not running (start it with `sidecar serve`)
+  4    the device is busy: LoRA training in progress (its step and ETA are shown)
+  5    the generation log is torn or invalid (named; it is never overwritten)
+  130  interrupted (Ctrl-C): a queued or running job is cancelled on the daemon
+"""
+
+PARAM_OPTIONS = ("seed", "lora", "no_lora", "lora_strength", "steps", "cfg", "sampler", "scheduler", "negative",
+                 "width", "height", "checkpoint", "pose", "controlnet_strength", "denoise")
+
+
+def _emit_json(payload: dict[str, Any]) -> None:
+    click.echo(json.dumps(payload, indent=2, ensure_ascii=False))
+
+
+def _fail(exc: StageError, json_out: bool, extra: dict[str, Any] | None = None) -> int:
+    click.echo(f"error: {exc.message}", err=True)
+    if json_out:
+        _emit_json({"ok": False, **(extra or {}), "exitCode": exc.exit_code, **exc.to_body()})
+    return exc.exit_code
+
+
+def _cli_options(opts: dict[str, Any]) -> GenerateOptions:
+    values: dict[str, Any] = {}
+    simple = {"seed": "seed", "lora_strength": "lora_strength", "steps": "steps", "cfg": "cfg",
+              "sampler": "sampler", "scheduler": "scheduler", "negative": "negative_prompt", "width": "width",
+              "height": "height", "checkpoint": "checkpoint", "controlnet_strength": "controlnet_strength",
+              "denoise": "denoise"}
+    for opt, field in simple.items():
+        if opts[opt] is not None:
+            values[field] = opts[opt]
+    if opts["no_lora"]:
+        values["lora_id"] = ""
+    elif opts["lora"] is not None:
+        values["lora_id"] = opts["lora"]
+    if opts["pose"] is not None:
+        values["pose_image"] = Path(opts["pose"]).expanduser().resolve()  # relative to where we run
+    return GenerateOptions.model_validate(values)
+
+
+def _pages(project: Project, opts: dict[str, Any]) -> list[Page]:
+    chosen = [name for name in ("page", "pages", "all_pages") if opts[name] not in (None, False)]
+    if opts["chapter"] is None:
+        raise InputError("Say which chapter: -c/--chapter N.")
+    if len(chosen) != 1:
+        raise InputError("Say which pages with exactly one of --page N, --pages 1-4,7 or --all.")
+    chapter = opts["chapter"]
+    if opts["page"] is not None:
+        return [Page(chapter, opts["page"])]
+    if opts["pages"] is not None:
+        return [Page(chapter, n) for n in parse_pages(opts["pages"])]
+    pages = project.list_pages(chapter)
+    if not pages:
+        folder = project.prompt_file(Page(chapter, 1)).parent
+        raise PromptFileMissing(f"--all found no prompt files (chNN_pNNN.txt) in {folder}", {"path": str(folder)})
+    return pages
+
+
+def _page_tasks(project: Project, opts: dict[str, Any]) -> list[PageTask]:
+    defaults = load_defaults(project.config_file())
+    overrides = _cli_options(opts)
+    pages = _pages(project, opts)
+    missing = [project.prompt_file(p) for p in pages if not project.prompt_file(p).is_file()]
+    if missing:
+        listed = ", ".join(str(p) for p in missing)
+        raise PromptFileMissing(f"Prompt file not found: {listed}", {"paths": [str(p) for p in missing]})
+    tasks = []
+    for page in pages:
+        prompt = load_prompt(project.prompt_file(page))
+        options = merge(defaults, prompt.options, overrides)
+        tasks.append(PageTask(page, build_request(prompt.text, options), project.relative(prompt.file)))
+    return tasks
+
+
+def _reproduce_task(project: Project, opts: dict[str, Any]) -> PageTask:
+    given = [f"--{name.replace('_', '-')}" for name in PARAM_OPTIONS if opts[name] not in (None, False)]
+    given += [f"--{name}" for name in ("pages",) if opts[name] is not None] + (["--all"] if opts["all_pages"] else [])
+    if given:
+        raise InputError(f"--reproduce submits the workflow file as it is; it takes no {', '.join(given)}.")
+    path = Path(opts["reproduce"])
+    if not path.is_file():
+        raise PromptFileMissing(f"Workflow file not found: {path}", {"path": str(path)})
+    try:
+        workflow = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path} is not a JSON workflow ({exc}).", {"path": str(path)}) from None
+    if not isinstance(workflow, dict) or not all(isinstance(n, dict) and "class_type" in n for n in workflow.values()):
+        raise InputError(f"{path} is not an API-format workflow (node id -> {{class_type, inputs}}); in ComfyUI "
+                         "use \"Save (API format)\".", {"path": str(path)})
+    named = page_of(path.name)
+    if opts["chapter"] is not None and opts["page"] is not None:
+        page = Page(opts["chapter"], opts["page"])
+    elif named is not None:
+        page = named[0]
+    else:
+        raise InputError(f"Cannot tell which page {path.name} belongs to; pass -c N --page N.", {"path": str(path)})
+    source: dict[str, Any] = {}
+    if named is not None and named[0] == page:
+        # The source version's log entry says which prompt file and template it came from.
+        found = find_entries(read_log(project.log_file(page.chapter)), page, named[1])
+        source = found[-1] if found else {}
+    prompt_file = source.get("promptFile")
+    if prompt_file is None and project.prompt_file(page).is_file():
+        prompt_file = project.relative(project.prompt_file(page))
+    return PageTask(page, {"workflow": workflow}, prompt_file, reproduced_from=project.relative(path),
+                    template_hint=source.get("workflowTemplate"))
+
+
+async def _render_all(url: str, project: Project, tasks: list[PageTask], repeat: int, json_out: bool,
+                      done: list[PageResult], reports: list[ConsistencyReport]) -> None:
+    view = make_progress(json_out)
+    main_task = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        # SIGTERM (launchd, a pipeline runner) behaves as Ctrl-C: cancel the job, finish any commit.
+        loop.add_signal_handler(signal.SIGTERM, main_task.cancel)  # type: ignore[union-attr]
+    async with DaemonClient(url) as client:
+        for task in tasks:
+            made: list[PageResult] = []
+            for i in range(repeat):
+                result = await render_page(client, project, task, view)
+                done.append(result)
+                made.append(result)
+                if not json_out:
+                    click.echo(summary_line(project, result))
+                if i == 0 and "workflow" not in task.request and "seed" not in task.request:
+                    # --repeat compares same-seed runs: later versions reuse the seed the daemon chose.
+                    task = replace(task, request={**task.request, "seed": result.job["params"]["seed"]})
+            if len(made) > 1:
+                report = await asyncio.to_thread(write_report, project, task.page, [r.published for r in made])
+                reports.append(report)
+                if not json_out:
+                    for line in summary_lines(report, project):
+                        click.echo(line)
+
+
+def _result_json(project: Project, result: PageResult) -> dict[str, Any]:
+    pub = result.published
+    return {"page": str(result.task.page), "chapter": result.task.page.chapter, "pageNumber": result.task.page.page,
+            "version": pub.version, "image": project.relative(pub.image), "workflow": project.relative(pub.workflow),
+            "log": project.relative(pub.log), "jobId": result.job["id"], "entry": pub.entry}
+
+
+def _generate(opts: dict[str, Any]) -> int:
+    json_out = opts["json_out"]
+    project = Project(Path(opts["root"]).expanduser().resolve())
+    done: list[PageResult] = []
+    reports: list[ConsistencyReport] = []
+
+    def progress_json() -> dict[str, Any]:
+        return {"pages": [_result_json(project, r) for r in done],
+                "consistency": [r.figures for r in reports]}
+
+    try:
+        if opts["repeat"] < 1:
+            raise InputError("--repeat must be at least 1.")
+        tasks = [_reproduce_task(project, opts)] if opts["reproduce"] else _page_tasks(project, opts)
+        url = opts["daemon"] or load_defaults(project.config_file()).daemon or DEFAULT_URL
+        if opts["dry_run"]:
+            requests = [{"page": str(t.page), "promptFile": t.prompt_file, "daemon": url, "request": t.request}
+                        for t in tasks]
+            if json_out:
+                _emit_json({"ok": True, "dryRun": True, "requests": requests})
+            else:
+                for item in requests:
+                    click.echo(f"# {item['page']} ({item['promptFile']}) -> POST {url}/jobs"
+                               + (f" x{opts['repeat']}" if opts["repeat"] > 1 else ""))
+                    click.echo(json.dumps(item["request"], indent=2, ensure_ascii=False))
+            return 0
+        asyncio.run(_render_all(url, project, tasks, opts["repeat"], json_out, done, reports))
+    except StageError as exc:
+        return _fail(exc, json_out, progress_json())
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        click.echo("interrupted: a queued or running job was cancelled on the daemon; versions already "
+                   "written are complete, nothing is half-written.", err=True)
+        if json_out:
+            _emit_json({"ok": False, **progress_json(), "exitCode": EXIT_INTERRUPTED,
+                        "error": {"code": "interrupted", "message": "interrupted", "details": {}}})
+        return EXIT_INTERRUPTED
+    if json_out:
+        _emit_json({"ok": True, **progress_json()})
+    return 0
+
+
+@click.group(invoke_without_command=True, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--comfyui", is_flag=True,
+              help="Generate with the local sidecar daemon (ComfyUI or its embedded engine). This is the only "
+                   "mode of this command; the flag is accepted so the pipeline's `generate --comfyui` call works.")
+@click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True,
+              help="Project root holding pipeline.toml, prompts/ and output/.")
+@click.option("-c", "--chapter", type=click.IntRange(min=0), help="Chapter number (ch-01 is 1).")
+@click.option("--page", type=click.IntRange(min=0), help="One page number.")
+@click.option("--pages", metavar="SPEC", help="Page numbers and ranges, e.g. 1-4,7.")
+@click.option("--all", "all_pages", is_flag=True, help="Every prompt file of the chapter.")
+@click.option("--seed", type=click.IntRange(min=0), help="Seed (default: the prompt's, else a random one).")
+@click.option("--lora", metavar="ID", help="LoRA id (file name without extension), as `sidecar loras` lists.")
+@click.option("--no-lora", is_flag=True, help="No LoRA, even if the prompt or pipeline.toml names one.")
+@click.option("--lora-strength", type=float, help="LoRA strength.")
+@click.option("--steps", type=click.IntRange(min=1), help="Sampling steps.")
+@click.option("--cfg", type=float, help="CFG scale.")
+@click.option("--sampler", help="Sampler name, as ComfyUI names it (e.g. euler_ancestral).")
+@click.option("--scheduler", help="Scheduler name (e.g. normal, karras).")
+@click.option("--negative", help="Negative prompt.")
+@click.option("--width", type=int, help="Width in pixels (<= the daemon's profile limit, multiple of 8).")
+@click.option("--height", type=int, help="Height in pixels.")
+@click.option("--checkpoint", help="Checkpoint file name (the log's `model`).")
+@click.option("--pose", type=click.Path(dir_okay=False), help="Pose image for ControlNet (relative to here).")
+@click.option("--controlnet-strength", type=float, help="ControlNet strength (0.4-0.9).")
+@click.option("--denoise", type=float, help="Denoise strength.")
+@click.option("--daemon", metavar="URL", envvar="SIDECAR_DAEMON_URL",
+              help=f"The sidecar daemon (default: pipeline.toml's `daemon`, else {DEFAULT_URL}).")
+@click.option("--repeat", type=int, default=1, show_default=True, metavar="K",
+              help="K versions per page with the same parameters and seed, plus a consistency report "
+                   "(contact sheet + similarity figures in output/ch-XX/consistency/).")
+@click.option("--dry-run", is_flag=True, help="Print the requests; submit and write nothing.")
+@click.option("--reproduce", metavar="FILE.workflow.json", type=click.Path(dir_okay=False),
+              help="Submit that exact workflow again as a new version of its page (recorded as reproducedFrom).")
+@click.option("--json", "json_out", is_flag=True, help="A machine-readable summary on stdout; no progress bar.")
+@click.pass_context
+def main(ctx: click.Context, **opts: Any) -> None:
+    """Generate manga page images through the local sidecar daemon.
+
+    Reads prompts/ch-XX/chXX_pNNN.txt (prompt text, optionally after a +++ TOML front matter block),
+    submits the page to the daemon, shows progress, and writes output/ch-XX/raw/chXX_pNNN_vN.png (a new
+    version N every run, never overwriting), chXX_pNNN_vN.workflow.json beside it, and an entry in
+    output/ch-XX/generation-log.json. Command-line options override the front matter, which overrides
+    the [generate] table of pipeline.toml.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    ctx.exit(_generate(opts))
+
+
+@main.command()
+@click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True,
+              help="Project root.")
+@click.option("-c", "--chapter", type=click.IntRange(min=0), required=True, help="Chapter number.")
+@click.option("--page", type=click.IntRange(min=0), required=True, help="Page number.")
+@click.option("--version", "version", type=click.IntRange(min=1), required=True, help="Version to approve.")
+@click.option("--json", "json_out", is_flag=True, help="Print the approved entry as JSON.")
+@click.pass_context
+def approve(ctx: click.Context, root: Path, chapter: int, page: int, version: int, json_out: bool) -> None:
+    """Mark version N of a page approved in the chapter's generation log.
+
+    \b
+    Example:
+      generate approve -c 1 --page 1 --version 2
+    """
+    project = Project(root.expanduser().resolve())
+    target = Page(chapter, page)
+    log_path = project.log_file(chapter)
+
+    def mark(log: Any) -> dict[str, Any]:
+        try:
+            return approve_entry(log, target, version)
+        except LookupError:
+            known = sorted(set(versions_in(log, target)))
+            raise InputError(
+                f"{log_path} has no entry for {target.image_name(version)}"
+                + (f" (versions logged for {target}: {', '.join(map(str, known))})." if known else "."),
+                {"file": str(log_path), "versions": known},
+            ) from None
+
+    try:
+        if not log_path.is_file():
+            raise InputError(f"No generation log at {log_path}: nothing generated for chapter {chapter} yet.",
+                             {"file": str(log_path)})
+        entry = approve_version(project, target, version, mark)
+    except StageError as exc:
+        ctx.exit(_fail(exc, json_out))
+    if json_out:
+        _emit_json({"ok": True, "entry": entry, "log": project.relative(log_path)})
+    else:
+        click.echo(f"approved {target} v{version} ({entry.get('imageFile')}) in {project.relative(log_path)}")

@@ -1,0 +1,165 @@
+"""Page prompt files, `pipeline.toml` defaults and command-line overrides, merged into one job request.
+
+A prompt file is the prompt text, optionally preceded by a TOML front matter block between `+++`
+lines. Precedence: command line > front matter > `pipeline.toml` `[generate]` > the daemon's defaults.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.alias_generators import to_camel
+
+from pipeline_stage.errors import InputError, PromptFileMissing
+
+FENCE = "+++"
+
+
+class GenerateOptions(BaseModel):
+    """The per-page generation options (front matter keys, camelCase as in the daemon's API).
+
+    `loraId = ""` means "no LoRA" (TOML has no null), to switch off a LoRA set in pipeline.toml.
+    """
+
+    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True)
+
+    negative_prompt: str | None = None
+    seed: int | None = Field(None, ge=0, le=2**64 - 1)
+    lora_id: str | None = None
+    lora_strength: float | None = None
+    steps: int | None = Field(None, ge=1)
+    cfg: float | None = None
+    sampler: str | None = None
+    scheduler: str | None = None
+    width: int | None = Field(None, ge=8)
+    height: int | None = Field(None, ge=8)
+    checkpoint: str | None = None
+    denoise: float | None = None
+    pose_image: Path | None = Field(None, description="relative to the prompt file (pipeline.toml: to the root)")
+    controlnet_strength: float | None = None
+
+
+class PipelineDefaults(GenerateOptions):
+    """`[generate]` in pipeline.toml: the options above plus the daemon's URL. Other tables belong to
+    the pipeline's other stages and are left alone."""
+
+    daemon: str | None = None
+
+
+@dataclass(frozen=True)
+class PagePrompt:
+    file: Path
+    text: str
+    options: GenerateOptions
+
+
+def _invalid(source: Path, exc: ValidationError, where: str) -> InputError:
+    problems = "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}" for err in exc.errors()
+    )
+    return InputError(f"{where} of {source} is invalid: {problems}.",
+                      {"file": str(source), "errors": [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()]})
+
+
+def _toml(text: str, source: Path, where: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"{where} of {source} is not valid TOML: {exc}.", {"file": str(source)}) from None
+
+
+def _anchor_pose(options: GenerateOptions, base: Path) -> GenerateOptions:
+    if options.pose_image is not None and not options.pose_image.is_absolute():
+        return options.model_copy(update={"pose_image": (base / options.pose_image.expanduser()).resolve()})
+    return options
+
+
+def load_defaults(config: Path) -> PipelineDefaults:
+    """The `[generate]` table of pipeline.toml (absent file or table: no defaults)."""
+    if not config.is_file():
+        return PipelineDefaults()
+    data = _toml(config.read_text(encoding="utf-8"), config, "The file")
+    table = data.get("generate", {})
+    if not isinstance(table, dict):
+        raise InputError(f"[generate] in {config} must be a table.", {"file": str(config)})
+    try:
+        defaults = PipelineDefaults.model_validate(table)
+    except ValidationError as exc:
+        raise _invalid(config, exc, "[generate]") from None
+    return _anchor_pose(defaults, config.parent)  # type: ignore[return-value]
+
+
+def split_front_matter(raw: str, source: Path) -> tuple[str | None, str]:
+    """(front matter TOML or None, body). The opening fence must be the file's first line."""
+    text = raw.removeprefix("\ufeff")
+    lines = text.splitlines(keepends=True)
+    if not lines or lines[0].strip() != FENCE:
+        return None, text
+    for i, line in enumerate(lines[1:], start=1):
+        if line.strip() == FENCE:
+            return "".join(lines[1:i]), "".join(lines[i + 1:])
+    raise InputError(f"The front matter of {source} opens with {FENCE} on line 1 but is never closed.",
+                     {"file": str(source)})
+
+
+def load_prompt(path: Path) -> PagePrompt:
+    if not path.is_file():
+        raise PromptFileMissing(f"Prompt file not found: {path}", {"path": str(path)})
+    raw = path.read_text(encoding="utf-8")
+    front, body = split_front_matter(raw, path)
+    options = GenerateOptions()
+    if front is not None:
+        try:
+            options = GenerateOptions.model_validate(_toml(front, path, "The front matter"))
+        except ValidationError as exc:
+            raise _invalid(path, exc, "The front matter") from None
+    text = body.strip()
+    if not text:
+        raise InputError(f"{path} has no prompt text (after its front matter).", {"file": str(path)})
+    return PagePrompt(file=path, text=text, options=_anchor_pose(options, path.parent))
+
+
+def merge(*layers: GenerateOptions) -> GenerateOptions:
+    """Later layers win, field by field, for the fields they set."""
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        merged.update({name: getattr(layer, name) for name in layer.model_fields_set
+                       if name in GenerateOptions.model_fields})
+    return GenerateOptions.model_validate(merged)
+
+
+def build_request(prompt: str, options: GenerateOptions) -> dict[str, Any]:
+    """The POST /jobs body: only what was set, so the daemon's defaults apply to the rest."""
+    if options.pose_image is not None and not options.pose_image.is_file():
+        raise InputError(f"Pose image not found: {options.pose_image}", {"path": str(options.pose_image)})
+    lora = options.lora_id or None  # "" switches a default LoRA off
+    pose = str(options.pose_image) if options.pose_image is not None else None
+    size = {k: v for k, v in (("width", options.width), ("height", options.height)) if v is not None}
+    fields: list[tuple[str, Any]] = [
+        ("prompt", prompt),
+        ("negativePrompt", options.negative_prompt),
+        ("loraId", lora),
+        ("loraStrength", options.lora_strength if lora else None),
+        ("seed", options.seed),
+        ("steps", options.steps),
+        ("cfg", options.cfg),
+        ("sampler", options.sampler),
+        ("scheduler", options.scheduler),
+        ("resolution", size or None),
+        ("checkpoint", options.checkpoint),
+        ("denoise", options.denoise),
+        ("poseImagePath", pose),
+        ("controlnetStrength", options.controlnet_strength if pose else None),
+    ]
+    body = {key: value for key, value in fields if value is not None}
+    return body
+
+
+def prompt_hash(text: str) -> str:
+    """The log's `promptHash`: sha256 of the prompt text as submitted."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()

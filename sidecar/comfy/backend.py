@@ -1,0 +1,297 @@
+"""`ComfyBackend`: the `GenerationBackend` that runs jobs on a ComfyUI server.
+
+Attach mode (`comfyui_url`) talks to a ComfyUI someone else runs; managed mode (`comfyui_dir` +
+`comfyui_python`) also owns the process through `ComfySupervisor`. One job's life: wait for ComfyUI,
+place the pose image, persist our prompt id, post, follow (`follow.py`), fetch the image (`images.py`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from sidecar.backend import BackendHealth, ModelFolder, RunContext, RunResult
+from sidecar.comfy.client import ComfyClient, ComfyRefused, PromptWatch
+from sidecar.comfy.follow import FollowOptions, PromptFollower
+from sidecar.comfy.images import fetch_image
+from sidecar.comfy.pose import place_pose, set_pose
+from sidecar.comfy.supervisor import ComfySupervisor
+from sidecar.config import Settings
+from sidecar.errors import (
+    ComfyUnavailable,
+    JobCancelled,
+    NodeNotSupported,
+    PromptLost,
+    SamplerNotSupported,
+    SidecarError,
+)
+
+log = logging.getLogger("sidecar.comfy")
+
+# Loader node and input whose enum lists a model folder (for servers without GET /models/{folder}).
+LOADER_ENUMS: dict[str, tuple[str, str]] = {
+    "checkpoints": ("CheckpointLoaderSimple", "ckpt_name"),
+    "loras": ("LoraLoader", "lora_name"),
+    "controlnet": ("ControlNetLoader", "control_net_name"),
+}
+SAMPLER_NODES = ("KSampler", "KSamplerAdvanced")
+MODEL_SUFFIXES = {".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft"}
+HEALTH_TIMEOUT = 2.0  # /health must stay instant even when ComfyUI hangs
+OBJECT_INFO_TTL = 30.0
+CLIENT_ID_FILE = "comfyui-client-id"
+
+
+class ComfyBackend:
+    name = "comfyui"
+
+    def __init__(self, settings: Settings, *, client_id: str | None = None,
+                 reconnect_backoff: tuple[float, float] = (0.05, 2.0),
+                 restart_backoff: tuple[float, float] = (1.0, 30.0)):
+        self.settings = settings
+        self.managed = settings.comfyui_url is None and settings.comfyui_dir is not None
+        self.comfyui_dir = settings.comfyui_dir
+        self.client = ComfyClient(settings.comfyui_base_url, client_id=client_id,
+                                  backoff_initial=reconnect_backoff[0], backoff_max=reconnect_backoff[1])
+        self.supervisor = (ComfySupervisor(settings, backoff_initial=restart_backoff[0],
+                                           backoff_max=restart_backoff[1]) if self.managed else None)
+        self.options = FollowOptions(
+            poll_interval=settings.history_poll_interval,
+            inactivity_timeout=settings.job_inactivity_timeout,
+            unavailable_deadline=settings.comfyui_unavailable_deadline,
+        )
+        self._fixed_client_id = client_id
+        self._object_info: dict[str, Any] | None = None
+        self._object_info_at = 0.0
+        self._device: str | None = None
+
+    # -- lifecycle
+    async def start(self) -> None:
+        if self._fixed_client_id is None:
+            # The same client_id across daemon restarts: ComfyUI sends a prompt's messages to the socket
+            # with the poster's id, so a restarted daemon still hears the prompt it left running.
+            self.client.client_id = await asyncio.to_thread(stable_client_id, self.settings.data_dir)
+        # Neither waits for ComfyUI: the daemon answers /health at once and jobs wait for ComfyUI.
+        if self.supervisor is not None:
+            await self.supervisor.start()
+        await self.client.start()
+
+    async def stop(self) -> None:
+        await self.client.close()
+        if self.supervisor is not None:
+            await self.supervisor.stop()
+
+    async def unload(self) -> None:
+        """Ask ComfyUI to drop its models before training takes the device (16 GB of unified memory
+        cannot hold both). A ComfyUI that is down holds nothing."""
+        try:
+            await self.client.free()
+        except (SidecarError, OSError, aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            log.info("ComfyUI did not take /free (%s); nothing to unload", exc)
+
+    # -- what the API asks
+    async def health(self) -> BackendHealth:
+        extra: dict[str, Any] = {"url": self.client.base_url, "mode": "managed" if self.managed else "attach",
+                                 "websocket": self.client.connected}
+        if self.supervisor is not None:
+            extra.update(pid=self.supervisor.pid, starts=self.supervisor.starts)
+        try:
+            stats = await self.client.system_stats(timeout=HEALTH_TIMEOUT)
+        except ComfyUnavailable as exc:
+            warning = ("ComfyUI is starting or restarting (managed mode)" if self.managed
+                       else f"ComfyUI does not answer at {self.client.base_url}")
+            return BackendHealth(available=False, engine=self.name, device=self._device,
+                                 warnings=[f"{warning}: {exc.message}"], extra=extra)
+        system = stats.get("system") or {}
+        argv = [str(a) for a in system.get("argv") or []]
+        devices = stats.get("devices") or [{}]
+        self._device = devices[0].get("type")
+        warnings = []
+        if "--fp32-vae" not in argv:
+            warnings.append(
+                "ComfyUI runs without --fp32-vae: on Apple MPS its fp16 VAE gives black or washed-out images. "
+                "Restart it with --fp32-vae (the daemon's managed mode does)."
+            )
+        extra.update(comfyuiVersion=system.get("comfyui_version"), argv=argv,
+                     pytorchVersion=system.get("pytorch_version"), deviceName=devices[0].get("name"))
+        return BackendHealth(
+            available=True, engine=self.name, device=self._device,
+            dtypes={"unet": "fp16", "vae": "fp32" if "--fp32-vae" in argv else "default"},
+            warnings=warnings, extra=extra,
+        )
+
+    async def known_node_types(self) -> set[str] | None:
+        return set(await self._fetch_object_info())
+
+    async def validate(self, workflow: dict[str, Any]) -> None:
+        """Refuse at submit time what this ComfyUI cannot run; ComfyUI's own validation at POST time
+        remains the authority (a ComfyUI that is down is not asked here)."""
+        try:
+            info = await self._cached_object_info()
+        except ComfyUnavailable:
+            return
+        unknown = {nid: n.get("class_type") for nid, n in workflow.items() if n.get("class_type") not in info}
+        if unknown:  # maybe a custom node installed since the last look
+            try:
+                info = await self._fetch_object_info()
+            except ComfyUnavailable:
+                return
+            unknown = {nid: t for nid, t in unknown.items() if t not in info}
+        if unknown:
+            names = ", ".join(sorted(set(map(str, unknown.values()))))
+            raise NodeNotSupported(
+                f"ComfyUI at {self.client.base_url} has no node type {names}; install the custom node or "
+                "change the workflow.", {"nodes": unknown},
+            )
+        for node_id, node in workflow.items():
+            if node.get("class_type") not in SAMPLER_NODES:
+                continue
+            required = info[node["class_type"]].get("input", {}).get("required", {})
+            for field in ("sampler_name", "scheduler"):
+                value = node.get("inputs", {}).get(field)
+                allowed = required.get(field, [None])[0]
+                if isinstance(value, str) and isinstance(allowed, list) and value not in allowed:
+                    raise SamplerNotSupported(
+                        f"ComfyUI has no {field} {value!r}. Known: {', '.join(map(str, allowed))}.",
+                        {"field": field, "value": value, "node": node_id, "allowed": allowed},
+                    )
+
+    async def list_models(self, folder: ModelFolder) -> list[str] | None:
+        try:
+            names = await self.client.models(folder)
+            if names is None and folder in LOADER_ENUMS:
+                node, field = LOADER_ENUMS[folder]
+                spec = (await self.client.object_info(node)).get(node, {})
+                enum = spec.get("input", {}).get("required", {}).get(field, [[]])[0]
+                names = [str(n) for n in enum] if isinstance(enum, list) else None
+            return names
+        except ComfyUnavailable:
+            # While ComfyUI (re)starts, a known install dir still says what is there: jobs can queue.
+            directory = self.models_dir(folder)
+            names = await asyncio.to_thread(_list_model_files, directory) if directory is not None else None
+            if names is None:
+                raise
+            return names
+
+    def models_dir(self, folder: ModelFolder) -> Path | None:
+        return self.comfyui_dir / "models" / folder if self.comfyui_dir is not None else None
+
+    # -- running a job
+    async def run(self, ctx: RunContext) -> RunResult:
+        await self._wait_available(ctx)
+        if ctx.prompt_id is not None:
+            # Handed to ComfyUI before (daemon restart): follow or collect it, never post it again.
+            with self.client.watch(ctx.prompt_id) as watch:
+                follower = self._follower(ctx, watch)
+                outputs = await follower.run(reconcile_first=True)
+            return await self._collect(ctx, ctx.prompt_id, outputs)
+
+        workflow = ctx.workflow
+        if ctx.pose_image is not None:
+            comfy_name = await place_pose(self.client, ctx.pose_image, self.comfyui_dir)
+            workflow = set_pose(workflow, ctx.pose_image.name, comfy_name)
+        prompt_id = str(uuid.uuid4())
+        with self.client.watch(prompt_id) as watch:
+            # Persisted before ComfyUI sees it: after a crash the id is reconciled, never posted twice.
+            await ctx.on_prompt_id(prompt_id)
+            if ctx.cancel_event.is_set():
+                raise JobCancelled()
+            try:
+                answer = await self.client.post_prompt(workflow, prompt_id)
+            except ComfyRefused as exc:
+                raise PromptLost(f"ComfyUI stopped before it received prompt {prompt_id}.",
+                                 {"prompt_id": prompt_id, "reason": "comfyui_stopped", "cause": exc.message}) from None
+            except ComfyUnavailable:
+                # The answer was lost, maybe not the prompt: look for it before deciding (never post twice).
+                log.warning("job %s: no answer to POST /prompt %s; reconciling", ctx.job_id, prompt_id)
+                outputs = await self._follower(ctx, watch).run(reconcile_first=True)
+            else:
+                log.info("job %s: posted as ComfyUI prompt %s (number %s)", ctx.job_id, prompt_id,
+                         answer.get("number"))
+                outputs = await self._follower(ctx, watch).run()
+        return await self._collect(ctx, prompt_id, outputs)
+
+    def _follower(self, ctx: RunContext, watch: PromptWatch) -> PromptFollower:
+        samplers = {nid for nid, node in ctx.workflow.items() if node.get("class_type") in SAMPLER_NODES}
+        return PromptFollower(self.client, watch, on_progress=ctx.on_progress, cancel_event=ctx.cancel_event,
+                              options=self.options, progress_nodes=samplers)
+
+    async def _collect(self, ctx: RunContext, prompt_id: str, outputs: dict[str, Any]) -> RunResult:
+        image = await fetch_image(self.client, outputs, ctx.workflow, ctx.output_path)
+        return RunResult(output_path=ctx.output_path, device=self._device,
+                         extra={"prompt_id": prompt_id, "comfyui_file": image})
+
+    async def _wait_available(self, ctx: RunContext) -> None:
+        """Jobs wait for ComfyUI (starting, restarting) and fail as comfyui_unavailable after the deadline.
+        The WebSocket must be open before a prompt is posted: messages for a client without one are lost."""
+        deadline = time.monotonic() + self.settings.comfyui_unavailable_deadline
+        delay = 0.1
+        while True:
+            if self.client.connected and self._device is not None:
+                return
+            remaining = deadline - time.monotonic()
+            try:
+                if self.supervisor is not None and not self.supervisor.ready.is_set():
+                    await self.supervisor.wait_ready(max(0.0, remaining))
+                stats = await self.client.system_stats(timeout=min(HEALTH_TIMEOUT, max(remaining, 0.1)))
+                self._device = (stats.get("devices") or [{}])[0].get("type")
+                if await self.client.wait_connected(max(0.0, min(remaining, 5.0))):
+                    return
+            except ComfyUnavailable as exc:
+                reason = exc.message
+            else:
+                reason = "its WebSocket did not open"
+            if ctx.cancel_event.is_set():
+                raise JobCancelled()
+            if time.monotonic() >= deadline:
+                raise ComfyUnavailable(
+                    f"ComfyUI at {self.client.base_url} was not available for "
+                    f"{self.settings.comfyui_unavailable_deadline:g} s ({reason}).",
+                    {"url": self.client.base_url, "mode": "managed" if self.managed else "attach"},
+                )
+            await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 2, 2.0)
+
+    async def _fetch_object_info(self) -> dict[str, Any]:
+        self._object_info = await self.client.object_info()
+        self._object_info_at = time.monotonic()
+        return self._object_info
+
+    async def _cached_object_info(self) -> dict[str, Any]:
+        if self._object_info is None or time.monotonic() - self._object_info_at > OBJECT_INFO_TTL:
+            try:
+                return await self._fetch_object_info()
+            except ComfyUnavailable:
+                if self._object_info is None:
+                    raise
+        return self._object_info
+
+
+def stable_client_id(data_dir: Path) -> str:
+    """The daemon's ComfyUI client id, kept in the data dir."""
+    path = data_dir / CLIENT_ID_FILE
+    try:
+        value = path.read_text().strip()
+        uuid.UUID(value)
+        return value
+    except (OSError, ValueError):
+        pass
+    value = str(uuid.uuid4())
+    data_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_text(value + "\n")
+    tmp.replace(path)
+    return value
+
+
+def _list_model_files(directory: Path) -> list[str] | None:
+    # ComfyUI lists sub-folders' files as "sub/name.safetensors".
+    if not directory.is_dir():
+        return None
+    return sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*")
+                  if p.is_file() and p.suffix.lower() in MODEL_SUFFIXES)

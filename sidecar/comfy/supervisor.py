@@ -1,0 +1,183 @@
+"""Managed mode: the daemon runs ComfyUI itself, keeps it alive and stops it with the daemon.
+
+Starts `<comfyui_python> main.py --force-fp16 --fp32-vae --listen 127.0.0.1 --port P` in the install
+dir (`--fp32-vae` wins over `--force-fp16` for the VAE: the MPS fp16 VAE gives black images), logs its
+output to `<data_dir>/logs/comfyui.log`, waits until `/system_stats` answers, and restarts it with
+backoff when it dies. It does not talk to ComfyUI beyond that check (see `client.py`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+from typing import IO
+
+import aiohttp
+
+from sidecar.config import Settings
+
+log = logging.getLogger("sidecar.comfy.supervisor")
+
+STOP_GRACE = 10.0  # seconds between SIGTERM and SIGKILL on shutdown
+STABLE_AFTER = 60.0  # a process that ran this long resets the restart backoff
+
+
+def launch_command(python: Path, port: int) -> list[str]:
+    return [str(python), "main.py", "--force-fp16", "--fp32-vae", "--listen", "127.0.0.1", "--port", str(port)]
+
+
+class ComfySupervisor:
+    def __init__(self, settings: Settings, *, backoff_initial: float = 1.0, backoff_max: float = 30.0,
+                 check_interval: float = 0.25):
+        if settings.comfyui_dir is None or settings.comfyui_python is None:
+            raise ValueError("managed mode needs comfyui_dir and comfyui_python")
+        self.comfyui_dir: Path = settings.comfyui_dir
+        self.python: Path = settings.comfyui_python
+        self.port = settings.comfyui_port
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.start_timeout = settings.comfyui_start_timeout
+        self.log_path = settings.logs_dir / "comfyui.log"
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.check_interval = check_interval
+        self.ready = asyncio.Event()  # set while our ComfyUI answers /system_stats
+        self.starts = 0  # processes launched so far (1 + restarts)
+        self.last_exit: int | None = None
+        self._proc: asyncio.subprocess.Process | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None and self._proc.returncode is None else None
+
+    async def start(self) -> None:
+        self._stopping = False
+        self._session = aiohttp.ClientSession()
+        self._task = asyncio.create_task(self._keep_alive(), name="comfyui-supervisor")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+            self._task = None
+        await self._terminate()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        self.ready.clear()
+
+    async def wait_ready(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self.ready.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def _answers(self) -> bool:
+        assert self._session is not None
+        try:
+            async with self._session.get(self.url + "/system_stats", timeout=aiohttp.ClientTimeout(total=2)) as r:
+                return r.status == 200
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            return False
+
+    async def _keep_alive(self) -> None:
+        delay = self.backoff_initial
+        while not self._stopping:
+            if self._proc is None and await self._answers():
+                # Someone else's ComfyUI (a launchd agent, an orphan of a killed daemon) holds the port:
+                # a second one could not bind it. Use it while it answers; take over when it goes away.
+                log.warning("a ComfyUI already answers on port %d; using it instead of starting one", self.port)
+                self.ready.set()
+                while await self._answers():
+                    await asyncio.sleep(max(self.check_interval, 1.0))
+                self.ready.clear()
+                continue
+            started = time.monotonic()
+            await self._launch()
+            if await self._wait_until_answering():
+                log.info("ComfyUI answers on %s (pid %s, %.1f s after launch)", self.url, self.pid,
+                         time.monotonic() - started)
+                self.ready.set()
+                assert self._proc is not None
+                code = await self._proc.wait()
+                self.ready.clear()
+                if self._stopping:
+                    return
+                log.warning("ComfyUI (pid %s) exited with code %s; restarting", self._proc.pid, code)
+            elif self._proc is not None and self._proc.returncode is None:
+                log.warning("ComfyUI did not answer within %g s; killing it and trying again", self.start_timeout)
+                await self._terminate()
+            else:
+                log.warning("ComfyUI exited with code %s during start-up; see %s", self.last_exit, self.log_path)
+            self.last_exit = self._proc.returncode if self._proc is not None else None
+            self._proc = None
+            if time.monotonic() - started > STABLE_AFTER:
+                delay = self.backoff_initial
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.backoff_max)
+
+    async def _launch(self) -> None:
+        cmd = launch_command(self.python, self.port)
+        logfile = await asyncio.to_thread(self._open_log, cmd)
+        try:
+            # Its own session: a Ctrl-C in the daemon's terminal reaches the daemon, which then stops
+            # ComfyUI in order, instead of both dying at once.
+            self._proc = await asyncio.create_subprocess_exec(
+                *cmd, cwd=self.comfyui_dir, stdin=asyncio.subprocess.DEVNULL, stdout=logfile,
+                stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+                env={**os.environ, "PYTORCH_ENABLE_MPS_FALLBACK": "1"},
+            )
+        except OSError as exc:
+            log.error("cannot start ComfyUI (%s): %s", " ".join(cmd), exc)
+            self._proc = None
+            self.last_exit = None
+            return
+        finally:
+            logfile.close()  # the child holds its own descriptor
+        self.starts += 1
+        log.info("started ComfyUI: %s (pid %d, cwd %s, log %s)", " ".join(cmd), self._proc.pid,
+                 self.comfyui_dir, self.log_path)
+
+    def _open_log(self, cmd: list[str]) -> IO[bytes]:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(self.log_path, "ab")  # noqa: SIM115 (handed to the child, closed by _launch)
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        fh.write(f"\n=== {stamp} sidecar starts ComfyUI: {' '.join(cmd)} (cwd {self.comfyui_dir})\n".encode())
+        fh.flush()
+        return fh
+
+    async def _wait_until_answering(self) -> bool:
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            if self._proc is None or self._proc.returncode is not None:
+                if self._proc is not None:
+                    self.last_exit = self._proc.returncode
+                return False
+            if await self._answers():
+                return True
+            await asyncio.sleep(self.check_interval)
+        return False
+
+    async def _terminate(self) -> None:
+        proc = self._proc
+        if proc is None or proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), STOP_GRACE)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+        log.info("ComfyUI (pid %d) stopped", proc.pid)

@@ -1,0 +1,133 @@
+"""What every dataset tool shares: which files are images, captions and flips, how an image is opened
+(an unreadable one is a `DatasetInvalid` naming the file) and how files are written (temp + rename,
+so a crash never leaves half a PNG or a torn caption). It knows nothing about any one command.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from sidecar.errors import DatasetInvalid
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}  # what kohya's dataset loader reads too
+CAPTION_SUFFIX = ".txt"  # kohya is run with --caption_extension=.txt (its default `.caption` is wrong)
+FLIP_SUFFIX = "_flip"  # `front.png` -> `front_flip.png`: the stem says which image is a mirror
+DEFAULT_FLIP_TAG = "mirrored"
+CAPTION_PARTS = ("framing", "pose", "background")  # after the trigger word: DATA-02's caption format
+
+
+def _read_umask() -> int:
+    # Read once at import: os.umask can only be read by setting it, which is not thread-safe later.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Images directly in `folder` (kohya does not recurse), sorted by name; hidden files skipped."""
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+
+
+def is_flip(image: Path) -> bool:
+    return image.stem.endswith(FLIP_SUFFIX)
+
+
+def flip_path(image: Path) -> Path:
+    return image.with_name(f"{image.stem}{FLIP_SUFFIX}.png")
+
+
+def source_of_flip(image: Path) -> str:
+    """The stem of the image a flip was made from (`front_flip` -> `front`)."""
+    return image.stem[: -len(FLIP_SUFFIX)]
+
+
+def caption_path(image: Path) -> Path:
+    return image.with_suffix(CAPTION_SUFFIX)
+
+
+def require_dir(folder: Path, what: str = "dataset folder") -> Path:
+    folder = Path(folder).expanduser()
+    if not folder.exists():
+        raise DatasetInvalid(f"The {what} {folder} does not exist.", {"file": str(folder)})
+    if not folder.is_dir():
+        raise DatasetInvalid(f"{folder} is a file; the {what} must be a folder.", {"file": str(folder)})
+    return folder
+
+
+def open_image(path: Path) -> Image.Image:
+    """Open and fully decode an image (a truncated file fails here, not halfway through a command)."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img.convert("RGB") if img.mode != "RGB" else img.copy()
+    except FileNotFoundError:
+        raise DatasetInvalid(f"{path} does not exist.", {"file": str(path)}) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DatasetInvalid(f"{path} is not a readable image ({exc}).", {"file": str(path)}) from None
+
+
+def read_caption(path: Path) -> str | None:
+    """The caption kohya would use (first line, stripped), or None when there is no readable file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    lines = text.splitlines()
+    return lines[0].strip() if lines else ""
+
+
+def split_caption(caption: str) -> list[str]:
+    return [part.strip() for part in caption.split(",")]
+
+
+def add_tag(caption: str, tag: str) -> str:
+    """Append `tag` as the caption's last part, once."""
+    if not tag or tag in split_caption(caption):
+        return caption
+    return f"{caption}, {tag}"
+
+
+def _atomic(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        # mkstemp makes the file 0600; give it the mode a plain open() would (0666 minus the umask).
+        os.fchmod(fd, 0o666 & ~_UMASK)
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    _atomic(path, lambda fh: fh.write(data))
+
+
+def write_text(path: Path, text: str) -> None:
+    write_bytes(path, text.encode("utf-8"))
+
+
+def save_png(image: Image.Image, path: Path) -> None:
+    _atomic(path, lambda fh: image.save(fh, format="PNG"))
+
+
+def refuse_existing(paths: Iterable[Path], hint: str) -> None:
+    """Before writing anything: stop if any target exists, naming the first few."""
+    existing = [p for p in paths if p.exists()]
+    if existing:
+        names = ", ".join(str(p) for p in existing[:3]) + (", ..." if len(existing) > 3 else "")
+        raise DatasetInvalid(f"{len(existing)} output file(s) already exist ({names}); {hint}",
+                             {"files": [str(p) for p in existing[:20]]})

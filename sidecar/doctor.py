@@ -1,0 +1,490 @@
+"""`sidecar doctor`: what is installed, what is missing, and how to fix it, one line per check; and
+`--bench`, the hardware check of INFRA-04 (512x512, 20 steps, Euler a, the configured checkpoint,
+under 2 minutes) through a running daemon or, when none answers, an in-process one.
+
+Which checks are required depends on the engine: with the embedded engine ComfyUI is optional, with
+`comfyui` it is required. Exit codes: 0 nothing required is missing (and the bench passed), 1 something
+required is missing or the bench failed or was too slow, 2 configuration error, 4 device busy training.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import plistlib
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import click
+
+from sidecar.cli import config_options, settings_from
+from sidecar.config import Settings
+
+Status = Literal["ok", "warn", "fail", "skip"]
+GIB = 1024**3
+BENCH_LIMIT_S = 120.0  # INFRA-04: under 2 minutes
+BENCH_PROMPT = "anime character, full body, standing, simple background"
+FP32_VAE = "--fp32-vae"
+FORCE_FP16 = "--force-fp16"
+
+
+@dataclass
+class Check:
+    name: str
+    status: Status
+    detail: str
+    fix: str = ""
+    required: bool = False
+
+
+@dataclass
+class Probe:
+    """What the network told us, gathered once: ComfyUI's /system_stats and model lists, the daemon."""
+
+    comfy_stats: dict[str, Any] | None = None
+    comfy_models: dict[str, list[str]] = field(default_factory=dict)
+    daemon_health: dict[str, Any] | None = None
+    port_open: bool = False
+
+
+def _needed(required: bool, ok: bool, name: str, detail_ok: str, detail_bad: str, fix: str) -> Check:
+    if ok:
+        return Check(name, "ok", detail_ok, required=required)
+    return Check(name, "fail" if required else "warn", detail_bad, fix, required)
+
+
+# -- individual checks ----------------------------------------------------------------------------
+
+def check_python() -> Check:
+    v = sys.version_info
+    return _needed(True, v >= (3, 11), "python", f"{sys.version.split()[0]} ({sys.executable})",
+                   f"{sys.version.split()[0]} is too old", "install Python 3.11 or newer and recreate .venv")
+
+
+def check_torch(settings: Settings) -> tuple[list[Check], Any]:
+    embedded = settings.resolved_engine == "embedded"
+    try:
+        import torch
+    except ImportError:
+        return [_needed(embedded, False, "torch", "", "not installed (embedded engine and trainer unavailable)",
+                        "pip install -e '.[engine]' in this venv"),
+                Check("device", "skip", "no torch")], None
+    version = torch.__version__
+    if torch.backends.mps.is_available():
+        device = Check("device", "ok", "Apple MPS available")
+    elif torch.cuda.is_available():
+        device = Check("device", "ok", f"CUDA: {torch.cuda.get_device_name(0)}")
+    else:
+        device = Check("device", "warn", "no MPS or CUDA: the embedded engine runs on the CPU (minutes per image)",
+                       "on a Mac use an arm64 Python (not x86 under Rosetta) with a torch build that has MPS")
+    return [Check("torch", "ok", version, required=embedded), device], torch
+
+
+def check_comfyui(settings: Settings, probe: Probe, home: Path) -> list[Check]:
+    engine_comfy = settings.resolved_engine == "comfyui"
+    managed = settings.comfyui_dir is not None and settings.comfyui_url is None
+    checks: list[Check] = []
+    # -- install dir
+    if settings.comfyui_dir is None:
+        guess = home / "tools" / "ComfyUI"
+        if (guess / "main.py").is_file():
+            checks.append(Check("comfyui dir", "warn", f"found {guess} but comfyui_dir is not set",
+                                f"set comfyui_dir = \"{guess}\" (and comfyui_python) in the config"))
+        elif engine_comfy:
+            checks.append(Check("comfyui dir", "skip", f"not set: attached to {settings.comfyui_url}"))
+        else:
+            checks.append(Check("comfyui dir", "skip", "not set (optional with the embedded engine)"))
+    else:
+        main_py = settings.comfyui_dir / "main.py"
+        checks.append(_needed(engine_comfy and managed, main_py.is_file(), "comfyui dir", str(settings.comfyui_dir),
+                              f"{main_py} does not exist",
+                              "git clone https://github.com/comfyanonymous/ComfyUI ~/tools/ComfyUI, "
+                              "or set comfyui_dir to your checkout"))
+    # -- its python
+    if settings.comfyui_python is None:
+        if settings.comfyui_dir is not None:  # the config refuses managed mode without it: attach mode
+            checks.append(Check("comfyui python", "skip", "not set (not needed when attaching to comfyui_url)"))
+    else:
+        ok = settings.comfyui_python.is_file() and os.access(settings.comfyui_python, os.X_OK)
+        detail = _python_version(settings.comfyui_python) if ok else ""
+        checks.append(_needed(engine_comfy and managed, ok, "comfyui python", f"{settings.comfyui_python} {detail}",
+                              f"{settings.comfyui_python} is not an executable file",
+                              "create ComfyUI's venv (python3.11 -m venv venv; venv/bin/pip install -r "
+                              "requirements.txt) or fix comfyui_python"))
+    # -- the server and its launch flags
+    url = settings.comfyui_base_url
+    if probe.comfy_stats is not None:
+        system = probe.comfy_stats.get("system", {})
+        devices = probe.comfy_stats.get("devices") or [{}]
+        checks.append(Check("comfyui server", "ok", f"{url}: ComfyUI {system.get('comfyui_version', '?')} on "
+                            f"{devices[0].get('type', '?')}", required=engine_comfy))
+        checks.append(_flags_check(system.get("argv") or [], f"running with {' '.join(system.get('argv') or [])}"))
+    else:
+        if engine_comfy and not managed:
+            checks.append(Check("comfyui server", "fail", f"nothing answers at {url}",
+                                "start ComfyUI (`sidecar launchd install --comfyui`, or python main.py --force-fp16 "
+                                "--fp32-vae --listen 127.0.0.1) or fix comfyui_url", required=True))
+        elif managed and not (settings.comfyui_dir / "main.py").is_file():
+            checks.append(Check("comfyui server", "skip", "not running; nothing to start (see comfyui dir)"))
+        elif managed:
+            checks.append(Check("comfyui server", "ok", f"not running; the daemon starts it on port "
+                                f"{settings.comfyui_port}", required=engine_comfy))
+        else:
+            checks.append(Check("comfyui server", "skip", f"not running at {url} (optional with the embedded engine)"))
+        agent = home / "Library" / "LaunchAgents" / "com.plasma-sidecar.comfyui.plist"
+        if agent.is_file():
+            try:
+                args = plistlib.loads(agent.read_bytes()).get("ProgramArguments", [])
+                checks.append(_flags_check(args, f"launchd agent {agent.name}"))
+            except (plistlib.InvalidFileException, ValueError, OSError) as exc:
+                checks.append(Check("comfyui flags", "warn", f"{agent} is unreadable ({exc})",
+                                    "sidecar launchd install"))
+        elif managed:
+            checks.append(Check("comfyui flags", "ok", f"managed: {FORCE_FP16} {FP32_VAE} --listen 127.0.0.1"))
+    return checks
+
+
+def _flags_check(argv: list[str], where: str) -> Check:
+    missing = [f for f in (FP32_VAE, FORCE_FP16) if f not in argv]
+    if not missing:
+        return Check("comfyui flags", "ok", f"{FORCE_FP16} {FP32_VAE} ({where})")
+    why = {FP32_VAE: "the MPS fp16 VAE gives black or washed-out images",
+           FORCE_FP16: "the UNet runs fp32: slower, more memory"}
+    return Check("comfyui flags", "warn", f"missing {' '.join(missing)} ({where}): " + "; ".join(why[m] for m in missing),
+                 "restart ComfyUI with --force-fp16 --fp32-vae (`sidecar launchd install --comfyui` does)")
+
+
+def _python_version(python: Path) -> str:
+    try:
+        res = subprocess.run([str(python), "--version"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return (res.stdout or res.stderr).strip()
+
+
+def template_models(workflows_dir: Path) -> dict[str, set[str]]:
+    """Model file names the templates name, per folder (loader inputs left at their template value)."""
+    keys = {"ckpt_name": "checkpoints", "lora_name": "loras", "control_net_name": "controlnet"}
+    found: dict[str, set[str]] = {v: set() for v in keys.values()}
+    for path in sorted(workflows_dir.glob("*.json")):
+        if path.name == "manifest.json":
+            continue
+        try:
+            graph = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        for node in graph.values() if isinstance(graph, dict) else []:
+            for key, folder in keys.items():
+                value = (node.get("inputs") or {}).get(key) if isinstance(node, dict) else None
+                if isinstance(value, str):
+                    found[folder].add(value)
+    return found
+
+
+def models_location(settings: Settings) -> tuple[Path | None, str]:
+    if settings.resolved_engine == "comfyui" and settings.comfyui_dir is not None:
+        return settings.comfyui_dir / "models", "ComfyUI"
+    if settings.resolved_engine == "comfyui":
+        return None, "ComfyUI server"
+    return settings.models_path, "models_dir"
+
+
+def check_models(settings: Settings, probe: Probe) -> list[Check]:
+    root, where = models_location(settings)
+    named = template_models(settings.workflows_dir)
+    # The checkpoint and ControlNet slots are filled from the settings; the LoRA keeps its template name.
+    wanted = [("checkpoint", "checkpoints", settings.checkpoint, True,
+               "download an SD1.5 checkpoint (Anything V5) to {dir}/{file}, or set `checkpoint` to one you have"),
+              *[("lora", "loras", name, False,
+                 "train it (datasets/WALKTHROUGH.md), then `sidecar loras promote RUN --step N` puts it in {dir}")
+                for name in sorted(named["loras"])],
+              ("controlnet", "controlnet", settings.controlnet_model, False,
+               "download {file} into {dir} (only pose jobs need it)")]
+    checks = []
+    for name, folder, file_name, required, fix in wanted:
+        if root is not None:
+            path = root / folder / file_name
+            checks.append(_needed(required, path.exists(), name, str(path), f"{path} is missing",
+                                  fix.format(dir=root / folder, file=file_name)))
+        elif folder in probe.comfy_models:
+            present = file_name in probe.comfy_models[folder]
+            checks.append(_needed(required, present, name, f"{file_name} ({where})",
+                                  f"{file_name} is not in ComfyUI's models/{folder}",
+                                  fix.format(dir=f"ComfyUI's models/{folder}", file=file_name)))
+        else:
+            checks.append(Check(name, "fail" if required else "warn", f"{file_name}: cannot tell (ComfyUI does not "
+                                "answer and comfyui_dir is not set)", "start ComfyUI or set comfyui_dir", required))
+    return checks
+
+
+def check_kohya(settings: Settings, torch: Any) -> list[Check]:
+    from sidecar.training.kohya import locate
+
+    if settings.kohya_dir is None:
+        return [Check("kohya_ss", "warn", "kohya_dir not set: training uses the embedded trainer",
+                      "optional: install kohya_ss sd-scripts in ~/tools/kohya_ss and set kohya_dir/kohya_python")]
+    install = locate(settings)
+    if install is None:
+        return [Check("kohya_ss", "warn", f"no train_network.py (or no venv python) in {settings.kohya_dir}",
+                      "set kohya_dir to sd-scripts (or the kohya_ss checkout holding it) and kohya_python")]
+    checks = [Check("kohya_ss", "ok", str(install.script)),
+              Check("kohya venv", "ok", f"{install.python} {_python_version(install.python)}")]
+    hf_home = Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface")
+    config = hf_home / "accelerate" / "default_config.yaml"
+    if not config.is_file():
+        checks.append(Check("accelerate config", "warn", f"{config} does not exist",
+                            f"{install.python.parent / 'accelerate'} config  (this machine, MPS, mixed precision: no)"))
+    else:
+        m = re.search(r"^mixed_precision:\s*['\"]?(\w+)", config.read_text(encoding="utf-8", errors="replace"), re.M)
+        mp = m.group(1) if m else "no"
+        mps = sys.platform == "darwin" or bool(torch is not None and torch.backends.mps.is_available())
+        if mps and mp in ("fp16", "bf16"):
+            checks.append(Check("accelerate config", "warn", f"mixed_precision {mp}: kohya's pinned accelerate "
+                                "refuses it on MPS", f"set mixed_precision: 'no' in {config}"))
+        else:
+            checks.append(Check("accelerate config", "ok", f"{config} (mixed_precision {mp})"))
+    return checks
+
+
+def check_disk(settings: Settings) -> Check:
+    path = settings.data_dir
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    free = shutil.disk_usage(path).free
+    detail = f"{free / GIB:.1f} GiB free at {path}"
+    if free < 2 * GIB:
+        return Check("disk", "fail", detail, "free space: checkpoints, LoRAs and renders need several GiB", True)
+    if free < 10 * GIB:
+        return Check("disk", "warn", detail, "a training run with checkpoints and states can take 5+ GiB", True)
+    return Check("disk", "ok", detail, required=True)
+
+
+def check_port(settings: Settings, probe: Probe) -> Check:
+    where = f"{settings.host}:{settings.port}"
+    if probe.daemon_health is not None:
+        h = probe.daemon_health
+        return Check("daemon", "ok", f"running on {where} (engine {h.get('engine')}, device {h.get('device')}, "
+                     f"status {h.get('status')})")
+    if probe.port_open:
+        return Check("daemon", "fail", f"{where} is taken by another program", "stop it, or set port to a free one",
+                     True)
+    return Check("daemon", "ok", f"not running; {where} is free (`sidecar serve`)")
+
+
+def check_launchd(home: Path) -> Check:
+    from sidecar.launchd import agent_status, find_launchctl
+
+    if find_launchctl() is None:
+        return Check("launchd", "skip", f"no launchd on {sys.platform}")
+    rows = agent_status(home)
+    parts = [f"{r['agent']} {'loaded' if r['loaded'] else 'installed' if r['installed'] else 'not installed'}"
+             for r in rows]
+    daemon = next(r for r in rows if r["agent"] == "daemon")
+    if daemon["loaded"]:
+        return Check("launchd", "ok", ", ".join(parts))
+    return Check("launchd", "warn", ", ".join(parts), "optional: `sidecar launchd install` starts it at login")
+
+
+# -- probing the network --------------------------------------------------------------------------
+
+async def probe_network(settings: Settings) -> Probe:
+    import aiohttp
+
+    probe = Probe()
+    timeout = aiohttp.ClientTimeout(total=3)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        async def get(url: str) -> Any:
+            try:
+                async with session.get(url) as resp:
+                    return await resp.json(content_type=None) if resp.status == 200 else None
+            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+                return None
+
+        base = settings.comfyui_base_url
+        stats, health = await asyncio.gather(get(f"{base}/system_stats"),
+                                             get(f"http://{settings.host}:{settings.port}/health"))
+        if isinstance(stats, dict) and "system" in stats:
+            probe.comfy_stats = stats
+            for folder in ("checkpoints", "loras", "controlnet"):
+                listing = await get(f"{base}/models/{folder}")
+                if isinstance(listing, list):
+                    probe.comfy_models[folder] = listing
+        if isinstance(health, dict) and "status" in health:
+            probe.daemon_health = health
+    probe.port_open = probe.daemon_health is not None or await asyncio.to_thread(_port_open, settings.host,
+                                                                                  settings.port)
+    return probe
+
+
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def run_checks(settings: Settings, home: Path | None = None) -> list[Check]:
+    home = home or Path.home()
+    probe = asyncio.run(probe_network(settings))
+    torch_checks, torch = check_torch(settings)
+    return [check_python(), *torch_checks, *check_comfyui(settings, probe, home), *check_models(settings, probe),
+            *check_kohya(settings, torch), check_disk(settings), check_port(settings, probe), check_launchd(home)]
+
+
+# -- the bench ------------------------------------------------------------------------------------
+
+async def run_bench(settings: Settings, url: str, runs: int, poll_interval: float,
+                    backend: Any = None) -> dict[str, Any]:
+    """Render the INFRA-04 job `runs` times through the daemon at `url`, or, when none answers there,
+    through an in-process daemon on the configured engine (`backend` overrides it, for tests)."""
+    from sidecar.datasets.client import DaemonClient, DaemonUnavailable
+
+    result: dict[str, Any] = {"resolution": "512x512", "steps": 20, "sampler": "euler_ancestral",
+                              "checkpoint": settings.checkpoint, "limitSeconds": BENCH_LIMIT_S, "runs": []}
+    runner = None
+    try:
+        async with DaemonClient(url, timeout=30) as probe:
+            health = await probe.health()
+        result["source"] = f"daemon at {url}"
+    except DaemonUnavailable:
+        runner, url, health = await _start_in_process(settings, backend)
+        result["source"] = "in-process daemon (no daemon was running)"
+    result.update(engine=health.get("engine"), device=health.get("device"))
+    try:
+        async with DaemonClient(url, timeout=60) as client:
+            for i in range(runs):
+                body = {"prompt": BENCH_PROMPT, "seed": 42 + i, "steps": 20, "cfg": 7.0, "sampler": "euler_ancestral",
+                        "scheduler": "normal", "resolution": {"width": 512, "height": 512},
+                        "checkpoint": settings.checkpoint}
+                started = time.monotonic()
+                job = await client.submit(body)
+                job = await client.wait(job["id"], poll_interval=poll_interval)
+                seconds = time.monotonic() - started
+                run = {"jobId": job["id"], "status": job["status"], "seconds": round(seconds, 2),
+                       "renderSeconds": round(job["durationMs"] / 1000, 2) if job.get("durationMs") else None}
+                if job.get("error"):
+                    run["error"] = job["error"]
+                result["runs"].append(run)
+                if job["status"] != "succeeded":
+                    break
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+    last = result["runs"][-1] if result["runs"] else None
+    result["underLimit"] = bool(last and last["status"] == "succeeded" and last["seconds"] < BENCH_LIMIT_S)
+    return result
+
+
+async def _start_in_process(settings: Settings, backend: Any = None):
+    from aiohttp import web
+
+    from sidecar.api.app import create_app
+    from sidecar.datasets.client import DaemonClient
+
+    runner = web.AppRunner(create_app(settings, backend), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    url = f"http://127.0.0.1:{port}"
+    async with DaemonClient(url) as client:
+        health = await client.health()
+    return runner, url, health
+
+
+# -- output ---------------------------------------------------------------------------------------
+
+COLOURS = {"ok": "green", "warn": "yellow", "fail": "red", "skip": "dim"}
+
+
+def print_checks(checks: list[Check]) -> None:
+    if sys.stdout.isatty():
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title="sidecar doctor")
+        for col in ("check", "status", "detail", "fix"):
+            table.add_column(col, overflow="fold")
+        for c in checks:
+            table.add_row(c.name, f"[{COLOURS[c.status]}]{c.status}[/]", c.detail, c.fix)
+        Console().print(table)
+        return
+    for c in checks:
+        click.echo(f"{c.status:<5} {c.name:<18} {c.detail}")
+        if c.fix:
+            click.echo(f"{'':<5} {'':<18} fix: {c.fix}")
+
+
+def print_bench(bench: dict[str, Any]) -> None:
+    click.echo(f"bench: {bench['resolution']}, {bench['steps']} steps, Euler a, {bench['checkpoint']} via "
+               f"{bench['source']} (engine {bench.get('engine')}, device {bench.get('device')})")
+    for i, run in enumerate(bench["runs"], start=1):
+        extra = f", render {run['renderSeconds']} s" if run.get("renderSeconds") is not None else ""
+        err = f": {run['error'].get('message')}" if run.get("error") else ""
+        click.echo(f"  run {i}: {run['status']} in {run['seconds']} s{extra}{err}")
+    verdict = "yes" if bench["underLimit"] else "NO"
+    click.echo(f"under 2 minutes: {verdict}")
+
+
+@click.command("doctor")
+@config_options
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@click.option("--bench", is_flag=True, help="also render 512x512, 20 steps, Euler a and say if it is under 2 minutes")
+@click.option("--runs", default=1, show_default=True, type=click.IntRange(1, 10),
+              help="bench renders; the verdict uses the last (the first includes loading the model)")
+@click.option("--url", default=None, help="daemon for --bench [default: http://<host>:<port>]")
+@click.option("--poll-interval", default=0.5, type=click.FloatRange(min=0.01), hidden=True)
+def doctor(as_json: bool, bench: bool, runs: int, url: str | None, poll_interval: float, **flags: Any) -> None:
+    """Check what the stack needs and say how to fix what is missing.
+
+    \b
+    Examples:
+      sidecar doctor
+      sidecar doctor --engine comfyui --json
+      sidecar doctor --bench --runs 2
+
+    Exit codes: 0 nothing required is missing (and the bench passed), 1 something required is
+    missing or the bench failed or took 2 minutes or more, 2 configuration error, 4 device busy.
+    """
+    settings, _ = settings_from(flags)
+    checks = run_checks(settings)
+    failed = [c for c in checks if c.status == "fail"]
+    bench_result = None
+    code = 1 if failed else 0
+    if bench:
+        from sidecar.datasets.client import DaemonRefused
+
+        try:
+            bench_result = asyncio.run(run_bench(settings, url or f"http://{settings.host}:{settings.port}", runs,
+                                                 poll_interval))
+            code = code or (0 if bench_result["underLimit"] else 1)
+        except DaemonRefused as exc:
+            bench_result = {"error": {"code": exc.code, "message": exc.message}}
+            code = 4 if exc.device_busy else 1
+        except Exception as exc:  # an engine that cannot start: say so, as a failed bench
+            bench_result = {"error": {"code": "bench_failed", "message": f"{type(exc).__name__}: {exc}"}}
+            code = 1
+    if as_json:
+        out: dict[str, Any] = {"ok": not failed, "engine": settings.resolved_engine,
+                               "checks": [asdict(c) for c in checks]}
+        if bench_result is not None:
+            out["bench"] = bench_result
+        click.echo(json.dumps(out, indent=2))
+    else:
+        print_checks(checks)
+        click.echo(f"{len(failed)} required item(s) missing" if failed else "nothing required is missing")
+        if bench_result is not None:
+            if "error" in bench_result:
+                click.echo(f"bench: {bench_result['error']['message']} ({bench_result['error']['code']})")
+            else:
+                print_bench(bench_result)
+    sys.exit(code)

@@ -1,0 +1,191 @@
+"""`EmbeddedBackend`: the in-process diffusers engine behind the `GenerationBackend` interface.
+
+Torch runs in one dedicated worker thread (one job at a time, models stay warm there); the event
+loop only awaits it, so /health and the job list answer while a job renders. The thread checks the
+job's cancel event (and a stop flag for shutdown) before every model call. torch is imported when
+the backend starts, not when this module is imported, so a daemon without the [engine] extra still
+starts and says what is missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from sidecar.backend import BackendHealth, ModelFolder, RunContext, RunResult
+from sidecar.config import Settings
+from sidecar.engine.interpreter import SUPPORTED_NODES, RenderJob, interpret
+from sidecar.errors import EngineUnavailable, JobCancelled, JobFailed, SidecarError
+
+log = logging.getLogger("sidecar.engine")
+
+
+class EmbeddedBackend:
+    name = "embedded"
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._executor: ThreadPoolExecutor | None = None
+        self._plan: Any = None  # device.DevicePlan once started
+        self._cache: Any = None  # cache.ModelCache
+        self._renderer: Any = None
+        self._problem: SidecarError | None = None
+        self._versions: dict[str, str] = {}
+
+    # -- lifecycle
+    async def start(self) -> None:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sidecar-engine")
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._init)
+            self._problem = None
+        except SidecarError as exc:
+            self._problem = exc
+            log.error("embedded engine unavailable: %s", exc.message)
+        except ImportError as exc:
+            self._problem = EngineUnavailable(
+                f"The embedded engine needs torch, diffusers and transformers ({exc.name or exc} is missing): "
+                "install them with `pip install -e '.[engine]'`.", {"missing": exc.name})
+            log.error("embedded engine unavailable: %s", self._problem.message)
+
+    def _init(self) -> None:
+        import diffusers
+        import torch
+        import transformers
+
+        from sidecar.engine.cache import ModelCache
+        from sidecar.engine.device import plan_device
+        from sidecar.engine.models import TokenizerPlaces
+        from sidecar.engine.render import Renderer
+
+        self._plan = plan_device(self.settings.device)
+        places = TokenizerPlaces(self.settings.models_path, self.settings.comfyui_dir, self.settings.data_dir / "cache")
+        self._cache = ModelCache(self._plan, places)
+        self._renderer = Renderer(self._cache)
+        self._versions = {"torch": torch.__version__, "diffusers": diffusers.__version__,
+                          "transformers": transformers.__version__}
+        log.info("embedded engine on %s (%s), models in %s", self._plan.device,
+                 ", ".join(f"{k} {v}" for k, v in self._plan.dtypes().items()), self.settings.models_path)
+
+    async def stop(self) -> None:
+        if self._executor is not None:
+            executor, self._executor = self._executor, None
+            # A job still rendering was told to stop by its run(); wait for the thread to finish the step.
+            await asyncio.get_running_loop().run_in_executor(None, executor.shutdown, True)
+
+    async def unload(self) -> None:
+        """Free the cached models (e.g. before training takes the device)."""
+        if self._executor is not None and self._cache is not None:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._cache.unload)
+
+    # -- what the daemon asks
+    async def health(self) -> BackendHealth:
+        if self._plan is None:
+            problem = self._problem.message if self._problem else "the engine has not started"
+            return BackendHealth(available=False, engine=self.name, warnings=[problem])
+        warnings = [self._problem.message] if self._problem else []
+        if self._plan.device == "cpu":
+            warnings.append("no GPU (MPS/CUDA) found: the embedded engine runs on the CPU")
+        return BackendHealth(
+            available=self._problem is None, engine=self.name, device=self._plan.device,
+            dtypes=self._plan.dtypes(), warnings=warnings,
+            extra={"loaded": self._cache.loaded(), "modelsDir": str(self.settings.models_path), **self._versions},
+        )
+
+    async def known_node_types(self) -> set[str] | None:
+        return set(SUPPORTED_NODES)
+
+    async def validate(self, workflow: dict[str, Any]) -> None:
+        interpret(workflow)
+
+    async def list_models(self, folder: ModelFolder) -> list[str] | None:
+        from sidecar.engine.models import list_models
+
+        return await asyncio.to_thread(list_models, self.settings.models_path, folder)
+
+    def models_dir(self, folder: ModelFolder) -> Path | None:
+        return self.settings.models_path / folder
+
+    # -- running a job
+    async def run(self, ctx: RunContext) -> RunResult:
+        if self._problem is not None or self._executor is None:
+            raise self._problem or EngineUnavailable("The embedded engine is not started.")
+        job = interpret(ctx.workflow)
+        if ctx.cancel_event.is_set():
+            raise JobCancelled()
+        stop = threading.Event()  # set when the daemon stops mid-job
+        cancel = ctx.cancel_event
+
+        def should_stop() -> bool:
+            # Read from the worker thread: is_set() only reads a flag, which is safe across threads,
+            # and it sees a cancel the moment the event loop sets it (no hop back through the loop).
+            return stop.is_set() or cancel.is_set()
+
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._run_job, job, ctx, should_stop)
+        except asyncio.CancelledError:
+            stop.set()  # let the thread end at its next step
+            raise
+        return RunResult(output_path=ctx.output_path, device=self._plan.device,
+                         extra={"dtypes": self._plan.dtypes(), "loaded": self._cache.loaded()})
+
+    def _run_job(self, job: RenderJob, ctx: RunContext, should_stop: Callable[[], bool]) -> None:
+        """In the worker thread: load (or reuse) models, render, write the PNG atomically."""
+        from sidecar.engine.cache import LoraUse
+        from sidecar.engine.models import resolve
+        from sidecar.engine.render import Hooks
+
+        models_path = self.settings.models_path
+        checkpoint = resolve(models_path, "checkpoints", job.checkpoint)
+        loras = [LoraUse(resolve(models_path, "loras", name), sm, sc) for name, sm, sc in job.loras]
+        controls = job.controls_positive + job.controls_negative
+        controlnet = resolve(models_path, "controlnet", controls[0].controlnet) if controls else None
+        hints = {c.image: self._input_image(c.image, ctx) for c in controls}
+        unet_dtype = self._plan.compute_dtype(job.unet_dtype)
+        if should_stop():
+            raise JobCancelled()
+        try:
+            base = self._cache.get_base(checkpoint, unet_dtype, loras)
+            image = self._renderer.render(job, base, hints, controlnet,
+                                          Hooks(on_step=ctx.on_progress, should_stop=should_stop))
+        except (SidecarError, JobCancelled):
+            raise
+        except Exception as exc:  # torch/diffusers errors: a failed job with the reason, not a crash
+            log.exception("job %s failed in the engine", ctx.job_id)
+            raise JobFailed(f"The embedded engine failed: {type(exc).__name__}: {exc}",
+                            {"exception": type(exc).__name__}, code="execution_error") from None
+        _write_png(image, ctx.output_path, ctx.workflow)
+
+    def _input_image(self, name: str, ctx: RunContext) -> Path:
+        # The slot filler leaves the pose file's basename in LoadImage; the job carries the real path.
+        candidates = [ctx.pose_image] if ctx.pose_image is not None else []
+        candidates.append(self.settings.data_dir / "input" / name)
+        for path in candidates:
+            if path is not None and path.is_file():
+                return path
+        raise JobFailed(f"LoadImage: image {name!r} not found (no pose image with the job, nothing in "
+                        f"{self.settings.data_dir / 'input'}).", {"image": name}, code="execution_error")
+
+
+def _write_png(image: Any, path: Path, workflow: dict[str, Any]) -> None:
+    """Temp file + rename, so a reader never sees half a PNG. The workflow rides along in a `prompt`
+    text chunk, where ComfyUI puts it, so the image alone says how it was made."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("prompt", json.dumps(workflow))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        image.save(tmp, format="PNG", pnginfo=info)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()

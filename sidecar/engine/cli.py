@@ -1,0 +1,74 @@
+"""`sidecar models`: make the tiny random model set, and list what a models dir holds."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+
+@click.group()
+def models() -> None:
+    """Embedded-engine models (a ComfyUI-style dir: checkpoints/, loras/, controlnet/).
+
+    \b
+    Examples:
+      sidecar models make-tiny --out ./models
+      sidecar serve --engine embedded --models-dir ./models --device cpu
+      sidecar models list --models-dir ./models
+    """
+
+
+@models.command("make-tiny")
+@click.option("--out", "out", type=click.Path(path_type=Path, file_okay=False), required=True,
+              help="models dir to write (checkpoints/, loras/, controlnet/ are created in it)")
+@click.option("--seed", type=int, default=0, show_default=True, help="seed of the random weights")
+@click.option("--full-size", is_flag=True,
+              help="the real SD1.5 architecture with random weights (~2 GB in fp16; for benchmarks)")
+@click.option("--fp16", is_flag=True, help="store the weights in fp16, as most real checkpoints are")
+@click.option("--json", "as_json", is_flag=True, help="print the written paths as JSON")
+def make_tiny(out: Path, seed: int, full_size: bool, fp16: bool, as_json: bool) -> None:
+    """Write a random-weight SD1.5-architecture model set (checkpoint, kohya LoRA, ControlNet).
+
+    The files have the formats of real ones (original SD1.5 key layout, kohya LoRA keys and ss_*
+    metadata, ControlNet 1.x layout), small enough that a 512x768 job takes seconds on a CPU. Each
+    model has a NAME.arch.json beside it naming its architecture, and the checkpoint a byte-level
+    tokenizer folder. Use the checkpoint with `checkpoint = "tiny-sd15.safetensors"`.
+    """
+    try:
+        import torch
+
+        from sidecar.engine.tiny import make_models
+    except ImportError as exc:
+        click.echo(f"sidecar models: the embedded engine is not installed ({exc}); "
+                   "pip install -e '.[engine]'", err=True)
+        sys.exit(1)
+    written = make_models(out, seed=seed, full_size=full_size, dtype=torch.float16 if fp16 else torch.float32)
+    paths = {"checkpoint": str(written.checkpoint), "lora": str(written.lora), "controlnet": str(written.controlnet)}
+    if as_json:
+        click.echo(json.dumps(paths, indent=2))
+        return
+    for kind, path in paths.items():
+        click.echo(f"{kind:<11} {path}")
+    click.echo(f"\nnext: SIDECAR_CHECKPOINT={written.checkpoint.name} sidecar serve --engine embedded "
+               f"--models-dir {out}")
+
+
+@models.command("list")
+@click.option("--models-dir", type=click.Path(path_type=Path, file_okay=False), required=True,
+              help="the models dir (checkpoints/, loras/, controlnet/)")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def list_cmd(models_dir: Path, as_json: bool) -> None:
+    """List the checkpoints, LoRAs and ControlNets the embedded engine sees."""
+    from sidecar.engine.models import FOLDERS, list_models
+
+    found = {folder: list_models(models_dir, folder) for folder in FOLDERS}
+    if as_json:
+        click.echo(json.dumps(found, indent=2))
+        return
+    for folder, names in found.items():
+        click.echo(f"{folder}/")
+        for name in names or ["(none)"]:
+            click.echo(f"  {name}")

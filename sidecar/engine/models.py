@@ -1,0 +1,254 @@
+"""The models dir and loading what is in it: SD1.5 checkpoints, kohya LoRA files, SD1.5 ControlNets.
+
+Laid out like ComfyUI's `models/` (`checkpoints/`, `loras/`, `controlnet/`), so it can be the user's
+ComfyUI folder. Checkpoints are single files in the original SD1.5 key layout or diffusers folders.
+Architecture configs ship with the package (`configs/sd15/`); a `<name>.arch.json` beside a model
+overrides them (the tiny test models), so one loader reads a full-size SD1.5 and a tiny one alike.
+This module loads onto the CPU in the file's dtype; placing on a device (and casting) is the cache's job.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sidecar.engine import convert
+from sidecar.engine.tokenizer import TokenizerSource, find_tokenizer, load_tokenizer
+from sidecar.errors import CheckpointNotFound, ControlnetNotFound, JobFailed, LoraNotFound
+
+log = logging.getLogger("sidecar.engine")
+
+FOLDERS = ("checkpoints", "loras", "controlnet")
+MODEL_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".sft")
+ARCH_SUFFIX = ".arch.json"
+NOT_FOUND = {"checkpoints": CheckpointNotFound, "loras": LoraNotFound, "controlnet": ControlnetNotFound}
+
+
+def shipped_config(name: str) -> dict[str, Any]:
+    text = resources.files("sidecar.engine").joinpath("configs", "sd15", f"{name}.json").read_text("utf-8")
+    return json.loads(text)
+
+
+# -- the models dir
+
+def list_models(models_path: Path, folder: str) -> list[str]:
+    """Model files (by suffix, as ComfyUI lists them) and diffusers folders, sorted."""
+    directory = models_path / folder
+    if not directory.is_dir():
+        return []
+    names = []
+    for entry in directory.iterdir():
+        if entry.name.startswith("."):
+            continue
+        if entry.is_file() and entry.suffix.lower() in MODEL_SUFFIXES:
+            names.append(entry.name)
+        elif entry.is_dir() and ((entry / "model_index.json").is_file() or (entry / "config.json").is_file()):
+            names.append(entry.name)
+    return sorted(names)
+
+
+def resolve(models_path: Path, folder: str, name: str) -> Path:
+    """A workflow's model name -> its path, refusing names that leave the folder."""
+    base = models_path / folder
+    path = base / name
+    # Bare names only; symlinks inside the folder are fine (ComfyUI users link big files in).
+    if not name or "/" in name or "\\" in name or name in (".", "..") or not path.exists():
+        available = list_models(models_path, folder)
+        raise NOT_FOUND[folder](
+            f"{folder} model {name!r} is not in {base}. Available: {', '.join(available) or 'none'}.",
+            {"name": name, "folder": str(base), "available": available},
+        )
+    return path
+
+
+def stamp(path: Path) -> tuple[str, int, int]:
+    """Identity of a model file for the cache: a changed file is a different model."""
+    st = path.stat()
+    return str(path), st.st_mtime_ns, st.st_size
+
+
+# -- architecture
+
+@dataclass
+class Arch:
+    unet: dict[str, Any] = field(default_factory=lambda: shipped_config("unet"))
+    vae: dict[str, Any] = field(default_factory=lambda: shipped_config("vae"))
+    text_encoder: dict[str, Any] = field(default_factory=lambda: shipped_config("text_encoder"))
+    scheduler: dict[str, Any] = field(default_factory=lambda: shipped_config("scheduler"))
+    controlnet: dict[str, Any] = field(default_factory=lambda: shipped_config("controlnet"))
+    tokenizer: Path | None = None  # a tokenizer dir that belongs to this model
+
+
+def arch_path(model: Path) -> Path:
+    stem = model.name[: -len(model.suffix)] if model.is_file() else model.name
+    return model.with_name(stem + ARCH_SUFFIX)
+
+
+def read_arch(model: Path) -> Arch:
+    arch = Arch()
+    side = arch_path(model)
+    if side.is_file():
+        data = json.loads(side.read_text("utf-8"))
+        for part in ("unet", "vae", "text_encoder", "scheduler", "controlnet"):
+            if part in data:
+                setattr(arch, part, {**getattr(arch, part), **data[part]})
+        if data.get("tokenizer"):
+            arch.tokenizer = (side.parent / data["tokenizer"]).resolve()
+    return arch
+
+
+# -- raw files
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix.lower() in (".safetensors", ".sft"):
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    # Pickled checkpoints: tensors only, never arbitrary objects.
+    data = torch.load(str(path), map_location="cpu", weights_only=True)
+    if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
+        data = data["state_dict"]
+    return {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
+
+
+def read_lora(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    if path.suffix.lower() in (".safetensors", ".sft"):
+        from safetensors import safe_open
+
+        tensors = {}
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            for key in f.keys():
+                tensors[key] = f.get_tensor(key)
+        return tensors, meta
+    return read_state_dict(path), {}
+
+
+def _load_failed(what: str, path: Path, exc: BaseException | str) -> JobFailed:
+    return JobFailed(f"Cannot load {what} {path.name}: {exc}", {"path": str(path)}, code="model_load_failed")
+
+
+def _build(factory: Any, state: dict[str, torch.Tensor], what: str, path: Path) -> torch.nn.Module:
+    """Instantiate without allocating random weights (full-size SD1.5 would spend seconds on them),
+    then adopt the file's tensors as they are (no fp32 copy: the cache casts once, to the target dtype)."""
+    from accelerate import init_empty_weights
+
+    with init_empty_weights():
+        model = factory()
+    result = model.load_state_dict(state, strict=False, assign=True)
+    if result.missing_keys:
+        raise _load_failed(what, path, f"{len(result.missing_keys)} weight(s) missing, e.g. "
+                                       f"{result.missing_keys[0]} (not an SD1.5 {what}, or a different architecture)")
+    if result.unexpected_keys:
+        log.debug("%s %s: ignored %d unexpected key(s)", what, path.name, len(result.unexpected_keys))
+    return model.eval()
+
+
+# -- checkpoints
+
+@dataclass
+class Components:
+    tokenizer: Any
+    text_encoder: torch.nn.Module
+    unet: torch.nn.Module
+    vae: torch.nn.Module
+    scheduler_config: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class TokenizerPlaces:
+    models_path: Path
+    comfyui_dir: Path | None = None
+    cache_dir: Path | None = None
+
+
+def load_checkpoint(path: Path, places: TokenizerPlaces) -> Components:
+    """An SD1.5 checkpoint on the CPU in the file's dtype: a single file (original layout) or a diffusers folder."""
+    if path.is_dir():
+        return _load_diffusers_folder(path)
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    arch = read_arch(path)
+    tokenizer = _tokenizer(arch, places)
+    try:
+        checkpoint = read_state_dict(path)
+    except Exception as exc:  # safetensors / pickle errors come in many types
+        raise _load_failed("checkpoint", path, exc) from None
+    if not any(k.startswith(convert.UNET_PREFIX) for k in checkpoint):
+        raise _load_failed("checkpoint", path, "no `model.diffusion_model.*` weights: not an SD1.5 checkpoint")
+    unet = _build(lambda: UNet2DConditionModel.from_config(arch.unet),
+                  convert.unet_from_ldm(checkpoint, arch.unet), "UNet", path)
+    vae = _build(lambda: AutoencoderKL.from_config(arch.vae), convert.vae_from_ldm(checkpoint, arch.vae), "VAE", path)
+    text_config = CLIPTextConfig(**{k: v for k, v in arch.text_encoder.items() if k != "architectures"})
+    text_encoder = _build(lambda: CLIPTextModel(text_config), convert.clip_from_ldm(checkpoint),
+                          "text encoder", path)
+    del checkpoint
+    return Components(tokenizer, text_encoder, unet, vae, arch.scheduler)
+
+
+def _tokenizer(arch: Arch, places: TokenizerPlaces) -> Any:
+    source = find_tokenizer(places.models_path, places.comfyui_dir, arch.tokenizer)
+    return load_tokenizer(source, places.cache_dir)
+
+
+def _load_diffusers_folder(path: Path) -> Components:
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    try:
+        unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", local_files_only=True)
+        vae = AutoencoderKL.from_pretrained(path, subfolder="vae", local_files_only=True)
+        text_encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder", local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise _load_failed("diffusers folder", path, exc) from None
+    tokenizer_dir = path / "tokenizer"
+    if (tokenizer_dir / "vocab.json").is_file():
+        tokenizer = load_tokenizer(TokenizerSource("files", tokenizer_dir))
+    else:  # newer transformers save only tokenizer.json
+        from transformers import CLIPTokenizer
+
+        tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
+    scheduler = shipped_config("scheduler")
+    sched_file = path / "scheduler" / "scheduler_config.json"
+    if sched_file.is_file():
+        given = json.loads(sched_file.read_text("utf-8"))
+        scheduler.update({k: given[k] for k in scheduler if k in given})
+    return Components(tokenizer, text_encoder.eval(), unet.eval(), vae.eval(), scheduler)
+
+
+def load_training_components(base_model: Path, places: TokenizerPlaces | None = None) -> Components:
+    """A private fp32 CPU copy of a base model for the embedded trainer (never the engine's cached one)."""
+    places = places or TokenizerPlaces(models_path=base_model.parent.parent)
+    parts = load_checkpoint(base_model, places)
+    for model in (parts.text_encoder, parts.unet, parts.vae):
+        torch.nn.Module.to(model, torch.float32)
+    return parts
+
+
+# -- ControlNets
+
+def load_controlnet(path: Path) -> torch.nn.Module:
+    from diffusers import ControlNetModel
+
+    if path.is_dir():
+        try:
+            return ControlNetModel.from_pretrained(path, local_files_only=True).eval()
+        except (OSError, ValueError) as exc:
+            raise _load_failed("ControlNet", path, exc) from None
+    config = read_arch(path).controlnet
+    try:
+        state = read_state_dict(path)
+    except Exception as exc:
+        raise _load_failed("ControlNet", path, exc) from None
+    if not convert.is_diffusers_controlnet(state):
+        if not any(k.startswith(convert.CONTROLNET_PREFIX) or k.startswith("zero_convs.") for k in state):
+            raise _load_failed("ControlNet", path, "neither the ControlNet 1.x nor the diffusers key layout")
+        state = convert.controlnet_from_ldm(state, config)
+    return _build(lambda: ControlNetModel.from_config(config), state, "ControlNet", path)

@@ -1,0 +1,177 @@
+"""One `RenderJob` from prompt to pixels, read top to bottom: encode, noise, sample, decode, check.
+
+ComfyUI's KSampler semantics: the initial noise comes from a CPU generator seeded with the job's
+seed (so a seed means the same noise on any device), classifier-free guidance is
+`uncond + cfg * (cond - uncond)` (the unconditional pass is skipped at cfg 1), `denoise` < 1 runs the
+last `steps` of `steps / denoise`, and a ControlNet feeds both halves while its start/end window is
+open. Runs in the engine's worker thread; `should_stop` is checked before every model call.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from sidecar.engine import conditioning, samplers
+from sidecar.engine.cache import Base, ModelCache
+from sidecar.engine.interpreter import Control, RenderJob
+from sidecar.errors import JobCancelled, JobFailed
+
+BLACK_MAX = 2  # an image whose brightest channel value is at most this (of 255) is "black"
+SEED_RANGE = 2**64  # torch generators take the full unsigned 64-bit range ComfyUI seeds use
+
+
+@dataclass
+class Hooks:
+    on_step: Callable[[int, int], None]
+    should_stop: Callable[[], bool]
+
+
+def load_hint(path: Path, width: int, height: int) -> torch.Tensor:
+    """A ControlNet hint image as ComfyUI prepares it: RGB in [0, 1], scaled to cover the output and
+    centre-cropped (nearest-neighbour, as its hint upscale)."""
+    with Image.open(path) as img:
+        img = img.convert("RGB")
+        scale = max(width / img.width, height / img.height)
+        size = (max(width, round(img.width * scale)), max(height, round(img.height * scale)))
+        img = img.resize(size, Image.Resampling.NEAREST)
+        left, top = (img.width - width) // 2, (img.height - height) // 2
+        img = img.crop((left, top, left + width, top + height))
+        array = np.asarray(img, dtype=np.float32) / 255.0
+    return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0)
+
+
+def initial_noise(seed: int, shape: tuple[int, ...]) -> torch.Tensor:
+    generator = torch.Generator(device="cpu").manual_seed(seed % SEED_RANGE)
+    return torch.randn(shape, generator=generator, dtype=torch.float32, device="cpu")
+
+
+class Renderer:
+    def __init__(self, cache: ModelCache):
+        self.cache = cache
+        self.device = cache.plan.device
+
+    @torch.inference_mode()
+    def render(self, job: RenderJob, base: Base, hints: dict[str, Path], controlnet_path: Path | None,
+               hooks: Hooks) -> Image.Image:
+        parts = base.components
+        unet, vae = parts.unet, parts.vae
+        unet_dtype = base.unet_dtype
+        use_cfg = job.cfg != 1.0
+
+        pos = conditioning.encode(parts.tokenizer, parts.text_encoder, job.positive)
+        neg = conditioning.encode(parts.tokenizer, parts.text_encoder, job.negative)
+        neg, pos = conditioning.same_length([neg, pos])
+        context = (torch.cat([neg, pos]) if use_cfg else pos).to(unet_dtype)
+
+        scheduler = samplers.make_scheduler(job.sampler, job.scheduler, parts.scheduler_config)
+        generator = torch.Generator(device="cpu").manual_seed((job.seed + 1) % SEED_RANGE)
+        step_kwargs = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
+        timesteps, skip = self._timesteps(scheduler, job, self.device)
+
+        shape = (1, unet.config.in_channels, job.height // 8, job.width // 8)
+        noise = initial_noise(job.seed, shape).to(self.device)
+        if skip == 0:
+            latents = noise * scheduler.init_noise_sigma
+        elif len(timesteps):
+            latents = scheduler.add_noise(torch.zeros_like(noise), noise, timesteps[:1])
+        else:
+            latents = torch.zeros_like(noise)  # denoise 0: nothing to sample, as ComfyUI
+
+        control = self._control(job, hints, controlnet_path, unet_dtype, use_cfg)
+        total_calls = len(timesteps)
+        for i, t in enumerate(timesteps):
+            if hooks.should_stop():
+                raise JobCancelled()
+            model_in = torch.cat([latents] * 2) if use_cfg else latents
+            model_in = scheduler.scale_model_input(model_in, t).to(unet_dtype)
+            residuals = control(model_in, t, context, i / total_calls) if control else {}
+            out = unet(model_in, t, encoder_hidden_states=context, return_dict=False, **residuals)[0].float()
+            if use_cfg:
+                uncond, cond = out.chunk(2)
+                out = uncond + job.cfg * (cond - uncond)
+            latents = scheduler.step(out, t, latents, **step_kwargs).prev_sample
+            # Second-order samplers call the model twice per step; progress counts the user's steps.
+            hooks.on_step(min(job.steps, -(-(i + 1) * job.steps // total_calls)), job.steps)
+        if hooks.should_stop():
+            raise JobCancelled()
+        return self._decode(vae, latents)
+
+    @staticmethod
+    def _timesteps(scheduler, job: RenderJob, device: str) -> tuple[torch.Tensor, int]:
+        if job.denoise >= 0.9999:
+            scheduler.set_timesteps(job.steps, device=device)
+            return scheduler.timesteps, 0
+        if job.denoise <= 0:
+            scheduler.set_timesteps(job.steps, device=device)
+            return scheduler.timesteps[:0], job.steps
+        total = int(job.steps / job.denoise)
+        scheduler.set_timesteps(total, device=device)
+        skip = (total - job.steps) * scheduler.order
+        if hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(skip)
+        return scheduler.timesteps[skip:], skip
+
+    def _control(self, job: RenderJob, hints: dict[str, Path], controlnet_path: Path | None,
+                 dtype: torch.dtype, use_cfg: bool) -> Callable | None:
+        halves = [job.controls_negative, job.controls_positive] if use_cfg else [job.controls_positive]
+        if controlnet_path is None or not any(halves):
+            return None
+        net = self.cache.controlnet(controlnet_path, dtype)
+        images = {c.image: None for half in halves for c in half}
+        for name in images:
+            images[name] = load_hint(hints[name], job.width, job.height).to(self.device, dtype)
+
+        def residuals_for(controls: tuple[Control, ...], x, t, ctx, frac):
+            down = mid = None
+            for c in controls:
+                if not (c.start <= frac and (frac < c.end or c.end >= 1.0)):
+                    continue
+                hint = images[c.image].expand(x.shape[0], -1, -1, -1)
+                d, m = net(x, t, encoder_hidden_states=ctx, controlnet_cond=hint, conditioning_scale=c.strength,
+                           return_dict=False)
+                down = d if down is None else [a + b for a, b in zip(down, d, strict=True)]
+                mid = m if mid is None else mid + m
+            return down, mid
+
+        def control(x, t, ctx, frac):
+            if len(halves) == 1 or halves[0] == halves[1]:
+                down, mid = residuals_for(halves[-1], x, t, ctx, frac)
+            else:
+                parts = [residuals_for(h, xs, t, cs, frac) for h, xs, cs in zip(halves, x.chunk(2), ctx.chunk(2),
+                                                                                  strict=True)]
+                if all(p[0] is None for p in parts):
+                    return {}
+                ref = next(p for p in parts if p[0] is not None)
+                filled = [p if p[0] is not None else ([torch.zeros_like(r) for r in ref[0]], torch.zeros_like(ref[1]))
+                          for p in parts]
+                down = [torch.cat(pair) for pair in zip(filled[0][0], filled[1][0], strict=True)]
+                mid = torch.cat([filled[0][1], filled[1][1]])
+            if down is None:
+                return {}
+            return {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+
+        return control
+
+    @staticmethod
+    def _decode(vae: torch.nn.Module, latents: torch.Tensor) -> Image.Image:
+        if not torch.isfinite(latents).all():
+            raise JobFailed("Sampling produced NaN/Inf latents (a numerically broken model or dtype); "
+                            "the image would be black.", {"stage": "sampler"}, code="black_image")
+        latents = latents.to(vae.dtype) / vae.config.scaling_factor
+        decoded = vae.decode(latents, return_dict=False)[0].float()
+        if not torch.isfinite(decoded).all():
+            raise JobFailed("The VAE produced NaN/Inf pixels; the image would be black.", {"stage": "vae"},
+                            code="black_image")
+        pixels = ((decoded[0] + 1.0) / 2.0).clamp(0, 1).permute(1, 2, 0).cpu().numpy()
+        array = (255.0 * pixels).astype(np.uint8)  # truncating, as ComfyUI's SaveImage does
+        if int(array.max()) <= BLACK_MAX:
+            raise JobFailed("The generated image is black.", {"stage": "vae", "max": int(array.max())},
+                            code="black_image")
+        return Image.fromarray(array)

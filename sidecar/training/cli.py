@@ -1,0 +1,234 @@
+"""`sidecar loras`: pick and install a trained LoRA. `sweep` renders every checkpoint of a run through
+the running daemon into a contact sheet; `promote` installs the chosen checkpoint for generation.
+
+Exit codes: 0 ok, 1 a render failed / the file could not be installed, 2 usage or input error,
+3 the daemon is not running, 4 the device is busy training.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+
+from sidecar.datasets.client import DaemonClient, DaemonRefused, DaemonUnavailable
+from sidecar.errors import ConfigError, SidecarError
+from sidecar.training import sweep as sweep_mod
+from sidecar.training.promote import promote as promote_run
+from sidecar.training.store import TrainingStore
+
+EXIT_FAILED, EXIT_INPUT, EXIT_NO_DAEMON, EXIT_BUSY = 1, 2, 3, 4
+
+
+@contextlib.contextmanager
+def input_errors() -> Iterator[None]:
+    try:
+        yield
+    except SidecarError as exc:
+        click.echo(f"error: {exc.message}", err=True)
+        sys.exit(EXIT_INPUT)
+    except ConfigError as exc:
+        click.echo(f"sidecar: {exc}", err=True)
+        sys.exit(EXIT_INPUT)
+
+
+def _settings():
+    from sidecar.config import load_settings
+
+    return load_settings()[0]
+
+
+class TrainingClient(DaemonClient):
+    """The daemon client of the dataset tools, plus the training routes the sweep reads."""
+
+    async def run(self, ref: str) -> dict[str, Any]:
+        """A run by id, or the newest run with that output name."""
+        try:
+            resp = await self._request("GET", f"/loras/{ref}/status")
+            return await resp.json()
+        except DaemonRefused as exc:
+            if exc.code != "training_not_found":
+                raise
+        resp = await self._request("GET", "/loras/runs", params={"limit": "500"})
+        for run in (await resp.json())["runs"]:
+            if run["outputName"] == ref:
+                return run
+        raise DaemonRefused(404, "training_not_found", f"No training run with id or output name {ref!r}.")
+
+
+class _Lines:
+    def cell_done(self, done: int, total: int, cell: sweep_mod.Cell) -> None:
+        what = "no LoRA" if cell.step is None else f"step {cell.step}"
+        click.echo(f"[{done}/{total}] {what}, seed {cell.seed}: {cell.status}"
+                   + (f" ({cell.error})" if cell.error else ""))
+
+
+class _Bar:
+    def __init__(self, total: int):
+        from rich.progress import Progress
+
+        self.progress = Progress()
+        self.progress.start()
+        self.task = self.progress.add_task("rendering", total=total)
+
+    def cell_done(self, done: int, total: int, cell: sweep_mod.Cell) -> None:
+        self.progress.update(self.task, completed=done)
+        if cell.error:
+            self.progress.console.print(f"[red]step {cell.step}, seed {cell.seed}: {cell.error}")
+
+    def close(self) -> None:
+        self.progress.stop()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def loras() -> None:
+    """LoRA checkpoints of a training run: compare them (sweep) and install one (promote).
+
+    \b
+    Examples:
+      sidecar loras sweep 3f2c9a... --prompts prompts.txt --seeds 1,2,3
+      sidecar loras promote 3f2c9a... --step 800
+    """
+
+
+@loras.command()
+@click.argument("run")
+@click.option("--prompts", "prompts_file", required=True, type=click.Path(path_type=Path, dir_okay=False),
+              help="text file, one prompt per line (# comments allowed)")
+@click.option("--seeds", default="1,2,3", show_default=True, help="comma-separated seeds, each rendered per prompt")
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="folder for the images, contact-sheet.png and index.json [default: <run folder>/sweep]")
+@click.option("--strength", type=click.FloatRange(0, 2), default=None, help="LoRA strength [default: the daemon's]")
+@click.option("--steps", type=click.IntRange(1, 150), default=None, help="sampling steps [default: the daemon's]")
+@click.option("--width", type=int, default=None, help="[default: the daemon's]")
+@click.option("--height", type=int, default=None, help="[default: the daemon's]")
+@click.option("--baseline", is_flag=True, help="add a column rendered without any LoRA")
+@click.option("--cell", "cell_px", default=256, show_default=True, type=click.IntRange(64, 1024),
+              help="size of one image on the sheet")
+@click.option("--loras-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="the daemon's LoRA folder [default: ComfyUI's models/loras when configured, else <models>/loras]")
+@click.option("--keep-staged", is_flag=True, help="leave the checkpoints linked in the LoRA folder afterwards")
+@click.option("--url", default=None, help="the daemon [default: http://<host>:<port> from the configuration]")
+@click.option("--json", "as_json", is_flag=True, help="print the index as JSON")
+@click.option("--poll-interval", default=1.0, type=click.FloatRange(min=0.01), hidden=True)
+def sweep(run: str, prompts_file: Path, seeds: str, out: Path | None, strength: float | None, steps: int | None,
+          width: int | None, height: int | None, baseline: bool, cell_px: int, loras_dir: Path | None,
+          keep_staged: bool, url: str | None, as_json: bool, poll_interval: float) -> None:
+    """Render the same prompts and seeds with every saved checkpoint of RUN (id or output name).
+
+    Each checkpoint is linked into the daemon's LoRA folder under a `sweep--...` name for the
+    duration (that is how the daemon and ComfyUI find LoRAs: by file name), then removed.
+    """
+    with input_errors():
+        settings = _settings()
+        prompts = sweep_mod.read_prompts(prompts_file)
+        seed_list = sweep_mod.parse_seeds(seeds)
+        target_dir = sweep_mod.lora_dir(settings, loras_dir)
+        url = url or f"http://{settings.host}:{settings.port}"
+    job: dict[str, Any] = {}
+    if strength is not None:
+        job["loraStrength"] = strength
+    if steps is not None:
+        job["steps"] = steps
+    if width or height:
+        job["resolution"] = {"width": width or 512, "height": height or 768}
+    code = asyncio.run(_sweep(run, prompts, seed_list, out, target_dir, baseline, job, url, cell_px,
+                              keep_staged, as_json, poll_interval))
+    sys.exit(code)
+
+
+async def _sweep(ref: str, prompts: list[str], seeds: list[int], out: Path | None, target_dir: Path,
+                 baseline: bool, job: dict[str, Any], url: str, cell_px: int, keep_staged: bool, as_json: bool,
+                 poll_interval: float) -> int:
+    reporter: Any = _Bar(0) if sys.stdout.isatty() and not as_json else _Lines()
+    plan: sweep_mod.SweepPlan | None = None
+    try:
+        async with TrainingClient(url) as client:
+            run = await client.run(ref)
+            folder = out or Path(run["outputDir"]).parent / "sweep"
+            try:
+                plan = sweep_mod.plan_sweep(run, prompts, seeds, folder, target_dir, baseline)
+                await asyncio.to_thread(sweep_mod.stage, plan)
+            except SidecarError as exc:
+                click.echo(f"error: {exc.message}", err=True)
+                return EXIT_INPUT
+            if isinstance(reporter, _Bar):
+                reporter.progress.update(reporter.task, total=len(plan.cells))
+            else:
+                click.echo(f"sweeping {len(plan.columns)} checkpoint(s) x {len(plan.rows)} prompt/seed row(s) "
+                           f"= {len(plan.cells)} render(s)")
+            await sweep_mod.render(plan, client, reporter, job, poll_interval)
+    except DaemonUnavailable as exc:
+        click.echo(f"error: {exc}", err=True)
+        return EXIT_NO_DAEMON
+    except DaemonRefused as exc:
+        click.echo(f"error: the daemon refused: {exc.message} ({exc.code})", err=True)
+        return EXIT_BUSY if exc.device_busy else EXIT_INPUT
+    finally:
+        if isinstance(reporter, _Bar):
+            reporter.close()
+        if plan is not None and not keep_staged:
+            await asyncio.to_thread(sweep_mod.unstage, plan)
+    sheet = await asyncio.to_thread(sweep_mod.contact_sheet, plan, cell_px)
+    index = await asyncio.to_thread(sweep_mod.write_index, plan, sheet)
+    failed = [c for c in plan.cells if c.status != "succeeded"]
+    if as_json:
+        click.echo(index.read_text())
+    else:
+        click.echo(f"contact sheet: {sheet}")
+        click.echo(f"index: {index}")
+        click.echo(f"promote the best one with: sidecar loras promote {plan.run['id']} --step <N>")
+    if failed:
+        click.echo(f"error: {len(failed)} of {len(plan.cells)} render(s) failed; see the index.", err=True)
+        return EXIT_FAILED
+    return 0
+
+
+@loras.command()
+@click.argument("run")
+@click.option("--step", type=click.IntRange(min=1), default=None,
+              help="the checkpoint's step [default: the run's final LoRA]")
+@click.option("--name", default=None, help="file name in the LoRA folder, without .safetensors [default: the run's "
+                                           "output name]")
+@click.option("--loras-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="[default: ComfyUI's models/loras when configured, else <models>/loras]")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def promote(run: str, step: int | None, name: str | None, loras_dir: Path | None, as_json: bool) -> None:
+    """Install checkpoint STEP of RUN (id or output name) as a LoRA generation can use.
+
+    Copies it into the LoRA folder named for the character; an existing different file of that
+    name is never overwritten (exit 1). Works without the daemon (reads its database).
+    """
+    with input_errors():
+        settings = _settings()
+        target_dir = sweep_mod.lora_dir(settings, loras_dir)
+        if not settings.db_path.is_file():
+            click.echo(f"error: no daemon database at {settings.db_path}; is data_dir right?", err=True)
+            sys.exit(EXIT_INPUT)
+        store = TrainingStore(settings.db_path)
+        store.open_sync()
+        try:
+            record = store.find_sync(run)
+        finally:
+            store.close_sync()
+        if record is None:
+            click.echo(f"error: no training run with id or output name {run!r}.", err=True)
+            sys.exit(EXIT_INPUT)
+    try:
+        result = promote_run(record, step, target_dir, name)
+    except SidecarError as exc:
+        click.echo(f"error: {exc.message}", err=True)
+        sys.exit(EXIT_FAILED if exc.code == "invalid_state" else EXIT_INPUT)
+    if as_json:
+        click.echo(json.dumps({"path": str(result.path), "loraId": result.lora_id, "step": result.step,
+                               "alreadyInstalled": result.already}))
+        return
+    verb = "is already installed as" if result.already else "installed as"
+    click.echo(f"step {result.step} of {record.spec['output_name']} {verb} {result.path}")
+    click.echo(f'generate with it: POST /jobs {{"loraId": "{result.lora_id}", ...}}')

@@ -1,0 +1,456 @@
+"""Training runs: queue, run, cancel, resume; one at a time, under the daemon's one device lock.
+
+A run registers in the device's training gate as soon as it is queued (so `POST /jobs` answers 409
+at once), waits for the lock behind any running generation job, then holds it until it ends.
+Every status change is persisted before it is announced on the event bus. After a daemon restart
+a run that was training is marked `interrupted` with its last checkpoint (an orphaned trainer
+process is stopped first) and continues on `resume`. How a run trains is the trainer's business
+(`kohya.py`, `embedded.py`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sidecar.backend import GenerationBackend
+from sidecar.config import Settings
+from sidecar.errors import (
+    CheckpointNotFound,
+    EngineUnavailable,
+    InvalidField,
+    InvalidState,
+    JobCancelled,
+    SidecarError,
+    TrainingInProgress,
+    TrainingNotFound,
+)
+from sidecar.events import EventBus
+from sidecar.jobs.device import Device
+from sidecar.jobs.store import now_iso
+from sidecar.profiles import Profile
+from sidecar.training import checkpoints as files
+from sidecar.training.dataset import load_dataset
+from sidecar.training.kohya import stop_orphan
+from sidecar.training.parser import read_log_tail
+from sidecar.training.progress import ProgressTracker
+from sidecar.training.spec import ResumePoint, Trainer, TrainerHooks, TrainJob, TrainSpec
+from sidecar.training.store import ACTIVE, RESUMABLE, CheckpointRecord, RunRecord, TrainingStore, check_transition
+from sidecar.training.views import finite, run_view
+from sidecar.training.wire import TrainRequest
+
+log = logging.getLogger("sidecar.training")
+
+PROGRESS_PERSIST_INTERVAL = 2.0
+LOG_TAIL_LINES = 40
+STOP_TIMEOUT = 30.0  # how long shutdown waits for a trainer to stop before leaving it marked interrupted
+
+TrainerFactory = Callable[[str], Trainer]
+
+
+@dataclass
+class LiveRun:
+    """A queued or running run: its record plus what only lives in memory."""
+
+    record: RunRecord
+    tracker: ProgressTracker
+    tail: deque[str] = field(default_factory=lambda: deque(maxlen=LOG_TAIL_LINES))
+    cancel: asyncio.Event = field(default_factory=asyncio.Event)
+    shutdown: bool = False  # cancelled because the daemon stops: the run becomes `interrupted`
+    last_persist: float = 0.0
+    pending: set[asyncio.Task] = field(default_factory=set)  # checkpoint rows being written
+
+
+def default_trainer_factory(settings: Settings, backend: GenerationBackend | None) -> TrainerFactory:
+    def make(engine: str) -> Trainer:
+        if engine == "kohya":
+            from sidecar.training.kohya import KohyaTrainer
+
+            return KohyaTrainer(settings)
+        from sidecar.training.embedded import EmbeddedTrainer  # imports torch: only when used
+
+        return EmbeddedTrainer(settings, backend)
+
+    return make
+
+
+class TrainingManager:
+    def __init__(self, settings: Settings, profile: Profile, device: Device, events: EventBus,
+                 backend: GenerationBackend | None = None, trainer_factory: TrainerFactory | None = None):
+        self.settings = settings
+        self.profile = profile
+        self.device = device
+        self.events = events
+        self.backend = backend
+        self.store = TrainingStore(settings.db_path)
+        self.trainer_factory = trainer_factory or default_trainer_factory(settings, backend)
+        self.runs_dir = settings.data_dir / "training"
+        self._queue: deque[str] = deque()
+        self._wakeup = asyncio.Event()
+        self._live: dict[str, LiveRun] = {}
+        self._submit_lock = asyncio.Lock()
+        self._task: asyncio.Task | None = None
+        self._running: LiveRun | None = None
+
+    # -- lifecycle
+    async def start(self) -> None:
+        await self.store.open()
+        await self._recover()
+        self._task = asyncio.create_task(self._worker(), name="training-worker")
+
+    async def stop(self) -> None:
+        running = self._running
+        if running is not None:
+            running.shutdown = True
+            running.cancel.set()
+        if self._task is not None:
+            if running is not None:
+                # Let the run end as `interrupted` (trainer stopped, state persisted) before cancelling.
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(self._idle()), STOP_TIMEOUT)
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+            self._task = None
+        await self.store.close()
+
+    async def _idle(self) -> None:
+        while self._running is not None:
+            await asyncio.sleep(0.05)
+
+    async def _recover(self) -> None:
+        for run in reversed(await self.store.list(("running", "queued"), limit=1000)):
+            if run.status == "running":
+                await asyncio.to_thread(stop_orphan, run.pid)
+                await self._adopt_files(run)
+                last = max((c.step for c in run.checkpoints), default=None)
+                where = f"its last checkpoint is step {last}" if last else "no checkpoint had been saved"
+                await self._set(run, "interrupted", finished_at=now_iso(), pid=None, error_code="interrupted",
+                                error_message=f"The daemon stopped while this run was training; {where}. "
+                                              f"POST /loras/{run.id}/resume continues it.",
+                                error_details={"lastCheckpointStep": last})
+                log.warning("training run %s was running when the daemon stopped: marked interrupted", run.id)
+            else:
+                self._enqueue(run)
+                log.info("training run %s re-queued after restart", run.id)
+
+    # -- public API
+    async def submit(self, req: TrainRequest) -> dict[str, Any]:
+        s = self.settings
+        if req.batch_size is not None:
+            self.profile.check_batch(req.batch_size, training=True)
+        self.profile.check_train_resolution(req.resolution)
+        if req.resolution % 64:
+            raise InvalidField(f"resolution must be a multiple of 64, got {req.resolution}.",
+                               {"field": "resolution", "value": req.resolution})
+        engine = req.engine or ("kohya" if s.kohya_dir is not None else "embedded")
+        self._check_engine(engine)
+        async with self._submit_lock:
+            self._refuse_if_training()
+            trigger = req.trigger_word or s.trigger_word
+            dataset = await asyncio.to_thread(load_dataset, Path(req.dataset_dir), trigger)
+            base = await self._base_model(req.checkpoint or s.checkpoint)
+            spec = TrainSpec(
+                output_name=req.output_name, dataset_dir=str(dataset.root), steps=req.steps,
+                resolution=req.resolution, network_dim=req.network_dim, network_alpha=req.network_alpha,
+                learning_rate=req.learning_rate, save_every=req.save_every_n_steps,
+                seed=req.seed if req.seed is not None else random.randrange(2**32), engine=engine,
+                trigger_word=trigger, checkpoint=base.name,
+            )
+            run_id = uuid.uuid4().hex
+            work = self.runs_dir / run_id
+            run = RunRecord(id=run_id, status="queued", engine=engine, spec=spec.to_dict(), work_dir=str(work),
+                            output_dir=str(work / "output"), base_model=str(base), total=spec.steps,
+                            warnings=list(dataset.warnings))
+            await self.store.insert(run)
+            self._enqueue(run)
+        log.info("training run %s queued (%s, %d steps, dataset %s)", run_id, engine, spec.steps, spec.dataset_dir)
+        self._announce(run, "queued", self._live.get(run_id))
+        return self.to_api(run, self._live.get(run_id))
+
+    async def get(self, run_id: str) -> dict[str, Any]:
+        live = self._live.get(run_id)
+        if live is not None:
+            return self.to_api(live.record, live)
+        run = await self.store.get(run_id)
+        if run is None:
+            raise TrainingNotFound(f"No training run with id {run_id!r}.", {"runId": run_id})
+        tail = await asyncio.to_thread(read_log_tail, Path(run.work_dir) / "train.log")
+        return self.to_api(run, None, tail)
+
+    async def list(self, limit: int = 50) -> list[dict[str, Any]]:
+        runs = await self.store.list(None, limit)
+        return [self.to_api(self._live[r.id].record, self._live[r.id]) if r.id in self._live else self.to_api(r, None)
+                for r in runs]
+
+    async def cancel(self, run_id: str) -> dict[str, Any]:
+        live = self._live.get(run_id)
+        if live is None:
+            run = await self.store.get(run_id)
+            if run is None:
+                raise TrainingNotFound(f"No training run with id {run_id!r}.", {"runId": run_id})
+            raise InvalidState(f"Training run {run_id} is {run.status}; nothing to cancel.",
+                               {"runId": run_id, "status": run.status})
+        if live.record.status == "queued" and run_id in self._queue:
+            self._queue.remove(run_id)
+            self._live.pop(run_id, None)
+            self.device.training.close(run_id)
+            await self._finish(live, "cancelled")
+            return self.to_api(live.record, None)
+        live.cancel.set()  # the trainer stops its process group / loop; `_run` records the outcome
+        log.info("training run %s: cancel requested", run_id)
+        return self.to_api(live.record, live)
+
+    async def resume(self, run_id: str) -> dict[str, Any]:
+        async with self._submit_lock:
+            run = await self.store.get(run_id)
+            if run is None:
+                raise TrainingNotFound(f"No training run with id {run_id!r}.", {"runId": run_id})
+            if run.status not in RESUMABLE:
+                raise InvalidState(
+                    f"Training run {run_id} is {run.status}; only interrupted, cancelled or failed runs resume.",
+                    {"runId": run_id, "status": run.status})
+            self._refuse_if_training()
+            self._check_engine(run.engine)
+            spec = TrainSpec.from_dict(run.spec)
+            point = await asyncio.to_thread(files.latest_state, Path(run.output_dir), spec.output_name,
+                                            files.STATE_FILES.get(run.engine, ("train_state.json",)))
+            if point is not None and point[0] >= spec.steps:
+                final = Path(run.output_dir) / f"{spec.output_name}.safetensors"
+                if await asyncio.to_thread(files.safetensors_ok, final):
+                    await self._set(run, "succeeded", final_file=str(final), step=spec.steps, error_code=None,
+                                    error_message=None, error_details=None, finished_at=now_iso())
+                    return self.to_api(run, None)
+                raise InvalidState(f"Training run {run_id} already trained all {spec.steps} steps but has no final "
+                                   "LoRA; promote its last checkpoint instead.", {"runId": run_id})
+            warnings = list(run.warnings)
+            if point is None:
+                warnings.append(f"resume #{run.attempts}: no saved training state was found; training restarts "
+                                "from step 0.")
+            await self._set(run, "queued", resume_step=point[0] if point else None,
+                            resume_state=str(point[1]) if point else None, error_code=None, error_message=None,
+                            error_details=None, finished_at=None, warnings=warnings)
+            self._enqueue(run)
+        log.info("training run %s resumed from step %s", run_id, point[0] if point else 0)
+        return self.to_api(run, self._live.get(run_id))
+
+    # -- checks
+    def _refuse_if_training(self) -> None:
+        active = self.device.training.summary()
+        if active is not None:
+            raise TrainingInProgress(
+                f"Training run {active.get('id')} is already {active.get('status', 'queued')} "
+                f"(step {active.get('step', 0)}/{active.get('total', '?')}); one training at a time.",
+                {"training": active})
+
+    def _check_engine(self, engine: str) -> None:
+        if engine == "kohya":
+            from sidecar.training.kohya import require
+
+            require(self.settings)
+        else:
+            import importlib.util
+
+            missing = [m for m in ("torch", "diffusers", "peft", "accelerate") if importlib.util.find_spec(m) is None]
+            if missing:
+                raise EngineUnavailable(
+                    f"The embedded trainer needs {', '.join(missing)}: install plasma-sidecar[engine], or "
+                    "configure kohya_dir and train with engine 'kohya'.", {"missing": missing})
+
+    async def _base_model(self, name: str) -> Path:
+        if "/" in name or "\\" in name or name.startswith("."):
+            raise InvalidField("checkpoint must be a file name, not a path.", {"field": "checkpoint"})
+        dirs = base_model_dirs(self.settings, self.backend)
+        for d in dirs:
+            for candidate in (d / name, d / Path(name).stem):
+                if await asyncio.to_thread(candidate.exists):
+                    return candidate
+        raise CheckpointNotFound(
+            f"Base model {name!r} was not found in {', '.join(str(d) for d in dirs) or 'any models dir'}.",
+            {"checkpoint": name, "searched": [str(d) for d in dirs]})
+
+    # -- queue
+    def _enqueue(self, run: RunRecord) -> None:
+        live = LiveRun(record=run, tracker=ProgressTracker(total=run.total or 0, step=run.resume_step or 0))
+        self._live[run.id] = live
+        self._queue.append(run.id)
+        self.device.training.open(run.id, lambda: self._summary(live))
+        self._wakeup.set()
+
+    def _summary(self, live: LiveRun) -> dict[str, Any]:
+        eta = live.tracker.eta_seconds
+        return {"id": live.record.id, "status": live.record.status, "step": live.tracker.step,
+                "total": live.tracker.total, "etaSeconds": round(eta) if eta is not None else None}
+
+    async def _worker(self) -> None:
+        while True:
+            while not self._queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            run_id = self._queue[0]
+            live = self._live.get(run_id)
+            if live is None:
+                self._queue.popleft()
+                continue
+            # Waits for a running generation job; queued jobs wait behind the training (design: one lock).
+            async with self.device.lock:
+                if not self._queue or self._queue[0] != run_id:
+                    continue  # cancelled while waiting for the lock
+                self._queue.popleft()
+                self.device.busy_with = f"training:{run_id}"
+                self._running = live
+                try:
+                    # The generation backend's warm models and the trainer's cannot share 16 GB.
+                    await self.backend.unload()
+                    await self._run(live)
+                except Exception:  # a bug must not kill the queue
+                    log.exception("training run %s: unexpected error", run_id)
+                    if live.record.status in ACTIVE:
+                        await self._finish(live, "failed", code="internal_error",
+                                           message="The daemon hit an internal error running this training; "
+                                                   "see its log.")
+                finally:
+                    self._running = None
+                    self.device.busy_with = None
+                    self.device.training.close(run_id)
+                    self._live.pop(run_id, None)
+
+    async def _run(self, live: LiveRun) -> None:
+        run = live.record
+        spec = TrainSpec.from_dict(run.spec)
+        resume = ResumePoint(run.resume_step or 0, Path(run.resume_state)) if run.resume_state else None
+        start_step = resume.step if resume else 0
+        live.tracker = ProgressTracker(total=spec.steps, step=start_step)
+        await self._set(run, "running", started_at=now_iso(), attempts=run.attempts + 1, step=start_step,
+                        total=spec.steps, pid=None)
+        try:
+            dataset = await asyncio.to_thread(load_dataset, Path(spec.dataset_dir), spec.trigger_word)
+            job = TrainJob(run_id=run.id, spec=spec, dataset=dataset, work_dir=Path(run.work_dir),
+                           output_dir=Path(run.output_dir), base_model=Path(run.base_model), resume=resume)
+            await asyncio.to_thread(job.output_dir.mkdir, parents=True, exist_ok=True)
+            trainer = self.trainer_factory(spec.engine)
+            result = await trainer.run(job, self._hooks(live))
+        except JobCancelled:
+            await self._drain(live)
+            if live.shutdown:
+                await self._finish(live, "interrupted", code="interrupted",
+                                   message=f"The daemon stopped during training at step {live.tracker.step}; "
+                                           f"POST /loras/{run.id}/resume continues it.")
+            else:
+                await self._finish(live, "cancelled")
+        except SidecarError as exc:
+            await self._drain(live)
+            await self._finish(live, "failed", code=exc.code, message=exc.message, details=exc.details)
+        else:
+            await self._drain(live)
+            await self._finish(live, "succeeded", final_file=str(result.final_file), step=result.step)
+
+    def _hooks(self, live: LiveRun) -> TrainerHooks:
+        run = live.record
+
+        def progress(step: int, total: int, loss: float | None) -> None:
+            live.tracker.update(step, total, loss)
+            run.step, run.total = live.tracker.step, live.tracker.total
+            run.loss, run.loss_smoothed = live.tracker.loss_last, live.tracker.loss_smoothed
+            now = time.monotonic()
+            if now - live.last_persist >= PROGRESS_PERSIST_INTERVAL or step == total:
+                live.last_persist = now
+                self._spawn(live, self.store.update(run.id, step=run.step, total=run.total, loss=finite(run.loss),
+                                                    loss_smoothed=finite(run.loss_smoothed)))
+            self._announce(run, "progress", live)
+
+        def checkpoint(step: int, path: Path, state: Path | None) -> None:
+            ckpt = CheckpointRecord(run.id, step, str(path), str(state) if state else None)
+            run.checkpoints = [c for c in run.checkpoints if c.step != step] + [ckpt]
+            self._spawn(live, self.store.add_checkpoint(ckpt))
+            log.info("training run %s: checkpoint at step %d: %s", run.id, step, path.name)
+            self._announce(run, "checkpoint", live)
+
+        def log_line(line: str) -> None:
+            live.tail.append(line)
+
+        def warning(text: str) -> None:
+            if text not in run.warnings:
+                run.warnings.append(text)
+                self._spawn(live, self.store.update(run.id, warnings=list(run.warnings)))
+
+        def started(pid: int) -> None:
+            run.pid = pid
+            self._spawn(live, self.store.update(run.id, pid=pid))
+
+        return TrainerHooks(progress=progress, checkpoint=checkpoint, log=log_line, warning=warning,
+                            cancel=live.cancel, started=started)
+
+    def _spawn(self, live: LiveRun, coro) -> None:
+        task = asyncio.ensure_future(coro)
+        live.pending.add(task)
+        task.add_done_callback(live.pending.discard)
+
+    async def _drain(self, live: LiveRun) -> None:
+        if live.pending:
+            await asyncio.gather(*list(live.pending), return_exceptions=True)
+
+    # -- state changes: persist first, then announce
+    async def _set(self, run: RunRecord, status: str, **fields: Any) -> None:
+        check_transition(run.id, run.status, status)
+        await self.store.update(run.id, status=status, **fields)
+        run.status = status
+        for k, v in fields.items():
+            setattr(run, k, v)
+        log.info("training run %s -> %s", run.id, status)
+        self._announce(run, "started" if status == "running" else status, self._live.get(run.id))
+
+    async def _finish(self, live: LiveRun, status: str, *, code: str | None = None, message: str | None = None,
+                      details: dict[str, Any] | None = None, **fields: Any) -> None:
+        run = live.record
+        extra: dict[str, Any] = {"finished_at": now_iso(), "step": live.tracker.step, "pid": None,
+                                 "loss": finite(live.tracker.loss_last),
+                                 "loss_smoothed": finite(live.tracker.loss_smoothed), **fields}
+        if code:
+            extra.update(error_code=code, error_message=message, error_details=details or {})
+            log.warning("training run %s %s: %s: %s", run.id, status, code, message)
+        if status == "succeeded":
+            extra["step"] = fields.get("step", run.total)
+        await self._set(run, status, **extra)
+
+    async def _adopt_files(self, run: RunRecord) -> None:
+        """Checkpoints written while the daemon was down (an orphaned trainer kept going) join the run."""
+        spec = TrainSpec.from_dict(run.spec)
+        known = {c.step for c in run.checkpoints}
+        for f in await asyncio.to_thread(files.step_files, Path(run.output_dir), spec.output_name):
+            if f.step not in known:
+                ckpt = CheckpointRecord(run.id, f.step, str(f.path), str(f.state) if f.state else None)
+                await self.store.add_checkpoint(ckpt)
+                run.checkpoints.append(ckpt)
+
+    # -- views
+    def _announce(self, run: RunRecord, kind: str, live: LiveRun | None = None) -> None:
+        self.events.publish({"type": f"training.{kind}", "run": self.to_api(run, live)})
+
+    def to_api(self, run: RunRecord, live: LiveRun | None, tail: list[str] | None = None) -> dict[str, Any]:
+        if live is not None:
+            return run_view(run, live.tracker, list(live.tail))
+        return run_view(run, None, tail or [])
+
+
+def base_model_dirs(settings: Settings, backend: GenerationBackend | None) -> list[Path]:
+    """Where base checkpoints are looked up: the backend's folder, ComfyUI's, then ours."""
+    dirs: list[Path] = []
+    if backend is not None:
+        with contextlib.suppress(Exception):
+            d = backend.models_dir("checkpoints")
+            if d is not None:
+                dirs.append(d)
+    if settings.comfyui_dir is not None:
+        dirs.append(settings.comfyui_dir / "models" / "checkpoints")
+    dirs.append(settings.models_path / "checkpoints")
+    return list(dict.fromkeys(dirs))

@@ -1,0 +1,96 @@
+"""What a training run is, as both trainers (kohya adapter, embedded) see it, and what they report.
+
+`TrainSpec` is the resolved request (defaults applied, seed chosen); `TrainJob` adds where things
+live; `TrainerHooks` is how a trainer reports progress, checkpoints and log lines and learns of a
+cancel. Trainers raise `JobFailed(code="training_failed")` or `JobCancelled`; they never touch
+the store or the device lock (the manager owns those).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from sidecar.errors import JobFailed
+from sidecar.training.dataset import Dataset
+
+TRAINING_FAILED = "training_failed"
+
+
+@dataclass
+class TrainSpec:
+    output_name: str
+    dataset_dir: str
+    steps: int
+    resolution: int
+    network_dim: int
+    network_alpha: float
+    learning_rate: float
+    save_every: int
+    seed: int
+    engine: str  # "kohya" | "embedded"
+    trigger_word: str
+    checkpoint: str  # base model file name
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainSpec:
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+
+
+@dataclass
+class ResumePoint:
+    step: int
+    state_path: Path  # kohya: a `*-state` folder; embedded: its state file
+
+
+@dataclass
+class TrainJob:
+    run_id: str
+    spec: TrainSpec
+    dataset: Dataset
+    work_dir: Path  # the run's folder: train.log, the kohya staging dir
+    output_dir: Path  # checkpoints and the final LoRA
+    base_model: Path
+    resume: ResumePoint | None = None
+
+    @property
+    def final_file(self) -> Path:
+        return self.output_dir / f"{self.spec.output_name}.safetensors"
+
+    def step_file(self, step: int) -> Path:
+        return self.output_dir / f"{self.spec.output_name}-step{step:08d}.safetensors"
+
+
+@dataclass
+class TrainResult:
+    final_file: Path
+    step: int
+
+
+@dataclass
+class TrainerHooks:
+    """Callbacks a trainer calls on the event loop (thread-based trainers hop back to it first)."""
+
+    progress: Callable[[int, int, float | None], None]  # step, total, loss
+    checkpoint: Callable[[int, Path, Path | None], None]  # step, LoRA file, state (for resume) or None
+    log: Callable[[str], None]
+    warning: Callable[[str], None]
+    cancel: asyncio.Event = field(default_factory=asyncio.Event)
+    started: Callable[[int], None] | None = None  # the trainer's process (group) id, for orphan clean-up
+
+
+class Trainer(Protocol):
+    name: str
+
+    async def run(self, job: TrainJob, hooks: TrainerHooks) -> TrainResult: ...
+
+
+def training_failed(message: str, reason: str, **details: Any) -> JobFailed:
+    """A run's failure: `reason` (crash, no_data, nan_loss, no_output, ...) lets clients tell them apart."""
+    return JobFailed(message, {"reason": reason, **details}, code=TRAINING_FAILED)

@@ -1,0 +1,227 @@
+"""SQLite persistence of training runs and their checkpoints (the daemon's database file, own tables).
+
+WAL, one connection, every call off the event loop. A run row holds the resolved spec, where its
+files are, status, progress, the trainer's process id (to find an orphan after a crash), a pending
+resume point, warnings and the error; checkpoints are rows of their own. The allowed status
+changes are listed here; the manager decides them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sidecar.errors import InvalidState
+from sidecar.jobs.store import now_iso
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS training_runs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT UNIQUE NOT NULL,
+    status TEXT NOT NULL,
+    engine TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    work_dir TEXT NOT NULL,
+    output_dir TEXT NOT NULL,
+    base_model TEXT NOT NULL,
+    step INTEGER NOT NULL DEFAULT 0,
+    total INTEGER NOT NULL DEFAULT 0,
+    loss REAL,
+    loss_smoothed REAL,
+    final_file TEXT,
+    pid INTEGER,
+    resume_step INTEGER,
+    resume_state TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    warnings TEXT NOT NULL DEFAULT '[]',
+    error_code TEXT,
+    error_message TEXT,
+    error_details TEXT,
+    created_at TEXT NOT NULL,
+    started_at TEXT,
+    finished_at TEXT
+);
+CREATE INDEX IF NOT EXISTS training_runs_status ON training_runs(status);
+CREATE TABLE IF NOT EXISTS training_checkpoints (
+    run_id TEXT NOT NULL,
+    step INTEGER NOT NULL,
+    path TEXT NOT NULL,
+    state_path TEXT,
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (run_id, step)
+);
+"""
+
+JSON_COLUMNS = ("spec", "warnings", "error_details")
+
+# Every allowed status change. `interrupted`: the daemon stopped while the run trained; a resume
+# (or a cancel/failure with a saved state) goes back to `queued`.
+TRANSITIONS: dict[str, set[str]] = {
+    "queued": {"running", "cancelled", "failed"},
+    "running": {"succeeded", "failed", "cancelled", "interrupted"},
+    "interrupted": {"queued", "failed", "succeeded"},
+    "cancelled": {"queued", "succeeded"},
+    "failed": {"queued", "succeeded"},
+    "succeeded": set(),
+}
+ACTIVE = {"queued", "running"}
+RESUMABLE = {"interrupted", "cancelled", "failed"}
+
+
+def check_transition(run_id: str, old: str, new: str) -> None:
+    if new not in TRANSITIONS.get(old, set()):
+        raise InvalidState(f"Training run {run_id} is {old}; it cannot become {new}.",
+                           {"runId": run_id, "status": old, "requested": new})
+
+
+@dataclass
+class CheckpointRecord:
+    run_id: str
+    step: int
+    path: str
+    state_path: str | None = None
+    created_at: str = field(default_factory=now_iso)
+
+
+@dataclass
+class RunRecord:
+    id: str
+    status: str
+    engine: str
+    spec: dict[str, Any]
+    work_dir: str
+    output_dir: str
+    base_model: str
+    created_at: str = field(default_factory=now_iso)
+    step: int = 0
+    total: int = 0
+    loss: float | None = None
+    loss_smoothed: float | None = None
+    final_file: str | None = None
+    pid: int | None = None
+    resume_step: int | None = None
+    resume_state: str | None = None
+    attempts: int = 0
+    warnings: list[str] = field(default_factory=list)
+    error_code: str | None = None
+    error_message: str | None = None
+    error_details: dict[str, Any] | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    seq: int | None = None
+    checkpoints: list[CheckpointRecord] = field(default_factory=list)
+
+
+class TrainingStore:
+    def __init__(self, path: Path):
+        self.path = path
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+
+    # -- lifecycle
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode=WAL")  # the job store shares the file: readers never block
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.executescript(SCHEMA)
+        self._conn = conn
+
+    async def open(self) -> None:
+        await asyncio.to_thread(self._open)
+
+    def open_sync(self) -> None:
+        """For the CLI (promote), which has no event loop to keep free."""
+        self._open()
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            await asyncio.to_thread(conn.close)
+
+    def close_sync(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    # -- sync core (runs in a worker thread)
+    def _exec(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
+        assert self._conn is not None, "training store is not open"
+        with self._lock:
+            return self._conn.execute(sql, args).fetchall()
+
+    def _run(self, row: sqlite3.Row) -> RunRecord:
+        data = dict(row)
+        for col in JSON_COLUMNS:
+            if data[col] is not None:
+                data[col] = json.loads(data[col])
+        record = RunRecord(**data)
+        record.checkpoints = [
+            CheckpointRecord(**dict(r))
+            for r in self._exec("SELECT * FROM training_checkpoints WHERE run_id = ? ORDER BY step", (record.id,))
+        ]
+        return record
+
+    def get_sync(self, run_id: str) -> RunRecord | None:
+        rows = self._exec("SELECT * FROM training_runs WHERE id = ?", (run_id,))
+        return self._run(rows[0]) if rows else None
+
+    def find_sync(self, ref: str) -> RunRecord | None:
+        """A run by id, or the newest run with that output name."""
+        run = self.get_sync(ref)
+        if run is not None:
+            return run
+        for row in self._exec("SELECT * FROM training_runs ORDER BY seq DESC"):
+            if json.loads(row["spec"]).get("output_name") == ref:
+                return self._run(row)
+        return None
+
+    def _list(self, statuses: tuple[str, ...] | None, limit: int) -> list[RunRecord]:
+        if statuses:
+            marks = ", ".join("?" for _ in statuses)
+            rows = self._exec(f"SELECT * FROM training_runs WHERE status IN ({marks}) ORDER BY seq DESC LIMIT ?",
+                              (*statuses, limit))
+        else:
+            rows = self._exec("SELECT * FROM training_runs ORDER BY seq DESC LIMIT ?", (limit,))
+        return [self._run(r) for r in rows]
+
+    # -- async API
+    async def insert(self, run: RunRecord) -> None:
+        data = asdict(run)
+        data.pop("seq")
+        data.pop("checkpoints")
+        for col in JSON_COLUMNS:
+            if data[col] is not None:
+                data[col] = json.dumps(data[col])
+        cols = ", ".join(data)
+        marks = ", ".join("?" for _ in data)
+        await asyncio.to_thread(self._exec, f"INSERT INTO training_runs ({cols}) VALUES ({marks})",
+                                tuple(data.values()))
+
+    async def update(self, run_id: str, **fields: Any) -> None:
+        for col in JSON_COLUMNS:
+            if col in fields and fields[col] is not None:
+                fields[col] = json.dumps(fields[col])
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        await asyncio.to_thread(self._exec, f"UPDATE training_runs SET {sets} WHERE id = ?",
+                                (*fields.values(), run_id))
+
+    async def add_checkpoint(self, ckpt: CheckpointRecord) -> None:
+        await asyncio.to_thread(
+            self._exec,
+            "INSERT OR REPLACE INTO training_checkpoints (run_id, step, path, state_path, created_at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (ckpt.run_id, ckpt.step, ckpt.path, ckpt.state_path, ckpt.created_at),
+        )
+
+    async def get(self, run_id: str) -> RunRecord | None:
+        return await asyncio.to_thread(self.get_sync, run_id)
+
+    async def list(self, statuses: tuple[str, ...] | None = None, limit: int = 50) -> list[RunRecord]:
+        return await asyncio.to_thread(self._list, statuses, limit)

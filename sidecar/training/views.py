@@ -1,0 +1,57 @@
+"""How a training run looks to clients: the body of GET /loras/{id}/status, of the run lists and of
+`training.*` events (the shape `wire.TrainingRun` documents). Pure: record + live progress in, dict out.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from sidecar.training.progress import ProgressTracker
+from sidecar.training.spec import TrainSpec
+from sidecar.training.store import RunRecord
+
+
+def finite(value: float | None) -> float | None:
+    """NaN is not JSON; a diverged loss shows as null (the run's error says NaN)."""
+    return value if value is not None and math.isfinite(value) else None
+
+
+def run_view(run: RunRecord, tracker: ProgressTracker | None, tail: list[str]) -> dict[str, Any]:
+    """`tracker` is the live progress of a queued/running run (None for a finished one)."""
+    spec = TrainSpec.from_dict(run.spec)
+    ckpts = [{"step": c.step, "fileName": Path(c.path).name, "path": c.path, "final": False}
+             for c in sorted(run.checkpoints, key=lambda c: c.step)]
+    if run.final_file and run.status == "succeeded" and not any(c["step"] == run.step for c in ckpts):
+        ckpts.append({"step": run.step, "fileName": Path(run.final_file).name, "path": run.final_file, "final": True})
+    eta = tracker.eta_seconds if tracker is not None and run.status == "running" else None
+    rate = tracker.seconds_per_step if tracker is not None else None
+    return {
+        "id": run.id,
+        "status": run.status,
+        "engine": run.engine,
+        "outputName": spec.output_name,
+        "triggerWord": spec.trigger_word,
+        "datasetDir": spec.dataset_dir,
+        "step": tracker.step if tracker is not None else run.step,
+        "total": (tracker.total if tracker is not None else run.total) or spec.steps,
+        "loss": {"last": finite(tracker.loss_last if tracker else run.loss),
+                 "smoothed": finite(tracker.loss_smoothed if tracker else run.loss_smoothed)},
+        "etaSeconds": round(eta) if eta is not None else None,
+        "secondsPerStep": round(rate, 3) if rate is not None else None,
+        "checkpoints": ckpts,
+        "finalFile": run.final_file,
+        "outputDir": run.output_dir,
+        "params": {"steps": spec.steps, "resolution": spec.resolution, "networkDim": spec.network_dim,
+                   "networkAlpha": spec.network_alpha, "learningRate": spec.learning_rate,
+                   "saveEveryNSteps": spec.save_every, "seed": spec.seed, "checkpoint": spec.checkpoint},
+        "warnings": list(run.warnings),
+        "logTail": tail,
+        "error": ({"code": run.error_code, "message": run.error_message or "", "details": run.error_details or {}}
+                  if run.error_code else None),
+        "attempts": run.attempts,
+        "createdAt": run.created_at,
+        "startedAt": run.started_at,
+        "finishedAt": run.finished_at,
+    }

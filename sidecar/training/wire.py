@@ -1,0 +1,94 @@
+"""The training API's bodies as pydantic models (camelCase on the wire, unknown fields refused).
+
+`TrainRequest` is parsed once at the HTTP edge and handed to the manager as is; `TrainingRun` and
+`TrainingRunList` describe what the routes answer (and feed the OpenAPI document).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+RunStatus = Literal["queued", "running", "succeeded", "failed", "cancelled", "interrupted"]
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"  # no path separators, no leading dot
+
+
+class Wire(BaseModel):
+    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True)
+
+
+class TrainRequest(Wire):
+    """POST /loras/train. Defaults are the artist's canonical config (kohya-sd-scripts.md §1)."""
+
+    dataset_dir: str = Field(..., min_length=1, max_length=4096,
+                             description="absolute path: a flat folder of images + .txt captions, or kohya's "
+                                         "img/ folder of <repeats>_<trigger> <class>/ subfolders")
+    output_name: str = Field(..., pattern=NAME_PATTERN,
+                             description="the LoRA's file name without extension (checkpoints are "
+                                         "NAME-step00000200.safetensors)")
+    steps: int = Field(1000, ge=1, le=100_000)
+    resolution: int = Field(512, ge=64, le=4096, description="square training size in pixels, multiple of 64")
+    network_dim: int = Field(32, ge=1, le=256)
+    network_alpha: float = Field(16.0, gt=0, le=256)
+    learning_rate: float = Field(1e-4, gt=0, le=1)
+    save_every_n_steps: int = Field(200, ge=1, le=100_000)
+    seed: int | None = Field(None, ge=0, le=2**32 - 1, description="random when absent (and recorded)")
+    engine: Literal["kohya", "embedded"] | None = Field(
+        None, description="default: kohya when a kohya_ss dir is configured, else embedded")
+    trigger_word: str | None = Field(None, min_length=1, max_length=100, pattern=r"^[^,/\\]+$",
+                                     description="first tag of every caption [default: the configured trigger_word]")
+    checkpoint: str | None = Field(None, max_length=200, pattern=r"^[^/\\]+$",
+                                   description="base model file name [default: the configured checkpoint]")
+    batch_size: int | None = Field(
+        None, validation_alias=AliasChoices("batchSize", "batch_size"),
+        description="accepted only as 1 (the profile's training batch limit)",
+    )
+
+
+class LossInfo(Wire):
+    last: float | None = None
+    smoothed: float | None = None
+
+
+class CheckpointInfo(Wire):
+    step: int
+    file_name: str
+    path: str
+    final: bool = False
+
+
+class ErrorInfo(Wire):
+    code: str
+    message: str
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class TrainingRun(Wire):
+    id: str
+    status: RunStatus
+    engine: str
+    output_name: str
+    trigger_word: str
+    dataset_dir: str
+    step: int
+    total: int
+    loss: LossInfo
+    eta_seconds: float | None = Field(None, description="null until ~20 steps were measured")
+    seconds_per_step: float | None = None
+    checkpoints: list[CheckpointInfo]
+    final_file: str | None = None
+    output_dir: str
+    params: dict[str, Any]
+    warnings: list[str]
+    log_tail: list[str]
+    error: ErrorInfo | None = None
+    attempts: int
+    created_at: str
+    started_at: str | None = None
+    finished_at: str | None = None
+
+
+class TrainingRunList(Wire):
+    runs: list[TrainingRun]

@@ -1,0 +1,265 @@
+"""A stand-in for kohya sd-scripts' `train_network.py`, for tests (no torch, no model, seconds not hours).
+
+It accepts exactly the options of the real `--help` (`fixtures/kohya/train_network-help.txt`,
+unknown ones exit 2 as argparse does), replays the recorded console output of
+`fixtures/kohya/*.log` (rich log records, the `steps:` bar redrawn with `\\r`, `saving checkpoint:`
+lines) with the real run's length, and writes files the way the real one does:
+`NAME-step00000200.safetensors` + `-state/` folders at every save step, `NAME-state/` and
+`NAME.safetensors` at the end. Real behaviours reproduced: a missing model is a ValueError (exit 1);
+no `<repeats>_<class>` folder is "No data found" with exit 0 and no file; `--resume` of a missing
+folder is a ValueError; `--skip_until_initial_step` counts only the remaining steps on the bar;
+SIGINT gives KeyboardInterrupt tracebacks, SIGTERM kills silently. It starts one "data loader
+worker" child in its process group, like the real one, so tests can see a cancel reach the group.
+
+Test knobs (environment): FAKE_KOHYA_STEP_SECONDS (sleep per step, default 0.02),
+FAKE_KOHYA_CRASH_AT (raise at that global step), FAKE_KOHYA_NAN_AT (avr_loss=nan from that step),
+FAKE_KOHYA_PIDFILE (write "leader worker" pids), FAKE_KOHYA_ARGV_FILE (write argv as JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "kohya"
+HELP = FIXTURES / "train_network-help.txt"
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+USAGE_OPTION = re.compile(r"\[(--\w+)(?: ([^\[\] ]+))?(?: \[([^\]]+) \.\.\.\])?\]")
+
+
+# -- the real option list -------------------------------------------------------------------------
+def help_options(text: str | None = None) -> dict[str, dict]:
+    """Options of the real train_network.py, from its usage block: name -> {"value": bool,
+    "choices": list | None, "nargs": "*" | None}."""
+    text = text if text is not None else HELP.read_text(encoding="utf-8")
+    usage = " ".join(text.split("\noptions:")[0].split())
+    out: dict[str, dict] = {}
+    for m in USAGE_OPTION.finditer(usage):
+        name, meta, many = m.group(1), m.group(2), m.group(3)
+        choices = meta[1:-1].split(",") if meta and meta.startswith("{") else None
+        out[name] = {"value": bool(meta or many), "choices": choices, "nargs": "*" if many else None}
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="train_network.py")
+    for name, spec in help_options().items():
+        if not spec["value"]:
+            parser.add_argument(name, action="store_true")
+        elif spec["nargs"]:
+            parser.add_argument(name, nargs="*")
+        else:
+            parser.add_argument(name, choices=spec["choices"])
+    return parser
+
+
+# -- the recorded output, cut into the pieces a run is made of ------------------------------------
+def _lines(name: str) -> list[str]:
+    # newline="": keep tqdm's `\r` redraws as recorded (universal newlines would turn them into lines).
+    with open(FIXTURES / name, encoding="utf-8", newline="") as f:
+        return f.read().split("\n")
+
+
+def _index(lines: list[str], needle: str, start: int = 0) -> int:
+    return next(i for i in range(start, len(lines)) if needle in lines[i])
+
+
+class Recording:
+    def __init__(self) -> None:
+        run = _lines("train-run.log")
+        skip = _lines("train-resume-skip.log")
+        start = _index(run, "Using v1 tokenizer")  # run directly with python: no accelerate notice
+        train = _index(run, "running training")
+        self.pre = run[start:train]
+        self.train_block = run[train:train + 9]
+        dtype = _index(run, "unet dtype")
+        bar0 = next(i for i in range(dtype, len(run)) if run[i].startswith("\rsteps:"))
+        self.dtype = run[dtype:bar0]
+        epoch = _index(run, "epoch 1/1")
+        self.epoch = run[epoch:epoch + 6]
+        save = _index(run, "saving checkpoint:")
+        after = next(i for i in range(save + 1, len(run)) if run[i].startswith("\rsteps:"))
+        self.save_state = run[save + 1:after]
+        last = _index(run, "saving last state.")
+        final = _index(run, "saving checkpoint:", last)
+        self.final_glue = run[last - 1].rsplit("]", 1)[1]
+        self.final_state = run[last:final]
+        self.model_saved = run[_index(run, "model saved.")]
+        r0 = _index(skip, "resume training from local")
+        self.resume = skip[r0:_index(skip, "Loading in 0 custom states") + 1]
+        s0 = _index(skip, "skipping 4 steps")
+        self.skip = skip[s0:s0 + 2]
+        self.nodata = _lines("train-nodata.log")
+        bad = _lines("train-bad-model.log")
+        self.bad_model_pre = bad[_index(bad, "Using v1 tokenizer"):_index(bad, "Traceback")]
+
+
+def out(text: str, end: str = "\n") -> None:
+    sys.stdout.write(text + end)
+    sys.stdout.flush()
+
+
+def bar(n: int, total: int, elapsed: float, rate: float, loss: str | None) -> str:
+    """A tqdm redraw as train_network.py's bar prints it (smoothing=0, 10-cell bar)."""
+    frac = n / total if total else 0.0
+    cells = frac * 10
+    full = int(cells)
+    partial = " ▏▎▍▌▋▊▉"[int((cells - full) * 8)] if full < 10 else ""
+    body = ("█" * full + partial).ljust(10)
+    remaining = "?" if n == 0 else clock(rate * (total - n))
+    rate_s = "?it/s" if n == 0 else (f"{rate:5.2f}s/it" if rate >= 1 else f"{1 / rate:5.2f}it/s")
+    post = f", avr_loss={loss}" if loss is not None else ""
+    return f"\rsteps: {int(frac * 100):3d}%|{body}| {n}/{total} [{clock(elapsed)}<{remaining}, {rate_s}{post}]"
+
+
+def clock(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60:02d}:{s % 60:02d}"
+
+
+# -- files ------------------------------------------------------------------------------------------
+def write_lora(path: Path, name: str, step: int, total: int, args: argparse.Namespace) -> None:
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    meta = json.loads((FIXTURES / "lora-metadata.json").read_text())
+    meta.update({
+        "ss_steps": str(step), "ss_max_train_steps": str(total), "ss_output_name": name,
+        "modelspec.title": args.metadata_title or name, "ss_network_dim": args.network_dim or "4",
+        "ss_network_alpha": str(float(args.network_alpha or 1)), "ss_seed": str(args.seed or 0),
+    })
+    if args.metadata_trigger_phrase:
+        meta["modelspec.trigger_phrase"] = args.metadata_trigger_phrase
+    dim = int(args.network_dim or 4)
+    rng = np.random.default_rng(step)
+    tensors = {}
+    for module in ("lora_te_text_model_encoder_layers_0_self_attn_q_proj",
+                   "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"):
+        tensors[f"{module}.alpha"] = np.array(float(args.network_alpha or 1), dtype=np.float16)
+        tensors[f"{module}.lora_down.weight"] = rng.standard_normal((dim, 8)).astype(np.float16)
+        tensors[f"{module}.lora_up.weight"] = np.zeros((8, dim), dtype=np.float16)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+
+
+def write_state(folder: Path, step: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "train_state.json").write_text(json.dumps({"current_epoch": 1, "current_step": step}))
+    for name in ("model.safetensors", "optimizer.bin", "scheduler.bin", "random_states_0.pkl"):
+        (folder / name).write_bytes(b"fake")
+
+
+def has_data(train_data_dir: str | None) -> bool:
+    root = Path(train_data_dir or "")
+    if not train_data_dir or not root.is_dir():
+        return False
+    for sub in root.iterdir():
+        head = sub.name.split("_", 1)[0]
+        if sub.is_dir() and head.isdigit() and int(head) >= 1:
+            if any(p.suffix.lower() in IMAGE_SUFFIXES for p in sub.iterdir()):
+                return True
+    return False
+
+
+# -- the run ----------------------------------------------------------------------------------------
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    if os.environ.get("FAKE_KOHYA_ARGV_FILE"):
+        Path(os.environ["FAKE_KOHYA_ARGV_FILE"]).write_text(json.dumps(argv))
+    rec = Recording()
+    step_s = float(os.environ.get("FAKE_KOHYA_STEP_SECONDS", "0.02"))
+    crash_at = int(os.environ.get("FAKE_KOHYA_CRASH_AT", "0"))
+    nan_at = int(os.environ.get("FAKE_KOHYA_NAN_AT", "0"))
+    worker = subprocess.Popen([sys.executable, "-c", "import time\nwhile True: time.sleep(1)"])
+    try:
+        if os.environ.get("FAKE_KOHYA_PIDFILE"):
+            Path(os.environ["FAKE_KOHYA_PIDFILE"]).write_text(f"{os.getpid()} {worker.pid}")
+        return train(args, rec, step_s, crash_at, nan_at)
+    finally:
+        worker.kill()
+        worker.wait()
+
+
+def train(args: argparse.Namespace, rec: Recording, step_s: float, crash_at: int, nan_at: int) -> int:
+    if not has_data(args.train_data_dir):
+        for line in rec.nodata:
+            out(line)
+        return 0  # the real script exits 0 here, with no file (kohya-sd-scripts.md §9)
+    model = args.pretrained_model_name_or_path
+    if not model or not Path(model).exists():
+        for line in rec.bad_model_pre:
+            out(line)
+        raise ValueError(f'The provided pretrained_model_name_or_path "{model}" is neither a valid local path '
+                         "nor a valid repo id. Please check the parameter.")
+    for line in rec.pre:
+        out(line)
+    total = int(args.max_train_steps or 1600)
+    save_every = int(args.save_every_n_steps or 0)
+    name = args.output_name or "last"
+    out_dir = Path(args.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    initial = 0
+    if args.resume:
+        state = Path(args.resume)
+        if not state.is_dir():
+            raise ValueError(f"Tried to find {state} but folder does not exist")
+        for line in rec.resume:
+            out(line)
+        if args.skip_until_initial_step:
+            initial = int(json.loads((state / "train_state.json").read_text())["current_step"])
+    for line in rec.train_block:
+        out(re.sub(r"(total optimization steps / .*: )\d+", lambda m: m.group(1) + str(total), line))
+    if initial:
+        assert total > initial, (f"max_train_steps should be greater than initial step / "
+                                 f"max_train_stepsは初期ステップより大きい必要があります: {total} vs {initial}")
+        out(rec.skip[0].replace("skipping 4 steps", f"skipping {initial} steps"))
+        out(rec.skip[1].replace("4ステップ", f"{initial}ステップ"))
+    for line in rec.dtype:
+        out(line)
+    shown = total - initial  # the bar counts only what this process trains
+    rate = 3.2
+    out(bar(0, shown, 0, rate, None))
+    for line in rec.epoch:
+        out(line)
+    loss = "1.09"
+    for n in range(1, shown + 1):
+        time.sleep(step_s)
+        step = n + initial
+        if crash_at and step >= crash_at:
+            raise RuntimeError("MPS backend out of memory (MPS allocated: 17.95 GB, other allocations: 1.02 GB, "
+                               "max allowed: 18.13 GB). Tried to allocate 256.00 MB on private pool.")
+        out(bar(n, shown, n * rate, rate, None if n == 1 else loss), end="")
+        if save_every and step % save_every == 0:
+            ckpt = out_dir / f"{name}-step{step:08d}.safetensors"
+            out("")
+            out(f"saving checkpoint: {ckpt}")  # printed before the file is written, as the real one does
+            time.sleep(min(step_s, 0.05))
+            write_lora(ckpt, name, step, total, args)
+            if args.save_state:
+                for line in rec.save_state:
+                    out(line.replace("saving state at step 2", f"saving state at step {step}"))
+                write_state(out_dir / f"{name}-step{step:08d}-state", step)
+        loss = "nan" if nan_at and step >= nan_at else f"{max(0.05, 1.09 - 0.01 * step):.3g}"
+        out(bar(n, shown, n * rate, rate, loss), end="")
+    out(rec.final_glue, end="\n")
+    if args.save_state:
+        for line in rec.final_state:
+            out(line)
+        write_state(out_dir / f"{name}-state", total)
+    final = out_dir / f"{name}.safetensors"
+    out(f"saving checkpoint: {final}")
+    write_lora(final, name, total, total, args)
+    out(rec.model_saved)
+    out(bar(shown, shown, shown * rate, rate, loss))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,111 @@
+"""The real sidecar daemon for the pipeline stage's tests: `create_app` served on a free local port from
+its own thread and event loop, so `generate` (sync, with its own `asyncio.run`) can talk to it over
+real HTTP + WebSocket from the test's thread or from subprocesses.
+
+`SeededBackend` stands in for an engine where the tests need deterministic, seed-dependent pixels
+(same workflow -> same image, another seed -> another image) without torch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import zlib
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from aiohttp import web
+from PIL import Image
+
+from sidecar.api.app import create_app
+from sidecar.backend import RunContext, RunResult
+from sidecar.config import Settings
+from tests.scripted_backend import ScriptedBackend
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE_PROJECT = REPO / "examples" / "project"
+
+
+class SeededBackend(ScriptedBackend):
+    """ScriptedBackend's timing and failure script, with pixels drawn from the KSampler seed and the
+    positive prompt, so a reproduced workflow gives the identical image."""
+
+    async def run(self, ctx: RunContext) -> RunResult:
+        result = await super().run(ctx)
+        nodes = ctx.workflow.values()
+        sampler = next(n for n in nodes if n["class_type"] == "KSampler")["inputs"]
+        latent = next(n for n in nodes if n["class_type"] == "EmptyLatentImage")["inputs"]
+        text = ctx.workflow[sampler["positive"][0]]["inputs"]["text"]
+        rng = np.random.default_rng([int(sampler["seed"]) % 2**63, zlib.crc32(text.encode())])
+        cells = rng.integers(0, 256, (latent["height"] // 8, latent["width"] // 8, 3), dtype=np.uint8)
+        Image.fromarray(cells.repeat(8, 0).repeat(8, 1), "RGB").save(ctx.output_path)
+        return result
+
+
+class DaemonThread:
+    """A running daemon. `call(coro)` runs a coroutine on its loop (to reach its app state)."""
+
+    def __init__(self, settings: Settings, backend: Any):
+        self.settings = settings
+        self.backend = backend
+        self.app = create_app(settings, backend)
+        self.loop = asyncio.new_event_loop()
+        self._runner: web.AppRunner | None = None
+        self._thread = threading.Thread(target=self.loop.run_forever, name="sidecar-test-daemon", daemon=True)
+        self.url = ""
+
+    def start(self) -> DaemonThread:
+        self._thread.start()
+        self.call(self._start())
+        return self
+
+    async def _start(self) -> None:
+        self._runner = web.AppRunner(self.app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = self._runner.addresses[0][:2]
+        self.url = f"http://{host}:{port}"
+
+    def call(self, coro: Coroutine[Any, Any, Any], timeout: float = 30) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def stop(self) -> None:
+        if self._runner is not None:
+            self.call(self._runner.cleanup())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()
+
+    def jobs(self) -> list[dict[str, Any]]:
+        from sidecar.api.keys import RUNNER
+
+        async def listed() -> list[dict[str, Any]]:
+            return [j.to_api() for j in await self.app[RUNNER].list(None, 500)]
+
+        return self.call(listed())
+
+
+def copy_example(dest: Path) -> Path:
+    """A fresh copy of the example chapter (the tests write into it)."""
+    shutil.copytree(EXAMPLE_PROJECT, dest)
+    return dest
+
+
+def run_generate_subprocess(args: list[str], *, env: dict[str, str] | None = None,
+                            driver: str | None = None, timeout: float = 120) -> subprocess.Popen:
+    """Start `python -m pipeline_stage ARGS` (or a driver script that wraps it) in its own process."""
+    cmd = [sys.executable, "-c", driver, *args] if driver else [sys.executable, "-m", "pipeline_stage", *args]
+    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env or {})})
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))

@@ -1,0 +1,240 @@
+"""`sidecar doctor`: checks against a fake ComfyUI install dir and a missing one (required or optional by
+engine), an attached ComfyUI replaying the recorded /system_stats, the daemon's port, and `--bench`
+through the real daemon app (scripted backend)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import socket
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from click.testing import CliRunner
+
+from sidecar.api.app import create_app
+from sidecar.api.keys import DEVICE
+from sidecar.cli import main
+from sidecar.config import Settings
+from tests.scripted_backend import ScriptedBackend
+
+FIXTURES = Path(__file__).parent / "fixtures" / "comfyui"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    home = tmp_path / "home"
+    home.mkdir()
+    return home
+
+
+def doctor(home: Path, *args: str, **env: str):
+    base = {"HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"), "HF_HOME": str(home / ".hf"),
+            "SIDECAR_COMFYUI_PORT": str(free_port()), "SIDECAR_LAUNCHCTL": None,
+            "SIDECAR_DATA_DIR": str(home / "data")}
+    return CliRunner().invoke(main, ["doctor", "--port", str(free_port()), *args], env={**base, **env})
+
+
+def as_json(result) -> tuple[dict[str, dict], dict]:
+    body = json.loads(result.output)
+    return {c["name"]: c for c in body["checks"]}, body
+
+
+def fake_comfyui(root: Path) -> Path:
+    """A ComfyUI checkout as doctor sees it: main.py, a venv python, the models the templates name."""
+    (root / "venv" / "bin").mkdir(parents=True)
+    (root / "main.py").write_text("# ComfyUI\n")
+    python = root / "venv" / "bin" / "python"
+    python.write_text("#!/bin/sh\necho 'Python 3.11.9'\n")
+    python.chmod(0o755)
+    for rel in ("checkpoints/anything-v5.safetensors", "loras/spyke_plasma_v1.safetensors",
+                "controlnet/control_v11p_sd15_openpose.pth"):
+        (root / "models" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / "models" / rel).write_bytes(b"\0" * 16)
+    return root
+
+
+def test_a_complete_comfyui_install_passes(home, tmp_path):
+    comfy = fake_comfyui(tmp_path / "ComfyUI")
+    result = doctor(home, "--json", "--engine", "comfyui", "--comfyui-dir", str(comfy),
+                    "--comfyui-python", str(comfy / "venv/bin/python"))
+    assert result.exit_code == 0, result.output
+    checks, body = as_json(result)
+    assert body["ok"] is True and body["engine"] == "comfyui"
+    assert checks["comfyui dir"]["status"] == "ok" and checks["comfyui dir"]["required"] is True
+    assert checks["comfyui python"]["status"] == "ok" and "Python 3.11.9" in checks["comfyui python"]["detail"]
+    assert checks["comfyui server"]["status"] == "ok" and "the daemon starts it" in checks["comfyui server"]["detail"]
+    assert checks["comfyui flags"]["status"] == "ok"
+    for name in ("checkpoint", "lora", "controlnet"):
+        assert checks[name]["status"] == "ok" and checks[name]["detail"].startswith(str(comfy / "models")), name
+    assert checks["python"]["status"] == "ok" and checks["torch"]["status"] == "ok"
+    assert checks["daemon"]["status"] == "ok" and checks["disk"]["required"] is True
+
+
+def test_a_missing_comfyui_install_fails_with_a_fix_per_line(home, tmp_path):
+    missing = tmp_path / "tools" / "ComfyUI"
+    result = doctor(home, "--engine", "comfyui", "--comfyui-dir", str(missing),
+                    "--comfyui-python", str(missing / "venv/bin/python"))
+    assert result.exit_code == 1
+    lines = result.output.splitlines()
+    failing = {re.match(r"fail\s+(.+?)\s{2,}", line).group(1) for line in lines if line.startswith("fail")}
+    assert failing == {"comfyui dir", "comfyui python", "checkpoint"}
+    dir_line = next(i for i, line in enumerate(lines) if line.startswith("fail  comfyui dir"))
+    assert str(missing / "main.py") in lines[dir_line] and "fix: git clone" in lines[dir_line + 1]
+    assert "required item(s) missing" in lines[-1]
+
+
+def test_with_the_embedded_engine_comfyui_is_optional(home, tmp_path):
+    models = tmp_path / "models"
+    (models / "checkpoints").mkdir(parents=True)
+    (models / "checkpoints" / "anything-v5.safetensors").write_bytes(b"\0")
+    missing = tmp_path / "nowhere"
+    result = doctor(home, "--json", "--engine", "embedded", "--models-dir", str(models),
+                    "--comfyui-dir", str(missing), "--comfyui-python", str(missing / "python"))
+    assert result.exit_code == 0, result.output
+    checks, _ = as_json(result)
+    assert checks["comfyui dir"]["status"] == "warn" and checks["comfyui dir"]["required"] is False
+    assert checks["checkpoint"]["status"] == "ok"
+    assert checks["lora"]["status"] == "warn" and "sidecar loras promote" in checks["lora"]["fix"]
+
+
+def test_the_embedded_engine_without_its_checkpoint_is_a_failure(home, tmp_path):
+    result = doctor(home, "--json", "--engine", "embedded", "--models-dir", str(tmp_path / "models"))
+    assert result.exit_code == 1
+    checks, body = as_json(result)
+    assert body["ok"] is False and checks["checkpoint"]["status"] == "fail"
+    assert str(tmp_path / "models" / "checkpoints") in checks["checkpoint"]["fix"]
+    assert checks["comfyui dir"]["status"] == "skip"
+
+
+def _replay_comfyui() -> web.Application:
+    """The recorded answers of a real ComfyUI (started without --force-fp16/--fp32-vae)."""
+    stats = json.loads((FIXTURES / "system_stats.json").read_text())
+    misc = json.loads((FIXTURES / "misc-get-endpoints.json").read_text())
+    app = web.Application()
+    bodies = {"/system_stats": stats, **{p: misc[p]["json"] for p in
+                                         ("/models/checkpoints", "/models/loras", "/models/controlnet")}}
+
+    async def replay(request: web.Request) -> web.Response:
+        return web.json_response(bodies[request.path])
+
+    for path in bodies:
+        app.router.add_get(path, replay)
+    return app
+
+
+async def test_an_attached_comfyui_without_fp32_vae_is_flagged(home, aiohttp_server):
+    server = await aiohttp_server(_replay_comfyui())
+    url = str(server.make_url("")).rstrip("/")
+    result = await asyncio.to_thread(doctor, home, "--json", "--comfyui-url", url,
+                                     SIDECAR_CHECKPOINT="rand-sd15.safetensors")
+    checks, body = as_json(result)
+    assert body["engine"] == "comfyui"
+    assert checks["comfyui server"]["status"] == "ok" and "ComfyUI 0.3.64 on cpu" in checks["comfyui server"]["detail"]
+    flags = checks["comfyui flags"]
+    assert flags["status"] == "warn" and "--fp32-vae" in flags["detail"] and "black" in flags["detail"]
+    assert checks["checkpoint"]["status"] == "ok"  # from ComfyUI's /models/checkpoints listing
+    assert checks["comfyui dir"]["status"] == "skip"
+
+
+async def test_an_attached_comfyui_that_does_not_answer_is_required(home):
+    result = await asyncio.to_thread(doctor, home, "--json", "--comfyui-url", f"http://127.0.0.1:{free_port()}")
+    assert result.exit_code == 1
+    checks, _ = as_json(result)
+    assert checks["comfyui server"]["status"] == "fail" and "launchd install --comfyui" in checks["comfyui server"]["fix"]
+
+
+async def test_a_port_taken_by_another_program_is_reported(home, tmp_path, aiohttp_server):
+    other = await aiohttp_server(web.Application())  # answers 404 everywhere: not our daemon
+    models = tmp_path / "models" / "checkpoints"
+    models.mkdir(parents=True)
+    (models / "anything-v5.safetensors").write_bytes(b"\0")
+    result = await asyncio.to_thread(CliRunner().invoke, main, [
+        "doctor", "--json", "--engine", "embedded", "--models-dir", str(tmp_path / "models"),
+        "--port", str(other.port)], env={"HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"),
+                                         "SIDECAR_DATA_DIR": str(home / "data")})
+    assert result.exit_code == 1
+    checks, _ = as_json(result)
+    assert checks["daemon"]["status"] == "fail" and "taken by another program" in checks["daemon"]["detail"]
+
+
+def test_kohya_checks(home, tmp_path):
+    kohya = tmp_path / "kohya_ss"
+    (kohya / "sd-scripts").mkdir(parents=True)
+    (kohya / "sd-scripts" / "train_network.py").write_text("# sd-scripts\n")
+    (kohya / "venv" / "bin").mkdir(parents=True)
+    (kohya / "venv" / "bin" / "python").write_text("#!/bin/sh\necho 'Python 3.11.9'\n")
+    (kohya / "venv" / "bin" / "python").chmod(0o755)
+    result = doctor(home, "--json", "--engine", "embedded", "--kohya-dir", str(kohya))
+    checks, _ = as_json(result)
+    assert checks["kohya_ss"]["status"] == "ok" and checks["kohya_ss"]["detail"].endswith("train_network.py")
+    assert checks["kohya venv"]["status"] == "ok"
+    assert checks["accelerate config"]["status"] == "warn" and "accelerate config" in checks["accelerate config"]["fix"]
+
+    missing = doctor(home, "--json", "--engine", "embedded", "--kohya-dir", str(tmp_path / "nope"))
+    checks, _ = as_json(missing)
+    assert checks["kohya_ss"]["status"] == "warn" and checks["kohya_ss"]["required"] is False
+
+
+@pytest.fixture
+async def daemon(aiohttp_server, tmp_path):
+    backend = ScriptedBackend()
+    app = create_app(Settings(data_dir=tmp_path / "daemon", engine="embedded"), backend)
+    server = await aiohttp_server(app)
+    return app, server
+
+
+async def test_bench_renders_the_hardware_check_through_the_running_daemon(home, daemon):
+    app, server = daemon
+    url = str(server.make_url("")).rstrip("/")
+    result = await asyncio.to_thread(CliRunner().invoke, main, [
+        "doctor", "--bench", "--runs", "2", "--url", url, "--port", str(server.port), "--poll-interval", "0.02"],
+        env={"HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"), "SIDECAR_DATA_DIR": str(home / "data")})
+    assert "under 2 minutes: yes" in result.output, result.output
+    assert "daemon at" in result.output and "run 2: succeeded" in result.output
+    assert "running on 127.0.0.1" in result.output  # the daemon check saw it too
+    jobs = await _jobs(url)
+    assert len(jobs) == 2
+    for job in jobs:
+        p = job["params"]
+        assert (p["width"], p["height"], p["steps"], p["sampler"], p["checkpoint"]) == (
+            512, 512, 20, "euler_ancestral", "anything-v5.safetensors")
+        assert job["workflowTemplate"] == "txt2img"
+
+
+async def _jobs(url: str) -> list[dict]:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        return (await (await session.get(f"{url}/jobs")).json())["jobs"]
+
+
+async def test_bench_while_training_exits_device_busy(home, daemon):
+    app, server = daemon
+    app[DEVICE].training.open("run-9", lambda: {"id": "run-9", "status": "running", "step": 3, "total": 800})
+    url = str(server.make_url("")).rstrip("/")
+    result = await asyncio.to_thread(CliRunner().invoke, main, [
+        "doctor", "--bench", "--json", "--url", url, "--port", str(server.port)],
+        env={"HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"), "SIDECAR_DATA_DIR": str(home / "data")})
+    assert result.exit_code == 4
+    body = json.loads(result.output)
+    assert body["bench"]["error"]["code"] == "training_in_progress"
+
+
+async def test_bench_without_a_daemon_renders_through_an_in_process_one(tmp_path):
+    from sidecar.doctor import run_bench
+
+    backend = ScriptedBackend()
+    settings = Settings(data_dir=tmp_path / "data", engine="embedded")
+    result = await run_bench(settings, f"http://127.0.0.1:{free_port()}", 1, 0.02, backend=backend)
+    assert result["source"].startswith("in-process") and result["underLimit"] is True
+    assert [r["status"] for r in result["runs"]] == ["succeeded"] and len(backend.started) == 1
+    assert (tmp_path / "data" / "sidecar.db").exists()  # its jobs went to the configured data dir

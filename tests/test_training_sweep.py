@@ -1,0 +1,144 @@
+"""`sidecar loras sweep` and `promote` against a daemon served in-process over real HTTP: a run with
+two checkpoints becomes a labelled contact sheet + index; promote installs one without overwriting."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from sidecar.api.app import create_app
+from sidecar.training.cli import loras
+from tests.scripted_backend import ScriptedBackend
+from tests.training_fixtures import (  # noqa: F401  (fixtures)
+    dataset_dir,
+    fake_env,
+    kohya_dir,
+    settings,
+    start_training,
+    wait_run,
+)
+
+
+class FolderBackend(ScriptedBackend):
+    """Lists LoRAs from the real folder (as the embedded engine and ComfyUI do) and records which ran."""
+
+    def __init__(self, loras: Path):
+        super().__init__()
+        self.loras = loras
+        self.lora_names: list[str | None] = []
+
+    async def list_models(self, folder: str):
+        if folder == "loras":
+            return sorted(p.name for p in self.loras.glob("*.safetensors")) if self.loras.is_dir() else []
+        return await super().list_models(folder)
+
+    def models_dir(self, folder: str):
+        return self.loras if folder == "loras" else None
+
+    async def run(self, ctx):
+        lora = next((n["inputs"]["lora_name"] for n in ctx.workflow.values() if n["class_type"] == "LoraLoader"), None)
+        self.lora_names.append(lora)
+        return await super().run(ctx)
+
+
+@pytest.fixture
+def env(settings, tmp_path) -> dict[str, str]:
+    return {"SIDECAR_DATA_DIR": str(settings.data_dir), "XDG_CONFIG_HOME": str(tmp_path / "cfg"),
+            "SIDECAR_ENGINE": "embedded"}
+
+
+@pytest.fixture
+async def daemon(aiohttp_client, settings, fake_env):
+    backend = FolderBackend(settings.models_path / "loras")
+    client = await aiohttp_client(create_app(settings, backend))
+    client.backend = backend
+    return client
+
+
+async def trained_run(daemon, dataset_dir) -> dict:
+    run = await start_training(daemon, dataset_dir, steps=4, saveEveryNSteps=2)
+    done = await wait_run(daemon, run["id"], {"succeeded", "failed"})
+    assert done["status"] == "succeeded" and [c["step"] for c in done["checkpoints"]] == [2, 4]
+    return done
+
+
+async def invoke(args: list[str], env: dict[str, str]):
+    # The CLI runs its own event loop: give it a thread while this loop serves the daemon.
+    return await asyncio.to_thread(CliRunner().invoke, loras, args, env=env, catch_exceptions=False)
+
+
+async def test_sweep_of_two_checkpoints_writes_a_contact_sheet(daemon, dataset_dir, settings, env, tmp_path) -> None:
+    run = await trained_run(daemon, dataset_dir)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("# sweep prompts\nspyke_plasma_v1, full body, standing\n\nspyke_plasma_v1, portrait\n")
+    out = tmp_path / "sweep"
+    result = await invoke(["sweep", run["id"], "--prompts", str(prompts), "--seeds", "1,2", "--out", str(out),
+                           "--cell", "64", "--url", str(daemon.make_url("")).rstrip("/"),
+                           "--poll-interval", "0.02"], env)
+    assert result.exit_code == 0, result.output
+    sheet = Image.open(out / "contact-sheet.png")
+    # label column + 2 checkpoint columns, header + 2 prompts x 2 seeds rows
+    assert sheet.size == (260 + 2 * 64, 28 + 4 * 64)
+    index = json.loads((out / "index.json").read_text())
+    assert [c["label"] for c in index["columns"]] == ["step 2", "step 4"]
+    assert len(index["cells"]) == 8 and all(c["status"] == "succeeded" for c in index["cells"])
+    assert {(c["seed"], c["step"]) for c in index["cells"]} == {(1, 2), (1, 4), (2, 2), (2, 4)}
+    assert all((out / c["image"]).is_file() for c in index["cells"])
+    # Every render used its checkpoint, found by the daemon as a LoRA under the staged name...
+    staged = {c["loraId"] + ".safetensors" for c in index["columns"]}
+    assert set(daemon.backend.lora_names) == staged and len(daemon.backend.lora_names) == 8
+    # ... which is gone from the LoRA folder afterwards.
+    assert not list((settings.models_path / "loras").glob("sweep--*"))
+
+
+async def test_sweep_of_an_unknown_run_is_an_input_error(daemon, env, tmp_path) -> None:
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("x\n")
+    result = await invoke(["sweep", "nope", "--prompts", str(prompts), "--url", str(daemon.make_url("")).rstrip("/")],
+                          env)
+    assert result.exit_code == 2 and "nope" in result.output
+
+
+async def test_sweep_without_a_daemon_exits_3(env, tmp_path) -> None:
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("x\n")
+    result = await invoke(["sweep", "r", "--prompts", str(prompts), "--url", "http://127.0.0.1:9"], env)
+    assert result.exit_code == 3 and "does not answer" in result.output
+
+
+async def test_promote_installs_a_checkpoint_without_overwriting(daemon, dataset_dir, settings, env) -> None:
+    run = await trained_run(daemon, dataset_dir)
+    loras_dir = settings.models_path / "loras"
+    result = await invoke(["promote", run["id"], "--step", "2", "--name", "spyke_plasma_v1"], env)
+    assert result.exit_code == 0, result.output
+    installed = loras_dir / "spyke_plasma_v1.safetensors"
+    assert installed.read_bytes() == Path(run["checkpoints"][0]["path"]).read_bytes()
+    # The same again: nothing to do. Another checkpoint under that name: refused, file untouched.
+    again = await invoke(["promote", run["id"], "--step", "2", "--name", "spyke_plasma_v1"], env)
+    assert again.exit_code == 0 and "already installed" in again.output
+    clash = await invoke(["promote", run["id"], "--step", "4", "--name", "spyke_plasma_v1"], env)
+    assert clash.exit_code == 1 and "not overwritten" in clash.output
+    assert installed.read_bytes() == Path(run["checkpoints"][0]["path"]).read_bytes()
+    # By output name, final LoRA by default; and generation finds it as a loraId.
+    final = await invoke(["promote", "spyke", "--json"], env)
+    assert final.exit_code == 0 and json.loads(final.output)["loraId"] == "spyke"
+    resp = await daemon.post("/jobs", json={"prompt": "spyke_plasma_v1", "loraId": "spyke"})
+    assert resp.status == 202
+    missing = await invoke(["promote", run["id"], "--step", "3"], env)
+    assert missing.exit_code == 2 and "saved steps: 2, 4" in missing.output
+
+
+async def test_promote_goes_to_comfyui_loras_when_configured(daemon, dataset_dir, settings, env, tmp_path) -> None:
+    run = await trained_run(daemon, dataset_dir)
+    comfy = tmp_path / "ComfyUI"
+    (comfy / "models" / "loras").mkdir(parents=True)
+    result = await invoke(["promote", run["id"], "--step", "4"],
+                          {**env, "SIDECAR_COMFYUI_DIR": str(comfy), "SIDECAR_COMFYUI_PYTHON": "/usr/bin/python3",
+                           "SIDECAR_ENGINE": "comfyui"})
+    assert result.exit_code == 0, result.output
+    assert (comfy / "models" / "loras" / "spyke.safetensors").is_file()
