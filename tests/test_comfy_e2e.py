@@ -1,0 +1,187 @@
+"""Issue 3's "done when", end to end: the real `sidecar serve` process attached to a server speaking the
+recorded ComfyUI protocol (the fake, in this test's loop), driven over HTTP only.
+
+Each test starts the daemon as a subprocess (`--comfyui-url`), so start-up, configuration, the
+SQLite store and a SIGKILL of the daemon are all real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from PIL import Image
+
+from tests.conftest_comfy import free_port
+from tests.fake_comfyui import FakeComfyUI
+
+START = 30.0  # the daemon imports aiohttp, pydantic and PIL on a shared 2-core machine
+
+
+class Daemon:
+    """`sidecar serve` in its own process, on its own port and data dir."""
+
+    def __init__(self, data_dir: Path, comfy: FakeComfyUI, **env: str):
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.comfy = comfy
+        self.env = {**os.environ, "SIDECAR_HISTORY_POLL_INTERVAL": "0.5", **env}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    async def start(self, http: aiohttp.ClientSession) -> None:
+        config = self.data_dir.parent / "sidecar.toml"  # empty: the user's own config never leaks in
+        config.touch()
+        log_path = self.data_dir.parent / f"daemon-{self.port}.log"
+        with log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "sidecar.cli", "serve", "--port", str(self.port), "--data-dir",
+                 str(self.data_dir), "--comfyui-url", self.comfy.url, "--config", str(config)],
+                env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + START
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"sidecar serve exited {self.proc.returncode}:\n{log_path.read_text()}")
+            with contextlib.suppress(aiohttp.ClientError):
+                async with http.get(f"{self.url}/health") as resp:
+                    if resp.status == 200 and (await resp.json())["comfyui"]:
+                        return
+            await asyncio.sleep(0.1)
+        raise AssertionError("the daemon did not report ComfyUI up in time")
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs, as when the laptop's power goes."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as session:
+        yield session
+
+
+@pytest.fixture
+async def comfy(tmp_path: Path) -> AsyncIterator[FakeComfyUI]:
+    from tests.fake_comfyui import make_comfy_home
+
+    server = FakeComfyUI(make_comfy_home(tmp_path / "comfy"), step_delay=0.02)
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@contextlib.asynccontextmanager
+async def daemon(tmp_path: Path, comfy: FakeComfyUI, http: aiohttp.ClientSession, **env: str) -> AsyncIterator[Daemon]:
+    d = Daemon(tmp_path / "data", comfy, **env)
+    await d.start(http)
+    try:
+        yield d
+    finally:
+        d.stop()
+
+
+async def submit(http: aiohttp.ClientSession, d: Daemon, **body: Any) -> tuple[int, dict[str, Any]]:
+    body = {"prompt": "spyke_plasma_v1, full body", "loraId": "spyke_plasma_v1", "steps": 4, "seed": 7, **body}
+    async with http.post(f"{d.url}/jobs", json=body) as resp:
+        return resp.status, await resp.json()
+
+
+async def wait_job(http: aiohttp.ClientSession, d: Daemon, job_id: str, statuses: set[str],
+                   timeout: float = 30) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        async with http.get(f"{d.url}/jobs/{job_id}") as resp:
+            job = await resp.json()
+        if job["status"] in statuses:
+            return job
+        assert time.monotonic() < deadline, f"job {job_id} stayed {job['status']}"
+        await asyncio.sleep(0.05)
+
+
+async def test_serve_attached_runs_a_page_and_refuses_what_the_profile_cannot(tmp_path, comfy, http) -> None:
+    async with daemon(tmp_path, comfy, http) as d:
+        async with http.get(f"{d.url}/health") as resp:
+            health = await resp.json()
+        assert health["status"] == "ok" and health["comfyui"] is True and health["mps"] is False
+
+        status, job = await submit(http, d, resolution={"width": 512, "height": 768})
+        assert status == 202
+        done = await wait_job(http, d, job["id"], {"succeeded", "failed"})
+        assert done["status"] == "succeeded", done.get("error")
+        assert done["progress"] == {"step": 4, "total": 4}
+        async with http.get(f"{d.url}/jobs/{job['id']}/image") as resp:
+            assert resp.status == 200 and resp.content_type == "image/png"
+            image = Image.open(io.BytesIO(await resp.read()))
+        assert image.size == (512, 768)
+
+        posts = comfy.prompt_posts
+        refusals = [({"resolution": {"width": 1024, "height": 1024}}, "resolution_exceeds_profile"),
+                    ({"batchSize": 2}, "batch_size_not_supported"),
+                    ({"colour": "red"}, "unknown_field")]
+        for body, code in refusals:
+            status, answer = await submit(http, d, **body)
+            assert (status, answer["error"]["code"]) == (400, code)
+        assert "512x768" in (await submit(http, d, resolution={"width": 1024, "height": 1024}))[1]["error"]["message"]
+        assert comfy.prompt_posts == posts  # nothing refused reached ComfyUI
+
+
+async def test_comfyui_dying_mid_job_fails_it_clearly_and_the_daemon_carries_on(tmp_path, comfy, http) -> None:
+    # A short deadline: the job waits that long for ComfyUI to come back before failing.
+    async with daemon(tmp_path, comfy, http, SIDECAR_COMFYUI_UNAVAILABLE_DEADLINE="2") as d:
+        comfy.pause_at(2)
+        _, job = await submit(http, d)
+        await comfy.wait_paused()
+        await comfy.kill()
+        failed = await wait_job(http, d, job["id"], {"succeeded", "failed"}, timeout=40)
+        assert failed["status"] == "failed"
+        assert failed["error"]["code"] == "comfyui_unavailable"
+        assert "ComfyUI" in failed["error"]["message"]
+
+        comfy.resume()
+        await comfy.restart()
+        _, again = await submit(http, d)
+        assert (await wait_job(http, d, again["id"], {"succeeded", "failed"}))["status"] == "succeeded"
+
+
+async def test_daemon_killed_with_a_running_and_queued_jobs_loses_none_and_runs_none_twice(tmp_path, comfy,
+                                                                                         http) -> None:
+    d = Daemon(tmp_path / "data", comfy)
+    await d.start(http)
+    try:
+        comfy.pause_at(2)
+        ids = [(await submit(http, d, seed=seed))[1]["id"] for seed in (1, 2, 3)]
+        await comfy.wait_paused()
+        d.kill()
+        comfy.resume()  # the running prompt finishes in ComfyUI while the daemon is down
+        await comfy.wait_for(lambda: len(comfy.history) == 1)
+
+        await d.start(http)
+        jobs = [await wait_job(http, d, job_id, {"succeeded", "failed", "cancelled"}) for job_id in ids]
+        assert [j["status"] for j in jobs] == ["succeeded"] * 3
+        assert comfy.prompt_posts == 3  # the one that ran during the outage was collected, not re-posted
+        for job_id in ids:
+            async with http.get(f"{d.url}/jobs/{job_id}/image") as resp:
+                assert resp.status == 200
+    finally:
+        d.stop()
