@@ -23,7 +23,7 @@ LAZY_COMMANDS = {
     "loras": ("sidecar.training.cli:loras", "LoRA checkpoint sweeps and promotion."),
     "dataset": ("sidecar.datasets.cli:dataset", "Training-set tools: crop, flip, caption, check, layout, reg."),
     "launchd": ("sidecar.launchd:launchd_cli", "Install the launchd agents (macOS)."),
-    "doctor": ("sidecar.doctor:doctor", "Check what is installed and how to fix what is missing."),
+    "doctor": ("sidecar.doctor.cli:doctor", "Check what is installed and how to fix what is missing."),
 }
 
 

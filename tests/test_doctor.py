@@ -230,7 +230,7 @@ async def test_bench_while_training_exits_device_busy(home, daemon):
 
 
 async def test_bench_without_a_daemon_renders_through_an_in_process_one(tmp_path):
-    from sidecar.doctor import run_bench
+    from sidecar.doctor.bench import run_bench
 
     backend = ScriptedBackend()
     settings = Settings(data_dir=tmp_path / "data", engine="embedded")

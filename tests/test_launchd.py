@@ -203,7 +203,7 @@ def test_install_status_uninstall_with_launchctl(home, comfy, launchctl):
 def test_a_failing_bootstrap_exits_1_with_launchctls_message(home, launchctl, tmp_path):
     fake, _ = launchctl
     failing = tmp_path / "failing-launchctl"
-    failing.write_text(f"#!/bin/sh\n[ \"$1\" = bootstrap ] && {{ echo 'Bootstrap failed: 5: Input/output error' >&2; "
+    failing.write_text("#!/bin/sh\n[ \"$1\" = bootstrap ] && { echo 'Bootstrap failed: 5: Input/output error' >&2; "
                        "exit 5; }\n[ \"$1\" = print ] && exit 113\nexit 0\n")
     failing.chmod(0o755)
     result = invoke(home, "install", "--config", str(write_config(home)), launchctl=failing)

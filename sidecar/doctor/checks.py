@@ -1,10 +1,5 @@
-"""`sidecar doctor`: what is installed, what is missing, and how to fix it, one line per check; and
-`--bench`, the hardware check of INFRA-04 (512x512, 20 steps, Euler a, the configured checkpoint,
-under 2 minutes) through a running daemon or, when none answers, an in-process one.
-
-Which checks are required depends on the engine: with the embedded engine ComfyUI is optional, with
-`comfyui` it is required. Exit codes: 0 nothing required is missing (and the bench passed), 1 something
-required is missing or the bench failed or was too slow, 2 configuration error, 4 device busy training.
+"""The doctor's checks: one function per thing the stack needs, each returning a `Check` with a status
+and, when something is missing, the fix. The network is asked once (`probe_network`) and shared.
 """
 
 from __future__ import annotations
@@ -18,22 +13,17 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import click
-
-from sidecar.cli import config_options, settings_from
 from sidecar.config import Settings
 
 Status = Literal["ok", "warn", "fail", "skip"]
 GIB = 1024**3
-BENCH_LIMIT_S = 120.0  # INFRA-04: under 2 minutes
-BENCH_PROMPT = "anime character, full body, standing, simple background"
 FP32_VAE = "--fp32-vae"
 FORCE_FP16 = "--force-fp16"
+
 
 
 @dataclass
@@ -341,150 +331,3 @@ def run_checks(settings: Settings, home: Path | None = None) -> list[Check]:
 
 
 # -- the bench ------------------------------------------------------------------------------------
-
-async def run_bench(settings: Settings, url: str, runs: int, poll_interval: float,
-                    backend: Any = None) -> dict[str, Any]:
-    """Render the INFRA-04 job `runs` times through the daemon at `url`, or, when none answers there,
-    through an in-process daemon on the configured engine (`backend` overrides it, for tests)."""
-    from sidecar.datasets.client import DaemonClient, DaemonUnavailable
-
-    result: dict[str, Any] = {"resolution": "512x512", "steps": 20, "sampler": "euler_ancestral",
-                              "checkpoint": settings.checkpoint, "limitSeconds": BENCH_LIMIT_S, "runs": []}
-    runner = None
-    try:
-        async with DaemonClient(url, timeout=30) as probe:
-            health = await probe.health()
-        result["source"] = f"daemon at {url}"
-    except DaemonUnavailable:
-        runner, url, health = await _start_in_process(settings, backend)
-        result["source"] = "in-process daemon (no daemon was running)"
-    result.update(engine=health.get("engine"), device=health.get("device"))
-    try:
-        async with DaemonClient(url, timeout=60) as client:
-            for i in range(runs):
-                body = {"prompt": BENCH_PROMPT, "seed": 42 + i, "steps": 20, "cfg": 7.0, "sampler": "euler_ancestral",
-                        "scheduler": "normal", "resolution": {"width": 512, "height": 512},
-                        "checkpoint": settings.checkpoint}
-                started = time.monotonic()
-                job = await client.submit(body)
-                job = await client.wait(job["id"], poll_interval=poll_interval)
-                seconds = time.monotonic() - started
-                run = {"jobId": job["id"], "status": job["status"], "seconds": round(seconds, 2),
-                       "renderSeconds": round(job["durationMs"] / 1000, 2) if job.get("durationMs") else None}
-                if job.get("error"):
-                    run["error"] = job["error"]
-                result["runs"].append(run)
-                if job["status"] != "succeeded":
-                    break
-    finally:
-        if runner is not None:
-            await runner.cleanup()
-    last = result["runs"][-1] if result["runs"] else None
-    result["underLimit"] = bool(last and last["status"] == "succeeded" and last["seconds"] < BENCH_LIMIT_S)
-    return result
-
-
-async def _start_in_process(settings: Settings, backend: Any = None):
-    from aiohttp import web
-
-    from sidecar.api.app import create_app
-    from sidecar.datasets.client import DaemonClient
-
-    runner = web.AppRunner(create_app(settings, backend), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    url = f"http://127.0.0.1:{port}"
-    async with DaemonClient(url) as client:
-        health = await client.health()
-    return runner, url, health
-
-
-# -- output ---------------------------------------------------------------------------------------
-
-COLOURS = {"ok": "green", "warn": "yellow", "fail": "red", "skip": "dim"}
-
-
-def print_checks(checks: list[Check]) -> None:
-    if sys.stdout.isatty():
-        from rich.console import Console
-        from rich.table import Table
-
-        table = Table(title="sidecar doctor")
-        for col in ("check", "status", "detail", "fix"):
-            table.add_column(col, overflow="fold")
-        for c in checks:
-            table.add_row(c.name, f"[{COLOURS[c.status]}]{c.status}[/]", c.detail, c.fix)
-        Console().print(table)
-        return
-    for c in checks:
-        click.echo(f"{c.status:<5} {c.name:<18} {c.detail}")
-        if c.fix:
-            click.echo(f"{'':<5} {'':<18} fix: {c.fix}")
-
-
-def print_bench(bench: dict[str, Any]) -> None:
-    click.echo(f"bench: {bench['resolution']}, {bench['steps']} steps, Euler a, {bench['checkpoint']} via "
-               f"{bench['source']} (engine {bench.get('engine')}, device {bench.get('device')})")
-    for i, run in enumerate(bench["runs"], start=1):
-        extra = f", render {run['renderSeconds']} s" if run.get("renderSeconds") is not None else ""
-        err = f": {run['error'].get('message')}" if run.get("error") else ""
-        click.echo(f"  run {i}: {run['status']} in {run['seconds']} s{extra}{err}")
-    verdict = "yes" if bench["underLimit"] else "NO"
-    click.echo(f"under 2 minutes: {verdict}")
-
-
-@click.command("doctor")
-@config_options
-@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
-@click.option("--bench", is_flag=True, help="also render 512x512, 20 steps, Euler a and say if it is under 2 minutes")
-@click.option("--runs", default=1, show_default=True, type=click.IntRange(1, 10),
-              help="bench renders; the verdict uses the last (the first includes loading the model)")
-@click.option("--url", default=None, help="daemon for --bench [default: http://<host>:<port>]")
-@click.option("--poll-interval", default=0.5, type=click.FloatRange(min=0.01), hidden=True)
-def doctor(as_json: bool, bench: bool, runs: int, url: str | None, poll_interval: float, **flags: Any) -> None:
-    """Check what the stack needs and say how to fix what is missing.
-
-    \b
-    Examples:
-      sidecar doctor
-      sidecar doctor --engine comfyui --json
-      sidecar doctor --bench --runs 2
-
-    Exit codes: 0 nothing required is missing (and the bench passed), 1 something required is
-    missing or the bench failed or took 2 minutes or more, 2 configuration error, 4 device busy.
-    """
-    settings, _ = settings_from(flags)
-    checks = run_checks(settings)
-    failed = [c for c in checks if c.status == "fail"]
-    bench_result = None
-    code = 1 if failed else 0
-    if bench:
-        from sidecar.datasets.client import DaemonRefused
-
-        try:
-            bench_result = asyncio.run(run_bench(settings, url or f"http://{settings.host}:{settings.port}", runs,
-                                                 poll_interval))
-            code = code or (0 if bench_result["underLimit"] else 1)
-        except DaemonRefused as exc:
-            bench_result = {"error": {"code": exc.code, "message": exc.message}}
-            code = 4 if exc.device_busy else 1
-        except Exception as exc:  # an engine that cannot start: say so, as a failed bench
-            bench_result = {"error": {"code": "bench_failed", "message": f"{type(exc).__name__}: {exc}"}}
-            code = 1
-    if as_json:
-        out: dict[str, Any] = {"ok": not failed, "engine": settings.resolved_engine,
-                               "checks": [asdict(c) for c in checks]}
-        if bench_result is not None:
-            out["bench"] = bench_result
-        click.echo(json.dumps(out, indent=2))
-    else:
-        print_checks(checks)
-        click.echo(f"{len(failed)} required item(s) missing" if failed else "nothing required is missing")
-        if bench_result is not None:
-            if "error" in bench_result:
-                click.echo(f"bench: {bench_result['error']['message']} ({bench_result['error']['code']})")
-            else:
-                print_bench(bench_result)
-    sys.exit(code)
