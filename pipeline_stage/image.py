@@ -1,6 +1,8 @@
 """The PNG the overlay stage gets: RGB, 8 bits per channel, the requested size, with the parameters in
-text chunks (`parameters`: an A1111-style summary; `workflow` and ComfyUI's own `prompt`: the API-format
-workflow JSON, so the image alone is enough to reproduce it).
+text chunks (`parameters`: an A1111-style summary; `prompt`: the API-format workflow JSON, so the image
+alone is enough to reproduce it). No `workflow` chunk: ComfyUI reads that one as its UI graph format
+(nodes and links), which we do not have; dropped on its canvas, an image with only `prompt` loads as
+the API workflow it is.
 """
 
 from __future__ import annotations
@@ -69,9 +71,7 @@ def finish_png(data: bytes, job: dict[str, Any]) -> bytes:
             code="bad_image")
     info = PngInfo()
     info.add_text("parameters", parameters_text(params, job))
-    workflow = json.dumps(job.get("workflow") or {}, ensure_ascii=False)
-    info.add_text("workflow", workflow)
-    info.add_text("prompt", workflow)
+    info.add_text("prompt", json.dumps(job.get("workflow") or {}, ensure_ascii=False))
     out = io.BytesIO()
     img.save(out, "PNG", pnginfo=info)
     return out.getvalue()

@@ -80,7 +80,8 @@ def test_page_one_writes_png_workflow_and_complete_log_entry(project: Path, daem
         # What the overlay stage expects: RGB, 8-bit, the requested size, parameters in a text chunk.
         assert (img.format, img.mode, img.size) == ("PNG", "RGB", (512, 768))
         assert "Seed: 1234" in img.text["parameters"] and "Model: anything-v5.safetensors" in img.text["parameters"]
-        assert json.loads(img.text["workflow"]) == job["workflow"]
+        assert json.loads(img.text["prompt"]) == job["workflow"]
+        assert "workflow" not in img.text  # ComfyUI would read it as a UI graph
     assert read_json(workflow_file) == job["workflow"]  # the exact filled workflow that made it
 
     [entry] = read_json(project / LOG)
