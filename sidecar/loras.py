@@ -1,7 +1,9 @@
-"""Installed LoRAs: listing a LoRA folder with the metadata read from each file's safetensors header.
+"""Installed LoRAs: a LoRA folder listed with the metadata read from each file's safetensors header.
 
-kohya writes `ss_*` metadata (trigger word, steps, dim, alpha, base model, resolution); files without
-it are still listed. Reading the header only (never the tensors) keeps `GET /loras` instant.
+kohya (and our embedded trainer) write `ss_*` metadata (steps, dim, alpha, base model, resolution,
+tag frequencies) and `modelspec.*` keys; files without any are still listed. Reading the header only,
+never the tensors, keeps `GET /loras` instant on 75 MB files. Checkpoints a sweep links into the
+folder for its duration (`sweep--*`) are not installed LoRAs and are not listed.
 """
 
 from __future__ import annotations
@@ -12,70 +14,79 @@ from pathlib import Path
 from typing import Any
 
 LORA_SUFFIXES = (".safetensors",)
-MAX_HEADER = 100 * 1024 * 1024
+STAGED_PREFIX = "sweep--"  # `sidecar loras sweep` stages checkpoints under this prefix
+MAX_HEADER = 100 * 1024 * 1024  # a larger header is not a safetensors file we wrote or kohya did
 
 
-def read_safetensors_metadata(path: Path) -> dict[str, str]:
-    with path.open("rb") as f:
+def read_lora_metadata(path: Path) -> dict[str, str]:
+    """The `__metadata__` dict of a safetensors file ({} when it has none). Raises ValueError for a
+    file that is not safetensors, OSError when it cannot be read."""
+    with Path(path).open("rb") as f:
         head = f.read(8)
         if len(head) < 8:
-            return {}
+            raise ValueError(f"{path} is too short to be a safetensors file")
         (size,) = struct.unpack("<Q", head)
         if size > MAX_HEADER:
-            return {}
-        header = json.loads(f.read(size))
-    meta = header.get("__metadata__") or {}
+            raise ValueError(f"{path}: header of {size} bytes; not a safetensors file")
+        raw = f.read(size)
+    try:
+        header = json.loads(raw)
+    except ValueError as exc:
+        raise ValueError(f"{path}: the safetensors header is not JSON ({exc})") from None
+    meta = header.get("__metadata__") or {} if isinstance(header, dict) else {}
     return {str(k): str(v) for k, v in meta.items()}
 
 
-def _int(v: str | None) -> int | None:
-    try:
-        return int(float(v)) if v not in (None, "", "None") else None
-    except ValueError:
+def _number(value: str | None, kind: type) -> Any:
+    if value in (None, "", "None"):
         return None
-
-
-def _float(v: str | None) -> float | None:
     try:
-        return float(v) if v not in (None, "", "None") else None
+        return kind(float(value)) if kind is int else kind(value)
     except ValueError:
         return None
 
 
 def trigger_word(meta: dict[str, str]) -> str | None:
-    """kohya keeps no explicit trigger field; we write `ss_trigger_word`, else take the most frequent
-    tag of the dataset's tag frequency (the trigger word is first in every caption)."""
-    if meta.get("ss_trigger_word"):
-        return meta["ss_trigger_word"]
+    """Ours and kohya's `--metadata_trigger_phrase` write it; otherwise the most frequent tag of
+    `ss_tag_frequency` (every caption starts with the trigger word)."""
+    for key in ("ss_trigger_word", "modelspec.trigger_phrase"):
+        if meta.get(key):
+            return meta[key]
     try:
         freq = json.loads(meta.get("ss_tag_frequency") or "{}")
     except ValueError:
         return None
-    best: tuple[int, str] | None = None
-    for tags in freq.values():
+    counts: dict[str, int] = {}
+    for tags in freq.values() if isinstance(freq, dict) else []:
         if isinstance(tags, dict):
-            for tag, count in tags.items():
-                if best is None or count > best[0]:
-                    best = (int(count), tag)
-    return best[1] if best else None
+            for tag, n in tags.items():
+                counts[tag] = counts.get(tag, 0) + int(n)
+    return max(counts, key=lambda t: counts[t]) if counts else None
+
+
+def summary(meta: dict[str, str]) -> dict[str, Any]:
+    """The fields a person asks about, from the raw metadata."""
+    res = meta.get("ss_resolution") or meta.get("modelspec.resolution")
+    return {
+        "triggerWord": trigger_word(meta),
+        "steps": _number(meta.get("ss_steps"), int) or _number(meta.get("ss_max_train_steps"), int),
+        "networkDim": _number(meta.get("ss_network_dim"), int),
+        "networkAlpha": _number(meta.get("ss_network_alpha"), float),
+        "baseModel": meta.get("ss_base_model_version") or meta.get("ss_sd_model_name"),
+        "resolution": res.strip("()").replace(", ", "x").replace(",", "x") if res else None,
+    }
 
 
 def describe(path: Path) -> dict[str, Any]:
     try:
-        meta = read_safetensors_metadata(path)
+        meta = read_lora_metadata(path)
     except (OSError, ValueError):
-        meta = {}
-    res = meta.get("ss_resolution")
+        meta = {}  # listed all the same: ComfyUI would offer it too
     return {
         "id": path.stem,
         "fileName": path.name,
         "sizeBytes": path.stat().st_size,
-        "triggerWord": trigger_word(meta),
-        "steps": _int(meta.get("ss_steps")) or _int(meta.get("ss_max_train_steps")),
-        "networkDim": _int(meta.get("ss_network_dim")),
-        "networkAlpha": _float(meta.get("ss_network_alpha")),
-        "baseModel": meta.get("ss_base_model_version") or meta.get("ss_sd_model_name"),
-        "resolution": res.strip("()").replace(", ", "x").replace(",", "x") if res else None,
+        **summary(meta),
         "metadata": {k: v for k, v in meta.items() if len(v) <= 2000},
     }
 
@@ -83,9 +94,10 @@ def describe(path: Path) -> dict[str, Any]:
 def list_loras(directory: Path | None, names: list[str] | None = None) -> list[dict[str, Any]]:
     """LoRAs in `directory`; when only `names` are known (attached ComfyUI, no local dir), bare entries."""
     if directory is not None and directory.is_dir():
-        files = sorted(p for p in directory.iterdir() if p.suffix in LORA_SUFFIXES and p.is_file())
+        files = sorted(p for p in directory.iterdir()
+                       if p.suffix in LORA_SUFFIXES and p.is_file() and not p.name.startswith(STAGED_PREFIX))
         return [describe(p) for p in files]
     return [
         {"id": Path(n).stem, "fileName": n, "sizeBytes": 0, "metadata": {}}
-        for n in sorted(names or [])
+        for n in sorted(names or []) if not Path(n).name.startswith(STAGED_PREFIX)
     ]

@@ -23,8 +23,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 from sidecar.config import Settings
 from sidecar.errors import InvalidField
+from sidecar.loras import STAGED_PREFIX as STAGE_PREFIX
 
-STAGE_PREFIX = "sweep--"
 HEADER_H = 28
 LABEL_W = 260
 
