@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import logging.handlers
 import sys
 from pathlib import Path
 from typing import Any
@@ -83,12 +84,18 @@ def settings_from(flags: dict[str, Any]) -> tuple[Settings, dict[str, str]]:
         sys.exit(2)
 
 
+LOG_BYTES, LOG_BACKUPS = 10 * 1024 * 1024, 5  # sidecar.log, sidecar.log.1 ... .5
+
+
 def setup_logging(settings: Settings) -> None:
     settings.logs_dir.mkdir(parents=True, exist_ok=True)
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     root = logging.getLogger()
     root.setLevel(settings.log_level.upper())
-    for handler in (logging.StreamHandler(sys.stderr), logging.FileHandler(settings.logs_dir / "sidecar.log")):
+    # Rotated: under launchd the daemon runs for months and logs one line per request.
+    to_file = logging.handlers.RotatingFileHandler(settings.logs_dir / "sidecar.log", maxBytes=LOG_BYTES,
+                                                   backupCount=LOG_BACKUPS, encoding="utf-8")
+    for handler in (logging.StreamHandler(sys.stderr), to_file):
         handler.setFormatter(fmt)
         root.addHandler(handler)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # our middleware logs each request once

@@ -145,6 +145,12 @@ async def test_serve_attached_runs_a_page_and_refuses_what_the_profile_cannot(tm
         assert "512x768" in (await submit(http, d, resolution={"width": 1024, "height": 1024}))[1]["error"]["message"]
         assert comfy.prompt_posts == posts  # nothing refused reached ComfyUI
 
+    # One log line per request and per job state change, in the data dir as on stderr.
+    log = (d.data_dir / "logs" / "sidecar.log").read_text()
+    for state in ("queued", "-> running", "-> succeeded"):
+        assert f"job {job['id']} {state}" in log
+    assert log.count("POST /jobs 400") == 4 and "POST /jobs 202" in log
+
 
 async def test_comfyui_dying_mid_job_fails_it_clearly_and_the_daemon_carries_on(tmp_path, comfy, http) -> None:
     # A short deadline: the job waits that long for ComfyUI to come back before failing.
