@@ -338,7 +338,7 @@ def test_another_service_on_the_port_is_not_taken_for_the_daemon(project: Path, 
 
 def test_without_the_event_stream_the_job_is_followed_by_polling(project: Path, daemon: DaemonThread,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipeline_stage import daemon as client
+    from sidecar import client
 
     async def no_events(self):  # as against a daemon whose /events is unreachable
         return None

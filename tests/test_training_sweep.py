@@ -108,7 +108,7 @@ async def test_sweep_without_a_daemon_exits_3(env, tmp_path) -> None:
     prompts = tmp_path / "p.txt"
     prompts.write_text("x\n")
     result = await invoke(["sweep", "r", "--prompts", str(prompts), "--url", "http://127.0.0.1:9"], env)
-    assert result.exit_code == 3 and "does not answer" in result.output
+    assert result.exit_code == 3 and "not running" in result.output and "sidecar serve" in result.output
 
 
 async def test_promote_installs_a_checkpoint_without_overwriting(daemon, dataset_dir, settings, env) -> None:

@@ -23,7 +23,7 @@ from sidecar.datasets import crop as crop_mod
 from sidecar.datasets import flip as flip_mod
 from sidecar.datasets import layout as layout_mod
 from sidecar.datasets import reg as reg_mod
-from sidecar.datasets.client import DaemonClient, DaemonRefused, DaemonUnavailable
+from sidecar.client import DaemonClient, DaemonRefused, DaemonUnavailable
 from sidecar.datasets.files import DEFAULT_FLIP_TAG, refuse_existing
 from sidecar.datasets.progress import LineReporter, RichReporter
 from sidecar.errors import ConfigError, DatasetInvalid, SidecarError

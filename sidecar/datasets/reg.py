@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from PIL import Image, UnidentifiedImageError
 
-from sidecar.datasets.client import DaemonClient
+from sidecar.client import DaemonClient
 from sidecar.datasets.files import caption_path, open_image, read_caption, write_bytes, write_text
 from sidecar.errors import DatasetInvalid
 
@@ -141,7 +141,7 @@ async def run_reg(plan: RegPlan, client: DaemonClient, reporter: Reporter, *, po
             job = await client.wait(job["id"], poll_interval=poll_interval, on_progress=reporter.step)
         except asyncio.CancelledError:
             # Ctrl-C: do not leave the daemon rendering an image nobody will save.
-            await asyncio.shield(_cancel_quietly(client, job["id"]))
+            await asyncio.shield(client.cancel_quietly(job["id"]))
             raise
         if job["status"] != "succeeded":
             raise RegJobFailed(image_name(i), job)
@@ -151,12 +151,6 @@ async def run_reg(plan: RegPlan, client: DaemonClient, reporter: Reporter, *, po
         reporter.image_done(image_name(i), body["seed"], time.monotonic() - started)
     return rendered
 
-
-async def _cancel_quietly(client: DaemonClient, job_id: str) -> None:
-    try:
-        await client.cancel(job_id)
-    except Exception:  # best effort on the way out; the daemon's own timeout covers the rest
-        pass
 
 
 def _save(path: Path, data: bytes, caption: str) -> None:

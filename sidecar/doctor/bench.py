@@ -17,7 +17,7 @@ async def run_bench(settings: Settings, url: str, runs: int, poll_interval: floa
                     backend: Any = None) -> dict[str, Any]:
     """Render the INFRA-04 job `runs` times through the daemon at `url`, or, when none answers there,
     through an in-process daemon on the configured engine (`backend` overrides it, for tests)."""
-    from sidecar.datasets.client import DaemonClient, DaemonUnavailable
+    from sidecar.client import DaemonClient, DaemonUnavailable
 
     result: dict[str, Any] = {"resolution": "512x512", "steps": 20, "sampler": "euler_ancestral",
                               "checkpoint": settings.checkpoint, "limitSeconds": BENCH_LIMIT_S, "runs": []}
@@ -59,7 +59,7 @@ async def _start_in_process(settings: Settings, backend: Any = None):
     from aiohttp import web
 
     from sidecar.api.app import create_app
-    from sidecar.datasets.client import DaemonClient
+    from sidecar.client import DaemonClient
 
     runner = web.AppRunner(create_app(settings, backend), access_log=None)
     await runner.setup()

@@ -72,7 +72,7 @@ def doctor(as_json: bool, bench: bool, runs: int, url: str | None, poll_interval
     bench_result = None
     code = 1 if failed else 0
     if bench:
-        from sidecar.datasets.client import DaemonRefused
+        from sidecar.client import DaemonRefused
 
         try:
             bench_result = asyncio.run(run_bench(settings, url or f"http://{settings.host}:{settings.port}", runs,

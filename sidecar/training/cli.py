@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from sidecar.datasets.client import DaemonClient, DaemonRefused, DaemonUnavailable
+from sidecar.client import DaemonClient, DaemonRefused, DaemonUnavailable
 from sidecar.errors import ConfigError, SidecarError
 from sidecar.training import sweep as sweep_mod
 from sidecar.training.promote import promote as promote_run
@@ -50,13 +50,12 @@ class TrainingClient(DaemonClient):
     async def run(self, ref: str) -> dict[str, Any]:
         """A run by id, or the newest run with that output name."""
         try:
-            resp = await self._request("GET", f"/loras/{ref}/status")
-            return await resp.json()
+            return await self.request("GET", f"/loras/{ref}/status")
         except DaemonRefused as exc:
             if exc.code != "training_not_found":
                 raise
-        resp = await self._request("GET", "/loras/runs", params={"limit": "500"})
-        for run in (await resp.json())["runs"]:
+        listing = await self.request("GET", "/loras/runs", params={"limit": "500"})
+        for run in listing["runs"]:
             if run["outputName"] == ref:
                 return run
         raise DaemonRefused(404, "training_not_found", f"No training run with id or output name {ref!r}.")
