@@ -6,18 +6,20 @@ Exit codes: 0 ok, 1 failure, 2 usage or configuration error.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import logging
 import logging.handlers
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import click
 
 from sidecar.config import Settings, is_loopback, load_settings
-from sidecar.errors import ConfigError
+from sidecar.errors import ConfigError, SidecarError
 
 LAZY_COMMANDS = {
     "models": ("sidecar.engine.cli:models", "Embedded-engine models (make-tiny, list)."),
@@ -73,6 +75,28 @@ def config_options(f):
     for opt in reversed(opts):
         f = opt(f)
     return f
+
+
+# The tools that read files and talk to the daemon (dataset, loras, doctor) share these exit codes.
+EXIT_FAILED, EXIT_INPUT, EXIT_NO_DAEMON, EXIT_BUSY = 1, 2, 3, 4
+
+
+@contextlib.contextmanager
+def input_errors() -> Iterator[None]:
+    """Our coded errors become one line on stderr and exit 2 (the modules raise before changing anything)."""
+    try:
+        yield
+    except SidecarError as exc:
+        click.echo(f"error: {exc.message}", err=True)
+        sys.exit(EXIT_INPUT)
+    except ConfigError as exc:
+        click.echo(f"sidecar: {exc}", err=True)
+        sys.exit(EXIT_INPUT)
+
+
+def current_settings() -> Settings:
+    """The effective settings of a tool that takes no configuration flags (environment, config file)."""
+    return settings_from({})[0]
 
 
 def settings_from(flags: dict[str, Any]) -> tuple[Settings, dict[str, str]]:

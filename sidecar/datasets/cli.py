@@ -9,45 +9,24 @@ Exit codes: 0 ok; 1 check found errors / a reg job failed; 2 bad input or usage 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import click
 
+from sidecar.cli import EXIT_BUSY, EXIT_FAILED, EXIT_INPUT, EXIT_NO_DAEMON, input_errors
+from sidecar.cli import current_settings as _settings
+from sidecar.client import DaemonClient, DaemonRefused, DaemonUnavailable
 from sidecar.datasets import caption as caption_mod
 from sidecar.datasets import check as check_mod
 from sidecar.datasets import crop as crop_mod
 from sidecar.datasets import flip as flip_mod
 from sidecar.datasets import layout as layout_mod
 from sidecar.datasets import reg as reg_mod
-from sidecar.client import DaemonClient, DaemonRefused, DaemonUnavailable
 from sidecar.datasets.files import DEFAULT_FLIP_TAG, refuse_existing
 from sidecar.datasets.progress import LineReporter, RichReporter
-from sidecar.errors import ConfigError, DatasetInvalid, SidecarError
-
-EXIT_FAILED, EXIT_INPUT, EXIT_NO_DAEMON, EXIT_BUSY = 1, 2, 3, 4
-
-
-@contextlib.contextmanager
-def input_errors() -> Iterator[None]:
-    """Our coded errors become one line on stderr and exit 2 (the modules changed nothing)."""
-    try:
-        yield
-    except SidecarError as exc:
-        click.echo(f"error: {exc.message}", err=True)
-        sys.exit(EXIT_INPUT)
-    except ConfigError as exc:
-        click.echo(f"sidecar: {exc}", err=True)
-        sys.exit(EXIT_INPUT)
-
-
-def _settings():
-    from sidecar.config import load_settings
-
-    return load_settings()[0]
+from sidecar.errors import DatasetInvalid
 
 
 def _trigger(value: str | None) -> str:

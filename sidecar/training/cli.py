@@ -8,40 +8,20 @@ Exit codes: 0 ok, 1 a render failed / the file could not be installed, 2 usage o
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import click
 
+from sidecar.cli import EXIT_BUSY, EXIT_FAILED, EXIT_INPUT, EXIT_NO_DAEMON, input_errors
+from sidecar.cli import current_settings as _settings
 from sidecar.client import DaemonClient, DaemonRefused, DaemonUnavailable
-from sidecar.errors import ConfigError, SidecarError
+from sidecar.errors import SidecarError
 from sidecar.training import sweep as sweep_mod
 from sidecar.training.promote import promote as promote_run
 from sidecar.training.store import TrainingStore
-
-EXIT_FAILED, EXIT_INPUT, EXIT_NO_DAEMON, EXIT_BUSY = 1, 2, 3, 4
-
-
-@contextlib.contextmanager
-def input_errors() -> Iterator[None]:
-    try:
-        yield
-    except SidecarError as exc:
-        click.echo(f"error: {exc.message}", err=True)
-        sys.exit(EXIT_INPUT)
-    except ConfigError as exc:
-        click.echo(f"sidecar: {exc}", err=True)
-        sys.exit(EXIT_INPUT)
-
-
-def _settings():
-    from sidecar.config import load_settings
-
-    return load_settings()[0]
 
 
 class TrainingClient(DaemonClient):
