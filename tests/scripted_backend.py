@@ -18,9 +18,11 @@ from sidecar.errors import JobCancelled, JobFailed, PromptLost
 class ScriptedBackend:
     name = "scripted"
 
-    def __init__(self, models: dict[str, list[str]] | None = None):
+    def __init__(self, models: dict[str, list[str]] | None = None, folders: dict[str, Path] | None = None):
         self.models = models or {"checkpoints": ["anything-v5.safetensors"], "loras": ["spyke_plasma_v1.safetensors"],
                                  "controlnet": ["control_v11p_sd15_openpose.pth"]}
+        # Model kinds served from a real folder (as the embedded engine and a managed ComfyUI do).
+        self.folders = folders or {}
         self.started: list[str] = []  # job ids in the order they started running
         self.gates: dict[str, asyncio.Event] = {}  # job id -> released when the test says so
         self.auto_release = True
@@ -41,10 +43,13 @@ class ScriptedBackend:
     async def validate(self, workflow: dict[str, Any]) -> None: ...
 
     async def list_models(self, folder: str) -> list[str] | None:
+        if folder in self.folders:
+            path = self.folders[folder]
+            return sorted(p.name for p in path.iterdir() if p.is_file()) if path.is_dir() else []
         return self.models.get(folder, [])
 
     def models_dir(self, folder: str) -> Path | None:
-        return None
+        return self.folders.get(folder)
 
     async def unload(self) -> None:
         self.unloads += 1

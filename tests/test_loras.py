@@ -41,17 +41,6 @@ def test_not_a_safetensors_file(tmp_path) -> None:
     assert read_lora_metadata(empty) == {}
 
 
-class FolderBackend(ScriptedBackend):
-    """A backend whose LoRA folder is a real directory (as the embedded engine's or a managed ComfyUI's)."""
-
-    def __init__(self, loras: Path):
-        super().__init__()
-        self.loras = loras
-
-    def models_dir(self, folder: str) -> Path | None:
-        return self.loras if folder == "loras" else None
-
-
 async def test_get_loras_lists_installed_files_with_their_metadata(aiohttp_client, tmp_path) -> None:
     loras = tmp_path / "loras"
     loras.mkdir()
@@ -63,7 +52,7 @@ async def test_get_loras_lists_installed_files_with_their_metadata(aiohttp_clien
     (loras / "sweep--spyke-1a2b3c4d-step00000200.safetensors").write_bytes(b"")  # a sweep's staging link
     (loras / "notes.txt").write_text("not a LoRA")
 
-    client = await aiohttp_client(create_app(Settings(data_dir=tmp_path / "data"), FolderBackend(loras)))
+    client = await aiohttp_client(create_app(Settings(data_dir=tmp_path / "data"), ScriptedBackend(folders={"loras": loras})))
     resp = await client.get("/loras")
     assert resp.status == 200
     items = {item["id"]: item for item in (await resp.json())["loras"]}

@@ -28,17 +28,8 @@ class FolderBackend(ScriptedBackend):
     """Lists LoRAs from the real folder (as the embedded engine and ComfyUI do) and records which ran."""
 
     def __init__(self, loras: Path):
-        super().__init__()
-        self.loras = loras
+        super().__init__(folders={"loras": loras})
         self.lora_names: list[str | None] = []
-
-    async def list_models(self, folder: str):
-        if folder == "loras":
-            return sorted(p.name for p in self.loras.glob("*.safetensors")) if self.loras.is_dir() else []
-        return await super().list_models(folder)
-
-    def models_dir(self, folder: str):
-        return self.loras if folder == "loras" else None
 
     async def run(self, ctx):
         lora = next((n["inputs"]["lora_name"] for n in ctx.workflow.values() if n["class_type"] == "LoraLoader"), None)

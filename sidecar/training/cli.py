@@ -17,28 +17,13 @@ import click
 
 from sidecar.cli import EXIT_BUSY, EXIT_FAILED, EXIT_INPUT, EXIT_NO_DAEMON, input_errors
 from sidecar.cli import current_settings as _settings
-from sidecar.client import DaemonClient, DaemonRefused, DaemonUnavailable
+from sidecar.client import DaemonRefused, DaemonUnavailable
 from sidecar.errors import SidecarError
+from sidecar.training import runs_cli
 from sidecar.training import sweep as sweep_mod
+from sidecar.training.client import TrainingClient
 from sidecar.training.promote import promote as promote_run
 from sidecar.training.store import TrainingStore
-
-
-class TrainingClient(DaemonClient):
-    """The daemon client of the dataset tools, plus the training routes the sweep reads."""
-
-    async def run(self, ref: str) -> dict[str, Any]:
-        """A run by id, or the newest run with that output name."""
-        try:
-            return await self.request("GET", f"/loras/{ref}/status")
-        except DaemonRefused as exc:
-            if exc.code != "training_not_found":
-                raise
-        listing = await self.request("GET", "/loras/runs", params={"limit": "500"})
-        for run in listing["runs"]:
-            if run["outputName"] == ref:
-                return run
-        raise DaemonRefused(404, "training_not_found", f"No training run with id or output name {ref!r}.")
 
 
 class _Lines:
@@ -67,13 +52,20 @@ class _Bar:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def loras() -> None:
-    """LoRA checkpoints of a training run: compare them (sweep) and install one (promote).
+    """Train LoRAs, compare a run's checkpoints (sweep) and install one (promote).
 
     \b
     Examples:
-      sidecar loras sweep 3f2c9a... --prompts prompts.txt --seeds 1,2,3
-      sidecar loras promote 3f2c9a... --step 800
+      sidecar loras train ~/lora/train --name spyke_plasma_v1
+      sidecar loras status spyke_plasma_v1 --follow
+      sidecar loras sweep spyke_plasma_v1 --prompts prompts.txt --seeds 1,2,3
+      sidecar loras promote spyke_plasma_v1 --step 800
+      sidecar loras list
     """
+
+
+for command in runs_cli.COMMANDS:
+    loras.add_command(command)
 
 
 @loras.command()
@@ -129,7 +121,7 @@ async def _sweep(ref: str, prompts: list[str], seeds: list[int], out: Path | Non
     plan: sweep_mod.SweepPlan | None = None
     try:
         async with TrainingClient(url) as client:
-            run = await client.run(ref)
+            run = await client.find_run(ref)
             folder = out or Path(run["outputDir"]).parent / "sweep"
             try:
                 plan = sweep_mod.plan_sweep(run, prompts, seeds, folder, target_dir, baseline)
