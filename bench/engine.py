@@ -14,9 +14,14 @@ apart; s/step is the median interval between progress reports of the timed jobs 
 CFG batch of 2); job seconds include text encoding, VAE decode and PNG writing.
 Peak memory, embedded: the torch allocator's peak (CUDA), MPS driver memory sampled at each step,
 and the process's peak RSS. ComfyUI: its `torch_vram_total` (the allocator's reserved memory, from
-GET /system_stats) sampled every 0.25 s. Prints the figures and merges them into
-`bench/results/engine-<device>.json` (one entry per model and size). Goal (issue 4): within 5% of
-ComfyUI's s/step on the same device and dtype, peak memory at most ComfyUI's.
+GET /system_stats) sampled every 0.25 s; on the CPU that field is the machine's RAM, so give
+`--comfyui-pid` (a local ComfyUI) to record its process peak RSS (`VmHWM` of /proc/PID/status, Linux)
+instead: like with like, both processes' lifetime peaks (start ComfyUI fresh for the run).
+With `--comfyui-url` the jobs alternate between the two engines (first jobs apart, as warm-up), so a
+change in the machine's load hits both alike. Run timed benchmarks alone on the machine. Prints the
+figures and merges them into `bench/results/engine-<device>.json` (one entry per model and size; give
+`--key` for another name). Goal (issue 4): within 5% of ComfyUI's s/step on the same device and dtype,
+peak memory at most ComfyUI's.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import platform
 import resource
@@ -59,45 +65,78 @@ def workflow(checkpoint: str, lora: str | None, args: argparse.Namespace, seed: 
     return tpl.fill({k: v for k, v in slots.items() if tpl.has_slot(k)})
 
 
-async def timed_runs(backend: Any, args: argparse.Namespace, checkpoint: str, lora: str | None, work: Path,
-                     on_step: Callable[[], None] = lambda: None, after_first: Callable[[], None] = lambda: None,
-                     finish: Callable[[], None] = lambda: None) -> dict[str, Any]:
-    from sidecar.backend import RunContext
+class Runner:
+    """One backend under test: a job at a time, with the figures of each job kept."""
 
-    async def noop(_: str) -> None:
-        return None
+    def __init__(self, backend: Any, checkpoint: str, lora: str | None, args: argparse.Namespace, work: Path,
+                 on_step: Callable[[], None] = lambda: None, finish: Callable[[], None] = lambda: None):
+        self.backend, self.checkpoint, self.lora, self.args, self.work = backend, checkpoint, lora, args, work
+        self.on_step, self.finish = on_step, finish
+        self.first: float | None = None
+        self.jobs: list[float] = []
+        self.steps: list[float] = []
 
-    async def one(seed: int) -> tuple[float, list[float]]:
+    async def one(self, seed: int, *, timed: bool) -> None:
+        from sidecar.backend import RunContext
+
+        async def noop(_: str) -> None:
+            return None
+
         stamps: list[float] = []
 
         def on_progress(step: int, total: int) -> None:
             stamps.append(time.perf_counter())
-            on_step()
+            self.on_step()
 
         start = time.perf_counter()
-        await backend.run(RunContext(job_id=f"bench-{backend.name}-{seed}", workflow=workflow(checkpoint, lora, args, seed),
-                                     output_path=work / f"{backend.name}-{seed}.png", on_progress=on_progress,
-                                     on_prompt_id=noop, cancel_event=asyncio.Event()))
-        finish()
-        return time.perf_counter() - start, [b - a for a, b in zip(stamps, stamps[1:])]
+        name = self.backend.name
+        await self.backend.run(RunContext(job_id=f"bench-{name}-{seed}",
+                                          workflow=workflow(self.checkpoint, self.lora, self.args, seed),
+                                          output_path=self.work / f"{name}-{seed}.png", on_progress=on_progress,
+                                          on_prompt_id=noop, cancel_event=asyncio.Event()))
+        self.finish()
+        seconds = time.perf_counter() - start
+        if timed:
+            self.jobs.append(seconds)
+            self.steps.extend(b - a for a, b in itertools.pairwise(stamps))
+        else:
+            self.first = seconds
+        intervals = [b - a for a, b in itertools.pairwise(stamps)]
+        step = f", median step {statistics.median(intervals):.3f} s" if intervals else ""
+        print(f"  {name} job seed {seed}: {seconds:.1f} s{step}", flush=True)
 
-    first, _ = await one(0)
+    def figures(self) -> dict[str, Any]:
+        return {
+            "secondsPerStep": round(statistics.median(self.steps), 4) if self.steps else None,
+            "secondsPerStepMean": round(statistics.fmean(self.steps), 4) if self.steps else None,
+            "jobSeconds": round(statistics.median(self.jobs), 3),
+            "firstJobSeconds": round(self.first or 0.0, 3),
+        }
+
+
+async def run_all(runners: list[Runner], runs: int, after_first: Callable[[], None]) -> None:
+    """First jobs apart (load, warm-up), then the timed jobs alternating between the runners; every
+    runner gets the same seeds."""
+    for r in runners:
+        await r.one(0, timed=False)
     after_first()
-    jobs, steps = [], []
-    for i in range(args.runs):
-        seconds, intervals = await one(i + 1)
-        jobs.append(seconds)
-        steps.extend(intervals)
-    return {
-        "secondsPerStep": round(statistics.median(steps), 4) if steps else None,
-        "secondsPerStepMean": round(statistics.fmean(steps), 4) if steps else None,
-        "jobSeconds": round(statistics.median(jobs), 3),
-        "firstJobSeconds": round(first, 3),
-    }
+    for i in range(runs):
+        for r in (runners if i % 2 == 0 else runners[::-1]):
+            await r.one(i + 1, timed=True)
 
 
-async def bench_embedded(args: argparse.Namespace, models_dir: Path, checkpoint: str, lora: str | None,
-                         work: Path) -> dict[str, Any]:
+def proc_status_kb(pid: int, field: str) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+async def bench(args: argparse.Namespace, models_dir: Path, checkpoint: str, lora: str | None,
+                work: Path) -> list[dict[str, Any]]:
     import torch
 
     from sidecar.config import Settings
@@ -125,51 +164,86 @@ async def bench_embedded(args: argparse.Namespace, models_dir: Path, checkpoint:
         if device == "cuda":
             torch.cuda.synchronize()
 
+    runners = [Runner(backend, checkpoint, lora, args, work, on_step, finish)]
+    comfy = ComfyProbe(args, work) if args.comfyui_url else None
     try:
-        figures = await timed_runs(backend, args, checkpoint, lora, work, on_step, after_first, finish)
+        if comfy is not None:
+            runners.append(Runner(await comfy.start(), checkpoint, lora, args, work))
+        await run_all(runners, args.runs, after_first)
         loaded = (await backend.health()).extra.get("loaded", {})
+        comfy_result = await comfy.result() if comfy is not None else None
     finally:
         await backend.stop()
+        if comfy is not None:
+            await comfy.stop()
     peak = {"rssMB": round(peak_rss_bytes() / 2**20, 1)}
     if device == "cuda":
         peak["cudaAllocatedMB"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
         peak["cudaReservedMB"] = round(torch.cuda.max_memory_reserved() / 2**20, 1)
     if device == "mps":
         peak["mpsDriverMB"] = round(mps_peak / 2**20, 1)
-    return {"engine": "embedded", "device": device, "dtypes": health.dtypes, **figures, "peakMemory": peak,
-            "loaded": loaded, "torch": torch.__version__, "threads": torch.get_num_threads()}
+    results = [{"engine": "embedded", "device": device, "dtypes": health.dtypes, **runners[0].figures(),
+                "peakMemory": peak, "loaded": loaded, "torch": torch.__version__,
+                "threads": torch.get_num_threads()}]
+    if comfy_result is not None:
+        results.append({**comfy_result, **runners[1].figures()})
+    return results
 
 
-async def bench_comfyui(args: argparse.Namespace, checkpoint: str, lora: str | None, work: Path) -> dict[str, Any]:
-    from sidecar.comfy.backend import ComfyBackend
-    from sidecar.config import Settings
+class ComfyProbe:
+    """The ComfyUI side: our real ComfyBackend, plus a sampler of its memory while jobs run."""
 
-    backend = ComfyBackend(Settings(data_dir=work / "comfy-data", engine="comfyui", comfyui_url=args.comfyui_url))
-    await backend.start()
-    peak = 0
-    device = None
+    def __init__(self, args: argparse.Namespace, work: Path):
+        self.args, self.work = args, work
+        self.peak_vram = 0
+        self.peak_rss_kb = 0
+        self.device: str | None = None
+        self.backend: Any = None
+        self.task: asyncio.Task[None] | None = None
 
-    async def sample() -> None:
-        nonlocal peak, device
+    async def start(self) -> Any:
+        from sidecar.comfy.backend import ComfyBackend
+        from sidecar.config import Settings
+
+        self.backend = ComfyBackend(Settings(data_dir=self.work / "comfy-data", engine="comfyui",
+                                             comfyui_url=self.args.comfyui_url))
+        await self.backend.start()
+        self.task = asyncio.create_task(self._sample())
+        return self.backend
+
+    async def _sample(self) -> None:
         while True:
             with contextlib.suppress(Exception):
-                stats = await backend.client.system_stats(timeout=2)
+                stats = await self.backend.client.system_stats(timeout=2)
                 dev = stats["devices"][0]
-                device = dev.get("type")
-                peak = max(peak, int(dev.get("torch_vram_total") or 0))
+                self.device = dev.get("type")
+                self.peak_vram = max(self.peak_vram, int(dev.get("torch_vram_total") or 0))
+            if self.args.comfyui_pid:
+                self.peak_rss_kb = max(self.peak_rss_kb, proc_status_kb(self.args.comfyui_pid, "VmRSS") or 0)
             await asyncio.sleep(0.25)
 
-    sampler = asyncio.create_task(sample())
-    try:
-        figures = await timed_runs(backend, args, checkpoint, lora, work)
-        argv = (await backend.client.system_stats(timeout=5))["system"].get("argv")
-    finally:
-        sampler.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sampler
-        await backend.stop()
-    return {"engine": "comfyui", "device": device, "argv": argv, **figures,
-            "peakMemory": {"torchVramReservedMB": round(peak / 2**20, 1)}}
+    async def result(self) -> dict[str, Any]:
+        stats = await self.backend.client.system_stats(timeout=5)
+        health = await self.backend.health()
+        peak: dict[str, float] = {}
+        if self.device == "cpu" and self.args.comfyui_pid:
+            hwm = proc_status_kb(self.args.comfyui_pid, "VmHWM")
+            peak["rssMB"] = round(max(hwm or 0, self.peak_rss_kb) / 1024, 1)
+            peak["rssSampledMB"] = round(self.peak_rss_kb / 1024, 1)
+        elif self.device != "cpu":
+            peak["torchVramReservedMB"] = round(self.peak_vram / 2**20, 1)
+        system = stats["system"]
+        return {"engine": "comfyui", "device": self.device, "dtypes": health.dtypes, "argv": system.get("argv"),
+                "comfyuiVersion": system.get("comfyui_version"), "comfyuiCommit": self.args.comfyui_commit,
+                "torch": system.get("pytorch_version"), "peakMemory": peak}
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+        if self.backend is not None:
+            await self.backend.stop()
 
 
 def main() -> None:
@@ -188,6 +262,9 @@ def main() -> None:
     parser.add_argument("--scheduler", default="normal")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--comfyui-url", help="also run the same workflow on this ComfyUI (sharing --models-dir)")
+    parser.add_argument("--comfyui-pid", type=int, help="that ComfyUI's process id (local): record its peak RSS")
+    parser.add_argument("--comfyui-commit", help="that ComfyUI's git commit, recorded with the results")
+    parser.add_argument("--key", help="name of the entry in the results file (default: model-WxH)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args()
     if args.comfyui_url and not args.models_dir:
@@ -208,9 +285,7 @@ def main() -> None:
                   flush=True)
             checkpoint, lora = Path(made["checkpoint"]).name, lora or Path(made["lora"]).name
         lora = None if args.no_lora else lora
-        results = [asyncio.run(bench_embedded(args, models_dir, checkpoint, lora, work))]
-        if args.comfyui_url:
-            results.append(asyncio.run(bench_comfyui(args, checkpoint, lora, work)))
+        results = asyncio.run(bench(args, models_dir, checkpoint, lora, work))
 
     common = {"model": args.model, "checkpoint": checkpoint, "lora": lora, "width": args.width,
               "height": args.height, "steps": args.steps, "sampler": args.sampler, "scheduler": args.scheduler,
@@ -227,11 +302,16 @@ def main() -> None:
     if len(results) == 2 and results[0]["secondsPerStep"] and results[1]["secondsPerStep"]:
         ratio = results[0]["secondsPerStep"] / results[1]["secondsPerStep"]
         print(f"  embedded / ComfyUI s/step: {ratio:.3f} (goal <= 1.05)")
+        common["embeddedOverComfyuiSecondsPerStep"] = round(ratio, 3)
+        rss = results[0]["peakMemory"].get("rssMB"), results[1]["peakMemory"].get("rssMB")
+        if all(rss):
+            print(f"  embedded / ComfyUI peak RSS: {rss[0] / rss[1]:.3f} (goal <= 1.0)")
+            common["embeddedOverComfyuiPeakRss"] = round(rss[0] / rss[1], 3)
     args.out.mkdir(parents=True, exist_ok=True)
     device = results[0]["device"]
     path = args.out / f"engine-{device}.json"
     existing = json.loads(path.read_text()) if path.is_file() else {}
-    key = f"{args.model if not args.checkpoint else checkpoint}-{args.width}x{args.height}"
+    key = args.key or f"{args.model if not args.checkpoint else checkpoint}-{args.width}x{args.height}"
     existing[key] = {**common, **results[0], **({"comfyui": results[1]} if len(results) == 2 else {})}
     path.write_text(json.dumps(existing, indent=2) + "\n")
     print(f"  -> {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")

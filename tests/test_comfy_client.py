@@ -364,6 +364,9 @@ async def test_stuck_prompt_is_interrupted_and_fails_as_timeout(comfy_settings, 
 
 
 async def test_health_reports_device_and_warns_without_fp32_vae(comfy_backend, fake_comfy) -> None:
+    health = await comfy_backend.health()
+    # On the CPU ComfyUI computes fp32 even under --force-fp16 (fp16 weights are cast per layer).
+    assert health.device == "cpu" and health.dtypes == {"unet": "fp32", "vae": "fp32"}
     fake_comfy.device_type = "mps"
     health = await comfy_backend.health()
     assert health.available and health.engine == "comfyui" and health.device == "mps"
@@ -430,3 +433,18 @@ async def test_unload_before_training_asks_comfyui_to_free_its_models(comfy_back
     await fake_comfy.kill()
     await asyncio.wait_for(comfy_backend.unload(), 10)
     assert len(fake_comfy.frees) == 1
+
+
+@pytest.mark.parametrize(("device", "sent"), [("cpu", "default"), ("mps", "fp16")])
+async def test_template_fp16_unet_is_not_forced_on_a_cpu_comfyui(comfy_settings, fake_comfy, tmp_path,
+                                                                 device, sent) -> None:
+    # A real CPU ComfyUI obeys ModelComputeDtype fp16 and runs 3.5-7x slower than in fp32.
+    fake_comfy.device_type = device
+    wf = workflow(steps=1)
+    job = make_job(tmp_path, wf)
+    async with started(comfy_settings) as backend:
+        await backend.run(job.ctx)
+    ran = fake_comfy.history[job.prompt_ids[0]]["prompt"][2]
+    dtype_nodes = [n for n in ran.values() if n["class_type"] == "ModelComputeDtype"]
+    assert dtype_nodes and all(n["inputs"]["dtype"] == sent for n in dtype_nodes)
+    assert wf["9"]["inputs"]["dtype"] == "fp16"  # the job's own workflow is left as the template made it

@@ -22,7 +22,7 @@ from sidecar.backend import RunContext
 from sidecar.config import Settings
 from sidecar.engine import convert
 from sidecar.engine.backend import EmbeddedBackend
-from sidecar.engine.models import TokenizerPlaces, list_models, load_checkpoint, shipped_config
+from sidecar.engine.models import TokenizerPlaces, list_models, load_checkpoint, load_controlnet, shipped_config
 from sidecar.engine.tokenizer import BPE_GZ, find_tokenizer, load_tokenizer, vocab_from_bpe_gz
 from sidecar.errors import EngineUnavailable
 from tests.conftest_engine import TINY_CHECKPOINT, TINY_CONTROLNET, TINY_LORA, fill
@@ -100,6 +100,30 @@ def test_full_size_sd15_layout_round_trips_through_diffusers_reader() -> None:
     cn_ldm = convert.controlnet_to_ldm(cn, cn_cfg)
     assert "control_model.input_hint_block.14.weight" in cn_ldm and "control_model.middle_block_out.0.weight" in cn_ldm
     assert set(convert.controlnet_from_ldm(cn_ldm, cn_cfg)) == set(cn)
+
+
+def test_safetensors_reader_matches_the_library_and_refuses_a_cut_file(tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from sidecar.engine.models import read_safetensors
+    from sidecar.errors import JobFailed
+
+    tensors = {"w": torch.randn(4, 3).half(), "b": torch.randn(5).bfloat16(), "s": torch.tensor(2.5),
+               "empty": torch.zeros(0, 4), "ids": torch.arange(7), "mask": torch.tensor([True, False])}
+    path = tmp_path / "m.safetensors"
+    save_file(tensors, str(path), metadata={"ss_network_dim": "4"})
+    got, ref = read_safetensors(path), load_file(str(path))
+    assert got.keys() == ref.keys()
+    for key, value in ref.items():
+        assert got[key].dtype == value.dtype and torch.equal(got[key], value)
+    # Separate storages: the cache's cast frees each fp16 tensor as it replaces it (peak RSS).
+    assert got["w"].untyped_storage().data_ptr() != got["b"].untyped_storage().data_ptr()
+    cut = tmp_path / "controlnet" / "cut.safetensors"
+    cut.parent.mkdir()
+    cut.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(JobFailed) as failed:
+        load_controlnet(cut)
+    assert failed.value.code == "model_load_failed" and "past the end" in failed.value.message
 
 
 def test_tiny_checkpoint_loads_back_to_the_same_weights(engine_models: Path) -> None:

@@ -21,6 +21,7 @@ from sidecar.comfy.client import ComfyClient, ComfyRefused, PromptWatch
 from sidecar.comfy.follow import FollowOptions, PromptFollower
 from sidecar.comfy.images import fetch_image
 from sidecar.comfy.pose import place_pose, set_pose
+from sidecar.comfy.precision import fit_to_device, server_dtypes
 from sidecar.comfy.supervisor import ComfySupervisor
 from sidecar.config import Settings
 from sidecar.errors import (
@@ -120,8 +121,7 @@ class ComfyBackend:
         extra.update(comfyuiVersion=system.get("comfyui_version"), argv=argv,
                      pytorchVersion=system.get("pytorch_version"), deviceName=devices[0].get("name"))
         return BackendHealth(
-            available=True, engine=self.name, device=self._device,
-            dtypes={"unet": "fp16", "vae": "fp32" if "--fp32-vae" in argv else "default"},
+            available=True, engine=self.name, device=self._device, dtypes=server_dtypes(self._device, argv),
             warnings=warnings, extra=extra,
         )
 
@@ -195,6 +195,10 @@ class ComfyBackend:
         if ctx.pose_image is not None:
             comfy_name = await place_pose(self.client, ctx.pose_image, self.comfyui_dir)
             workflow = set_pose(workflow, ctx.pose_image.name, comfy_name)
+        workflow, refitted = fit_to_device(workflow, self._device)
+        if refitted:
+            log.info("job %s: ComfyUI runs on the CPU; ModelComputeDtype node(s) %s set to default (fp32)",
+                     ctx.job_id, ", ".join(refitted))
         prompt_id = str(uuid.uuid4())
         with self.client.watch(prompt_id) as watch:
             # Persisted before ComfyUI sees it: after a crash the id is reconciled, never posted twice.
