@@ -135,6 +135,7 @@ class DirectClient:
 
 
 async def bench(jobs: int, warmup: int, steps: int) -> dict[str, Any]:
+    load_before = os.getloadavg()[0]  # the machine is shared: other work shows up as added latency
     tmp = Path(tempfile.mkdtemp(prefix="sidecar-overhead-"))
     fake = FakeComfyUI(make_comfy_home(tmp / "ComfyUI"))
     await fake.start()
@@ -215,7 +216,7 @@ async def bench(jobs: int, warmup: int, steps: int) -> dict[str, Any]:
             "notice": stats(notice)["max"] <= GOALS["notice_max_ms"],
         },
         "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                    "cpus": os.cpu_count()},
+                    "cpus": os.cpu_count(), "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)]},
         "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 

@@ -78,6 +78,9 @@ async def test_job_runs_to_png_with_resolved_params(client, backend) -> None:
         ({"prompt": "x", "checkpoint": "..\\x.ckpt"}, 400, "invalid_field"),
         ({"prompt": "x", "poseImagePath": "/nonexistent/pose.png"}, 400, "pose_image_invalid"),
         ({"prompt": "x", "poseImagePath": "relative.png"}, 400, "pose_image_invalid"),
+        # Several problems at once: the same one is reported every time (pose, checkpoint, then LoRA).
+        ({"prompt": "x", "checkpoint": "missing.safetensors", "loraId": "nope"}, 400, "checkpoint_not_found"),
+        ({"prompt": "x", "loraId": "nope", "poseImagePath": "/nonexistent/pose.png"}, 400, "pose_image_invalid"),
     ],
 )
 async def test_refusals_have_stable_codes_and_never_reach_the_backend(client, backend, body, status, code) -> None:

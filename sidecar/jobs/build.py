@@ -73,6 +73,35 @@ def check_pose_image(raw: str) -> Path:
     return path
 
 
+def find_lora_in(names: list[str], lora_id: str) -> str:
+    for name in names:
+        if Path(name).stem == lora_id or name == lora_id:
+            return name
+    raise LoraNotFound(
+        f"LoRA {lora_id!r} is not installed. Installed: {', '.join(sorted(Path(n).stem for n in names)) or 'none'}.",
+        {"loraId": lora_id, "available": sorted(Path(n).stem for n in names)},
+    )
+
+
+def check_model_in(folder: ModelFolder, names: list[str], name: str, error: type, field: str) -> None:
+    if name not in names:
+        raise error(
+            f"{field} {name!r} is not in the {folder} models. Available: {', '.join(sorted(names)) or 'none'}.",
+            {field: name, "available": sorted(names)},
+        )
+
+
+async def _none() -> None:
+    return None
+
+
+def _value(result: Any) -> Any:
+    """A result of `gather(..., return_exceptions=True)`: the value, or its exception raised here."""
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
 class JobBuilder:
     def __init__(self, settings: Settings, profile: Profile, templates: TemplateStore, backend: GenerationBackend):
         self.settings = settings
@@ -90,22 +119,10 @@ class JobBuilder:
         return names or []
 
     async def _find_lora(self, lora_id: str) -> str:
-        names = await self._models("loras")
-        for name in names:
-            if Path(name).stem == lora_id or name == lora_id:
-                return name
-        raise LoraNotFound(
-            f"LoRA {lora_id!r} is not installed. Installed: {', '.join(sorted(Path(n).stem for n in names)) or 'none'}.",
-            {"loraId": lora_id, "available": sorted(Path(n).stem for n in names)},
-        )
+        return find_lora_in(await self._models("loras"), lora_id)
 
     async def _check_model(self, folder: ModelFolder, name: str, error: type, field: str) -> None:
-        names = await self._models(folder)
-        if name not in names:
-            raise error(
-                f"{field} {name!r} is not in the {folder} models. Available: {', '.join(sorted(names)) or 'none'}.",
-                {field: name, "available": sorted(names)},
-            )
+        check_model_in(folder, await self._models(folder), name, error, field)
 
     async def build(self, req: JobRequest) -> BuiltJob:
         if req.batch_size is not None:
@@ -131,12 +148,23 @@ class JobBuilder:
         check_name("checkpoint", checkpoint)
         if req.lora_id is not None:
             check_name("loraId", req.lora_id)
-        pose = await asyncio.to_thread(check_pose_image, req.pose_image_path) if req.pose_image_path else None
-
-        await self._check_model("checkpoints", checkpoint, CheckpointNotFound, "checkpoint")
-        lora_file = await self._find_lora(req.lora_id) if req.lora_id else None
+        # The pose check and the model listings are independent round trips (a thread, one HTTP request
+        # per folder): run them together, then decide in the order one after another would (pose image,
+        # checkpoint, LoRA, ControlNet), so the same request is refused with the same error.
+        results = await asyncio.gather(
+            asyncio.to_thread(check_pose_image, req.pose_image_path) if req.pose_image_path else _none(),
+            self._models("checkpoints"),
+            self._models("loras") if req.lora_id else _none(),
+            self._models("controlnet") if req.pose_image_path else _none(),
+            return_exceptions=True,
+        )
+        pose_result, checkpoints, loras, controlnets = results
+        pose = _value(pose_result)
+        check_model_in("checkpoints", _value(checkpoints), checkpoint, CheckpointNotFound, "checkpoint")
+        lora_file = find_lora_in(_value(loras), req.lora_id) if req.lora_id else None
         if pose is not None:
-            await self._check_model("controlnet", s.controlnet_model, ControlnetNotFound, "controlnetModel")
+            check_model_in("controlnet", _value(controlnets), s.controlnet_model, ControlnetNotFound,
+                           "controlnetModel")
 
         params: dict[str, Any] = {
             "prompt": req.prompt,

@@ -179,7 +179,9 @@ class JobRunner:
             await self._set(job, "running", started_at=now_iso(), progress_step=0)
         cancel = asyncio.Event()
         self._cancel_events[job.id] = cancel
-        last_persist = 0.0
+        # Persisted progress only matters after a restart: every PROGRESS_PERSIST_INTERVAL and at the
+        # last step, not at the first (the live record answers GET /jobs/{id} meanwhile).
+        last_persist = time.monotonic()
 
         def on_progress(step: int, total: int) -> None:
             # Backends may call this from a worker thread (the embedded engine runs torch there).

@@ -3,6 +3,10 @@
 A row keeps the request, the resolved params, the filled workflow, the backend's prompt id, status,
 progress, output file, error and timestamps: enough to resume or reconcile after a restart. The
 state machine lives in `states.py`; this module only stores what the runner decided.
+
+Every call runs on one thread of the store's own, first come first served: a progress write the
+runner did not wait for cannot land after a state change made later (with a pool of threads it
+could). Each call is one autocommit statement: one transaction per state change.
 """
 
 from __future__ import annotations
@@ -10,11 +14,12 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-import threading
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -44,6 +49,7 @@ CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status);
 """
 
 JSON_COLUMNS = ("request", "params", "workflow", "error_details")
+T = TypeVar("T")
 
 
 def now_iso() -> str:
@@ -114,8 +120,8 @@ class JobRecord:
 class JobStore:
     def __init__(self, path: Path):
         self.path = path
-        self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
+        self._executor: ThreadPoolExecutor | None = None
 
     # -- lifecycle
     def _open(self) -> None:
@@ -128,12 +134,21 @@ class JobStore:
         self._conn = conn
 
     async def open(self) -> None:
-        await asyncio.to_thread(self._open)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="job-store")
+        await self._call(self._open)
 
     async def close(self) -> None:
+        if self._executor is None:
+            return
         if self._conn is not None:
             conn, self._conn = self._conn, None
-            await asyncio.to_thread(conn.close)
+            await self._call(conn.close)
+        executor, self._executor = self._executor, None
+        executor.shutdown(wait=False)
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        assert self._executor is not None, "store is not open"
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     # -- sync helpers (run in a worker thread)
     def _row(self, row: sqlite3.Row) -> JobRecord:
@@ -144,44 +159,44 @@ class JobStore:
         return JobRecord(**data)
 
     def _exec(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
+        # Only ever called on the store's one thread: the connection needs no lock.
         assert self._conn is not None, "store is not open"
-        with self._lock:
-            return self._conn.execute(sql, args).fetchall()
+        return self._conn.execute(sql, args).fetchall()
 
     # -- async API
     async def insert(self, job: JobRecord) -> None:
-        data = asdict(job)
-        data.pop("seq")
+        # Field by field, not dataclasses.asdict: that deep-copies the workflow only to dump it.
+        data = {f.name: getattr(job, f.name) for f in fields(JobRecord) if f.name != "seq"}
         for col in JSON_COLUMNS:
             if data[col] is not None:
                 data[col] = json.dumps(data[col])
         cols = ", ".join(data)
         marks = ", ".join("?" for _ in data)
-        await asyncio.to_thread(self._exec, f"INSERT INTO jobs ({cols}) VALUES ({marks})", tuple(data.values()))
+        await self._call(self._exec, f"INSERT INTO jobs ({cols}) VALUES ({marks})", tuple(data.values()))
 
-    async def update(self, job_id: str, **fields: Any) -> None:
+    async def update(self, job_id: str, **values: Any) -> None:
         for col in JSON_COLUMNS:
-            if col in fields and fields[col] is not None:
-                fields[col] = json.dumps(fields[col])
-        sets = ", ".join(f"{k} = ?" for k in fields)
-        await asyncio.to_thread(self._exec, f"UPDATE jobs SET {sets} WHERE id = ?", (*fields.values(), job_id))
+            if col in values and values[col] is not None:
+                values[col] = json.dumps(values[col])
+        sets = ", ".join(f"{k} = ?" for k in values)
+        await self._call(self._exec, f"UPDATE jobs SET {sets} WHERE id = ?", (*values.values(), job_id))
 
     async def get(self, job_id: str) -> JobRecord | None:
-        rows = await asyncio.to_thread(self._exec, "SELECT * FROM jobs WHERE id = ?", (job_id,))
+        rows = await self._call(self._exec, "SELECT * FROM jobs WHERE id = ?", (job_id,))
         return self._row(rows[0]) if rows else None
 
     async def list(self, status: str | None = None, limit: int = 50) -> list[JobRecord]:
         if status:
-            rows = await asyncio.to_thread(
+            rows = await self._call(
                 self._exec, "SELECT * FROM jobs WHERE status = ? ORDER BY seq DESC LIMIT ?", (status, limit)
             )
         else:
-            rows = await asyncio.to_thread(self._exec, "SELECT * FROM jobs ORDER BY seq DESC LIMIT ?", (limit,))
+            rows = await self._call(self._exec, "SELECT * FROM jobs ORDER BY seq DESC LIMIT ?", (limit,))
         return [self._row(r) for r in rows]
 
     async def unfinished(self) -> list[JobRecord]:
         """Queued and running jobs, oldest first (what a restart must pick up)."""
-        rows = await asyncio.to_thread(
+        rows = await self._call(
             self._exec, "SELECT * FROM jobs WHERE status IN ('queued', 'running') ORDER BY seq ASC"
         )
         return [self._row(r) for r in rows]
