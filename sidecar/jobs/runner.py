@@ -22,7 +22,8 @@ from sidecar.events import EventBus
 from sidecar.jobs.build import BuiltJob
 from sidecar.jobs.device import Device
 from sidecar.jobs.states import TERMINAL, check_transition
-from sidecar.jobs.store import JobRecord, JobStore, now_iso
+from sidecar.jobs.store import JobRecord, JobStore
+from sidecar.sqlite_store import now_iso
 
 log = logging.getLogger("sidecar.jobs")
 

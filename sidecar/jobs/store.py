@@ -3,23 +3,18 @@
 A row keeps the request, the resolved params, the filled workflow, the backend's prompt id, status,
 progress, output file, error and timestamps: enough to resume or reconcile after a restart. The
 state machine lives in `states.py`; this module only stores what the runner decided.
-
-Every call runs on one thread of the store's own, first come first served: a progress write the
-runner did not wait for cannot land after a state change made later (with a pool of threads it
-could). Each call is one autocommit statement: one transaction per state change.
+How it talks to SQLite (one ordered thread, WAL, a transaction per change) is `sidecar.sqlite_store`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
 import sqlite3
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
+
+from sidecar.sqlite_store import SqliteStore, now_iso
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -49,11 +44,6 @@ CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status);
 """
 
 JSON_COLUMNS = ("request", "params", "workflow", "error_details")
-T = TypeVar("T")
-
-
-def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass
@@ -117,69 +107,19 @@ class JobRecord:
         }
 
 
-class JobStore:
-    def __init__(self, path: Path):
-        self.path = path
-        self._conn: sqlite3.Connection | None = None
-        self._executor: ThreadPoolExecutor | None = None
+class JobStore(SqliteStore):
+    schema = SCHEMA
+    json_columns = JSON_COLUMNS
 
-    # -- lifecycle
-    def _open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        conn.row_factory = sqlite3.Row
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.executescript(SCHEMA)
-        self._conn = conn
-
-    async def open(self) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="job-store")
-        await self._call(self._open)
-
-    async def close(self) -> None:
-        if self._executor is None:
-            return
-        if self._conn is not None:
-            conn, self._conn = self._conn, None
-            await self._call(conn.close)
-        executor, self._executor = self._executor, None
-        executor.shutdown(wait=False)
-
-    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
-        assert self._executor is not None, "store is not open"
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
-
-    # -- sync helpers (run in a worker thread)
     def _row(self, row: sqlite3.Row) -> JobRecord:
-        data = dict(row)
-        for col in JSON_COLUMNS:
-            if data[col] is not None:
-                data[col] = json.loads(data[col])
-        return JobRecord(**data)
+        return JobRecord(**self._decode(row))
 
-    def _exec(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
-        # Only ever called on the store's one thread: the connection needs no lock.
-        assert self._conn is not None, "store is not open"
-        return self._conn.execute(sql, args).fetchall()
-
-    # -- async API
     async def insert(self, job: JobRecord) -> None:
         # Field by field, not dataclasses.asdict: that deep-copies the workflow only to dump it.
-        data = {f.name: getattr(job, f.name) for f in fields(JobRecord) if f.name != "seq"}
-        for col in JSON_COLUMNS:
-            if data[col] is not None:
-                data[col] = json.dumps(data[col])
-        cols = ", ".join(data)
-        marks = ", ".join("?" for _ in data)
-        await self._call(self._exec, f"INSERT INTO jobs ({cols}) VALUES ({marks})", tuple(data.values()))
+        await self._insert("jobs", {f.name: getattr(job, f.name) for f in fields(JobRecord) if f.name != "seq"})
 
     async def update(self, job_id: str, **values: Any) -> None:
-        for col in JSON_COLUMNS:
-            if col in values and values[col] is not None:
-                values[col] = json.dumps(values[col])
-        sets = ", ".join(f"{k} = ?" for k in values)
-        await self._call(self._exec, f"UPDATE jobs SET {sets} WHERE id = ?", (*values.values(), job_id))
+        await self._update("jobs", job_id, values)
 
     async def get(self, job_id: str) -> JobRecord | None:
         rows = await self._call(self._exec, "SELECT * FROM jobs WHERE id = ?", (job_id,))

@@ -36,8 +36,8 @@ from sidecar.errors import (
 )
 from sidecar.events import EventBus
 from sidecar.jobs.device import Device
-from sidecar.jobs.store import now_iso
 from sidecar.profiles import Profile
+from sidecar.sqlite_store import now_iso
 from sidecar.training import checkpoints as files
 from sidecar.training.dataset import load_dataset
 from sidecar.training.kohya import stop_orphan

@@ -1,6 +1,6 @@
 """SQLite persistence of training runs and their checkpoints (the daemon's database file, own tables).
 
-WAL, one connection, every call off the event loop. A run row holds the resolved spec, where its
+Same database and access as the job store (`sidecar.sqlite_store`). A run row holds the resolved spec, where its
 files are, status, progress, the trainer's process id (to find an orphan after a crash), a pending
 resume point, warnings and the error; checkpoints are rows of their own. The allowed status
 changes are listed here; the manager decides them.
@@ -8,16 +8,13 @@ changes are listed here; the manager decides them.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sqlite3
-import threading
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from sidecar.errors import InvalidState
-from sidecar.jobs.store import now_iso
+from sidecar.sqlite_store import SqliteStore, now_iso
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS training_runs (
@@ -117,51 +114,12 @@ class RunRecord:
     checkpoints: list[CheckpointRecord] = field(default_factory=list)
 
 
-class TrainingStore:
-    def __init__(self, path: Path):
-        self.path = path
-        self._lock = threading.Lock()
-        self._conn: sqlite3.Connection | None = None
-
-    # -- lifecycle
-    def _open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10)
-        conn.row_factory = sqlite3.Row
-        conn.execute("PRAGMA journal_mode=WAL")  # the job store shares the file: readers never block
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.executescript(SCHEMA)
-        self._conn = conn
-
-    async def open(self) -> None:
-        await asyncio.to_thread(self._open)
-
-    def open_sync(self) -> None:
-        """For the CLI (promote), which has no event loop to keep free."""
-        self._open()
-
-    async def close(self) -> None:
-        if self._conn is not None:
-            conn, self._conn = self._conn, None
-            await asyncio.to_thread(conn.close)
-
-    def close_sync(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-
-    # -- sync core (runs in a worker thread)
-    def _exec(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
-        assert self._conn is not None, "training store is not open"
-        with self._lock:
-            return self._conn.execute(sql, args).fetchall()
+class TrainingStore(SqliteStore):
+    schema = SCHEMA
+    json_columns = JSON_COLUMNS
 
     def _run(self, row: sqlite3.Row) -> RunRecord:
-        data = dict(row)
-        for col in JSON_COLUMNS:
-            if data[col] is not None:
-                data[col] = json.loads(data[col])
-        record = RunRecord(**data)
+        record = RunRecord(**self._decode(row))
         record.checkpoints = [
             CheckpointRecord(**dict(r))
             for r in self._exec("SELECT * FROM training_checkpoints WHERE run_id = ? ORDER BY step", (record.id,))
@@ -194,26 +152,14 @@ class TrainingStore:
     # -- async API
     async def insert(self, run: RunRecord) -> None:
         data = asdict(run)
-        data.pop("seq")
-        data.pop("checkpoints")
-        for col in JSON_COLUMNS:
-            if data[col] is not None:
-                data[col] = json.dumps(data[col])
-        cols = ", ".join(data)
-        marks = ", ".join("?" for _ in data)
-        await asyncio.to_thread(self._exec, f"INSERT INTO training_runs ({cols}) VALUES ({marks})",
-                                tuple(data.values()))
+        del data["seq"], data["checkpoints"]
+        await self._insert("training_runs", data)
 
     async def update(self, run_id: str, **fields: Any) -> None:
-        for col in JSON_COLUMNS:
-            if col in fields and fields[col] is not None:
-                fields[col] = json.dumps(fields[col])
-        sets = ", ".join(f"{k} = ?" for k in fields)
-        await asyncio.to_thread(self._exec, f"UPDATE training_runs SET {sets} WHERE id = ?",
-                                (*fields.values(), run_id))
+        await self._update("training_runs", run_id, fields)
 
     async def add_checkpoint(self, ckpt: CheckpointRecord) -> None:
-        await asyncio.to_thread(
+        await self._call(
             self._exec,
             "INSERT OR REPLACE INTO training_checkpoints (run_id, step, path, state_path, created_at) "
             "VALUES (?, ?, ?, ?, ?)",
@@ -221,7 +167,7 @@ class TrainingStore:
         )
 
     async def get(self, run_id: str) -> RunRecord | None:
-        return await asyncio.to_thread(self.get_sync, run_id)
+        return await self._call(self.get_sync, run_id)
 
     async def list(self, statuses: tuple[str, ...] | None = None, limit: int = 50) -> list[RunRecord]:
-        return await asyncio.to_thread(self._list, statuses, limit)
+        return await self._call(self._list, statuses, limit)
