@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import socket
 from pathlib import Path
 
 import pytest
@@ -18,15 +17,10 @@ from sidecar.api.app import create_app
 from sidecar.api.keys import DEVICE
 from sidecar.cli import main
 from sidecar.config import Settings
+from tests.conftest_comfy import free_port
 from tests.scripted_backend import ScriptedBackend
 
 FIXTURES = Path(__file__).parent / "fixtures" / "comfyui"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

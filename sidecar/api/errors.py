@@ -93,3 +93,14 @@ def parse_model(model: type[M], data: Any) -> M:
 
 async def parse_body(request: web.Request, model: type[M]) -> M:
     return parse_model(model, await read_json(request))
+
+
+def query_limit(request: web.Request, default: int = 50, most: int = 500) -> int:
+    """The `?limit=` of a listing, 1..most."""
+    try:
+        limit = int(request.query.get("limit", str(default)))
+    except ValueError:
+        raise InvalidField("limit must be an integer.", {"field": "limit"}) from None
+    if not 1 <= limit <= most:
+        raise InvalidField(f"limit must be between 1 and {most}.", {"field": "limit", "value": limit})
+    return limit

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from sidecar.api.errors import parse_body
+from sidecar.api.errors import parse_body, query_limit
 from sidecar.api.keys import BUILDER, DEVICE, RUNNER
 from sidecar.api.models import JobRequest
 from sidecar.errors import InvalidField, JobNotFinished, TrainingInProgress
@@ -39,12 +39,7 @@ async def list_jobs(request: web.Request) -> web.Response:
     status = request.query.get("status")
     if status is not None and status not in STATUSES:
         raise InvalidField(f"status must be one of {', '.join(STATUSES)}.", {"field": "status", "value": status})
-    try:
-        limit = int(request.query.get("limit", "50"))
-    except ValueError:
-        raise InvalidField("limit must be an integer.", {"field": "limit"}) from None
-    if not 1 <= limit <= 500:
-        raise InvalidField("limit must be between 1 and 500.", {"field": "limit", "value": limit})
+    limit = query_limit(request)
     jobs = await request.app[RUNNER].list(status, limit)
     return web.json_response({"jobs": [j.to_api() for j in jobs]})
 

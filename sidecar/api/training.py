@@ -9,10 +9,9 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from sidecar.api.errors import parse_body
+from sidecar.api.errors import parse_body, query_limit
 from sidecar.api.keys import BACKEND, DEVICE, EVENTS, PROFILE, SETTINGS
 from sidecar.api.openapi import Operation, register
-from sidecar.errors import InvalidField
 from sidecar.training.manager import TrainingManager
 from sidecar.training.wire import TrainingRun, TrainingRunList, TrainRequest
 
@@ -44,12 +43,7 @@ async def train(request: web.Request) -> web.Response:
 
 @routes.get("/loras/runs")
 async def list_runs(request: web.Request) -> web.Response:
-    try:
-        limit = int(request.query.get("limit", "50"))
-    except ValueError:
-        raise InvalidField("limit must be an integer.", {"field": "limit"}) from None
-    if not 1 <= limit <= 500:
-        raise InvalidField("limit must be between 1 and 500.", {"field": "limit", "value": limit})
+    limit = query_limit(request)
     return web.json_response({"runs": await request.app[TRAINING].list(limit)})
 
 
