@@ -17,6 +17,12 @@ Knobs for tests: `step_delay`/`node_delay`, `pause_at(step)`/`resume()`, `drop_s
 Run it standalone with `python tests/fake_comfyui.py --port N [--base-dir DIR] [--step-delay S]`; it
 accepts (and reports in `/system_stats` argv) ComfyUI's own flags, so a `main.py` that runs it stands in
 for a ComfyUI install in managed-mode tests (see `conftest_comfy.py`).
+
+This module holds `FakeComfyUI` (lifecycle, knobs, the queue/history/system HTTP routes and the
+WebSocket endpoint), `load_fixture`, `make_comfy_home` and `main()`. The rest lives beside it:
+`fake_comfyui_worker.py` (the prompt execution loop and the WS messages it sends),
+`fake_comfyui_files.py` (model/input listings, `/object_info`, `/view`, `/upload/image`) and
+`fake_comfyui_graph.py` (graph validation, execution order, cache keys).
 """
 
 from __future__ import annotations
@@ -25,45 +31,31 @@ import argparse
 import asyncio
 import copy
 import heapq
-import io
 import json
 import os
-import re
 import sys
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from aiohttp import WSCloseCode, WSMsgType, web
-from PIL import Image, PngImagePlugin
 
+# Both spellings: imported as `tests.fake_comfyui`, or run as a script (`python tests/fake_comfyui.py`, or a
+# fake ComfyUI's main.py that puts tests/ on sys.path and runs this file): then its siblings are top-level.
 try:
-    from tests.fake_comfyui_graph import GraphValidator, execution_order, image_size, is_link, signatures
-except ImportError:  # run as a script: `python tests/fake_comfyui.py`, or as a fake ComfyUI's main.py
-    from fake_comfyui_graph import GraphValidator, execution_order, image_size, is_link, signatures  # type: ignore
+    from tests.fake_comfyui_files import InstallFiles
+    from tests.fake_comfyui_worker import PromptWorker, ServerState
+except ImportError:
+    from fake_comfyui_files import InstallFiles  # type: ignore[no-redef]
+    from fake_comfyui_worker import PromptWorker, ServerState  # type: ignore[no-redef]
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "comfyui"
-MODEL_SUFFIXES = {".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft"}
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
-SAMPLERS = ("KSampler", "KSamplerAdvanced")
-SAVERS = {"SaveImage": "output", "PreviewImage": "temp"}
 DEFAULT_MODELS = {
     "checkpoints": ["anything-v5.safetensors"],
     "loras": ["spyke_plasma_v1.safetensors"],
     "controlnet": ["control_v11p_sd15_openpose.pth"],
-}
-# Loader inputs whose enum is a model folder listing (recomputed per request, as ComfyUI does).
-MODEL_ENUMS = {
-    ("CheckpointLoaderSimple", "ckpt_name"): "checkpoints",
-    ("LoraLoader", "lora_name"): "loras",
-    ("LoraLoaderModelOnly", "lora_name"): "loras",
-    ("ControlNetLoader", "control_net_name"): "controlnet",
-    ("DiffControlNetLoader", "control_net_name"): "controlnet",
-    ("UNETLoader", "unet_name"): "diffusion_models",
 }
 
 
@@ -82,59 +74,9 @@ def make_comfy_home(root: Path, models: dict[str, list[str]] | None = None) -> P
     return root
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
+class FakeComfyUI(InstallFiles, PromptWorker):
+    """The server: one instance is one ComfyUI "process" (`kill()` + `restart()` make a new one)."""
 
-
-@dataclass(order=True)
-class QueueItem:
-    number: float
-    prompt_id: str = field(compare=False)
-    prompt: dict[str, Any] = field(compare=False)
-    extra_data: dict[str, Any] = field(compare=False)
-    outputs: list[str] = field(compare=False)
-
-    def as_list(self) -> list[Any]:
-        return [self.number, self.prompt_id, self.prompt, self.extra_data, self.outputs]
-
-    @property
-    def client_id(self) -> str | None:
-        return self.extra_data.get("client_id")
-
-
-@dataclass
-class ServerState:
-    """Everything a ComfyUI process holds in memory; a restart starts from a fresh one."""
-
-    pending: list[QueueItem] = field(default_factory=list)  # a heap, served as-is like ComfyUI's
-    running: QueueItem | None = None
-    history: dict[str, Any] = field(default_factory=dict)
-    number: int = 0
-    sockets: dict[str, web.WebSocketResponse] = field(default_factory=dict)
-    requests: dict[str, web.Request] = field(default_factory=dict)
-    cache: dict[str, Any] = field(default_factory=dict)  # node signature -> UI output (or None)
-    interrupt: bool = False
-    last_node_id: str | None = None
-    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
-
-    @property
-    def queue_remaining(self) -> int:
-        return len(self.pending) + (1 if self.running else 0)
-
-
-class _Interrupted(Exception):
-    def __init__(self, node_id: str):
-        self.node_id = node_id
-
-
-class _NodeFailed(Exception):
-    def __init__(self, node_id: str, exception_type: str, message: str):
-        self.node_id = node_id
-        self.exception_type = exception_type
-        self.message = message
-
-
-class FakeComfyUI:
     def __init__(self, base_dir: Path, *, host: str = "127.0.0.1", port: int = 0, step_delay: float = 0.0,
                  node_delay: float = 0.0, argv: list[str] | None = None, device_type: str = "cpu"):
         self.base_dir = Path(base_dir)
@@ -257,27 +199,6 @@ class FakeComfyUI:
         self._runner = self._site = None
 
     # -- knobs
-    def fail_node(self, class_type: str, exception_type: str = "RuntimeError",
-                  message: str = "fake failure") -> None:
-        """Every node of this class raises at run time (the recorded execution_error sequence)."""
-        self.failures[class_type] = (exception_type, message)
-
-    def clear_failures(self) -> None:
-        self.failures.clear()
-
-    def pause_at(self, step: int) -> None:
-        """Block the sampler after it reports `step` (0: before the first step) until `resume()`."""
-        self._break_step = step
-        self._paused.clear()
-        self._go.clear()
-
-    def resume(self) -> None:
-        self._break_step = None
-        self._go.set()
-
-    async def wait_paused(self, timeout: float = 10.0) -> None:
-        await asyncio.wait_for(self._paused.wait(), timeout)
-
     def hold_connections(self) -> None:
         """Hold new WebSocket handshakes (a slow server) until `release_connections()`."""
         self._connect_gate.clear()
@@ -325,50 +246,6 @@ class FakeComfyUI:
         assert validation.ok, validation
         return self._accept(self._state, prompt, str(uuid.uuid4()), {"client_id": client_id}, validation.outputs,
                             front=False)
-
-    # -- model files, input files
-    def _models(self, folder: str) -> list[str]:
-        root = self.base_dir / "models" / folder
-        if not root.is_dir():
-            return []
-        return sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
-                      if p.is_file() and p.suffix.lower() in MODEL_SUFFIXES)
-
-    def _input_images(self) -> list[str]:
-        root = self.base_dir / "input"
-        return sorted(p.name for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-
-    def _resolve_input(self, name: str) -> Path:
-        kind = "input"
-        match = re.fullmatch(r"(.*) \[(input|output|temp)\]", name)
-        if match:
-            name, kind = match.group(1), match.group(2)
-        return self.base_dir / kind / name
-
-    def _image_exists(self, name: str) -> bool:
-        return ".." not in name and self._resolve_input(name).is_file()
-
-    def _file_stamp(self, name: str) -> str:
-        path = self._resolve_input(name)
-        try:
-            st = path.stat()
-        except OSError:
-            return "missing"
-        return f"{st.st_size}:{st.st_mtime_ns}"
-
-    def object_info(self) -> dict[str, Any]:
-        info = copy.deepcopy(self._object_info)
-        for (node, name), folder in MODEL_ENUMS.items():
-            if node in info:
-                info[node]["input"]["required"][name][0] = self._models(folder)
-        images = self._input_images()
-        for node in ("LoadImage", "LoadImageMask"):
-            if node in info:
-                info[node]["input"]["required"]["image"][0] = images
-        return info
-
-    def _validator(self, prompt: Any) -> GraphValidator:
-        return GraphValidator(prompt, self.object_info(), self._image_exists)
 
     # -- HTTP
     def _routes(self, prefix: str) -> list[web.RouteDef]:
@@ -426,18 +303,6 @@ class FakeComfyUI:
             request.transport.abort()  # queued, but the poster never hears so (a dropped connection)
         return web.json_response({"prompt_id": prompt_id, "number": -number if front else number,
                                   "node_errors": {}})
-
-    def _accept(self, state: ServerState, prompt: dict[str, Any], prompt_id: str, extra: dict[str, Any],
-                outputs: list[str], *, front: bool, number: float | None = None) -> str:
-        if number is None:
-            number = state.number
-            state.number += 1
-        heapq.heappush(state.pending, QueueItem(-number if front else number, prompt_id, prompt, extra, outputs))
-        self.accepted.append(prompt_id)
-        self.accepted_at[prompt_id] = time.monotonic()
-        self._broadcast_soon(state, "status", self._status(state))
-        state.wakeup.set()
-        return prompt_id
 
     async def _get_prompt(self, request: web.Request) -> web.Response:
         return web.json_response({"exec_info": {"queue_remaining": self._state.queue_remaining}})
@@ -500,94 +365,12 @@ class FakeComfyUI:
             self._state.history.pop(prompt_id, None)
         return web.Response(status=200)
 
-    async def _view(self, request: web.Request) -> web.StreamResponse:
-        query = request.query
-        if "filename" not in query:
-            return web.Response(status=404)
-        filename = query["filename"]
-        kind = None
-        match = re.fullmatch(r"(.*) \[(input|output|temp)\]", filename)
-        if match:
-            filename, kind = match.group(1), match.group(2)
-        if not filename or filename.startswith("/") or ".." in filename:
-            return web.Response(status=400)
-        kind = kind or query.get("type", "output")
-        if kind not in ("input", "output", "temp"):
-            return web.Response(status=400)
-        root = (self.base_dir / kind).resolve()
-        folder = (root / query.get("subfolder", "")).resolve()
-        if folder != root and root not in folder.parents:
-            return web.Response(status=403)
-        path = folder / filename
-        if not path.is_file():
-            return web.Response(status=404)
-        headers = {"Content-Disposition": f'filename="{path.name}"'}
-        preview = query.get("preview")
-        channel = query.get("channel")
-        if preview or channel in ("rgb", "a"):
-            data, content_type = await asyncio.to_thread(_reencode, path, preview, channel)
-            return web.Response(body=data, content_type=content_type, headers=headers)
-        return web.FileResponse(path, headers=headers)
-
-    async def _upload(self, request: web.Request) -> web.Response:
-        form = await request.post()
-        image = form.get("image")
-        if image is None or not hasattr(image, "file"):
-            return web.Response(status=400)
-        kind = str(form.get("type") or "input")
-        if kind not in ("input", "output", "temp"):
-            return web.Response(status=400)
-        subfolder = str(form.get("subfolder") or "")
-        root = (self.base_dir / kind).resolve()
-        folder = (root / subfolder).resolve()
-        if folder != root and root not in folder.parents:
-            return web.Response(status=400)
-        overwrite = str(form.get("overwrite") or "").lower() in ("true", "1")
-        data = image.file.read()
-        name = Path(image.filename).name
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / name
-        duplicate = False
-        if not overwrite:
-            stem, suffix = os.path.splitext(name)
-            i = 1
-            while path.exists():
-                if path.read_bytes() == data:
-                    duplicate = True  # same name and bytes: nothing written, same name returned
-                    break
-                name = f"{stem} ({i}){suffix}"
-                path = folder / name
-                i += 1
-        if not duplicate:
-            path.write_bytes(data)
-        self.uploads.append(name)
-        return web.json_response({"name": name, "subfolder": subfolder, "type": kind})
-
     async def _system_stats(self, request: web.Request) -> web.Response:
         stats = copy.deepcopy(self._stats)
         stats["system"]["argv"] = list(self.argv)
         stats["devices"][0]["type"] = self.device_type
         stats["devices"][0]["name"] = self.device_type
         return web.json_response(stats)
-
-    async def _get_object_info(self, request: web.Request) -> web.Response:
-        return web.json_response(self.object_info())
-
-    async def _get_object_info_one(self, request: web.Request) -> web.Response:
-        name = request.match_info["node_class"]
-        info = self.object_info()
-        return web.json_response({name: info[name]} if name in info else {})
-
-    async def _get_models(self, request: web.Request) -> web.Response:
-        return web.json_response(self._misc["/models"]["json"])
-
-    async def _get_models_folder(self, request: web.Request) -> web.Response:
-        folder = request.match_info["folder"]
-        if not self.models_endpoint:
-            raise web.HTTPNotFound()  # as a ComfyUI older than the /models routes answers
-        if folder not in self._misc["/models"]["json"]:
-            return web.Response(status=404)
-        return web.json_response(self._models(folder))
 
     async def _features(self, request: web.Request) -> web.Response:
         return web.json_response(self._misc["/features"]["json"])
@@ -626,222 +409,6 @@ class FakeComfyUI:
                 del state.sockets[sid]
                 state.requests.pop(sid, None)
         return ws
-
-    @staticmethod
-    def _status(state: ServerState) -> dict[str, Any]:
-        return {"status": {"exec_info": {"queue_remaining": state.queue_remaining}}}
-
-    @staticmethod
-    async def _send_ws(ws: web.WebSocketResponse, kind: str, data: dict[str, Any]) -> bool:
-        if ws.closed:
-            return False
-        try:
-            await ws.send_str(json.dumps({"type": kind, "data": data}))
-        except (ConnectionError, RuntimeError):
-            return False
-        return True
-
-    async def _send(self, state: ServerState, client_id: str | None, kind: str, data: dict[str, Any]) -> None:
-        ws = state.sockets.get(client_id) if client_id is not None else None
-        if ws is None or not await self._send_ws(ws, kind, data):
-            self.dropped.append((str(client_id), kind))  # no socket for that client: lost, no replay
-
-    async def _broadcast(self, state: ServerState, kind: str, data: dict[str, Any]) -> None:
-        for ws in list(state.sockets.values()):
-            await self._send_ws(ws, kind, data)
-
-    def _broadcast_soon(self, state: ServerState, kind: str, data: dict[str, Any]) -> None:
-        asyncio.get_running_loop().create_task(self._broadcast(state, kind, data))
-
-    # -- execution
-    async def _work(self, state: ServerState) -> None:
-        while True:
-            while not state.pending:
-                state.wakeup.clear()
-                await state.wakeup.wait()
-            item = heapq.heappop(state.pending)
-            state.running = item
-            await self._broadcast(state, "status", self._status(state))
-            try:
-                await self._execute(state, item)
-            finally:
-                state.running = None
-                state.last_node_id = None
-
-    async def _execute(self, state: ServerState, item: QueueItem) -> None:
-        pid, prompt, cid = item.prompt_id, item.prompt, item.client_id
-        self.executions.append(pid)
-        state.interrupt = False
-        messages: list[list[Any]] = []
-
-        async def emit(kind: str, data: dict[str, Any], *, history: bool = False, broadcast: bool = False) -> None:
-            if history:
-                messages.append([kind, data])
-            if broadcast:
-                await self._broadcast(state, kind, data)
-            else:
-                await self._send(state, cid, kind, data)
-
-        await emit("execution_start", {"prompt_id": pid, "timestamp": now_ms()}, history=True)
-        keys = signatures(prompt, self._file_stamp)
-        needed = set(item.outputs)
-        for out in item.outputs:
-            needed.update(_upstream_ids(prompt, out))
-        cached = {n for n in prompt if n in needed and keys[n] in state.cache}
-        await emit("execution_cached", {"nodes": [n for n in prompt if n in cached], "prompt_id": pid,
-                                        "timestamp": now_ms()}, history=True)
-        progress: dict[str, dict[str, Any]] = {}
-        ui: dict[str, Any] = {}
-        done: list[str] = []
-        new_cache = {keys[n]: state.cache[keys[n]] for n in cached}
-
-        async def progress_state(node_id: str, value: float, maximum: float, st: str) -> None:
-            progress[node_id] = {"value": value, "max": maximum, "state": st, "node_id": node_id,
-                                 "prompt_id": pid, "display_node_id": node_id, "parent_node_id": None,
-                                 "real_node_id": node_id}
-            await emit("progress_state", {"prompt_id": pid, "nodes": copy.deepcopy(progress)})
-
-        for out in item.outputs:  # a cached output node replays its UI output without running
-            if out in cached and state.cache[keys[out]]:
-                ui[out] = state.cache[keys[out]]
-                await emit("executed", {"node": out, "display_node": out, "output": ui[out], "prompt_id": pid})
-                await progress_state(out, 1, 1, "finished")
-        try:
-            for node_id in execution_order(prompt, item.outputs, cached, self._object_info):
-                node = prompt[node_id]
-                kind = node["class_type"]
-                if state.interrupt:
-                    raise _Interrupted(node_id)
-                await progress_state(node_id, 0.0, 1.0, "running")
-                await emit("executing", {"node": node_id, "display_node": node_id, "prompt_id": pid})
-                state.last_node_id = node_id
-                if kind in self.failures:
-                    await self._delay(self.node_delay)
-                    raise _NodeFailed(node_id, *self.failures[kind])
-                if kind in SAMPLERS:
-                    steps = int(node["inputs"].get("steps", 1))
-                    await self._maybe_pause(0)
-                    for step in range(1, steps + 1):
-                        await self._delay(self.step_delay)
-                        if state.interrupt:  # checked after the step's work, before reporting it
-                            raise _Interrupted(node_id)
-                        await progress_state(node_id, step, steps, "running")
-                        await emit("progress", {"value": step, "max": steps, "prompt_id": pid, "node": node_id})
-                        await self._maybe_pause(step)
-                    await progress_state(node_id, steps, steps, "finished")
-                else:
-                    await self._delay(self.node_delay)
-                    if kind in SAVERS:
-                        ui[node_id] = {"images": await self._save_images(prompt, node_id)}
-                        await emit("executed", {"node": node_id, "display_node": node_id, "output": ui[node_id],
-                                                "prompt_id": pid})
-                    await progress_state(node_id, 1.0, 1.0, "finished")
-                done.append(node_id)
-                new_cache[keys[node_id]] = ui.get(node_id)
-        except _Interrupted as exc:
-            await emit("execution_interrupted", {"prompt_id": pid, "node_id": exc.node_id,
-                                                 "node_type": prompt[exc.node_id]["class_type"], "executed": done,
-                                                 "timestamp": now_ms()}, history=True, broadcast=True)
-            status = "error"
-        except _NodeFailed as exc:
-            node = prompt[exc.node_id]
-            await emit("execution_error", {
-                "prompt_id": pid, "node_id": exc.node_id, "node_type": node["class_type"], "executed": done,
-                "exception_message": exc.message, "exception_type": exc.exception_type,
-                "traceback": [f'  File "fake_comfyui.py", line 1, in {node["class_type"]}\n'
-                              f'    raise {exc.exception_type}({exc.message!r})\n'],
-                "current_inputs": {k: [v] for k, v in node.get("inputs", {}).items() if not is_link(v)},
-                "current_outputs": list(prompt), "timestamp": now_ms(),
-            }, history=True)
-            status = "error"
-        else:
-            await emit("execution_success", {"prompt_id": pid, "timestamp": now_ms()}, history=True)
-            status = "success"
-        state.cache = new_cache
-        # History is written before the queue entry goes away (ComfyUI's task_done does both).
-        state.history[pid] = {
-            "prompt": item.as_list(),
-            "outputs": ui,
-            "status": {"status_str": status, "completed": status == "success", "messages": messages},
-            "meta": {n: {"node_id": n, "display_node": n, "parent_node": None, "real_node_id": n} for n in ui},
-        }
-        state.running = None
-        await self._broadcast(state, "status", self._status(state))
-        await self._send(state, cid, "executing", {"node": None, "prompt_id": pid})
-        self.finished_at[pid] = time.monotonic()
-
-    async def _delay(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)  # also yields: HTTP and WS stay responsive mid-run, as recorded
-
-    async def _maybe_pause(self, step: int) -> None:
-        if self._break_step is not None and self._break_step == step:
-            self._paused.set()
-            await self._go.wait()
-            self._paused.clear()
-
-    async def _save_images(self, prompt: dict[str, Any], node_id: str) -> list[dict[str, str]]:
-        node = prompt[node_id]
-        kind = SAVERS[node["class_type"]]
-        prefix = str(node["inputs"].get("filename_prefix", "ComfyUI")) if kind == "output" else "ComfyUI_temp"
-        subfolder, _, base = prefix.rpartition("/")
-        width, height, batch = image_size(prompt, node_id, self.base_dir / "input")
-        seed = next((int(n["inputs"].get("seed", n["inputs"].get("noise_seed", 0)))
-                     for n in prompt.values() if n["class_type"] in SAMPLERS), 0)
-        folder = self.base_dir / kind / subfolder
-        return await asyncio.to_thread(_write_pngs, folder, subfolder, base, kind, width, height, batch, seed,
-                                       self.black_output, json.dumps(prompt))
-
-
-def _upstream_ids(prompt: dict[str, Any], node_id: str) -> set[str]:
-    seen: set[str] = set()
-    stack = [node_id]
-    while stack:
-        for value in prompt[stack.pop()].get("inputs", {}).values():
-            if is_link(value) and value[0] in prompt and value[0] not in seen:
-                seen.add(value[0])
-                stack.append(value[0])
-    return seen
-
-
-def _write_pngs(folder: Path, subfolder: str, base: str, kind: str, width: int, height: int, batch: int,
-                seed: int, black: bool, prompt_json: str) -> list[dict[str, str]]:
-    folder.mkdir(parents=True, exist_ok=True)
-    # The counter continues from the highest existing file for that prefix, as ComfyUI's does.
-    pattern = re.compile(re.escape(base) + r"_(\d{5})_\.png")
-    counter = max((int(m.group(1)) for p in folder.iterdir() if (m := pattern.fullmatch(p.name))), default=0) + 1
-    info = PngImagePlugin.PngInfo()
-    info.add_text("prompt", prompt_json)
-    images = []
-    for i in range(batch):
-        if black:
-            arr = np.zeros((height, width, 3), dtype=np.uint8)
-        else:
-            rng = np.random.default_rng(seed + i)
-            colour = rng.integers(60, 256, size=3)
-            ramp = np.linspace(0.4, 1.0, width, dtype=np.float32)[None, :, None]
-            fall = np.linspace(1.0, 0.6, height, dtype=np.float32)[:, None, None]
-            arr = (colour[None, None, :] * ramp * fall).astype(np.uint8)
-        name = f"{base}_{counter + i:05d}_.png"
-        Image.fromarray(arr, "RGB").save(folder / name, pnginfo=info, compress_level=1)
-        images.append({"filename": name, "subfolder": subfolder, "type": kind})
-    return images
-
-
-def _reencode(path: Path, preview: str | None, channel: str | None) -> tuple[bytes, str]:
-    with Image.open(path) as img:
-        img.load()
-        if channel == "rgb":
-            img = img.convert("RGB")
-        elif channel == "a":
-            img = img.convert("RGBA").getchannel("A")
-        buf = io.BytesIO()
-        if preview:
-            fmt, _, quality = preview.partition(";")
-            fmt = "jpeg" if fmt == "jpeg" else "webp"
-            img.convert("RGB").save(buf, fmt.upper(), quality=int(quality or 90))
-            return buf.getvalue(), f"image/{fmt}"
-        img.save(buf, "PNG")
-        return buf.getvalue(), "image/png"
 
 
 async def _serve(fake: FakeComfyUI) -> None:
