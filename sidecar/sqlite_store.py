@@ -84,6 +84,13 @@ class SqliteStore:
         await self._call(self._exec, f"INSERT INTO {table} ({cols}) VALUES ({marks})", tuple(data.values()))
 
     async def _update(self, table: str, row_id: str, values: dict[str, Any]) -> None:
+        await self._update_soon(table, row_id, values)
+
+    def _update_soon(self, table: str, row_id: str, values: dict[str, Any]) -> asyncio.Future[Any]:
+        """Hand the write to the store's thread *now* (not when a task first runs) and return its future:
+        any call made after this one is written after it, whether or not anyone awaits it."""
+        assert self._executor is not None, f"{type(self).__name__} is not open"
         data = self._encode(values)
         sets = ", ".join(f"{k} = ?" for k in data)
-        await self._call(self._exec, f"UPDATE {table} SET {sets} WHERE id = ?", (*data.values(), row_id))
+        return asyncio.get_running_loop().run_in_executor(
+            self._executor, self._exec, f"UPDATE {table} SET {sets} WHERE id = ?", (*data.values(), row_id))

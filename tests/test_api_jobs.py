@@ -233,3 +233,31 @@ async def test_health_and_openapi(client) -> None:
     req = spec["components"]["schemas"]["JobRequest"]
     assert "loraId" in req["properties"] and req["additionalProperties"] is False
     assert "/jobs/{id}/cancel" in spec["paths"]
+
+
+class DiskCheckingBackend(ScriptedBackend):
+    """Reads the job's row from disk the moment the prompt id is recorded: that is when a ComfyUI
+    backend posts the prompt, so a daemon killed right then must find the job running with its id."""
+
+    def __init__(self, db_path: Path):
+        super().__init__()
+        self.db_path = db_path
+        self.on_disk: list[tuple[str, str | None]] = []
+
+    async def run(self, ctx):
+        import sqlite3
+
+        await ctx.on_prompt_id(f"p-{ctx.job_id}")  # before any other await, as the worst case
+        with sqlite3.connect(self.db_path) as conn:
+            self.on_disk.append(conn.execute("SELECT status, prompt_id FROM jobs WHERE id = ?",
+                                             (ctx.job_id,)).fetchone())
+        return await super().run(ctx)
+
+
+async def test_prompt_id_is_never_on_disk_without_the_running_state(aiohttp_client, settings) -> None:
+    backend = DiskCheckingBackend(settings.db_path)
+    client = await aiohttp_client(create_app(settings, backend))
+    jobs = [await submit(client, seed=seed) for seed in (1, 2, 3)]
+    for job in jobs:
+        await wait_status(client, job["id"], {"succeeded"})
+    assert backend.on_disk == [("running", f"p-{job['id']}") for job in jobs]

@@ -176,8 +176,11 @@ class JobRunner:
 
     async def _run(self, job: JobRecord) -> None:
         reconcile = job.status == "running"
+        running_write: asyncio.Future[Any] | None = None
         if not reconcile:
-            await self._set(job, "running", started_at=now_iso(), progress_step=0)
+            # Not awaited before the backend starts: the store writes in call order, so the prompt id
+            # (awaited before anything reaches ComfyUI) is never on disk without this state before it.
+            running_write = self._set_soon(job, "running", started_at=now_iso(), progress_step=0)
         cancel = asyncio.Event()
         self._cancel_events[job.id] = cancel
         # Persisted progress only matters after a restart: every PROGRESS_PERSIST_INTERVAL and at the
@@ -198,7 +201,7 @@ class JobRunner:
             now = time.monotonic()
             if now - last_persist >= PROGRESS_PERSIST_INTERVAL or step == total:
                 last_persist = now
-                asyncio.ensure_future(self.store.update(job.id, progress_step=step, progress_total=total))
+                self.store.update_soon(job.id, progress_step=step, progress_total=total)
 
         async def on_prompt_id(prompt_id: str) -> None:
             job.prompt_id = prompt_id
@@ -228,6 +231,8 @@ class JobRunner:
         finally:
             self._cancel_events.pop(job.id, None)
             self._recovering.discard(job.id)
+            if running_write is not None:
+                await running_write  # long done (written before the end state); surfaces a disk error
 
     async def _lost(self, job: JobRecord, exc: PromptLost) -> None:
         after_restart = job.id in self._recovering
@@ -248,6 +253,17 @@ class JobRunner:
     async def _set(self, job: JobRecord, status: str, **fields: Any) -> None:
         check_transition(job.id, job.status, status)
         await self.store.update(job.id, status=status, **fields)
+        self._apply(job, status, fields)
+
+    def _set_soon(self, job: JobRecord, status: str, **fields: Any) -> asyncio.Future[Any]:
+        """For `running` only (the live record answers for a running job): the write is handed to the
+        store in call order and the change announced at once; the future says when it is on disk."""
+        check_transition(job.id, job.status, status)
+        written = self.store.update_soon(job.id, status=status, **fields)
+        self._apply(job, status, fields)
+        return written
+
+    def _apply(self, job: JobRecord, status: str, fields: dict[str, Any]) -> None:
         job.status = status
         for k, v in fields.items():
             setattr(job, k, v)

@@ -8,6 +8,7 @@ How it talks to SQLite (one ordered thread, WAL, a transaction per change) is `s
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from dataclasses import dataclass, field, fields
 from datetime import datetime
@@ -120,6 +121,10 @@ class JobStore(SqliteStore):
 
     async def update(self, job_id: str, **values: Any) -> None:
         await self._update("jobs", job_id, values)
+
+    def update_soon(self, job_id: str, **values: Any) -> asyncio.Future[Any]:
+        """Queued in call order behind every earlier write; await the future to know it is on disk."""
+        return self._update_soon("jobs", job_id, values)
 
     async def get(self, job_id: str) -> JobRecord | None:
         rows = await self._call(self._exec, "SELECT * FROM jobs WHERE id = ?", (job_id,))
