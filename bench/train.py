@@ -2,6 +2,8 @@
 
     .venv/bin/python bench/train.py                       # tiny random model (CPU-friendly)
     .venv/bin/python bench/train.py --model sd15 --device cuda   # full-size random SD1.5 (GPU)
+    .venv/bin/python bench/train.py --base random-sd15.safetensors --resolution 256 --steps 10 \
+        --kohya-dir ~/sd-scripts --kohya-python ~/sd-scripts/venv/bin/python   # side by side with kohya
 
 Runs the real trainer (`sidecar.training.embedded`) on the engine's random model files (as `sidecar
 models make-tiny` writes them; speed and memory do not depend on the weights) and a synthetic
@@ -58,14 +60,20 @@ def peak_rss_bytes() -> int:
     return rss if sys.platform == "darwin" else rss * 1024  # macOS reports bytes, Linux KiB
 
 
-def run(model: str, device: str, steps: int, resolution: int, dim: int) -> dict:
+def run(model: str, device: str, steps: int, resolution: int, dim: int, base: Path | None = None,
+        dataset_dir: Path | None = None) -> dict:
+    """One embedded training run in this process. `base`/`dataset_dir` reuse existing files (the
+    side-by-side mode hands both trainers the same ones); otherwise a model set and a set are made."""
     tmp = Path(tempfile.mkdtemp(prefix="bench-train-"))
-    models_dir = models(model, tmp / "models")
-    base = next((models_dir / "checkpoints").glob("*.safetensors"))
-    spec = TrainSpec(output_name="bench", dataset_dir=str(tmp / "ds"), steps=steps, resolution=resolution,
-                     network_dim=dim, network_alpha=dim / 2, learning_rate=1e-4, save_every=10**6, seed=1,
-                     engine="embedded", trigger_word=TRIGGER, checkpoint=model)
-    ds = load_dataset(dataset(tmp / "ds", resolution), TRIGGER)
+    if base is None:
+        models_dir = models(model, tmp / "models")
+        base = next((models_dir / "checkpoints").glob("*.safetensors"))
+    else:
+        models_dir = base.parent.parent
+    spec = TrainSpec(output_name="bench", dataset_dir=str(dataset_dir or tmp / "ds"), steps=steps,
+                     resolution=resolution, network_dim=dim, network_alpha=dim / 2, learning_rate=1e-4,
+                     save_every=10**6, seed=1, engine="embedded", trigger_word=TRIGGER, checkpoint=model)
+    ds = load_dataset(dataset_dir or dataset(tmp / "ds", resolution), TRIGGER)
     (tmp / "run").mkdir()
     job = TrainJob("bench", spec, ds, tmp / "run", tmp / "run" / "out", base)
     times: dict[int, float] = {}
@@ -77,7 +85,8 @@ def run(model: str, device: str, steps: int, resolution: int, dim: int) -> dict:
         if device == "mps":
             mps_peak = max(mps_peak, torch.mps.driver_allocated_memory())
 
-    hooks = TrainerHooks(progress=progress, checkpoint=lambda *a: None, log=lambda _: None, warning=print)
+    logs: list[str] = []
+    hooks = TrainerHooks(progress=progress, checkpoint=lambda *a: None, log=logs.append, warning=print)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     trainer = EmbeddedTrainer(Settings(data_dir=tmp / "data", device=device, models_dir=models_dir))
@@ -100,6 +109,7 @@ def run(model: str, device: str, steps: int, resolution: int, dim: int) -> dict:
         "mixed_precision": "fp16" if device == "cuda" else "no", "wall_seconds": round(wall, 1),
         "torch": torch.__version__, "platform": platform.platform(), "cpu_threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name() if device == "cuda" else None,
+        "lora_modules": next((line for line in logs if line.startswith("LoRA modules")), None),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
 
@@ -112,10 +122,26 @@ def main() -> None:
     ap.add_argument("--resolution", type=int, default=512)
     ap.add_argument("--dim", type=int, default=32)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    ap.add_argument("--base", type=Path, help="an existing checkpoint file instead of a made model set")
+    ap.add_argument("--dataset", type=Path, help="an existing captioned set instead of a made one")
+    ap.add_argument("--json-out", type=Path, help="write the result here and record nothing (a child run)")
+    side = ap.add_argument_group("side by side with kohya sd-scripts (bench/train_vs_kohya.py)")
+    side.add_argument("--kohya-dir", type=Path, help="sd-scripts checkout: run its train_network.py beside ours")
+    side.add_argument("--kohya-python", type=Path, help="python of kohya's venv")
+    side.add_argument("--rounds", type=int, default=2, help="interleaved runs of each trainer")
+    side.add_argument("--lock", default="/tmp/bench.lock", help="flock file every timed run holds ('' = none)")
     args = ap.parse_args()
+    if args.kohya_dir is not None:
+        from bench.train_vs_kohya import side_by_side
+
+        side_by_side(args)
+        return
     device = pick_device(args.device)
     steps = args.steps or (12 if args.model == "tiny" else 30)
-    result = run(args.model, device, steps, args.resolution, args.dim)
+    result = run(args.model, device, steps, args.resolution, args.dim, args.base, args.dataset)
+    if args.json_out is not None:
+        args.json_out.write_text(json.dumps(result, indent=2) + "\n")
+        return
     for k, v in result.items():
         print(f"{k:>18}: {v}")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -127,4 +153,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))  # `bench.train_vs_kohya` when run as a script
     main()

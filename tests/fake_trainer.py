@@ -10,10 +10,14 @@ no `<repeats>_<class>` folder is "No data found" with exit 0 and no file; `--res
 folder is a ValueError; `--skip_until_initial_step` counts only the remaining steps on the bar;
 SIGINT gives KeyboardInterrupt tracebacks, SIGTERM kills silently. It starts one "data loader
 worker" child in its process group, like the real one, so tests can see a cancel reach the group.
+`--tokenizer_cache_dir DIR`: `DIR/openai_clip-vit-large-patch14/` is read when it exists, else
+"downloaded" into it (or, offline, the real TypeError, exit 1). A checkpoint file starting with
+`TINY` is a model of another architecture: torch's multi-line state_dict RuntimeError (exit 1).
 
 Test knobs (environment): FAKE_KOHYA_STEP_SECONDS (sleep per step, default 0.02),
 FAKE_KOHYA_CRASH_AT (raise at that global step), FAKE_KOHYA_NAN_AT (avr_loss=nan from that step),
-FAKE_KOHYA_PIDFILE (write "leader worker" pids), FAKE_KOHYA_ARGV_FILE (write argv as JSON).
+FAKE_KOHYA_PIDFILE (write "leader worker" pids), FAKE_KOHYA_ARGV_FILE (write argv as JSON),
+FAKE_KOHYA_OFFLINE (no model hub: a tokenizer that is not in the cache cannot be fetched).
 """
 
 from __future__ import annotations
@@ -168,6 +172,37 @@ def has_data(train_data_dir: str | None) -> bool:
     return False
 
 
+def rich(message: str, source: str, level: str = "INFO") -> str:
+    """A log record as rich prints it without a TTY (time column blank after the first record)."""
+    return f"{'':20}{level:<8} {message:<120} {source}"
+
+
+def tokenizer(args: argparse.Namespace) -> None:
+    """What sd-scripts' `_load_tokenizer` does right after `Using v1 tokenizer`."""
+    cache = Path(args.tokenizer_cache_dir) / "openai_clip-vit-large-patch14" if args.tokenizer_cache_dir else None
+    if cache is not None and cache.exists():
+        out(rich(f"load tokenizer from cache: {cache}", "strategy_base.py:61"))
+        return
+    if os.environ.get("FAKE_KOHYA_OFFLINE"):
+        # The real one, offline with an empty hub cache (kohya-sd-scripts.md §2).
+        raise TypeError("expected str, bytes or os.PathLike object, not NoneType")
+    if cache is not None:
+        cache.mkdir(parents=True)
+        (cache / "vocab.json").write_text("{}")
+        out(rich(f"save Tokenizer to cache: {cache}", "strategy_base.py:68"))
+
+
+def check_architecture(model: str) -> None:
+    with open(model, "rb") as f:
+        if f.read(4) == b"TINY":
+            raise RuntimeError(
+                "Error(s) in loading state_dict for UNet2DConditionModel:\n"
+                '\tMissing key(s) in state_dict: "down_blocks.0.attentions.0.norm.weight", '
+                '"down_blocks.0.attentions.0.norm.bias".\n'
+                "\tsize mismatch for conv_in.weight: copying a param with shape torch.Size([32, 4, 3, 3]) from "
+                "checkpoint, the shape in current model is torch.Size([320, 4, 3, 3]).")
+
+
 # -- the run ----------------------------------------------------------------------------------------
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
@@ -189,16 +224,26 @@ def main(argv: list[str]) -> int:
 
 def train(args: argparse.Namespace, rec: Recording, step_s: float, crash_at: int, nan_at: int) -> int:
     if not has_data(args.train_data_dir):
-        for line in rec.nodata:
+        out(rec.nodata[0])
+        tokenizer(args)
+        for line in rec.nodata[1:]:
             out(line)
         return 0  # the real script exits 0 here, with no file (kohya-sd-scripts.md §9)
     model = args.pretrained_model_name_or_path
     if not model or not Path(model).exists():
-        for line in rec.bad_model_pre:
+        out(rec.bad_model_pre[0])
+        tokenizer(args)
+        for line in rec.bad_model_pre[1:]:
             out(line)
         raise ValueError(f'The provided pretrained_model_name_or_path "{model}" is neither a valid local path '
                          "nor a valid repo id. Please check the parameter.")
-    for line in rec.pre:
+    out(rec.pre[0])
+    tokenizer(args)
+    load = next(i for i, line in enumerate(rec.pre) if "loading u-net" in line)  # the state_dict load
+    for line in rec.pre[1:load]:
+        out(line)
+    check_architecture(model)
+    for line in rec.pre[load:]:
         out(line)
     total = int(args.max_train_steps or 1600)
     save_every = int(args.save_every_n_steps or 0)
@@ -257,7 +302,7 @@ def train(args: argparse.Namespace, rec: Recording, step_s: float, crash_at: int
     out(f"saving checkpoint: {final}")
     write_lora(final, name, total, total, args)
     out(rec.model_saved)
-    out(bar(shown, shown, shown * rate, rate, loss))
+    out(bar(shown, shown, shown * rate + 1, rate, loss))  # the bar's closing redraw, a moment later
     return 0
 
 

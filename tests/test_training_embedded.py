@@ -71,6 +71,19 @@ async def test_embedded_training_writes_kohya_checkpoints_and_final_lora(client,
     assert weights[f"{te}.lora_down.weight"].shape == (4, 32) and weights[f"{unet}.lora_up.weight"].shape[1] == 4
     assert float(weights[f"{unet}.alpha"]) == 2.0 and weights[f"{unet}.lora_down.weight"].dtype == torch.float16
     assert any(k.endswith("attn2_to_k.lora_down.weight") for k in weights)  # cross-attention too
+    # The layers kohya's networks.lora adapts: 12 per U-Net transformer, 6 per CLIP layer (real kohya SD1.5
+    # LoRA: 192 + 72 modules); proj_in/out are 1x1 convolutions there.
+    unet_kinds: dict[str, set[str]] = {}
+    for k in weights:
+        if m := re.match(r"lora_unet_(.+_attentions_\d+)_(.+)\.alpha$", k):
+            unet_kinds.setdefault(m.group(1), set()).add(m.group(2))
+    block = {"proj_in", "proj_out", "transformer_blocks_0_ff_net_0_proj", "transformer_blocks_0_ff_net_2",
+             *(f"transformer_blocks_0_{a}_{p}" for a in ("attn1", "attn2") for p in ("to_q", "to_k", "to_v", "to_out_0"))}
+    assert unet_kinds and all(kinds == block for kinds in unet_kinds.values()), unet_kinds
+    assert weights[f"{unet.rsplit('_transformer', 1)[0]}_proj_in.lora_down.weight"].ndim == 4
+    te_kinds = {k.split(".")[0].split("_layers_0_")[1] for k in weights if "_encoder_layers_0_" in k}
+    assert te_kinds == {"self_attn_q_proj", "self_attn_k_proj", "self_attn_v_proj", "self_attn_out_proj",
+                        "mlp_fc1", "mlp_fc2"}
     assert (meta["ss_network_dim"], meta["ss_network_alpha"], meta["ss_base_model_version"]) == ("4", "2.0", "sd_v1")
     assert meta["ss_steps"] == "4" and meta["ss_network_module"] == "networks.lora"
     assert meta["modelspec.trigger_phrase"] == TRIGGER and meta["ss_resolution"] == "(64, 64)"

@@ -99,6 +99,7 @@ def test_canonical_arguments_are_real_train_network_options(tmp_path, settings, 
     for name, value in CANONICAL.items():
         assert given[name] == value, name
     assert "--save_state" in given and "--cache_latents" in given
+    assert "--sdpa" in given  # without it kohya's U-Net attention is naive: 2x slower, +4 GiB at 512 px on CPU
     assert "--xformers" not in given and "AdamW8bit" not in " ".join(args)
 
 
@@ -356,3 +357,78 @@ def test_fixture_help_is_the_recorded_one() -> None:
     # The option list the tests check against comes from the recorded --help, not from the fake.
     assert (FIXTURES / "train_network-help.txt").read_text().startswith("usage: train_network.py")
     assert len(help_options()) > 150
+
+
+# -- found against the real train_network.py (sd-scripts 48d368fa) --------------------------------
+def fake_clip_vocab(folder: Path, size: int = 49408) -> Path:
+    """vocab.json + merges.txt of CLIP's size and layout: byte tokens, then (here filler) merged tokens,
+    then the two special tokens last (49406, 49407)."""
+    from sidecar.engine.tokenizer import byte_unicode
+
+    folder.mkdir(parents=True)
+    chars = byte_unicode()
+    tokens = [*chars, *(c + "</w>" for c in chars)]
+    tokens += [f"filler{i}</w>" for i in range(size - 2 - len(tokens))] + ["<|startoftext|>", "<|endoftext|>"]
+    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    return folder
+
+
+async def test_offline_kohya_gets_the_clip_tokenizer_from_our_models_dir(tmp_path, settings, dataset_dir, fake_env,
+                                                                         monkeypatch) -> None:
+    """kohya's first act is fetching openai/clip-vit-large-patch14; offline that is a TypeError (exit 1).
+    The CLIP vocabulary the engine uses is written into kohya's --tokenizer_cache_dir first."""
+    monkeypatch.setenv("FAKE_KOHYA_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "no-hf-cache"))  # no CLIP vocabulary but ours
+    monkeypatch.setattr("sidecar.engine.tokenizer._packaged_bpe", lambda: None)
+    model = settings.models_path / "checkpoints" / settings.checkpoint
+    job = job_for(tmp_path, load_dataset(dataset_dir, "spyke_plasma_v1"), model, steps=2, save_every=2)
+    h, _ = hooks()
+    with pytest.raises(JobFailed) as err:  # no CLIP vocabulary anywhere: kohya must download, and cannot
+        await kohya.KohyaTrainer(settings).run(job, h)
+    assert err.value.details["exception"] == "TypeError"
+
+    fake_clip_vocab(settings.models_path / "tokenizers" / "clip-vit-large-patch14")
+    h, seen = hooks()
+    result = await kohya.KohyaTrainer(settings).run(job_for(tmp_path / "again", job.dataset, model, steps=2,
+                                                            save_every=2), h)
+    assert result.final_file.is_file()
+    cache = settings.data_dir / "kohya-tokenizer" / "openai_clip-vit-large-patch14"
+    assert any(f"load tokenizer from cache: {cache}" in line for line in seen["log"])
+    config = json.loads((cache / "tokenizer_config.json").read_text())
+    assert config["model_max_length"] == 77 and config["bos_token"] == "<|startoftext|>"
+
+
+def test_a_vocabulary_that_is_not_clips_is_not_given_to_kohya(tmp_path, settings) -> None:
+    from sidecar.training.kohya_tokenizer import seed_tokenizer_cache
+
+    fake_clip_vocab(settings.models_path / "tokenizers" / "clip-vit-large-patch14", size=514)  # tiny models'
+    assert seed_tokenizer_cache(settings, tmp_path / "cache") is None
+    assert not (tmp_path / "cache").exists()
+
+
+def test_seeded_tokenizer_loads_as_clips_in_transformers(tmp_path, settings) -> None:
+    pytest.importorskip("transformers")
+    from transformers import CLIPTokenizer
+
+    from sidecar.training.kohya_tokenizer import seed_tokenizer_cache
+
+    fake_clip_vocab(settings.models_path / "tokenizers" / "clip-vit-large-patch14")
+    folder = seed_tokenizer_cache(settings, tmp_path / "cache")
+    tok = CLIPTokenizer.from_pretrained(str(folder))  # what kohya calls on the folder
+    ids = tok("spyke", padding="max_length", max_length=tok.model_max_length, truncation=True).input_ids
+    assert tok.model_max_length == 77 and len(ids) == 77
+    assert (ids[0], tok.eos_token_id, tok.pad_token_id) == (49406, 49407, 49407)
+
+
+async def test_base_model_of_another_architecture_names_the_model(tmp_path, settings, dataset_dir, fake_env) -> None:
+    model = tmp_path / "tiny-sd15.safetensors"
+    model.write_bytes(b"TINY random weights")
+    h, _ = hooks()
+    with pytest.raises(JobFailed) as err:
+        await kohya.KohyaTrainer(settings).run(job_for(tmp_path, load_dataset(dataset_dir, "spyke_plasma_v1"), model), h)
+    d = err.value.details
+    assert d["reason"] == "crash" and d["exception"] == "RuntimeError" and d["exitCode"] == 1
+    assert "tiny-sd15.safetensors does not fit the full-size SD 1.x network" in err.value.message
+    assert "Missing key(s) in state_dict" in err.value.message
+    assert [line[:13] for line in d["exceptionDetails"]] == ["Missing key(s", "size mismatch"]

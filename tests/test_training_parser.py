@@ -82,3 +82,27 @@ def test_a_pending_bar_is_reported_without_waiting_for_the_next_redraw() -> None
     assert [(e.step, e.loss) for e in first] == [(1, 1.09)]
     again = p.feed(b"\r")  # the same redraw, now terminated: not reported twice
     assert again == []
+
+
+def test_state_dict_mismatch_keeps_the_lines_naming_the_keys() -> None:
+    # The real output of train_network.py given a checkpoint of another architecture (the tiny test
+    # model): torch's message continues on tab-indented lines after the exception line.
+    log = (b"Traceback (most recent call last):\n"
+           b'  File "/x/train_network.py", line 1913, in <module>\n'
+           b"    trainer.train(args)\n"
+           b"RuntimeError: Error(s) in loading state_dict for UNet2DConditionModel:\n"
+           b'\tMissing key(s) in state_dict: "down_blocks.0.attentions.0.norm.weight", ' + b'"k", ' * 400 + b'"z".\n'
+           b"\tsize mismatch for conv_in.weight: copying a param with shape torch.Size([32, 4, 3, 3]) from checkpoint, "
+           b"the shape in current model is torch.Size([320, 4, 3, 3]).\n"
+           b"2026-11-27 07:57:45 INFO something else\n")
+    p = KohyaOutputParser()
+    p.feed(log)
+    p.close()
+    err = p.error
+    assert err is not None and err.type == "RuntimeError"
+    assert [c[:20] for c in err.continued] == ["Missing key(s) in st", "size mismatch for co"]
+    assert len(err.continued[0]) <= 503  # kilobytes of key names are cut
+    assert err.summary.startswith("RuntimeError: Error(s) in loading state_dict for UNet2DConditionModel: "
+                                  'Missing key(s) in state_dict: "down_blocks.0')
+    assert len(err.summary) < 300
+    assert all(len(line) <= 1003 for line in p.tail)  # a log tail line never carries the whole key list

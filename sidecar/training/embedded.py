@@ -1,6 +1,6 @@
 """The embedded trainer: kohya's canonical LoRA recipe in-process, on diffusers + peft + accelerate.
 
-For machines without kohya_ss. UNet and text-encoder LoRA on the attention projections, AdamW,
+For machines without kohya_ss. UNet and text-encoder LoRA on the layers kohya's `networks.lora` picks, AdamW,
 constant LR, batch 1, epsilon MSE on cached latents; checkpoints every N steps named as kohya names
 them, written in kohya's format (`kohya_format.py`) so ComfyUI and the engine load them; a state
 folder (`NAME-state/`) to resume from; a NaN loss stops the run. Torch runs in a worker thread;
@@ -34,8 +34,12 @@ from sidecar.training.spec import TrainerHooks, TrainJob, TrainResult, training_
 
 log = logging.getLogger("sidecar.training.embedded")
 
-UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]  # diffusers attention projections
-TE_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]  # CLIP attention projections
+# kohya's `networks.lora` adapts every Linear and 1x1 Conv inside the U-Net's Transformer2DModels (12 per
+# block: proj_in/out, both attentions' q/k/v/out, the feed-forward's two layers: 192 modules in SD1.5) and
+# inside CLIP's attention and MLP (6 per layer: 72). The same set here, so a LoRA from either trainer has
+# the same keys, capacity and cost.
+UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2"]
+TE_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
 STATE_FILE = STATE_FILES["embedded"][1]
 SAVE_DTYPE = torch.float16  # the canonical config's fp16 files
 MAX_GRAD_NORM = 1.0  # kohya's default

@@ -93,8 +93,6 @@ def metadata(spec: TrainSpec, dataset: Dataset, *, step: int, started_at: float,
         "ss_network_module": "networks.lora",
         "ss_network_dim": spec.network_dim,
         "ss_network_alpha": float(spec.network_alpha),
-        "ss_network_args": json.dumps({"target": "attention projections (to_q/to_k/to_v/to_out.0, "
-                                                 "q_proj/k_proj/v_proj/out_proj)"}),
         "ss_learning_rate": spec.learning_rate,
         "ss_text_encoder_lr": None,
         "ss_unet_lr": None,

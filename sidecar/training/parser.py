@@ -36,6 +36,9 @@ EXC_LINE = re.compile(r"^(?P<type>[A-Za-z_][\w.]*(?:Error|Exception|Interrupt|Ex
 WARNING_MARKERS = ("No caption file found", "ignore directory without repeats", "Could not load random states")
 
 LOG_TAIL_LINES = 60
+MAX_LINE_CHARS = 1000  # of one log line kept for the tail
+MAX_CONTINUED = 5  # continuation lines kept per exception
+MAX_CONTINUED_CHARS = 200  # of the one quoted in a failure message (key lists run to kilobytes)
 
 
 @dataclass
@@ -64,6 +67,18 @@ class TrainerError:
     type: str
     message: str
     traceback: list[str] = field(default_factory=list)
+    # Lines after the exception line that continue its message: torch's `Error(s) in loading
+    # state_dict for UNet2DConditionModel:` names the mismatched keys on tab-indented lines below.
+    continued: list[str] = field(default_factory=list)
+
+    @property
+    def summary(self) -> str:
+        """`Type: message`, with the first continuation line when the message announces one."""
+        text = f"{self.type}: {self.message}" if self.message else self.type
+        if self.continued and self.message.endswith(":"):
+            first = self.continued[0]
+            text += " " + (first if len(first) <= MAX_CONTINUED_CHARS else first[:MAX_CONTINUED_CHARS] + "...")
+        return text
 
 
 def _seconds(clock: str) -> float:
@@ -102,6 +117,7 @@ class KohyaOutputParser:
         self.nan_seen = False
         self.tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
         self._in_traceback: list[str] | None = None
+        self._continuing: TrainerError | None = None
         self._new_lines: list[str] = []
 
     # -- input
@@ -173,6 +189,8 @@ class KohyaOutputParser:
         # The tail is for people: bar redraws would push every useful line out of it, but text glued
         # onto a redraw (a traceback, a log record) stays.
         text = strip_bars(line).rstrip()
+        if len(text) > MAX_LINE_CHARS:  # torch's key-mismatch lists run to kilobytes on one line
+            text = text[:MAX_LINE_CHARS] + "..."
         if text.strip():
             self.tail.append(text)
             self._new_lines.append(text)
@@ -200,18 +218,27 @@ class KohyaOutputParser:
             self._in_traceback = [TRACEBACK]
             return
         if self._in_traceback is None:
+            err = self._continuing
+            if err is not None and line.startswith("\t") and len(err.continued) < MAX_CONTINUED:
+                text = line.strip()
+                err.continued.append(text if len(text) <= 500 else text[:500] + "...")
+            else:
+                self._continuing = None
             return
         self._in_traceback.append(line.rstrip())
         if line.startswith((" ", "\t")):
             return
         m = EXC_LINE.match(line.strip())
         if m is not None:
-            self.errors.append(TrainerError(type=m.group("type"), message=(m.group("msg") or "").strip(),
-                                            traceback=self._in_traceback[-40:]))
+            err = TrainerError(type=m.group("type"), message=(m.group("msg") or "").strip(),
+                               traceback=self._in_traceback[-40:])
+            self.errors.append(err)
             self._in_traceback = None
+            self._continuing = err
 
     def _end_traceback(self) -> None:
         self._in_traceback = None
+        self._continuing = None
 
 
 def strip_bars(line: str) -> str:
@@ -227,6 +254,6 @@ def read_log_tail(path: Path, lines: int = 40) -> list[str]:
             text = f.read().decode("utf-8", errors="replace")
     except OSError:
         return []
-    out = [strip_bars(p).rstrip() for p in re.split(r"\r\n|\r|\n", text)]
+    out = [strip_bars(p).rstrip()[:MAX_LINE_CHARS] for p in re.split(r"\r\n|\r|\n", text)]
     out = [p for p in out if p.strip()]
     return out[-lines:]
