@@ -261,3 +261,29 @@ async def test_prompt_id_is_never_on_disk_without_the_running_state(aiohttp_clie
     for job in jobs:
         await wait_status(client, job["id"], {"succeeded"})
     assert backend.on_disk == [("running", f"p-{job['id']}") for job in jobs]
+
+
+class CountingBackend(ScriptedBackend):
+    def __init__(self):
+        super().__init__()
+        self.listings: list[str] = []
+
+    async def list_models(self, folder: str):
+        self.listings.append(folder)
+        return await super().list_models(folder)
+
+
+async def test_recent_model_listing_serves_hits_and_a_miss_always_asks_again(aiohttp_client, settings) -> None:
+    backend = CountingBackend()
+    client = await aiohttp_client(create_app(settings, backend))
+    await submit(client, loraId="spyke_plasma_v1")
+    await submit(client, loraId="spyke_plasma_v1")
+    assert sorted(backend.listings) == ["checkpoints", "loras"]  # the second job was checked from the listing
+
+    backend.models["loras"].append("june_v1.safetensors")  # installed a moment ago: found, not refused
+    job = await submit(client, loraId="june_v1")
+    assert job["params"]["loraId"] == "june_v1" and backend.listings.count("loras") == 2
+
+    resp = await client.post("/jobs", json={"prompt": "x", "loraId": "draster_v1"})
+    assert (await resp.json())["error"]["code"] == "lora_not_found"
+    assert backend.listings.count("loras") == 3  # refused on a fresh listing, never on a cached one

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,12 +104,30 @@ def _value(result: Any) -> Any:
     return result
 
 
+# A model listing this recent confirms a model is there; a model *not* in it is always asked about again,
+# so nothing is refused on stale news. (A file deleted in this window fails in the backend instead.)
+LISTING_TTL = 2.0
+
+
 class JobBuilder:
     def __init__(self, settings: Settings, profile: Profile, templates: TemplateStore, backend: GenerationBackend):
         self.settings = settings
         self.profile = profile
         self.templates = templates
         self.backend = backend
+        self._listings: dict[str, tuple[float, list[str]]] = {}
+
+    async def _resolve(self, folder: ModelFolder, check: Callable[[list[str]], Any]) -> Any:
+        """`check(names)` on a fresh-enough listing of `folder` when it passes there, else on a new one."""
+        cached = self._listings.get(folder)
+        if cached is not None and time.monotonic() - cached[0] < LISTING_TTL:
+            try:
+                return check(cached[1])
+            except (CheckpointNotFound, ControlnetNotFound, LoraNotFound):
+                pass  # not in the cached listing: ask the backend
+        names = await self._models(folder)
+        self._listings[folder] = (time.monotonic(), list(names))
+        return check(names)
 
     async def _models(self, folder: ModelFolder) -> list[str]:
         try:
@@ -119,10 +139,10 @@ class JobBuilder:
         return names or []
 
     async def _find_lora(self, lora_id: str) -> str:
-        return find_lora_in(await self._models("loras"), lora_id)
+        return await self._resolve("loras", lambda names: find_lora_in(names, lora_id))
 
     async def _check_model(self, folder: ModelFolder, name: str, error: type, field: str) -> None:
-        check_model_in(folder, await self._models(folder), name, error, field)
+        await self._resolve(folder, lambda names: check_model_in(folder, names, name, error, field))
 
     async def build(self, req: JobRequest) -> BuiltJob:
         if req.batch_size is not None:
@@ -151,20 +171,23 @@ class JobBuilder:
         # The pose check and the model listings are independent round trips (a thread, one HTTP request
         # per folder): run them together, then decide in the order one after another would (pose image,
         # checkpoint, LoRA, ControlNet), so the same request is refused with the same error.
+        lora_id = req.lora_id
         results = await asyncio.gather(
             asyncio.to_thread(check_pose_image, req.pose_image_path) if req.pose_image_path else _none(),
-            self._models("checkpoints"),
-            self._models("loras") if req.lora_id else _none(),
-            self._models("controlnet") if req.pose_image_path else _none(),
+            self._resolve("checkpoints", lambda names: check_model_in(
+                "checkpoints", names, checkpoint, CheckpointNotFound, "checkpoint")),
+            self._resolve("loras", lambda names: find_lora_in(names, lora_id)) if lora_id else _none(),
+            self._resolve("controlnet", lambda names: check_model_in(
+                "controlnet", names, s.controlnet_model, ControlnetNotFound, "controlnetModel"))
+            if req.pose_image_path else _none(),
             return_exceptions=True,
         )
-        pose_result, checkpoints, loras, controlnets = results
+        pose_result, checkpoint_result, lora_result, controlnet_result = results
         pose = _value(pose_result)
-        check_model_in("checkpoints", _value(checkpoints), checkpoint, CheckpointNotFound, "checkpoint")
-        lora_file = find_lora_in(_value(loras), req.lora_id) if req.lora_id else None
+        _value(checkpoint_result)
+        lora_file = _value(lora_result)
         if pose is not None:
-            check_model_in("controlnet", _value(controlnets), s.controlnet_model, ControlnetNotFound,
-                           "controlnetModel")
+            _value(controlnet_result)
 
         params: dict[str, Any] = {
             "prompt": req.prompt,
