@@ -18,15 +18,14 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from sidecar.backend import GenerationBackend
 from sidecar.config import Settings
+from sidecar.engine.models import Components
 from sidecar.errors import JobCancelled, SidecarError
 from sidecar.training import kohya_format as kf
 from sidecar.training.checkpoints import STATE_FILES, step_file_name
@@ -45,14 +44,6 @@ SAVE_DTYPE = torch.float16  # the canonical config's fp16 files
 MAX_GRAD_NORM = 1.0  # kohya's default
 
 
-@dataclass
-class Components:
-    tokenizer: Any
-    text_encoder: torch.nn.Module
-    unet: torch.nn.Module
-    vae: torch.nn.Module
-
-
 Loader = Callable[[Path], Components]
 
 
@@ -63,8 +54,7 @@ def load_components(base_model: Path, settings: Settings) -> Components:
     from sidecar.engine.models import TokenizerPlaces, load_training_components
 
     places = TokenizerPlaces(settings.models_path, settings.comfyui_dir, settings.data_dir / "cache")
-    parts = load_training_components(base_model, places)
-    return Components(tokenizer=parts.tokenizer, text_encoder=parts.text_encoder, unet=parts.unet, vae=parts.vae)
+    return load_training_components(base_model, places)
 
 
 def pick_device(setting: str) -> str:
