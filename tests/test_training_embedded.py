@@ -60,6 +60,7 @@ async def test_embedded_training_writes_kohya_checkpoints_and_final_lora(client,
     done = await wait_run(client, run["id"], {"succeeded", "failed"}, timeout=120)
     assert done["status"] == "succeeded", done["error"]
     assert (done["step"], done["total"]) == (4, 4) and done["loss"]["last"] > 0
+    assert done["device"] == "cpu" and any("runs on the CPU" in w for w in done["warnings"])
     assert [(c["step"], c["fileName"]) for c in done["checkpoints"]] == [
         (2, "spyke-step00000002.safetensors"), (4, "spyke-step00000004.safetensors")]
     final = Path(done["finalFile"])

@@ -169,6 +169,8 @@ async def test_training_run_reports_progress_checkpoints_and_final_lora(client, 
     assert any(a.startswith("--train_data_dir=") and a.endswith("/img") for a in argv)
     # The precision rule: this machine has no CUDA, so the run says it trains in fp32 and saves fp16.
     assert any("--mixed_precision=no" in w for w in done["warnings"])
+    # LORA-04: the run says which device the trainer really got, and warns when it is not a GPU.
+    assert done["device"] == "cpu" and any("runs on the CPU" in w for w in done["warnings"])
     types = []
     while not queue.empty():
         types.append(queue.get_nowait()["type"])

@@ -38,6 +38,7 @@ def test_progress_and_checkpoints_of_a_real_run(chunk: int) -> None:
     assert saved[0].path.endswith("/out/run1/spyke-step00000002.safetensors")
     assert saved[-1].path.endswith("/spyke.safetensors")
     assert p.total == 6 and p.error is None and not p.no_data and not p.nan_seen
+    assert p.device == "cpu"  # `accelerator device: cpu`: what LORA-04 checks before a long run
     assert not any("steps:" in line for line in p.tail) and any("model saved." in line for line in p.tail)
 
 

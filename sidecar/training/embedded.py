@@ -89,6 +89,10 @@ class _ThreadHooks:
         self.log(f"WARNING {text}")
         self._loop.call_soon_threadsafe(self._hooks.warning, text)
 
+    def device(self, name: str) -> None:
+        if self._hooks.device is not None:
+            self._loop.call_soon_threadsafe(self._hooks.device, name)
+
     def log(self, line: str) -> None:
         with self._log_file.open("a", encoding="utf-8") as f:
             f.write(line + "\n")
@@ -158,6 +162,7 @@ class _Training:
         self.mixed = mixed
         accelerator = Accelerator(mixed_precision=mixed, cpu=device == "cpu")
         self.accelerator = accelerator
+        self.hooks.device(str(accelerator.device))
         self.hooks.log(f"embedded trainer: device {accelerator.device}, mixed precision {mixed}, "
                        f"{spec.steps} steps, dim {spec.network_dim}, alpha {spec.network_alpha:g}, "
                        f"lr {spec.learning_rate:g}, {spec.resolution}px, seed {spec.seed}")

@@ -273,6 +273,7 @@ class _Run:
         self.hooks = hooks
         self.parser = parser
         self.pending: list[CheckpointSaved] = []
+        self.device_reported = False
 
     async def handle(self, events: list[BarUpdate | CheckpointSaved]) -> None:
         for event in events:
@@ -283,6 +284,9 @@ class _Run:
                 self.hooks.progress(event.step, event.total, event.loss)
         for line in self.parser.take_lines():
             self.hooks.log(line)
+        if self.parser.device and not self.device_reported and self.hooks.device is not None:
+            self.device_reported = True
+            self.hooks.device(self.parser.device)
 
     async def flush(self) -> None:
         pending, self.pending = self.pending, []

@@ -52,6 +52,8 @@ log = logging.getLogger("sidecar.training")
 
 PROGRESS_PERSIST_INTERVAL = 2.0
 LOG_TAIL_LINES = 40
+CPU_WARNING = ("The trainer runs on the CPU, not MPS or CUDA: a full run takes many hours. Check the trainer's "
+               "torch (kohya's venv, or this daemon's) sees the GPU before a long run.")
 STOP_TIMEOUT = 30.0  # how long shutdown waits for a trainer to stop before leaving it marked interrupted
 
 TrainerFactory = Callable[[str], Trainer]
@@ -387,8 +389,16 @@ class TrainingManager:
             run.pid = pid
             self._spawn(live, self.store.update(run.id, pid=pid))
 
+        def device(name: str) -> None:
+            # LORA-04: know the GPU is in use before committing to an hour of training.
+            run.device = name
+            self._spawn(live, self.store.update(run.id, device=name))
+            log.info("training run %s: trainer computes on %s", run.id, name)
+            if name == "cpu":
+                warning(CPU_WARNING)
+
         return TrainerHooks(progress=progress, checkpoint=checkpoint, log=log_line, warning=warning,
-                            cancel=live.cancel, started=started)
+                            cancel=live.cancel, started=started, device=device)
 
     def _spawn(self, live: LiveRun, coro) -> None:
         task = asyncio.ensure_future(coro)

@@ -27,6 +27,7 @@ BAR = re.compile(
 LOSS = re.compile(r"avr_loss=(?P<loss>[-+0-9.eE]+|nan|inf|-inf)")
 SKIP = re.compile(r"skipping (\d+) steps")
 TOTAL = re.compile(r"total optimization steps / .*?:\s*(\d+)")
+DEVICE = re.compile(r"^accelerator device: (?P<device>\S+)")  # train_network.py, right after accelerate starts
 SAVING = re.compile(r"saving checkpoint: (?P<path>.+?\.safetensors)\s*$")
 STEP_FILE = re.compile(r"-step(\d{8})\.safetensors$")
 NO_DATA = "No data found"
@@ -112,6 +113,7 @@ class KohyaOutputParser:
         self.last: BarUpdate | None = None
         self.checkpoints: list[CheckpointSaved] = []
         self.no_data = False
+        self.device: str | None = None  # `mps`, `cuda:0`, `cpu`: what accelerate picked
         self.errors: list[TrainerError] = []
         self.warnings: list[str] = []
         self.nan_seen = False
@@ -201,6 +203,8 @@ class KohyaOutputParser:
             self.total = int(m.group(1))
         if NO_DATA in line:
             self.no_data = True
+        if (m := DEVICE.match(stripped)) is not None:
+            self.device = m.group("device")
         if (m := SAVING.search(line)) is not None:
             path = m.group("path").strip()
             sm = STEP_FILE.search(path)

@@ -50,7 +50,8 @@ def _eta(seconds: float | None) -> str:
 
 def describe(run: dict[str, Any]) -> str:
     loss = (run.get("loss") or {}).get("smoothed")
-    parts = [f"{run['outputName']} ({run['id'][:8]}, {run['engine']}): {run['status']}",
+    where = f"{run['engine']} on {run['device']}" if run.get("device") else run["engine"]
+    parts = [f"{run['outputName']} ({run['id'][:8]}, {where}): {run['status']}",
              f"step {run['step']}/{run['total']}"]
     if loss is not None:
         parts.append(f"loss {loss:.4f}")

@@ -83,6 +83,7 @@ class TrainerHooks:
     warning: Callable[[str], None]
     cancel: asyncio.Event = field(default_factory=asyncio.Event)
     started: Callable[[int], None] | None = None  # the trainer's process (group) id, for orphan clean-up
+    device: Callable[[str], None] | None = None  # the device the trainer computes on, once known
 
 
 class Trainer(Protocol):

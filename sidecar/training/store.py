@@ -32,6 +32,7 @@ CREATE TABLE IF NOT EXISTS training_runs (
     loss_smoothed REAL,
     final_file TEXT,
     pid INTEGER,
+    device TEXT,
     resume_step INTEGER,
     resume_state TEXT,
     attempts INTEGER NOT NULL DEFAULT 0,
@@ -101,6 +102,7 @@ class RunRecord:
     loss_smoothed: float | None = None
     final_file: str | None = None
     pid: int | None = None
+    device: str | None = None
     resume_step: int | None = None
     resume_state: str | None = None
     attempts: int = 0

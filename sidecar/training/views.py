@@ -31,6 +31,7 @@ def run_view(run: RunRecord, tracker: ProgressTracker | None, tail: list[str]) -
         "id": run.id,
         "status": run.status,
         "engine": run.engine,
+        "device": run.device,
         "outputName": spec.output_name,
         "triggerWord": spec.trigger_word,
         "datasetDir": spec.dataset_dir,

@@ -69,6 +69,8 @@ class TrainingRun(Wire):
     id: str
     status: RunStatus
     engine: str
+    device: str | None = Field(None, description="what the trainer computes on (mps, cuda:0, cpu), once it "
+                                                    "has started; cpu adds a warning")
     output_name: str
     trigger_word: str
     dataset_dir: str
