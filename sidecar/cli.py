@@ -94,6 +94,21 @@ def input_errors() -> Iterator[None]:
         sys.exit(EXIT_INPUT)
 
 
+def report_daemon_error(exc: Exception) -> int:
+    """One line on stderr for a `sidecar.client` failure, and its exit code: 3 nothing answers, 4 a
+    training holds the device, 2 the daemon refused the request, 1 it failed."""
+    from sidecar.client import DaemonRefused, DaemonUnavailable
+
+    if isinstance(exc, DaemonUnavailable):
+        click.echo(f"error: {exc.message}", err=True)
+        return EXIT_NO_DAEMON
+    assert isinstance(exc, DaemonRefused)
+    click.echo(f"error: the daemon refused: {exc.message} ({exc.code})", err=True)
+    if exc.device_busy:
+        return EXIT_BUSY
+    return EXIT_INPUT if exc.status < 500 else EXIT_FAILED
+
+
 def current_settings() -> Settings:
     """The effective settings of a tool that takes no configuration flags (environment, config file)."""
     return settings_from({})[0]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from sidecar.cli import EXIT_BUSY, EXIT_FAILED, EXIT_INPUT, EXIT_NO_DAEMON, input_errors
+from sidecar.cli import EXIT_BUSY, EXIT_FAILED, input_errors, report_daemon_error
 from sidecar.cli import current_settings as _settings
 from sidecar.client import DaemonClient, DaemonRefused, DaemonUnavailable
 from sidecar.datasets import caption as caption_mod
@@ -377,12 +377,8 @@ async def _reg(plan: reg_mod.RegPlan, url: str, poll_interval: float) -> int:
                            "ends.", err=True)
                 return EXIT_BUSY
             await reg_mod.run_reg(plan, client, reporter, poll_interval=poll_interval)
-    except DaemonUnavailable as exc:
-        click.echo(f"error: {exc}", err=True)
-        return EXIT_NO_DAEMON
-    except DaemonRefused as exc:
-        click.echo(f"error: the daemon refused the job: {exc.message} ({exc.code})", err=True)
-        return EXIT_BUSY if exc.device_busy else EXIT_INPUT
+    except (DaemonUnavailable, DaemonRefused) as exc:
+        return report_daemon_error(exc)
     except reg_mod.RegJobFailed as exc:
         click.echo(f"error: {exc}. Images so far are kept; run the same command to resume.", err=True)
         return EXIT_FAILED

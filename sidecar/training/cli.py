@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from sidecar.cli import EXIT_BUSY, EXIT_FAILED, EXIT_INPUT, EXIT_NO_DAEMON, input_errors
+from sidecar.cli import EXIT_FAILED, EXIT_INPUT, input_errors, report_daemon_error
 from sidecar.cli import current_settings as _settings
 from sidecar.client import DaemonRefused, DaemonUnavailable
 from sidecar.errors import SidecarError
@@ -135,12 +135,8 @@ async def _sweep(ref: str, prompts: list[str], seeds: list[int], out: Path | Non
                 click.echo(f"sweeping {len(plan.columns)} checkpoint(s) x {len(plan.rows)} prompt/seed row(s) "
                            f"= {len(plan.cells)} render(s)")
             await sweep_mod.render(plan, client, reporter, job, poll_interval)
-    except DaemonUnavailable as exc:
-        click.echo(f"error: {exc}", err=True)
-        return EXIT_NO_DAEMON
-    except DaemonRefused as exc:
-        click.echo(f"error: the daemon refused: {exc.message} ({exc.code})", err=True)
-        return EXIT_BUSY if exc.device_busy else EXIT_INPUT
+    except (DaemonUnavailable, DaemonRefused) as exc:
+        return report_daemon_error(exc)
     finally:
         if isinstance(reporter, _Bar):
             reporter.close()

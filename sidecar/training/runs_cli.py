@@ -18,13 +18,7 @@ from typing import Any
 
 import click
 
-from sidecar.cli import (
-    EXIT_BUSY,
-    EXIT_FAILED,
-    EXIT_INPUT,
-    EXIT_NO_DAEMON,
-    current_settings,
-)
+from sidecar.cli import EXIT_FAILED, current_settings, report_daemon_error
 from sidecar.client import DaemonRefused, DaemonUnavailable
 from sidecar.training.client import TrainingClient
 
@@ -142,12 +136,8 @@ def _call(url: str | None, work: Callable[[TrainingClient], Awaitable[int]]) -> 
 
     try:
         code = asyncio.run(go())
-    except DaemonUnavailable as exc:
-        click.echo(f"error: {exc.message}", err=True)
-        code = EXIT_NO_DAEMON
-    except DaemonRefused as exc:
-        click.echo(f"error: the daemon refused: {exc.message} ({exc.code})", err=True)
-        code = EXIT_BUSY if exc.device_busy else EXIT_INPUT if exc.status < 500 else EXIT_FAILED
+    except (DaemonUnavailable, DaemonRefused) as exc:
+        code = report_daemon_error(exc)
     except KeyboardInterrupt:
         click.echo("\nstopped following; the training goes on (`sidecar loras status` / `sidecar loras cancel`).",
                    err=True)
