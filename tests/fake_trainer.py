@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -151,6 +152,19 @@ def write_lora(path: Path, name: str, step: int, total: int, args: argparse.Name
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata=meta)
     os.replace(tmp, path)
+
+
+def remove_old_state(args: argparse.Namespace, out_dir: Path, name: str, step: int, save_every: int) -> None:
+    """train_util.save_and_remove_state_stepwise: the state `last_n` steps back, rounded down to a save step."""
+    last_n = getattr(args, "save_last_n_steps_state", None)
+    if not last_n:
+        return
+    remove = step - int(last_n) - 1
+    remove -= remove % save_every
+    old = out_dir / f"{name}-step{remove:08d}-state"
+    if remove > 0 and old.exists():
+        out(f"                    INFO     removing old state: {old}  train_util.py:5982")
+        shutil.rmtree(old)
 
 
 def write_state(folder: Path, step: int) -> None:
@@ -291,6 +305,7 @@ def train(args: argparse.Namespace, rec: Recording, step_s: float, crash_at: int
                 for line in rec.save_state:
                     out(line.replace("saving state at step 2", f"saving state at step {step}"))
                 write_state(out_dir / f"{name}-step{step:08d}-state", step)
+                remove_old_state(args, out_dir, name, step, save_every)
         loss = "nan" if nan_at and step >= nan_at else f"{max(0.05, 1.09 - 0.01 * step):.3g}"
         out(bar(n, shown, n * rate, rate, loss), end="")
     out(rec.final_glue, end="\n")

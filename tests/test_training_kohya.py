@@ -434,3 +434,15 @@ async def test_base_model_of_another_architecture_names_the_model(tmp_path, sett
     assert "tiny-sd15.safetensors does not fit the full-size SD 1.x network" in err.value.message
     assert "Missing key(s) in state_dict" in err.value.message
     assert [line[:13] for line in d["exceptionDetails"]] == ["Missing key(s", "size mismatch"]
+
+
+async def test_only_the_last_two_step_states_are_kept(client, dataset_dir, fake_env) -> None:
+    run = await start_training(client, dataset_dir, steps=8, saveEveryNSteps=2)
+    done = await wait_run(client, run["id"], {"succeeded", "failed"})
+    assert done["status"] == "succeeded", done["error"]
+    out = Path(done["outputDir"])
+    # Every LoRA checkpoint stays; the optimizer states (3x their size) of all but the last two go.
+    assert [c["step"] for c in done["checkpoints"]] == [2, 4, 6, 8]
+    assert all(Path(c["path"]).is_file() for c in done["checkpoints"])
+    assert sorted(p.name for p in out.glob("*-state")) == ["spyke-state", "spyke-step00000006-state",
+                                                           "spyke-step00000008-state"]

@@ -125,6 +125,9 @@ def build_args(job: TrainJob, device: str, tokenizer_cache: Path) -> tuple[list[
         f"--mixed_precision={mixed}",
         f"--save_precision={save}",
         "--save_state",
+        # Each state holds the optimizer (about 3x the LoRA): keep the last two step states, not all of
+        # them. Resume takes the newest complete one; the LoRA checkpoints themselves are all kept.
+        f"--save_last_n_steps_state={s.save_every}",
         "--cache_latents",
         # torch's scaled_dot_product_attention (CPU, MPS, CUDA alike). Without it sd-scripts' U-Net computes
         # attention naively: measured at 512 px on CPU, 19.4 s/step and 11.8 GiB peak against our embedded
