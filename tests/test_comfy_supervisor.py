@@ -159,3 +159,18 @@ async def test_a_comfyui_already_on_the_port_is_used_not_duplicated(comfy_home, 
             assert result.output_path.is_file()
     finally:
         await other.stop()
+
+
+def test_comfyui_log_is_rotated_between_runs(tmp_path) -> None:
+    from sidecar.comfy.supervisor import rotate
+
+    log = tmp_path / "comfyui.log"
+    rotate(log, limit=10)  # no log yet: nothing to do
+    for run in range(5):
+        log.write_text(f"run {run}: " + "x" * 20)
+        rotate(log, limit=10, backups=3)
+    assert not log.exists()
+    assert [(tmp_path / f"comfyui.log.{n}").read_text()[:5] for n in (1, 2, 3)] == ["run 4", "run 3", "run 2"]
+    log.write_text("small")
+    rotate(log, limit=10, backups=3)
+    assert log.read_text() == "small"  # under the limit: kept

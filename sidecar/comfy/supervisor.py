@@ -31,6 +31,24 @@ def launch_command(python: Path, port: int) -> list[str]:
     return [str(python), "main.py", "--force-fp16", "--fp32-vae", "--listen", "127.0.0.1", "--port", str(port)]
 
 
+COMFY_LOG_BYTES, COMFY_LOG_BACKUPS = 10 * 1024 * 1024, 3
+
+
+def rotate(path: Path, limit: int = COMFY_LOG_BYTES, backups: int = COMFY_LOG_BACKUPS) -> None:
+    """At a (re)start, a log past `limit` becomes `.1` (`.1` becomes `.2`, ...): the child writes to its
+    own descriptor, so a log can only be rotated between runs."""
+    try:
+        if path.stat().st_size < limit:
+            return
+    except FileNotFoundError:
+        return
+    for n in range(backups - 1, 0, -1):
+        older = path.with_name(f"{path.name}.{n}")
+        if older.exists():
+            os.replace(older, path.with_name(f"{path.name}.{n + 1}"))
+    os.replace(path, path.with_name(f"{path.name}.1"))
+
+
 class ComfySupervisor:
     def __init__(self, settings: Settings, *, backoff_initial: float = 1.0, backoff_max: float = 30.0,
                  check_interval: float = 0.25):
@@ -150,6 +168,7 @@ class ComfySupervisor:
 
     def _open_log(self, cmd: list[str]) -> IO[bytes]:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        rotate(self.log_path)
         fh = open(self.log_path, "ab")  # noqa: SIM115 (handed to the child, closed by _launch)
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         fh.write(f"\n=== {stamp} sidecar starts ComfyUI: {' '.join(cmd)} (cwd {self.comfyui_dir})\n".encode())
