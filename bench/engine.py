@@ -202,7 +202,7 @@ class ComfyProbe:
         self.task: asyncio.Task[None] | None = None
 
     async def start(self) -> Any:
-        from sidecar.comfy.backend import ComfyBackend
+        from sidecar.comfyui.backend import ComfyBackend
         from sidecar.config import Settings
 
         self.backend = ComfyBackend(Settings(data_dir=self.work / "comfy-data", engine="comfyui",

@@ -2,7 +2,7 @@
 
 The job runner (`sidecar.jobs.runner`) drives a `GenerationBackend` without knowing which one it
 is, the way a diffusers pipeline drives any scheduler. This module owns the interface and the
-shared value types only; each backend lives in its own package (`sidecar.comfy`, `sidecar.engine`).
+shared value types only; each backend lives in its own package (`sidecar.comfyui`, `sidecar.engine`).
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 
 from sidecar.backend import RunContext
-from sidecar.comfy.backend import ComfyBackend
+from sidecar.comfyui.backend import ComfyBackend
 from sidecar.config import Settings
 from sidecar.workflows import load_templates
 from tests.fake_comfyui import FakeComfyUI, make_comfy_home

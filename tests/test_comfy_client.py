@@ -16,11 +16,12 @@ import pytest
 from PIL import Image
 
 from sidecar.backend import RunResult
-from sidecar.comfy.backend import ComfyBackend
-from sidecar.comfy.images import write_checked_image
+from sidecar.comfyui.backend import ComfyBackend
+from sidecar.comfyui.images import write_checked_image
 from sidecar.config import Settings
 from sidecar.errors import ComfyUnavailable, JobCancelled, JobFailed, NodeNotSupported, PromptLost, SamplerNotSupported
 from tests.conftest_comfy import make_job, workflow
+
 
 @contextlib.asynccontextmanager
 async def started(settings: Settings) -> AsyncIterator[ComfyBackend]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from sidecar.comfy.backend import ComfyBackend
+from sidecar.comfyui.backend import ComfyBackend
 from sidecar.config import Settings
 from sidecar.errors import ComfyUnavailable, PromptLost
 from tests.conftest_comfy import free_port, make_job, python_wrapper, workflow, write_fake_main
@@ -162,7 +162,7 @@ async def test_a_comfyui_already_on_the_port_is_used_not_duplicated(comfy_home, 
 
 
 def test_comfyui_log_is_rotated_between_runs(tmp_path) -> None:
-    from sidecar.comfy.supervisor import rotate
+    from sidecar.comfyui.supervisor import rotate
 
     log = tmp_path / "comfyui.log"
     rotate(log, limit=10)  # no log yet: nothing to do

@@ -8,7 +8,6 @@ import asyncio
 import pytest
 
 from sidecar.training.wire import TrainingRun, TrainingRunList
-
 from tests.training_fixtures import (  # noqa: F401  (fixtures)
     backend,
     client,

@@ -34,7 +34,7 @@ log = logging.getLogger("sidecar")
 def make_backend(settings: Settings) -> GenerationBackend:
     """The backend the settings ask for. Imported lazily: the embedded engine pulls in torch."""
     if settings.resolved_engine == "comfyui":
-        from sidecar.comfy.backend import ComfyBackend
+        from sidecar.comfyui.backend import ComfyBackend
 
         return ComfyBackend(settings)
     from sidecar.engine.backend import EmbeddedBackend

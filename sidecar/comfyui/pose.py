@@ -15,7 +15,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from sidecar.comfy.client import ComfyClient
+from sidecar.comfyui.client import ComfyClient
 
 
 def hashed_name(data: bytes, suffix: str) -> str:

@@ -21,7 +21,7 @@ import aiohttp
 
 from sidecar.config import Settings
 
-log = logging.getLogger("sidecar.comfy.supervisor")
+log = logging.getLogger("sidecar.comfyui.supervisor")
 
 STOP_GRACE = 10.0  # seconds between SIGTERM and SIGKILL on shutdown
 STABLE_AFTER = 60.0  # a process that ran this long resets the restart backoff

@@ -2,7 +2,7 @@
 
 The socket is opened with the daemon's `client_id` at start, kept open, reconnected with backoff,
 and its messages are routed to watchers by `prompt_id`. Following a prompt to its end is
-`sidecar.comfy.follow`; getting its image out is `sidecar.comfy.images`.
+`sidecar.comfyui.follow`; getting its image out is `sidecar.comfyui.images`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import aiohttp
 
 from sidecar.errors import ComfyUnavailable, JobFailed
 
-log = logging.getLogger("sidecar.comfy")
+log = logging.getLogger("sidecar.comfyui")
 
 DEFAULT_REQUEST_TIMEOUT = 30.0
 VIEW_TIMEOUT = 300.0  # a 512x768 PNG is small, but a busy server may answer slowly

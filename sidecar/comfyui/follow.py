@@ -14,10 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sidecar.comfy.client import ComfyClient, ComfyRefused, PromptWatch, WsEvent
+from sidecar.comfyui.client import ComfyClient, ComfyRefused, PromptWatch, WsEvent
 from sidecar.errors import ComfyUnavailable, JobCancelled, JobFailed, PromptLost
 
-log = logging.getLogger("sidecar.comfy")
+log = logging.getLogger("sidecar.comfyui")
 
 Outputs = dict[str, Any]  # history/`executed` outputs: {node_id: {"images": [{filename, subfolder, type}]}}
 

@@ -17,12 +17,12 @@ from typing import Any
 import aiohttp
 
 from sidecar.backend import BackendHealth, ModelFolder, RunContext, RunResult
-from sidecar.comfy.client import ComfyClient, ComfyRefused, PromptWatch
-from sidecar.comfy.follow import FollowOptions, PromptFollower
-from sidecar.comfy.images import fetch_image
-from sidecar.comfy.pose import place_pose, set_pose
-from sidecar.comfy.precision import fit_to_device, server_dtypes
-from sidecar.comfy.supervisor import ComfySupervisor
+from sidecar.comfyui.client import ComfyClient, ComfyRefused, PromptWatch
+from sidecar.comfyui.follow import FollowOptions, PromptFollower
+from sidecar.comfyui.images import fetch_image
+from sidecar.comfyui.pose import place_pose, set_pose
+from sidecar.comfyui.precision import fit_to_device, server_dtypes
+from sidecar.comfyui.supervisor import ComfySupervisor
 from sidecar.config import Settings
 from sidecar.errors import (
     ComfyUnavailable,
@@ -33,7 +33,7 @@ from sidecar.errors import (
     SidecarError,
 )
 
-log = logging.getLogger("sidecar.comfy")
+log = logging.getLogger("sidecar.comfyui")
 
 # Loader node and input whose enum lists a model folder (for servers without GET /models/{folder}).
 LOADER_ENUMS: dict[str, tuple[str, str]] = {

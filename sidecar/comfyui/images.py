@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from sidecar.comfy.client import ComfyClient
+from sidecar.comfyui.client import ComfyClient
 from sidecar.errors import JobFailed
 
 
