@@ -17,7 +17,9 @@ worker" child in its process group, like the real one, so tests can see a cancel
 Test knobs (environment): FAKE_KOHYA_STEP_SECONDS (sleep per step, default 0.02),
 FAKE_KOHYA_CRASH_AT (raise at that global step), FAKE_KOHYA_NAN_AT (avr_loss=nan from that step),
 FAKE_KOHYA_PIDFILE (write "leader worker" pids), FAKE_KOHYA_ARGV_FILE (write argv as JSON),
-FAKE_KOHYA_OFFLINE (no model hub: a tokenizer that is not in the cache cannot be fetched).
+FAKE_KOHYA_OFFLINE (no model hub: a tokenizer that is not in the cache cannot be fetched),
+FAKE_KOHYA_ENV_FILE (write the environment variables of `RECORDED_ENV` as JSON, null when unset),
+FAKE_KOHYA_NO_FINAL (train and print as usual, exit 0, but write no `NAME.safetensors`).
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ from pathlib import Path
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "kohya"
 HELP = FIXTURES / "train_network-help.txt"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+# What the daemon must set for kohya: MPS ops torch lacks fall back to the CPU instead of raising, and
+# the output arrives line by line (progress, checkpoints) instead of in 8 KiB blocks.
+RECORDED_ENV = ("PYTORCH_ENABLE_MPS_FALLBACK", "PYTHONUNBUFFERED")
 USAGE_OPTION = re.compile(r"\[(--\w+)(?: ([^\[\] ]+))?(?: \[([^\]]+) \.\.\.\])?\]")
 
 
@@ -222,6 +227,9 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     if os.environ.get("FAKE_KOHYA_ARGV_FILE"):
         Path(os.environ["FAKE_KOHYA_ARGV_FILE"]).write_text(json.dumps(argv))
+    if os.environ.get("FAKE_KOHYA_ENV_FILE"):
+        recorded = {name: os.environ.get(name) for name in RECORDED_ENV}
+        Path(os.environ["FAKE_KOHYA_ENV_FILE"]).write_text(json.dumps(recorded))
     rec = Recording()
     step_s = float(os.environ.get("FAKE_KOHYA_STEP_SECONDS", "0.02"))
     crash_at = int(os.environ.get("FAKE_KOHYA_CRASH_AT", "0"))
@@ -315,7 +323,8 @@ def train(args: argparse.Namespace, rec: Recording, step_s: float, crash_at: int
         write_state(out_dir / f"{name}-state", total)
     final = out_dir / f"{name}.safetensors"
     out(f"saving checkpoint: {final}")
-    write_lora(final, name, total, total, args)
+    if not os.environ.get("FAKE_KOHYA_NO_FINAL"):
+        write_lora(final, name, total, total, args)
     out(rec.model_saved)
     out(bar(shown, shown, shown * rate + 1, rate, loss))  # the bar's closing redraw, a moment later
     return 0

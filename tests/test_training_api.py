@@ -121,6 +121,8 @@ async def test_generation_during_training_is_409_with_its_progress(client, datas
     assert resp.status == 409 and body["error"]["code"] == "training_in_progress"
     training = body["error"]["details"]["training"]
     assert training["id"] == run["id"] and training["total"] == 400 and "etaSeconds" in training
+    assert isinstance(training["step"], int) and not isinstance(training["step"], bool)
+    assert 0 <= training["step"] < 400
     health = await (await client.get("/health")).json()
     assert health["training"]["id"] == run["id"]
     await client.post(f"/loras/{run['id']}/cancel")

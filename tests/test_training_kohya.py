@@ -122,7 +122,7 @@ def test_resume_adds_resume_and_skip(tmp_path, settings, dataset_dir) -> None:
 
 
 # -- adapter-level outcomes -----------------------------------------------------------------------
-async def test_exit_zero_without_a_final_file_is_a_failure(tmp_path, settings, fake_env) -> None:
+async def test_no_data_found_with_exit_zero_is_a_no_data_failure(tmp_path, settings, fake_env) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
     # A set that validated but whose folder is empty by the time kohya reads it: "No data found", exit 0.
@@ -166,6 +166,9 @@ async def test_training_run_reports_progress_checkpoints_and_final_lora(client, 
     assert any("model saved." in line for line in done["logTail"])
     argv = json.loads(fake_env["argv"].read_text())
     assert "--caption_extension=.txt" in argv and "--max_train_steps=6" in argv
+    # Unset in the test's own environment (fake_env): the daemon gave them to kohya. Without the MPS
+    # fallback an op torch lacks on MPS raises; unbuffered, progress arrives as it happens.
+    assert json.loads(fake_env["env"].read_text()) == {"PYTORCH_ENABLE_MPS_FALLBACK": "1", "PYTHONUNBUFFERED": "1"}
     assert any(a.startswith("--train_data_dir=") and a.endswith("/img") for a in argv)
     # The precision rule: this machine has no CUDA, so the run says it trains in fp32 and saves fp16.
     assert any("--mixed_precision=no" in w for w in done["warnings"])
@@ -176,6 +179,21 @@ async def test_training_run_reports_progress_checkpoints_and_final_lora(client, 
         types.append(queue.get_nowait()["type"])
     assert types[0] == "training.queued" and "training.started" in types and "training.progress" in types
     assert types.count("training.checkpoint") == 3 and types[-1] == "training.succeeded"
+
+
+async def test_exit_zero_without_a_final_file_fails_and_keeps_the_checkpoints(client, dataset_dir, fake_env,
+                                                                              monkeypatch) -> None:
+    monkeypatch.setenv("FAKE_KOHYA_NO_FINAL", "1")  # trains and saves every checkpoint, exits 0, no spyke.safetensors
+    run = await start_training(client, dataset_dir)
+    done = await wait_run(client, run["id"], {"succeeded", "failed"})
+    assert done["status"] == "failed" and done["finalFile"] is None
+    err = done["error"]
+    assert err["code"] == "training_failed" and err["details"]["reason"] == "no_output"
+    assert err["details"]["exitCode"] == 0 and err["details"]["step"] == 6
+    assert "spyke.safetensors" in err["message"]
+    assert not (Path(done["outputDir"]) / "spyke.safetensors").exists()
+    assert [c["step"] for c in done["checkpoints"]] == [2, 4, 6]
+    assert all(Path(c["path"]).is_file() for c in done["checkpoints"])
 
 
 async def test_eta_is_withheld_until_enough_steps_were_measured(client, dataset_dir, fake_env) -> None:

@@ -65,9 +65,14 @@ def settings(tmp_path: Path, kohya_dir: Path) -> Settings:
 def fake_env(monkeypatch, tmp_path: Path) -> dict[str, Path]:
     """Knobs of the fake trainer; files it reports back through."""
     monkeypatch.setenv("FAKE_KOHYA_STEP_SECONDS", "0.01")
-    paths = {"pids": tmp_path / "trainer.pids", "argv": tmp_path / "trainer.argv.json"}
+    paths = {"pids": tmp_path / "trainer.pids", "argv": tmp_path / "trainer.argv.json",
+             "env": tmp_path / "trainer.env.json"}
     monkeypatch.setenv("FAKE_KOHYA_PIDFILE", str(paths["pids"]))
     monkeypatch.setenv("FAKE_KOHYA_ARGV_FILE", str(paths["argv"]))
+    monkeypatch.setenv("FAKE_KOHYA_ENV_FILE", str(paths["env"]))
+    # Unset here, so what the trainer sees of them is what the daemon gave it, not the test runner's.
+    for name in ("PYTORCH_ENABLE_MPS_FALLBACK", "PYTHONUNBUFFERED"):
+        monkeypatch.delenv(name, raising=False)
     return paths
 
 
