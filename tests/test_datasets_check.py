@@ -52,6 +52,24 @@ def test_too_few_images_is_an_error(tmp_path):
     assert "10 source images" in rep["errors"][0]["message"]
 
 
+def test_too_many_images_is_an_error(tmp_path):
+    # 21: one past the 15-20 a single character's LoRA wants.
+    folder = tmp_path / "set"
+    training_set(folder, 21)
+    code, rep = report(folder)
+    assert code == 1 and problems(rep) == {("count", None)}
+    assert "21 source images" in rep["errors"][0]["message"] and "15-20" in rep["errors"][0]["message"]
+
+
+def test_twenty_images_and_their_flips_are_within_the_count(tmp_path):
+    folder = tmp_path / "set"
+    training_set(folder, 20)
+    assert run("flip", str(folder)).exit_code == 0  # flips do not count towards the 20
+    code, rep = report(folder, "--symmetric")
+    assert code == 0, rep["errors"]
+    assert (rep["sourceImages"], rep["flips"]) == (20, 20)
+
+
 def test_each_broken_image_and_caption_is_named(good_set):
     (good_set / "view_00.txt").unlink()  # no caption
     (good_set / "view_01.txt").write_text("full body, spyke_plasma_v1, standing, white\n")  # trigger not first

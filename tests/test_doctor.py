@@ -1,13 +1,18 @@
 """`sidecar doctor`: checks against a fake ComfyUI install dir and a missing one (required or optional by
-engine), an attached ComfyUI replaying the recorded /system_stats, the daemon's port, and `--bench`
-through the real daemon app (scripted backend)."""
+engine), an attached ComfyUI replaying the recorded /system_stats, the daemon's port, launchd agents
+(a fake launchctl), free disk, the torch device, and `--bench` through the real daemon app (scripted backend)
+with its verdict setting the exit code."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import plistlib
 import re
+import shutil
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from aiohttp import web
@@ -17,6 +22,7 @@ from sidecar.api.app import create_app
 from sidecar.api.keys import DEVICE
 from sidecar.cli import main
 from sidecar.config import Settings
+from sidecar.doctor.checks import GIB, check_disk, check_launchd, check_torch
 from tests.conftest_comfy import free_port
 from tests.scripted_backend import ScriptedBackend
 
@@ -232,3 +238,141 @@ async def test_bench_without_a_daemon_renders_through_an_in_process_one(tmp_path
     assert result["source"].startswith("in-process") and result["underLimit"] is True
     assert [r["status"] for r in result["runs"]] == ["succeeded"] and len(backend.started) == 1
     assert (tmp_path / "data" / "sidecar.db").exists()  # its jobs went to the configured data dir
+
+
+# -- launchd agents, free disk, the torch device, the bench verdict ---------------------------------
+
+def fake_launchctl(tmp_path: Path, loaded: list[str]) -> Path:
+    """test_launchd's recording fake, with `loaded` already bootstrapped."""
+    from tests.test_launchd import FAKE_LAUNCHCTL
+
+    state = tmp_path / "loaded.json"
+    state.write_text(json.dumps(loaded))
+    script = tmp_path / "launchctl"
+    script.write_text(FAKE_LAUNCHCTL.format(python=sys.executable, state=str(state), log=str(tmp_path / "ctl.log")))
+    script.chmod(0o755)
+    return script
+
+
+def install_agent(home: Path, label: str) -> None:
+    agents = home / "Library" / "LaunchAgents"
+    agents.mkdir(parents=True, exist_ok=True)
+    (agents / f"{label}.plist").write_bytes(plistlib.dumps({"Label": label, "ProgramArguments": ["/bin/true"]}))
+
+
+def test_a_loaded_daemon_agent_is_ok(home, tmp_path):
+    install_agent(home, "com.plasma-sidecar.daemon")
+    ctl = fake_launchctl(tmp_path, ["com.plasma-sidecar.daemon"])
+    result = doctor(home, "--json", "--engine", "embedded", SIDECAR_LAUNCHCTL=str(ctl))
+    checks, _ = as_json(result)
+    launchd = checks["launchd"]
+    assert launchd["status"] == "ok", launchd
+    assert "daemon loaded" in launchd["detail"] and "comfyui not installed" in launchd["detail"]
+
+
+def test_a_daemon_agent_not_installed_or_not_loaded_warns_with_the_install_command(home, tmp_path, monkeypatch):
+    monkeypatch.setenv("SIDECAR_LAUNCHCTL", str(fake_launchctl(tmp_path, [])))
+    missing = check_launchd(home)
+    assert missing.status == "warn" and missing.required is False
+    assert "daemon not installed" in missing.detail and "sidecar launchd install" in missing.fix
+
+    install_agent(home, "com.plasma-sidecar.daemon")  # written, but launchd never loaded it
+    idle = check_launchd(home)
+    assert idle.status == "warn" and "daemon installed" in idle.detail and "loaded" not in idle.detail
+
+
+def free_space(monkeypatch, gib: float) -> list[Path]:
+    asked: list[Path] = []
+
+    def disk_usage(path):
+        asked.append(Path(path))
+        return SimpleNamespace(total=500 * GIB, used=500 * GIB - int(gib * GIB), free=int(gib * GIB))
+
+    monkeypatch.setattr(shutil, "disk_usage", disk_usage)
+    return asked
+
+
+@pytest.mark.parametrize("gib, status", [(1.5, "fail"), (2.0, "warn"), (9.5, "warn"), (10.0, "ok"), (200, "ok")])
+def test_disk_space_thresholds(tmp_path, monkeypatch, gib, status):
+    asked = free_space(monkeypatch, gib)
+    data = tmp_path / "data" / "not-yet"  # not created yet: the nearest existing parent is measured
+    check = check_disk(Settings(data_dir=data, engine="embedded"))
+    assert check.status == status and check.required is True
+    assert asked == [tmp_path] and f"{gib:.1f} GiB free at {tmp_path}" == check.detail
+    assert bool(check.fix) == (status != "ok")
+
+
+def test_too_little_disk_fails_the_doctor(home, tmp_path, monkeypatch):
+    models = tmp_path / "models" / "checkpoints"
+    models.mkdir(parents=True)
+    (models / "anything-v5.safetensors").write_bytes(b"\0")
+    args = ("--json", "--engine", "embedded", "--models-dir", str(tmp_path / "models"))
+    free_space(monkeypatch, 5)
+    assert doctor(home, *args).exit_code == 0  # a warning only
+    free_space(monkeypatch, 1)
+    result = doctor(home, *args)
+    checks, body = as_json(result)
+    assert result.exit_code == 1 and body["ok"] is False and checks["disk"]["status"] == "fail"
+
+
+def test_the_device_check_names_the_torch_device(monkeypatch):
+    import torch
+
+    settings = Settings(engine="embedded")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    (torch_check, device), found = check_torch(settings)
+    assert found is torch and torch_check.status == "ok" and torch_check.detail == torch.__version__
+    assert torch_check.required is True  # the embedded engine renders with it
+    assert device.name == "device" and device.status == "warn" and "CPU" in device.detail and "arm64" in device.fix
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: "NVIDIA H100")
+    (_, device), _ = check_torch(settings)
+    assert (device.status, device.detail) == ("ok", "CUDA: NVIDIA H100")
+
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    (_, device), _ = check_torch(settings)
+    assert (device.status, device.detail) == ("ok", "Apple MPS available")
+
+
+def test_without_torch_the_embedded_engine_fails_and_comfyui_only_warns(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` raises ImportError
+    (torch_check, device), found = check_torch(Settings(engine="embedded"))
+    assert found is None and torch_check.status == "fail" and "pip install" in torch_check.fix
+    assert device.status == "skip"
+    (torch_check, _), _ = check_torch(Settings(engine="comfyui", comfyui_url="http://127.0.0.1:1"))
+    assert torch_check.status == "warn" and torch_check.required is False
+
+
+def test_on_this_machine_the_doctor_reports_the_device_it_found(home):
+    import torch
+
+    checks, _ = as_json(doctor(home, "--json", "--engine", "embedded"))
+    device = checks["device"]
+    if torch.cuda.is_available() or torch.backends.mps.is_available():
+        assert device["status"] == "ok"
+    else:
+        assert device["status"] == "warn" and "runs on the CPU" in device["detail"]
+
+
+@pytest.mark.parametrize("limit, verdict, code", [(120.0, "yes", 0), (0.0, "NO", 1)])
+async def test_the_bench_verdict_sets_the_exit_code(home, tmp_path, daemon, monkeypatch, limit, verdict, code):
+    from sidecar.doctor import bench
+
+    monkeypatch.setattr(bench, "BENCH_LIMIT_S", limit)  # 0 s: every render is over the limit
+    free_space(monkeypatch, 50)
+    models = tmp_path / "models" / "checkpoints"
+    models.mkdir(parents=True)
+    (models / "anything-v5.safetensors").write_bytes(b"\0")  # so that no required check fails
+    app, server = daemon
+    url = str(server.make_url("")).rstrip("/")
+    result = await asyncio.to_thread(CliRunner().invoke, main, [
+        "doctor", "--bench", "--url", url, "--port", str(server.port), "--poll-interval", "0.02",
+        "--engine", "embedded", "--models-dir", str(tmp_path / "models")],
+        env={"HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"), "SIDECAR_DATA_DIR": str(home / "data"),
+             "SIDECAR_COMFYUI_PORT": str(free_port()), "SIDECAR_LAUNCHCTL": None})
+    assert "nothing required is missing" in result.output, result.output
+    assert "run 1: succeeded" in result.output
+    assert f"under 2 minutes: {verdict}" in result.output
+    assert result.exit_code == code
