@@ -27,6 +27,7 @@ LAZY_COMMANDS = {
     "dataset": ("sidecar.datasets.cli:dataset", "Training-set tools: crop, flip, caption, check, layout, reg."),
     "launchd": ("sidecar.launchd:launchd_cli", "Install the launchd agents (macOS)."),
     "doctor": ("sidecar.doctor.cli:doctor", "Check what is installed and how to fix what is missing."),
+    "demo": ("sidecar.demo:demo", "Render the example page end to end on tiny models (no ComfyUI, no downloads)."),
 }
 
 
@@ -123,6 +124,14 @@ def settings_from(flags: dict[str, Any]) -> tuple[Settings, dict[str, str]]:
         sys.exit(2)
 
 
+def remote_bind_warning(settings: Settings) -> str | None:
+    """What `serve` warns when it binds beyond loopback (allowed only with --allow-remote); None otherwise."""
+    if is_loopback(settings.host):
+        return None
+    return (f"binding to {settings.host} (--allow-remote): the daemon is reachable from the network "
+            "and has no authentication")
+
+
 LOG_BYTES, LOG_BACKUPS = 10 * 1024 * 1024, 5  # sidecar.log, sidecar.log.1 ... .5
 
 
@@ -165,9 +174,9 @@ def serve(**flags: Any) -> None:
     settings, _ = settings_from(flags)
     setup_logging(settings)
     log = logging.getLogger("sidecar")
-    if not is_loopback(settings.host):
-        log.warning("binding to %s: the daemon is reachable from the network and has no authentication",
-                    settings.host)
+    warning = remote_bind_warning(settings)
+    if warning:
+        log.warning("%s", warning)
     log.info("sidecar starting on http://%s:%d (engine %s, profile %s, data %s)", settings.host, settings.port,
              settings.resolved_engine, settings.profile, settings.data_dir)
     app = create_app(settings)

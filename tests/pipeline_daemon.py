@@ -30,7 +30,7 @@ from sidecar.config import Settings
 from tests.scripted_backend import ScriptedBackend
 
 REPO = Path(__file__).resolve().parents[1]
-EXAMPLE_PROJECT = REPO / "examples" / "project"
+EXAMPLE_PROJECT = REPO / "datasets" / "example-chapter"
 
 
 class SeededBackend(ScriptedBackend):
