@@ -190,8 +190,18 @@ def test_clip_bpe_file_converts_to_the_vocab_clip_uses(tmp_path: Path) -> None:
     assert tok.convert_ids_to_tokens(tok("abc", add_special_tokens=False)["input_ids"]) == ["abc</w>"]
 
 
-def test_a_real_checkpoint_without_tokenizer_files_says_where_to_put_them(tmp_path: Path,
-                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_shipped_clip_vocabulary_tokenizes_like_clip(tmp_path: Path) -> None:
+    # Nothing in the models dir, no ComfyUI: the BPE file the package ships is CLIP's real vocabulary.
+    source = find_tokenizer(tmp_path / "models", None)
+    assert source.kind == "bpe_gz" and source.path.name == BPE_GZ
+    tok = load_tokenizer(source, tmp_path / "cache")
+    assert tok("a photo of a cat")["input_ids"] == [49406, 320, 1125, 539, 320, 2368, 49407]
+    assert len(tok) == 49408
+
+
+def test_a_broken_install_without_tokenizer_files_says_where_to_put_them(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("sidecar.engine.tokenizer._packaged_bpe", lambda: None)  # the shipped file is gone
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hf-cache"))
     with pytest.raises(EngineUnavailable) as err:
         find_tokenizer(tmp_path / "models", None)

@@ -1,16 +1,14 @@
 """The CLIP tokenizer, found offline: where its files may be, converting CLIP's own BPE file, and the
 byte-level stand-in that the tiny models use.
 
-No package in our environment ships the real CLIP vocabulary, and the engine never downloads. A real
-SD1.5 single-file checkpoint therefore needs `vocab.json` + `merges.txt` (or OpenAI's
-`bpe_simple_vocab_16e6.txt.gz`) from one of the places `find_tokenizer_dir` lists; diffusers folders
-carry their own `tokenizer/`.
+The engine never downloads, and transformers/diffusers ship no CLIP vocabulary, so this package ships
+OpenAI's `bpe_simple_vocab_16e6.txt.gz` (`configs/clip/`, MIT) and converts it to `vocab.json` +
+`merges.txt` once; a models dir, ComfyUI install or diffusers folder with its own files wins.
 """
 
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
 import os
 from dataclasses import dataclass
@@ -24,6 +22,7 @@ MERGES_FILE = "merges.txt"
 BPE_GZ = "bpe_simple_vocab_16e6.txt.gz"
 CLIP_MERGES = 49152 - 256 - 2  # CLIP's vocabulary: 512 byte tokens + these merges + 2 specials = 49408
 TOKENIZERS_SUBDIR = Path("tokenizers") / "clip-vit-large-patch14"
+SHIPPED_BPE = Path(__file__).resolve().parent / "configs" / "clip" / BPE_GZ
 
 
 def byte_unicode() -> list[str]:
@@ -78,15 +77,9 @@ def _from_dir(directory: Path) -> TokenizerSource | None:
 
 
 def _packaged_bpe() -> Path | None:
-    """OpenAI's `clip` and `open_clip` packages ship the BPE file; use it when one is installed."""
-    for module in ("clip", "open_clip"):
-        spec = importlib.util.find_spec(module)
-        if spec is not None and spec.submodule_search_locations:
-            for location in spec.submodule_search_locations:
-                candidate = Path(location) / BPE_GZ
-                if candidate.is_file():
-                    return candidate
-    return None
+    """CLIP's BPE file as this package ships it (`configs/clip/`, MIT, from OpenAI's CLIP): the real
+    vocabulary with no download. None only in a broken install."""
+    return SHIPPED_BPE if SHIPPED_BPE.is_file() else None
 
 
 def candidate_dirs(models_dir: Path, comfyui_dir: Path | None) -> list[Path]:
@@ -102,8 +95,8 @@ def candidate_dirs(models_dir: Path, comfyui_dir: Path | None) -> list[Path]:
 def find_tokenizer(models_dir: Path, comfyui_dir: Path | None, explicit: Path | None = None) -> TokenizerSource:
     """Where the CLIP tokenizer comes from, first match wins: the model's own tokenizer (tiny models,
     diffusers folders), `<models>/tokenizers/clip-vit-large-patch14/`, ComfyUI's `comfy/sd1_tokenizer/`
-    (configured `comfyui_dir`, or the install whose `models/` we use), an installed `clip`/`open_clip`
-    package, the Hugging Face cache (offline)."""
+    (configured `comfyui_dir`, or the install whose `models/` we use), the BPE file this package
+    ships, the Hugging Face cache (offline; only if the shipped file is missing)."""
     if explicit is not None:
         found = _from_dir(explicit)
         if found:

@@ -5,7 +5,7 @@ sd-scripts loads `CLIPTokenizer.from_pretrained("openai/clip-vit-large-patch14")
 otherwise downloads it (and saves it there). On a machine without the model hub the download fails
 (exit 1, `TypeError ... NoneType` or a ConnectionError chain; kohya-sd-scripts.md §2). When the
 engine already knows where CLIP's real vocabulary is (`sidecar.engine.tokenizer.find_tokenizer`:
-`<models>/tokenizers/clip-vit-large-patch14/`, ComfyUI's `sd1_tokenizer/`, an installed `open_clip`,
+`<models>/tokenizers/clip-vit-large-patch14/`, ComfyUI's `sd1_tokenizer/`, the BPE file the package ships,
 the HF cache), the folder is written from it in the layout `save_pretrained` produces. Otherwise
 nothing is written and kohya downloads as usual. Torch- and transformers-free.
 """
