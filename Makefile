@@ -27,3 +27,4 @@ bench: setup
 	@.venv/bin/python bench/overhead.py
 	@.venv/bin/python bench/engine.py
 	@.venv/bin/python bench/train.py
+	@.venv/bin/python bench/responsiveness.py

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StrictInt
 from pydantic.alias_generators import to_camel
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -41,7 +41,8 @@ class JobRequest(Wire):
     pose_image_path: str | None = Field(None, max_length=4096, description="absolute path of a pose image")
     controlnet_strength: float | None = Field(None, ge=0.4, le=0.9)
     denoise: float | None = Field(None, gt=0, le=1)
-    batch_size: int | None = Field(
+    # Strict: true, "1" and 1.0 are not a batch size (invalid_field); an int other than 1 is refused by the profile.
+    batch_size: StrictInt | None = Field(
         None, validation_alias=AliasChoices("batchSize", "batch_size"),
         description="accepted only as 1 (the profile's limit)",
     )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StrictInt
 from pydantic.alias_generators import to_camel
 
 RunStatus = Literal["queued", "running", "succeeded", "failed", "cancelled", "interrupted"]
@@ -41,7 +41,8 @@ class TrainRequest(Wire):
                                      description="first tag of every caption [default: the configured trigger_word]")
     checkpoint: str | None = Field(None, max_length=200, pattern=r"^[^/\\]+$",
                                    description="base model file name [default: the configured checkpoint]")
-    batch_size: int | None = Field(
+    # Strict: true, "1" and 1.0 are not a batch size (invalid_field); an int other than 1 is refused by the profile.
+    batch_size: StrictInt | None = Field(
         None, validation_alias=AliasChoices("batchSize", "batch_size"),
         description="accepted only as 1 (the profile's training batch limit)",
     )
