@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import shutil
+import time
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from sidecar.api.app import create_app
-from sidecar.config import Settings
+from sidecar.config import REPO_ROOT, Settings
 from tests.scripted_backend import ScriptedBackend
 
 
@@ -201,9 +204,28 @@ async def test_events_stream_job_lifecycle(client, backend) -> None:
             seen.append(msg["type"])
         if msg["type"] == "job.succeeded":
             break
-    await ws.close()
     assert seen[0] == "job.queued" and seen[1] == "job.started"
     assert seen.count("job.progress") == 3 and seen[-1] == "job.succeeded"
+
+    async def last_event(job_id: str, kind: str) -> dict:
+        while True:
+            msg = await asyncio.wait_for(ws.receive_json(), 10)
+            if msg["job"]["id"] == job_id and msg["type"] == kind:
+                return msg["job"]
+
+    backend.script = ["fail"]
+    failing = await submit(client)
+    failed = await last_event(failing["id"], "job.failed")
+    assert failed["status"] == "failed" and failed["error"]["code"] == "execution_error"
+    assert "KSampler" in failed["error"]["message"]
+
+    backend.auto_release = False
+    running = await submit(client)
+    await last_event(running["id"], "job.started")
+    assert (await client.post(f"/jobs/{running['id']}/cancel")).status == 202
+    cancelled = await last_event(running["id"], "job.cancelled")
+    assert cancelled["status"] == "cancelled" and cancelled["error"] is None
+    await ws.close()
 
 
 async def test_restart_runs_queued_jobs_and_reconciles_running_one(aiohttp_client, settings) -> None:
@@ -222,6 +244,67 @@ async def test_restart_runs_queued_jobs_and_reconciles_running_one(aiohttp_clien
     assert second.started == [running["id"], queued["id"]]  # the running one is picked up first
     assert a["promptId"] == f"p-{running['id']}-1"  # followed by its prompt id, not resubmitted
     assert b["status"] == "succeeded"
+
+
+async def test_job_lost_again_after_its_restart_requeue_fails_lost_on_restart(aiohttp_client, settings) -> None:
+    first = ScriptedBackend()
+    first.auto_release = False
+    client = await aiohttp_client(create_app(settings, first))
+    running = await submit(client)
+    await wait_status(client, running["id"], {"running"})
+    await client.close()  # the daemon stops while the job runs
+
+    second = ScriptedBackend()
+    second.script = ["lose", "lose"]  # lost when reconciled, re-queued once, lost again
+    client = await aiohttp_client(create_app(settings, second))
+    done = await wait_status(client, running["id"], {"succeeded", "failed"})
+    assert second.runs == 2 and done["attempts"] == 1
+    assert done["status"] == "failed" and done["error"]["code"] == "lost_on_restart"
+
+
+async def test_template_edits_reach_the_next_job_and_a_broken_edit_keeps_the_last_good(aiohttp_client,
+                                                                                          tmp_path) -> None:
+    workflows = tmp_path / "workflows"
+    shutil.copytree(REPO_ROOT / "workflows", workflows)
+    settings = Settings(data_dir=tmp_path / "data", engine="embedded", workflows_dir=workflows)
+    client = await aiohttp_client(create_app(settings, ScriptedBackend()))
+    template = workflows / "txt2img.json"  # a job without loraId uses it
+    graph = json.loads(template.read_text())
+    # cfg, steps, sizes ... are slots the job always fills; an input outside the slots shows the edit.
+    assert graph["8"]["inputs"]["filename_prefix"] == "plasma-sidecar/txt2img"
+    graph["8"]["inputs"]["filename_prefix"] = "plasma-sidecar/edited"
+
+    async def until(condition, content: str, timeout: float = 15):
+        # The watcher may start watching just after a write; rewriting the same content is harmless.
+        deadline = time.monotonic() + timeout
+        while True:
+            if time.monotonic() >= deadline:
+                raise AssertionError("the template change was not picked up in time")
+            template.write_text(content)
+            for _ in range(10):
+                result = await condition()
+                if result:
+                    return result
+                await asyncio.sleep(0.1)
+
+    async def edited_job():
+        job = await submit(client)
+        return job if job["workflow"]["8"]["inputs"]["filename_prefix"] == "plasma-sidecar/edited" else None
+
+    job = await until(edited_job, json.dumps(graph, indent=1))
+    assert job["workflowTemplate"] == "txt2img" and job["workflow"]["6"]["inputs"]["cfg"] == 7.0
+    assert (await (await client.get("/health")).json())["templateError"] is None
+
+    async def broken_health():
+        health = await (await client.get("/health")).json()
+        return health if health["templateError"] else None
+
+    health = await until(broken_health, "{ not json")
+    assert "txt2img.json" in health["templateError"] and health["status"] == "ok"
+    assert any("last good" in w for w in health["warnings"])
+    job = await submit(client)  # still accepted, on the last good template
+    assert job["workflow"]["8"]["inputs"]["filename_prefix"] == "plasma-sidecar/edited"
+    assert (await wait_status(client, job["id"], {"succeeded", "failed"}))["status"] == "succeeded"
 
 
 async def test_health_and_openapi(client) -> None:

@@ -128,7 +128,7 @@ async def test_cancel_running_job_interrupts_and_ends_cancelled(comfy_backend, f
     assert job.progress == [(1, 10)] and not job.ctx.output_path.exists()
 
 
-async def test_interrupt_nobody_asked_for_fails_the_job(comfy_backend, fake_comfy, tmp_path) -> None:
+async def test_interrupt_nobody_asked_for_cancels_the_job_saying_where(comfy_backend, fake_comfy, tmp_path) -> None:
     fake_comfy.pause_at(1)
     job = make_job(tmp_path, workflow())
     task = asyncio.create_task(comfy_backend.run(job.ctx))
@@ -137,10 +137,12 @@ async def test_interrupt_nobody_asked_for_fails_the_job(comfy_backend, fake_comf
         async with http.post(f"{fake_comfy.url}/interrupt") as resp:
             assert resp.status == 200
     fake_comfy.resume()
-    with pytest.raises(JobFailed) as failed:
+    with pytest.raises(JobCancelled) as cancelled:
         await task
-    assert failed.value.code == "execution_error" and failed.value.details["interrupted"] is True
-    assert "node 6 (KSampler)" in failed.value.message
+    message = str(cancelled.value)
+    assert "interrupted in ComfyUI" in message and "not by this daemon" in message
+    assert "node 6 (KSampler)" in message
+    assert not job.ctx.cancel_event.is_set() and not job.ctx.output_path.exists()
 
 
 async def test_cancel_queued_job_deletes_it_from_comfyuis_queue(comfy_backend, fake_comfy, tmp_path) -> None:

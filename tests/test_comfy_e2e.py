@@ -191,3 +191,119 @@ async def test_daemon_killed_with_a_running_and_queued_jobs_loses_none_and_runs_
                 assert resp.status == 200
     finally:
         d.stop()
+
+
+async def test_faults_mid_run_end_each_job_clearly_and_run_none_twice(tmp_path, comfy, http) -> None:
+    """One daemon through the faults a user meets: a dropped WebSocket, a workflow ComfyUI refuses, a
+    node that raises, a cancel through our API and one pressed in ComfyUI's own UI."""
+    async with daemon(tmp_path, comfy, http) as d:
+        # The WebSocket drops mid-run and stays down until the prompt is done: every message about its
+        # end is lost, and the job still succeeds from /history, posted and executed once.
+        comfy.pause_at(2)
+        _, job = await submit(http, d)
+        await comfy.wait_paused()
+        comfy.hold_connections()
+        await comfy.drop_socket()
+        comfy.resume()
+        done = await wait_job(http, d, job["id"], {"succeeded", "failed", "cancelled"})
+        comfy.release_connections()
+        pid = done["promptId"]
+        assert done["status"] == "succeeded", done.get("error")
+        assert pid in comfy.history and (comfy.accepted.count(pid), comfy.executions.count(pid)) == (1, 1)
+        assert comfy.prompt_posts == 1 and ("executing" in {kind for _, kind in comfy.dropped})
+        async with http.get(f"{d.url}/jobs/{job['id']}/image") as resp:
+            assert resp.status == 200
+        await comfy.wait_for(lambda: bool(comfy.connected_clients))  # the daemon's socket is back
+
+        # ComfyUI refuses the workflow at POST /prompt (the recorded error-int-above-max case): the job
+        # fails with ComfyUI's node errors, and nothing ran.
+        workflow = done["workflow"]
+        workflow["6"]["inputs"]["steps"] = 100000
+        async with http.post(f"{d.url}/jobs", json={"workflow": workflow}) as resp:
+            assert resp.status == 202
+            refused = await resp.json()
+        failed = await wait_job(http, d, refused["id"], {"succeeded", "failed", "cancelled"})
+        assert failed["status"] == "failed" and failed["error"]["code"] == "comfyui_validation_error"
+        node = failed["error"]["details"]["node_errors"]["6"]
+        assert node["class_type"] == "KSampler" and node["errors"][0]["type"] == "value_bigger_than_max"
+        assert "steps" in failed["error"]["message"]
+        assert len(comfy.executions) == 1
+
+        # A node raises while running: execution_error with the node id, type and exception message.
+        comfy.fail_node("KSampler", "RuntimeError", "MPS backend out of memory")
+        _, job = await submit(http, d, seed=8)  # a new seed: ComfyUI's cache would skip the sampler
+        failed = await wait_job(http, d, job["id"], {"succeeded", "failed", "cancelled"})
+        comfy.clear_failures()
+        assert failed["status"] == "failed" and failed["error"]["code"] == "execution_error"
+        assert {k: failed["error"]["details"][k] for k in ("node_id", "node_type", "exception_message")} == {
+            "node_id": "6", "node_type": "KSampler", "exception_message": "MPS backend out of memory"}
+        assert "node 6 (KSampler)" in failed["error"]["message"]
+
+        # Cancel of a running job over HTTP: ComfyUI is interrupted, the job ends cancelled once it confirms.
+        comfy.pause_at(2)
+        _, job = await submit(http, d, steps=10, seed=9)
+        await comfy.wait_paused()
+        async with http.post(f"{d.url}/jobs/{job['id']}/cancel") as resp:
+            assert resp.status == 202
+        await comfy.wait_for(lambda: len(comfy.interrupts) == 1)
+        comfy.resume()
+        cancelled = await wait_job(http, d, job["id"], {"succeeded", "failed", "cancelled"})
+        pid = cancelled["promptId"]
+        assert cancelled["status"] == "cancelled" and cancelled["error"] is None
+        assert comfy.interrupts == [pid]
+        assert comfy.history[pid]["status"]["messages"][-1][0] == "execution_interrupted"
+
+        # Cancel pressed in ComfyUI's own UI (a global interrupt the daemon did not send): cancelled too.
+        comfy.pause_at(2)
+        _, job = await submit(http, d, steps=10, seed=10)
+        await comfy.wait_paused()
+        async with http.post(f"{comfy.url}/interrupt") as resp:
+            assert resp.status == 200
+        comfy.resume()
+        cancelled = await wait_job(http, d, job["id"], {"succeeded", "failed", "cancelled"})
+        assert cancelled["status"] == "cancelled" and cancelled["error"] is None
+        assert comfy.interrupts == [pid, None]  # only the UI's; the daemon sent none for this job
+
+    log = (d.data_dir / "logs" / "sidecar.log").read_text()
+    assert f"job {job['id']} cancelled: " in log and "not by this daemon" in log
+
+
+async def test_submit_while_comfyui_is_down_is_refused_then_three_jobs_run_fifo_one_prompt_at_a_time(
+        tmp_path, comfy, http) -> None:
+    async with daemon(tmp_path, comfy, http) as d:
+        # ComfyUI down (attach mode, no install dir to list models from): POST /jobs answers 503
+        # comfyui_unavailable, as the README's error table says, and nothing is queued.
+        await comfy.kill()
+        status, answer = await submit(http, d)
+        assert (status, answer["error"]["code"]) == (503, "comfyui_unavailable")
+        assert "ComfyUI" in answer["error"]["message"]
+        async with http.get(f"{d.url}/jobs") as resp:
+            assert (await resp.json())["jobs"] == []
+        assert comfy.prompt_posts == 0
+
+        await comfy.restart()
+        # Every time ComfyUI accepts a prompt, none of ours may be queued or running there already.
+        seen_at_accept: list[tuple[list[str], str | None]] = []
+        accept = comfy._accept
+
+        def checked_accept(state, *args: Any, **kwargs: Any) -> str:
+            seen_at_accept.append(([item.prompt_id for item in state.pending],
+                                   state.running.prompt_id if state.running else None))
+            return accept(state, *args, **kwargs)
+
+        comfy._accept = checked_accept  # type: ignore[method-assign]
+        comfy.pause_at(2)
+        ids = [await submit(http, d, seed=seed) for seed in (1, 2, 3)]  # back to back, the first still running
+        assert [status for status, _ in ids] == [202] * 3
+        await comfy.wait_paused()
+        async with http.get(f"{d.url}/health") as resp:
+            assert (await resp.json())["queueDepth"] == 2
+        assert len(comfy.accepted) == 1 and comfy.pending_ids == []
+        comfy.resume()
+
+        jobs = [await wait_job(http, d, job["id"], {"succeeded", "failed", "cancelled"}) for _, job in ids]
+        assert [j["status"] for j in jobs] == ["succeeded"] * 3
+        # FIFO in submission order, and each prompt posted only once the one before it had finished.
+        assert comfy.executions == comfy.accepted == [j["promptId"] for j in jobs]
+        assert [j["startedAt"] for j in jobs] == sorted(j["startedAt"] for j in jobs)
+        assert seen_at_accept == [([], None)] * 3

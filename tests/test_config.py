@@ -50,9 +50,40 @@ def test_bad_value_names_the_key(flags: dict, env: dict, key: str) -> None:
     assert exc.value.key == key
 
 
-def test_remote_bind_needs_allow_remote() -> None:
+def test_remote_bind_needs_allow_remote_and_warns(tmp_path: Path, monkeypatch, caplog) -> None:
+    import aiohttp.web
+    from click.testing import CliRunner
+
+    import sidecar.api.app
+    from sidecar import cli
+
     s, _ = load_settings({"host": "0.0.0.0", "allow_remote": True}, None, environ={})
     assert s.host == "0.0.0.0"
+    warning = cli.remote_bind_warning(s)
+    assert warning is not None and "0.0.0.0" in warning and "no authentication" in warning
+    assert cli.remote_bind_warning(load_settings({}, None, environ={})[0]) is None
+
+    # `serve` itself logs it (stderr and the log file) before it binds.
+    bound: list[str] = []
+    monkeypatch.setattr(cli, "setup_logging", lambda settings: None)
+    monkeypatch.setattr(sidecar.api.app, "create_app", lambda settings: object())
+    monkeypatch.setattr(aiohttp.web, "run_app", lambda app, host, **kw: bound.append(host))
+    config = tmp_path / "empty.toml"
+    config.touch()
+    with caplog.at_level("WARNING", logger="sidecar"):
+        result = CliRunner().invoke(cli.main, ["serve", "--host", "0.0.0.0", "--allow-remote", "--config",
+                                               str(config), "--data-dir", str(tmp_path / "data")], env={})
+    assert result.exit_code == 0, result.output
+    assert bound == ["0.0.0.0"]
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [warning]
+
+
+def test_serve_on_a_remote_host_without_allow_remote_exits_naming_it(tmp_path: Path) -> None:
+    out = _sidecar("serve", "--host", "0.0.0.0", "--data-dir", str(tmp_path), "--port", "3999")
+    assert out.returncode == 2
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "host" in lines[0] and "--allow-remote" in lines[0]
+    assert not (tmp_path / "sidecar.db").exists()
 
 
 def test_unknown_key_in_file_is_refused(tmp_path: Path) -> None:

@@ -207,15 +207,14 @@ class PromptFollower:
             {"prompt_id": self.prompt_id, "status": status}, code="execution_error",
         )
 
-    def _interrupted(self, data: dict[str, Any]) -> Exception:
+    def _interrupted(self, data: dict[str, Any]) -> JobCancelled:
         if self.cancel_sent:
             return JobCancelled()
-        return JobFailed(
-            f"ComfyUI interrupted prompt {self.prompt_id} at node {data.get('node_id')} ({data.get('node_type')}) "
-            "without the daemon asking (someone pressed Cancel in ComfyUI or another client interrupted it).",
-            {"prompt_id": self.prompt_id, "interrupted": True, "node_id": data.get("node_id"),
-             "node_type": data.get("node_type")},
-            code="execution_error",
+        # Someone pressed Cancel in ComfyUI's own UI (or another client interrupted): the user stopped
+        # it, so it ends cancelled like a cancel through our API, with a message saying where it came from.
+        return JobCancelled(
+            f"ComfyUI interrupted prompt {self.prompt_id} at node {data.get('node_id')} ({data.get('node_type')}): "
+            "it was interrupted in ComfyUI (its Cancel button or another client), not by this daemon."
         )
 
     async def _cancel(self) -> Outputs | None:

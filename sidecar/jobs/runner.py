@@ -47,7 +47,8 @@ class JobRunner:
         self._task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
-        self._recovering: set[str] = set()  # jobs picked up after a restart
+        # Jobs picked up after a restart, until they end: a loss after a re-queue is still `lost_on_restart`.
+        self._recovering: set[str] = set()
 
     # -- lifecycle
     async def start(self) -> None:
@@ -219,7 +220,9 @@ class JobRunner:
         )
         try:
             result = await self.backend.run(ctx)
-        except JobCancelled:
+        except JobCancelled as exc:
+            if str(exc):  # e.g. interrupted in ComfyUI's own UI, not through our API
+                log.info("job %s cancelled: %s", job.id, exc)
             await self._finish(job, "cancelled")
         except PromptLost as exc:
             await self._lost(job, exc)
@@ -230,7 +233,6 @@ class JobRunner:
             await self._finish(job, "succeeded", output_file=str(result.output_path), device=result.device)
         finally:
             self._cancel_events.pop(job.id, None)
-            self._recovering.discard(job.id)
             if running_write is not None:
                 await running_write  # long done (written before the end state); surfaces a disk error
 
@@ -281,6 +283,7 @@ class JobRunner:
         if code:
             log.info("job %s failed: %s: %s", job.id, code, message)
         self._live.pop(job.id, None)
+        self._recovering.discard(job.id)
 
     def _announce(self, job: JobRecord) -> None:
         kind = "started" if job.status == "running" else job.status
