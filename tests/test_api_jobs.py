@@ -70,6 +70,9 @@ async def test_job_runs_to_png_with_resolved_params(client, backend) -> None:
         ({"prompt": "x", "resolution": {"width": 500, "height": 768}}, 400, "invalid_field"),
         ({"prompt": "x", "batchSize": 2}, 400, "batch_size_not_supported"),
         ({"prompt": "x", "batch_size": 4}, 400, "batch_size_not_supported"),
+        ({"prompt": "x", "batchSize": True}, 400, "invalid_field"),  # not a batch size at all
+        ({"prompt": "x", "batchSize": "1"}, 400, "invalid_field"),
+        ({"prompt": "x", "batchSize": 1.0}, 400, "invalid_field"),
         ({"prompt": "x", "bogus": 1}, 400, "unknown_field"),
         ({"prompt": "x", "steps": "many"}, 400, "invalid_field"),
         ({"prompt": "x", "controlnetStrength": 0.95}, 400, "invalid_field"),
@@ -370,3 +373,9 @@ async def test_recent_model_listing_serves_hits_and_a_miss_always_asks_again(aio
     resp = await client.post("/jobs", json={"prompt": "x", "loraId": "draster_v1"})
     assert (await resp.json())["error"]["code"] == "lora_not_found"
     assert backend.listings.count("loras") == 3  # refused on a fresh listing, never on a cached one
+
+
+async def test_batch_size_one_is_accepted_in_either_spelling(client) -> None:
+    for field in ("batchSize", "batch_size"):
+        resp = await client.post("/jobs", json={"prompt": "x", field: 1})
+        assert resp.status == 202, await resp.text()
