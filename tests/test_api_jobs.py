@@ -379,3 +379,20 @@ async def test_batch_size_one_is_accepted_in_either_spelling(client) -> None:
     for field in ("batchSize", "batch_size"):
         resp = await client.post("/jobs", json={"prompt": "x", field: 1})
         assert resp.status == 202, await resp.text()
+
+
+async def test_a_whole_workflow_names_its_lora_file_exactly(client, backend) -> None:
+    done = await wait_status(client, (await submit(client, loraId="spyke_plasma_v1", seed=5))["id"], {"succeeded"})
+    again = await client.post("/jobs", json={"workflow": done["workflow"]})
+    assert again.status == 202, await again.text()
+    rerun = await again.json()
+    assert rerun["params"]["loraId"] == "spyke_plasma_v1"
+    await wait_status(client, rerun["id"], {"succeeded"})
+
+    wrong = {k: dict(v, inputs=dict(v["inputs"])) for k, v in done["workflow"].items()}
+    lora_node = next(n for n in wrong.values() if n["class_type"] == "LoraLoader")
+    lora_node["inputs"]["lora_name"] = "spyke_plasma_v1.ckpt"  # same stem, a file that is not there
+    runs = backend.runs
+    resp = await client.post("/jobs", json={"workflow": wrong})
+    assert resp.status == 400 and (await resp.json())["error"]["code"] == "lora_not_found"
+    assert backend.runs == runs  # refused before it reached the backend

@@ -138,9 +138,6 @@ class JobBuilder:
             raise ComfyUnavailable(f"Cannot list {folder}: {exc}") from None
         return names or []
 
-    async def _find_lora(self, lora_id: str) -> str:
-        return await self._resolve("loras", lambda names: find_lora_in(names, lora_id))
-
     async def _check_model(self, folder: ModelFolder, name: str, error: type, field: str) -> None:
         await self._resolve(folder, lambda names: check_model_in(folder, names, name, error, field))
 
@@ -251,8 +248,9 @@ class JobBuilder:
                 params["checkpoint"] = inputs["ckpt_name"]
             elif kind == "LoraLoader":
                 check_name("lora_name", str(inputs.get("lora_name", "")))
-                lora = await self._find_lora(Path(inputs["lora_name"]).stem)
-                params.update(loraId=Path(lora).stem, loraStrength=inputs.get("strength_model"))
+                # The exact file: ComfyUI refuses `x.ckpt` when only `x.safetensors` is installed.
+                await self._check_model("loras", inputs["lora_name"], LoraNotFound, "lora_name")
+                params.update(loraId=Path(inputs["lora_name"]).stem, loraStrength=inputs.get("strength_model"))
             elif kind == "ControlNetLoader":
                 controlnets += 1
                 await self._check_model("controlnet", inputs.get("control_net_name", ""), ControlnetNotFound,
