@@ -116,7 +116,9 @@ def _page_tasks(project: Project, opts: dict[str, Any]) -> list[PageTask]:
 
 
 def _reproduce_task(project: Project, opts: dict[str, Any]) -> PageTask:
-    given = [f"--{name.replace('_', '-')}" for name in PARAM_OPTIONS if opts[name] not in (None, False)]
+    # --pose is the one option it takes: the image of the workflow's LoadImage, when the log lacks it.
+    given = [f"--{name.replace('_', '-')}" for name in PARAM_OPTIONS
+             if name != "pose" and opts[name] not in (None, False)]
     given += [f"--{name}" for name in ("pages",) if opts[name] is not None] + (["--all"] if opts["all_pages"] else [])
     if given:
         raise InputError(f"--reproduce submits the workflow file as it is; it takes no {', '.join(given)}.")
@@ -145,7 +147,19 @@ def _reproduce_task(project: Project, opts: dict[str, Any]) -> PageTask:
     prompt_file = source.get("promptFile")
     if prompt_file is None and project.prompt_file(page).is_file():
         prompt_file = project.relative(project.prompt_file(page))
-    return PageTask(page, {"workflow": workflow}, prompt_file, reproduced_from=project.relative(path),
+    request: dict[str, Any] = {"workflow": workflow}
+    if any(node.get("class_type") == "LoadImage" for node in workflow.values()):
+        pose = (Path(opts["pose"]).expanduser().resolve() if opts["pose"]
+                else project.root / source["poseImage"] if source.get("poseImage") else None)
+        if pose is None:
+            raise InputError(f"{path.name} loads a pose image, and the generation log does not say which: pass "
+                             "--pose FILE.", {"path": str(path)})
+        if not pose.is_file():
+            raise InputError(f"Pose image not found: {pose}", {"path": str(pose)})
+        request["poseImagePath"] = str(pose.resolve())
+    elif opts["pose"]:
+        raise InputError(f"{path.name} loads no image: --pose does not apply.", {"path": str(path)})
+    return PageTask(page, request, prompt_file, reproduced_from=project.relative(path),
                     template_hint=source.get("workflowTemplate"))
 
 

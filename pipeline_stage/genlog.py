@@ -51,6 +51,7 @@ class GenerationLogEntry(BaseModel):
     width: int | None
     height: int | None
     reproduced_from: str | None = None
+    pose_image: str | None = None  # the ControlNet pose image, so `--reproduce` can load it again
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, mode="json")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pipeline_stage.daemon import DaemonClient
@@ -63,6 +64,7 @@ def make_entry(project: Project, task: PageTask, job: dict[str, Any], version: i
         width=params.get("width"),
         height=params.get("height"),
         reproduced_from=task.reproduced_from,
+        pose_image=project.relative(Path(params["poseImagePath"])) if params.get("poseImagePath") else None,
     ).to_json()
 
 

@@ -80,6 +80,17 @@ async def test_a_pose_image_runs_the_controlnet_template(client, pose_png: Path)
     done = await wait_status(client, job["id"], {"succeeded", "failed"})
     assert done["status"] == "succeeded", done["error"]
 
+    # Reproduce: the stored workflow again, with the image its LoadImage loads: the same pixels.
+    resp = await client.post("/jobs", json={"workflow": done["workflow"]})
+    body = await resp.json()
+    assert resp.status == 400 and body["error"]["code"] == "invalid_field" and "poseImagePath" in body["error"]["message"]
+    resp = await client.post("/jobs", json={"workflow": done["workflow"], "poseImagePath": str(pose_png)})
+    assert resp.status == 202, await resp.text()
+    again = await wait_status(client, (await resp.json())["id"], {"succeeded", "failed"})
+    assert again["status"] == "succeeded", again["error"]
+    assert again["workflow"] == done["workflow"] and again["params"]["poseImagePath"] == str(pose_png)
+    assert (await image(client, again["id"]) == await image(client, done["id"])).all()
+
 
 async def test_unknown_sampler_and_node_are_400s(client) -> None:
     resp = await client.post("/jobs", json={"prompt": "x", "sampler": "dpmpp_sde"})

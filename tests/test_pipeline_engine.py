@@ -43,7 +43,7 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def daemon(tmp_path: Path, tiny_models: Path):
     settings = Settings(data_dir=tmp_path / "data", engine="embedded", device="cpu", models_dir=tiny_models,
-                        checkpoint="tiny-sd15.safetensors")
+                        checkpoint="tiny-sd15.safetensors", controlnet_model="tiny-controlnet.safetensors")
     d = DaemonThread(settings, None).start()
     yield d
     d.stop()
@@ -63,3 +63,27 @@ def test_page_one_and_its_reproduction_on_the_cpu_engine(tmp_path: Path, daemon:
     log = json.loads((project / "output/ch-01/generation-log.json").read_text())
     assert [e["engine"] for e in log] == ["embedded", "embedded"] and log[0]["device"] == "cpu"
     assert log[0]["model"] == "tiny-sd15.safetensors" and log[1]["seed"] == log[0]["seed"] == 1234
+
+
+def test_a_pose_page_is_reproduced_with_its_pose_image(tmp_path: Path, daemon: DaemonThread) -> None:
+    project = copy_example(tmp_path / "project")
+    pose = np.zeros((96, 64, 3), dtype=np.uint8)
+    pose[10:80, 30:34] = 255  # a stick figure's spine, as OpenPose draws it
+    (project / "poses").mkdir()
+    Image.fromarray(pose).save(project / "poses" / "p003.png")
+    (project / "prompts/ch-01/ch01_p003.txt").write_text(
+        '+++\nseed = 7\nsteps = 2\nwidth = 64\nheight = 96\nposeImage = "../../poses/p003.png"\n'
+        'controlnetStrength = 0.8\n+++\nspyke_plasma_v1, standing\n')
+    base = ["--comfyui", "--root", str(project), "--daemon", daemon.url]
+    first = CliRunner().invoke(main, [*base, "-c", "1", "--page", "3"])
+    assert first.exit_code == 0, first.output + first.stderr
+    [entry] = json.loads((project / "output/ch-01/generation-log.json").read_text())
+    assert entry["poseImage"] == "poses/p003.png" and entry["workflowTemplate"] == "img2img-lora-controlnet"
+
+    # The workflow alone does not hold the pose: the log entry says which file it was.
+    again = CliRunner().invoke(main, [*base, "--reproduce", str(project / RAW / "ch01_p003_v1.workflow.json")])
+    assert again.exit_code == 0, again.output + again.stderr
+    with Image.open(project / RAW / "ch01_p003_v1.png") as v1, Image.open(project / RAW / "ch01_p003_v2.png") as v2:
+        assert np.array_equal(np.asarray(v1), np.asarray(v2))
+    log = json.loads((project / "output/ch-01/generation-log.json").read_text())
+    assert log[1]["poseImage"] == "poses/p003.png" and log[1]["reproducedFrom"].endswith("ch01_p003_v1.workflow.json")

@@ -203,6 +203,15 @@ def test_reproduce_refuses_parameter_options(project: Path, daemon: DaemonThread
     missing = generate(project, daemon.url, "--reproduce", str(project / "nope.workflow.json"))
     assert missing.exit_code == 2 and "nope.workflow.json" in missing.stderr
 
+    # A workflow that loads a pose image, with no log entry naming the image: the artist must say which.
+    posed = json.loads(source.read_text())
+    posed["90"] = {"class_type": "LoadImage", "inputs": {"image": "p009.png"}}
+    other = project / RAW / "ch01_p009_v1.workflow.json"
+    other.write_text(json.dumps(posed))
+    unknown = generate(project, daemon.url, "--reproduce", str(other))
+    assert unknown.exit_code == 2 and "--pose FILE" in unknown.stderr
+    assert generate(project, daemon.url, "--reproduce", str(source), "--pose", str(other)).exit_code == 2
+
 
 def test_training_in_progress_exits_4_with_step_and_eta(project: Path, daemon: DaemonThread) -> None:
     from sidecar.api.keys import DEVICE

@@ -145,13 +145,14 @@ class JobBuilder:
         if req.batch_size is not None:
             self.profile.check_batch(req.batch_size)
         if req.workflow is not None:
-            given = [f for f in PARAM_FIELDS if getattr(req, f) is not None]
+            # poseImagePath is the one companion a whole workflow takes: the file its LoadImage loads.
+            given = [f for f in PARAM_FIELDS if f != "pose_image_path" and getattr(req, f) is not None]
             if given:
                 raise InvalidField(
                     f"A job with a whole workflow takes no parameter fields; got {', '.join(given)}.",
                     {"fields": given},
                 )
-            return await self._build_from_workflow(req.workflow)
+            return await self._build_from_workflow(req.workflow, req.pose_image_path)
         if req.prompt is None:
             raise InvalidField("prompt is required.", {"field": "prompt"})
         return await self._build_from_template(req)
@@ -231,11 +232,28 @@ class JobBuilder:
         await self.backend.validate(workflow)
         return BuiltJob(params=params, template=template.name, workflow=workflow, pose_image=pose)
 
-    async def _build_from_workflow(self, workflow: dict[str, Any]) -> BuiltJob:
-        """A whole workflow (reproduce): the same limits, read off its nodes."""
+    async def _build_from_workflow(self, workflow: dict[str, Any], pose_image_path: str | None = None) -> BuiltJob:
+        """A whole workflow (reproduce): the same limits, read off its nodes. A LoadImage node loads the
+        image given as `pose_image_path` (the image is not part of a workflow)."""
         validate_graph(workflow)
         params: dict[str, Any] = {}
         controlnets = 0
+        loaders = [nid for nid, node in workflow.items() if node["class_type"] == "LoadImage"]
+        pose: Path | None = None
+        if loaders and pose_image_path is None:
+            raise InvalidField(
+                f"This workflow loads an image (LoadImage node {', '.join(loaders)}), which is not part of it: "
+                "pass poseImagePath with the image file to load.", {"field": "poseImagePath", "nodes": loaders})
+        if pose_image_path is not None:
+            if len(loaders) != 1:
+                raise InvalidField(
+                    f"poseImagePath is the image of the workflow's one LoadImage node; it has {len(loaders)}.",
+                    {"field": "poseImagePath", "nodes": loaders})
+            pose = await asyncio.to_thread(check_pose_image, pose_image_path)
+            # Named as a pose job's workflow names it: the backends place that file under this name.
+            workflow = {**workflow, loaders[0]: {**workflow[loaders[0]],
+                                                 "inputs": {**workflow[loaders[0]]["inputs"], "image": pose.name}}}
+            params["poseImagePath"] = str(pose)
         for node in workflow.values():
             kind, inputs = node["class_type"], node["inputs"]
             if kind == "EmptyLatentImage":
@@ -261,12 +279,6 @@ class JobBuilder:
                 params.update(seed=inputs.get("seed"), steps=inputs.get("steps"), cfg=inputs.get("cfg"),
                               sampler=inputs.get("sampler_name"), scheduler=inputs.get("scheduler"),
                               denoise=inputs.get("denoise"))
-            elif kind == "LoadImage":
-                raise InvalidField(
-                    "Workflows with a LoadImage node cannot be resubmitted whole: the image is not part of "
-                    "the workflow. Submit the parameters with poseImagePath instead.",
-                    {"field": "workflow"},
-                )
         if controlnets > self.profile.max_controlnets:
             raise InvalidField(
                 f"The {self.profile.name} profile allows {self.profile.max_controlnets} ControlNet per job.",
@@ -281,4 +293,4 @@ class JobBuilder:
                     if text_node and text_node["class_type"] == "CLIPTextEncode":
                         params[name] = text_node["inputs"].get("text")
         await self.backend.validate(workflow)
-        return BuiltJob(params=params, template=None, workflow=workflow, pose_image=None)
+        return BuiltJob(params=params, template=None, workflow=workflow, pose_image=pose)
