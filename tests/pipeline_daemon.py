@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 import zlib
 from collections.abc import Coroutine
 from pathlib import Path
@@ -91,6 +92,15 @@ class DaemonThread:
             return [j.to_api() for j in await self.app[RUNNER].list(None, 500)]
 
         return self.call(listed())
+
+    def wait_running(self, timeout: float = 10.0) -> list[dict[str, Any]]:
+        """The job list once the newest job is running (or when `timeout` runs out: callers assert)."""
+        deadline = time.monotonic() + timeout
+        jobs = self.jobs()
+        while not (jobs and jobs[0]["status"] == "running") and time.monotonic() < deadline:
+            time.sleep(0.02)
+            jobs = self.jobs()
+        return jobs
 
 
 def copy_example(dest: Path) -> Path:

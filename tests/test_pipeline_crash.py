@@ -131,11 +131,7 @@ def test_ctrl_c_while_rendering_cancels_the_job_and_writes_nothing(project: Path
     daemon = DaemonThread(Settings(data_dir=tmp_path / "data2", engine="embedded"), backend).start()
     try:
         proc = run_generate_subprocess(["-c", "1", "--page", "1", "--root", str(project), "--daemon", daemon.url])
-        for _ in range(500):
-            jobs = daemon.jobs()
-            if jobs and jobs[0]["status"] == "running":
-                break
-            time.sleep(0.02)
+        daemon.wait_running()
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
         assert proc.returncode == 130, err

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -317,11 +316,7 @@ def test_progress_follows_the_job_until_it_finishes(project: Path, daemon: Daemo
     """A job that sits queued, then runs, is followed to the end (events + polling), not given up on."""
     backend.auto_release = False
     proc = run_generate_subprocess(["-c", "1", "--page", "1", "--root", str(project), "--daemon", daemon.url])
-    for _ in range(500):
-        jobs = daemon.jobs()
-        if jobs and jobs[0]["status"] == "running":
-            break
-        time.sleep(0.02)
+    jobs = daemon.wait_running()
     assert jobs[0]["status"] == "running"
     assert proc.poll() is None
     daemon.loop.call_soon_threadsafe(backend.release, jobs[0]["id"])
