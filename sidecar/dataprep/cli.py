@@ -18,14 +18,14 @@ import click
 from sidecar.cli import EXIT_BUSY, EXIT_FAILED, input_errors, report_daemon_error
 from sidecar.cli import current_settings as _settings
 from sidecar.client import DaemonClient, DaemonRefused, DaemonUnavailable
-from sidecar.datasets import caption as caption_mod
-from sidecar.datasets import check as check_mod
-from sidecar.datasets import crop as crop_mod
-from sidecar.datasets import flip as flip_mod
-from sidecar.datasets import layout as layout_mod
-from sidecar.datasets import reg as reg_mod
-from sidecar.datasets.files import DEFAULT_FLIP_TAG, refuse_existing
-from sidecar.datasets.progress import LineReporter, RichReporter
+from sidecar.dataprep import caption as caption_mod
+from sidecar.dataprep import check as check_mod
+from sidecar.dataprep import crop as crop_mod
+from sidecar.dataprep import flip as flip_mod
+from sidecar.dataprep import layout as layout_mod
+from sidecar.dataprep import reg as reg_mod
+from sidecar.dataprep.files import DEFAULT_FLIP_TAG, refuse_existing
+from sidecar.dataprep.progress import LineReporter, RichReporter
 from sidecar.errors import DatasetInvalid
 
 

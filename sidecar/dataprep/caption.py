@@ -11,7 +11,7 @@ import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sidecar.datasets.files import (
+from sidecar.dataprep.files import (
     CAPTION_PARTS,
     add_tag,
     caption_path,

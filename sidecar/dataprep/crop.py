@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from sidecar.datasets.files import open_image, save_png, write_text
+from sidecar.dataprep.files import open_image, save_png, write_text
 from sidecar.errors import DatasetInvalid
 
 Fit = Literal["pad", "crop"]

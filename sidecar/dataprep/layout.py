@@ -16,7 +16,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sidecar.datasets.files import caption_path, list_images, read_caption, require_dir
+from sidecar.dataprep.files import caption_path, list_images, read_caption, require_dir
 from sidecar.errors import DatasetInvalid
 
 

@@ -10,7 +10,7 @@ import time
 import pytest
 from rich.console import Console
 
-from sidecar.datasets.progress import RichReporter
+from sidecar.dataprep.progress import RichReporter
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from PIL import Image, UnidentifiedImageError
 
 from sidecar.client import DaemonClient
-from sidecar.datasets.files import caption_path, open_image, read_caption, write_bytes, write_text
+from sidecar.dataprep.files import caption_path, open_image, read_caption, write_bytes, write_text
 from sidecar.errors import DatasetInvalid
 
 MANIFEST = "reg.json"

@@ -15,7 +15,7 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
-from sidecar.datasets.files import (
+from sidecar.dataprep.files import (
     CAPTION_SUFFIX,
     caption_path,
     is_flip,
@@ -26,7 +26,7 @@ from sidecar.datasets.files import (
     source_of_flip,
     split_caption,
 )
-from sidecar.datasets.phash import dhash, near_duplicates, phash
+from sidecar.dataprep.phash import dhash, near_duplicates, phash
 from sidecar.errors import DatasetInvalid
 
 Level = Literal["error", "warning"]

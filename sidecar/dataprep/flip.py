@@ -12,7 +12,7 @@ from pathlib import Path
 
 from PIL import ImageOps
 
-from sidecar.datasets.files import (
+from sidecar.dataprep.files import (
     add_tag,
     caption_path,
     flip_path,
