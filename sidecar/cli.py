@@ -11,7 +11,9 @@ import importlib
 import json
 import logging
 import logging.handlers
+import os
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ from typing import Any
 import click
 
 from sidecar.config import Settings, is_loopback, load_settings
-from sidecar.errors import ConfigError, SidecarError
+from sidecar.errors import ConfigError, DatabaseUnusable, SidecarError
 
 LAZY_COMMANDS = {
     "models": ("sidecar.engine.cli:models", "Embedded-engine models (make-tiny, list)."),
@@ -132,6 +134,34 @@ def remote_bind_warning(settings: Settings) -> str | None:
             "and has no authentication")
 
 
+# launchd SIGKILLs a job 20 s after SIGTERM; past this the daemon exits by itself, whatever still runs.
+SHUTDOWN_LIMIT = 15.0
+
+
+def bound_shutdown(app: Any, limit: float = SHUTDOWN_LIMIT) -> None:
+    """Arm a watchdog when shutdown begins: a cleanup that hangs cannot keep the process alive."""
+
+    def overrun() -> None:
+        logging.getLogger("sidecar").error("shutdown still not done after %.0f s: exiting now", limit)
+        exit_process(EXIT_FAILED)
+
+    async def arm(_app: Any) -> None:
+        timer = threading.Timer(limit, overrun)
+        timer.daemon = True
+        timer.start()
+
+    app.on_shutdown.insert(0, arm)
+
+
+def exit_process(code: int) -> None:
+    """Leave at once once everything is closed: the interpreter's own teardown (torch's modules, joining a
+    render thread that is still finishing its step) can take seconds more and is not needed."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 LOG_BYTES, LOG_BACKUPS = 10 * 1024 * 1024, 5  # sidecar.log, sidecar.log.1 ... .5
 
 
@@ -180,7 +210,17 @@ def serve(**flags: Any) -> None:
     log.info("sidecar starting on http://%s:%d (engine %s, profile %s, data %s)", settings.host, settings.port,
              settings.resolved_engine, settings.profile, settings.data_dir)
     app = create_app(settings)
-    web.run_app(app, host=settings.host, port=settings.port, print=None, access_log=None)
+    bound_shutdown(app)
+    try:
+        # shutdown_timeout bounds how long open requests may hold up SIGTERM (the /events sockets are
+        # closed first, by the app's on_shutdown); launchd kills a job that has not exited in 20 s.
+        web.run_app(app, host=settings.host, port=settings.port, print=None, access_log=None,
+                    shutdown_timeout=settings.shutdown_timeout)
+    except DatabaseUnusable as exc:
+        log.error("%s", exc.message)  # one line, no traceback: the path and what to do
+        exit_process(EXIT_FAILED)
+    log.info("sidecar stopped")
+    exit_process(0)
 
 
 @main.group()

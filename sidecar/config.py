@@ -56,6 +56,12 @@ class Settings(BaseSettings):
     profile: str = "m1pro-16gb"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     max_body_bytes: int = Field(1_048_576, ge=1024, description="largest request body accepted")
+    max_queue: int = Field(512, ge=1, description="most jobs waiting to run; past it POST /jobs answers 429 "
+                                                  "queue_full (Ollama's OLLAMA_MAX_QUEUE default)")
+    events_buffer: int = Field(1000, ge=16, description="events held for one /events client that reads too "
+                                                        "slowly; past it that client is disconnected (code 1008)")
+    shutdown_timeout: float = Field(3.0, gt=0, le=60, description="seconds open requests get to finish on "
+                                                                  "SIGTERM/Ctrl-C before they are cut")
 
     # -- generation backend
     engine: Literal["auto", "embedded", "comfyui"] = "auto"

@@ -25,6 +25,8 @@ builds error JSON. The tree:
     ├── JobNotFinished                job_not_finished   409
     ├── InvalidState                  invalid_state      409
     ├── TrainingInProgress            training_in_progress 409
+    ├── QueueFull                     queue_full         429
+    ├── DiskFull                      disk_full          507 (also a job failure: no space for its image)
     ├── ComfyUnavailable              comfyui_unavailable 503
     ├── EngineUnavailable             engine_unavailable 503
     └── job failures (stored on the job, never an HTTP answer of their own):
@@ -32,6 +34,8 @@ builds error JSON. The tree:
         prompt_lost, model_load_failed (embedded: a checkpoint/LoRA/ControlNet file that does not
         load), lora_incompatible (embedded: a LoRA whose keys match nothing in the base model),
         internal_error; training runs: training_failed, interrupted (daemon restarted mid-run)
+
+    DatabaseUnusable (not an HTTP answer: `sidecar serve` prints it as one line and exits 1)
 """
 
 from __future__ import annotations
@@ -152,6 +156,22 @@ class TrainingInProgress(Conflict):
     code = "training_in_progress"
 
 
+class QueueFull(SidecarError):
+    """More jobs waiting than `max_queue`: the client should retry later (as Ollama's 503 at
+    OLLAMA_MAX_QUEUE; 429 here, since it is the client's own flood that fills the queue)."""
+
+    http_status = 429
+    code = "queue_full"
+
+
+class DiskFull(SidecarError):
+    """No space left where the daemon writes (its database, a job's image). 507 Insufficient Storage
+    at submit; a running job fails with this code and the next one runs."""
+
+    http_status = 507
+    code = "disk_full"
+
+
 class ComfyUnavailable(SidecarError):
     http_status = 503
     code = "comfyui_unavailable"
@@ -177,6 +197,22 @@ class PromptLost(SidecarError):
 
     code = "prompt_lost"
     http_status = 500
+
+
+class DatabaseUnusable(Exception):
+    """The data dir's SQLite file is damaged or not a database. Found at start, before anything else
+    uses it; `sidecar serve` prints the message (path and what to do) and exits 1."""
+
+    def __init__(self, path: object, problem: str):
+        self.path = path
+        self.problem = problem
+        self.message = (
+            f"the database {path} {problem}. Nothing was changed. Move it aside "
+            f"(mv '{path}' '{path}.broken', and any -wal/-shm file beside it) and start again: the daemon "
+            "creates a new, empty one "
+            "(job history is lost; images in the jobs folder stay), or restore it from a backup."
+        )
+        super().__init__(self.message)
 
 
 class ConfigError(Exception):

@@ -1,7 +1,10 @@
 """In-process event bus feeding `GET /events` WebSocket clients.
 
 Publishers (the job runner, the training manager) call `publish(event)`; every subscriber gets its
-own bounded queue so a slow client can never stall a job (it loses the oldest events instead).
+own bounded queue, so a slow client can never stall a job nor make the daemon buffer without end:
+once its queue is full it is marked `overflowed`, gets nothing more, and the `/events` handler
+disconnects it (a client that reconnects reads `GET /jobs` to catch up, rather than silently missing
+a `job.succeeded` among dropped events).
 """
 
 from __future__ import annotations
@@ -9,25 +12,36 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-QUEUE_SIZE = 256
+DEFAULT_BUFFER = 1000
+
+
+class Subscription(asyncio.Queue):
+    """A subscriber's queue of events, plus `overflowed`: set once it fell `maxsize` events behind."""
+
+    def __init__(self, maxsize: int):
+        super().__init__(maxsize)
+        self.overflowed = asyncio.Event()
 
 
 class EventBus:
-    def __init__(self) -> None:
-        self._subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
+    def __init__(self, buffer: int = DEFAULT_BUFFER) -> None:
+        self.buffer = buffer
+        self._subscribers: set[Subscription] = set()
 
-    def subscribe(self) -> asyncio.Queue[dict[str, Any]]:
-        q: asyncio.Queue[dict[str, Any]] = asyncio.Queue(QUEUE_SIZE)
+    def subscribe(self) -> Subscription:
+        q = Subscription(self.buffer)
         self._subscribers.add(q)
         return q
 
     def unsubscribe(self, q: asyncio.Queue[dict[str, Any]]) -> None:
-        self._subscribers.discard(q)
+        self._subscribers.discard(q)  # type: ignore[arg-type]
 
     def publish(self, event: dict[str, Any]) -> None:
         for q in list(self._subscribers):
             if q.full():
-                q.get_nowait()  # drop the oldest for this slow client
+                q.overflowed.set()  # too slow: its handler disconnects it
+                self._subscribers.discard(q)
+                continue
             q.put_nowait(event)
 
     @property

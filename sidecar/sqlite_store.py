@@ -3,12 +3,16 @@ and training tables in the same file never block each other's readers), used fro
 store's own so that every call stays off the event loop and runs in the order it was made (a progress
 write nobody awaited cannot land after a later state change). Each call is one autocommit statement:
 one transaction per state change. Rows are dataclass records with some JSON columns.
+
+A full disk becomes `DiskFull` where it enters (here), so callers handle one error whichever write met
+it. `check_database` is the start-up check: a damaged or foreign file stops the daemon with its path.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import errno
 import json
 import sqlite3
 from collections.abc import Callable
@@ -16,7 +20,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
+from sidecar.errors import DatabaseUnusable, DiskFull
+
 T = TypeVar("T")
+HEADER = b"SQLite format 3\x00"
 
 
 def now_iso() -> str:
@@ -61,7 +68,23 @@ class SqliteStore:
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         assert self._executor is not None, f"{type(self).__name__} is not open"
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._guarded, fn, *args)
+
+    def _guarded(self, fn: Callable[..., T], *args: Any) -> T:
+        try:
+            return fn(*args)
+        except sqlite3.Error as exc:
+            if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+                raise self._disk_full() from exc
+            raise
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise self._disk_full() from exc
+            raise
+
+    def _disk_full(self) -> DiskFull:
+        return DiskFull(f"No space left on the disk holding the database {self.path}: nothing could be "
+                        "recorded. Free some space, then try again.", {"path": str(self.path)})
 
     # -- sync core (the store's thread, or the CLI's)
     def _exec(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
@@ -93,4 +116,46 @@ class SqliteStore:
         data = self._encode(values)
         sets = ", ".join(f"{k} = ?" for k in data)
         return asyncio.get_running_loop().run_in_executor(
-            self._executor, self._exec, f"UPDATE {table} SET {sets} WHERE id = ?", (*data.values(), row_id))
+            self._executor, self._guarded, self._exec, f"UPDATE {table} SET {sets} WHERE id = ?",
+            (*data.values(), row_id))
+
+
+def check_database(path: Path) -> bool:
+    """Whether a database is there (False: none yet, or an empty file SQLite will fill). Raises
+    `DatabaseUnusable` for a file that is not SQLite's, is cut short, or fails SQLite's `quick_check`
+    (a damaged page). Reads only: nothing is written, so a refused file is left exactly as found."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return False
+    if size == 0:
+        return False
+    with path.open("rb") as fh:
+        head = fh.read(100)
+    if not head.startswith(HEADER):
+        raise DatabaseUnusable(path, "is not an SQLite database (it does not start with SQLite's header)")
+    wal = path.with_name(path.name + "-wal")
+    if len(head) == 100 and not (wal.exists() and wal.stat().st_size):
+        # Without a WAL to replay, the file must hold every page its header counts (valid when the
+        # header's "version-valid-for" matches its change counter).
+        page = int.from_bytes(head[16:18], "big")
+        page = 65536 if page == 1 else page
+        pages, counter, valid_for = (int.from_bytes(head[o:o + 4], "big") for o in (28, 24, 92))
+        if page and (size % page or (counter == valid_for and pages * page > size)):
+            raise DatabaseUnusable(path, f"is truncated ({size} bytes; its header counts {pages} pages "
+                                         f"of {page} bytes)")
+    elif len(head) < 100:
+        raise DatabaseUnusable(path, f"is truncated ({size} bytes, less than SQLite's 100-byte header)")
+    try:
+        conn = sqlite3.connect(path, timeout=10)
+        try:
+            rows = conn.execute("PRAGMA quick_check").fetchall()
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        raise DatabaseUnusable(path, f"is damaged (SQLite: {exc})") from None
+    problems = [r[0] for r in rows if r[0] != "ok"]
+    if problems:
+        more = f" and {len(problems) - 1} more problem(s)" if len(problems) > 1 else ""
+        raise DatabaseUnusable(path, f"is damaged (SQLite's quick_check: {problems[0]}{more})")
+    return True

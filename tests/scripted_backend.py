@@ -6,6 +6,7 @@ tiny-model engine; this one only exercises the runner's bookkeeping through the 
 from __future__ import annotations
 
 import asyncio
+import errno
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,11 @@ class ScriptedBackend:
         self.started: list[str] = []  # job ids in the order they started running
         self.gates: dict[str, asyncio.Event] = {}  # job id -> released when the test says so
         self.auto_release = True
-        self.script: list[str] = []  # per run: "ok" | "lose" | "fail" (consumed in order)
+        # per run: "ok" | "lose" | "fail" | "enospc" (the image write finds the disk full) | "die" (raises
+        # a BaseException no handler expects, killing whatever awaits it) (consumed in order)
+        self.script: list[str] = []
+        self.active = 0  # jobs inside run() now, and the most ever at once
+        self.most_active = 0
         self.runs = 0
         self.unloads = 0  # times the daemon asked for the device memory back
 
@@ -58,6 +63,14 @@ class ScriptedBackend:
         self.gates.setdefault(job_id, asyncio.Event()).set()
 
     async def run(self, ctx: RunContext) -> RunResult:
+        self.active += 1
+        self.most_active = max(self.most_active, self.active)
+        try:
+            return await self._run(ctx)
+        finally:
+            self.active -= 1
+
+    async def _run(self, ctx: RunContext) -> RunResult:
         self.runs += 1
         self.started.append(ctx.job_id)
         action = self.script.pop(0) if self.script else "ok"
@@ -80,7 +93,15 @@ class ScriptedBackend:
             raise PromptLost("The backend lost the prompt.")
         if action == "fail":
             raise JobFailed("KSampler failed: boom", {"node_id": "6"}, code="execution_error")
+        if action == "enospc":
+            raise OSError(errno.ENOSPC, "No space left on device", str(ctx.output_path))
+        if action == "die":
+            raise WorkerKilled("a fault no handler expects")
         w = ctx.workflow
         latent = next(n for n in w.values() if n["class_type"] == "EmptyLatentImage")["inputs"]
         Image.new("RGB", (latent["width"], latent["height"]), (200, 120, 40)).save(ctx.output_path)
         return RunResult(output_path=ctx.output_path, device="cpu")
+
+
+class WorkerKilled(BaseException):
+    """Not an Exception: stands for whatever could still end the runner's worker task."""

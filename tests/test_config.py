@@ -68,6 +68,8 @@ def test_remote_bind_needs_allow_remote_and_warns(tmp_path: Path, monkeypatch, c
     monkeypatch.setattr(cli, "setup_logging", lambda settings: None)
     monkeypatch.setattr(sidecar.api.app, "create_app", lambda settings: object())
     monkeypatch.setattr(aiohttp.web, "run_app", lambda app, host, **kw: bound.append(host))
+    monkeypatch.setattr(cli, "bound_shutdown", lambda app: None)
+    monkeypatch.setattr(cli, "exit_process", lambda code: None)  # serve leaves with os._exit
     config = tmp_path / "empty.toml"
     config.touch()
     with caplog.at_level("WARNING", logger="sidecar"):

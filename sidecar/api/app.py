@@ -11,12 +11,14 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from aiohttp import web
 
 from sidecar.api import events, health, jobs, training
 from sidecar.api.errors import error_middleware
-from sidecar.api.keys import BACKEND, BUILDER, DEVICE, EVENTS, PROFILE, RUNNER, SETTINGS, STORE, TEMPLATES
+from sidecar.api.keys import (BACKEND, BUILDER, DEVICE, EVENTS, PROFILE, RUNNER, SETTINGS, SOCKETS, STARTUP_WARNINGS,
+                              STORE, TEMPLATES)
 from sidecar.backend import GenerationBackend
 from sidecar.config import Settings
 from sidecar.errors import SidecarError
@@ -26,6 +28,7 @@ from sidecar.jobs.device import Device
 from sidecar.jobs.runner import JobRunner
 from sidecar.jobs.store import JobStore
 from sidecar.profiles import get_profile
+from sidecar.sqlite_store import check_database
 from sidecar.workflows import TemplateStore
 
 log = logging.getLogger("sidecar")
@@ -48,7 +51,7 @@ def create_app(settings: Settings, backend: GenerationBackend | None = None) -> 
     profile = get_profile(settings.profile)
     store = JobStore(settings.db_path)
     device = Device()
-    bus = EventBus()
+    bus = EventBus(settings.events_buffer)
 
     async def known_types() -> set[str] | None:
         try:
@@ -66,7 +69,10 @@ def create_app(settings: Settings, backend: GenerationBackend | None = None) -> 
     app[EVENTS] = bus
     app[TEMPLATES] = templates
     app[BUILDER] = JobBuilder(settings, profile, templates, backend)
-    app[RUNNER] = JobRunner(store, backend, device, bus, settings.jobs_dir)
+    app[RUNNER] = JobRunner(store, backend, device, bus, settings.jobs_dir, max_queue=settings.max_queue)
+    app[STARTUP_WARNINGS] = []
+    app[SOCKETS] = events.new_socket_set()
+    app.on_shutdown.append(events.close_all)
 
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_backend_ctx)
@@ -80,10 +86,25 @@ def create_app(settings: Settings, backend: GenerationBackend | None = None) -> 
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
-    app[SETTINGS].data_dir.mkdir(parents=True, exist_ok=True)
+    settings = app[SETTINGS]
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    # A damaged or foreign file raises DatabaseUnusable before anything uses it (`serve` exits 1).
+    existed = await asyncio.to_thread(check_database, settings.db_path)
+    if not existed:
+        orphans = await asyncio.to_thread(_count_images, settings.jobs_dir)
+        if orphans:
+            warning = (f"no job database at {settings.db_path}, yet {orphans} job image(s) in "
+                       f"{settings.jobs_dir}: the job history was deleted or moved, and no job refers to "
+                       "those images any more (restore the database file to get it back)")
+            log.warning("%s", warning)
+            app[STARTUP_WARNINGS].append(warning)
     await app[STORE].open()
     yield
     await app[STORE].close()
+
+
+def _count_images(directory: Path) -> int:
+    return sum(1 for _ in directory.glob("*.png")) if directory.is_dir() else 0
 
 
 async def _backend_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -1,39 +1,82 @@
-"""GET /events: a WebSocket streaming job and training events, so clients need not poll."""
+"""GET /events: a WebSocket streaming job and training events, so clients need not poll.
+
+Each client has a bounded buffer (`events_buffer`): one that reads too slowly is disconnected with
+close code 1008 rather than buffered without end. On shutdown every socket is closed (1001, going
+away) so SIGTERM never waits on a listener.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import weakref
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
-from sidecar.api.keys import EVENTS
+from sidecar.api.keys import EVENTS, SOCKETS
 
+log = logging.getLogger("sidecar.events")
 routes = web.RouteTableDef()
+CLOSE_TIMEOUT = 1.0  # a client that does not answer our close frame within this is cut
+
+
+def new_socket_set() -> weakref.WeakSet[web.WebSocketResponse]:
+    return weakref.WeakSet()
 
 
 @routes.get("/events")
 async def events(request: web.Request) -> web.WebSocketResponse:
-    ws = web.WebSocketResponse(heartbeat=30)
+    ws = web.WebSocketResponse(heartbeat=30, timeout=CLOSE_TIMEOUT)
     await ws.prepare(request)
     bus = request.app[EVENTS]
-    queue = bus.subscribe()
+    request.app[SOCKETS].add(ws)
+    sub = bus.subscribe()
 
     async def drain_incoming() -> None:
         async for msg in ws:  # clients only listen; this notices the close
             if msg.type == WSMsgType.ERROR:
                 break
 
+    async def pump() -> None:
+        while True:
+            await ws.send_json(await sub.get())
+
     reader = asyncio.create_task(drain_incoming())
+    sender = asyncio.create_task(pump())
+    overflow = asyncio.create_task(sub.overflowed.wait())
     try:
-        while not ws.closed:
-            getter = asyncio.ensure_future(queue.get())
-            done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
-            if getter not in done:
-                getter.cancel()
-                break
-            await ws.send_json(getter.result())
+        await asyncio.wait({reader, sender, overflow}, return_when=asyncio.FIRST_COMPLETED)
+        if overflow.done():
+            log.warning("an /events client fell %d events behind: disconnected", bus.buffer)
+            sender.cancel()
+            await close(ws, request, WSCloseCode.POLICY_VIOLATION,
+                        f"too slow: more than {bus.buffer} events unread; reconnect and GET /jobs")
     finally:
-        bus.unsubscribe(queue)
-        reader.cancel()
-        await ws.close()
+        bus.unsubscribe(sub)
+        for task in (reader, sender, overflow):
+            task.cancel()
+        await close(ws, request, WSCloseCode.OK, "")
     return ws
+
+
+async def close(ws: web.WebSocketResponse, request: web.Request, code: int, reason: str) -> None:
+    """Close with `code`; a client that does not read (its socket full) cannot take the close frame in
+    time, and its connection is cut instead."""
+    if ws.closed:
+        return
+    try:
+        await asyncio.wait_for(ws.close(code=code, message=reason.encode()[:120]), CLOSE_TIMEOUT)
+    except (asyncio.TimeoutError, ConnectionError, RuntimeError):
+        if request.transport is not None:
+            request.transport.abort()
+
+
+async def close_all(app: web.Application) -> None:
+    """on_shutdown: tell every listener the daemon is going away, at once and in parallel."""
+    sockets = list(app[SOCKETS])
+    if sockets:
+        log.info("closing %d /events connection(s)", len(sockets))
+    with contextlib.suppress(Exception):
+        await asyncio.gather(*(ws.close(code=WSCloseCode.GOING_AWAY, message=b"daemon shutting down")
+                               for ws in sockets if not ws.closed), return_exceptions=True)

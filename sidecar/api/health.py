@@ -7,7 +7,7 @@ import asyncio
 from aiohttp import web
 
 from sidecar import __version__
-from sidecar.api.keys import BACKEND, DEVICE, PROFILE, RUNNER, TEMPLATES
+from sidecar.api.keys import BACKEND, DEVICE, PROFILE, RUNNER, STARTUP_WARNINGS, TEMPLATES
 from sidecar.api.openapi import build_openapi
 from sidecar.loras import list_loras
 
@@ -20,11 +20,15 @@ async def health(request: web.Request) -> web.Response:
     backend = app[BACKEND]
     h = await backend.health()
     templates = app[TEMPLATES]
-    warnings = list(h.warnings)
+    runner = app[RUNNER]
+    warnings = [*app[STARTUP_WARNINGS], *h.warnings]
     if templates.last_error:
         warnings.append(f"template reload failed, using the last good set: {templates.last_error}")
+    if not runner.worker_alive:
+        warnings.append(f"the job worker is not running ({runner.worker_error or 'stopped'}); restarting it: "
+                        "queued jobs wait until it is back")
     body = {
-        "status": "ok" if h.available else "degraded",
+        "status": "ok" if h.available and runner.worker_alive else "degraded",
         "comfyui": h.engine == "comfyui" and h.available,
         "mps": h.device == "mps",
         "engine": h.engine,
@@ -34,6 +38,8 @@ async def health(request: web.Request) -> web.Response:
         "profile": app[PROFILE].name,
         "queueDepth": app[RUNNER].queue_depth,
         "runningJob": app[RUNNER].running_job,
+        "worker": {"running": runner.worker_alive, "restarts": runner.worker_restarts,
+                   "error": runner.worker_error},
         "training": app[DEVICE].training.summary(),
         "templates": sorted(templates.templates),
         "templateError": templates.last_error,

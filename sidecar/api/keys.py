@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+
 from aiohttp import web
 
 from sidecar.backend import GenerationBackend
@@ -23,3 +25,7 @@ BACKEND = web.AppKey("backend", GenerationBackend)
 EVENTS = web.AppKey("events", EventBus)
 DEVICE = web.AppKey("device", Device)
 TEMPLATES = web.AppKey("templates", TemplateStore)
+# What start-up found worth telling the user (an orphaned jobs folder): logged and in /health's warnings.
+STARTUP_WARNINGS = web.AppKey("startup_warnings", list)
+# Open /events sockets, closed on shutdown.
+SOCKETS = web.AppKey("sockets", weakref.WeakSet)

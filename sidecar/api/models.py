@@ -131,6 +131,14 @@ class LoraList(Wire):
     loras: list[LoraInfo]
 
 
+class WorkerState(Wire):
+    """The job worker: `running` false (and `error` set) between a crash and its restart."""
+
+    running: bool
+    restarts: int
+    error: str | None
+
+
 class Health(Wire):
     status: Literal["ok", "degraded"]
     comfyui: bool
@@ -142,6 +150,7 @@ class Health(Wire):
     profile: str
     queue_depth: int
     running_job: str | None
+    worker: WorkerState
     training: dict[str, Any] | None
     templates: list[str]
     template_error: str | None

@@ -34,7 +34,8 @@ OPERATIONS: list[Operation] = [
               errors={400: "invalid_json, unknown_field, invalid_field, resolution_exceeds_profile, "
                            "batch_size_not_supported, lora_not_found, checkpoint_not_found, pose_image_invalid, "
                            "node_not_supported, sampler_not_supported",
-                      409: "training_in_progress", 413: "payload_too_large", 503: "comfyui_unavailable"}),
+                      409: "training_in_progress", 413: "payload_too_large", 429: "queue_full",
+                      503: "comfyui_unavailable", 507: "disk_full"}),
     Operation("get", "/jobs", "Recent jobs, newest first (?status=, ?limit=)", response=m.JobList),
     Operation("get", "/jobs/{id}", "One job", response=m.Job, errors={404: "job_not_found"}),
     Operation("get", "/jobs/{id}/image", "The job's PNG", errors={404: "job_not_found", 409: "job_not_finished"}),

@@ -3,6 +3,12 @@
 Owns job state changes (persisted before they are announced), cancellation, the one re-queue of a
 job whose prompt the backend lost, and picking up queued and running jobs after a daemon restart.
 It does not know how a backend runs a job (see `sidecar.backend`).
+
+Faults never stop the queue: any exception from the backend or the store fails that job (a full disk
+as `disk_full`, anything unforeseen as `internal_error`) and the next one runs; an end state the store
+cannot write (the disk is full) is kept in memory and written once the store takes writes again; and
+should the worker task die anyway, it is restarted after `restart_delay` (while it is down,
+`worker_error` says why and `/health` is degraded).
 """
 
 from __future__ import annotations
@@ -17,10 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from sidecar.backend import GenerationBackend, RunContext
-from sidecar.errors import InvalidState, JobCancelled, JobNotFound, PromptLost, SidecarError
+from sidecar.errors import InvalidState, JobCancelled, JobNotFound, PromptLost, QueueFull, SidecarError
 from sidecar.events import EventBus
 from sidecar.jobs.build import BuiltJob
 from sidecar.jobs.device import Device
+from sidecar.jobs.faults import disk_full, log_write_failure, sweep_temp_files
 from sidecar.jobs.states import TERMINAL, check_transition
 from sidecar.jobs.store import JobRecord, JobStore
 from sidecar.sqlite_store import now_iso
@@ -30,10 +37,9 @@ log = logging.getLogger("sidecar.jobs")
 MAX_LOSSES = 1  # a lost prompt is re-queued once, then the job fails
 PROGRESS_PERSIST_INTERVAL = 1.0
 
-
 class JobRunner:
     def __init__(self, store: JobStore, backend: GenerationBackend, device: Device, events: EventBus,
-                 outputs_dir: Path):
+                 outputs_dir: Path, *, max_queue: int = 512, restart_delay: float = 1.0):
         self.store = store
         self.backend = backend
         self.device = device
@@ -49,23 +55,65 @@ class JobRunner:
         self._loop_thread: int | None = None
         # Jobs picked up after a restart, until they end: a loss after a re-queue is still `lost_on_restart`.
         self._recovering: set[str] = set()
+        self.max_queue = max_queue
+        self._submitting = 0  # submits between the depth check and the queue (the store write)
+        # Ended jobs whose end state the store could not write yet (disk full): answered from here.
+        self._unsaved: dict[str, JobRecord] = {}
+        self.restart_delay = restart_delay
+        self.worker_restarts = 0
+        self.worker_error: str | None = None  # why the worker is down, until it is restarted
+        self._stopping = False
+        self._restart: asyncio.TimerHandle | None = None
 
     # -- lifecycle
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
+        self._stopping = False
         self.outputs_dir.mkdir(parents=True, exist_ok=True)
+        for tmp in await asyncio.to_thread(sweep_temp_files, self.outputs_dir):
+            log.info("removed %s, left by a daemon stopped while writing it", tmp.name)
         await self._recover()
-        self._task = asyncio.create_task(self._worker(), name="job-runner")
+        self._start_worker(restarted=False)
 
     async def stop(self) -> None:
+        self._stopping = True
+        if self._restart is not None:
+            self._restart.cancel()
         if self._task:
             self._task.cancel()
             try:
                 await self._task
-            except (asyncio.CancelledError, Exception):
+            except BaseException:  # noqa: BLE001 - whatever ended it, it is stopped now
                 pass
             self._task = None
+        await self._flush_unsaved()
+
+    @property
+    def worker_alive(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def _start_worker(self, *, restarted: bool) -> None:
+        self._task = asyncio.create_task(self._worker(restarted), name="job-runner")
+        self._task.add_done_callback(self._worker_ended)
+
+    def _worker_ended(self, task: asyncio.Task[None]) -> None:
+        if self._stopping or task.cancelled():
+            return
+        exc = task.exception()
+        self.worker_error = f"{type(exc).__name__}: {exc}" if exc else "the job worker returned"
+        log.error("the job worker stopped (%s); restarting it in %.1f s", self.worker_error, self.restart_delay,
+                  exc_info=exc)
+        self._restart = asyncio.get_running_loop().call_later(self.restart_delay, self._restart_worker)
+
+    def _restart_worker(self) -> None:
+        self._restart = None
+        if self._stopping:
+            return
+        self.worker_restarts += 1
+        self.worker_error = None
+        log.info("job worker restarted (restart %d)", self.worker_restarts)
+        self._start_worker(restarted=True)
 
     async def _recover(self) -> None:
         """Queued jobs run again; a job that was running is reconciled with the backend (by its prompt
@@ -103,6 +151,11 @@ class JobRunner:
         return self._running
 
     async def submit(self, built: BuiltJob, request: dict[str, Any]) -> JobRecord:
+        waiting = len(self._queue) + self._submitting
+        if waiting >= self.max_queue:
+            raise QueueFull(f"{waiting} jobs are already waiting, the most this daemon queues (max_queue "
+                            f"{self.max_queue}); submit again once some have run.",
+                            {"limit": self.max_queue, "queueDepth": waiting})
         job = JobRecord(
             id=uuid.uuid4().hex,
             status="queued",
@@ -113,7 +166,11 @@ class JobRunner:
             engine=self.backend.name,
             pose_image=str(built.pose_image) if built.pose_image else None,
         )
-        await self.store.insert(job)
+        self._submitting += 1
+        try:
+            await self.store.insert(job)  # a full disk raises DiskFull here: 507, nothing queued
+        finally:
+            self._submitting -= 1
         self._live[job.id] = job
         self._queue.append(job.id)
         log.info("job %s queued (template %s, queue depth %d)", job.id, job.template, len(self._queue))
@@ -122,7 +179,7 @@ class JobRunner:
         return job
 
     async def get(self, job_id: str) -> JobRecord:
-        job = self._live.get(job_id) or await self.store.get(job_id)
+        job = self._live.get(job_id) or self._unsaved.get(job_id) or await self.store.get(job_id)
         if job is None:
             raise JobNotFound(f"No job with id {job_id!r}.", {"jobId": job_id})
         return job
@@ -130,7 +187,7 @@ class JobRunner:
     async def list(self, status: str | None, limit: int) -> list[JobRecord]:
         jobs = await self.store.list(status, limit)
         # Live records carry progress newer than the last persisted one.
-        return [self._live.get(j.id, j) for j in jobs]
+        return [self._live.get(j.id) or self._unsaved.get(j.id) or j for j in jobs]
 
     async def cancel(self, job_id: str) -> JobRecord:
         job = await self.get(job_id)
@@ -139,7 +196,7 @@ class JobRunner:
                                {"jobId": job_id, "status": job.status})
         if job.status == "queued" and job_id in self._queue:
             self._queue.remove(job_id)
-            await self._finish(job, "cancelled")
+            await self._finish_or_keep(job, "cancelled")
             return job
         # Running: the backend stops it (ComfyUI interrupt / engine step check) and we mark it cancelled
         # only once the backend confirms.
@@ -150,12 +207,15 @@ class JobRunner:
         return job
 
     # -- worker
-    async def _worker(self) -> None:
+    async def _worker(self, restarted: bool) -> None:
+        if restarted:
+            await self._fail_abandoned()
         while True:
             while not self._queue:
                 self._wakeup.clear()
                 await self._wakeup.wait()
             async with self.device.lock:
+                await self._flush_unsaved()
                 if not self._queue:
                     continue
                 job_id = self._queue.popleft()
@@ -165,15 +225,35 @@ class JobRunner:
                 self.device.busy_with = f"job:{job_id}"
                 self._running = job_id
                 try:
-                    await self._run(job)
-                except Exception:  # a bug must not kill the queue
-                    log.exception("job %s: unexpected error", job_id)
-                    if job.status not in TERMINAL:
-                        await self._finish(job, "failed", code="internal_error",
-                                           message="The daemon hit an internal error running this job; see its log.")
+                    await self._run_one(job)
                 finally:
                     self._running = None
                     self.device.busy_with = None
+
+    async def _run_one(self, job: JobRecord) -> None:
+        """Run a job; whatever goes wrong, it ends (failed with a code) and the worker goes on."""
+        try:
+            await self._run(job)
+        except Exception as exc:  # a bug or a store fault must not kill the queue
+            failure = exc if isinstance(exc, SidecarError) else None
+            if isinstance(exc, OSError):
+                failure = disk_full(exc, "the job's data")
+            if failure is None:
+                log.exception("job %s: unexpected error", job.id)
+                failure = SidecarError("The daemon hit an internal error running this job; see its log.")
+            else:
+                log.warning("job %s: %s", job.id, failure.message)
+            if job.status not in TERMINAL:
+                await self._finish_or_keep(job, "failed", code=failure.code, message=failure.message,
+                                           details=failure.details)
+
+    async def _fail_abandoned(self) -> None:
+        """A job the dead worker was running (not queued again) can be in any state in the backend: fail it."""
+        for job in list(self._live.values()):
+            if job.status == "running" and job.id not in self._queue:
+                await self._finish_or_keep(job, "failed", code="internal_error",
+                                           message="The job worker stopped while running this job; see the "
+                                                   "daemon log. Submit it again.")
 
     async def _run(self, job: JobRecord) -> None:
         reconcile = job.status == "running"
@@ -202,7 +282,8 @@ class JobRunner:
             now = time.monotonic()
             if now - last_persist >= PROGRESS_PERSIST_INTERVAL or step == total:
                 last_persist = now
-                self.store.update_soon(job.id, progress_step=step, progress_total=total)
+                written = self.store.update_soon(job.id, progress_step=step, progress_total=total)
+                written.add_done_callback(log_write_failure)
 
         async def on_prompt_id(prompt_id: str) -> None:
             job.prompt_id = prompt_id
@@ -228,13 +309,21 @@ class JobRunner:
             await self._lost(job, exc)
         except SidecarError as exc:
             await self._finish(job, "failed", code=exc.code, message=exc.message, details=exc.details)
+        except OSError as exc:
+            full = disk_full(exc, "the job's image")
+            if full is None:
+                raise
+            await self._finish(job, "failed", code=full.code, message=full.message, details=full.details)
         else:
             job.device = result.device
             await self._finish(job, "succeeded", output_file=str(result.output_path), device=result.device)
         finally:
             self._cancel_events.pop(job.id, None)
-            if running_write is not None:
-                await running_write  # long done (written before the end state); surfaces a disk error
+            if running_write is not None and not running_write.done():
+                await asyncio.wait([running_write])  # written before the end state, in store order
+            if running_write is not None and running_write.exception() is not None:
+                # The end state written after it is what counts; a full disk failed the job already.
+                log.warning("job %s: its `running` state was not written: %s", job.id, running_write.exception())
 
     async def _lost(self, job: JobRecord, exc: PromptLost) -> None:
         after_restart = job.id in self._recovering
@@ -274,17 +363,49 @@ class JobRunner:
 
     async def _finish(self, job: JobRecord, status: str, *, code: str | None = None, message: str | None = None,
                       details: dict[str, Any] | None = None, **fields: Any) -> None:
-        extra: dict[str, Any] = {"finished_at": now_iso(), **fields}
-        if code:
-            extra.update(error_code=code, error_message=message, error_details=details or {})
-        if status == "succeeded" and job.progress_total:
-            extra["progress_step"] = job.progress_total
-        await self._set(job, status, **extra)
+        await self._set(job, status, **self._end_fields(job, status, code, message, details, fields))
         if code:
             log.info("job %s failed: %s: %s", job.id, code, message)
         self._live.pop(job.id, None)
         self._recovering.discard(job.id)
 
+    @staticmethod
+    def _end_fields(job: JobRecord, status: str, code: str | None, message: str | None,
+                    details: dict[str, Any] | None, fields: dict[str, Any]) -> dict[str, Any]:
+        extra: dict[str, Any] = {"finished_at": now_iso(), **fields}
+        if code:
+            extra.update(error_code=code, error_message=message, error_details=details or {})
+        if status == "succeeded" and job.progress_total:
+            extra["progress_step"] = job.progress_total
+        return extra
+
+    async def _finish_or_keep(self, job: JobRecord, status: str, *, code: str | None = None,
+                              message: str | None = None, details: dict[str, Any] | None = None) -> None:
+        """End a job; if the store cannot take the write, the end state lives in memory (answered by
+        get/list, announced) and is written before the next job runs or at shutdown."""
+        try:
+            await self._finish(job, status, code=code, message=message, details=details)
+        except Exception as exc:  # noqa: BLE001 - the store is what failed; the job still ends
+            log.error("job %s: cannot write its end state (%s); kept in memory until the store takes writes",
+                      job.id, exc)
+            self._apply(job, status, self._end_fields(job, status, code, message, details, {}))
+            self._unsaved[job.id] = job
+            self._live.pop(job.id, None)
+            self._recovering.discard(job.id)
+
+    async def _flush_unsaved(self) -> None:
+        for job in list(self._unsaved.values()):
+            try:
+                await self.store.update(job.id, status=job.status, finished_at=job.finished_at,
+                                        error_code=job.error_code, error_message=job.error_message,
+                                        error_details=job.error_details, progress_step=job.progress_step)
+            except Exception as exc:  # noqa: BLE001 - still cannot write: keep it for the next try
+                log.debug("job %s: end state still not written (%s)", job.id, exc)
+                return
+            del self._unsaved[job.id]
+            log.info("job %s: end state written (%s)", job.id, job.status)
+
     def _announce(self, job: JobRecord) -> None:
         kind = "started" if job.status == "running" else job.status
         self.events.publish({"type": f"job.{kind}", "job": job.to_api()})
+
