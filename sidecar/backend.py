@@ -25,6 +25,9 @@ class BackendHealth:
     device: str | None = None  # "mps" | "cuda" | "cpu" | None when unknown
     dtypes: dict[str, str] = field(default_factory=dict)  # e.g. {"unet": "fp16", "vae": "fp32"}
     warnings: list[str] = field(default_factory=list)
+    # What the backend holds in memory now (checkpoint, loras, controlnet, keepAlive, expiresAt); None
+    # when it cannot say (ComfyUI has no API for it).
+    loaded: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # versions, argv, loaded models ...
 
 

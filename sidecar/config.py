@@ -21,6 +21,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from sidecar.durations import parse_duration
 from sidecar.errors import ConfigError
 from sidecar.profiles import PROFILES
 
@@ -55,6 +56,9 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default_factory=default_data_dir)
     profile: str = "m1pro-16gb"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_stderr: bool = Field(
+        True, description="also write the log to stderr (a terminal); the launchd agent turns it off "
+                          "(--no-log-stderr) so its log goes only to the rotating <data_dir>/logs/sidecar.log")
     max_body_bytes: int = Field(1_048_576, ge=1024, description="largest request body accepted")
     max_queue: int = Field(512, ge=1, description="most jobs waiting to run; past it POST /jobs answers 429 "
                                                   "queue_full (Ollama's OLLAMA_MAX_QUEUE default)")
@@ -68,6 +72,14 @@ class Settings(BaseSettings):
     models_dir: Path | None = None
     device: Literal["auto", "mps", "cuda", "cpu"] = "auto"
     workflows_dir: Path = REPO_ROOT / "workflows"
+    keep_alive: float = Field(
+        300.0, description="how long the embedded engine keeps its models loaded after the last job, as "
+                           "Ollama's keep_alive: \"5m\", \"30s\", \"1h\" or seconds; 0 unloads after each job, "
+                           "-1 never unloads")
+    keep_days: int = Field(
+        30, ge=0, description="finished jobs older than this many days are removed with their images in the "
+                              "data dir (at start, daily, and by `sidecar gc`); 0 keeps them forever. Pages the "
+                              "pipeline saved in the artist's project are never touched")
 
     # -- ComfyUI (attach with comfyui_url, or manage with comfyui_dir + comfyui_python)
     comfyui_url: str | None = None
@@ -78,6 +90,10 @@ class Settings(BaseSettings):
     comfyui_unavailable_deadline: float = Field(300.0, gt=0)
     job_inactivity_timeout: float = Field(900.0, gt=0)
     history_poll_interval: float = Field(3.0, gt=0)
+    comfyui_delete_outputs: bool = Field(
+        True, description="delete the copy ComfyUI keeps in its output/ folder once the daemon has fetched "
+                          "a job's image (the daemon keeps its own); needs the ComfyUI folder (managed mode, "
+                          "or comfyui_dir set with comfyui_url): ComfyUI has no API to delete a file")
 
     # -- kohya_ss
     kohya_dir: Path | None = None
@@ -107,6 +123,11 @@ class Settings(BaseSettings):
         # Absolute but not resolved: a venv's python is a symlink to the base interpreter, and
         # following it would run outside the venv (without its site-packages).
         return Path(os.path.abspath(v.expanduser())) if v is not None else None
+
+    @field_validator("keep_alive", mode="before")
+    @classmethod
+    def _duration(cls, v: Any) -> float:
+        return parse_duration(v)
 
     @field_validator("profile")
     @classmethod

@@ -10,6 +10,7 @@ from sidecar import __version__
 from sidecar.api.keys import BACKEND, DEVICE, PROFILE, RUNNER, STARTUP_WARNINGS, TEMPLATES
 from sidecar.api.openapi import build_openapi
 from sidecar.loras import list_loras
+from sidecar.memory import process_memory
 
 routes = web.RouteTableDef()
 
@@ -45,6 +46,8 @@ async def health(request: web.Request) -> web.Response:
         "templateError": templates.last_error,
         "warnings": warnings,
         "version": __version__,
+        "loaded": h.loaded,
+        "memory": process_memory(),
         "backend": h.extra,
     }
     return web.json_response(body)

@@ -139,6 +139,21 @@ class WorkerState(Wire):
     error: str | None
 
 
+class LoadedModels(Wire):
+    """What the embedded engine holds in memory now (ComfyUI has no API that says: null there)."""
+
+    checkpoint: str | None
+    loras: list[str]
+    controlnet: str | None
+    keep_alive: str = Field(description="idle time before the models are unloaded (\"5m\"; \"never\")")
+    expires_at: str | None = Field(description="when they will be unloaded if no job comes (UTC ISO 8601)")
+
+
+class ProcessMemory(Wire):
+    rss_bytes: int | None = Field(description="the daemon's resident memory now")
+    peak_rss_bytes: int | None = Field(description="its highest resident memory since it started")
+
+
 class Health(Wire):
     status: Literal["ok", "degraded"]
     comfyui: bool
@@ -156,6 +171,8 @@ class Health(Wire):
     template_error: str | None
     warnings: list[str]
     version: str
+    loaded: LoadedModels | None = None
+    memory: ProcessMemory
     backend: dict[str, Any] = Field(default_factory=dict)
 
 

@@ -5,6 +5,9 @@ loop only awaits it, so /health and the job list answer while a job renders. The
 job's cancel event (and a stop flag for shutdown) before every model call. torch is imported when
 the backend starts, not when this module is imported, so a daemon without the [engine] extra still
 starts and says what is missing.
+
+Warm models are given back after `keep_alive` idle seconds, as Ollama does (0: after each job, -1: never):
+on a 16 GB unified-memory Mac a checkpoint left loaded is memory the rest of the machine cannot use.
 """
 
 from __future__ import annotations
@@ -14,13 +17,16 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from sidecar.backend import BackendHealth, ModelFolder, RunContext, RunResult
 from sidecar.config import Settings
+from sidecar.durations import format_duration
 from sidecar.engine.interpreter import SUPPORTED_NODES, RenderJob, interpret
 from sidecar.errors import EngineUnavailable, JobCancelled, JobFailed, SidecarError
 
@@ -38,6 +44,11 @@ class EmbeddedBackend:
         self._renderer: Any = None
         self._problem: SidecarError | None = None
         self._versions: dict[str, str] = {}
+        self.keep_alive = settings.keep_alive
+        self._uses = 0  # jobs started so far: an idle unload scheduled before a newer job is stale
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._expires_at: float | None = None  # wall-clock time of the scheduled unload
+        self.idle_unloads = 0  # for /health and tests
 
     # -- lifecycle
     async def start(self) -> None:
@@ -75,6 +86,7 @@ class EmbeddedBackend:
                  ", ".join(f"{k} {v}" for k, v in self._plan.dtypes().items()), self.settings.models_path)
 
     async def stop(self) -> None:
+        self._cancel_idle()
         if self._executor is not None:
             executor, self._executor = self._executor, None
             # A job still rendering was told to stop by its run(); wait for the thread to finish the step.
@@ -82,8 +94,42 @@ class EmbeddedBackend:
 
     async def unload(self) -> None:
         """Free the cached models (e.g. before training takes the device)."""
+        self._cancel_idle()
         if self._executor is not None and self._cache is not None:
             await asyncio.get_running_loop().run_in_executor(self._executor, self._cache.unload)
+
+    # -- keep_alive
+    def _cancel_idle(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        self._idle_timer, self._expires_at = None, None
+
+    def _schedule_idle_unload(self) -> None:
+        """After a job: unload after keep_alive idle seconds (or now for 0; never for -1)."""
+        self._cancel_idle()
+        if self.keep_alive < 0 or self._executor is None or self._cache is None:
+            return
+        uses = self._uses
+        loop = asyncio.get_running_loop()
+        self._expires_at = time.time() + self.keep_alive
+        self._idle_timer = loop.call_later(self.keep_alive, lambda: loop.create_task(self._idle_unload(uses)))
+
+    async def _idle_unload(self, uses: int) -> None:
+        self._idle_timer, self._expires_at = None, None
+        executor = self._executor
+        if executor is None or uses != self._uses:
+            return
+
+        def unload_if_idle() -> bool:
+            # In the engine thread, behind any job queued meanwhile: a job started since keeps its models.
+            if uses != self._uses or self._cache.base is None and not self._cache.loaded()["controlnet"]:
+                return False
+            self.idle_unloads += 1  # before: /health must never see the models gone and the count not
+            self._cache.unload()
+            return True
+
+        if await asyncio.get_running_loop().run_in_executor(executor, unload_if_idle):
+            log.info("embedded engine idle for %s: models unloaded (keep_alive)", format_duration(self.keep_alive))
 
     # -- what the daemon asks
     async def health(self) -> BackendHealth:
@@ -93,10 +139,18 @@ class EmbeddedBackend:
         warnings = [self._problem.message] if self._problem else []
         if self._plan.device == "cpu":
             warnings.append("no GPU (MPS/CUDA) found: the embedded engine runs on the CPU")
+        loaded = self._cache.loaded()
+        models = {
+            "checkpoint": loaded["checkpoint"], "loras": loaded["loras"], "controlnet": loaded["controlnet"],
+            "keepAlive": format_duration(self.keep_alive),
+            "expiresAt": (_iso(self._expires_at) if self._expires_at is not None
+                          and (loaded["checkpoint"] or loaded["controlnet"]) else None),
+        }
         return BackendHealth(
             available=self._problem is None, engine=self.name, device=self._plan.device,
-            dtypes=self._plan.dtypes(), warnings=warnings,
-            extra={"loaded": self._cache.loaded(), "modelsDir": str(self.settings.models_path), **self._versions},
+            dtypes=self._plan.dtypes(), warnings=warnings, loaded=models,
+            extra={"loaded": loaded, "idleUnloads": self.idle_unloads, "modelsDir": str(self.settings.models_path),
+                   **self._versions},
         )
 
     async def known_node_types(self) -> set[str] | None:
@@ -122,6 +176,8 @@ class EmbeddedBackend:
             raise JobCancelled()
         stop = threading.Event()  # set when the daemon stops mid-job
         cancel = ctx.cancel_event
+        self._cancel_idle()
+        self._uses += 1
 
         def should_stop() -> bool:
             # Read from the worker thread: is_set() only reads a flag, which is safe across threads,
@@ -133,6 +189,13 @@ class EmbeddedBackend:
         except asyncio.CancelledError:
             stop.set()  # let the thread end at its next step
             raise
+        finally:
+            if stop.is_set():
+                pass
+            elif self.keep_alive == 0:
+                await self._idle_unload(self._uses)  # before the job is reported done: nothing stays loaded
+            else:
+                self._schedule_idle_unload()
         return RunResult(output_path=ctx.output_path, device=self._plan.device,
                          extra={"dtypes": self._plan.dtypes(), "loaded": self._cache.loaded()})
 
@@ -172,6 +235,10 @@ class EmbeddedBackend:
                 return path
         raise JobFailed(f"LoadImage: image {name!r} not found (no pose image with the job, nothing in "
                         f"{self.settings.data_dir / 'input'}).", {"image": name}, code="execution_error")
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _write_png(image: Any, path: Path, workflow: dict[str, Any]) -> None:
