@@ -15,7 +15,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from sidecar.api import events, health, jobs, training
+from sidecar.api import events, health, jobs, maintenance, training
 from sidecar.api.errors import error_middleware
 from sidecar.api.keys import (BACKEND, BUILDER, DEVICE, EVENTS, PROFILE, RUNNER, SETTINGS, SOCKETS, STARTUP_WARNINGS,
                               STORE, TEMPLATES)
@@ -82,6 +82,7 @@ def create_app(settings: Settings, backend: GenerationBackend | None = None) -> 
     app.router.add_routes(jobs.routes)
     app.router.add_routes(events.routes)
     training.setup_routes(app)
+    maintenance.setup_routes(app)
     return app
 
 

@@ -139,6 +139,28 @@ class WorkerState(Wire):
     error: str | None
 
 
+class GcRequest(Wire):
+    """POST /gc. Without keepDays, the daemon's keep_days setting (0 there: nothing is removed)."""
+
+    dry_run: bool = Field(False, description="only report what would be removed and its size")
+    keep_days: int | None = Field(None, ge=0, le=36500,
+                                  description="remove finished jobs that ended more than this many days ago "
+                                              "(0: every finished job)")
+
+
+class GcReport(Wire):
+    dry_run: bool
+    keep_days: int
+    cutoff: str | None = Field(description="jobs that ended before this time (UTC ISO 8601) are removed; null "
+                                           "when keep_days is 0 and none was given (nothing is removed)")
+    jobs: int = Field(description="finished jobs removed (or that would be)")
+    files: int = Field(description="their image files in the data dir")
+    bytes: int = Field(description="the size of those files")
+    removed_jobs: int = Field(description="rows actually deleted (0 on a dry run)")
+    job_ids: list[str] = Field(description="the jobs' ids (the first 200)")
+    kept_outside_data_dir: list[str] = Field(description="image paths outside the data dir, left alone")
+
+
 class LoadedModels(Wire):
     """What the embedded engine holds in memory now (ComfyUI has no API that says: null there)."""
 

@@ -145,3 +145,32 @@ class JobStore(SqliteStore):
             self._exec, "SELECT * FROM jobs WHERE status IN ('queued', 'running') ORDER BY seq ASC"
         )
         return [self._row(r) for r in rows]
+
+    # -- retention (sidecar.jobs.retention)
+    async def finished_before(self, cutoff: str) -> list[JobRecord]:
+        """Succeeded, failed and cancelled jobs that ended before `cutoff` (ISO, as stored), oldest first.
+        Queued and running jobs are never listed, however old."""
+        rows = await self._call(
+            self._exec,
+            "SELECT * FROM jobs WHERE status IN ('succeeded', 'failed', 'cancelled') "
+            "AND COALESCE(finished_at, created_at) < ? ORDER BY seq ASC", (cutoff,))
+        return [self._row(r) for r in rows]
+
+    async def delete_finished(self, job_ids: list[str]) -> int:
+        """Remove these jobs' rows, only while they are still finished (one transaction); the count removed."""
+        def delete() -> int:
+            assert self._conn is not None
+            removed = 0
+            with self._conn:  # one transaction: all rows or none
+                self._conn.execute("BEGIN IMMEDIATE")
+                for start in range(0, len(job_ids), 500):
+                    chunk = job_ids[start:start + 500]
+                    marks = ", ".join("?" for _ in chunk)
+                    cur = self._conn.execute(
+                        f"DELETE FROM jobs WHERE id IN ({marks}) AND status IN ('succeeded', 'failed', 'cancelled')",
+                        tuple(chunk))
+                    removed += cur.rowcount
+            return removed
+
+        return await self._call(delete)
+
