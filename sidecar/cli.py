@@ -171,10 +171,14 @@ def setup_logging(settings: Settings) -> None:
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     root = logging.getLogger()
     root.setLevel(settings.log_level.upper())
-    # Rotated: under launchd the daemon runs for months and logs one line per request.
+    # Rotated: under launchd the daemon runs for months and logs one line per request. launchd's own
+    # stdout/stderr files are never rotated: its agent passes --no-log-stderr so this file is the only one.
     to_file = logging.handlers.RotatingFileHandler(settings.logs_dir / "sidecar.log", maxBytes=LOG_BYTES,
                                                    backupCount=LOG_BACKUPS, encoding="utf-8")
-    for handler in (logging.StreamHandler(sys.stderr), to_file):
+    handlers: list[logging.Handler] = [to_file]
+    if settings.log_stderr:
+        handlers.insert(0, logging.StreamHandler(sys.stderr))
+    for handler in handlers:
         handler.setFormatter(fmt)
         root.addHandler(handler)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # our middleware logs each request once
@@ -196,12 +200,16 @@ def main() -> None:
 
 @main.command()
 @config_options
+@click.option("--log-stderr/--no-log-stderr", "log_stderr", default=None,
+              help="also log to stderr [default: on]; the launchd agent turns it off (the rotating log only)")
 def serve(**flags: Any) -> None:
     """Run the daemon in the foreground (Ctrl-C stops it and its ComfyUI, if it started one)."""
     from aiohttp import web
 
     from sidecar.api.app import create_app
+    from sidecar.logpipe import trim_stderr
 
+    trim_stderr()  # under launchd stderr is a file launchd never rotates
     settings, _ = settings_from(flags)
     setup_logging(settings)
     log = logging.getLogger("sidecar")

@@ -100,8 +100,8 @@ def check_agent(plist: dict, home: Path) -> None:
     assert program.is_absolute() and program.is_file() and os.access(program, os.X_OK)
     assert Path(plist["WorkingDirectory"]).is_absolute()
     logs = home / "Library" / "Logs" / "plasma-sidecar"
-    for key in ("StandardOutPath", "StandardErrorPath"):
-        assert Path(plist[key]).parent == logs
+    # launchd never rotates these: stdout goes nowhere, stderr only gets what precedes logging (trimmed).
+    assert plist["StandardOutPath"] == "/dev/null" and Path(plist["StandardErrorPath"]).parent == logs
     env = plist["EnvironmentVariables"]
     assert env["PYTORCH_ENABLE_MPS_FALLBACK"] == "1" and all(isinstance(v, str) for v in env.values())
     assert all(Path(p).is_absolute() for p in env["PATH"].split(":"))
@@ -119,11 +119,15 @@ def test_dry_run_renders_both_agents_and_the_daemon_attaches_to_comfyui(home, co
     for plist in (daemon, comfyui):
         check_agent(plist, home)
 
-    assert comfyui["ProgramArguments"][1:] == [str(comfy / "main.py"), "--force-fp16", "--fp32-vae", "--listen",
+    # ComfyUI's output goes through the rotating pipe, not to launchd's files.
+    logs = home / "Library" / "Logs" / "plasma-sidecar"
+    assert comfyui["ProgramArguments"][:6] == [sys.executable, "-m", "sidecar.logpipe", str(logs / "comfyui.log"),
+                                               "--", str(comfy / "venv/bin/python")]
+    assert comfyui["ProgramArguments"][6:] == [str(comfy / "main.py"), "--force-fp16", "--fp32-vae", "--listen",
                                                "127.0.0.1", "--port", "8188"]
-    assert Path(comfyui["ProgramArguments"][1]).is_file() and comfyui["WorkingDirectory"] == str(comfy)
+    assert Path(comfyui["ProgramArguments"][6]).is_file() and comfyui["WorkingDirectory"] == str(comfy)
     assert daemon["ProgramArguments"][0] == sys.executable
-    assert daemon["ProgramArguments"][1:4] == ["-m", "sidecar", "serve"]
+    assert daemon["ProgramArguments"][1:5] == ["-m", "sidecar", "serve", "--no-log-stderr"]
     args = daemon["ProgramArguments"]
     assert args[args.index("--comfyui-url") + 1] == "http://127.0.0.1:8188"
     assert args[args.index("--config") + 1] == str(config)
