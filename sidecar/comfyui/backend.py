@@ -20,6 +20,7 @@ from sidecar.backend import BackendHealth, ModelFolder, RunContext, RunResult
 from sidecar.comfyui.client import ComfyClient, ComfyRefused, PromptWatch
 from sidecar.comfyui.follow import FollowOptions, PromptFollower
 from sidecar.comfyui.images import fetch_image
+from sidecar.comfyui.outputs import per_job_prefix, remove_outputs
 from sidecar.comfyui.pose import place_pose, set_pose
 from sidecar.comfyui.precision import fit_to_device, server_dtypes
 from sidecar.comfyui.supervisor import ComfySupervisor
@@ -70,6 +71,8 @@ class ComfyBackend:
         self._object_info: dict[str, Any] | None = None
         self._object_info_at = 0.0
         self._device: str | None = None
+        # ComfyUI's copies of our images are removed once fetched, where its folder is known (no API for it).
+        self.delete_outputs = settings.comfyui_delete_outputs and self.comfyui_dir is not None
 
     # -- lifecycle
     async def start(self) -> None:
@@ -77,6 +80,9 @@ class ComfyBackend:
             # The same client_id across daemon restarts: ComfyUI sends a prompt's messages to the socket
             # with the poster's id, so a restarted daemon still hears the prompt it left running.
             self.client.client_id = await asyncio.to_thread(stable_client_id, self.settings.data_dir)
+        if settings_wants_deletion_without_dir(self.settings):
+            log.info("ComfyUI's folder is unknown (attach mode without comfyui_dir): the copies it keeps in its "
+                     "output/ folder are not removed (ComfyUI has no API to delete a file)")
         # Neither waits for ComfyUI: the daemon answers /health at once and jobs wait for ComfyUI.
         if self.supervisor is not None:
             await self.supervisor.start()
@@ -195,6 +201,8 @@ class ComfyBackend:
         if ctx.pose_image is not None:
             comfy_name = await place_pose(self.client, ctx.pose_image, self.comfyui_dir)
             workflow = set_pose(workflow, ctx.pose_image.name, comfy_name)
+        if self.delete_outputs:
+            workflow = per_job_prefix(workflow, ctx.job_id)
         workflow, refitted = fit_to_device(workflow, self._device)
         if refitted:
             log.info("job %s: ComfyUI runs on the CPU; ModelComputeDtype node(s) %s set to default (fp32)",
@@ -227,6 +235,10 @@ class ComfyBackend:
 
     async def _collect(self, ctx: RunContext, prompt_id: str, outputs: dict[str, Any]) -> RunResult:
         image = await fetch_image(self.client, outputs, ctx.workflow, ctx.output_path)
+        if self.delete_outputs and self.comfyui_dir is not None:
+            removed = await asyncio.to_thread(remove_outputs, self.comfyui_dir, outputs)
+            if removed:
+                log.info("job %s: removed ComfyUI's copy %s", ctx.job_id, ", ".join(p.name for p in removed))
         return RunResult(output_path=ctx.output_path, device=self._device,
                          extra={"prompt_id": prompt_id, "comfyui_file": image})
 
@@ -274,6 +286,10 @@ class ComfyBackend:
                 if self._object_info is None:
                     raise
         return self._object_info
+
+
+def settings_wants_deletion_without_dir(settings: Settings) -> bool:
+    return settings.comfyui_delete_outputs and settings.comfyui_dir is None
 
 
 def stable_client_id(data_dir: Path) -> str:
