@@ -20,6 +20,7 @@ import click
 
 from sidecar.cli import EXIT_FAILED, report_daemon_error, settings_from
 from sidecar.config import Settings, is_loopback
+from sidecar.errors import SidecarError
 
 
 def daemon_url(settings: Settings) -> str:
@@ -101,8 +102,8 @@ def gc(dry_run: bool, keep_days: int | None, as_json: bool, **flags: Any) -> Non
             sys.exit(report_daemon_error(exc))
         try:
             report, where = asyncio.run(_offline(settings, keep_days, dry_run)), f"no daemon; {settings.db_path}"
-        except (OSError, sqlite3.Error) as err:
-            click.echo(f"error: cannot clean {settings.data_dir}: {err}", err=True)
+        except (OSError, sqlite3.Error, SidecarError) as err:
+            click.echo(f"error: cannot clean {settings.data_dir}: {getattr(err, 'message', err)}", err=True)
             sys.exit(EXIT_FAILED)
     if as_json:
         click.echo(json.dumps({**report, "via": where}, indent=2))
