@@ -48,6 +48,11 @@ class RunContext:
     cancel_event: asyncio.Event  # set when the user cancels; stop within one step
     prompt_id: str | None = None
     pose_image: Path | None = None  # local file for the LoadImage slot, when the template has one
+    # The graph as the backend will run it, when it differs from `workflow` (precision fitted to the
+    # device, the pose image under the name the backend loads): recorded as the job's workflow.
+    on_workflow: Callable[[dict[str, Any]], Awaitable[None]] | None = None
+    # Prompts ahead of this one in the backend's own queue (someone else's work), None once it runs.
+    on_queued: Callable[[int | None], None] | None = None
 
 
 @dataclass

@@ -61,20 +61,28 @@ class Job:
     ctx: RunContext
     progress: list[tuple[int, int]] = field(default_factory=list)
     prompt_ids: list[str] = field(default_factory=list)
+    workflows: list[dict[str, Any]] = field(default_factory=list)  # recorded through on_workflow
+    queued: list[int | None] = field(default_factory=list)  # on_queued reports
 
 
 def make_job(tmp_path: Path, wf: dict[str, Any], *, job_id: str = "job1", prompt_id: str | None = None,
              pose: Path | None = None) -> Job:
     progress: list[tuple[int, int]] = []
     prompt_ids: list[str] = []
+    workflows: list[dict[str, Any]] = []
+    queued: list[int | None] = []
 
     async def on_prompt_id(pid: str) -> None:
         prompt_ids.append(pid)
 
+    async def on_workflow(graph: dict[str, Any]) -> None:
+        workflows.append(graph)
+
     ctx = RunContext(job_id=job_id, workflow=wf, output_path=tmp_path / "outputs" / f"{job_id}.png",
                      on_progress=lambda step, total: progress.append((step, total)),
-                     on_prompt_id=on_prompt_id, cancel_event=asyncio.Event(), prompt_id=prompt_id, pose_image=pose)
-    return Job(ctx, progress, prompt_ids)
+                     on_prompt_id=on_prompt_id, cancel_event=asyncio.Event(), prompt_id=prompt_id, pose_image=pose,
+                     on_workflow=on_workflow, on_queued=queued.append)
+    return Job(ctx, progress, prompt_ids, workflows, queued)
 
 
 def write_fake_main(comfy_dir: Path, body: str | None = None) -> Path:

@@ -13,7 +13,8 @@ PNGs (noise-free gradients, never black unless asked) written to `<base_dir>/out
 
 Knobs for tests: `step_delay`/`node_delay`, `pause_at(step)`/`resume()`, `drop_socket()`, `kill()` +
 `restart()`, `fail_node(class_type, ...)`, `black_output`, `argv`, `device_type`, `hold_connections()`,
-`crash_next_post`, `lose_next_answer`, `models_endpoint`.
+`crash_next_post`, `lose_next_answer`, `models_endpoint`, `ignore_prompt_ids`; records for assertions
+(`prompt_posts`, `accepted`, `executions`, `interrupts`, `uploads`, `object_info_requests`, ...).
 Run it standalone with `python tests/fake_comfyui.py --port N [--base-dir DIR] [--step-delay S]`; it
 accepts (and reports in `/system_stats` argv) ComfyUI's own flags, so a `main.py` that runs it stands in
 for a ComfyUI install in managed-mode tests (see `conftest_comfy.py`).
@@ -91,6 +92,10 @@ class FakeComfyUI(InstallFiles, PromptWorker):
         self.crash_next_post = False  # the next POST /prompt hits an internal error (aiohttp's 500 text)
         self.lose_next_answer = False  # the next accepted POST /prompt loses its connection before answering
         self.models_endpoint = True  # False: GET /models/{folder} is a 404, as on older ComfyUI versions
+        # True: POST /prompt ignores the client's `prompt_id` and queues under a fresh uuid4 (what ComfyUI
+        # does for a body without one; a server or proxy that drops the field behaves so).
+        self.ignore_prompt_ids = False
+        self.object_info_requests: list[str | None] = []  # GET /object_info[/{class}]: the class, None = all
         self.failures: dict[str, tuple[str, str]] = {}
         # What happened, across restarts, for tests to assert on.
         self.prompt_posts = 0
@@ -296,7 +301,7 @@ class FakeComfyUI(InstallFiles, PromptWorker):
         if "client_id" in body:
             extra["client_id"] = body["client_id"]
         self.posted_with_socket.append(extra.get("client_id") in state.sockets)
-        prompt_id = str(body.get("prompt_id") or uuid.uuid4())
+        prompt_id = str((None if self.ignore_prompt_ids else body.get("prompt_id")) or uuid.uuid4())
         self._accept(state, prompt, prompt_id, extra, validation.outputs, front=front, number=number)
         if self.lose_next_answer:
             self.lose_next_answer = False

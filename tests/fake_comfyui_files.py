@@ -64,6 +64,7 @@ class InstallFiles:
     base_dir: Path
     models_endpoint: bool
     uploads: list[str]
+    object_info_requests: list[str | None]
     _object_info: dict[str, Any]
     _misc: dict[str, Any]
 
@@ -100,10 +101,12 @@ class InstallFiles:
 
     # -- routes
     async def _get_object_info(self, request: web.Request) -> web.Response:
+        self.object_info_requests.append(None)
         return web.json_response(self.object_info())
 
     async def _get_object_info_one(self, request: web.Request) -> web.Response:
         name = request.match_info["node_class"]
+        self.object_info_requests.append(name)
         info = self.object_info()
         return web.json_response({name: info[name]} if name in info else {})
 

@@ -366,18 +366,23 @@ async def test_stuck_prompt_is_interrupted_and_fails_as_timeout(comfy_settings, 
     fake_comfy.resume()
 
 
-async def test_health_reports_device_and_warns_without_fp32_vae(comfy_backend, fake_comfy) -> None:
+async def test_health_reports_device_and_warns_without_fp32_vae_on_mps_only(comfy_backend, fake_comfy) -> None:
     health = await comfy_backend.health()
-    # On the CPU ComfyUI computes fp32 even under --force-fp16 (fp16 weights are cast per layer).
-    assert health.device == "cpu" and health.dtypes == {"unet": "fp32", "vae": "fp32"}
+    # What our jobs really compute in on the CPU: fp32 sent for the UNet; CLIP weights load fp16.
+    assert health.device == "cpu" and health.dtypes == {"unet": "fp32", "text_encoder": "fp16", "vae": "fp32"}
+    fake_comfy.argv = ["main.py", "--cpu", "--listen", "127.0.0.1"]
+    health = await comfy_backend.health()
+    assert health.warnings == []  # the MPS concern is no concern on a CPU server
     fake_comfy.device_type = "mps"
+    fake_comfy.argv = ["main.py", "--force-fp16", "--fp32-vae", "--listen", "127.0.0.1"]
     health = await comfy_backend.health()
     assert health.available and health.engine == "comfyui" and health.device == "mps"
-    assert health.warnings == [] and health.dtypes == {"unet": "fp16", "vae": "fp32"}
+    assert health.warnings == [] and health.dtypes == {"unet": "fp16", "text_encoder": "fp16", "vae": "fp32"}
     assert health.extra["comfyuiVersion"] == "0.3.64" and "--fp32-vae" in health.extra["argv"]
     fake_comfy.argv = ["main.py", "--force-fp16", "--listen", "127.0.0.1"]
     health = await comfy_backend.health()
     assert health.available and any("--fp32-vae" in w for w in health.warnings)
+    assert health.dtypes["vae"] == "fp16"
     await fake_comfy.kill()
     health = await comfy_backend.health()
     assert not health.available and health.warnings
@@ -438,11 +443,13 @@ async def test_unload_before_training_asks_comfyui_to_free_its_models(comfy_back
     assert len(fake_comfy.frees) == 1
 
 
-@pytest.mark.parametrize(("device", "sent"), [("cpu", "default"), ("mps", "fp16")])
+@pytest.mark.parametrize(("device", "sent"), [("cpu", "fp32"), ("mps", "fp16")])
 async def test_template_fp16_unet_is_not_forced_on_a_cpu_comfyui(comfy_settings, fake_comfy, tmp_path,
                                                                  device, sent) -> None:
-    # A real CPU ComfyUI obeys ModelComputeDtype fp16 and runs 3.5-7x slower than in fp32.
+    # A real CPU ComfyUI obeys ModelComputeDtype fp16 and runs 3.5-30x slower than in fp32; `default`
+    # would not do under --force-fp16 either (the weights, hence the compute, are fp16 there).
     fake_comfy.device_type = device
+    assert "--force-fp16" in fake_comfy.argv
     wf = workflow(steps=1)
     job = make_job(tmp_path, wf)
     async with started(comfy_settings) as backend:
@@ -450,4 +457,19 @@ async def test_template_fp16_unet_is_not_forced_on_a_cpu_comfyui(comfy_settings,
     ran = fake_comfy.history[job.prompt_ids[0]]["prompt"][2]
     dtype_nodes = [n for n in ran.values() if n["class_type"] == "ModelComputeDtype"]
     assert dtype_nodes and all(n["inputs"]["dtype"] == sent for n in dtype_nodes)
-    assert wf["9"]["inputs"]["dtype"] == "fp16"  # the job's own workflow is left as the template made it
+    # The job records what ComfyUI ran (its saved workflow replays the same pixels).
+    assert job.workflows == ([ran] if device == "cpu" else [])
+
+
+async def test_validate_asks_for_the_classes_it_needs_once_never_the_whole_object_info(comfy_backend,
+                                                                                       fake_comfy) -> None:
+    wf = workflow()
+    await comfy_backend.validate(wf)
+    asked = list(fake_comfy.object_info_requests)
+    assert None not in asked and sorted(asked) == sorted({n["class_type"] for n in wf.values()})
+    await comfy_backend.validate(workflow(seed=2))
+    assert fake_comfy.object_info_requests == asked  # known: a submit does not wait on ComfyUI for it
+    bad = {**wf, "99": {"class_type": "NoSuchNode", "inputs": {}}}
+    with pytest.raises(NodeNotSupported):
+        await comfy_backend.validate(bad)
+    assert fake_comfy.object_info_requests == [*asked, "NoSuchNode"]

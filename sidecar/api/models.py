@@ -97,6 +97,8 @@ class Job(Wire):
     engine: str
     device: str | None = None
     prompt_id: str | None = None
+    queued_behind: int | None = Field(None, description="while the job waits in ComfyUI's own queue behind "
+                                      "other prompts (the artist's, in ComfyUI's UI): how many are ahead of it")
     attempts: int = 0
     created_at: str
     started_at: str | None = None

@@ -8,6 +8,7 @@ place the pose image, persist our prompt id, post, follow (`follow.py`), fetch t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -22,7 +23,7 @@ from sidecar.comfyui.follow import FollowOptions, PromptFollower
 from sidecar.comfyui.images import fetch_image
 from sidecar.comfyui.outputs import per_job_prefix, remove_outputs
 from sidecar.comfyui.pose import place_pose, set_pose
-from sidecar.comfyui.precision import fit_to_device, server_dtypes
+from sidecar.comfyui.precision import fit_to_device, server_dtypes, unet_weight_dtype, vae_warning
 from sidecar.comfyui.supervisor import ComfySupervisor
 from sidecar.config import Settings
 from sidecar.errors import (
@@ -68,8 +69,8 @@ class ComfyBackend:
             unavailable_deadline=settings.comfyui_unavailable_deadline,
         )
         self._fixed_client_id = client_id
-        self._object_info: dict[str, Any] | None = None
-        self._object_info_at = 0.0
+        self._classes: dict[str, tuple[float, dict[str, Any]]] = {}  # node class -> (fetched at, spec)
+        self._refresh: asyncio.Task[Any] | None = None
         self._device: str | None = None
         # ComfyUI's copies of our images are removed once fetched, where its folder is known (no API for it).
         self.delete_outputs = settings.comfyui_delete_outputs and self.comfyui_dir is not None
@@ -89,6 +90,10 @@ class ComfyBackend:
         await self.client.start()
 
     async def stop(self) -> None:
+        if self._refresh is not None:
+            self._refresh.cancel()
+            with contextlib.suppress(asyncio.CancelledError, SidecarError, OSError):
+                await self._refresh
         await self.client.close()
         if self.supervisor is not None:
             await self.supervisor.stop()
@@ -118,36 +123,31 @@ class ComfyBackend:
         argv = [str(a) for a in system.get("argv") or []]
         devices = stats.get("devices") or [{}]
         self._device = devices[0].get("type")
-        warnings = []
-        if "--fp32-vae" not in argv:
-            warnings.append(
-                "ComfyUI runs without --fp32-vae: on Apple MPS its fp16 VAE gives black or washed-out images. "
-                "Restart it with --fp32-vae (the daemon's managed mode does)."
-            )
+        warning = vae_warning(self._device, argv)
         extra.update(comfyuiVersion=system.get("comfyui_version"), argv=argv,
-                     pytorchVersion=system.get("pytorch_version"), deviceName=devices[0].get("name"))
+                     pytorchVersion=system.get("pytorch_version"), deviceName=devices[0].get("name"),
+                     unetWeightDtype=unet_weight_dtype(self._device, argv))
         return BackendHealth(
             available=True, engine=self.name, device=self._device, dtypes=server_dtypes(self._device, argv),
-            warnings=warnings, extra=extra,
+            warnings=[warning] if warning else [], extra=extra,
         )
 
     async def known_node_types(self) -> set[str] | None:
-        return set(await self._fetch_object_info())
+        # Template (re)loads only: the one place the whole /object_info is worth its 0.5-0.8 MB.
+        info = await self.client.object_info()
+        now = time.monotonic()
+        self._classes.update({name: (now, spec) for name, spec in info.items() if isinstance(spec, dict)})
+        return set(info)
 
     async def validate(self, workflow: dict[str, Any]) -> None:
         """Refuse at submit time what this ComfyUI cannot run; ComfyUI's own validation at POST time
         remains the authority (a ComfyUI that is down is not asked here)."""
+        wanted = {str(n.get("class_type")) for n in workflow.values()}
         try:
-            info = await self._cached_object_info()
+            info = await self._class_specs(wanted)
         except ComfyUnavailable:
             return
         unknown = {nid: n.get("class_type") for nid, n in workflow.items() if n.get("class_type") not in info}
-        if unknown:  # maybe a custom node installed since the last look
-            try:
-                info = await self._fetch_object_info()
-            except ComfyUnavailable:
-                return
-            unknown = {nid: t for nid, t in unknown.items() if t not in info}
         if unknown:
             names = ", ".join(sorted(set(map(str, unknown.values()))))
             raise NodeNotSupported(
@@ -166,6 +166,47 @@ class ComfyBackend:
                         f"ComfyUI has no {field} {value!r}. Known: {', '.join(map(str, allowed))}.",
                         {"field": field, "value": value, "node": node_id, "allowed": allowed},
                     )
+
+    async def _class_specs(self, names: set[str]) -> dict[str, dict[str, Any]]:
+        """The `/object_info` entries of `names`. A known class answers at once (refreshed in the
+        background once older than OBJECT_INFO_TTL); an unknown one is asked with `/object_info/{class}`
+        (a few KB, where the whole document is 0.5-0.8 MB and 0.2-0.7 s): the submit path never waits
+        on the whole document. A class ComfyUI does not have is asked again next time (a custom node
+        may have been installed since)."""
+        now = time.monotonic()
+        found: dict[str, dict[str, Any]] = {}
+        missing, stale = [], []
+        for name in names:
+            cached = self._classes.get(name)
+            if cached is None:
+                missing.append(name)
+                continue
+            found[name] = cached[1]
+            if now - cached[0] > OBJECT_INFO_TTL:
+                stale.append(name)
+        if stale and (self._refresh is None or self._refresh.done()):
+            self._refresh = asyncio.create_task(self._fetch_classes(stale), name="comfyui-object-info")
+        if missing:
+            found.update(await self._fetch_classes(missing))
+        return found
+
+    async def _fetch_classes(self, names: list[str]) -> dict[str, dict[str, Any]]:
+        answers = await asyncio.gather(*(self.client.object_info(name) for name in names), return_exceptions=True)
+        found: dict[str, dict[str, Any]] = {}
+        for name, answer in zip(names, answers, strict=True):
+            if isinstance(answer, BaseException):
+                if isinstance(answer, ComfyUnavailable):
+                    if self._classes.get(name) is None:
+                        raise answer
+                    continue  # a background refresh: the known spec stays
+                raise answer
+            spec = answer.get(name) if isinstance(answer, dict) else None
+            if isinstance(spec, dict):
+                self._classes[name] = (time.monotonic(), spec)
+                found[name] = spec
+            else:
+                self._classes.pop(name, None)  # ComfyUI answers {} for a class it does not have (any more)
+        return found
 
     async def list_models(self, folder: ModelFolder) -> list[str] | None:
         try:
@@ -205,8 +246,11 @@ class ComfyBackend:
             workflow = per_job_prefix(workflow, ctx.job_id)
         workflow, refitted = fit_to_device(workflow, self._device)
         if refitted:
-            log.info("job %s: ComfyUI runs on the CPU; ModelComputeDtype node(s) %s set to default (fp32)",
+            log.info("job %s: ComfyUI runs on the CPU; ModelComputeDtype node(s) %s set to fp32",
                      ctx.job_id, ", ".join(refitted))
+        if workflow is not ctx.workflow and ctx.on_workflow is not None:
+            # The job records the graph ComfyUI runs: its saved workflow replays as it is.
+            await ctx.on_workflow(workflow)
         prompt_id = str(uuid.uuid4())
         with self.client.watch(prompt_id) as watch:
             # Persisted before ComfyUI sees it: after a crash the id is reconciled, never posted twice.
@@ -223,15 +267,26 @@ class ComfyBackend:
                 log.warning("job %s: no answer to POST /prompt %s; reconciling", ctx.job_id, prompt_id)
                 outputs = await self._follower(ctx, watch).run(reconcile_first=True)
             else:
-                log.info("job %s: posted as ComfyUI prompt %s (number %s)", ctx.job_id, prompt_id,
+                answered = str(answer.get("prompt_id") or prompt_id)
+                log.info("job %s: posted as ComfyUI prompt %s (number %s)", ctx.job_id, answered,
                          answer.get("number"))
-                outputs = await self._follower(ctx, watch).run()
+                if answered != prompt_id:
+                    # A ComfyUI (or a proxy, a fork) that picks its own id: the id it answers is the one
+                    # its queue, history and messages use, so that is the one followed and persisted.
+                    log.warning("job %s: ComfyUI queued prompt %s under id %s; following %s", ctx.job_id,
+                                prompt_id, answered, answered)
+                    watch.follow_instead(answered)
+                    prompt_id = answered
+                    await ctx.on_prompt_id(prompt_id)
+                    outputs = await self._follower(ctx, watch).run(reconcile_first=True)
+                else:
+                    outputs = await self._follower(ctx, watch).run()
         return await self._collect(ctx, prompt_id, outputs)
 
     def _follower(self, ctx: RunContext, watch: PromptWatch) -> PromptFollower:
         samplers = {nid for nid, node in ctx.workflow.items() if node.get("class_type") in SAMPLER_NODES}
         return PromptFollower(self.client, watch, on_progress=ctx.on_progress, cancel_event=ctx.cancel_event,
-                              options=self.options, progress_nodes=samplers)
+                              options=self.options, progress_nodes=samplers, on_queued=ctx.on_queued)
 
     async def _collect(self, ctx: RunContext, prompt_id: str, outputs: dict[str, Any]) -> RunResult:
         image = await fetch_image(self.client, outputs, ctx.workflow, ctx.output_path)
@@ -272,20 +327,6 @@ class ComfyBackend:
                 )
             await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
             delay = min(delay * 2, 2.0)
-
-    async def _fetch_object_info(self) -> dict[str, Any]:
-        self._object_info = await self.client.object_info()
-        self._object_info_at = time.monotonic()
-        return self._object_info
-
-    async def _cached_object_info(self) -> dict[str, Any]:
-        if self._object_info is None or time.monotonic() - self._object_info_at > OBJECT_INFO_TTL:
-            try:
-                return await self._fetch_object_info()
-            except ComfyUnavailable:
-                if self._object_info is None:
-                    raise
-        return self._object_info
 
 
 def settings_wants_deletion_without_dir(settings: Settings) -> bool:

@@ -52,6 +52,12 @@ class QueueState:
             return "pending"
         return None
 
+    def ahead_of(self, prompt_id: str) -> int | None:
+        """Prompts that run before a pending one (the running one included); None when not pending."""
+        if prompt_id not in self.pending:
+            return None
+        return len(self.running) + self.pending.index(prompt_id)
+
 
 class PromptWatch:
     """The events of one prompt. Register it (`with client.watch(id)`) before posting the prompt:
@@ -67,7 +73,14 @@ class PromptWatch:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.client._watches.pop(self.prompt_id, None)
+        if self.client._watches.get(self.prompt_id) is self:
+            del self.client._watches[self.prompt_id]
+
+    def follow_instead(self, prompt_id: str) -> None:
+        """ComfyUI queued the prompt under another id than the one sent: route that id's messages here."""
+        self.__exit__()
+        self.prompt_id = prompt_id
+        self.__enter__()
 
 
 class ComfyClient:

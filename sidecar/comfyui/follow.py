@@ -39,6 +39,7 @@ class PromptFollower:
         cancel_event: asyncio.Event,
         options: FollowOptions,
         progress_nodes: set[str] | None = None,
+        on_queued: Callable[[int | None], None] | None = None,
     ):
         self.client = client
         # Only the sampler's steps make the job's progress bar; other nodes (SaveImageWebsocket, tiled
@@ -47,6 +48,7 @@ class PromptFollower:
         self.watch = watch
         self.prompt_id = watch.prompt_id
         self.on_progress = on_progress
+        self.on_queued = on_queued
         self.cancel_event = cancel_event
         self.options = options
         self.where: str = "posted"  # "posted" | "pending" | "running"
@@ -98,10 +100,16 @@ class PromptFollower:
     def _touch(self) -> None:
         self.last_activity = self._loop.time()
 
-    def _set_where(self, where: str) -> None:
-        if where != self.where:
-            self.where = where
+    def _set_where(self, where: str, ahead: int | None = None) -> None:
+        if where == "pending":
+            # Waiting behind other prompts (the artist's own, in ComfyUI's UI) is not inactivity: the
+            # job says how many are ahead instead, and the inactivity clock starts when it runs.
             self._touch()
+        elif where != self.where:
+            self._touch()
+        if self.on_queued is not None and (where == "pending" or self.where == "pending"):
+            self.on_queued(ahead if where == "pending" else None)
+        self.where = where
 
     async def _handle(self, event: WsEvent) -> Outputs | None:
         if event.kind in ("connected", "disconnected"):
@@ -162,7 +170,7 @@ class PromptFollower:
             return None
         self._unreachable_since = None
         if where is not None:
-            self._set_where(where)
+            self._set_where(where, queue.ahead_of(self.prompt_id))
             return None
         if entry is not None:
             return self._from_history(entry)

@@ -1,11 +1,14 @@
 """Which dtypes a ComfyUI server computes in, and fitting our templates' precision to its device.
 
 Our templates ask for an fp16 UNet (`ModelComputeDtype`), which is right on MPS and CUDA. On the CPU
-ComfyUI obeys it too and computes in fp16, measured 3.5-7x slower than fp32 on this project's CPU
-(`shared/comfyui-protocol.md` section 7; 10 s/step vs 1.4 s at 64x96), while the embedded engine keeps
-fp32 on the CPU. So a job sent to a CPU ComfyUI has that node set to `default`, which on the CPU is
-fp32 (ComfyUI's `should_use_fp16` is false for a CPU device, even under `--force-fp16`). The job's
-stored workflow keeps the template's value: the same graph, resubmitted, is fitted again.
+ComfyUI obeys it and computes in fp16, 3.5-30x slower than fp32 (`shared/comfyui-protocol.md` section
+7, `view-metadata-and-launch.json`: 260 s/step against 8.3 at 256x384). The node's `default` is no way
+out: it means "the weights' dtype", and under `--force-fp16` (our managed launch) the weights are fp16,
+so a CPU computes in fp16 again. A job sent to a CPU server therefore asks for what we mean: `fp32`.
+The job records the graph as posted (`ComfyBackend.run`), so a saved workflow replays the same pixels.
+
+`server_dtypes` says what a server will really do for our templates' jobs, from its device (from
+`/system_stats`), its launch flags (its argv) and the node's value once fitted.
 """
 
 from __future__ import annotations
@@ -13,31 +16,80 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-HALF = ("fp16", "bf16")
+NODE = "ModelComputeDtype"
+TEMPLATE_UNET = "fp16"  # what our templates' ModelComputeDtype asks for
+
+# Launch flags that set a component's weight dtype (ComfyUI's `cli_args`), first match wins.
+UNET_FLAGS = (("--fp32-unet", "fp32"), ("--fp64-unet", "fp64"), ("--bf16-unet", "bf16"), ("--fp16-unet", "fp16"),
+              ("--fp8_e4m3fn-unet", "fp8_e4m3fn"), ("--fp8_e5m2-unet", "fp8_e5m2"))
+VAE_FLAGS = (("--fp16-vae", "fp16"), ("--bf16-vae", "bf16"), ("--fp32-vae", "fp32"))
+TEXT_FLAGS = (("--fp8_e4m3fn-text-enc", "fp8_e4m3fn"), ("--fp8_e5m2-text-enc", "fp8_e5m2"),
+              ("--fp16-text-enc", "fp16"), ("--bf16-text-enc", "bf16"), ("--fp32-text-enc", "fp32"))
+
+
+def _flag(argv: list[str], table: tuple[tuple[str, str], ...]) -> str | None:
+    flags = set(argv)
+    return next((name for flag, name in table if flag in flags), None)
+
+
+def unet_weight_dtype(device: str | None, argv: list[str]) -> str:
+    """The UNet's weight dtype: what ModelComputeDtype `default` computes in."""
+    explicit = _flag(argv, UNET_FLAGS)
+    if explicit:
+        return explicit
+    if "--force-fp16" in argv:
+        return "fp16"  # recorded on a CPU server too: its weights and compute are fp16
+    return "fp32" if device == "cpu" else "fp16"
+
+
+def wanted_unet(device: str | None, requested: str | None) -> str | None:
+    """The dtype to send for a ModelComputeDtype that asks for `requested`, or None to leave it.
+
+    On a CPU half precision is never meant (it is the templates' GPU choice): ask for fp32, also for
+    `default`, which computes in the weights' dtype (fp16 under `--force-fp16`)."""
+    if device == "cpu" and requested in ("fp16", "bf16", "default"):
+        return "fp32"
+    return None
 
 
 def fit_to_device(workflow: dict[str, Any], device: str | None) -> tuple[dict[str, Any], list[str]]:
-    """A copy of `workflow` whose ModelComputeDtype nodes do not ask a CPU for half precision, and the
-    ids of the nodes changed. Other devices get the workflow unchanged."""
-    if device != "cpu":
-        return workflow, []
-    changed = [nid for nid, node in workflow.items()
-               if isinstance(node, dict) and node.get("class_type") == "ModelComputeDtype"
-               and (node.get("inputs") or {}).get("dtype") in HALF]
-    if not changed:
+    """A copy of `workflow` whose ModelComputeDtype nodes ask for what the device should compute in,
+    and the ids of the nodes changed. A graph that needs no change is returned as it is."""
+    changes = {}
+    for nid, node in workflow.items():
+        if isinstance(node, dict) and node.get("class_type") == NODE:
+            want = wanted_unet(device, (node.get("inputs") or {}).get("dtype"))
+            if want is not None:
+                changes[nid] = want
+    if not changes:
         return workflow, []
     graph = copy.deepcopy(workflow)
-    for nid in changed:
-        graph[nid]["inputs"]["dtype"] = "default"
-    return graph, changed
+    for nid, want in changes.items():
+        graph[nid]["inputs"]["dtype"] = want
+    return graph, sorted(changes)
 
 
 def server_dtypes(device: str | None, argv: list[str]) -> dict[str, str]:
-    """The compute dtypes of our templates' jobs on a ComfyUI started with `argv` on `device`."""
-    flags = set(argv)
-    vae = next((name for flag, name in (("--fp32-vae", "fp32"), ("--fp16-vae", "fp16"), ("--bf16-vae", "bf16"))
-                if flag in flags), None)
-    if device == "cpu":
-        # fp16 weights (--force-fp16) are cast to fp32 per layer on the CPU: the compute is fp32.
-        return {"unet": "fp32", "vae": vae or "fp32"}
-    return {"unet": "fp16", "vae": vae or "default"}
+    """The dtypes of our templates' jobs on a ComfyUI started with `argv` on `device`.
+
+    `unet`: the compute dtype of the template's node as we send it; `vae`: its launch flag, else fp32
+    on a CPU (and with `--cpu-vae`), fp16 under `--force-fp16`, else ComfyUI's per-card choice
+    (`default`); `text_encoder`: its weight dtype (flag, else fp16 as ComfyUI loads it everywhere)."""
+    sent = wanted_unet(device, TEMPLATE_UNET) or TEMPLATE_UNET
+    vae = _flag(argv, VAE_FLAGS)
+    if vae is None:
+        if device == "cpu" or "--cpu-vae" in argv:
+            vae = "fp32"
+        elif "--force-fp16" in argv:
+            vae = "fp16"
+        else:
+            vae = "default"
+    return {"unet": sent, "text_encoder": _flag(argv, TEXT_FLAGS) or "fp16", "vae": vae}
+
+
+def vae_warning(device: str | None, argv: list[str]) -> str | None:
+    """The fp16 VAE gives black or washed-out images on Apple MPS only: warn there, nowhere else."""
+    if device != "mps" or "--fp32-vae" in argv or "--cpu-vae" in argv:
+        return None
+    return ("ComfyUI runs on Apple MPS without --fp32-vae: its fp16 VAE gives black or washed-out images. "
+            "Restart it with --fp32-vae (the daemon's managed mode does).")

@@ -289,6 +289,15 @@ class JobRunner:
             job.prompt_id = prompt_id
             await self.store.update(job.id, prompt_id=prompt_id)
 
+        async def on_workflow(workflow: dict[str, Any]) -> None:
+            job.workflow = workflow
+            await self.store.update(job.id, workflow=workflow)
+
+        def on_queued(ahead: int | None) -> None:
+            if ahead != job.queued_behind:
+                job.queued_behind = ahead
+                self.events.publish({"type": "job.progress", "job": job.to_api()})
+
         ctx = RunContext(
             job_id=job.id,
             workflow=job.workflow,
@@ -298,6 +307,8 @@ class JobRunner:
             cancel_event=cancel,
             prompt_id=job.prompt_id,
             pose_image=Path(job.pose_image) if job.pose_image else None,
+            on_workflow=on_workflow,
+            on_queued=on_queued,
         )
         try:
             result = await self.backend.run(ctx)
@@ -318,6 +329,7 @@ class JobRunner:
             job.device = result.device
             await self._finish(job, "succeeded", output_file=str(result.output_path), device=result.device)
         finally:
+            job.queued_behind = None
             self._cancel_events.pop(job.id, None)
             if running_write is not None and not running_write.done():
                 await asyncio.wait([running_write])  # written before the end state, in store order

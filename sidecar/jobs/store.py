@@ -70,6 +70,8 @@ class JobRecord:
     started_at: str | None = None
     finished_at: str | None = None
     seq: int | None = None
+    # Live only (not a column): prompts ahead of this job in ComfyUI's own queue while it waits there.
+    queued_behind: int | None = field(default=None, metadata={"column": False})
 
     def duration_ms(self) -> int | None:
         if not (self.started_at and self.finished_at):
@@ -90,6 +92,7 @@ class JobRecord:
             "engine": self.engine,
             "device": self.device,
             "promptId": self.prompt_id,
+            "queuedBehind": self.queued_behind,
             "attempts": self.attempts,
             "createdAt": self.created_at,
             "startedAt": self.started_at,
@@ -117,7 +120,8 @@ class JobStore(SqliteStore):
 
     async def insert(self, job: JobRecord) -> None:
         # Field by field, not dataclasses.asdict: that deep-copies the workflow only to dump it.
-        await self._insert("jobs", {f.name: getattr(job, f.name) for f in fields(JobRecord) if f.name != "seq"})
+        await self._insert("jobs", {f.name: getattr(job, f.name) for f in fields(JobRecord)
+                                   if f.name != "seq" and f.metadata.get("column", True)})
 
     async def update(self, job_id: str, **values: Any) -> None:
         await self._update("jobs", job_id, values)
