@@ -73,6 +73,9 @@ def config_options(f):
                      help="ComfyUI install to start and supervise"),
         click.option("--comfyui-python", type=click.Path(path_type=Path), default=None,
                      help="python of ComfyUI's venv (managed mode)"),
+        click.option("--comfyui-port", type=int, default=None, help="port of the managed ComfyUI"),
+        click.option("--comfyui-extra-args", default=None,
+                     help="more flags for the managed ComfyUI, e.g. '--cpu --preview-method auto'"),
         click.option("--kohya-dir", type=click.Path(path_type=Path), default=None, help="kohya_ss sd-scripts dir"),
         click.option("--kohya-python", type=click.Path(path_type=Path), default=None, help="python of kohya's venv"),
     ]

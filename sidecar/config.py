@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any, Literal
@@ -86,6 +87,9 @@ class Settings(BaseSettings):
     comfyui_dir: Path | None = None
     comfyui_python: Path | None = None
     comfyui_port: int = Field(8188, ge=1, le=65535)
+    comfyui_extra_args: str = Field(
+        "", description="managed mode: more flags for ComfyUI's main.py, split like a shell command line "
+        "(e.g. `--cpu --preview-method auto`); they come last, so they win over the daemon's own")
     comfyui_start_timeout: float = Field(120.0, gt=0)
     comfyui_unavailable_deadline: float = Field(300.0, gt=0)
     job_inactivity_timeout: float = Field(900.0, gt=0)
@@ -128,6 +132,15 @@ class Settings(BaseSettings):
     @classmethod
     def _duration(cls, v: Any) -> float:
         return parse_duration(v)
+
+    @field_validator("comfyui_extra_args")
+    @classmethod
+    def _shell_words(cls, v: str) -> str:
+        try:
+            shlex.split(v)
+        except ValueError as exc:  # an unclosed quote
+            raise ValueError(f"cannot split {v!r} like a command line: {exc}") from None
+        return v
 
     @field_validator("profile")
     @classmethod

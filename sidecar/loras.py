@@ -8,13 +8,16 @@ folder for its duration (`sweep--*`) are not installed LoRAs and are not listed.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import struct
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 LORA_SUFFIXES = (".safetensors",)
 STAGED_PREFIX = "sweep--"  # `sidecar loras sweep` stages checkpoints under this prefix
+METADATA_CONCURRENCY = 8  # /view_metadata requests in flight at once
 MAX_HEADER = 100 * 1024 * 1024  # a larger header is not a safetensors file we wrote or kohya did
 
 
@@ -89,6 +92,25 @@ def describe(path: Path) -> dict[str, Any]:
         **summary(meta),
         "metadata": {k: v for k, v in meta.items() if len(v) <= 2000},
     }
+
+
+async def list_served_loras(names: list[str],
+                            metadata: Callable[[str], Awaitable[dict[str, str] | None]] | None) -> list[dict[str, Any]]:
+    """LoRAs known only by name (an attached ComfyUI, no local dir), with the metadata `metadata(name)`
+    returns (ComfyUI's `/view_metadata/loras`, which reads the header only). The size is not known."""
+    shown = sorted(n for n in names if not Path(n).name.startswith(STAGED_PREFIX))
+    gate = asyncio.Semaphore(METADATA_CONCURRENCY)
+
+    async def one(name: str) -> dict[str, str]:
+        if metadata is None or not name.endswith(LORA_SUFFIXES):
+            return {}
+        async with gate:
+            return await metadata(name) or {}
+
+    metas = await asyncio.gather(*(one(n) for n in shown))
+    return [{"id": Path(n).stem, "fileName": n, "sizeBytes": None, **summary(meta),
+             "metadata": {k: v for k, v in meta.items() if len(v) <= 2000}}
+            for n, meta in zip(shown, metas, strict=True)]
 
 
 def list_loras(directory: Path | None, names: list[str] | None = None) -> list[dict[str, Any]]:

@@ -7,7 +7,8 @@ execution_cached, per node progress_state/executing, progress per step, executed
 status, executing null), messages dropped for a client with no socket, status + bare `executing` on
 reconnect, `/history` `{}` until finished, `/queue` 5-arrays, `/interrupt` at the next step (broadcast
 `execution_interrupted`), `POST /queue` delete/clear, `/upload/image` (rename on clash, overwrite),
-`/view`, `/system_stats`, `/object_info` (model enums = the install's files), `/models/{folder}`, the
+`/view`, `/system_stats`, `/object_info` (model enums = the install's files), `/models/{folder}`,
+`/view_metadata/{folder}` (a safetensors file's metadata), the
 400 bodies of the recorded validation cases and the 500 text body for a non-JSON POST. Outputs are real
 PNGs (noise-free gradients, never black unless asked) written to `<base_dir>/output/`.
 
@@ -273,6 +274,7 @@ class FakeComfyUI(InstallFiles, PromptWorker):
             web.get(p + "/object_info/{node_class}", self._get_object_info_one),
             web.get(p + "/models", self._get_models),
             web.get(p + "/models/{folder}", self._get_models_folder),
+            web.get(p + "/view_metadata/{folder}", self._view_metadata),
             web.get(p + "/features", self._features),
             web.get(p + "/embeddings", self._embeddings),
         ]

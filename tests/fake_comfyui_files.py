@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import copy
 import io
+import json
 import os
 import re
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +111,24 @@ class InstallFiles:
         self.object_info_requests.append(name)
         info = self.object_info()
         return web.json_response({name: info[name]} if name in info else {})
+
+    async def _view_metadata(self, request: web.Request) -> web.Response:
+        """The recorded answers (`view-metadata-and-launch.json`): a `.safetensors` file's `__metadata__`
+        as a flat JSON object (only the header is read), 404 for anything else."""
+        filename = request.query.get("filename")
+        folder = request.match_info["folder"]
+        if not filename or not filename.endswith(".safetensors") or ".." in filename:
+            return web.Response(status=404)
+        path = self.base_dir / "models" / folder / filename
+        try:
+            with open(path, "rb") as fh:
+                (size,) = struct.unpack("<Q", fh.read(8))
+                header = json.loads(fh.read(size)) if size <= 1024 * 1024 else None
+        except (OSError, struct.error, ValueError):
+            return web.Response(status=404)
+        if not isinstance(header, dict) or "__metadata__" not in header:
+            return web.Response(status=404)
+        return web.json_response(header["__metadata__"])
 
     async def _get_models(self, request: web.Request) -> web.Response:
         return web.json_response(self._misc["/models"]["json"])

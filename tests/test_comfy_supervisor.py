@@ -16,16 +16,19 @@ import pytest
 from sidecar.comfyui.backend import ComfyBackend
 from sidecar.config import Settings
 from sidecar.errors import ComfyUnavailable, PromptLost
+from sidecar.comfyui.supervisor import CRASH_LOOP_EXITS
+from sidecar.doctor.checks import check_managed_launch
 from tests.conftest_comfy import free_port, make_job, python_wrapper, workflow, write_fake_main
-from tests.fake_comfyui import FakeComfyUI
+from tests.fake_comfyui import FakeComfyUI, load_fixture
 
 START = 30.0  # generous: the fake imports numpy, pillow and aiohttp on a shared 2-core machine
 
 
 def managed_settings(tmp_path: Path, comfy_dir: Path, **overrides) -> Settings:
+    # device "cpu": launched with --cpu without asking ComfyUI's torch (4 s here); one test asks it.
     values = dict(data_dir=tmp_path / "data", engine="comfyui", comfyui_dir=comfy_dir,
                   comfyui_python=python_wrapper(tmp_path / "venv-bin"), comfyui_port=free_port(), comfyui_start_timeout=START,
-                  comfyui_unavailable_deadline=START, history_poll_interval=0.2)
+                  comfyui_unavailable_deadline=START, history_poll_interval=0.2, device="cpu")
     values.update(overrides)
     return Settings(**values)
 
@@ -64,7 +67,7 @@ async def test_managed_comfyui_starts_with_the_seed_flags_and_runs_jobs(fake_com
         health = await backend.health()
         assert health.available and health.warnings == [] and health.extra["mode"] == "managed"
         assert health.extra["argv"] == ["main.py", "--force-fp16", "--fp32-vae", "--listen", "127.0.0.1",
-                                        "--port", str(settings.comfyui_port)]
+                                        "--port", str(settings.comfyui_port), "--cpu"]
         assert backend.models_dir("loras") == fake_comfy_install / "models" / "loras"
         result = await backend.run(make_job(tmp_path, workflow()).ctx)
         assert result.output_path.is_file()
@@ -119,18 +122,89 @@ async def test_stopping_the_daemon_stops_comfyui(fake_comfy_install, tmp_path) -
             await http.get(f"http://127.0.0.1:{settings.comfyui_port}/system_stats")
 
 
-async def test_jobs_fail_unavailable_while_comfyui_cannot_start(comfy_home, tmp_path) -> None:
-    write_fake_main(comfy_home, "import sys\nprint('ModuleNotFoundError: No module named torch')\nsys.exit(1)\n")
-    settings = managed_settings(tmp_path, comfy_home, comfyui_unavailable_deadline=1.5)
+# What ComfyUI 0.3.64 printed last when launched without --cpu on a machine with no NVIDIA driver
+# (`fixtures/comfyui/view-metadata-and-launch.json`): it exits 1 at import.
+NO_DRIVER = load_fixture("view-metadata-and-launch.json")["launch_without_cpu_flag_on_a_machine_without_nvidia"]
+CRASHING_MAIN = f"""import sys
+print("Checkpoint files will always be loaded safely.", flush=True)
+print({NO_DRIVER["stderr_last_line_starts"]!r}, file=sys.stderr, flush=True)
+sys.exit({NO_DRIVER["exit_code"]})
+"""
+
+
+async def test_a_comfyui_that_dies_at_start_up_is_reported_within_seconds_and_not_restarted_for_ever(
+        comfy_home, tmp_path) -> None:
+    write_fake_main(comfy_home, CRASHING_MAIN)
+    # The default deadline (300 s): the job must not wait for it.
+    settings = managed_settings(tmp_path, comfy_home, comfyui_unavailable_deadline=300.0)
     async with managed(settings) as backend:
+        supervisor = backend.supervisor
+        assert supervisor is not None
         with pytest.raises(ComfyUnavailable) as down:
-            await backend.run(make_job(tmp_path, workflow()).ctx)
+            await asyncio.wait_for(backend.run(make_job(tmp_path, workflow()).ctx), START)
         assert down.value.code == "comfyui_unavailable"
+        assert "exit code 1" in down.value.message and "Found no NVIDIA driver" in down.value.message
+        details = down.value.details
+        assert details["exitCode"] == 1 and details["gaveUp"] is True
+        assert details["logTail"][-1].startswith("RuntimeError: Found no NVIDIA driver on your system")
+        assert supervisor.starts == CRASH_LOOP_EXITS
+        await asyncio.sleep(1.5)  # longer than the backoff: a loop would have started it again
+        assert supervisor.starts == CRASH_LOOP_EXITS and supervisor.pid is None
         health = await backend.health()
-        assert not health.available and health.warnings
-        assert backend.supervisor is not None and backend.supervisor.starts >= 2  # retried with backoff
-        assert backend.supervisor.last_exit == 1
-    assert "No module named torch" in (settings.logs_dir / "comfyui.log").read_text()
+        assert not health.available and "Found no NVIDIA driver" in health.warnings[0]
+        assert health.extra["startupFailure"]["exitCode"] == 1 and health.extra["lastExit"] == 1
+        # A second job fails at once too, with the same reason.
+        with pytest.raises(ComfyUnavailable) as again:
+            await asyncio.wait_for(backend.run(make_job(tmp_path, workflow(), job_id="j2").ctx), 5)
+        assert again.value.details["exitCode"] == 1
+    log = (settings.logs_dir / "comfyui.log").read_text()
+    assert log.count("sidecar starts ComfyUI") == CRASH_LOOP_EXITS and "exited with code 1" in log
+    # `sidecar doctor` reads the same from the log, daemon or not, and shows the launch it would do.
+    checks = {c.name: c for c in check_managed_launch(settings)}
+    assert checks["comfyui launch"].detail.startswith(f"{settings.comfyui_python} main.py --force-fp16")
+    assert "--cpu" in checks["comfyui launch"].detail
+    last = checks["comfyui last run"]
+    assert last.status == "fail" and "exited with code 1" in last.detail and "Found no NVIDIA driver" in last.detail
+
+
+async def test_managed_launch_adds_cpu_where_comfyuis_torch_sees_no_gpu_and_the_extra_flags(
+        fake_comfy_install, tmp_path) -> None:
+    import torch
+
+    if torch.cuda.is_available() or torch.backends.mps.is_available():
+        pytest.skip("this machine has a GPU: ComfyUI needs no --cpu here")
+    settings = managed_settings(tmp_path, fake_comfy_install, device="auto",
+                                comfyui_extra_args="--preview-method auto --dont-print-server")
+    async with managed(settings) as backend:
+        # Importing torch in ComfyUI's python comes first (4 s here, more on a busy machine).
+        assert backend.supervisor is not None and await backend.supervisor.wait_ready(3 * START)
+        argv = (await backend.health()).extra["argv"]
+    assert argv[-4:] == ["--cpu", "--preview-method", "auto", "--dont-print-server"]
+
+
+def test_device_flags_follow_the_setting_and_the_users_own_flags() -> None:
+    from sidecar.comfyui.launch import device_flags, extra_args
+
+    none = {"cuda": False, "mps": False, "xpu": False}
+    assert device_flags("auto", [], none) == ["--cpu"]
+    assert device_flags("auto", [], {**none, "mps": True}) == []
+    assert device_flags("auto", [], None) == []  # cannot tell: ComfyUI's own error will say
+    assert device_flags("cpu", [], {**none, "cuda": True}) == ["--cpu"]
+    assert device_flags("auto", extra_args("--cpu --preview-method auto"), none) == []
+    assert device_flags("auto", extra_args("--directml=1"), none) == []
+    assert extra_args("--output-directory '/Volumes/My Disk/out'") == ["--output-directory", "/Volumes/My Disk/out"]
+
+
+def test_comfyui_extra_args_setting_is_split_like_a_shell_and_a_bad_one_names_the_key(tmp_path) -> None:
+    from sidecar.config import load_settings
+    from sidecar.errors import ConfigError
+
+    settings, sources = load_settings(environ={"SIDECAR_COMFYUI_EXTRA_ARGS": "--cpu --preview-method auto"})
+    assert settings.comfyui_extra_args == "--cpu --preview-method auto"
+    assert sources["comfyui_extra_args"] == "env SIDECAR_COMFYUI_EXTRA_ARGS"
+    with pytest.raises(ConfigError) as bad:
+        load_settings(environ={"SIDECAR_COMFYUI_EXTRA_ARGS": "--output-directory 'unclosed"})
+    assert "comfyui_extra_args" in str(bad.value)
 
 
 async def test_comfyui_that_never_answers_is_killed_and_started_again(comfy_home, tmp_path) -> None:

@@ -72,7 +72,8 @@ def test_a_complete_comfyui_install_passes(home, tmp_path):
     assert checks["comfyui dir"]["status"] == "ok" and checks["comfyui dir"]["required"] is True
     assert checks["comfyui python"]["status"] == "ok" and "Python 3.11.9" in checks["comfyui python"]["detail"]
     assert checks["comfyui server"]["status"] == "ok" and "the daemon starts it" in checks["comfyui server"]["detail"]
-    assert checks["comfyui flags"]["status"] == "ok"
+    launch = checks["comfyui launch"]
+    assert launch["status"] == "ok" and "main.py --force-fp16 --fp32-vae --listen 127.0.0.1 --port" in launch["detail"]
     for name in ("checkpoint", "lora", "controlnet"):
         assert checks[name]["status"] == "ok" and checks[name]["detail"].startswith(str(comfy / "models")), name
     assert checks["python"]["status"] == "ok" and checks["torch"]["status"] == "ok"
@@ -115,9 +116,12 @@ def test_the_embedded_engine_without_its_checkpoint_is_a_failure(home, tmp_path)
     assert checks["comfyui dir"]["status"] == "skip"
 
 
-def _replay_comfyui() -> web.Application:
-    """The recorded answers of a real ComfyUI (started without --force-fp16/--fp32-vae)."""
+def _replay_comfyui(device: str | None = None) -> web.Application:
+    """The recorded answers of a real ComfyUI (CPU, started without --force-fp16/--fp32-vae); `device`
+    sets `devices[0].type` as another machine's server reports it."""
     stats = json.loads((FIXTURES / "system_stats.json").read_text())
+    if device is not None:
+        stats["devices"][0]["type"] = device
     misc = json.loads((FIXTURES / "misc-get-endpoints.json").read_text())
     app = web.Application()
     bodies = {"/system_stats": stats, **{p: misc[p]["json"] for p in
@@ -131,7 +135,7 @@ def _replay_comfyui() -> web.Application:
     return app
 
 
-async def test_an_attached_comfyui_without_fp32_vae_is_flagged(home, aiohttp_server):
+async def test_an_attached_comfyui_without_fp32_vae_is_flagged_on_mps_only(home, aiohttp_server):
     server = await aiohttp_server(_replay_comfyui())
     url = str(server.make_url("")).rstrip("/")
     result = await asyncio.to_thread(doctor, home, "--json", "--comfyui-url", url,
@@ -139,10 +143,30 @@ async def test_an_attached_comfyui_without_fp32_vae_is_flagged(home, aiohttp_ser
     checks, body = as_json(result)
     assert body["engine"] == "comfyui"
     assert checks["comfyui server"]["status"] == "ok" and "ComfyUI 0.3.64 on cpu" in checks["comfyui server"]["detail"]
-    flags = checks["comfyui flags"]
-    assert flags["status"] == "warn" and "--fp32-vae" in flags["detail"] and "black" in flags["detail"]
+    assert checks["comfyui flags"]["status"] == "ok"  # the recorded CPU server: the VAE concern is MPS's
     assert checks["checkpoint"]["status"] == "ok"  # from ComfyUI's /models/checkpoints listing
     assert checks["comfyui dir"]["status"] == "skip"
+    mps = await aiohttp_server(_replay_comfyui(device="mps"))
+    result = await asyncio.to_thread(doctor, home, "--json", "--comfyui-url", str(mps.make_url("")).rstrip("/"),
+                                     SIDECAR_CHECKPOINT="rand-sd15.safetensors")
+    flags = as_json(result)[0]["comfyui flags"]
+    assert flags["status"] == "warn" and "--fp32-vae" in flags["detail"] and "black" in flags["detail"]
+
+
+async def test_a_managed_port_taken_by_another_program_is_named(home, tmp_path, aiohttp_server):
+    other = await aiohttp_server(web.Application())  # answers 404 to /system_stats: not a ComfyUI
+    comfy = fake_comfyui(tmp_path / "ComfyUI")
+    result = await asyncio.to_thread(doctor, home, "--json", "--engine", "comfyui", "--comfyui-dir", str(comfy),
+                                     "--comfyui-python", str(comfy / "venv/bin/python"),
+                                     SIDECAR_COMFYUI_PORT=str(other.port), SIDECAR_DEVICE="cpu",
+                                     SIDECAR_COMFYUI_EXTRA_ARGS="--preview-method auto")
+    assert result.exit_code == 1, result.output
+    checks, _ = as_json(result)
+    server = checks["comfyui server"]
+    assert server["status"] == "fail" and f"port {other.port} (comfyui_port)" in server["detail"]
+    assert "comfyui_port" in server["fix"]
+    assert checks["comfyui launch"]["detail"].endswith(
+        f"--port {other.port} --cpu --preview-method auto (in {comfy}; device cpu: --cpu)")
 
 
 async def test_an_attached_comfyui_that_does_not_answer_is_required(home):

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 
 from aiohttp import web
 
 from sidecar import __version__
 from sidecar.api.keys import BACKEND, DEVICE, PROFILE, RUNNER, STARTUP_WARNINGS, TEMPLATES
 from sidecar.api.openapi import build_openapi
-from sidecar.loras import list_loras
+from sidecar.loras import list_loras, list_served_loras
 from sidecar.memory import process_memory
 
 routes = web.RouteTableDef()
@@ -57,8 +58,13 @@ async def health(request: web.Request) -> web.Response:
 async def loras(request: web.Request) -> web.Response:
     backend = request.app[BACKEND]
     directory = backend.models_dir("loras")
-    names = None if directory is not None else await backend.list_models("loras")
-    items = await asyncio.to_thread(list_loras, directory, names)
+    if directory is None:
+        # Attached to a ComfyUI: it lists the files and reads their metadata (`model_metadata`).
+        names = await backend.list_models("loras") or []
+        items = await list_served_loras(names, functools.partial(backend.model_metadata, "loras")
+                                        if hasattr(backend, "model_metadata") else None)
+    else:
+        items = await asyncio.to_thread(list_loras, directory)
     return web.json_response({"loras": items})
 
 

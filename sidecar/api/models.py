@@ -119,7 +119,7 @@ class ErrorBody(BaseModel):
 class LoraInfo(Wire):
     id: str
     file_name: str
-    size_bytes: int
+    size_bytes: int | None = Field(None, description="None when the file is known only through an attached ComfyUI")
     trigger_word: str | None = None
     steps: int | None = None
     network_dim: int | None = None

@@ -110,15 +110,23 @@ class ComfyBackend:
     async def health(self) -> BackendHealth:
         extra: dict[str, Any] = {"url": self.client.base_url, "mode": "managed" if self.managed else "attach",
                                  "websocket": self.client.connected}
+        failure = None
         if self.supervisor is not None:
-            extra.update(pid=self.supervisor.pid, starts=self.supervisor.starts)
+            failure = self.supervisor.failure
+            extra.update(pid=self.supervisor.pid, starts=self.supervisor.starts, command=self.supervisor.command,
+                         lastExit=self.supervisor.last_exit,
+                         startupFailure=failure.as_dict() if failure is not None else None)
         try:
             stats = await self.client.system_stats(timeout=HEALTH_TIMEOUT)
         except ComfyUnavailable as exc:
-            warning = ("ComfyUI is starting or restarting (managed mode)" if self.managed
-                       else f"ComfyUI does not answer at {self.client.base_url}")
+            if failure is not None:
+                warning = failure.message()  # why it is down, not just that it is
+            elif self.managed:
+                warning = f"ComfyUI is starting or restarting (managed mode): {exc.message}"
+            else:
+                warning = f"ComfyUI does not answer at {self.client.base_url}: {exc.message}"
             return BackendHealth(available=False, engine=self.name, device=self._device,
-                                 warnings=[f"{warning}: {exc.message}"], extra=extra)
+                                 warnings=[warning], extra=extra)
         system = stats.get("system") or {}
         argv = [str(a) for a in system.get("argv") or []]
         devices = stats.get("devices") or [{}]
@@ -166,6 +174,13 @@ class ComfyBackend:
                         f"ComfyUI has no {field} {value!r}. Known: {', '.join(map(str, allowed))}.",
                         {"field": field, "value": value, "node": node_id, "allowed": allowed},
                     )
+
+    def _raise_if_given_up(self) -> None:
+        """A managed ComfyUI that keeps dying at start-up is not restarted: the job fails now, saying why."""
+        sup = self.supervisor
+        if sup is not None and sup.gave_up.is_set() and sup.failure is not None:
+            raise ComfyUnavailable(sup.failure.message(), {"url": self.client.base_url, "mode": "managed",
+                                                           **sup.failure.as_dict()})
 
     async def _class_specs(self, names: set[str]) -> dict[str, dict[str, Any]]:
         """The `/object_info` entries of `names`. A known class answers at once (refreshed in the
@@ -224,6 +239,10 @@ class ComfyBackend:
             if names is None:
                 raise
             return names
+
+    async def model_metadata(self, folder: ModelFolder, name: str) -> dict[str, str] | None:
+        """A model file's safetensors metadata as ComfyUI reads it (attach mode has no local folder)."""
+        return await self.client.view_metadata(folder, name)
 
     def models_dir(self, folder: ModelFolder) -> Path | None:
         return self.comfyui_dir / "models" / folder if self.comfyui_dir is not None else None
@@ -306,9 +325,11 @@ class ComfyBackend:
             if self.client.connected and self._device is not None:
                 return
             remaining = deadline - time.monotonic()
+            self._raise_if_given_up()
             try:
                 if self.supervisor is not None and not self.supervisor.ready.is_set():
                     await self.supervisor.wait_ready(max(0.0, remaining))
+                    self._raise_if_given_up()
                 stats = await self.client.system_stats(timeout=min(HEALTH_TIMEOUT, max(remaining, 0.1)))
                 self._device = (stats.get("devices") or [{}])[0].get("type")
                 if await self.client.wait_connected(max(0.0, min(remaining, 5.0))):

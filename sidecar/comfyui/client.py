@@ -280,6 +280,21 @@ class ComfyClient:
                                    {"url": self.base_url, "status": status})
         return list(json.loads(body))
 
+    async def view_metadata(self, folder: str, filename: str) -> dict[str, str] | None:
+        """`GET /view_metadata/{folder}?filename=`: a safetensors file's `__metadata__` (ComfyUI reads the
+        header only); None when ComfyUI answers 404 (no such file, not safetensors, no metadata)."""
+        status, body, _ = await self._request("GET", f"/view_metadata/{folder}", params={"filename": filename})
+        if status == 404:
+            return None
+        if status != 200:
+            raise ComfyUnavailable(f"ComfyUI answered GET /view_metadata/{folder} with HTTP {status}.",
+                                   {"url": self.base_url, "status": status})
+        try:
+            meta = json.loads(body)
+        except ValueError:
+            return None
+        return {str(k): str(v) for k, v in meta.items()} if isinstance(meta, dict) else None
+
     async def queue(self) -> QueueState:
         q = await self._get_json("/queue")
         # Entries are [number, prompt_id, prompt, extra_data, outputs_to_execute]; pending is heap-ordered.

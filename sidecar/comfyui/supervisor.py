@@ -1,9 +1,13 @@
 """Managed mode: the daemon runs ComfyUI itself, keeps it alive and stops it with the daemon.
 
-Starts `<comfyui_python> main.py --force-fp16 --fp32-vae --listen 127.0.0.1 --port P` in the install
-dir (`--fp32-vae` wins over `--force-fp16` for the VAE: the MPS fp16 VAE gives black images), logs its
-output to `<data_dir>/logs/comfyui.log`, waits until `/system_stats` answers, and restarts it with
-backoff when it dies. It does not talk to ComfyUI beyond that check (see `client.py`).
+Starts `<comfyui_python> main.py --force-fp16 --fp32-vae --listen 127.0.0.1 --port P [--cpu] [extra]`
+in the install dir (`launch.py`: `--fp32-vae` wins over `--force-fp16` for the VAE, the MPS fp16 VAE
+gives black images; `--cpu` where ComfyUI's torch sees no GPU), logs its output to
+`<data_dir>/logs/comfyui.log`, waits until `/system_stats` answers, and restarts it with backoff when
+it dies. A ComfyUI that exits during start-up CRASH_LOOP_EXITS times in a row (a missing driver, a
+broken venv: restarting cannot help) is not started again: `failure` says why (exit code, the end of
+its log) to `/health` and to the jobs waiting for it. It does not talk to ComfyUI beyond the
+`/system_stats` check (see `client.py`).
 """
 
 from __future__ import annotations
@@ -19,16 +23,22 @@ from typing import IO
 
 import aiohttp
 
+from sidecar.comfyui.launch import (
+    StartupFailure,
+    chosen_by_user,
+    device_flags,
+    extra_args,
+    last_run,
+    launch_command,
+    probe_accelerators,
+)
 from sidecar.config import Settings
 
 log = logging.getLogger("sidecar.comfyui.supervisor")
 
 STOP_GRACE = 10.0  # seconds between SIGTERM and SIGKILL on shutdown
 STABLE_AFTER = 60.0  # a process that ran this long resets the restart backoff
-
-
-def launch_command(python: Path, port: int) -> list[str]:
-    return [str(python), "main.py", "--force-fp16", "--fp32-vae", "--listen", "127.0.0.1", "--port", str(port)]
+CRASH_LOOP_EXITS = 3  # start-up exits in a row after which restarting stops
 
 
 COMFY_LOG_BYTES, COMFY_LOG_BACKUPS = 10 * 1024 * 1024, 3
@@ -57,6 +67,9 @@ class ComfySupervisor:
         self.comfyui_dir: Path = settings.comfyui_dir
         self.python: Path = settings.comfyui_python
         self.port = settings.comfyui_port
+        self.device_setting = settings.device
+        self.extra = extra_args(settings.comfyui_extra_args)
+        self.command: list[str] | None = None  # decided before the first launch (the device probe)
         self.url = f"http://127.0.0.1:{self.port}"
         self.start_timeout = settings.comfyui_start_timeout
         self.log_path = settings.logs_dir / "comfyui.log"
@@ -66,6 +79,8 @@ class ComfySupervisor:
         self.ready = asyncio.Event()  # set while our ComfyUI answers /system_stats
         self.starts = 0  # processes launched so far (1 + restarts)
         self.last_exit: int | None = None
+        self.failure: StartupFailure | None = None  # set by a start-up exit, cleared once it answers
+        self.gave_up = asyncio.Event()  # set when restarting stopped (a crash loop)
         self._proc: asyncio.subprocess.Process | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -94,11 +109,28 @@ class ComfySupervisor:
         self.ready.clear()
 
     async def wait_ready(self, timeout: float) -> bool:
+        """Whether ComfyUI answers within `timeout`; returns early (False) once restarting stopped."""
+        if self.ready.is_set():
+            return True
+        waits = {asyncio.ensure_future(self.ready.wait()), asyncio.ensure_future(self.gave_up.wait())}
         try:
-            await asyncio.wait_for(self.ready.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+        return self.ready.is_set()
+
+    async def decide_command(self) -> list[str]:
+        """The launch command; asks ComfyUI's python which devices it sees when that decides `--cpu`."""
+        if self.command is None:
+            found = None
+            if self.device_setting == "auto" and not chosen_by_user(self.extra):
+                found = await probe_accelerators(self.python)
+                log.info("ComfyUI's torch sees %s", ", ".join(k for k, v in (found or {}).items() if v) or
+                         ("no GPU" if found is not None else "nothing it could tell"))
+            self.command = launch_command(self.python, self.port, device_flags(self.device_setting, self.extra, found),
+                                          self.extra)
+        return self.command
 
     async def _answers(self) -> bool:
         assert self._session is not None
@@ -110,11 +142,13 @@ class ComfySupervisor:
 
     async def _keep_alive(self) -> None:
         delay = self.backoff_initial
+        crashes = 0
         while not self._stopping:
             if self._proc is None and await self._answers():
                 # Someone else's ComfyUI (a launchd agent, an orphan of a killed daemon) holds the port:
                 # a second one could not bind it. Use it while it answers; take over when it goes away.
                 log.warning("a ComfyUI already answers on port %d; using it instead of starting one", self.port)
+                self.failure = None
                 self.ready.set()
                 while await self._answers():
                     await asyncio.sleep(max(self.check_interval, 1.0))
@@ -125,18 +159,31 @@ class ComfySupervisor:
             if await self._wait_until_answering():
                 log.info("ComfyUI answers on %s (pid %s, %.1f s after launch)", self.url, self.pid,
                          time.monotonic() - started)
+                crashes, self.failure = 0, None
                 self.ready.set()
                 assert self._proc is not None
                 code = await self._proc.wait()
                 self.ready.clear()
                 if self._stopping:
                     return
+                await asyncio.to_thread(self._mark_exit, self._proc.pid, code)
                 log.warning("ComfyUI (pid %s) exited with code %s; restarting", self._proc.pid, code)
             elif self._proc is not None and self._proc.returncode is None:
                 log.warning("ComfyUI did not answer within %g s; killing it and trying again", self.start_timeout)
                 await self._terminate()
             else:
-                log.warning("ComfyUI exited with code %s during start-up; see %s", self.last_exit, self.log_path)
+                crashes += 1
+                if self._proc is not None:
+                    await asyncio.to_thread(self._mark_exit, self._proc.pid, self.last_exit)
+                run = await asyncio.to_thread(last_run, self.log_path)
+                self.failure = StartupFailure(
+                    exit_code=self.last_exit, exits=crashes, log_tail=run.tail if run else [],
+                    command=self.command or [], log_path=self.log_path, gave_up=crashes >= CRASH_LOOP_EXITS)
+                log.warning("%s", self.failure.message())
+                if self.failure.gave_up:
+                    self._proc = None
+                    self.gave_up.set()  # jobs waiting for ComfyUI fail now, with this reason
+                    return
             self.last_exit = self._proc.returncode if self._proc is not None else None
             self._proc = None
             if time.monotonic() - started > STABLE_AFTER:
@@ -144,8 +191,16 @@ class ComfySupervisor:
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.backoff_max)
 
+    def _mark_exit(self, pid: int, code: int | None) -> None:
+        """A line after the run in the log: the exit code, for the daemon and `sidecar doctor` to read."""
+        try:
+            with open(self.log_path, "a", encoding="utf-8") as fh:
+                fh.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} ComfyUI (pid {pid}) exited with code {code}\n")
+        except OSError as exc:
+            log.warning("cannot write to %s: %s", self.log_path, exc)
+
     async def _launch(self) -> None:
-        cmd = launch_command(self.python, self.port)
+        cmd = await self.decide_command()
         logfile = await asyncio.to_thread(self._open_log, cmd)
         try:
             # Its own session: a Ctrl-C in the daemon's terminal reaches the daemon, which then stops
@@ -157,6 +212,9 @@ class ComfySupervisor:
             )
         except OSError as exc:
             log.error("cannot start ComfyUI (%s): %s", " ".join(cmd), exc)
+            with contextlib.suppress(OSError):
+                with open(self.log_path, "a", encoding="utf-8") as fh:
+                    fh.write(f"cannot start {cmd[0]}: {exc}\n")
             self._proc = None
             self.last_exit = None
             return

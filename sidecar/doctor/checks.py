@@ -17,6 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from sidecar.comfyui.launch import (
+    chosen_by_user,
+    device_flags,
+    extra_args,
+    last_run,
+    launch_command,
+    probe_accelerators,
+)
 from sidecar.config import Settings
 
 Status = Literal["ok", "warn", "fail", "skip"]
@@ -43,6 +51,7 @@ class Probe:
     comfy_models: dict[str, list[str]] = field(default_factory=dict)
     daemon_health: dict[str, Any] | None = None
     port_open: bool = False
+    comfy_port_open: bool = False  # something listens on comfyui_port (managed mode's port)
 
 
 def _needed(required: bool, ok: bool, name: str, detail_ok: str, detail_bad: str, fix: str) -> Check:
@@ -114,9 +123,17 @@ def check_comfyui(settings: Settings, probe: Probe, home: Path) -> list[Check]:
     if probe.comfy_stats is not None:
         system = probe.comfy_stats.get("system", {})
         devices = probe.comfy_stats.get("devices") or [{}]
+        device = devices[0].get("type")
         checks.append(Check("comfyui server", "ok", f"{url}: ComfyUI {system.get('comfyui_version', '?')} on "
-                            f"{devices[0].get('type', '?')}", required=engine_comfy))
-        checks.append(_flags_check(system.get("argv") or [], f"running with {' '.join(system.get('argv') or [])}"))
+                            f"{device or '?'}" + (" (the managed daemon uses it instead of starting one)"
+                                                  if managed else ""), required=engine_comfy))
+        checks.append(_flags_check(system.get("argv") or [], f"running with {' '.join(system.get('argv') or [])}",
+                                   device))
+    elif managed and probe.comfy_port_open:
+        checks.append(Check("comfyui server", "fail", f"port {settings.comfyui_port} (comfyui_port) is taken by a "
+                            "program that is not ComfyUI: the managed ComfyUI could not listen there",
+                            "stop that program, or set comfyui_port (--comfyui-port) to a free port",
+                            required=engine_comfy))
     else:
         if engine_comfy and not managed:
             checks.append(Check("comfyui server", "fail", f"nothing answers at {url}",
@@ -125,8 +142,8 @@ def check_comfyui(settings: Settings, probe: Probe, home: Path) -> list[Check]:
         elif managed and not (settings.comfyui_dir / "main.py").is_file():
             checks.append(Check("comfyui server", "skip", "not running; nothing to start (see comfyui dir)"))
         elif managed:
-            checks.append(Check("comfyui server", "ok", f"not running; the daemon starts it on port "
-                                f"{settings.comfyui_port}", required=engine_comfy))
+            checks.append(Check("comfyui server", "ok", f"not running; port {settings.comfyui_port} is free and the "
+                                "daemon starts it there", required=engine_comfy))
         else:
             checks.append(Check("comfyui server", "skip", f"not running at {url} (optional with the embedded engine)"))
         agent = home / "Library" / "LaunchAgents" / "com.plasma-sidecar.comfyui.plist"
@@ -137,12 +154,47 @@ def check_comfyui(settings: Settings, probe: Probe, home: Path) -> list[Check]:
             except (plistlib.InvalidFileException, ValueError, OSError) as exc:
                 checks.append(Check("comfyui flags", "warn", f"{agent} is unreadable ({exc})",
                                     "sidecar launchd install"))
-        elif managed:
-            checks.append(Check("comfyui flags", "ok", f"managed: {FORCE_FP16} {FP32_VAE} --listen 127.0.0.1"))
+    if managed and settings.comfyui_python is not None:
+        checks.extend(check_managed_launch(settings))
     return checks
 
 
-def _flags_check(argv: list[str], where: str) -> Check:
+def check_managed_launch(settings: Settings) -> list[Check]:
+    """The command the daemon runs (its device flag decided as the daemon decides it) and how the last
+    run ended, read from ComfyUI's log: a ComfyUI that dies at start-up is named with its exit code."""
+    extra = extra_args(settings.comfyui_extra_args)
+    found = None
+    python = settings.comfyui_python
+    assert python is not None
+    if settings.device == "auto" and not chosen_by_user(extra) and python.is_file():
+        found = asyncio.run(probe_accelerators(python))
+    cmd = launch_command(python, settings.comfyui_port, device_flags(settings.device, extra, found), extra)
+    if found is None and settings.device == "auto" and not chosen_by_user(extra):
+        seen = "ComfyUI's python could not say which devices its torch sees: no device flag"
+    elif "--cpu" in cmd and not chosen_by_user(extra):
+        seen = "no GPU for ComfyUI's torch: --cpu" if found is not None else "device cpu: --cpu"
+    else:
+        seen = "the device ComfyUI finds" if not chosen_by_user(extra) else "your comfyui_extra_args choose the device"
+    checks = [Check("comfyui launch", "ok", f"{' '.join(cmd)} (in {settings.comfyui_dir}; {seen})")]
+    log_path = settings.logs_dir / "comfyui.log"
+    run = last_run(log_path)
+    if run is not None and run.ended and run.exit_code not in (0, None):
+        tail = " | ".join(line.strip() for line in run.tail[-5:] if line.strip()) or "no output"
+        checks.append(Check("comfyui last run", "fail", f"exited with code {run.exit_code}: {tail} (see {log_path})",
+                            "fix what the log says (no GPU: --cpu in comfyui_extra_args or device = \"cpu\"; a "
+                            "missing module: install ComfyUI's requirements in its venv), then restart the daemon",
+                            required=settings.resolved_engine == "comfyui"))
+    elif run is not None:
+        how = "exited with code 0" if run.ended else "running, or stopped with the daemon"
+        checks.append(Check("comfyui last run", "ok", f"{how} ({log_path})"))
+    return checks
+
+
+def _flags_check(argv: list[str], where: str, device: str | None = "mps") -> Check:
+    """The launch flags that matter on Apple MPS (the fp16 VAE's black images, the fp32 UNet's memory).
+    A CPU server needs neither (the daemon asks it for fp32); a CUDA one computes fp16 by default."""
+    if device not in (None, "mps"):
+        return Check("comfyui flags", "ok", f"on {device}: --fp32-vae and --force-fp16 are MPS concerns ({where})")
     missing = [f for f in (FP32_VAE, FORCE_FP16) if f not in argv]
     if not missing:
         return Check("comfyui flags", "ok", f"{FORCE_FP16} {FP32_VAE} ({where})")
@@ -311,6 +363,9 @@ async def probe_network(settings: Settings) -> Probe:
             probe.daemon_health = health
     probe.port_open = probe.daemon_health is not None or await asyncio.to_thread(_port_open, settings.host,
                                                                                   settings.port)
+    if settings.comfyui_url is None:
+        probe.comfy_port_open = probe.comfy_stats is not None or await asyncio.to_thread(
+            _port_open, "127.0.0.1", settings.comfyui_port)
     return probe
 
 
