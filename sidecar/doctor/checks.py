@@ -125,8 +125,9 @@ def check_comfyui(settings: Settings, probe: Probe, home: Path) -> list[Check]:
         devices = probe.comfy_stats.get("devices") or [{}]
         device = devices[0].get("type")
         checks.append(Check("comfyui server", "ok", f"{url}: ComfyUI {system.get('comfyui_version', '?')} on "
-                            f"{device or '?'}" + (" (the managed daemon uses it instead of starting one)"
-                                                  if managed else ""), required=engine_comfy))
+                            f"{device or '?'}" + (f" on comfyui_port {settings.comfyui_port} (the daemon's, or one it uses "
+                                                  "instead of starting its own)" if managed else ""),
+                            required=engine_comfy))
         checks.append(_flags_check(system.get("argv") or [], f"running with {' '.join(system.get('argv') or [])}",
                                    device))
     elif managed and probe.comfy_port_open:
