@@ -248,3 +248,32 @@ def test_comfyui_log_is_rotated_between_runs(tmp_path) -> None:
     log.write_text("small")
     rotate(log, limit=10, backups=3)
     assert log.read_text() == "small"  # under the limit: kept
+
+
+async def test_queued_jobs_fail_within_seconds_with_the_reason_when_managed_comfyui_cannot_start(
+        comfy_home, tmp_path, aiohttp_client) -> None:
+    from sidecar.api.app import create_app
+
+    write_fake_main(comfy_home, CRASHING_MAIN)
+    settings = managed_settings(tmp_path, comfy_home, comfyui_unavailable_deadline=300.0)
+    client = await aiohttp_client(create_app(settings))
+    ids = []
+    for seed in (1, 2):  # the second waits behind the first in the daemon's queue
+        resp = await client.post("/jobs", json={"prompt": "spyke_plasma_v1", "seed": seed, "steps": 2})
+        assert resp.status == 202, await resp.text()
+        ids.append((await resp.json())["id"])
+
+    async def ended(job_id: str) -> dict:
+        while True:
+            job = await (await client.get(f"/jobs/{job_id}")).json()
+            if job["status"] in ("succeeded", "failed", "cancelled"):
+                return job
+            await asyncio.sleep(0.1)
+
+    for job_id in ids:
+        job = await asyncio.wait_for(ended(job_id), START)  # far sooner than the 300 s deadline
+        assert job["status"] == "failed" and job["error"]["code"] == "comfyui_unavailable"
+        assert job["error"]["details"]["exitCode"] == 1 and "Found no NVIDIA driver" in job["error"]["message"]
+    health = await (await client.get("/health")).json()
+    assert health["status"] == "degraded" and "Found no NVIDIA driver" in health["warnings"][0]
+    assert health["backend"]["startupFailure"]["gaveUp"] is True
