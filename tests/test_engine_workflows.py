@@ -83,7 +83,8 @@ def test_unknown_node_types_are_refused_anywhere_in_the_graph() -> None:
     wf["42"] = {"class_type": "CLIPSetLastLayer", "inputs": {"clip": ["1", 1], "stop_at_clip_layer": -2}}
     with pytest.raises(NodeNotSupported) as err:
         interpret(wf)
-    assert err.value.details == {"node": "42", "classType": "CLIPSetLastLayer", "supported": sorted(SUPPORTED_NODES)}
+    assert err.value.details == {"node": "42", "classType": "CLIPSetLastLayer", "field": "workflow.42.class_type",
+                                 "supported": sorted(SUPPORTED_NODES)}
 
 
 @pytest.mark.parametrize("breakage", ["missing_link", "wrong_type", "two_outputs", "no_output", "cycle", "bad_size",

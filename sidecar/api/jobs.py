@@ -30,7 +30,7 @@ async def submit_job(request: web.Request) -> web.Response:
     req = await parse_body(request, JobRequest)
     refuse_while_training(request)
     built = await request.app[BUILDER].build(req)
-    job = await request.app[RUNNER].submit(built, req.model_dump(by_alias=True, exclude_none=True))
+    job = await request.app[RUNNER].submit(built)
     return web.json_response(job.to_api(), status=202, headers={"Location": f"/jobs/{job.id}"})
 
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
+
+from sidecar.jobs.params import GenerationRequest
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
@@ -18,37 +20,12 @@ class Wire(BaseModel):
     model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True)
 
 
-class Resolution(Wire):
-    width: int = Field(512, description="pixels, multiple of 8")
-    height: int = Field(768, description="pixels, multiple of 8")
+class JobRequest(GenerationRequest):
+    """POST /jobs. Either the parameters (a template is chosen and slot-filled) or a whole `workflow`.
+    The fields, their limits and their strict types are the domain's (`sidecar.jobs.params`); this
+    adds only the camelCase names of the wire."""
 
-
-class JobRequest(Wire):
-    """POST /jobs. Either the parameters (a template is chosen and slot-filled) or a whole `workflow`."""
-
-    prompt: str | None = Field(None, min_length=1, max_length=4000)
-    negative_prompt: str | None = Field(None, max_length=4000)
-    lora_id: str | None = Field(None, max_length=200,
-                                description="LoRA file name without extension, as GET /loras lists it")
-    lora_strength: float | None = Field(None, ge=0, le=2)
-    seed: int | None = Field(None, ge=0, le=2**64 - 1, description="random when absent")
-    steps: int | None = Field(None, ge=1, le=150)
-    cfg: float | None = Field(None, ge=0, le=30)
-    sampler: str | None = Field(None, max_length=64)
-    scheduler: str | None = Field(None, max_length=64)
-    resolution: Resolution | None = None
-    checkpoint: str | None = Field(None, max_length=200, description="checkpoint file name")
-    pose_image_path: str | None = Field(None, max_length=4096, description="absolute path of a pose image")
-    controlnet_strength: float | None = Field(None, ge=0.4, le=0.9)
-    denoise: float | None = Field(None, gt=0, le=1)
-    # Strict: true, "1" and 1.0 are not a batch size (invalid_field); an int other than 1 is refused by the profile.
-    batch_size: StrictInt | None = Field(
-        None, validation_alias=AliasChoices("batchSize", "batch_size"),
-        description="accepted only as 1 (the profile's limit)",
-    )
-    workflow: dict[str, Any] | None = Field(
-        None, description="a whole filled API-format workflow (reproduce); excludes the parameter fields"
-    )
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
 
 
 class Progress(Wire):

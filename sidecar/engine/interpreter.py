@@ -14,9 +14,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sidecar.engine import samplers
-from sidecar.errors import NodeNotSupported, WorkflowInvalid
-
-MAX_SEED = 2**64 - 1  # ComfyUI's seed widget range
+from sidecar.errors import WorkflowInvalid
+from sidecar.graph import Graph, is_link
+from sidecar.nodes import MAX_SEED, SUPPORTED_NODES, node_type  # noqa: F401 (SUPPORTED_NODES re-exported)
 
 
 @dataclass(frozen=True)
@@ -226,7 +226,8 @@ NODES: dict[str, Callable[[str, dict], tuple]] = {
     "VAEDecode": _vae_decode,
     "SaveImage": _save_image,
 }
-SUPPORTED_NODES = frozenset(NODES)
+# The node types a job may use are listed once, in sidecar.nodes; this engine runs exactly those
+# (a test holds the two equal).
 OUTPUT_NODE = "SaveImage"
 
 
@@ -242,63 +243,40 @@ def _typed(node_id: str, inputs: dict, name: str, kind: type) -> Any:
 # -- evaluation
 
 def check_node_types(workflow: dict[str, Any]) -> None:
-    for node_id, node in workflow.items():
-        kind = node.get("class_type") if isinstance(node, dict) else None
-        if kind not in NODES:
-            raise NodeNotSupported(
-                f"Node {node_id} is a {kind!r}, which the embedded engine cannot run. Supported node types: "
-                f"{', '.join(sorted(NODES))}.",
-                {"node": node_id, "classType": kind, "supported": sorted(NODES)},
-            )
+    graph = Graph(workflow)
+    for node_id in workflow:
+        node_type(graph, node_id)
 
 
-class _Evaluator:
-    def __init__(self, workflow: dict[str, Any]):
-        self.workflow = workflow
-        self.done: dict[str, tuple] = {}
-        self.active: set[str] = set()
-
-    def outputs(self, node_id: str) -> tuple:
-        if node_id in self.done:
-            return self.done[node_id]
-        if node_id not in self.workflow:
-            raise WorkflowInvalid(f"A link points to node {node_id}, which is not in the workflow.",
-                                  {"node": node_id})
-        if node_id in self.active:
-            raise WorkflowInvalid(f"The workflow has a cycle through node {node_id}.", {"node": node_id})
-        self.active.add(node_id)
-        node = self.workflow[node_id]
+def _evaluate(graph: Graph, root: str) -> tuple:
+    """The outputs of `root`, each node evaluated once after the nodes it links to (in the graph's
+    topological order: iterative, so a long chain cannot exhaust the recursion limit)."""
+    done: dict[str, tuple] = {}
+    for node_id in graph.order([root]):
+        node = graph[node_id]
         inputs = {}
-        for name, value in (node.get("inputs") or {}).items():
-            if _is_link(value):
-                outs = self.outputs(value[0])
-                if value[1] >= len(outs):
+        for name, value in node.inputs.items():
+            if is_link(value):
+                outs = done[value[0]]
+                if not 0 <= value[1] < len(outs):
                     raise _fail(node_id, f"input {name!r} links to output {value[1]} of node {value[0]}, "
                                          f"which has {len(outs)} output(s).", input=name)
                 inputs[name] = outs[value[1]]
             else:
                 inputs[name] = value
-        result = NODES[node["class_type"]](node_id, inputs)
-        self.active.discard(node_id)
-        self.done[node_id] = result
-        return result
-
-
-def _is_link(value: Any) -> bool:
-    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], int)
+        done[node_id] = NODES[node.class_type](node_id, inputs)
+    return done[root]
 
 
 def interpret(workflow: dict[str, Any]) -> RenderJob:
-    if not isinstance(workflow, dict) or not workflow:
-        raise WorkflowInvalid("A workflow must be a non-empty JSON object of nodes (API format).")
+    graph = Graph.parse(workflow)
     check_node_types(workflow)
-    outputs = [nid for nid, node in workflow.items() if node["class_type"] == OUTPUT_NODE]
+    outputs = graph.ids_of_type(OUTPUT_NODE)
     if len(outputs) != 1:
         raise WorkflowInvalid(
             f"The embedded engine runs workflows with exactly one SaveImage node; this one has {len(outputs)}.",
             {"outputNodes": outputs})
-    evaluator = _Evaluator(workflow)
-    decoded, prefix = evaluator.outputs(outputs[0])
+    decoded, prefix = _evaluate(graph, outputs[0])
     s = decoded.samples
     checkpoints = {s.model.checkpoint, s.positive.clip.checkpoint, s.negative.clip.checkpoint, decoded.vae.checkpoint}
     if len(checkpoints) != 1:

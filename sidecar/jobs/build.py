@@ -1,22 +1,22 @@
-"""From a `JobRequest` to a runnable job: defaults, limits, names, files, template choice, slot filling.
+"""From a `GenerationRequest` to a `JobSpec`: defaults, limits, names, files, template choice, slot filling.
 
 Everything a job is refused for is decided here, at submit time, so nothing refused ever reaches
-a backend. The result is plain data the runner stores and hands to the backend.
+a backend. A whole workflow is held to the same limits as a template job: its nodes are checked
+against the supported node types (`sidecar.nodes`), its sizes against the profile, its values
+against the job parameter limits (`sidecar.jobs.params`), and its params are read off the checked
+graph. The result is the typed job the runner stores and hands to the backend.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
-
-from sidecar.api.models import JobRequest
 from sidecar.backend import GenerationBackend, ModelFolder
 from sidecar.config import Settings
 from sidecar.errors import (
@@ -27,21 +27,16 @@ from sidecar.errors import (
     LoraNotFound,
     PoseImageInvalid,
 )
+from sidecar.jobs.params import GenerationRequest, JobParams, JobSpec
+from sidecar.jobs.whole import read_whole_workflow
 from sidecar.profiles import Profile
-from sidecar.workflows import TemplateStore, validate_graph
+from sidecar.userfiles import check_image
+from sidecar.workflows import TemplateStore
 
-PARAM_FIELDS = (
-    "prompt", "negative_prompt", "lora_id", "lora_strength", "seed", "steps", "cfg", "sampler", "scheduler",
-    "resolution", "checkpoint", "pose_image_path", "controlnet_strength", "denoise",
-)
-
-
-@dataclass
-class BuiltJob:
-    params: dict[str, Any]  # camelCase, resolved (see api.models.JobParams)
-    template: str | None
-    workflow: dict[str, Any]
-    pose_image: Path | None
+# Where ComfyUI writes a job's image is the daemon's choice: a whole workflow's SaveImage prefix is
+# replaced unless it is already one of ours (so a job's workflow, resubmitted, is the same graph).
+SAVE_PREFIX = "plasma-sidecar/workflow"
+OUR_PREFIX = re.compile(r"plasma-sidecar/[A-Za-z0-9_-]{1,64}")
 
 
 def check_name(field: str, value: str) -> None:
@@ -60,19 +55,8 @@ def choose_template(has_lora: bool, has_pose: bool) -> str:
 
 
 def check_pose_image(raw: str) -> Path:
-    path = Path(raw).expanduser()
-    if not path.is_absolute():
-        raise PoseImageInvalid(f"poseImagePath must be an absolute path, got {raw!r}.", {"path": raw})
-    if not path.is_file():
-        raise PoseImageInvalid(f"poseImagePath {raw} does not exist or is not a file.", {"path": raw})
-    try:
-        with Image.open(path) as img:
-            img.verify()
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise PoseImageInvalid(
-            f"poseImagePath {raw} is not a decodable image.", {"path": raw, "reason": str(exc)}
-        ) from None
-    return path
+    """Blocking: the pose image, bounded in bytes and pixels before it is decoded."""
+    return check_image(raw, "poseImagePath", PoseImageInvalid).path
 
 
 def find_lora_in(names: list[str], lora_id: str) -> str:
@@ -89,7 +73,7 @@ def check_model_in(folder: ModelFolder, names: list[str], name: str, error: type
     if name not in names:
         raise error(
             f"{field} {name!r} is not in the {folder} models. Available: {', '.join(sorted(names)) or 'none'}.",
-            {field: name, "available": sorted(names)},
+            {field: name, "field": field, "available": sorted(names)},
         )
 
 
@@ -141,12 +125,12 @@ class JobBuilder:
     async def _check_model(self, folder: ModelFolder, name: str, error: type, field: str) -> None:
         await self._resolve(folder, lambda names: check_model_in(folder, names, name, error, field))
 
-    async def build(self, req: JobRequest) -> BuiltJob:
+    async def build(self, req: GenerationRequest) -> JobSpec:
         if req.batch_size is not None:
             self.profile.check_batch(req.batch_size)
         if req.workflow is not None:
             # poseImagePath is the one companion a whole workflow takes: the file its LoadImage loads.
-            given = [f for f in PARAM_FIELDS if f != "pose_image_path" and getattr(req, f) is not None]
+            given = req.parameter_fields()
             if given:
                 raise InvalidField(
                     f"A job with a whole workflow takes no parameter fields; got {', '.join(given)}.",
@@ -157,10 +141,12 @@ class JobBuilder:
             raise InvalidField("prompt is required.", {"field": "prompt"})
         return await self._build_from_template(req)
 
-    async def _build_from_template(self, req: JobRequest) -> BuiltJob:
+    async def _build_from_template(self, req: GenerationRequest) -> JobSpec:
         s = self.settings
         res = req.resolution
-        width, height = (res.width, res.height) if res else (self.profile.max_width, self.profile.max_height)
+        # One default however the size is left out (no resolution, {}, or one side): the profile's largest.
+        width = res.width if res and res.width is not None else self.profile.max_width
+        height = res.height if res and res.height is not None else self.profile.max_height
         self.profile.check_resolution(width, height)
         checkpoint = req.checkpoint or s.checkpoint
         check_name("checkpoint", checkpoint)
@@ -187,110 +173,86 @@ class JobBuilder:
         if pose is not None:
             _value(controlnet_result)
 
-        params: dict[str, Any] = {
-            "prompt": req.prompt,
-            "negativePrompt": req.negative_prompt if req.negative_prompt is not None else s.negative_prompt,
-            "seed": req.seed if req.seed is not None else secrets.randbelow(2**32),
-            "steps": req.steps or s.steps,
-            "cfg": req.cfg if req.cfg is not None else s.cfg,
-            "sampler": req.sampler or s.sampler,
-            "scheduler": req.scheduler or s.scheduler,
-            "width": width,
-            "height": height,
-            "checkpoint": checkpoint,
-            "loraId": req.lora_id,
-            "loraStrength": (req.lora_strength if req.lora_strength is not None else s.lora_strength)
+        params = JobParams(
+            prompt=req.prompt,
+            negative_prompt=req.negative_prompt if req.negative_prompt is not None else s.negative_prompt,
+            seed=req.seed if req.seed is not None else secrets.randbelow(2**32),
+            steps=req.steps or s.steps,
+            cfg=req.cfg if req.cfg is not None else s.cfg,
+            sampler=req.sampler or s.sampler,
+            scheduler=req.scheduler or s.scheduler,
+            width=width,
+            height=height,
+            checkpoint=checkpoint,
+            lora_id=req.lora_id,
+            lora_strength=(req.lora_strength if req.lora_strength is not None else s.lora_strength)
             if req.lora_id else None,
-            "controlnetStrength": (req.controlnet_strength if req.controlnet_strength is not None
-                                   else s.controlnet_strength) if pose else None,
-            "denoise": req.denoise if req.denoise is not None else 1.0,
-            "poseImagePath": str(pose) if pose else None,
-        }
+            controlnet_strength=(req.controlnet_strength if req.controlnet_strength is not None
+                                 else s.controlnet_strength) if pose else None,
+            denoise=req.denoise if req.denoise is not None else 1.0,
+            pose_image_path=str(pose) if pose else None,
+        )
         template = self.templates.get(choose_template(lora_file is not None, pose is not None))
         slots: dict[str, Any] = {
-            "prompt_text": params["prompt"],
-            "negative_prompt": params["negativePrompt"],
-            "seed": params["seed"],
+            "prompt_text": params.prompt,
+            "negative_prompt": params.negative_prompt,
+            "seed": params.seed,
             "checkpoint_name": checkpoint,
-            "steps": params["steps"],
-            "cfg": params["cfg"],
-            "sampler_name": params["sampler"],
-            "scheduler": params["scheduler"],
-            "denoise": params["denoise"],
+            "steps": params.steps,
+            "cfg": params.cfg,
+            "sampler_name": params.sampler,
+            "scheduler": params.scheduler,
+            "denoise": params.denoise,
             "width": width,
             "height": height,
             "batch_size": 1,
         }
         if lora_file:
             slots["lora_name"] = lora_file
-            slots["lora_strength"] = params["loraStrength"]
+            slots["lora_strength"] = params.lora_strength
         if pose:
             slots["pose_image"] = pose.name
-            slots["controlnet_strength"] = params["controlnetStrength"]
+            slots["controlnet_strength"] = params.controlnet_strength
             slots["controlnet_name"] = s.controlnet_model
         workflow = template.fill({k: v for k, v in slots.items() if template.has_slot(k)})
         await self.backend.validate(workflow)
-        return BuiltJob(params=params, template=template.name, workflow=workflow, pose_image=pose)
+        return JobSpec(params=params, template=template.name, workflow=workflow, pose_image=pose)
 
-    async def _build_from_workflow(self, workflow: dict[str, Any], pose_image_path: str | None = None) -> BuiltJob:
-        """A whole workflow (reproduce): the same limits, read off its nodes. A LoadImage node loads the
-        image given as `pose_image_path` (the image is not part of a workflow)."""
-        validate_graph(workflow)
-        params: dict[str, Any] = {}
-        controlnets = 0
-        loaders = [nid for nid, node in workflow.items() if node["class_type"] == "LoadImage"]
+    async def _build_from_workflow(self, workflow: dict[str, Any], pose_image_path: str | None = None) -> JobSpec:
+        """A whole workflow (reproduce, an edited `.workflow.json`): checked node by node and held to the
+        profile and the parameter limits (`sidecar.jobs.whole`); its models are looked up like a template
+        job's; a LoadImage node loads the image given as `pose_image_path` (an image is not part of a
+        workflow); the SaveImage prefix is the daemon's."""
+        whole = read_whole_workflow(workflow, self.profile)
+        graph = whole.graph
         pose: Path | None = None
-        if loaders and pose_image_path is None:
+        if whole.loaders and pose_image_path is None:
             raise InvalidField(
-                f"This workflow loads an image (LoadImage node {', '.join(loaders)}), which is not part of it: "
-                "pass poseImagePath with the image file to load.", {"field": "poseImagePath", "nodes": loaders})
+                f"This workflow loads an image (LoadImage node {', '.join(whole.loaders)}), which is not part of "
+                "it: pass poseImagePath with the image file to load.",
+                {"field": "poseImagePath", "nodes": whole.loaders})
+        changes: dict[str, dict[str, Any]] = {
+            nid: {"filename_prefix": SAVE_PREFIX} for nid in whole.outputs
+            if not OUR_PREFIX.fullmatch(str(graph[nid].inputs.get("filename_prefix", "")))}
         if pose_image_path is not None:
-            if len(loaders) != 1:
+            if len(whole.loaders) != 1:
                 raise InvalidField(
-                    f"poseImagePath is the image of the workflow's one LoadImage node; it has {len(loaders)}.",
-                    {"field": "poseImagePath", "nodes": loaders})
+                    f"poseImagePath is the image of the workflow's one LoadImage node; it has {len(whole.loaders)}.",
+                    {"field": "poseImagePath", "nodes": whole.loaders})
             pose = await asyncio.to_thread(check_pose_image, pose_image_path)
             # Named as a pose job's workflow names it: the backends place that file under this name.
-            workflow = {**workflow, loaders[0]: {**workflow[loaders[0]],
-                                                 "inputs": {**workflow[loaders[0]]["inputs"], "image": pose.name}}}
-            params["poseImagePath"] = str(pose)
-        for node in workflow.values():
-            kind, inputs = node["class_type"], node["inputs"]
-            if kind == "EmptyLatentImage":
-                self.profile.check_resolution(int(inputs.get("width", 0)), int(inputs.get("height", 0)))
-                self.profile.check_batch(int(inputs.get("batch_size", 1)))
-                params.update(width=inputs.get("width"), height=inputs.get("height"))
-            elif kind == "CheckpointLoaderSimple":
-                check_name("ckpt_name", str(inputs.get("ckpt_name", "")))
-                await self._check_model("checkpoints", inputs["ckpt_name"], CheckpointNotFound, "checkpoint")
-                params["checkpoint"] = inputs["ckpt_name"]
-            elif kind == "LoraLoader":
-                check_name("lora_name", str(inputs.get("lora_name", "")))
-                # The exact file: ComfyUI refuses `x.ckpt` when only `x.safetensors` is installed.
-                await self._check_model("loras", inputs["lora_name"], LoraNotFound, "lora_name")
-                params.update(loraId=Path(inputs["lora_name"]).stem, loraStrength=inputs.get("strength_model"))
-            elif kind == "ControlNetLoader":
-                controlnets += 1
-                await self._check_model("controlnet", inputs.get("control_net_name", ""), ControlnetNotFound,
-                                        "controlnetModel")
-            elif kind == "ControlNetApplyAdvanced":
-                params["controlnetStrength"] = inputs.get("strength")
-            elif kind == "KSampler":
-                params.update(seed=inputs.get("seed"), steps=inputs.get("steps"), cfg=inputs.get("cfg"),
-                              sampler=inputs.get("sampler_name"), scheduler=inputs.get("scheduler"),
-                              denoise=inputs.get("denoise"))
-        if controlnets > self.profile.max_controlnets:
+            changes[whole.loaders[0]] = {"image": pose.name}
+        for field, folder, name in whole.models:
+            check_name(field, name)
+            error = {"checkpoints": CheckpointNotFound, "loras": LoraNotFound}.get(folder, ControlnetNotFound)
+            # The exact file: ComfyUI refuses `x.ckpt` when only `x.safetensors` is installed.
+            await self._check_model(folder, name, error, field)
+        if whole.controlnets > self.profile.max_controlnets:
             raise InvalidField(
                 f"The {self.profile.name} profile allows {self.profile.max_controlnets} ControlNet per job.",
                 {"profile": self.profile.name, "limit": self.profile.max_controlnets},
             )
-        # Prompts are read from the encoders that feed the sampler's positive/negative inputs.
-        for node in workflow.values():
-            if node["class_type"] == "KSampler":
-                for key, name in (("positive", "prompt"), ("negative", "negativePrompt")):
-                    src = node["inputs"].get(key)
-                    text_node = workflow.get(src[0]) if isinstance(src, list) else None
-                    if text_node and text_node["class_type"] == "CLIPTextEncode":
-                        params[name] = text_node["inputs"].get("text")
-        await self.backend.validate(workflow)
-        return BuiltJob(params=params, template=None, workflow=workflow, pose_image=pose)
+        filled = graph.with_inputs(changes).raw
+        params = whole.params.model_copy(update={"pose_image_path": str(pose) if pose else None})
+        await self.backend.validate(filled)
+        return JobSpec(params=params, template=None, workflow=filled, pose_image=pose)

@@ -25,9 +25,9 @@ from typing import Any
 from sidecar.backend import GenerationBackend, RunContext
 from sidecar.errors import InvalidState, JobCancelled, JobNotFound, PromptLost, QueueFull, SidecarError
 from sidecar.events import EventBus
-from sidecar.jobs.build import BuiltJob
 from sidecar.jobs.device import Device
 from sidecar.jobs.faults import disk_full, log_write_failure, sweep_temp_files
+from sidecar.jobs.params import JobSpec
 from sidecar.jobs.states import TERMINAL, check_transition
 from sidecar.jobs.store import JobRecord, JobStore
 from sidecar.sqlite_store import now_iso
@@ -150,7 +150,7 @@ class JobRunner:
     def running_job(self) -> str | None:
         return self._running
 
-    async def submit(self, built: BuiltJob, request: dict[str, Any]) -> JobRecord:
+    async def submit(self, built: JobSpec) -> JobRecord:
         waiting = len(self._queue) + self._submitting
         if waiting >= self.max_queue:
             raise QueueFull(f"{waiting} jobs are already waiting, the most this daemon queues (max_queue "
@@ -159,7 +159,6 @@ class JobRunner:
         job = JobRecord(
             id=uuid.uuid4().hex,
             status="queued",
-            request=request,
             params=built.params,
             template=built.template,
             workflow=built.workflow,

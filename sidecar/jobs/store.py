@@ -1,6 +1,6 @@
 """SQLite persistence of generation jobs (WAL, one connection, every call off the event loop).
 
-A row keeps the request, the resolved params, the filled workflow, the backend's prompt id, status,
+A row keeps the resolved params (a `JobParams`), the filled workflow, the backend's prompt id, status,
 progress, output file, error and timestamps: enough to resume or reconcile after a restart. The
 state machine lives in `states.py`; this module only stores what the runner decided.
 How it talks to SQLite (one ordered thread, WAL, a transaction per change) is `sidecar.sqlite_store`.
@@ -15,6 +15,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from pydantic.alias_generators import to_camel
+
+from sidecar.jobs.params import JobParams
 from sidecar.sqlite_store import SqliteStore, now_iso
 
 SCHEMA = """
@@ -22,7 +25,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     id TEXT UNIQUE NOT NULL,
     status TEXT NOT NULL,
-    request TEXT NOT NULL,
+    request TEXT NOT NULL,  -- no longer used: written '{}' (databases from before keep the column)
     params TEXT NOT NULL,
     template TEXT,
     workflow TEXT NOT NULL,
@@ -44,15 +47,14 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status);
 """
 
-JSON_COLUMNS = ("request", "params", "workflow", "error_details")
+JSON_COLUMNS = ("params", "workflow", "error_details")
 
 
 @dataclass
 class JobRecord:
     id: str
     status: str
-    request: dict[str, Any]
-    params: dict[str, Any]
+    params: JobParams
     template: str | None
     workflow: dict[str, Any]
     engine: str
@@ -86,7 +88,7 @@ class JobRecord:
             "id": self.id,
             "status": self.status,
             "progress": {"step": self.progress_step, "total": self.progress_total},
-            "params": self.params,
+            "params": {to_camel(k): v for k, v in self.params.model_dump().items()},
             "workflowTemplate": self.template,
             "workflow": self.workflow,
             "engine": self.engine,
@@ -116,12 +118,17 @@ class JobStore(SqliteStore):
     json_columns = JSON_COLUMNS
 
     def _row(self, row: sqlite3.Row) -> JobRecord:
-        return JobRecord(**self._decode(row))
+        data = self._decode(row)
+        data.pop("request", None)
+        data["params"] = JobParams.from_stored(data["params"])
+        return JobRecord(**data)
 
     async def insert(self, job: JobRecord) -> None:
         # Field by field, not dataclasses.asdict: that deep-copies the workflow only to dump it.
-        await self._insert("jobs", {f.name: getattr(job, f.name) for f in fields(JobRecord)
-                                   if f.name != "seq" and f.metadata.get("column", True)})
+        values = {f.name: getattr(job, f.name) for f in fields(JobRecord)
+                  if f.name != "seq" and f.metadata.get("column", True)}
+        values.update(params=job.params.stored(), request="{}")
+        await self._insert("jobs", values)
 
     async def update(self, job_id: str, **values: Any) -> None:
         await self._update("jobs", job_id, values)

@@ -1,0 +1,143 @@
+"""A generation job as the daemon decided it: typed, snake_case, with the one set of parameter limits.
+
+`JobParams` is what a job renders with (defaults applied, seed chosen, or read off a whole workflow's
+validated nodes); `JobSpec` adds what runs it (the template, the filled workflow, the pose image).
+Both the wire model (`sidecar.api.models.JobRequest`) and whole workflows are held to the limits
+declared here (`Steps`, `Cfg`, ...), so a limit changes in one place. camelCase exists only at the
+wire: the API's models are built from these, never the other way round.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StrictInt, TypeAdapter, ValidationError
+from pydantic.alias_generators import to_snake
+
+from sidecar.errors import InvalidField
+
+# -- the limits, one definition each (the wire model's fields use the same types)
+Prompt = Annotated[str, Field(min_length=1, max_length=4000)]
+NegativePrompt = Annotated[str, Field(max_length=4000)]
+ModelName = Annotated[str, Field(max_length=200)]
+Seed = Annotated[int, Field(ge=0, le=2**64 - 1)]
+Steps = Annotated[int, Field(ge=1, le=150)]
+Cfg = Annotated[float, Field(ge=0, le=30, allow_inf_nan=False)]
+SamplerName = Annotated[str, Field(min_length=1, max_length=64)]
+LoraStrength = Annotated[float, Field(ge=0, le=2, allow_inf_nan=False)]
+ControlnetStrength = Annotated[float, Field(ge=0.4, le=0.9, allow_inf_nan=False)]
+Denoise = Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]
+Pixels = Annotated[int, Field(ge=8, le=16384)]
+PathText = Annotated[str, Field(min_length=1, max_length=4096)]
+
+
+class Resolution(BaseModel):
+    """Absent, `{}` or a missing side: the profile's largest (one default whichever way it is left out)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    width: Pixels | None = Field(None, description="pixels, multiple of 8; the profile's largest when absent")
+    height: Pixels | None = Field(None, description="pixels, multiple of 8; the profile's largest when absent")
+
+
+class GenerationRequest(BaseModel):
+    """What a client asks for: the parameters (a template is chosen and slot-filled) or a whole
+    `workflow`. Strict: `true` is not a seed and `"2"` is not a step count. The wire model
+    (`sidecar.api.models.JobRequest`) is this with camelCase names."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    prompt: Prompt | None = None
+    negative_prompt: NegativePrompt | None = None
+    lora_id: ModelName | None = Field(None, description="LoRA file name without extension, as GET /loras lists it")
+    lora_strength: LoraStrength | None = None
+    seed: Seed | None = Field(None, description="random when absent")
+    steps: Steps | None = None
+    cfg: Cfg | None = None
+    sampler: SamplerName | None = None
+    scheduler: SamplerName | None = None
+    resolution: Resolution | None = None
+    checkpoint: ModelName | None = Field(None, description="checkpoint file name")
+    pose_image_path: PathText | None = Field(None, description="absolute path of a pose image")
+    controlnet_strength: ControlnetStrength | None = None
+    denoise: Denoise | None = None
+    # Strict: true, "1" and 1.0 are not a batch size (invalid_field); an int other than 1 is refused by the profile.
+    batch_size: StrictInt | None = Field(
+        None, validation_alias=AliasChoices("batchSize", "batch_size"),
+        description="accepted only as 1 (the profile's limit)",
+    )
+    workflow: dict[str, Any] | None = Field(
+        None, description="a whole filled API-format workflow (reproduce); excludes the parameter fields"
+    )
+
+    def parameter_fields(self) -> list[str]:
+        """The parameter fields given (a whole workflow takes none but `pose_image_path`)."""
+        return [name for name in type(self).model_fields
+                if name not in ("workflow", "batch_size", "pose_image_path") and getattr(self, name) is not None]
+
+
+class JobParams(BaseModel):
+    """The resolved parameters of a job. Every field is optional because a whole workflow need not
+    have a LoRA, a pose or even a sampler the daemon recognises."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    prompt: Prompt | None = None
+    negative_prompt: NegativePrompt | None = None
+    seed: Seed | None = None
+    steps: Steps | None = None
+    cfg: Cfg | None = None
+    sampler: SamplerName | None = None
+    scheduler: SamplerName | None = None
+    width: Pixels | None = None
+    height: Pixels | None = None
+    checkpoint: ModelName | None = None
+    lora_id: ModelName | None = None
+    lora_strength: LoraStrength | None = None
+    controlnet_strength: ControlnetStrength | None = None
+    denoise: Denoise | None = None
+    pose_image_path: PathText | None = None
+
+    @classmethod
+    def from_stored(cls, data: dict[str, Any]) -> JobParams:
+        """A stored row's params (snake_case; camelCase in rows written before). A value that no longer
+        passes (a row from before the limits held for whole workflows) is left out, never a 500."""
+        values = {to_snake(k): v for k, v in (data or {}).items() if to_snake(k) in cls.model_fields}
+        while True:
+            try:
+                return cls.model_validate(values, strict=False)
+            except ValidationError as exc:
+                bad = {str(e["loc"][0]) for e in exc.errors() if e["loc"]}
+                if not bad & values.keys():
+                    return cls()
+                values = {k: v for k, v in values.items() if k not in bad}
+
+    def stored(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+_ADAPTERS = {name: TypeAdapter(info.annotation, config=ConfigDict(strict=True))
+             for name, info in JobParams.model_fields.items()}
+
+
+def check_param(name: str, value: Any, field: str, details: dict[str, Any] | None = None) -> Any:
+    """`value` held to the limits of job parameter `name`; `invalid_field` naming `field` otherwise."""
+    try:
+        return _ADAPTERS[name].validate_python(value)
+    except ValidationError as exc:
+        problem = exc.errors(include_url=False)[0]["msg"]
+        raise InvalidField(f"{field}: {problem} (the {name} limit of every job), got {value!r}.",
+                           {"field": field, "value": value if isinstance(value, (str, int, float)) else None,
+                            **(details or {})}) from None
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """A job ready to queue: what it renders with and the graph a backend runs."""
+
+    params: JobParams
+    template: str | None
+    workflow: dict[str, Any]
+    pose_image: Path | None

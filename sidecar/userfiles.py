@@ -1,0 +1,110 @@
+"""Files the daemon reads because a client named them (pose and init images, captions): bounded first.
+
+A path in a request is the client's word, not ours: it may not exist, name another user's home
+(`~nosuchuser/`), be a 1 GB sparse file with a PNG header, or a small PNG that decodes to 179
+megapixels. Each is refused here with the caller's 400 naming the field, before anything is read
+whole: the size comes from `stat`, the format from the first bytes, the pixel count from the image
+header (PIL reads only that on open), and only then is the file decoded or read.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from sidecar.errors import BadRequest, InvalidField
+
+MAX_IMAGE_BYTES = 64 * 1024 * 1024  # a 4096x4096 RGBA PNG without compression is 64 MiB
+MAX_IMAGE_PIXELS = 4096 * 4096  # 8x an SD1.5 page; ControlNet resizes anyway
+MAX_TEXT_BYTES = 1024 * 1024  # a caption is a line of tags
+
+# The formats a pose or init image may be, by their first bytes.
+IMAGE_MAGIC = {
+    b"\x89PNG\r\n\x1a\n": "PNG",
+    b"\xff\xd8\xff": "JPEG",
+    b"RIFF": "WEBP",  # RIFF....WEBP, checked below
+}
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    path: Path
+    format: str
+    width: int
+    height: int
+    size_bytes: int
+
+
+def user_path(raw: str, field: str, error: type[BadRequest] = InvalidField) -> Path:
+    """An absolute path from a request (`~` is the daemon user's home); refused if it cannot be one."""
+    try:
+        path = Path(raw).expanduser()
+    except RuntimeError:  # ~someone with no such user
+        raise error(f"{field}: cannot expand {raw!r}: no such user home.", {"field": field, "path": raw}) from None
+    if "\x00" in raw or not path.is_absolute():
+        raise error(f"{field} must be an absolute path, got {raw!r}.", {"field": field, "path": raw})
+    return path
+
+
+def bounded_size(path: Path, field: str, limit: int, error: type[BadRequest] = InvalidField) -> int:
+    """The size of the regular file at `path` (from `stat`, nothing read), refused past `limit` bytes."""
+    try:
+        info = path.stat()
+    except (OSError, ValueError):
+        raise error(f"{field} {path} does not exist or is not readable.", {"field": field, "path": str(path)}) from None
+    if not stat.S_ISREG(info.st_mode):
+        raise error(f"{field} {path} is not a file.", {"field": field, "path": str(path)})
+    if info.st_size > limit:
+        raise error(f"{field} {path} is {info.st_size} bytes; the daemon reads at most {limit}.",
+                    {"field": field, "path": str(path), "sizeBytes": info.st_size, "limit": limit})
+    return info.st_size
+
+
+def check_image(raw: str, field: str, error: type[BadRequest] = InvalidField, *,
+                max_bytes: int = MAX_IMAGE_BYTES, max_pixels: int = MAX_IMAGE_PIXELS) -> ImageInfo:
+    """Blocking (run in a thread): `raw` names a PNG, JPEG or WebP within the size and pixel bounds
+    that decodes completely; refused with `error` naming `field` otherwise."""
+    path = user_path(raw, field, error)
+    size = bounded_size(path, field, max_bytes, error)
+    details = {"field": field, "path": str(path)}
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+    except OSError as exc:
+        raise error(f"{field} {path} cannot be read: {exc.strerror}.", details) from None
+    kind = next((name for magic, name in IMAGE_MAGIC.items() if head.startswith(magic)), None)
+    if kind == "WEBP" and head[8:12] != b"WEBP":
+        kind = None
+    if kind is None:
+        raise error(f"{field} {path} is not a PNG, JPEG or WebP image.", details)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own bound follows
+            with Image.open(path) as img:  # reads the header only
+                width, height = img.size
+                if width * height > max_pixels:
+                    raise error(
+                        f"{field} {path} is {width}x{height} pixels; the daemon takes images of at most "
+                        f"{max_pixels} pixels (4096x4096).",
+                        {**details, "width": width, "height": height, "limit": max_pixels})
+                img.load()  # every byte decodes: a truncated or corrupt file is refused now, not mid-job
+    except Image.DecompressionBombError as exc:
+        raise error(f"{field} {path} is too many pixels to decode ({exc}).", {**details, "limit": max_pixels}) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise error(f"{field} {path} is not a decodable image.", {**details, "reason": str(exc)}) from None
+    return ImageInfo(path=path, format=kind, width=width, height=height, size_bytes=size)
+
+
+def read_text(path: Path, field: str, limit: int = MAX_TEXT_BYTES, error: type[BadRequest] = InvalidField) -> str:
+    """A user's text file (a caption), refused past `limit` bytes before it is read."""
+    bounded_size(path, field, limit, error)
+    with open(path, "rb") as fh:
+        data = fh.read(limit + 1)  # the file may have grown since the stat
+    if len(data) > limit:
+        raise error(f"{field} {path} is over {limit} bytes.", {"field": field, "path": str(path), "limit": limit})
+    return data.decode("utf-8", errors="replace")
