@@ -26,6 +26,8 @@ from pipeline_stage.outputs import approve_version
 from pipeline_stage.progress import make_progress
 from pipeline_stage.prompts import GenerateOptions, build_request, load_defaults, load_prompt, merge
 from pipeline_stage.stage import PageResult, PageTask, render_page, summary_line
+from sidecar.errors import SidecarError
+from sidecar.graph import Graph
 
 EPILOG = """\b
 Examples:
@@ -129,9 +131,11 @@ def _reproduce_task(project: Project, opts: dict[str, Any]) -> PageTask:
         workflow = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise InputError(f"{path} is not a JSON workflow ({exc}).", {"path": str(path)}) from None
-    if not isinstance(workflow, dict) or not all(isinstance(n, dict) and "class_type" in n for n in workflow.values()):
-        raise InputError(f"{path} is not an API-format workflow (node id -> {{class_type, inputs}}); in ComfyUI "
-                         "use \"Save (API format)\".", {"path": str(path)})
+    try:
+        graph = Graph.parse(workflow)
+    except SidecarError as exc:
+        raise InputError(f"{path} is not an API-format workflow (node id -> {{class_type, inputs}}): {exc.message} "
+                         "In ComfyUI use \"Save (API format)\".", {"path": str(path)}) from None
     named = page_of(path.name)
     if opts["chapter"] is not None and opts["page"] is not None:
         page = Page(opts["chapter"], opts["page"])
@@ -148,7 +152,7 @@ def _reproduce_task(project: Project, opts: dict[str, Any]) -> PageTask:
     if prompt_file is None and project.prompt_file(page).is_file():
         prompt_file = project.relative(project.prompt_file(page))
     request: dict[str, Any] = {"workflow": workflow}
-    if any(node.get("class_type") == "LoadImage" for node in workflow.values()):
+    if graph.of_type("LoadImage"):
         pose = (Path(opts["pose"]).expanduser().resolve() if opts["pose"]
                 else project.root / source["poseImage"] if source.get("poseImage") else None)
         if pose is None:

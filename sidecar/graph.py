@@ -69,16 +69,16 @@ class Graph:
                 {"field": "workflow", "nodes": len(raw), "limit": max_nodes})
         for node_id, node in raw.items():
             if not isinstance(node, dict) or not isinstance(node.get("class_type"), str):
-                raise WorkflowInvalid(f"Node {node_id!r} has no class_type.",
+                raise WorkflowInvalid(f"Node {node_id} has no class_type.",
                                       {"node": node_id, "field": f"workflow.{node_id}.class_type"})
             inputs = node.get("inputs")
             if not isinstance(inputs, dict):
-                raise WorkflowInvalid(f"Node {node_id!r} has no inputs object.",
+                raise WorkflowInvalid(f"Node {node_id} has no inputs object.",
                                       {"node": node_id, "field": f"workflow.{node_id}.inputs"})
             for name, value in inputs.items():
                 if is_link(value) and value[0] not in raw:
                     raise WorkflowInvalid(
-                        f"Node {node_id!r} input {name!r} links to missing node {value[0]!r}.",
+                        f"Node {node_id} input {name!r} links to missing node {value[0]!r}.",
                         {"node": node_id, "input": name, "field": input_field(node_id, name), "link": value})
         graph = cls(raw)
         graph.order()  # refuses a cycle
@@ -144,7 +144,7 @@ class Graph:
                     raise WorkflowInvalid(f"The workflow has a cycle through node {source}.",
                                           {"node": node_id, "input": name, "field": input_field(node_id, name)})
                 if source not in self.raw:
-                    raise WorkflowInvalid(f"Node {node_id!r} input {name!r} links to missing node {source!r}.",
+                    raise WorkflowInvalid(f"Node {node_id} input {name!r} links to missing node {source!r}.",
                                           {"node": node_id, "input": name, "field": input_field(node_id, name)})
                 active.add(source)
                 stack.append((source, self[source].links()))

@@ -9,7 +9,6 @@ header (PIL reads only that on open), and only then is the file decoded or read.
 
 from __future__ import annotations
 
-import os
 import stat
 import warnings
 from dataclasses import dataclass

@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from sidecar.errors import WorkflowInvalid
+from sidecar.graph import Graph
 
 log = logging.getLogger("sidecar.workflows")
 
@@ -67,33 +68,17 @@ class Template:
         return graph
 
 
-def is_link(value: Any) -> bool:
-    return (
-        isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], int)
-    )
-
-
-def validate_graph(graph: Any, known_types: set[str] | None = None) -> None:
-    """Structural checks shared by templates and raw submitted workflows."""
-    if not isinstance(graph, dict) or not graph:
-        raise WorkflowInvalid("A workflow must be a non-empty JSON object of nodes (API format).")
-    for node_id, node in graph.items():
-        if not isinstance(node, dict) or not isinstance(node.get("class_type"), str):
-            raise WorkflowInvalid(f"Node {node_id!r} has no class_type.", {"node": node_id})
-        inputs = node.get("inputs")
-        if not isinstance(inputs, dict):
-            raise WorkflowInvalid(f"Node {node_id!r} has no inputs object.", {"node": node_id})
-        for name, value in inputs.items():
-            if is_link(value) and value[0] not in graph:
+def validate_graph(raw: Any, known_types: set[str] | None = None) -> Graph:
+    """A template's structure (`Graph.parse`), and node types the backend knows when it says which."""
+    graph = Graph.parse(raw)
+    if known_types is not None:
+        for node in graph:
+            if node.class_type not in known_types:
                 raise WorkflowInvalid(
-                    f"Node {node_id!r} input {name!r} links to missing node {value[0]!r}.",
-                    {"node": node_id, "input": name, "link": value},
+                    f"Node {node.id!r} has class_type {node.class_type!r}, unknown to the backend.",
+                    {"node": node.id, "classType": node.class_type},
                 )
-        if known_types is not None and node["class_type"] not in known_types:
-            raise WorkflowInvalid(
-                f"Node {node_id!r} has class_type {node['class_type']!r}, unknown to the backend.",
-                {"node": node_id, "classType": node["class_type"]},
-            )
+    return graph
 
 
 def load_templates(directory: Path, known_types: set[str] | None = None) -> dict[str, Template]:

@@ -10,7 +10,8 @@ import pytest
 
 from sidecar.engine import samplers
 from sidecar.engine.conditioning import parse_weights
-from sidecar.engine.interpreter import SUPPORTED_NODES, interpret
+from sidecar.engine.interpreter import interpret
+from sidecar.nodes import SUPPORTED_NODES
 from sidecar.errors import NodeNotSupported, SamplerNotSupported, WorkflowInvalid
 from tests.conftest_engine import TINY_CONTROLNET, TINY_LORA, fill
 

@@ -61,12 +61,39 @@ async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
                      (time.perf_counter() - started) * 1000)
 
 
+# No body of ours nests deeper than a workflow's node -> inputs -> link (5 levels); past this a body
+# is refused before any recursive code (pydantic, json.dumps on the way to SQLite) walks it.
+MAX_JSON_DEPTH = 32
+
+
+def json_depth(value: Any) -> int:
+    """How deeply `value` nests lists and objects, walked without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, depth)
+        if deepest > MAX_JSON_DEPTH:
+            return deepest
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
 async def read_json(request: web.Request) -> Any:
     raw = await request.read()
     try:
-        return json.loads(raw)
+        data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidJson(f"The request body is not valid JSON: {exc}.") from None
+    except RecursionError:  # the parser itself recurses: ~1,000 levels of [[[...
+        raise InvalidJson(f"The request body nests deeper than {MAX_JSON_DEPTH} levels.",
+                          {"field": "body", "limit": MAX_JSON_DEPTH}) from None
+    if json_depth(data) > MAX_JSON_DEPTH:
+        raise InvalidJson(f"The request body nests deeper than {MAX_JSON_DEPTH} levels.",
+                          {"field": "body", "limit": MAX_JSON_DEPTH})
+    return data
 
 
 def parse_model(model: type[M], data: Any) -> M:

@@ -34,6 +34,7 @@ from sidecar.errors import (
     SamplerNotSupported,
     SidecarError,
 )
+from sidecar.graph import Graph
 
 log = logging.getLogger("sidecar.comfyui")
 
@@ -150,24 +151,24 @@ class ComfyBackend:
     async def validate(self, workflow: dict[str, Any]) -> None:
         """Refuse at submit time what this ComfyUI cannot run; ComfyUI's own validation at POST time
         remains the authority (a ComfyUI that is down is not asked here)."""
-        wanted = {str(n.get("class_type")) for n in workflow.values()}
+        graph = Graph(workflow)
+        wanted = graph.class_types()
         try:
             info = await self._class_specs(wanted)
         except ComfyUnavailable:
             return
-        unknown = {nid: n.get("class_type") for nid, n in workflow.items() if n.get("class_type") not in info}
+        unknown = {node.id: node.class_type for node in graph if node.class_type not in info}
         if unknown:
             names = ", ".join(sorted(set(map(str, unknown.values()))))
             raise NodeNotSupported(
                 f"ComfyUI at {self.client.base_url} has no node type {names}; install the custom node or "
                 "change the workflow.", {"nodes": unknown},
             )
-        for node_id, node in workflow.items():
-            if node.get("class_type") not in SAMPLER_NODES:
-                continue
-            required = info[node["class_type"]].get("input", {}).get("required", {})
+        for node in graph.of_type(*SAMPLER_NODES):
+            node_id = node.id
+            required = info[node.class_type].get("input", {}).get("required", {})
             for field in ("sampler_name", "scheduler"):
-                value = node.get("inputs", {}).get(field)
+                value = node.inputs.get(field)
                 allowed = required.get(field, [None])[0]
                 if isinstance(value, str) and isinstance(allowed, list) and value not in allowed:
                     raise SamplerNotSupported(
@@ -303,7 +304,7 @@ class ComfyBackend:
         return await self._collect(ctx, prompt_id, outputs)
 
     def _follower(self, ctx: RunContext, watch: PromptWatch) -> PromptFollower:
-        samplers = {nid for nid, node in ctx.workflow.items() if node.get("class_type") in SAMPLER_NODES}
+        samplers = set(Graph(ctx.workflow).ids_of_type(*SAMPLER_NODES))
         return PromptFollower(self.client, watch, on_progress=ctx.on_progress, cancel_event=ctx.cancel_event,
                               options=self.options, progress_nodes=samplers, on_queued=ctx.on_queued)
 

@@ -20,13 +20,13 @@ from PIL import Image, UnidentifiedImageError
 
 from sidecar.comfyui.client import ComfyClient
 from sidecar.errors import JobFailed
+from sidecar.graph import Graph
 
 
 def pick_image(outputs: dict[str, Any], workflow: dict[str, Any]) -> dict[str, Any] | None:
     """The image the job is about: a SaveImage node's first saved image (the template's output node),
     else any saved image, else a preview."""
-    save_nodes = [nid for nid, node in workflow.items()
-                  if isinstance(node, dict) and node.get("class_type") == "SaveImage"]
+    save_nodes = Graph(workflow).ids_of_type("SaveImage")
     candidates = [*save_nodes, *sorted(n for n in outputs if n not in save_nodes)]
     for kind in ("output", None):
         for node_id in candidates:

@@ -8,7 +8,6 @@ name means two different poses never collide and the same pose is stored once.
 from __future__ import annotations
 
 import asyncio
-import copy
 import hashlib
 import os
 import uuid
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sidecar.comfyui.client import ComfyClient
+from sidecar.graph import Graph
 
 
 def hashed_name(data: bytes, suffix: str) -> str:
@@ -55,11 +55,9 @@ def set_pose(workflow: dict[str, Any], local_name: str, comfy_name: str) -> dict
     The slot filler leaves the pose slot as the local file's base name; that node is the one to change.
     A template with a single LoadImage is unambiguous even if the name differs.
     """
-    graph = copy.deepcopy(workflow)
-    loaders = [n for n in graph.values() if isinstance(n, dict) and n.get("class_type") == "LoadImage"]
-    targets = [n for n in loaders if n.get("inputs", {}).get("image") == local_name]
+    graph = Graph(workflow)
+    loaders = graph.of_type("LoadImage")
+    targets = [n for n in loaders if n.inputs.get("image") == local_name]
     if not targets and len(loaders) == 1:
         targets = loaders
-    for node in targets:
-        node["inputs"]["image"] = comfy_name
-    return graph
+    return graph.with_inputs({node.id: {"image": comfy_name} for node in targets}).raw

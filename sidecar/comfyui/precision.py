@@ -13,8 +13,9 @@ The job records the graph as posted (`ComfyBackend.run`), so a saved workflow re
 
 from __future__ import annotations
 
-import copy
 from typing import Any
+
+from sidecar.graph import Graph
 
 NODE = "ModelComputeDtype"
 TEMPLATE_UNET = "fp16"  # what our templates' ModelComputeDtype asks for
@@ -55,18 +56,15 @@ def wanted_unet(device: str | None, requested: str | None) -> str | None:
 def fit_to_device(workflow: dict[str, Any], device: str | None) -> tuple[dict[str, Any], list[str]]:
     """A copy of `workflow` whose ModelComputeDtype nodes ask for what the device should compute in,
     and the ids of the nodes changed. A graph that needs no change is returned as it is."""
+    graph = Graph(workflow)
     changes = {}
-    for nid, node in workflow.items():
-        if isinstance(node, dict) and node.get("class_type") == NODE:
-            want = wanted_unet(device, (node.get("inputs") or {}).get("dtype"))
-            if want is not None:
-                changes[nid] = want
+    for node in graph.of_type(NODE):
+        want = wanted_unet(device, node.inputs.get("dtype"))
+        if want is not None:
+            changes[node.id] = want
     if not changes:
         return workflow, []
-    graph = copy.deepcopy(workflow)
-    for nid, want in changes.items():
-        graph[nid]["inputs"]["dtype"] = want
-    return graph, sorted(changes)
+    return graph.with_inputs({nid: {"dtype": want} for nid, want in changes.items()}).raw, sorted(changes)
 
 
 def server_dtypes(device: str | None, argv: list[str]) -> dict[str, str]:

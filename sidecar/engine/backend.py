@@ -27,8 +27,9 @@ from typing import Any
 from sidecar.backend import BackendHealth, ModelFolder, RunContext, RunResult
 from sidecar.config import Settings
 from sidecar.durations import format_duration
-from sidecar.engine.interpreter import SUPPORTED_NODES, RenderJob, interpret
+from sidecar.engine.interpreter import RenderJob, interpret
 from sidecar.errors import EngineUnavailable, JobCancelled, JobFailed, SidecarError
+from sidecar.nodes import SUPPORTED_NODES
 
 log = logging.getLogger("sidecar.engine")
 

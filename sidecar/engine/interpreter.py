@@ -16,7 +16,7 @@ from typing import Any
 from sidecar.engine import samplers
 from sidecar.errors import WorkflowInvalid
 from sidecar.graph import Graph, is_link
-from sidecar.nodes import MAX_SEED, SUPPORTED_NODES, node_type  # noqa: F401 (SUPPORTED_NODES re-exported)
+from sidecar.nodes import MAX_SEED, node_type
 
 
 @dataclass(frozen=True)
