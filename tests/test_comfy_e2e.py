@@ -216,19 +216,31 @@ async def test_faults_mid_run_end_each_job_clearly_and_run_none_twice(tmp_path, 
             assert resp.status == 200
         await comfy.wait_for(lambda: bool(comfy.connected_clients))  # the daemon's socket is back
 
-        # ComfyUI refuses the workflow at POST /prompt (the recorded error-int-above-max case): the job
-        # fails with ComfyUI's node errors, and nothing ran.
+        # A value past the limits never reaches ComfyUI: the daemon refuses the whole workflow itself.
         workflow = done["workflow"]
         workflow["6"]["inputs"]["steps"] = 100000
         async with http.post(f"{d.url}/jobs", json={"workflow": workflow}) as resp:
-            assert resp.status == 202
-            refused = await resp.json()
+            assert resp.status == 400 and (await resp.json())["error"]["code"] == "invalid_field"
+
+        # ComfyUI refuses the workflow at POST /prompt (the recorded value_not_in_list case: the LoRA file
+        # was removed from its folder after the daemon checked the job): the job fails with ComfyUI's
+        # node errors, and nothing of it ran.
+        comfy.pause_at(1)
+        _, blocker = await submit(http, d, seed=11)
+        await comfy.wait_paused()
+        _, refused = await submit(http, d, seed=12)  # checked now, posted once the blocker is done
+        lora = comfy.base_dir / "models" / "loras" / "spyke_plasma_v1.safetensors"
+        kept = lora.read_bytes()
+        lora.unlink()
+        comfy.resume()
+        assert (await wait_job(http, d, blocker["id"], {"succeeded", "failed", "cancelled"}))["status"] == "succeeded"
         failed = await wait_job(http, d, refused["id"], {"succeeded", "failed", "cancelled"})
+        lora.write_bytes(kept)
         assert failed["status"] == "failed" and failed["error"]["code"] == "comfyui_validation_error"
-        node = failed["error"]["details"]["node_errors"]["6"]
-        assert node["class_type"] == "KSampler" and node["errors"][0]["type"] == "value_bigger_than_max"
-        assert "steps" in failed["error"]["message"]
-        assert len(comfy.executions) == 1
+        node = failed["error"]["details"]["node_errors"]["2"]
+        assert node["class_type"] == "LoraLoader" and node["errors"][0]["type"] == "value_not_in_list"
+        assert "lora_name" in failed["error"]["message"]
+        assert len(comfy.executions) == 2  # the first job and the blocker
 
         # A node raises while running: execution_error with the node id, type and exception message.
         comfy.fail_node("KSampler", "RuntimeError", "MPS backend out of memory")
