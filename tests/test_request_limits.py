@@ -282,3 +282,27 @@ async def test_a_1gb_sparse_fake_png_is_refused_by_its_size(client, tmp_path) ->
     err = (await resp.json())["error"]
     assert resp.status == 400 and err["code"] == "pose_image_invalid"
     assert err["details"]["sizeBytes"] == 1 << 30 and "at most" in err["message"]
+
+
+async def test_jobs_stored_before_the_typed_params_still_read(aiohttp_client, settings, backend) -> None:
+    """Rows written by earlier versions (camelCase params, the unused request column, a whole workflow's
+    unchecked values) are listed, with the values that no longer pass left out: never a 500."""
+    import sqlite3
+
+    from sidecar.jobs.store import SCHEMA
+
+    settings.data_dir.mkdir(parents=True)
+    with sqlite3.connect(settings.db_path) as db:
+        db.executescript(SCHEMA)
+        db.execute("INSERT INTO jobs (id, status, request, params, workflow, engine, created_at, finished_at) "
+                   "VALUES ('old', 'succeeded', ?, ?, '{}', 'comfyui', '2026-01-01T00:00:00Z', "
+                   "'2026-01-01T00:00:01Z')",
+                   (json.dumps({"workflow": {}}),
+                    json.dumps({"seed": 5, "loraId": "spyke_plasma_v1", "steps": 10000, "cfg": "abc"})))
+    client = await aiohttp_client(create_app(settings, backend))
+    resp = await client.get("/jobs/old")
+    assert resp.status == 200, await resp.text()
+    params = (await resp.json())["params"]
+    assert params["seed"] == 5 and params["loraId"] == "spyke_plasma_v1"
+    assert params["steps"] is None and params["cfg"] is None
+    assert (await client.get("/jobs")).status == 200

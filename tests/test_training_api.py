@@ -82,6 +82,10 @@ async def test_resolution_over_the_profile_is_refused(client, dataset_dir) -> No
     ({"engine": "diffusers"}, "invalid_field"),
     ({"checkpoint": "missing.safetensors"}, "checkpoint_not_found"),
     ({"checkpoint": "../x.safetensors"}, "invalid_field"),
+    ({"steps": "2"}, "invalid_field"),  # strict, as POST /jobs
+    ({"seed": True}, "invalid_field"),
+    ({"learningRate": float("nan")}, "invalid_field"),
+    ({"datasetDir": "~nosuchuser/set"}, "dataset_invalid"),
 ])
 async def test_invalid_requests(client, dataset_dir, body, code) -> None:
     resp = await client.post("/loras/train", json={"datasetDir": str(dataset_dir), "outputName": "s", **body})

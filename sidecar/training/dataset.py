@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sidecar.errors import DatasetInvalid
+from sidecar.userfiles import user_path
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 CAPTION_SUFFIX = ".txt"  # passed to kohya as --caption_extension (its default `.caption` would be wrong)
@@ -96,10 +97,7 @@ def _names(paths: list[Path], root: Path) -> list[str]:
 
 def load_dataset(root: Path, trigger_word: str) -> Dataset:
     """Validate `root` and describe it. Blocking (file system): call it in a thread."""
-    root = Path(root).expanduser()
-    if not root.is_absolute():
-        raise DatasetInvalid(f"datasetDir must be an absolute path, got {str(root)!r}.",
-                             {"datasetDir": str(root)})
+    root = user_path(str(root), "datasetDir", DatasetInvalid)  # absolute; `~nosuchuser` is a 400
     if not root.exists():
         raise DatasetInvalid(f"The dataset folder {root} does not exist.", {"datasetDir": str(root)})
     if not root.is_dir():

@@ -22,6 +22,9 @@ class Wire(BaseModel):
 class TrainRequest(Wire):
     """POST /loras/train. Defaults are the artist's canonical config (kohya-sd-scripts.md §1)."""
 
+    # Strict, as POST /jobs: "2" is not a step count, true not a seed, NaN not a learning rate.
+    model_config = ConfigDict(strict=True, allow_inf_nan=False)
+
     dataset_dir: str = Field(..., min_length=1, max_length=4096,
                              description="absolute path: a flat folder of images + .txt captions, or kohya's "
                                          "img/ folder of <repeats>_<trigger> <class>/ subfolders")
