@@ -23,6 +23,7 @@ from aiohttp import WSCloseCode, WSMsgType
 from sidecar.api.app import create_app
 from sidecar.api.keys import EVENTS, STORE
 from sidecar.config import Settings
+from sidecar.jobs.params import JobParams
 from sidecar.jobs.store import JobRecord, JobStore
 from tests.conftest_comfy import free_port
 from tests.scripted_backend import ScriptedBackend
@@ -195,7 +196,7 @@ async def make_database(path: Path, jobs: int = 40) -> None:
     store = JobStore(path)
     await store.open()
     for i in range(jobs):
-        await store.insert(JobRecord(id=f"job{i}", status="succeeded", request={"prompt": "p" * 300}, params={},
+        await store.insert(JobRecord(id=f"job{i}", status="succeeded", params=JobParams(prompt="p" * 300),
                                      template="txt2img", workflow={"3": {"text": "w" * 1500}}, engine="embedded"))
     await store.close()
 
