@@ -290,15 +290,16 @@ async def test_jobs_stored_before_the_typed_params_still_read(aiohttp_client, se
     import sqlite3
 
     from sidecar.jobs.store import SCHEMA
+    from sidecar.sqlite_store import now_iso
 
     settings.data_dir.mkdir(parents=True)
     with sqlite3.connect(settings.db_path) as db:
         db.executescript(SCHEMA)
         db.execute("INSERT INTO jobs (id, status, request, params, workflow, engine, created_at, finished_at) "
-                   "VALUES ('old', 'succeeded', ?, ?, '{}', 'comfyui', '2026-01-01T00:00:00Z', "
-                   "'2026-01-01T00:00:01Z')",
+                   "VALUES ('old', 'succeeded', ?, ?, '{}', 'comfyui', ?, ?)",  # recent: not for gc
                    (json.dumps({"workflow": {}}),
-                    json.dumps({"seed": 5, "loraId": "spyke_plasma_v1", "steps": 10000, "cfg": "abc"})))
+                    json.dumps({"seed": 5, "loraId": "spyke_plasma_v1", "steps": 10000, "cfg": "abc"}),
+                    now_iso(), now_iso()))
     client = await aiohttp_client(create_app(settings, backend))
     resp = await client.get("/jobs/old")
     assert resp.status == 200, await resp.text()

@@ -12,10 +12,11 @@ file already removed; a different prefix makes the SaveImage node run again and 
 
 from __future__ import annotations
 
-import copy
 import logging
 from pathlib import Path
 from typing import Any
+
+from sidecar.graph import Graph
 
 log = logging.getLogger("sidecar.comfyui")
 
@@ -24,16 +25,14 @@ SAVE_NODES = ("SaveImage",)
 
 def per_job_prefix(workflow: dict[str, Any], job_id: str) -> dict[str, Any]:
     """A copy of the workflow whose SaveImage prefixes end with the job's id (`.../txt2img-<id>`)."""
-    graph = copy.deepcopy(workflow)
+    graph = Graph(workflow)
     tag = job_id[:12]
-    for node in graph.values():
-        if not isinstance(node, dict) or node.get("class_type") not in SAVE_NODES:
-            continue
-        inputs = node.get("inputs") or {}
-        prefix = inputs.get("filename_prefix", "ComfyUI")
+    changes = {}
+    for node in graph.of_type(*SAVE_NODES):
+        prefix = node.inputs.get("filename_prefix", "ComfyUI")
         if isinstance(prefix, str) and not prefix.endswith(f"-{tag}"):
-            inputs["filename_prefix"] = f"{prefix}-{tag}"
-    return graph
+            changes[node.id] = {"filename_prefix": f"{prefix}-{tag}"}
+    return graph.with_inputs(changes).raw
 
 
 def remove_outputs(comfyui_dir: Path, outputs: dict[str, Any]) -> list[Path]:
