@@ -5,6 +5,10 @@ constant LR, batch 1, epsilon MSE on cached latents; checkpoints every N steps n
 them, written in kohya's format (`kohya_format.py`) so ComfyUI and the engine load them; a state
 folder (`NAME-state/`) to resume from; a NaN loss stops the run. Torch runs in a worker thread;
 hooks hop back to the event loop. Model loading is the embedded engine's.
+
+A cancel (or the daemon's SIGTERM) is noticed within a second in every phase: between steps, between
+images while latents are cached (5,000 images take half a minute), and while the base model loads
+(that call runs in a helper thread the trainer stops waiting for).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -40,11 +45,14 @@ log = logging.getLogger("sidecar.training.embedded")
 UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2"]
 TE_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
 STATE_FILE = STATE_FILES["embedded"][1]
+STOP_POLL_S = 0.1  # how often a wait on a call that cannot check the stop flag itself looks at it
+CACHE_REPORTS = 20  # progress lines while latents are cached
 SAVE_DTYPE = torch.float16  # the canonical config's fp16 files
 MAX_GRAD_NORM = 1.0  # kohya's default
 
 
 Loader = Callable[[Path], Components]
+T = TypeVar("T")
 
 
 def load_components(base_model: Path, settings: Settings) -> Components:
@@ -166,11 +174,12 @@ class _Training:
         self.hooks.log(f"embedded trainer: device {accelerator.device}, mixed precision {mixed}, "
                        f"{spec.steps} steps, dim {spec.network_dim}, alpha {spec.network_alpha:g}, "
                        f"lr {spec.learning_rate:g}, {spec.resolution}px, seed {spec.seed}")
-        parts = self.loader(job.base_model)
+        parts = self._interruptible(self.loader, job.base_model)
         weight_dtype = torch.float16 if mixed == "fp16" else torch.float32
         for module in (parts.unet, parts.text_encoder, parts.vae):
             module.requires_grad_(False)
         self.latents, self.captions = self._cache(parts, accelerator.device)
+        self._check_stop()
         del parts.vae  # only needed for the latent cache: give its memory back
         if accelerator.device.type == "cuda":
             torch.cuda.empty_cache()
@@ -203,9 +212,36 @@ class _Training:
             self.hooks.log(f"resumed from {job.resume.state_path.name} at step {start}")
         unet.train()
         te.train()
+        self._check_stop()
         self.unet, self.te, self.params = unet, te, params
         self.unet_p, self.te_p, self.optimizer = accelerator.prepare(unet, te, optimizer)
         return self._loop(start)
+
+    def _check_stop(self) -> None:
+        if self.stop.is_set():
+            raise JobCancelled()
+
+    def _interruptible(self, fn: Callable[..., T], *args: object) -> T:
+        """`fn(*args)` in a helper thread, waited on in slices so that a cancel is noticed at once. For calls
+        that cannot look at the stop flag themselves (loading a checkpoint: seconds); a call left behind
+        ends on its own and its result is dropped."""
+        box: dict[str, object] = {}
+
+        def target() -> None:
+            try:
+                box["value"] = fn(*args)
+            except BaseException as exc:  # handed to the waiting thread
+                box["error"] = exc
+
+        helper = threading.Thread(target=target, name="sidecar-trainer-load", daemon=True)
+        helper.start()
+        while helper.is_alive():
+            helper.join(STOP_POLL_S)
+            if self.stop.is_set():
+                raise JobCancelled()
+        if "error" in box:
+            raise box["error"]  # type: ignore[misc]
+        return box["value"]  # type: ignore[return-value]
 
     def _cache(self, parts: Components, device: torch.device) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Latents of every unique image, once (kohya's --cache_latents), and tokenised captions, laid out
@@ -239,11 +275,20 @@ class _Training:
                       return_tensors="pt").input_ids
             return latent, ids
 
+        total = self.job.dataset.image_count + self.job.dataset.reg_image_count
+        every = max(1, total // CACHE_REPORTS)
+        done = 0
+
         def expand(subsets) -> list[tuple[torch.Tensor, torch.Tensor]]:
+            nonlocal done
             out = []
             for subset in subsets:
                 for item in subset.items:
+                    self._check_stop()  # one image at a time: 5,000 of them take half a minute
                     out += [encode(item)] * subset.repeats  # the same tensors, repeated: no copies
+                    done += 1
+                    if done % every == 0 and done < total:
+                        self.hooks.log(f"caching latents: {done}/{total} image(s)")
             return out
 
         train = expand(self.job.dataset.subsets)
