@@ -26,6 +26,7 @@ from pipeline_stage.outputs import approve_version
 from pipeline_stage.progress import make_progress
 from pipeline_stage.prompts import GenerateOptions, build_request, load_defaults, load_prompt, merge
 from pipeline_stage.stage import PageResult, PageTask, render_page, summary_line
+from sidecar.config import client_token
 from sidecar.errors import SidecarError
 from sidecar.graph import Graph
 
@@ -167,7 +168,7 @@ def _reproduce_task(project: Project, opts: dict[str, Any]) -> PageTask:
                     template_hint=source.get("workflowTemplate"))
 
 
-async def _render_all(url: str, project: Project, tasks: list[PageTask], repeat: int, json_out: bool,
+async def _render_all(url: str, token: str | None, project: Project, tasks: list[PageTask], repeat: int, json_out: bool,
                       done: list[PageResult], reports: list[ConsistencyReport]) -> None:
     view = make_progress(json_out)
     main_task = asyncio.current_task()
@@ -175,7 +176,7 @@ async def _render_all(url: str, project: Project, tasks: list[PageTask], repeat:
     with contextlib.suppress(NotImplementedError, RuntimeError):
         # SIGTERM (launchd, a pipeline runner) behaves as Ctrl-C: cancel the job, finish any commit.
         loop.add_signal_handler(signal.SIGTERM, main_task.cancel)  # type: ignore[union-attr]
-    async with DaemonClient(url) as client:
+    async with DaemonClient(url, token=token) as client:
         for task in tasks:
             made: list[PageResult] = []
             for i in range(repeat):
@@ -228,7 +229,9 @@ def _generate(opts: dict[str, Any]) -> int:
                                + (f" x{opts['repeat']}" if opts["repeat"] > 1 else ""))
                     click.echo(json.dumps(item["request"], indent=2, ensure_ascii=False))
             return 0
-        asyncio.run(_render_all(url, project, tasks, opts["repeat"], json_out, done, reports))
+        # The daemon's token comes from the daemon's own settings (SIDECAR_TOKEN, its config file's `token`).
+        token = opts["token"] or client_token()
+        asyncio.run(_render_all(url, token, project, tasks, opts["repeat"], json_out, done, reports))
     except StageError as exc:
         return _fail(exc, json_out, progress_json())
     except (KeyboardInterrupt, asyncio.CancelledError):
@@ -270,6 +273,9 @@ def _generate(opts: dict[str, Any]) -> int:
 @click.option("--denoise", type=float, help="Denoise strength.")
 @click.option("--daemon", metavar="URL", envvar="SIDECAR_DAEMON_URL",
               help=f"The sidecar daemon (default: pipeline.toml's `daemon`, else {DEFAULT_URL}).")
+@click.option("--token", metavar="TOKEN",
+              help="The daemon's token, when it has one (default: SIDECAR_TOKEN, else `token` in the sidecar "
+                   "config file, SIDECAR_CONFIG or ~/.config/plasma-sidecar/config.toml).")
 @click.option("--repeat", type=int, default=1, show_default=True, metavar="K",
               help="K versions per page with the same parameters and seed, plus a consistency report "
                    "(contact sheet + similarity figures in output/ch-XX/consistency/).")

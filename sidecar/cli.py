@@ -58,7 +58,11 @@ def config_options(f):
     opts = [
         click.option("--host", default=None, help="bind address [default: 127.0.0.1]"),
         click.option("--port", type=int, default=None, help="[default: 3000]"),
-        click.option("--allow-remote", is_flag=True, default=None, help="allow binding to a non-loopback address"),
+        click.option("--allow-remote", is_flag=True, default=None,
+                     help="allow binding to a non-loopback address (needs --token)"),
+        click.option("--token", default=None, metavar="TOKEN",
+                     help="bearer token the daemon requires and its clients send [default: SIDECAR_TOKEN, "
+                          "or `token` in the config file; none]"),
         click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
                      help="TOML config file [default: ~/.config/plasma-sidecar/config.toml]"),
         click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="jobs, logs, database"),
@@ -134,8 +138,8 @@ def remote_bind_warning(settings: Settings) -> str | None:
     """What `serve` warns when it binds beyond loopback (allowed only with --allow-remote); None otherwise."""
     if is_loopback(settings.host):
         return None
-    return (f"binding to {settings.host} (--allow-remote): the daemon is reachable from the network "
-            "and has no authentication")
+    return (f"binding to {settings.host} (--allow-remote): the daemon is reachable from the network; "
+            "every request must carry its token")
 
 
 # launchd SIGKILLs a job 20 s after SIGTERM; past this the daemon exits by itself, whatever still runs.

@@ -16,13 +16,23 @@ import asyncio
 import contextlib
 import json as jsonlib
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, Self
 
 import aiohttp
+
+if TYPE_CHECKING:
+    from sidecar.config import Settings
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
 POLL_INTERVAL = 2.0  # backstop poll while the event socket is up
 POLL_INTERVAL_NO_EVENTS = 0.5
+
+
+def daemon_url(settings: Settings) -> str:
+    """Where the daemon of these settings listens, as a client reaches it (a wildcard bind on loopback)."""
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{settings.port}"
 
 
 class DaemonUnavailable(Exception):
@@ -50,15 +60,22 @@ class DaemonRefused(Exception):
 
 
 class DaemonClient:
-    def __init__(self, base_url: str, *, timeout: float | None = None):
+    def __init__(self, base_url: str, *, timeout: float | None = None, token: str | None = None):
         """`timeout` bounds each request; None leaves a long job's requests unbounded (the daemon has
-        its own inactivity timeout) while connecting and each read still time out."""
+        its own inactivity timeout) while connecting and each read still time out. `token` is the daemon's
+        (the `token` setting): sent as `Authorization: Bearer` on every request and the /events upgrade."""
         self.base_url = base_url.rstrip("/")
         self._timeout = aiohttp.ClientTimeout(total=timeout, connect=10, sock_read=120)
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._session: aiohttp.ClientSession | None = None
 
-    async def __aenter__(self) -> DaemonClient:
-        self._session = aiohttp.ClientSession(timeout=self._timeout)
+    @classmethod
+    def for_settings(cls, settings: Settings, url: str | None = None, *, timeout: float | None = None) -> Self:
+        """A client of the daemon these settings describe: its URL (unless `url`) and its token."""
+        return cls(url or daemon_url(settings), timeout=timeout, token=settings.token_value)
+
+    async def __aenter__(self) -> Self:
+        self._session = aiohttp.ClientSession(timeout=self._timeout, headers=self._headers)
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -11,13 +11,16 @@ import ipaddress
 import os
 import shlex
 import sys
+import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
+    NoDecode,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
@@ -67,6 +70,24 @@ class Settings(BaseSettings):
                                                         "slowly; past it that client is disconnected (code 1008)")
     shutdown_timeout: float = Field(3.0, gt=0, le=60, description="seconds open requests get to finish on "
                                                                   "SIGTERM/Ctrl-C before they are cut")
+
+    # -- the HTTP edge (sidecar/api/edge.py): what a browser page may reach
+    # NoDecode: the environment gives these comma-separated (SIDECAR_ALLOWED_ORIGINS=a,b), not as JSON.
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Host names (besides 127.0.0.1, localhost, [::1] and the bound host) that requests may "
+                    "address the daemon by; anything else is 403 host_not_allowed (defeats DNS rebinding). "
+                    "Comma-separated in the environment; '*' allows any host")
+    allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Web origins (scheme://host[:port]) besides the daemon's own whose pages may call the API; "
+                    "a request from any other Origin is 403 origin_not_allowed. Comma-separated in the "
+                    "environment; '*' allows every origin (only by explicit choice)")
+    token: SecretStr | None = Field(
+        None,
+        description="Bearer token every request must carry (Authorization: Bearer <token>), else 401 "
+                    "unauthorized; required with allow_remote. The project's clients send it from the same "
+                    "settings (SIDECAR_TOKEN or the config file)")
 
     # -- generation backend
     engine: Literal["auto", "embedded", "comfyui"] = "auto"
@@ -149,6 +170,49 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown profile {v!r}; known: {', '.join(sorted(PROFILES))}")
         return v
 
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _host_names(cls, v: Any) -> Any:
+        names = _comma_list(v)
+        if not isinstance(names, list):
+            return names
+        for name in names:
+            if name != "*" and (not name or any(c in name for c in "/ @") or name.count(":") == 1):
+                raise ValueError(f"{name!r} is not a host name (give names like 'studio.local', no scheme or port)")
+        return [n.lower().removeprefix("[").removesuffix("]") for n in names]
+
+    @field_validator("allowed_origins", mode="before")
+    @classmethod
+    def _origins(cls, v: Any) -> Any:
+        origins = _comma_list(v)
+        if not isinstance(origins, list):
+            return origins
+        out = []
+        for origin in origins:
+            if origin in ("*", "null"):
+                out.append(origin)
+                continue
+            parts = urlsplit(origin)
+            if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/") \
+                    or parts.query or parts.fragment:
+                raise ValueError(f"{origin!r} is not an origin (give scheme://host[:port], e.g. http://localhost:5173)")
+            out.append(normalize_origin(origin))
+        return out
+
+    @field_validator("token", mode="before")
+    @classmethod
+    def _token(cls, v: Any) -> Any:
+        if isinstance(v, SecretStr):
+            v = v.get_secret_value()
+        if v is None or v == "":
+            return None
+        if not isinstance(v, str):
+            return v
+        if len(v) < MIN_TOKEN_LENGTH or not v.isascii() or not v.isprintable() or " " in v:
+            raise ValueError(f"must be at least {MIN_TOKEN_LENGTH} printable ASCII characters without spaces; "
+                             f"make one with: {TOKEN_RECIPE}")
+        return v
+
     @field_validator("comfyui_url")
     @classmethod
     def _url(cls, v: str | None) -> str | None:
@@ -164,6 +228,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"host: {self.host!r} is not a loopback address; pass --allow-remote "
                 "(SIDECAR_ALLOW_REMOTE=1) to expose the daemon to the network"
+            )
+        if self.allow_remote and self.token is None:
+            raise ValueError(
+                "token: allow_remote exposes the daemon to the network, so it needs a token (--token, "
+                f"SIDECAR_TOKEN or `token` in the config file); make one with: {TOKEN_RECIPE}"
             )
         if self.engine == "comfyui" and not (self.comfyui_url or self.comfyui_dir):
             raise ValueError("engine: 'comfyui' needs comfyui_url (attach) or comfyui_dir (managed)")
@@ -194,6 +263,10 @@ class Settings(BaseSettings):
         return self.data_dir / "outputs"
 
     @property
+    def token_value(self) -> str | None:
+        return self.token.get_secret_value() if self.token is not None else None
+
+    @property
     def resolved_engine(self) -> Literal["embedded", "comfyui"]:
         if self.engine == "auto":
             return "comfyui" if (self.comfyui_url or self.comfyui_dir) else "embedded"
@@ -202,6 +275,48 @@ class Settings(BaseSettings):
     @property
     def comfyui_base_url(self) -> str:
         return self.comfyui_url or f"http://127.0.0.1:{self.comfyui_port}"
+
+
+MIN_TOKEN_LENGTH = 16
+TOKEN_RECIPE = "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+
+
+def _comma_list(v: Any) -> Any:
+    """A list setting given as one string (environment, flag) is comma-separated."""
+    if isinstance(v, str):
+        return [item.strip() for item in v.split(",") if item.strip()]
+    if isinstance(v, (list, tuple)):
+        return [item.strip() if isinstance(item, str) else item for item in v]
+    return v
+
+
+def normalize_origin(origin: str) -> str:
+    """`scheme://host[:port]` lowercased, without a default port or a trailing slash (as browsers send it)."""
+    parts = urlsplit(origin.strip())
+    scheme, host = parts.scheme.lower(), (parts.hostname or "").lower()
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:
+        return origin.strip().lower()
+    if port is None or (scheme, port) in (("http", 80), ("https", 443)):
+        return f"{scheme}://{host}"
+    return f"{scheme}://{host}:{port}"
+
+
+def client_token(config_file: Path | None = None, environ: dict[str, str] | None = None) -> str | None:
+    """The token a client sends, from the daemon's own settings: SIDECAR_TOKEN, else `token` in the config
+    file. Only that key is read, so a client is not stopped by a setting it does not use."""
+    env = os.environ if environ is None else environ
+    if env.get(f"{ENV_PREFIX}TOKEN"):
+        return env[f"{ENV_PREFIX}TOKEN"]
+    path = Path(config_file).expanduser() if config_file else default_config_path()
+    try:
+        value = tomllib.loads(path.read_text(encoding="utf-8")).get("token")
+    except (OSError, ValueError):
+        return None  # no file, or one the daemon could not read either: a 401 will say what is missing
+    return value if isinstance(value, str) and value else None
 
 
 def is_loopback(host: str) -> bool:

@@ -19,17 +19,21 @@ from pathlib import Path
 
 import click
 
-from sidecar.config import REPO_ROOT
+from sidecar.config import REPO_ROOT, client_token
 
 EXAMPLE_CHAPTER = REPO_ROOT / "datasets" / "example-chapter"
 TINY_CHECKPOINT = "tiny-sd15.safetensors"
 START_TIMEOUT = 120.0  # the first start imports torch and diffusers
 
 
-def _health(url: str) -> bool:
+def _health(url: str, token: str | None = None) -> bool:
+    """Whether something answers HTTP at `url` (a refusal such as a 401 is an answer too)."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
+        with urllib.request.urlopen(urllib.request.Request(f"{url}/health", headers=headers), timeout=2) as resp:
             return resp.status == 200
+    except urllib.error.HTTPError:
+        return True
     except (urllib.error.URLError, OSError):
         return False
 
@@ -73,7 +77,8 @@ def demo(folder: Path, port: int) -> None:
         shutil.copytree(EXAMPLE_CHAPTER, project)
     config = _write_config(folder, port)
     url = f"http://127.0.0.1:{port}"
-    if _health(url):
+    token = client_token(config, env)  # SIDECAR_TOKEN, when the artist set one: the daemon requires it then
+    if _health(url, token):
         raise click.ClickException(f"something already answers on {url}: stop it or pass --port")
 
     click.echo(f"== starting the daemon on {url} (log: {folder / 'daemon.log'})")
@@ -82,7 +87,7 @@ def demo(folder: Path, port: int) -> None:
                                   stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + START_TIMEOUT
-        while not _health(url):
+        while not _health(url, token):
             if daemon.poll() is not None:
                 raise click.ClickException(f"the daemon exited with {daemon.returncode}; see {folder / 'daemon.log'}")
             if time.monotonic() > deadline:

@@ -19,6 +19,11 @@ builds error JSON. The tree:
     ├── SamplerNotSupported           sampler_not_supported 400
     ├── WorkflowInvalid               workflow_invalid   400
     ├── PayloadTooLarge               payload_too_large  413
+    ├── UnsupportedMediaType          unsupported_media_type 415  (a body that is not application/json)
+    ├── Unauthorized                  unauthorized       401  (token set, Authorization missing or wrong)
+    ├── Forbidden                     forbidden          403
+    │   ├── HostNotAllowed            host_not_allowed   403  (Host is not the daemon's: DNS rebinding)
+    │   └── OriginNotAllowed          origin_not_allowed 403  (a page on another origin)
     ├── JobNotFound                   job_not_found      404
     ├── TrainingNotFound              training_not_found 404
     ├── NotFound                      not_found          404
@@ -124,6 +129,29 @@ class WorkflowInvalid(BadRequest):
 class PayloadTooLarge(SidecarError):
     http_status = 413
     code = "payload_too_large"
+
+
+class UnsupportedMediaType(SidecarError):
+    http_status = 415
+    code = "unsupported_media_type"
+
+
+class Unauthorized(SidecarError):
+    http_status = 401
+    code = "unauthorized"
+
+
+class Forbidden(SidecarError):
+    http_status = 403
+    code = "forbidden"
+
+
+class HostNotAllowed(Forbidden):
+    code = "host_not_allowed"
+
+
+class OriginNotAllowed(Forbidden):
+    code = "origin_not_allowed"
 
 
 class NotFound(SidecarError):

@@ -12,6 +12,8 @@ import pytest
 from sidecar.config import load_settings
 from sidecar.errors import ConfigError
 
+TOKEN = "t0ken-for-the-tests-0123456789"
+
 
 def test_flags_beat_env_beat_file_beat_defaults(tmp_path: Path) -> None:
     cfg = tmp_path / "config.toml"
@@ -57,10 +59,10 @@ def test_remote_bind_needs_allow_remote_and_warns(tmp_path: Path, monkeypatch, c
     import sidecar.api.app
     from sidecar import cli
 
-    s, _ = load_settings({"host": "0.0.0.0", "allow_remote": True}, None, environ={})
+    s, _ = load_settings({"host": "0.0.0.0", "allow_remote": True}, None, environ={"SIDECAR_TOKEN": TOKEN})
     assert s.host == "0.0.0.0"
     warning = cli.remote_bind_warning(s)
-    assert warning is not None and "0.0.0.0" in warning and "no authentication" in warning
+    assert warning is not None and "0.0.0.0" in warning and "token" in warning
     assert cli.remote_bind_warning(load_settings({}, None, environ={})[0]) is None
 
     # `serve` itself logs it (stderr and the log file) before it binds.
@@ -73,7 +75,8 @@ def test_remote_bind_needs_allow_remote_and_warns(tmp_path: Path, monkeypatch, c
     config = tmp_path / "empty.toml"
     config.touch()
     with caplog.at_level("WARNING", logger="sidecar"):
-        result = CliRunner().invoke(cli.main, ["serve", "--host", "0.0.0.0", "--allow-remote", "--config",
+        result = CliRunner().invoke(cli.main, ["serve", "--host", "0.0.0.0", "--allow-remote", "--token", TOKEN,
+                                               "--config",
                                                str(config), "--data-dir", str(tmp_path / "data")], env={})
     assert result.exit_code == 0, result.output
     assert bound == ["0.0.0.0"]
@@ -115,3 +118,64 @@ def test_serve_with_bad_config_exits_before_starting(tmp_path: Path) -> None:
     lines = [line for line in out.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "port" in lines[0]
     assert not (tmp_path / "sidecar.db").exists()
+
+
+# -- the edge settings: allowed_hosts, allowed_origins, token ---------------------------------------
+def test_allow_remote_without_a_token_is_refused_naming_it() -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_settings({"host": "0.0.0.0", "allow_remote": True}, None, environ={})
+    assert exc.value.key == "token" and "allow_remote" in exc.value.message and "secrets" in exc.value.message
+
+
+def test_serve_with_allow_remote_and_no_token_exits_2_before_touching_anything(tmp_path: Path) -> None:
+    out = _sidecar("serve", "--host", "0.0.0.0", "--allow-remote", "--data-dir", str(tmp_path / "d"),
+                   "--port", "3999")
+    assert out.returncode == 2
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "token" in lines[0] and "allow_remote" in lines[0]
+    assert not (tmp_path / "d").exists()
+
+
+def test_edge_lists_come_comma_separated_from_the_environment() -> None:
+    s, sources = load_settings({}, None, environ={
+        "SIDECAR_ALLOWED_ORIGINS": "http://localhost:5173, HTTPS://Studio.example:443/",
+        "SIDECAR_ALLOWED_HOSTS": "studio.lan,[fe80::1]", "SIDECAR_TOKEN": TOKEN})
+    assert s.allowed_origins == ["http://localhost:5173", "https://studio.example"]
+    assert s.allowed_hosts == ["studio.lan", "fe80::1"]
+    assert s.token_value == TOKEN and sources["token"] == "env SIDECAR_TOKEN"
+
+
+def test_edge_lists_from_the_config_file(tmp_path: Path) -> None:
+    cfg = tmp_path / "config.toml"
+    cfg.write_text('allowed_origins = ["*"]\nallowed_hosts = ["box.local"]\n')
+    s, _ = load_settings({}, cfg, environ={})
+    assert s.allowed_origins == ["*"] and s.allowed_hosts == ["box.local"] and s.token is None
+
+
+@pytest.mark.parametrize("env, key", [
+    ({"SIDECAR_ALLOWED_ORIGINS": "localhost:5173"}, "allowed_origins"),
+    ({"SIDECAR_ALLOWED_ORIGINS": "http://localhost:5173/studio"}, "allowed_origins"),
+    ({"SIDECAR_ALLOWED_HOSTS": "http://box.local"}, "allowed_hosts"),
+    ({"SIDECAR_ALLOWED_HOSTS": "box.local:3000"}, "allowed_hosts"),
+    ({"SIDECAR_TOKEN": "short"}, "token"),
+    ({"SIDECAR_TOKEN": "has a space in it 0123456789"}, "token"),
+])
+def test_bad_edge_values_name_the_key(env: dict, key: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_settings({}, None, environ=env)
+    assert exc.value.key == key
+
+
+def test_config_show_never_prints_the_token(tmp_path: Path) -> None:
+    out = _sidecar("config", "show", "--json", env={"SIDECAR_TOKEN": TOKEN})
+    assert out.returncode == 0, out.stderr
+    assert TOKEN not in out.stdout and json.loads(out.stdout)["token"]["source"] == "env SIDECAR_TOKEN"
+
+
+def test_every_setting_has_a_description_and_a_readme_row() -> None:
+    from sidecar.config import REPO_ROOT, Settings
+
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    for name in ("allowed_hosts", "allowed_origins", "token"):
+        assert Settings.model_fields[name].description, name
+        assert f"`{name}`" in readme, name

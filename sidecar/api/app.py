@@ -16,6 +16,7 @@ from pathlib import Path
 from aiohttp import web
 
 from sidecar.api import events, health, jobs, maintenance, training
+from sidecar.api.edge import edge_middleware
 from sidecar.api.errors import error_middleware
 from sidecar.api.keys import (BACKEND, BUILDER, DEVICE, EVENTS, PROFILE, RUNNER, SETTINGS, SOCKETS, STARTUP_WARNINGS,
                               STORE, TEMPLATES)
@@ -46,7 +47,9 @@ def make_backend(settings: Settings) -> GenerationBackend:
 
 
 def create_app(settings: Settings, backend: GenerationBackend | None = None) -> web.Application:
-    app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_body_bytes)
+    # The edge (Host, Origin, token, JSON bodies) comes first, for every route and the /events upgrade.
+    app = web.Application(middlewares=[edge_middleware(settings), error_middleware],
+                          client_max_size=settings.max_body_bytes)
     backend = backend or make_backend(settings)
     profile = get_profile(settings.profile)
     store = JobStore(settings.db_path)

@@ -356,19 +356,17 @@ def reg(count: int, prompt: str, out: Path, caption_text: str | None, seed: int,
                            sampler=sampler, scheduler=scheduler, checkpoint=checkpoint)
     with input_errors():
         plan = reg_mod.plan_reg(spec, out, force=force)
-        if url is None:
-            s = _settings()
-            url = f"http://{s.host}:{s.port}"
+        daemon = DaemonClient.for_settings(_settings(), url)
     if plan.done:
         click.echo(f"{len(plan.done)} of {count} image(s) already in {out}; rendering {len(plan.todo)}")
-    code = asyncio.run(_reg(plan, url, poll_interval))
+    code = asyncio.run(_reg(plan, daemon, poll_interval))
     sys.exit(code)
 
 
-async def _reg(plan: reg_mod.RegPlan, url: str, poll_interval: float) -> int:
+async def _reg(plan: reg_mod.RegPlan, daemon: DaemonClient, poll_interval: float) -> int:
     reporter = RichReporter() if sys.stdout.isatty() else LineReporter()
     try:
-        async with DaemonClient(url) as client:
+        async with daemon as client:
             # Ask first, so that a daemon that is down or busy training leaves --out untouched.
             training = (await client.health()).get("training")
             if training and plan.todo:

@@ -23,7 +23,7 @@ async def run_bench(settings: Settings, url: str, runs: int, poll_interval: floa
                               "checkpoint": settings.checkpoint, "limitSeconds": BENCH_LIMIT_S, "runs": []}
     runner = None
     try:
-        async with DaemonClient(url, timeout=30) as probe:
+        async with DaemonClient(url, timeout=30, token=settings.token_value) as probe:
             health = await probe.health()
         result["source"] = f"daemon at {url}"
     except DaemonUnavailable:
@@ -31,7 +31,7 @@ async def run_bench(settings: Settings, url: str, runs: int, poll_interval: floa
         result["source"] = "in-process daemon (no daemon was running)"
     result.update(engine=health.get("engine"), device=health.get("device"))
     try:
-        async with DaemonClient(url, timeout=60) as client:
+        async with DaemonClient(url, timeout=60, token=settings.token_value) as client:
             for i in range(runs):
                 body = {"prompt": BENCH_PROMPT, "seed": 42 + i, "steps": 20, "cfg": 7.0, "sampler": "euler_ancestral",
                         "scheduler": "normal", "resolution": {"width": 512, "height": 512},
@@ -67,7 +67,7 @@ async def _start_in_process(settings: Settings, backend: Any = None):
     await site.start()
     port = runner.addresses[0][1]
     url = f"http://127.0.0.1:{port}"
-    async with DaemonClient(url) as client:
+    async with DaemonClient(url, token=settings.token_value) as client:
         health = await client.health()
     return runner, url, health
 

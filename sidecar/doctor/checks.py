@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from sidecar.client import daemon_url
 from sidecar.comfyui.launch import (
     chosen_by_user,
     device_flags,
@@ -50,6 +51,7 @@ class Probe:
     comfy_stats: dict[str, Any] | None = None
     comfy_models: dict[str, list[str]] = field(default_factory=dict)
     daemon_health: dict[str, Any] | None = None
+    daemon_unauthorized: bool = False  # the daemon answered 401: it has a token, and not the one configured here
     port_open: bool = False
     comfy_port_open: bool = False  # something listens on comfyui_port (managed mode's port)
 
@@ -316,6 +318,9 @@ def check_port(settings: Settings, probe: Probe) -> Check:
         h = probe.daemon_health
         return Check("daemon", "ok", f"running on {where} (engine {h.get('engine')}, device {h.get('device')}, "
                      f"status {h.get('status')})")
+    if probe.daemon_unauthorized:
+        return Check("daemon", "fail", f"running on {where}, and it refuses this configuration's token",
+                     "give the tools the daemon's token: SIDECAR_TOKEN or `token` in the config file", True)
     if probe.port_open:
         return Check("daemon", "fail", f"{where} is taken by another program", "stop it, or set port to a free one",
                      True)
@@ -344,16 +349,20 @@ async def probe_network(settings: Settings) -> Probe:
     probe = Probe()
     timeout = aiohttp.ClientTimeout(total=3)
     async with aiohttp.ClientSession(timeout=timeout) as session:
-        async def get(url: str) -> Any:
+        async def get(url: str, headers: dict[str, str] | None = None) -> Any:
             try:
-                async with session.get(url) as resp:
+                async with session.get(url, headers=headers) as resp:
+                    if resp.status == 401 and headers is not None:  # only the daemon gets headers
+                        probe.daemon_unauthorized = True
                     return await resp.json(content_type=None) if resp.status == 200 else None
             except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
                 return None
 
         base = settings.comfyui_base_url
+        # The daemon's token goes to the daemon only, never to ComfyUI.
+        daemon_auth = {"Authorization": f"Bearer {settings.token_value}"} if settings.token_value else {}
         stats, health = await asyncio.gather(get(f"{base}/system_stats"),
-                                             get(f"http://{settings.host}:{settings.port}/health"))
+                                             get(f"{daemon_url(settings)}/health", daemon_auth))
         if isinstance(stats, dict) and "system" in stats:
             probe.comfy_stats = stats
             for folder in ("checkpoints", "loras", "controlnet"):

@@ -72,10 +72,10 @@ def doctor(as_json: bool, bench: bool, runs: int, url: str | None, poll_interval
     bench_result = None
     code = 1 if failed else 0
     if bench:
-        from sidecar.client import DaemonRefused
+        from sidecar.client import DaemonRefused, daemon_url
 
         try:
-            bench_result = asyncio.run(run_bench(settings, url or f"http://{settings.host}:{settings.port}", runs,
+            bench_result = asyncio.run(run_bench(settings, url or daemon_url(settings), runs,
                                                  poll_interval))
             code = code or (0 if bench_result["underLimit"] else 1)
         except DaemonRefused as exc:

@@ -101,7 +101,7 @@ def sweep(run: str, prompts_file: Path, seeds: str, out: Path | None, strength: 
         prompts = sweep_mod.read_prompts(prompts_file)
         seed_list = sweep_mod.parse_seeds(seeds)
         target_dir = sweep_mod.lora_dir(settings, loras_dir)
-        url = url or f"http://{settings.host}:{settings.port}"
+        daemon = TrainingClient.for_settings(settings, url)
     job: dict[str, Any] = {}
     if strength is not None:
         job["loraStrength"] = strength
@@ -109,18 +109,18 @@ def sweep(run: str, prompts_file: Path, seeds: str, out: Path | None, strength: 
         job["steps"] = steps
     if width or height:
         job["resolution"] = {"width": width or 512, "height": height or 768}
-    code = asyncio.run(_sweep(run, prompts, seed_list, out, target_dir, baseline, job, url, cell_px,
+    code = asyncio.run(_sweep(run, prompts, seed_list, out, target_dir, baseline, job, daemon, cell_px,
                               keep_staged, as_json, poll_interval))
     sys.exit(code)
 
 
 async def _sweep(ref: str, prompts: list[str], seeds: list[int], out: Path | None, target_dir: Path,
-                 baseline: bool, job: dict[str, Any], url: str, cell_px: int, keep_staged: bool, as_json: bool,
+                 baseline: bool, job: dict[str, Any], daemon: TrainingClient, cell_px: int, keep_staged: bool, as_json: bool,
                  poll_interval: float) -> int:
     reporter: Any = _Bar(0) if sys.stdout.isatty() and not as_json else _Lines()
     plan: sweep_mod.SweepPlan | None = None
     try:
-        async with TrainingClient(url) as client:
+        async with daemon as client:
             run = await client.find_run(ref)
             folder = out or Path(run["outputDir"]).parent / "sweep"
             try:

@@ -27,11 +27,9 @@ url_option = click.option("--url", default=None, help="the daemon [default: http
 json_option = click.option("--json", "as_json", is_flag=True, help="machine-readable output (the run's JSON)")
 
 
-def _url(url: str | None) -> str:
-    if url:
-        return url
-    settings = current_settings()
-    return f"http://{settings.host}:{settings.port}"
+def _client(url: str | None) -> TrainingClient:
+    """The daemon of the configuration (its URL unless --url, and its token)."""
+    return TrainingClient.for_settings(current_settings(), url)
 
 
 def _eta(seconds: float | None) -> str:
@@ -128,10 +126,10 @@ def _finish(run: dict[str, Any], as_json: bool) -> int:
 
 def _call(url: str | None, work: Callable[[TrainingClient], Awaitable[int]]) -> None:
     """Run `work` against the daemon; map the client's exceptions to exit codes, Ctrl-C to a detach."""
-    base = _url(url)
+    daemon = _client(url)
 
     async def go() -> int:
-        async with TrainingClient(base) as client:
+        async with daemon as client:
             return await work(client)
 
     try:
