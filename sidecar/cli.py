@@ -214,10 +214,22 @@ def serve(**flags: Any) -> None:
     from aiohttp import web
 
     from sidecar.api.app import create_app
+    from sidecar.datadir_lock import DataDirLock
+    from sidecar.listen import bind_listeners
     from sidecar.logpipe import trim_stderr
 
     trim_stderr()  # under launchd stderr is a file launchd never rotates
     settings, _ = settings_from(flags)
+    # Claimed in this order, before anything reads or writes the data dir (logs included): 1. the data
+    # dir's lock (a second daemon exits here, naming the owner); 2. the port (before recovery runs).
+    lock = DataDirLock(settings.data_dir)
+    try:
+        lock.acquire(settings.host, settings.port)
+        sockets = bind_listeners(settings.host, settings.port)
+    except SidecarError as exc:
+        lock.release()
+        click.echo(f"sidecar: {exc.message} ({exc.code})", err=True)
+        sys.exit(EXIT_FAILED)
     setup_logging(settings)
     log = logging.getLogger("sidecar")
     warning = remote_bind_warning(settings)
@@ -225,17 +237,18 @@ def serve(**flags: Any) -> None:
         log.warning("%s", warning)
     log.info("sidecar starting on http://%s:%d (engine %s, profile %s, data %s)", settings.host, settings.port,
              settings.resolved_engine, settings.profile, settings.data_dir)
-    app = create_app(settings)
+    app = create_app(settings, datadir_lock=lock)
     bound_shutdown(app)
     try:
         # shutdown_timeout bounds how long open requests may hold up SIGTERM (the /events sockets are
         # closed first, by the app's on_shutdown); launchd kills a job that has not exited in 20 s.
-        web.run_app(app, host=settings.host, port=settings.port, print=None, access_log=None,
-                    shutdown_timeout=settings.shutdown_timeout)
+        web.run_app(app, sock=sockets, print=None, access_log=None, shutdown_timeout=settings.shutdown_timeout)
     except DatabaseUnusable as exc:
         log.error("%s", exc.message)  # one line, no traceback: the path and what to do
+        lock.release()
         exit_process(EXIT_FAILED)
     log.info("sidecar stopped")
+    lock.release()  # after the app's cleanup stopped kohya and ComfyUI
     exit_process(0)
 
 

@@ -41,6 +41,9 @@ builds error JSON. The tree:
         internal_error; training runs: training_failed, interrupted (daemon restarted mid-run)
 
     DatabaseUnusable (not an HTTP answer: `sidecar serve` prints it as one line and exits 1)
+    Start-up refusals of `sidecar serve` (exit 1, never an HTTP answer):
+    DataDirLocked    data_dir_locked  another daemon owns the data dir (details: its pid and port)
+    PortInUse        port_in_use      the port cannot be bound (checked before any recovery)
 """
 
 from __future__ import annotations
@@ -208,6 +211,18 @@ class ComfyUnavailable(SidecarError):
 class EngineUnavailable(SidecarError):
     http_status = 503
     code = "engine_unavailable"
+
+
+class DataDirLocked(SidecarError):
+    """Another daemon holds the data dir's lock; `details` names its pid and port."""
+
+    http_status = 409
+    code = "data_dir_locked"
+
+
+class PortInUse(SidecarError):
+    http_status = 409
+    code = "port_in_use"
 
 
 class JobFailed(SidecarError):

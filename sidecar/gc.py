@@ -20,6 +20,7 @@ import click
 
 from sidecar.cli import EXIT_FAILED, report_daemon_error, settings_from
 from sidecar.config import Settings, is_loopback
+from sidecar.datadir_lock import DataDirLock
 from sidecar.errors import SidecarError
 
 
@@ -28,10 +29,10 @@ def daemon_url(settings: Settings) -> str:
     return f"http://{host}:{settings.port}"
 
 
-async def _through_daemon(url: str, body: dict[str, Any]) -> dict[str, Any]:
+async def _through_daemon(url: str, body: dict[str, Any], token: str | None) -> dict[str, Any]:
     from sidecar.client import DaemonClient
 
-    async with DaemonClient(url, timeout=600) as client:
+    async with DaemonClient(url, timeout=600, token=token) as client:
         return await client.request("POST", "/gc", json=body)
 
 
@@ -43,13 +44,18 @@ async def _offline(settings: Settings, keep_days: int | None, dry_run: bool) -> 
         return {"dryRun": dry_run, "keepDays": keep_days if keep_days is not None else settings.keep_days,
                 "cutoff": None, "jobs": 0, "files": 0, "bytes": 0, "removedJobs": 0, "jobIds": [],
                 "keptOutsideDataDir": []}
+    # The data dir's lock, as a daemon holds it: no daemon starts on it meanwhile, and a daemon that owns
+    # it but does not answer at `url` (another port) makes this DataDirLocked, naming it.
+    lock = DataDirLock(settings.data_dir)
+    lock.acquire(None, None)
     store = JobStore(settings.db_path)
-    await store.open()
     try:
+        await store.open()
         task = RetentionTask(store, settings.jobs_dir, settings.keep_days)
         return (await task.run_once(keep_days, dry_run=dry_run)).to_api()
     finally:
         await store.close()
+        lock.release()
 
 
 def describe(report: dict[str, Any], where: str) -> str:
@@ -94,7 +100,7 @@ def gc(dry_run: bool, keep_days: int | None, as_json: bool, **flags: Any) -> Non
     if keep_days is not None:
         body["keepDays"] = keep_days
     try:
-        report, where = asyncio.run(_through_daemon(url, body)), f"daemon at {url}"
+        report, where = asyncio.run(_through_daemon(url, body, settings.token_value)), f"daemon at {url}"
     except DaemonRefused as exc:
         sys.exit(report_daemon_error(exc))
     except DaemonUnavailable as exc:

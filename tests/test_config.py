@@ -11,6 +11,7 @@ import pytest
 
 from sidecar.config import load_settings
 from sidecar.errors import ConfigError
+from tests.conftest_comfy import free_port
 
 TOKEN = "t0ken-for-the-tests-0123456789"
 
@@ -67,16 +68,22 @@ def test_remote_bind_needs_allow_remote_and_warns(tmp_path: Path, monkeypatch, c
 
     # `serve` itself logs it (stderr and the log file) before it binds.
     bound: list[str] = []
+
+    def run_app(app, sock, **kw) -> None:  # `serve` binds before the app starts and hands over its sockets
+        bound.extend(s.getsockname()[0] for s in sock)
+        for s in sock:
+            s.close()
+
     monkeypatch.setattr(cli, "setup_logging", lambda settings: None)
-    monkeypatch.setattr(sidecar.api.app, "create_app", lambda settings: object())
-    monkeypatch.setattr(aiohttp.web, "run_app", lambda app, host, **kw: bound.append(host))
+    monkeypatch.setattr(sidecar.api.app, "create_app", lambda settings, **kw: object())
+    monkeypatch.setattr(aiohttp.web, "run_app", run_app)
     monkeypatch.setattr(cli, "bound_shutdown", lambda app: None)
     monkeypatch.setattr(cli, "exit_process", lambda code: None)  # serve leaves with os._exit
     config = tmp_path / "empty.toml"
     config.touch()
     with caplog.at_level("WARNING", logger="sidecar"):
         result = CliRunner().invoke(cli.main, ["serve", "--host", "0.0.0.0", "--allow-remote", "--token", TOKEN,
-                                               "--config",
+                                               "--port", str(free_port()), "--config",
                                                str(config), "--data-dir", str(tmp_path / "data")], env={})
     assert result.exit_code == 0, result.output
     assert bound == ["0.0.0.0"]

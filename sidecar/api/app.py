@@ -2,7 +2,7 @@
 
 Tests call `create_app(settings, backend)` with their own settings and (fake-backed) backend; `sidecar
 serve` calls it with the effective configuration. Every background resource (store, backend, template
-watcher, job runner) is started and stopped by `cleanup_ctx`, in that order.
+watcher, job runner) is started and stopped by `cleanup_ctx`, in that order, after the data dir's lock.
 """
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ from aiohttp import web
 from sidecar.api import events, health, jobs, maintenance, training
 from sidecar.api.edge import edge_middleware
 from sidecar.api.errors import error_middleware
-from sidecar.api.keys import (BACKEND, BUILDER, DEVICE, EVENTS, PROFILE, RUNNER, SETTINGS, SOCKETS, STARTUP_WARNINGS,
-                              STORE, TEMPLATES)
+from sidecar.api.keys import (BACKEND, BUILDER, DATADIR_LOCK, DEVICE, EVENTS, PROFILE, RUNNER, SETTINGS, SOCKETS,
+                              STARTUP_WARNINGS, STORE, TEMPLATES)
 from sidecar.backend import GenerationBackend
 from sidecar.config import Settings
+from sidecar.datadir_lock import DataDirLock
 from sidecar.errors import SidecarError
 from sidecar.events import EventBus
 from sidecar.jobs.build import JobBuilder
@@ -46,7 +47,10 @@ def make_backend(settings: Settings) -> GenerationBackend:
     return EmbeddedBackend(settings)
 
 
-def create_app(settings: Settings, backend: GenerationBackend | None = None) -> web.Application:
+def create_app(settings: Settings, backend: GenerationBackend | None = None, *,
+               datadir_lock: DataDirLock | None = None) -> web.Application:
+    """`datadir_lock`: the data dir's lock when the caller (`sidecar serve`) already holds it; otherwise
+    the app takes it at start-up, before anything else (a locked data dir fails the start-up)."""
     # The edge (Host, Origin, token, JSON bodies) comes first, for every route and the /events upgrade.
     app = web.Application(middlewares=[edge_middleware(settings), error_middleware],
                           client_max_size=settings.max_body_bytes)
@@ -65,6 +69,7 @@ def create_app(settings: Settings, backend: GenerationBackend | None = None) -> 
 
     templates = TemplateStore(settings.workflows_dir, known_types)
     app[SETTINGS] = settings
+    app[DATADIR_LOCK] = datadir_lock or DataDirLock(settings.data_dir)
     app[PROFILE] = profile
     app[STORE] = store
     app[BACKEND] = backend
@@ -77,6 +82,7 @@ def create_app(settings: Settings, backend: GenerationBackend | None = None) -> 
     app[SOCKETS] = events.new_socket_set()
     app.on_shutdown.append(events.close_all)
 
+    app.cleanup_ctx.append(_lock_ctx)  # first: nothing below may touch a data dir another daemon owns
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_backend_ctx)
     app.cleanup_ctx.append(_templates_ctx)
@@ -87,6 +93,15 @@ def create_app(settings: Settings, backend: GenerationBackend | None = None) -> 
     training.setup_routes(app)
     maintenance.setup_routes(app)
     return app
+
+
+async def _lock_ctx(app: web.Application) -> AsyncIterator[None]:
+    lock, settings = app[DATADIR_LOCK], app[SETTINGS]
+    taken_here = not lock.held
+    lock.acquire(settings.host, settings.port)  # raises DataDirLocked, naming the owner
+    yield
+    if taken_here:
+        lock.release()
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:

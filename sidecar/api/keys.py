@@ -8,6 +8,7 @@ from aiohttp import web
 
 from sidecar.backend import GenerationBackend
 from sidecar.config import Settings
+from sidecar.datadir_lock import DataDirLock
 from sidecar.events import EventBus
 from sidecar.jobs.build import JobBuilder
 from sidecar.jobs.device import Device
@@ -17,6 +18,7 @@ from sidecar.profiles import Profile
 from sidecar.workflows import TemplateStore
 
 SETTINGS = web.AppKey("settings", Settings)
+DATADIR_LOCK = web.AppKey("datadir_lock", DataDirLock)
 PROFILE = web.AppKey("profile", Profile)
 STORE = web.AppKey("store", JobStore)
 RUNNER = web.AppKey("runner", JobRunner)

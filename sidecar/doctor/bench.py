@@ -1,5 +1,8 @@
 """`sidecar doctor --bench`: the hardware check of INFRA-04 (512x512, 20 steps, Euler a, the configured
 checkpoint, under 2 minutes) through a running daemon or, when none answers, an in-process one.
+
+Never an in-process daemon on a data dir another daemon owns (its lock): that one is used, at the port
+its lock file records, or the bench says it does not answer.
 """
 
 from __future__ import annotations
@@ -8,6 +11,8 @@ import time
 from typing import Any
 
 from sidecar.config import Settings
+from sidecar.datadir_lock import locked_by
+from sidecar.errors import DataDirLocked
 
 BENCH_LIMIT_S = 120.0  # INFRA-04: under 2 minutes
 BENCH_PROMPT = "anime character, full body, standing, simple background"
@@ -27,8 +32,14 @@ async def run_bench(settings: Settings, url: str, runs: int, poll_interval: floa
             health = await probe.health()
         result["source"] = f"daemon at {url}"
     except DaemonUnavailable:
-        runner, url, health = await _start_in_process(settings, backend)
-        result["source"] = "in-process daemon (no daemon was running)"
+        owner = locked_by(settings.data_dir)
+        if owner is not None:
+            url, health = await _owner_daemon(settings, url, owner)
+            result["source"] = f"daemon at {url} (the one that owns {settings.data_dir})"
+        else:
+            # The in-process daemon takes the lock itself: one started meanwhile makes it fail, not share.
+            runner, url, health = await _start_in_process(settings, backend)
+            result["source"] = "in-process daemon (no daemon was running)"
     result.update(engine=health.get("engine"), device=health.get("device"))
     try:
         async with DaemonClient(url, timeout=60, token=settings.token_value) as client:
@@ -55,10 +66,31 @@ async def run_bench(settings: Settings, url: str, runs: int, poll_interval: floa
     return result
 
 
+async def _owner_daemon(settings: Settings, url: str, owner: Any) -> tuple[str, dict[str, Any]]:
+    """The daemon that owns the data dir, at the port its lock records; DataDirLocked when it does not answer."""
+    from sidecar.client import DaemonClient, DaemonUnavailable
+
+    if owner.port:
+        owner_url = f"http://127.0.0.1:{owner.port}"
+        if owner_url != url:
+            try:
+                async with DaemonClient(owner_url, timeout=30, token=settings.token_value) as probe:
+                    return owner_url, await probe.health()
+            except DaemonUnavailable:
+                pass
+    raise DataDirLocked(
+        f"No daemon answers at {url}, and the data dir {settings.data_dir} belongs to another sidecar daemon "
+        f"({owner.describe()}) that does not answer either: the bench starts no second daemon on it. Start the "
+        "bench again once that daemon answers (or stop it), or pass --url.",
+        {"dataDir": str(settings.data_dir), "pid": owner.pid, "port": owner.port, "url": url},
+    )
+
+
 async def _start_in_process(settings: Settings, backend: Any = None):
     from aiohttp import web
 
     from sidecar.api.app import create_app
+    from sidecar.api.keys import DATADIR_LOCK
     from sidecar.client import DaemonClient
 
     runner = web.AppRunner(create_app(settings, backend), access_log=None)
@@ -66,6 +98,7 @@ async def _start_in_process(settings: Settings, backend: Any = None):
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = runner.addresses[0][1]
+    runner.app[DATADIR_LOCK].record_port(port)
     url = f"http://127.0.0.1:{port}"
     async with DaemonClient(url, token=settings.token_value) as client:
         health = await client.health()

@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from sidecar.cli import config_options, settings_from
+from sidecar.errors import SidecarError
 from sidecar.doctor.bench import run_bench
 from sidecar.doctor.checks import Check, run_checks
 
@@ -81,6 +82,9 @@ def doctor(as_json: bool, bench: bool, runs: int, url: str | None, poll_interval
         except DaemonRefused as exc:
             bench_result = {"error": {"code": exc.code, "message": exc.message}}
             code = 4 if exc.device_busy else 1
+        except SidecarError as exc:  # data_dir_locked: another daemon owns the data dir and does not answer
+            bench_result = {"error": {"code": exc.code, "message": exc.message}}
+            code = 1
         except Exception as exc:  # an engine that cannot start: say so, as a failed bench
             bench_result = {"error": {"code": "bench_failed", "message": f"{type(exc).__name__}: {exc}"}}
             code = 1
