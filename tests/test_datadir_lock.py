@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from sidecar.api.app import create_app
+from sidecar.api.keys import DATADIR_LOCK
 from sidecar.config import Settings
 from sidecar.datadir_lock import DataDirLock, locked_by
 from sidecar.errors import DataDirLocked
@@ -106,8 +107,9 @@ async def test_bench_uses_the_daemon_that_owns_the_data_dir(aiohttp_server, tmp_
 
     settings = Settings(data_dir=tmp_path / "data", engine="embedded")
     backend = ScriptedBackend()
-    server = await aiohttp_server(create_app(settings, backend))  # holds the lock, recording its port
-    (tmp_path / "data" / "sidecar.lock").write_text(json.dumps({"pid": os.getpid(), "port": server.port}))
+    server = await aiohttp_server(create_app(settings, backend))  # holds the lock
+    server.app[DATADIR_LOCK].record_port(server.port)  # as the bench's own in-process daemon records it
+    assert locked_by(settings.data_dir).port == server.port
     result = await run_bench(settings, f"http://127.0.0.1:{free_port()}", 1, 0.02)
     assert result["source"] == f"daemon at http://127.0.0.1:{server.port} (the one that owns {settings.data_dir})"
     assert [r["status"] for r in result["runs"]] == ["succeeded"] and len(backend.started) == 1
