@@ -94,3 +94,6 @@ def test_per_job_prefix_changes_only_save_nodes_and_is_idempotent() -> None:
     assert per_job_prefix(tagged, "0123456789abcdef") == tagged
     assert {k: v for k, v in tagged.items() if k != "8"} == {k: v for k, v in wf.items() if k != "8"}
     assert wf["8"]["inputs"]["filename_prefix"] == "plasma-sidecar/txt2img-lora"  # the input is not changed
+    # A job's recorded workflow, reproduced by another job: the tag is replaced, the prefix does not grow.
+    again = per_job_prefix(tagged, "fedcba9876543210")
+    assert again["8"]["inputs"]["filename_prefix"] == "plasma-sidecar/txt2img-lora-fedcba987654"

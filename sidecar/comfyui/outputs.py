@@ -13,6 +13,7 @@ file already removed; a different prefix makes the SaveImage node run again and 
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -21,17 +22,21 @@ from sidecar.graph import Graph
 log = logging.getLogger("sidecar.comfyui")
 
 SAVE_NODES = ("SaveImage",)
+JOB_TAG = re.compile(r"-[0-9a-f]{12}$")  # what per_job_prefix appends (a job id is 32 hex digits)
 
 
 def per_job_prefix(workflow: dict[str, Any], job_id: str) -> dict[str, Any]:
-    """A copy of the workflow whose SaveImage prefixes end with the job's id (`.../txt2img-<id>`)."""
+    """A copy of the workflow whose SaveImage prefixes end with the job's id (`.../txt2img-<id>`).
+
+    A job records the graph as posted, so a reproduced workflow arrives with its source job's tag:
+    that tag is replaced, not added to (`txt2img-<old>-<new>` would grow with every reproduction)."""
     graph = Graph(workflow)
     tag = job_id[:12]
     changes = {}
     for node in graph.of_type(*SAVE_NODES):
         prefix = node.inputs.get("filename_prefix", "ComfyUI")
         if isinstance(prefix, str) and not prefix.endswith(f"-{tag}"):
-            changes[node.id] = {"filename_prefix": f"{prefix}-{tag}"}
+            changes[node.id] = {"filename_prefix": f"{JOB_TAG.sub('', prefix)}-{tag}"}
     return graph.with_inputs(changes).raw
 
 
