@@ -9,12 +9,10 @@ import json
 import sqlite3
 from pathlib import Path
 
-from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 from click.testing import CliRunner
 
 from sidecar.api.app import create_app
-from sidecar.api.keys import BUILDER, RUNNER
-from sidecar.api.models import JobRequest
 from sidecar.cli import main
 from sidecar.config import Settings
 from tests.conftest_comfy import free_port
@@ -149,20 +147,11 @@ def test_sidecar_gc_on_a_data_dir_no_daemon_holds(tmp_path):
     s = settings(tmp_path)
     ids: list[str] = []
 
-    async def make() -> None:
-        app = create_app(s, ScriptedBackend())
-        runner = web.AppRunner(app)
-        await runner.setup()  # starts the store and the job runner, serves nothing
-        try:
+    async def make() -> None:  # a daemon that ran two jobs, then stopped
+        async with TestClient(TestServer(create_app(s, ScriptedBackend()))) as client:
             for _ in range(2):
-                built = await app[BUILDER].build(JobRequest(prompt="spyke_plasma_v1, standing"))
-                ids.append((await app[RUNNER].submit(built, {})).id)
-            for _ in range(500):
-                if (s.jobs_dir / f"{ids[-1]}.png").exists():
-                    break
-                await asyncio.sleep(0.02)
-        finally:
-            await runner.cleanup()
+                ids.append(await submit(client))
+                await wait_status(client, ids[-1], {"succeeded"})
 
     asyncio.run(make())
     age(s.db_path, ids[0])
@@ -184,8 +173,6 @@ async def test_sidecar_gc_goes_through_the_running_daemon(aiohttp_server, tmp_pa
     s = settings(tmp_path, port=port)
     app = create_app(s, ScriptedBackend())
     server = await aiohttp_server(app, port=port)
-    from aiohttp.test_utils import TestClient
-
     client = TestClient(server)
     await client.start_server()
     job_id = await submit(client)
