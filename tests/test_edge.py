@@ -265,3 +265,11 @@ async def test_host_and_origin_are_checked_before_the_token(locked) -> None:
     assert (await error_of(resp, 403))["code"] == "host_not_allowed"
     resp = await locked.get("/jobs", headers={**auth, "Origin": EVIL})
     assert (await error_of(resp, 403))["code"] == "origin_not_allowed"
+
+
+async def test_the_openapi_document_lists_the_edge_refusals(client) -> None:
+    doc = await (await client.get("/openapi.json")).json()
+    submit = doc["paths"]["/jobs"]["post"]["responses"]
+    assert {"401", "403", "415"} <= set(submit) and "origin_not_allowed" in submit["403"]["description"]
+    assert "415" not in doc["paths"]["/jobs"]["get"]["responses"]  # no body, no content-type rule
+    assert doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"

@@ -75,7 +75,7 @@ def build_openapi() -> dict[str, Any]:
         elif op.path.endswith("/image"):
             ok["content"] = {"image/png": {"schema": {"type": "string", "format": "binary"}}}
         entry["responses"][str(op.status)] = ok
-        for status, codes in op.errors.items():
+        for status, codes in {**edge_errors(op), **op.errors}.items():
             entry["responses"][str(status)] = {
                 "description": f"error codes: {codes}",
                 "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
@@ -91,5 +91,17 @@ def build_openapi() -> dict[str, Any]:
                  "description": "Local generation and LoRA training daemon. Errors are "
                                 "{\"error\": {\"code\", \"message\", \"details\"}}."},
         "paths": paths,
-        "components": {"schemas": schemas},
+        "components": {"schemas": schemas, "securitySchemes": {"bearer": {
+            "type": "http", "scheme": "bearer",
+            "description": "Only when the daemon has a `token` setting (required with allow_remote)."}}},
+        "security": [{}, {"bearer": []}],
     }
+
+
+def edge_errors(op: Operation) -> dict[int, str]:
+    """What the edge (sidecar/api/edge.py) answers on every operation before its handler runs."""
+    errors = {401: "unauthorized (a token is set and the request lacks it)",
+              403: "host_not_allowed, origin_not_allowed"}
+    if op.request:
+        errors[415] = "unsupported_media_type (a body that is not application/json)"
+    return errors
