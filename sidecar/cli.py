@@ -1,12 +1,13 @@
 """The `sidecar` command: `serve` and `config show` here; the other groups load lazily from their
 packages (models, loras, dataset, launchd, doctor) so `sidecar serve` never imports what it does not use.
 
-Exit codes: 0 ok, 1 failure, 2 usage or configuration error.
+Exit codes: 0 ok, 1 failure, 2 usage or configuration error (the full list: `sidecar.errors`).
+What the command groups share (options, settings, the error-to-exit-code mapping) is in
+`sidecar.cli_support`, so the groups never import this module back.
 """
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import json
 import logging
@@ -14,14 +15,13 @@ import logging.handlers
 import os
 import sys
 import threading
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import click
 
-from sidecar.config import Settings, is_loopback, load_settings
-from sidecar.errors import ConfigError, DatabaseUnusable, SidecarError
+from sidecar.cli_support import CONTEXT_SETTINGS, ToolGroup, config_options, settings_from
+from sidecar.config import Settings, is_loopback
+from sidecar.errors import EXIT_FAILED, DatabaseUnusable, SidecarError
 
 LAZY_COMMANDS = {
     "models": ("sidecar.engine.cli:models", "Embedded-engine models (make-tiny, list)."),
@@ -34,7 +34,7 @@ LAZY_COMMANDS = {
 }
 
 
-class LazyGroup(click.Group):
+class LazyGroup(ToolGroup):
     """Sub-groups are imported only when invoked, so `--help` and `serve` stay light."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
@@ -51,87 +51,6 @@ class LazyGroup(click.Group):
         rows += [(name, help_) for name, (_, help_) in LAZY_COMMANDS.items()]
         with formatter.section("Commands"):
             formatter.write_dl(sorted(rows))
-
-
-def config_options(f):
-    """Options shared by every command that needs the settings; each mirrors a config key."""
-    opts = [
-        click.option("--host", default=None, help="bind address [default: 127.0.0.1]"),
-        click.option("--port", type=int, default=None, help="[default: 3000]"),
-        click.option("--allow-remote", is_flag=True, default=None,
-                     help="allow binding to a non-loopback address (needs --token)"),
-        click.option("--token", default=None, metavar="TOKEN",
-                     help="bearer token the daemon requires and its clients send [default: SIDECAR_TOKEN, "
-                          "or `token` in the config file; none]"),
-        click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
-                     help="TOML config file [default: ~/.config/plasma-sidecar/config.toml]"),
-        click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="jobs, logs, database"),
-        click.option("--profile", default=None, help="hardware profile [default: m1pro-16gb]"),
-        click.option("--engine", type=click.Choice(["auto", "embedded", "comfyui"]), default=None,
-                     help="generation backend; auto = ComfyUI when configured, else embedded"),
-        click.option("--models-dir", type=click.Path(path_type=Path), default=None,
-                     help="checkpoints/, loras/, controlnet/ for the embedded engine [default: <data-dir>/models]"),
-        click.option("--device", type=click.Choice(["auto", "mps", "cuda", "cpu"]), default=None),
-        click.option("--comfyui-url", default=None, help="attach to a running ComfyUI"),
-        click.option("--comfyui-dir", type=click.Path(path_type=Path), default=None,
-                     help="ComfyUI install to start and supervise"),
-        click.option("--comfyui-python", type=click.Path(path_type=Path), default=None,
-                     help="python of ComfyUI's venv (managed mode)"),
-        click.option("--comfyui-port", type=int, default=None, help="port of the managed ComfyUI"),
-        click.option("--comfyui-extra-args", default=None,
-                     help="more flags for the managed ComfyUI, e.g. '--cpu --preview-method auto'"),
-        click.option("--kohya-dir", type=click.Path(path_type=Path), default=None, help="kohya_ss sd-scripts dir"),
-        click.option("--kohya-python", type=click.Path(path_type=Path), default=None, help="python of kohya's venv"),
-    ]
-    for opt in reversed(opts):
-        f = opt(f)
-    return f
-
-
-# The tools that read files and talk to the daemon (dataset, loras, doctor) share these exit codes.
-EXIT_FAILED, EXIT_INPUT, EXIT_NO_DAEMON, EXIT_BUSY = 1, 2, 3, 4
-
-
-@contextlib.contextmanager
-def input_errors() -> Iterator[None]:
-    """Our coded errors become one line on stderr and exit 2 (the modules raise before changing anything)."""
-    try:
-        yield
-    except SidecarError as exc:
-        click.echo(f"error: {exc.message}", err=True)
-        sys.exit(EXIT_INPUT)
-    except ConfigError as exc:
-        click.echo(f"sidecar: {exc}", err=True)
-        sys.exit(EXIT_INPUT)
-
-
-def report_daemon_error(exc: Exception) -> int:
-    """One line on stderr for a `sidecar.client` failure, and its exit code: 3 nothing answers, 4 a
-    training holds the device, 2 the daemon refused the request, 1 it failed."""
-    from sidecar.client import DaemonRefused, DaemonUnavailable
-
-    if isinstance(exc, DaemonUnavailable):
-        click.echo(f"error: {exc.message}", err=True)
-        return EXIT_NO_DAEMON
-    assert isinstance(exc, DaemonRefused)
-    click.echo(f"error: the daemon refused: {exc.message} ({exc.code})", err=True)
-    if exc.device_busy:
-        return EXIT_BUSY
-    return EXIT_INPUT if exc.status < 500 else EXIT_FAILED
-
-
-def current_settings() -> Settings:
-    """The effective settings of a tool that takes no configuration flags (environment, config file)."""
-    return settings_from({})[0]
-
-
-def settings_from(flags: dict[str, Any]) -> tuple[Settings, dict[str, str]]:
-    config_file = flags.pop("config_file", None)
-    try:
-        return load_settings(flags, config_file)
-    except ConfigError as exc:
-        click.echo(f"sidecar: {exc}", err=True)
-        sys.exit(2)
 
 
 def remote_bind_warning(settings: Settings) -> str | None:
@@ -191,7 +110,7 @@ def setup_logging(settings: Settings) -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # our middleware logs each request once
 
 
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=LazyGroup, context_settings=CONTEXT_SETTINGS)
 @click.version_option(package_name="plasma-sidecar")
 def main() -> None:
     """plasma-sidecar: local image generation and LoRA training for the manga page pipeline.
@@ -229,7 +148,7 @@ def serve(**flags: Any) -> None:
     except SidecarError as exc:
         lock.release()
         click.echo(f"sidecar: {exc.message} ({exc.code})", err=True)
-        sys.exit(EXIT_FAILED)
+        sys.exit(exc.exit_code)
     setup_logging(settings)
     log = logging.getLogger("sidecar")
     warning = remote_bind_warning(settings)
@@ -246,7 +165,7 @@ def serve(**flags: Any) -> None:
     except DatabaseUnusable as exc:
         log.error("%s", exc.message)  # one line, no traceback: the path and what to do
         lock.release()
-        exit_process(EXIT_FAILED)
+        exit_process(exc.exit_code)
     log.info("sidecar stopped")
     lock.release()  # after the app's cleanup stopped kohya and ComfyUI
     exit_process(0)

@@ -1,7 +1,8 @@
 """The daemon's HTTP client, for every tool that talks to a running daemon: `generate`, `dataset reg`,
 `loras sweep`, `doctor --bench`.
 
-Transport failures and answers become two exceptions, each CLI mapping them to its exit codes:
+Transport failures and answers become two exceptions of the error tree (`sidecar.errors`), which
+carry their exit codes:
 `DaemonUnavailable` (nothing answers, or what answers is not the daemon) and `DaemonRefused` (the
 daemon's error body: status, stable code, message, details; `device_busy` for a training in progress).
 
@@ -20,6 +21,8 @@ from typing import TYPE_CHECKING, Any, NoReturn, Self
 
 import aiohttp
 
+from sidecar.errors import DaemonRefused, DaemonUnavailable
+
 if TYPE_CHECKING:
     from sidecar.config import Settings
 
@@ -29,34 +32,8 @@ POLL_INTERVAL_NO_EVENTS = 0.5
 
 
 def daemon_url(settings: Settings) -> str:
-    """Where the daemon of these settings listens, as a client reaches it (a wildcard bind on loopback)."""
-    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
-    host = f"[{host}]" if ":" in host else host
-    return f"http://{host}:{settings.port}"
-
-
-class DaemonUnavailable(Exception):
-    """Nothing answers at the daemon's URL, or what answers is not the daemon."""
-
-    def __init__(self, message: str, details: dict[str, Any] | None = None):
-        super().__init__(message)
-        self.message = message
-        self.details = details or {}
-
-
-class DaemonRefused(Exception):
-    """An error body from the daemon: `code`, `message`, `details`, and the HTTP status."""
-
-    def __init__(self, status: int, code: str, message: str, details: dict[str, Any] | None = None):
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.details = details or {}
-
-    @property
-    def device_busy(self) -> bool:
-        return self.code == "training_in_progress"
+    """Where the daemon of these settings listens, as a client reaches it (`Settings.daemon_url`)."""
+    return settings.daemon_url
 
 
 class DaemonClient:

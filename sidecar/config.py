@@ -273,6 +273,13 @@ class Settings(BaseSettings):
         return self.engine
 
     @property
+    def daemon_url(self) -> str:
+        """Where the tools reach this daemon (a wildcard bind address is reached on loopback)."""
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.port}"
+
+    @property
     def comfyui_base_url(self) -> str:
         return self.comfyui_url or f"http://127.0.0.1:{self.comfyui_port}"
 

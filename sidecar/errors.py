@@ -1,54 +1,77 @@
-"""Every error the daemon reports, with its stable code and HTTP status, in one place.
+"""Every error the daemon and its tools report, one class per stable code, in one place.
 
-Handlers and adapters raise `SidecarError` subclasses; the HTTP layer turns them into
-`{"error": {"code", "message", "details"}}` bodies using `http_status` alone. Nothing else
-builds error JSON. The tree:
+Each class carries its stable `code`, the HTTP `http_status` the daemon answers with and the
+`exit_code` a command exits with (as click's exceptions carry theirs). Handlers and adapters raise;
+the HTTP layer turns them into `{"error": {"code", "message", "details"}}` bodies (`http_status`),
+the commands' one handler (`sidecar.cli_support.ToolGroup`) into one stderr line and `exit_code`.
+Nothing else builds error JSON or picks exit codes. The tree:
 
-    SidecarError                      code               status
-    ├── InvalidJson                   invalid_json       400
-    ├── UnknownField                  unknown_field      400
-    ├── InvalidField                  invalid_field      400
-    ├── ResolutionExceedsProfile      resolution_exceeds_profile 400
-    ├── BatchSizeNotSupported         batch_size_not_supported   400
-    ├── LoraNotFound                  lora_not_found     400
-    ├── CheckpointNotFound            checkpoint_not_found 400
-    ├── ControlnetNotFound            controlnet_not_found 400
-    ├── PoseImageInvalid              pose_image_invalid 400
-    ├── DatasetInvalid                dataset_invalid    400
-    ├── NodeNotSupported              node_not_supported 400
-    ├── SamplerNotSupported           sampler_not_supported 400
-    ├── WorkflowInvalid               workflow_invalid   400
-    ├── PayloadTooLarge               payload_too_large  413
-    ├── UnsupportedMediaType          unsupported_media_type 415  (a body that is not application/json)
-    ├── Unauthorized                  unauthorized       401  (token set, Authorization missing or wrong)
-    ├── Forbidden                     forbidden          403
-    │   ├── HostNotAllowed            host_not_allowed   403  (Host is not the daemon's: DNS rebinding)
-    │   └── OriginNotAllowed          origin_not_allowed 403  (a page on another origin)
-    ├── JobNotFound                   job_not_found      404
-    ├── TrainingNotFound              training_not_found 404
-    ├── NotFound                      not_found          404
-    ├── JobNotFinished                job_not_finished   409
-    ├── InvalidState                  invalid_state      409
-    ├── TrainingInProgress            training_in_progress 409
-    ├── QueueFull                     queue_full         429
-    ├── DiskFull                      disk_full          507 (also a job failure: no space for its image)
-    ├── ComfyUnavailable              comfyui_unavailable 503
-    ├── EngineUnavailable             engine_unavailable 503
-    └── job failures (stored on the job, never an HTTP answer of their own):
+    SidecarError                      code                       status exit
+    ├── BadRequest                    bad_request                400    2
+    │   ├── InvalidJson               invalid_json
+    │   ├── UnknownField              unknown_field
+    │   ├── InvalidField              invalid_field
+    │   ├── ResolutionExceedsProfile  resolution_exceeds_profile
+    │   ├── BatchSizeNotSupported     batch_size_not_supported
+    │   ├── LoraNotFound              lora_not_found
+    │   ├── CheckpointNotFound        checkpoint_not_found
+    │   ├── ControlnetNotFound        controlnet_not_found
+    │   ├── PoseImageInvalid          pose_image_invalid
+    │   ├── DatasetInvalid            dataset_invalid
+    │   ├── NodeNotSupported          node_not_supported
+    │   ├── SamplerNotSupported       sampler_not_supported
+    │   └── WorkflowInvalid           workflow_invalid
+    ├── PayloadTooLarge               payload_too_large          413    2
+    ├── UnsupportedMediaType          unsupported_media_type     415    2  (a body that is not application/json)
+    ├── Unauthorized                  unauthorized               401    2  (token set, Authorization missing or wrong)
+    ├── Forbidden                     forbidden                  403    2
+    │   ├── HostNotAllowed            host_not_allowed                     (Host is not the daemon's: DNS rebinding)
+    │   └── OriginNotAllowed          origin_not_allowed                   (a page on another origin)
+    ├── NotFound                      not_found                  404    2
+    │   ├── JobNotFound               job_not_found
+    │   └── TrainingNotFound          training_not_found
+    ├── Conflict                      conflict                   409    2
+    │   ├── JobNotFinished            job_not_finished
+    │   ├── InvalidState              invalid_state
+    │   ├── TrainingInProgress        training_in_progress              4  (the device is busy training)
+    │   ├── LoraExists                lora_exists                       1  (promote never overwrites)
+    │   └── CheckpointFileMissing     checkpoint_file_missing           1  (a run's file is gone)
+    ├── QueueFull                     queue_full                 429    1  (retry later)
+    ├── DiskFull                      disk_full                  507    1  (also a job failure: no space for its image)
+    ├── ComfyUnavailable              comfyui_unavailable        503    1
+    ├── EngineUnavailable             engine_unavailable         503    1
+    ├── JobFailed                     execution_error (or its own) 500  1
+    │   └── RegJobFailed              job_failed                        1  (a `dataset reg` render)
+    ├── PromptLost                    prompt_lost                500    1
+    ├── DatabaseUnusable              database_unusable          500    1  (found at start: `serve` prints one line)
+    ├── DataDirLocked                 data_dir_locked            409    1  (`serve`: another daemon owns the data dir)
+    ├── PortInUse                     port_in_use                409    1  (`serve`: the port cannot be bound)
+    ├── ConfigError                   config_invalid             500    2  (names the key)
+    ├── LaunchdError                  launchd_config_invalid     500    2
+    ├── LaunchdUnavailable            launchd_unavailable        500    3  (no launchd on this system)
+    ├── LaunchctlFailed               launchctl_failed           500    1
+    └── client side (`sidecar.client`), never an answer of the daemon:
+        ├── DaemonUnavailable         daemon_unavailable         503    3  (nothing answers at the URL)
+        └── DaemonRefused             <the daemon's code>   <its status>  the exit code of that code's
+                                                                          class here, else 2 (4xx) / 1
+    job failures (stored on the job, never an HTTP answer of their own):
         comfyui_validation_error, execution_error, black_image, timeout, lost_on_restart,
         prompt_lost, model_load_failed (embedded: a checkpoint/LoRA/ControlNet file that does not
         load), lora_incompatible (embedded: a LoRA whose keys match nothing in the base model),
         internal_error; training runs: training_failed, interrupted (daemon restarted mid-run)
 
-    DatabaseUnusable (not an HTTP answer: `sidecar serve` prints it as one line and exits 1)
-    Start-up refusals of `sidecar serve` (exit 1, never an HTTP answer):
-    DataDirLocked    data_dir_locked  another daemon owns the data dir (details: its pid and port)
-    PortInUse        port_in_use      the port cannot be bound (checked before any recovery)
+Exit codes shared by every command (the generate stage adds 5, see pipeline_stage/errors.py):
+0 ok, 1 failed, 2 bad input/usage/configuration (nothing changed), 3 the daemon (or launchd) is not
+there, 4 the device is busy training, 130 interrupted.
 """
 
 from __future__ import annotations
 
 from typing import Any, ClassVar
+
+EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_UNAVAILABLE, EXIT_BUSY = 0, 1, 2, 3, 4
+EXIT_NO_DAEMON = EXIT_UNAVAILABLE
+EXIT_INTERRUPTED = 130  # the shell's convention for Ctrl-C
 
 
 class SidecarError(Exception):
@@ -56,6 +79,7 @@ class SidecarError(Exception):
 
     code: ClassVar[str] = "internal_error"
     http_status: ClassVar[int] = 500
+    exit_code: ClassVar[int] = EXIT_FAILED
 
     def __init__(self, message: str, details: dict[str, Any] | None = None, *, code: str | None = None):
         super().__init__(message)
@@ -64,6 +88,10 @@ class SidecarError(Exception):
         if code is not None:
             # Job failures reuse this class with their own code (see JobFailed).
             self.code = code  # type: ignore[misc]
+
+    def cli_line(self) -> str:
+        """The one line a command prints on stderr before exiting with `exit_code`."""
+        return f"error: {self.message}"
 
     def to_body(self) -> dict[str, Any]:
         return {"error": {"code": self.code, "message": self.message, "details": self.details}}
@@ -75,6 +103,7 @@ class SidecarError(Exception):
 class BadRequest(SidecarError):
     http_status = 400
     code = "bad_request"
+    exit_code = EXIT_INPUT
 
 
 class InvalidJson(BadRequest):
@@ -132,21 +161,25 @@ class WorkflowInvalid(BadRequest):
 class PayloadTooLarge(SidecarError):
     http_status = 413
     code = "payload_too_large"
+    exit_code = EXIT_INPUT
 
 
 class UnsupportedMediaType(SidecarError):
     http_status = 415
     code = "unsupported_media_type"
+    exit_code = EXIT_INPUT
 
 
 class Unauthorized(SidecarError):
     http_status = 401
     code = "unauthorized"
+    exit_code = EXIT_INPUT
 
 
 class Forbidden(SidecarError):
     http_status = 403
     code = "forbidden"
+    exit_code = EXIT_INPUT
 
 
 class HostNotAllowed(Forbidden):
@@ -160,6 +193,7 @@ class OriginNotAllowed(Forbidden):
 class NotFound(SidecarError):
     http_status = 404
     code = "not_found"
+    exit_code = EXIT_INPUT
 
 
 class JobNotFound(NotFound):
@@ -173,6 +207,7 @@ class TrainingNotFound(NotFound):
 class Conflict(SidecarError):
     http_status = 409
     code = "conflict"
+    exit_code = EXIT_INPUT
 
 
 class JobNotFinished(Conflict):
@@ -185,6 +220,21 @@ class InvalidState(Conflict):
 
 class TrainingInProgress(Conflict):
     code = "training_in_progress"
+    exit_code = EXIT_BUSY
+
+
+class LoraExists(Conflict):
+    """Promote found another file under the LoRA's name: it is never overwritten."""
+
+    code = "lora_exists"
+    exit_code = EXIT_FAILED
+
+
+class CheckpointFileMissing(Conflict):
+    """A run's checkpoint (or final LoRA) file is no longer on disk."""
+
+    code = "checkpoint_file_missing"
+    exit_code = EXIT_FAILED
 
 
 class QueueFull(SidecarError):
@@ -193,6 +243,7 @@ class QueueFull(SidecarError):
 
     http_status = 429
     code = "queue_full"
+    exit_code = EXIT_FAILED
 
 
 class DiskFull(SidecarError):
@@ -218,11 +269,13 @@ class DataDirLocked(SidecarError):
 
     http_status = 409
     code = "data_dir_locked"
+    exit_code = EXIT_FAILED  # a start-up refusal of `serve`
 
 
 class PortInUse(SidecarError):
     http_status = 409
     code = "port_in_use"
+    exit_code = EXIT_FAILED
 
 
 class JobFailed(SidecarError):
@@ -242,9 +295,11 @@ class PromptLost(SidecarError):
     http_status = 500
 
 
-class DatabaseUnusable(Exception):
+class DatabaseUnusable(SidecarError):
     """The data dir's SQLite file is damaged or not a database. Found at start, before anything else
     uses it; `sidecar serve` prints the message (path and what to do) and exits 1."""
+
+    code = "database_unusable"
 
     def __init__(self, path: object, problem: str):
         self.path = path
@@ -255,13 +310,96 @@ class DatabaseUnusable(Exception):
             "creates a new, empty one "
             "(job history is lost; images in the jobs folder stay), or restore it from a backup."
         )
-        super().__init__(self.message)
+        super().__init__(self.message, {"path": str(path)})
 
 
-class ConfigError(Exception):
-    """A configuration value is wrong. `key` names it; the CLI prints one line and exits 2."""
+class RegJobFailed(JobFailed):
+    """A `sidecar dataset reg` render failed on the daemon; images so far are kept (run again to resume)."""
+
+    code = "job_failed"
+
+    def __init__(self, name: str, job: dict[str, Any]):
+        err = job.get("error") or {}
+        self.name = name
+        self.job = job
+        self.job_code = err.get("code", job.get("status"))
+        super().__init__(f"{name}: job {job.get('id', '?')} {job.get('status')}: "
+                         f"{err.get('message', 'no reason given')} ({self.job_code}). Images so far are kept; "
+                         "run the same command to resume.",
+                         {"jobId": job.get("id"), "jobCode": self.job_code})
+
+
+class ConfigError(SidecarError):
+    """A configuration value is wrong. `key` names it; a command prints one line and exits 2."""
+
+    code = "config_invalid"
+    exit_code = EXIT_INPUT
 
     def __init__(self, key: str, message: str):
-        super().__init__(f"config error: {key}: {message}")
+        super().__init__(f"config error: {key}: {message}", {"key": key})
         self.key = key
         self.message = message
+
+    def cli_line(self) -> str:
+        return f"sidecar: {self}"
+
+
+class LaunchdError(SidecarError):
+    """A value the launchd agents need is missing or wrong; the message says which and how to fix it."""
+
+    code = "launchd_config_invalid"
+    exit_code = EXIT_INPUT
+
+
+class LaunchdUnavailable(SidecarError):
+    """This system has no launchd (the message says what to do instead)."""
+
+    code = "launchd_unavailable"
+    exit_code = EXIT_UNAVAILABLE
+
+    def cli_line(self) -> str:
+        return self.message
+
+
+class LaunchctlFailed(SidecarError):
+    code = "launchctl_failed"
+    exit_code = EXIT_FAILED
+
+
+class DaemonUnavailable(SidecarError):
+    """Nothing answers at the daemon's URL, or what answers is not the daemon."""
+
+    code = "daemon_unavailable"
+    http_status = 503
+    exit_code = EXIT_UNAVAILABLE
+
+
+class DaemonRefused(SidecarError):
+    """An error body from the daemon: its `code`, `message`, `details` and HTTP status. The exit code is
+    that of the code's class in this tree (a 409 `training_in_progress` exits 4), else 2 for a 4xx, 1."""
+
+    def __init__(self, status: int, code: str, message: str, details: dict[str, Any] | None = None):
+        super().__init__(message, details, code=code)
+        self.status = status
+        self.http_status = status  # type: ignore[misc]
+        known = error_class(code)
+        self.exit_code = (known.exit_code if known is not None  # type: ignore[misc]
+                          else EXIT_INPUT if status < 500 else EXIT_FAILED)
+
+    @property
+    def device_busy(self) -> bool:
+        return self.code == TrainingInProgress.code
+
+    def cli_line(self) -> str:
+        return f"error: the daemon refused: {self.message} ({self.code})"
+
+
+def error_class(code: str) -> type[SidecarError] | None:
+    """The class of this tree whose stable code is `code` (None for a code we do not declare)."""
+    todo: list[type[SidecarError]] = [SidecarError]
+    while todo:
+        cls = todo.pop()
+        if cls.__module__ == __name__ and cls.code == code and cls is not DaemonRefused:
+            return cls
+        todo.extend(cls.__subclasses__())
+    return None

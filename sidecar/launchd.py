@@ -3,7 +3,8 @@ with this user's paths, install them into ~/Library/LaunchAgents and (un)load th
 bootstrap|bootout gui/<uid>`. On a system without launchd it explains and stops (`--dry-run` still
 prints the rendered plists). The daemon itself knows nothing of launchd.
 
-Exit codes: 0 ok, 1 launchctl failed, 2 bad configuration, 3 no launchd on this system.
+Exit codes (the classes in `sidecar.errors`): 0 ok, 1 launchctl failed (`LaunchctlFailed`), 2 bad
+configuration (`ConfigError`, `LaunchdError`), 3 no launchd on this system (`LaunchdUnavailable`).
 """
 
 from __future__ import annotations
@@ -21,17 +22,13 @@ from typing import Any
 
 import click
 
-from sidecar.errors import ConfigError
+from sidecar.cli_support import tool_group
+from sidecar.errors import LaunchctlFailed, LaunchdError, LaunchdUnavailable
 
 TEMPLATES_DIR = Path(__file__).resolve().parents[1] / "launchd"  # the project is installed editable
 DAEMON_LABEL = "com.plasma-sidecar.daemon"
 COMFYUI_LABEL = "com.plasma-sidecar.comfyui"
 PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
-EXIT_LAUNCHCTL, EXIT_CONFIG, EXIT_NO_LAUNCHD = 1, 2, 3
-
-
-class LaunchdError(Exception):
-    """A value the agents need is missing or wrong; the message says which and how to fix it."""
 
 
 @dataclass
@@ -173,29 +170,16 @@ NO_LAUNCHD = (f"launchd is macOS's service manager and this system ({sys.platfor
               "`sidecar launchd install --dry-run`.")
 
 
-def _settings(config_file: Path | None):
+def _agents(config_file: Path | None, comfyui: bool | None) -> list[Agent]:
     from sidecar.config import load_settings
 
-    try:
-        return load_settings({}, config_file)[0]
-    except ConfigError as exc:
-        click.echo(f"sidecar: {exc}", err=True)
-        sys.exit(EXIT_CONFIG)
+    return build_agents(load_settings({}, config_file)[0], comfyui=comfyui, config_file=config_file)
 
 
-def _agents(config_file: Path | None, comfyui: bool | None) -> list[Agent]:
-    try:
-        return build_agents(_settings(config_file), comfyui=comfyui, config_file=config_file)
-    except LaunchdError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(EXIT_CONFIG)
-
-
-def _launchctl_or_exit() -> Launchctl:
+def _launchctl() -> Launchctl:
     program = find_launchctl()
     if program is None:
-        click.echo(NO_LAUNCHD, err=True)
-        sys.exit(EXIT_NO_LAUNCHD)
+        raise LaunchdUnavailable(NO_LAUNCHD)
     return Launchctl(program)
 
 
@@ -204,7 +188,7 @@ config_option = click.option("--config", "config_file", type=click.Path(path_typ
 dry_run_option = click.option("--dry-run", is_flag=True, help="print what would be done; change nothing")
 
 
-@click.group("launchd", context_settings={"help_option_names": ["-h", "--help"]})
+@tool_group("launchd")
 def launchd_cli() -> None:
     """Start the daemon (and ComfyUI) at login with launchd agents (macOS).
 
@@ -233,7 +217,7 @@ def install(config_file: Path | None, comfyui: bool | None, dry_run: bool) -> No
             click.echo(f"# {agent.path}")
             click.echo(agent.render().decode())
         return
-    ctl = _launchctl_or_exit()
+    ctl = _launchctl()
     logs_dir().mkdir(parents=True, exist_ok=True)
     for agent in agents:
         Path(agent.plist["WorkingDirectory"]).mkdir(parents=True, exist_ok=True)
@@ -245,9 +229,8 @@ def install(config_file: Path | None, comfyui: bool | None, dry_run: bool) -> No
         os.replace(tmp, agent.path)
         res = ctl.bootstrap(agent.path)
         if res.returncode != 0:
-            click.echo(f"error: launchctl bootstrap {ctl.domain} {agent.path} failed ({res.returncode}): "
-                       f"{(res.stderr or res.stdout).strip()}", err=True)
-            sys.exit(EXIT_LAUNCHCTL)
+            raise LaunchctlFailed(f"launchctl bootstrap {ctl.domain} {agent.path} failed ({res.returncode}): "
+                                  f"{(res.stderr or res.stdout).strip()}")
         click.echo(f"loaded {agent.label} from {agent.path}")
     click.echo(f"logs: {logs_dir()}")
 
@@ -256,7 +239,7 @@ def install(config_file: Path | None, comfyui: bool | None, dry_run: bool) -> No
 @dry_run_option
 def uninstall(dry_run: bool) -> None:
     """Unload the agents and remove their plists."""
-    ctl = None if dry_run else _launchctl_or_exit()
+    ctl = None if dry_run else _launchctl()
     for name, label in (("daemon", DAEMON_LABEL), ("comfyui", COMFYUI_LABEL)):
         path = agents_dir() / f"{label}.plist"
         if dry_run:
@@ -268,9 +251,8 @@ def uninstall(dry_run: bool) -> None:
         if ctl.state(label)["loaded"]:
             res = ctl.bootout(label)
             if res.returncode != 0:
-                click.echo(f"error: launchctl bootout {ctl.domain}/{label} failed: {(res.stderr or res.stdout).strip()}",
-                           err=True)
-                sys.exit(EXIT_LAUNCHCTL)
+                raise LaunchctlFailed(f"launchctl bootout {ctl.domain}/{label} failed: "
+                                      f"{(res.stderr or res.stdout).strip()}")
             click.echo(f"unloaded {label}")
         if path.exists():
             path.unlink()
@@ -290,5 +272,4 @@ def status(as_json: bool) -> None:
                       + (f", pid {row['pid']})" if row["pid"] else ")"), False: "not loaded"}[row["loaded"]]
             click.echo(f"{row['label']:<28} {'installed' if row['installed'] else 'not installed':<14} {loaded}")
     if find_launchctl() is None:
-        click.echo(NO_LAUNCHD, err=True)
-        sys.exit(EXIT_NO_LAUNCHD)
+        raise LaunchdUnavailable(NO_LAUNCHD)

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import click
 
-from sidecar.cli import EXIT_BUSY, EXIT_FAILED, input_errors, report_daemon_error
-from sidecar.cli import current_settings as _settings
-from sidecar.client import DaemonClient, DaemonRefused, DaemonUnavailable
+from sidecar.cli_support import current_settings as _settings
+from sidecar.cli_support import tool_group, url_option
+from sidecar.client import DaemonClient
 from sidecar.dataprep import caption as caption_mod
 from sidecar.dataprep import check as check_mod
 from sidecar.dataprep import crop as crop_mod
@@ -26,7 +26,7 @@ from sidecar.dataprep import layout as layout_mod
 from sidecar.dataprep import reg as reg_mod
 from sidecar.dataprep.files import DEFAULT_FLIP_TAG, refuse_existing
 from sidecar.dataprep.progress import LineReporter, RichReporter
-from sidecar.errors import DatasetInvalid
+from sidecar.errors import EXIT_FAILED, DatasetInvalid, TrainingInProgress
 
 
 def _trigger(value: str | None) -> str:
@@ -39,7 +39,7 @@ flip_tag_option = click.option("--flip-tag", default=DEFAULT_FLIP_TAG, show_defa
                                help="tag that marks a flipped image's caption ('' for none)")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@tool_group()
 def dataset() -> None:
     """Turn a reference sheet into a captioned kohya training set.
 
@@ -87,47 +87,46 @@ def crop(sheet: Path, regions_path: Path | None, auto: bool, out: Path | None, s
     """
     if not auto and (regions_path is None or out is None):
         raise click.UsageError("give --regions FILE and --out DIR (or --auto to find the figures first)")
-    with input_errors():
-        image = crop_mod.read_sheet(sheet)
-        if auto:
-            regions_path = regions_path or sheet.with_name(f"{sheet.stem}.regions.toml")
-            found = crop_mod.detect_regions(image, _slug(sheet.stem), tolerance=tolerance)
-            if not found.regions:
-                raise DatasetInvalid(
-                    f"No figures found on {sheet}: the whole sheet is its background colour "
-                    f"{crop_mod.to_hex(found.background)} within --tolerance {tolerance}.", {"file": str(sheet)})
-            if not overwrite:
-                refuse_existing([regions_path], "pass --overwrite to replace it (your edits would be lost).")
-            regions, bg = found.regions, found.background
-        else:
-            assert regions_path is not None
-            parsed = crop_mod.load_regions(regions_path, image.size)
-            if parsed.sheet and parsed.sheet != sheet.name:
-                click.echo(f"warning: {regions_path} was written for {parsed.sheet}, not {sheet.name}", err=True)
-            regions = parsed.region
-            bg = crop_mod.parse_hex(parsed.background) if parsed.background else crop_mod.border_colour(image)
-        if background:
-            bg = crop_mod.parse_hex(background)
-        plans = []
-        if out is not None:
-            if out.exists() and not out.is_dir():
-                raise DatasetInvalid(f"{out} is a file; --out must be a folder.", {"file": str(out)})
-            plans = crop_mod.plan_crops(image, regions, out, size=size, fit=fit, background=bg)  # type: ignore[arg-type]
-            if not overwrite:
-                refuse_existing([p.target for p in plans], "pass --overwrite to replace them.")
-        if auto:
-            crop_mod.write_regions(regions_path, regions, sheet, bg)
-            click.echo(f"found {len(regions)} figure(s) on {sheet.name} (background {crop_mod.to_hex(bg)}"
-                       + (f", {found.dropped} small mark(s) ignored" if found.dropped else "") + ")")
-            for r in regions:
-                click.echo(f"  {r.name}: x={r.x} y={r.y} {r.width}x{r.height}")
-            click.echo(f"wrote {regions_path}: adjust it, then run "
-                       f"`sidecar dataset crop {sheet} --regions {regions_path} --out DIR`")
-        crop_mod.write_crops(plans)
-        for p in plans:
-            click.echo(f"wrote {p.target} ({p.image.width}x{p.image.height})")
-            for w in p.warnings:
-                click.echo(f"warning: {w}", err=True)
+    image = crop_mod.read_sheet(sheet)
+    if auto:
+        regions_path = regions_path or sheet.with_name(f"{sheet.stem}.regions.toml")
+        found = crop_mod.detect_regions(image, _slug(sheet.stem), tolerance=tolerance)
+        if not found.regions:
+            raise DatasetInvalid(
+                f"No figures found on {sheet}: the whole sheet is its background colour "
+                f"{crop_mod.to_hex(found.background)} within --tolerance {tolerance}.", {"file": str(sheet)})
+        if not overwrite:
+            refuse_existing([regions_path], "pass --overwrite to replace it (your edits would be lost).")
+        regions, bg = found.regions, found.background
+    else:
+        assert regions_path is not None
+        parsed = crop_mod.load_regions(regions_path, image.size)
+        if parsed.sheet and parsed.sheet != sheet.name:
+            click.echo(f"warning: {regions_path} was written for {parsed.sheet}, not {sheet.name}", err=True)
+        regions = parsed.region
+        bg = crop_mod.parse_hex(parsed.background) if parsed.background else crop_mod.border_colour(image)
+    if background:
+        bg = crop_mod.parse_hex(background)
+    plans = []
+    if out is not None:
+        if out.exists() and not out.is_dir():
+            raise DatasetInvalid(f"{out} is a file; --out must be a folder.", {"file": str(out)})
+        plans = crop_mod.plan_crops(image, regions, out, size=size, fit=fit, background=bg)  # type: ignore[arg-type]
+        if not overwrite:
+            refuse_existing([p.target for p in plans], "pass --overwrite to replace them.")
+    if auto:
+        crop_mod.write_regions(regions_path, regions, sheet, bg)
+        click.echo(f"found {len(regions)} figure(s) on {sheet.name} (background {crop_mod.to_hex(bg)}"
+                   + (f", {found.dropped} small mark(s) ignored" if found.dropped else "") + ")")
+        for r in regions:
+            click.echo(f"  {r.name}: x={r.x} y={r.y} {r.width}x{r.height}")
+        click.echo(f"wrote {regions_path}: adjust it, then run "
+                   f"`sidecar dataset crop {sheet} --regions {regions_path} --out DIR`")
+    crop_mod.write_crops(plans)
+    for p in plans:
+        click.echo(f"wrote {p.target} ({p.image.width}x{p.image.height})")
+        for w in p.warnings:
+            click.echo(f"warning: {w}", err=True)
 
 
 def _slug(stem: str) -> str:
@@ -155,9 +154,8 @@ def flip(folder: Path, tag: str, only: tuple[str, ...]) -> None:
       sidecar dataset flip set/
       sidecar dataset flip set/ --only 'back*' --only 'side_*'
     """
-    with input_errors():
-        result = flip_mod.plan_flips(folder, tag, only)
-        flip_mod.write_flips(result.planned)
+    result = flip_mod.plan_flips(folder, tag, only)
+    flip_mod.write_flips(result.planned)
     for p in result.planned:
         click.echo(f"wrote {p.target.name}" + (f"  ({p.caption})" if p.caption else "  (no caption: source has none)"))
     if result.skipped_existing:
@@ -191,19 +189,18 @@ def caption(folder: Path, init: bool, table: Path | None, trigger: str | None, f
       sidecar dataset caption set/ --trigger spyke_plasma_v1 --table set/captions.csv
     """
     table = table or folder / "captions.csv"
-    with input_errors():
-        word = _trigger(trigger)
-        if init:
-            result = caption_mod.init_table(folder, table, word)
-            caption_mod.write_table(table, result.rows)
-            click.echo(f"wrote {table}: {len(result.rows)} row(s) ({len(result.added)} new"
-                       + (f", {len(result.prefilled)} prefilled from existing captions" if result.prefilled else "")
-                       + (f", dropped {len(result.dropped)} for missing images" if result.dropped else "") + ")")
-            click.echo(f"fill in framing, pose, background, then run "
-                       f"`sidecar dataset caption {folder} --table {table}`")
-            return
-        writes = caption_mod.plan_captions(folder, table, word, flip_tag)
-        caption_mod.write_captions(writes)
+    word = _trigger(trigger)
+    if init:
+        result = caption_mod.init_table(folder, table, word)
+        caption_mod.write_table(table, result.rows)
+        click.echo(f"wrote {table}: {len(result.rows)} row(s) ({len(result.added)} new"
+                   + (f", {len(result.prefilled)} prefilled from existing captions" if result.prefilled else "")
+                   + (f", dropped {len(result.dropped)} for missing images" if result.dropped else "") + ")")
+        click.echo(f"fill in framing, pose, background, then run "
+                   f"`sidecar dataset caption {folder} --table {table}`")
+        return
+    writes = caption_mod.plan_captions(folder, table, word, flip_tag)
+    caption_mod.write_captions(writes)
     for w in writes:
         click.echo(f"{w.path.name}: {w.text}")
     click.echo(f"wrote {len(writes)} caption(s)")
@@ -237,11 +234,10 @@ def check(folder: Path, trigger: str | None, flip_tag: str, min_images: int, max
       sidecar dataset check set/
       sidecar dataset check set/ --symmetric --json
     """
-    with input_errors():
-        opts = check_mod.CheckOptions(trigger=_trigger(trigger), min_images=min_images, max_images=max_images,
-                                      size=size, asymmetric=asymmetric, max_flip_share=max_flip_share,
-                                      flip_tag=flip_tag, max_phash=max_hash_distance)
-        report = check_mod.check_dataset(folder, opts)
+    opts = check_mod.CheckOptions(trigger=_trigger(trigger), min_images=min_images, max_images=max_images,
+                                  size=size, asymmetric=asymmetric, max_flip_share=max_flip_share,
+                                  flip_tag=flip_tag, max_phash=max_hash_distance)
+    report = check_mod.check_dataset(folder, opts)
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2))
     else:
@@ -296,18 +292,17 @@ def layout(folder: Path, repeats: int, class_name: str, out: Path, trigger: str 
       sidecar dataset layout set/ --repeats 10 --class "anime character" --reg reg/ --out train/
       # -> train/img/10_spyke_plasma_v1 anime character/   train/reg/1_anime character/
     """
-    with input_errors():
-        word = _trigger(trigger)
-        if not skip_check:
-            report = check_mod.check_dataset(folder, check_mod.CheckOptions(trigger=word))
-            if report.errors:
-                print_report(report)
-                click.echo("error: the set has errors (above); fix them or pass --skip-check. Nothing was written.",
-                           err=True)
-                sys.exit(EXIT_FAILED)
-        plan = layout_mod.plan_layout(folder, out, repeats=repeats, class_name=class_name, trigger=word,
-                                      reg=reg_dir, reg_repeats=reg_repeats, overwrite=overwrite)
-        layout_mod.apply_layout(plan)
+    word = _trigger(trigger)
+    if not skip_check:
+        report = check_mod.check_dataset(folder, check_mod.CheckOptions(trigger=word))
+        if report.errors:
+            print_report(report)
+            click.echo("error: the set has errors (above); fix them or pass --skip-check. Nothing was written.",
+                       err=True)
+            sys.exit(EXIT_FAILED)
+    plan = layout_mod.plan_layout(folder, out, repeats=repeats, class_name=class_name, trigger=word,
+                                  reg=reg_dir, reg_repeats=reg_repeats, overwrite=overwrite)
+    layout_mod.apply_layout(plan)
     images = sum(1 for c in plan.copies if c.target.parts[0] == "img" and c.target.suffix != ".txt")
     regs = sum(1 for c in plan.copies if c.target.parts[0] == "reg" and c.target.suffix != ".txt")
     click.echo(f"wrote {plan.train_data_dir / plan.img_subset} ({images} images)")
@@ -337,7 +332,7 @@ def layout(folder: Path, repeats: int, class_name: str, out: Path, trigger: str 
 @click.option("--sampler", default=None, help="[default: the daemon's]")
 @click.option("--scheduler", default=None, help="[default: the daemon's]")
 @click.option("--checkpoint", default=None, help="base model file name [default: the daemon's]")
-@click.option("--url", default=None, help="the daemon [default: http://<host>:<port> from the configuration]")
+@url_option
 @click.option("--force", is_flag=True, help="resume even though reg.json records other settings")
 @click.option("--poll-interval", default=1.0, type=click.FloatRange(min=0.01), hidden=True)
 def reg(count: int, prompt: str, out: Path, caption_text: str | None, seed: int, width: int, height: int,
@@ -354,9 +349,8 @@ def reg(count: int, prompt: str, out: Path, caption_text: str | None, seed: int,
     spec = reg_mod.RegSpec(count=count, prompt=prompt, caption=(caption_text or prompt).strip(), seed=seed,
                            width=width, height=height, negative_prompt=negative_prompt, steps=steps, cfg=cfg,
                            sampler=sampler, scheduler=scheduler, checkpoint=checkpoint)
-    with input_errors():
-        plan = reg_mod.plan_reg(spec, out, force=force)
-        daemon = DaemonClient.for_settings(_settings(), url)
+    plan = reg_mod.plan_reg(spec, out, force=force)
+    daemon = DaemonClient.for_settings(_settings(), url)
     if plan.done:
         click.echo(f"{len(plan.done)} of {count} image(s) already in {out}; rendering {len(plan.todo)}")
     code = asyncio.run(_reg(plan, daemon, poll_interval))
@@ -370,16 +364,10 @@ async def _reg(plan: reg_mod.RegPlan, daemon: DaemonClient, poll_interval: float
             # Ask first, so that a daemon that is down or busy training leaves --out untouched.
             training = (await client.health()).get("training")
             if training and plan.todo:
-                click.echo(f"error: LoRA training {training.get('id')} holds the device (step "
-                           f"{training.get('step', '?')}/{training.get('total', '?')}); run `reg` again when it "
-                           "ends.", err=True)
-                return EXIT_BUSY
+                raise TrainingInProgress(f"LoRA training {training.get('id')} holds the device (step "
+                                         f"{training.get('step', '?')}/{training.get('total', '?')}); run `reg` "
+                                         "again when it ends.", {"trainingId": training.get("id")})
             await reg_mod.run_reg(plan, client, reporter, poll_interval=poll_interval)
-    except (DaemonUnavailable, DaemonRefused) as exc:
-        return report_daemon_error(exc)
-    except reg_mod.RegJobFailed as exc:
-        click.echo(f"error: {exc}. Images so far are kept; run the same command to resume.", err=True)
-        return EXIT_FAILED
     finally:
         reporter.close()
     click.echo(f"{plan.spec.count} image(s) with captions in {plan.out}")

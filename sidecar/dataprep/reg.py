@@ -20,7 +20,7 @@ from PIL import Image, UnidentifiedImageError
 
 from sidecar.client import DaemonClient
 from sidecar.dataprep.files import caption_path, open_image, read_caption, write_bytes, write_text
-from sidecar.errors import DatasetInvalid
+from sidecar.errors import DatasetInvalid, RegJobFailed
 
 MANIFEST = "reg.json"
 MAX_COUNT = 1000
@@ -162,13 +162,3 @@ def _save(path: Path, data: bytes, caption: str) -> None:
             "code": "bad_image", "message": f"the daemon sent an unreadable image ({exc})"}}) from None
     write_bytes(path, data)
     write_text(caption_path(path), caption + "\n")
-
-
-class RegJobFailed(Exception):
-    def __init__(self, name: str, job: dict[str, Any]):
-        err = job.get("error") or {}
-        self.name = name
-        self.job = job
-        self.code = err.get("code", job.get("status"))
-        super().__init__(f"{name}: job {job.get('id', '?')} {job.get('status')}: "
-                         f"{err.get('message', 'no reason given')} ({self.code})")

@@ -10,8 +10,8 @@ from typing import Any
 
 import click
 
-from sidecar.cli import config_options, settings_from
-from sidecar.errors import SidecarError
+from sidecar.cli_support import config_options, settings_from
+from sidecar.errors import EXIT_BUSY, EXIT_FAILED, DaemonRefused, SidecarError
 from sidecar.doctor.bench import run_bench
 from sidecar.doctor.checks import Check, run_checks
 
@@ -73,18 +73,16 @@ def doctor(as_json: bool, bench: bool, runs: int, url: str | None, poll_interval
     bench_result = None
     code = 1 if failed else 0
     if bench:
-        from sidecar.client import DaemonRefused, daemon_url
-
         try:
-            bench_result = asyncio.run(run_bench(settings, url or daemon_url(settings), runs,
-                                                 poll_interval))
+            bench_result = asyncio.run(run_bench(settings, url or settings.daemon_url, runs, poll_interval))
             code = code or (0 if bench_result["underLimit"] else 1)
         except DaemonRefused as exc:
             bench_result = {"error": {"code": exc.code, "message": exc.message}}
-            code = 4 if exc.device_busy else 1
+            # A refused bench is a failed check, reported in the table, unless training holds the device.
+            code = EXIT_BUSY if exc.exit_code == EXIT_BUSY else EXIT_FAILED
         except SidecarError as exc:  # data_dir_locked: another daemon owns the data dir and does not answer
             bench_result = {"error": {"code": exc.code, "message": exc.message}}
-            code = 1
+            code = EXIT_FAILED
         except Exception as exc:  # an engine that cannot start: say so, as a failed bench
             bench_result = {"error": {"code": "bench_failed", "message": f"{type(exc).__name__}: {exc}"}}
             code = 1

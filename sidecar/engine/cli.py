@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import click
 
+from sidecar.cli_support import tool_group
+from sidecar.errors import EngineUnavailable
 
-@click.group()
+
+@tool_group()
 def models() -> None:
     """Embedded-engine models (a ComfyUI-style dir: checkpoints/, loras/, controlnet/).
 
@@ -42,9 +44,7 @@ def make_tiny(out: Path, seed: int, full_size: bool, fp16: bool, as_json: bool) 
 
         from sidecar.engine.tiny import make_models
     except ImportError as exc:
-        click.echo(f"sidecar models: the embedded engine is not installed ({exc}); "
-                   "pip install -e '.[engine]'", err=True)
-        sys.exit(1)
+        raise EngineUnavailable(f"the embedded engine is not installed ({exc}); pip install -e '.[engine]'") from None
     written = make_models(out, seed=seed, full_size=full_size, dtype=torch.float16 if fp16 else torch.float32)
     paths = {"checkpoint": str(written.checkpoint), "lora": str(written.lora), "controlnet": str(written.controlnet)}
     if as_json:

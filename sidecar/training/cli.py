@@ -15,10 +15,8 @@ from typing import Any
 
 import click
 
-from sidecar.cli import EXIT_FAILED, EXIT_INPUT, input_errors, report_daemon_error
-from sidecar.cli import current_settings as _settings
-from sidecar.client import DaemonRefused, DaemonUnavailable
-from sidecar.errors import SidecarError
+from sidecar.cli_support import current_settings, tool_group, url_option
+from sidecar.errors import EXIT_FAILED, InvalidField, TrainingNotFound
 from sidecar.training import runs_cli
 from sidecar.training import sweep as sweep_mod
 from sidecar.training.client import TrainingClient
@@ -50,7 +48,7 @@ class _Bar:
         self.progress.stop()
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@tool_group()
 def loras() -> None:
     """Train LoRAs, compare a run's checkpoints (sweep) and install one (promote).
 
@@ -85,7 +83,7 @@ for command in runs_cli.COMMANDS:
 @click.option("--loras-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="the daemon's LoRA folder [default: ComfyUI's models/loras when configured, else <models>/loras]")
 @click.option("--keep-staged", is_flag=True, help="leave the checkpoints linked in the LoRA folder afterwards")
-@click.option("--url", default=None, help="the daemon [default: http://<host>:<port> from the configuration]")
+@url_option
 @click.option("--json", "as_json", is_flag=True, help="print the index as JSON")
 @click.option("--poll-interval", default=1.0, type=click.FloatRange(min=0.01), hidden=True)
 def sweep(run: str, prompts_file: Path, seeds: str, out: Path | None, strength: float | None, steps: int | None,
@@ -96,12 +94,11 @@ def sweep(run: str, prompts_file: Path, seeds: str, out: Path | None, strength: 
     Each checkpoint is linked into the daemon's LoRA folder under a `sweep--...` name for the
     duration (that is how the daemon and ComfyUI find LoRAs: by file name), then removed.
     """
-    with input_errors():
-        settings = _settings()
-        prompts = sweep_mod.read_prompts(prompts_file)
-        seed_list = sweep_mod.parse_seeds(seeds)
-        target_dir = sweep_mod.lora_dir(settings, loras_dir)
-        daemon = TrainingClient.for_settings(settings, url)
+    settings = current_settings()
+    prompts = sweep_mod.read_prompts(prompts_file)
+    seed_list = sweep_mod.parse_seeds(seeds)
+    target_dir = sweep_mod.lora_dir(settings, loras_dir)
+    daemon = TrainingClient.for_settings(settings, url)
     job: dict[str, Any] = {}
     if strength is not None:
         job["loraStrength"] = strength
@@ -123,20 +120,14 @@ async def _sweep(ref: str, prompts: list[str], seeds: list[int], out: Path | Non
         async with daemon as client:
             run = await client.find_run(ref)
             folder = out or Path(run["outputDir"]).parent / "sweep"
-            try:
-                plan = sweep_mod.plan_sweep(run, prompts, seeds, folder, target_dir, baseline)
-                await asyncio.to_thread(sweep_mod.stage, plan)
-            except SidecarError as exc:
-                click.echo(f"error: {exc.message}", err=True)
-                return EXIT_INPUT
+            plan = sweep_mod.plan_sweep(run, prompts, seeds, folder, target_dir, baseline)
+            await asyncio.to_thread(sweep_mod.stage, plan)
             if isinstance(reporter, _Bar):
                 reporter.progress.update(reporter.task, total=len(plan.cells))
             else:
                 click.echo(f"sweeping {len(plan.columns)} checkpoint(s) x {len(plan.rows)} prompt/seed row(s) "
                            f"= {len(plan.cells)} render(s)")
             await sweep_mod.render(plan, client, reporter, job, poll_interval)
-    except (DaemonUnavailable, DaemonRefused) as exc:
-        return report_daemon_error(exc)
     finally:
         if isinstance(reporter, _Bar):
             reporter.close()
@@ -172,26 +163,19 @@ def promote(run: str, step: int | None, name: str | None, loras_dir: Path | None
     Copies it into the LoRA folder named for the character; an existing different file of that
     name is never overwritten (exit 1). Works without the daemon (reads its database).
     """
-    with input_errors():
-        settings = _settings()
-        target_dir = sweep_mod.lora_dir(settings, loras_dir)
-        if not settings.db_path.is_file():
-            click.echo(f"error: no daemon database at {settings.db_path}; is data_dir right?", err=True)
-            sys.exit(EXIT_INPUT)
-        store = TrainingStore(settings.db_path)
-        store.open_sync()
-        try:
-            record = store.find_sync(run)
-        finally:
-            store.close_sync()
-        if record is None:
-            click.echo(f"error: no training run with id or output name {run!r}.", err=True)
-            sys.exit(EXIT_INPUT)
+    settings = current_settings()
+    target_dir = sweep_mod.lora_dir(settings, loras_dir)
+    if not settings.db_path.is_file():
+        raise InvalidField(f"no daemon database at {settings.db_path}; is data_dir right?", {"field": "data_dir"})
+    store = TrainingStore(settings.db_path)
+    store.open_sync()
     try:
-        result = promote_run(record, step, target_dir, name)
-    except SidecarError as exc:
-        click.echo(f"error: {exc.message}", err=True)
-        sys.exit(EXIT_FAILED if exc.code == "invalid_state" else EXIT_INPUT)
+        record = store.find_sync(run)
+    finally:
+        store.close_sync()
+    if record is None:
+        raise TrainingNotFound(f"no training run with id or output name {run!r}.", {"run": run})
+    result = promote_run(record, step, target_dir, name)
     if as_json:
         click.echo(json.dumps({"path": str(result.path), "loraId": result.lora_id, "step": result.step,
                                "alreadyInstalled": result.already}))

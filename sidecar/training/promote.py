@@ -15,7 +15,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from sidecar.errors import InvalidField, InvalidState
+from sidecar.errors import CheckpointFileMissing, InvalidField, InvalidState, LoraExists
 from sidecar.training.store import RunRecord
 from sidecar.training.wire import NAME_PATTERN
 
@@ -60,23 +60,23 @@ def promote(run: RunRecord, step: int | None, loras_dir: Path, name: str | None 
         raise InvalidField(f"--name {name!r} must be a plain file name (letters, digits, . _ -).", {"field": "name"})
     step, source = choose(run, step)
     if not source.is_file():
-        raise InvalidState(f"The checkpoint file {source} no longer exists.", {"file": str(source)})
+        raise CheckpointFileMissing(f"The checkpoint file {source} no longer exists.", {"file": str(source)})
     loras_dir.mkdir(parents=True, exist_ok=True)
     target = loras_dir / f"{name}.safetensors"
     if target.exists():
         if _digest(target) == _digest(source):
             return Promoted(target, name, step, already=True)
-        raise InvalidState(f"{target} already exists and is another file; it is not overwritten. Choose another "
+        raise LoraExists(f"{target} already exists and is another file; it is not overwritten. Choose another "
                            "--name (e.g. with a version suffix) or remove it yourself.", {"file": str(target)})
     tmp = loras_dir / f".{name}.safetensors.promote-tmp"
     shutil.copyfile(source, tmp)
     try:
         os.link(tmp, target)  # fails if the name was taken meanwhile: never replaces
     except FileExistsError:
-        raise InvalidState(f"{target} appeared while copying; it is not overwritten.", {"file": str(target)}) from None
+        raise LoraExists(f"{target} appeared while copying; it is not overwritten.", {"file": str(target)}) from None
     except OSError:  # no hard links on this file system: checked just above, so a rename is as good
         if target.exists():
-            raise InvalidState(f"{target} appeared while copying; it is not overwritten.",
+            raise LoraExists(f"{target} appeared while copying; it is not overwritten.",
                                {"file": str(target)}) from None
         os.replace(tmp, target)
     finally:

@@ -18,12 +18,10 @@ from typing import Any
 
 import click
 
-from sidecar.cli import EXIT_FAILED, current_settings, report_daemon_error
-from sidecar.client import DaemonRefused, DaemonUnavailable
+from sidecar.cli_support import current_settings, url_option
+from sidecar.errors import EXIT_FAILED, EXIT_INTERRUPTED
 from sidecar.training.client import TrainingClient
 
-url_option = click.option("--url", default=None, help="the daemon [default: http://<host>:<port> from the "
-                                                      "configuration]")
 json_option = click.option("--json", "as_json", is_flag=True, help="machine-readable output (the run's JSON)")
 
 
@@ -125,7 +123,7 @@ def _finish(run: dict[str, Any], as_json: bool) -> int:
 
 
 def _call(url: str | None, work: Callable[[TrainingClient], Awaitable[int]]) -> None:
-    """Run `work` against the daemon; map the client's exceptions to exit codes, Ctrl-C to a detach."""
+    """Run `work` against the daemon; Ctrl-C detaches. The client's errors reach the group's handler."""
     daemon = _client(url)
 
     async def go() -> int:
@@ -134,12 +132,10 @@ def _call(url: str | None, work: Callable[[TrainingClient], Awaitable[int]]) -> 
 
     try:
         code = asyncio.run(go())
-    except (DaemonUnavailable, DaemonRefused) as exc:
-        code = report_daemon_error(exc)
     except KeyboardInterrupt:
         click.echo("\nstopped following; the training goes on (`sidecar loras status` / `sidecar loras cancel`).",
                    err=True)
-        code = 130
+        code = EXIT_INTERRUPTED
     sys.exit(code)
 
 
