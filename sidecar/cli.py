@@ -126,8 +126,6 @@ def main() -> None:
 
 @main.command()
 @config_options
-@click.option("--log-stderr/--no-log-stderr", "log_stderr", default=None,
-              help="also log to stderr [default: on]; the launchd agent turns it off (the rotating log only)")
 def serve(**flags: Any) -> None:
     """Run the daemon in the foreground (Ctrl-C stops it and its ComfyUI, if it started one)."""
     from aiohttp import web

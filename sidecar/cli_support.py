@@ -7,10 +7,16 @@ imports a command module, so the lazy command table never imports back into its 
 
 from __future__ import annotations
 
+import types
+import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
+from pydantic import SecretStr
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUndefined
 
 from sidecar.config import Settings, load_settings
 from sidecar.errors import SidecarError
@@ -35,29 +41,54 @@ def tool_group(name: str | None = None, **kwargs: Any):
     return click.group(name, cls=ToolGroup, context_settings=CONTEXT_SETTINGS, **kwargs)
 
 
+def _flag_type(annotation: Any) -> tuple[Any, bool] | None:
+    """A setting's click type and whether the flag repeats (a list); None for a table (file only)."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(args) != 1:
+            return None
+        annotation = args[0]
+    origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
+        return click.Choice([str(a) for a in typing.get_args(annotation)]), False
+    if origin in (list, tuple, set, frozenset):
+        inner = _flag_type(typing.get_args(annotation)[0])
+        return (inner[0], True) if inner is not None and not inner[1] else None
+    if annotation is Path:
+        return click.Path(path_type=Path), False
+    if annotation in (str, int, float, bool):
+        return annotation, False
+    if annotation is SecretStr:  # typed on the command line, kept secret in the model
+        return str, False
+    return None
+
+
+def _setting_option(name: str, field: FieldInfo) -> Callable[[Any], Any] | None:
+    """The `--name-with-dashes` option of one setting: its help is the field's description and click
+    shows the field's default. Only a value given on the command line counts as a flag (see
+    `settings_from`), so the environment and the file still override the defaults."""
+    extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+    kind = (str, False) if extra.get("flag_type") == "text" else _flag_type(field.annotation)
+    if kind is None:
+        return None
+    click_type, multiple = kind
+    flag = "--" + name.replace("_", "-")
+    default = None if field.default is PydanticUndefined or multiple else field.default
+    if click_type is bool:
+        flag, click_type = f"{flag}/--no-{flag[2:]}", None
+    return click.option(flag, name, type=click_type, default=default, multiple=multiple, help=field.description,
+                        show_default=default not in (None, ""))
+
+
 def config_options(f):
-    """Options shared by every command that needs the settings; each mirrors a config key."""
-    opts = [
-        click.option("--host", default=None, help="bind address [default: 127.0.0.1]"),
-        click.option("--port", type=int, default=None, help="[default: 3000]"),
-        click.option("--allow-remote", is_flag=True, default=None, help="allow binding to a non-loopback address"),
-        click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
-                     help="TOML config file [default: ~/.config/plasma-sidecar/config.toml]"),
-        click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="jobs, logs, database"),
-        click.option("--profile", default=None, help="hardware profile [default: m1pro-16gb]"),
-        click.option("--engine", type=click.Choice(["auto", "embedded", "comfyui"]), default=None,
-                     help="generation backend; auto = ComfyUI when configured, else embedded"),
-        click.option("--models-dir", type=click.Path(path_type=Path), default=None,
-                     help="checkpoints/, loras/, controlnet/ for the embedded engine [default: <data-dir>/models]"),
-        click.option("--device", type=click.Choice(["auto", "mps", "cuda", "cpu"]), default=None),
-        click.option("--comfyui-url", default=None, help="attach to a running ComfyUI"),
-        click.option("--comfyui-dir", type=click.Path(path_type=Path), default=None,
-                     help="ComfyUI install to start and supervise"),
-        click.option("--comfyui-python", type=click.Path(path_type=Path), default=None,
-                     help="python of ComfyUI's venv (managed mode)"),
-        click.option("--kohya-dir", type=click.Path(path_type=Path), default=None, help="kohya_ss sd-scripts dir"),
-        click.option("--kohya-python", type=click.Path(path_type=Path), default=None, help="python of kohya's venv"),
-    ]
+    """One option per setting (`sidecar.config.Settings`), plus `--config FILE`."""
+    opts = [click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
+                         help="TOML config file [default: $SIDECAR_CONFIG, else "
+                              "~/.config/plasma-sidecar/config.toml]")]
+    for name, field in Settings.model_fields.items():
+        opt = _setting_option(name, field)
+        if opt is not None:
+            opts.append(opt)
     for opt in reversed(opts):
         f = opt(f)
     return f
@@ -65,9 +96,14 @@ def config_options(f):
 
 def settings_from(flags: dict[str, Any]) -> tuple[Settings, dict[str, str]]:
     """The effective settings from a command's configuration flags (pops `config_file`); a bad value
-    raises `ConfigError`, which the group reports (exit 2)."""
+    raises `ConfigError`, which the group reports (exit 2). Only flags given on the command line
+    count: an option left at the default click shows must not hide the environment or the file."""
     config_file = flags.pop("config_file", None)
-    return load_settings(flags, config_file)
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        flags = {k: v for k, v in flags.items()
+                 if ctx.get_parameter_source(k) in (click.core.ParameterSource.COMMANDLINE, None)}
+    return load_settings({k: v for k, v in flags.items() if v != ()}, config_file)
 
 
 def current_settings() -> Settings:

@@ -49,21 +49,26 @@ def default_data_dir() -> Path:
 
 
 class Settings(BaseSettings):
-    """Every knob of the daemon. Field names are the TOML keys; env vars are SIDECAR_<NAME>."""
+    """Every knob of the daemon. Field names are the TOML keys; env vars are SIDECAR_<NAME>; flags
+    --<name-with-dashes> (built from these fields by `sidecar.cli_support.config_options`). Every
+    field has a `description`: it is the flag's help, and README's configuration table lists them all
+    (tests/test_docs.py checks both)."""
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
 
     # -- server
-    host: str = "127.0.0.1"
-    port: int = Field(3000, ge=1, le=65535)
-    allow_remote: bool = False
-    data_dir: Path = Field(default_factory=default_data_dir)
-    profile: str = "m1pro-16gb"
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    host: str = Field("127.0.0.1", description="bind address; a non-loopback one needs allow_remote")
+    port: int = Field(3000, ge=1, le=65535, description="TCP port of the HTTP API")
+    allow_remote: bool = Field(False, description="allow binding to a non-loopback address (logs a warning)")
+    data_dir: Path = Field(default_factory=default_data_dir,
+                           description="SQLite database, job images and logs [default: ~/.local/share/plasma-sidecar, "
+                                       "macOS ~/Library/Application Support/plasma-sidecar]")
+    profile: str = Field("m1pro-16gb", description="hardware profile: the resolution, batch and ControlNet limits")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log verbosity")
     log_stderr: bool = Field(
         True, description="also write the log to stderr (a terminal); the launchd agent turns it off "
                           "(--no-log-stderr) so its log goes only to the rotating <data_dir>/logs/sidecar.log")
-    max_body_bytes: int = Field(1_048_576, ge=1024, description="largest request body accepted")
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="largest request body accepted, in bytes")
     max_queue: int = Field(512, ge=1, description="most jobs waiting to run; past it POST /jobs answers 429 "
                                                   "queue_full (Ollama's OLLAMA_MAX_QUEUE default)")
     events_buffer: int = Field(1000, ge=16, description="events held for one /events client that reads too "
@@ -90,51 +95,59 @@ class Settings(BaseSettings):
                     "settings (SIDECAR_TOKEN or the config file)")
 
     # -- generation backend
-    engine: Literal["auto", "embedded", "comfyui"] = "auto"
-    models_dir: Path | None = None
-    device: Literal["auto", "mps", "cuda", "cpu"] = "auto"
-    workflows_dir: Path = REPO_ROOT / "workflows"
+    engine: Literal["auto", "embedded", "comfyui"] = Field(
+        "auto", description="generation backend; auto = ComfyUI when comfyui_url/comfyui_dir is set, else embedded")
+    models_dir: Path | None = Field(None, description="checkpoints/, loras/, controlnet/ of the embedded engine "
+                                                      "[default: <data_dir>/models]")
+    device: Literal["auto", "mps", "cuda", "cpu"] = Field("auto", description="torch device of the embedded engine")
+    workflows_dir: Path = Field(REPO_ROOT / "workflows", description="the workflow templates and their manifest")
     keep_alive: float = Field(
         300.0, description="how long the embedded engine keeps its models loaded after the last job, as "
                            "Ollama's keep_alive: \"5m\", \"30s\", \"1h\" or seconds; 0 unloads after each job, "
-                           "-1 never unloads")
+                           "-1 never unloads",
+        json_schema_extra={"flag_type": "text"})  # "5m" is a value: the flag takes text, the model parses it
     keep_days: int = Field(
         30, ge=0, description="finished jobs older than this many days are removed with their images in the "
                               "data dir (at start, daily, and by `sidecar gc`); 0 keeps them forever. Pages the "
                               "pipeline saved in the artist's project are never touched")
 
     # -- ComfyUI (attach with comfyui_url, or manage with comfyui_dir + comfyui_python)
-    comfyui_url: str | None = None
-    comfyui_dir: Path | None = None
-    comfyui_python: Path | None = None
-    comfyui_port: int = Field(8188, ge=1, le=65535)
+    comfyui_url: str | None = Field(None, description="attach to a running ComfyUI at this URL")
+    comfyui_dir: Path | None = Field(None, description="ComfyUI install to start and supervise (managed mode)")
+    comfyui_python: Path | None = Field(None, description="python of ComfyUI's venv (managed mode)")
+    comfyui_port: int = Field(8188, ge=1, le=65535, description="port of the managed ComfyUI")
     comfyui_extra_args: str = Field(
         "", description="managed mode: more flags for ComfyUI's main.py, split like a shell command line "
         "(e.g. `--cpu --preview-method auto`); they come last, so they win over the daemon's own")
-    comfyui_start_timeout: float = Field(120.0, gt=0)
-    comfyui_unavailable_deadline: float = Field(300.0, gt=0)
-    job_inactivity_timeout: float = Field(900.0, gt=0)
-    history_poll_interval: float = Field(3.0, gt=0)
+    comfyui_start_timeout: float = Field(120.0, gt=0, description="seconds to wait for a managed ComfyUI to start")
+    comfyui_unavailable_deadline: float = Field(
+        300.0, gt=0, description="seconds jobs wait for a dead ComfyUI before failing comfyui_unavailable")
+    job_inactivity_timeout: float = Field(
+        900.0, gt=0, description="seconds without news after which a job is interrupted and failed timeout")
+    history_poll_interval: float = Field(3.0, gt=0, description="seconds between ComfyUI history polls while a "
+                                                                 "job runs")
     comfyui_delete_outputs: bool = Field(
         True, description="delete the copy ComfyUI keeps in its output/ folder once the daemon has fetched "
                           "a job's image (the daemon keeps its own); needs the ComfyUI folder (managed mode, "
                           "or comfyui_dir set with comfyui_url): ComfyUI has no API to delete a file")
 
     # -- kohya_ss
-    kohya_dir: Path | None = None
-    kohya_python: Path | None = None
+    kohya_dir: Path | None = Field(None, description="kohya_ss sd-scripts folder (training engine kohya)")
+    kohya_python: Path | None = Field(None, description="python of kohya's venv")
 
     # -- job defaults
-    checkpoint: str = "anything-v5.safetensors"
-    negative_prompt: str = "lowres, bad anatomy, bad hands, blurry, watermark, text"
-    steps: int = Field(20, ge=1, le=150)
-    cfg: float = Field(7.0, ge=0, le=30)
-    sampler: str = "euler_ancestral"
-    scheduler: str = "normal"
-    lora_strength: float = Field(0.8, ge=0, le=2)
-    controlnet_strength: float = Field(0.65, ge=0.4, le=0.9)
-    controlnet_model: str = "control_v11p_sd15_openpose.pth"
-    trigger_word: str = "spyke_plasma_v1"
+    checkpoint: str = Field("anything-v5.safetensors", description="base model file name of a job without one")
+    negative_prompt: str = Field("lowres, bad anatomy, bad hands, blurry, watermark, text",
+                                 description="negative prompt of a job without one")
+    steps: int = Field(20, ge=1, le=150, description="sampling steps of a job without them")
+    cfg: float = Field(7.0, ge=0, le=30, description="CFG scale of a job without one")
+    sampler: str = Field("euler_ancestral", description="sampler (ComfyUI name) of a job without one")
+    scheduler: str = Field("normal", description="scheduler (ComfyUI name) of a job without one")
+    lora_strength: float = Field(0.8, ge=0, le=2, description="LoRA strength of a job without one")
+    controlnet_strength: float = Field(0.65, ge=0.4, le=0.9, description="ControlNet strength of a pose job "
+                                                                          "without one")
+    controlnet_model: str = Field("control_v11p_sd15_openpose.pth", description="OpenPose ControlNet file name")
+    trigger_word: str = Field("spyke_plasma_v1", description="the character's trigger word (captions, training)")
 
     @field_validator("data_dir", "models_dir", "comfyui_dir", "kohya_dir", "workflows_dir",
                      mode="after")

@@ -12,21 +12,15 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
-from sidecar.cli import EXIT_FAILED, report_daemon_error, settings_from
-from sidecar.config import Settings, is_loopback
+from sidecar.cli_support import settings_from
+from sidecar.config import Settings
 from sidecar.datadir_lock import DataDirLock
-from sidecar.errors import SidecarError
-
-
-def daemon_url(settings: Settings) -> str:
-    host = settings.host if is_loopback(settings.host) else "127.0.0.1"  # a 0.0.0.0 bind answers on loopback
-    return f"http://{host}:{settings.port}"
+from sidecar.errors import DaemonUnavailable, SidecarError
 
 
 async def _through_daemon(url: str, body: dict[str, Any], token: str | None) -> dict[str, Any]:
@@ -92,25 +86,20 @@ def gc(dry_run: bool, keep_days: int | None, as_json: bool, **flags: Any) -> Non
 
     Queued and running jobs are never removed, nor the pages the pipeline saved in your project.
     """
-    from sidecar.client import DaemonRefused, DaemonUnavailable
-
     settings, _ = settings_from(flags)
-    url = daemon_url(settings)
+    url = settings.daemon_url
     body: dict[str, Any] = {"dryRun": dry_run}
     if keep_days is not None:
         body["keepDays"] = keep_days
     try:
         report, where = asyncio.run(_through_daemon(url, body, settings.token_value)), f"daemon at {url}"
-    except DaemonRefused as exc:
-        sys.exit(report_daemon_error(exc))
-    except DaemonUnavailable as exc:
+    except DaemonUnavailable as exc:  # a refusal (DaemonRefused) goes to the group's handler as is
         if "status" in exc.details:  # something else answers there: never guess, never write beside it
-            sys.exit(report_daemon_error(exc))
+            raise
         try:
             report, where = asyncio.run(_offline(settings, keep_days, dry_run)), f"no daemon; {settings.db_path}"
         except (OSError, sqlite3.Error, SidecarError) as err:
-            click.echo(f"error: cannot clean {settings.data_dir}: {getattr(err, 'message', err)}", err=True)
-            sys.exit(EXIT_FAILED)
+            raise SidecarError(f"cannot clean {settings.data_dir}: {getattr(err, 'message', err)}") from None
     if as_json:
         click.echo(json.dumps({**report, "via": where}, indent=2))
     else:

@@ -1,0 +1,54 @@
+"""The documentation keeps up with the code: every setting is described in the model, offered as a
+flag with that description as help, and listed in README's configuration table (after
+simonw/datasette's tests/test_docs.py). A setting added without its docs fails here."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from sidecar.cli import main
+from sidecar.config import Settings
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+SETTINGS = sorted(Settings.model_fields)
+
+
+def _configuration_table() -> str:
+    text = README.read_text(encoding="utf-8")
+    section = text.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    return "\n".join(line for line in section.splitlines() if line.startswith("|"))
+
+
+@pytest.mark.parametrize("name", SETTINGS)
+def test_every_setting_is_in_the_readme_configuration_table(name: str) -> None:
+    assert re.search(rf"`{name}`", _configuration_table()), f"README's configuration table misses `{name}`"
+
+
+@pytest.mark.parametrize("name", SETTINGS)
+def test_every_setting_has_a_description(name: str) -> None:
+    assert (Settings.model_fields[name].description or "").strip(), f"setting {name} has no description"
+
+
+def test_serve_offers_a_flag_per_setting_with_its_description_and_default() -> None:
+    help_text = CliRunner().invoke(main, ["serve", "--help"], terminal_width=200).output
+    flat = " ".join(help_text.split())
+    for name, field in Settings.model_fields.items():
+        if field.annotation is dict or "dict" in str(field.annotation):
+            continue  # tables are set in the file
+        flag = "--" + name.replace("_", "-")
+        assert flag in help_text, f"`sidecar serve` has no {flag}"
+        assert " ".join((field.description or "").split()) in flat, f"{flag}'s help is not the model's description"
+    assert "--port INTEGER TCP port of the HTTP API [default: 3000]" in flat
+
+
+def test_a_flag_left_at_its_shown_default_does_not_hide_the_environment(tmp_path: Path) -> None:
+    env = {"SIDECAR_PORT": "4011", "SIDECAR_CONFIG": str(tmp_path / "none.toml")}
+    shown = CliRunner().invoke(main, ["config", "show", "--json"], env=env)
+    assert shown.exit_code == 0, shown.output
+    assert '"value": 4011' in shown.output and "env SIDECAR_PORT" in shown.output
+    flagged = CliRunner().invoke(main, ["config", "show", "--json", "--port", "4012"], env=env)
+    assert '"value": 4012' in flagged.output and '"source": "flag"' in flagged.output
