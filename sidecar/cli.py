@@ -25,7 +25,7 @@ from sidecar.errors import EXIT_FAILED, DatabaseUnusable, SidecarError
 
 LAZY_COMMANDS = {
     "models": ("sidecar.engine.cli:models", "Embedded-engine models (make-tiny, list)."),
-    "loras": ("sidecar.training.cli:loras", "LoRA training, checkpoint sweeps and promotion."),
+    "loras": ("sidecar.loras.cli:loras", "LoRA training, checkpoint sweeps and promotion."),
     "dataset": ("sidecar.dataprep.cli:dataset", "Training-set tools: crop, flip, caption, check, layout, reg."),
     "launchd": ("sidecar.launchd:launchd_cli", "Install the launchd agents (macOS)."),
     "doctor": ("sidecar.doctor.cli:doctor", "Check what is installed and how to fix what is missing."),

@@ -11,7 +11,7 @@ from safetensors.numpy import save_file
 
 from sidecar.api.app import create_app
 from sidecar.config import Settings
-from sidecar.loras import read_lora_metadata, summary
+from sidecar.training.lora_metadata import read_lora_metadata, summary
 from tests.scripted_backend import ScriptedBackend
 
 FIXTURE = Path(__file__).parent / "fixtures" / "kohya" / "lora-metadata.json"

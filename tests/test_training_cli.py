@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 from safetensors.numpy import save_file
 
-from sidecar.training.cli import loras
+from sidecar.loras.cli import loras
 from tests.scripted_backend import ScriptedBackend
 from tests.training_fixtures import (  # noqa: F401  (fixtures)
     client,

@@ -18,7 +18,7 @@ import pytest
 from sidecar.api.app import create_app
 from sidecar.api.keys import EVENTS
 from sidecar.errors import JobFailed
-from sidecar.loras import read_lora_metadata
+from sidecar.training.lora_metadata import read_lora_metadata
 from sidecar.training import kohya
 from sidecar.training.dataset import Dataset, Subset, load_dataset
 from sidecar.training.progress import ETA_MIN_STEPS

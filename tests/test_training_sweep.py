@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from sidecar.api.app import create_app
-from sidecar.training.cli import loras
+from sidecar.loras.cli import loras
 from tests.scripted_backend import ScriptedBackend
 from tests.training_fixtures import (  # noqa: F401  (fixtures)
     dataset_dir,

@@ -10,8 +10,8 @@ from aiohttp import web
 from sidecar import __version__
 from sidecar.api.keys import BACKEND, DEVICE, PROFILE, RUNNER, STARTUP_WARNINGS, TEMPLATES
 from sidecar.api.openapi import build_openapi
-from sidecar.loras import list_loras, list_served_loras
 from sidecar.memory import process_memory
+from sidecar.training.lora_metadata import list_loras, list_served_loras
 
 routes = web.RouteTableDef()
 

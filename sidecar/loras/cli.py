@@ -17,9 +17,9 @@ import click
 
 from sidecar.cli_support import current_settings, tool_group, url_option
 from sidecar.errors import EXIT_FAILED, InvalidField, TrainingNotFound
-from sidecar.training import runs_cli
-from sidecar.training import sweep as sweep_mod
-from sidecar.training.client import TrainingClient
+from sidecar.loras import runs
+from sidecar.loras import sweep as sweep_mod
+from sidecar.loras.client import TrainingClient
 from sidecar.training.promote import promote as promote_run
 from sidecar.training.store import TrainingStore
 
@@ -62,7 +62,7 @@ def loras() -> None:
     """
 
 
-for command in runs_cli.COMMANDS:
+for command in runs.COMMANDS:
     loras.add_command(command)
 
 

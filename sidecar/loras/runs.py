@@ -20,7 +20,7 @@ import click
 
 from sidecar.cli_support import current_settings, url_option
 from sidecar.errors import EXIT_FAILED, EXIT_INTERRUPTED
-from sidecar.training.client import TrainingClient
+from sidecar.loras.client import TrainingClient
 
 json_option = click.option("--json", "as_json", is_flag=True, help="machine-readable output (the run's JSON)")
 

@@ -23,7 +23,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from sidecar.config import Settings
 from sidecar.errors import InvalidField
-from sidecar.loras import STAGED_PREFIX as STAGE_PREFIX
+from sidecar.training.lora_metadata import STAGED_PREFIX as STAGE_PREFIX
 
 HEADER_H = 28
 LABEL_W = 260
