@@ -102,34 +102,59 @@ async def test_sweep_without_a_daemon_exits_3(env, tmp_path) -> None:
     assert result.exit_code == 3 and "not running" in result.output and "sidecar serve" in result.output
 
 
+def url_of(daemon) -> list[str]:
+    return ["--url", str(daemon.make_url("")).rstrip("/")]
+
+
 async def test_promote_installs_a_checkpoint_without_overwriting(daemon, dataset_dir, settings, env) -> None:
     run = await trained_run(daemon, dataset_dir)
     loras_dir = settings.models_path / "loras"
-    result = await invoke(["promote", run["id"], "--step", "2", "--name", "spyke_plasma_v1"], env)
+    url = url_of(daemon)
+    result = await invoke(["promote", run["id"], "--step", "2", "--name", "spyke_plasma_v1", *url], env)
     assert result.exit_code == 0, result.output
     installed = loras_dir / "spyke_plasma_v1.safetensors"
     assert installed.read_bytes() == Path(run["checkpoints"][0]["path"]).read_bytes()
     # The same again: nothing to do. Another checkpoint under that name: refused, file untouched.
-    again = await invoke(["promote", run["id"], "--step", "2", "--name", "spyke_plasma_v1"], env)
+    again = await invoke(["promote", run["id"], "--step", "2", "--name", "spyke_plasma_v1", *url], env)
     assert again.exit_code == 0 and "already installed" in again.output
-    clash = await invoke(["promote", run["id"], "--step", "4", "--name", "spyke_plasma_v1"], env)
+    clash = await invoke(["promote", run["id"], "--step", "4", "--name", "spyke_plasma_v1", *url], env)
     assert clash.exit_code == 1 and "not overwritten" in clash.output
     assert installed.read_bytes() == Path(run["checkpoints"][0]["path"]).read_bytes()
     # By output name, final LoRA by default; and generation finds it as a loraId.
-    final = await invoke(["promote", "spyke", "--json"], env)
+    final = await invoke(["promote", "spyke", "--json", *url], env)
     assert final.exit_code == 0 and json.loads(final.output)["loraId"] == "spyke"
     resp = await daemon.post("/jobs", json={"prompt": "spyke_plasma_v1", "loraId": "spyke"})
     assert resp.status == 202
-    missing = await invoke(["promote", run["id"], "--step", "3"], env)
+    missing = await invoke(["promote", run["id"], "--step", "3", *url], env)
     assert missing.exit_code == 2 and "saved steps: 2, 4" in missing.output
 
 
-async def test_promote_goes_to_comfyui_loras_when_configured(daemon, dataset_dir, settings, env, tmp_path) -> None:
-    run = await trained_run(daemon, dataset_dir)
+async def test_promote_goes_to_comfyui_loras_when_configured(aiohttp_client, fake_env, dataset_dir, settings,
+                                                             env, tmp_path) -> None:
+    # The daemon decides where a LoRA is installed: ComfyUI's models/loras when it has a comfyui_dir.
     comfy = tmp_path / "ComfyUI"
     (comfy / "models" / "loras").mkdir(parents=True)
-    result = await invoke(["promote", run["id"], "--step", "4"],
-                          {**env, "SIDECAR_COMFYUI_DIR": str(comfy), "SIDECAR_COMFYUI_PYTHON": "/usr/bin/python3",
-                           "SIDECAR_ENGINE": "comfyui"})
+    configured = settings.model_copy(update={"comfyui_dir": comfy, "comfyui_python": Path("/usr/bin/python3")})
+    daemon = await aiohttp_client(create_app(configured, FolderBackend(comfy / "models" / "loras")))
+    run = await trained_run(daemon, dataset_dir)
+    result = await invoke(["promote", run["id"], "--step", "4", *url_of(daemon)], env)
     assert result.exit_code == 0, result.output
     assert (comfy / "models" / "loras" / "spyke.safetensors").is_file()
+    assert not (settings.models_path / "loras" / "spyke.safetensors").exists()
+
+
+async def test_promote_over_http_names_the_file_and_never_overwrites(daemon, dataset_dir, settings) -> None:
+    run = await trained_run(daemon, dataset_dir)
+    first = await daemon.post(f"/loras/{run['id']}/promote", json={"step": 2, "name": "v1"})
+    assert first.status == 201
+    body = await first.json()
+    assert body == {"path": str(settings.models_path / "loras" / "v1.safetensors"), "loraId": "v1", "step": 2,
+                    "alreadyInstalled": False}
+    same = await daemon.post(f"/loras/{run['id']}/promote", json={"step": 2, "name": "v1"})
+    assert same.status == 200 and (await same.json())["alreadyInstalled"] is True
+    other = await daemon.post(f"/loras/{run['id']}/promote", json={"step": 4, "name": "v1"})
+    assert other.status == 409 and (await other.json())["error"]["code"] == "lora_exists"
+    bad = await daemon.post(f"/loras/{run['id']}/promote", json={"name": "../escape"})
+    assert bad.status == 400 and (await bad.json())["error"]["code"] == "invalid_field"
+    unknown = await daemon.post("/loras/nope/promote", json={})
+    assert unknown.status == 404 and (await unknown.json())["error"]["code"] == "training_not_found"

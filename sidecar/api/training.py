@@ -1,5 +1,5 @@
 """Training routes: POST /loras/train, GET /loras/runs, GET /loras/{id}/status, POST /loras/{id}/cancel
-and /resume. The training manager (queue, device gate, trainers) is built here and started and
+, /resume and /promote. The training manager (queue, device gate, trainers) is built here and started and
 stopped with the app through `cleanup_ctx`; handlers only parse, call it and answer.
 """
 
@@ -13,7 +13,7 @@ from sidecar.api.errors import parse_body, query_limit
 from sidecar.api.keys import BACKEND, DEVICE, EVENTS, PROFILE, SETTINGS
 from sidecar.api.openapi import Operation, register
 from sidecar.training.manager import TrainingManager
-from sidecar.training.wire import TrainingRun, TrainingRunList, TrainRequest
+from sidecar.training.wire import Promoted, PromoteRequest, TrainingRun, TrainingRunList, TrainRequest
 
 TRAINING = web.AppKey("training", TrainingManager)
 
@@ -65,6 +65,13 @@ async def resume(request: web.Request) -> web.Response:
                              headers={"Location": f"/loras/{run['id']}/status"})
 
 
+@routes.post("/loras/{id}/promote")
+async def promote(request: web.Request) -> web.Response:
+    req = await parse_body(request, PromoteRequest)
+    done = await request.app[TRAINING].promote(request.match_info["id"], req)
+    return web.json_response(done.model_dump(by_alias=True), status=200 if done.already_installed else 201)
+
+
 register(
     Operation("post", "/loras/train", "Submit a LoRA training run", request=TrainRequest, response=TrainingRun,
               status=202,
@@ -79,4 +86,9 @@ register(
     Operation("post", "/loras/{id}/resume", "Continue an interrupted, cancelled or failed run from its last "
               "saved state", response=TrainingRun, status=202,
               errors={404: "training_not_found", 409: "invalid_state, training_in_progress"}),
+    Operation("post", "/loras/{id}/promote", "Install a checkpoint of the run (default: its final LoRA) into the "
+              "LoRA folder generation uses; 201 installed, 200 the same file already was. Never overwrites",
+              request=PromoteRequest, response=Promoted, status=201,
+              errors={400: "invalid_field, unknown_field", 404: "training_not_found",
+                      409: "invalid_state, lora_exists, checkpoint_file_missing"}),
 )

@@ -1,5 +1,6 @@
 """`sidecar loras`: pick and install a trained LoRA. `sweep` renders every checkpoint of a run through
-the running daemon into a contact sheet; `promote` installs the chosen checkpoint for generation.
+the running daemon into a contact sheet; `promote` has the daemon install the chosen checkpoint for
+generation (`POST /loras/{id}/promote`).
 
 Exit codes: 0 ok, 1 a render failed / the file could not be installed, 2 usage or input error,
 3 the daemon is not running, 4 the device is busy training.
@@ -16,12 +17,11 @@ from typing import Any
 import click
 
 from sidecar.cli_support import current_settings, tool_group, url_option
-from sidecar.errors import EXIT_FAILED, InvalidField, TrainingNotFound
+from sidecar.errors import EXIT_FAILED
 from sidecar.loras import runs
 from sidecar.loras import sweep as sweep_mod
 from sidecar.loras.client import TrainingClient
-from sidecar.training.promote import promote as promote_run
-from sidecar.training.store import TrainingStore
+from sidecar.training.lora_metadata import lora_dir
 
 
 class _Lines:
@@ -97,7 +97,7 @@ def sweep(run: str, prompts_file: Path, seeds: str, out: Path | None, strength: 
     settings = current_settings()
     prompts = sweep_mod.read_prompts(prompts_file)
     seed_list = sweep_mod.parse_seeds(seeds)
-    target_dir = sweep_mod.lora_dir(settings, loras_dir)
+    target_dir = lora_dir(settings, loras_dir)
     daemon = TrainingClient.for_settings(settings, url)
     job: dict[str, Any] = {}
     if strength is not None:
@@ -155,31 +155,28 @@ async def _sweep(ref: str, prompts: list[str], seeds: list[int], out: Path | Non
 @click.option("--name", default=None, help="file name in the LoRA folder, without .safetensors [default: the run's "
                                            "output name]")
 @click.option("--loras-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="[default: ComfyUI's models/loras when configured, else <models>/loras]")
+              help="[default: the daemon's: ComfyUI's models/loras when configured, else <models>/loras]")
+@url_option
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
-def promote(run: str, step: int | None, name: str | None, loras_dir: Path | None, as_json: bool) -> None:
+def promote(run: str, step: int | None, name: str | None, loras_dir: Path | None, url: str | None,
+            as_json: bool) -> None:
     """Install checkpoint STEP of RUN (id or output name) as a LoRA generation can use.
 
-    Copies it into the LoRA folder named for the character; an existing different file of that
-    name is never overwritten (exit 1). Works without the daemon (reads its database).
+    The daemon copies it into its LoRA folder named for the character; an existing different file
+    of that name is never overwritten (exit 1).
     """
-    settings = current_settings()
-    target_dir = sweep_mod.lora_dir(settings, loras_dir)
-    if not settings.db_path.is_file():
-        raise InvalidField(f"no daemon database at {settings.db_path}; is data_dir right?", {"field": "data_dir"})
-    store = TrainingStore(settings.db_path)
-    store.open_sync()
-    try:
-        record = store.find_sync(run)
-    finally:
-        store.close_sync()
-    if record is None:
-        raise TrainingNotFound(f"no training run with id or output name {run!r}.", {"run": run})
-    result = promote_run(record, step, target_dir, name)
+    body = {k: v for k, v in {"step": step, "name": name,
+                              "lorasDir": str(loras_dir.resolve()) if loras_dir else None}.items() if v is not None}
+
+    async def go() -> tuple[dict[str, Any], dict[str, Any]]:
+        async with TrainingClient.for_settings(current_settings(), url) as client:
+            found = await client.find_run(run)
+            return found, await client.promote(found["id"], body)
+
+    found, done = asyncio.run(go())
     if as_json:
-        click.echo(json.dumps({"path": str(result.path), "loraId": result.lora_id, "step": result.step,
-                               "alreadyInstalled": result.already}))
+        click.echo(json.dumps(done))
         return
-    verb = "is already installed as" if result.already else "installed as"
-    click.echo(f"step {result.step} of {record.spec['output_name']} {verb} {result.path}")
-    click.echo(f'generate with it: POST /jobs {{"loraId": "{result.lora_id}", ...}}')
+    verb = "is already installed as" if done["alreadyInstalled"] else "installed as"
+    click.echo(f"step {done['step']} of {found['outputName']} {verb} {done['path']}")
+    click.echo(f'generate with it: POST /jobs {{"loraId": "{done["loraId"]}", ...}}')

@@ -40,6 +40,9 @@ class TrainingClient(DaemonClient):
     async def resume_run(self, run_id: str) -> dict[str, Any]:
         return await self.request("POST", f"/loras/{run_id}/resume")
 
+    async def promote(self, run_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        return await self.request("POST", f"/loras/{run_id}/promote", json=body)
+
     async def follow_run(self, run: dict[str, Any], on_update: Callable[[dict[str, Any]], None], *,
                          poll_interval: float = 2.0) -> dict[str, Any]:
         """Poll a run until it ends (training reports every few seconds at most; polling is enough)."""

@@ -21,25 +21,11 @@ from typing import Any, Protocol
 
 from PIL import Image, ImageDraw, ImageFont
 
-from sidecar.config import Settings
 from sidecar.errors import InvalidField
 from sidecar.training.lora_metadata import STAGED_PREFIX as STAGE_PREFIX
 
 HEADER_H = 28
 LABEL_W = 260
-
-
-def lora_dir(settings: Settings, override: Path | None = None) -> Path:
-    """Where installed LoRAs live: ComfyUI's `models/loras/` when it is configured, else ours."""
-    if override is not None:
-        return override
-    if settings.comfyui_dir is not None:
-        return settings.comfyui_dir / "models" / "loras"
-    if settings.comfyui_url is not None:
-        raise InvalidField(
-            "The daemon attaches to a ComfyUI at a URL, so its LoRA folder is unknown here: set comfyui_dir "
-            "(SIDECAR_COMFYUI_DIR) or pass --loras-dir.", {"field": "loras_dir"})
-    return settings.models_path / "loras"
 
 
 def read_prompts(path: Path) -> list[str]:

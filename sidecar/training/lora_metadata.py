@@ -15,10 +15,26 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from sidecar.config import Settings
+from sidecar.errors import InvalidField
+
 LORA_SUFFIXES = (".safetensors",)
 STAGED_PREFIX = "sweep--"  # `sidecar loras sweep` stages checkpoints under this prefix
 METADATA_CONCURRENCY = 8  # /view_metadata requests in flight at once
 MAX_HEADER = 100 * 1024 * 1024  # a larger header is not a safetensors file we wrote or kohya did
+
+
+def lora_dir(settings: Settings, override: Path | None = None) -> Path:
+    """Where installed LoRAs live: ComfyUI's `models/loras/` when it is configured, else ours."""
+    if override is not None:
+        return override
+    if settings.comfyui_dir is not None:
+        return settings.comfyui_dir / "models" / "loras"
+    if settings.comfyui_url is not None:
+        raise InvalidField(
+            "The daemon attaches to a ComfyUI at a URL, so its LoRA folder is unknown here: set comfyui_dir "
+            "(SIDECAR_COMFYUI_DIR) or pass --loras-dir (lorasDir).", {"field": "loras_dir"})
+    return settings.models_path / "loras"
 
 
 def read_lora_metadata(path: Path) -> dict[str, str]:

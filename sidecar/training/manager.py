@@ -41,12 +41,14 @@ from sidecar.sqlite_store import now_iso
 from sidecar.training import checkpoints as files
 from sidecar.training.dataset import load_dataset
 from sidecar.training.kohya import stop_orphan
+from sidecar.training.lora_metadata import lora_dir
 from sidecar.training.parser import read_log_tail
 from sidecar.training.progress import ProgressTracker
+from sidecar.training.promote import promote as install_checkpoint
 from sidecar.training.spec import ResumePoint, Trainer, TrainerHooks, TrainJob, TrainSpec
 from sidecar.training.store import ACTIVE, RESUMABLE, CheckpointRecord, RunRecord, TrainingStore, check_transition
 from sidecar.training.views import finite, run_view
-from sidecar.training.wire import TrainRequest
+from sidecar.training.wire import Promoted, PromoteRequest, TrainRequest
 
 log = logging.getLogger("sidecar.training")
 
@@ -244,6 +246,17 @@ class TrainingManager:
             self._enqueue(run)
         log.info("training run %s resumed from step %s", run_id, point[0] if point else 0)
         return self.to_api(run, self._live.get(run_id))
+
+    async def promote(self, run_id: str, req: PromoteRequest) -> Promoted:
+        """Install a checkpoint of a finished run into the LoRA folder generation uses (never overwriting)."""
+        run = await self.store.get(run_id)
+        if run is None:
+            raise TrainingNotFound(f"No training run with id {run_id!r}.", {"runId": run_id})
+        target = lora_dir(self.settings, Path(req.loras_dir).expanduser() if req.loras_dir else None)
+        done = await asyncio.to_thread(install_checkpoint, run, req.step, target, req.name)
+        log.info("training run %s: step %d %s as %s", run_id, done.step,
+                 "already installed" if done.already else "installed", done.path)
+        return Promoted(path=str(done.path), lora_id=done.lora_id, step=done.step, already_installed=done.already)
 
     # -- checks
     def _refuse_if_training(self) -> None:

@@ -8,7 +8,6 @@ changes are listed here; the manager decides them.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -131,16 +130,6 @@ class TrainingStore(SqliteStore):
     def get_sync(self, run_id: str) -> RunRecord | None:
         rows = self._exec("SELECT * FROM training_runs WHERE id = ?", (run_id,))
         return self._run(rows[0]) if rows else None
-
-    def find_sync(self, ref: str) -> RunRecord | None:
-        """A run by id, or the newest run with that output name."""
-        run = self.get_sync(ref)
-        if run is not None:
-            return run
-        for row in self._exec("SELECT * FROM training_runs ORDER BY seq DESC"):
-            if json.loads(row["spec"]).get("output_name") == ref:
-                return self._run(row)
-        return None
 
     def _list(self, statuses: tuple[str, ...] | None, limit: int) -> list[RunRecord]:
         if statuses:

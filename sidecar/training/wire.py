@@ -51,6 +51,25 @@ class TrainRequest(Wire):
     )
 
 
+class PromoteRequest(Wire):
+    """POST /loras/{id}/promote: install one checkpoint of a run as a LoRA generation can use."""
+
+    step: int | None = Field(None, ge=1, description="the checkpoint's step [default: the run's final LoRA]")
+    name: str | None = Field(None, pattern=NAME_PATTERN,
+                             description="file name in the LoRA folder, without .safetensors [default: the "
+                                         "run's output name]")
+    loras_dir: str | None = Field(None, min_length=1, max_length=4096,
+                                  description="the LoRA folder [default: ComfyUI's models/loras when comfyui_dir "
+                                              "is configured, else <models_dir>/loras]")
+
+
+class Promoted(Wire):
+    path: str
+    lora_id: str = Field(..., description="the loraId a job names to use it")
+    step: int
+    already_installed: bool = Field(..., description="the same file was already installed under that name")
+
+
 class LossInfo(Wire):
     last: float | None = None
     smoothed: float | None = None
