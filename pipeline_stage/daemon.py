@@ -13,30 +13,14 @@ from typing import Any
 from pipeline_stage.errors import DaemonNotRunning, DeviceBusy, JobFailedError, RequestRefused
 from sidecar.client import DaemonClient as BaseClient
 from sidecar.client import DaemonRefused, DaemonUnavailable
+from sidecar.device import busy_message
 
 DEFAULT_URL = "http://127.0.0.1:3000"
 
 
-def format_eta(seconds: float | None) -> str:
-    if not seconds:
-        return "ETA unknown"
-    seconds = int(seconds)
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"about {hours} h {minutes:02d} min left"
-    return f"about {minutes} min {secs:02d} s left" if minutes else f"about {secs} s left"
-
-
 def busy_error(exc: DaemonRefused) -> DeviceBusy:
     training = exc.details.get("training") or {}
-    step, total = training.get("step"), training.get("total")
-    progress = f"step {step}/{total}" if step is not None and total else "starting"
-    return DeviceBusy(
-        f"The device is busy with LoRA training {training.get('id', '?')} ({progress}, "
-        f"{format_eta(training.get('etaSeconds'))}). Generation is refused until it ends; run again then.",
-        {"training": training, "daemonMessage": exc.message},
-    )
+    return DeviceBusy(f"{busy_message(training)} Run again then.", {"training": training, "daemonMessage": exc.message})
 
 
 @contextlib.contextmanager

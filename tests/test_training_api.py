@@ -127,6 +127,12 @@ async def test_generation_during_training_is_409_with_its_progress(client, datas
     assert training["id"] == run["id"] and training["total"] == 400 and "etaSeconds" in training
     assert isinstance(training["step"], int) and not isinstance(training["step"], bool)
     assert 0 <= training["step"] < 400
+    # One gate, one message: a second training is refused by the same words.
+    other = await (await client.post("/loras/train", json={"datasetDir": str(dataset_dir), "outputName": "o"})).json()
+    for refusal in (body, other):
+        assert refusal["error"]["code"] == "training_in_progress"
+        assert refusal["error"]["message"].startswith(f"LoRA training {run['id']} holds the device (running, step ")
+        assert refusal["error"]["message"].endswith("no generation and no other training until it ends.")
     health = await (await client.get("/health")).json()
     assert health["training"]["id"] == run["id"]
     await client.post(f"/loras/{run['id']}/cancel")

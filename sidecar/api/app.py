@@ -26,7 +26,7 @@ from sidecar.datadir_lock import DataDirLock
 from sidecar.errors import SidecarError
 from sidecar.events import EventBus
 from sidecar.jobs.build import JobBuilder
-from sidecar.jobs.device import Device
+from sidecar.device import Device
 from sidecar.jobs.runner import JobRunner
 from sidecar.jobs.store import JobStore
 from sidecar.profiles import get_profile

@@ -7,28 +7,16 @@ from aiohttp import web
 from sidecar.api.errors import parse_body, query_limit
 from sidecar.api.keys import BUILDER, DEVICE, RUNNER
 from sidecar.api.models import JobRequest
-from sidecar.errors import InvalidField, JobNotFinished, TrainingInProgress
+from sidecar.errors import InvalidField, JobNotFinished
 
 routes = web.RouteTableDef()
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 
 
-def refuse_while_training(request: web.Request) -> None:
-    training = request.app[DEVICE].training.summary()
-    if training is not None:
-        eta = training.get("etaSeconds")
-        raise TrainingInProgress(
-            f"LoRA training {training.get('id')} holds the device (step {training.get('step', 0)}/"
-            f"{training.get('total', '?')}{f', about {int(eta)} s left' if eta else ''}); "
-            "generation is refused until it ends.",
-            {"training": training},
-        )
-
-
 @routes.post("/jobs")
 async def submit_job(request: web.Request) -> web.Response:
     req = await parse_body(request, JobRequest)
-    refuse_while_training(request)
+    request.app[DEVICE].training.refuse_if_training()
     built = await request.app[BUILDER].build(req)
     job = await request.app[RUNNER].submit(built)
     return web.json_response(job.to_api(), status=202, headers={"Location": f"/jobs/{job.id}"})

@@ -11,7 +11,7 @@ from sidecar.config import Settings
 from sidecar.datadir_lock import DataDirLock
 from sidecar.events import EventBus
 from sidecar.jobs.build import JobBuilder
-from sidecar.jobs.device import Device
+from sidecar.device import Device
 from sidecar.jobs.runner import JobRunner
 from sidecar.jobs.store import JobStore
 from sidecar.profiles import Profile

@@ -26,6 +26,7 @@ from sidecar.dataprep import layout as layout_mod
 from sidecar.dataprep import reg as reg_mod
 from sidecar.dataprep.files import DEFAULT_FLIP_TAG, refuse_existing
 from sidecar.dataprep.progress import LineReporter, RichReporter
+from sidecar.device import busy_message
 from sidecar.errors import EXIT_FAILED, DatasetInvalid, TrainingInProgress
 
 
@@ -364,9 +365,7 @@ async def _reg(plan: reg_mod.RegPlan, daemon: DaemonClient, poll_interval: float
             # Ask first, so that a daemon that is down or busy training leaves --out untouched.
             training = (await client.health()).get("training")
             if training and plan.todo:
-                raise TrainingInProgress(f"LoRA training {training.get('id')} holds the device (step "
-                                         f"{training.get('step', '?')}/{training.get('total', '?')}); run `reg` "
-                                         "again when it ends.", {"trainingId": training.get("id")})
+                raise TrainingInProgress(f"{busy_message(training)} Run `reg` again then.", {"training": training})
             await reg_mod.run_reg(plan, client, reporter, poll_interval=poll_interval)
     finally:
         reporter.close()

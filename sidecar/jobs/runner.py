@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from sidecar.backend import GenerationBackend, RunContext
+from sidecar.device import Device
 from sidecar.errors import InvalidState, JobCancelled, JobNotFound, PromptLost, QueueFull, SidecarError
 from sidecar.events import EventBus
-from sidecar.jobs.device import Device
 from sidecar.jobs.faults import disk_full, log_write_failure, sweep_temp_files
 from sidecar.jobs.params import JobSpec
 from sidecar.jobs.states import TERMINAL, check_transition

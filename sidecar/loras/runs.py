@@ -20,6 +20,7 @@ import click
 
 from sidecar.cli_support import current_settings, url_option
 from sidecar.errors import EXIT_FAILED, EXIT_INTERRUPTED
+from sidecar.eta import format_eta
 from sidecar.loras.client import TrainingClient
 
 json_option = click.option("--json", "as_json", is_flag=True, help="machine-readable output (the run's JSON)")
@@ -30,14 +31,6 @@ def _client(url: str | None) -> TrainingClient:
     return TrainingClient.for_settings(current_settings(), url)
 
 
-def _eta(seconds: float | None) -> str:
-    if seconds is None:
-        return "ETA after ~20 steps"
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"ETA {hours} h {minutes:02d} min" if hours else f"ETA {minutes} min {secs:02d} s"
-
-
 def describe(run: dict[str, Any]) -> str:
     loss = (run.get("loss") or {}).get("smoothed")
     where = f"{run['engine']} on {run['device']}" if run.get("device") else run["engine"]
@@ -46,7 +39,7 @@ def describe(run: dict[str, Any]) -> str:
     if loss is not None:
         parts.append(f"loss {loss:.4f}")
     if run["status"] in ("queued", "running"):
-        parts.append(_eta(run.get("etaSeconds")))
+        parts.append(format_eta(run.get("etaSeconds")))
     if run.get("checkpoints"):
         parts.append(f"checkpoints at {', '.join(str(c['step']) for c in run['checkpoints'])}")
     return ", ".join(parts)
@@ -82,7 +75,7 @@ class _Follower:
         loss = (run.get("loss") or {}).get("smoothed")
         if self.bar is not None:
             info = " ".join(x for x in (f"loss {loss:.4f}" if loss is not None else "",
-                                        _eta(run.get("etaSeconds")) if run["status"] == "running" else run["status"]) if x)
+                                        format_eta(run.get("etaSeconds")) if run["status"] == "running" else run["status"]) if x)
             self.bar.update(self.task, completed=run["step"], total=run["total"] or None, info=info)
             for c in new:
                 self.bar.console.print(f"checkpoint: step {c['step']} -> {c['fileName']}")

@@ -31,11 +31,10 @@ from sidecar.errors import (
     InvalidState,
     JobCancelled,
     SidecarError,
-    TrainingInProgress,
     TrainingNotFound,
 )
 from sidecar.events import EventBus
-from sidecar.jobs.device import Device
+from sidecar.device import Device
 from sidecar.profiles import Profile
 from sidecar.sqlite_store import now_iso
 from sidecar.training import checkpoints as files
@@ -159,7 +158,7 @@ class TrainingManager:
         engine = req.engine or ("kohya" if s.kohya_dir is not None else "embedded")
         self._check_engine(engine)
         async with self._submit_lock:
-            self._refuse_if_training()
+            self.device.training.refuse_if_training()
             trigger = req.trigger_word or s.trigger_word
             dataset = await asyncio.to_thread(load_dataset, Path(req.dataset_dir), trigger)
             base = await self._base_model(req.checkpoint or s.checkpoint)
@@ -223,7 +222,7 @@ class TrainingManager:
                 raise InvalidState(
                     f"Training run {run_id} is {run.status}; only interrupted, cancelled or failed runs resume.",
                     {"runId": run_id, "status": run.status})
-            self._refuse_if_training()
+            self.device.training.refuse_if_training()
             self._check_engine(run.engine)
             spec = TrainSpec.from_dict(run.spec)
             point = await asyncio.to_thread(files.latest_state, Path(run.output_dir), spec.output_name,
@@ -259,14 +258,6 @@ class TrainingManager:
         return Promoted(path=str(done.path), lora_id=done.lora_id, step=done.step, already_installed=done.already)
 
     # -- checks
-    def _refuse_if_training(self) -> None:
-        active = self.device.training.summary()
-        if active is not None:
-            raise TrainingInProgress(
-                f"Training run {active.get('id')} is already {active.get('status', 'queued')} "
-                f"(step {active.get('step', 0)}/{active.get('total', '?')}); one training at a time.",
-                {"training": active})
-
     def _check_engine(self, engine: str) -> None:
         if engine == "kohya":
             from sidecar.training.kohya import require
