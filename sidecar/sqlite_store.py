@@ -34,8 +34,12 @@ class SqliteStore:
     schema: ClassVar[str]
     json_columns: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, path: Path, *, share: SqliteStore | None = None):
+        """`share`: another store on the same file whose connection and writer thread this one uses
+        (one writer per database file: the daemon's stores all share the job store's). It must be
+        opened before this one and closed after it."""
+        self.path = share.path if share is not None else path
+        self._share = share
         self._conn: sqlite3.Connection | None = None
         self._executor: ThreadPoolExecutor | None = None
 
@@ -56,11 +60,19 @@ class SqliteStore:
             conn.close()
 
     async def open(self) -> None:
+        if self._share is not None:
+            assert self._share._conn is not None, f"open {type(self._share).__name__} before {type(self).__name__}"
+            self._conn, self._executor = self._share._conn, self._share._executor
+            await self._call(self._conn.executescript, self.schema)
+            return
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=type(self).__name__)
         await self._call(self.open_sync)
 
     async def close(self) -> None:
         if self._executor is None:
+            return
+        if self._share is not None:  # the connection is the sharer's to close
+            self._conn = self._executor = None
             return
         await self._call(self.close_sync)
         executor, self._executor = self._executor, None

@@ -18,8 +18,21 @@ from aiohttp import web
 from sidecar.api import events, health, jobs, maintenance, training
 from sidecar.api.edge import edge_middleware
 from sidecar.api.errors import error_middleware
-from sidecar.api.keys import (BACKEND, BUILDER, DATADIR_LOCK, DEVICE, EVENTS, PROFILE, RUNNER, SETTINGS, SOCKETS,
-                              STARTUP_WARNINGS, STORE, TEMPLATES)
+from sidecar.api.keys import (
+    BACKEND,
+    BUILDER,
+    DATADIR_LOCK,
+    DEVICE,
+    EVENTS,
+    PROFILE,
+    RUNNER,
+    SETTINGS,
+    SOCKETS,
+    STARTUP_WARNINGS,
+    STORE,
+    TEMPLATES,
+    TRAINING_STORE,
+)
 from sidecar.backend import GenerationBackend
 from sidecar.config import Settings
 from sidecar.datadir_lock import DataDirLock
@@ -31,6 +44,7 @@ from sidecar.jobs.runner import JobRunner
 from sidecar.jobs.store import JobStore
 from sidecar.profiles import get_profile
 from sidecar.sqlite_store import check_database
+from sidecar.training.store import TrainingStore
 from sidecar.workflows import TemplateStore
 
 log = logging.getLogger("sidecar")
@@ -72,6 +86,7 @@ def create_app(settings: Settings, backend: GenerationBackend | None = None, *,
     app[DATADIR_LOCK] = datadir_lock or DataDirLock(settings.data_dir)
     app[PROFILE] = profile
     app[STORE] = store
+    app[TRAINING_STORE] = TrainingStore(settings.db_path, share=store)  # one writer thread per database file
     app[BACKEND] = backend
     app[DEVICE] = device
     app[EVENTS] = bus

@@ -9,18 +9,20 @@ from aiohttp import web
 from sidecar.backend import GenerationBackend
 from sidecar.config import Settings
 from sidecar.datadir_lock import DataDirLock
+from sidecar.device import Device
 from sidecar.events import EventBus
 from sidecar.jobs.build import JobBuilder
-from sidecar.device import Device
 from sidecar.jobs.runner import JobRunner
 from sidecar.jobs.store import JobStore
 from sidecar.profiles import Profile
+from sidecar.training.store import TrainingStore
 from sidecar.workflows import TemplateStore
 
 SETTINGS = web.AppKey("settings", Settings)
 DATADIR_LOCK = web.AppKey("datadir_lock", DataDirLock)
 PROFILE = web.AppKey("profile", Profile)
 STORE = web.AppKey("store", JobStore)
+TRAINING_STORE = web.AppKey("training_store", TrainingStore)  # shares STORE's connection and writer thread
 RUNNER = web.AppKey("runner", JobRunner)
 BUILDER = web.AppKey("builder", JobBuilder)
 BACKEND = web.AppKey("backend", GenerationBackend)

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from sidecar.api.errors import parse_body, query_limit
-from sidecar.api.keys import BACKEND, DEVICE, EVENTS, PROFILE, SETTINGS
+from sidecar.api.keys import BACKEND, DEVICE, EVENTS, PROFILE, SETTINGS, TRAINING_STORE
 from sidecar.api.openapi import Operation, register
 from sidecar.training.manager import TrainingManager
 from sidecar.training.wire import Promoted, PromoteRequest, TrainingRun, TrainingRunList, TrainRequest
@@ -22,16 +22,20 @@ routes = web.RouteTableDef()
 
 def setup_routes(app: web.Application) -> None:
     """Register the training routes and their background resources on the app."""
-    app[TRAINING] = TrainingManager(app[SETTINGS], app[PROFILE], app[DEVICE], app[EVENTS], app[BACKEND])
+    app[TRAINING] = TrainingManager(app[SETTINGS], app[PROFILE], app[DEVICE], app[EVENTS], app[TRAINING_STORE],
+                                    app[BACKEND])
     app.cleanup_ctx.append(_training_ctx)
     app.router.add_routes(routes)
 
 
 async def _training_ctx(app: web.Application) -> AsyncIterator[None]:
-    # Registered after the job runner's context: starts after it, stops (trainer included) before it.
+    # Registered after the job store's and runner's contexts: starts after them, stops (trainer
+    # included) before them; the training store rides on the job store's connection.
+    await app[TRAINING_STORE].open()
     await app[TRAINING].start()
     yield
     await app[TRAINING].stop()
+    await app[TRAINING_STORE].close()
 
 
 @routes.post("/loras/train")

@@ -87,14 +87,14 @@ def default_trainer_factory(settings: Settings, backend: GenerationBackend | Non
 
 
 class TrainingManager:
-    def __init__(self, settings: Settings, profile: Profile, device: Device, events: EventBus,
+    def __init__(self, settings: Settings, profile: Profile, device: Device, events: EventBus, store: TrainingStore,
                  backend: GenerationBackend | None = None, trainer_factory: TrainerFactory | None = None):
         self.settings = settings
         self.profile = profile
         self.device = device
         self.events = events
         self.backend = backend
-        self.store = TrainingStore(settings.db_path)
+        self.store = store  # opened and closed by its owner (the app), before and after the manager
         self.trainer_factory = trainer_factory or default_trainer_factory(settings, backend)
         self.runs_dir = settings.data_dir / "training"
         self._queue: deque[str] = deque()
@@ -106,7 +106,6 @@ class TrainingManager:
 
     # -- lifecycle
     async def start(self) -> None:
-        await self.store.open()
         await self._recover()
         self._task = asyncio.create_task(self._worker(), name="training-worker")
 
@@ -124,7 +123,6 @@ class TrainingManager:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
             self._task = None
-        await self.store.close()
 
     async def _idle(self) -> None:
         while self._running is not None:
