@@ -1,4 +1,6 @@
 """Training runs: queue, run, cancel, resume; one at a time, under the daemon's one device lock.
+What is checked before a run is queued is `admission.py`; what a run that was training at a restart
+becomes is `recovery.py`; how a run looks to clients is `views.py`.
 
 A run registers in the device's training gate as soon as it is queued (so `POST /jobs` answers 409
 at once), waits for the lock behind any running generation job, then holds it until it ends.
@@ -24,22 +26,14 @@ from typing import Any
 
 from sidecar.backend import GenerationBackend
 from sidecar.config import Settings
-from sidecar.errors import (
-    CheckpointNotFound,
-    EngineUnavailable,
-    InvalidField,
-    InvalidState,
-    JobCancelled,
-    SidecarError,
-    TrainingNotFound,
-)
-from sidecar.events import EventBus
 from sidecar.device import Device
+from sidecar.errors import InvalidState, JobCancelled, SidecarError, TrainingNotFound
+from sidecar.events import EventBus
 from sidecar.profiles import Profile
 from sidecar.sqlite_store import now_iso
+from sidecar.training import admission, recovery
 from sidecar.training import checkpoints as files
 from sidecar.training.dataset import load_dataset
-from sidecar.training.kohya import stop_orphan
 from sidecar.training.lora_metadata import lora_dir
 from sidecar.training.parser import read_log_tail
 from sidecar.training.progress import ProgressTracker
@@ -131,14 +125,7 @@ class TrainingManager:
     async def _recover(self) -> None:
         for run in reversed(await self.store.list(("running", "queued"), limit=1000)):
             if run.status == "running":
-                await asyncio.to_thread(stop_orphan, run.pid)
-                await self._adopt_files(run)
-                last = max((c.step for c in run.checkpoints), default=None)
-                where = f"its last checkpoint is step {last}" if last else "no checkpoint had been saved"
-                await self._set(run, "interrupted", finished_at=now_iso(), pid=None, error_code="interrupted",
-                                error_message=f"The daemon stopped while this run was training; {where}. "
-                                              f"POST /loras/{run.id}/resume continues it.",
-                                error_details={"lastCheckpointStep": last})
+                await self._set(run, "interrupted", **await recovery.interrupt_after_restart(self.store, run))
                 log.warning("training run %s was running when the daemon stopped: marked interrupted", run.id)
             else:
                 self._enqueue(run)
@@ -147,19 +134,12 @@ class TrainingManager:
     # -- public API
     async def submit(self, req: TrainRequest) -> dict[str, Any]:
         s = self.settings
-        if req.batch_size is not None:
-            self.profile.check_batch(req.batch_size, training=True)
-        self.profile.check_train_resolution(req.resolution)
-        if req.resolution % 64:
-            raise InvalidField(f"resolution must be a multiple of 64, got {req.resolution}.",
-                               {"field": "resolution", "value": req.resolution})
-        engine = req.engine or ("kohya" if s.kohya_dir is not None else "embedded")
-        self._check_engine(engine)
+        engine = admission.check_request(req, s, self.profile)
         async with self._submit_lock:
             self.device.training.refuse_if_training()
             trigger = req.trigger_word or s.trigger_word
             dataset = await asyncio.to_thread(load_dataset, Path(req.dataset_dir), trigger)
-            base = await self._base_model(req.checkpoint or s.checkpoint)
+            base = await admission.find_base_model(s, self.backend, req.checkpoint or s.checkpoint)
             spec = TrainSpec(
                 output_name=req.output_name, dataset_dir=str(dataset.root), steps=req.steps,
                 resolution=req.resolution, network_dim=req.network_dim, network_alpha=req.network_alpha,
@@ -221,7 +201,7 @@ class TrainingManager:
                     f"Training run {run_id} is {run.status}; only interrupted, cancelled or failed runs resume.",
                     {"runId": run_id, "status": run.status})
             self.device.training.refuse_if_training()
-            self._check_engine(run.engine)
+            admission.check_engine(self.settings, run.engine)
             spec = TrainSpec.from_dict(run.spec)
             point = await asyncio.to_thread(files.latest_state, Path(run.output_dir), spec.output_name,
                                             files.STATE_FILES.get(run.engine, ("train_state.json",)))
@@ -256,32 +236,6 @@ class TrainingManager:
         return Promoted(path=str(done.path), lora_id=done.lora_id, step=done.step, already_installed=done.already)
 
     # -- checks
-    def _check_engine(self, engine: str) -> None:
-        if engine == "kohya":
-            from sidecar.training.kohya import require
-
-            require(self.settings)
-        else:
-            import importlib.util
-
-            missing = [m for m in ("torch", "diffusers", "peft", "accelerate") if importlib.util.find_spec(m) is None]
-            if missing:
-                raise EngineUnavailable(
-                    f"The embedded trainer needs {', '.join(missing)}: install plasma-sidecar[engine], or "
-                    "configure kohya_dir and train with engine 'kohya'.", {"missing": missing})
-
-    async def _base_model(self, name: str) -> Path:
-        if "/" in name or "\\" in name or name.startswith("."):
-            raise InvalidField("checkpoint must be a file name, not a path.", {"field": "checkpoint"})
-        dirs = base_model_dirs(self.settings, self.backend)
-        for d in dirs:
-            for candidate in (d / name, d / Path(name).stem):
-                if await asyncio.to_thread(candidate.exists):
-                    return candidate
-        raise CheckpointNotFound(
-            f"Base model {name!r} was not found in {', '.join(str(d) for d in dirs) or 'any models dir'}.",
-            {"checkpoint": name, "searched": [str(d) for d in dirs]})
-
     # -- queue
     def _enqueue(self, run: RunRecord) -> None:
         live = LiveRun(record=run, tracker=ProgressTracker(total=run.total or 0, step=run.resume_step or 0))
@@ -434,16 +388,6 @@ class TrainingManager:
             extra["step"] = fields.get("step", run.total)
         await self._set(run, status, **extra)
 
-    async def _adopt_files(self, run: RunRecord) -> None:
-        """Checkpoints written while the daemon was down (an orphaned trainer kept going) join the run."""
-        spec = TrainSpec.from_dict(run.spec)
-        known = {c.step for c in run.checkpoints}
-        for f in await asyncio.to_thread(files.step_files, Path(run.output_dir), spec.output_name):
-            if f.step not in known:
-                ckpt = CheckpointRecord(run.id, f.step, str(f.path), str(f.state) if f.state else None)
-                await self.store.add_checkpoint(ckpt)
-                run.checkpoints.append(ckpt)
-
     # -- views
     def _announce(self, run: RunRecord, kind: str, live: LiveRun | None = None) -> None:
         self.events.publish({"type": f"training.{kind}", "run": self.to_api(run, live)})
@@ -452,17 +396,3 @@ class TrainingManager:
         if live is not None:
             return run_view(run, live.tracker, list(live.tail))
         return run_view(run, None, tail or [])
-
-
-def base_model_dirs(settings: Settings, backend: GenerationBackend | None) -> list[Path]:
-    """Where base checkpoints are looked up: the backend's folder, ComfyUI's, then ours."""
-    dirs: list[Path] = []
-    if backend is not None:
-        with contextlib.suppress(Exception):
-            d = backend.models_dir("checkpoints")
-            if d is not None:
-                dirs.append(d)
-    if settings.comfyui_dir is not None:
-        dirs.append(settings.comfyui_dir / "models" / "checkpoints")
-    dirs.append(settings.models_path / "checkpoints")
-    return list(dict.fromkeys(dirs))

@@ -1,0 +1,70 @@
+"""Admission of a training run: what is checked before a run is queued (profile limits, the trainer
+engine installed or configured, the base model found). Pure checks that raise our coded errors; the
+manager (`manager.py`) calls them and queues what passes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+from pathlib import Path
+
+from sidecar.backend import GenerationBackend
+from sidecar.config import Settings
+from sidecar.errors import CheckpointNotFound, EngineUnavailable, InvalidField
+from sidecar.profiles import Profile
+from sidecar.training.wire import TrainRequest
+
+
+def check_request(req: TrainRequest, settings: Settings, profile: Profile) -> str:
+    """The request's limits; returns the trainer engine it will run on."""
+    if req.batch_size is not None:
+        profile.check_batch(req.batch_size, training=True)
+    profile.check_train_resolution(req.resolution)
+    if req.resolution % 64:
+        raise InvalidField(f"resolution must be a multiple of 64, got {req.resolution}.",
+                           {"field": "resolution", "value": req.resolution})
+    engine = req.engine or ("kohya" if settings.kohya_dir is not None else "embedded")
+    check_engine(settings, engine)
+    return engine
+
+
+def check_engine(settings: Settings, engine: str) -> None:
+    if engine == "kohya":
+        from sidecar.training.kohya import require
+
+        require(settings)
+        return
+    missing = [m for m in ("torch", "diffusers", "peft", "accelerate") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise EngineUnavailable(
+            f"The embedded trainer needs {', '.join(missing)}: install plasma-sidecar[engine], or "
+            "configure kohya_dir and train with engine 'kohya'.", {"missing": missing})
+
+
+async def find_base_model(settings: Settings, backend: GenerationBackend | None, name: str) -> Path:
+    if "/" in name or "\\" in name or name.startswith("."):
+        raise InvalidField("checkpoint must be a file name, not a path.", {"field": "checkpoint"})
+    dirs = base_model_dirs(settings, backend)
+    for d in dirs:
+        for candidate in (d / name, d / Path(name).stem):
+            if await asyncio.to_thread(candidate.exists):
+                return candidate
+    raise CheckpointNotFound(
+        f"Base model {name!r} was not found in {', '.join(str(d) for d in dirs) or 'any models dir'}.",
+        {"checkpoint": name, "searched": [str(d) for d in dirs]})
+
+
+def base_model_dirs(settings: Settings, backend: GenerationBackend | None) -> list[Path]:
+    """Where base checkpoints are looked up: the backend's folder, ComfyUI's, then ours."""
+    dirs: list[Path] = []
+    if backend is not None:
+        with contextlib.suppress(Exception):
+            d = backend.models_dir("checkpoints")
+            if d is not None:
+                dirs.append(d)
+    if settings.comfyui_dir is not None:
+        dirs.append(settings.comfyui_dir / "models" / "checkpoints")
+    dirs.append(settings.models_path / "checkpoints")
+    return list(dict.fromkeys(dirs))
