@@ -23,6 +23,7 @@ from typing import Any
 from pipeline_stage.errors import LogInvalid, StageError
 from pipeline_stage.genlog import GenerationLog, read_log, versions_in
 from pipeline_stage.layout import Page, Project, version_of
+from sidecar import atomic
 
 LOCK_NAME = ".generate.lock"
 JOURNAL_NAME = ".generate-journal.json"
@@ -211,11 +212,4 @@ def approve_version(project: Project, page: Page, version: int,
 
 def write_atomic(path: Path, data: bytes) -> None:
     """One file, whole or absent (reports beside the versions, not part of a version's set)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_for(path)
-    try:
-        _write_synced(tmp, data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic.write_bytes(path, data, sync=True)

@@ -22,11 +22,12 @@ from typing import TYPE_CHECKING, Any, NoReturn, Self
 import aiohttp
 
 from sidecar.errors import DaemonRefused, DaemonUnavailable
+from sidecar.statuses import JOB_TERMINAL
+
 
 if TYPE_CHECKING:
     from sidecar.config import Settings
 
-TERMINAL = {"succeeded", "failed", "cancelled"}
 POLL_INTERVAL = 2.0  # backstop poll while the event socket is up
 POLL_INTERVAL_NO_EVENTS = 0.5
 
@@ -138,7 +139,7 @@ class DaemonClient:
             if on_progress is not None:
                 progress = job.get("progress") or {}
                 on_progress(int(progress.get("step") or 0), int(progress.get("total") or 0))
-            if job.get("status") in TERMINAL:
+            if job.get("status") in JOB_TERMINAL:
                 return job
             await asyncio.sleep(poll_interval)
 
@@ -170,7 +171,7 @@ class DaemonClient:
     async def _follow(self, job: dict[str, Any], ws: aiohttp.ClientWebSocketResponse | None,
                       on_update: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
         job_id = job["id"]
-        while job["status"] not in TERMINAL:
+        while job["status"] not in JOB_TERMINAL:
             event = None
             if ws is not None and not ws.closed:
                 try:

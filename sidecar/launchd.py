@@ -22,6 +22,7 @@ from typing import Any
 
 import click
 
+from sidecar.atomic import write_bytes
 from sidecar.cli_support import tool_group
 from sidecar.errors import LaunchctlFailed, LaunchdError, LaunchdUnavailable
 
@@ -224,9 +225,7 @@ def install(config_file: Path | None, comfyui: bool | None, dry_run: bool) -> No
         agent.path.parent.mkdir(parents=True, exist_ok=True)
         if ctl.state(agent.label)["loaded"]:
             ctl.bootout(agent.label)  # bootstrap refuses a label that is already loaded
-        tmp = agent.path.with_suffix(".plist.tmp")
-        tmp.write_bytes(agent.render())
-        os.replace(tmp, agent.path)
+        write_bytes(agent.path, agent.render())
         res = ctl.bootstrap(agent.path)
         if res.returncode != 0:
             raise LaunchctlFailed(f"launchctl bootstrap {ctl.domain} {agent.path} failed ({res.returncode}): "

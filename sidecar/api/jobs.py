@@ -8,9 +8,9 @@ from sidecar.api.errors import parse_body, query_limit
 from sidecar.api.keys import BUILDER, DEVICE, RUNNER
 from sidecar.api.models import JobRequest
 from sidecar.errors import InvalidField, JobNotFinished
+from sidecar.statuses import JOB_STATUSES
 
 routes = web.RouteTableDef()
-STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 
 
 @routes.post("/jobs")
@@ -25,8 +25,8 @@ async def submit_job(request: web.Request) -> web.Response:
 @routes.get("/jobs")
 async def list_jobs(request: web.Request) -> web.Response:
     status = request.query.get("status")
-    if status is not None and status not in STATUSES:
-        raise InvalidField(f"status must be one of {', '.join(STATUSES)}.", {"field": "status", "value": status})
+    if status is not None and status not in JOB_STATUSES:
+        raise InvalidField(f"status must be one of {', '.join(JOB_STATUSES)}.", {"field": "status", "value": status})
     limit = query_limit(request)
     jobs = await request.app[RUNNER].list(status, limit)
     return web.json_response({"jobs": [j.to_api() for j in jobs]})

@@ -12,8 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from sidecar.jobs.params import GenerationRequest
-
-JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+from sidecar.statuses import JobStatus
 
 
 class Wire(BaseModel):

@@ -5,14 +5,12 @@ so a crash never leaves half a PNG or a torn caption). It knows nothing about an
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from sidecar.atomic import write_bytes, write_text, write_with  # noqa: F401  (the dataset tools write with these)
 from sidecar.errors import DatasetInvalid
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}  # what kohya's dataset loader reads too
@@ -20,16 +18,6 @@ CAPTION_SUFFIX = ".txt"  # kohya is run with --caption_extension=.txt (its defau
 FLIP_SUFFIX = "_flip"  # `front.png` -> `front_flip.png`: the stem says which image is a mirror
 DEFAULT_FLIP_TAG = "mirrored"
 CAPTION_PARTS = ("framing", "pose", "background")  # after the trigger word: DATA-02's caption format
-
-
-def _read_umask() -> int:
-    # Read once at import: os.umask can only be read by setting it, which is not thread-safe later.
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _read_umask()
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -97,31 +85,8 @@ def add_tag(caption: str, tag: str) -> str:
     return f"{caption}, {tag}"
 
 
-def _atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        # mkstemp makes the file 0600; give it the mode a plain open() would (0666 minus the umask).
-        os.fchmod(fd, 0o666 & ~_UMASK)
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def write_bytes(path: Path, data: bytes) -> None:
-    _atomic(path, lambda fh: fh.write(data))
-
-
-def write_text(path: Path, text: str) -> None:
-    write_bytes(path, text.encode("utf-8"))
-
-
 def save_png(image: Image.Image, path: Path) -> None:
-    _atomic(path, lambda fh: image.save(fh, format="PNG"))
+    write_with(path, lambda fh: image.save(fh, format="PNG"))
 
 
 def refuse_existing(paths: Iterable[Path], hint: str) -> None:

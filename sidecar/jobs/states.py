@@ -7,8 +7,9 @@ running -> queued (re-queued once when the backend lost the prompt, or after a d
 from __future__ import annotations
 
 from sidecar.errors import InvalidState
+from sidecar.statuses import JOB_TERMINAL
 
-TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+TERMINAL = JOB_TERMINAL
 
 TRANSITIONS: dict[str, frozenset[str]] = {
     "queued": frozenset({"running", "cancelled", "failed"}),

@@ -8,8 +8,8 @@ from collections.abc import Callable
 from typing import Any
 
 from sidecar.client import DaemonClient, DaemonRefused
+from sidecar.statuses import RUN_TERMINAL
 
-RUN_TERMINAL = {"succeeded", "failed", "cancelled", "interrupted"}
 
 
 class TrainingClient(DaemonClient):

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from PIL import Image, ImageDraw, ImageFont
 
+from sidecar.atomic import write_text, write_with
 from sidecar.errors import InvalidField
 from sidecar.training.lora_metadata import STAGED_PREFIX as STAGE_PREFIX
 
@@ -209,9 +210,7 @@ def contact_sheet(plan: SweepPlan, cell_px: int = 256) -> Path:
                 draw.text((x + 8, y + 8 + li * 16), line, fill=(160, 0, 0), font=small)
         draw.rectangle((x, y, x + cell_px - 1, y + cell_px - 1), outline=(200, 200, 200))
     path = plan.out / "contact-sheet.png"
-    tmp = path.with_name(f".{path.name}.tmp")
-    sheet.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    write_with(path, lambda fh: sheet.save(fh, format="PNG"))
     return path
 
 
@@ -240,7 +239,5 @@ def write_index(plan: SweepPlan, sheet: Path) -> Path:
         "cells": [asdict(c) for c in plan.cells],
     }
     path = plan.out / "index.json"
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(index, indent=2), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(index, indent=2))
     return path

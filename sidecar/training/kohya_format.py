@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import torch
 from safetensors.torch import save, save_file
 
+from sidecar.atomic import replacing
 from sidecar.training.dataset import Dataset
 from sidecar.training.spec import TrainSpec
 
@@ -143,6 +143,5 @@ def metadata(spec: TrainSpec, dataset: Dataset, *, step: int, started_at: float,
 def save_lora(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
     """Write atomically (temp + rename): a reader never sees half a LoRA."""
     meta = {**meta, "sshs_model_hash": model_hash(tensors, meta)}
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)

@@ -31,6 +31,7 @@ from sidecar.errors import InvalidState, JobCancelled, SidecarError, TrainingNot
 from sidecar.events import EventBus
 from sidecar.profiles import Profile
 from sidecar.sqlite_store import now_iso
+from sidecar.statuses import RUN_ACTIVE, RUN_RESUMABLE
 from sidecar.training import admission, recovery
 from sidecar.training import checkpoints as files
 from sidecar.training.dataset import load_dataset
@@ -39,7 +40,7 @@ from sidecar.training.parser import read_log_tail
 from sidecar.training.progress import ProgressTracker
 from sidecar.training.promote import promote as install_checkpoint
 from sidecar.training.spec import ResumePoint, Trainer, TrainerHooks, TrainJob, TrainSpec
-from sidecar.training.store import ACTIVE, RESUMABLE, CheckpointRecord, RunRecord, TrainingStore, check_transition
+from sidecar.training.store import CheckpointRecord, RunRecord, TrainingStore, check_transition
 from sidecar.training.views import finite, run_view
 from sidecar.training.wire import Promoted, PromoteRequest, TrainRequest
 
@@ -196,7 +197,7 @@ class TrainingManager:
             run = await self.store.get(run_id)
             if run is None:
                 raise TrainingNotFound(f"No training run with id {run_id!r}.", {"runId": run_id})
-            if run.status not in RESUMABLE:
+            if run.status not in RUN_RESUMABLE:
                 raise InvalidState(
                     f"Training run {run_id} is {run.status}; only interrupted, cancelled or failed runs resume.",
                     {"runId": run_id, "status": run.status})
@@ -272,7 +273,7 @@ class TrainingManager:
                     await self._run(live)
                 except Exception:  # a bug must not kill the queue
                     log.exception("training run %s: unexpected error", run_id)
-                    if live.record.status in ACTIVE:
+                    if live.record.status in RUN_ACTIVE:
                         await self._finish(live, "failed", code="internal_error",
                                            message="The daemon hit an internal error running this training; "
                                                    "see its log.")

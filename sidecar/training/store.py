@@ -66,8 +66,6 @@ TRANSITIONS: dict[str, set[str]] = {
     "failed": {"queued", "succeeded"},
     "succeeded": set(),
 }
-ACTIVE = {"queued", "running"}
-RESUMABLE = {"interrupted", "cancelled", "failed"}
 
 
 def check_transition(run_id: str, old: str, new: str) -> None:
