@@ -13,9 +13,10 @@ from typing import Any
 from pipeline_stage.errors import DaemonNotRunning, DeviceBusy, JobFailedError, RequestRefused
 from sidecar.client import DaemonClient as BaseClient
 from sidecar.client import DaemonRefused, DaemonUnavailable
+from sidecar.config import DEFAULT_DAEMON_URL
 from sidecar.device import busy_message
 
-DEFAULT_URL = "http://127.0.0.1:3000"
+DEFAULT_URL = DEFAULT_DAEMON_URL
 
 
 def busy_error(exc: DaemonRefused) -> DeviceBusy:

@@ -30,6 +30,8 @@ from sidecar.errors import ConfigError
 from sidecar.profiles import PROFILES
 
 ENV_PREFIX = "SIDECAR_"
+DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 3000
+DEFAULT_DAEMON_URL = f"http://{DEFAULT_HOST}:{DEFAULT_PORT}"  # for tools that do not read this configuration
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -57,8 +59,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
 
     # -- server
-    host: str = Field("127.0.0.1", description="bind address; a non-loopback one needs allow_remote")
-    port: int = Field(3000, ge=1, le=65535, description="TCP port of the HTTP API")
+    host: str = Field(DEFAULT_HOST, description="bind address; a non-loopback one needs allow_remote")
+    port: int = Field(DEFAULT_PORT, ge=1, le=65535, description="TCP port of the HTTP API")
     allow_remote: bool = Field(False, description="allow binding to a non-loopback address (logs a warning)")
     data_dir: Path = Field(default_factory=default_data_dir,
                            description="SQLite database, job images and logs [default: ~/.local/share/plasma-sidecar, "
