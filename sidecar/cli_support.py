@@ -103,7 +103,8 @@ def settings_from(flags: dict[str, Any]) -> tuple[Settings, dict[str, str]]:
     if ctx is not None:
         flags = {k: v for k, v in flags.items()
                  if ctx.get_parameter_source(k) in (click.core.ParameterSource.COMMANDLINE, None)}
-    return load_settings({k: v for k, v in flags.items() if v != ()}, config_file)
+    return load_settings({k: list(v) if isinstance(v, tuple) else v for k, v in flags.items() if v != ()},
+                         config_file)
 
 
 def current_settings() -> Settings:

@@ -24,7 +24,6 @@ import aiohttp
 from sidecar.errors import DaemonRefused, DaemonUnavailable
 from sidecar.statuses import JOB_TERMINAL
 
-
 if TYPE_CHECKING:
     from sidecar.config import Settings
 
