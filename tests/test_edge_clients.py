@@ -15,7 +15,7 @@ from pipeline_stage.cli import main as generate_main
 from sidecar.cli import main as sidecar_main
 from sidecar.client import DaemonClient, DaemonRefused
 from sidecar.config import Settings, client_token
-from sidecar.training.cli import loras
+from sidecar.loras.cli import loras
 from tests.pipeline_daemon import DaemonThread, SeededBackend, copy_example
 
 TOKEN = "client-test-token-0123456789abcdef"
