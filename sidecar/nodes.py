@@ -13,7 +13,7 @@ limits hold for it (`param`), and the jobs layer applies them, the same for temp
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from sidecar.errors import InvalidField, NodeNotSupported, WorkflowInvalid
@@ -31,7 +31,7 @@ class Linked:
 @dataclass(frozen=True)
 class Value:
     """A literal input. `param`: the job parameter whose limits it obeys; `folder`: the models folder
-    a name is looked up in; `daemon`: set by the daemon whatever the workflow says."""
+    a name is looked up in."""
 
     kind: type  # int, float or str
     lo: float | None = None
@@ -40,14 +40,12 @@ class Value:
     optional: bool = False
     param: str | None = None
     folder: str | None = None
-    daemon: bool = False
 
 
 @dataclass(frozen=True)
 class NodeType:
     inputs: dict[str, Linked | Value]
     outputs: tuple[str, ...] = ()
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 MAX_SEED = 2**64 - 1  # ComfyUI's seed widget range
@@ -70,8 +68,9 @@ NODE_TYPES: dict[str, NodeType] = {
         "width": Value(int, 16, 16384), "height": Value(int, 16, 16384),
         "batch_size": Value(int, 1, 4096, optional=True),
     }, ("LATENT",)),
-    # The image is the job's pose image, placed by the daemon (`poseImagePath`), never a path of the workflow's.
-    "LoadImage": NodeType({"image": Value(str, daemon=True), "upload": Value(str, optional=True)},
+    # The image is the job's pose image, placed by the daemon (`poseImagePath`), never a path of the workflow's
+    # (the job builder sets it).
+    "LoadImage": NodeType({"image": Value(str), "upload": Value(str, optional=True)},
                           ("IMAGE", "MASK")),
     "ControlNetLoader": NodeType({"control_net_name": Value(str, folder="controlnet")}, ("CONTROL_NET",)),
     "ControlNetApplyAdvanced": NodeType({
@@ -88,8 +87,8 @@ NODE_TYPES: dict[str, NodeType] = {
         "scheduler": Value(str, param="scheduler"), "denoise": Value(float, optional=True, param="denoise"),
     }, ("LATENT",)),
     "VAEDecode": NodeType({"samples": Linked("LATENT"), "vae": Linked("VAE")}, ("IMAGE",)),
-    # Where ComfyUI writes the image is the daemon's choice, not the workflow's.
-    "SaveImage": NodeType({"images": Linked("IMAGE"), "filename_prefix": Value(str, optional=True, daemon=True)}),
+    # Where ComfyUI writes the image is the daemon's choice, not the workflow's (the job builder sets it).
+    "SaveImage": NodeType({"images": Linked("IMAGE"), "filename_prefix": Value(str, optional=True)}),
 }
 SUPPORTED_NODES = frozenset(NODE_TYPES)
 LATENT_NODES = ("EmptyLatentImage",)  # the nodes that set an image size and batch
