@@ -120,3 +120,13 @@ async def test_laid_out_root_with_a_regularisation_set(client, tmp_path, fake_en
     assert (Path(argv["--train_data_dir"]) / f"10_{TRIGGER} character").resolve() == \
         (root / "img" / f"10_{TRIGGER} character").resolve()
     assert (Path(argv["--reg_data_dir"]) / "1_character").resolve() == reg.resolve()
+
+
+async def test_hidden_files_are_ignored_as_kohya_and_the_dataset_tools_ignore_them(client, tmp_path, fake_env) -> None:
+    """macOS leaves `._name.png` AppleDouble files on external drives: kohya's `*.png` glob skips them and
+    so does `sidecar dataset check`; the daemon's check reads the layout through the same code."""
+    img = tmp_path / "set" / "img"
+    subset = make_dataset(img / f"10_{TRIGGER} character")
+    (subset / "._img00.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    status, body = await post(client, img)
+    assert status == 202, body  # not "1 image(s) without a .txt caption (._img00.png)"

@@ -11,18 +11,8 @@ import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sidecar.dataprep.files import (
-    CAPTION_PARTS,
-    add_tag,
-    caption_path,
-    flip_path,
-    is_flip,
-    list_images,
-    read_caption,
-    require_dir,
-    split_caption,
-    write_text,
-)
+from sidecar.dataprep.files import CAPTION_PARTS, add_tag, flip_path, is_flip, require_dir, split_caption, write_text
+from sidecar.dataprep.kohya_layout import caption_path, list_images, read_caption
 from sidecar.errors import DatasetInvalid
 
 COLUMNS = ("file", *CAPTION_PARTS)

@@ -15,17 +15,8 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
-from sidecar.dataprep.files import (
-    CAPTION_SUFFIX,
-    caption_path,
-    is_flip,
-    list_images,
-    open_image,
-    read_caption,
-    require_dir,
-    source_of_flip,
-    split_caption,
-)
+from sidecar.dataprep.files import is_flip, open_image, require_dir, source_of_flip, split_caption
+from sidecar.dataprep.kohya_layout import CAPTION_SUFFIX, caption_path, list_images, read_caption
 from sidecar.dataprep.phash import dhash, near_duplicates, phash
 from sidecar.errors import DatasetInvalid
 

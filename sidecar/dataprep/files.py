@@ -1,6 +1,7 @@
-"""What every dataset tool shares: which files are images, captions and flips, how an image is opened
-(an unreadable one is a `DatasetInvalid` naming the file) and how files are written (temp + rename,
-so a crash never leaves half a PNG or a torn caption). It knows nothing about any one command.
+"""What every dataset tool shares beyond the kohya layout (images, captions and subset folders are in
+`kohya_layout.py`): which files are flips, how an image is opened (an unreadable one is a
+`DatasetInvalid` naming the file) and how files are written (temp + rename, so a crash never leaves
+half a PNG or a torn caption). It knows nothing about any one command.
 """
 
 from __future__ import annotations
@@ -13,17 +14,9 @@ from PIL import Image, UnidentifiedImageError
 from sidecar.atomic import write_bytes, write_text, write_with  # noqa: F401  (the dataset tools write with these)
 from sidecar.errors import DatasetInvalid
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}  # what kohya's dataset loader reads too
-CAPTION_SUFFIX = ".txt"  # kohya is run with --caption_extension=.txt (its default `.caption` is wrong)
 FLIP_SUFFIX = "_flip"  # `front.png` -> `front_flip.png`: the stem says which image is a mirror
 DEFAULT_FLIP_TAG = "mirrored"
 CAPTION_PARTS = ("framing", "pose", "background")  # after the trigger word: DATA-02's caption format
-
-
-def list_images(folder: Path) -> list[Path]:
-    """Images directly in `folder` (kohya does not recurse), sorted by name; hidden files skipped."""
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
 
 
 def is_flip(image: Path) -> bool:
@@ -37,10 +30,6 @@ def flip_path(image: Path) -> Path:
 def source_of_flip(image: Path) -> str:
     """The stem of the image a flip was made from (`front_flip` -> `front`)."""
     return image.stem[: -len(FLIP_SUFFIX)]
-
-
-def caption_path(image: Path) -> Path:
-    return image.with_suffix(CAPTION_SUFFIX)
 
 
 def require_dir(folder: Path, what: str = "dataset folder") -> Path:
@@ -62,16 +51,6 @@ def open_image(path: Path) -> Image.Image:
         raise DatasetInvalid(f"{path} does not exist.", {"file": str(path)}) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DatasetInvalid(f"{path} is not a readable image ({exc}).", {"file": str(path)}) from None
-
-
-def read_caption(path: Path) -> str | None:
-    """The caption kohya would use (first line, stripped), or None when there is no readable file."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
-        return None
-    lines = text.splitlines()
-    return lines[0].strip() if lines else ""
 
 
 def split_caption(caption: str) -> list[str]:

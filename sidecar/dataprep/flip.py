@@ -12,18 +12,8 @@ from pathlib import Path
 
 from PIL import ImageOps
 
-from sidecar.dataprep.files import (
-    add_tag,
-    caption_path,
-    flip_path,
-    is_flip,
-    list_images,
-    open_image,
-    read_caption,
-    require_dir,
-    save_png,
-    write_text,
-)
+from sidecar.dataprep.files import add_tag, flip_path, is_flip, open_image, require_dir, save_png, write_text
+from sidecar.dataprep.kohya_layout import caption_path, list_images, read_caption
 
 
 @dataclass

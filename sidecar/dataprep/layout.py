@@ -1,10 +1,11 @@
-"""The folder layout kohya's train_network.py reads (kohya-sd-scripts.md §3):
+"""`sidecar dataset layout`: copy a captioned set (and a regularisation set) into the folder layout
+kohya's train_network.py reads (`kohya_layout.py` describes it; the daemon's trainers read it back
+through the same module):
 
     TRAIN_ROOT/img/<repeats>_<trigger> <class>/   images + .txt captions   (--train_data_dir TRAIN_ROOT/img)
     TRAIN_ROOT/reg/<repeats>_<class>/             regularisation set         (--reg_data_dir TRAIN_ROOT/reg)
 
-kohya reads the *parent* of the `<repeats>_...` folders and splits the name on the first `_`. The new
-tree is built in a staging folder and renamed into place, so a failure leaves TRAIN_ROOT as it was.
+The new tree is built in a staging folder and renamed into place, so a failure leaves TRAIN_ROOT as it was.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sidecar.dataprep.files import caption_path, list_images, read_caption, require_dir
+from sidecar.dataprep.files import require_dir
+from sidecar.dataprep.kohya_layout import IMG_DIR, REG_DIR, caption_path, list_images, read_caption, subset_name
 from sidecar.errors import DatasetInvalid
 
 
@@ -32,16 +34,16 @@ class LayoutPlan:
     img_subset: str  # "10_spyke_plasma_v1 anime character"
     reg_subset: str | None  # "1_anime character" when a reg set is laid out
     copies: list[Copy] = field(default_factory=list)
-    replace: list[str] = field(default_factory=list)  # top-level folders of root replaced ("img", "reg")
+    replace: list[str] = field(default_factory=list)  # top-level folders of root replaced (IMG_DIR, REG_DIR)
     notes: list[str] = field(default_factory=list)
 
     @property
     def train_data_dir(self) -> Path:
-        return self.root / "img"
+        return self.root / IMG_DIR
 
     @property
     def reg_data_dir(self) -> Path | None:
-        return self.root / "reg" if self.reg_subset else None
+        return self.root / REG_DIR if self.reg_subset else None
 
 
 def _check_name(value: str, what: str) -> str:
@@ -60,13 +62,13 @@ def plan_layout(src: Path, root: Path, *, repeats: int, class_name: str, trigger
     if repeats < 1 or reg_repeats < 1:
         raise DatasetInvalid("Repeat counts must be at least 1 (kohya silently skips a folder with 0).",
                              {"repeats": repeats, "regRepeats": reg_repeats})
-    if root == src.resolve() or src.resolve().is_relative_to(root / "img"):
+    if root == src.resolve() or src.resolve().is_relative_to(root / IMG_DIR):
         raise DatasetInvalid(f"--out {root} must not hold the source set {src}; lay it out somewhere else.",
                              {"file": str(root)})
     if root.exists() and not root.is_dir():
         raise DatasetInvalid(f"{root} is a file; --out must be a folder.", {"file": str(root)})
 
-    plan = LayoutPlan(root, f"{repeats}_{trigger} {class_name}", None)
+    plan = LayoutPlan(root, subset_name(repeats, f"{trigger} {class_name}"), None)
     images = list_images(src)
     if not images:
         raise DatasetInvalid(f"No images in {src}.", {"file": str(src)})
@@ -77,26 +79,26 @@ def plan_layout(src: Path, root: Path, *, repeats: int, class_name: str, trigger
                              f"{', ...' if len(uncaptioned) > 5 else ''}); run `caption` first.",
                              {"files": uncaptioned})
     for image in images:
-        plan.copies.append(Copy(image, Path("img") / plan.img_subset / image.name))
-        plan.copies.append(Copy(caption_path(image), Path("img") / plan.img_subset / caption_path(image).name))
-    plan.replace.append("img")
+        plan.copies.append(Copy(image, Path(IMG_DIR) / plan.img_subset / image.name))
+        plan.copies.append(Copy(caption_path(image), Path(IMG_DIR) / plan.img_subset / caption_path(image).name))
+    plan.replace.append(IMG_DIR)
 
     if reg is not None:
         reg = require_dir(reg, "regularisation folder")
         reg_images = list_images(reg)
         if not reg_images:
             raise DatasetInvalid(f"No images in the regularisation folder {reg}.", {"file": str(reg)})
-        if reg.resolve().is_relative_to(root / "reg"):
+        if reg.resolve().is_relative_to(root / REG_DIR):
             raise DatasetInvalid(f"The regularisation set {reg} is already inside {root / 'reg'}; leave out --reg "
                                  "(it stays where it is) or generate it elsewhere.", {"file": str(reg)})
-        plan.reg_subset = f"{reg_repeats}_{class_name}"
+        plan.reg_subset = subset_name(reg_repeats, class_name)
         for image in reg_images:
-            plan.copies.append(Copy(image, Path("reg") / plan.reg_subset / image.name))
+            plan.copies.append(Copy(image, Path(REG_DIR) / plan.reg_subset / image.name))
             if caption_path(image).is_file():
-                plan.copies.append(Copy(caption_path(image), Path("reg") / plan.reg_subset / caption_path(image).name))
-        plan.replace.append("reg")
-    elif (root / "reg").is_dir() and any((root / "reg").iterdir()):
-        existing = sorted(p.name for p in (root / "reg").iterdir() if p.is_dir())
+                plan.copies.append(Copy(caption_path(image), Path(REG_DIR) / plan.reg_subset / caption_path(image).name))
+        plan.replace.append(REG_DIR)
+    elif (root / REG_DIR).is_dir() and any((root / REG_DIR).iterdir()):
+        existing = sorted(p.name for p in (root / REG_DIR).iterdir() if p.is_dir())
         plan.reg_subset = existing[0] if existing else None
         plan.notes.append(f"kept the regularisation set already in {root / 'reg'} ({', '.join(existing)})")
 

@@ -19,7 +19,8 @@ from typing import Any, Protocol
 from PIL import Image, UnidentifiedImageError
 
 from sidecar.client import DaemonClient
-from sidecar.dataprep.files import caption_path, open_image, read_caption, write_bytes, write_text
+from sidecar.dataprep.files import open_image, write_bytes, write_text
+from sidecar.dataprep.kohya_layout import caption_path, read_caption
 from sidecar.errors import DatasetInvalid, RegJobFailed
 
 MANIFEST = "reg.json"

@@ -1,25 +1,31 @@
 """Checks a training set before a trainer ever sees it, and describes it for both trainers.
 
-Accepts kohya's layout (`<repeats>_<trigger> <class>/` folders, see `shared/kohya-sd-scripts.md`
-§3) given as the `img/` folder or as the root holding `img/` and an optional `reg/` (what
-`sidecar dataset layout` writes), and a flat folder of images with `.txt` captions. Refuses, with
+Accepts kohya's layout (`<repeats>_<trigger> <class>/` folders, read through `dataprep/kohya_layout.py`,
+the one place that knows it) given as the `img/` folder or as the root holding `img/` and an optional
+`reg/` (what `sidecar dataset layout` writes), and a flat folder of images with `.txt` captions. Refuses, with
 the files named, what kohya would silently mis-train on: no images, images without a caption,
 empty captions, captions whose first tag is not the trigger word. It never modifies the set.
 """
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sidecar.dataprep.kohya_layout import (
+    IMG_DIR,
+    REG_DIR,
+    caption_path,
+    kohya_dirs,
+    list_images,
+    read_caption,
+    subset_folders,
+    subset_name,
+)
 from sidecar.errors import DatasetInvalid
 from sidecar.userfiles import user_path
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
-CAPTION_SUFFIX = ".txt"  # passed to kohya as --caption_extension (its default `.caption` would be wrong)
-SUBSET_DIR = re.compile(r"^(?P<repeats>\d+)_(?P<tokens>.+)$")
 FLAT_REPEATS = 10  # repeats for a flat folder: only sets where kohya's epochs end; steps decide the length
 MAX_NAMED = 20  # files named in an error's details (the message names the first few)
 
@@ -78,19 +84,6 @@ class Dataset:
                 for s in (self.reg_subsets if reg else self.subsets)}
 
 
-def _images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-
-
-def _read_caption(path: Path) -> str | None:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
-        return None
-    # kohya uses the first line only.
-    return text.splitlines()[0].strip() if text.strip() else ""
-
-
 def _names(paths: list[Path], root: Path) -> list[str]:
     return [str(p.relative_to(root)) if p.is_relative_to(root) else str(p) for p in paths]
 
@@ -105,23 +98,23 @@ def load_dataset(root: Path, trigger_word: str) -> Dataset:
                              {"datasetDir": str(root)})
 
     warnings: list[str] = []
-    img_dir, reg_dir = _kohya_dirs(root)
+    img_dir, reg_dir = kohya_dirs(root)
     if img_dir is not None:
         layout = "kohya"
         subsets = _subsets(img_dir, warnings)
-        if _images(img_dir):
-            warnings.append(f"{len(_images(img_dir))} image(s) directly in {img_dir} are ignored: kohya reads only "
+        if list_images(img_dir):
+            warnings.append(f"{len(list_images(img_dir))} image(s) directly in {img_dir} are ignored: kohya reads only "
                             "the <repeats>_<class> folders.")
     else:
         layout = "flat"
-        subsets = [Subset(f"{FLAT_REPEATS}_{trigger_word} character", root, FLAT_REPEATS,
+        subsets = [Subset(subset_name(FLAT_REPEATS, f"{trigger_word} character"), root, FLAT_REPEATS,
                           f"{trigger_word} character")]
     reg_subsets = _subsets(reg_dir, warnings) if reg_dir is not None else []
     for subset in reg_subsets:
         # Regularisation images show the class without the character: no trigger word, captions optional
         # (kohya then uses the folder's class tokens).
-        for image in _images(subset.source):
-            caption = _read_caption(image.with_suffix(CAPTION_SUFFIX))
+        for image in list_images(subset.source):
+            caption = read_caption(caption_path(image))
             subset.items.append(Item(image, caption or subset.class_tokens))
     reg_subsets = [s for s in reg_subsets if s.items]
     if reg_subsets:
@@ -133,22 +126,22 @@ def load_dataset(root: Path, trigger_word: str) -> Dataset:
     empty: list[Path] = []
     wrong_first: list[tuple[Path, str]] = []
     for subset in subsets:
-        for image in _images(subset.source):
-            caption_path = image.with_suffix(CAPTION_SUFFIX)
-            if not caption_path.is_file():
+        for image in list_images(subset.source):
+            caption_file = caption_path(image)
+            if not caption_file.is_file():
                 missing.append(image)
                 continue
-            caption = _read_caption(caption_path)
+            caption = read_caption(caption_file)
             if not caption:
-                empty.append(caption_path)
+                empty.append(caption_file)
                 continue
             first = caption.split(",")[0].strip()
             if first != trigger_word:
-                wrong_first.append((caption_path, first))
+                wrong_first.append((caption_file, first))
                 continue
             subset.items.append(Item(image, caption))
 
-    total = sum(len(_images(s.source)) for s in subsets)
+    total = sum(len(list_images(s.source)) for s in subsets)
     if total == 0:
         raise DatasetInvalid(
             f"No images in {root}: expected .png/.jpg/.webp files with .txt captions, directly in the folder "
@@ -178,34 +171,8 @@ def load_dataset(root: Path, trigger_word: str) -> Dataset:
                    reg_subsets=reg_subsets)
 
 
-def _has_subsets(folder: Path) -> bool:
-    return folder.is_dir() and any(
-        d.is_dir() and SUBSET_DIR.match(d.name) and _images(d) for d in folder.iterdir())
-
-
-def _kohya_dirs(root: Path) -> tuple[Path | None, Path | None]:
-    """(the folder of training subsets, the folder of regularisation subsets) for a kohya layout."""
-    if _has_subsets(root):
-        reg = root.parent / "reg" if root.name == "img" else None
-        return root, reg if reg is not None and _has_subsets(reg) else None
-    if _has_subsets(root / "img"):
-        return root / "img", root / "reg" if _has_subsets(root / "reg") else None
-    return None, None
-
-
 def _subsets(folder: Path, warnings: list[str]) -> list[Subset]:
-    subsets: list[Subset] = []
-    for d in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        m = SUBSET_DIR.match(d.name)
-        if m is None:
-            warnings.append(f"{d.name}/ is ignored: kohya reads only folders named <repeats>_<class>.")
-            continue
-        repeats = int(m.group("repeats"))
-        if repeats < 1:
-            warnings.append(f"{d.name}/ is ignored: a repeat count below 1 trains nothing.")
-            continue
-        subsets.append(Subset(d.name, d, repeats, m.group("tokens")))
-    return subsets
+    return [Subset(f.name, f.path, f.repeats, f.class_tokens) for f in subset_folders(folder, warnings)]
 
 
 def stage_for_kohya(dataset: Dataset, work_dir: Path) -> tuple[Path, Path | None]:
@@ -213,8 +180,8 @@ def stage_for_kohya(dataset: Dataset, work_dir: Path) -> tuple[Path, Path | None
     links to the real image folders. kohya must get the *parent* of those folders (given the image
     folder itself it finds no data and still exits 0), so a flat set is linked in under a kohya name.
     """
-    img = _link_subsets(dataset.subsets, work_dir / "img")
-    reg = _link_subsets(dataset.reg_subsets, work_dir / "reg") if dataset.reg_subsets else None
+    img = _link_subsets(dataset.subsets, work_dir / IMG_DIR)
+    reg = _link_subsets(dataset.reg_subsets, work_dir / REG_DIR) if dataset.reg_subsets else None
     return img, reg
 
 

@@ -21,9 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sidecar.config import Settings
+from sidecar.dataprep.kohya_layout import CAPTION_SUFFIX
 from sidecar.errors import InvalidField, JobCancelled
 from sidecar.training.checkpoints import safetensors_ok, state_dir_for
-from sidecar.training.dataset import CAPTION_SUFFIX, stage_for_kohya
+from sidecar.training.dataset import stage_for_kohya
 from sidecar.training.kohya_tokenizer import seed_tokenizer_cache
 from sidecar.training.parser import BarUpdate, CheckpointSaved, KohyaOutputParser
 from sidecar.training.spec import TrainerHooks, TrainJob, TrainResult, training_failed
