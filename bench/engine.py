@@ -52,10 +52,11 @@ def peak_rss_bytes() -> int:
 
 
 def workflow(checkpoint: str, lora: str | None, args: argparse.Namespace, seed: int) -> dict:
+    from sidecar.assets import WORKFLOWS, asset_path
     from sidecar.workflows import load_templates
 
     name = "txt2img-lora" if lora else "txt2img"
-    tpl = load_templates(ROOT / "workflows")[name]
+    tpl = load_templates(asset_path(WORKFLOWS))[name]
     slots = {"checkpoint_name": checkpoint, "prompt_text": "spyke_plasma_v1, full body, standing, city street",
              "negative_prompt": "lowres, bad anatomy, bad hands, blurry", "seed": seed, "steps": args.steps,
              "cfg": 7.0, "sampler_name": args.sampler, "scheduler": args.scheduler, "denoise": 1.0,

@@ -25,6 +25,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from sidecar.assets import WORKFLOWS, asset_path
 from sidecar.durations import parse_duration
 from sidecar.errors import ConfigError
 from sidecar.profiles import PROFILES
@@ -32,7 +33,6 @@ from sidecar.profiles import PROFILES
 ENV_PREFIX = "SIDECAR_"
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 3000
 DEFAULT_DAEMON_URL = f"http://{DEFAULT_HOST}:{DEFAULT_PORT}"  # for tools that do not read this configuration
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def default_config_path() -> Path:
@@ -102,7 +102,9 @@ class Settings(BaseSettings):
     models_dir: Path | None = Field(None, description="checkpoints/, loras/, controlnet/ of the embedded engine "
                                                       "[default: <data_dir>/models]")
     device: Literal["auto", "mps", "cuda", "cpu"] = Field("auto", description="torch device of the embedded engine")
-    workflows_dir: Path = Field(REPO_ROOT / "workflows", description="the workflow templates and their manifest")
+    workflows_dir: Path = Field(default_factory=lambda: asset_path(WORKFLOWS),
+                                description="folder of the workflow templates and their manifest.json "
+                                            "[default: the templates shipped in the package]")
     keep_alive: float = Field(
         300.0, description="how long the embedded engine keeps its models loaded after the last job, as "
                            "Ollama's keep_alive: \"5m\", \"30s\", \"1h\" or seconds; 0 unloads after each job, "

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import click
 
-from sidecar.config import REPO_ROOT, client_token
+from sidecar.assets import EXAMPLE_CHAPTER, asset_path
+from sidecar.config import client_token
 
-EXAMPLE_CHAPTER = REPO_ROOT / "datasets" / "example-chapter"
 TINY_CHECKPOINT = "tiny-sd15.safetensors"
 START_TIMEOUT = 120.0  # the first start imports torch and diffusers
 
@@ -74,7 +74,7 @@ def demo(folder: Path, port: int) -> None:
         shutil.copyfile(models / "loras" / "tiny-lora.safetensors", models / "loras" / "spyke_plasma_v1.safetensors")
     project = folder / "project"
     if not project.is_dir():
-        shutil.copytree(EXAMPLE_CHAPTER, project)
+        shutil.copytree(asset_path(EXAMPLE_CHAPTER), project)
     config = _write_config(folder, port)
     url = f"http://127.0.0.1:{port}"
     token = client_token(config, env)  # SIDECAR_TOKEN, when the artist set one: the daemon requires it then

@@ -1,4 +1,4 @@
-"""launchd user agents for the daemon and ComfyUI: render the templates in the repo's `launchd/` folder
+"""launchd user agents for the daemon and ComfyUI: render the templates shipped in `sidecar/assets/launchd/`
 with this user's paths, install them into ~/Library/LaunchAgents and (un)load them with `launchctl
 bootstrap|bootout gui/<uid>`. On a system without launchd it explains and stops (`--dry-run` still
 prints the rendered plists). The daemon itself knows nothing of launchd.
@@ -22,11 +22,11 @@ from typing import Any
 
 import click
 
+from sidecar.assets import LAUNCHD, asset_path
 from sidecar.atomic import write_bytes
 from sidecar.cli_support import tool_group
 from sidecar.errors import LaunchctlFailed, LaunchdError, LaunchdUnavailable
 
-TEMPLATES_DIR = Path(__file__).resolve().parents[1] / "launchd"  # the project is installed editable
 DAEMON_LABEL = "com.plasma-sidecar.daemon"
 COMFYUI_LABEL = "com.plasma-sidecar.comfyui"
 PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
@@ -53,7 +53,7 @@ def logs_dir(home: Path | None = None) -> Path:
 
 def render_template(name: str, values: dict[str, str]) -> dict[str, Any]:
     """Load a template and fill `{placeholders}` in every string; an unknown one is a bug, not a blank."""
-    with (TEMPLATES_DIR / f"{name}.plist").open("rb") as fh:
+    with (asset_path(LAUNCHD) / f"{name}.plist").open("rb") as fh:
         template = plistlib.load(fh)
 
     def fill(node: Any) -> Any:

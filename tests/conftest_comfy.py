@@ -28,6 +28,7 @@ from typing import Any
 
 import pytest
 
+from sidecar.assets import WORKFLOWS, asset_path
 from sidecar.backend import RunContext
 from sidecar.comfyui.backend import ComfyBackend
 from sidecar.config import Settings
@@ -46,7 +47,7 @@ runpy.run_path({fake!r}, run_name="__main__")
 
 @functools.cache
 def templates() -> dict[str, Any]:
-    return load_templates(TESTS_DIR.parent / "workflows")
+    return load_templates(asset_path(WORKFLOWS))
 
 
 def workflow(name: str = "txt2img-lora", *, steps: int = 3, seed: int = 1, **slots: Any) -> dict[str, Any]:

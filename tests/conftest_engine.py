@@ -19,7 +19,6 @@ from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-REPO = Path(__file__).resolve().parents[1]
 TINY_CHECKPOINT = "tiny-sd15.safetensors"
 TINY_LORA = "tiny-lora.safetensors"
 TINY_CONTROLNET = "tiny-controlnet.safetensors"
@@ -50,10 +49,11 @@ def pose_png(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def fill(template: str, **slots: Any) -> dict[str, Any]:
-    """A template from workflows/ with the manifest's slots filled, as the job builder fills them."""
+    """A shipped template (sidecar/assets/workflows/) with the manifest's slots filled, as the job builder fills them."""
+    from sidecar.assets import WORKFLOWS, asset_path
     from sidecar.workflows import load_templates
 
-    tpl = load_templates(REPO / "workflows")[template]
+    tpl = load_templates(asset_path(WORKFLOWS))[template]
     values: dict[str, Any] = {"checkpoint_name": TINY_CHECKPOINT, "prompt_text": "spyke_plasma_v1, standing",
                               "negative_prompt": "lowres, blurry", "seed": 1, "steps": 4, "width": 64,
                               "height": 96, "sampler_name": "euler", "scheduler": "normal", "cfg": 7.0,

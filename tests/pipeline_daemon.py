@@ -26,12 +26,13 @@ from aiohttp import web
 from PIL import Image
 
 from sidecar.api.app import create_app
+from sidecar.assets import EXAMPLE_CHAPTER, asset_path
 from sidecar.backend import RunContext, RunResult
 from sidecar.config import Settings
 from tests.scripted_backend import ScriptedBackend
 
 REPO = Path(__file__).resolve().parents[1]
-EXAMPLE_PROJECT = REPO / "datasets" / "example-chapter"
+EXAMPLE_PROJECT = asset_path(EXAMPLE_CHAPTER)
 
 
 class SeededBackend(ScriptedBackend):

@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from sidecar.api.app import create_app
-from sidecar.config import REPO_ROOT, Settings
+from sidecar.assets import WORKFLOWS, asset_path
+from sidecar.config import Settings
 from tests.scripted_backend import ScriptedBackend
 
 
@@ -268,7 +269,7 @@ async def test_job_lost_again_after_its_restart_requeue_fails_lost_on_restart(ai
 async def test_template_edits_reach_the_next_job_and_a_broken_edit_keeps_the_last_good(aiohttp_client,
                                                                                           tmp_path) -> None:
     workflows = tmp_path / "workflows"
-    shutil.copytree(REPO_ROOT / "workflows", workflows)
+    shutil.copytree(asset_path(WORKFLOWS), workflows)
     settings = Settings(data_dir=tmp_path / "data", engine="embedded", workflows_dir=workflows)
     client = await aiohttp_client(create_app(settings, ScriptedBackend()))
     template = workflows / "txt2img.json"  # a job without loraId uses it

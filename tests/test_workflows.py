@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.config import REPO_ROOT
+from sidecar.assets import asset_path
 from sidecar.errors import WorkflowInvalid
 from sidecar.workflows import TemplateStore, load_templates
 
 FIXTURES = Path(__file__).parent / "fixtures" / "comfyui"
-WORKFLOWS = REPO_ROOT / "workflows"
+WORKFLOWS = asset_path("workflows")
 
 
 def diff(a: dict, b: dict) -> set[tuple[str, str]]:
