@@ -21,6 +21,7 @@ Nothing else builds error JSON or picks exit codes. The tree:
     │   ├── NodeNotSupported          node_not_supported
     │   ├── SamplerNotSupported       sampler_not_supported
     │   └── WorkflowInvalid           workflow_invalid
+    ├── MethodNotAllowed              method_not_allowed         405    2  (the answer's Allow header lists those served)
     ├── PayloadTooLarge               payload_too_large          413    2
     ├── UnsupportedMediaType          unsupported_media_type     415    2  (a body that is not application/json)
     ├── Unauthorized                  unauthorized               401    2  (token set, Authorization missing or wrong)
@@ -34,8 +35,10 @@ Nothing else builds error JSON or picks exit codes. The tree:
     │   ├── JobNotFinished            job_not_finished
     │   ├── InvalidState              invalid_state
     │   ├── TrainingInProgress        training_in_progress              4  (the device is busy training)
+    │   ├── IdempotencyKeyReused      idempotency_key_reused            2  (the key names another submission)
     │   ├── LoraExists                lora_exists                       1  (promote never overwrites)
     │   └── CheckpointFileMissing     checkpoint_file_missing           1  (a run's file is gone)
+    ├── WebSocketRequired             websocket_required         426    2  (a plain GET of /events)
     ├── QueueFull                     queue_full                 429    1  (retry later)
     ├── DiskFull                      disk_full                  507    1  (also a job failure: no space for its image)
     ├── ComfyUnavailable              comfyui_unavailable        503    1
@@ -158,6 +161,22 @@ class WorkflowInvalid(BadRequest):
     code = "workflow_invalid"
 
 
+class WebSocketRequired(SidecarError):
+    """A plain GET of /events: it only answers a WebSocket upgrade."""
+
+    http_status = 426
+    code = "websocket_required"
+    exit_code = EXIT_INPUT
+
+
+class MethodNotAllowed(SidecarError):
+    """A method the path does not serve; the answer's `Allow` header lists those it does."""
+
+    http_status = 405
+    code = "method_not_allowed"
+    exit_code = EXIT_INPUT
+
+
 class PayloadTooLarge(SidecarError):
     http_status = 413
     code = "payload_too_large"
@@ -252,6 +271,10 @@ class DiskFull(SidecarError):
 
     http_status = 507
     code = "disk_full"
+class IdempotencyKeyReused(Conflict):
+    """An `Idempotency-Key` sent again with a different body: the key names another submission."""
+
+    code = "idempotency_key_reused"
 
 
 class ComfyUnavailable(SidecarError):

@@ -5,11 +5,16 @@ own bounded queue, so a slow client can never stall a job nor make the daemon bu
 once its queue is full it is marked `overflowed`, gets nothing more, and the `/events` handler
 disconnects it (a client that reconnects reads `GET /jobs` to catch up, rather than silently missing
 a `job.succeeded` among dropped events).
+
+Publishers pass their own typed event; the `encode` function the app gives the bus (the API layer's
+wire models) turns it into the JSON body once, at publish time, before the publisher's live record
+can change again.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 DEFAULT_BUFFER = 1000
@@ -23,9 +28,14 @@ class Subscription(asyncio.Queue):
         self.overflowed = asyncio.Event()
 
 
+def _as_is(event: Any) -> Any:
+    return event
+
+
 class EventBus:
-    def __init__(self, buffer: int = DEFAULT_BUFFER) -> None:
+    def __init__(self, buffer: int = DEFAULT_BUFFER, encode: Callable[[Any], dict[str, Any]] = _as_is) -> None:
         self.buffer = buffer
+        self._encode = encode
         self._subscribers: set[Subscription] = set()
 
     def subscribe(self) -> Subscription:
@@ -36,7 +46,10 @@ class EventBus:
     def unsubscribe(self, q: asyncio.Queue[dict[str, Any]]) -> None:
         self._subscribers.discard(q)  # type: ignore[arg-type]
 
-    def publish(self, event: dict[str, Any]) -> None:
+    def publish(self, event: Any) -> None:
+        if not self._subscribers:
+            return  # nobody listens: not even the encoding is paid
+        event = self._encode(event)
         for q in list(self._subscribers):
             if q.full():
                 q.overflowed.set()  # too slow: its handler disconnects it

@@ -88,9 +88,11 @@ class DaemonThread:
 
     def jobs(self) -> list[dict[str, Any]]:
         from sidecar.api.keys import RUNNER
+        from sidecar.api.responses import Job
 
         async def listed() -> list[dict[str, Any]]:
-            return [j.to_api() for j in await self.app[RUNNER].list(None, 500)]
+            return [Job.from_record(j).model_dump(mode="json", by_alias=True)
+                    for j in await self.app[RUNNER].list(None, 500)]
 
         return self.call(listed())
 

@@ -47,6 +47,12 @@ async def submit(client, **body) -> dict:
     return await resp.json()
 
 
+async def submit_full(client, **body) -> dict:
+    """Submit, then the job in full (the submit answer is a summary, without the workflow)."""
+    job = await submit(client, **body)
+    return await (await client.get(f"/jobs/{job['id']}")).json()
+
+
 async def test_job_runs_to_png_with_resolved_params(client, backend) -> None:
     job = await submit(client, loraId="spyke_plasma_v1", seed=42)
     assert job["status"] == "queued" and job["workflowTemplate"] == "txt2img-lora"
@@ -116,7 +122,7 @@ async def test_undecodable_pose_image_is_refused(client, tmp_path) -> None:
 async def test_pose_image_selects_the_controlnet_template(client, tmp_path) -> None:
     pose = tmp_path / "pose.png"
     Image.new("RGB", (64, 96), (255, 255, 255)).save(pose)
-    job = await submit(client, loraId="spyke_plasma_v1", poseImagePath=str(pose), controlnetStrength=0.5)
+    job = await submit_full(client, loraId="spyke_plasma_v1", poseImagePath=str(pose), controlnetStrength=0.5)
     assert job["workflowTemplate"] == "img2img-lora-controlnet"
     assert job["workflow"]["14"]["inputs"]["strength"] == 0.5
     assert job["workflow"]["12"]["inputs"]["image"] == "pose.png"
@@ -292,7 +298,7 @@ async def test_template_edits_reach_the_next_job_and_a_broken_edit_keeps_the_las
                 await asyncio.sleep(0.1)
 
     async def edited_job():
-        job = await submit(client)
+        job = await submit_full(client)
         return job if job["workflow"]["8"]["inputs"]["filename_prefix"] == "plasma-sidecar/edited" else None
 
     job = await until(edited_job, json.dumps(graph, indent=1))
@@ -306,7 +312,7 @@ async def test_template_edits_reach_the_next_job_and_a_broken_edit_keeps_the_las
     health = await until(broken_health, "{ not json")
     assert "txt2img.json" in health["templateError"] and health["status"] == "ok"
     assert any("last good" in w for w in health["warnings"])
-    job = await submit(client)  # still accepted, on the last good template
+    job = await submit_full(client)  # still accepted, on the last good template
     assert job["workflow"]["8"]["inputs"]["filename_prefix"] == "plasma-sidecar/edited"
     assert (await wait_status(client, job["id"], {"succeeded", "failed"}))["status"] == "succeeded"
 

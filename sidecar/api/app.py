@@ -15,7 +15,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from sidecar.api import events, health, jobs, maintenance, training
+from sidecar.api import events, health, jobs, loras, maintenance, openapi, training
 from sidecar.api.edge import edge_middleware
 from sidecar.api.errors import error_middleware
 from sidecar.api.keys import (
@@ -24,6 +24,7 @@ from sidecar.api.keys import (
     DATADIR_LOCK,
     DEVICE,
     EVENTS,
+    IDEMPOTENCY,
     PROFILE,
     RUNNER,
     SETTINGS,
@@ -40,6 +41,7 @@ from sidecar.errors import SidecarError
 from sidecar.events import EventBus
 from sidecar.jobs.build import JobBuilder
 from sidecar.device import Device
+from sidecar.jobs.idempotency import IdempotencyKeys
 from sidecar.jobs.runner import JobRunner
 from sidecar.jobs.store import JobStore
 from sidecar.profiles import get_profile
@@ -72,7 +74,7 @@ def create_app(settings: Settings, backend: GenerationBackend | None = None, *,
     profile = get_profile(settings.profile)
     store = JobStore(settings.db_path)
     device = Device()
-    bus = EventBus(settings.events_buffer)
+    bus = EventBus(settings.events_buffer, events.encode)  # events leave as the wire models /openapi.json shows
 
     async def known_types() -> set[str] | None:
         try:
@@ -92,6 +94,7 @@ def create_app(settings: Settings, backend: GenerationBackend | None = None, *,
     app[EVENTS] = bus
     app[TEMPLATES] = templates
     app[BUILDER] = JobBuilder(settings, profile, templates, backend)
+    app[IDEMPOTENCY] = IdempotencyKeys(store)
     app[RUNNER] = JobRunner(store, backend, device, bus, settings.jobs_dir, max_queue=settings.max_queue)
     app[STARTUP_WARNINGS] = []
     app[SOCKETS] = events.new_socket_set()
@@ -102,9 +105,8 @@ def create_app(settings: Settings, backend: GenerationBackend | None = None, *,
     app.cleanup_ctx.append(_backend_ctx)
     app.cleanup_ctx.append(_templates_ctx)
     app.cleanup_ctx.append(_runner_ctx)
-    app.router.add_routes(health.routes)
-    app.router.add_routes(jobs.routes)
-    app.router.add_routes(events.routes)
+    for module in (health, jobs, loras, events, openapi):
+        app.router.add_routes(module.routes)
     training.setup_routes(app)
     maintenance.setup_routes(app)
     return app

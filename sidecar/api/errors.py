@@ -14,7 +14,9 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from sidecar.api.keys import SETTINGS
-from sidecar.errors import InvalidField, InvalidJson, NotFound, PayloadTooLarge, SidecarError, UnknownField
+from sidecar.errors import (
+    InvalidField, InvalidJson, MethodNotAllowed, NotFound, PayloadTooLarge, SidecarError, UnknownField,
+)
 
 log = logging.getLogger("sidecar.http")
 M = TypeVar("M", bound=BaseModel)
@@ -46,9 +48,12 @@ async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
         return error_response(NotFound(f"No route for {request.method} {request.path}."))
     except web.HTTPMethodNotAllowed as exc:
         status = 405
-        err = SidecarError(f"{request.method} is not allowed on {request.path}.",
-                           {"allowed": sorted(exc.allowed_methods)}, code="method_not_allowed")
-        return web.json_response(err.to_body(), status=405)
+        allowed = sorted(exc.allowed_methods)
+        response = error_response(MethodNotAllowed(
+            f"{request.method} is not allowed on {request.path}; it answers {', '.join(allowed)}.",
+            {"allowed": allowed}))
+        response.headers["Allow"] = ", ".join(allowed)  # RFC 9110: a 405 must say what is allowed
+        return response
     except web.HTTPException as exc:
         status = exc.status
         raise

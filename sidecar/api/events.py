@@ -3,6 +3,10 @@
 Each client has a bounded buffer (`events_buffer`): one that reads too slowly is disconnected with
 close code 1008 rather than buffered without end. On shutdown every socket is closed (1001, going
 away) so SIGTERM never waits on a listener.
+
+`encode` is the bus's encoder (given to it by the app factory): a job event becomes the wire
+`JobEvent` with the job's summary, a training event is already its wire model; both leave as the
+same JSON the OpenAPI document's `Event` schema describes.
 """
 
 from __future__ import annotations
@@ -11,10 +15,16 @@ import asyncio
 import contextlib
 import logging
 import weakref
+from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
+from pydantic import BaseModel
 
 from sidecar.api.keys import EVENTS, SOCKETS
+from sidecar.api.operations import operation
+from sidecar.api.responses import Event, JobEvent, JobSummary
+from sidecar.errors import WebSocketRequired
+from sidecar.jobs.runner import JobChanged
 
 log = logging.getLogger("sidecar.events")
 routes = web.RouteTableDef()
@@ -25,9 +35,22 @@ def new_socket_set() -> weakref.WeakSet[web.WebSocketResponse]:
     return weakref.WeakSet()
 
 
+def encode(event: Any) -> dict[str, Any]:
+    if isinstance(event, JobChanged):
+        event = JobEvent(type=event.type, job=JobSummary.from_record(event.job))  # type: ignore[arg-type]
+    if not isinstance(event, BaseModel):
+        raise TypeError(f"not an event: {event!r}")
+    return event.model_dump(mode="json", by_alias=True)
+
+
 @routes.get("/events")
+@operation("WebSocket of job and training events", {101: Event}, errors=(WebSocketRequired,), websocket=True,
+           description="Upgrade to a WebSocket; each text frame is one Event (a JobEvent with the job's "
+                       "summary, or a TrainingEvent). Clients only listen.")
 async def events(request: web.Request) -> web.WebSocketResponse:
     ws = web.WebSocketResponse(heartbeat=30, timeout=CLOSE_TIMEOUT)
+    if not ws.can_prepare(request).ok:
+        raise WebSocketRequired("GET /events answers only a WebSocket upgrade (Upgrade: websocket).")
     await ws.prepare(request)
     bus = request.app[EVENTS]
     request.app[SOCKETS].add(ws)

@@ -1,44 +1,111 @@
-"""Generation job routes: submit, list, get, image, cancel."""
+"""Generation job routes: submit, list, get, image, cancel. Parse, call the runner, answer through
+the response models (a summary in lists and submit/cancel answers, the full job with its workflow
+on GET /jobs/{id} or GET /jobs?full=1)."""
 
 from __future__ import annotations
+
+import contextlib
 
 from aiohttp import web
 
 from sidecar.api.errors import parse_body, query_limit
-from sidecar.api.keys import BUILDER, DEVICE, RUNNER
+from sidecar.api.keys import BUILDER, DEVICE, IDEMPOTENCY, RUNNER
 from sidecar.api.models import JobRequest
-from sidecar.errors import InvalidField, JobNotFinished
+from sidecar.api.operations import Header, Query, operation
+from sidecar.api.responses import Job, JobList, JobListFull, JobListing, JobSummary, json_response
+from sidecar.errors import (
+    BatchSizeNotSupported, CheckpointNotFound, ComfyUnavailable, ControlnetNotFound, DiskFull, EngineUnavailable,
+    IdempotencyKeyReused, InvalidField, InvalidState, JobNotFinished, JobNotFound, LoraNotFound, NodeNotSupported,
+    PoseImageInvalid, QueueFull, ResolutionExceedsProfile, SamplerNotSupported, TrainingInProgress, WorkflowInvalid,
+)
+from sidecar.jobs.idempotency import MAX_KEY_LENGTH
+from sidecar.jobs.store import IdempotencyClaim
 from sidecar.statuses import JOB_STATUSES
 
 routes = web.RouteTableDef()
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+TRUE, FALSE = ("1", "true"), ("0", "false")
 
 
 @routes.post("/jobs")
+@operation(
+    "Submit a generation job", {202: JobSummary, 200: JobSummary}, request=JobRequest,
+    description="202: queued. 200: an `Idempotency-Key` this daemon already saw with the same body in the "
+                "last 24 hours; the answer is the job that first submit made (header Idempotent-Replayed).",
+    errors=(ResolutionExceedsProfile, BatchSizeNotSupported, LoraNotFound, CheckpointNotFound, ControlnetNotFound,
+            PoseImageInvalid, NodeNotSupported, SamplerNotSupported, WorkflowInvalid, TrainingInProgress,
+            IdempotencyKeyReused, QueueFull, ComfyUnavailable, EngineUnavailable, DiskFull),
+    headers=(Header(IDEMPOTENCY_HEADER, {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH},
+                    "a client-chosen key (a UUID): a retried submit with the same key and body returns the "
+                    "first job instead of making another"),),
+    response_headers={202: {"Location": "the job's URL"},
+                      200: {"Location": "the job's URL", "Idempotent-Replayed": "true"}},
+)
 async def submit_job(request: web.Request) -> web.Response:
+    key = idempotency_key(request)
     req = await parse_body(request, JobRequest)
+    if key is None:
+        return await _submit(request, req, None)
+    keys = request.app[IDEMPOTENCY]
+    claim = keys.claim(key, req.model_dump(mode="json", by_alias=True, exclude_unset=True))
+    async with keys.holding(key):
+        job_id = await keys.previous(claim)
+        if job_id is not None:
+            with contextlib.suppress(JobNotFound):  # removed since (gc): the key makes a new job
+                job = await request.app[RUNNER].get(job_id)
+                return json_response(JobSummary.from_record(job), 200,
+                                     headers={"Location": f"/jobs/{job.id}", "Idempotent-Replayed": "true"})
+        return await _submit(request, req, claim)
+
+
+async def _submit(request: web.Request, req: JobRequest, claim: IdempotencyClaim | None) -> web.Response:
     request.app[DEVICE].training.refuse_if_training()
     built = await request.app[BUILDER].build(req)
-    job = await request.app[RUNNER].submit(built)
-    return web.json_response(job.to_api(), status=202, headers={"Location": f"/jobs/{job.id}"})
+    job = await request.app[RUNNER].submit(built, claim)
+    return json_response(JobSummary.from_record(job), 202, headers={"Location": f"/jobs/{job.id}"})
+
+
+def idempotency_key(request: web.Request) -> str | None:
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if key is None:
+        return None
+    if not 1 <= len(key) <= MAX_KEY_LENGTH or not key.isprintable():
+        raise InvalidField(f"{IDEMPOTENCY_HEADER} must be 1 to {MAX_KEY_LENGTH} printable characters.",
+                           {"field": IDEMPOTENCY_HEADER, "limit": MAX_KEY_LENGTH})
+    return key
 
 
 @routes.get("/jobs")
+@operation(
+    "Recent jobs, newest first", {200: JobListing},
+    description="Summaries (no workflow); with ?full=1 each job in full (the JobListFull shape).",
+    query=(Query("status", {"enum": list(JOB_STATUSES)}, "only jobs in this state"),
+           Query("limit", {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}),
+           Query("full", {"type": "boolean", "default": False}, "1|true: each job with its workflow")),
+)
 async def list_jobs(request: web.Request) -> web.Response:
     status = request.query.get("status")
     if status is not None and status not in JOB_STATUSES:
         raise InvalidField(f"status must be one of {', '.join(JOB_STATUSES)}.", {"field": "status", "value": status})
+    full = request.query.get("full", "0").lower()
+    if full not in TRUE + FALSE:
+        raise InvalidField("full must be 1, 0, true or false.", {"field": "full", "value": full})
     limit = query_limit(request)
     jobs = await request.app[RUNNER].list(status, limit)
-    return web.json_response({"jobs": [j.to_api() for j in jobs]})
+    if full in TRUE:
+        return json_response(JobListFull(jobs=[Job.from_record(j) for j in jobs]))
+    return json_response(JobList(jobs=[JobSummary.from_record(j) for j in jobs]))
 
 
 @routes.get("/jobs/{id}")
+@operation("One job in full, with its filled workflow", {200: Job}, errors=(JobNotFound,))
 async def get_job(request: web.Request) -> web.Response:
     job = await request.app[RUNNER].get(request.match_info["id"])
-    return web.json_response(job.to_api())
+    return json_response(Job.from_record(job))
 
 
 @routes.get("/jobs/{id}/image")
+@operation("The job's PNG", {200: None}, binary="image/png", errors=(JobNotFound, JobNotFinished))
 async def get_image(request: web.Request) -> web.StreamResponse:
     job = await request.app[RUNNER].get(request.match_info["id"])
     if job.status != "succeeded" or not job.output_file:
@@ -47,6 +114,10 @@ async def get_image(request: web.Request) -> web.StreamResponse:
 
 
 @routes.post("/jobs/{id}/cancel")
+@operation("Cancel a queued or running job", {200: JobSummary, 202: JobSummary},
+           description="200: a queued job is cancelled at once. 202: a running job is being interrupted; "
+                       "it turns cancelled when the backend confirms (watch /events or GET /jobs/{id}).",
+           errors=(JobNotFound, InvalidState))
 async def cancel_job(request: web.Request) -> web.Response:
     job = await request.app[RUNNER].cancel(request.match_info["id"])
-    return web.json_response(job.to_api(), status=202 if job.status == "running" else 200)
+    return json_response(JobSummary.from_record(job), 202 if job.status == "running" else 200)

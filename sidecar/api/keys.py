@@ -10,6 +10,7 @@ from sidecar.backend import GenerationBackend
 from sidecar.config import Settings
 from sidecar.datadir_lock import DataDirLock
 from sidecar.device import Device
+from sidecar.jobs.idempotency import IdempotencyKeys
 from sidecar.events import EventBus
 from sidecar.jobs.build import JobBuilder
 from sidecar.jobs.runner import JobRunner
@@ -33,3 +34,4 @@ TEMPLATES = web.AppKey("templates", TemplateStore)
 STARTUP_WARNINGS = web.AppKey("startup_warnings", list)
 # Open /events sockets, closed on shutdown.
 SOCKETS = web.AppKey("sockets", weakref.WeakSet)
+IDEMPOTENCY = web.AppKey("idempotency", IdempotencyKeys)

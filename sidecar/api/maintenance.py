@@ -12,17 +12,14 @@ from aiohttp import web
 
 from sidecar.api.errors import parse_body
 from sidecar.api.keys import SETTINGS, STORE
-from sidecar.api.models import GcReport, GcRequest
-from sidecar.api.openapi import Operation, register
+from sidecar.api.models import GcRequest
+from sidecar.api.operations import operation
+from sidecar.api.responses import GcReport, json_response
 from sidecar.jobs.retention import RetentionTask
 
 RETENTION = web.AppKey("retention", RetentionTask)
 
 routes = web.RouteTableDef()
-
-register(Operation("post", "/gc", "Remove finished jobs older than keepDays and their images (dryRun: measure only)",
-                   request=GcRequest, response=GcReport, errors={400: "invalid_json, unknown_field, invalid_field"}))
-
 
 def setup_routes(app: web.Application) -> None:
     settings = app[SETTINGS]
@@ -38,7 +35,9 @@ async def _retention_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 @routes.post("/gc")
+@operation("Remove finished jobs older than keepDays and their images (dryRun: measure only)", {200: GcReport},
+           request=GcRequest)
 async def gc(request: web.Request) -> web.Response:
     req = await parse_body(request, GcRequest)
     report = await request.app[RETENTION].run_once(req.keep_days, dry_run=req.dry_run)
-    return web.json_response(GcReport.model_validate(report.to_api()).model_dump(by_alias=True))
+    return json_response(GcReport.model_validate(report.to_api()))

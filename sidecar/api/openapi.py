@@ -1,107 +1,109 @@
-"""The OpenAPI document, generated from the same pydantic models that parse and shape the bodies.
+"""GET /openapi.json: the OpenAPI document, built from the app's own route table.
 
-Route modules describe their operations in `OPERATIONS` entries (path, method, summary, request
-model, response model, error codes); the schemas come from `pydantic.json_schema.models_json_schema`.
+Each route's `@operation` declaration (see `operations.py`) names the pydantic models it parses and
+answers with; the schemas come from those same models (`models_json_schema`), and the handlers
+serialize through them, so the document and the bodies cannot drift apart. Error answers list the
+stable codes each status can carry, as an enum on the error body.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections import defaultdict
 from typing import Any
 
+from aiohttp import web
 from pydantic import BaseModel
-from pydantic.json_schema import models_json_schema
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from sidecar import __version__
-from sidecar.api import models as m
+from sidecar.api.operations import Operation, operation, operations
+from sidecar.api.responses import ErrorBody, OpenApiDocument, json_response
+
+routes = web.RouteTableDef()
+REF = "#/components/schemas/{model}"
 
 
-@dataclass
-class Operation:
-    method: str
-    path: str
-    summary: str
-    request: type[BaseModel] | None = None
-    response: type[BaseModel] | None = None
-    status: int = 200
-    errors: dict[int, str] = field(default_factory=dict)
-    websocket: bool = False
+@routes.get("/openapi.json")
+@operation("This document: every operation, what it accepts and answers", {200: OpenApiDocument})
+async def openapi(request: web.Request) -> web.Response:
+    return json_response(OpenApiDocument.model_validate(build_openapi(request.app)))
 
 
-OPERATIONS: list[Operation] = [
-    Operation("get", "/health", "Daemon, backend and device status", response=m.Health),
-    Operation("post", "/jobs", "Submit a generation job", request=m.JobRequest, response=m.Job, status=202,
-              errors={400: "invalid_json, unknown_field, invalid_field, resolution_exceeds_profile, "
-                           "batch_size_not_supported, lora_not_found, checkpoint_not_found, pose_image_invalid, "
-                           "node_not_supported, sampler_not_supported",
-                      409: "training_in_progress", 413: "payload_too_large", 429: "queue_full",
-                      503: "comfyui_unavailable", 507: "disk_full"}),
-    Operation("get", "/jobs", "Recent jobs, newest first (?status=, ?limit=)", response=m.JobList),
-    Operation("get", "/jobs/{id}", "One job", response=m.Job, errors={404: "job_not_found"}),
-    Operation("get", "/jobs/{id}/image", "The job's PNG", errors={404: "job_not_found", 409: "job_not_finished"}),
-    Operation("post", "/jobs/{id}/cancel", "Cancel a queued or running job", response=m.Job,
-              errors={404: "job_not_found", 409: "invalid_state"}),
-    Operation("get", "/loras", "Installed LoRAs with their safetensors metadata", response=m.LoraList),
-    Operation("get", "/events", "WebSocket of job and training events (JSON text frames)", response=m.Event,
-              websocket=True),
-]
-
-
-def register(*ops: Operation) -> None:
-    """Other route modules (training) add their operations here at import time."""
-    known = {(o.method, o.path) for o in OPERATIONS}
-    OPERATIONS.extend(o for o in ops if (o.method, o.path) not in known)
-
-
-def build_openapi() -> dict[str, Any]:
-    models = {o.request for o in OPERATIONS if o.request} | {o.response for o in OPERATIONS if o.response}
-    models.add(m.ErrorBody)
-    ordered = sorted(models, key=lambda c: c.__name__)
-    _, top = models_json_schema(
-        [(c, "validation") for c in ordered], by_alias=True, ref_template="#/components/schemas/{model}"
-    )
-    schemas = top.get("$defs", {})
+def build_openapi(app: web.Application) -> dict[str, Any]:
+    routed = [r for r in operations(app) if r.operation is not None]
+    wanted: dict[tuple[type[BaseModel], JsonSchemaMode], None] = {(ErrorBody, "serialization"): None}
+    for r in routed:
+        op = r.operation
+        assert op is not None
+        if op.request is not None:
+            wanted[(op.request, "validation")] = None
+        for model in op.responses.values():
+            if model is not None:
+                wanted[(model, "serialization")] = None
+    ordered = sorted(wanted, key=lambda k: (k[0].__name__, k[1]))
+    refs, top = models_json_schema(ordered, by_alias=True, ref_template=REF)
     paths: dict[str, Any] = {}
-    for op in OPERATIONS:
-        entry: dict[str, Any] = {"summary": op.summary, "responses": {}}
-        if op.websocket:
-            entry["description"] = "Upgrade to a WebSocket; each text frame is one Event."
-        if op.request:
-            entry["requestBody"] = {"required": True, "content": {"application/json": {
-                "schema": {"$ref": f"#/components/schemas/{op.request.__name__}"}}}}
-        ok: dict[str, Any] = {"description": "OK"}
-        if op.response:
-            ok["content"] = {"application/json": {"schema": {"$ref": f"#/components/schemas/{op.response.__name__}"}}}
-        elif op.path.endswith("/image"):
-            ok["content"] = {"image/png": {"schema": {"type": "string", "format": "binary"}}}
-        entry["responses"][str(op.status)] = ok
-        for status, codes in {**edge_errors(op), **op.errors}.items():
-            entry["responses"][str(status)] = {
-                "description": f"error codes: {codes}",
-                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
-            }
-        params = [p.strip("{}") for p in op.path.split("/") if p.startswith("{")]
-        if params:
-            entry["parameters"] = [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
-                                   for p in params]
-        paths.setdefault(op.path, {})[op.method] = entry
+    for r in sorted(routed, key=lambda r: (r.path, r.method)):
+        assert r.operation is not None
+        paths.setdefault(r.path, {})[r.method] = _operation(r.method, r.path, r.operation, refs)
     return {
         "openapi": "3.1.0",
         "info": {"title": "plasma-sidecar", "version": __version__,
-                 "description": "Local generation and LoRA training daemon. Errors are "
-                                "{\"error\": {\"code\", \"message\", \"details\"}}."},
+                 "description": "Local generation and LoRA training daemon. Every error is "
+                                "{\"error\": {\"code\", \"message\", \"details\"}} with a stable code."},
         "paths": paths,
-        "components": {"schemas": schemas, "securitySchemes": {"bearer": {
+        "components": {"schemas": top.get("$defs", {}), "securitySchemes": {"bearer": {
             "type": "http", "scheme": "bearer",
             "description": "Only when the daemon has a `token` setting (required with allow_remote)."}}},
         "security": [{}, {"bearer": []}],
     }
 
 
-def edge_errors(op: Operation) -> dict[int, str]:
-    """What the edge (sidecar/api/edge.py) answers on every operation before its handler runs."""
-    errors = {401: "unauthorized (a token is set and the request lacks it)",
-              403: "host_not_allowed, origin_not_allowed"}
-    if op.request:
-        errors[415] = "unsupported_media_type (a body that is not application/json)"
-    return errors
+def _operation(method: str, path: str, op: Operation, refs: dict[Any, Any]) -> dict[str, Any]:
+    entry: dict[str, Any] = {"summary": op.summary, "operationId": _operation_id(method, path), "responses": {}}
+    if op.description:
+        entry["description"] = op.description
+    params = [{"name": p.strip("{}"), "in": "path", "required": True, "schema": {"type": "string"}}
+              for p in path.split("/") if p.startswith("{")]
+    params += [{"name": q.name, "in": "query", "required": False, "schema": dict(q.schema),
+                **({"description": q.description} if q.description else {})} for q in op.query]
+    params += [{"name": h.name, "in": "header", "required": False, "schema": dict(h.schema),
+                **({"description": h.description} if h.description else {})} for h in op.headers]
+    if params:
+        entry["parameters"] = params
+    if op.request is not None:
+        entry["requestBody"] = {"required": True, "content": {"application/json": {
+            "schema": refs[(op.request, "validation")]}}}
+    for status, model in sorted(op.responses.items()):
+        answer: dict[str, Any] = {"description": _REASONS.get(status, "OK")}
+        if model is not None:
+            answer["content"] = {"application/json": {"schema": refs[(model, "serialization")]}}
+        elif op.binary:
+            answer["content"] = {op.binary: {"schema": {"type": "string", "format": "binary"}}}
+        if status in op.response_headers:
+            answer["headers"] = {name: {"description": text, "schema": {"type": "string"}}
+                                 for name, text in op.response_headers[status].items()}
+        entry["responses"][str(status)] = answer
+    by_status: dict[int, list[str]] = defaultdict(list)
+    for err in op.all_errors():
+        if err.code not in by_status[err.http_status]:
+            by_status[err.http_status].append(err.code)
+    error_ref = refs[(ErrorBody, "serialization")]
+    for status, codes in sorted(by_status.items()):
+        entry["responses"][str(status)] = {
+            "description": f"error codes: {', '.join(codes)}",
+            "content": {"application/json": {"schema": {"allOf": [error_ref, {
+                "type": "object",
+                "properties": {"error": {"type": "object", "properties": {"code": {"enum": codes}}}},
+            }]}}},
+        }
+    return entry
+
+
+def _operation_id(method: str, path: str) -> str:
+    words = [w.strip("{}") for w in path.strip("/").replace(".", "_").split("/") if w]
+    return "_".join([method, *words])
+
+
+_REASONS = {200: "OK", 201: "Created", 202: "Accepted: the work continues in the background",
+            101: "Switching Protocols (WebSocket)"}

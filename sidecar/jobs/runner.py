@@ -19,6 +19,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +30,21 @@ from sidecar.events import EventBus
 from sidecar.jobs.faults import disk_full, log_write_failure, sweep_temp_files
 from sidecar.jobs.params import JobSpec
 from sidecar.jobs.states import TERMINAL, check_transition
-from sidecar.jobs.store import JobRecord, JobStore
+from sidecar.jobs.store import IdempotencyClaim, JobRecord, JobStore
 from sidecar.sqlite_store import now_iso
 
 log = logging.getLogger("sidecar.jobs")
+
+
+@dataclass(frozen=True)
+class JobChanged:
+    """Published on the event bus: `type` is job.queued|started|progress|succeeded|failed|cancelled. The
+    bus's encoder (the API layer) turns it into the wire `JobEvent` at once, so later changes to the
+    live record do not leak into an event already sent."""
+
+    type: str
+    job: JobRecord
+
 
 MAX_LOSSES = 1  # a lost prompt is re-queued once, then the job fails
 PROGRESS_PERSIST_INTERVAL = 1.0
@@ -150,7 +162,7 @@ class JobRunner:
     def running_job(self) -> str | None:
         return self._running
 
-    async def submit(self, built: JobSpec) -> JobRecord:
+    async def submit(self, built: JobSpec, claim: IdempotencyClaim | None = None) -> JobRecord:
         waiting = len(self._queue) + self._submitting
         if waiting >= self.max_queue:
             raise QueueFull(f"{waiting} jobs are already waiting, the most this daemon queues (max_queue "
@@ -167,7 +179,7 @@ class JobRunner:
         )
         self._submitting += 1
         try:
-            await self.store.insert(job)  # a full disk raises DiskFull here: 507, nothing queued
+            await self.store.insert(job, claim)  # a full disk raises DiskFull here: 507, nothing queued
         finally:
             self._submitting -= 1
         self._live[job.id] = job
@@ -277,7 +289,7 @@ class JobRunner:
         def apply(step: int, total: int) -> None:
             nonlocal last_persist
             job.progress_step, job.progress_total = step, total
-            self.events.publish({"type": "job.progress", "job": job.to_api()})
+            self.events.publish(JobChanged("job.progress", job))
             now = time.monotonic()
             if now - last_persist >= PROGRESS_PERSIST_INTERVAL or step == total:
                 last_persist = now
@@ -295,7 +307,7 @@ class JobRunner:
         def on_queued(ahead: int | None) -> None:
             if ahead != job.queued_behind:
                 job.queued_behind = ahead
-                self.events.publish({"type": "job.progress", "job": job.to_api()})
+                self.events.publish(JobChanged("job.progress", job))
 
         ctx = RunContext(
             job_id=job.id,
@@ -418,5 +430,4 @@ class JobRunner:
 
     def _announce(self, job: JobRecord) -> None:
         kind = "started" if job.status == "running" else job.status
-        self.events.publish({"type": f"job.{kind}", "job": job.to_api()})
-
+        self.events.publish(JobChanged(f"job.{kind}", job))

@@ -9,13 +9,11 @@ How it talks to SQLite (one ordered thread, WAL, a transaction per change) is `s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from dataclasses import dataclass, field, fields
 from datetime import datetime
-from pathlib import Path
 from typing import Any
-
-from pydantic.alias_generators import to_camel
 
 from sidecar.jobs.params import JobParams
 from sidecar.sqlite_store import SqliteStore, now_iso
@@ -45,9 +43,26 @@ CREATE TABLE IF NOT EXISTS jobs (
     finished_at TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status);
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    key TEXT PRIMARY KEY,
+    body_sha256 TEXT NOT NULL,
+    job_id TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS idempotency_keys_created ON idempotency_keys(created_at);
 """
 
 JSON_COLUMNS = ("params", "workflow", "error_details")
+
+
+@dataclass(frozen=True)
+class IdempotencyClaim:
+    """A submit's `Idempotency-Key` and the digest of its body; keys older than `expired_before`
+    are dropped when a new one is stored."""
+
+    key: str
+    body_sha256: str
+    expired_before: str
 
 
 @dataclass
@@ -82,36 +97,6 @@ class JobRecord:
         end = datetime.fromisoformat(self.finished_at.replace("Z", "+00:00"))
         return int((end - start).total_seconds() * 1000)
 
-    def to_api(self) -> dict[str, Any]:
-        """The job as clients see it (camelCase, see sidecar.api.models.Job)."""
-        return {
-            "id": self.id,
-            "status": self.status,
-            "progress": {"step": self.progress_step, "total": self.progress_total},
-            "params": {to_camel(k): v for k, v in self.params.model_dump().items()},
-            "workflowTemplate": self.template,
-            "workflow": self.workflow,
-            "engine": self.engine,
-            "device": self.device,
-            "promptId": self.prompt_id,
-            "queuedBehind": self.queued_behind,
-            "attempts": self.attempts,
-            "createdAt": self.created_at,
-            "startedAt": self.started_at,
-            "finishedAt": self.finished_at,
-            "durationMs": self.duration_ms(),
-            "output": (
-                {"fileName": Path(self.output_file).name, "url": f"/jobs/{self.id}/image"}
-                if self.output_file and self.status == "succeeded"
-                else None
-            ),
-            "error": (
-                {"code": self.error_code, "message": self.error_message or "", "details": self.error_details or {}}
-                if self.error_code
-                else None
-            ),
-        }
-
 
 class JobStore(SqliteStore):
     schema = SCHEMA
@@ -123,12 +108,38 @@ class JobStore(SqliteStore):
         data["params"] = JobParams.from_stored(data["params"])
         return JobRecord(**data)
 
-    async def insert(self, job: JobRecord) -> None:
+    async def insert(self, job: JobRecord, claim: IdempotencyClaim | None = None) -> None:
+        """The job, and with a claim its `Idempotency-Key`, in one transaction: a daemon killed
+        mid-submit keeps both or neither, so a client's retry never makes a second job."""
         # Field by field, not dataclasses.asdict: that deep-copies the workflow only to dump it.
         values = {f.name: getattr(job, f.name) for f in fields(JobRecord)
                   if f.name != "seq" and f.metadata.get("column", True)}
         values.update(params=job.params.stored(), request="{}")
-        await self._insert("jobs", values)
+        if claim is None:
+            await self._insert("jobs", values)
+        else:
+            await self._call(self._insert_claimed, self._encode(values), claim, job.id, job.created_at)
+
+    def _insert_claimed(self, data: dict[str, Any], claim: IdempotencyClaim, job_id: str, now: str) -> None:
+        assert self._conn is not None
+        cols, marks = ", ".join(data), ", ".join("?" for _ in data)
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            self._conn.execute(f"INSERT INTO jobs ({cols}) VALUES ({marks})", tuple(data.values()))
+            self._conn.execute("DELETE FROM idempotency_keys WHERE created_at < ?", (claim.expired_before,))
+            self._conn.execute("INSERT OR REPLACE INTO idempotency_keys (key, body_sha256, job_id, created_at) "
+                               "VALUES (?, ?, ?, ?)", (claim.key, claim.body_sha256, job_id, now))
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):  # a full disk may refuse even this; SQLite then rolls back
+                self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+    async def claimed(self, key: str, since: str) -> tuple[str, str] | None:
+        """(body digest, job id) of a key claimed at or after `since`, if any."""
+        rows = await self._call(self._exec, "SELECT body_sha256, job_id FROM idempotency_keys "
+                                            "WHERE key = ? AND created_at >= ?", (key, since))
+        return (rows[0]["body_sha256"], rows[0]["job_id"]) if rows else None
 
     async def update(self, job_id: str, **values: Any) -> None:
         await self._update("jobs", job_id, values)

@@ -42,7 +42,7 @@ from sidecar.training.promote import promote as install_checkpoint
 from sidecar.training.spec import ResumePoint, Trainer, TrainerHooks, TrainJob, TrainSpec
 from sidecar.training.store import CheckpointRecord, RunRecord, TrainingStore, check_transition
 from sidecar.training.views import finite, run_view
-from sidecar.training.wire import Promoted, PromoteRequest, TrainRequest
+from sidecar.training.wire import Promoted, PromoteRequest, TrainingEvent, TrainingRun, TrainRequest
 
 log = logging.getLogger("sidecar.training")
 
@@ -133,7 +133,7 @@ class TrainingManager:
                 log.info("training run %s re-queued after restart", run.id)
 
     # -- public API
-    async def submit(self, req: TrainRequest) -> dict[str, Any]:
+    async def submit(self, req: TrainRequest) -> TrainingRun:
         s = self.settings
         engine = admission.check_request(req, s, self.profile)
         async with self._submit_lock:
@@ -159,7 +159,7 @@ class TrainingManager:
         self._announce(run, "queued", self._live.get(run_id))
         return self.to_api(run, self._live.get(run_id))
 
-    async def get(self, run_id: str) -> dict[str, Any]:
+    async def get(self, run_id: str) -> TrainingRun:
         live = self._live.get(run_id)
         if live is not None:
             return self.to_api(live.record, live)
@@ -169,12 +169,12 @@ class TrainingManager:
         tail = await asyncio.to_thread(read_log_tail, Path(run.work_dir) / "train.log")
         return self.to_api(run, None, tail)
 
-    async def list(self, limit: int = 50) -> list[dict[str, Any]]:
+    async def list(self, limit: int = 50) -> list[TrainingRun]:
         runs = await self.store.list(None, limit)
         return [self.to_api(self._live[r.id].record, self._live[r.id]) if r.id in self._live else self.to_api(r, None)
                 for r in runs]
 
-    async def cancel(self, run_id: str) -> dict[str, Any]:
+    async def cancel(self, run_id: str) -> TrainingRun:
         live = self._live.get(run_id)
         if live is None:
             run = await self.store.get(run_id)
@@ -192,7 +192,7 @@ class TrainingManager:
         log.info("training run %s: cancel requested", run_id)
         return self.to_api(live.record, live)
 
-    async def resume(self, run_id: str) -> dict[str, Any]:
+    async def resume(self, run_id: str) -> TrainingRun:
         async with self._submit_lock:
             run = await self.store.get(run_id)
             if run is None:
@@ -391,9 +391,9 @@ class TrainingManager:
 
     # -- views
     def _announce(self, run: RunRecord, kind: str, live: LiveRun | None = None) -> None:
-        self.events.publish({"type": f"training.{kind}", "run": self.to_api(run, live)})
+        self.events.publish(TrainingEvent(type=f"training.{kind}", run=self.to_api(run, live)))
 
-    def to_api(self, run: RunRecord, live: LiveRun | None, tail: list[str] | None = None) -> dict[str, Any]:
+    def to_api(self, run: RunRecord, live: LiveRun | None, tail: list[str] | None = None) -> TrainingRun:
         if live is not None:
             return run_view(run, live.tracker, list(live.tail))
         return run_view(run, None, tail or [])

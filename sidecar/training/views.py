@@ -1,16 +1,17 @@
 """How a training run looks to clients: the body of GET /loras/{id}/status, of the run lists and of
-`training.*` events (the shape `wire.TrainingRun` documents). Pure: record + live progress in, dict out.
+`training.*` events. Pure: record + live progress in, a `wire.TrainingRun` out (what the routes and
+events serialize, and the OpenAPI document shows).
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
 
 from sidecar.training.progress import ProgressTracker
 from sidecar.training.spec import TrainSpec
 from sidecar.training.store import RunRecord
+from sidecar.training.wire import TrainingRun
 
 
 def finite(value: float | None) -> float | None:
@@ -18,7 +19,7 @@ def finite(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
-def run_view(run: RunRecord, tracker: ProgressTracker | None, tail: list[str]) -> dict[str, Any]:
+def run_view(run: RunRecord, tracker: ProgressTracker | None, tail: list[str]) -> TrainingRun:
     """`tracker` is the live progress of a queued/running run (None for a finished one)."""
     spec = TrainSpec.from_dict(run.spec)
     ckpts = [{"step": c.step, "fileName": Path(c.path).name, "path": c.path, "final": False}
@@ -27,7 +28,7 @@ def run_view(run: RunRecord, tracker: ProgressTracker | None, tail: list[str]) -
         ckpts.append({"step": run.step, "fileName": Path(run.final_file).name, "path": run.final_file, "final": True})
     eta = tracker.eta_seconds if tracker is not None and run.status == "running" else None
     rate = tracker.seconds_per_step if tracker is not None else None
-    return {
+    return TrainingRun.model_validate({
         "id": run.id,
         "status": run.status,
         "engine": run.engine,
@@ -55,4 +56,4 @@ def run_view(run: RunRecord, tracker: ProgressTracker | None, tail: list[str]) -
         "createdAt": run.created_at,
         "startedAt": run.started_at,
         "finishedAt": run.finished_at,
-    }
+    })

@@ -17,7 +17,9 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"  # no path separators, no le
 
 
 class Wire(BaseModel):
-    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True)
+    # Defaults required in the serialization schema: a response always carries every key.
+    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True,
+                              json_schema_serialization_defaults_required=True)
 
 
 class TrainRequest(Wire):
@@ -84,9 +86,24 @@ class CheckpointInfo(Wire):
 
 
 class ErrorInfo(Wire):
-    code: str
+    """The error of a failed job or run, and the inside of every error answer."""
+
+    code: str = Field(description="stable: clients match on it")
     message: str
     details: dict[str, Any] = Field(default_factory=dict)
+
+
+class TrainingParams(Wire):
+    """The run's resolved settings (defaults applied, seed chosen)."""
+
+    steps: int
+    resolution: int
+    network_dim: int
+    network_alpha: float
+    learning_rate: float
+    save_every_n_steps: int
+    seed: int | None
+    checkpoint: str | None
 
 
 class TrainingRun(Wire):
@@ -106,7 +123,7 @@ class TrainingRun(Wire):
     checkpoints: list[CheckpointInfo]
     final_file: str | None = None
     output_dir: str
-    params: dict[str, Any]
+    params: TrainingParams
     warnings: list[str]
     log_tail: list[str]
     error: ErrorInfo | None = None
@@ -118,3 +135,11 @@ class TrainingRun(Wire):
 
 class TrainingRunList(Wire):
     runs: list[TrainingRun]
+
+
+class TrainingEvent(Wire):
+    """A training run's state changed, progressed or saved a checkpoint (a frame of /events)."""
+
+    type: Literal["training.queued", "training.started", "training.progress", "training.checkpoint",
+                  "training.succeeded", "training.failed", "training.cancelled", "training.interrupted"]
+    run: TrainingRun

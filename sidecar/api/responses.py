@@ -1,0 +1,235 @@
+"""The bodies the daemon answers with, as pydantic models: handlers and the `/events` stream
+serialize through these, and `/openapi.json` is built from the same classes, so what is documented
+is what is sent.
+
+camelCase on the wire (alias generator), snake_case inside. Fields that are always present are
+required in the document even when they default (`json_schema_serialization_defaults_required`), so a
+client can rely on the key being there. Request bodies live in `models.py`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, RootModel
+from pydantic.alias_generators import to_camel
+
+from sidecar.jobs.params import JobParams as DomainJobParams
+from sidecar.jobs.store import JobRecord
+from sidecar.statuses import JobStatus
+from sidecar.training.wire import ErrorInfo, TrainingEvent
+
+
+
+class Out(BaseModel):
+    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True,
+                              json_schema_serialization_defaults_required=True)
+
+
+def json_response(body: BaseModel, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    """The one way a handler answers JSON: through the body's model, camelCase, `null` kept."""
+    return web.Response(text=body.model_dump_json(by_alias=True), status=status, headers=headers,
+                        content_type="application/json")
+
+
+class Progress(Out):
+    step: int = 0
+    total: int = 0
+
+
+class JobParams(DomainJobParams):
+    """The resolved parameters of a job (defaults applied, seed chosen); those a whole workflow did
+    not state are null. The domain's `JobParams` with its limits, camelCase at the wire."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True,
+                              json_schema_serialization_defaults_required=True)
+
+
+class JobOutput(Out):
+    file_name: str
+    url: str
+
+
+class ErrorBody(Out):
+    """Every error answer."""
+
+    error: ErrorInfo
+
+
+class JobSummary(Out):
+    """A job as lists and events show it: everything but the workflow graph."""
+
+    id: str
+    status: JobStatus
+    progress: Progress
+    params: JobParams
+    workflow_template: str | None = Field(description="the template filled; null for a whole workflow")
+    engine: str
+    device: str | None = None
+    prompt_id: str | None = None
+    queued_behind: int | None = Field(None, description="while the job waits in ComfyUI's own queue behind "
+                                      "other prompts (the artist's, in ComfyUI's UI): how many are ahead of it")
+    attempts: int = 0
+    created_at: str
+    started_at: str | None = None
+    finished_at: str | None = None
+    duration_ms: int | None = None
+    output: JobOutput | None = None
+    error: ErrorInfo | None = None
+
+    @classmethod
+    def from_record(cls, job: JobRecord) -> JobSummary:
+        return cls.model_validate(_job_fields(job))
+
+
+class Job(JobSummary):
+    """One job in full (GET /jobs/{id}, GET /jobs?full=1): the summary and the filled API workflow."""
+
+    workflow: dict[str, Any] = Field(description="the filled ComfyUI API-format workflow that runs")
+
+    @classmethod
+    def from_record(cls, job: JobRecord) -> Job:
+        return cls.model_validate({**_job_fields(job), "workflow": job.workflow})
+
+
+def _job_fields(job: JobRecord) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "status": job.status,
+        "progress": Progress(step=job.progress_step, total=job.progress_total),
+        "params": JobParams.model_validate(job.params.model_dump()),  # the domain object, camelCase out
+        "workflow_template": job.template,
+        "engine": job.engine,
+        "device": job.device,
+        "prompt_id": job.prompt_id,
+        "queued_behind": job.queued_behind,
+        "attempts": job.attempts,
+        "created_at": job.created_at,
+        "started_at": job.started_at,
+        "finished_at": job.finished_at,
+        "duration_ms": job.duration_ms(),
+        "output": (JobOutput(file_name=Path(job.output_file).name, url=f"/jobs/{job.id}/image")
+                   if job.output_file and job.status == "succeeded" else None),
+        "error": (ErrorInfo(code=job.error_code, message=job.error_message or "", details=job.error_details or {})
+                  if job.error_code else None),
+    }
+
+
+class JobList(Out):
+    jobs: list[JobSummary] = Field(description="summaries; full jobs (with `workflow`) with ?full=1")
+
+
+class JobListFull(Out):
+    jobs: list[Job]
+
+
+class JobListing(RootModel[JobList | JobListFull]):
+    """GET /jobs: summaries, or with ?full=1 whole jobs."""
+
+
+class LoraInfo(Out):
+    id: str
+    file_name: str
+    size_bytes: int | None = Field(None, description="null when the file is known only through an attached ComfyUI")
+    trigger_word: str | None = None
+    steps: int | None = None
+    network_dim: int | None = None
+    network_alpha: float | None = None
+    base_model: str | None = None
+    resolution: str | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+
+class LoraList(Out):
+    loras: list[LoraInfo]
+
+
+class TrainingSummary(Out):
+    """The run holding the device, as /health and a 409 `training_in_progress` show it."""
+
+    id: str
+    status: str | None = None
+    step: int | None = None
+    total: int | None = None
+    eta_seconds: float | None = None
+
+
+class WorkerState(Out):
+    """The job worker: `running` false (and `error` set) between a crash and its restart."""
+
+    running: bool
+    restarts: int
+    error: str | None
+
+
+class LoadedModels(Out):
+    """What the embedded engine holds in memory now (ComfyUI has no API that says: null there)."""
+
+    checkpoint: str | None
+    loras: list[str]
+    controlnet: str | None
+    keep_alive: str = Field(description="idle time before the models are unloaded (\"5m\"; \"never\")")
+    expires_at: str | None = Field(description="when they will be unloaded if no job comes (UTC ISO 8601)")
+
+
+class ProcessMemory(Out):
+    rss_bytes: int | None = Field(description="the daemon's resident memory now")
+    peak_rss_bytes: int | None = Field(description="its highest resident memory since it started")
+
+
+class Health(Out):
+    status: Literal["ok", "degraded"]
+    comfyui: bool = Field(description="true only while ComfyUI answers")
+    mps: bool = Field(description="true exactly when the device is MPS")
+    engine: str
+    engine_available: bool
+    device: str | None
+    dtypes: dict[str, str]
+    profile: str
+    queue_depth: int
+    running_job: str | None
+    worker: WorkerState
+    training: TrainingSummary | None
+    templates: list[str]
+    template_error: str | None
+    warnings: list[str]
+    version: str
+    loaded: LoadedModels | None = None
+    memory: ProcessMemory
+    backend: dict[str, Any] = Field(default_factory=dict, description="backend-specific details")
+
+
+class JobEvent(Out):
+    """A job's state changed (or it progressed): the job's summary at that moment."""
+
+    type: Literal["job.queued", "job.started", "job.progress", "job.succeeded", "job.failed", "job.cancelled"]
+    job: JobSummary
+
+
+class Event(RootModel[JobEvent | TrainingEvent]):
+    """One text frame of the /events WebSocket: a JobEvent or a TrainingEvent, told apart by `type`."""
+
+
+class GcReport(Out):
+    dry_run: bool
+    keep_days: int
+    cutoff: str | None = Field(description="jobs that ended before this time (UTC ISO 8601) are removed; null "
+                                           "when keep_days is 0 and none was given (nothing is removed)")
+    jobs: int = Field(description="finished jobs removed (or that would be)")
+    files: int = Field(description="their image files in the data dir")
+    bytes: int = Field(description="the size of those files")
+    removed_jobs: int = Field(description="rows actually deleted (0 on a dry run)")
+    job_ids: list[str] = Field(description="the jobs' ids (the first 200)")
+    kept_outside_data_dir: list[str] = Field(description="image paths outside the data dir, left alone")
+
+
+class OpenApiDocument(BaseModel):
+    """/openapi.json itself (its inside is described by the OpenAPI 3.1 specification)."""
+
+    model_config = ConfigDict(extra="forbid")
+    openapi: str
+    info: dict[str, Any]
+    paths: dict[str, Any]
+    components: dict[str, Any]
