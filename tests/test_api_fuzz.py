@@ -1,0 +1,79 @@
+"""Reliability suite, fuzz part: every operation in the served /openapi.json, fuzzed with schemathesis
+against the real app (the daemon on a local port, the scripted backend standing in for an engine).
+
+For valid and invalid inputs alike: no 5xx, every status, body, content type and header as the
+document says, undocumented methods answered 405 with `Allow`, and no hang (each call has a
+timeout). A few examples per operation keep it to seconds; raise FUZZ_EXAMPLES for a longer soak.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+import schemathesis
+from hypothesis import HealthCheck, Phase, settings
+from PIL import Image
+from schemathesis.checks import (
+    content_type_conformance, negative_data_rejection, not_a_server_error, response_headers_conformance,
+    response_schema_conformance, status_code_conformance,
+)
+from schemathesis.generation import GenerationMode
+
+from sidecar.api.app import create_app
+from sidecar.api.openapi import build_openapi
+from sidecar.config import Settings
+from tests.pipeline_daemon import DaemonThread
+from tests.scripted_backend import ScriptedBackend
+
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "12"))
+TIMEOUT = 10.0  # seconds a single answer may take: past it, the call counts as a hang
+CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance,
+          response_headers_conformance, negative_data_rejection]
+
+
+@pytest.fixture(scope="module")
+def fuzz_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonThread]:
+    root = tmp_path_factory.mktemp("fuzz")
+    daemon = DaemonThread(Settings(data_dir=root / "data", engine="embedded"), ScriptedBackend()).start()
+    # Something to find: a finished job, so /jobs/{id} and its image answer more than 404.
+    pose = root / "pose.png"
+    Image.new("RGB", (64, 96), "white").save(pose)
+    job = requests.post(f"{daemon.url}/jobs", json={"prompt": "spyke_plasma_v1, standing"}, timeout=TIMEOUT).json()
+    for _ in range(200):
+        if requests.get(f"{daemon.url}/jobs/{job['id']}", timeout=TIMEOUT).json()["status"] == "succeeded":
+            break
+    yield daemon
+    daemon.stop()
+
+
+def document() -> dict:
+    """The document of an app that is built, never started (collection must not start a daemon);
+    `test_the_served_document_is_the_one_fuzzed` checks the running daemon serves the same."""
+    return build_openapi(create_app(Settings(data_dir=Path("/nonexistent/never-started")), ScriptedBackend()))
+
+
+schema = schemathesis.openapi.from_dict(document())
+schema.config.update(request_timeout=TIMEOUT)
+schema.config.generation.update(modes=[GenerationMode.POSITIVE, GenerationMode.NEGATIVE], max_examples=EXAMPLES,
+                                deterministic=True)
+
+
+@schema.parametrize()
+@settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
+          phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
+def test_every_operation_answers_as_documented(case: schemathesis.Case, fuzz_daemon: DaemonThread) -> None:
+    # /events included: a plain GET of the WebSocket must be its documented 426, never a hang.
+    response = case.call(base_url=fuzz_daemon.url, timeout=TIMEOUT)
+    case.validate_response(response, checks=CHECKS)
+
+
+def test_the_served_document_is_the_one_fuzzed(fuzz_daemon: DaemonThread) -> None:
+    served = requests.get(f"{fuzz_daemon.url}/openapi.json", timeout=TIMEOUT).json()
+    assert served == document()
+    operations = {(op.ok().method.upper(), op.ok().path) for op in schema.get_all_operations()}
+    assert operations == {(m.upper(), p) for p, ops in served["paths"].items() for m in ops}
+    assert len(operations) >= 13
