@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from sidecar.api.app import create_app
+from sidecar.api.keys import SETTINGS
 from sidecar.api.operations import operations
 from sidecar.config import Settings
 from tests.scripted_backend import ScriptedBackend
@@ -64,7 +65,8 @@ async def test_document_lists_every_status_with_its_codes(client) -> None:
         return schema["allOf"][1]["properties"]["error"]["properties"]["code"]["enum"]
 
     assert "training_in_progress" in codes(submit_["responses"], "409")
-    assert {"invalid_json", "unknown_field", "invalid_field", "lora_not_found"} <= set(codes(submit_["responses"], "400"))
+    assert {"invalid_json", "unknown_field", "invalid_field", "lora_not_found"} <= set(
+        codes(submit_["responses"], "400"))
     assert codes(paths["/jobs/{id}"]["get"]["responses"], "404") == ["job_not_found"]
     assert paths["/jobs/{id}/image"]["get"]["responses"]["200"]["content"]["image/png"]
     assert {"200", "202"} <= set(paths["/loras/{id}/cancel"]["post"]["responses"])
@@ -130,3 +132,12 @@ async def test_405_names_the_allowed_methods_in_allow(client, method, path, allo
 async def test_plain_get_of_events_asks_for_a_websocket(client) -> None:
     resp = await client.get("/events")
     assert resp.status == 426 and (await resp.json())["error"]["code"] == "websocket_required"
+
+
+async def test_an_image_gone_from_disk_is_a_json_404(client) -> None:
+    job = await submit(client)
+    done = await wait_status(client, job["id"], {"succeeded"})
+    (client.app[SETTINGS].jobs_dir / done["output"]["fileName"]).unlink()
+    resp = await client.get(f"/jobs/{job['id']}/image")
+    assert resp.status == 404 and resp.content_type == "application/json"
+    assert (await resp.json())["error"]["code"] == "not_found"

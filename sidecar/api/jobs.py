@@ -4,7 +4,9 @@ on GET /jobs/{id} or GET /jobs?full=1)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+from pathlib import Path
 
 from aiohttp import web
 
@@ -16,7 +18,8 @@ from sidecar.api.responses import Job, JobList, JobListFull, JobListing, JobSumm
 from sidecar.errors import (
     BatchSizeNotSupported, CheckpointNotFound, ComfyUnavailable, ControlnetNotFound, DiskFull, EngineUnavailable,
     IdempotencyKeyReused, InvalidField, InvalidState, JobNotFinished, JobNotFound, LoraNotFound, NodeNotSupported,
-    PoseImageInvalid, QueueFull, ResolutionExceedsProfile, SamplerNotSupported, TrainingInProgress, WorkflowInvalid,
+    NotFound, PoseImageInvalid, QueueFull, ResolutionExceedsProfile, SamplerNotSupported, TrainingInProgress,
+    WorkflowInvalid,
 )
 from sidecar.jobs.idempotency import MAX_KEY_LENGTH
 from sidecar.jobs.store import IdempotencyClaim
@@ -105,12 +108,16 @@ async def get_job(request: web.Request) -> web.Response:
 
 
 @routes.get("/jobs/{id}/image")
-@operation("The job's PNG", {200: None}, binary="image/png", errors=(JobNotFound, JobNotFinished))
+@operation("The job's PNG", {200: None}, binary="image/png", errors=(JobNotFound, NotFound, JobNotFinished))
 async def get_image(request: web.Request) -> web.StreamResponse:
     job = await request.app[RUNNER].get(request.match_info["id"])
     if job.status != "succeeded" or not job.output_file:
         raise JobNotFinished(f"Job {job.id} is {job.status}; it has no image.", {"jobId": job.id, "status": job.status})
-    return web.FileResponse(job.output_file, headers={"Content-Type": "image/png"})
+    path = Path(job.output_file)
+    if not await asyncio.to_thread(path.is_file):
+        # Checked here: FileResponse would answer a bare text 404 after the error middleware has run.
+        raise NotFound(f"The image of job {job.id} is no longer on disk ({path}).", {"jobId": job.id})
+    return web.FileResponse(path, headers={"Content-Type": "image/png"})
 
 
 @routes.post("/jobs/{id}/cancel")
