@@ -117,8 +117,10 @@ async def test_keep_days_0_keeps_everything_unless_a_request_names_days(aiohttp_
 
 async def test_gc_refuses_a_bad_body_naming_the_field(aiohttp_client, tmp_path):
     client = await aiohttp_client(create_app(settings(tmp_path), ScriptedBackend()))
+    # false is not 0 (that would remove every finished job), "true" is not a dry run.
     for body, field in (({"keepDays": -1}, "keepDays"), ({"keepDays": "x"}, "keepDays"),
-                        ({"dryRun": "maybe"}, "dryRun")):
+                        ({"keepDays": False}, "keepDays"), ({"keepDays": 1.0}, "keepDays"),
+                        ({"dryRun": "maybe"}, "dryRun"), ({"dryRun": "true"}, "dryRun"), ({"dryRun": 1}, "dryRun")):
         resp = await client.post("/gc", json=body)
         err = (await resp.json())["error"]
         assert resp.status == 400 and err["code"] == "invalid_field" and err["details"]["field"] == field

@@ -36,6 +36,8 @@ def new_socket_set() -> weakref.WeakSet[web.WebSocketResponse]:
 
 
 def encode(event: Any) -> dict[str, Any]:
+    if isinstance(event, dict):
+        return event  # already a body (a publisher outside the job and training layers)
     if isinstance(event, JobChanged):
         event = JobEvent(type=event.type, job=JobSummary.from_record(event.job))  # type: ignore[arg-type]
     if not isinstance(event, BaseModel):

@@ -28,7 +28,10 @@ class JobRequest(GenerationRequest):
 
 
 class GcRequest(Wire):
-    """POST /gc. Without keepDays, the daemon's keep_days setting (0 there: nothing is removed)."""
+    """POST /gc. Without keepDays, the daemon's keep_days setting (0 there: nothing is removed).
+    Strict: `"keepDays": false` is not 0 (which would remove every finished job; found by the fuzzer)."""
+
+    model_config = ConfigDict(strict=True)
 
     dry_run: bool = Field(False, description="only report what would be removed and its size")
     keep_days: int | None = Field(None, ge=0, le=36500,
