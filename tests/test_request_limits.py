@@ -47,7 +47,12 @@ async def template_workflow(client, **body: Any) -> dict[str, Any]:
     """A real job's filled workflow (txt2img-lora unless a pose is given), to edit and resubmit."""
     resp = await client.post("/jobs", json={"prompt": "spyke_plasma_v1, standing", "loraId": "spyke_plasma_v1", **body})
     assert resp.status == 202, await resp.text()
-    return (await resp.json())["workflow"]
+    return await full_workflow(client, await resp.json())
+
+
+async def full_workflow(client, job: dict[str, Any]) -> dict[str, Any]:
+    """The submit answer is the job's summary: its workflow is on GET /jobs/{id}."""
+    return (await (await client.get(f"/jobs/{job['id']}")).json())["workflow"]
 
 
 def node_of(wf: dict[str, Any], class_type: str) -> str:
@@ -137,14 +142,14 @@ async def test_a_whole_workflows_params_are_read_off_the_checked_graph(client, s
         "steps": 12, "cfg": 7.0, "sampler": "euler_ancestral", "scheduler": "normal", "width": 512, "height": 768,
         "checkpoint": "anything-v5.safetensors", "loraId": "spyke_plasma_v1", "loraStrength": 0.8,
         "controlnetStrength": None, "denoise": 1.0, "poseImagePath": None}
-    assert job["workflow"] == with_input("KSampler", seed=99, steps=12)(wf)  # our prefix is kept
+    assert await full_workflow(client, job) == with_input("KSampler", seed=99, steps=12)(wf)  # our prefix is kept
 
 
 async def test_the_save_prefix_is_the_daemons(client) -> None:
     wf = with_input("SaveImage", filename_prefix="../../../Library/LaunchAgents/evil")(await template_workflow(client))
     resp = await client.post("/jobs", json={"workflow": wf})
     assert resp.status == 202, await resp.text()
-    saved = (await resp.json())["workflow"][node_of(wf, "SaveImage")]["inputs"]["filename_prefix"]
+    saved = (await full_workflow(client, await resp.json()))[node_of(wf, "SaveImage")]["inputs"]["filename_prefix"]
     assert saved == "plasma-sidecar/workflow"
 
 
