@@ -233,3 +233,4 @@ class OpenApiDocument(BaseModel):
     info: dict[str, Any]
     paths: dict[str, Any]
     components: dict[str, Any]
+    security: list[dict[str, list[str]]]
