@@ -153,7 +153,7 @@ class TrainingSummary(Out):
     status: str | None = None
     step: int | None = None
     total: int | None = None
-    eta_seconds: float | None = None
+    eta_seconds: int | None = None
 
 
 class WorkerState(Out):

@@ -118,7 +118,7 @@ class TrainingRun(Wire):
     step: int
     total: int
     loss: LossInfo
-    eta_seconds: float | None = Field(None, description="null until ~20 steps were measured")
+    eta_seconds: int | None = Field(None, description="whole seconds; null until ~20 steps were measured")
     seconds_per_step: float | None = None
     checkpoints: list[CheckpointInfo]
     final_file: str | None = None
