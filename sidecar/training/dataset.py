@@ -4,12 +4,15 @@ Accepts kohya's layout (`<repeats>_<trigger> <class>/` folders, read through `da
 the one place that knows it) given as the `img/` folder or as the root holding `img/` and an optional
 `reg/` (what `sidecar dataset layout` writes), and a flat folder of images with `.txt` captions. Refuses, with
 the files named, what kohya would silently mis-train on: no images, images without a caption,
-empty captions, captions whose first tag is not the trigger word. It never modifies the set.
+empty captions, captions whose first tag is not the trigger word, and files past the bounds of
+`file_limits.py` (a 1 GB caption, an image of too many bytes or pixels) before reading them. It never
+modifies the set.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,11 +22,11 @@ from sidecar.dataprep.kohya_layout import (
     caption_path,
     kohya_dirs,
     list_images,
-    read_caption,
     subset_folders,
     subset_name,
 )
-from sidecar.errors import DatasetInvalid
+from sidecar.errors import DatasetInvalid, JobCancelled
+from sidecar.training.file_limits import FileLimits, read_bounded_caption
 from sidecar.userfiles import user_path
 
 FLAT_REPEATS = 10  # repeats for a flat folder: only sets where kohya's epochs end; steps decide the length
@@ -88,9 +91,11 @@ def _names(paths: list[Path], root: Path) -> list[str]:
     return [str(p.relative_to(root)) if p.is_relative_to(root) else str(p) for p in paths]
 
 
-def load_dataset(root: Path, trigger_word: str) -> Dataset:
-    """Validate `root` and describe it. Blocking (file system): call it in a thread."""
+def load_dataset(root: Path, trigger_word: str, should_stop: Callable[[], bool] | None = None) -> Dataset:
+    """Validate `root` and describe it. Blocking (file system): call it in a thread. `should_stop` is
+    looked at per image (a run cancelled while its set of thousands is checked): JobCancelled."""
     root = user_path(str(root), "datasetDir", DatasetInvalid)  # absolute; `~nosuchuser` is a 400
+    limits = FileLimits(root)
     if not root.exists():
         raise DatasetInvalid(f"The dataset folder {root} does not exist.", {"datasetDir": str(root)})
     if not root.is_dir():
@@ -114,7 +119,11 @@ def load_dataset(root: Path, trigger_word: str) -> Dataset:
         # Regularisation images show the class without the character: no trigger word, captions optional
         # (kohya then uses the folder's class tokens).
         for image in list_images(subset.source):
-            caption = read_caption(caption_path(image))
+            _check_stop(should_stop)
+            if not limits.image_ok(image) or not limits.caption_ok(caption_path(image)):
+                continue
+            # kohya uses the first line only; never read past the caption bound.
+            caption = read_bounded_caption(caption_path(image))
             subset.items.append(Item(image, caption or subset.class_tokens))
     reg_subsets = [s for s in reg_subsets if s.items]
     if reg_subsets:
@@ -127,11 +136,14 @@ def load_dataset(root: Path, trigger_word: str) -> Dataset:
     wrong_first: list[tuple[Path, str]] = []
     for subset in subsets:
         for image in list_images(subset.source):
+            _check_stop(should_stop)
             caption_file = caption_path(image)
             if not caption_file.is_file():
                 missing.append(image)
                 continue
-            caption = read_caption(caption_file)
+            if not limits.image_ok(image) or not limits.caption_ok(caption_file):
+                continue
+            caption = read_bounded_caption(caption_file)
             if not caption:
                 empty.append(caption_file)
                 continue
@@ -165,10 +177,16 @@ def load_dataset(root: Path, trigger_word: str) -> Dataset:
                         f"({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})")
         details["triggerWordNotFirst"] = [{"file": n, "firstTag": first}
                                           for n, (_, first) in zip(names, wrong_first)][:MAX_NAMED]
+    limits.report(problems, details)
     if problems:
         raise DatasetInvalid(f"The dataset in {root} is not ready to train: " + "; ".join(problems) + ".", details)
     return Dataset(root=root, layout=layout, trigger_word=trigger_word, subsets=subsets, warnings=warnings,
                    reg_subsets=reg_subsets)
+
+
+def _check_stop(should_stop: Callable[[], bool] | None) -> None:
+    if should_stop is not None and should_stop():
+        raise JobCancelled()
 
 
 def _subsets(folder: Path, warnings: list[str]) -> list[Subset]:

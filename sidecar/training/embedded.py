@@ -31,9 +31,10 @@ import torch.nn.functional as F
 from sidecar.backend import GenerationBackend
 from sidecar.config import Settings
 from sidecar.engine.models import Components
-from sidecar.errors import JobCancelled, SidecarError
+from sidecar.errors import DatasetInvalid, JobCancelled, SidecarError
 from sidecar.training import kohya_format as kf
 from sidecar.training.checkpoints import STATE_FILES, step_file_name
+from sidecar.training.file_limits import check_training_image
 from sidecar.training.spec import TrainerHooks, TrainJob, TrainResult, training_failed
 
 log = logging.getLogger("sidecar.training.embedded")
@@ -259,8 +260,13 @@ class _Training:
         max_len = min(int(tok.model_max_length), int(parts.text_encoder.config.max_position_embeddings))
 
         def encode(item) -> tuple[torch.Tensor, torch.Tensor]:
-            with Image.open(item.image) as im:
-                img = im.convert("RGB")
+            check_training_image(item.image)  # bytes and pixels from stat and the header, before decoding
+            try:
+                with Image.open(item.image) as im:
+                    img = im.convert("RGB")
+            except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt past its header
+                raise DatasetInvalid(f"Training image {item.image} cannot be decoded ({exc}). Replace or remove "
+                                     "it and train again.", {"file": str(item.image), "reason": str(exc)}) from None
             w, h = img.size
             k = res / min(w, h)
             img = img.resize((max(res, round(w * k)), max(res, round(h * k))), Image.Resampling.LANCZOS)

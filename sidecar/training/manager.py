@@ -292,7 +292,9 @@ class TrainingManager:
         await self._set(run, "running", started_at=now_iso(), attempts=run.attempts + 1, step=start_step,
                         total=spec.steps, pid=None)
         try:
-            dataset = await asyncio.to_thread(load_dataset, Path(spec.dataset_dir), spec.trigger_word)
+            # A cancel is looked at per image while a set of thousands is checked again.
+            dataset = await asyncio.to_thread(load_dataset, Path(spec.dataset_dir), spec.trigger_word,
+                                              live.cancel.is_set)
             job = TrainJob(run_id=run.id, spec=spec, dataset=dataset, work_dir=Path(run.work_dir),
                            output_dir=Path(run.output_dir), base_model=Path(run.base_model), resume=resume)
             await asyncio.to_thread(job.output_dir.mkdir, parents=True, exist_ok=True)
