@@ -98,6 +98,8 @@ class FakeComfyUI(InstallFiles, PromptWorker):
         self.ignore_prompt_ids = False
         self.object_info_requests: list[str | None] = []  # GET /object_info[/{class}]: the class, None = all
         self.failures: dict[str, tuple[str, str]] = {}
+        self.view_requests = 0  # GET /view calls; with `hold_views()`, each waits for `release_views()`
+        self._view_gate: asyncio.Event | None = None
         # What happened, across restarts, for tests to assert on.
         self.prompt_posts = 0
         self.accepted: list[str] = []

@@ -141,7 +141,19 @@ class InstallFiles:
             return web.Response(status=404)
         return web.json_response(self._models(folder))
 
+    def hold_views(self) -> None:
+        """GET /view answers nothing until `release_views()` (a test stops a client mid-download)."""
+        self._view_gate = asyncio.Event()
+
+    def release_views(self) -> None:
+        if self._view_gate is not None:
+            self._view_gate.set()
+        self._view_gate = None
+
     async def _view(self, request: web.Request) -> web.StreamResponse:
+        self.view_requests += 1
+        if self._view_gate is not None:
+            await self._view_gate.wait()
         query = request.query
         if "filename" not in query:
             return web.Response(status=404)
