@@ -28,3 +28,4 @@ bench: setup
 	@.venv/bin/python bench/engine.py
 	@.venv/bin/python bench/train.py
 	@.venv/bin/python bench/responsiveness.py
+	@.venv/bin/python bench/reliability.py

@@ -189,6 +189,36 @@ async def test_shutdown_closes_every_listener_going_away(aiohttp_client, tmp_pat
         assert msg.type == WSMsgType.CLOSE and msg.data == WSCloseCode.GOING_AWAY
 
 
+async def test_100_concurrent_submits_with_20_listeners_all_run_fifo_one_at_a_time(
+        aiohttp_client, tmp_path, backend) -> None:
+    client = await start(aiohttp_client, tmp_path, backend)
+    listeners = [await client.ws_connect("/events") for _ in range(20)]
+    seen: list[list[str]] = [[] for _ in listeners]
+
+    async def listen(ws, ids: list[str]) -> None:
+        async for msg in ws:
+            event = json.loads(msg.data)
+            if event["type"] == "job.succeeded":
+                ids.append(event["job"]["id"])
+
+    readers = [asyncio.create_task(listen(ws, ids)) for ws, ids in zip(listeners, seen)]
+    answers = await asyncio.gather(*(client.post("/jobs", json={"prompt": "x", "seed": s}) for s in range(100)))
+    assert [r.status for r in answers] == [202] * 100
+    ids = {(await r.json())["id"] for r in answers}
+    for _ in range(3000):
+        if all(len(s) == 100 for s in seen):
+            break
+        await asyncio.sleep(0.02)
+    jobs = (await (await client.get("/jobs?limit=500")).json())["jobs"]
+    assert {j["id"] for j in jobs} == ids and {j["status"] for j in jobs} == {"succeeded"}
+    in_order = [j.id for j in reversed(await client.app[STORE].list(limit=500))]  # the order they were queued
+    assert backend.started == in_order and backend.most_active == 1
+    assert all(s == in_order for s in seen)  # every listener, every job, in the order they ran
+    for ws, reader in zip(listeners, readers):
+        await ws.close()
+        reader.cancel()
+
+
 # -- the database at start
 
 

@@ -65,7 +65,7 @@ async def events(request: web.Request) -> web.WebSocketResponse:
 
     async def pump() -> None:
         while True:
-            await ws.send_json(await sub.get())
+            await ws.send_str((await sub.get()).text)
 
     reader = asyncio.create_task(drain_incoming())
     sender = asyncio.create_task(pump())
