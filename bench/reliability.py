@@ -172,6 +172,13 @@ async def load(http: aiohttp.ClientSession, d: Daemon, comfy: FakeComfyUI, jobs:
     sockets = [await http.ws_connect(d.url + "/events") for _ in range(listeners)]
     seen: list[set[str]] = [set() for _ in sockets]
     readers = [asyncio.create_task(listen(ws, s)) for ws, s in zip(sockets, seen)]
+    # Baseline: /health with the listeners connected and nothing running, on this machine as it is now.
+    idle_stop = d.data_dir.parent / "stop-idle-poller"
+    idle = subprocess.Popen([sys.executable, "-c", HEALTH_POLLER, str(d.port), str(idle_stop)],
+                            stdout=subprocess.PIPE, text=True)
+    await asyncio.sleep(5)
+    idle_stop.touch()
+    idle_ms = json.loads((await asyncio.to_thread(idle.communicate, None, 60))[0])
     stop_file = d.data_dir.parent / "stop-health-poller"
     poller = subprocess.Popen([sys.executable, "-c", HEALTH_POLLER, str(d.port), str(stop_file)],
                               stdout=subprocess.PIPE, text=True)
@@ -190,7 +197,7 @@ async def load(http: aiohttp.ClientSession, d: Daemon, comfy: FakeComfyUI, jobs:
         "fifo": fifo,
         "never_two_at_once": all(pending == [] and running is None for pending, running in overlaps),
         "every_listener_saw_every_job": all(s >= {j["id"] for j in done} for s in seen),
-        "health_ms": stats(health_ms), "jobs_per_s": round(len(done) / elapsed, 1),
+        "health_ms": stats(health_ms), "health_idle_ms": stats(idle_ms), "jobs_per_s": round(len(done) / elapsed, 1),
     }
     comfy._accept = accept  # type: ignore[method-assign]
     # 2. SIGTERM with every listener connected.
