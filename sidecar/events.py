@@ -29,7 +29,7 @@ class Event(dict):
 
     def __init__(self, event: dict[str, Any]):
         super().__init__(event)
-        self.text = json.dumps(event)
+        self.text = json.dumps(event, default=str)  # a stray Path must not break a publisher
 
 
 class Subscription(asyncio.Queue):

@@ -29,6 +29,9 @@ from sidecar.jobs.runner import JobChanged
 log = logging.getLogger("sidecar.events")
 routes = web.RouteTableDef()
 CLOSE_TIMEOUT = 1.0  # a client that does not answer our close frame within this is cut
+# No permessage-deflate: listeners are local, and compressing every event once per listener costs each
+# of them a zlib context and the loop CPU time while jobs run.
+COMPRESS = False
 
 
 def new_socket_set() -> weakref.WeakSet[web.WebSocketResponse]:
@@ -50,7 +53,7 @@ def encode(event: Any) -> dict[str, Any]:
            description="Upgrade to a WebSocket; each text frame is one Event (a JobEvent with the job's "
                        "summary, or a TrainingEvent). Clients only listen.")
 async def events(request: web.Request) -> web.WebSocketResponse:
-    ws = web.WebSocketResponse(heartbeat=30, timeout=CLOSE_TIMEOUT)
+    ws = web.WebSocketResponse(heartbeat=30, timeout=CLOSE_TIMEOUT, compress=COMPRESS)
     if not ws.can_prepare(request).ok:
         raise WebSocketRequired("GET /events answers only a WebSocket upgrade (Upgrade: websocket).")
     await ws.prepare(request)
