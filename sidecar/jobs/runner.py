@@ -49,6 +49,7 @@ class JobChanged:
 MAX_LOSSES = 1  # a lost prompt is re-queued once, then the job fails
 PROGRESS_PERSIST_INTERVAL = 1.0
 
+
 class JobRunner:
     def __init__(self, store: JobStore, backend: GenerationBackend, device: Device, events: EventBus,
                  outputs_dir: Path, *, max_queue: int = 512, restart_delay: float = 1.0):
