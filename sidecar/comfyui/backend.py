@@ -17,6 +17,7 @@ from typing import Any
 
 import aiohttp
 
+from sidecar import atomic
 from sidecar.backend import BackendHealth, ModelFolder, RunContext, RunResult
 from sidecar.comfyui.client import ComfyClient, ComfyRefused, PromptWatch
 from sidecar.comfyui.follow import FollowOptions, PromptFollower
@@ -365,10 +366,7 @@ def stable_client_id(data_dir: Path) -> str:
     except (OSError, ValueError):
         pass
     value = str(uuid.uuid4())
-    data_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(value + "\n")
-    tmp.replace(path)
+    atomic.write_text(path, value + "\n")
     return value
 
 

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import io
-import os
 import struct
-import uuid
 import zlib
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from sidecar import atomic
 from sidecar.comfyui.client import ComfyClient
 from sidecar.errors import JobFailed
 from sidecar.graph import Graph
@@ -68,16 +67,7 @@ def write_checked_image(data: bytes, path: Path, source: dict[str, Any] | None =
             "--fp32-vae (the daemon's managed mode does).",
             details, code="black_image",
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic.write_bytes(path, data, sync=True)
 
 
 def png_is_black(data: bytes) -> bool | None:

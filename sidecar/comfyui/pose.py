@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
-import uuid
 from pathlib import Path
 from typing import Any
 
+from sidecar import atomic
 from sidecar.comfyui.client import ComfyClient
 from sidecar.graph import Graph
 
@@ -28,13 +27,7 @@ def copy_into_input(src: Path, input_dir: Path) -> str:
     name = hashed_name(data, src.suffix)
     dest = input_dir / name
     if not dest.exists():  # same name means same bytes
-        input_dir.mkdir(parents=True, exist_ok=True)
-        tmp = input_dir / f".{name}.{uuid.uuid4().hex}.tmp"
-        try:
-            tmp.write_bytes(data)
-            os.replace(tmp, dest)
-        finally:
-            tmp.unlink(missing_ok=True)
+        atomic.write_bytes(dest, data)
     return name
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from sidecar import atomic
 from sidecar.backend import BackendHealth, ModelFolder, RunContext, RunResult
 from sidecar.config import Settings
 from sidecar.durations import format_duration
@@ -249,11 +249,4 @@ def _write_png(image: Any, path: Path, workflow: dict[str, Any]) -> None:
 
     info = PngInfo()
     info.add_text("prompt", json.dumps(workflow))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        image.save(tmp, format="PNG", pnginfo=info)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic.write_with(path, lambda fh: image.save(fh, format="PNG", pnginfo=info))

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from PIL import Image, ImageDraw, ImageFont
 
-from sidecar.atomic import write_text, write_with
+from sidecar.atomic import replacing, write_text, write_with
 from sidecar.errors import InvalidField
 from sidecar.training.lora_metadata import STAGED_PREFIX as STAGE_PREFIX
 
@@ -126,9 +126,8 @@ def stage(plan: SweepPlan) -> None:
         try:
             os.link(source, target)
         except OSError:
-            tmp = target.with_name(f".{target.name}.tmp")
-            shutil.copyfile(source, tmp)
-            os.replace(tmp, target)
+            with replacing(target) as tmp:  # no hard links on this file system
+                shutil.copyfile(source, tmp)
 
 
 def unstage(plan: SweepPlan) -> None:
