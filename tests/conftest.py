@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 
-pytest_plugins = ["tests.conftest_comfy", "tests.conftest_engine"]
+pytest_plugins = ["tests.conftest_app", "tests.conftest_comfy", "tests.conftest_engine"]
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

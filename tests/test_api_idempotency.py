@@ -18,27 +18,11 @@ import pytest
 
 from sidecar.api.app import create_app
 from sidecar.api.keys import IDEMPOTENCY, STORE
-from sidecar.config import Settings
 from sidecar.jobs.idempotency import IdempotencyKeys
 from tests.conftest_comfy import free_port
 from tests.scripted_backend import ScriptedBackend
 
 BODY = {"prompt": "spyke_plasma_v1, standing", "seed": 7}
-
-
-@pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return Settings(data_dir=tmp_path / "data", engine="embedded")
-
-
-@pytest.fixture
-def backend() -> ScriptedBackend:
-    return ScriptedBackend()
-
-
-@pytest.fixture
-async def client(aiohttp_client, settings, backend):
-    return await aiohttp_client(create_app(settings, backend))
 
 
 async def post(client, body: dict, key: str | None) -> tuple[int, dict, aiohttp.ClientResponse]:

@@ -17,21 +17,6 @@ from sidecar.config import Settings
 from tests.scripted_backend import ScriptedBackend
 
 
-@pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return Settings(data_dir=tmp_path / "data", engine="embedded")
-
-
-@pytest.fixture
-def backend() -> ScriptedBackend:
-    return ScriptedBackend()
-
-
-@pytest.fixture
-async def client(aiohttp_client, settings, backend):
-    return await aiohttp_client(create_app(settings, backend))
-
-
 async def wait_status(client, job_id: str, statuses: set[str], timeout: float = 10) -> dict:
     for _ in range(int(timeout / 0.02)):
         job = await (await client.get(f"/jobs/{job_id}")).json()

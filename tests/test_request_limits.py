@@ -15,25 +15,8 @@ import pytest
 from PIL import Image
 
 from sidecar.api.app import create_app
-from sidecar.config import Settings
 from sidecar.engine.interpreter import NODES
 from sidecar.nodes import SUPPORTED_NODES
-from tests.scripted_backend import ScriptedBackend
-
-
-@pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return Settings(data_dir=tmp_path / "data", engine="embedded")
-
-
-@pytest.fixture
-def backend() -> ScriptedBackend:
-    return ScriptedBackend()
-
-
-@pytest.fixture
-async def client(aiohttp_client, settings, backend):
-    return await aiohttp_client(create_app(settings, backend))
 
 
 @pytest.fixture
