@@ -14,6 +14,7 @@ from sidecar.api.keys import SETTINGS
 from sidecar.api.operations import operations
 from sidecar.config import Settings
 from tests.scripted_backend import ScriptedBackend
+from tests.test_api_jobs import wait_status
 
 
 @pytest.fixture
@@ -30,15 +31,6 @@ async def submit(client, **body) -> dict:
     resp = await client.post("/jobs", json={"prompt": "spyke_plasma_v1, standing", **body})
     assert resp.status == 202, await resp.text()
     return await resp.json()
-
-
-async def wait_status(client, job_id: str, statuses: set[str]) -> dict:
-    for _ in range(500):
-        job = await (await client.get(f"/jobs/{job_id}")).json()
-        if job["status"] in statuses:
-            return job
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"job {job_id} stayed {job['status']}")
 
 
 async def test_every_served_route_is_documented_and_every_documented_one_served(client) -> None:

@@ -17,6 +17,7 @@ from sidecar.cli import main
 from sidecar.config import Settings
 from tests.conftest_comfy import free_port
 from tests.scripted_backend import ScriptedBackend
+from tests.test_api_jobs import wait_status
 
 OLD = "2020-01-01T00:00:00.000Z"
 
@@ -29,15 +30,6 @@ async def submit(client) -> str:
     resp = await client.post("/jobs", json={"prompt": "spyke_plasma_v1, standing"})
     assert resp.status == 202, await resp.text()
     return (await resp.json())["id"]
-
-
-async def wait_status(client, job_id: str, statuses: set[str]) -> dict:
-    for _ in range(500):
-        job = await (await client.get(f"/jobs/{job_id}")).json()
-        if job["status"] in statuses:
-            return job
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"job {job_id} stayed {job['status']}")
 
 
 def age(db: Path, job_id: str, when: str = OLD, **columns: str) -> None:
