@@ -158,3 +158,35 @@ async def test_promote_over_http_names_the_file_and_never_overwrites(daemon, dat
     assert bad.status == 400 and (await bad.json())["error"]["code"] == "invalid_field"
     unknown = await daemon.post("/loras/nope/promote", json={})
     assert unknown.status == 404 and (await unknown.json())["error"]["code"] == "training_not_found"
+
+
+async def test_stage_makes_a_checkpoint_a_lora_id_until_unstaged(daemon, dataset_dir, settings) -> None:
+    # What the sweep asks of the daemon: a checkpoint a job can name, not listed as installed, removed after.
+    run = await trained_run(daemon, dataset_dir)
+    loras_dir = settings.models_path / "loras"
+    first = await daemon.post(f"/loras/{run['id']}/stage", json={"step": 2})
+    assert first.status == 201
+    staged = await first.json()
+    assert staged["loraId"] == f"sweep--spyke-{run['id'][:8]}-step00000002" and staged["step"] == 2
+    assert (loras_dir / f"{staged['loraId']}.safetensors").read_bytes() == Path(run["checkpoints"][0]["path"]).read_bytes()
+    again = await daemon.post(f"/loras/{run['id']}/stage", json={"step": 2})
+    assert again.status == 200 and (await again.json())["alreadyStaged"] is True
+    final = await (await daemon.post(f"/loras/{run['id']}/stage", json={})).json()
+    assert final["step"] == 4
+    job = await daemon.post("/jobs", json={"prompt": "spyke_plasma_v1", "loraId": staged["loraId"]})
+    assert job.status == 202
+    assert [lo["id"] for lo in (await (await daemon.get("/loras")).json())["loras"]] == []
+    # One step's staging, then the rest; installed LoRAs are never touched.
+    (loras_dir / "spyke.safetensors").write_bytes(b"installed")
+    one = await daemon.post(f"/loras/{run['id']}/unstage", json={"step": 4})
+    assert (await one.json())["removed"] == [final["loraId"]]
+    rest = await daemon.post(f"/loras/{run['id']}/unstage", json={})
+    assert (await rest.json())["removed"] == [staged["loraId"]]
+    assert [p.name for p in loras_dir.iterdir()] == ["spyke.safetensors"]
+    missing = await daemon.post(f"/loras/{run['id']}/stage", json={"step": 3})
+    assert missing.status == 400 and (await missing.json())["error"]["details"]["available"] == [2, 4]
+    Path(run["checkpoints"][0]["path"]).unlink()
+    gone = await daemon.post(f"/loras/{run['id']}/stage", json={"step": 2})
+    assert gone.status == 409 and (await gone.json())["error"]["code"] == "checkpoint_file_missing"
+    unknown = await daemon.post("/loras/nope/unstage", json={})
+    assert unknown.status == 404 and (await unknown.json())["error"]["code"] == "training_not_found"

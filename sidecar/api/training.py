@@ -1,5 +1,5 @@
 """Training routes: POST /loras/train, GET /loras/runs, GET /loras/{id}/status, POST /loras/{id}/cancel,
-/resume and /promote. The training manager (queue, device gate, trainers) is built here and started and
+/resume, /promote, /stage and /unstage. The training manager (queue, device gate, trainers) is built here and started and
 stopped with the app through `cleanup_ctx`; handlers only parse, call it and answer with its
 `TrainingRun` models.
 """
@@ -19,7 +19,10 @@ from sidecar.errors import (
     LoraExists, ResolutionExceedsProfile, TrainingInProgress, TrainingNotFound,
 )
 from sidecar.training.manager import TrainingManager
-from sidecar.training.wire import Promoted, PromoteRequest, TrainingRun, TrainingRunList, TrainRequest
+from sidecar.training.wire import (
+    Promoted, PromoteRequest, StagedLora, StageRequest, TrainingRun, TrainingRunList, TrainRequest, UnstagedLoras,
+    UnstageRequest,
+)
 
 TRAINING = web.AppKey("training", TrainingManager)
 
@@ -101,3 +104,23 @@ async def promote(request: web.Request) -> web.Response:
     req = await parse_body(request, PromoteRequest)
     done = await request.app[TRAINING].promote(request.match_info["id"], req)
     return json_response(done, 200 if done.already_installed else 201)
+
+
+@routes.post("/loras/{id}/stage")
+@operation("Make a checkpoint of the run loadable by jobs (a sweep's columns) under a staged loraId",
+           {201: StagedLora, 200: StagedLora}, request=StageRequest,
+           description="201: linked into the LoRA folder as `sweep--<outputName>-<run8>-step<N>` (not listed by "
+                       "GET /loras). 200: it already was. Undo with POST /loras/{id}/unstage.",
+           errors=(TrainingNotFound, InvalidState, CheckpointFileMissing))
+async def stage(request: web.Request) -> web.Response:
+    req = await parse_body(request, StageRequest)
+    done = await request.app[TRAINING].stage(request.match_info["id"], req)
+    return json_response(done, 200 if done.already_staged else 201)
+
+
+@routes.post("/loras/{id}/unstage")
+@operation("Remove the run's staged checkpoints (one step's, or all) from the LoRA folder",
+           {200: UnstagedLoras}, request=UnstageRequest, errors=(TrainingNotFound,))
+async def unstage(request: web.Request) -> web.Response:
+    req = await parse_body(request, UnstageRequest)
+    return json_response(await request.app[TRAINING].unstage(request.match_info["id"], req))

@@ -21,7 +21,6 @@ from sidecar.errors import EXIT_FAILED
 from sidecar.loras import runs
 from sidecar.loras import sweep as sweep_mod
 from sidecar.loras.client import TrainingClient
-from sidecar.training.lora_metadata import lora_dir
 
 
 class _Lines:
@@ -81,8 +80,9 @@ for command in runs.COMMANDS:
 @click.option("--cell", "cell_px", default=256, show_default=True, type=click.IntRange(64, 1024),
               help="size of one image on the sheet")
 @click.option("--loras-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="the daemon's LoRA folder [default: ComfyUI's models/loras when configured, else <models>/loras]")
-@click.option("--keep-staged", is_flag=True, help="leave the checkpoints linked in the LoRA folder afterwards")
+              help="the daemon's LoRA folder [default: the daemon's: ComfyUI's models/loras when configured, "
+                   "else <models>/loras]")
+@click.option("--keep-staged", is_flag=True, help="leave the checkpoints staged in the LoRA folder afterwards")
 @url_option
 @click.option("--json", "as_json", is_flag=True, help="print the index as JSON")
 @click.option("--poll-interval", default=1.0, type=click.FloatRange(min=0.01), hidden=True)
@@ -91,13 +91,13 @@ def sweep(run: str, prompts_file: Path, seeds: str, out: Path | None, strength: 
           keep_staged: bool, url: str | None, as_json: bool, poll_interval: float) -> None:
     """Render the same prompts and seeds with every saved checkpoint of RUN (id or output name).
 
-    Each checkpoint is linked into the daemon's LoRA folder under a `sweep--...` name for the
-    duration (that is how the daemon and ComfyUI find LoRAs: by file name), then removed.
+    The daemon stages each checkpoint in its LoRA folder under a `sweep--...` name for the duration
+    (that is how the daemon and ComfyUI find LoRAs: by file name), then removes it.
     """
     settings = current_settings()
     prompts = sweep_mod.read_prompts(prompts_file)
     seed_list = sweep_mod.parse_seeds(seeds)
-    target_dir = lora_dir(settings, loras_dir)
+    target_dir = str(loras_dir.expanduser().resolve()) if loras_dir else None
     daemon = TrainingClient.for_settings(settings, url)
     job: dict[str, Any] = {}
     if strength is not None:
@@ -111,28 +111,29 @@ def sweep(run: str, prompts_file: Path, seeds: str, out: Path | None, strength: 
     sys.exit(code)
 
 
-async def _sweep(ref: str, prompts: list[str], seeds: list[int], out: Path | None, target_dir: Path,
+async def _sweep(ref: str, prompts: list[str], seeds: list[int], out: Path | None, target_dir: str | None,
                  baseline: bool, job: dict[str, Any], daemon: TrainingClient, cell_px: int, keep_staged: bool, as_json: bool,
                  poll_interval: float) -> int:
     reporter: Any = _Bar(0) if sys.stdout.isatty() and not as_json else _Lines()
-    plan: sweep_mod.SweepPlan | None = None
     try:
         async with daemon as client:
             run = await client.find_run(ref)
             folder = out or Path(run["outputDir"]).parent / "sweep"
-            plan = sweep_mod.plan_sweep(run, prompts, seeds, folder, target_dir, baseline)
-            await asyncio.to_thread(sweep_mod.stage, plan)
-            if isinstance(reporter, _Bar):
-                reporter.progress.update(reporter.task, total=len(plan.cells))
-            else:
-                click.echo(f"sweeping {len(plan.columns)} checkpoint(s) x {len(plan.rows)} prompt/seed row(s) "
-                           f"= {len(plan.cells)} render(s)")
-            await sweep_mod.render(plan, client, reporter, job, poll_interval)
+            plan = sweep_mod.plan_sweep(run, prompts, seeds, folder, baseline)
+            try:
+                await sweep_mod.stage(plan, client, target_dir)
+                if isinstance(reporter, _Bar):
+                    reporter.progress.update(reporter.task, total=len(plan.cells))
+                else:
+                    click.echo(f"sweeping {len(plan.columns)} checkpoint(s) x {len(plan.rows)} prompt/seed row(s) "
+                               f"= {len(plan.cells)} render(s)")
+                await sweep_mod.render(plan, client, reporter, job, poll_interval)
+            finally:
+                if not keep_staged:
+                    await sweep_mod.unstage(plan, client, target_dir)
     finally:
         if isinstance(reporter, _Bar):
             reporter.close()
-        if plan is not None and not keep_staged:
-            await asyncio.to_thread(sweep_mod.unstage, plan)
     sheet = await asyncio.to_thread(sweep_mod.contact_sheet, plan, cell_px)
     index = await asyncio.to_thread(sweep_mod.write_index, plan, sheet)
     failed = [c for c in plan.cells if c.status != "succeeded"]

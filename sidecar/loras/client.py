@@ -11,7 +11,6 @@ from sidecar.client import DaemonClient, DaemonRefused
 from sidecar.statuses import RUN_TERMINAL
 
 
-
 class TrainingClient(DaemonClient):
     async def find_run(self, ref: str) -> dict[str, Any]:
         """A run by id, or the newest run with that output name."""
@@ -42,6 +41,15 @@ class TrainingClient(DaemonClient):
 
     async def promote(self, run_id: str, body: dict[str, Any]) -> dict[str, Any]:
         return await self.request("POST", f"/loras/{run_id}/promote", json=body)
+
+    async def stage(self, run_id: str, step: int, loras_dir: str | None = None) -> dict[str, Any]:
+        """Have the daemon make checkpoint `step` loadable by jobs; its answer names the `loraId`."""
+        body: dict[str, Any] = {"step": step} | ({"lorasDir": loras_dir} if loras_dir else {})
+        return await self.request("POST", f"/loras/{run_id}/stage", json=body)
+
+    async def unstage(self, run_id: str, loras_dir: str | None = None) -> dict[str, Any]:
+        return await self.request("POST", f"/loras/{run_id}/unstage",
+                                  json={"lorasDir": loras_dir} if loras_dir else {})
 
     async def follow_run(self, run: dict[str, Any], on_update: Callable[[dict[str, Any]], None], *,
                          poll_interval: float = 2.0) -> dict[str, Any]:

@@ -2,31 +2,24 @@
 through the running daemon, into a labelled contact sheet PNG and a JSON index (LORA-02: pick the
 best-generalising checkpoint, not necessarily the last).
 
-How a checkpoint becomes a `loraId`: the daemon (and ComfyUI) load LoRAs by file name from their
-LoRA folder, so each checkpoint is hard-linked (copied where links are impossible) into that folder
-under a name no one else uses, `sweep--<outputName>-<run8>-step00000200.safetensors`, for the
-sweep's duration; the links are removed afterwards unless asked to keep them.
+How a checkpoint becomes a `loraId`: the daemon stages it (`POST /loras/{id}/stage`: linked into its
+LoRA folder under a `sweep--...` name no installed LoRA uses) for the sweep's duration, and removes the
+stagings afterwards (`POST /loras/{id}/unstage`) unless asked to keep them. This tool touches no file of
+the daemon's: it asks over HTTP, renders, and writes its own folder.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from PIL import Image, ImageDraw, ImageFont
-
-from sidecar.atomic import replacing, write_text, write_with
-from sidecar.errors import InvalidField
-from sidecar.training.lora_metadata import STAGED_PREFIX as STAGE_PREFIX
-
-HEADER_H = 28
-LABEL_W = 260
+from sidecar.atomic import write_text
+from sidecar.errors import InvalidField, SidecarError
+from sidecar.loras.sheet import SheetCell, draw_sheet, wrap, write_sheet
 
 
 def read_prompts(path: Path) -> list[str]:
@@ -56,8 +49,7 @@ class Column:
     label: str  # "step 200", "final", "no LoRA"
     step: int | None
     source: str | None  # the checkpoint file (None for the no-LoRA baseline)
-    lora_id: str | None = None  # the staged name the daemon finds it by
-    staged: str | None = None  # the staged file, removed after the sweep
+    lora_id: str | None = None  # the staged name the daemon finds it by, once staged
 
 
 @dataclass
@@ -81,7 +73,6 @@ class SweepPlan:
     seeds: list[int]
     columns: list[Column]
     out: Path
-    loras_dir: Path
     cells: list[Cell] = field(default_factory=list)
 
     @property
@@ -89,7 +80,7 @@ class SweepPlan:
         return [(p, s) for p in self.prompts for s in self.seeds]
 
 
-def plan_sweep(run: dict[str, Any], prompts: list[str], seeds: list[int], out: Path, loras_dir: Path,
+def plan_sweep(run: dict[str, Any], prompts: list[str], seeds: list[int], out: Path,
                baseline: bool = False) -> SweepPlan:
     if run["status"] in ("queued", "running"):
         raise InvalidField(f"Training run {run['id']} is still {run['status']}; sweep it once it has ended "
@@ -97,47 +88,41 @@ def plan_sweep(run: dict[str, Any], prompts: list[str], seeds: list[int], out: P
     checkpoints = sorted(run.get("checkpoints") or [], key=lambda c: c["step"])
     if not checkpoints:
         raise InvalidField(f"Training run {run['id']} saved no checkpoint to sweep.", {"run": run["id"]})
-    tag = f"{run['outputName']}-{run['id'][:8]}"
     columns = [Column("no LoRA", None, None)] if baseline else []
     for c in checkpoints:
-        stem = f"{STAGE_PREFIX}{tag}-step{c['step']:08d}"
         columns.append(Column(f"final (step {c['step']})" if c.get("final") else f"step {c['step']}",
-                              c["step"], c["path"], lora_id=stem, staged=str(loras_dir / f"{stem}.safetensors")))
-    plan = SweepPlan(run, prompts, seeds, columns, out, loras_dir)
+                              c["step"], c["path"]))
+    plan = SweepPlan(run, prompts, seeds, columns, out)
     for r, (prompt, seed) in enumerate(plan.rows):
         for ci, col in enumerate(columns):
-            plan.cells.append(Cell(r, ci, prompt, seed, col.step, col.lora_id))
+            plan.cells.append(Cell(r, ci, prompt, seed, col.step, None))
     return plan
 
 
-def stage(plan: SweepPlan) -> None:
-    """Make every checkpoint loadable by name: a hard link in the LoRA folder (a copy across disks)."""
-    plan.loras_dir.mkdir(parents=True, exist_ok=True)
-    for col in plan.columns:
-        if col.source is None or col.staged is None:
+async def stage(plan: SweepPlan, client: Client, loras_dir: str | None = None) -> None:
+    """Have the daemon make every checkpoint loadable by name; each column and cell learns its loraId."""
+    for ci, col in enumerate(plan.columns):
+        if col.step is None:
             continue
-        source, target = Path(col.source), Path(col.staged)
-        if not source.is_file():
-            raise InvalidField(f"Checkpoint {source} is gone; cannot sweep it.", {"file": str(source)})
-        if target.exists():
-            if target.samefile(source):
-                continue
-            target.unlink()  # a stale staging of our own (the sweep-- prefix is ours)
-        try:
-            os.link(source, target)
-        except OSError:
-            with replacing(target) as tmp:  # no hard links on this file system
-                shutil.copyfile(source, tmp)
+        staged = await client.stage(plan.run["id"], col.step, loras_dir)
+        col.lora_id = staged["loraId"]
+        for cell in plan.cells:
+            if cell.col == ci:
+                cell.lora_id = col.lora_id
 
 
-def unstage(plan: SweepPlan) -> None:
-    for col in plan.columns:
-        if col.staged:
-            with contextlib.suppress(FileNotFoundError):
-                Path(col.staged).unlink()
+async def unstage(plan: SweepPlan, client: Client, loras_dir: str | None = None) -> None:
+    """Remove the stagings; a daemon gone meanwhile leaves them (hidden from GET /loras, replaced next time)."""
+    if any(col.lora_id for col in plan.columns):
+        with contextlib.suppress(SidecarError):
+            await client.unstage(plan.run["id"], loras_dir)
 
 
 class Client(Protocol):
+    async def stage(self, run_id: str, step: int, loras_dir: str | None) -> dict[str, Any]: ...
+
+    async def unstage(self, run_id: str, loras_dir: str | None) -> dict[str, Any]: ...
+
     async def submit(self, body: dict[str, Any]) -> dict[str, Any]: ...
 
     async def image(self, job_id: str) -> bytes: ...
@@ -174,54 +159,14 @@ async def render(plan: SweepPlan, client: Client, reporter: Reporter, job: dict[
         reporter.cell_done(i, len(plan.cells), cell)
 
 
-def _font(size: int) -> ImageFont.ImageFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1 has one bitmap size
-        return ImageFont.load_default()
-
-
 def contact_sheet(plan: SweepPlan, cell_px: int = 256) -> Path:
     """A grid: one column per checkpoint (labelled with its step), one row per prompt x seed."""
-    rows, cols = len(plan.rows), len(plan.columns)
-    sheet = Image.new("RGB", (LABEL_W + cols * cell_px, HEADER_H + rows * cell_px), "white")
-    draw = ImageDraw.Draw(sheet)
-    font, small = _font(16), _font(12)
-    title = f"{plan.run['outputName']} ({plan.run['id'][:8]})"
-    draw.text((8, 6), title, fill="black", font=font)
-    for ci, col in enumerate(plan.columns):
-        draw.text((LABEL_W + ci * cell_px + 8, 6), col.label, fill="black", font=font)
-    for r, (prompt, seed) in enumerate(plan.rows):
-        y = HEADER_H + r * cell_px
-        lines = _wrap(prompt, 34)[:8] + [f"seed {seed}"]
-        for li, line in enumerate(lines):
-            draw.text((8, y + 8 + li * 16), line, fill="black", font=small)
-    for cell in plan.cells:
-        x, y = LABEL_W + cell.col * cell_px, HEADER_H + cell.row * cell_px
-        if cell.image:
-            with Image.open(plan.out / cell.image) as im:
-                thumb = im.convert("RGB")
-            thumb.thumbnail((cell_px, cell_px))
-            sheet.paste(thumb, (x + (cell_px - thumb.width) // 2, y + (cell_px - thumb.height) // 2))
-        else:
-            draw.rectangle((x + 2, y + 2, x + cell_px - 3, y + cell_px - 3), fill=(230, 230, 230))
-            for li, line in enumerate(_wrap(cell.error or cell.status, 30)[:6]):
-                draw.text((x + 8, y + 8 + li * 16), line, fill=(160, 0, 0), font=small)
-        draw.rectangle((x, y, x + cell_px - 1, y + cell_px - 1), outline=(200, 200, 200))
-    path = plan.out / "contact-sheet.png"
-    write_with(path, lambda fh: sheet.save(fh, format="PNG"))
-    return path
-
-
-def _wrap(text: str, width: int) -> list[str]:
-    words, lines, line = text.split(), [], ""
-    for word in words:
-        if line and len(line) + 1 + len(word) > width:
-            lines.append(line)
-            line = word
-        else:
-            line = f"{line} {word}".strip()
-    return lines + ([line] if line else [])
+    rows = [wrap(prompt, 34)[:8] + [f"seed {seed}"] for prompt, seed in plan.rows]
+    cells = [SheetCell(c.row, c.col, plan.out / c.image if c.image else None, c.error or c.status)
+             for c in plan.cells]
+    sheet = draw_sheet(f"{plan.run['outputName']} ({plan.run['id'][:8]})", [c.label for c in plan.columns], rows,
+                       cells, cell_px)
+    return write_sheet(plan.out / "contact-sheet.png", sheet)
 
 
 def write_index(plan: SweepPlan, sheet: Path) -> Path:

@@ -2,8 +2,8 @@
 
 kohya (and our embedded trainer) write `ss_*` metadata (steps, dim, alpha, base model, resolution,
 tag frequencies) and `modelspec.*` keys; files without any are still listed. Reading the header only,
-never the tensors, keeps `GET /loras` instant on 75 MB files. Checkpoints a sweep links into the
-folder for its duration (`sweep--*`) are not installed LoRAs and are not listed.
+never the tensors, keeps `GET /loras` instant on 75 MB files. Checkpoints staged for a sweep
+(`staging.py`, `sweep--*`) are not installed LoRAs and are not listed.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from sidecar.config import Settings
 from sidecar.errors import InvalidField
 
 LORA_SUFFIXES = (".safetensors",)
-STAGED_PREFIX = "sweep--"  # `sidecar loras sweep` stages checkpoints under this prefix
+STAGED_PREFIX = "sweep--"  # checkpoints staged for a sweep (`staging.py`) carry this prefix
 METADATA_CONCURRENCY = 8  # /view_metadata requests in flight at once
 MAX_HEADER = 100 * 1024 * 1024  # a larger header is not a safetensors file we wrote or kohya did
 

@@ -32,7 +32,7 @@ from sidecar.events import EventBus
 from sidecar.profiles import Profile
 from sidecar.sqlite_store import now_iso
 from sidecar.statuses import RUN_ACTIVE, RUN_RESUMABLE
-from sidecar.training import admission, recovery
+from sidecar.training import admission, recovery, staging
 from sidecar.training import checkpoints as files
 from sidecar.training.dataset import load_dataset
 from sidecar.training.lora_metadata import lora_dir
@@ -42,7 +42,10 @@ from sidecar.training.promote import promote as install_checkpoint
 from sidecar.training.spec import ResumePoint, Trainer, TrainerHooks, TrainJob, TrainSpec
 from sidecar.training.store import CheckpointRecord, RunRecord, TrainingStore, check_transition
 from sidecar.training.views import finite, run_view
-from sidecar.training.wire import Promoted, PromoteRequest, TrainingEvent, TrainingRun, TrainRequest
+from sidecar.training.wire import (
+    Promoted, PromoteRequest, StagedLora, StageRequest, TrainingEvent, TrainingRun, TrainRequest, UnstagedLoras,
+    UnstageRequest,
+)
 
 log = logging.getLogger("sidecar.training")
 
@@ -227,14 +230,30 @@ class TrainingManager:
 
     async def promote(self, run_id: str, req: PromoteRequest) -> Promoted:
         """Install a checkpoint of a finished run into the LoRA folder generation uses (never overwriting)."""
-        run = await self.store.get(run_id)
-        if run is None:
-            raise TrainingNotFound(f"No training run with id {run_id!r}.", {"runId": run_id})
-        target = lora_dir(self.settings, Path(req.loras_dir).expanduser() if req.loras_dir else None)
+        run, target = await self._run_and_loras_dir(run_id, req.loras_dir)
         done = await asyncio.to_thread(install_checkpoint, run, req.step, target, req.name)
         log.info("training run %s: step %d %s as %s", run_id, done.step,
                  "already installed" if done.already else "installed", done.path)
         return Promoted(path=str(done.path), lora_id=done.lora_id, step=done.step, already_installed=done.already)
+
+    async def stage(self, run_id: str, req: StageRequest) -> StagedLora:
+        """Make a checkpoint loadable by jobs under a staged name, until `unstage` (a sweep's columns)."""
+        run, target = await self._run_and_loras_dir(run_id, req.loras_dir)
+        done = await asyncio.to_thread(staging.stage, run, req.step, target)
+        log.info("training run %s: step %d staged as %s", run_id, done.step, done.lora_id)
+        return StagedLora(path=str(done.path), lora_id=done.lora_id, step=done.step, already_staged=done.already)
+
+    async def unstage(self, run_id: str, req: UnstageRequest) -> UnstagedLoras:
+        run, target = await self._run_and_loras_dir(run_id, req.loras_dir)
+        removed = await asyncio.to_thread(staging.unstage, run, req.step, target)
+        log.info("training run %s: unstaged %s", run_id, ", ".join(removed) or "nothing")
+        return UnstagedLoras(removed=removed)
+
+    async def _run_and_loras_dir(self, run_id: str, loras_dir: str | None) -> tuple[RunRecord, Path]:
+        run = await self.store.get(run_id)
+        if run is None:
+            raise TrainingNotFound(f"No training run with id {run_id!r}.", {"runId": run_id})
+        return run, lora_dir(self.settings, Path(loras_dir).expanduser() if loras_dir else None)
 
     # -- checks
     # -- queue

@@ -1,7 +1,7 @@
 """Promote: install one checkpoint of a run as the character's LoRA (LORA-03), never overwriting.
 
 The file is copied (not moved: the run keeps its checkpoints) into the LoRA folder generation
-uses, ComfyUI's `models/loras/` when configured (see `sweep.lora_dir`), under the run's output
+uses, ComfyUI's `models/loras/` when configured (see `lora_metadata.lora_dir`), under the run's output
 name or a name given. The copy lands under a temporary name and is hard-linked into place, which
 fails rather than replaces when the name is taken.
 """

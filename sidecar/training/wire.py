@@ -73,6 +73,34 @@ class Promoted(Wire):
     already_installed: bool = Field(..., description="the same file was already installed under that name")
 
 
+class StageRequest(Wire):
+    """POST /loras/{id}/stage: make one checkpoint of a run loadable by jobs for a while (a sweep)."""
+
+    step: int | None = Field(None, ge=1, description="the checkpoint's step [default: the run's final LoRA]")
+    loras_dir: str | None = Field(None, min_length=1, max_length=4096,
+                                  description="the LoRA folder [default: as for promote]")
+
+
+class StagedLora(Wire):
+    path: str
+    lora_id: str = Field(..., description="the loraId a job names to render with this checkpoint")
+    step: int
+    already_staged: bool = Field(..., description="this checkpoint was already staged under that name")
+
+
+class UnstageRequest(Wire):
+    """POST /loras/{id}/unstage: remove what stage linked into the LoRA folder."""
+
+    step: int | None = Field(None, ge=1, description="only this checkpoint's staging [default: every one of "
+                                                     "the run]")
+    loras_dir: str | None = Field(None, min_length=1, max_length=4096,
+                                  description="the LoRA folder [default: as for promote]")
+
+
+class UnstagedLoras(Wire):
+    removed: list[str] = Field(..., description="the loraIds no longer staged")
+
+
 class LossInfo(Wire):
     last: float | None = None
     smoothed: float | None = None
