@@ -26,6 +26,17 @@ async def wait_status(client, job_id: str, statuses: set[str], timeout: float = 
     raise AssertionError(f"job {job_id} stayed {job['status']}")
 
 
+async def wait_accepted(client, job_id: str, timeout: float = 10) -> dict:
+    """Running, and the backend took its prompt id: what a restart reconciles by (a job stopped before
+    that is rightly re-queued as never accepted)."""
+    for _ in range(int(timeout / 0.02)):
+        job = await (await client.get(f"/jobs/{job_id}")).json()
+        if job["status"] == "running" and job["promptId"] is not None:
+            return job
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"job {job_id} is {job['status']} with prompt id {job['promptId']}")
+
+
 async def submit(client, **body) -> dict:
     resp = await client.post("/jobs", json={"prompt": "spyke_plasma_v1, standing", **body})
     assert resp.status == 202, await resp.text()
@@ -229,7 +240,7 @@ async def test_restart_runs_queued_jobs_and_reconciles_running_one(aiohttp_clien
     client = await aiohttp_client(create_app(settings, first))
     running = await submit(client, seed=1)
     queued = await submit(client, seed=2)
-    await wait_status(client, running["id"], {"running"})
+    await wait_accepted(client, running["id"])
     await client.close()  # the daemon stops with one job running and one queued
 
     second = ScriptedBackend()
@@ -246,7 +257,7 @@ async def test_job_lost_again_after_its_restart_requeue_fails_lost_on_restart(ai
     first.auto_release = False
     client = await aiohttp_client(create_app(settings, first))
     running = await submit(client)
-    await wait_status(client, running["id"], {"running"})
+    await wait_accepted(client, running["id"])
     await client.close()  # the daemon stops while the job runs
 
     second = ScriptedBackend()
