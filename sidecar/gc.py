@@ -17,27 +17,27 @@ from typing import Any
 
 import click
 
+from sidecar.api.responses import GcReport
 from sidecar.cli_support import settings_from
 from sidecar.config import Settings
 from sidecar.datadir_lock import DataDirLock
 from sidecar.errors import DaemonUnavailable, SidecarError
 
 
-async def _through_daemon(url: str, body: dict[str, Any], token: str | None) -> dict[str, Any]:
+async def _through_daemon(url: str, body: dict[str, Any], token: str | None) -> GcReport:
     from sidecar.client import DaemonClient
 
     async with DaemonClient(url, timeout=600, token=token) as client:
-        return await client.request("POST", "/gc", json=body)
+        return GcReport.model_validate(await client.request("POST", "/gc", json=body))
 
 
-async def _offline(settings: Settings, keep_days: int | None, dry_run: bool) -> dict[str, Any]:
-    from sidecar.jobs.retention import RetentionTask
+async def _offline(settings: Settings, keep_days: int | None, dry_run: bool) -> GcReport:
+    from sidecar.jobs.retention import RetentionReport, RetentionTask
     from sidecar.jobs.store import JobStore
 
     if not settings.db_path.is_file():
-        return {"dryRun": dry_run, "keepDays": keep_days if keep_days is not None else settings.keep_days,
-                "cutoff": None, "jobs": 0, "files": 0, "bytes": 0, "removedJobs": 0, "jobIds": [],
-                "keptOutsideDataDir": []}
+        return GcReport.from_report(RetentionReport(
+            keep_days=keep_days if keep_days is not None else settings.keep_days, cutoff=None, dry_run=dry_run))
     # The data dir's lock, as a daemon holds it: no daemon starts on it meanwhile, and a daemon that owns
     # it but does not answer at `url` (another port) makes this DataDirLocked, naming it.
     lock = DataDirLock(settings.data_dir)
@@ -46,24 +46,24 @@ async def _offline(settings: Settings, keep_days: int | None, dry_run: bool) -> 
     try:
         await store.open()
         task = RetentionTask(store, settings.jobs_dir, settings.keep_days)
-        return (await task.run_once(keep_days, dry_run=dry_run)).to_api()
+        return GcReport.from_report(await task.run_once(keep_days, dry_run=dry_run))
     finally:
         await store.close()
         lock.release()
 
 
-def describe(report: dict[str, Any], where: str) -> str:
+def describe(report: GcReport, where: str) -> str:
     from sidecar.jobs.retention import human_bytes
 
-    if report["cutoff"] is None:
+    if report.cutoff is None:
         return ("keep_days is 0 (finished jobs are kept forever): nothing removed. Pass --keep-days N to remove "
                 "the jobs that ended more than N days ago.")
-    verb = "would remove" if report["dryRun"] else "removed"
-    line = (f"{verb} {report['jobs']} finished job(s) that ended before {report['cutoff']} "
-            f"(keep_days {report['keepDays']}) and {report['files']} image file(s), "
-            f"{human_bytes(report['bytes'])} ({report['bytes']} bytes) [{where}]")
-    if report["keptOutsideDataDir"]:
-        line += f"; {len(report['keptOutsideDataDir'])} image(s) outside the data dir left alone"
+    verb = "would remove" if report.dry_run else "removed"
+    line = (f"{verb} {report.jobs} finished job(s) that ended before {report.cutoff} "
+            f"(keep_days {report.keep_days}) and {report.files} image file(s), "
+            f"{human_bytes(report.bytes)} ({report.bytes} bytes) [{where}]")
+    if report.kept_outside_data_dir:
+        line += f"; {len(report.kept_outside_data_dir)} image(s) outside the data dir left alone"
     return line
 
 
@@ -101,7 +101,7 @@ def gc(dry_run: bool, keep_days: int | None, as_json: bool, **flags: Any) -> Non
         except (OSError, sqlite3.Error, SidecarError) as err:
             raise SidecarError(f"cannot clean {settings.data_dir}: {getattr(err, 'message', err)}") from None
     if as_json:
-        click.echo(json.dumps({**report, "via": where}, indent=2))
+        click.echo(json.dumps({**report.model_dump(by_alias=True), "via": where}, indent=2))
     else:
         click.echo(describe(report, where))
 

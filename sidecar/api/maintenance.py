@@ -40,4 +40,4 @@ async def _retention_ctx(app: web.Application) -> AsyncIterator[None]:
 async def gc(request: web.Request) -> web.Response:
     req = await parse_body(request, GcRequest)
     report = await request.app[RETENTION].run_once(req.keep_days, dry_run=req.dry_run)
-    return json_response(GcReport.model_validate(report.to_api()))
+    return json_response(GcReport.from_report(report))

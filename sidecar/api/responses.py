@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, RootModel
 from pydantic.alias_generators import to_camel
 
 from sidecar.jobs.params import JobParams as DomainJobParams
+from sidecar.jobs.retention import RetentionReport
 from sidecar.jobs.store import JobRecord
 from sidecar.statuses import JobStatus
 from sidecar.training.wire import ErrorInfo, TrainingEvent
@@ -212,7 +213,12 @@ class Event(RootModel[JobEvent | TrainingEvent]):
     """One text frame of the /events WebSocket: a JobEvent or a TrainingEvent, told apart by `type`."""
 
 
+MAX_LISTED = 200  # job ids and paths named in a gc report (the counts are always whole)
+
+
 class GcReport(Out):
+    """What a retention pass removed (or, on a dry run, would): POST /gc and `sidecar gc --json`."""
+
     dry_run: bool
     keep_days: int
     cutoff: str | None = Field(description="jobs that ended before this time (UTC ISO 8601) are removed; null "
@@ -223,6 +229,13 @@ class GcReport(Out):
     removed_jobs: int = Field(description="rows actually deleted (0 on a dry run)")
     job_ids: list[str] = Field(description="the jobs' ids (the first 200)")
     kept_outside_data_dir: list[str] = Field(description="image paths outside the data dir, left alone")
+
+    @classmethod
+    def from_report(cls, report: RetentionReport) -> GcReport:
+        return cls(dry_run=report.dry_run, keep_days=report.keep_days, cutoff=report.cutoff,
+                   jobs=len(report.job_ids), files=report.files, bytes=report.bytes,
+                   removed_jobs=report.removed_jobs, job_ids=report.job_ids[:MAX_LISTED],
+                   kept_outside_data_dir=report.kept_outside[:MAX_LISTED])
 
 
 class OpenApiDocument(BaseModel):

@@ -24,11 +24,10 @@ from sidecar.jobs.store import JobRecord, JobStore
 log = logging.getLogger("sidecar.retention")
 
 DAY = 86400.0
-MAX_LISTED = 200  # job ids named in a report (the counts are always whole)
 
 
 @dataclass
-class GcReport:
+class RetentionReport:
     keep_days: int
     cutoff: str | None  # None: retention is off (keep_days 0 in the settings), nothing is removed
     dry_run: bool
@@ -37,12 +36,6 @@ class GcReport:
     bytes: int = 0
     kept_outside: list[str] = field(default_factory=list)  # image paths outside the data dir: left alone
     removed_jobs: int = 0  # rows actually deleted (0 on a dry run)
-
-    def to_api(self) -> dict:
-        return {"dryRun": self.dry_run, "keepDays": self.keep_days, "cutoff": self.cutoff,
-                "jobs": len(self.job_ids), "files": self.files, "bytes": self.bytes,
-                "removedJobs": self.removed_jobs, "jobIds": self.job_ids[:MAX_LISTED],
-                "keptOutsideDataDir": self.kept_outside[:MAX_LISTED]}
 
     def summary(self) -> str:
         if self.cutoff is None:
@@ -60,9 +53,9 @@ def cutoff_iso(keep_days: int, now: dt.datetime | None = None) -> str:
 
 
 async def collect(store: JobStore, outputs_dir: Path, keep_days: int, *, dry_run: bool = False,
-                  now: dt.datetime | None = None) -> GcReport:
+                  now: dt.datetime | None = None) -> RetentionReport:
     """Remove (or, on a dry run, only measure) the finished jobs older than `keep_days` days."""
-    report = GcReport(keep_days=keep_days, cutoff=cutoff_iso(keep_days, now), dry_run=dry_run)
+    report = RetentionReport(keep_days=keep_days, cutoff=cutoff_iso(keep_days, now), dry_run=dry_run)
     jobs = await store.finished_before(report.cutoff)
     report.job_ids = [j.id for j in jobs]
     files = await asyncio.to_thread(_measure, jobs, outputs_dir, report)
@@ -81,7 +74,7 @@ def _owned_files(job: JobRecord, outputs_dir: Path) -> list[Path]:
     return list(dict.fromkeys(candidates))
 
 
-def _measure(jobs: list[JobRecord], outputs_dir: Path, report: GcReport) -> list[Path]:
+def _measure(jobs: list[JobRecord], outputs_dir: Path, report: RetentionReport) -> list[Path]:
     root = outputs_dir.resolve()
     files: list[Path] = []
     for job in jobs:
@@ -124,13 +117,13 @@ class RetentionTask:
         self.keep_days = keep_days
         self.interval = interval
         self.lock = asyncio.Lock()  # one pass at a time (the daily one and POST /gc)
-        self.last: GcReport | None = None
+        self.last: RetentionReport | None = None
         self._task: asyncio.Task | None = None
 
-    async def run_once(self, keep_days: int | None = None, dry_run: bool = False) -> GcReport:
+    async def run_once(self, keep_days: int | None = None, dry_run: bool = False) -> RetentionReport:
         """`keep_days` None: the setting's, where 0 keeps everything; an explicit 0 removes every finished job."""
         if keep_days is None and self.keep_days == 0:
-            return GcReport(keep_days=0, cutoff=None, dry_run=dry_run)
+            return RetentionReport(keep_days=0, cutoff=None, dry_run=dry_run)
         async with self.lock:
             report = await collect(self.store, self.outputs_dir,
                                    self.keep_days if keep_days is None else keep_days, dry_run=dry_run)

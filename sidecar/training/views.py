@@ -11,7 +11,7 @@ from pathlib import Path
 from sidecar.training.progress import ProgressTracker
 from sidecar.training.spec import TrainSpec
 from sidecar.training.store import RunRecord
-from sidecar.training.wire import TrainingRun
+from sidecar.training.wire import CheckpointInfo, ErrorInfo, LossInfo, TrainingParams, TrainingRun
 
 
 def finite(value: float | None) -> float | None:
@@ -22,38 +22,39 @@ def finite(value: float | None) -> float | None:
 def run_view(run: RunRecord, tracker: ProgressTracker | None, tail: list[str]) -> TrainingRun:
     """`tracker` is the live progress of a queued/running run (None for a finished one)."""
     spec = TrainSpec.from_dict(run.spec)
-    ckpts = [{"step": c.step, "fileName": Path(c.path).name, "path": c.path, "final": False}
+    ckpts = [CheckpointInfo(step=c.step, file_name=Path(c.path).name, path=c.path)
              for c in sorted(run.checkpoints, key=lambda c: c.step)]
-    if run.final_file and run.status == "succeeded" and not any(c["step"] == run.step for c in ckpts):
-        ckpts.append({"step": run.step, "fileName": Path(run.final_file).name, "path": run.final_file, "final": True})
+    if run.final_file and run.status == "succeeded" and not any(c.step == run.step for c in ckpts):
+        ckpts.append(CheckpointInfo(step=run.step, file_name=Path(run.final_file).name, path=run.final_file,
+                                    final=True))
     eta = tracker.eta_seconds if tracker is not None and run.status == "running" else None
     rate = tracker.seconds_per_step if tracker is not None else None
-    return TrainingRun.model_validate({
-        "id": run.id,
-        "status": run.status,
-        "engine": run.engine,
-        "device": run.device,
-        "outputName": spec.output_name,
-        "triggerWord": spec.trigger_word,
-        "datasetDir": spec.dataset_dir,
-        "step": tracker.step if tracker is not None else run.step,
-        "total": (tracker.total if tracker is not None else run.total) or spec.steps,
-        "loss": {"last": finite(tracker.loss_last if tracker else run.loss),
-                 "smoothed": finite(tracker.loss_smoothed if tracker else run.loss_smoothed)},
-        "etaSeconds": round(eta) if eta is not None else None,
-        "secondsPerStep": round(rate, 3) if rate is not None else None,
-        "checkpoints": ckpts,
-        "finalFile": run.final_file,
-        "outputDir": run.output_dir,
-        "params": {"steps": spec.steps, "resolution": spec.resolution, "networkDim": spec.network_dim,
-                   "networkAlpha": spec.network_alpha, "learningRate": spec.learning_rate,
-                   "saveEveryNSteps": spec.save_every, "seed": spec.seed, "checkpoint": spec.checkpoint},
-        "warnings": list(run.warnings),
-        "logTail": tail,
-        "error": ({"code": run.error_code, "message": run.error_message or "", "details": run.error_details or {}}
-                  if run.error_code else None),
-        "attempts": run.attempts,
-        "createdAt": run.created_at,
-        "startedAt": run.started_at,
-        "finishedAt": run.finished_at,
-    })
+    return TrainingRun(
+        id=run.id,
+        status=run.status,
+        engine=run.engine,
+        device=run.device,
+        output_name=spec.output_name,
+        trigger_word=spec.trigger_word,
+        dataset_dir=spec.dataset_dir,
+        step=tracker.step if tracker is not None else run.step,
+        total=(tracker.total if tracker is not None else run.total) or spec.steps,
+        loss=LossInfo(last=finite(tracker.loss_last if tracker else run.loss),
+                      smoothed=finite(tracker.loss_smoothed if tracker else run.loss_smoothed)),
+        eta_seconds=round(eta) if eta is not None else None,
+        seconds_per_step=round(rate, 3) if rate is not None else None,
+        checkpoints=ckpts,
+        final_file=run.final_file,
+        output_dir=run.output_dir,
+        params=TrainingParams(steps=spec.steps, resolution=spec.resolution, network_dim=spec.network_dim,
+                              network_alpha=spec.network_alpha, learning_rate=spec.learning_rate,
+                              save_every_n_steps=spec.save_every, seed=spec.seed, checkpoint=spec.checkpoint),
+        warnings=list(run.warnings),
+        log_tail=tail,
+        error=(ErrorInfo(code=run.error_code, message=run.error_message or "", details=run.error_details or {})
+               if run.error_code else None),
+        attempts=run.attempts,
+        created_at=run.created_at,
+        started_at=run.started_at,
+        finished_at=run.finished_at,
+    )
