@@ -26,6 +26,7 @@ from pipeline_stage.outputs import approve_version
 from pipeline_stage.progress import make_progress
 from pipeline_stage.prompts import GenerateOptions, build_request, load_defaults, load_prompt, merge
 from pipeline_stage.stage import PageResult, PageTask, render_page, summary_line
+from sidecar.api.models import JobRequest
 from sidecar.config import client_token
 from sidecar.errors import SidecarError
 from sidecar.graph import Graph
@@ -114,7 +115,7 @@ def _page_tasks(project: Project, opts: dict[str, Any]) -> list[PageTask]:
     for page in pages:
         prompt = load_prompt(project.prompt_file(page))
         options = merge(defaults, prompt.options, overrides)
-        tasks.append(PageTask(page, build_request(prompt.text, options), project.relative(prompt.file)))
+        tasks.append(PageTask(page, build_request(prompt.text, options, prompt.file), project.relative(prompt.file)))
     return tasks
 
 
@@ -152,7 +153,7 @@ def _reproduce_task(project: Project, opts: dict[str, Any]) -> PageTask:
     prompt_file = source.get("promptFile")
     if prompt_file is None and project.prompt_file(page).is_file():
         prompt_file = project.relative(project.prompt_file(page))
-    request: dict[str, Any] = {"workflow": workflow}
+    pose_path: str | None = None
     if graph.of_type("LoadImage"):
         pose = (Path(opts["pose"]).expanduser().resolve() if opts["pose"]
                 else project.root / source["poseImage"] if source.get("poseImage") else None)
@@ -161,9 +162,10 @@ def _reproduce_task(project: Project, opts: dict[str, Any]) -> PageTask:
                              "--pose FILE.", {"path": str(path)})
         if not pose.is_file():
             raise InputError(f"Pose image not found: {pose}", {"path": str(pose)})
-        request["poseImagePath"] = str(pose.resolve())
+        pose_path = str(pose.resolve())
     elif opts["pose"]:
         raise InputError(f"{path.name} loads no image: --pose does not apply.", {"path": str(path)})
+    request = JobRequest.model_validate({"workflow": workflow, "pose_image_path": pose_path}, strict=False)
     return PageTask(page, request, prompt_file, reproduced_from=project.relative(path),
                     template_hint=source.get("workflowTemplate"))
 
@@ -185,11 +187,11 @@ async def _render_all(url: str, token: str | None, project: Project, tasks: list
                 made.append(result)
                 if not json_out:
                     click.echo(summary_line(project, result))
-                if i == 0 and "workflow" not in task.request and "seed" not in task.request:
+                if i == 0 and task.request.workflow is None and task.request.seed is None:
                     # --repeat compares same-seed runs: later versions reuse the seed the daemon chose.
-                    task = replace(task, request={**task.request, "seed": result.job["params"]["seed"]})
+                    task = replace(task, request=task.request.model_copy(update={"seed": result.job.params.seed}))
             if len(made) > 1:
-                report = await asyncio.to_thread(write_report, project, task.page, [r.published for r in made])
+                report = await asyncio.to_thread(write_report, project, task.page, made)
                 reports.append(report)
                 if not json_out:
                     for line in summary_lines(report, project):
@@ -200,7 +202,7 @@ def _result_json(project: Project, result: PageResult) -> dict[str, Any]:
     pub = result.published
     return {"page": str(result.task.page), "chapter": result.task.page.chapter, "pageNumber": result.task.page.page,
             "version": pub.version, "image": project.relative(pub.image), "workflow": project.relative(pub.workflow),
-            "log": project.relative(pub.log), "jobId": result.job["id"], "entry": pub.entry}
+            "log": project.relative(pub.log), "jobId": result.job.id, "entry": pub.entry}
 
 
 def _generate(opts: dict[str, Any]) -> int:
@@ -219,7 +221,8 @@ def _generate(opts: dict[str, Any]) -> int:
         tasks = [_reproduce_task(project, opts)] if opts["reproduce"] else _page_tasks(project, opts)
         url = opts["daemon"] or load_defaults(project.config_file()).daemon or DEFAULT_URL
         if opts["dry_run"]:
-            requests = [{"page": str(t.page), "promptFile": t.prompt_file, "daemon": url, "request": t.request}
+            requests = [{"page": str(t.page), "promptFile": t.prompt_file, "daemon": url,
+                         "request": t.request.model_dump(by_alias=True, exclude_none=True, mode="json")}
                         for t in tasks]
             if json_out:
                 _emit_json({"ok": True, "dryRun": True, "requests": requests})

@@ -17,7 +17,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from pipeline_stage.layout import Page, Project
-from pipeline_stage.outputs import Published, write_atomic
+from pipeline_stage.outputs import write_atomic
+from pipeline_stage.stage import PageResult
 
 THUMB_HEIGHT = 384
 GAP = 8
@@ -87,12 +88,12 @@ class ConsistencyReport:
     figures: dict[str, Any]
 
 
-def write_report(project: Project, page: Page, published: list[Published]) -> ConsistencyReport:
+def write_report(project: Project, page: Page, made: list[PageResult]) -> ConsistencyReport:
     """Contact sheet + figures for the versions just made (at least two)."""
     images = []
-    for item in published:
-        with Image.open(item.image) as img:
-            images.append((item.version, item.entry.get("seed"), img.convert("RGB")))
+    for item in made:
+        with Image.open(item.published.image) as img:
+            images.append((item.published.version, item.entry.seed, img.convert("RGB")))
     pairs = []
     for (va, _, ia), (vb, _, ib) in itertools.combinations(images, 2):
         pairs.append({"a": va, "b": vb, **compare(ia, ib)})
@@ -106,7 +107,7 @@ def write_report(project: Project, page: Page, published: list[Published]) -> Co
         "page": page.stem,
         "versions": versions,
         "seeds": [s for _, s, _ in images],
-        "images": [project.relative(p.image) for p in published],
+        "images": [project.relative(r.published.image) for r in made],
         "pairs": pairs,
         "meanSsim": round(sum(ssims) / len(ssims), 4),
         "minSsim": min(ssims),

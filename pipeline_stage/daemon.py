@@ -11,6 +11,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from pipeline_stage.errors import DaemonNotRunning, DeviceBusy, JobFailedError, RequestRefused
+from sidecar.api.models import JobRequest
+from sidecar.api.responses import Job
 from sidecar.client import DaemonClient as BaseClient
 from sidecar.client import DaemonRefused, DaemonUnavailable
 from sidecar.config import DEFAULT_DAEMON_URL
@@ -40,10 +42,15 @@ def stage_errors() -> Iterator[None]:
 
 
 class DaemonClient(BaseClient):
-    async def run(self, body: dict[str, Any], on_update: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
-        with stage_errors():
-            return await super().run(body, on_update)
+    """Typed at this edge: a `JobRequest` goes out, the daemon's `Job` (the model its answers are
+    serialized from) comes back; progress updates stay the raw snapshots the progress bar reads."""
 
-    async def image(self, job: str | dict[str, Any]) -> bytes:
+    async def run_job(self, request: JobRequest, on_update: Callable[[dict[str, Any]], None]) -> Job:
         with stage_errors():
-            return await super().image(job)
+            body = request.model_dump(by_alias=True, exclude_none=True, mode="json")
+            return Job.model_validate(await super().run(body, on_update), strict=False)
+
+    async def job_image(self, job: Job) -> bytes:
+        """A finished job's PNG, from its own `output.url`."""
+        with stage_errors():
+            return await self.request("GET", job.output.url if job.output else f"/jobs/{job.id}/image", raw=True)

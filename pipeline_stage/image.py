@@ -16,28 +16,30 @@ from PIL import Image, UnidentifiedImageError
 from PIL.PngImagePlugin import PngInfo
 
 from pipeline_stage.errors import JobFailedError
+from sidecar.api.responses import Job
 
 
-def parameters_text(params: dict[str, Any], job: dict[str, Any]) -> str:
+def parameters_text(job: Job) -> str:
     """`prompt\\nNegative prompt: ...\\nSteps: 20, Sampler: ..., ...` as A1111 writes it, so image viewers
     and tools that read that chunk show the settings."""
+    params = job.params
     fields: list[tuple[str, Any]] = [
-        ("Steps", params.get("steps")),
-        ("Sampler", params.get("sampler")),
-        ("Schedule type", params.get("scheduler")),
-        ("CFG scale", params.get("cfg")),
-        ("Seed", params.get("seed")),
-        ("Size", f"{params['width']}x{params['height']}" if params.get("width") and params.get("height") else None),
-        ("Model", params.get("checkpoint")),
-        ("Lora", f"{params['loraId']}:{params.get('loraStrength')}" if params.get("loraId") else None),
-        ("ControlNet strength", params.get("controlnetStrength")),
-        ("Denoising strength", params.get("denoise") if params.get("denoise") not in (None, 1, 1.0) else None),
-        ("Engine", f"{job.get('engine')}/{job.get('device')}" if job.get("engine") else None),
-        ("Job", job.get("id")),
+        ("Steps", params.steps),
+        ("Sampler", params.sampler),
+        ("Schedule type", params.scheduler),
+        ("CFG scale", params.cfg),
+        ("Seed", params.seed),
+        ("Size", f"{params.width}x{params.height}" if params.width and params.height else None),
+        ("Model", params.checkpoint),
+        ("Lora", f"{params.lora_id}:{params.lora_strength}" if params.lora_id else None),
+        ("ControlNet strength", params.controlnet_strength),
+        ("Denoising strength", params.denoise if params.denoise not in (None, 1, 1.0) else None),
+        ("Engine", f"{job.engine}/{job.device}" if job.engine else None),
+        ("Job", job.id),
     ]
     line = ", ".join(f"{k}: {v}" for k, v in fields if v is not None)
-    text = params.get("prompt") or ""
-    negative = params.get("negativePrompt")
+    text = params.prompt or ""
+    negative = params.negative_prompt
     return f"{text}\nNegative prompt: {negative}\n{line}" if negative else f"{text}\n{line}"
 
 
@@ -52,26 +54,25 @@ def _to_rgb8(img: Image.Image) -> Image.Image:
     return img.convert("RGB") if img.mode != "RGB" else img
 
 
-def finish_png(data: bytes, job: dict[str, Any]) -> bytes:
+def finish_png(data: bytes, job: Job) -> bytes:
     """Re-encode the daemon's image as the pipeline's PNG. Raises JobFailedError when it is not an image
     or not the size the job asked for."""
-    params = job.get("params") or {}
     try:
         with Image.open(io.BytesIO(data)) as src:
             src.load()
             img = _to_rgb8(src)
     except (UnidentifiedImageError, OSError) as exc:
-        raise JobFailedError(f"The daemon's image for job {job.get('id')} is not a readable PNG ({exc}).",
-                             {"jobId": job.get("id")}, code="bad_image") from None
-    want = (params.get("width"), params.get("height"))
+        raise JobFailedError(f"The daemon's image for job {job.id} is not a readable PNG ({exc}).",
+                             {"jobId": job.id}, code="bad_image") from None
+    want = (job.params.width, job.params.height)
     if all(want) and img.size != want:
         raise JobFailedError(
-            f"The daemon returned a {img.size[0]}x{img.size[1]} image for job {job.get('id')}; "
-            f"{want[0]}x{want[1]} was asked for.", {"jobId": job.get("id"), "size": list(img.size)},
+            f"The daemon returned a {img.size[0]}x{img.size[1]} image for job {job.id}; "
+            f"{want[0]}x{want[1]} was asked for.", {"jobId": job.id, "size": list(img.size)},
             code="bad_image")
     info = PngInfo()
-    info.add_text("parameters", parameters_text(params, job))
-    info.add_text("prompt", json.dumps(job.get("workflow") or {}, ensure_ascii=False))
+    info.add_text("parameters", parameters_text(job))
+    info.add_text("prompt", json.dumps(job.workflow or {}, ensure_ascii=False))
     out = io.BytesIO()
     img.save(out, "PNG", pnginfo=info)
     return out.getvalue()

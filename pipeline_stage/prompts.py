@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
 from pipeline_stage.errors import InputError, PromptFileMissing
+from sidecar.api.models import JobRequest
 
 FENCE = "+++"
 
@@ -133,31 +134,39 @@ def merge(*layers: GenerateOptions) -> GenerateOptions:
     return GenerateOptions.model_validate(merged)
 
 
-def build_request(prompt: str, options: GenerateOptions) -> dict[str, Any]:
-    """The POST /jobs body: only what was set, so the daemon's defaults apply to the rest."""
+def build_request(prompt: str, options: GenerateOptions, source: Path | None = None) -> JobRequest:
+    """The POST /jobs body, typed as the daemon's API declares it: only what was set, so the daemon's
+    defaults apply to the rest. A value past the API's limits is an input error here, before any submit."""
     if options.pose_image is not None and not options.pose_image.is_file():
         raise InputError(f"Pose image not found: {options.pose_image}", {"path": str(options.pose_image)})
     lora = options.lora_id or None  # "" switches a default LoRA off
     pose = str(options.pose_image) if options.pose_image is not None else None
     size = {k: v for k, v in (("width", options.width), ("height", options.height)) if v is not None}
-    fields: list[tuple[str, Any]] = [
-        ("prompt", prompt),
-        ("negativePrompt", options.negative_prompt),
-        ("loraId", lora),
-        ("loraStrength", options.lora_strength if lora else None),
-        ("seed", options.seed),
-        ("steps", options.steps),
-        ("cfg", options.cfg),
-        ("sampler", options.sampler),
-        ("scheduler", options.scheduler),
-        ("resolution", size or None),
-        ("checkpoint", options.checkpoint),
-        ("denoise", options.denoise),
-        ("poseImagePath", pose),
-        ("controlnetStrength", options.controlnet_strength if pose else None),
-    ]
-    body = {key: value for key, value in fields if value is not None}
-    return body
+    fields = {
+        "prompt": prompt,
+        "negative_prompt": options.negative_prompt,
+        "lora_id": lora,
+        "lora_strength": options.lora_strength if lora else None,
+        "seed": options.seed,
+        "steps": options.steps,
+        "cfg": options.cfg,
+        "sampler": options.sampler,
+        "scheduler": options.scheduler,
+        "resolution": size or None,
+        "checkpoint": options.checkpoint,
+        "denoise": options.denoise,
+        "pose_image_path": pose,
+        "controlnet_strength": options.controlnet_strength if pose else None,
+    }
+    try:
+        return JobRequest.model_validate({k: v for k, v in fields.items() if v is not None})
+    except ValidationError as exc:
+        problems = "; ".join(f"{to_camel(str(e['loc'][0])) if e['loc'] else 'request'}: {e['msg']}"
+                             for e in exc.errors(include_url=False))
+        where = f" for {source} (its front matter, pipeline.toml or the command line)" if source else ""
+        raise InputError(f"The request{where} is outside the daemon's limits: {problems}.",
+                         {"file": str(source) if source else None, "errors": [{"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]}
+                                     for e in exc.errors(include_url=False)]}) from None
 
 
 def prompt_hash(text: str) -> str:

@@ -18,12 +18,14 @@ from pipeline_stage.layout import Page, Project
 from pipeline_stage.outputs import Published, check_log, publish
 from pipeline_stage.progress import PageProgress
 from pipeline_stage.prompts import prompt_hash
+from sidecar.api.models import JobRequest
+from sidecar.api.responses import Job
 
 
 @dataclass(frozen=True)
 class PageTask:
     page: Page
-    request: dict[str, Any]  # the POST /jobs body
+    request: JobRequest  # the POST /jobs body
     prompt_file: str | None  # as the log records it (relative to the root)
     reproduced_from: str | None = None  # the .workflow.json resubmitted, relative to the root
     template_hint: str | None = None  # for a resubmitted workflow: the template its source was filled from
@@ -32,51 +34,52 @@ class PageTask:
 @dataclass(frozen=True)
 class PageResult:
     task: PageTask
-    job: dict[str, Any]
+    job: Job
     published: Published
+    entry: GenerationLogEntry  # what `published` wrote into the log, typed
 
 
-def make_entry(project: Project, task: PageTask, job: dict[str, Any], version: int) -> dict[str, Any]:
-    params = job.get("params") or {}
+def make_entry(project: Project, task: PageTask, job: Job, version: int) -> GenerationLogEntry:
+    params = job.params
     raw = project.raw_dir(task.page.chapter)
     return GenerationLogEntry(
         image_file=project.relative(raw / task.page.image_name(version)),
         prompt_file=task.prompt_file,
-        prompt_hash=prompt_hash(params.get("prompt") or ""),
-        model=params.get("checkpoint"),
+        prompt_hash=prompt_hash(params.prompt or ""),
+        model=params.checkpoint,
         timestamp=timestamp_now(),
         version=version,
         approved=False,
-        seed=params.get("seed"),
-        sampler=params.get("sampler"),
-        scheduler=params.get("scheduler"),
-        steps=params.get("steps"),
-        cfg=params.get("cfg"),
-        lora_id=params.get("loraId"),
-        lora_strength=params.get("loraStrength"),
-        controlnet_strength=params.get("controlnetStrength"),
-        workflow_template=job.get("workflowTemplate") or task.template_hint,
-        job_id=job["id"],
-        engine=job.get("engine"),
-        device=job.get("device"),
-        duration_ms=job.get("durationMs"),
+        seed=params.seed,
+        sampler=params.sampler,
+        scheduler=params.scheduler,
+        steps=params.steps,
+        cfg=params.cfg,
+        lora_id=params.lora_id,
+        lora_strength=params.lora_strength,
+        controlnet_strength=params.controlnet_strength,
+        workflow_template=job.workflow_template or task.template_hint,
+        job_id=job.id,
+        engine=job.engine,
+        device=job.device,
+        duration_ms=job.duration_ms,
         workflow_file=project.relative(raw / task.page.workflow_name(version)),
-        width=params.get("width"),
-        height=params.get("height"),
+        width=params.width,
+        height=params.height,
         reproduced_from=task.reproduced_from,
-        pose_image=project.relative(Path(params["poseImagePath"])) if params.get("poseImagePath") else None,
-    ).to_json()
+        pose_image=project.relative(Path(params.pose_image_path)) if params.pose_image_path else None,
+    )
 
 
-def job_error(job: dict[str, Any]) -> JobFailedError:
-    if job["status"] == "cancelled":
-        return JobFailedError(f"Job {job['id']} was cancelled on the daemon; nothing was written.",
-                              {"jobId": job["id"]}, code="job_cancelled")
-    err = job.get("error") or {}
+def job_error(job: Job) -> JobFailedError:
+    if job.status == "cancelled":
+        return JobFailedError(f"Job {job.id} was cancelled on the daemon; nothing was written.",
+                              {"jobId": job.id}, code="job_cancelled")
+    err = job.error
     return JobFailedError(
-        f"Job {job['id']} failed: {err.get('message') or 'no reason given'} ({err.get('code', 'unknown')}). "
-        "Nothing was written.",
-        {"jobId": job["id"], "daemonCode": err.get("code"), **(err.get("details") or {})},
+        f"Job {job.id} failed: {(err.message if err else '') or 'no reason given'} "
+        f"({err.code if err else 'unknown'}). Nothing was written.",
+        {"jobId": job.id, "daemonCode": err.code if err else None, **(err.details if err else {})},
         code="job_failed",
     )
 
@@ -86,31 +89,35 @@ async def render_page(client: DaemonClient, project: Project, task: PageTask, vi
     await asyncio.to_thread(check_log, project, task.page.chapter)
     view.start(str(task.page))
     try:
-        job = await client.run(task.request, view.update)
+        job = await client.run_job(task.request, view.update)
     finally:
         view.stop()
-    if job["status"] != "succeeded":
+    if job.status != "succeeded":
         raise job_error(job)
-    data = await client.image(job)
+    data = await client.job_image(job)
     png = await asyncio.to_thread(finish_png, data, job)
+    entries: dict[int, GenerationLogEntry] = {}
+
+    def entry_for(version: int) -> dict[str, Any]:
+        # The log file holds JSON objects (other writers' too): the typed entry is serialized there.
+        entries[version] = make_entry(project, task, job, version)
+        return entries[version].to_json()
+
     # The commit runs in a worker thread: a Ctrl-C cancels our await, not the commit, and the
     # interpreter waits for the thread, so the version is written whole.
-    published = await asyncio.to_thread(
-        publish, project, task.page, png, job["workflow"], lambda version: make_entry(project, task, job, version)
-    )
-    return PageResult(task, job, published)
+    published = await asyncio.to_thread(publish, project, task.page, png, job.workflow, entry_for)
+    return PageResult(task, job, published, entries[published.version])
 
 
 def summary_line(project: Project, result: PageResult) -> str:
-    entry, job = result.published.entry, result.job
-    bits = [f"seed {entry['seed']}", f"{entry['steps']} steps", f"{entry['sampler']}/{entry['scheduler']}",
-            f"cfg {entry['cfg']}"]
-    if entry.get("loraId"):
-        bits.append(f"lora {entry['loraId']}:{entry['loraStrength']}")
-    if entry.get("controlnetStrength") is not None:
-        bits.append(f"controlnet {entry['controlnetStrength']}")
-    if job.get("durationMs") is not None:
-        bits.append(f"{job['durationMs'] / 1000:.1f} s on {job.get('engine')}/{job.get('device')}")
+    entry, job = result.entry, result.job
+    bits = [f"seed {entry.seed}", f"{entry.steps} steps", f"{entry.sampler}/{entry.scheduler}", f"cfg {entry.cfg}"]
+    if entry.lora_id:
+        bits.append(f"lora {entry.lora_id}:{entry.lora_strength}")
+    if entry.controlnet_strength is not None:
+        bits.append(f"controlnet {entry.controlnet_strength}")
+    if job.duration_ms is not None:
+        bits.append(f"{job.duration_ms / 1000:.1f} s on {job.engine}/{job.device}")
     if result.task.reproduced_from:
         bits.append(f"reproduces {result.task.reproduced_from}")
     return (f"{result.task.page} v{result.published.version} -> {project.relative(result.published.image)} "

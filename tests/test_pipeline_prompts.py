@@ -113,6 +113,15 @@ def test_bad_prompt_file_is_an_input_error_naming_it(project: Path, content: str
     assert json.loads(result.stdout)["error"]["code"] == "input_error"
 
 
+def test_values_past_the_daemons_limits_are_refused_before_any_submit(project: Path) -> None:
+    # The request is the daemon's own typed model (sidecar.api.models.JobRequest), so its limits hold here.
+    path = write_prompt(project, 3, "+++\nsteps = 151\n+++\nkneeling\n")
+    result = dry_run(project, "-c", "1", "--page", "3")
+    assert result.exit_code == 2 and str(path) in result.stderr and "steps" in result.stderr
+    over = dry_run(project, "-c", "1", "--page", "1", "--cfg", "31")
+    assert over.exit_code == 2 and "cfg" in over.stderr
+
+
 def test_bad_pipeline_toml_is_an_input_error_naming_it(project: Path) -> None:
     (project / "pipeline.toml").write_text("[generate]\nstep = 3\n")
     result = dry_run(project, "-c", "1", "--page", "1")
