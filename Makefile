@@ -1,6 +1,6 @@
 # The two commands of the README: `make demo` (the main job, on the embedded engine) and `make test`.
 # Both set up .venv first; an existing .venv is reused and pip runs again only when pyproject.toml changed.
-.PHONY: setup demo test bench
+.PHONY: setup demo test bench browser
 PYTHON ?= python3
 TORCH_VERSION ?= 2.13.0
 STAMP := .venv/.plasma-sidecar-installed
@@ -20,7 +20,16 @@ $(STAMP): pyproject.toml
 demo: setup
 	@.venv/bin/sidecar demo --dir demo
 
-test: setup
+# The studio's browser tests drive the system Chromium (Debian's `chromium`): installed here when it is
+# missing and we may (root with apt-get, as on CI); otherwise say how, and the tests will name it too.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	{ if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing chromium for the studio's browser tests (apt-get)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else echo "the studio's browser tests need chromium: sudo apt-get install chromium (or your system's package)"; fi; }
+
+test: setup browser
 	@.venv/bin/python -m pytest -q
 
 bench: setup

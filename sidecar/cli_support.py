@@ -76,7 +76,8 @@ def _setting_option(name: str, field: FieldInfo) -> Callable[[Any], Any] | None:
     default = None if field.default is PydanticUndefined or multiple else field.default
     if click_type is bool:
         flag, click_type = f"{flag}/--no-{flag[2:]}", None
-    return click.option(flag, name, type=click_type, default=default, multiple=multiple, help=field.description,
+    aliases = list(extra.get("flag_aliases", []))  # a shorter spelling (`--project` for project_root)
+    return click.option(flag, *aliases, name, type=click_type, default=default, multiple=multiple, help=field.description,
                         show_default=default not in (None, ""))
 
 

@@ -96,6 +96,12 @@ class Settings(BaseSettings):
                     "unauthorized; required with allow_remote. The project's clients send it from the same "
                     "settings (SIDECAR_TOKEN or the config file)")
 
+    # -- the studio (the web page at /)
+    project_root: Path | None = Field(
+        None, description="the page pipeline's project (the folder holding prompts/ and output/) whose chapters, "
+                          "pages and versions the studio shows (`sidecar serve --project ROOT`)",
+        json_schema_extra={"flag_aliases": ["--project"]})
+
     # -- generation backend
     engine: Literal["auto", "embedded", "comfyui"] = Field(
         "auto", description="generation backend; auto = ComfyUI when comfyui_url/comfyui_dir is set, else embedded")
@@ -153,7 +159,7 @@ class Settings(BaseSettings):
     controlnet_model: str = Field("control_v11p_sd15_openpose.pth", description="OpenPose ControlNet file name")
     trigger_word: str = Field("spyke_plasma_v1", description="the character's trigger word (captions, training)")
 
-    @field_validator("data_dir", "models_dir", "comfyui_dir", "kohya_dir", "workflows_dir",
+    @field_validator("data_dir", "models_dir", "comfyui_dir", "kohya_dir", "workflows_dir", "project_root",
                      mode="after")
     @classmethod
     def _expand(cls, v: Path | None) -> Path | None:

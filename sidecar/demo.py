@@ -47,10 +47,20 @@ def _write_config(folder: Path, port: int) -> Path:
         f'data_dir = "{folder / "data"}"\n'
         f'models_dir = "{folder / "models"}"\n'
         f'checkpoint = "{TINY_CHECKPOINT}"\n'
-        'controlnet_model = "tiny-controlnet.safetensors"\n',
+        'controlnet_model = "tiny-controlnet.safetensors"\n'
+        f'project_root = "{folder / "project"}"\n',  # the studio's Pages view shows the demo's project
         encoding="utf-8",
     )
     return config
+
+
+def studio_hint(config: Path, url: str) -> str:
+    """How to see the demo's page in the studio: the daemon again on the demo's config, and the URL."""
+    here = Path(sys.executable).parent / "sidecar"
+    command = str(here) if here.is_file() else "sidecar"
+    return (f"== see it in the studio (the daemon's web page):\n"
+            f"   {command} serve --config {config}\n"
+            f"   then open {url}/#/pages/1/1   (or run `{command} studio --config {config}`)")
 
 
 @click.command("demo")
@@ -107,4 +117,5 @@ def demo(folder: Path, port: int) -> None:
     if done.returncode == 0:
         for path in sorted(raw.glob("ch01_p001_v*")):
             click.echo(f"  {path}")
+        click.echo(studio_hint(config, url))
     sys.exit(done.returncode)

@@ -30,14 +30,17 @@ Nothing else builds error JSON or picks exit codes. The tree:
     │   └── OriginNotAllowed          origin_not_allowed                   (a page on another origin)
     ├── NotFound                      not_found                  404    2
     │   ├── JobNotFound               job_not_found
-    │   └── TrainingNotFound          training_not_found
+    │   ├── TrainingNotFound          training_not_found
+    │   ├── ProjectNotConfigured      project_not_configured               (the studio's pages: no --project)
+    │   └── VersionNotFound           version_not_found                    (no such page version in the log)
     ├── Conflict                      conflict                   409    2
     │   ├── JobNotFinished            job_not_finished
     │   ├── InvalidState              invalid_state
     │   ├── TrainingInProgress        training_in_progress              4  (the device is busy training)
     │   ├── IdempotencyKeyReused      idempotency_key_reused            2  (the key names another submission)
     │   ├── LoraExists                lora_exists                       1  (promote never overwrites)
-    │   └── CheckpointFileMissing     checkpoint_file_missing           1  (a run's file is gone)
+    │   ├── CheckpointFileMissing     checkpoint_file_missing           1  (a run's file is gone)
+    │   └── GenerationLogInvalid      generation_log_invalid            1  (torn or invalid: never rewritten)
     ├── WebSocketRequired             websocket_required         426    2  (a plain GET of /events)
     ├── QueueFull                     queue_full                 429    1  (retry later)
     ├── DiskFull                      disk_full                  507    1  (also a job failure: no space for its image)
@@ -223,6 +226,14 @@ class TrainingNotFound(NotFound):
     code = "training_not_found"
 
 
+class ProjectNotConfigured(NotFound):
+    code = "project_not_configured"
+
+
+class VersionNotFound(NotFound):
+    code = "version_not_found"
+
+
 class Conflict(SidecarError):
     http_status = 409
     code = "conflict"
@@ -253,6 +264,11 @@ class CheckpointFileMissing(Conflict):
     """A run's checkpoint (or final LoRA) file is no longer on disk."""
 
     code = "checkpoint_file_missing"
+    exit_code = EXIT_FAILED
+
+
+class GenerationLogInvalid(Conflict):
+    code = "generation_log_invalid"
     exit_code = EXIT_FAILED
 
 

@@ -46,6 +46,7 @@ def fuzz_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonThre
     for _ in range(200):
         if requests.get(f"{daemon.url}/jobs/{job['id']}", timeout=TIMEOUT).json()["status"] == "succeeded":
             break
+    requests.get(f"{daemon.url}/doctor", timeout=120)  # its first run imports torch: not a hang to find
     yield daemon
     daemon.stop()
 

@@ -88,7 +88,9 @@ def test_the_wheel_carries_the_templates_the_plists_and_the_example_chapter(whee
                    "sidecar/assets/launchd/com.plasma-sidecar.daemon.plist",
                    "sidecar/assets/example-chapter/pipeline.toml",
                    "sidecar/assets/example-chapter/prompts/ch-01/ch01_p001.txt",
-                   "sidecar/engine/configs/sd15/unet.json"):
+                   "sidecar/engine/configs/sd15/unet.json", "sidecar/studio/static/index.html",
+                   "sidecar/studio/static/app.js", "sidecar/studio/static/views/pages.js",
+                   "sidecar/studio/static/style.css", "sidecar/studio/static/icon.svg"):
         assert needed in names, needed
     assert not any(n.startswith(("tests/", "workflows/", "launchd/", "datasets/")) for n in names)
 
@@ -123,6 +125,11 @@ def test_the_installed_wheel_runs_the_demo_and_serves_outside_the_checkout(venv:
                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         health = _wait_health(f"http://127.0.0.1:{port}", serve)
+        # The studio is served from the installed package too.
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as resp:
+            assert b"/studio/static/app.js" in resp.read()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/studio/static/views/pages.js", timeout=10) as resp:
+            assert resp.headers["Content-Type"] == "text/javascript"
     finally:
         serve.terminate()
         log = serve.communicate(timeout=60)[0].decode(errors="replace")

@@ -15,7 +15,9 @@ from pathlib import Path
 
 from aiohttp import web
 
-from sidecar.api import events, health, jobs, loras, maintenance, openapi, training
+from sidecar.api import (
+    dataset, doctor, events, health, jobs, loras, maintenance, openapi, project, studio, sweep, training,
+)
 from sidecar.api.edge import edge_middleware
 from sidecar.api.errors import error_middleware
 from sidecar.api.keys import (
@@ -105,10 +107,12 @@ def create_app(settings: Settings, backend: GenerationBackend | None = None, *,
     app.cleanup_ctx.append(_backend_ctx)
     app.cleanup_ctx.append(_templates_ctx)
     app.cleanup_ctx.append(_runner_ctx)
-    for module in (health, jobs, loras, events, openapi):
+    for module in (health, jobs, loras, events, openapi, project, dataset, doctor):
         app.router.add_routes(module.routes)
     training.setup_routes(app)
+    app.router.add_routes(sweep.routes)
     maintenance.setup_routes(app)
+    studio.setup_routes(app)
     return app
 
 

@@ -11,7 +11,9 @@ can even read the answers. The checks, in order, each with its stable code (side
 2. An `Origin`, when sent (browsers send it on every cross-origin request, every POST and every
    WebSocket), must be the daemon's own (the studio is served at `/`) or in `allowed_origins`; else 403
    `origin_not_allowed`, for every method. CORS preflights are answered here, for allowed origins only.
-3. With a `token` set, `Authorization: Bearer <token>` (compared in constant time); else 401 `unauthorized`.
+3. With a `token` set, `Authorization: Bearer <token>` (compared in constant time), or the studio's
+   session cookie (`sidecar.studio.session`) on a request the browser marks as same-origin; else 401
+   `unauthorized`. The studio's static files and its one-time login path need neither (they hold no data).
 4. A request with a body (Content-Length > 0 or chunked) must be `application/json`; else 415
    `unsupported_media_type`, so no form or `text/plain` fetch reaches a handler. A POST without a body
    (`/jobs/{id}/cancel`) needs no Content-Type.
@@ -35,6 +37,7 @@ from aiohttp import web
 
 from sidecar.config import Settings, normalize_origin
 from sidecar.errors import HostNotAllowed, OriginNotAllowed, SidecarError, Unauthorized, UnsupportedMediaType
+from sidecar.studio.session import COOKIE_NAME, LOGIN_PATH, STATIC_PATH, session_value
 
 log = logging.getLogger("sidecar.http")
 
@@ -57,6 +60,7 @@ class EdgeRules:
     any_origin: bool
     token: bytes | None
     port: int
+    session: str | None = None  # the studio cookie's value for this token
 
     @classmethod
     def from_settings(cls, settings: Settings) -> EdgeRules:
@@ -68,7 +72,8 @@ class EdgeRules:
         return cls(hosts=frozenset(hosts), any_host="*" in settings.allowed_hosts,
                    origins=frozenset(o for o in settings.allowed_origins if o != "*"),
                    any_origin="*" in settings.allowed_origins,
-                   token=token.encode() if token else None, port=settings.port)
+                   token=token.encode() if token else None, port=settings.port,
+                   session=session_value(token.encode()) if token else None)
 
 
 def host_name(header: str) -> str | None:
@@ -126,11 +131,34 @@ def origin_allowed(origin: str, request: web.Request, rules: EdgeRules) -> bool:
     return normalized in rules.origins or normalized in own_origins(request, rules)
 
 
+# Fetch metadata (`Sec-Fetch-Site`) of a request the page at the daemon's own origin made, or the artist
+# typed; a cookie on anything else (an <img> or a link on another page) does not count.
+OWN_FETCH_SITES = frozenset({"same-origin", "none"})
+
+
+def token_exempt(request: web.Request) -> bool:
+    """The studio's page, its static files and its one-time login path: no data, no token needed."""
+    return request.method in ("GET", "HEAD") and (
+        request.path == "/" or request.path.startswith((STATIC_PATH, LOGIN_PATH)))
+
+
+def studio_session(request: web.Request, rules: EdgeRules) -> bool:
+    """Whether the request carries the studio's cookie for this token, from the daemon's own page."""
+    cookie = request.cookies.get(COOKIE_NAME)
+    if cookie is None or rules.session is None:
+        return False
+    if request.headers.get("Sec-Fetch-Site", "none").lower() not in OWN_FETCH_SITES:
+        return False
+    return hmac.compare_digest(cookie.encode(), rules.session.encode())
+
+
 def check_token(request: web.Request, rules: EdgeRules) -> None:
-    if rules.token is None:
+    if rules.token is None or token_exempt(request):
         return
     scheme, _, value = request.headers.get("Authorization", "").partition(" ")
     given = value.strip().encode() if scheme.lower() == "bearer" else b""
+    if not given and studio_session(request, rules):
+        return
     if not hmac.compare_digest(given, rules.token):
         raise Unauthorized(
             "This daemon needs its token: send `Authorization: Bearer <token>` (the project's own tools read it "

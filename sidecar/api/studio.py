@@ -1,0 +1,192 @@
+"""The studio's own routes: the page at `/`, its static files under `/studio/`, and the one-time login
+that turns the daemon's token into the studio's cookie (`sidecar.studio.session`).
+
+The page and its files are package data (`sidecar/studio/static/`, at `/studio/static/`), served as they are: no build step,
+no template. They pass the edge like every route (Host and Origin rules); they need no token, since they
+hold no data: the page asks the API for everything, and the API needs the token or the cookie.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import typing
+from importlib.resources import files
+from pathlib import Path
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from sidecar.api.errors import parse_body
+from sidecar.api.keys import PROFILE, SETTINGS
+from sidecar.api.operations import operation
+from sidecar.api.responses import Out, json_response
+from sidecar.engine.samplers import supported as supported_samplers
+from sidecar.errors import NotFound, PoseImageInvalid, Unauthorized
+from sidecar.jobs import params
+from sidecar.studio.poses import store_pose
+from sidecar.studio.session import LOGIN_PATH, STATIC_PATH, LoginCodes, cookie_header
+
+LOGINS = web.AppKey("studio_logins", LoginCodes)
+MEDIA_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml",
+               ".png": "image/png", ".txt": "text/plain", ".woff2": "font/woff2"}
+# Revalidated on every load (ETag/Last-Modified make that a 304): an upgraded package shows at once.
+STATIC_HEADERS = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff",
+                  "Referrer-Policy": "no-referrer"}
+PAGE_HEADERS = {**STATIC_HEADERS, "X-Frame-Options": "DENY",
+                "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; "
+                                           "connect-src 'self'; style-src 'self'; "
+                                           "frame-ancestors 'none'; base-uri 'none'; form-action 'none'"}
+
+routes = web.RouteTableDef()
+
+
+def static_dir() -> Path:
+    return Path(str(files("sidecar.studio").joinpath("static")))
+
+
+def setup_routes(app: web.Application) -> None:
+    app[LOGINS] = LoginCodes()
+    app.router.add_routes(routes)
+
+
+class StudioLogin(Out):
+    path: str
+    expires_in_seconds: int
+
+
+class Range(Out):
+    min: float
+    max: float
+
+
+class ProfileLimits(Out):
+    name: str
+    description: str
+    max_width: int
+    max_height: int
+    multiple_of: int = 8
+    max_batch: int
+
+
+class JobDefaults(Out):
+    checkpoint: str
+    negative_prompt: str
+    steps: int
+    cfg: float
+    sampler: str
+    scheduler: str
+    lora_strength: float
+    controlnet_strength: float
+
+
+class StudioConfig(Out):
+    """What the studio's forms need to know before they submit: the profile's limits, the job parameter
+    limits and defaults, the samplers, and which project the Pages view shows."""
+
+    profile: ProfileLimits
+    limits: dict[str, Range] = Field(description="per job parameter (steps, cfg, loraStrength, ...)")
+    defaults: JobDefaults
+    samplers: dict[str, list[str]] = Field(description="sampler -> the schedulers it runs with")
+    trigger_word: str
+    project_root: str | None
+    engine: str
+
+
+@routes.get("/")
+@operation("The studio: the artist's web page", {200: None}, binary="text/html",
+           description="Needs no token itself; open it with `sidecar studio` when the daemon has one.")
+async def page(request: web.Request) -> web.StreamResponse:
+    return web.FileResponse(static_dir() / "index.html",
+                            headers={**PAGE_HEADERS, "Content-Type": "text/html; charset=utf-8"})
+
+
+@routes.post("/studio/login")
+@operation("A one-time path that gives a browser the studio's session cookie", {201: StudioLogin},
+           description="Asked with the token (`sidecar studio` does); opening the path within the time given "
+                       "sets an HttpOnly, SameSite=Strict cookie and redirects to the studio. One use.")
+async def issue_login(request: web.Request) -> web.Response:
+    logins = request.app[LOGINS]
+    return json_response(StudioLogin(path=LOGIN_PATH + logins.issue(), expires_in_seconds=int(logins.ttl)), 201)
+
+
+@routes.get(LOGIN_PATH + "{code}")
+@operation("Open the studio with a one-time login path: sets its cookie and redirects to /", {303: None},
+           errors=(Unauthorized,), response_headers={303: {"Location": "/", "Set-Cookie": "the session cookie"}})
+async def login(request: web.Request) -> web.Response:
+    if not request.app[LOGINS].redeem(request.match_info["code"]):
+        raise Unauthorized("This studio login link was used already or has expired: run `sidecar studio` again.")
+    headers = {"Location": "/", "Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
+    token = request.app[SETTINGS].token_value
+    if token:
+        headers["Set-Cookie"] = cookie_header(token.encode())
+    return web.Response(status=303, headers=headers)
+
+
+class PoseUpload(BaseModel):
+    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True, strict=True)
+
+    file_name: str = Field("", max_length=255, description="the picked file's name (for the log only)")
+    data_base64: str = Field(..., min_length=1, description="the image's bytes, base64 (within max_body_bytes)")
+
+
+class StoredPose(Out):
+    path: str = Field(description="absolute path to give as poseImagePath")
+    width: int
+    height: int
+    format: str
+
+
+@routes.post("/studio/poses")
+@operation("Keep a pose image picked in the browser; answers the path to give POST /jobs as poseImagePath",
+           {201: StoredPose}, request=PoseUpload, errors=(PoseImageInvalid,))
+async def upload_pose(request: web.Request) -> web.Response:
+    req = await parse_body(request, PoseUpload)
+    info = await asyncio.to_thread(store_pose, request.app[SETTINGS].data_dir / "poses", req.data_base64)
+    return json_response(StoredPose(path=str(info.path), width=info.width, height=info.height,
+                                    format=info.format), 201)
+
+
+@routes.get("/studio/config")
+@operation("What the studio's forms need: the profile's limits, job limits and defaults, samplers, the project",
+           {200: StudioConfig})
+async def config(request: web.Request) -> web.Response:
+    settings, profile = request.app[SETTINGS], request.app[PROFILE]
+    return json_response(StudioConfig(
+        profile=ProfileLimits(name=profile.name, description=profile.description, max_width=profile.max_width,
+                              max_height=profile.max_height, max_batch=profile.max_batch),
+        limits={name: Range(min=lo, max=hi) for name, (lo, hi) in param_limits().items()},
+        defaults=JobDefaults(checkpoint=settings.checkpoint, negative_prompt=settings.negative_prompt,
+                             steps=settings.steps, cfg=settings.cfg, sampler=settings.sampler,
+                             scheduler=settings.scheduler, lora_strength=settings.lora_strength,
+                             controlnet_strength=settings.controlnet_strength),
+        samplers=supported_samplers(), trigger_word=settings.trigger_word,
+        project_root=str(settings.project_root) if settings.project_root else None,
+        engine=settings.resolved_engine,
+    ))
+
+
+def param_limits() -> dict[str, tuple[float, float]]:
+    """The bounds of the numeric job parameters, read off their one definition (`sidecar.jobs.params`)."""
+    out = {}
+    for name, annotated in (("steps", params.Steps), ("cfg", params.Cfg), ("loraStrength", params.LoraStrength),
+                            ("controlnetStrength", params.ControlnetStrength), ("denoise", params.Denoise)):
+        bounds: dict[str, float] = {}
+        for info in typing.get_args(annotated)[1:]:
+            for meta in getattr(info, "metadata", [info]):
+                for attr in ("ge", "gt", "le", "lt"):
+                    if getattr(meta, attr, None) is not None:
+                        bounds[attr[0]] = float(getattr(meta, attr))
+        out[name] = (bounds.get("g", 0.0), bounds.get("l", 0.0))
+    return out
+
+
+@routes.get(STATIC_PATH + "{path:.+}")
+@operation("A static file of the studio (its scripts, styles, icons)", {200: None},
+           binary="application/octet-stream", errors=(NotFound,))
+async def static(request: web.Request) -> web.StreamResponse:
+    root = static_dir().resolve()
+    path = (root / request.match_info["path"]).resolve()
+    if not path.is_relative_to(root) or path.suffix not in MEDIA_TYPES or not await asyncio.to_thread(path.is_file):
+        raise NotFound(f"The studio has no file {request.match_info['path']!r}.")
+    return web.FileResponse(path, headers={**STATIC_HEADERS, "Content-Type": MEDIA_TYPES[path.suffix]})

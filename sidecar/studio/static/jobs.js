@@ -1,0 +1,85 @@
+// A generation job as a card: its image (in a box of the job's aspect ratio), status, live progress,
+// cancel, and the error of a failed job in plain words. Used by the Now and Generate views.
+import { api } from "./api.js";
+import { ago, h, picture, replace, seconds, toast } from "./dom.js";
+
+const ACTIVE = new Set(["queued", "running"]);
+
+export function jobCard(job) {
+  const card = h("article", { class: "job card", dataset: { jobId: job.id } });
+  updateJobCard(card, job);
+  return card;
+}
+
+export function updateJobCard(card, job) {
+  const p = job.params || {};
+  const { step, total } = job.progress || { step: 0, total: 0 };
+  const pct = total ? Math.round((100 * step) / total) : 0;
+  const image = job.status === "succeeded" && job.output
+    ? h("a", { href: job.output.url, target: "_blank", rel: "noopener", title: "open the image" },
+      picture(job.output.url, p.width, p.height, p.prompt || "result"))
+    : picture(null, p.width, p.height, "", { class: `pic empty ${job.status}` });
+  const cancel = ACTIVE.has(job.status)
+    ? h("button", { class: "small danger", type: "button", onclick: () => cancelJob(job.id) }, "Cancel")
+    : null;
+  card.dataset.status = job.status;
+  replace(card,
+    image,
+    h("div", { class: "job-body" },
+      h("div", { class: "row" },
+        h("span", { class: `badge ${job.status}` }, job.status),
+        h("span", { class: "muted small" }, ago(job.createdAt)),
+        cancel),
+      h("p", { class: "prompt", title: p.prompt || "" }, p.prompt || "(a whole workflow)"),
+      ACTIVE.has(job.status) || total
+        ? h("div", { class: "progress", role: "progressbar", "aria-valuemin": 0, "aria-valuemax": total || 1,
+          "aria-valuenow": step }, h("div", { class: "track" }, h("div", { class: "bar" })),
+        h("span", { class: "small" }, total ? `${step}/${total}` : job.status))
+        : null,
+      job.error ? h("p", { class: "error" }, job.error.message) : null,
+      h("p", { class: "muted small meta" },
+        [p.width && `${p.width}×${p.height}`, p.steps && `${p.steps} steps`, p.sampler, p.seed !== null && p.seed !== undefined && `seed ${p.seed}`,
+          p.loraId && `${p.loraId} ${p.loraStrength ?? ""}`, job.durationMs && seconds(job.durationMs / 1000)]
+          .filter(Boolean).join(" · "))));
+  const bar = card.querySelector(".bar");
+  if (bar) bar.style.width = `${pct}%`;
+}
+
+async function cancelJob(id) {
+  try {
+    await api(`/jobs/${id}/cancel`, { method: "POST" });
+  } catch (err) {
+    toast(err.message, "error");
+  }
+}
+
+// A live list of jobs: a first GET, then every job.* event updates or adds its card (no polling).
+export function jobList(container, events, { limit = 30, filter = () => true, empty = "No jobs yet." } = {}) {
+  const cards = new Map();
+  const placeholder = h("p", { class: "muted" }, empty);
+  container.append(placeholder);
+
+  function upsert(job, front = true) {
+    if (!filter(job)) return;
+    let card = cards.get(job.id);
+    if (card) updateJobCard(card, job);
+    else {
+      card = jobCard(job);
+      cards.set(job.id, card);
+      if (front) container.prepend(card); else container.append(card);
+    }
+    placeholder.remove();
+  }
+
+  async function load() {
+    const { jobs } = await api(`/jobs?limit=${limit}`);
+    for (const job of jobs.slice().reverse()) upsert(job);
+  }
+
+  const off = events.on((ev) => {
+    if (ev.type === "open") load().catch((err) => toast(err.message, "error"));
+    else if (ev.type && ev.type.startsWith("job.") && ev.job) upsert(ev.job);
+  });
+  load().catch((err) => toast(err.message, "error"));
+  return { off, upsert };
+}

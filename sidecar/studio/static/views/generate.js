@@ -1,0 +1,158 @@
+// Generate: a form over POST /jobs with the profile's limits shown and checked before submit, a seed
+// dice, a pose image picked from disk (previewed here, stored by the daemon), and the result shown live.
+import { api } from "../api.js";
+import { field, h, replace, toast } from "../dom.js";
+import { jobCard, updateJobCard } from "../jobs.js";
+
+const SEED_MAX = 2 ** 32 - 1;
+
+function number(name, value, { min, max, step = 1 } = {}) {
+  return h("input", { type: "number", name, value, min, max, step, required: true, inputmode: "decimal" });
+}
+
+function select(name, options, value) {
+  return h("select", { name }, options.map(([v, label]) => h("option", { value: v, selected: v === value }, label)));
+}
+
+export function mount(root, ctx, args) {
+  const cfg = ctx.config;
+  const d = cfg.defaults;
+  const lim = cfg.limits;
+  const prof = cfg.profile;
+  const prefill = history.state && history.state.generate ? history.state.generate : {};
+
+  const prompt = h("textarea", { name: "prompt", rows: 4, required: true, maxlength: 4000,
+    placeholder: `${cfg.triggerWord}, full body, standing on a rooftop at dusk` }, prefill.prompt || "");
+  const negative = h("textarea", { name: "negativePrompt", rows: 2, maxlength: 4000 }, prefill.negativePrompt ?? d.negativePrompt);
+  const lora = select("loraId", [["", "none"]], prefill.loraId || "");
+  const loraStrength = number("loraStrength", prefill.loraStrength ?? d.loraStrength, { min: lim.loraStrength.min, max: lim.loraStrength.max, step: 0.05 });
+  const seed = number("seed", prefill.seed ?? Math.floor(Math.random() * SEED_MAX), { min: 0, max: SEED_MAX });
+  const dice = h("button", { type: "button", class: "ghost", title: "a random seed", "aria-label": "random seed",
+    onclick: () => { seed.value = Math.floor(Math.random() * SEED_MAX); } }, "🎲");
+  const steps = number("steps", prefill.steps ?? d.steps, { min: lim.steps.min, max: lim.steps.max });
+  const cfgScale = number("cfg", prefill.cfg ?? d.cfg, { min: lim.cfg.min, max: lim.cfg.max, step: 0.5 });
+  const sampler = select("sampler", Object.keys(cfg.samplers).map((s) => [s, s]), prefill.sampler || d.sampler);
+  const scheduler = h("select", { name: "scheduler" });
+  const fillSchedulers = () => {
+    const current = scheduler.value || prefill.scheduler || d.scheduler;
+    replace(scheduler, (cfg.samplers[sampler.value] || []).map((s) => h("option", { value: s, selected: s === current }, s)));
+  };
+  sampler.addEventListener("change", fillSchedulers);
+  fillSchedulers();
+  const width = number("width", prefill.width ?? prof.maxWidth, { min: 64, max: prof.maxWidth, step: prof.multipleOf });
+  const height = number("height", prefill.height ?? prof.maxHeight, { min: 64, max: prof.maxHeight, step: prof.multipleOf });
+  const poseFile = h("input", { type: "file", name: "pose", accept: "image/png,image/jpeg,image/webp" });
+  const posePreview = h("div", { class: "pic pose empty", ratio: "2 / 3" });
+  const poseClear = h("button", { type: "button", class: "small ghost", hidden: true }, "Remove pose");
+  const cnStrength = number("controlnetStrength", prefill.controlnetStrength ?? d.controlnetStrength,
+    { min: lim.controlnetStrength.min, max: lim.controlnetStrength.max, step: 0.05 });
+  cnStrength.disabled = true;
+  let posePath = prefill.poseImagePath || null;
+
+  poseFile.addEventListener("change", async () => {
+    const file = poseFile.files[0];
+    if (!file) return;
+    const dataUrl = await new Promise((resolve, reject) => {
+      const reader = new FileReader();
+      reader.onload = () => resolve(reader.result);
+      reader.onerror = () => reject(reader.error);
+      reader.readAsDataURL(file);
+    });
+    try {
+      const stored = await api("/studio/poses", { method: "POST",
+        body: { fileName: file.name, dataBase64: String(dataUrl).split(",", 2)[1] } });
+      posePath = stored.path;
+      posePreview.style.aspectRatio = `${stored.width} / ${stored.height}`;
+      replace(posePreview, h("img", { src: dataUrl, alt: "pose image" }));
+      posePreview.classList.remove("empty");
+      poseClear.hidden = false;
+      cnStrength.disabled = false;
+    } catch (err) {
+      poseFile.value = "";
+      toast(err.message, "error");
+    }
+  });
+  poseClear.addEventListener("click", () => {
+    posePath = null; poseFile.value = ""; poseClear.hidden = true; cnStrength.disabled = true;
+    posePreview.replaceChildren(); posePreview.classList.add("empty");
+  });
+
+  const problems = h("ul", { class: "problems", "aria-live": "polite" });
+  const submit = h("button", { type: "submit", class: "primary" }, "Generate");
+  const result = h("div", { class: "result" });
+
+  function check() {
+    const out = [];
+    for (const input of form.querySelectorAll("input[type=number]:not(:disabled)")) {
+      if (!input.checkValidity()) out.push(`${input.name}: ${input.validationMessage}`);
+    }
+    const w = Number(width.value), hh = Number(height.value);
+    if (w > prof.maxWidth || hh > prof.maxHeight) out.push(`${w}×${hh} is over the ${prof.name} profile's ${prof.maxWidth}×${prof.maxHeight}`);
+    if (w % prof.multipleOf || hh % prof.multipleOf) out.push(`width and height must be multiples of ${prof.multipleOf}`);
+    if (!prompt.value.trim()) out.push("a prompt is needed");
+    replace(problems, out.map((p) => h("li", {}, p)));
+    submit.disabled = out.length > 0;
+    return out.length === 0;
+  }
+
+  const form = h("form", { class: "card form generate", novalidate: true },
+    field("Prompt", prompt),
+    field("Negative prompt", negative),
+    h("div", { class: "cols" },
+      field("LoRA", lora), field("LoRA strength", loraStrength, `${lim.loraStrength.min}–${lim.loraStrength.max}`)),
+    h("div", { class: "cols" },
+      field("Seed", h("div", { class: "inline" }, seed, dice)),
+      field("Steps", steps, `${lim.steps.min}–${lim.steps.max}`),
+      field("CFG", cfgScale, `${lim.cfg.min}–${lim.cfg.max}`)),
+    h("div", { class: "cols" }, field("Sampler", sampler), field("Scheduler", scheduler)),
+    h("div", { class: "cols" },
+      field("Width", width, `≤ ${prof.maxWidth}, multiple of ${prof.multipleOf}`),
+      field("Height", height, `≤ ${prof.maxHeight} (${prof.name})`)),
+    h("div", { class: "cols pose-row" },
+      field("Pose image (ControlNet)", h("div", {}, poseFile, poseClear)),
+      field("ControlNet strength", cnStrength, `${lim.controlnetStrength.min}–${lim.controlnetStrength.max}`),
+      posePreview),
+    problems,
+    h("div", { class: "row" }, submit, h("span", { class: "muted small" }, `${prof.description}`)));
+
+  form.addEventListener("input", check);
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    if (!check()) return;
+    const body = {
+      prompt: prompt.value.trim(), negativePrompt: negative.value, seed: Number(seed.value),
+      steps: Number(steps.value), cfg: Number(cfgScale.value), sampler: sampler.value, scheduler: scheduler.value,
+      resolution: { width: Number(width.value), height: Number(height.value) },
+    };
+    if (lora.value) Object.assign(body, { loraId: lora.value, loraStrength: Number(loraStrength.value) });
+    if (posePath) Object.assign(body, { poseImagePath: posePath, controlnetStrength: Number(cnStrength.value) });
+    submit.disabled = true;
+    try {
+      const job = await api("/jobs", { method: "POST", body });
+      current = job.id;
+      replace(result, jobCard(job));
+    } catch (err) {
+      replace(problems, h("li", {}, err.message));
+    } finally {
+      submit.disabled = false;
+    }
+  });
+
+  let current = null;
+  const off = ctx.events.on((ev) => {
+    if (ev.job && ev.job.id === current) {
+      const card = result.querySelector(".job");
+      if (card) updateJobCard(card, ev.job);
+      if (ev.type === "job.succeeded") toast("Done", "good");
+    }
+  });
+
+  api("/loras").then(({ loras }) => {
+    for (const l of loras) lora.append(h("option", { value: l.id, selected: l.id === prefill.loraId }, `${l.id}${l.triggerWord ? ` (${l.triggerWord})` : ""}`));
+  }).catch((err) => toast(err.message, "error"));
+
+  root.append(h("h1", {}, "Generate"), h("div", { class: "split" }, form, h("section", { class: "result-col" },
+    h("h2", {}, "Result"), result)));
+  check();
+  return off;
+}

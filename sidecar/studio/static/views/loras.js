@@ -1,0 +1,170 @@
+// LoRAs: the installed LoRAs with their metadata; training runs with step, ETA, device and a loss chart
+// that grows live (training.* events); checkpoints, the sweep's contact sheet when there is one, promote;
+// start a run from a dataset folder; cancel and resume.
+import { api } from "../api.js";
+import { field, h, replace, seconds, toast } from "../dom.js";
+
+const ACTIVE = new Set(["queued", "running"]);
+const RESUMABLE = new Set(["interrupted", "cancelled", "failed"]);
+const SVG = "http://www.w3.org/2000/svg";
+
+function svg(tag, attrs = {}) {
+  const el = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
+  return el;
+}
+
+// Loss per step, smoothed and raw: an SVG line chart with its axis labels.
+function lossChart(points) {
+  const w = 520, hgt = 160, pad = 30;
+  const box = svg("svg", { viewBox: `0 0 ${w} ${hgt}`, class: "chart", role: "img", "aria-label": "loss by step" });
+  if (points.length < 2) {
+    const t = svg("text", { x: w / 2, y: hgt / 2, "text-anchor": "middle", class: "chart-empty" });
+    t.textContent = points.length ? "the loss appears as the run trains" : "no loss yet";
+    box.append(t);
+    return box;
+  }
+  const steps = points.map((p) => p.step);
+  const values = points.flatMap((p) => [p.last, p.smoothed]).filter((v) => v !== null && v !== undefined);
+  const [x0, x1] = [Math.min(...steps), Math.max(...steps)];
+  const [y0, y1] = [Math.min(...values), Math.max(...values)];
+  const x = (s) => pad + ((s - x0) / Math.max(1, x1 - x0)) * (w - pad - 8);
+  const y = (v) => 8 + (1 - (v - y0) / Math.max(1e-9, y1 - y0)) * (hgt - pad - 8);
+  const line = (key, cls) => svg("polyline", { class: cls, fill: "none",
+    points: points.filter((p) => p[key] !== null && p[key] !== undefined).map((p) => `${x(p.step).toFixed(1)},${y(p[key]).toFixed(1)}`).join(" ") });
+  box.append(svg("line", { x1: pad, y1: hgt - pad + 4, x2: w - 8, y2: hgt - pad + 4, class: "axis" }));
+  box.append(line("last", "raw"), line("smoothed", "smooth"));
+  for (const [text, ax, ay, anchor] of [[y1.toFixed(3), 2, 14, "start"], [y0.toFixed(3), 2, hgt - pad, "start"],
+    [`step ${x0}`, pad, hgt - 6, "start"], [`step ${x1}`, w - 8, hgt - 6, "end"]]) {
+    const t = svg("text", { x: ax, y: ay, "text-anchor": anchor, class: "tick" });
+    t.textContent = text;
+    box.append(t);
+  }
+  return box;
+}
+
+export function mount(root, ctx) {
+  const installed = h("div", { class: "card table-wrap" });
+  const runsBox = h("div", { class: "runs" });
+  const losses = new Map(); // run id -> [{step, last, smoothed}] seen while this page is open
+  const runs = new Map();
+  const cards = new Map();
+
+  const datasetDir = h("input", { name: "datasetDir", required: true, placeholder: "/Users/you/lora/train" });
+  const outputName = h("input", { name: "outputName", required: true, pattern: "[A-Za-z0-9][A-Za-z0-9._-]{0,99}", value: ctx.config.triggerWord });
+  const steps = h("input", { name: "steps", type: "number", min: 1, max: 100000, value: 1000 });
+  const every = h("input", { name: "saveEveryNSteps", type: "number", min: 1, value: 200 });
+  const resolution = h("input", { name: "resolution", type: "number", min: 64, max: 4096, step: 64, value: 512 });
+  const dim = h("input", { name: "networkDim", type: "number", min: 1, max: 256, value: 32 });
+  const alpha = h("input", { name: "networkAlpha", type: "number", min: 0.5, max: 256, step: 0.5, value: 16 });
+  const engine = h("select", { name: "engine" }, h("option", { value: "" }, "default"), h("option", { value: "embedded" }, "embedded"), h("option", { value: "kohya" }, "kohya"));
+  const trainForm = h("form", { class: "card form train" },
+    h("h2", {}, "Train a LoRA"),
+    field("Dataset folder", datasetDir, "a flat folder of images + .txt captions, or kohya's img/ folder"),
+    h("div", { class: "cols" }, field("Name", outputName), field("Steps", steps), field("Save every", every), field("Engine", engine)),
+    h("div", { class: "cols" }, field("Resolution", resolution, "square, multiple of 64"), field("Network dim", dim), field("Network alpha", alpha)),
+    h("div", { class: "row" }, h("button", { type: "submit", class: "primary" }, "Start training")));
+  trainForm.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const body = { datasetDir: datasetDir.value.trim(), outputName: outputName.value.trim(), steps: Number(steps.value),
+      saveEveryNSteps: Number(every.value), resolution: Number(resolution.value), networkDim: Number(dim.value),
+      networkAlpha: Number(alpha.value) };
+    if (engine.value) body.engine = engine.value;
+    try { upsert(await api("/loras/train", { method: "POST", body })); toast("training queued", "good"); } catch (err) { toast(err.message, "error"); }
+  });
+
+  root.append(h("h1", {}, "LoRAs"),
+    h("div", { class: "split" }, h("section", {}, h("h2", {}, "Installed"), installed), trainForm),
+    h("div", { class: "section-head" }, h("h2", {}, "Training runs")), runsBox);
+
+  async function loadInstalled() {
+    try {
+      const { loras } = await api("/loras");
+      replace(installed, loras.length ? h("table", {},
+        h("thead", {}, h("tr", {}, ["LoRA", "trigger", "steps", "dim / alpha", "base", "size"].map((c) => h("th", {}, c)))),
+        h("tbody", {}, loras.map((l) => h("tr", { dataset: { lora: l.id } }, h("td", {}, h("strong", {}, l.id)), h("td", {}, l.triggerWord || "–"),
+          h("td", {}, l.steps ?? "–"), h("td", {}, l.networkDim ? `${l.networkDim} / ${l.networkAlpha}` : "–"),
+          h("td", {}, l.baseModel || "–"), h("td", {}, l.sizeBytes ? `${(l.sizeBytes / 1048576).toFixed(1)} MB` : "–")))))
+        : h("p", { class: "muted" }, "No LoRA installed yet."));
+    } catch (err) { toast(err.message, "error"); }
+  }
+
+  async function act(run, action, body) {
+    try {
+      const out = await api(`/loras/${run.id}/${action}`, { method: "POST", ...(body ? { body } : {}) });
+      if (action === "promote") { toast(`installed as ${out.loraId}${out.alreadyInstalled ? " (already there)" : ""}`, "good"); loadInstalled(); } else upsert(out);
+    } catch (err) { toast(err.message, "error"); }
+  }
+
+  function upsert(run) {
+    runs.set(run.id, run);
+    const series = losses.get(run.id) || [];
+    if (run.loss && run.loss.last !== null && (!series.length || series.at(-1).step < run.step)) series.push({ step: run.step, ...run.loss });
+    losses.set(run.id, series);
+    let card = cards.get(run.id);
+    if (!card) {
+      card = h("article", { class: "run card", dataset: { runId: run.id } });
+      cards.set(run.id, card);
+      runsBox.prepend(card);
+      loadSweep(run, card);
+    }
+    renderRun(card, run);
+  }
+
+  async function loadSweep(run, card) {
+    try {
+      const sweep = await api(`/loras/${run.id}/sweep`);
+      card.sweep = sweep;
+      renderRun(card, runs.get(run.id));
+    } catch { /* an old run gone from the store: nothing to show */ }
+  }
+
+  function renderRun(card, run) {
+    const pct = run.total ? Math.round((100 * run.step) / run.total) : 0;
+    card.dataset.status = run.status;
+    const sweep = card.sweep;
+    replace(card,
+      h("div", { class: "row run-head" },
+        h("strong", {}, run.outputName), h("span", { class: `badge ${run.status}` }, run.status),
+        h("span", { class: "muted small" }, `${run.engine} on ${run.device || "?"}`),
+        ACTIVE.has(run.status) ? h("button", { type: "button", class: "small danger", onclick: () => act(run, "cancel") }, "Cancel") : null,
+        RESUMABLE.has(run.status) ? h("button", { type: "button", class: "small", onclick: () => act(run, "resume") }, "Resume") : null),
+      h("div", { class: "progress" }, h("div", { class: "track" }, h("div", { class: "bar" })), h("span", { class: "small step" }, `${run.step}/${run.total}`)),
+      h("p", { class: "muted small" }, [
+        run.etaSeconds !== null && ACTIVE.has(run.status) ? `ETA ${seconds(run.etaSeconds)}` : null,
+        run.secondsPerStep ? `${run.secondsPerStep.toFixed(2)} s/step` : null,
+        run.loss && run.loss.smoothed !== null ? `loss ${run.loss.smoothed.toFixed(4)}` : null,
+        run.datasetDir].filter(Boolean).join(" · ")),
+      run.warnings.length ? h("ul", { class: "warnings small" }, run.warnings.map((w) => h("li", {}, w))) : null,
+      run.error ? h("p", { class: "error" }, run.error.message) : null,
+      lossChart(losses.get(run.id) || []),
+      run.checkpoints.length ? h("div", { class: "checkpoints" }, h("h3", {}, "Checkpoints"),
+        h("ul", {}, run.checkpoints.map((c) => h("li", { class: "row", dataset: { step: c.step } },
+          h("span", {}, c.final ? `final (step ${c.step})` : `step ${c.step}`), h("span", { class: "muted small" }, c.fileName),
+          h("button", { type: "button", class: "small", onclick: () => act(run, "promote", c.final ? {} : { step: c.step }) }, "Promote"))))) : null,
+      sweep && sweep.contactSheetUrl ? h("details", { class: "sweep" }, h("summary", {}, "Sweep contact sheet"),
+        h("a", { href: sweep.contactSheetUrl, target: "_blank", rel: "noopener" }, h("img", { src: sweep.contactSheetUrl, alt: "contact sheet", class: "sheet" }))) : null,
+      run.logTail.length ? h("details", { class: "log" }, h("summary", {}, "Log"), h("pre", {}, run.logTail.join("\n"))) : null);
+    card.querySelector(".bar").style.width = `${pct}%`;
+  }
+
+  async function loadRuns() {
+    try {
+      const { runs: list } = await api("/loras/runs?limit=20");
+      for (const run of list.slice().reverse()) upsert(run);
+      if (!list.length && !runsBox.children.length) runsBox.append(h("p", { class: "muted empty-runs" }, "No training run yet."));
+    } catch (err) { toast(err.message, "error"); }
+  }
+
+  const off = ctx.events.on((ev) => {
+    if (ev.type === "open") loadRuns();
+    else if (ev.type && ev.type.startsWith("training.") && ev.run) {
+      runsBox.querySelector(".empty-runs")?.remove();
+      upsert(ev.run);
+      if (ev.type === "training.succeeded") loadInstalled();
+    }
+  });
+  loadInstalled();
+  loadRuns();
+  return off;
+}

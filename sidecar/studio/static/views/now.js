@@ -1,0 +1,57 @@
+// Now: the daemon at a glance (engine, device, ComfyUI, training, warnings) and the queue with live
+// progress, cancel and the failed jobs' errors. Everything moves with /events; /health is asked again
+// when an event says something changed.
+import { api } from "../api.js";
+import { h, replace, seconds, toast } from "../dom.js";
+import { jobList } from "../jobs.js";
+
+function tile(label, value, state = "") {
+  return h("div", { class: `tile ${state}` }, h("span", { class: "label" }, label), h("strong", {}, value));
+}
+
+function renderHealth(box, health) {
+  const t = health.training;
+  const loaded = health.loaded;
+  replace(box,
+    h("div", { class: "tiles" },
+      tile("Daemon", health.status, health.status === "ok" ? "good" : "bad"),
+      tile("Engine", `${health.engine}${health.engineAvailable ? "" : " (down)"}`, health.engineAvailable ? "good" : "bad"),
+      tile("Device", health.device || "–", health.device === "cpu" ? "warn" : "good"),
+      tile("MPS", health.mps ? "yes" : "no"),
+      tile("ComfyUI", health.engine === "comfyui" ? (health.comfyui ? "up" : "down") : "not used",
+        health.engine === "comfyui" ? (health.comfyui ? "good" : "bad") : ""),
+      tile("Queue", `${health.queueDepth} waiting${health.runningJob ? ", 1 running" : ""}`),
+      tile("Training", t ? `${t.status} ${t.step ?? 0}/${t.total ?? "?"}${t.etaSeconds ? `, ${seconds(t.etaSeconds)} left` : ""}` : "idle",
+        t ? "warn" : ""),
+      tile("Loaded", loaded ? (loaded.checkpoint || "nothing") : "–"),
+      tile("Profile", health.profile)),
+    health.warnings.length
+      ? h("ul", { class: "warnings" }, health.warnings.map((w) => h("li", {}, w)))
+      : null);
+}
+
+export function mount(root, ctx) {
+  const healthBox = h("section", { class: "health", "aria-label": "daemon health" }, h("p", { class: "muted" }, "…"));
+  const list = h("div", { class: "jobs grid" });
+  root.append(
+    h("h1", {}, "Now"),
+    healthBox,
+    h("div", { class: "section-head" }, h("h2", {}, "Queue and recent jobs"),
+      h("a", { class: "button", href: "#/generate" }, "New image")),
+    list);
+
+  let pending = null;
+  const refresh = () => {
+    if (pending) return;
+    pending = setTimeout(async () => {
+      pending = null;
+      try { renderHealth(healthBox, await api("/health")); } catch (err) { toast(err.message, "error"); }
+    }, 150);
+  };
+  refresh();
+  const jobs = jobList(list, ctx.events);
+  const off = ctx.events.on((ev) => {
+    if (ev.type === "open" || /^(job\.(queued|started|succeeded|failed|cancelled)|training\.)/.test(ev.type)) refresh();
+  });
+  return () => { jobs.off(); off(); clearTimeout(pending); };
+}

@@ -1,0 +1,288 @@
+"""The studio in a real browser (the system Chromium, driven by Playwright) against a real `sidecar
+serve` on the embedded engine with the tiny models and a token: the artist signs in with `sidecar
+studio`'s one-time URL, and every view works with the cookie that leaves her, without a console error.
+A page on another local port, in the same signed-in browser, can neither queue a job, read /jobs nor
+open /events."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from sidecar.assets import EXAMPLE_CHAPTER, asset_path
+from tests.conftest_comfy import free_port
+from tests.studio_browser import (  # noqa: F401  (fixtures)
+    DESKTOP, NARROW, Daemon, browser, screenshot_dir, signed_in, start_daemon, stop_daemon, studio_models,
+)
+
+pytestmark = pytest.mark.engine
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory, engine_models: Path) -> Iterator[Daemon]:
+    root = tmp_path_factory.mktemp("studio")
+    project = root / "project"
+    shutil.copytree(asset_path(EXAMPLE_CHAPTER), project)
+    settings = project / "pipeline.toml"  # the example chapter at a size the tiny model draws in a moment
+    settings.write_text(settings.read_text().replace("steps = 20", "steps = 4").replace("width = 512", "width = 64")
+                        .replace("height = 768", "height = 96"))
+    started = start_daemon(root, studio_models(root, engine_models), project)
+    # Load the engine's models once, here: the first job of a daemon pays for it.
+    warm = started.api("POST", "/jobs", {"prompt": "warm up", "resolution": {"width": 64, "height": 64}})
+    started.wait_job(warm["id"], {"succeeded"}, timeout=300)
+    yield started
+    stop_daemon(started)
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return screenshot_dir(tmp_path_factory.mktemp("shots"))
+
+
+def test_a_job_submitted_from_the_form_shows_its_progress_and_image(browser, daemon, shots) -> None:
+    context, page, console = signed_in(browser, daemon)
+    page.click("#nav a[data-view=generate]")
+    page.fill("textarea[name=prompt]", "spyke_plasma_v1, full body, standing on a rooftop at dusk")
+    page.select_option("select[name=loraId]", "spyke_plasma_v1")
+    page.fill("input[name=width]", "520")  # over the profile's 512: refused before submit
+    assert page.locator("button[type=submit]").is_disabled()
+    assert "over the m1pro-16gb profile's 512×768" in page.inner_text(".problems")
+    page.fill("input[name=width]", "64")  # tiny: the tiny model's CPU time grows with the pixels
+    page.fill("input[name=height]", "96")
+    page.fill("input[name=steps]", "8")
+    page.click("button[type=submit]")
+    card = page.locator(".result .job")
+    card.locator(".progress").wait_for()
+    # Progress moves live (over /events) before the image comes.
+    page.wait_for_function("() => /^[1-7]\\/8$/.test(document.querySelector('.result .progress .small')"
+                           "?.textContent || '')", timeout=120_000)
+    page.locator(".result .job[data-status=succeeded] .pic.loaded img").wait_for(timeout=120_000)
+    job_id = card.get_attribute("data-job-id")
+    job = daemon.api("GET", f"/jobs/{job_id}")
+    assert job["status"] == "succeeded" and job["params"]["loraId"] == "spyke_plasma_v1"
+    assert (job["params"]["width"], job["params"]["height"], job["params"]["steps"]) == (64, 96, 8)
+    size = page.evaluate("() => { const i = document.querySelector('.result .pic img'); "
+                         "return [i.naturalWidth, i.naturalHeight]; }")
+    assert size == [64, 96]
+    page.screenshot(path=str(shots / "studio-generate.png"))
+
+    page.click("#nav a[data-view=now]")
+    page.locator(f".job[data-job-id='{job_id}'][data-status=succeeded]").wait_for()
+    assert page.locator(".tiles").inner_text().count("embedded") == 1
+    page.screenshot(path=str(shots / "studio-now.png"))
+    context.close()
+    assert console.errors == []
+
+
+def test_a_running_job_is_cancelled_from_the_now_view(browser, daemon) -> None:
+    context, page, console = signed_in(browser, daemon)
+    job = daemon.api("POST", "/jobs", {"prompt": "spyke_plasma_v1, slow", "steps": 150,
+                                       "resolution": {"width": 128, "height": 192}})
+    card = page.locator(f".job[data-job-id='{job['id']}']")
+    card.locator(".badge.running").wait_for(timeout=120_000)  # the card appeared and moved by itself
+    card.locator("button", has_text="Cancel").click()
+    card.locator(".badge.cancelled").wait_for(timeout=60_000)
+    assert daemon.api("GET", f"/jobs/{job['id']}")["status"] == "cancelled"
+    assert card.locator("button", has_text="Cancel").count() == 0
+    context.close()
+    assert console.errors == []
+
+
+ATTACK_PAGE = """<!doctype html><meta charset="utf-8"><title>another site</title><script>
+window.results = (async () => {
+  const daemon = "%(daemon)s", out = {};
+  async function attempt(name, run) {
+    try { out[name] = await run(); } catch (e) { out[name] = "blocked: " + e.name; }
+  }
+  await attempt("listJobs", async () => (await fetch(daemon + "/jobs", {credentials: "include"})).status);
+  await attempt("submitJson", async () => (await fetch(daemon + "/jobs", {method: "POST", credentials: "include",
+    headers: {"Content-Type": "application/json"}, body: JSON.stringify({prompt: "from another page"})})).status);
+  await attempt("submitSimple", async () => (await fetch(daemon + "/jobs", {method: "POST", credentials: "include",
+    mode: "no-cors", headers: {"Content-Type": "text/plain"}, body: JSON.stringify({prompt: "from another page"})})).type);
+  out.events = await new Promise((resolve) => {
+    const ws = new WebSocket(daemon.replace("http", "ws") + "/events");
+    ws.onopen = () => resolve("open");
+    ws.onerror = () => resolve("refused");
+    setTimeout(() => resolve("timeout"), 5000);
+  });
+  return out;
+})();
+</script>"""
+
+
+@pytest.fixture
+def other_site(daemon: Daemon) -> Iterator[str]:
+    """A page served from another port of 127.0.0.1: the same *site* as the daemon (cookies ignore ports),
+    another origin."""
+    body = (ATTACK_PAGE % {"daemon": daemon.url}).encode()
+
+    class Page(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Page)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+
+
+def test_a_page_on_another_port_cannot_queue_read_or_listen(browser, daemon, other_site) -> None:
+    context, page, _ = signed_in(browser, daemon)  # the studio's cookie is in this browser
+    before = len(daemon.api("GET", "/jobs?limit=500")["jobs"])
+    attacker = context.new_page()
+    attacker.goto(other_site)
+    results = attacker.evaluate("() => window.results")
+    assert results["listJobs"].startswith("blocked"), results  # 403 origin_not_allowed, no CORS: unreadable
+    assert results["submitJson"].startswith("blocked"), results  # its preflight is refused
+    assert results["submitSimple"] == "opaque", results  # sent, answered 403 (the daemon's log says so)
+    assert results["events"] == "refused", results
+    assert len(daemon.api("GET", "/jobs?limit=500")["jobs"]) == before
+    assert "origin_not_allowed" in daemon.log()
+    context.close()
+
+
+def test_the_studio_works_on_a_narrow_window_and_in_the_light_theme(browser, daemon, shots) -> None:
+    context, page, console = signed_in(browser, daemon, NARROW)
+    page.click("#theme")
+    assert page.evaluate("() => document.documentElement.dataset.theme") == "light"
+    page.locator(".tiles").wait_for()
+    width = page.evaluate("() => document.documentElement.scrollWidth")
+    assert width <= NARROW["width"], "the page scrolls sideways on a narrow window"
+    page.screenshot(path=str(shots / "studio-narrow-light.png"))
+    context.close()
+    assert console.errors == []
+
+
+def _log_entries(daemon: Daemon) -> dict[int, dict]:
+    import json
+
+    entries = json.loads((daemon.project / "output" / "ch-01" / "generation-log.json").read_text())
+    return {e["version"]: e for e in entries}
+
+
+def test_pages_show_versions_render_a_new_one_compare_approve_and_reproduce(browser, daemon, shots) -> None:
+    import subprocess
+    import sys
+
+    # Version 1 as the pipeline writes it: `generate` against the same daemon.
+    done = subprocess.run([sys.executable, "-m", "pipeline_stage", "--comfyui", "-c", "1", "--page", "1",
+                           "--root", str(daemon.project), "--daemon", daemon.url, "--json"],
+                          env=daemon.env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    context, page, console = signed_in(browser, daemon)
+    page.click("#nav a[data-view=pages]")
+    page.locator(".thumb[data-version='1'] .pic.loaded").wait_for()
+    assert page.locator(".page-list a.active").inner_text().startswith("ch01_p001")
+
+    page.keyboard.press("n")  # a new version with edited parameters
+    page.fill(".new-version input[name=seed]", "777")
+    page.click(".new-version button[type=submit]")
+    page.locator(".thumb[data-version='2'].selected .pic.loaded").wait_for(timeout=120_000)
+    assert _log_entries(daemon)[2]["seed"] == 777
+
+    page.keyboard.press("ArrowLeft")
+    page.locator(".thumb[data-version='1'].selected").wait_for()
+    page.keyboard.press("c")  # compare with the other version, side by side, then as an overlay
+    assert page.locator(".viewer.side figure").count() == 2
+    page.keyboard.press("o")
+    page.locator(".viewer.overlay input[type=range]").fill("30")
+    assert "inset(0px 0px 0px 30%)" in page.locator(".overlay .pic.top").get_attribute("style")
+    page.keyboard.press("o")
+    page.screenshot(path=str(shots / "studio-pages.png"))
+
+    before = (daemon.project / "output" / "ch-01" / "generation-log.json").read_text()
+    page.keyboard.press("a")  # approve v1: the log changes as `generate approve` changes it
+    page.locator(".thumb[data-version='1'] .approved-mark").wait_for()
+    entries = _log_entries(daemon)
+    assert entries[1]["approved"] is True and entries[2]["approved"] is False
+    assert before.replace('"approved": false', '"approved": true', 1) == \
+        (daemon.project / "output" / "ch-01" / "generation-log.json").read_text()
+
+    page.click("button[data-action=reproduce]")
+    page.locator(".thumb[data-version='3'].selected .pic.loaded").wait_for(timeout=120_000)
+    third = _log_entries(daemon)[3]
+    assert third["reproducedFrom"] == "output/ch-01/raw/ch01_p001_v1.workflow.json"
+    assert third["seed"] == entries[1]["seed"]
+    context.close()
+    assert console.errors == []
+
+
+def test_a_caption_edited_in_the_dataset_view_changes_its_file_and_flips_are_written(browser, daemon,
+                                                                                     tmp_path, shots) -> None:
+    from tests.training_fixtures import CAPTIONS, make_dataset
+
+    folder = make_dataset(tmp_path / "spyke", [*CAPTIONS[:2], "a cat, portrait, smiling, white background"])
+    (folder / "img01.txt").unlink()
+    context, page, console = signed_in(browser, daemon)
+    page.goto(f"{daemon.url}/#/dataset/{folder}")
+    card = page.locator(".dataset-image[data-name='img02.png']")
+    card.locator(".finding[data-check=trigger]").wait_for()  # the check's finding beside its image
+    assert "no caption file" in page.locator(".dataset-image[data-name='img01.png'] .findings").inner_text()
+    caption = card.locator("textarea")
+    caption.fill("spyke_plasma_v1, portrait, smiling, white background")
+    caption.press("Enter")
+    card.locator(".save-state", has_text="saved").wait_for()
+    assert (folder / "img02.txt").read_text() == "spyke_plasma_v1, portrait, smiling, white background\n"
+    page.locator(".dataset-image[data-name='img02.png'] .finding[data-check=trigger]").wait_for(state="detached")
+
+    page.locator(".dataset-image[data-name='img00.png'] input[type=checkbox]").check()
+    page.locator("button", has_text="Flip 1 selected").click()
+    page.locator(".dataset-image[data-name='img00_flip.png']").wait_for()
+    assert (folder / "img00_flip.txt").read_text().strip() == f"{CAPTIONS[0]}, mirrored"
+    page.screenshot(path=str(shots / "studio-dataset.png"))
+    context.close()
+    assert console.errors == []
+
+
+def test_a_training_run_is_followed_to_its_end_and_promoted_on_the_loras_view(browser, daemon, tmp_path,
+                                                                              shots) -> None:
+    from tests.training_fixtures import make_dataset
+
+    folder = make_dataset(tmp_path / "train")
+    context, page, console = signed_in(browser, daemon)
+    page.click("#nav a[data-view=loras]")
+    form = page.locator("form.train")
+    form.locator("input[name=datasetDir]").fill(str(folder))
+    form.locator("input[name=outputName]").fill("spyke_test")
+    form.locator("input[name=steps]").fill("6")
+    form.locator("input[name=saveEveryNSteps]").fill("2")
+    form.locator("select[name=engine]").select_option("embedded")
+    form.locator("input[name=resolution]").fill("64")
+    form.locator("input[name=networkDim]").fill("4")
+    form.locator("input[name=networkAlpha]").fill("2")
+    form.locator("button[type=submit]").click()
+    run = page.locator(".run[data-run-id]").first
+    run.locator(".step", has_text="6/6").wait_for(timeout=180_000)
+    run.locator(".badge.succeeded").wait_for(timeout=60_000)
+    assert run.locator(".checkpoints li").count() == 4  # steps 2, 4, 6 and the final file
+    assert run.locator("polyline.smooth").count() == 1  # the loss chart grew from the live events
+    run_id = run.get_attribute("data-run-id")
+    assert daemon.api("GET", f"/loras/{run_id}/status")["status"] == "succeeded"
+    run.locator(".checkpoints li[data-step='4'] button").click()
+    page.locator("#toasts", has_text="installed as spyke_test").wait_for()
+    page.locator("tr[data-lora=spyke_test]").wait_for()
+    page.screenshot(path=str(shots / "studio-loras.png"), full_page=True)
+    context.close()
+    assert console.errors == []
+
+
+def test_the_doctor_view_shows_each_check_with_its_fix(browser, daemon, shots) -> None:
+    context, page, console = signed_in(browser, daemon)
+    page.click("#nav a[data-view=doctor]")
+    page.locator("tr[data-check=python] td.status.ok").wait_for(timeout=60_000)
+    kohya = page.locator("tr[data-check^=kohya]").first
+    assert kohya.get_attribute("data-status") in ("warn", "fail") and kohya.locator("code").count() == 1
+    page.screenshot(path=str(shots / "studio-doctor.png"), full_page=True)
+    context.close()
+    assert console.errors == []
