@@ -66,8 +66,8 @@ class Daemon:
             return json.loads(resp.read() or b"null")
 
     def login_url(self) -> str:
-        done = subprocess.run([sys.executable, "-m", "sidecar.cli", "studio", "--no-open", "--config", str(self.config)],
-                              env=self.env, capture_output=True, text=True, timeout=60)
+        done = subprocess.run([sys.executable, "-m", "sidecar.cli", "studio", "--no-open", "--config",
+                               str(self.config)], env=self.env, capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stdout + done.stderr
         return done.stdout.strip().splitlines()[-1]
 

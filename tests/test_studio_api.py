@@ -42,9 +42,10 @@ def project(tmp_path: Path) -> Path:
         Image.new("RGB", (64, 96), (40 * version, 80, 120)).save(raw / f"ch01_p001_v{version}.png")
         (raw / f"ch01_p001_v{version}.workflow.json").write_text(json.dumps({"3": {"class_type": "KSampler",
                                                                                      "inputs": {"seed": version}}}))
-        entries.append({"imageFile": f"output/ch-01/raw/ch01_p001_v{version}.png", "promptFile": "prompts/ch-01/ch01_p001.txt",
-                        "promptHash": "x", "model": "m", "timestamp": "2026-01-01T00:00:00.000Z", "version": version,
-                        "approved": False, "seed": version, "workflowFile": f"output/ch-01/raw/ch01_p001_v{version}.workflow.json",
+        entries.append({"imageFile": f"output/ch-01/raw/ch01_p001_v{version}.png",
+                        "promptFile": "prompts/ch-01/ch01_p001.txt", "promptHash": "x", "model": "m",
+                        "timestamp": "2026-01-01T00:00:00.000Z", "version": version, "approved": False, "seed": version,
+                        "workflowFile": f"output/ch-01/raw/ch01_p001_v{version}.workflow.json",
                         "width": 64, "height": 96, "olderPipelineField": "kept"})
     (root / "output" / "ch-01" / "generation-log.json").write_text(json.dumps(entries, indent=2) + "\n")
     return root

@@ -75,7 +75,8 @@ class Flipped(Out):
 
 
 def _image(folder: str, image: files.DatasetImage) -> DatasetImageOut:
-    return DatasetImageOut(name=image.name, image_url="/dataset/image?" + urlencode({"dir": folder, "name": image.name}),
+    url = "/dataset/image?" + urlencode({"dir": folder, "name": image.name})
+    return DatasetImageOut(name=image.name, image_url=url,
                            caption=image.caption, flip=image.flip, width=image.width, height=image.height)
 
 

@@ -162,7 +162,7 @@ def check_token(request: web.Request, rules: EdgeRules) -> None:
     if not hmac.compare_digest(given, rules.token):
         raise Unauthorized(
             "This daemon needs its token: send `Authorization: Bearer <token>` (the project's own tools read it "
-            "from SIDECAR_TOKEN or `token` in the config file)."
+            "from SIDECAR_TOKEN or `token` in the config file; a browser opens the studio with `sidecar studio`)."
             + (" The token sent is not the daemon's." if given else ""),
             {"scheme": "Bearer"},
         )

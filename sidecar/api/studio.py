@@ -1,8 +1,9 @@
-"""The studio's own routes: the page at `/`, its static files under `/studio/`, and the one-time login
-that turns the daemon's token into the studio's cookie (`sidecar.studio.session`).
+"""The studio's own routes: the page at `/`, its static files under `/studio/static/`, the one-time login
+that turns the daemon's token into the studio's cookie (`sidecar.studio.session`), what the forms need to
+know (`/studio/config`) and pose images picked in the browser (`/studio/poses`).
 
-The page and its files are package data (`sidecar/studio/static/`, at `/studio/static/`), served as they are: no build step,
-no template. They pass the edge like every route (Host and Origin rules); they need no token, since they
+The page and its files are package data (`sidecar/studio/static/`) served as they are: no build step, no
+template. They pass the edge like every route (Host and Origin rules); they need no token, since they
 hold no data: the page asks the API for everything, and the API needs the token or the cookie.
 """
 

@@ -19,6 +19,10 @@ export function updateJobCard(card, job) {
     ? h("a", { href: job.output.url, target: "_blank", rel: "noopener", title: "open the image" },
       picture(job.output.url, p.width, p.height, p.prompt || "result"))
     : picture(null, p.width, p.height, "", { class: `pic empty ${job.status}` });
+  const again = p.prompt && !ACTIVE.has(job.status)
+    ? h("button", { class: "small ghost", type: "button", title: "open these parameters in Generate",
+      onclick: () => { sessionStorage.setItem("studio.prefill", JSON.stringify(p)); location.hash = "#/generate"; } }, "Edit & rerun")
+    : null;
   const cancel = ACTIVE.has(job.status)
     ? h("button", { class: "small danger", type: "button", onclick: () => cancelJob(job.id) }, "Cancel")
     : null;
@@ -29,7 +33,7 @@ export function updateJobCard(card, job) {
       h("div", { class: "row" },
         h("span", { class: `badge ${job.status}` }, job.status),
         h("span", { class: "muted small" }, ago(job.createdAt)),
-        cancel),
+        cancel, again),
       h("p", { class: "prompt", title: p.prompt || "" }, p.prompt || "(a whole workflow)"),
       ACTIVE.has(job.status) || total
         ? h("div", { class: "progress", role: "progressbar", "aria-valuemin": 0, "aria-valuemax": total || 1,

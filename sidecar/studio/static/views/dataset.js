@@ -23,6 +23,7 @@ export function mount(root, ctx, args) {
     const folder = dir.value.trim();
     if (!folder) { replace(summary, h("p", { class: "muted" }, "Give the training folder's absolute path.")); return; }
     localStorage.setItem("studio.dataset", folder);
+    history.replaceState(history.state, "", `#/dataset/${encodeURIComponent(folder)}`); // a link to this folder
     let data;
     try {
       data = await api(`/dataset?dir=${encodeURIComponent(folder)}`);
@@ -37,12 +38,13 @@ export function mount(root, ctx, args) {
     replace(summary, h("div", { class: `card check ${data.ok ? "ok" : "bad"}` },
       h("strong", {}, data.ok ? "Ready to train" : "Not ready to train"),
       h("span", { class: "muted small" }, ` · ${data.sourceImages} source images + ${data.flips} flips · trigger ${data.triggerWord}`),
-      general.length ? h("ul", { class: "findings" }, general.map(finding)) : null));
+      general.length ? h("ul", { class: "findings" }, general.map((f) => finding(f, true))) : null));
     replace(grid, data.images.map((img) => imageCard(data, img)));
   }
 
-  function finding(f) {
-    return h("li", { class: `finding ${f.level}`, dataset: { check: f.check } }, h("b", {}, f.check), " ", f.file && !f.message.includes(f.file) ? `${f.file}: ` : "", f.message);
+  function finding(f, named = false) {
+    return h("li", { class: `finding ${f.level}`, dataset: { check: f.check } }, h("b", {}, f.check), " ",
+      named && f.file ? `${f.file}: ` : "", f.message);
   }
 
   function imageCard(data, img) {
@@ -71,7 +73,7 @@ export function mount(root, ctx, args) {
       h("div", { class: "row" }, pick, h("span", { class: "name" }, img.name), img.flip ? h("span", { class: "badge" }, "flip") : null,
         img.width ? h("span", { class: "muted small" }, `${img.width}×${img.height}`) : null),
       caption, status,
-      mine.length ? h("ul", { class: "findings" }, mine.map(finding)) : null);
+      mine.length ? h("ul", { class: "findings" }, mine.map((f) => finding(f))) : null);
     return card;
   }
 

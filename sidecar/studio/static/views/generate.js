@@ -6,6 +6,23 @@ import { jobCard, updateJobCard } from "../jobs.js";
 
 const SEED_MAX = 2 ** 32 - 1;
 
+// A die (drawn, not an emoji: not every system has an emoji font).
+function dieIcon() {
+  const ns = "http://www.w3.org/2000/svg";
+  const icon = document.createElementNS(ns, "svg");
+  icon.setAttribute("viewBox", "0 0 24 24");
+  icon.setAttribute("class", "icon");
+  const face = document.createElementNS(ns, "rect");
+  for (const [k, v] of Object.entries({ x: 3, y: 3, width: 18, height: 18, rx: 4, fill: "none", stroke: "currentColor", "stroke-width": 2 })) face.setAttribute(k, v);
+  icon.append(face);
+  for (const [cx, cy] of [[8, 8], [16, 8], [12, 12], [8, 16], [16, 16]]) {
+    const dot = document.createElementNS(ns, "circle");
+    for (const [k, v] of Object.entries({ cx, cy, r: 1.6, fill: "currentColor" })) dot.setAttribute(k, v);
+    icon.append(dot);
+  }
+  return icon;
+}
+
 function number(name, value, { min, max, step = 1 } = {}) {
   return h("input", { type: "number", name, value, min, max, step, required: true, inputmode: "decimal" });
 }
@@ -19,7 +36,9 @@ export function mount(root, ctx, args) {
   const d = cfg.defaults;
   const lim = cfg.limits;
   const prof = cfg.profile;
-  const prefill = history.state && history.state.generate ? history.state.generate : {};
+  // "Edit and run again" on a job card leaves that job's parameters here for one visit.
+  const prefill = JSON.parse(sessionStorage.getItem("studio.prefill") || "{}");
+  sessionStorage.removeItem("studio.prefill");
 
   const prompt = h("textarea", { name: "prompt", rows: 4, required: true, maxlength: 4000,
     placeholder: `${cfg.triggerWord}, full body, standing on a rooftop at dusk` }, prefill.prompt || "");
@@ -28,7 +47,7 @@ export function mount(root, ctx, args) {
   const loraStrength = number("loraStrength", prefill.loraStrength ?? d.loraStrength, { min: lim.loraStrength.min, max: lim.loraStrength.max, step: 0.05 });
   const seed = number("seed", prefill.seed ?? Math.floor(Math.random() * SEED_MAX), { min: 0, max: SEED_MAX });
   const dice = h("button", { type: "button", class: "ghost", title: "a random seed", "aria-label": "random seed",
-    onclick: () => { seed.value = Math.floor(Math.random() * SEED_MAX); } }, "🎲");
+    onclick: () => { seed.value = Math.floor(Math.random() * SEED_MAX); check(); } }, dieIcon());
   const steps = number("steps", prefill.steps ?? d.steps, { min: lim.steps.min, max: lim.steps.max });
   const cfgScale = number("cfg", prefill.cfg ?? d.cfg, { min: lim.cfg.min, max: lim.cfg.max, step: 0.5 });
   const sampler = select("sampler", Object.keys(cfg.samplers).map((s) => [s, s]), prefill.sampler || d.sampler);
@@ -48,6 +67,11 @@ export function mount(root, ctx, args) {
     { min: lim.controlnetStrength.min, max: lim.controlnetStrength.max, step: 0.05 });
   cnStrength.disabled = true;
   let posePath = prefill.poseImagePath || null;
+  if (posePath) { // from "Edit & rerun": the file is on the daemon's disk already
+    posePreview.append(h("span", { class: "pose-name small" }, posePath.split("/").at(-1)));
+    poseClear.hidden = false;
+    cnStrength.disabled = false;
+  }
 
   poseFile.addEventListener("change", async () => {
     const file = poseFile.files[0];

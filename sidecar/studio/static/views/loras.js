@@ -51,7 +51,7 @@ export function mount(root, ctx) {
   const cards = new Map();
 
   const datasetDir = h("input", { name: "datasetDir", required: true, placeholder: "/Users/you/lora/train" });
-  const outputName = h("input", { name: "outputName", required: true, pattern: "[A-Za-z0-9][A-Za-z0-9._-]{0,99}", value: ctx.config.triggerWord });
+  const outputName = h("input", { name: "outputName", required: true, pattern: "[A-Za-z0-9][A-Za-z0-9._\\-]{0,99}", value: ctx.config.triggerWord });
   const steps = h("input", { name: "steps", type: "number", min: 1, max: 100000, value: 1000 });
   const every = h("input", { name: "saveEveryNSteps", type: "number", min: 1, value: 200 });
   const resolution = h("input", { name: "resolution", type: "number", min: 64, max: 4096, step: 64, value: 512 });

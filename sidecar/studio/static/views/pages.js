@@ -7,6 +7,12 @@ import { field, h, picture, replace, seconds, toast } from "../dom.js";
 
 const SEED_MAX = 2 ** 32 - 1;
 
+// Keys are the page's while the artist is not typing (a slider or a checkbox keeps them).
+function typing(el) {
+  if (el.closest("textarea, select, [contenteditable]")) return true;
+  return el.matches("input") && !["range", "checkbox", "radio", "button", "submit"].includes(el.type);
+}
+
 export function mount(root, ctx, args) {
   const state = { project: null, chapter: null, page: null, version: null, compare: null, mode: "side", job: null };
   const nav = h("aside", { class: "page-list card", "aria-label": "chapters and pages" });
@@ -239,7 +245,7 @@ export function mount(root, ctx, args) {
   });
 
   function onKey(e) {
-    if (e.target.closest("input, textarea, select") || e.metaKey || e.ctrlKey || e.altKey) return;
+    if (typing(e.target) || e.metaKey || e.ctrlKey || e.altKey) return;
     const page = currentPage();
     if (!page) return;
     const i = page.versions.findIndex((v) => v.version === state.version);
