@@ -182,7 +182,7 @@ async def publish(request: web.Request) -> web.Response:
     path = Path(record.output_file)
     if not await asyncio.to_thread(path.is_file):
         raise NotFound(f"The image of job {record.id} is no longer on disk.", {"jobId": record.id})
-    job = Job.from_record(record).model_dump(mode="json", by_alias=True)
+    job = Job.from_record(record)
     data = await asyncio.to_thread(path.read_bytes)
     version = await asyncio.to_thread(reader.publish_job, root, page, job, data, req.reproduces)
     return json_response(Published(version=version, page=await asyncio.to_thread(_one_page, root, page)), 201)

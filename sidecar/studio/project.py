@@ -24,6 +24,8 @@ from pipeline_stage.layout import Page, Project, page_of
 from pipeline_stage.outputs import approve_version, publish
 from pipeline_stage.prompts import build_request, load_defaults, load_prompt, merge
 from pipeline_stage.stage import PageTask, make_entry
+from sidecar.api.models import JobRequest
+from sidecar.api.responses import Job
 from sidecar.errors import GenerationLogInvalid, VersionNotFound
 
 CHAPTER_DIR = re.compile(r"^ch-(\d+)$")
@@ -103,7 +105,8 @@ def read_chapter(project: Project, chapter: int) -> ChapterInfo:
             if defaults is not None:
                 try:
                     prompt = load_prompt(prompt_file)
-                    info.request = build_request(prompt.text, merge(defaults, prompt.options))
+                    request = build_request(prompt.text, merge(defaults, prompt.options), prompt_file)
+                    info.request = request.model_dump(by_alias=True, exclude_none=True, mode="json")
                 except StageError as exc:
                     info.request_error = exc.message
         info.versions = sorted(by_page.get(page, {}).values(), key=lambda v: v.version)
@@ -146,8 +149,8 @@ def approve_page_version(root: Path, page: Page, version: int) -> None:
         raise GenerationLogInvalid(exc.message, exc.details) from None
 
 
-def publish_job(root: Path, page: Page, job: dict[str, Any], image: bytes, reproduces: int | None) -> int:
-    """A finished job (its wire form, with `workflow`) as the page's next version, written exactly as
+def publish_job(root: Path, page: Page, job: Job, image: bytes, reproduces: int | None) -> int:
+    """A finished job (the API's `Job`, with its workflow) as the page's next version, written exactly as
     `generate` writes one. Answers the version number."""
     project = Project(root)
     prompt_file = project.prompt_file(page)
@@ -155,10 +158,12 @@ def publish_job(root: Path, page: Page, job: dict[str, Any], image: bytes, repro
     if reproduces is not None:
         source = find_version(root, page, reproduces)
         reproduced_from = project.relative(source.workflow) if source.workflow else None
-    task = PageTask(page, {}, project.relative(prompt_file) if prompt_file.is_file() else None, reproduced_from)
+    task = PageTask(page, JobRequest(workflow=job.workflow), project.relative(prompt_file) if prompt_file.is_file()
+                    else None, reproduced_from)
     png = finish_png(image, job)
     try:
-        done = publish(project, page, png, job["workflow"], lambda version: make_entry(project, task, job, version))
+        done = publish(project, page, png, job.workflow,
+                       lambda version: make_entry(project, task, job, version).to_json())
     except LogInvalid as exc:
         raise GenerationLogInvalid(exc.message, exc.details) from None
     return done.version
