@@ -46,7 +46,9 @@ function lossChart(points) {
 export function mount(root, ctx) {
   const installed = h("div", { class: "card table-wrap" });
   const runsBox = h("div", { class: "runs" });
-  const losses = new Map(); // run id -> [{step, last, smoothed}] seen while this page is open
+  // run id -> [{step, last, smoothed}]: the daemon keeps only the latest loss, so the points seen in this
+  // tab are kept in sessionStorage (the chart survives a switch of view or a reload).
+  const losses = new Map(Object.entries(JSON.parse(sessionStorage.getItem("studio.losses") || "{}")));
   const runs = new Map();
   const cards = new Map();
 
@@ -101,6 +103,7 @@ export function mount(root, ctx) {
     const series = losses.get(run.id) || [];
     if (run.loss && run.loss.last !== null && (!series.length || series.at(-1).step < run.step)) series.push({ step: run.step, ...run.loss });
     losses.set(run.id, series);
+    try { sessionStorage.setItem("studio.losses", JSON.stringify(Object.fromEntries([...losses].slice(-20)))); } catch { /* full */ }
     let card = cards.get(run.id);
     if (!card) {
       card = h("article", { class: "run card", dataset: { runId: run.id } });
