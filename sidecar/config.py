@@ -26,6 +26,7 @@ from pydantic_settings import (
 )
 
 from sidecar.assets import WORKFLOWS, asset_path
+from sidecar.backends.spec import BackendSpec, check_tables
 from sidecar.durations import parse_duration
 from sidecar.errors import ConfigError
 from sidecar.profiles import PROFILES
@@ -140,6 +141,20 @@ class Settings(BaseSettings):
         True, description="delete the copy ComfyUI keeps in its output/ folder once the daemon has fetched "
                           "a job's image (the daemon keeps its own); needs the ComfyUI folder (managed mode, "
                           "or comfyui_dir set with comfyui_url): ComfyUI has no API to delete a file")
+
+    # -- several generation backends (sidecar/backends/): [[backends]] tables in the config file
+    backends: list[BackendSpec] = Field(
+        default_factory=list,
+        description="[[backends]] tables (name, kind, url or dir+python, profile, tags, ssh): several generation "
+                    "backends jobs are routed over; none = the one backend the settings above describe. When no "
+                    "table is local, that backend joins the pool as `local`")
+    default_where: str = Field(
+        "local", description="where a job without `where` runs: `local` (this machine), `any`, a tag or a backend "
+                             "name of the [[backends]] tables")
+    backend_probe_interval: float = Field(
+        5.0, gt=0, le=3600, description="seconds between health probes of each backend (system_stats, models, "
+                                        "node types); a backend that fails one is taken out of routing until it "
+                                        "answers again")
 
     # -- kohya_ss
     kohya_dir: Path | None = Field(None, description="kohya_ss sd-scripts folder (training engine kohya)")
@@ -261,6 +276,14 @@ class Settings(BaseSettings):
             raise ValueError("engine: 'comfyui' needs comfyui_url (attach) or comfyui_dir (managed)")
         if self.comfyui_dir is not None and self.comfyui_url is None and self.comfyui_python is None:
             raise ValueError("comfyui_python: managed mode (comfyui_dir) needs the python of ComfyUI's venv")
+        try:
+            check_tables(self.backends)
+        except ValueError as exc:
+            raise ValueError(f"backends: {exc}") from None
+        known = {"local", "any", *(b.name for b in self.backends), *(t for b in self.backends for t in b.tags)}
+        if self.default_where not in known:
+            raise ValueError(f"default_where: {self.default_where!r} names no backend or tag; known: "
+                             f"{', '.join(sorted(known))}")
         return self
 
     @classmethod

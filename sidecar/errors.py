@@ -20,7 +20,8 @@ Nothing else builds error JSON or picks exit codes. The tree:
     │   ├── DatasetInvalid            dataset_invalid
     │   ├── NodeNotSupported          node_not_supported
     │   ├── SamplerNotSupported       sampler_not_supported
-    │   └── WorkflowInvalid           workflow_invalid
+    │   ├── WorkflowInvalid           workflow_invalid
+    │   └── NoBackendAdmits           no_backend_admits                    (`where`: each backend's reason)
     ├── MethodNotAllowed              method_not_allowed         405    2  (the answer's Allow header lists those served)
     ├── PayloadTooLarge               payload_too_large          413    2
     ├── UnsupportedMediaType          unsupported_media_type     415    2  (a body that is not application/json)
@@ -64,6 +65,8 @@ Nothing else builds error JSON or picks exit codes. The tree:
         comfyui_validation_error, execution_error, black_image, timeout, lost_on_restart,
         prompt_lost, model_load_failed (embedded: a checkpoint/LoRA/ControlNet file that does not
         load), lora_incompatible (embedded: a LoRA whose keys match nothing in the base model),
+        model_transfer_failed (a LoRA/checkpoint copy to a remote backend over SSH failed or did
+        not check out), no_backend_admits (no configured backend admits a queued job any more),
         internal_error; training runs: training_failed, interrupted (daemon restarted mid-run)
 
 Exit codes shared by every command (the generate stage adds 5, see pipeline_stage/errors.py):
@@ -162,6 +165,12 @@ class SamplerNotSupported(BadRequest):
 
 class WorkflowInvalid(BadRequest):
     code = "workflow_invalid"
+
+
+class NoBackendAdmits(BadRequest):
+    """No backend `where` allows admits the job; `details.backends` maps each to its reason."""
+
+    code = "no_backend_admits"
 
 
 class WebSocketRequired(SidecarError):

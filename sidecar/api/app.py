@@ -27,6 +27,7 @@ from sidecar.api.keys import (
     DEVICE,
     EVENTS,
     IDEMPOTENCY,
+    POOL,
     PROFILE,
     RUNNER,
     SETTINGS,
@@ -37,6 +38,8 @@ from sidecar.api.keys import (
     TRAINING_STORE,
 )
 from sidecar.backend import GenerationBackend
+from sidecar.backends.catalog import PoolCatalog, widest_profile
+from sidecar.backends.pool import build_pool
 from sidecar.config import Settings
 from sidecar.datadir_lock import DataDirLock
 from sidecar.errors import SidecarError
@@ -66,16 +69,25 @@ def make_backend(settings: Settings) -> GenerationBackend:
 
 
 def create_app(settings: Settings, backend: GenerationBackend | None = None, *,
-               datadir_lock: DataDirLock | None = None) -> web.Application:
+               datadir_lock: DataDirLock | None = None,
+               backends: dict[str, GenerationBackend] | None = None) -> web.Application:
     """`datadir_lock`: the data dir's lock when the caller (`sidecar serve`) already holds it; otherwise
-    the app takes it at start-up, before anything else (a locked data dir fails the start-up)."""
+    the app takes it at start-up, before anything else (a locked data dir fails the start-up).
+    With `[[backends]]` tables the app drives a pool of backends (`backends`: ready-made ones by name,
+    for tests; `backend` then stands for the implicit `local` one)."""
     # The edge (Host, Origin, token, JSON bodies) comes first, for every route and the /events upgrade.
     app = web.Application(middlewares=[edge_middleware(settings), error_middleware],
                           client_max_size=settings.max_body_bytes)
-    backend = backend or make_backend(settings)
     profile = get_profile(settings.profile)
     store = JobStore(settings.db_path)
     device = Device()
+    pool = None
+    if settings.backends:
+        given = backend
+        pool = build_pool(settings, device, lambda: given or make_backend(settings), backends)
+        backend = pool.home.backend  # what /health's top level, LoRAs and training's unload talk to
+        app[POOL] = pool
+    backend = backend or make_backend(settings)
     bus = EventBus(settings.events_buffer, events.encode)  # events leave as the wire models /openapi.json shows
 
     async def known_types() -> set[str] | None:
@@ -95,9 +107,11 @@ def create_app(settings: Settings, backend: GenerationBackend | None = None, *,
     app[DEVICE] = device
     app[EVENTS] = bus
     app[TEMPLATES] = templates
-    app[BUILDER] = JobBuilder(settings, profile, templates, backend)
+    app[BUILDER] = (JobBuilder(settings, profile, templates, PoolCatalog(pool), limits=widest_profile(pool))  # type: ignore[arg-type]
+                    if pool is not None else JobBuilder(settings, profile, templates, backend))
     app[IDEMPOTENCY] = IdempotencyKeys(store)
-    app[RUNNER] = JobRunner(store, backend, device, bus, settings.jobs_dir, max_queue=settings.max_queue)
+    app[RUNNER] = JobRunner(store, backend, device, bus, settings.jobs_dir, max_queue=settings.max_queue,
+                            pool=pool, default_where=settings.default_where)
     app[STARTUP_WARNINGS] = []
     app[SOCKETS] = events.new_socket_set()
     app.on_shutdown.append(events.close_all)
@@ -105,6 +119,8 @@ def create_app(settings: Settings, backend: GenerationBackend | None = None, *,
     app.cleanup_ctx.append(_lock_ctx)  # first: nothing below may touch a data dir another daemon owns
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_backend_ctx)
+    if pool is not None:
+        app.cleanup_ctx.append(_pool_ctx)
     app.cleanup_ctx.append(_templates_ctx)
     app.cleanup_ctx.append(_runner_ctx)
     for module in (health, jobs, loras, events, openapi, project, dataset, doctor):
@@ -151,6 +167,13 @@ async def _backend_ctx(app: web.Application) -> AsyncIterator[None]:
     await app[BACKEND].start()
     yield
     await app[BACKEND].stop()
+
+
+async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
+    pool = app[POOL]
+    await pool.start(already_started=app[BACKEND])  # the others, then a first probe of each
+    yield
+    await pool.stop(already_stopping=app[BACKEND])
 
 
 async def _templates_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -5,9 +5,11 @@ from __future__ import annotations
 from aiohttp import web
 
 from sidecar import __version__
-from sidecar.api.keys import BACKEND, DEVICE, PROFILE, RUNNER, STARTUP_WARNINGS, TEMPLATES
+from sidecar.api.keys import BACKEND, DEVICE, POOL, PROFILE, RUNNER, STARTUP_WARNINGS, TEMPLATES
 from sidecar.api.operations import operation
-from sidecar.api.responses import Health, LoadedModels, ProcessMemory, TrainingSummary, WorkerState, json_response
+from sidecar.api.responses import (
+    BackendStatus, Health, LoadedModels, ProcessMemory, TrainingSummary, WorkerState, json_response,
+)
 from sidecar.memory import process_memory
 
 routes = web.RouteTableDef()
@@ -47,4 +49,19 @@ async def health(request: web.Request) -> web.Response:
         loaded=LoadedModels.model_validate(h.loaded) if h.loaded is not None else None,
         memory=ProcessMemory.model_validate(process_memory()),
         backend=h.extra,
+        backends=_backends(app, h),
     ))
+
+
+def _backends(app: web.Application, h) -> list[BackendStatus]:
+    runner = app[RUNNER]
+    pool = app.get(POOL)
+    if pool is None:
+        return [BackendStatus(
+            name="local", kind=h.engine if h.engine == "embedded" else f"comfyui {h.extra.get('mode', 'attach')}ed",
+            state="up" if h.available else "down", reason=None if h.available else "; ".join(h.warnings) or None,
+            local=True, url=h.extra.get("url"), device=h.device, profile=app[PROFILE].name, tags=[],
+            running=runner.running_job, queue=runner.queue_depth, seconds_per_step=None,
+            loaded_checkpoint=(h.loaded or {}).get("checkpoint"), jobs_run=0, ssh=None)]
+    queued = runner.planned()
+    return [BackendStatus.model_validate({**s, "queue": queued.get(s["name"], 0)}) for s in pool.status()]

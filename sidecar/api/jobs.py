@@ -19,7 +19,7 @@ from sidecar.errors import (
     BatchSizeNotSupported, CheckpointNotFound, ComfyUnavailable, ControlnetNotFound, DiskFull, EngineUnavailable,
     IdempotencyKeyReused, InvalidField, InvalidState, JobNotFinished, JobNotFound, LoraNotFound, NodeNotSupported,
     NotFound, PoseImageInvalid, QueueFull, ResolutionExceedsProfile, SamplerNotSupported, TrainingInProgress,
-    WorkflowInvalid,
+    WorkflowInvalid, NoBackendAdmits,
 )
 from sidecar.jobs.idempotency import MAX_KEY_LENGTH
 from sidecar.jobs.store import IdempotencyClaim
@@ -36,7 +36,7 @@ TRUE, FALSE = ("1", "true"), ("0", "false")
     description="202: queued. 200: an `Idempotency-Key` this daemon already saw with the same body in the "
                 "last 24 hours; the answer is the job that first submit made (header Idempotent-Replayed).",
     errors=(ResolutionExceedsProfile, BatchSizeNotSupported, LoraNotFound, CheckpointNotFound, ControlnetNotFound,
-            PoseImageInvalid, NodeNotSupported, SamplerNotSupported, WorkflowInvalid, TrainingInProgress,
+            PoseImageInvalid, NodeNotSupported, SamplerNotSupported, WorkflowInvalid, NoBackendAdmits, TrainingInProgress,
             IdempotencyKeyReused, QueueFull, ComfyUnavailable, EngineUnavailable, DiskFull),
     headers=(Header(IDEMPOTENCY_HEADER, {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH},
                     "a client-chosen key (a UUID): a retried submit with the same key and body returns the "
@@ -62,7 +62,8 @@ async def submit_job(request: web.Request) -> web.Response:
 
 
 async def _submit(request: web.Request, req: JobRequest, claim: IdempotencyClaim | None) -> web.Response:
-    request.app[DEVICE].training.refuse_if_training()
+    if request.app[RUNNER].pool is None:  # with several backends a training stops only this machine's
+        request.app[DEVICE].training.refuse_if_training()
     built = await request.app[BUILDER].build(req)
     job = await request.app[RUNNER].submit(built, claim)
     return json_response(JobSummary.from_record(job), 202, headers={"Location": f"/jobs/{job.id}"})

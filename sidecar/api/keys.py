@@ -7,6 +7,7 @@ import weakref
 from aiohttp import web
 
 from sidecar.backend import GenerationBackend
+from sidecar.backends.pool import BackendPool
 from sidecar.config import Settings
 from sidecar.datadir_lock import DataDirLock
 from sidecar.device import Device
@@ -35,3 +36,4 @@ STARTUP_WARNINGS = web.AppKey("startup_warnings", list)
 # Open /events sockets, closed on shutdown.
 SOCKETS = web.AppKey("sockets", weakref.WeakSet)
 IDEMPOTENCY = web.AppKey("idempotency", IdempotencyKeys)
+POOL = web.AppKey("pool", BackendPool)  # only with [[backends]] tables

@@ -72,6 +72,9 @@ class JobSummary(Out):
     prompt_id: str | None = None
     queued_behind: int | None = Field(None, description="while the job waits in ComfyUI's own queue behind "
                                       "other prompts (the artist's, in ComfyUI's UI): how many are ahead of it")
+    where: str | None = Field(None, description="where the job may run: local, any, a tag or a backend name")
+    backend: str | None = Field(None, description="the backend that runs (ran) it; null while queued")
+    backend_reason: str | None = Field(None, description="why the router chose that backend")
     attempts: int = 0
     created_at: str
     started_at: str | None = None
@@ -106,6 +109,9 @@ def _job_fields(job: JobRecord) -> dict[str, Any]:
         "device": job.device,
         "prompt_id": job.prompt_id,
         "queued_behind": job.queued_behind,
+        "where": job.where_,
+        "backend": job.backend,
+        "backend_reason": job.backend_reason,
         "attempts": job.attempts,
         "created_at": job.created_at,
         "started_at": job.started_at,
@@ -180,6 +186,26 @@ class ProcessMemory(Out):
     peak_rss_bytes: int | None = Field(description="its highest resident memory since it started")
 
 
+class BackendStatus(Out):
+    """One generation backend as /health lists it."""
+
+    name: str
+    kind: str = Field(description="embedded, comfyui attached or comfyui managed")
+    state: Literal["unknown", "up", "down"] = Field(description="down: out of routing until it answers again")
+    reason: str | None = Field(description="why it is down")
+    local: bool = Field(description="runs on this machine's device (shares its lock with training)")
+    url: str | None
+    device: str | None
+    profile: str
+    tags: list[str]
+    running: str | None = Field(description="the job it runs now")
+    queue: int = Field(description="queued jobs the router plans onto it now")
+    seconds_per_step: float | None = Field(description="measured from its recent jobs; null until it ran one")
+    loaded_checkpoint: str | None = Field(description="the checkpoint of its last job (what it likely holds)")
+    jobs_run: int
+    ssh: str | None = Field(description="where LoRAs and checkpoints it lacks are copied (SFTP)")
+
+
 class Health(Out):
     status: Literal["ok", "degraded"]
     comfyui: bool = Field(description="true only while ComfyUI answers")
@@ -200,6 +226,8 @@ class Health(Out):
     loaded: LoadedModels | None = None
     memory: ProcessMemory
     backend: dict[str, Any] = Field(default_factory=dict, description="backend-specific details")
+    backends: list[BackendStatus] = Field(default_factory=list, description="every generation backend: one "
+                                          "(`local`) unless [[backends]] tables configure several")
 
 
 class JobEvent(Out):

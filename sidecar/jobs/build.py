@@ -14,6 +14,7 @@ import re
 import secrets
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -94,9 +95,13 @@ LISTING_TTL = 2.0
 
 
 class JobBuilder:
-    def __init__(self, settings: Settings, profile: Profile, templates: TemplateStore, backend: GenerationBackend):
+    def __init__(self, settings: Settings, profile: Profile, templates: TemplateStore, backend: GenerationBackend,
+                 *, limits: Profile | None = None):
+        """`profile` gives a job's defaults (its size); `limits` what is refused here, when wider (several
+        backends: the widest of their profiles; each backend's own is the router's to apply)."""
         self.settings = settings
         self.profile = profile
+        self.limits = limits or profile
         self.templates = templates
         self.backend = backend
         self._listings: dict[str, tuple[float, list[str]]] = {}
@@ -127,7 +132,7 @@ class JobBuilder:
 
     async def build(self, req: GenerationRequest) -> JobSpec:
         if req.batch_size is not None:
-            self.profile.check_batch(req.batch_size)
+            self.limits.check_batch(req.batch_size)
         if req.workflow is not None:
             # poseImagePath is the one companion a whole workflow takes: the file its LoadImage loads.
             given = req.parameter_fields()
@@ -136,10 +141,12 @@ class JobBuilder:
                     f"A job with a whole workflow takes no parameter fields; got {', '.join(given)}.",
                     {"fields": given},
                 )
-            return await self._build_from_workflow(req.workflow, req.pose_image_path)
-        if req.prompt is None:
+            spec = await self._build_from_workflow(req.workflow, req.pose_image_path)
+        elif req.prompt is None:
             raise InvalidField("prompt is required.", {"field": "prompt"})
-        return await self._build_from_template(req)
+        else:
+            spec = await self._build_from_template(req)
+        return replace(spec, where=req.where) if req.where is not None else spec
 
     async def _build_from_template(self, req: GenerationRequest) -> JobSpec:
         s = self.settings
@@ -147,7 +154,7 @@ class JobBuilder:
         # One default however the size is left out (no resolution, {}, or one side): the profile's largest.
         width = res.width if res and res.width is not None else self.profile.max_width
         height = res.height if res and res.height is not None else self.profile.max_height
-        self.profile.check_resolution(width, height)
+        self.limits.check_resolution(width, height)
         checkpoint = req.checkpoint or s.checkpoint
         check_name("checkpoint", checkpoint)
         if req.lora_id is not None:
@@ -223,7 +230,7 @@ class JobBuilder:
         profile and the parameter limits (`sidecar.jobs.whole`); its models are looked up like a template
         job's; a LoadImage node loads the image given as `pose_image_path` (an image is not part of a
         workflow); the SaveImage prefix is the daemon's."""
-        whole = read_whole_workflow(workflow, self.profile)
+        whole = read_whole_workflow(workflow, self.limits)
         graph = whole.graph
         pose: Path | None = None
         if whole.loaders and pose_image_path is None:
@@ -247,10 +254,10 @@ class JobBuilder:
             error = {"checkpoints": CheckpointNotFound, "loras": LoraNotFound}.get(folder, ControlnetNotFound)
             # The exact file: ComfyUI refuses `x.ckpt` when only `x.safetensors` is installed.
             await self._check_model(folder, name, error, field)
-        if whole.controlnets > self.profile.max_controlnets:
+        if whole.controlnets > self.limits.max_controlnets:
             raise InvalidField(
-                f"The {self.profile.name} profile allows {self.profile.max_controlnets} ControlNet per job.",
-                {"profile": self.profile.name, "limit": self.profile.max_controlnets},
+                f"The {self.limits.name} profile allows {self.limits.max_controlnets} ControlNet per job.",
+                {"profile": self.limits.name, "limit": self.limits.max_controlnets},
             )
         filled = graph.with_inputs(changes).raw
         params = whole.params.model_copy(update={"pose_image_path": str(pose) if pose else None})

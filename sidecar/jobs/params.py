@@ -31,6 +31,7 @@ ControlnetStrength = Annotated[float, Field(ge=0.4, le=0.9, allow_inf_nan=False)
 Denoise = Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]
 Pixels = Annotated[int, Field(ge=8, le=16384)]
 PathText = Annotated[str, Field(min_length=1, max_length=4096)]
+Where = Annotated[str, Field(min_length=1, max_length=64)]
 
 
 class Resolution(BaseModel):
@@ -71,11 +72,15 @@ class GenerationRequest(BaseModel):
     workflow: dict[str, Any] | None = Field(
         None, description="a whole filled API-format workflow (reproduce); excludes the parameter fields"
     )
+    where: Where | None = Field(None, description="where the job may run: `local` (this machine), `any`, a tag or "
+                                                  "a backend name of the [[backends]] tables; default: the "
+                                                  "default_where setting")
 
     def parameter_fields(self) -> list[str]:
         """The parameter fields given (a whole workflow takes none but `pose_image_path`)."""
         return [name for name in type(self).model_fields
-                if name not in ("workflow", "batch_size", "pose_image_path") and getattr(self, name) is not None]
+                if name not in ("workflow", "batch_size", "pose_image_path", "where")
+                and getattr(self, name) is not None]
 
 
 class JobParams(BaseModel):
@@ -141,3 +146,4 @@ class JobSpec:
     template: str | None
     workflow: dict[str, Any]
     pose_image: Path | None
+    where: str | None = None  # None: the default_where setting

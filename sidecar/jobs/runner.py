@@ -14,6 +14,7 @@ should the worker task die anyway, it is restarted after `restart_delay` (while 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -24,8 +25,15 @@ from pathlib import Path
 from typing import Any
 
 from sidecar.backend import GenerationBackend, RunContext
+from sidecar.backends.admission import Needs
+from sidecar.backends.lane import run_on
+from sidecar.backends.member import Member
+from sidecar.backends.pool import BackendPool
+from sidecar.backends.router import Pick, Queued, admit, plan
 from sidecar.device import Device
-from sidecar.errors import InvalidState, JobCancelled, JobNotFound, PromptLost, QueueFull, SidecarError
+from sidecar.errors import (
+    InvalidField, InvalidState, JobCancelled, JobNotFound, PromptLost, QueueFull, SidecarError,
+)
 from sidecar.events import EventBus
 from sidecar.jobs.faults import disk_full, log_write_failure, sweep_temp_files
 from sidecar.jobs.params import JobSpec
@@ -48,13 +56,19 @@ class JobChanged:
 
 MAX_LOSSES = 1  # a lost prompt is re-queued once, then the job fails
 PROGRESS_PERSIST_INTERVAL = 1.0
+LANE_POLL = 1.0  # a pool lane looks at the queue again at least this often (a training ended, estimates moved)
 
 
 class JobRunner:
     def __init__(self, store: JobStore, backend: GenerationBackend, device: Device, events: EventBus,
-                 outputs_dir: Path, *, max_queue: int = 512, restart_delay: float = 1.0):
+                 outputs_dir: Path, *, max_queue: int = 512, restart_delay: float = 1.0,
+                 pool: BackendPool | None = None, default_where: str = "local"):
         self.store = store
         self.backend = backend
+        # Several backends (sidecar/backends/): one lane per backend, each taking the jobs routed to it.
+        self.pool = pool
+        self.default_where = default_where
+        self._needs: dict[str, Needs] = {}
         self.device = device
         self.events = events
         self.outputs_dir = outputs_dir
@@ -87,6 +101,8 @@ class JobRunner:
         for tmp in await asyncio.to_thread(sweep_temp_files, self.outputs_dir):
             log.info("removed %s, left by a daemon stopped while writing it", tmp.name)
         await self._recover()
+        if self.pool is not None:
+            self.pool.on_change = self._wake
         self._start_worker(restarted=False)
 
     async def stop(self) -> None:
@@ -169,6 +185,8 @@ class JobRunner:
             raise QueueFull(f"{waiting} jobs are already waiting, the most this daemon queues (max_queue "
                             f"{self.max_queue}); submit again once some have run.",
                             {"limit": self.max_queue, "queueDepth": waiting})
+        where = built.where or self.default_where
+        self._admit(where, built.workflow)
         job = JobRecord(
             id=uuid.uuid4().hex,
             status="queued",
@@ -177,6 +195,7 @@ class JobRunner:
             workflow=built.workflow,
             engine=self.backend.name,
             pose_image=str(built.pose_image) if built.pose_image else None,
+            where_=where,
         )
         self._submitting += 1
         try:
@@ -185,10 +204,32 @@ class JobRunner:
             self._submitting -= 1
         self._live[job.id] = job
         self._queue.append(job.id)
-        log.info("job %s queued (template %s, queue depth %d)", job.id, job.template, len(self._queue))
+        log.info("job %s queued (template %s, where %s, queue depth %d)", job.id, job.template, where,
+                 len(self._queue))
         self._announce(job)
-        self._wakeup.set()
+        self._wake()
         return job
+
+    def _admit(self, where: str, workflow: dict[str, Any]) -> None:
+        """Refuse now what no backend `where` allows admits (400, each backend's reason), and, while a
+        training holds this machine's device, what only this machine's backends admit (409)."""
+        if self.pool is None:
+            if where not in ("local", "any"):
+                raise InvalidField(f"where: {where!r} names no backend; this daemon has one (`local`): configure "
+                                   "[[backends]] tables to route jobs elsewhere.",
+                                   {"field": "where", "value": where, "allowed": ["local", "any"]})
+            self.device.training.refuse_if_training()
+            return
+        verdicts = admit(where, Needs.of(workflow), self.pool.members, self.pool.local_models)
+        admitting = {v.backend for v in verdicts if v.admitted}
+        if all(self.pool.by_name[name].local for name in admitting):
+            self.device.training.refuse_if_training()
+
+    def _wake(self) -> None:
+        self._wakeup.set()
+        if self.pool is not None:
+            for m in self.pool.members:
+                m.wakeup.set()
 
     async def get(self, job_id: str) -> JobRecord:
         job = self._live.get(job_id) or self._unsaved.get(job_id) or await self.store.get(job_id)
@@ -222,6 +263,11 @@ class JobRunner:
     async def _worker(self, restarted: bool) -> None:
         if restarted:
             await self._fail_abandoned()
+        if self.pool is not None:
+            async with asyncio.TaskGroup() as lanes:
+                for member in self.pool.members:
+                    lanes.create_task(self._lane(member), name=f"job-lane-{member.name}")
+            return
         while True:
             while not self._queue:
                 self._wakeup.clear()
@@ -242,10 +288,84 @@ class JobRunner:
                     self._running = None
                     self.device.busy_with = None
 
-    async def _run_one(self, job: JobRecord) -> None:
+    async def _lane(self, m: Member) -> None:
+        """One backend of the pool: whenever it is free, take the first job the router plans onto it."""
+        while True:
+            m.wakeup.clear()
+            picked = None
+            if m.available and self._queue:
+                async with m.lock:  # a local backend's lock is the device lock (training waits, or holds it)
+                    m.holding = True
+                    try:
+                        await self._flush_unsaved()
+                        picked = await self._pick(m)
+                        if picked is not None:
+                            await self._run_on_lane(m, *picked)
+                    finally:
+                        m.holding = False
+                if picked is not None:
+                    self._wake()  # the plan changed for every lane
+                    continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(m.wakeup.wait(), LANE_POLL)
+
+    async def _run_on_lane(self, m: Member, job: JobRecord, pick: Pick) -> None:
+        if m.local:
+            self.device.busy_with = f"job:{job.id}"
+        self._running = job.id
+        try:
+            await self._run_one(job, m, pick)
+        finally:
+            if self._running == job.id:
+                self._running = None
+            if m.local:
+                self.device.busy_with = None
+
+    async def _pick(self, m: Member) -> tuple[JobRecord, Pick] | None:
+        assert self.pool is not None
+        items = []
+        for job_id in self._queue:
+            job = self._live.get(job_id)
+            if job is None or job.status in TERMINAL:
+                continue
+            # A job that was running when the daemon stopped is reconciled where its prompt is.
+            pinned = job.backend if job.status == "running" and job.prompt_id else None
+            items.append(Queued(job_id, job.where_ or self.default_where, self._needs_of(job), pinned))
+        p = plan(items, self.pool.members, self.pool.local_models)
+        for job_id, reasons in p.stuck.items():
+            job = self._live[job_id]
+            self._queue.remove(job_id)
+            listed = "; ".join(f"{k}: {v}" for k, v in reasons.items())
+            await self._finish_or_keep(job, "failed", code="no_backend_admits",
+                                       message=f"No backend admits this job any more: {listed}.",
+                                       details={"where": job.where_, "backends": reasons})
+        pick = p.picks.get(m.name)
+        if pick is None or pick.job_id not in self._queue:
+            return None
+        self._queue.remove(pick.job_id)
+        job = self._live.get(pick.job_id)
+        if job is None or job.status in TERMINAL:
+            return None
+        return job, pick
+
+    def planned(self) -> dict[str, int]:
+        """Queued jobs the router would put on each backend now (/health)."""
+        if self.pool is None:
+            return {}
+        items = [Queued(j, job.where_ or self.default_where, self._needs_of(job))
+                 for j in self._queue if (job := self._live.get(j)) is not None and job.status not in TERMINAL]
+        return plan(items, self.pool.members, self.pool.local_models).queued
+
+    def _needs_of(self, job: JobRecord) -> Needs:
+        needs = self._needs.get(job.id)
+        if needs is None:
+            needs = self._needs[job.id] = Needs.of(job.workflow)
+        return needs
+
+    async def _run_one(self, job: JobRecord, member: Member | None = None, pick: Pick | None = None) -> None:
         """Run a job; whatever goes wrong, it ends (failed with a code) and the worker goes on."""
         try:
-            await self._run(job)
+            await self._run(job, member, pick)
         except Exception as exc:  # a bug or a store fault must not kill the queue
             failure = exc if isinstance(exc, SidecarError) else None
             if isinstance(exc, OSError):
@@ -267,13 +387,17 @@ class JobRunner:
                                            message="The job worker stopped while running this job; see the "
                                                    "daemon log. Submit it again.")
 
-    async def _run(self, job: JobRecord) -> None:
+    async def _run(self, job: JobRecord, member: Member | None = None, pick: Pick | None = None) -> None:
         reconcile = job.status == "running"
         running_write: asyncio.Future[Any] | None = None
         if not reconcile:
+            routed = ({"backend": member.name, "backend_reason": pick.reason} if member is not None and pick
+                      else {"backend": "local", "backend_reason": "the daemon's only backend"})
+            if member is not None:
+                log.info("job %s -> backend %s: %s", job.id, member.name, routed["backend_reason"])
             # Not awaited before the backend starts: the store writes in call order, so the prompt id
             # (awaited before anything reaches ComfyUI) is never on disk without this state before it.
-            running_write = self._set_soon(job, "running", started_at=now_iso(), progress_step=0)
+            running_write = self._set_soon(job, "running", started_at=now_iso(), progress_step=0, **routed)
         cancel = asyncio.Event()
         self._cancel_events[job.id] = cancel
         # Persisted progress only matters after a restart: every PROGRESS_PERSIST_INTERVAL and at the
@@ -323,7 +447,11 @@ class JobRunner:
             on_queued=on_queued,
         )
         try:
-            result = await self.backend.run(ctx)
+            if member is not None and self.pool is not None:
+                copies = pick.verdict.copies if pick is not None else ()
+                result = await run_on(self.pool, member, ctx, self._needs_of(job), copies)
+            else:
+                result = await self.backend.run(ctx)
         except JobCancelled as exc:
             if str(exc):  # e.g. interrupted in ComfyUI's own UI, not through our API
                 log.info("job %s cancelled: %s", job.id, exc)
@@ -362,7 +490,7 @@ class JobRunner:
         await self._set(job, "queued", attempts=job.attempts, prompt_id=None, progress_step=0)
         log.warning("job %s lost by the backend (%s): re-queued once", job.id, exc.message)
         self._queue.appendleft(job.id)
-        self._wakeup.set()
+        self._wake()
 
     # -- state changes: persist first, then announce
     async def _set(self, job: JobRecord, status: str, **fields: Any) -> None:
@@ -392,6 +520,7 @@ class JobRunner:
             log.info("job %s failed: %s: %s", job.id, code, message)
         self._live.pop(job.id, None)
         self._recovering.discard(job.id)
+        self._needs.pop(job.id, None)
 
     @staticmethod
     def _end_fields(job: JobRecord, status: str, code: str | None, message: str | None,

@@ -53,6 +53,8 @@ CREATE INDEX IF NOT EXISTS idempotency_keys_created ON idempotency_keys(created_
 """
 
 JSON_COLUMNS = ("params", "workflow", "error_details")
+# Columns added after the first release: (name, declaration), added to an older database when it opens.
+ADDED_COLUMNS = (("where_", "TEXT"), ("backend", "TEXT"), ("backend_reason", "TEXT"))
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,10 @@ class JobRecord:
     started_at: str | None = None
     finished_at: str | None = None
     seq: int | None = None
+    # Several backends (sidecar/backends/): where the job may run, the one that ran it, and why that one.
+    where_: str | None = None
+    backend: str | None = None
+    backend_reason: str | None = None
     # Live only (not a column): prompts ahead of this job in ComfyUI's own queue while it waits there.
     queued_behind: int | None = field(default=None, metadata={"column": False})
 
@@ -101,6 +107,17 @@ class JobRecord:
 class JobStore(SqliteStore):
     schema = SCHEMA
     json_columns = JSON_COLUMNS
+
+    def open_sync(self) -> None:
+        super().open_sync()
+        self._add_columns()
+
+    def _add_columns(self) -> None:
+        assert self._conn is not None
+        have = {row[1] for row in self._conn.execute("PRAGMA table_info(jobs)")}
+        for name, decl in ADDED_COLUMNS:
+            if name not in have:
+                self._conn.execute(f"ALTER TABLE jobs ADD COLUMN {name} {decl}")
 
     def _row(self, row: sqlite3.Row) -> JobRecord:
         data = self._decode(row)

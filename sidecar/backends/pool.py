@@ -1,0 +1,214 @@
+"""The backends of the `[[backends]]` tables, built, started, probed and stopped as one pool.
+
+`build_pool` makes one `Member` per table (an attached ComfyUI gets its own `ComfyBackend`, hence
+its own persistent WebSocket; a managed one its own supervisor), plus the daemon's one configured
+backend as `local` when no table is local. `BackendPool` owns their health: every
+`backend_probe_interval` seconds each is asked `system_stats` (through its backend's `health()`),
+then its model listings and node types (on joining, then every `CAPS_REFRESH` seconds). A backend
+that fails a probe is out of routing (`Member.mark_down` also ends the job it runs, which the runner
+re-queues once elsewhere); it rejoins when it answers again, and the prompts of jobs taken away from
+it meanwhile are interrupted there first, so none finishes twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sidecar.backend import GenerationBackend
+from sidecar.backends.admission import Capabilities
+from sidecar.backends.member import Member
+from sidecar.backends.spec import BackendSpec
+from sidecar.config import Settings
+from sidecar.device import Device
+from sidecar.errors import SidecarError
+from sidecar.profiles import get_profile
+
+log = logging.getLogger("sidecar.backends")
+
+FOLDERS = ("checkpoints", "loras", "controlnet")
+CAPS_REFRESH = 60.0  # node types and model listings of a backend that stays up
+LOCAL_NAME = "local"
+
+
+def comfy_settings(settings: Settings, spec: BackendSpec) -> Settings:
+    """The settings one ComfyUI member runs with: the daemon's, pointed at that server."""
+    if spec.managed:
+        update = {"comfyui_url": None, "comfyui_dir": spec.dir.resolve() if spec.dir else None,
+                  "comfyui_python": spec.python, "comfyui_port": spec.port, "engine": "comfyui"}
+    else:
+        update = {"comfyui_url": spec.url, "comfyui_dir": None, "comfyui_python": None, "engine": "comfyui"}
+    return settings.model_copy(update=update)
+
+
+def build_pool(settings: Settings, device: Device, default_backend: Callable[[], GenerationBackend],
+               backends: dict[str, GenerationBackend] | None = None) -> BackendPool:
+    """`backends`: ready-made backend objects by name (tests); the rest are built from the tables."""
+    given = backends or {}
+    members: list[Member] = []
+    for spec in settings.backends:
+        backend = given.get(spec.name) or _make(settings, spec)
+        kind = "embedded" if spec.kind == "embedded" else ("comfyui managed" if spec.managed else "comfyui attached")
+        target = spec.ssh_target
+        members.append(Member(
+            name=spec.name, backend=backend, profile=get_profile(spec.profile), kind=kind, local=spec.local,
+            lock=device.lock if spec.local else asyncio.Lock(), tags=spec.tags,
+            url=spec.url or (f"http://127.0.0.1:{spec.port}" if spec.managed else None), ssh=target,
+            ssh_key=str(spec.ssh_key) if spec.ssh_key else None,
+            ssh_known_hosts=str(spec.ssh_known_hosts) if spec.ssh_known_hosts else None))
+    if not any(m.local for m in members):
+        backend = given.get(LOCAL_NAME) or default_backend()
+        kind = backend.name if backend.name != "comfyui" else (
+            "comfyui managed" if settings.comfyui_url is None else "comfyui attached")
+        members.insert(0, Member(name=LOCAL_NAME, backend=backend, profile=get_profile(settings.profile), kind=kind,
+                                 local=True, lock=device.lock,
+                                 url=settings.comfyui_base_url if backend.name == "comfyui" else None))
+    return BackendPool(members, settings.backend_probe_interval)
+
+
+def _make(settings: Settings, spec: BackendSpec) -> GenerationBackend:
+    if spec.kind == "embedded":
+        from sidecar.engine.backend import EmbeddedBackend
+
+        return EmbeddedBackend(settings)
+    from sidecar.comfyui.backend import ComfyBackend
+
+    return ComfyBackend(comfy_settings(settings, spec))
+
+
+class BackendPool:
+    def __init__(self, members: list[Member], probe_interval: float):
+        self.members = members
+        self.by_name = {m.name: m for m in members}
+        self.probe_interval = probe_interval
+        self.local_models: dict[str, frozenset[str]] = {}
+        self.on_change: Callable[[], None] = lambda: None  # the runner wakes its lanes
+        self._caps_at: dict[str, float] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def home(self) -> Member:
+        """The backend the daemon's own API answers for (/health's top level, LoRAs, training's unload)."""
+        return next((m for m in self.members if m.local), self.members[0])
+
+    # -- lifecycle
+    async def start(self, already_started: GenerationBackend | None = None) -> None:
+        for m in self.members:
+            if m.backend is not already_started:
+                await m.backend.start()
+        await self.probe_all()
+        self._task = asyncio.create_task(self._probe_forever(), name="backend-probes")
+
+    async def stop(self, already_stopping: GenerationBackend | None = None) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        for m in self.members:
+            if m.backend is not already_stopping:
+                with contextlib.suppress(Exception):
+                    await m.backend.stop()
+
+    # -- probing
+    async def _probe_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.probe_interval)
+            try:
+                await self.probe_all()
+            except Exception:  # noqa: BLE001 - a probe bug must not end probing
+                log.exception("backend probe round failed")
+
+    async def probe_all(self) -> None:
+        await asyncio.gather(*(self.probe(m) for m in self.members), self._scan_local_models())
+
+    async def probe(self, m: Member) -> None:
+        try:
+            health = await m.backend.health()
+        except (SidecarError, OSError) as exc:
+            self.take_out(m, f"its health probe failed: {exc}")
+            return
+        if not health.available:
+            self.take_out(m, "; ".join(health.warnings) or "it does not answer")
+            return
+        m.device = health.device
+        if health.loaded is not None:
+            m.loaded_checkpoint = health.loaded.get("checkpoint")
+        joining = m.state != "up"
+        if joining or m.caps is None or time.monotonic() - self._caps_at.get(m.name, 0.0) > CAPS_REFRESH:
+            try:
+                await self.refresh_caps(m)
+            except (SidecarError, OSError) as exc:
+                self.take_out(m, f"it answered system_stats but not its model listings: {exc}")
+                return
+        if joining and m.abandoned:
+            await self._interrupt_abandoned(m)
+        if m.mark_up():
+            log.info("backend %s is up (%s, %s)%s", m.name, m.kind, m.device or "device unknown",
+                     " and rejoins routing" if m.jobs_run or m.abandoned else "")
+            self.on_change()
+
+    async def refresh_caps(self, m: Member) -> None:
+        listings = await asyncio.gather(*(m.backend.list_models(f) for f in FOLDERS))  # type: ignore[arg-type]
+        types = await m.backend.known_node_types()
+        m.caps = Capabilities(models={f: frozenset(names) for f, names in zip(FOLDERS, listings, strict=True)
+                                      if names is not None},
+                              node_types=frozenset(types) if types is not None else None)
+        self._caps_at[m.name] = time.monotonic()
+
+    def take_out(self, m: Member, reason: str) -> None:
+        if m.mark_down(reason):
+            log.warning("backend %s is out of routing: %s", m.name, reason)
+            self.on_change()
+
+    async def _interrupt_abandoned(self, m: Member) -> None:
+        client = getattr(m.backend, "client", None)
+        prompts, m.abandoned = m.abandoned, []
+        if client is None:
+            return
+        for prompt_id in prompts:
+            with contextlib.suppress(SidecarError, OSError):
+                await client.delete_from_queue([prompt_id])
+                await client.interrupt(prompt_id)
+                log.info("backend %s: interrupted prompt %s of a job that re-ran elsewhere", m.name, prompt_id)
+
+    async def _scan_local_models(self) -> None:
+        """The model files this machine has (what can be copied to a backend with an SSH target)."""
+        dirs: dict[str, list[Path]] = {f: [] for f in FOLDERS}
+        for m in self.members:
+            if m.local:
+                for f in FOLDERS:
+                    d = m.backend.models_dir(f)  # type: ignore[arg-type]
+                    if d is not None:
+                        dirs[f].append(d)
+        self.local_models = await asyncio.to_thread(_scan, dirs)
+
+    def local_file(self, folder: str, name: str) -> Path | None:
+        for m in self.members:
+            if m.local:
+                d = m.backend.models_dir(folder)  # type: ignore[arg-type]
+                if d is not None and (d / name).is_file():
+                    return d / name
+        return None
+
+    def status(self) -> list[dict[str, Any]]:
+        return [{"name": m.name, "kind": m.kind, "state": m.state, "reason": m.down_reason, "local": m.local,
+                 "url": m.url, "device": m.device, "profile": m.profile.name, "tags": list(m.tags),
+                 "running": m.running, "secondsPerStep": m.seconds_per_step, "loadedCheckpoint": m.loaded_checkpoint,
+                 "jobsRun": m.jobs_run, "ssh": str(m.ssh) if m.ssh else None} for m in self.members]
+
+
+def _scan(dirs: dict[str, list[Path]]) -> dict[str, frozenset[str]]:
+    out: dict[str, frozenset[str]] = {}
+    for folder, paths in dirs.items():
+        names: set[str] = set()
+        for d in paths:
+            if d.is_dir():
+                names.update(p.relative_to(d).as_posix() for p in d.rglob("*") if p.is_file())
+        out[folder] = frozenset(names)
+    return out
