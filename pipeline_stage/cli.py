@@ -38,6 +38,7 @@ Examples:
   generate -c 1 --page 3 --repeat 3           3 versions, same seed, + a consistency report
   generate -c 1 --all --dry-run               print the requests, submit nothing
   generate --reproduce output/ch-01/raw/ch01_p001_v1.workflow.json
+  generate --where pool -c 1 --all            the chapter across the daemon's backends tagged pool
   generate approve -c 1 --page 1 --version 2
 
 \b
@@ -52,6 +53,7 @@ Exit codes:
   130  interrupted (Ctrl-C): a queued or running job is cancelled on the daemon
 """
 
+POOL_PARALLEL = 64  # pages in flight with --where away from local: the daemon's router does the spreading
 PARAM_OPTIONS = ("seed", "lora", "no_lora", "lora_strength", "steps", "cfg", "sampler", "scheduler", "negative",
                  "width", "height", "checkpoint", "pose", "controlnet_strength", "denoise")
 
@@ -171,15 +173,16 @@ def _reproduce_task(project: Project, opts: dict[str, Any]) -> PageTask:
 
 
 async def _render_all(url: str, token: str | None, project: Project, tasks: list[PageTask], repeat: int, json_out: bool,
-                      done: list[PageResult], reports: list[ConsistencyReport]) -> None:
-    view = make_progress(json_out)
+                      done: list[PageResult], reports: list[ConsistencyReport], parallel: int = 1) -> None:
+    # Several pages in flight share the terminal: no live bars then (one line per page as it ends).
+    view = make_progress(json_out or parallel > 1)
     main_task = asyncio.current_task()
     loop = asyncio.get_running_loop()
     with contextlib.suppress(NotImplementedError, RuntimeError):
         # SIGTERM (launchd, a pipeline runner) behaves as Ctrl-C: cancel the job, finish any commit.
         loop.add_signal_handler(signal.SIGTERM, main_task.cancel)  # type: ignore[union-attr]
     async with DaemonClient(url, token=token) as client:
-        for task in tasks:
+        async def one(task: PageTask) -> None:
             made: list[PageResult] = []
             for i in range(repeat):
                 result = await render_page(client, project, task, view)
@@ -196,6 +199,38 @@ async def _render_all(url: str, token: str | None, project: Project, tasks: list
                 if not json_out:
                     for line in summary_lines(report, project):
                         click.echo(line)
+
+        if parallel <= 1:
+            for task in tasks:
+                await one(task)
+            return
+        # Pages in flight together (a pool of backends works on them at once); the first failure stops
+        # the rest (their jobs are cancelled on the daemon, nothing half-written), as one at a time would.
+        slots = asyncio.Semaphore(parallel)
+
+        async def guarded(task: PageTask) -> None:
+            async with slots:
+                await one(task)
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                for task in tasks:
+                    group.create_task(guarded(task))
+        except BaseExceptionGroup as group_error:
+            raise _first(group_error) from None
+
+
+def _first(group: BaseExceptionGroup) -> BaseException:
+    """The error to report from pages run together: a page's own error before a cancellation."""
+    flat: list[BaseException] = []
+    stack: list[BaseException] = [group]
+    while stack:
+        exc = stack.pop(0)
+        if isinstance(exc, BaseExceptionGroup):
+            stack.extend(exc.exceptions)
+        else:
+            flat.append(exc)
+    return next((e for e in flat if isinstance(e, StageError)), flat[0])
 
 
 def _result_json(project: Project, result: PageResult) -> dict[str, Any]:
@@ -219,6 +254,9 @@ def _generate(opts: dict[str, Any]) -> int:
         if opts["repeat"] < 1:
             raise InputError("--repeat must be at least 1.")
         tasks = [_reproduce_task(project, opts)] if opts["reproduce"] else _page_tasks(project, opts)
+        if opts["where"]:
+            tasks = [replace(t, request=t.request.model_copy(update={"where": opts["where"]})) for t in tasks]
+        parallel = opts["parallel"] or (POOL_PARALLEL if opts["where"] not in (None, "local") else 1)
         url = opts["daemon"] or load_defaults(project.config_file()).daemon or DEFAULT_URL
         if opts["dry_run"]:
             requests = [{"page": str(t.page), "promptFile": t.prompt_file, "daemon": url,
@@ -234,7 +272,7 @@ def _generate(opts: dict[str, Any]) -> int:
             return 0
         # The daemon's token comes from the daemon's own settings (SIDECAR_TOKEN, its config file's `token`).
         token = opts["token"] or client_token()
-        asyncio.run(_render_all(url, token, project, tasks, opts["repeat"], json_out, done, reports))
+        asyncio.run(_render_all(url, token, project, tasks, opts["repeat"], json_out, done, reports, parallel))
     except StageError as exc:
         return _fail(exc, json_out, progress_json())
     except (KeyboardInterrupt, asyncio.CancelledError):
@@ -282,6 +320,13 @@ def _generate(opts: dict[str, Any]) -> int:
 @click.option("--repeat", type=int, default=1, show_default=True, metavar="K",
               help="K versions per page with the same parameters and seed, plus a consistency report "
                    "(contact sheet + similarity figures in output/ch-XX/consistency/).")
+@click.option("--where", metavar="WHERE",
+              help="Where the daemon runs the pages: local, any, a tag or a backend name of its [[backends]] "
+                   "tables [default: the daemon's default_where]. Away from local, pages are submitted "
+                   "together (--parallel) so every backend of the pool works.")
+@click.option("--parallel", type=click.IntRange(min=1, max=512), metavar="N",
+              help="Pages in flight at once [default: 1; 64 with --where other than local]. Versions are still "
+                   "numbered under the log's lock; pages finish (and are logged) in any order.")
 @click.option("--dry-run", is_flag=True, help="Print the requests; submit and write nothing.")
 @click.option("--reproduce", metavar="FILE.workflow.json", type=click.Path(dir_okay=False),
               help="Submit that exact workflow again as a new version of its page (recorded as reproducedFrom).")

@@ -52,6 +52,7 @@ class GenerationLogEntry(BaseModel):
     height: int | None
     reproduced_from: str | None = None
     pose_image: str | None = None  # the ControlNet pose image, so `--reproduce` can load it again
+    backend: str | None = None  # the daemon's backend that rendered it (several backends: `where`)
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, mode="json")

@@ -68,6 +68,7 @@ def make_entry(project: Project, task: PageTask, job: Job, version: int) -> Gene
         height=params.height,
         reproduced_from=task.reproduced_from,
         pose_image=project.relative(Path(params.pose_image_path)) if params.pose_image_path else None,
+        backend=job.backend,
     )
 
 

@@ -12,9 +12,13 @@ import pytest
 from PIL import Image
 
 from sidecar.api.app import create_app
+from sidecar.backends.admission import Capabilities, Needs
+from sidecar.backends.member import Member
+from sidecar.backends.router import Queued, plan
 from sidecar.backends.spec import BackendSpec
 from sidecar.config import Settings
 from tests.fake_comfyui import DEFAULT_MODELS, FakeComfyUI, make_comfy_home
+from sidecar.profiles import get_profile
 from tests.scripted_backend import ScriptedBackend
 from tests.test_api_jobs import wait_status
 
@@ -146,3 +150,34 @@ async def test_a_burst_spreads_by_load_and_no_server_ever_holds_two_prompts(pool
     health = await (await pool_client.get("/health")).json()
     desk = next(b for b in health["backends"] if b["name"] == "desk")
     assert desk["secondsPerStep"] is not None and desk["jobsRun"] >= 1
+
+
+def _member(name: str, *, speed: float | None = None, loaded: str | None = None) -> Member:
+    m = Member(name=name, backend=ScriptedBackend(), profile=get_profile("cuda-24gb"), kind="comfyui attached",
+               local=False, lock=asyncio.Lock(), tags=("pool",), state="up",
+               caps=Capabilities(models={"checkpoints": frozenset({"a.safetensors", "b.safetensors"})}))
+    m.seconds_per_step, m.loaded_checkpoint = speed, loaded
+    return m
+
+
+def _needs(checkpoint: str = "a.safetensors", steps: int = 20) -> Needs:
+    return Needs(sizes=((512, 768, 1),), models=(("checkpoints", checkpoint),), steps=steps, checkpoint=checkpoint)
+
+
+def test_the_router_prefers_the_loaded_checkpoint_then_the_soonest_free_backend() -> None:
+    a, b = _member("a", speed=0.5, loaded="b.safetensors"), _member("b", speed=0.5, loaded="a.safetensors")
+    picked = plan([Queued("j1", "pool", _needs("a.safetensors"))], [a, b], {})
+    assert list(picked.picks) == ["b"] and "checkpoint loaded" in picked.picks["b"].reason
+
+    a.started("running", _needs(steps=100))  # a is busy for ~50 s: the next job goes to b even unloaded
+    b.loaded_checkpoint = None
+    picked = plan([Queued("j2", "pool", _needs("b.safetensors"))], [a, b], {})
+    assert list(picked.picks) == ["b"]
+
+    fast, slow = _member("fast", speed=0.1), _member("slow", speed=1.0)
+    chapter = [Queued(f"p{i}", "pool", _needs()) for i in range(12)]
+    counts = plan(chapter, [fast, slow], {}).queued
+    assert counts["fast"] > counts["slow"] >= 1 and sum(counts.values()) == 12
+
+    slow.mark_down("no answer")  # out of routing: everything is planned onto the one that answers
+    assert plan(chapter, [fast, slow], {}).queued == {"fast": 12, "slow": 0}

@@ -47,6 +47,8 @@ class Member:
     seconds_per_step: float | None = None
     loaded_checkpoint: str | None = None
     running: str | None = None  # the job id it runs now
+    # The router's guess for a backend that has not run anything yet: the others' mean (set each plan).
+    prior_speed: float = PRIOR_SECONDS_PER_STEP
     holding: bool = False  # its own lane holds its lock (else a held lock is a training's)
     jobs_run: int = 0
     went_down: asyncio.Event = field(default_factory=asyncio.Event)
@@ -87,7 +89,7 @@ class Member:
     # -- speed and load
     @property
     def speed(self) -> float:
-        return self.seconds_per_step if self.seconds_per_step is not None else PRIOR_SECONDS_PER_STEP
+        return self.seconds_per_step if self.seconds_per_step is not None else self.prior_speed
 
     def cost(self, needs: Needs) -> float:
         """Estimated seconds to run a job here, once free."""
@@ -101,9 +103,12 @@ class Member:
             return 0.0
         now = time.monotonic() if now is None else now
         if self._step is not None:
-            step, total, _ = self._step
-            return max(0.0, (total - step) * self.speed)
-        return max(0.0, self._run_started + self._run_cost - now)
+            step, total, when = self._step
+            left = (total - step) * self.speed - (now - when)
+        else:
+            left = self._run_started + self._run_cost - now
+        # Overdue (a stalled or slower-than-measured server): it looks busier the longer it is overdue.
+        return abs(left)
 
     def started(self, job_id: str, needs: Needs) -> None:
         self.running = job_id

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from sidecar.backends.admission import Needs, Verdict
-from sidecar.backends.member import CHECKPOINT_SWITCH_SECONDS, Member
+from sidecar.backends.member import CHECKPOINT_SWITCH_SECONDS, PRIOR_SECONDS_PER_STEP, Member
 from sidecar.errors import InvalidField, NoBackendAdmits
 
 SPECIAL = {"local": "this machine's backends", "any": "every backend"}
@@ -86,6 +86,9 @@ class Plan:
 def plan(queue: Iterable[Queued], members: list[Member], local_models: dict[str, frozenset[str]],
          now: float | None = None) -> Plan:
     now = time.monotonic() if now is None else now
+    measured = [m.seconds_per_step for m in members if m.seconds_per_step is not None]
+    for m in members:  # a backend that has run nothing yet is guessed as fast as the others on average
+        m.prior_speed = sum(measured) / len(measured) if measured else PRIOR_SECONDS_PER_STEP
     free_at = {m.name: now + m.busy_for(now) for m in members if m.available}
     loaded = {m.name: m.loaded_checkpoint for m in members}
     picks: dict[str, Pick] = {}
