@@ -4,13 +4,16 @@
     .venv/bin/python bench/backends.py --pages 12   # quicker
 
 Fake ComfyUI servers (`tests/fake_comfyui.py`) run in this process at different speeds (seconds per
-sampler step: 0.02, 0.03, 0.05, 0.08; the first N for an N-backend run), each attached as one
+sampler step: 0.05, 0.08, 0.12, 0.2; the first N for an N-backend run), each attached as one
 `[[backends]]` table of a real daemon app (`create_app`, served on a local port, driven over HTTP).
 All pages are submitted at once with `where = "pool"`, as `generate --where pool -c 1 --all` does.
 
 - makespan: first submit to the last `succeeded`.
 - ideal: total work / total speed = pages x steps / sum(1 / s_per_step): every backend busy until the
   same instant, with zero overhead and perfect foresight of the speeds.
+- ideal with each server's own time per job (the fake's node work and PNG encoding on top of the
+  steps, measured from its accept and finish times): pages / sum(1 / mean time per job), what perfect
+  routing with zero daemon overhead would reach on these servers. makespan / this isolates the daemon.
 - routing overhead per job: the time the router's planning takes for each pick (`router.plan` over the
   queue, timed), and each backend's idle gap between one prompt ending and its next prompt arriving
   (routing + fetching the image + writing the job; ComfyUI would be idle meanwhile).
@@ -41,7 +44,7 @@ from sidecar.backends.spec import BackendSpec  # noqa: E402
 from sidecar.config import Settings  # noqa: E402
 from tests.fake_comfyui import FakeComfyUI, make_comfy_home  # noqa: E402
 
-SPEEDS = (0.02, 0.03, 0.05, 0.08)  # seconds per step of backends 1..4
+SPEEDS = (0.05, 0.08, 0.12, 0.2)  # seconds per step of backends 1..4
 
 
 def pct(values: list[float], q: float) -> float:
@@ -107,13 +110,19 @@ async def run_once(n: int, pages: int, steps: int, tmp: Path) -> dict:
     speed = sum(1 / d for d in SPEEDS[:n])  # steps per second, all backends together
     ideal = pages * steps / speed
     gaps = []
+    per_job = []  # each server's mean seconds from accepting a prompt to finishing it
     for fake in fakes:
+        runs = [fake.finished_at[p] - fake.accepted_at[p] for p in fake.accepted_at if p in fake.finished_at]
+        per_job.append(statistics.fmean(runs))
         spans = sorted((fake.accepted_at[p], fake.finished_at[p]) for p in fake.accepted_at)
         gaps += [(b[0] - a[1]) * 1000 for a, b in zip(spans, spans[1:])]
         assert all(b[0] >= a[1] for a, b in zip(spans, spans[1:])), "two prompts at once on one server"
     return {
         "backends": n, "secondsPerStep": list(SPEEDS[:n]), "pages": pages, "steps": steps,
         "makespanS": round(makespan, 2), "idealS": round(ideal, 2), "overIdeal": round(makespan / ideal, 3),
+        "serverSecondsPerJob": [round(t, 3) for t in per_job],
+        "idealWithServerTimeS": round(pages / sum(1 / t for t in per_job), 2),
+        "overIdealWithServerTime": round(makespan / (pages / sum(1 / t for t in per_job)), 3),
         "jobsPerBackend": {f"b{i} ({SPEEDS[i]} s/step)": backends.get(f"b{i}", 0) for i in range(n)},
         "planMs": {"p50": round(pct(plan_times, 0.5) * 1000, 3), "p99": round(pct(plan_times, 0.99) * 1000, 3),
                    "calls": len(plan_times)},
@@ -133,7 +142,8 @@ async def main() -> None:
             result = await run_once(n, args.pages, args.steps, Path(tmp))
             runs.append(result)
             print(f"{n} backend(s): makespan {result['makespanS']} s, ideal {result['idealS']} s "
-                  f"(x{result['overIdeal']}), jobs {result['jobsPerBackend']}, plan p50 {result['planMs']['p50']} ms "
+                  f"(x{result['overIdeal']}), with server time {result['idealWithServerTimeS']} s "
+                  f"(x{result['overIdealWithServerTime']}), jobs {result['jobsPerBackend']}, plan p50 {result['planMs']['p50']} ms "
                   f"p99 {result['planMs']['p99']} ms, idle gap p50 {result['idleGapMs']['p50']} ms", flush=True)
     out = ROOT / "bench" / "results" / "backends.json"
     out.write_text(json.dumps({"machine": platform.platform(), "python": platform.python_version(),

@@ -153,7 +153,7 @@ class Settings(BaseSettings):
                              "name of the [[backends]] tables")
     backend_probe_interval: float = Field(
         5.0, gt=0, le=3600, description="seconds between health probes of each backend (system_stats, models, "
-                                        "node types); a backend that fails one is taken out of routing until it "
+                                        "node types); a backend that fails two in a row is out of routing until it "
                                         "answers again")
 
     # -- kohya_ss

@@ -5,8 +5,8 @@ its own persistent WebSocket; a managed one its own supervisor), plus the daemon
 backend as `local` when no table is local. `BackendPool` owns their health: every
 `backend_probe_interval` seconds each is asked `system_stats` (through its backend's `health()`),
 then its model listings and node types (on joining, then every `CAPS_REFRESH` seconds). A backend
-that fails a probe is out of routing (`Member.mark_down` also ends the job it runs, which the runner
-re-queues once elsewhere); it rejoins when it answers again, and the prompts of jobs taken away from
+that fails two probes in a row (or loses the job it runs) is out of routing (`Member.mark_down` also ends
+the job it runs, which the runner re-queues once elsewhere); it rejoins when it answers again, and the prompts of jobs taken away from
 it meanwhile are interrupted there first, so none finishes twice.
 """
 
@@ -33,6 +33,9 @@ log = logging.getLogger("sidecar.backends")
 
 FOLDERS = ("checkpoints", "loras", "controlnet")
 CAPS_REFRESH = 60.0  # node types and model listings of a backend that stays up
+# Probes a backend in routing must fail in a row before it is taken out (one slow answer while it renders
+# is not a dead server; a killed one is noticed at once anyway, by the job it was running).
+FAILS_TO_TAKE_OUT = 2
 LOCAL_NAME = "local"
 
 
@@ -89,6 +92,7 @@ class BackendPool:
         self.local_models: dict[str, frozenset[str]] = {}
         self.on_change: Callable[[], None] = lambda: None  # the runner wakes its lanes
         self._caps_at: dict[str, float] = {}
+        self._fails: dict[str, int] = {}
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -131,11 +135,12 @@ class BackendPool:
         try:
             health = await m.backend.health()
         except (SidecarError, OSError) as exc:
-            self.take_out(m, f"its health probe failed: {exc}")
+            self._failed(m, f"its health probe failed: {exc}")
             return
         if not health.available:
-            self.take_out(m, "; ".join(health.warnings) or "it does not answer")
+            self._failed(m, "; ".join(health.warnings) or "it does not answer")
             return
+        self._fails[m.name] = 0
         m.device = health.device
         if health.loaded is not None:
             m.loaded_checkpoint = health.loaded.get("checkpoint")
@@ -144,7 +149,7 @@ class BackendPool:
             try:
                 await self.refresh_caps(m)
             except (SidecarError, OSError) as exc:
-                self.take_out(m, f"it answered system_stats but not its model listings: {exc}")
+                self._failed(m, f"it answered system_stats but not its model listings: {exc}")
                 return
         if joining and m.abandoned:
             await self._interrupt_abandoned(m)
@@ -160,6 +165,11 @@ class BackendPool:
                                       if names is not None},
                               node_types=frozenset(types) if types is not None else None)
         self._caps_at[m.name] = time.monotonic()
+
+    def _failed(self, m: Member, reason: str) -> None:
+        self._fails[m.name] = self._fails.get(m.name, 0) + 1
+        if m.state != "up" or self._fails[m.name] >= FAILS_TO_TAKE_OUT:
+            self.take_out(m, reason)
 
     def take_out(self, m: Member, reason: str) -> None:
         if m.mark_down(reason):
