@@ -38,3 +38,4 @@ bench: setup
 	@.venv/bin/python bench/train.py
 	@.venv/bin/python bench/responsiveness.py
 	@.venv/bin/python bench/reliability.py
+	@.venv/bin/python bench/backends.py
