@@ -102,8 +102,11 @@ async def test_a_pool_job_on_a_dying_backend_reruns_elsewhere_once(app_and_clien
     assert len(beta.history) == 2 and len(beta.executions) == 2  # each page rendered once there
     assert overlaps(beta) == []
 
+    [lost_prompt] = alpha.accepted  # the one prompt alpha held when it died
     await alpha.restart()
     await wait_state(client, "alpha", "up")  # it rejoins
+    # Its lost prompt is stopped there first, in case it had survived (so it can never finish twice).
+    await alpha.wait_for(lambda: lost_prompt in alpha.interrupts)
 
 
 async def test_training_on_the_laptop_stops_only_the_laptop(aiohttp_client, tmp_path, pair) -> None:
@@ -122,3 +125,24 @@ async def test_training_on_the_laptop_stops_only_the_laptop(aiohttp_client, tmp_
         done = await wait_status(client, (await resp.json())["id"], {"succeeded", "failed"}, timeout=20)
         assert (done["status"], done["backend"]) == ("succeeded", "alpha")
     device.training.close("run-1")
+
+
+async def test_a_daemon_restarted_mid_job_collects_it_from_the_backend_that_ran_it(tmp_path, pair) -> None:
+    from aiohttp.test_utils import TestClient, TestServer
+
+    alpha, beta = pair["alpha"], pair["beta"]
+    settings = Settings(
+        data_dir=tmp_path / "data", engine="embedded", history_poll_interval=0.2, backend_probe_interval=0.2,
+        default_where="pool",
+        backends=[BackendSpec(name=name, kind="comfyui", url=fake.url, tags=("pool",), local=False)
+                  for name, fake in pair.items()])
+    alpha.pause_at(2)
+    async with TestClient(TestServer(create_app(settings, ScriptedBackend()))) as client:
+        job = await (await client.post("/jobs", json={"prompt": "page 9", "steps": 4, "where": "alpha"})).json()
+        await alpha.wait_paused()
+    alpha.resume()  # the prompt finishes in alpha while the daemon is down
+    await alpha.wait_for(lambda: len(alpha.history) == 1)
+    async with TestClient(TestServer(create_app(settings, ScriptedBackend()))) as client:
+        done = await wait_status(client, job["id"], {"succeeded", "failed"}, timeout=20)
+    assert (done["status"], done["backend"], done["attempts"]) == ("succeeded", "alpha", 0)
+    assert alpha.prompt_posts == 1 and beta.prompt_posts == 0  # collected, never posted again
