@@ -422,8 +422,10 @@ class JobRunner:
                 written.add_done_callback(log_write_failure)
 
         async def on_prompt_id(prompt_id: str) -> None:
-            job.prompt_id = prompt_id
+            # On disk before the live record shows it: a job whose prompt id a client saw is reconciled by
+            # that id after a restart (the restart tests stop the daemon as soon as they see it).
             await self.store.update(job.id, prompt_id=prompt_id)
+            job.prompt_id = prompt_id
 
         async def on_workflow(workflow: dict[str, Any]) -> None:
             job.workflow = workflow
