@@ -31,6 +31,7 @@ Nothing else builds error JSON or picks exit codes. The tree:
     │   └── OriginNotAllowed          origin_not_allowed                   (a page on another origin)
     ├── NotFound                      not_found                  404    2
     │   ├── JobNotFound               job_not_found
+    │   ├── GroupNotFound             group_not_found                      (no job was submitted with that groupId)
     │   ├── TrainingNotFound          training_not_found
     │   ├── ProjectNotConfigured      project_not_configured               (the studio's pages: no --project)
     │   └── VersionNotFound           version_not_found                    (no such page version in the log)
@@ -229,6 +230,10 @@ class NotFound(SidecarError):
 
 class JobNotFound(NotFound):
     code = "job_not_found"
+
+
+class GroupNotFound(NotFound):
+    code = "group_not_found"
 
 
 class TrainingNotFound(NotFound):

@@ -10,6 +10,7 @@ from sidecar.api.operations import operation
 from sidecar.api.responses import (
     BackendStatus, Health, LoadedModels, ProcessMemory, TrainingSummary, WorkerState, json_response,
 )
+from sidecar.api.queue import queue_state
 from sidecar.memory import process_memory
 
 routes = web.RouteTableDef()
@@ -39,6 +40,7 @@ async def health(request: web.Request) -> web.Response:
         dtypes=h.dtypes,
         profile=app[PROFILE].name,
         queue_depth=app[RUNNER].queue_depth,
+        queue=queue_state(app[RUNNER]),
         running_job=app[RUNNER].running_job,
         worker=WorkerState(running=runner.worker_alive, restarts=runner.worker_restarts, error=runner.worker_error),
         training=TrainingSummary.model_validate(training) if training is not None else None,

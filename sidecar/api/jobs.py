@@ -14,7 +14,7 @@ from sidecar.api.errors import parse_body, query_limit
 from sidecar.api.keys import BUILDER, DEVICE, IDEMPOTENCY, RUNNER
 from sidecar.api.models import JobRequest
 from sidecar.api.operations import Header, Query, operation
-from sidecar.api.responses import Job, JobList, JobListFull, JobListing, JobSummary, json_response
+from sidecar.api.responses import Job, JobGroup, JobList, JobListFull, JobListing, JobSummary, Submitted, json_response
 from sidecar.errors import (
     BatchSizeNotSupported, CheckpointNotFound, ComfyUnavailable, ControlnetNotFound, DiskFull, EngineUnavailable,
     IdempotencyKeyReused, InvalidField, InvalidState, JobNotFinished, JobNotFound, LoraNotFound, NodeNotSupported,
@@ -22,7 +22,8 @@ from sidecar.errors import (
     WorkflowInvalid, NoBackendAdmits,
 )
 from sidecar.jobs.idempotency import MAX_KEY_LENGTH
-from sidecar.jobs.store import IdempotencyClaim
+from sidecar.jobs.store import IdempotencyClaim, JobRecord
+from sidecar.jobs.variations import build_variations, new_group_id
 from sidecar.statuses import JOB_STATUSES
 
 routes = web.RouteTableDef()
@@ -32,17 +33,18 @@ TRUE, FALSE = ("1", "true"), ("0", "false")
 
 @routes.post("/jobs")
 @operation(
-    "Submit a generation job", {202: JobSummary, 200: JobSummary}, request=JobRequest,
+    "Submit a generation job", {202: Submitted, 200: Submitted}, request=JobRequest,
     description="202: queued. 200: an `Idempotency-Key` this daemon already saw with the same body in the "
-                "last 24 hours; the answer is the job that first submit made (header Idempotent-Replayed).",
+                "last 24 hours; the answer is the job (or group) that first submit made (header "
+                "Idempotent-Replayed). With `variations` the answer is the group (JobGroup) of that many jobs.",
     errors=(ResolutionExceedsProfile, BatchSizeNotSupported, LoraNotFound, CheckpointNotFound, ControlnetNotFound,
             PoseImageInvalid, NodeNotSupported, SamplerNotSupported, WorkflowInvalid, NoBackendAdmits, TrainingInProgress,
             IdempotencyKeyReused, QueueFull, ComfyUnavailable, EngineUnavailable, DiskFull),
     headers=(Header(IDEMPOTENCY_HEADER, {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH},
                     "a client-chosen key (a UUID): a retried submit with the same key and body returns the "
                     "first job instead of making another"),),
-    response_headers={202: {"Location": "the job's URL"},
-                      200: {"Location": "the job's URL", "Idempotent-Replayed": "true"}},
+    response_headers={202: {"Location": "the job's (or group's) URL"},
+                      200: {"Location": "the job's (or group's) URL", "Idempotent-Replayed": "true"}},
 )
 async def submit_job(request: web.Request) -> web.Response:
     key = idempotency_key(request)
@@ -56,17 +58,33 @@ async def submit_job(request: web.Request) -> web.Response:
         if job_id is not None:
             with contextlib.suppress(JobNotFound):  # removed since (gc): the key makes a new job
                 job = await request.app[RUNNER].get(job_id)
-                return json_response(JobSummary.from_record(job), 200,
-                                     headers={"Location": f"/jobs/{job.id}", "Idempotent-Replayed": "true"})
+                return await _answer(request, [job], 200, {"Idempotent-Replayed": "true"})
         return await _submit(request, req, claim)
 
 
 async def _submit(request: web.Request, req: JobRequest, claim: IdempotencyClaim | None) -> web.Response:
     if request.app[RUNNER].pool is None:  # with several backends a training stops only this machine's
         request.app[DEVICE].training.refuse_if_training()
-    built = await request.app[BUILDER].build(req)
-    job = await request.app[RUNNER].submit(built, claim)
-    return json_response(JobSummary.from_record(job), 202, headers={"Location": f"/jobs/{job.id}"})
+    runner, builder, wanted = request.app[RUNNER], request.app[BUILDER], req.generation()
+    if req.variations is None:
+        job = await runner.submit(await builder.build(wanted), claim, front=bool(req.front))
+        return await _answer(request, [job], 202)
+    specs = await build_variations(builder, wanted, req.variations)
+    jobs = await runner.submit_many(specs, claim, front=bool(req.front), group_id=new_group_id())
+    return await _answer(request, jobs, 202)
+
+
+async def _answer(request: web.Request, jobs: list[JobRecord], status: int,
+                  headers: dict[str, str] | None = None) -> web.Response:
+    """A single job's summary, or the group a job belongs to (a replayed variations submit too)."""
+    group_id = jobs[0].group_id
+    if group_id is None:
+        return json_response(JobSummary.from_record(jobs[0]), status,
+                             headers={"Location": f"/jobs/{jobs[0].id}", **(headers or {})})
+    if len(jobs) == 1:
+        jobs = await request.app[RUNNER].group(group_id)
+    return json_response(JobGroup.from_records(group_id, jobs), status,
+                         headers={"Location": f"/groups/{group_id}", **(headers or {})})
 
 
 def idempotency_key(request: web.Request) -> str | None:
@@ -85,6 +103,7 @@ def idempotency_key(request: web.Request) -> str | None:
     description="Summaries (no workflow); with ?full=1 each job in full (the JobListFull shape).",
     query=(Query("status", {"enum": list(JOB_STATUSES)}, "only jobs in this state"),
            Query("limit", {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}),
+           Query("group", {"type": "string", "maxLength": 64}, "only the jobs of this group (variations)"),
            Query("full", {"type": "boolean", "default": False}, "1|true: each job with its workflow")),
 )
 async def list_jobs(request: web.Request) -> web.Response:
@@ -95,7 +114,10 @@ async def list_jobs(request: web.Request) -> web.Response:
     if full not in TRUE + FALSE:
         raise InvalidField("full must be 1, 0, true or false.", {"field": "full", "value": full})
     limit = query_limit(request)
-    jobs = await request.app[RUNNER].list(status, limit)
+    group = request.query.get("group") or None
+    if group is not None and len(group) > 64:
+        raise InvalidField("group must be a group id (at most 64 characters).", {"field": "group"})
+    jobs = await request.app[RUNNER].list(status, limit, group)
     if full in TRUE:
         return json_response(JobListFull(jobs=[Job.from_record(j) for j in jobs]))
     return json_response(JobList(jobs=[JobSummary.from_record(j) for j in jobs]))

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from sidecar.jobs.params import GenerationRequest
+from sidecar.jobs.variations import MAX_VARIATIONS
 
 
 class Wire(BaseModel):
@@ -25,6 +26,20 @@ class JobRequest(GenerationRequest):
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, json_schema_extra={
         "anyOf": [{"required": ["prompt"]}, {"required": ["workflow"]}]})
+
+    # How the submit is queued, not what the job renders (left out of `generation()`).
+    variations: int | None = Field(None, ge=1, le=MAX_VARIATIONS, description=(
+        "queue this many ordinary jobs (batch size 1 each) with the seeds seed, seed+1, ... (a random first "
+        "seed when none is given) under one groupId; the answer is the group"))
+    front: bool = Field(False, description="put the job (or the group, in its order) at the head of the queue")
+
+    def parameter_fields(self) -> list[str]:
+        return [f for f in super().parameter_fields() if f not in ("variations", "front")]
+
+    def generation(self) -> GenerationRequest:
+        """The job's request alone, without the queueing options."""
+        return GenerationRequest.model_validate(
+            {name: getattr(self, name) for name in GenerationRequest.model_fields if name in self.model_fields_set})
 
 
 class GcRequest(Wire):

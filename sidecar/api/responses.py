@@ -76,6 +76,8 @@ class JobSummary(Out):
     backend: str | None = Field(None, description="the backend that runs (ran) it; null while queued")
     backend_reason: str | None = Field(None, description="why the router chose that backend")
     attempts: int = 0
+    group_id: str | None = Field(None, description="the group of a submit with `variations` (GET /groups/{id})")
+    retry_of: str | None = Field(None, description="the job this one retries (POST /jobs/{id}/retry)")
     created_at: str
     started_at: str | None = None
     finished_at: str | None = None
@@ -113,6 +115,8 @@ def _job_fields(job: JobRecord) -> dict[str, Any]:
         "backend": job.backend,
         "backend_reason": job.backend_reason,
         "attempts": job.attempts,
+        "group_id": job.group_id,
+        "retry_of": job.retry_of,
         "created_at": job.created_at,
         "started_at": job.started_at,
         "finished_at": job.finished_at,
@@ -134,6 +138,35 @@ class JobListFull(Out):
 
 class JobListing(RootModel[JobList | JobListFull]):
     """GET /jobs: summaries, or with ?full=1 whole jobs."""
+
+
+class JobGroup(Out):
+    """The jobs of one `variations` submit, in the order they were queued (seed, seed+1, ...)."""
+
+    group_id: str
+    jobs: list[JobSummary]
+    counts: dict[str, int] = Field(description="how many of its jobs are in each status")
+
+    @classmethod
+    def from_records(cls, group_id: str, jobs: list[JobRecord]) -> JobGroup:
+        counts: dict[str, int] = {}
+        for job in jobs:
+            counts[job.status] = counts.get(job.status, 0) + 1
+        return cls(group_id=group_id, jobs=[JobSummary.from_record(j) for j in jobs], counts=counts)
+
+
+class Submitted(RootModel[JobSummary | JobGroup]):
+    """POST /jobs: the job's summary, or with `variations` its group."""
+
+
+class QueueState(Out):
+    """The generation queue: paused or not (persisted across a restart), and what waits, next first."""
+
+    paused: bool = Field(description="true: the running job finishes and nothing new starts until resumed")
+    paused_at: str | None = Field(description="when it was paused (UTC ISO 8601)")
+    depth: int = Field(description="jobs waiting")
+    running_job: str | None
+    order: list[str] = Field(description="ids of the waiting jobs in the order they will run (first 100)")
 
 
 class LoraInfo(Out):
@@ -217,6 +250,7 @@ class Health(Out):
     profile: str
     queue_depth: int
     running_job: str | None
+    queue: QueueState | None = Field(None, description="the queue's pause state and order (GET /queue)")
     worker: WorkerState
     training: TrainingSummary | None
     templates: list[str]

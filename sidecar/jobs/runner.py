@@ -19,7 +19,6 @@ import logging
 import threading
 import time
 import uuid
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,11 +31,12 @@ from sidecar.backends.pool import BackendPool
 from sidecar.backends.router import Pick, Queued, admit, plan
 from sidecar.device import Device
 from sidecar.errors import (
-    InvalidField, InvalidState, JobCancelled, JobNotFound, PromptLost, QueueFull, SidecarError,
+    GroupNotFound, InvalidField, InvalidState, JobCancelled, JobNotFound, PromptLost, QueueFull, SidecarError,
 )
 from sidecar.events import EventBus
 from sidecar.jobs.faults import disk_full, log_write_failure, sweep_temp_files
 from sidecar.jobs.params import JobSpec
+from sidecar.jobs.queue import JobQueue, Place
 from sidecar.jobs.states import TERMINAL, check_transition
 from sidecar.jobs.store import IdempotencyClaim, JobRecord, JobStore
 from sidecar.sqlite_store import now_iso
@@ -72,7 +72,8 @@ class JobRunner:
         self.device = device
         self.events = events
         self.outputs_dir = outputs_dir
-        self._queue: deque[str] = deque()
+        # Which queued job runs next, and the pause (sidecar.jobs.queue); ids of jobs in `_live`.
+        self.queue = JobQueue()
         self._wakeup = asyncio.Event()
         self._cancel_events: dict[str, asyncio.Event] = {}
         self._live: dict[str, JobRecord] = {}  # queued + running jobs, the source of truth while live
@@ -162,32 +163,54 @@ class JobRunner:
                     await self._set(job, "queued", attempts=job.attempts, progress_step=0)
                     log.info("job %s was running at shutdown: re-queued (attempt %d)", job.id, job.attempts + 1)
                 self._live[job.id] = job
-                self._queue.appendleft(job.id) if job.status == "running" else self._queue.append(job.id)
+                if job.status == "running":
+                    self.queue.requeue_head(job.id)
+                else:
+                    self.queue.add(job.id, Place.of(job.seq or 0, job.front_rank))
             else:
                 self._live[job.id] = job
-                self._queue.append(job.id)
-        if self._queue:
-            log.info("recovered %d unfinished job(s) from the store", len(self._queue))
+                self.queue.add(job.id, Place.of(job.seq or 0, job.front_rank))
+        state = await self.store.queue_state()
+        if state.get("paused_at"):
+            self.queue.pause(str(state["paused_at"]))
+            log.info("the queue is paused (since %s): queued jobs wait for POST /queue/resume", state["paused_at"])
+        if self.queue:
+            log.info("recovered %d unfinished job(s) from the store", len(self.queue))
             self._wakeup.set()
 
     # -- public API
     @property
     def queue_depth(self) -> int:
-        return len(self._queue)
+        return len(self.queue)
 
     @property
     def running_job(self) -> str | None:
         return self._running
 
-    async def submit(self, built: JobSpec, claim: IdempotencyClaim | None = None) -> JobRecord:
-        waiting = len(self._queue) + self._submitting
-        if waiting >= self.max_queue:
-            raise QueueFull(f"{waiting} jobs are already waiting, the most this daemon queues (max_queue "
-                            f"{self.max_queue}); submit again once some have run.",
-                            {"limit": self.max_queue, "queueDepth": waiting})
-        where = built.where or self.default_where
-        self._admit(where, built.workflow)
-        job = JobRecord(
+    async def submit(self, built: JobSpec, claim: IdempotencyClaim | None = None, *, front: bool = False,
+                     retry_of: str | None = None, group_id: str | None = None) -> JobRecord:
+        return (await self.submit_many([built], claim, front=front, retry_of=retry_of, group_id=group_id))[0]
+
+    async def submit_many(self, specs: list[JobSpec], claim: IdempotencyClaim | None = None, *,
+                          front: bool = False, group_id: str | None = None,
+                          retry_of: str | None = None) -> list[JobRecord]:
+        """Queue jobs, all or none (one transaction, and the whole lot within `max_queue`). `front`: at
+        the head of the queue, in their order; `group_id`: one submission of variations."""
+        waiting = len(self.queue) + self._submitting
+        if waiting + len(specs) > self.max_queue:
+            if len(specs) == 1:
+                raise QueueFull(f"{waiting} jobs are already waiting, the most this daemon queues (max_queue "
+                                f"{self.max_queue}); submit again once some have run.",
+                                {"limit": self.max_queue, "queueDepth": waiting})
+            raise QueueFull(f"{waiting} jobs are already waiting and this submit adds {len(specs)}: more than "
+                            f"this daemon queues (max_queue {self.max_queue}); nothing was queued. Submit again "
+                            "once some have run, or with fewer variations.",
+                            {"limit": self.max_queue, "queueDepth": waiting, "adding": len(specs)})
+        wheres = [built.where or self.default_where for built in specs]
+        for where, built in zip(wheres, specs):
+            self._admit(where, built.workflow)
+        rank = self.queue.next_front_rank() if front else None
+        jobs = [JobRecord(
             id=uuid.uuid4().hex,
             status="queued",
             params=built.params,
@@ -196,19 +219,23 @@ class JobRunner:
             engine=self.backend.name,
             pose_image=str(built.pose_image) if built.pose_image else None,
             where_=where,
-        )
-        self._submitting += 1
+            group_id=group_id,
+            retry_of=retry_of,
+            front_rank=rank,
+        ) for where, built in zip(wheres, specs)]
+        self._submitting += len(jobs)
         try:
-            await self.store.insert(job, claim)  # a full disk raises DiskFull here: 507, nothing queued
+            await self.store.insert_many(jobs, claim)  # a full disk raises DiskFull here: 507, nothing queued
         finally:
-            self._submitting -= 1
-        self._live[job.id] = job
-        self._queue.append(job.id)
-        log.info("job %s queued (template %s, where %s, queue depth %d)", job.id, job.template, where,
-                 len(self._queue))
-        self._announce(job)
+            self._submitting -= len(jobs)
+        for job in jobs:
+            self._live[job.id] = job
+            self.queue.add(job.id, Place.of(job.seq or 0, rank))
+            log.info("job %s queued (template %s, where %s, queue depth %d%s)", job.id, job.template, job.where_,
+                     len(self.queue), ", at the front" if front else "")
+            self._announce(job)
         self._wake()
-        return job
+        return jobs
 
     def _admit(self, where: str, workflow: dict[str, Any]) -> None:
         """Refuse now what no backend `where` allows admits (400, each backend's reason), and, while a
@@ -237,8 +264,8 @@ class JobRunner:
             raise JobNotFound(f"No job with id {job_id!r}.", {"jobId": job_id})
         return job
 
-    async def list(self, status: str | None, limit: int) -> list[JobRecord]:
-        jobs = await self.store.list(status, limit)
+    async def list(self, status: str | None, limit: int, group: str | None = None) -> list[JobRecord]:
+        jobs = await self.store.list(status, limit, group)
         # Live records carry progress newer than the last persisted one.
         return [self._live.get(j.id) or self._unsaved.get(j.id) or j for j in jobs]
 
@@ -247,8 +274,7 @@ class JobRunner:
         if job.status in TERMINAL:
             raise InvalidState(f"Job {job_id} already {job.status}; nothing to cancel.",
                                {"jobId": job_id, "status": job.status})
-        if job.status == "queued" and job_id in self._queue:
-            self._queue.remove(job_id)
+        if job.status == "queued" and self.queue.remove(job_id):
             await self._finish_or_keep(job, "cancelled")
             return job
         # Running: the backend stops it (ComfyUI interrupt / engine step check) and we mark it cancelled
@@ -258,6 +284,41 @@ class JobRunner:
             event.set()
         log.info("job %s cancel requested while running", job_id)
         return job
+
+    async def group(self, group_id: str) -> list[JobRecord]:
+        jobs = [self._live.get(j.id) or self._unsaved.get(j.id) or j for j in await self.store.group(group_id)]
+        if not jobs:
+            raise GroupNotFound(f"No group with id {group_id!r}.", {"groupId": group_id})
+        return jobs
+
+    async def cancel_group(self, group_id: str) -> list[JobRecord]:
+        """Every unfinished job of a group: the queued ones leave the queue at once (so none can start
+        while the others are being cancelled), then the running one is interrupted."""
+        jobs = await self.group(group_id)
+        for job_id in self.queue.remove_all([j.id for j in jobs if j.status == "queued"]):
+            await self._finish_or_keep(self._live[job_id], "cancelled")
+        for job in jobs:
+            if job.status == "running" and (event := self._cancel_events.get(job.id)) is not None:
+                event.set()
+                log.info("job %s cancel requested while running (group %s)", job.id, group_id)
+        return jobs
+
+    # -- pause (persisted first, then applied: a restart finds the queue as the user left it)
+    async def pause(self) -> None:
+        if self.queue.paused:
+            return
+        at = now_iso()
+        await self.store.set_queue_state(paused_at=at)
+        self.queue.pause(at)
+        log.info("queue paused: the running job (if any) finishes, nothing new starts")
+
+    async def resume(self) -> None:
+        if not self.queue.paused:
+            return
+        await self.store.set_queue_state(paused_at=None)
+        self.queue.resume()
+        log.info("queue resumed (%d waiting)", len(self.queue))
+        self._wake()
 
     # -- worker
     async def _worker(self, restarted: bool) -> None:
@@ -269,14 +330,14 @@ class JobRunner:
                     lanes.create_task(self._lane(member), name=f"job-lane-{member.name}")
             return
         while True:
-            while not self._queue:
+            while self.queue.next_job() is None:  # none waits, or the queue is paused
                 self._wakeup.clear()
                 await self._wakeup.wait()
             async with self.device.lock:
                 await self._flush_unsaved()
-                if not self._queue:
+                job_id = self.queue.take()
+                if job_id is None:
                     continue
-                job_id = self._queue.popleft()
                 job = self._live.get(job_id)
                 if job is None or job.status in TERMINAL:
                     continue
@@ -293,7 +354,7 @@ class JobRunner:
         while True:
             m.wakeup.clear()
             picked = None
-            if m.available and self._queue:
+            if m.available and self.queue.runnable():
                 async with m.lock:  # a local backend's lock is the device lock (training waits, or holds it)
                     m.holding = True
                     try:
@@ -324,7 +385,7 @@ class JobRunner:
     async def _pick(self, m: Member) -> tuple[JobRecord, Pick] | None:
         assert self.pool is not None
         items = []
-        for job_id in self._queue:
+        for job_id in self.queue.runnable():  # in order; while paused only those already running
             job = self._live.get(job_id)
             if job is None or job.status in TERMINAL:
                 continue
@@ -334,15 +395,15 @@ class JobRunner:
         p = plan(items, self.pool.members, self.pool.local_models)
         for job_id, reasons in p.stuck.items():
             job = self._live[job_id]
-            self._queue.remove(job_id)
+            self.queue.remove(job_id)
             listed = "; ".join(f"{k}: {v}" for k, v in reasons.items())
             await self._finish_or_keep(job, "failed", code="no_backend_admits",
                                        message=f"No backend admits this job any more: {listed}.",
                                        details={"where": job.where_, "backends": reasons})
         pick = p.picks.get(m.name)
-        if pick is None or pick.job_id not in self._queue:
+        if pick is None or pick.job_id not in self.queue:
             return None
-        self._queue.remove(pick.job_id)
+        self.queue.remove(pick.job_id)
         job = self._live.get(pick.job_id)
         if job is None or job.status in TERMINAL:
             return None
@@ -353,7 +414,7 @@ class JobRunner:
         if self.pool is None:
             return {}
         items = [Queued(j, job.where_ or self.default_where, self._needs_of(job))
-                 for j in self._queue if (job := self._live.get(j)) is not None and job.status not in TERMINAL]
+                 for j in self.queue if (job := self._live.get(j)) is not None and job.status not in TERMINAL]
         return plan(items, self.pool.members, self.pool.local_models).queued
 
     def _needs_of(self, job: JobRecord) -> Needs:
@@ -382,7 +443,7 @@ class JobRunner:
     async def _fail_abandoned(self) -> None:
         """A job the dead worker was running (not queued again) can be in any state in the backend: fail it."""
         for job in list(self._live.values()):
-            if job.status == "running" and job.id not in self._queue:
+            if job.status == "running" and job.id not in self.queue:
                 await self._finish_or_keep(job, "failed", code="internal_error",
                                            message="The job worker stopped while running this job; see the "
                                                    "daemon log. Submit it again.")
@@ -491,7 +552,7 @@ class JobRunner:
         job.prompt_id = None
         await self._set(job, "queued", attempts=job.attempts, prompt_id=None, progress_step=0)
         log.warning("job %s lost by the backend (%s): re-queued once", job.id, exc.message)
-        self._queue.appendleft(job.id)
+        self.queue.requeue_head(job.id)
         self._wake()
 
     # -- state changes: persist first, then announce

@@ -50,11 +50,20 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
     created_at TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS idempotency_keys_created ON idempotency_keys(created_at);
+CREATE TABLE IF NOT EXISTS queue_state (  -- the queue's own settings that outlive a restart (pause)
+    key TEXT PRIMARY KEY,
+    value TEXT
+);
 """
+
 
 JSON_COLUMNS = ("params", "workflow", "error_details")
 # Columns added after the first release: (name, declaration), added to an older database when it opens.
-ADDED_COLUMNS = (("where_", "TEXT"), ("backend", "TEXT"), ("backend_reason", "TEXT"))
+ADDED_COLUMNS = (("where_", "TEXT"), ("backend", "TEXT"), ("backend_reason", "TEXT"),
+                 ("group_id", "TEXT"),  # the submission of `variations` this job is one of
+                 ("retry_of", "TEXT"),  # the job this one retries (POST /jobs/{id}/retry)
+                 ("front_rank", "INTEGER"))  # set when submitted with `front` (sidecar.jobs.queue orders by it)
+ADDED_INDEXES = "CREATE INDEX IF NOT EXISTS jobs_group ON jobs(group_id);"
 
 
 @dataclass(frozen=True)
@@ -93,6 +102,9 @@ class JobRecord:
     where_: str | None = None
     backend: str | None = None
     backend_reason: str | None = None
+    group_id: str | None = None
+    retry_of: str | None = None
+    front_rank: int | None = None
     # Live only (not a column): prompts ahead of this job in ComfyUI's own queue while it waits there.
     queued_behind: int | None = field(default=None, metadata={"column": False})
 
@@ -118,6 +130,7 @@ class JobStore(SqliteStore):
         for name, decl in ADDED_COLUMNS:
             if name not in have:
                 self._conn.execute(f"ALTER TABLE jobs ADD COLUMN {name} {decl}")
+        self._conn.executescript(ADDED_INDEXES)
 
     def _row(self, row: sqlite3.Row) -> JobRecord:
         data = self._decode(row)
@@ -128,29 +141,64 @@ class JobStore(SqliteStore):
     async def insert(self, job: JobRecord, claim: IdempotencyClaim | None = None) -> None:
         """The job, and with a claim its `Idempotency-Key`, in one transaction: a daemon killed
         mid-submit keeps both or neither, so a client's retry never makes a second job."""
+        await self.insert_many([job], claim)
+
+    async def insert_many(self, jobs: list[JobRecord], claim: IdempotencyClaim | None = None) -> None:
+        """Several jobs (a group of variations), and with a claim its key (naming the first job), in one
+        transaction: all of them are queued or none. Each record's `seq` is set to its row number."""
+        rows = [self._encode(self._values(job)) for job in jobs]
+        seqs = await self._call(self._insert_rows, rows, claim, jobs[0].id, jobs[0].created_at)
+        for job, seq in zip(jobs, seqs):
+            job.seq = seq
+
+    @staticmethod
+    def _values(job: JobRecord) -> dict[str, Any]:
         # Field by field, not dataclasses.asdict: that deep-copies the workflow only to dump it.
         values = {f.name: getattr(job, f.name) for f in fields(JobRecord)
                   if f.name != "seq" and f.metadata.get("column", True)}
         values.update(params=job.params.stored(), request="{}")
-        if claim is None:
-            await self._insert("jobs", values)
-        else:
-            await self._call(self._insert_claimed, self._encode(values), claim, job.id, job.created_at)
+        return values
 
-    def _insert_claimed(self, data: dict[str, Any], claim: IdempotencyClaim, job_id: str, now: str) -> None:
+    def _insert_rows(self, rows: list[dict[str, Any]], claim: IdempotencyClaim | None, job_id: str,
+                     now: str) -> list[int]:
         assert self._conn is not None
-        cols, marks = ", ".join(data), ", ".join("?" for _ in data)
+        seqs: list[int] = []
         self._conn.execute("BEGIN IMMEDIATE")
         try:
-            self._conn.execute(f"INSERT INTO jobs ({cols}) VALUES ({marks})", tuple(data.values()))
-            self._conn.execute("DELETE FROM idempotency_keys WHERE created_at < ?", (claim.expired_before,))
-            self._conn.execute("INSERT OR REPLACE INTO idempotency_keys (key, body_sha256, job_id, created_at) "
-                               "VALUES (?, ?, ?, ?)", (claim.key, claim.body_sha256, job_id, now))
+            for data in rows:
+                cols, marks = ", ".join(data), ", ".join("?" for _ in data)
+                cur = self._conn.execute(f"INSERT INTO jobs ({cols}) VALUES ({marks})", tuple(data.values()))
+                seqs.append(int(cur.lastrowid or 0))
+            if claim is not None:
+                self._conn.execute("DELETE FROM idempotency_keys WHERE created_at < ?", (claim.expired_before,))
+                self._conn.execute("INSERT OR REPLACE INTO idempotency_keys (key, body_sha256, job_id, created_at) "
+                                   "VALUES (?, ?, ?, ?)", (claim.key, claim.body_sha256, job_id, now))
         except BaseException:
             with contextlib.suppress(sqlite3.Error):  # a full disk may refuse even this; SQLite then rolls back
                 self._conn.execute("ROLLBACK")
             raise
         self._conn.execute("COMMIT")
+        return seqs
+
+    async def group(self, group_id: str) -> list[JobRecord]:
+        """The jobs of one group, in the order they were submitted."""
+        rows = await self._call(self._exec, "SELECT * FROM jobs WHERE group_id = ? ORDER BY seq ASC", (group_id,))
+        return [self._row(r) for r in rows]
+
+    # -- the queue's persisted state (pause)
+    async def queue_state(self) -> dict[str, str | None]:
+        rows = await self._call(self._exec, "SELECT key, value FROM queue_state")
+        return {r["key"]: r["value"] for r in rows}
+
+    async def set_queue_state(self, **values: str | None) -> None:
+        def write() -> None:
+            assert self._conn is not None
+            with self._conn:
+                self._conn.execute("BEGIN IMMEDIATE")
+                for key, value in values.items():
+                    self._conn.execute("INSERT OR REPLACE INTO queue_state (key, value) VALUES (?, ?)", (key, value))
+
+        await self._call(write)
 
     async def claimed(self, key: str, since: str) -> tuple[str, str] | None:
         """(body digest, job id) of a key claimed at or after `since`, if any."""
@@ -169,13 +217,11 @@ class JobStore(SqliteStore):
         rows = await self._call(self._exec, "SELECT * FROM jobs WHERE id = ?", (job_id,))
         return self._row(rows[0]) if rows else None
 
-    async def list(self, status: str | None = None, limit: int = 50) -> list[JobRecord]:
-        if status:
-            rows = await self._call(
-                self._exec, "SELECT * FROM jobs WHERE status = ? ORDER BY seq DESC LIMIT ?", (status, limit)
-            )
-        else:
-            rows = await self._call(self._exec, "SELECT * FROM jobs ORDER BY seq DESC LIMIT ?", (limit,))
+    async def list(self, status: str | None = None, limit: int = 50, group: str | None = None) -> list[JobRecord]:
+        where = [(c, v) for c, v in (("status", status), ("group_id", group)) if v]
+        clause = f"WHERE {' AND '.join(f'{c} = ?' for c, _ in where)} " if where else ""
+        rows = await self._call(self._exec, f"SELECT * FROM jobs {clause}ORDER BY seq DESC LIMIT ?",
+                                (*(v for _, v in where), limit))
         return [self._row(r) for r in rows]
 
     async def unfinished(self) -> list[JobRecord]:

@@ -1,0 +1,67 @@
+"""Submissions that make more than one job, or a job out of another: `variations` (N ordinary jobs,
+one per consecutive seed, under one group id) and retry (a finished job's request, submitted again).
+
+Each job of a group is an ordinary job, batch size 1 (GEN-03): built and checked as a single submit
+would be, queued with the others in one transaction (all or none) and run FIFO like any job. The
+seeds are `seed, seed+1, ...`; without a seed the first is drawn at random and recorded on every job.
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+
+from sidecar.errors import InvalidField, InvalidState
+from sidecar.jobs.build import JobBuilder
+from sidecar.jobs.params import GenerationRequest, JobSpec, Resolution
+from sidecar.jobs.states import TERMINAL
+from sidecar.jobs.store import JobRecord
+
+MAX_VARIATIONS = 100
+MAX_SEED = 2**64 - 1
+
+
+def new_group_id() -> str:
+    return uuid.uuid4().hex
+
+
+def variation_seeds(seed: int | None, count: int) -> list[int]:
+    """`count` consecutive seeds from `seed` (random when None); refused past the largest seed."""
+    first = seed if seed is not None else secrets.randbelow(2**32)
+    if first + count - 1 > MAX_SEED:
+        raise InvalidField(f"seed {first} + {count} variations passes the largest seed ({MAX_SEED}); start "
+                           "from a smaller seed.", {"field": "seed", "value": first, "variations": count})
+    return [first + i for i in range(count)]
+
+
+async def build_variations(builder: JobBuilder, req: GenerationRequest, count: int) -> list[JobSpec]:
+    """One job spec per seed, each held to every limit a single job is."""
+    if req.workflow is not None:
+        raise InvalidField("variations vary the seed of a template job; a whole workflow fixes its own seed "
+                           "(submit it once per seed instead).", {"field": "variations"})
+    if req.prompt is None:
+        raise InvalidField("prompt is required.", {"field": "prompt"})
+    specs = []
+    for seed in variation_seeds(req.seed, count):
+        specs.append(await builder.build(req.model_copy(update={"seed": seed})))
+    return specs
+
+
+def retry_request(job: JobRecord) -> GenerationRequest:
+    """The request that makes the same job again: its resolved parameters (seed included) for a template
+    job, its workflow (with the image its LoadImage loads) for a whole-workflow one. Built again through
+    the builder, so a model or pose file gone since is refused at once, not failed in the backend."""
+    if job.status not in TERMINAL:
+        raise InvalidState(f"Job {job.id} is {job.status}; retry a job once it has ended (or cancel it).",
+                           {"jobId": job.id, "status": job.status})
+    params = job.params
+    if job.template is None:
+        return GenerationRequest.model_validate(
+            {"workflow": job.workflow, "pose_image_path": params.pose_image_path, "where": job.where_})
+    values = {name: getattr(params, name) for name in type(params).model_fields
+              if name in GenerationRequest.model_fields and getattr(params, name) is not None}
+    if params.width is not None or params.height is not None:
+        values["resolution"] = Resolution(width=params.width, height=params.height)
+    if job.where_ is not None:
+        values["where"] = job.where_
+    return GenerationRequest.model_validate(values)
