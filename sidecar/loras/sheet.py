@@ -26,6 +26,7 @@ class SheetCell:
     col: int
     image: Path | None  # None: the note is drawn instead
     note: str = ""
+    caption: str | None = None  # drawn over the cell's top-left corner (a draft's number and seed)
 
 
 def wrap(text: str, width: int) -> list[str]:
@@ -48,19 +49,20 @@ def _font(size: int) -> ImageFont.ImageFont:
 
 
 def draw_sheet(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]], cells: Iterable[SheetCell],
-               cell_px: int = 256) -> Image.Image:
-    """`rows[r]` are the lines beside row r (cut to what fits); each image is fitted into its cell."""
-    sheet = Image.new("RGB", (LABEL_W + len(columns) * cell_px, HEADER_H + len(rows) * cell_px), "white")
+               cell_px: int = 256, *, label_w: int = LABEL_W) -> Image.Image:
+    """`rows[r]` are the lines beside row r (cut to what fits) in a column `label_w` wide (0: none); each
+    image is fitted into its cell."""
+    sheet = Image.new("RGB", (label_w + len(columns) * cell_px, HEADER_H + len(rows) * cell_px), "white")
     draw = ImageDraw.Draw(sheet)
     font, small = _font(16), _font(12)
     draw.text((8, 6), title, fill="black", font=font)
     for ci, label in enumerate(columns):
-        draw.text((LABEL_W + ci * cell_px + 8, 6), label, fill="black", font=font)
+        draw.text((label_w + ci * cell_px + 8, 6), label, fill="black", font=font)
     for r, lines in enumerate(rows):
         for li, line in enumerate(list(lines)[:ROW_LABEL_LINES]):
             draw.text((8, HEADER_H + r * cell_px + 8 + li * LINE_H), line, fill="black", font=small)
     for cell in cells:
-        x, y = LABEL_W + cell.col * cell_px, HEADER_H + cell.row * cell_px
+        x, y = label_w + cell.col * cell_px, HEADER_H + cell.row * cell_px
         if cell.image is not None:
             with Image.open(cell.image) as im:
                 thumb = im.convert("RGB")
@@ -70,6 +72,10 @@ def draw_sheet(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]]
             draw.rectangle((x + 2, y + 2, x + cell_px - 3, y + cell_px - 3), fill=(230, 230, 230))
             for li, line in enumerate(wrap(cell.note, 30)[:NOTE_LINES]):
                 draw.text((x + 8, y + 8 + li * LINE_H), line, fill=(160, 0, 0), font=small)
+        if cell.caption:
+            box = draw.textbbox((x + 4, y + 4), cell.caption, font=small)
+            draw.rectangle((box[0] - 2, box[1] - 2, box[2] + 2, box[3] + 2), fill="white")
+            draw.text((x + 4, y + 4), cell.caption, fill="black", font=small)
         draw.rectangle((x, y, x + cell_px - 1, y + cell_px - 1), outline=(200, 200, 200))
     return sheet
 

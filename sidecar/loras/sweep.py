@@ -1,6 +1,7 @@
 """Checkpoint sweep: the same prompts and seeds rendered with every saved checkpoint of a run,
 through the running daemon, into a labelled contact sheet PNG and a JSON index (LORA-02: pick the
-best-generalising checkpoint, not necessarily the last).
+best-generalising checkpoint, not necessarily the last). It is a grid whose columns are the
+checkpoints: rendered and drawn with the grids' code (`sidecar.grids.render`, `sidecar.loras.sheet`).
 
 How a checkpoint becomes a `loraId`: the daemon stages it (`POST /loras/{id}/stage`: linked into its
 LoRA folder under a `sweep--...` name no installed LoRA uses) for the sweep's duration, and removes the
@@ -19,6 +20,7 @@ from typing import Any, Protocol
 
 from sidecar.atomic import write_text
 from sidecar.errors import InvalidField, SidecarError
+from sidecar.grids.render import render_cells
 from sidecar.loras.sheet import SheetCell, draw_sheet, wrap, write_sheet
 
 
@@ -129,6 +131,8 @@ class Client(Protocol):
 
     async def wait(self, job_id: str, *, poll_interval: float, on_progress=None) -> dict[str, Any]: ...
 
+    async def cancel_quietly(self, job_id: str) -> None: ...
+
 
 class Reporter(Protocol):
     def cell_done(self, done: int, total: int, cell: Cell) -> None: ...
@@ -136,27 +140,20 @@ class Reporter(Protocol):
 
 async def render(plan: SweepPlan, client: Client, reporter: Reporter, job: dict[str, Any],
                  poll_interval: float = 1.0) -> None:
-    """Submit every cell (the daemon queues them FIFO), then collect them in order."""
+    """Every cell through the daemon (FIFO, a bounded number waiting at once), images into the folder."""
     plan.out.mkdir(parents=True, exist_ok=True)
-    (plan.out / "images").mkdir(exist_ok=True)
-    for cell in plan.cells:
+
+    def body_of(cell: Cell) -> dict[str, Any]:
         body = {**job, "prompt": cell.prompt, "seed": cell.seed}
         if cell.lora_id:
             body["loraId"] = cell.lora_id
-        submitted = await client.submit(body)
-        cell.job_id, cell.status = submitted["id"], submitted["status"]
-    for i, cell in enumerate(plan.cells, 1):
-        assert cell.job_id is not None
-        result = await client.wait(cell.job_id, poll_interval=poll_interval)
-        cell.status = result["status"]
-        if cell.status == "succeeded":
-            name = f"images/r{cell.row:02d}-s{cell.seed}-{'base' if cell.step is None else cell.step}.png"
-            (plan.out / name).write_bytes(await client.image(cell.job_id))
-            cell.image = name
-        else:
-            err = result.get("error") or {}
-            cell.error = f"{err.get('code', cell.status)}: {err.get('message', '')}".strip()
-        reporter.cell_done(i, len(plan.cells), cell)
+        return body
+
+    def image_name(cell: Cell) -> str:
+        return f"images/r{cell.row:02d}-s{cell.seed}-{'base' if cell.step is None else cell.step}.png"
+
+    await render_cells(plan.cells, client, plan.out, body_of=body_of, image_name=image_name,
+                       on_done=reporter.cell_done, poll_interval=poll_interval)
 
 
 def contact_sheet(plan: SweepPlan, cell_px: int = 256) -> Path:
