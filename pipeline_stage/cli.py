@@ -18,6 +18,8 @@ import click
 
 from pipeline_stage.consistency import ConsistencyReport, summary_lines, write_report
 from pipeline_stage.daemon import DEFAULT_URL, DaemonClient
+from pipeline_stage.drafts import DEFAULT_DRAFT_STEPS, draft_request, from_draft_task
+from pipeline_stage.draftrun import check_draft_options, render_drafts_of
 from pipeline_stage.errors import EXIT_INTERRUPTED, InputError, PromptFileMissing, StageError
 from pipeline_stage.genlog import approve as approve_entry
 from pipeline_stage.genlog import find_entries, read_log, versions_in
@@ -37,6 +39,9 @@ Examples:
   generate -c 1 --pages 1-4,7 --seed 42
   generate -c 1 --page 3 --repeat 3           3 versions, same seed, + a consistency report
   generate -c 1 --all --dry-run               print the requests, submit nothing
+  generate -c 1 --page 3 --drafts 12 --draft-steps 8
+                                              12 cheap drafts -> output/ch-01/drafts/ch01_p003/ + contact sheet
+  generate -c 1 --page 3 --from-draft 7       draft 7's seed and parameters at full steps, as the next version
   generate --reproduce output/ch-01/raw/ch01_p001_v1.workflow.json
   generate --where pool -c 1 --all            the chapter across the daemon's backends tagged pool
   generate approve -c 1 --page 1 --version 2
@@ -253,7 +258,13 @@ def _generate(opts: dict[str, Any]) -> int:
     try:
         if opts["repeat"] < 1:
             raise InputError("--repeat must be at least 1.")
+        check_draft_options(opts, PARAM_OPTIONS)
         tasks = [_reproduce_task(project, opts)] if opts["reproduce"] else _page_tasks(project, opts)
+        if opts["from_draft"] is not None:
+            tasks = [from_draft_task(project, t.page, opts["from_draft"], t.request.steps) for t in tasks]
+        if opts["drafts"] is not None:
+            steps = opts["draft_steps"] or DEFAULT_DRAFT_STEPS
+            tasks = [replace(t, request=draft_request(t.request, opts["drafts"], steps)) for t in tasks]
         if opts["where"]:
             tasks = [replace(t, request=t.request.model_copy(update={"where": opts["where"]})) for t in tasks]
         parallel = opts["parallel"] or (POOL_PARALLEL if opts["where"] not in (None, "local") else 1)
@@ -272,6 +283,8 @@ def _generate(opts: dict[str, Any]) -> int:
             return 0
         # The daemon's token comes from the daemon's own settings (SIDECAR_TOKEN, its config file's `token`).
         token = opts["token"] or client_token()
+        if opts["drafts"] is not None:
+            return render_drafts_of(url, token, project, tasks, json_out)
         asyncio.run(_render_all(url, token, project, tasks, opts["repeat"], json_out, done, reports, parallel))
     except StageError as exc:
         return _fail(exc, json_out, progress_json())
@@ -327,6 +340,14 @@ def _generate(opts: dict[str, Any]) -> int:
 @click.option("--parallel", type=click.IntRange(min=1, max=512), metavar="N",
               help="Pages in flight at once [default: 1; 64 with --where other than local]. Versions are still "
                    "numbered under the log's lock; pages finish (and are logged) in any order.")
+@click.option("--drafts", type=click.IntRange(1, 100), metavar="N",
+              help="N cheap drafts of the page (seeds seed, seed+1, ...) into output/ch-XX/drafts/chXX_pNNN/ with "
+                   "a contact sheet and index.json; never into raw/.")
+@click.option("--draft-steps", type=click.IntRange(1, 150), metavar="S",
+              help=f"Sampling steps of each draft (default {DEFAULT_DRAFT_STEPS}).")
+@click.option("--from-draft", type=click.IntRange(min=1), metavar="K",
+              help="Render draft K's seed and parameters at full steps (--steps, else the page's) as the page's "
+                   "next version (logged with draftOf).")
 @click.option("--dry-run", is_flag=True, help="Print the requests; submit and write nothing.")
 @click.option("--reproduce", metavar="FILE.workflow.json", type=click.Path(dir_okay=False),
               help="Submit that exact workflow again as a new version of its page (recorded as reproducedFrom).")

@@ -6,13 +6,14 @@ RequestRefused (the daemon's code and message), 5xx -> JobFailedError.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from pipeline_stage.errors import DaemonNotRunning, DeviceBusy, JobFailedError, RequestRefused
 from sidecar.api.models import JobRequest
-from sidecar.api.responses import Job
+from sidecar.api.responses import Job, JobGroup, JobSummary
 from sidecar.client import DaemonClient as BaseClient
 from sidecar.client import DaemonRefused, DaemonUnavailable
 from sidecar.config import DEFAULT_DAEMON_URL
@@ -50,7 +51,28 @@ class DaemonClient(BaseClient):
             body = request.model_dump(by_alias=True, exclude_none=True, mode="json")
             return Job.model_validate(await super().run(body, on_update), strict=False)
 
-    async def job_image(self, job: Job) -> bytes:
+    async def job_image(self, job: JobSummary) -> bytes:
         """A finished job's PNG, from its own `output.url`."""
         with stage_errors():
             return await self.request("GET", job.output.url if job.output else f"/jobs/{job.id}/image", raw=True)
+
+    async def full_job(self, job_id: str) -> Job:
+        """One job in full (a group lists summaries: the workflow is only here)."""
+        with stage_errors():
+            return Job.model_validate(await self.job(job_id), strict=False)
+
+    # -- groups of variations (drafts, --variations)
+    async def submit_group(self, request: JobRequest) -> JobGroup:
+        """POST /jobs with `variations`: the group, its jobs in seed order."""
+        with stage_errors():
+            body = request.model_dump(by_alias=True, exclude_none=True, mode="json")
+            return JobGroup.model_validate(await self.request("POST", "/jobs", json=body), strict=False)
+
+    async def group(self, group_id: str) -> JobGroup:
+        with stage_errors():
+            return JobGroup.model_validate(await self.request("GET", f"/groups/{group_id}"), strict=False)
+
+    async def cancel_group_quietly(self, group_id: str) -> None:
+        """Best effort, on the way out (Ctrl-C): never raises, never waits long."""
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.request("POST", f"/groups/{group_id}/cancel"), 5)

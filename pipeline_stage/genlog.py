@@ -53,6 +53,7 @@ class GenerationLogEntry(BaseModel):
     reproduced_from: str | None = None
     pose_image: str | None = None  # the ControlNet pose image, so `--reproduce` can load it again
     backend: str | None = None  # the daemon's backend that rendered it (several backends: `where`)
+    draft_of: str | None = None  # --from-draft: the draft (output/ch-XX/drafts/...) this version finishes
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, mode="json")

@@ -29,6 +29,7 @@ class PageTask:
     prompt_file: str | None  # as the log records it (relative to the root)
     reproduced_from: str | None = None  # the .workflow.json resubmitted, relative to the root
     template_hint: str | None = None  # for a resubmitted workflow: the template its source was filled from
+    draft_of: str | None = None  # --from-draft: the draft's image, relative to the root
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,7 @@ def make_entry(project: Project, task: PageTask, job: Job, version: int) -> Gene
         width=params.width,
         height=params.height,
         reproduced_from=task.reproduced_from,
+        draft_of=task.draft_of,
         pose_image=project.relative(Path(params.pose_image_path)) if params.pose_image_path else None,
         backend=job.backend,
     )
