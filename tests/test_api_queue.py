@@ -182,3 +182,29 @@ async def test_pause_holds_the_queue_across_a_restart_and_resume_runs_it(aiohttp
 async def test_queue_routes_pass_the_edge(client, path) -> None:
     resp = await client.post(path, headers={"Origin": "https://evil.example"})
     assert resp.status == 403 and (await resp.json())["error"]["code"] == "origin_not_allowed"
+
+
+async def test_the_queue_order_and_fronted_jobs_survive_a_restart(aiohttp_client, settings) -> None:
+    first = ScriptedBackend()
+    first.auto_release = False
+    client = await aiohttp_client(create_app(settings, first))
+    running = await submit(client, seed=0)
+    await wait_status(client, running["id"], {"running"})
+    await post(client, "/queue/pause", 200)
+    a = await submit(client, seed=1)
+    fronted = await submit(client, seed=2, front=True)
+    b = await submit(client, seed=3)
+    order = (await (await client.get("/queue")).json())["order"]
+    assert order == [fronted["id"], a["id"], b["id"]]
+    await client.close()
+
+    second = ScriptedBackend()
+    client = await aiohttp_client(create_app(settings, second))
+    # The job that was running is followed to its end though the queue is paused; nothing new starts.
+    await wait_status(client, running["id"], {"succeeded"})
+    again = await (await client.get("/queue")).json()
+    assert again["paused"] is True and again["order"] == order and second.started == [running["id"]]
+    await post(client, "/queue/resume", 200)
+    for job_id in order:
+        await wait_status(client, job_id, {"succeeded"})
+    assert second.started == [running["id"], *order]

@@ -8,8 +8,9 @@ The order, one rule for the live queue and for a restart:
 3. then everything else, first in first out.
 
 Each job's place is a `Place`, persisted with the job (`front_rank` column, the store's `seq`), so a
-restart rebuilds the same order from the rows. While the queue is paused `take` returns nothing: the
-running job finishes and nothing new starts; the pause itself is persisted by the runner.
+restart rebuilds the same order from the rows. While the queue is paused `take` returns only a job of
+the first band (one that was already running: it finishes) and nothing new starts; the pause itself
+is persisted by the runner.
 
 `next_job(eligible)` is the one function that decides: a dispatcher over several backends asks it for
 the first job a given backend may take. This module owns no I/O and no jobs, only ids and places.
@@ -77,10 +78,10 @@ class JobQueue:
     # -- what runs next
     def next_job(self, eligible: Callable[[str], bool] | None = None) -> str | None:
         """The id of the job that runs next (the first in order that `eligible` accepts), without
-        taking it; None when paused or when none waits."""
-        if self.paused:
-            return None
+        taking it; None when none waits, or when paused and none was already running."""
         for job_id in self:
+            if self.paused and self._places[job_id].band != HEAD:
+                return None
             if eligible is None or eligible(job_id):
                 return job_id
         return None
