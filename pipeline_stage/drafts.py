@@ -110,7 +110,7 @@ def write_index(folder: Path, index: DraftIndex) -> Path:
     return path
 
 
-def write_sheet(folder: Path, index: DraftIndex) -> Path:
+def write_contact_sheet(folder: Path, index: DraftIndex) -> Path:
     """Every draft of the page, numbered with its seed, four to a row."""
     cols = min(SHEET_COLUMNS, max(1, len(index.drafts)))
     rows = max(1, math.ceil(len(index.drafts) / cols))
@@ -165,7 +165,7 @@ async def render_drafts(client: DaemonClient, project: Project, task: PageTask,
             ordered = [made[j.id] for j in jobs if j.id in made]
             index.drafts.extend(ordered)
             index_path = await asyncio.to_thread(write_index, folder, index)
-            sheet = await asyncio.to_thread(write_sheet, folder, index)
+            sheet = await asyncio.to_thread(write_contact_sheet, folder, index)
     return DraftRun(folder, index_path, sheet, ordered)
 
 

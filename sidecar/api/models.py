@@ -31,7 +31,8 @@ class JobRequest(GenerationRequest):
     variations: int | None = Field(None, ge=1, le=MAX_VARIATIONS, description=(
         "queue this many ordinary jobs (batch size 1 each) with the seeds seed, seed+1, ... (a random first "
         "seed when none is given) under one groupId; the answer is the group"))
-    front: bool = Field(False, description="put the job (or the group, in its order) at the head of the queue")
+    front: bool | None = Field(None, description="true: put the job (or the group, in its order) at the head of "
+                                                "the queue")
 
     def parameter_fields(self) -> list[str]:
         return [f for f in super().parameter_fields() if f not in ("variations", "front")]
