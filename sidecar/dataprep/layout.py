@@ -11,12 +11,12 @@ The new tree is built in a staging folder and renamed into place, so a failure l
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sidecar.atomic import swap_dir
 from sidecar.dataprep.files import require_dir
 from sidecar.dataprep.kohya_layout import IMG_DIR, REG_DIR, caption_path, list_images, read_caption, subset_name
 from sidecar.errors import DatasetInvalid
@@ -120,13 +120,7 @@ def apply_layout(plan: LayoutPlan) -> None:
             (staging / c.target).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(c.source, staging / c.target)
         for top in plan.replace:
-            old = root / top
-            aside = root / f".{top}-old-{uuid.uuid4().hex[:8]}"
-            if old.exists():
-                os.replace(old, aside)
-            os.replace(staging / top, old)
-            if aside.exists():
-                shutil.rmtree(aside)
+            swap_dir(staging / top, root / top)
     finally:
         with contextlib.suppress(OSError):
             shutil.rmtree(staging)

@@ -17,7 +17,6 @@ import asyncio
 import json
 import logging
 import math
-import shutil
 import threading
 import time
 import traceback
@@ -28,6 +27,7 @@ from typing import TypeVar
 import torch
 import torch.nn.functional as F
 
+from sidecar.atomic import replacing_dir
 from sidecar.backend import GenerationBackend
 from sidecar.config import Settings
 from sidecar.engine.models import Components
@@ -383,21 +383,13 @@ class _Training:
 
     def _save_state(self, step: int) -> Path:
         """`NAME-state/`: fp32 LoRA weights, optimizer, step. Swapped in whole, never half-written."""
-        out = self.job.output_dir
-        final = out / f"{self.spec.output_name}-state"
-        tmp = out / f".{self.spec.output_name}-state.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        torch.save({"step": step, "lora": self._tensors(torch.float32), "optimizer": self.optimizer.state_dict(),
-                    "spec": self.spec.to_dict()}, tmp / STATE_FILE)
-        n = len(self.latents)
-        (tmp / "train_state.json").write_text(json.dumps({"current_epoch": step // n + 1, "current_step": step}))
-        old = out / f".{self.spec.output_name}-state.old"
-        shutil.rmtree(old, ignore_errors=True)
-        if final.exists():
-            final.rename(old)
-        tmp.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
+        final = self.job.output_dir / f"{self.spec.output_name}-state"
+        with replacing_dir(final) as tmp:
+            torch.save({"step": step, "lora": self._tensors(torch.float32),
+                        "optimizer": self.optimizer.state_dict(), "spec": self.spec.to_dict()}, tmp / STATE_FILE)
+            n = len(self.latents)
+            (tmp / "train_state.json").write_text(json.dumps({"current_epoch": step // n + 1,
+                                                              "current_step": step}))
         return final
 
     def _load_state(self, state_dir: Path, optimizer: torch.optim.Optimizer) -> int:

@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
+from sidecar.atomic import replacing_dir
 from sidecar.config import Settings
 from sidecar.errors import SidecarError
 
@@ -45,19 +43,14 @@ def seed_tokenizer_cache(settings: Settings, cache_dir: Path) -> Path | None:
     vocab, merges = _find_vocab(settings)
     if vocab is None or merges is None:
         return None
-    tmp: Path | None = None
     try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
         # Built aside and renamed in: kohya must never see a half-written folder (it would use it as is).
-        tmp = Path(tempfile.mkdtemp(prefix=".clip-", dir=cache_dir))
-        (tmp / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-        (tmp / "merges.txt").write_text("\n".join(["#version: 0.2", *merges]) + "\n", encoding="utf-8")
-        (tmp / "tokenizer_config.json").write_text(json.dumps(TOKENIZER_CONFIG, indent=2), encoding="utf-8")
-        (tmp / "special_tokens_map.json").write_text(json.dumps(SPECIAL_TOKENS, indent=2), encoding="utf-8")
-        os.replace(tmp, target)
+        with replacing_dir(target) as tmp:
+            (tmp / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+            (tmp / "merges.txt").write_text("\n".join(["#version: 0.2", *merges]) + "\n", encoding="utf-8")
+            (tmp / "tokenizer_config.json").write_text(json.dumps(TOKENIZER_CONFIG, indent=2), encoding="utf-8")
+            (tmp / "special_tokens_map.json").write_text(json.dumps(SPECIAL_TOKENS, indent=2), encoding="utf-8")
     except OSError as exc:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
         if not target.exists():  # not fatal: kohya then downloads, as without a vocabulary here
             log.warning("cannot write kohya's tokenizer cache %s (%s)", target, exc)
             return None
