@@ -1,0 +1,124 @@
+"""Imports run downward: each module of `sidecar` and `pipeline_stage` is in a layer, and no import,
+lazy or at the top, reaches a layer above its own. Read from the source (an ast walk), so nothing is
+imported and a new module is checked the moment it exists.
+
+A module belongs to the layer of the longest prefix listed for it; a module no prefix names fails
+the test, so every new package is placed deliberately (README: Architecture).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("sidecar", "pipeline_stage")
+
+# Top to bottom. Within a layer, modules may import each other.
+LAYERS: list[tuple[str, tuple[str, ...]]] = [
+    ("entry points", ("sidecar.__main__", "pipeline_stage.__main__", "sidecar.cli")),
+    ("commands", ("pipeline_stage", "sidecar.loras", "sidecar.dataprep", "sidecar.doctor", "sidecar.gc",
+                  "sidecar.launchd", "sidecar.demo", "sidecar.engine.cli")),
+    ("what the commands share", ("sidecar.cli_support", "sidecar.client")),
+    ("the HTTP API", ("sidecar.api",)),
+    ("jobs and training", ("sidecar.jobs", "sidecar.training")),
+    ("device, events, backends, workflows", (
+        "sidecar.device", "sidecar.events", "sidecar.backend", "sidecar.comfyui", "sidecar.engine",
+        "sidecar.workflows", "sidecar.nodes", "sidecar.graph", "sidecar.userfiles", "sidecar.memory",
+        "sidecar.datadir_lock", "sidecar.listen", "sidecar.logpipe")),
+    ("leaves everyone shares", (
+        "sidecar", "sidecar.config", "sidecar.profiles", "sidecar.errors", "sidecar.statuses", "sidecar.eta",
+        "sidecar.atomic", "sidecar.sqlite_store", "sidecar.durations", "sidecar.assets",
+        "sidecar.dataprep.kohya_layout")),
+]
+
+# Siblings of one layer that must not know each other.
+INDEPENDENT = [("sidecar.jobs", "sidecar.training"), ("sidecar.comfyui", "sidecar.engine")]
+
+# The `sidecar loras` client tools reach the daemon over HTTP only: none of its insides.
+CLIENT_ONLY = {"sidecar.loras": ("sidecar.training", "sidecar.jobs", "sidecar.api", "sidecar.device",
+                                 "sidecar.engine", "sidecar.comfyui")}
+
+
+def _within(module: str, prefix: str) -> bool:
+    return module == prefix or module.startswith(prefix + ".")
+
+
+def layer_of(module: str) -> int | None:
+    best: tuple[int, int] | None = None  # (prefix length, layer index)
+    for index, (_, prefixes) in enumerate(LAYERS):
+        for prefix in prefixes:
+            if _within(module, prefix) and (best is None or len(prefix) > best[0]):
+                best = (len(prefix), index)
+    return None if best is None else best[1]
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of(path: Path, module: str) -> set[str]:
+    """Every project module `path` imports, anywhere in it (function-level imports included)."""
+    found: set[str] = set()
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            found.add(base)
+            # `from sidecar import atomic` imports the module sidecar.atomic, not just the package.
+            found.update(f"{base}.{alias.name}" for alias in node.names
+                         if (ROOT / Path(*base.split("."), f"{alias.name}.py")).is_file()
+                         or (ROOT / Path(*base.split("."), alias.name, "__init__.py")).is_file())
+    return {name for name in found if name.split(".")[0] in PACKAGES}
+
+
+def project_modules() -> dict[str, Path]:
+    return {module_name(p): p for package in PACKAGES for p in sorted((ROOT / package).rglob("*.py"))}
+
+
+MODULES = project_modules()
+EDGES = {module: imports_of(path, module) for module, path in MODULES.items()}
+
+
+def test_every_module_has_a_layer() -> None:
+    assert [m for m in MODULES if layer_of(m) is None] == []
+
+
+def test_no_module_imports_from_a_layer_above_it() -> None:
+    upward = []
+    for module, targets in EDGES.items():
+        for target in targets:
+            here, there = layer_of(module), layer_of(target)
+            if here is not None and there is not None and there < here:
+                upward.append(f"{module} ({LAYERS[here][0]}) imports {target} ({LAYERS[there][0]})")
+    assert upward == []
+
+
+@pytest.mark.parametrize(("a", "b"), INDEPENDENT)
+def test_independent_siblings_do_not_import_each_other(a: str, b: str) -> None:
+    crossing = [f"{m} -> {t}" for m, targets in EDGES.items() for t in targets
+                if (_within(m, a) and _within(t, b)) or (_within(m, b) and _within(t, a))]
+    assert crossing == []
+
+
+def test_the_loras_client_imports_no_daemon_insides() -> None:
+    for package, forbidden in CLIENT_ONLY.items():
+        reached = [f"{m} -> {t}" for m, targets in EDGES.items() if _within(m, package)
+                   for t in targets if any(_within(t, f) for f in forbidden)]
+        assert reached == []
+
+
+def test_the_check_sees_imports_anywhere_in_a_module(tmp_path: Path) -> None:
+    # The walk must catch a lazy import inside a function, the way an upward import usually hides.
+    source = tmp_path / "lazy.py"
+    source.write_text("def f():\n    from sidecar.api.app import create_app\n    import sidecar.cli\n")
+    assert imports_of(source, "sidecar.jobs.lazy") >= {"sidecar.api.app", "sidecar.cli"}
+    assert layer_of("sidecar.api.app") < layer_of("sidecar.jobs.lazy")
