@@ -33,7 +33,16 @@ from sidecar.profiles import PROFILES
 
 ENV_PREFIX = "SIDECAR_"
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 3000
-DEFAULT_DAEMON_URL = f"http://{DEFAULT_HOST}:{DEFAULT_PORT}"  # for tools that do not read this configuration
+
+
+def http_url(host: str, port: int) -> str:
+    """The one way a local server's URL is spelled (the daemon's, ComfyUI's): a wildcard bind address
+    is reached on loopback, an IPv6 address is bracketed."""
+    host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+DEFAULT_DAEMON_URL = http_url(DEFAULT_HOST, DEFAULT_PORT)  # for tools that do not read this configuration
 
 
 def default_config_path() -> Path:
@@ -321,13 +330,11 @@ class Settings(BaseSettings):
     @property
     def daemon_url(self) -> str:
         """Where the tools reach this daemon (a wildcard bind address is reached on loopback)."""
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
-        host = f"[{host}]" if ":" in host else host
-        return f"http://{host}:{self.port}"
+        return http_url(self.host, self.port)
 
     @property
     def comfyui_base_url(self) -> str:
-        return self.comfyui_url or f"http://127.0.0.1:{self.comfyui_port}"
+        return self.comfyui_url or http_url("127.0.0.1", self.comfyui_port)
 
 
 MIN_TOKEN_LENGTH = 16

@@ -20,7 +20,7 @@ from pathlib import Path
 import click
 
 from sidecar.assets import EXAMPLE_CHAPTER, asset_path
-from sidecar.config import client_token
+from sidecar.config import client_token, http_url
 
 TINY_CHECKPOINT = "tiny-sd15.safetensors"
 START_TIMEOUT = 120.0  # the first start imports torch and diffusers
@@ -86,7 +86,7 @@ def demo(folder: Path, port: int) -> None:
     if not project.is_dir():
         shutil.copytree(asset_path(EXAMPLE_CHAPTER), project)
     config = _write_config(folder, port)
-    url = f"http://127.0.0.1:{port}"
+    url = http_url("127.0.0.1", port)
     token = client_token(config, env)  # SIDECAR_TOKEN, when the artist set one: the daemon requires it then
     if _health(url, token):
         raise click.ClickException(f"something already answers on {url}: stop it or pass --port")

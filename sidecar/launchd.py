@@ -25,6 +25,7 @@ import click
 from sidecar.assets import LAUNCHD, asset_path
 from sidecar.atomic import write_bytes
 from sidecar.cli_support import tool_group
+from sidecar.config import http_url
 from sidecar.errors import LaunchctlFailed, LaunchdError, LaunchdUnavailable
 
 DAEMON_LABEL = "com.plasma-sidecar.daemon"
@@ -108,7 +109,7 @@ def build_agents(settings, *, comfyui: bool | None, config_file: Path | None = N
                             agents_dir(home) / f"{COMFYUI_LABEL}.plist"))
     daemon = render_template(DAEMON_LABEL, values)
     if with_comfy:
-        daemon["ProgramArguments"] += ["--comfyui-url", f"http://127.0.0.1:{settings.comfyui_port}"]
+        daemon["ProgramArguments"] += ["--comfyui-url", http_url("127.0.0.1", settings.comfyui_port)]
     if config_file is not None:
         daemon["ProgramArguments"] += ["--config", str(Path(config_file).expanduser().resolve())]
     agents.append(Agent("daemon", DAEMON_LABEL, daemon, agents_dir(home) / f"{DAEMON_LABEL}.plist"))

@@ -32,7 +32,7 @@ from sidecar.comfyui.launch import (
     launch_command,
     probe_accelerators,
 )
-from sidecar.config import Settings
+from sidecar.config import Settings, http_url
 
 log = logging.getLogger("sidecar.comfyui.supervisor")
 
@@ -70,7 +70,7 @@ class ComfySupervisor:
         self.device_setting = settings.device
         self.extra = extra_args(settings.comfyui_extra_args)
         self.command: list[str] | None = None  # decided before the first launch (the device probe)
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = http_url("127.0.0.1", self.port)
         self.start_timeout = settings.comfyui_start_timeout
         self.log_path = settings.logs_dir / "comfyui.log"
         self.backoff_initial = backoff_initial

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sidecar.config import Settings
+from sidecar.config import Settings, http_url
 from sidecar.datadir_lock import locked_by
 from sidecar.errors import DataDirLocked
 
@@ -71,7 +71,7 @@ async def _owner_daemon(settings: Settings, url: str, owner: Any) -> tuple[str, 
     from sidecar.client import DaemonClient, DaemonUnavailable
 
     if owner.port:
-        owner_url = f"http://127.0.0.1:{owner.port}"
+        owner_url = settings.model_copy(update={"port": owner.port}).daemon_url
         if owner_url != url:
             try:
                 async with DaemonClient(owner_url, timeout=30, token=settings.token_value) as probe:
@@ -99,7 +99,7 @@ async def _start_in_process(settings: Settings, backend: Any = None):
     await site.start()
     port = runner.addresses[0][1]
     runner.app[DATADIR_LOCK].record_port(port)
-    url = f"http://127.0.0.1:{port}"
+    url = http_url("127.0.0.1", port)
     async with DaemonClient(url, token=settings.token_value) as client:
         health = await client.health()
     return runner, url, health
