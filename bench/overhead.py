@@ -23,7 +23,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,25 +32,13 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.common import free_port, stats  # noqa: E402
 from tests.fake_comfyui import FakeComfyUI, make_comfy_home  # noqa: E402
 
 GOALS = {"added_p50_ms": 5.0, "added_p99_ms": 20.0, "notice_max_ms": 50.0}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def stats(values: list[float]) -> dict[str, float]:
-    arr = np.asarray(values)
-    return {"p50": round(float(np.percentile(arr, 50)), 2), "p99": round(float(np.percentile(arr, 99)), 2),
-            "mean": round(float(arr.mean()), 2), "max": round(float(arr.max()), 2)}
 
 
 async def wait_healthy(http: aiohttp.ClientSession, url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
@@ -173,7 +160,9 @@ async def bench(jobs: int, warmup: int, steps: int) -> dict[str, Any]:
                 job = event["job"]
                 assert job["status"] == "succeeded", job
                 through_daemon = t_event - t0
-                workflow = copy.deepcopy(job["workflow"])
+                # Events carry the job's summary; the filled workflow is on GET /jobs/{id} (untimed).
+                async with http.get(f"{daemon_url}/jobs/{job_id}") as resp:
+                    workflow = copy.deepcopy((await resp.json())["workflow"])
                 for node in workflow.values():
                     if node["class_type"] == "KSampler":
                         node["inputs"]["seed"] = 1_000_000 + i  # a new seed: no cache hit

@@ -29,7 +29,6 @@ import os
 import platform
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,11 +39,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.common import free_port, stats  # noqa: E402
 from tests.fake_comfyui import FakeComfyUI, make_comfy_home  # noqa: E402
 
 DONE = {"succeeded", "failed", "cancelled"}
@@ -90,18 +89,6 @@ class ComfyThread:
         self.call(self.fake.stop())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def stats(values: list[float]) -> dict[str, float]:
-    arr = np.asarray(values)
-    return {"n": len(values), "p50": round(float(np.percentile(arr, 50)), 2),
-            "p99": round(float(np.percentile(arr, 99)), 2), "max": round(float(arr.max()), 2)}
 
 
 class Daemon:
