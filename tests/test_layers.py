@@ -20,7 +20,7 @@ PACKAGES = ("sidecar", "pipeline_stage")
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("entry points", ("sidecar.__main__", "pipeline_stage.__main__", "sidecar.cli")),
     ("commands", ("pipeline_stage", "sidecar.loras", "sidecar.dataprep", "sidecar.doctor", "sidecar.gc",
-                  "sidecar.launchd", "sidecar.demo", "sidecar.engine.cli", "sidecar.studio.cli")),
+                  "sidecar.launchd", "sidecar.demo", "sidecar.engine.cli", "sidecar.studio.cli", "sidecar.grids")),
     ("what the commands share", ("sidecar.cli_support", "sidecar.client")),
     ("the HTTP API", ("sidecar.api", "sidecar.studio")),
     ("jobs and training", ("sidecar.jobs", "sidecar.training")),
