@@ -30,6 +30,7 @@ from sidecar.backends.spec import BackendSpec, check_tables
 from sidecar.durations import parse_duration
 from sidecar.errors import ConfigError
 from sidecar.profiles import PROFILES
+from sidecar.remote.settings import RemoteSettings
 
 ENV_PREFIX = "SIDECAR_"
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 3000
@@ -182,6 +183,12 @@ class Settings(BaseSettings):
                                                                           "without one")
     controlnet_model: str = Field("control_v11p_sd15_openpose.pth", description="OpenPose ControlNet file name")
     trigger_word: str = Field("spyke_plasma_v1", description="the character's trigger word (captions, training)")
+
+    # -- training away from this machine: the [remote.vast] and [remote.ssh] tables (file or SIDECAR_REMOTE JSON)
+    remote: RemoteSettings = Field(
+        default_factory=RemoteSettings,
+        description="remote LoRA training: [remote.vast] (API key, price, cost and time limits, offer filters) "
+                    "and [remote.ssh] (host, kohya folder); a request's `remote` overrides them key by key")
 
     @field_validator("data_dir", "models_dir", "comfyui_dir", "kohya_dir", "workflows_dir", "project_root",
                      mode="after")
@@ -426,10 +433,13 @@ def load_settings(
     env_values.pop("config", None)
 
     merged: dict[str, Any] = {**file_values, **env_values, **flags}
+    vast_key_from_env = _vast_key_from_environment(merged, os.environ if environ is None else environ)
     sources = {k: "default" for k in Settings.model_fields}
     sources.update({k: f"file {path}" for k in file_values})
     sources.update({k: f"env {ENV_PREFIX}{k.upper()}" for k in env_values})
     sources.update({k: "flag" for k in flags})
+    if vast_key_from_env:
+        sources["remote"] = f"{sources['remote']} + env VAST_API_KEY"
     try:
         # Sources were read above; validate the merged dict alone so env is not read twice.
         settings = _validate(merged)
@@ -440,6 +450,20 @@ def load_settings(
         msg = msg.removeprefix(f"{key}: ")
         raise ConfigError(key, f"{msg} (from {sources.get(key, 'default')})") from None
     return settings, sources
+
+
+def _vast_key_from_environment(values: dict[str, Any], environ: Any) -> bool:
+    """vast.ai's own `VAST_API_KEY` (what its SDK and CLI read) fills `[remote.vast] api_key` when the
+    file and SIDECAR_REMOTE leave it out."""
+    key = environ.get("VAST_API_KEY")
+    remote = values.get("remote")
+    if not key or (remote is not None and not isinstance(remote, dict)):
+        return False
+    vast = (remote or {}).get("vast") or {}
+    if not isinstance(vast, dict) or vast.get("api_key"):
+        return False
+    values["remote"] = {**(remote or {}), "vast": {**vast, "api_key": key}}
+    return True
 
 
 class _NoEnvSettings(Settings):

@@ -21,7 +21,8 @@ Nothing else builds error JSON or picks exit codes. The tree:
     │   ├── NodeNotSupported          node_not_supported
     │   ├── SamplerNotSupported       sampler_not_supported
     │   ├── WorkflowInvalid           workflow_invalid
-    │   └── NoBackendAdmits           no_backend_admits                    (`where`: each backend's reason)
+    │   ├── NoBackendAdmits           no_backend_admits                    (`where`: each backend's reason)
+    │   └── RemoteNotConfigured       remote_not_configured               (remote training: no API key, no host)
     ├── MethodNotAllowed              method_not_allowed         405    2  (the answer's Allow header lists those served)
     ├── PayloadTooLarge               payload_too_large          413    2
     ├── UnsupportedMediaType          unsupported_media_type     415    2  (a body that is not application/json)
@@ -42,12 +43,15 @@ Nothing else builds error JSON or picks exit codes. The tree:
     │   ├── IdempotencyKeyReused      idempotency_key_reused            2  (the key names another submission)
     │   ├── LoraExists                lora_exists                       1  (promote never overwrites)
     │   ├── CheckpointFileMissing     checkpoint_file_missing           1  (a run's file is gone)
-    │   └── GenerationLogInvalid      generation_log_invalid            1  (torn or invalid: never rewritten)
+    │   ├── GenerationLogInvalid      generation_log_invalid            1  (torn or invalid: never rewritten)
+    │   └── NoOfferUnderLimits        no_offer_under_limits             1  (no rentable GPU fits the limits)
     ├── WebSocketRequired             websocket_required         426    2  (a plain GET of /events)
     ├── QueueFull                     queue_full                 429    1  (retry later)
     ├── DiskFull                      disk_full                  507    1  (also a job failure: no space for its image)
     ├── ComfyUnavailable              comfyui_unavailable        503    1
     ├── EngineUnavailable             engine_unavailable         503    1
+    ├── RemoteUnavailable             remote_unavailable         503    1  (vast.ai / the SSH host does not answer,
+    │                                                                      refuses, or its SDK is not installed)
     ├── JobFailed                     execution_error (or its own) 500  1
     │   └── RegJobFailed              job_failed                        1  (a `dataset reg` render)
     ├── PromptLost                    prompt_lost                500    1
@@ -68,7 +72,9 @@ Nothing else builds error JSON or picks exit codes. The tree:
         load), lora_incompatible (embedded: a LoRA whose keys match nothing in the base model),
         model_transfer_failed (a LoRA/checkpoint copy to a remote backend over SSH failed or did
         not check out), no_backend_admits (no configured backend admits a queued job any more),
-        internal_error; training runs: training_failed, interrupted (daemon restarted mid-run)
+        internal_error; training runs: training_failed, interrupted (daemon restarted mid-run),
+        remote_cost_limit, remote_time_limit (the cost guard stopped a remote run; its last checkpoint
+        was pulled first), remote_failed (the remote machine could not be rented, reached or used)
 
 Exit codes shared by every command (the generate stage adds 5, see pipeline_stage/errors.py):
 0 ok, 1 failed, 2 bad input/usage/configuration (nothing changed), 3 the daemon (or launchd) is not
@@ -315,6 +321,27 @@ class ComfyUnavailable(SidecarError):
 class EngineUnavailable(SidecarError):
     http_status = 503
     code = "engine_unavailable"
+
+
+class RemoteNotConfigured(BadRequest):
+    """A remote run asked for a provider the configuration cannot use (no vast.ai key, no SSH host)."""
+
+    code = "remote_not_configured"
+
+
+class NoOfferUnderLimits(Conflict):
+    """No rentable GPU offer fits the run's price, cost, time and hardware limits; `details` says which
+    limits ruled out how many offers."""
+
+    code = "no_offer_under_limits"
+    exit_code = EXIT_FAILED
+
+
+class RemoteUnavailable(SidecarError):
+    """The remote provider could not be asked (network, refused key, SDK missing)."""
+
+    http_status = 503
+    code = "remote_unavailable"
 
 
 class DataDirLocked(SidecarError):

@@ -28,11 +28,13 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("device, events, backends, workflows", (
         "sidecar.device", "sidecar.events", "sidecar.backend", "sidecar.comfyui", "sidecar.engine",
         "sidecar.workflows", "sidecar.nodes", "sidecar.graph", "sidecar.userfiles", "sidecar.memory",
-        "sidecar.datadir_lock", "sidecar.listen", "sidecar.logpipe")),
+        "sidecar.datadir_lock", "sidecar.listen", "sidecar.logpipe",
+        "sidecar.remote")),  # the machines remote LoRA training runs on (the run itself is sidecar.training)
     ("leaves everyone shares", (
         "sidecar", "sidecar.config", "sidecar.profiles", "sidecar.errors", "sidecar.statuses", "sidecar.eta",
         "sidecar.atomic", "sidecar.sqlite_store", "sidecar.durations", "sidecar.assets",
-        "sidecar.dataprep.kohya_layout", "sidecar.backends.spec")),
+        "sidecar.dataprep.kohya_layout", "sidecar.backends.spec",
+        "sidecar.remote.settings")),  # the [remote.*] tables of the one settings model
 ]
 
 # Upward imports that exist today, each to be removed by moving the library it reaches below the API

@@ -16,8 +16,10 @@ from sidecar.api.operations import Query, operation
 from sidecar.api.responses import json_response
 from sidecar.errors import (
     BatchSizeNotSupported, CheckpointFileMissing, CheckpointNotFound, DatasetInvalid, EngineUnavailable, InvalidState,
-    LoraExists, ResolutionExceedsProfile, TrainingInProgress, TrainingNotFound,
+    LoraExists, NoOfferUnderLimits, RemoteNotConfigured, RemoteUnavailable, ResolutionExceedsProfile,
+    TrainingInProgress, TrainingNotFound,
 )
+from sidecar.remote.wire import TrainEstimate
 from sidecar.training.manager import TrainingManager
 from sidecar.training.wire import (
     Promoted, PromoteRequest, StagedLora, StageRequest, TrainingRun, TrainingRunList, TrainRequest, UnstagedLoras,
@@ -50,12 +52,22 @@ async def _training_ctx(app: web.Application) -> AsyncIterator[None]:
 @routes.post("/loras/train")
 @operation("Submit a LoRA training run", {202: TrainingRun}, request=TrainRequest,
            errors=(BatchSizeNotSupported, ResolutionExceedsProfile, DatasetInvalid, CheckpointNotFound,
-                   TrainingInProgress, EngineUnavailable),
+                   TrainingInProgress, EngineUnavailable, RemoteNotConfigured, RemoteUnavailable),
            response_headers={202: {"Location": "the run's status URL"}})
 async def train(request: web.Request) -> web.Response:
     req = await parse_body(request, TrainRequest)
     run = await request.app[TRAINING].submit(req)
     return json_response(run, 202, headers={"Location": f"/loras/{run.id}/status"})
+
+
+@routes.post("/loras/estimate")
+@operation("What a run would take here and on a rented GPU, and cost, without renting anything",
+           {200: TrainEstimate}, request=TrainRequest,
+           errors=(BatchSizeNotSupported, ResolutionExceedsProfile, EngineUnavailable, RemoteNotConfigured,
+                   NoOfferUnderLimits, RemoteUnavailable))
+async def estimate(request: web.Request) -> web.Response:
+    req = await parse_body(request, TrainRequest)
+    return json_response(await request.app[TRAINING].estimate(req))
 
 
 @routes.get("/loras/runs")

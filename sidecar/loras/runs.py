@@ -22,6 +22,7 @@ from sidecar.cli_support import current_settings, url_option
 from sidecar.errors import EXIT_FAILED, EXIT_INTERRUPTED
 from sidecar.eta import format_eta
 from sidecar.loras.client import TrainingClient
+from sidecar.loras.remote_options import describe_remote, plan_lines, remote_body, remote_options
 
 json_option = click.option("--json", "as_json", is_flag=True, help="machine-readable output (the run's JSON)")
 
@@ -42,6 +43,8 @@ def describe(run: dict[str, Any]) -> str:
         parts.append(format_eta(run.get("etaSeconds")))
     if run.get("checkpoints"):
         parts.append(f"checkpoints at {', '.join(str(c['step']) for c in run['checkpoints'])}")
+    if run.get("remote"):
+        parts.append(describe_remote(run["remote"]) or "")
     return ", ".join(parts)
 
 
@@ -149,22 +152,33 @@ def _call(url: str | None, work: Callable[[TrainingClient], Awaitable[int]]) -> 
 @click.option("--trigger", "trigger_word", default=None, help="[default: the configured trigger_word]")
 @click.option("--checkpoint", default=None, help="base model file name [default: the configured checkpoint]")
 @click.option("--detach", is_flag=True, help="submit and return at once")
+@remote_options
 @url_option
 @json_option
 @click.option("--poll-interval", default=2.0, type=click.FloatRange(min=0.01), hidden=True)
 def train(dataset_dir: Path, detach: bool, url: str | None, as_json: bool, poll_interval: float,
-          **params: Any) -> None:
+          remote: str | None, estimate: bool, **params: Any) -> None:
     """Train a LoRA on DATASET_DIR (a captioned set, or kohya's img/ layout) and follow it.
 
     \b
     Examples:
       sidecar loras train ~/lora/train --name spyke_plasma_v1
       sidecar loras train ~/lora/train --name spyke_plasma_v1 --steps 1200 --engine embedded --detach
+      sidecar loras train ~/lora/train --name spyke_plasma_v1 --remote vast --estimate
+      sidecar loras train ~/lora/train --name spyke_plasma_v1 --remote vast --max-total-cost 2
+      sidecar loras train ~/lora/train --name spyke_plasma_v1 --remote ssh --host me@desktop.local
     """
+    remote_obj = remote_body(remote, params)
     body = {"datasetDir": str(dataset_dir.resolve()),
             **{_camel(k): v for k, v in params.items() if v is not None}}
+    if remote_obj is not None:
+        body["remote"] = remote_obj
 
     async def work(client: TrainingClient) -> int:
+        if estimate:
+            plan = await client.request("POST", "/loras/estimate", json=body)
+            click.echo(json.dumps(plan, indent=2) if as_json else "\n".join(plan_lines(plan)))
+            return 0
         run = await client.train(body)
         if not as_json:
             click.echo(f"training {run['outputName']} as run {run['id']} ({run['engine']}, {run['total']} steps)")

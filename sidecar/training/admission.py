@@ -25,9 +25,23 @@ def check_request(req: TrainRequest, settings: Settings, profile: Profile) -> st
     if req.resolution % 64:
         raise InvalidField(f"resolution must be a multiple of 64, got {req.resolution}.",
                            {"field": "resolution", "value": req.resolution})
+    if req.remote is not None:
+        if req.engine == "embedded":
+            raise InvalidField("A remote run trains with kohya's train_network.py on the machine; leave out engine "
+                               "or give 'kohya'.", {"field": "engine", "value": req.engine})
+        return "remote"  # nothing needs installing here
     engine = req.engine or ("kohya" if settings.kohya_dir is not None else "embedded")
     check_engine(settings, engine)
     return engine
+
+
+def check_remote(req: TrainRequest, settings: Settings) -> dict | None:
+    """The run's resolved remote settings (request over configuration), checked; None for a local run."""
+    if req.remote is None:
+        return None
+    from sidecar.remote.providers import resolve
+
+    return resolve(settings.remote, req.remote)
 
 
 def check_engine(settings: Settings, engine: str) -> None:

@@ -20,6 +20,7 @@ STATE_FILES = {
     "kohya": ("train_state.json", "model.safetensors", "optimizer.bin", "scheduler.bin"),
     "embedded": ("train_state.json", "trainer_state.pt"),
 }
+STATE_FILES["remote"] = STATE_FILES["kohya"]  # kohya on another machine; its states are pulled here
 
 
 @dataclass(frozen=True)

@@ -73,6 +73,10 @@ class LiveRun:
 
 def default_trainer_factory(settings: Settings, backend: GenerationBackend | None) -> TrainerFactory:
     def make(engine: str) -> Trainer:
+        if engine == "remote":
+            from sidecar.training.remote import RemoteTrainer
+
+            return RemoteTrainer(settings)
         if engine == "kohya":
             from sidecar.training.kohya import KohyaTrainer
 
@@ -100,14 +104,35 @@ class TrainingManager:
         self._live: dict[str, LiveRun] = {}
         self._submit_lock = asyncio.Lock()
         self._task: asyncio.Task | None = None
+        self._reaper: asyncio.Task | None = None
         self._running: LiveRun | None = None
 
     # -- lifecycle
     async def start(self) -> None:
         await self._recover()
         self._task = asyncio.create_task(self._worker(), name="training-worker")
+        # Instances of runs that are no longer active are destroyed (it may take network round trips: not
+        # in the way of the start).
+        self._reaper = asyncio.create_task(self._reap(), name="training-reaper")
+
+    async def _reap(self) -> None:
+        from sidecar.training.reaper import reap
+
+        try:
+            await reap(self.settings, self.store, self._keep_instances)
+        except Exception:  # never fatal: logged, and tried again at the next start
+            log.exception("the remote-instance reaper failed")
+
+    def _keep_instances(self) -> dict[str, tuple[str | None, str | None]]:
+        """run id -> (its instance, its remote state) for every queued or running run: the reaper spares them."""
+        return {run_id: ((live.record.remote or {}).get("instance_id"), (live.record.remote or {}).get("state"))
+                for run_id, live in self._live.items()}
 
     async def stop(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._reaper
         running = self._running
         if running is not None:
             running.shutdown = True
@@ -131,6 +156,9 @@ class TrainingManager:
             if run.status == "running":
                 await self._set(run, "interrupted", **await recovery.interrupt_after_restart(self.store, run))
                 log.warning("training run %s was running when the daemon stopped: marked interrupted", run.id)
+                if recovery.reattaches(run):
+                    # Its machine may still be training (and billing): follow it again at once.
+                    await self._requeue(run, "re-attached after a daemon restart")
             else:
                 self._enqueue(run)
                 log.info("training run %s re-queued after restart", run.id)
@@ -139,6 +167,7 @@ class TrainingManager:
     async def submit(self, req: TrainRequest) -> TrainingRun:
         s = self.settings
         engine = admission.check_request(req, s, self.profile)
+        remote = admission.check_remote(req, s)
         async with self._submit_lock:
             self.device.training.refuse_if_training()
             trigger = req.trigger_word or s.trigger_word
@@ -149,7 +178,7 @@ class TrainingManager:
                 resolution=req.resolution, network_dim=req.network_dim, network_alpha=req.network_alpha,
                 learning_rate=req.learning_rate, save_every=req.save_every_n_steps,
                 seed=req.seed if req.seed is not None else random.randrange(2**32), engine=engine,
-                trigger_word=trigger, checkpoint=base.name,
+                trigger_word=trigger, checkpoint=base.name, remote=remote,
             )
             run_id = uuid.uuid4().hex
             work = self.runs_dir / run_id
@@ -161,6 +190,12 @@ class TrainingManager:
         log.info("training run %s queued (%s, %d steps, dataset %s)", run_id, engine, spec.steps, spec.dataset_dir)
         self._announce(run, "queued", self._live.get(run_id))
         return self.to_api(run, self._live.get(run_id))
+
+    async def estimate(self, req: TrainRequest):
+        """Steps, time here and there, cost and the offer a run of `req` would rent (nothing is rented)."""
+        from sidecar.training.estimate import estimate
+
+        return await estimate(self.settings, self.store, req, self.profile)
 
     async def get(self, run_id: str) -> TrainingRun:
         live = self._live.get(run_id)
@@ -205,7 +240,8 @@ class TrainingManager:
                     f"Training run {run_id} is {run.status}; only interrupted, cancelled or failed runs resume.",
                     {"runId": run_id, "status": run.status})
             self.device.training.refuse_if_training()
-            admission.check_engine(self.settings, run.engine)
+            if run.engine != "remote":
+                admission.check_engine(self.settings, run.engine)
             spec = TrainSpec.from_dict(run.spec)
             point = await asyncio.to_thread(files.latest_state, Path(run.output_dir), spec.output_name,
                                             files.STATE_FILES.get(run.engine, ("train_state.json",)))
@@ -227,6 +263,17 @@ class TrainingManager:
             self._enqueue(run)
         log.info("training run %s resumed from step %s", run_id, point[0] if point else 0)
         return self.to_api(run, self._live.get(run_id))
+
+    async def _requeue(self, run: RunRecord, why: str) -> None:
+        """Queue an interrupted run again at once, from its last saved state (as `resume` does)."""
+        spec = TrainSpec.from_dict(run.spec)
+        point = await asyncio.to_thread(files.latest_state, Path(run.output_dir), spec.output_name,
+                                        files.STATE_FILES["kohya"])
+        await self._set(run, "queued", resume_step=point[0] if point else None,
+                        resume_state=str(point[1]) if point else None, error_code=None, error_message=None,
+                        error_details=None, finished_at=None)
+        self._enqueue(run)
+        log.info("training run %s queued again: %s", run.id, why)
 
     async def promote(self, run_id: str, req: PromoteRequest) -> Promoted:
         """Install a checkpoint of a finished run into the LoRA folder generation uses (never overwriting)."""
@@ -261,7 +308,8 @@ class TrainingManager:
         live = LiveRun(record=run, tracker=ProgressTracker(total=run.total or 0, step=run.resume_step or 0))
         self._live[run.id] = live
         self._queue.append(run.id)
-        self.device.training.open(run.id, lambda: self._summary(live))
+        if run.engine != "remote":  # a run on another machine leaves this one free to generate
+            self.device.training.open(run.id, lambda: self._summary(live))
         self._wakeup.set()
 
     def _summary(self, live: LiveRun) -> dict[str, Any]:
@@ -280,15 +328,19 @@ class TrainingManager:
                 self._queue.popleft()
                 continue
             # Waits for a running generation job; queued jobs wait behind the training (design: one lock).
-            async with self.device.lock:
+            # A remote run uses no device here: it neither waits for nor holds the lock.
+            remote = live.record.engine == "remote"
+            async with (contextlib.nullcontext() if remote else self.device.lock):
                 if not self._queue or self._queue[0] != run_id:
                     continue  # cancelled while waiting for the lock
                 self._queue.popleft()
-                self.device.busy_with = f"training:{run_id}"
+                if not remote:
+                    self.device.busy_with = f"training:{run_id}"
                 self._running = live
                 try:
-                    # The generation backend's warm models and the trainer's cannot share 16 GB.
-                    await self.backend.unload()
+                    if not remote:
+                        # The generation backend's warm models and the trainer's cannot share 16 GB.
+                        await self.backend.unload()
                     await self._run(live)
                 except Exception:  # a bug must not kill the queue
                     log.exception("training run %s: unexpected error", run_id)
@@ -298,7 +350,8 @@ class TrainingManager:
                                                    "see its log.")
                 finally:
                     self._running = None
-                    self.device.busy_with = None
+                    if not remote:
+                        self.device.busy_with = None
                     self.device.training.close(run_id)
                     self._live.pop(run_id, None)
 
@@ -315,7 +368,8 @@ class TrainingManager:
             dataset = await asyncio.to_thread(load_dataset, Path(spec.dataset_dir), spec.trigger_word,
                                               live.cancel.is_set)
             job = TrainJob(run_id=run.id, spec=spec, dataset=dataset, work_dir=Path(run.work_dir),
-                           output_dir=Path(run.output_dir), base_model=Path(run.base_model), resume=resume)
+                           output_dir=Path(run.output_dir), base_model=Path(run.base_model), resume=resume,
+                           remote=run.remote)
             await asyncio.to_thread(job.output_dir.mkdir, parents=True, exist_ok=True)
             trainer = self.trainer_factory(spec.engine)
             result = await trainer.run(job, self._hooks(live))
@@ -375,8 +429,14 @@ class TrainingManager:
             if name == "cpu":
                 warning(CPU_WARNING)
 
+        def remote(state: dict[str, Any]) -> None:
+            run.remote = state
+            self._spawn(live, self.store.set_remote(run.id, state))
+            self._announce(run, "progress", live)
+
         return TrainerHooks(progress=progress, checkpoint=checkpoint, log=log_line, warning=warning,
-                            cancel=live.cancel, started=started, device=device)
+                            cancel=live.cancel, started=started, device=device, remote=remote,
+                            stopping=lambda: live.shutdown)
 
     def _spawn(self, live: LiveRun, coro) -> None:
         task = asyncio.ensure_future(coro)

@@ -38,3 +38,12 @@ async def adopt_files(store: TrainingStore, run: RunRecord) -> None:
             ckpt = CheckpointRecord(run.id, f.step, str(f.path), str(f.state) if f.state else None)
             await store.add_checkpoint(ckpt)
             run.checkpoints.append(ckpt)
+
+
+def reattaches(run: RunRecord) -> bool:
+    """A remote run whose machine may still be training: it is queued again at once to re-attach (or to
+    resume on a new machine), instead of waiting, billed, for a `resume`."""
+    from sidecar.remote.state import RemoteState
+
+    state = RemoteState.from_dict(run.remote)
+    return run.engine == "remote" and state is not None and state.live

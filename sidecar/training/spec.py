@@ -34,13 +34,15 @@ class TrainSpec:
     engine: str  # "kohya" | "embedded"
     trigger_word: str
     checkpoint: str  # base model file name
+    # Where it trains when not here: the resolved `remote` settings (`sidecar.remote.providers.resolve`).
+    remote: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainSpec:
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
 
 @dataclass
@@ -58,6 +60,7 @@ class TrainJob:
     output_dir: Path  # checkpoints and the final LoRA
     base_model: Path
     resume: ResumePoint | None = None
+    remote: dict[str, Any] | None = None  # the remote machine's persisted state (`RemoteState`), to re-attach
 
     @property
     def final_file(self) -> Path:
@@ -84,6 +87,8 @@ class TrainerHooks:
     cancel: asyncio.Event = field(default_factory=asyncio.Event)
     started: Callable[[int], None] | None = None  # the trainer's process (group) id, for orphan clean-up
     device: Callable[[str], None] | None = None  # the device the trainer computes on, once known
+    remote: Callable[[dict[str, Any]], None] | None = None  # a remote trainer's machine state changed
+    stopping: Callable[[], bool] | None = None  # the cancel comes from the daemon stopping, not the user
 
 
 class Trainer(Protocol):

@@ -8,6 +8,7 @@ changes are listed here; the manager decides them.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -44,6 +45,12 @@ CREATE TABLE IF NOT EXISTS training_runs (
     finished_at TEXT
 );
 CREATE INDEX IF NOT EXISTS training_runs_status ON training_runs(status);
+-- A remote run's machine (sidecar.remote.state.RemoteState as JSON): its own table, so databases made
+-- before remote training need no migration.
+CREATE TABLE IF NOT EXISTS training_remote (
+    run_id TEXT PRIMARY KEY,
+    state TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS training_checkpoints (
     run_id TEXT NOT NULL,
     step INTEGER NOT NULL,
@@ -111,6 +118,7 @@ class RunRecord:
     finished_at: str | None = None
     seq: int | None = None
     checkpoints: list[CheckpointRecord] = field(default_factory=list)
+    remote: dict[str, Any] | None = None  # training_remote.state
 
 
 class TrainingStore(SqliteStore):
@@ -123,6 +131,8 @@ class TrainingStore(SqliteStore):
             CheckpointRecord(**dict(r))
             for r in self._exec("SELECT * FROM training_checkpoints WHERE run_id = ? ORDER BY step", (record.id,))
         ]
+        remote = self._exec("SELECT state FROM training_remote WHERE run_id = ?", (record.id,))
+        record.remote = json.loads(remote[0]["state"]) if remote else None
         return record
 
     def get_sync(self, run_id: str) -> RunRecord | None:
@@ -141,7 +151,7 @@ class TrainingStore(SqliteStore):
     # -- async API
     async def insert(self, run: RunRecord) -> None:
         data = asdict(run)
-        del data["seq"], data["checkpoints"]
+        del data["seq"], data["checkpoints"], data["remote"]
         await self._insert("training_runs", data)
 
     async def update(self, run_id: str, **fields: Any) -> None:
@@ -154,6 +164,10 @@ class TrainingStore(SqliteStore):
             "VALUES (?, ?, ?, ?, ?)",
             (ckpt.run_id, ckpt.step, ckpt.path, ckpt.state_path, ckpt.created_at),
         )
+
+    async def set_remote(self, run_id: str, state: dict[str, Any]) -> None:
+        await self._call(self._exec, "INSERT OR REPLACE INTO training_remote (run_id, state) VALUES (?, ?)",
+                         (run_id, json.dumps(state)))
 
     async def get(self, run_id: str) -> RunRecord | None:
         return await self._call(self.get_sync, run_id)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from sidecar.remote.state import RemoteState
+from sidecar.remote.wire import RemoteStatus
 from sidecar.training.progress import ProgressTracker
 from sidecar.training.spec import TrainSpec
 from sidecar.training.store import RunRecord
@@ -57,4 +59,16 @@ def run_view(run: RunRecord, tracker: ProgressTracker | None, tail: list[str]) -
         created_at=run.created_at,
         started_at=run.started_at,
         finished_at=run.finished_at,
+        remote=remote_view(spec, run.remote),
     )
+
+
+def remote_view(spec: TrainSpec, data: dict | None) -> RemoteStatus | None:
+    if spec.remote is None:
+        return None
+    st = RemoteState.from_dict(data) or RemoteState(provider=spec.remote["provider"], state="queued")
+    host = f"{st.ssh_host}:{st.ssh_port}" if st.ssh_host else spec.remote.get("host")
+    return RemoteStatus(provider=st.provider, state=st.state, instance=st.instance_id, host=host, gpu=st.gpu,
+                        offer=st.offer, why=st.why, price_per_hour=float(st.price_per_hour), cost_so_far=st.cost(),
+                        max_total_cost=st.max_total_cost, max_hours=st.max_hours, instances=st.instances,
+                        reattached=st.reattached, message=st.message)

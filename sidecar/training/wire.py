@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StrictInt
 from pydantic.alias_generators import to_camel
 
+from sidecar.remote.wire import RemoteRequest, RemoteStatus
 from sidecar.statuses import RunStatus
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"  # no path separators, no leading dot
@@ -47,6 +48,11 @@ class TrainRequest(Wire):
                                      description="first tag of every caption [default: the configured trigger_word]")
     checkpoint: str | None = Field(None, max_length=200, pattern=r"^[^/\\]+$",
                                    description="base model file name [default: the configured checkpoint]")
+    remote: RemoteRequest | None = Field(
+        None, description="train on a rented GPU ({\"provider\": \"vast\", \"maxPricePerHour\": 0.6, "
+                          "\"maxTotalCost\": 3, \"maxHours\": 2, \"minGpuMemoryGb\": 16, ...}) or an SSH host "
+                          "({\"provider\": \"ssh\", \"host\": \"user@host\", ...}); keys left out come from the "
+                          "configuration's [remote.vast] / [remote.ssh] table. kohya's train_network.py runs there")
     # Strict: true, "1" and 1.0 are not a batch size (invalid_field); an int other than 1 is refused by the profile.
     batch_size: StrictInt | None = Field(
         None, validation_alias=AliasChoices("batchSize", "batch_size"),
@@ -159,6 +165,7 @@ class TrainingRun(Wire):
     created_at: str
     started_at: str | None = None
     finished_at: str | None = None
+    remote: RemoteStatus | None = Field(None, description="where a remote run trains and what it has cost so far")
 
 
 class TrainingRunList(Wire):

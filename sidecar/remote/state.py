@@ -1,0 +1,96 @@
+"""What the daemon keeps about a run's remote machine, persisted with the run after every change: enough
+to re-attach after a dropped connection or a daemon restart (instance, SSH endpoint and host key, the
+trainer's process group, how far the log was read, which checkpoints were pulled) and to account for the
+money (price, when it was rented, what earlier instances of the run cost).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+# The life of a run's machine. `detached`: the daemon stopped while it trained; it is re-attached at the
+# next start. `destroy_failed`: destroying did not go through; the reaper tries again at the next start.
+STATES = ("searching", "creating", "starting", "uploading", "training", "pulling", "destroying", "destroyed",
+          "detached", "destroy_failed")
+LIVE = frozenset({"creating", "starting", "uploading", "training", "pulling", "destroying", "detached",
+                  "destroy_failed"})
+
+
+@dataclass
+class PulledFile:
+    step: int
+    path: str  # local
+    size: int
+    sha256: str
+    state: str | None = None  # the local copy of its `-state` folder (for a resume)
+
+
+@dataclass
+class RemoteState:
+    provider: str
+    state: str = "searching"
+    instance_id: str | None = None
+    label: str | None = None
+    ssh_host: str | None = None
+    ssh_port: int | None = None
+    ssh_user: str | None = None
+    host_key: str | None = None  # pinned at the first connection
+    gpu: str | None = None
+    offer: str | None = None  # the chosen offer, described
+    why: str | None = None  # why that offer
+    price_per_hour: float = 0.0
+    rented_at: float | None = None  # epoch seconds the current instance was created
+    first_rented_at: float | None = None  # of the run's first instance: the time limit counts from there
+    spent_before: float = 0.0  # what the run's earlier instances cost
+    max_total_cost: float | None = None
+    max_hours: float | None = None
+    work_dir: str | None = None  # the run's folder on the machine (absolute)
+    pid: int | None = None  # the detached trainer's process group there
+    log_offset: int = 0
+    instances: int = 0  # how many instances the run has had
+    reattached: int = 0
+    pulled: list[PulledFile] = field(default_factory=list)
+    message: str | None = None
+
+    @property
+    def live(self) -> bool:
+        return self.state in LIVE and self.instance_id is not None
+
+    def cost(self, now: float | None = None) -> float:
+        """Money spent so far: earlier instances plus the current one's price times its time."""
+        now = time.time() if now is None else now
+        current = 0.0
+        if self.rented_at is not None:
+            current = self.price_per_hour * max(0.0, now - self.rented_at) / 3600
+        return round(self.spent_before + current, 4)
+
+    def hours(self, now: float | None = None) -> float:
+        now = time.time() if now is None else now
+        return 0.0 if self.first_rented_at is None else max(0.0, now - self.first_rented_at) / 3600
+
+    def rented(self, instance_id: str, price: float, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        self.instance_id, self.price_per_hour, self.rented_at = instance_id, price, now
+        self.first_rented_at = self.first_rented_at or now
+        self.instances += 1
+        self.pid, self.log_offset, self.host_key, self.work_dir = None, 0, None, None
+
+    def released(self, now: float | None = None) -> None:
+        """The instance is destroyed: its cost is final."""
+        self.spent_before = self.cost(now)
+        self.rented_at = None
+        self.state = "destroyed"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> RemoteState | None:
+        if not data:
+            return None
+        known = {f.name for f in fields(cls)}
+        state = cls(**{k: v for k, v in data.items() if k in known and k != "pulled"})
+        state.pulled = [PulledFile(**p) for p in data.get("pulled") or []]
+        return state

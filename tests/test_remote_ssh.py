@@ -1,0 +1,82 @@
+"""Remote training on an SSH host, through the daemon's API: the machine is an in-process asyncssh server
+whose commands run the fake kohya trainer. The run looks like a local one (status, steps, loss,
+checkpoints, final LoRA), the LoRA installed here is byte-identical to the one on the machine, and
+nothing is left running there on any ending."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from sidecar.training.lora_metadata import read_lora_metadata
+from tests.remote_fixtures import (  # noqa: F401  (fixtures)
+    app_client,
+    client_key,
+    dataset,
+    make_settings,
+    remote_settings,
+    ssh_host,
+    submit,
+    trainer_env,
+    wait_run,
+)
+
+SSH = {"provider": "ssh"}
+
+
+async def test_a_run_on_an_ssh_host_trains_pulls_every_checkpoint_and_installs_the_same_lora(
+        aiohttp_client, tmp_path: Path, client_key, ssh_host, dataset, trainer_env) -> None:
+    client = await app_client(aiohttp_client, make_settings(tmp_path, remote_settings(tmp_path, client_key, ssh_host)))
+    run = await submit(client, dataset, SSH)
+    assert run["engine"] == "remote" and run["remote"]["provider"] == "ssh"
+    done = await wait_run(client, run["id"], {"succeeded", "failed", "cancelled"})
+    assert done["status"] == "succeeded", done
+    assert done["step"] == 6 and done["total"] == 6 and done["loss"]["last"] is not None
+    assert [c["step"] for c in done["checkpoints"]] == [2, 4, 6]
+    # Installed here exactly as on the machine, with kohya's metadata.
+    there = ssh_host.home / "plasma-runs" / f"plasma-sidecar-run-{run['id']}" / "output"
+    final = Path(done["finalFile"])
+    assert final.read_bytes() == (there / "spyke.safetensors").read_bytes()
+    for c in done["checkpoints"]:
+        assert Path(c["path"]).read_bytes() == (there / c["fileName"]).read_bytes()
+    # The newest training state came along too (what a resume on another machine starts from).
+    assert (final.parent / "spyke-step00000006-state" / "train_state.json").is_file()
+    assert read_lora_metadata(final)["modelspec.trigger_phrase"] == "spyke_plasma_v1"
+    # The canonical arguments of a local kohya run, on CUDA: fp16 and sdpa.
+    argv = json.loads(Path(trainer_env["FAKE_KOHYA_ARGV_FILE"]).read_text())
+    assert "--mixed_precision=fp16" in argv and "--sdpa" in argv and "--network_dim=32" in argv
+    assert any(a.startswith("--train_data_dir=") and str(ssh_host.home) in a for a in argv)
+    remote = done["remote"]
+    assert remote["state"] == "destroyed" and remote["costSoFar"] == 0 and remote["instances"] == 1
+    assert any("steps:" in line or "saving" in line for line in done["logTail"]) or done["logTail"]
+    assert not ssh_host.processes()
+
+
+async def test_a_dropped_ssh_connection_reattaches_without_restarting_training(
+        aiohttp_client, tmp_path: Path, client_key, ssh_host, dataset, trainer_env) -> None:
+    trainer_env["FAKE_KOHYA_STEP_SECONDS"] = "0.15"
+    client = await app_client(aiohttp_client, make_settings(tmp_path, remote_settings(tmp_path, client_key, ssh_host)))
+    run = await submit(client, dataset, SSH, steps=8)
+    await wait_run(client, run["id"], lambda b: b["step"] >= 2)
+    assert ssh_host.drop_connections() >= 1  # the network drops; the trainer there goes on
+    done = await wait_run(client, run["id"], {"succeeded", "failed", "cancelled"})
+    assert done["status"] == "succeeded", done["error"]
+    assert done["remote"]["reattached"] >= 1
+    assert sum("setsid nohup" in c for c in ssh_host.commands) == 1, "training was started again"
+    assert [c["step"] for c in done["checkpoints"]] == [2, 4, 6, 8]
+    assert not ssh_host.processes()
+
+
+async def test_cancel_stops_the_trainer_on_the_host_and_keeps_the_pulled_checkpoints(
+        aiohttp_client, tmp_path: Path, client_key, ssh_host, dataset, trainer_env) -> None:
+    trainer_env["FAKE_KOHYA_STEP_SECONDS"] = "0.2"
+    client = await app_client(aiohttp_client, make_settings(tmp_path, remote_settings(tmp_path, client_key, ssh_host)))
+    run = await submit(client, dataset, SSH, steps=40)
+    await wait_run(client, run["id"], lambda b: any(c["step"] == 2 for c in b["checkpoints"]))
+    resp = await client.post(f"/loras/{run['id']}/cancel")
+    assert resp.status == 202
+    done = await wait_run(client, run["id"], {"succeeded", "failed", "cancelled"})
+    assert done["status"] == "cancelled" and done["step"] < 40
+    assert 2 in [c["step"] for c in done["checkpoints"]] and Path(done["checkpoints"][0]["path"]).is_file()
+    assert done["remote"]["state"] == "destroyed"
+    assert not ssh_host.processes(), "the trainer still runs on the host"
