@@ -56,7 +56,7 @@ def remote_settings(tmp_path: Path, client_key: Path, ssh_host: FakeHost | None 
                           kohya_dir="~/sd-scripts", python="~/venv/bin/python", work_dir="~/plasma-runs")
     vast_settings = VastSettings(api_key="vast-test-key-0123456789", server_url=vast_url or "http://127.0.0.1:9",
                                  identity_file=client_key, start_timeout=30, **vast)
-    return RemoteSettings(ssh=ssh, vast=vast_settings, poll_interval=POLL, stale_after=1.0)
+    return RemoteSettings(ssh=ssh, vast=vast_settings, poll_interval=POLL, stale_after=1.0, status_interval=0.3)
 
 
 def make_settings(tmp_path: Path, remote: RemoteSettings) -> Settings:

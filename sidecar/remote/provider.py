@@ -70,6 +70,7 @@ class Instance:
     price_per_hour: float = 0.0
     gpu_name: str | None = None
     message: str | None = None  # the provider's status message (an error while loading, ...)
+    started_at: float | None = None  # epoch seconds billing started, by the provider's clock
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

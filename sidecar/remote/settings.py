@@ -64,5 +64,8 @@ class RemoteSettings(_Table):
     ssh: SshSettings = Field(default_factory=SshSettings, description="an SSH host")
     poll_interval: float = Field(3.0, gt=0, le=300,
                                  description="seconds between reads of the remote log and instance status")
+    status_interval: float = Field(30.0, gt=0, le=3600,
+                                   description="seconds between asking the provider about a training instance "
+                                               "(its price and start: the cost guard uses the provider's clock)")
     stale_after: float = Field(120.0, gt=0, description="seconds without a working SSH connection before the "
                                                         "instance is asked whether it still runs")

@@ -113,6 +113,8 @@ class Shell:
         except (OSError, asyncssh.Error, asyncio.TimeoutError) as exc:
             raise ConnectionLost(f"running a command: {exc}") from exc
         out = str(result.stdout or "") + str(result.stderr or "")
+        if result.exit_status is None and result.exit_signal is None:
+            raise ConnectionLost(f"the connection closed while running `{command[:80]}`")
         if check and result.exit_status != 0:
             raise CommandFailed(command, result.exit_status, out)
         return str(result.stdout or "")

@@ -77,6 +77,15 @@ class RemoteState:
         self.instances += 1
         self.pid, self.log_offset, self.host_key, self.work_dir = None, 0, None, None
 
+    def billed(self, started_at: float | None, price: float | None) -> None:
+        """The provider's own figures for the current instance: when billing started, the price."""
+        if started_at and self.rented_at is not None:
+            if self.first_rented_at == self.rented_at:
+                self.first_rented_at = started_at
+            self.rented_at = started_at
+        if price:
+            self.price_per_hour = price
+
     def released(self, now: float | None = None) -> None:
         """The instance is destroyed: its cost is final."""
         self.spent_before = self.cost(now)

@@ -154,7 +154,8 @@ def instance_from(row: dict[str, Any]) -> Instance:
     state = "running" if actual == "running" and row.get("intended_status", "running") == "running" else actual
     return Instance(id=str(row["id"]), state=str(state), label=row.get("label"), ssh_host=row.get("ssh_host"),
                     ssh_port=_int(row.get("ssh_port")), price_per_hour=float(row.get("dph_total") or 0),
-                    gpu_name=row.get("gpu_name"), message=row.get("status_msg"))
+                    gpu_name=row.get("gpu_name"), message=row.get("status_msg"),
+                    started_at=_float(row.get("start_date")))
 
 
 def _public_key(identity: Path) -> str | None:

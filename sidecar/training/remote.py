@@ -88,6 +88,7 @@ class _Session:
         self.device_reported = False
         self.resume: ResumePoint | None = job.resume
         self.alive_at = 0.0
+        self.status_at = time.monotonic()
 
     # -- reporting
     def publish(self, state: str | None = None) -> None:
@@ -171,6 +172,7 @@ class _Session:
         log.info("run %s: %s instance %s created ($%.3f/h)", job.run_id, self.provider.name, instance.id,
                  st.price_per_hour)
         self.instance = await self.wait_running(instance.id)
+        st.billed(self.instance.started_at, self.instance.price_per_hour)
         await self.connect()
         python, kohya_dir = await self.wait_ready()
         self.publish("uploading")
@@ -359,6 +361,7 @@ class _Session:
                 if self.shell is None:
                     await self.reconnect(lost_since or time.monotonic())
                     lost_since = None
+                await self.refresh_status()
                 await self.check_limits()
                 shell = self._shell()
                 rdir = st.work_dir or ""
@@ -534,6 +537,21 @@ class _Session:
         return TrainResult(final_file=job.final_file, step=max(self.step, job.spec.steps))
 
     # -- the cost guard
+    async def refresh_status(self) -> None:
+        """Now and then, the provider's word on the instance: gone (replace it), and its billing figures."""
+        if self.st.max_total_cost is None or time.monotonic() - self.status_at < self.settings.remote.status_interval:
+            return
+        self.status_at = time.monotonic()
+        try:
+            inst = await self.provider.status(self.st.instance_id or "")
+        except (RemoteUnavailable, ConnectionLost) as exc:
+            log.info("run %s: no status for instance %s (%s)", self.job.run_id, self.st.instance_id, exc)
+            return
+        if inst.state in ("gone", "exited", "offline", "stopped"):
+            raise InstanceLost(f"instance {inst.id} is {inst.state}")
+        self.st.billed(inst.started_at, inst.price_per_hour)
+        self.publish()
+
     def _limit_hit(self) -> tuple[str, str] | None:
         st = self.st
         if st.max_total_cost is not None and st.cost() >= st.max_total_cost:

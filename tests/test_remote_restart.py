@@ -1,0 +1,152 @@
+"""A remote run across the daemon's death: the real `sidecar serve` killed with SIGKILL while its run trains
+on a (fake) vast.ai instance re-attaches at the next start without restarting training, and the instance
+is destroyed when the run ends; instances of runs that are no longer active are destroyed by the reaper
+at start and noted in their runs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from sidecar.remote.provider import Limits, label_for
+from sidecar.remote.settings import VastSettings
+from sidecar.remote.vast import VastProvider
+from tests.conftest_comfy import free_port
+from tests.fake_vast import FakeVast
+from tests.remote_fixtures import (  # noqa: F401  (fixtures)
+    app_client,
+    client_key,
+    dataset,
+    make_settings,
+    remote_settings,
+    submit,
+    trainer_env,
+    wait_run,
+)
+
+KEY = "vast-test-key-0123456789"
+ENDED = {"succeeded", "failed", "cancelled"}
+
+
+@pytest.fixture
+async def vast(tmp_path: Path, trainer_env):
+    fake = await FakeVast(tmp_path / "vast", KEY, trainer_env).start()
+    yield fake
+    left = await fake.close()
+    assert not left, f"instances left running on the fake vast.ai: {left}"
+
+
+def start_daemon(tmp_path: Path, port: int, vast: FakeVast, client_key: Path) -> subprocess.Popen[bytes]:
+    config = tmp_path / "sidecar.toml"
+    settings = make_settings(tmp_path, remote_settings(tmp_path, client_key))  # makes the base model
+    config.write_text(
+        # Attached to a ComfyUI that is not there: no torch to import, and training needs no backend.
+        f'comfyui_url = "http://127.0.0.1:9"\nmodels_dir = "{settings.models_path}"\n\n[remote]\npoll_interval = 0.05\n'
+        f'stale_after = 1.0\nstatus_interval = 0.5\n\n[remote.vast]\nserver_url = "{vast.url}"\n'
+        f'identity_file = "{client_key}"\nstart_timeout = 30\n')
+    with (tmp_path / "daemon.log").open("ab") as log:
+        # The key comes the way a user gives it: VAST_API_KEY in the environment.
+        return subprocess.Popen(
+            [sys.executable, "-m", "sidecar.cli", "serve", "--port", str(port), "--data-dir", str(tmp_path / "data"),
+             "--config", str(config)], env={**os.environ, "VAST_API_KEY": KEY}, stdout=log, stderr=subprocess.STDOUT)
+
+
+async def wait_up(http: aiohttp.ClientSession, url: str, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "sidecar serve exited"
+        try:
+            async with http.get(f"{url}/health") as resp:
+                if resp.status == 200:
+                    return
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            pass
+        await asyncio.sleep(0.1)
+    raise AssertionError("the daemon did not start in time")
+
+
+async def status(http: aiohttp.ClientSession, url: str, run_id: str, done, timeout: float = 60) -> dict:
+    body: dict = {}
+    for _ in range(int(timeout / 0.1)):
+        async with http.get(f"{url}/loras/{run_id}/status") as resp:
+            body = await resp.json()
+        if done(body):
+            return body
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"run {run_id} never got there: {body}")
+
+
+async def test_a_run_reattaches_after_the_daemon_is_killed_and_its_instance_is_destroyed_at_the_end(
+        tmp_path: Path, client_key, vast, dataset, trainer_env) -> None:
+    trainer_env["FAKE_KOHYA_STEP_SECONDS"] = "0.12"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as http:
+        proc = start_daemon(tmp_path, port, vast, client_key)
+        try:
+            await wait_up(http, url, proc)
+            async with http.post(f"{url}/loras/train", json={
+                    "datasetDir": str(dataset), "outputName": "spyke", "steps": 16, "saveEveryNSteps": 2,
+                    "remote": {"provider": "vast"}}) as resp:
+                assert resp.status == 202, await resp.text()
+                run_id = (await resp.json())["id"]
+            await status(http, url, run_id, lambda b: b["step"] >= 4)
+            proc.send_signal(signal.SIGKILL)  # no clean-up of any kind
+            await asyncio.to_thread(proc.wait, 10)
+            (instance_id,) = vast.instances
+            assert vast.alive() == [instance_id]  # still training, still billing
+            proc = start_daemon(tmp_path, port, vast, client_key)
+            await wait_up(http, url, proc)
+            done = await status(http, url, run_id, lambda b: b["status"] in ENDED)
+        finally:
+            proc.kill()
+            await asyncio.to_thread(proc.wait, 10)
+    assert done["status"] == "succeeded", (done["error"], (tmp_path / "daemon.log").read_text()[-3000:])
+    assert vast.destroyed == [instance_id] and done["remote"]["state"] == "destroyed"
+    assert done["remote"]["reattached"] >= 1 and done["remote"]["instances"] == 1
+    host = vast.hosts[instance_id]
+    assert sum("setsid nohup" in c for c in host.commands) == 1, "training was started again"
+    there = host.home / "plasma-runs" / label_for(run_id) / "output" / "spyke.safetensors"
+    assert Path(done["finalFile"]).read_bytes() == there.read_bytes()
+    assert KEY not in (tmp_path / "daemon.log").read_text()
+
+
+async def test_the_reaper_destroys_instances_of_runs_no_longer_active_at_start(
+        aiohttp_client, tmp_path: Path, client_key, vast, dataset, trainer_env) -> None:
+    trainer_env["FAKE_KOHYA_STEP_SECONDS"] = "0.2"
+    settings = make_settings(tmp_path, remote_settings(tmp_path, client_key, vast_url=vast.url))
+    client = await app_client(aiohttp_client, settings)
+    run = await submit(client, dataset, {"provider": "vast"}, steps=40)
+    await wait_run(client, run["id"], lambda b: (b["remote"] or {}).get("state") == "training")
+    vast.refuse_destroy = True  # vast.ai has a bad minute just as the run is cancelled
+    await client.post(f"/loras/{run['id']}/cancel")
+    done = await wait_run(client, run["id"], ENDED)
+    assert done["status"] == "cancelled" and done["remote"]["state"] == "destroy_failed"
+    # And an instance rented for the run a moment before a daemon died, never recorded with it.
+    stray = await VastProvider(VastSettings(api_key=KEY, server_url=vast.url, identity_file=client_key)).create(
+        (await VastProvider(VastSettings(api_key=KEY, server_url=vast.url)).search(
+            Limits(1, 3, 2, 16, 12.1, 0.98, 40)))[0], label_for(run["id"]), None)
+    # An instance labelled for a run this daemon does not know is another daemon's: left alone.
+    foreign = await VastProvider(VastSettings(api_key=KEY, server_url=vast.url)).create(
+        (await VastProvider(VastSettings(api_key=KEY, server_url=vast.url)).search(
+            Limits(1, 3, 2, 16, 12.1, 0.98, 40)))[0], label_for("f" * 32), None)
+    assert len(vast.alive()) == 3
+    await client.close()
+    vast.refuse_destroy = False
+    client = await app_client(aiohttp_client, settings)  # the next start
+    after = await wait_run(client, run["id"], lambda b: b["remote"]["state"] == "destroyed")
+    await asyncio.sleep(0.3)
+    assert vast.alive() == [int(foreign.id)]
+    assert int(stray.id) in vast.destroyed
+    assert any("reaper" in w for w in after["warnings"])
+    await VastProvider(VastSettings(api_key=KEY, server_url=vast.url)).destroy(foreign.id)
+    assert json.dumps(after).count(KEY) == 0
