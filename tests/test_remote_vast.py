@@ -133,20 +133,30 @@ async def test_a_refused_rental_fails_the_run_and_rents_nothing(
     assert vast.alive() == []
 
 
-async def test_the_cost_guard_stops_the_run_pulls_the_last_checkpoint_and_destroys(
+async def test_the_cost_guard_stops_the_run_keeps_the_last_checkpoint_and_resume_finishes_it(
         aiohttp_client, tmp_path: Path, client_key, vast, dataset, trainer_env) -> None:
-    trainer_env["FAKE_KOHYA_STEP_SECONDS"] = "0.15"
+    trainer_env["FAKE_KOHYA_STEP_SECONDS"] = "0.1"
     client = await app_client(aiohttp_client, settings_for(tmp_path, client_key, vast))
-    run = await submit(client, dataset, {**VAST, "maxTotalCost": 0.5}, steps=60)
+    run = await submit(client, dataset, {**VAST, "maxTotalCost": 0.5}, steps=24)
     await wait_run(client, run["id"], lambda b: len(b["checkpoints"]) >= 1)
-    (instance_id,) = vast.instances
-    vast.instances[instance_id]["start_date"] -= 3 * 3600  # vast.ai's clock: 3 h rented at $0.22/h = $0.66
+    (first,) = vast.instances
+    vast.instances[first]["start_date"] -= 3 * 3600  # vast.ai's clock: 3 h rented at $0.22/h = $0.66
     done = await wait_run(client, run["id"], ENDED)
     assert done["status"] == "failed" and done["error"]["code"] == "remote_cost_limit", done["error"]
-    assert done["remote"]["costSoFar"] >= 0.5 and vast.destroyed == [instance_id]
+    assert done["remote"]["costSoFar"] >= 0.5 and vast.destroyed == [first]
     last = done["error"]["details"]["lastCheckpointStep"]
-    assert last and last == max(c["step"] for c in done["checkpoints"]) and done["step"] < 60
+    assert last and last == max(c["step"] for c in done["checkpoints"]) and done["step"] < 24
     assert Path(done["checkpoints"][-1]["path"]).is_file()
+    # Resumed, it continues from that checkpoint's state on a new instance, the limit applying afresh.
+    resp = await client.post(f"/loras/{run['id']}/resume")
+    assert resp.status == 202, await resp.text()
+    again = await wait_run(client, run["id"], ENDED)
+    assert again["status"] == "succeeded", again["error"]
+    second = max(vast.instances)
+    assert vast.destroyed == [first, second] and again["remote"]["instances"] == 2
+    argv = json.loads(Path(trainer_env["FAKE_KOHYA_ARGV_FILE"]).read_text())
+    assert any(a.startswith("--resume=") and f"step{last:08d}-state" in a for a in argv)
+    assert again["remote"]["costSoFar"] >= done["remote"]["costSoFar"]
 
 
 async def test_a_lost_instance_is_replaced_and_training_resumes_from_the_last_pulled_state(
@@ -154,7 +164,8 @@ async def test_a_lost_instance_is_replaced_and_training_resumes_from_the_last_pu
     trainer_env["FAKE_KOHYA_STEP_SECONDS"] = "0.15"
     client = await app_client(aiohttp_client, settings_for(tmp_path, client_key, vast))
     run = await submit(client, dataset, VAST, steps=10)
-    await wait_run(client, run["id"], lambda b: any(c["step"] >= 4 for c in b["checkpoints"]))
+    # Once a checkpoint's training state is here too (what a resume elsewhere starts from):
+    await wait_run(client, run["id"], lambda b: any(Path(b["outputDir"]).glob("spyke-step*-state")))
     (first,) = vast.instances
     await vast.lose(first)
     done = await wait_run(client, run["id"], ENDED, timeout=60)

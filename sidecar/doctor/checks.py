@@ -391,8 +391,12 @@ def run_checks(settings: Settings, home: Path | None = None) -> list[Check]:
     home = home or Path.home()
     probe = asyncio.run(probe_network(settings))
     torch_checks, torch = check_torch(settings)
+    from sidecar.doctor.remote import check_remote  # it imports Check from here
+
+    remote = asyncio.run(check_remote(settings))
     return [check_python(), *torch_checks, *check_comfyui(settings, probe, home), *check_models(settings, probe),
-            *check_kohya(settings, torch), check_disk(settings), check_port(settings, probe), check_launchd(home)]
+            *check_kohya(settings, torch), *remote, check_disk(settings), check_port(settings, probe),
+            check_launchd(home)]
 
 
 # -- the bench ------------------------------------------------------------------------------------

@@ -42,14 +42,16 @@ class RemoteState:
     why: str | None = None  # why that offer
     price_per_hour: float = 0.0
     rented_at: float | None = None  # epoch seconds the current instance was created
-    first_rented_at: float | None = None  # of the run's first instance: the time limit counts from there
+    first_rented_at: float | None = None  # first instance of this attempt: the time limit counts from there
     spent_before: float = 0.0  # what the run's earlier instances cost
+    guard_base: float = 0.0  # cost when this attempt (submit or resume) began: the guard counts from here
     max_total_cost: float | None = None
     max_hours: float | None = None
     work_dir: str | None = None  # the run's folder on the machine (absolute)
     pid: int | None = None  # the detached trainer's process group there
     log_offset: int = 0
     instances: int = 0  # how many instances the run has had
+    instances_this_attempt: int = 0
     reattached: int = 0
     pulled: list[PulledFile] = field(default_factory=list)
     message: str | None = None
@@ -66,6 +68,15 @@ class RemoteState:
             current = self.price_per_hour * max(0.0, now - self.rented_at) / 3600
         return round(self.spent_before + current, 4)
 
+    def attempt_cost(self, now: float | None = None) -> float:
+        return round(self.cost(now) - self.guard_base, 4)
+
+    def new_attempt(self) -> None:
+        """A submit or a resume starts: the limits apply afresh; what was spent before stays in the total."""
+        self.guard_base = self.cost()
+        self.first_rented_at = None
+        self.instances_this_attempt = 0
+
     def hours(self, now: float | None = None) -> float:
         now = time.time() if now is None else now
         return 0.0 if self.first_rented_at is None else max(0.0, now - self.first_rented_at) / 3600
@@ -75,6 +86,7 @@ class RemoteState:
         self.instance_id, self.price_per_hour, self.rented_at = instance_id, price, now
         self.first_rented_at = self.first_rented_at or now
         self.instances += 1
+        self.instances_this_attempt += 1
         self.pid, self.log_offset, self.host_key, self.work_dir = None, 0, None, None
 
     def billed(self, started_at: float | None, price: float | None) -> None:

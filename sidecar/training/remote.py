@@ -111,6 +111,8 @@ class _Session:
     # -- the whole run
     async def go(self) -> TrainResult:
         detach = False
+        if not self.st.live:
+            self.st.new_attempt()  # a re-attach continues the attempt (and its limits) it interrupted
         try:
             attached = await self.reattach() if self.st.live else False
             while True:
@@ -152,9 +154,9 @@ class _Session:
     # -- renting and starting
     async def rent_and_start(self) -> None:
         st, job = self.st, self.job
-        if st.instances >= MAX_INSTANCES:
-            raise remote_failed(f"The run already used {st.instances} instances; not renting another.",
-                                "too_many_instances")
+        if st.instances_this_attempt >= MAX_INSTANCES:
+            raise remote_failed(f"This attempt already used {st.instances_this_attempt} instances; not renting "
+                                "another (resume the run to try again).", "too_many_instances")
         self.publish("searching")
         limits = limits_of(self.resolved)
         offers = await self.provider.search(limits)
@@ -554,8 +556,8 @@ class _Session:
 
     def _limit_hit(self) -> tuple[str, str] | None:
         st = self.st
-        if st.max_total_cost is not None and st.cost() >= st.max_total_cost:
-            return "remote_cost_limit", f"it has cost ${st.cost():.2f} of its ${st.max_total_cost:g} limit"
+        if st.max_total_cost is not None and st.attempt_cost() >= st.max_total_cost:
+            return "remote_cost_limit", f"it has cost ${st.attempt_cost():.2f} of its ${st.max_total_cost:g} limit"
         if st.max_hours is not None and st.hours() >= st.max_hours:
             return "remote_time_limit", f"it has been rented {st.hours():.2f} h of its {st.max_hours:g} h limit"
         return None
