@@ -21,14 +21,12 @@ import asyncio
 import contextlib
 import logging
 import posixpath
-import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from sidecar.config import Settings
-from sidecar.dataprep.kohya_layout import caption_path
 from sidecar.errors import JobCancelled, JobFailed, RemoteUnavailable, SidecarError
 from sidecar.remote import machine
 from sidecar.remote.plan import choose
@@ -39,7 +37,8 @@ from sidecar.remote.ssh import stop_group_command
 from sidecar.remote.state import PulledFile, RemoteState
 from sidecar.training import checkpoints as files
 from sidecar.training.kohya import build_args
-from sidecar.training.kohya_tokenizer import MODEL_FOLDER, seed_tokenizer_cache
+from sidecar.training import remote_files as transfer
+from sidecar.training.kohya_tokenizer import seed_tokenizer_cache
 from sidecar.training.parser import BarUpdate, CheckpointSaved, KohyaOutputParser
 from sidecar.training.spec import ResumePoint, TrainerHooks, TrainJob, TrainResult, training_failed
 
@@ -266,28 +265,9 @@ class _Session:
         rdir = self.run_dir(shell)
         root = posixpath.dirname(rdir)
         st.work_dir = rdir
-        uploads: list[tuple[Path, str]] = []
-        for kind, subsets in (("img", job.dataset.subsets), ("reg", job.dataset.reg_subsets)):
-            for subset in subsets:
-                for item in subset.items:
-                    folder = f"{rdir}/{kind}/{subset.name}"
-                    uploads.append((item.image, f"{folder}/{item.image.name}"))
-                    cap = caption_path(item.image)
-                    if cap.is_file():
-                        uploads.append((cap, f"{folder}/{cap.name}"))
-        model = f"{root}/models/{job.base_model.name}"
-        if await shell.size(model) != job.base_model.stat().st_size:
-            uploads.append((job.base_model, model))
         tokenizer = await asyncio.to_thread(seed_tokenizer_cache, self.settings,
                                             self.settings.data_dir / "kohya-tokenizer")
-        if tokenizer is not None and not await shell.listdir(f"{root}/kohya-tokenizer/{MODEL_FOLDER}"):
-            uploads += [(f, f"{root}/kohya-tokenizer/{MODEL_FOLDER}/{f.name}") for f in sorted(tokenizer.iterdir())]
-        remote_resume: ResumePoint | None = None
-        if self.resume is not None:
-            state_name = self.resume.state_path.name
-            remote_resume = ResumePoint(self.resume.step, Path(f"{rdir}/resume/{state_name}"))
-            uploads += [(f, f"{rdir}/resume/{state_name}/{f.name}") for f in sorted(self.resume.state_path.iterdir())
-                        if f.is_file()]
+        uploads, model, remote_resume = await transfer.uploads(shell, job, rdir, tokenizer, self.resume)
         sent = await shell.put_files(uploads)
         log.info("run %s: uploaded %d files (%.1f MB) to %s", job.run_id, len(uploads), sent / 1e6, rdir)
         device = "cuda" if self.provider.name == "vast" else str(self.resolved.get("device") or "cuda")
@@ -452,66 +432,26 @@ class _Session:
                 await self.pull(saved.step, saved.path)
 
     async def pull(self, step: int, remote: str) -> PulledFile | None:
-        """Download a step checkpoint and its state folder; size and sha256 checked against the machine's."""
+        """Download a step checkpoint and its state folder (checked), then report it as a local run does."""
         if any(p.step == step for p in self.st.pulled):
             return None
         shell = self._shell()
         local = self.job.output_dir / posixpath.basename(remote)
-        pf = await self.fetch(shell, remote, local)
-        if pf is None:
+        got = await transfer.fetch(shell, remote, local)
+        if got is None:
             return None
-        state_remote = remote.removesuffix(".safetensors") + "-state"
-        names = await shell.listdir(state_remote)
-        local_state: Path | None = None
-        if names:
-            local_state = files.state_dir_for(local)
-            tmp = local_state.with_name(f".{local_state.name}.part")
-            await asyncio.to_thread(shutil.rmtree, tmp, True)
-            try:
-                for name in names:
-                    await shell.get(f"{state_remote}/{name}", tmp / name)
-            except FileNotFoundError:
-                # kohya keeps only the newest states (--save_last_n_steps_state): this one was pruned there
-                # while we were behind. The LoRA file itself is kept; a resume uses a newer state.
-                await asyncio.to_thread(shutil.rmtree, tmp, True)
-                local_state = None
-            else:
-                await asyncio.to_thread(shutil.rmtree, local_state, True)
-                await asyncio.to_thread(tmp.rename, local_state)
-        pulled = PulledFile(step=step, path=str(local), size=pf[0], sha256=pf[1],
-                            state=str(local_state) if local_state else None)
+        state = await transfer.fetch_state(shell, remote, local)
+        pulled = PulledFile(step=step, path=str(local), size=got[0], sha256=got[1], state=str(state) if state else None)
         self.st.pulled.append(pulled)
         self.publish()
-        self.hooks.checkpoint(step, local, local_state)
+        self.hooks.checkpoint(step, local, state)
         return pulled
 
-    async def fetch(self, shell: Shell, remote: str, local: Path) -> tuple[int, str] | None:
-        for _ in range(2):
-            there = await shell.sha256(remote)
-            if there is None:
-                return None
-            try:
-                got = await shell.get(remote, local)
-            except FileNotFoundError:
-                return None
-            if got == there and await asyncio.to_thread(files.safetensors_ok, local):
-                return got
-            log.warning("run %s: %s arrived as %s, expected %s; fetching again", self.job.run_id, remote, got, there)
-        local.unlink(missing_ok=True)
-        raise remote_failed(f"{posixpath.basename(remote)} could not be downloaded intact (size/sha256 differ).",
-                            "pull_failed", file=remote)
-
     async def pull_finished(self) -> None:
-        """Every complete step checkpoint on the machine not pulled yet, newest first."""
-        shell = self._shell()
+        """Every step checkpoint on the machine not pulled yet, newest first (the last one matters most)."""
         out = f"{self.st.work_dir}/output"
         name = self.job.spec.output_name
-        steps = []
-        for entry in await shell.listdir(out):
-            m = files.STEP_FILE.match(entry)
-            if m and m.group("name") == name:
-                steps.append(int(m.group("step")))
-        for step in sorted(steps, reverse=True):
+        for step in await transfer.finished_steps(self._shell(), out, name):
             with contextlib.suppress(JobFailed):
                 await self.pull(step, f"{out}/{files.step_file_name(name, step)}")
 
@@ -531,7 +471,7 @@ class _Session:
         self.publish("pulling")
         await self.pull_finished()  # a save the bar never redrew after
         final = f"{self.st.work_dir}/output/{job.spec.output_name}.safetensors"
-        got = await self.fetch(self._shell(), final, job.final_file)
+        got = await transfer.fetch(self._shell(), final, job.final_file)
         if got is None:
             raise training_failed(f"kohya exited normally but wrote no final LoRA ({job.final_file.name}).",
                                   "no_output", exitCode=code, step=self.step, logTail=tail)
