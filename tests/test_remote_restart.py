@@ -21,6 +21,7 @@ from sidecar.remote.provider import Limits, label_for
 from sidecar.remote.settings import VastSettings
 from sidecar.remote.vast import VastProvider
 from tests.conftest_comfy import free_port
+from tests.fake_ssh_host import FakeHost, install_kohya
 from tests.fake_vast import FakeVast
 from tests.remote_fixtures import (  # noqa: F401  (fixtures)
     app_client,
@@ -45,14 +46,19 @@ async def vast(tmp_path: Path, trainer_env):
     assert not left, f"instances left running on the fake vast.ai: {left}"
 
 
-def start_daemon(tmp_path: Path, port: int, vast: FakeVast, client_key: Path) -> subprocess.Popen[bytes]:
+def start_daemon(tmp_path: Path, port: int, vast: FakeVast, client_key: Path,
+                 ssh_host: FakeHost | None = None) -> subprocess.Popen[bytes]:
     config = tmp_path / "sidecar.toml"
-    settings = make_settings(tmp_path, remote_settings(tmp_path, client_key))  # makes the base model
+    settings = make_settings(tmp_path, remote_settings(tmp_path, client_key, ssh_host))  # makes the base model
+    ssh = settings.remote.ssh
     config.write_text(
         # Attached to a ComfyUI that is not there: no torch to import, and training needs no backend.
         f'comfyui_url = "http://127.0.0.1:9"\nmodels_dir = "{settings.models_path}"\n\n[remote]\npoll_interval = 0.05\n'
         f'stale_after = 1.0\nstatus_interval = 0.5\n\n[remote.vast]\nserver_url = "{vast.url}"\n'
-        f'identity_file = "{client_key}"\nstart_timeout = 30\n')
+        f'identity_file = "{client_key}"\nstart_timeout = 30\n'
+        + (f'\n[remote.ssh]\nhost = "{ssh.host}"\nport = {ssh.port}\nidentity_file = "{ssh.identity_file}"\n'
+           f'known_hosts = "{ssh.known_hosts}"\nkohya_dir = "{ssh.kohya_dir}"\npython = "{ssh.python}"\n'
+           if ssh_host is not None else ""))
     with (tmp_path / "daemon.log").open("ab") as log:
         # The key comes the way a user gives it: VAST_API_KEY in the environment.
         return subprocess.Popen(
@@ -85,39 +91,51 @@ async def status(http: aiohttp.ClientSession, url: str, run_id: str, done, timeo
     raise AssertionError(f"run {run_id} never got there: {body}")
 
 
+@pytest.mark.parametrize("provider", ["vast", "ssh"])
 async def test_a_run_reattaches_after_the_daemon_is_killed_and_its_instance_is_destroyed_at_the_end(
-        tmp_path: Path, client_key, vast, dataset, trainer_env) -> None:
+        tmp_path: Path, client_key, vast, dataset, trainer_env, provider) -> None:
     trainer_env["FAKE_KOHYA_STEP_SECONDS"] = "0.12"
+    ssh_host = None
+    if provider == "ssh":
+        ssh_host = FakeHost(tmp_path / "machine", [Path(f"{client_key}.pub").read_text()], "ssh-host", trainer_env)
+        install_kohya(ssh_host.home)
+        await ssh_host.start()
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as http:
-        proc = start_daemon(tmp_path, port, vast, client_key)
-        try:
-            await wait_up(http, url, proc)
-            async with http.post(f"{url}/loras/train", json={
-                    "datasetDir": str(dataset), "outputName": "spyke", "steps": 16, "saveEveryNSteps": 2,
-                    "remote": {"provider": "vast"}}) as resp:
-                assert resp.status == 202, await resp.text()
-                run_id = (await resp.json())["id"]
-            await status(http, url, run_id, lambda b: b["step"] >= 4)
-            proc.send_signal(signal.SIGKILL)  # no clean-up of any kind
-            await asyncio.to_thread(proc.wait, 10)
-            (instance_id,) = vast.instances
-            assert vast.alive() == [instance_id]  # still training, still billing
-            proc = start_daemon(tmp_path, port, vast, client_key)
-            await wait_up(http, url, proc)
-            done = await status(http, url, run_id, lambda b: b["status"] in ENDED)
-        finally:
-            proc.kill()
-            await asyncio.to_thread(proc.wait, 10)
-    assert done["status"] == "succeeded", (done["error"], (tmp_path / "daemon.log").read_text()[-3000:])
-    assert vast.destroyed == [instance_id] and done["remote"]["state"] == "destroyed"
-    assert done["remote"]["reattached"] >= 1 and done["remote"]["instances"] == 1
-    host = vast.hosts[instance_id]
-    assert sum("setsid nohup" in c for c in host.commands) == 1, "training was started again"
-    there = host.home / "plasma-runs" / label_for(run_id) / "output" / "spyke.safetensors"
-    assert Path(done["finalFile"]).read_bytes() == there.read_bytes()
-    assert KEY not in (tmp_path / "daemon.log").read_text()
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as http:
+            proc = start_daemon(tmp_path, port, vast, client_key, ssh_host)
+            try:
+                await wait_up(http, url, proc)
+                async with http.post(f"{url}/loras/train", json={
+                        "datasetDir": str(dataset), "outputName": "spyke", "steps": 16, "saveEveryNSteps": 2,
+                        "remote": {"provider": provider}}) as resp:
+                    assert resp.status == 202, await resp.text()
+                    run_id = (await resp.json())["id"]
+                await status(http, url, run_id, lambda b: b["step"] >= 4)
+                proc.send_signal(signal.SIGKILL)  # no clean-up of any kind
+                await asyncio.to_thread(proc.wait, 10)
+                host = ssh_host or vast.hosts[next(iter(vast.instances))]
+                assert host.processes(), "the trainer stopped with the daemon"  # still training (and billing)
+                proc = start_daemon(tmp_path, port, vast, client_key, ssh_host)
+                await wait_up(http, url, proc)
+                done = await status(http, url, run_id, lambda b: b["status"] in ENDED)
+            finally:
+                proc.kill()
+                await asyncio.to_thread(proc.wait, 10)
+        assert done["status"] == "succeeded", (done["error"], (tmp_path / "daemon.log").read_text()[-3000:])
+        assert done["remote"]["state"] == "destroyed"
+        assert done["remote"]["reattached"] >= 1 and done["remote"]["instances"] == 1
+        if provider == "vast":
+            assert vast.destroyed == list(vast.instances)
+        assert not host.processes()
+        assert sum("setsid nohup" in c for c in host.commands) == 1, "training was started again"
+        there = host.home / "plasma-runs" / label_for(run_id) / "output" / "spyke.safetensors"
+        assert Path(done["finalFile"]).read_bytes() == there.read_bytes()
+        assert KEY not in (tmp_path / "daemon.log").read_text()
+    finally:
+        if ssh_host is not None:
+            await ssh_host.close()
 
 
 async def test_the_reaper_destroys_instances_of_runs_no_longer_active_at_start(
