@@ -314,11 +314,30 @@ class _Session:
         # checkpoints pulled before are not pulled again.
         st.log_offset, st.reattached = 0, st.reattached + 1
         self.parser = KohyaOutputParser()
+        if self.resume is not None:
+            self.parser.offset = self.resume.step
         with contextlib.suppress(OSError):
             (self.job.work_dir / "train.log").unlink()
+        await self.catch_up()
         self.publish("training")
-        log.info("run %s: re-attached to %s %s", self.job.run_id, self.provider.name, st.instance_id)
+        log.info("run %s: re-attached to %s %s at step %d", self.job.run_id, self.provider.name, st.instance_id,
+                 self.step)
         return True
+
+    async def catch_up(self) -> None:
+        """Read what the trainer printed while nobody followed, reporting only where it is now: replayed
+        bar redraws would tell the ETA that hundreds of steps took no time."""
+        shell, log_path = self._shell(), self.job.work_dir / "train.log"
+        events: list[BarUpdate | CheckpointSaved] = []
+        while chunk := await shell.read_from(f"{self.st.work_dir}/train.log", self.st.log_offset):
+            await asyncio.to_thread(_append, log_path, chunk)
+            self.st.log_offset += len(chunk)
+            events += self.parser.feed(chunk)
+        last = max((i for i, e in enumerate(events) if isinstance(e, BarUpdate)), default=-1)
+        # A save with no redraw after it may still be writing its file: it waits for the next redraw.
+        done = [e for e in events[:last] if isinstance(e, CheckpointSaved)]
+        await self.handle(done + ([events[last]] if last >= 0 else []))
+        self.pending += [e for e in events[last + 1:] if isinstance(e, CheckpointSaved)]
 
     async def replace_lost(self, why: str) -> None:
         log.warning("run %s: instance %s lost (%s); resuming from the last pulled state on a new one",
