@@ -162,7 +162,10 @@ async def test_the_reaper_destroys_instances_of_runs_no_longer_active_at_start(
     vast.refuse_destroy = False
     client = await app_client(aiohttp_client, settings)  # the next start
     after = await wait_run(client, run["id"], lambda b: b["remote"]["state"] == "destroyed")
-    await asyncio.sleep(0.3)
+    for _ in range(400):  # the listing sweep follows the recorded one
+        if vast.alive() == [int(foreign.id)]:
+            break
+        await asyncio.sleep(0.05)
     assert vast.alive() == [int(foreign.id)]
     assert int(stray.id) in vast.destroyed
     assert any("reaper" in w for w in after["warnings"])
