@@ -168,6 +168,6 @@ async def test_the_reaper_destroys_instances_of_runs_no_longer_active_at_start(
         await asyncio.sleep(0.05)
     assert vast.alive() == [int(foreign.id)]
     assert int(stray.id) in vast.destroyed
-    assert any("reaper" in w for w in after["warnings"])
+    after = await wait_run(client, run["id"], lambda b: any("reaper" in w for w in b["warnings"]))
     await VastProvider(VastSettings(api_key=KEY, server_url=vast.url)).destroy(foreign.id)
     assert json.dumps(after).count(KEY) == 0
