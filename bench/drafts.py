@@ -53,7 +53,7 @@ class Daemon:
 
     def __enter__(self) -> Daemon:
         self.thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(60)
+        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(600)
         return self
 
     async def _start(self) -> None:
@@ -65,7 +65,7 @@ class Daemon:
 
     def __exit__(self, *exc: object) -> None:
         assert self.runner is not None
-        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(60)
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(600)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
 
