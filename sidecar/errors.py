@@ -17,6 +17,7 @@ Nothing else builds error JSON or picks exit codes. The tree:
     │   ├── CheckpointNotFound        checkpoint_not_found
     │   ├── ControlnetNotFound        controlnet_not_found
     │   ├── PoseImageInvalid          pose_image_invalid
+    │   ├── InitImageInvalid          init_image_invalid                   (initImagePath / initJobId; denoise without one)
     │   ├── DatasetInvalid            dataset_invalid
     │   ├── NodeNotSupported          node_not_supported
     │   ├── SamplerNotSupported       sampler_not_supported
@@ -156,6 +157,10 @@ class ControlnetNotFound(BadRequest):
 
 class PoseImageInvalid(BadRequest):
     code = "pose_image_invalid"
+
+
+class InitImageInvalid(BadRequest):
+    code = "init_image_invalid"
 
 
 class DatasetInvalid(BadRequest):

@@ -68,8 +68,8 @@ NODE_TYPES: dict[str, NodeType] = {
         "width": Value(int, 16, 16384), "height": Value(int, 16, 16384),
         "batch_size": Value(int, 1, 4096, optional=True),
     }, ("LATENT",)),
-    # The image is the job's pose image, placed by the daemon (`poseImagePath`), never a path of the workflow's
-    # (the job builder sets it).
+    # The image is the job's pose or init image, placed by the daemon (`poseImagePath`, `initImagePath`), never a
+    # path of the workflow's (the job builder sets it).
     "LoadImage": NodeType({"image": Value(str), "upload": Value(str, optional=True)},
                           ("IMAGE", "MASK")),
     "ControlNetLoader": NodeType({"control_net_name": Value(str, folder="controlnet")}, ("CONTROL_NET",)),
@@ -87,6 +87,8 @@ NODE_TYPES: dict[str, NodeType] = {
         "scheduler": Value(str, param="scheduler"), "denoise": Value(float, optional=True, param="denoise"),
     }, ("LATENT",)),
     "VAEDecode": NodeType({"samples": Linked("LATENT"), "vae": Linked("VAE")}, ("IMAGE",)),
+    # img2img: the init image's latent, which a KSampler with denoise < 1 starts from.
+    "VAEEncode": NodeType({"pixels": Linked("IMAGE"), "vae": Linked("VAE")}, ("LATENT",)),
     # Where ComfyUI writes the image is the daemon's choice, not the workflow's (the job builder sets it).
     "SaveImage": NodeType({"images": Linked("IMAGE"), "filename_prefix": Value(str, optional=True)}),
 }

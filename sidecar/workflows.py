@@ -45,6 +45,9 @@ class Manifest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     version: int = 1
     templates: dict[str, TemplateSpec]
+    # Old template name -> its current name: a renamed template still answers to the name that logged
+    # workflows and generation logs recorded.
+    aliases: dict[str, str] = Field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -81,8 +84,7 @@ def validate_graph(raw: Any, known_types: set[str] | None = None) -> Graph:
     return graph
 
 
-def load_templates(directory: Path, known_types: set[str] | None = None) -> dict[str, Template]:
-    """Load and validate every template the manifest names. Raises WorkflowInvalid on any problem."""
+def read_manifest(directory: Path) -> Manifest:
     manifest_path = directory / MANIFEST
     try:
         manifest = Manifest.model_validate_json(manifest_path.read_bytes())
@@ -90,6 +92,22 @@ def load_templates(directory: Path, known_types: set[str] | None = None) -> dict
         raise WorkflowInvalid(f"No template manifest at {manifest_path}.") from None
     except ValueError as exc:
         raise WorkflowInvalid(f"{manifest_path} is invalid: {exc}") from None
+    for old, new in manifest.aliases.items():
+        if new not in manifest.templates or old in manifest.templates:
+            raise WorkflowInvalid(f"{manifest_path}: alias {old!r} must name a template ({new!r} is not one) and "
+                                  "must not be a template name itself.", {"alias": old})
+    return manifest
+
+
+def load_templates(directory: Path, known_types: set[str] | None = None) -> dict[str, Template]:
+    """Load and validate every template the manifest names. Raises WorkflowInvalid on any problem."""
+    return load_template_set(directory, known_types)[0]
+
+
+def load_template_set(directory: Path,
+                      known_types: set[str] | None = None) -> tuple[dict[str, Template], dict[str, str]]:
+    """The templates and the manifest's aliases."""
+    manifest = read_manifest(directory)
     templates: dict[str, Template] = {}
     for name, spec in manifest.templates.items():
         path = directory / spec.file
@@ -112,7 +130,7 @@ def load_templates(directory: Path, known_types: set[str] | None = None) -> dict
                         {"template": name, "slot": slot},
                     )
         templates[name] = Template(name=name, spec=spec, graph=graph)
-    return templates
+    return templates, dict(manifest.aliases)
 
 
 class TemplateStore:
@@ -122,12 +140,13 @@ class TemplateStore:
         self.directory = directory
         self._known_types = known_types
         self.templates: dict[str, Template] = {}
+        self.aliases: dict[str, str] = {}
         self.last_error: str | None = None
         self.generation = 0  # bumps on each successful (re)load
 
     async def load(self) -> None:
         known = await self._known_types() if self._known_types else None
-        self.templates = await asyncio.to_thread(load_templates, self.directory, known)
+        self.templates, self.aliases = await asyncio.to_thread(load_template_set, self.directory, known)
         self.last_error = None
         self.generation += 1
 
@@ -143,8 +162,9 @@ class TemplateStore:
         return True
 
     def get(self, name: str) -> Template:
+        """The template of that name, or of the name it had (an alias: `img2img-lora-controlnet`)."""
         try:
-            return self.templates[name]
+            return self.templates[self.aliases.get(name, name)]
         except KeyError:
             raise WorkflowInvalid(f"No template named {name!r} is loaded.") from None
 

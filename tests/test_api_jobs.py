@@ -119,11 +119,11 @@ async def test_pose_image_selects_the_controlnet_template(client, tmp_path) -> N
     pose = tmp_path / "pose.png"
     Image.new("RGB", (64, 96), (255, 255, 255)).save(pose)
     job = await submit_full(client, loraId="spyke_plasma_v1", poseImagePath=str(pose), controlnetStrength=0.5)
-    assert job["workflowTemplate"] == "img2img-lora-controlnet"
+    assert job["workflowTemplate"] == "txt2img-pose-lora"
     assert job["workflow"]["14"]["inputs"]["strength"] == 0.5
     assert job["workflow"]["12"]["inputs"]["image"] == "pose.png"
     no_lora = await submit(client, poseImagePath=str(pose))
-    assert no_lora["workflowTemplate"] == "img2img-controlnet"
+    assert no_lora["workflowTemplate"] == "txt2img-pose"
     assert no_lora["params"]["controlnetStrength"] == 0.65
 
 

@@ -322,7 +322,7 @@ def _pose(path: Path, colour: str) -> Path:
 
 
 def _pose_workflow(pose: Path) -> dict[str, Any]:
-    return workflow("img2img-lora-controlnet", pose_image=pose.name, controlnet_strength=0.65)
+    return workflow("txt2img-pose-lora", pose_image=pose.name, controlnet_strength=0.65)
 
 
 async def test_pose_is_copied_into_comfyuis_input_dir_when_known(comfy_settings, fake_comfy, comfy_home,

@@ -76,7 +76,7 @@ async def test_a_job_produces_a_png_of_the_requested_size_and_same_seed_repeats(
 async def test_a_pose_image_runs_the_controlnet_template(client, pose_png: Path) -> None:
     job = await submit(client, poseImagePath=str(pose_png), controlnetStrength=0.8,
                        resolution={"width": 64, "height": 96})
-    assert job["workflowTemplate"] == "img2img-controlnet"
+    assert job["workflowTemplate"] == "txt2img-pose"
     done = await wait_status(client, job["id"], {"succeeded", "failed"})
     assert done["status"] == "succeeded", done["error"]
 

@@ -81,9 +81,9 @@ async def test_emphasis_and_prompts_longer_than_one_clip_window_render(render) -
 
 async def test_controlnet_job_runs_and_its_strength_changes_the_image(render, pose_png: Path) -> None:
     plain = (await render(fill("txt2img", seed=9))).pixels
-    weak = (await render(fill("img2img-controlnet", seed=9, controlnet_strength=0.4), pose=pose_png)).pixels
-    strong = (await render(fill("img2img-controlnet", seed=9, controlnet_strength=0.9), pose=pose_png)).pixels
-    lora = await render(fill("img2img-lora-controlnet", seed=9), pose=pose_png)
+    weak = (await render(fill("txt2img-pose", seed=9, controlnet_strength=0.4), pose=pose_png)).pixels
+    strong = (await render(fill("txt2img-pose", seed=9, controlnet_strength=0.9), pose=pose_png)).pixels
+    lora = await render(fill("txt2img-pose-lora", seed=9), pose=pose_png)
     assert weak.shape == strong.shape == plain.shape == (96, 64, 3)
     assert not np.array_equal(weak, strong)
     assert not np.array_equal(weak, plain)
@@ -92,7 +92,7 @@ async def test_controlnet_job_runs_and_its_strength_changes_the_image(render, po
 
 async def test_controlnet_without_its_pose_image_fails_the_job(render) -> None:
     with pytest.raises(JobFailed) as err:
-        await render(fill("img2img-controlnet"))
+        await render(fill("txt2img-pose"))
     assert err.value.code == "execution_error" and "pose.png" in err.value.message
 
 

@@ -68,14 +68,14 @@ def test_lms_equals_euler_when_the_derivative_is_constant() -> None:
 
 
 def test_templates_read_into_one_render_job() -> None:
-    job = interpret(fill("img2img-lora-controlnet", seed=11, lora_strength=0.7, controlnet_strength=0.5))
+    job = interpret(fill("txt2img-pose-lora", seed=11, lora_strength=0.7, controlnet_strength=0.5))
     assert job.checkpoint == "tiny-sd15.safetensors" and job.unet_dtype == "fp16"
     assert job.loras == [(TINY_LORA, 0.7, 0.7)]
     assert job.positive == "spyke_plasma_v1, standing" and job.negative == "lowres, blurry"
     assert [(c.controlnet, c.image, c.strength) for c in job.controls_positive] == [(TINY_CONTROLNET, "pose.png", 0.5)]
     assert job.controls_negative == job.controls_positive
     assert (job.width, job.height, job.seed, job.steps, job.sampler) == (64, 96, 11, 4, "euler")
-    for name in ("txt2img", "txt2img-lora", "img2img-controlnet"):
+    for name in ("txt2img", "txt2img-lora", "txt2img-pose"):
         assert interpret(fill(name)).save_node == "8"
 
 
@@ -113,7 +113,7 @@ def test_broken_graphs_are_refused_before_they_run(breakage: str) -> None:
 
 
 def test_zero_strength_controlnet_is_no_controlnet() -> None:
-    job = interpret(fill("img2img-controlnet", controlnet_strength=0.0))
+    job = interpret(fill("txt2img-pose", controlnet_strength=0.0))
     assert job.controls_positive == () and job.controls_negative == ()
 
 

@@ -78,7 +78,7 @@ def test_a_pose_page_is_reproduced_with_its_pose_image(tmp_path: Path, daemon: D
     first = CliRunner().invoke(main, [*base, "-c", "1", "--page", "3"])
     assert first.exit_code == 0, first.output + first.stderr
     [entry] = json.loads((project / "output/ch-01/generation-log.json").read_text())
-    assert entry["poseImage"] == "poses/p003.png" and entry["workflowTemplate"] == "img2img-lora-controlnet"
+    assert entry["poseImage"] == "poses/p003.png" and entry["workflowTemplate"] == "txt2img-pose-lora"
 
     # The workflow alone does not hold the pose: the log entry says which file it was.
     again = CliRunner().invoke(main, [*base, "--reproduce", str(project / RAW / "ch01_p003_v1.workflow.json")])

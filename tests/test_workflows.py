@@ -29,13 +29,32 @@ def diff(a: dict, b: dict) -> set[tuple[str, str]]:
 def test_templates_load_and_use_only_node_types_the_server_knows() -> None:
     known = set(json.loads((FIXTURES / "object_info.json").read_text()))
     templates = load_templates(WORKFLOWS, known)
-    assert {"txt2img-lora", "txt2img", "img2img-lora-controlnet", "img2img-controlnet"} <= set(templates)
+    assert {"txt2img-lora", "txt2img", "txt2img-pose-lora", "txt2img-pose", "img2img", "img2img-lora",
+            "img2img-pose", "img2img-pose-lora"} <= set(templates)
     for t in templates.values():
         assert t.spec.precision == {"unet": "fp16", "vae": "fp32"}
         dtype_nodes = [n for n in t.graph.values() if n["class_type"] == "ModelComputeDtype"]
         assert [n["inputs"]["dtype"] for n in dtype_nodes] == ["fp16"]
+        if t.name.startswith("img2img"):
+            # LoadImage -> VAEEncode -> KSampler: the init image's latent, partly redrawn (denoise).
+            sampler = t.graph["6"]["inputs"]
+            encode = t.graph[sampler["latent_image"][0]]
+            assert encode["class_type"] == "VAEEncode"
+            assert t.graph[encode["inputs"]["pixels"][0]]["class_type"] == "LoadImage"
+            assert t.has_slot("init_image") and t.has_slot("denoise")
+            continue
         latent = next(n for n in t.graph.values() if n["class_type"] == "EmptyLatentImage")
         assert (latent["inputs"]["width"], latent["inputs"]["height"], latent["inputs"]["batch_size"]) == (512, 768, 1)
+
+
+async def test_old_template_names_resolve_to_the_renamed_templates() -> None:
+    """`img2img-*-controlnet` were txt2img with a pose ControlNet: renamed, the old names still answer (logs
+    and saved workflows name them)."""
+    store = TemplateStore(WORKFLOWS)
+    await store.load()
+    assert store.get("img2img-lora-controlnet").name == "txt2img-pose-lora"
+    assert store.get("img2img-controlnet").name == "txt2img-pose"
+    assert "img2img-lora-controlnet" not in store.templates
 
 
 def test_fill_touches_exactly_the_declared_slots() -> None:

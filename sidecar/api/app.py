@@ -108,11 +108,13 @@ def create_app(settings: Settings, backend: GenerationBackend | None = None, *,
     app[DEVICE] = device
     app[EVENTS] = bus
     app[TEMPLATES] = templates
-    app[BUILDER] = (JobBuilder(settings, profile, templates, PoolCatalog(pool), limits=widest_profile(pool))  # type: ignore[arg-type]
-                    if pool is not None else JobBuilder(settings, profile, templates, backend))
-    app[IDEMPOTENCY] = IdempotencyKeys(store)
     app[RUNNER] = JobRunner(store, backend, device, bus, settings.jobs_dir, max_queue=settings.max_queue,
                             pool=pool, default_where=settings.default_where)
+    find_job = app[RUNNER].get
+    app[BUILDER] = (JobBuilder(settings, profile, templates, PoolCatalog(pool), limits=widest_profile(pool),  # type: ignore[arg-type]
+                               find_job=find_job)
+                    if pool is not None else JobBuilder(settings, profile, templates, backend, find_job=find_job))
+    app[IDEMPOTENCY] = IdempotencyKeys(store)
     app[STARTUP_WARNINGS] = []
     app[SOCKETS] = events.new_socket_set()
     app.on_shutdown.append(events.close_all)

@@ -17,9 +17,9 @@ from sidecar.api.operations import Header, Query, operation
 from sidecar.api.responses import Job, JobGroup, JobList, JobListFull, JobListing, JobSummary, Submitted, json_response
 from sidecar.errors import (
     BatchSizeNotSupported, CheckpointNotFound, ComfyUnavailable, ControlnetNotFound, DiskFull, EngineUnavailable,
-    IdempotencyKeyReused, InvalidField, InvalidState, JobNotFinished, JobNotFound, LoraNotFound, NodeNotSupported,
-    NotFound, PoseImageInvalid, QueueFull, ResolutionExceedsProfile, SamplerNotSupported, TrainingInProgress,
-    WorkflowInvalid, NoBackendAdmits,
+    IdempotencyKeyReused, InitImageInvalid, InvalidField, InvalidState, JobNotFinished, JobNotFound, LoraNotFound,
+    NodeNotSupported, NotFound, PoseImageInvalid, QueueFull, ResolutionExceedsProfile, SamplerNotSupported,
+    TrainingInProgress, WorkflowInvalid, NoBackendAdmits,
 )
 from sidecar.jobs.idempotency import MAX_KEY_LENGTH
 from sidecar.jobs.store import IdempotencyClaim, JobRecord
@@ -38,8 +38,9 @@ TRUE, FALSE = ("1", "true"), ("0", "false")
                 "last 24 hours; the answer is the job (or group) that first submit made (header "
                 "Idempotent-Replayed). With `variations` the answer is the group (JobGroup) of that many jobs.",
     errors=(ResolutionExceedsProfile, BatchSizeNotSupported, LoraNotFound, CheckpointNotFound, ControlnetNotFound,
-            PoseImageInvalid, NodeNotSupported, SamplerNotSupported, WorkflowInvalid, NoBackendAdmits, TrainingInProgress,
-            IdempotencyKeyReused, QueueFull, ComfyUnavailable, EngineUnavailable, DiskFull),
+            PoseImageInvalid, InitImageInvalid, NodeNotSupported, SamplerNotSupported, WorkflowInvalid,
+            NoBackendAdmits, TrainingInProgress, IdempotencyKeyReused, QueueFull, ComfyUnavailable, EngineUnavailable,
+            DiskFull),
     headers=(Header(IDEMPOTENCY_HEADER, {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH},
                     "a client-chosen key (a UUID): a retried submit with the same key and body returns the "
                     "first job instead of making another"),),

@@ -23,7 +23,7 @@ from sidecar.comfyui.client import ComfyClient, ComfyRefused, PromptWatch
 from sidecar.comfyui.follow import FollowOptions, PromptFollower
 from sidecar.comfyui.images import fetch_image
 from sidecar.comfyui.outputs import per_job_prefix, remove_outputs
-from sidecar.comfyui.pose import place_pose, set_pose
+from sidecar.comfyui.pose import place_inputs, place_pose, set_pose
 from sidecar.comfyui.precision import fit_to_device, server_dtypes, unet_weight_dtype, vae_warning
 from sidecar.comfyui.supervisor import ComfySupervisor
 from sidecar.config import Settings
@@ -36,6 +36,7 @@ from sidecar.errors import (
     SidecarError,
 )
 from sidecar.graph import Graph
+from sidecar.inputs import input_dir
 
 log = logging.getLogger("sidecar.comfyui")
 
@@ -263,6 +264,7 @@ class ComfyBackend:
         if ctx.pose_image is not None:
             comfy_name = await place_pose(self.client, ctx.pose_image, self.comfyui_dir)
             workflow = set_pose(workflow, ctx.pose_image.name, comfy_name)
+        workflow = await place_inputs(self.client, workflow, input_dir(self.settings.data_dir), self.comfyui_dir)
         if self.delete_outputs:
             workflow = per_job_prefix(workflow, ctx.job_id)
         workflow, refitted = fit_to_device(workflow, self._device)

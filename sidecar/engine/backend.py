@@ -29,6 +29,7 @@ from sidecar.config import Settings
 from sidecar.durations import format_duration
 from sidecar.engine.interpreter import RenderJob, interpret
 from sidecar.errors import EngineUnavailable, JobCancelled, JobFailed, SidecarError
+from sidecar.inputs import input_dir, is_ours
 from sidecar.nodes import SUPPORTED_NODES
 
 log = logging.getLogger("sidecar.engine")
@@ -212,13 +213,14 @@ class EmbeddedBackend:
         controls = job.controls_positive + job.controls_negative
         controlnet = resolve(models_path, "controlnet", controls[0].controlnet) if controls else None
         hints = {c.image: self._input_image(c.image, ctx) for c in controls}
+        init = self._input_image(job.init_image, ctx) if job.init_image is not None else None
         unet_dtype = self._plan.compute_dtype(job.unet_dtype)
         if should_stop():
             raise JobCancelled()
         try:
             base = self._cache.get_base(checkpoint, unet_dtype, loras)
             image = self._renderer.render(job, base, hints, controlnet,
-                                          Hooks(on_step=ctx.on_progress, should_stop=should_stop))
+                                          Hooks(on_step=ctx.on_progress, should_stop=should_stop), init)
         except (SidecarError, JobCancelled):
             raise
         except Exception as exc:  # torch/diffusers errors: a failed job with the reason, not a crash
@@ -228,11 +230,16 @@ class EmbeddedBackend:
         _write_png(image, ctx.output_path, ctx.workflow)
 
     def _input_image(self, name: str, ctx: RunContext) -> Path:
-        # The slot filler leaves the pose file's basename in LoadImage; the job carries the real path.
-        candidates = [ctx.pose_image] if ctx.pose_image is not None else []
-        candidates.append(self.settings.data_dir / "input" / name)
+        # A pose job's LoadImage names the pose file's basename and the job carries the real path; an init
+        # image (and anything else) is a file in the daemon's input folder (`sidecar.jobs.init_image`).
+        own = input_dir(self.settings.data_dir) / name
+        pose = ctx.pose_image
+        candidates = [pose] if pose is not None and pose.name == name else []
+        candidates.append(own)
+        if pose is not None and not is_ours(name):
+            candidates.append(pose)  # a single LoadImage is the pose, whatever it is called
         for path in candidates:
-            if path is not None and path.is_file():
+            if path.is_file():
                 return path
         raise JobFailed(f"LoadImage: image {name!r} not found (no pose image with the job, nothing in "
                         f"{self.settings.data_dir / 'input'}).", {"image": name}, code="execution_error")

@@ -65,10 +65,11 @@ class Conditioning:
 
 @dataclass(frozen=True)
 class Latent:
-    width: int
+    width: int  # 0 for an encoded image: its size is the image file's, known when it is loaded
     height: int
     batch: int
-
+    init_image: str | None = None  # VAEEncode: the LoadImage file it encodes
+    vae: Vae | None = None  # VAEEncode: the VAE that encodes it
 
 @dataclass(frozen=True)
 class Sampled:
@@ -111,6 +112,7 @@ class RenderJob:
     denoise: float
     save_node: str
     filename_prefix: str
+    init_image: str | None = None  # img2img: the LoadImage file whose latent sampling starts from
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -204,6 +206,11 @@ def _ksampler(nid: str, i: dict) -> tuple:
         denoise=_number(nid, i, "denoise", float, 0, 1, default=1.0)),)
 
 
+def _vae_encode(nid: str, i: dict) -> tuple:
+    image, vae = _typed(nid, i, "pixels", Image), _typed(nid, i, "vae", Vae)
+    return (Latent(0, 0, 1, init_image=image.name, vae=vae),)
+
+
 def _vae_decode(nid: str, i: dict) -> tuple:
     return (Decoded(_typed(nid, i, "samples", Sampled), _typed(nid, i, "vae", Vae)),)
 
@@ -224,6 +231,7 @@ NODES: dict[str, Callable[[str, dict], tuple]] = {
     "ControlNetApplyAdvanced": _controlnet_apply_advanced,
     "KSampler": _ksampler,
     "VAEDecode": _vae_decode,
+    "VAEEncode": _vae_encode,
     "SaveImage": _save_image,
 }
 # The node types a job may use are listed once, in sidecar.nodes; this engine runs exactly those
@@ -278,7 +286,8 @@ def interpret(workflow: dict[str, Any]) -> RenderJob:
             {"outputNodes": outputs})
     decoded, prefix = _evaluate(graph, outputs[0])
     s = decoded.samples
-    checkpoints = {s.model.checkpoint, s.positive.clip.checkpoint, s.negative.clip.checkpoint, decoded.vae.checkpoint}
+    checkpoints = {s.model.checkpoint, s.positive.clip.checkpoint, s.negative.clip.checkpoint, decoded.vae.checkpoint,
+                   *([s.latent.vae.checkpoint] if s.latent.vae else [])}
     if len(checkpoints) != 1:
         raise WorkflowInvalid("The embedded engine runs the model, CLIP and VAE of one checkpoint per workflow; "
                               f"this one mixes {', '.join(sorted(checkpoints))}.", {"checkpoints": sorted(checkpoints)})
@@ -298,4 +307,5 @@ def interpret(workflow: dict[str, Any]) -> RenderJob:
         controls_positive=s.positive.controls, controls_negative=s.negative.controls,
         width=s.latent.width, height=s.latent.height, seed=s.seed, steps=s.steps, cfg=s.cfg,
         sampler=s.sampler, scheduler=s.scheduler, denoise=s.denoise, save_node=outputs[0], filename_prefix=prefix,
+        init_image=s.latent.init_image,
     )

@@ -5,13 +5,17 @@ seed (so a seed means the same noise on any device), classifier-free guidance is
 `uncond + cfg * (cond - uncond)` (the unconditional pass is skipped at cfg 1), `denoise` < 1 runs the
 last `steps` of `steps / denoise`, and a ControlNet feeds both halves while its start/end window is
 open. Runs in the engine's worker thread; `should_stop` is checked before every model call.
+
+img2img (a VAEEncode latent) as ComfyUI: the init image is cropped to multiples of 8 around its centre,
+encoded to the mean of the VAE's posterior, and sampling starts from it noised to the first sigma of
+the shortened schedule (denoise 1: full noise plus the latent, as ComfyUI's max-denoise scaling).
 """
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +51,26 @@ def load_hint(path: Path, width: int, height: int) -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0)
 
 
+def load_init(path: Path) -> torch.Tensor:
+    """An init image as ComfyUI's LoadImage + VAEEncode take it: RGB in [0, 1], centre-cropped to
+    multiples of 8 (the VAE's stride), shape (1, 3, H, W)."""
+    with Image.open(path) as img:
+        img = img.convert("RGB")
+        width, height = img.width // 8 * 8, img.height // 8 * 8
+        if width == 0 or height == 0:
+            raise JobFailed(f"The init image {path.name} is {img.width}x{img.height}: smaller than 8 pixels.",
+                            {"image": path.name}, code="execution_error")
+        left, top = (img.width % 8) // 2, (img.height % 8) // 2
+        array = np.asarray(img.crop((left, top, left + width, top + height)), dtype=np.float32) / 255.0
+    return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0)
+
+
+def encode(vae: torch.nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+    """Pixels in [0, 1] -> the scaled latent sampling works in (the posterior's mean: deterministic)."""
+    moments = vae.encode((pixels * 2.0 - 1.0).to(vae.device, vae.dtype)).latent_dist
+    return moments.mode().float() * vae.config.scaling_factor
+
+
 def initial_noise(seed: int, shape: tuple[int, ...]) -> torch.Tensor:
     generator = torch.Generator(device="cpu").manual_seed(seed % SEED_RANGE)
     return torch.randn(shape, generator=generator, dtype=torch.float32, device="cpu")
@@ -59,11 +83,16 @@ class Renderer:
 
     @torch.inference_mode()
     def render(self, job: RenderJob, base: Base, hints: dict[str, Path], controlnet_path: Path | None,
-               hooks: Hooks) -> Image.Image:
+               hooks: Hooks, init: Path | None = None) -> Image.Image:
         parts = base.components
         unet, vae = parts.unet, parts.vae
         unet_dtype = base.unet_dtype
         use_cfg = job.cfg != 1.0
+        init_latent = None
+        if init is not None:
+            pixels = load_init(init)
+            job = replace(job, width=pixels.shape[3], height=pixels.shape[2])  # the image's size, as ComfyUI
+            init_latent = encode(vae, pixels).to(self.device)
 
         pos = conditioning.encode(parts.tokenizer, parts.text_encoder, job.positive)
         neg = conditioning.encode(parts.tokenizer, parts.text_encoder, job.negative)
@@ -77,13 +106,15 @@ class Renderer:
 
         shape = (1, unet.config.in_channels, job.height // 8, job.width // 8)
         noise = initial_noise(job.seed, shape).to(self.device)
+        start = init_latent if init_latent is not None else torch.zeros_like(noise)
         if skip == 0:
             latents = noise * scheduler.init_noise_sigma
+            if init_latent is not None:  # in the scheduler's own scaling (1 for Euler, sqrt(alpha) for DDIM)
+                latents = latents + scheduler.add_noise(start, torch.zeros_like(noise), timesteps[:1])
         elif len(timesteps):
-            latents = scheduler.add_noise(torch.zeros_like(noise), noise, timesteps[:1])
+            latents = scheduler.add_noise(start, noise, timesteps[:1])
         else:
-            latents = torch.zeros_like(noise)  # denoise 0: nothing to sample, as ComfyUI
-
+            latents = start  # denoise 0: nothing to sample, as ComfyUI
         control = self._control(job, hints, controlnet_path, unet_dtype, use_cfg)
         total_calls = len(timesteps)
         for i, t in enumerate(timesteps):

@@ -24,10 +24,14 @@ from sidecar.errors import (
     CheckpointNotFound,
     ComfyUnavailable,
     ControlnetNotFound,
+    InitImageInvalid,
     InvalidField,
     LoraNotFound,
     PoseImageInvalid,
+    SidecarError,
 )
+from sidecar.inputs import is_ours
+from sidecar.jobs import init_image
 from sidecar.jobs.params import GenerationRequest, JobParams, JobSpec
 from sidecar.jobs.whole import read_whole_workflow
 from sidecar.profiles import Profile
@@ -49,10 +53,10 @@ def check_name(field: str, value: str) -> None:
         )
 
 
-def choose_template(has_lora: bool, has_pose: bool) -> str:
-    if has_pose:
-        return "img2img-lora-controlnet" if has_lora else "img2img-controlnet"
-    return "txt2img-lora" if has_lora else "txt2img"
+def choose_template(has_lora: bool, has_pose: bool, has_init: bool = False) -> str:
+    """txt2img | img2img (an init image), then -pose (a pose image's ControlNet), then -lora."""
+    return "-".join(part for part, used in (("img2img" if has_init else "txt2img", True), ("pose", has_pose),
+                                            ("lora", has_lora)) if used)
 
 
 def check_pose_image(raw: str) -> Path:
@@ -96,14 +100,17 @@ LISTING_TTL = 2.0
 
 class JobBuilder:
     def __init__(self, settings: Settings, profile: Profile, templates: TemplateStore, backend: GenerationBackend,
-                 *, limits: Profile | None = None):
+                 *, limits: Profile | None = None, find_job: init_image.JobImage | None = None):
         """`profile` gives a job's defaults (its size); `limits` what is refused here, when wider (several
-        backends: the widest of their profiles; each backend's own is the router's to apply)."""
+        backends: the widest of their profiles; each backend's own is the router's to apply). `find_job`:
+        a job id -> its record, for initJobId."""
         self.settings = settings
         self.profile = profile
         self.limits = limits or profile
         self.templates = templates
         self.backend = backend
+        self.find_job = find_job  # a job id -> its record, for initJobId
+        self.input_dir = init_image.input_dir(settings.data_dir)
         self._listings: dict[str, tuple[float, list[str]]] = {}
 
     async def _resolve(self, folder: ModelFolder, check: Callable[[list[str]], Any]) -> Any:
@@ -134,14 +141,14 @@ class JobBuilder:
         if req.batch_size is not None:
             self.limits.check_batch(req.batch_size)
         if req.workflow is not None:
-            # poseImagePath is the one companion a whole workflow takes: the file its LoadImage loads.
+            # The images are the companions a whole workflow takes: the files its LoadImage nodes load.
             given = req.parameter_fields()
             if given:
                 raise InvalidField(
                     f"A job with a whole workflow takes no parameter fields; got {', '.join(given)}.",
                     {"fields": given},
                 )
-            spec = await self._build_from_workflow(req.workflow, req.pose_image_path)
+            spec = await self._build_from_workflow(req.workflow, req.pose_image_path, req)
         elif req.prompt is None:
             raise InvalidField("prompt is required.", {"field": "prompt"})
         else:
@@ -179,6 +186,7 @@ class JobBuilder:
         lora_file = _value(lora_result)
         if pose is not None:
             _value(controlnet_result)
+        init = await self._init_image(req, (width, height))
 
         params = JobParams(
             prompt=req.prompt,
@@ -198,8 +206,10 @@ class JobBuilder:
                                  else s.controlnet_strength) if pose else None,
             denoise=req.denoise if req.denoise is not None else 1.0,
             pose_image_path=str(pose) if pose else None,
+            init_image_path=str(init.source) if init else None,
+            init_job_id=init.job_id if init else None,
         )
-        template = self.templates.get(choose_template(lora_file is not None, pose is not None))
+        template = self.templates.get(choose_template(lora_file is not None, pose is not None, init is not None))
         slots: dict[str, Any] = {
             "prompt_text": params.prompt,
             "negative_prompt": params.negative_prompt,
@@ -221,11 +231,33 @@ class JobBuilder:
             slots["pose_image"] = pose.name
             slots["controlnet_strength"] = params.controlnet_strength
             slots["controlnet_name"] = s.controlnet_model
+        if init:
+            slots["init_image"] = init.name
         workflow = template.fill({k: v for k, v in slots.items() if template.has_slot(k)})
         await self.backend.validate(workflow)
         return JobSpec(params=params, template=template.name, workflow=workflow, pose_image=pose)
 
-    async def _build_from_workflow(self, workflow: dict[str, Any], pose_image_path: str | None = None) -> JobSpec:
+    async def _init_image(self, req: GenerationRequest, size: tuple[int, int]) -> init_image.InitImage | None:
+        """The request's init image fitted to `size` and stored, or None: without one, or at denoise 1
+        (the image would mean nothing: the job renders as txt2img, identical to one without it)."""
+        has_init = req.init_image_path is not None or req.init_job_id is not None
+        init_image.check_denoise(req.denoise, has_init)
+        if not has_init:
+            return None
+        source, job_id = await init_image.source_of(req.init_image_path, req.init_job_id, self.find_job)
+        field = init_image.field_of(job_id)
+        if req.denoise is None:
+            raise InitImageInvalid(f"{field} needs denoise: how much of the init image is redrawn (0.05 keeps "
+                                   "nearly all of it, 1.0 ignores it).", {"field": "denoise"})
+        if req.denoise >= init_image.FULL_DENOISE:
+            # Still checked, so a bad file is refused the same whatever the denoise.
+            await asyncio.to_thread(check_image, str(source), field, InitImageInvalid)
+            return None
+        name, width, height = await asyncio.to_thread(init_image.store, source, field, self.input_dir, size)
+        return init_image.InitImage(source=source, job_id=job_id, name=name, width=width, height=height)
+
+    async def _build_from_workflow(self, workflow: dict[str, Any], pose_image_path: str | None = None,
+                                   req: GenerationRequest | None = None) -> JobSpec:
         """A whole workflow (reproduce, an edited `.workflow.json`): checked node by node and held to the
         profile and the parameter limits (`sidecar.jobs.whole`); its models are looked up like a template
         job's; a LoadImage node loads the image given as `pose_image_path` (an image is not part of a
@@ -233,6 +265,7 @@ class JobBuilder:
         whole = read_whole_workflow(workflow, self.limits)
         graph = whole.graph
         pose: Path | None = None
+        init = await self._whole_init(whole, req)
         if whole.loaders and pose_image_path is None:
             raise InvalidField(
                 f"This workflow loads an image (LoadImage node {', '.join(whole.loaders)}), which is not part of "
@@ -259,7 +292,47 @@ class JobBuilder:
                 f"The {self.limits.name} profile allows {self.limits.max_controlnets} ControlNet per job.",
                 {"profile": self.limits.name, "limit": self.limits.max_controlnets},
             )
+        if init is not None:
+            changes[whole.init_loaders[0]] = {"image": init.name}
         filled = graph.with_inputs(changes).raw
-        params = whole.params.model_copy(update={"pose_image_path": str(pose) if pose else None})
+        update: dict[str, Any] = {"pose_image_path": str(pose) if pose else None}
+        if init is not None:
+            update.update(init_image_path=str(init.source), init_job_id=init.job_id, width=init.width // 8 * 8,
+                          height=init.height // 8 * 8)
+        params = whole.params.model_copy(update=update)
         await self.backend.validate(filled)
         return JobSpec(params=params, template=None, workflow=filled, pose_image=pose)
+
+    async def _whole_init(self, whole: Any, req: GenerationRequest | None) -> init_image.InitImage | None:
+        """A whole workflow's init image: the image its VAEEncode's LoadImage loads, at its own size (the
+        workflow says none), which the profile's limits hold for."""
+        path, job_id = (req.init_image_path, req.init_job_id) if req is not None else (None, None)
+        if not whole.init_loaders:
+            if path is not None or job_id is not None:
+                raise InitImageInvalid(f"{init_image.field_of(job_id)}: this workflow has no VAEEncode of a "
+                                       "LoadImage to take an init image.", {"field": init_image.field_of(job_id)})
+            return None
+        if len(whole.init_loaders) == 1 and path is None and job_id is None:
+            # A logged img2img workflow names the daemon's own copy, which it finds again (reproduce).
+            named = whole.graph[whole.init_loaders[0]].inputs.get("image")
+            if is_ours(named) and (self.input_dir / named).is_file():
+                path = str(self.input_dir / named)
+        if path is None and job_id is None:
+            raise InitImageInvalid(
+                f"This workflow encodes an image (LoadImage node {whole.init_loaders[0]} into VAEEncode), which is "
+                "not part of it: pass initImagePath (or initJobId) with the image to start from.",
+                {"field": "initImagePath", "nodes": whole.init_loaders})
+        if len(whole.init_loaders) != 1:
+            raise InitImageInvalid(f"initImagePath is the image of the workflow's one VAEEncode; it has "
+                                   f"{len(whole.init_loaders)}.",
+                                   {"field": "initImagePath", "nodes": whole.init_loaders})
+        source, job_id = await init_image.source_of(path, job_id, self.find_job)
+        field = init_image.field_of(job_id)
+        info = await asyncio.to_thread(check_image, str(source), field, InitImageInvalid)
+        try:
+            self.limits.check_resolution(info.width // 8 * 8, info.height // 8 * 8)
+        except SidecarError as exc:
+            exc.details["field"] = field
+            raise
+        name, width, height = await asyncio.to_thread(init_image.store, source, field, self.input_dir, None)
+        return init_image.InitImage(source=source, job_id=job_id, name=name, width=width, height=height)

@@ -28,7 +28,7 @@ Cfg = Annotated[float, Field(ge=0, le=30, allow_inf_nan=False)]
 SamplerName = Annotated[str, Field(min_length=1, max_length=64)]
 LoraStrength = Annotated[float, Field(ge=0, le=2, allow_inf_nan=False)]
 ControlnetStrength = Annotated[float, Field(ge=0.4, le=0.9, allow_inf_nan=False)]
-Denoise = Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]
+Denoise = Annotated[float, Field(ge=0.05, le=1, allow_inf_nan=False)]
 Pixels = Annotated[int, Field(ge=8, le=16384)]
 PathText = Annotated[str, Field(min_length=1, max_length=4096)]
 Where = Annotated[str, Field(min_length=1, max_length=64)]
@@ -41,6 +41,9 @@ class Resolution(BaseModel):
 
     width: Pixels | None = Field(None, description="pixels, multiple of 8; the profile's largest when absent")
     height: Pixels | None = Field(None, description="pixels, multiple of 8; the profile's largest when absent")
+
+
+IMAGE_FIELDS = ("pose_image_path", "init_image_path", "init_job_id")  # the files a whole workflow may load
 
 
 class GenerationRequest(BaseModel):
@@ -63,7 +66,11 @@ class GenerationRequest(BaseModel):
     checkpoint: ModelName | None = Field(None, description="checkpoint file name")
     pose_image_path: PathText | None = Field(None, description="absolute path of a pose image")
     controlnet_strength: ControlnetStrength | None = None
-    denoise: Denoise | None = None
+    denoise: Denoise | None = Field(None, description="below 1 needs an init image: how much of it is redrawn "
+                                                 "(0.05 keeps nearly all of it, 1.0 ignores it)")
+    init_image_path: PathText | None = Field(None, description="absolute path of an init image (img2img); resized "
+                                                               "to the job's size")
+    init_job_id: ModelName | None = Field(None, description="a succeeded job whose image is the init image (img2img)")
     # Strict: true, "1" and 1.0 are not a batch size (invalid_field); an int other than 1 is refused by the profile.
     batch_size: StrictInt | None = Field(
         None, validation_alias=AliasChoices("batchSize", "batch_size"),
@@ -77,10 +84,10 @@ class GenerationRequest(BaseModel):
                                                   "default_where setting")
 
     def parameter_fields(self) -> list[str]:
-        """The parameter fields given (a whole workflow takes none but `pose_image_path`)."""
+        """The parameter fields given (a whole workflow takes none but its images: `pose_image_path` and
+        `init_image_path` / `init_job_id`)."""
         return [name for name in type(self).model_fields
-                if name not in ("workflow", "batch_size", "pose_image_path", "where")
-                and getattr(self, name) is not None]
+                if name not in ("workflow", "batch_size", "where", *IMAGE_FIELDS) and getattr(self, name) is not None]
 
 
 class JobParams(BaseModel):
@@ -104,6 +111,8 @@ class JobParams(BaseModel):
     controlnet_strength: ControlnetStrength | None = None
     denoise: Denoise | None = None
     pose_image_path: PathText | None = None
+    init_image_path: PathText | None = None  # the init image as the client named it (or the job's image)
+    init_job_id: ModelName | None = None
 
     @classmethod
     def from_stored(cls, data: dict[str, Any]) -> JobParams:

@@ -33,6 +33,7 @@ class WholeWorkflow:
     graph: Graph
     params: JobParams
     loaders: list[str] = field(default_factory=list)  # LoadImage node ids (the pose image goes there)
+    init_loaders: list[str] = field(default_factory=list)  # LoadImage node ids a VAEEncode encodes (init image)
     outputs: list[str] = field(default_factory=list)  # SaveImage node ids
     models: list[tuple[str, str, str]] = field(default_factory=list)  # (input field, models folder, file name)
     controlnets: int = 0
@@ -131,6 +132,9 @@ def read_whole_workflow(raw: Any, profile: Profile) -> WholeWorkflow:
     models = [(input_field(node.id, name), want.folder, node.inputs[name])
               for node in graph for name, want in NODE_TYPES[node.class_type].inputs.items()
               if isinstance(want, Value) and want.folder and name in node.inputs]
+    encoded = [graph.source(node, "pixels") for node in graph.of_type("VAEEncode")]
+    init_loaders = sorted({n.id for n in encoded if n is not None and n.class_type == "LoadImage"})
     return WholeWorkflow(
-        graph=graph, params=read_params(graph, outputs), loaders=graph.ids_of_type("LoadImage"), outputs=outputs,
+        graph=graph, params=read_params(graph, outputs), init_loaders=init_loaders,
+        loaders=[i for i in graph.ids_of_type("LoadImage") if i not in init_loaders], outputs=outputs,
         models=models, controlnets=len(graph.ids_of_type("ControlNetLoader")))
