@@ -189,6 +189,16 @@ class Settings(BaseSettings):
         default_factory=RemoteSettings,
         description="remote LoRA training: [remote.vast] (API key, price, cost and time limits, offer filters) "
                     "and [remote.ssh] (host, kohya folder); a request's `remote` overrides them key by key")
+    # -- assistants through a local Ollama (prompt refinement, caption proposals: sidecar/assist/)
+    ollama_url: str = Field("http://127.0.0.1:11434",
+                            description="Ollama's address, for prompt refinement and caption proposals")
+    prompt_model: str = Field("llama3.1:8b", description="Ollama model that turns feedback into prompt changes "
+                                                         "(`ollama pull` it first)")
+    vision_model: str = Field("llava:7b", description="Ollama vision model that looks at a picked image "
+                                                      "(refine --look) and proposes captions (dataset caption "
+                                                      "--auto --proposer ollama)")
+    ollama_timeout: float = Field(120.0, gt=0, le=3600, description="seconds to wait for an Ollama answer "
+                                                                    "(a first call also loads the model)")
 
     @field_validator("data_dir", "models_dir", "comfyui_dir", "kohya_dir", "workflows_dir", "project_root",
                      mode="after")
@@ -266,6 +276,13 @@ class Settings(BaseSettings):
             raise ValueError(f"must be at least {MIN_TOKEN_LENGTH} printable ASCII characters without spaces; "
                              f"make one with: {TOKEN_RECIPE}")
         return v
+
+    @field_validator("ollama_url")
+    @classmethod
+    def _ollama_url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError(f"must start with http:// or https://, got {v!r}")
+        return v.rstrip("/")
 
     @field_validator("comfyui_url")
     @classmethod

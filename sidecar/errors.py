@@ -19,6 +19,9 @@ Nothing else builds error JSON or picks exit codes. The tree:
     │   ├── PoseImageInvalid          pose_image_invalid
     │   ├── InitImageInvalid          init_image_invalid                   (initImagePath / initJobId; denoise without one)
     │   ├── DatasetInvalid            dataset_invalid
+    │   ├── CharacterInvalid          character_invalid                    (character.toml unreadable or wrong)
+    │   ├── PromptFileInvalid         prompt_file_invalid                  (a prompt file to refine or rewrite)
+    │   ├── TaggerInvalid             tagger_invalid                       (no usable tagger in models/taggers/)
     │   ├── NodeNotSupported          node_not_supported
     │   ├── SamplerNotSupported       sampler_not_supported
     │   ├── WorkflowInvalid           workflow_invalid
@@ -53,6 +56,11 @@ Nothing else builds error JSON or picks exit codes. The tree:
     ├── EngineUnavailable             engine_unavailable         503    1
     ├── RemoteUnavailable             remote_unavailable         503    1  (vast.ai / the SSH host does not answer,
     │                                                                      refuses, or its SDK is not installed)
+    ├── OllamaUnavailable             ollama_unavailable         503    3  (nothing answers at ollama_url)
+    ├── OllamaModelMissing            ollama_model_missing       503    2  (`ollama pull <model>` fixes it)
+    ├── OllamaTimeout                 ollama_timeout             504    1  (no answer within ollama_timeout)
+    ├── OllamaFailed                  ollama_error               502    1  (Ollama answered an error, e.g. 500)
+    ├── AssistantAnswerInvalid        assistant_answer_invalid   502    1  (malformed twice: nothing written)
     ├── JobFailed                     execution_error (or its own) 500  1
     │   └── RegJobFailed              job_failed                        1  (a `dataset reg` render)
     ├── PromptLost                    prompt_lost                500    1
@@ -165,6 +173,24 @@ class InitImageInvalid(BadRequest):
 
 class DatasetInvalid(BadRequest):
     code = "dataset_invalid"
+
+
+class CharacterInvalid(BadRequest):
+    """`character.toml` (trigger, locked traits) cannot be read or breaks its own rules."""
+
+    code = "character_invalid"
+
+
+class PromptFileInvalid(BadRequest):
+    """A prompt file to refine (or rewrite with `--write`) is missing, not text, or has no prompt."""
+
+    code = "prompt_file_invalid"
+
+
+class TaggerInvalid(BadRequest):
+    """No usable WD14-style tagger (`models/taggers/<name>/model.onnx` + `selected_tags.csv`)."""
+
+    code = "tagger_invalid"
 
 
 class NodeNotSupported(BadRequest):
@@ -347,6 +373,41 @@ class RemoteUnavailable(SidecarError):
 
     http_status = 503
     code = "remote_unavailable"
+
+
+class OllamaUnavailable(SidecarError):
+    """Nothing answers at `ollama_url` (Ollama is not running, or another URL is configured)."""
+
+    http_status = 503
+    code = "ollama_unavailable"
+    exit_code = EXIT_UNAVAILABLE
+
+
+class OllamaModelMissing(SidecarError):
+    """Ollama runs but has not got the model a setting names; `details.fix` is the `ollama pull` line."""
+
+    http_status = 503
+    code = "ollama_model_missing"
+    exit_code = EXIT_INPUT
+
+
+class OllamaTimeout(SidecarError):
+    http_status = 504
+    code = "ollama_timeout"
+
+
+class OllamaFailed(SidecarError):
+    """Ollama answered with an error of its own (a 500, an error line in a stream)."""
+
+    http_status = 502
+    code = "ollama_error"
+
+
+class AssistantAnswerInvalid(SidecarError):
+    """The model's answer did not match the schema asked for, twice (the first is retried once)."""
+
+    http_status = 502
+    code = "assistant_answer_invalid"
 
 
 class DataDirLocked(SidecarError):

@@ -1,0 +1,130 @@
+"""The one door to Ollama: the official `ollama` client at `ollama_url`, its failures turned into our
+codes where they enter, and structured questions asked with a JSON schema (Ollama's `format`).
+
+- nothing answers (connection refused, the server went away)  -> `ollama_unavailable`
+- the model is not pulled (not in /api/tags, or a 404 from /api/chat) -> `ollama_model_missing`,
+  whose message is the fix: `ollama pull <model>`
+- no answer within `ollama_timeout` seconds                    -> `ollama_timeout`
+- Ollama's own error (a 500, an `error` line in a stream)      -> `ollama_error`
+- an answer that does not match the schema is asked again once, with the validation error; a second
+  bad answer                                                   -> `assistant_answer_invalid`
+
+Answers are streamed: a long answer keeps the connection busy, and the timeout bounds the whole call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import httpx
+import ollama
+from pydantic import BaseModel, ValidationError
+
+from sidecar.errors import (
+    AssistantAnswerInvalid, OllamaFailed, OllamaModelMissing, OllamaTimeout, OllamaUnavailable, SidecarError,
+)
+
+M = TypeVar("M", bound=BaseModel)
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A model as Ollama has it: the name asked for and the digest of what answered (provenance)."""
+
+    name: str
+    digest: str | None
+
+
+def pull_fix(model: str) -> str:
+    return f"ollama pull {model}"
+
+
+class OllamaAssistant:
+    def __init__(self, url: str, timeout: float):
+        self.url = url
+        self.timeout = timeout
+        self._client = ollama.AsyncClient(host=url, timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)))
+
+    async def __aenter__(self) -> OllamaAssistant:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._client.close()
+
+    # -- errors where they enter
+    def _missing(self, model: str) -> OllamaModelMissing:
+        return OllamaModelMissing(
+            f"Ollama at {self.url} has no model {model!r}: run `{pull_fix(model)}` (or set another model in "
+            "the configuration). Nothing was written.", {"model": model, "fix": pull_fix(model), "url": self.url})
+
+    def _translate(self, exc: BaseException, model: str | None) -> SidecarError:
+        if isinstance(exc, ollama.ResponseError):
+            if exc.status_code == 404 and model is not None:
+                return self._missing(model)
+            return OllamaFailed(f"Ollama at {self.url} answered an error: {exc.error} (status {exc.status_code}). "
+                                "Nothing was written; see Ollama's log (`ollama serve` output).",
+                                {"status": exc.status_code, "ollamaError": str(exc.error)[:500], "url": self.url})
+        if isinstance(exc, (httpx.TimeoutException, asyncio.TimeoutError, TimeoutError)):
+            return OllamaTimeout(f"Ollama at {self.url} did not answer within {self.timeout:g} s (ollama_timeout). "
+                                 "Nothing was written. A first call loads the model: try again, or raise "
+                                 "ollama_timeout.", {"timeout": self.timeout, "url": self.url})
+        return OllamaUnavailable(f"Ollama does not answer at {self.url}: start it (`ollama serve`, or open the "
+                                 "Ollama app), or set ollama_url (SIDECAR_OLLAMA_URL). Nothing was written.",
+                                 {"url": self.url, "reason": f"{type(exc).__name__}: {exc}"[:300]})
+
+    async def _guard(self, call: Any, model: str | None) -> Any:
+        try:
+            return await asyncio.wait_for(call, self.timeout)
+        except SidecarError:
+            raise
+        except (ollama.ResponseError, ConnectionError, httpx.HTTPError, asyncio.TimeoutError, TimeoutError,
+                OSError) as exc:
+            raise self._translate(exc, model) from None
+
+    # -- what the assistants ask
+    async def installed(self) -> dict[str, str | None]:
+        """Every pulled model's name -> digest (GET /api/tags)."""
+        listing = await self._guard(self._client.list(), None)
+        return {m.model: m.digest for m in listing.models if m.model}
+
+    async def model(self, name: str) -> ModelRef:
+        """The pulled model `name` (a bare name means its `:latest` tag, as Ollama reads it)."""
+        models = await self.installed()
+        for candidate in (name, f"{name}:latest"):
+            if candidate in models:
+                return ModelRef(name, models[candidate])
+        raise self._missing(name)
+
+    async def ask(self, model: ModelRef, system: str, user: str, answer: type[M],
+                  images: list[bytes] | None = None) -> M:
+        """One structured question: `answer`'s JSON schema is the `format`; a malformed answer is asked
+        again once, told what was wrong."""
+        messages: list[dict[str, Any]] = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+        if images:
+            messages[1]["images"] = [base64.b64encode(i).decode("ascii") for i in images]
+        schema = answer.model_json_schema()
+        problem = ""
+        for _attempt in range(2):
+            text = await self._guard(self._chat(model.name, messages, schema), model.name)
+            try:
+                return answer.model_validate_json(text)
+            except ValidationError as exc:
+                problem = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(top)'}: {e['msg']}"
+                                    for e in exc.errors(include_url=False))[:600]
+                messages = [*messages, {"role": "assistant", "content": text[:4000]},
+                            {"role": "user", "content": "That answer does not match the JSON schema "
+                             f"({problem}). Answer again with JSON only, matching the schema."}]
+        raise AssistantAnswerInvalid(
+            f"{model.name} answered twice with JSON that does not match what was asked ({problem}). Nothing was "
+            "written. Try again, or set a stronger prompt_model.", {"model": model.name, "problem": problem})
+
+    async def _chat(self, model: str, messages: list[dict[str, Any]], schema: dict[str, Any]) -> str:
+        parts: list[str] = []
+        stream = await self._client.chat(model=model, messages=messages, format=schema, stream=True,
+                                         options={"temperature": 0})
+        async for chunk in stream:
+            parts.append(chunk.message.content or "")
+        return "".join(parts)
