@@ -30,6 +30,7 @@ LAZY_COMMANDS = {
     "launchd": ("sidecar.launchd:launchd_cli", "Install the launchd agents (macOS)."),
     "doctor": ("sidecar.doctor.cli:doctor", "Check what is installed and how to fix what is missing."),
     "grid": ("sidecar.grids.cli:grid", "Render every combination of job parameters into a labelled contact sheet."),
+    "prompt": ("sidecar.assist.cli:prompt", "Page prompts: refine one from feedback through a local Ollama."),
     "gc": ("sidecar.gc:gc", "Remove finished jobs older than keep_days and their images (--dry-run)."),
     "studio": ("sidecar.studio.cli:studio", "Open the studio (the daemon's web page) in the browser."),
     "demo": ("sidecar.demo:demo", "Render the example page end to end on tiny models (no ComfyUI, no downloads)."),

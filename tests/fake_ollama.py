@@ -12,7 +12,7 @@ its server's error answers, for the real `ollama` client to talk to:
   base64 are 400, and a scripted 500 or an `error` line inside a stream.
 
 Its answers are scripted: `replies` is a queue of `Reply` (content, an HTTP error, a pause); an
-empty queue answers 500. It runs on its own thread and loop, so the sync CLI (`asyncio.run` inside
+empty queue answers `default`, else 500. It runs on its own thread and loop, so the sync CLI (`asyncio.run` inside
 click) and the daemon's tests can both reach it; `stop()` makes the port refuse connections.
 """
 
@@ -65,6 +65,7 @@ class FakeOllama:
         self.models: dict[str, Model] = {}
         self.replies: deque[Reply] = deque()
         self.chats: list[dict[str, Any]] = []  # every /api/chat body, in order
+        self.default: Reply | None = None  # the answer once `replies` is empty (None: a 500)
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="fake-ollama", daemon=True)
         self._runner: web.AppRunner | None = None
@@ -76,6 +77,7 @@ class FakeOllama:
                        "llava:7b": Model("llava:7b", VISION_DIGEST, ["completion", "vision"], "clip")}
         self.replies.clear()
         self.chats.clear()
+        self.default = None
 
     def answer(self, *replies: Reply | str | dict) -> None:
         for r in replies:
@@ -136,7 +138,7 @@ class FakeOllama:
                 except (binascii.Error, ValueError):
                     return web.json_response({"error": "illegal base64 data at input byte 0"}, status=400)
         self.chats.append(body)
-        reply = self.replies.popleft() if self.replies else Reply(status=500)
+        reply = self.replies.popleft() if self.replies else self.default or Reply(status=500)
         if reply.delay:
             await asyncio.sleep(reply.delay)
         if reply.status != 200:

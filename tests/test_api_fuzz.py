@@ -26,6 +26,7 @@ from schemathesis.generation import GenerationMode
 from sidecar.api.app import create_app
 from sidecar.api.openapi import build_openapi
 from sidecar.config import Settings
+from tests.fake_ollama import FakeOllama, Reply
 from tests.pipeline_daemon import DaemonThread
 from tests.scripted_backend import ScriptedBackend
 
@@ -38,7 +39,11 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 @pytest.fixture(scope="module")
 def fuzz_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonThread]:
     root = tmp_path_factory.mktemp("fuzz")
-    daemon = DaemonThread(Settings(data_dir=root / "data", engine="embedded"), ScriptedBackend()).start()
+    # POST /prompt/refine asks Ollama: a fake one that answers every question with an empty change set.
+    ollama = FakeOllama().start()
+    ollama.default = Reply('{"changes": [], "summary": "nothing to change"}')
+    daemon = DaemonThread(Settings(data_dir=root / "data", engine="embedded", ollama_url=ollama.url),
+                          ScriptedBackend()).start()
     # Something to find: a finished job, so /jobs/{id} and its image answer more than 404.
     pose = root / "pose.png"
     Image.new("RGB", (64, 96), "white").save(pose)
@@ -49,6 +54,7 @@ def fuzz_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonThre
     requests.get(f"{daemon.url}/doctor", timeout=120)  # its first run imports torch: not a hang to find
     yield daemon
     daemon.stop()
+    ollama.stop()
 
 
 def document() -> dict:

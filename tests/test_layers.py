@@ -20,7 +20,8 @@ PACKAGES = ("sidecar", "pipeline_stage")
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("entry points", ("sidecar.__main__", "pipeline_stage.__main__", "sidecar.cli")),
     ("commands", ("pipeline_stage", "sidecar.loras", "sidecar.dataprep", "sidecar.doctor", "sidecar.gc",
-                  "sidecar.launchd", "sidecar.demo", "sidecar.engine.cli", "sidecar.studio.cli", "sidecar.grids")),
+                  "sidecar.launchd", "sidecar.demo", "sidecar.engine.cli", "sidecar.studio.cli", "sidecar.grids",
+                  "sidecar.assist.cli")),
     ("what the commands share", ("sidecar.cli_support", "sidecar.client")),
     ("the HTTP API", ("sidecar.api", "sidecar.studio")),
     ("jobs and training", ("sidecar.jobs", "sidecar.training")),
@@ -29,12 +30,12 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "sidecar.device", "sidecar.events", "sidecar.backend", "sidecar.comfyui", "sidecar.engine",
         "sidecar.workflows", "sidecar.nodes", "sidecar.graph", "sidecar.userfiles", "sidecar.inputs", "sidecar.memory",
         "sidecar.datadir_lock", "sidecar.listen", "sidecar.logpipe",
-        "sidecar.remote")),  # the machines remote LoRA training runs on (the run itself is sidecar.training)
+        "sidecar.remote", "sidecar.assist")),  # the machines remote LoRA training runs on (the run itself is sidecar.training)
     ("leaves everyone shares", (
         "sidecar", "sidecar.config", "sidecar.profiles", "sidecar.errors", "sidecar.statuses", "sidecar.eta",
         "sidecar.atomic", "sidecar.sqlite_store", "sidecar.durations", "sidecar.assets",
         "sidecar.dataprep.kohya_layout", "sidecar.backends.spec",
-        "sidecar.remote.settings")),  # the [remote.*] tables of the one settings model
+        "sidecar.remote.settings", "sidecar.assist.provenance")),  # the [remote.*] tables of the one settings model
 ]
 
 # Upward imports that exist today, each to be removed by moving the library it reaches below the API

@@ -16,7 +16,7 @@ from pathlib import Path
 from aiohttp import web
 
 from sidecar.api import (
-    dataset, doctor, events, health, jobs, loras, maintenance, openapi, project, queue, studio, sweep,
+    dataset, doctor, events, health, jobs, loras, maintenance, openapi, project, prompts, queue, studio, sweep,
     training,
 )
 from sidecar.api.edge import edge_middleware
@@ -126,7 +126,7 @@ def create_app(settings: Settings, backend: GenerationBackend | None = None, *,
         app.cleanup_ctx.append(_pool_ctx)
     app.cleanup_ctx.append(_templates_ctx)
     app.cleanup_ctx.append(_runner_ctx)
-    for module in (health, jobs, loras, events, openapi, project, dataset, doctor, queue):
+    for module in (health, jobs, loras, events, openapi, project, dataset, doctor, queue, prompts):
         app.router.add_routes(module.routes)
     training.setup_routes(app)
     app.router.add_routes(sweep.routes)

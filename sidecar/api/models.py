@@ -10,7 +10,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from sidecar.jobs.params import GenerationRequest
+from sidecar.jobs.params import GenerationRequest, PathText, Prompt
 from sidecar.jobs.variations import MAX_VARIATIONS
 
 
@@ -53,3 +53,18 @@ class GcRequest(Wire):
     keep_days: int | None = Field(None, ge=0, le=36500,
                                   description="remove finished jobs that ended more than this many days ago "
                                               "(0: every finished job)")
+
+
+class RefineRequest(Wire):
+    """POST /prompt/refine: a prompt (or a page's prompt file) and the artist's feedback. The character
+    (trigger, locked traits) comes from the character.toml nearest the prompt file (else trigger_word)."""
+
+    model_config = ConfigDict(strict=True, json_schema_extra={
+        "anyOf": [{"required": ["prompt"]}, {"required": ["promptFile"]}]})
+
+    feedback: str = Field(min_length=1, max_length=2000, description="what to change, in words")
+    prompt: Prompt | None = Field(None, description="the prompt text (default: the prompt file's)")
+    prompt_file: PathText | None = Field(None, description="absolute path of the page's prompt file (.txt)")
+    look_image_path: PathText | None = Field(None, description="absolute path of the picked image: the vision "
+                                                               "model looks at it first")
+    write: bool = Field(False, description="rewrite the prompt file's text (front matter kept)")

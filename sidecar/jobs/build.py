@@ -208,6 +208,7 @@ class JobBuilder:
             pose_image_path=str(pose) if pose else None,
             init_image_path=str(init.source) if init else None,
             init_job_id=init.job_id if init else None,
+            refined_from=req.refined_from,
         )
         template = self.templates.get(choose_template(lora_file is not None, pose is not None, init is not None))
         slots: dict[str, Any] = {

@@ -16,6 +16,7 @@ from typing import Annotated, Any
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StrictInt, TypeAdapter, ValidationError
 from pydantic.alias_generators import to_snake
 
+from sidecar.assist.provenance import RefinedFrom
 from sidecar.errors import InvalidField
 
 # -- the limits, one definition each (the wire model's fields use the same types)
@@ -82,6 +83,8 @@ class GenerationRequest(BaseModel):
     where: Where | None = Field(None, description="where the job may run: `local` (this machine), `any`, a tag or "
                                                   "a backend name of the [[backends]] tables; default: the "
                                                   "default_where setting")
+    refined_from: RefinedFrom | None = Field(
+        None, description="provenance of a refined prompt (POST /prompt/refine's refinedFrom), kept with the job")
 
     def parameter_fields(self) -> list[str]:
         """The parameter fields given (a whole workflow takes none but its images: `pose_image_path` and
@@ -113,6 +116,7 @@ class JobParams(BaseModel):
     pose_image_path: PathText | None = None
     init_image_path: PathText | None = None  # the init image as the client named it (or the job's image)
     init_job_id: ModelName | None = None
+    refined_from: RefinedFrom | None = None
 
     @classmethod
     def from_stored(cls, data: dict[str, Any]) -> JobParams:
