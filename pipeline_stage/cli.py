@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import json
 import signal
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from pipeline_stage.genlog import find_entries, read_log, versions_in
 from pipeline_stage.layout import Page, Project, page_of, parse_pages
 from pipeline_stage.outputs import approve_version
 from pipeline_stage.progress import make_progress
+from pipeline_stage.refine import refine_tasks, write_refined
 from pipeline_stage.prompts import GenerateOptions, build_request, load_defaults, load_prompt, merge
 from pipeline_stage.stage import PageResult, PageTask, render_page, summary_line
 from sidecar.api.models import JobRequest
@@ -44,15 +45,19 @@ Examples:
   generate -c 1 --page 3 --from-draft 7       draft 7's seed and parameters at full steps, as the next version
   generate --reproduce output/ch-01/raw/ch01_p001_v1.workflow.json
   generate --where pool -c 1 --all            the chapter across the daemon's backends tagged pool
+  generate -c 1 --page 3 --refine "look left, dusk"   refine through Ollama, show the diff, render it
+  generate -c 1 --page 3 --refine "look left" --write   ... and make it the page's prompt
   generate approve -c 1 --page 1 --version 2
 
 \b
 Exit codes:
   0    done
-  1    a job failed on the daemon (its error is shown); nothing written for it
+  1    a job failed on the daemon (its error is shown); nothing written for it;
+       --refine: Ollama timed out, failed or answered nonsense twice (nothing queued)
   2    usage or input error: bad option, prompt file missing (the path is named),
-       bad front matter or pipeline.toml, or the daemon refused the request (400)
-  3    the daemon is not running (start it with `sidecar serve`)
+       bad front matter or pipeline.toml, or the daemon refused the request (400);
+       --refine: the model is not pulled (the `ollama pull` line is shown)
+  3    the daemon is not running (start it with `sidecar serve`); --refine: nor is Ollama
   4    the device is busy: LoRA training in progress (its step and ETA are shown)
   5    the generation log is torn or invalid (named; it is never overwritten)
   130  interrupted (Ctrl-C): a queued or running job is cancelled on the daemon
@@ -177,8 +182,22 @@ def _reproduce_task(project: Project, opts: dict[str, Any]) -> PageTask:
                     template_hint=source.get("workflowTemplate"))
 
 
+@dataclass(frozen=True)
+class RefineAsk:
+    feedback: str
+    look: Path | None
+    write: bool
+
+
+async def _refine_only(url: str, token: str | None, project: Project, tasks: list[PageTask], refine: RefineAsk,
+                       json_out: bool) -> list[PageTask]:
+    async with DaemonClient(url, token=token) as client:
+        return await refine_tasks(client, project, tasks, refine.feedback, refine.look, show=not json_out)
+
+
 async def _render_all(url: str, token: str | None, project: Project, tasks: list[PageTask], repeat: int, json_out: bool,
-                      done: list[PageResult], reports: list[ConsistencyReport], parallel: int = 1) -> None:
+                      done: list[PageResult], reports: list[ConsistencyReport], parallel: int = 1,
+                      refine: RefineAsk | None = None) -> None:
     # Several pages in flight share the terminal: no live bars then (one line per page as it ends).
     view = make_progress(json_out or parallel > 1)
     main_task = asyncio.current_task()
@@ -187,6 +206,9 @@ async def _render_all(url: str, token: str | None, project: Project, tasks: list
         # SIGTERM (launchd, a pipeline runner) behaves as Ctrl-C: cancel the job, finish any commit.
         loop.add_signal_handler(signal.SIGTERM, main_task.cancel)  # type: ignore[union-attr]
     async with DaemonClient(url, token=token) as client:
+        if refine is not None:  # every page first: an Ollama failure stops the run with nothing queued
+            tasks = await refine_tasks(client, project, tasks, refine.feedback, refine.look, show=not json_out)
+
         async def one(task: PageTask) -> None:
             made: list[PageResult] = []
             for i in range(repeat):
@@ -195,6 +217,10 @@ async def _render_all(url: str, token: str | None, project: Project, tasks: list
                 made.append(result)
                 if not json_out:
                     click.echo(summary_line(project, result))
+                if i == 0 and refine is not None and refine.write:
+                    note = await asyncio.to_thread(write_refined, project, task)
+                    if note and not json_out:
+                        click.echo(note)
                 if i == 0 and task.request.workflow is None and task.request.seed is None:
                     # --repeat compares same-seed runs: later versions reuse the seed the daemon chose.
                     task = replace(task, request=task.request.model_copy(update={"seed": result.job.params.seed}))
@@ -238,6 +264,24 @@ def _first(group: BaseExceptionGroup) -> BaseException:
     return next((e for e in flat if isinstance(e, StageError)), flat[0])
 
 
+def _refine_ask(opts: dict[str, Any]) -> RefineAsk | None:
+    if opts["refine"] is None:
+        if opts["write"] or opts["look"]:
+            raise InputError("--write and --look go with --refine TEXT.")
+        return None
+    if opts["reproduce"]:
+        raise InputError("--reproduce submits a workflow as it was; it cannot be --refine'd.")
+    if opts.get("drafts") is not None or opts.get("from_draft") is not None:
+        raise InputError("--refine renders the refined page itself; refine first (or `sidecar prompt refine "
+                         "--write`), then make --drafts or --from-draft.")
+    if not opts["refine"].strip():
+        raise InputError("--refine needs the feedback text, e.g. --refine \"look left, dusk\".")
+    look = Path(opts["look"]).expanduser().resolve() if opts["look"] else None
+    if look is not None and not look.is_file():
+        raise InputError(f"--look image not found: {look}", {"path": str(look)})
+    return RefineAsk(opts["refine"].strip(), look, opts["write"])
+
+
 def _result_json(project: Project, result: PageResult) -> dict[str, Any]:
     pub = result.published
     return {"page": str(result.task.page), "chapter": result.task.page.chapter, "pageNumber": result.task.page.page,
@@ -259,6 +303,7 @@ def _generate(opts: dict[str, Any]) -> int:
         if opts["repeat"] < 1:
             raise InputError("--repeat must be at least 1.")
         check_draft_options(opts, PARAM_OPTIONS)
+        refine = _refine_ask(opts)
         tasks = [_reproduce_task(project, opts)] if opts["reproduce"] else _page_tasks(project, opts)
         if opts["from_draft"] is not None:
             tasks = [from_draft_task(project, t.page, opts["from_draft"], t.request.steps) for t in tasks]
@@ -269,6 +314,9 @@ def _generate(opts: dict[str, Any]) -> int:
             tasks = [replace(t, request=t.request.model_copy(update={"where": opts["where"]})) for t in tasks]
         parallel = opts["parallel"] or (POOL_PARALLEL if opts["where"] not in (None, "local") else 1)
         url = opts["daemon"] or load_defaults(project.config_file()).daemon or DEFAULT_URL
+        token = opts["token"] or client_token()
+        if opts["dry_run"] and refine is not None:  # show the refined requests; still nothing submitted
+            tasks = asyncio.run(_refine_only(url, token, project, tasks, refine, json_out))
         if opts["dry_run"]:
             requests = [{"page": str(t.page), "promptFile": t.prompt_file, "daemon": url,
                          "request": t.request.model_dump(by_alias=True, exclude_none=True, mode="json")}
@@ -285,7 +333,8 @@ def _generate(opts: dict[str, Any]) -> int:
         token = opts["token"] or client_token()
         if opts["drafts"] is not None:
             return render_drafts_of(url, token, project, tasks, json_out)
-        asyncio.run(_render_all(url, token, project, tasks, opts["repeat"], json_out, done, reports, parallel))
+        asyncio.run(_render_all(url, token, project, tasks, opts["repeat"], json_out, done, reports, parallel,
+                                refine))
     except StageError as exc:
         return _fail(exc, json_out, progress_json())
     except (KeyboardInterrupt, asyncio.CancelledError):
@@ -351,6 +400,15 @@ def _generate(opts: dict[str, Any]) -> int:
 @click.option("--dry-run", is_flag=True, help="Print the requests; submit and write nothing.")
 @click.option("--reproduce", metavar="FILE.workflow.json", type=click.Path(dir_okay=False),
               help="Submit that exact workflow again as a new version of its page (recorded as reproducedFrom).")
+@click.option("--refine", metavar="TEXT",
+              help="Feedback in words (\"look left, dusk\"): each page's prompt is refined through the daemon's "
+                   "Ollama first (trigger word and character.toml's locked traits kept), the diff shown, and the "
+                   "page rendered with it; the log entry records refinedFrom.")
+@click.option("--look", type=click.Path(dir_okay=False),
+              help="With --refine: the picked image, which the vision model looks at first.")
+@click.option("--write", is_flag=True,
+              help="With --refine: write the refined prompt into the prompt file (front matter kept) once the "
+                   "page is rendered.")
 @click.option("--json", "json_out", is_flag=True, help="A machine-readable summary on stdout; no progress bar.")
 @click.pass_context
 def main(ctx: click.Context, **opts: Any) -> None:

@@ -8,6 +8,8 @@ also carries the process exit status the CLI documents:
     ├── InputError             input_error             2   bad options, bad prompt file or pipeline.toml
     │   ├── PromptFileMissing  prompt_file_missing     2   names the path looked for
     │   └── RequestRefused     <daemon's 400 code>     2   the daemon refused the request (its message)
+    ├── RefineFailed           <daemon's code>         1-3 `--refine`: Ollama down (3), a model missing (2, names
+    │                                                      the `ollama pull`), a timeout or bad answer (1); nothing queued
     ├── DaemonNotRunning       daemon_not_running      3   says how to start it
     ├── DeviceBusy             training_in_progress    4   shows the training's step and ETA
     └── LogInvalid             log_invalid             5   torn/invalid generation log, never overwritten
@@ -48,6 +50,17 @@ class RequestRefused(InputError):
     """A 4xx from the daemon other than 409 training: the daemon's own code and message are kept."""
 
     code = "request_refused"
+
+
+class RefineFailed(StageError):
+    """`generate --refine`: the daemon could not refine a page (Ollama's failure, with its code)."""
+
+    code = "refine_failed"
+
+    def __init__(self, message: str, details: dict[str, Any] | None = None, *, code: str | None = None,
+                 exit_code: int = 1):
+        super().__init__(message, details, code=code)
+        self.exit_code = exit_code  # type: ignore[misc]
 
 
 class DaemonNotRunning(StageError):

@@ -19,6 +19,7 @@ from pydantic.alias_generators import to_camel
 
 from pipeline_stage.errors import LogInvalid
 from pipeline_stage.layout import Page, version_of
+from sidecar.assist.provenance import RefinedFrom
 
 
 class GenerationLogEntry(BaseModel):
@@ -54,6 +55,7 @@ class GenerationLogEntry(BaseModel):
     pose_image: str | None = None  # the ControlNet pose image, so `--reproduce` can load it again
     backend: str | None = None  # the daemon's backend that rendered it (several backends: `where`)
     draft_of: str | None = None  # --from-draft: the draft (output/ch-XX/drafts/...) this version finishes
+    refined_from: RefinedFrom | None = None  # `--refine`: original prompt, feedback, model + digest
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, mode="json")

@@ -30,6 +30,7 @@ class PageTask:
     reproduced_from: str | None = None  # the .workflow.json resubmitted, relative to the root
     template_hint: str | None = None  # for a resubmitted workflow: the template its source was filled from
     draft_of: str | None = None  # --from-draft: the draft's image, relative to the root
+    refine: dict[str, Any] | None = None  # `--refine`: the daemon's refinement answer (POST /prompt/refine)
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ def make_entry(project: Project, task: PageTask, job: Job, version: int) -> Gene
         draft_of=task.draft_of,
         pose_image=project.relative(Path(params.pose_image_path)) if params.pose_image_path else None,
         backend=job.backend,
+        refined_from=params.refined_from,
     )
 
 
@@ -123,5 +125,7 @@ def summary_line(project: Project, result: PageResult) -> str:
         bits.append(f"{job.duration_ms / 1000:.1f} s on {job.engine}/{job.device}")
     if result.task.reproduced_from:
         bits.append(f"reproduces {result.task.reproduced_from}")
+    if entry.refined_from is not None:
+        bits.append("refined prompt")
     return (f"{result.task.page} v{result.published.version} -> {project.relative(result.published.image)} "
             f"({', '.join(bits)})")

@@ -55,7 +55,8 @@ async def test_the_fake_answers_the_real_client_streamed_and_not(ollama_fake: Fa
     assert "".join(parts) == '{"changes": []}' and len(parts) > 2
     with pytest.raises(ollama.ResponseError) as missing:
         await client.chat("qwen9:1b", [{"role": "user", "content": "hi"}], stream=False)
-    assert missing.value.status_code == 404 and missing.value.error == 'model "qwen9:1b" not found, try pulling it first'
+    assert missing.value.status_code == 404
+    assert missing.value.error == 'model "qwen9:1b" not found, try pulling it first'
     await client.close()
 
 

@@ -119,7 +119,8 @@ class OllamaAssistant:
                              f"({problem}). Answer again with JSON only, matching the schema."}]
         raise AssistantAnswerInvalid(
             f"{model.name} answered twice with JSON that does not match what was asked ({problem}). Nothing was "
-            "written. Try again, or set a stronger prompt_model.", {"model": model.name, "problem": problem})
+            "written. Try again, or configure a stronger model (prompt_model, vision_model).",
+            {"model": model.name, "problem": problem})
 
     async def _chat(self, model: str, messages: list[dict[str, Any]], schema: dict[str, Any]) -> str:
         parts: list[str] = []

@@ -2,6 +2,10 @@
 image, prefilled from captions that already exist), `caption --table` turns it into one `.txt` per image:
 `[trigger_word], [framing], [pose/action], [background type]` (DATA-02). Flips get the same caption
 plus the flip tag. Every row is checked before any caption is written.
+
+An optional `status` column marks rows that `caption --auto` proposed (`proposed`) and the artist
+checked (`confirmed`); a proposed row is not a caption yet: `--table` refuses it by name. A table
+without the column (written by hand, or before proposals existed) reads as the artist's own words.
 """
 
 from __future__ import annotations
@@ -16,6 +20,10 @@ from sidecar.dataprep.kohya_layout import caption_path, list_images, read_captio
 from sidecar.errors import DatasetInvalid
 
 COLUMNS = ("file", *CAPTION_PARTS)
+STATUS = "status"
+TABLE_NAME = "captions.csv"  # the table's default name, in the folder it captions
+PROPOSED, CONFIRMED = "proposed", "confirmed"
+STATUSES = ("", PROPOSED, CONFIRMED)
 
 
 @dataclass
@@ -24,6 +32,7 @@ class Row:
     framing: str = ""
     pose: str = ""
     background: str = ""
+    status: str = ""  # "", proposed, confirmed (see the module's docstring)
 
     def parts(self) -> list[str]:
         return [self.framing, self.pose, self.background]
@@ -68,7 +77,7 @@ def read_table(table: Path) -> list[Row]:
     reader = csv.DictReader(io.StringIO(text))
     header = [h.strip() for h in (reader.fieldnames or [])]
     missing = [c for c in COLUMNS if c not in header]
-    unknown = [c for c in header if c not in COLUMNS]
+    unknown = [c for c in header if c not in (*COLUMNS, STATUS)]
     if missing or unknown:
         raise DatasetInvalid(
             f"{table}: the header must be {','.join(COLUMNS)}"
@@ -86,7 +95,11 @@ def read_table(table: Path) -> list[Row]:
             )
         if not any(values.values()):
             continue
-        rows.append(Row(**{c: values.get(c, "") for c in COLUMNS}))
+        status = values.get(STATUS, "").lower()
+        if status not in STATUSES:
+            raise DatasetInvalid(f"{table} row {reader.line_num}: status {status!r} is not one of "
+                                 f"{PROPOSED}, {CONFIRMED} or empty.", {"file": str(table), "row": reader.line_num})
+        rows.append(Row(**{c: values.get(c, "") for c in COLUMNS}, status=status))
     return rows
 
 
@@ -117,11 +130,13 @@ def init_table(folder: Path, table: Path, trigger: str) -> InitResult:
 
 
 def render_table(rows: list[Row]) -> str:
+    """The CSV; the status column only when some row has a status (a hand-made table stays as it was)."""
+    with_status = any(r.status for r in rows)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(COLUMNS)
+    writer.writerow([*COLUMNS, STATUS] if with_status else COLUMNS)
     for r in rows:
-        writer.writerow([r.file, *r.parts()])
+        writer.writerow([r.file, *r.parts(), r.status] if with_status else [r.file, *r.parts()])
     return buf.getvalue()
 
 
@@ -149,6 +164,10 @@ def plan_captions(folder: Path, table: Path, trigger: str, flip_tag: str) -> lis
         elif row.file not in images:
             problems.append(f"{where}: there is no image {row.file} in {folder}")
         seen.add(row.file)
+        if row.status == PROPOSED:
+            problems.append(f"{where}: a proposal, not confirmed yet: check framing, pose and background, then "
+                            f"set its status to {CONFIRMED}")
+            continue
         for column, value in zip(CAPTION_PARTS, row.parts()):
             if not value:
                 problems.append(f"{where}: {column} is empty")

@@ -1,7 +1,8 @@
 """`check`: is this folder a training set the artist can train on? (DATA-01/02/04)
 
 Errors: 15-20 source images before flips, every image square at the training size, readable, not blank,
-captioned with the trigger word first and four parts, no near-duplicates (perceptual hash). Warnings:
+captioned with the trigger word first and four parts, no near-duplicates (perceptual hash), no caption
+proposal of captions.csv left unconfirmed. Warnings:
 flips of an asymmetric character above a set share, flips without the flip tag, captions without an
 image. It reads only; the CLI prints the report.
 """
@@ -15,6 +16,7 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
+from sidecar.dataprep.caption import PROPOSED, TABLE_NAME, read_table
 from sidecar.dataprep.files import is_flip, open_image, require_dir, source_of_flip, split_caption
 from sidecar.dataprep.kohya_layout import CAPTION_SUFFIX, caption_path, list_images, read_caption
 from sidecar.dataprep.phash import dhash, near_duplicates, phash
@@ -121,6 +123,7 @@ def check_dataset(folder: Path, opts: CheckOptions) -> Report:
     report.passed["blank"] = "none blank"
 
     _check_captions(report, images, opts)
+    _check_proposals(report, folder)
     _check_duplicates(report, opened, opts)
     _check_flips(report, folder, sources, flips, opts)
     return report
@@ -148,6 +151,22 @@ def _check_captions(report: Report, images: list[Path], opts: CheckOptions) -> N
     report.passed["captions"] = f"{captioned} captioned"
     report.passed["trigger"] = f"all start with {opts.trigger}"
     report.passed["parts"] = "all have 4 parts"
+
+
+def _check_proposals(report: Report, folder: Path) -> None:
+    """Rows `caption --auto` proposed are not the artist's captions until confirmed in the table."""
+    table = folder / TABLE_NAME
+    if not table.is_file():
+        return
+    try:
+        rows = read_table(table)
+    except DatasetInvalid as exc:
+        report.add("captions", "warning", f"{TABLE_NAME} cannot be read: {exc.message}")
+        return
+    for row in rows:
+        if row.status == PROPOSED:
+            report.add("captions", "error", f"its caption proposal in {TABLE_NAME} is not confirmed: check it, set "
+                       "its status to confirmed, then run `caption DIR --table`", row.file)
 
 
 def _check_duplicates(report: Report, opened: dict[Path, Image.Image], opts: CheckOptions) -> None:

@@ -173,24 +173,41 @@ def flip(folder: Path, tag: str, only: tuple[str, ...]) -> None:
 @dataset.command()
 @click.argument("folder", type=click.Path(path_type=Path))
 @click.option("--init", "init", is_flag=True, help="write the table with one row per image to fill in")
+@click.option("--auto", is_flag=True,
+              help="propose framing, pose and background into the table for every row not confirmed "
+                   "(status proposed); confirmed rows are never touched")
+@click.option("--proposer", type=click.Choice(["auto", "tagger", "ollama"]), default="auto", show_default=True,
+              help="--auto: a WD14 tagger from <models_dir>/taggers/, or vision_model through Ollama; auto: the "
+                   "tagger when there is one")
+@click.option("--tagger", "tagger_name", metavar="NAME", help="--auto: the tagger folder's name [default: the first]")
 @click.option("--table", type=click.Path(path_type=Path, dir_okay=False),
               help="the caption table CSV [default: FOLDER/captions.csv]")
 @trigger_option
 @flip_tag_option
-def caption(folder: Path, init: bool, table: Path | None, trigger: str | None, flip_tag: str) -> None:
-    """Write one .txt caption per image from a table the artist edits.
+def caption(folder: Path, init: bool, auto: bool, proposer: str, tagger_name: str | None, table: Path | None,
+            trigger: str | None, flip_tag: str) -> None:
+    """Write one .txt caption per image from a table the artist edits (or --auto proposes).
 
     Captions read `TRIGGER, framing, pose/action, background`. The table has the columns
-    file,framing,pose,background (one phrase per cell, no commas); flips are not listed: they get
-    their source's caption plus the flip tag.
+    file,framing,pose,background (one phrase per cell, no commas) and, with proposals, status
+    (proposed/confirmed: confirm a proposal before captions are written); flips are not listed: they
+    get their source's caption plus the flip tag.
 
     \b
     Examples:
       sidecar dataset caption set/ --init                      # writes set/captions.csv
+      sidecar dataset caption set/ --auto                      # proposals, status proposed: check, confirm
       sidecar dataset caption set/ --trigger spyke_plasma_v1 --table set/captions.csv
     """
-    table = table or folder / "captions.csv"
+    table = table or folder / caption_mod.TABLE_NAME
     word = _trigger(trigger)
+    if init and auto:
+        raise click.UsageError("give --init or --auto, not both")
+    if auto:
+        from sidecar.dataprep.propose_cli import propose
+
+        propose(folder, table, word, flip_tag, proposer, tagger_name, _settings())
+        return
     if init:
         result = caption_mod.init_table(folder, table, word)
         caption_mod.write_table(table, result.rows)
