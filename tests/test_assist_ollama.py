@@ -102,6 +102,13 @@ async def test_look_sends_the_picked_image_to_the_vision_model_first(ollama_fake
     assert (result.refined_from.vision_model, result.refined_from.vision_model_digest) == ("llava:7b", VISION_DIGEST)
 
 
+async def test_look_refuses_a_vision_model_that_cannot_see(ollama_fake: FakeOllama, tmp_path: Path) -> None:
+    ollama_fake.models["llava:7b"].capabilities = ["completion"]  # /api/show says: no vision
+    with pytest.raises(OllamaModelMissing, match="cannot look at images"):
+        await _refine(ollama_fake, look_image=tmp_path / "p.png", look_bytes=b"\x89PNG")
+    assert ollama_fake.chats == []
+
+
 @pytest.mark.parametrize(("setup", "error", "words"), [
     ("missing", OllamaModelMissing, "ollama pull llama3.1:8b"),
     ("chat404", OllamaModelMissing, "ollama pull llama3.1:8b"),

@@ -98,6 +98,17 @@ class OllamaAssistant:
                 return ModelRef(name, models[candidate])
         raise self._missing(name)
 
+    async def require_vision(self, model: ModelRef, setting: str = "vision_model") -> None:
+        """POST /api/show: a model that lists its capabilities without `vision` cannot take images (Ollama
+        would fail the chat); say so before anything runs. An Ollama too old to list them is trusted."""
+        shown = await self._guard(self._client.show(model.name), model.name)
+        capabilities = list(shown.capabilities or [])
+        if capabilities and "vision" not in capabilities:
+            raise OllamaModelMissing(
+                f"{model.name} cannot look at images (its capabilities: {', '.join(capabilities)}): set {setting} to "
+                "a vision model, e.g. `ollama pull llava:7b`. Nothing was written.",
+                {"model": model.name, "fix": pull_fix("llava:7b"), "capabilities": capabilities})
+
     async def ask(self, model: ModelRef, system: str, user: str, answer: type[M],
                   images: list[bytes] | None = None) -> M:
         """One structured question: `answer`'s JSON schema is the `format`; a malformed answer is asked

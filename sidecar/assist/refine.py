@@ -84,6 +84,8 @@ async def refine(assistant: OllamaAssistant, *, prompt: str, feedback: str, shee
     # Both models are looked up first: a missing one fails before any model runs (and names its pull).
     model = await assistant.model(prompt_model)
     vision = await assistant.model(vision_model) if look_bytes is not None else None
+    if vision is not None:
+        await assistant.require_vision(vision)
     notes = None
     if vision is not None:
         notes = await assistant.ask(vision, LOOK, f"The artist's feedback: {feedback}\nThe prompt: {prompt}",

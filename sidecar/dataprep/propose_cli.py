@@ -38,6 +38,7 @@ async def _run(folder: Path, table: Path, trigger: str, flip_tag: str, kind: str
         return await propose_table(folder, table, trigger, TaggerProposer(tagger), flip_tag)
     async with OllamaAssistant(settings.ollama_url, settings.ollama_timeout) as assistant:
         model = await assistant.model(settings.vision_model)
+        await assistant.require_vision(model)
         return await propose_table(folder, table, trigger, OllamaProposer(assistant, model), flip_tag)
 
 
@@ -45,7 +46,8 @@ def propose(folder: Path, table: Path, trigger: str, flip_tag: str, proposer: st
             settings: Settings) -> None:
     kind = proposer if proposer != "auto" else ("tagger" if find_taggers(settings.models_path) else "ollama")
     run = asyncio.run(_run(folder, table, trigger, flip_tag, kind, tagger_name, settings))
-    write_proposals(table, run)
+    if run.proposed:  # nothing new: the table stays byte for byte as the artist saved it
+        write_proposals(table, run)
     for name, got in run.proposed.items():
         row = next(r for r in run.rows if r.file == name)
         click.echo(f"proposed {name}: {row.framing or '?'} | {row.pose or '?'} | {row.background or '?'}"
@@ -53,7 +55,7 @@ def propose(folder: Path, table: Path, trigger: str, flip_tag: str, proposer: st
     for name, parts in run.unfilled.items():
         click.echo(f"warning: {name}: no proposal for {', '.join(parts)}: fill it in", err=True)
     by = next(iter(run.proposed.values()), None)
-    click.echo(f"wrote {table}: {len(run.proposed)} proposed"
+    click.echo(f"{'wrote' if run.proposed else 'kept'} {table}: {len(run.proposed)} proposed"
                + (f" by {kind} " + (tagger_name or (find_taggers(settings.models_path)[0].name if kind == 'tagger'
                                                      else settings.vision_model)) if by else "")
                + (f", kept {len(run.kept)} confirmed" if run.kept else ""))
