@@ -45,9 +45,16 @@ def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return screenshot_dir(tmp_path_factory.mktemp("shots"))
 
 
-def test_a_job_submitted_from_the_form_shows_its_progress_and_image(browser, daemon, shots) -> None:
+def test_a_job_submitted_from_the_form_shows_its_progress_and_image(browser, daemon, shots, tmp_path) -> None:
+    from PIL import Image
+
+    pose = tmp_path / "pose.png"  # a stick figure, white on black, as OpenPose draws
+    Image.new("RGB", (60, 90), "black").save(pose)
     context, page, console = signed_in(browser, daemon)
     page.click("#nav a[data-view=generate]")
+    page.set_input_files("input[name=pose]", str(pose))  # picked from disk, previewed, kept by the daemon
+    page.locator(".pic.pose img").wait_for()
+    assert page.locator("input[name=controlnetStrength]").is_enabled()
     page.fill("textarea[name=prompt]", "spyke_plasma_v1, full body, standing on a rooftop at dusk")
     page.select_option("select[name=loraId]", "spyke_plasma_v1")
     page.fill("input[name=width]", "520")  # over the profile's 512: refused before submit
@@ -67,6 +74,8 @@ def test_a_job_submitted_from_the_form_shows_its_progress_and_image(browser, dae
     job = daemon.api("GET", f"/jobs/{job_id}")
     assert job["status"] == "succeeded" and job["params"]["loraId"] == "spyke_plasma_v1"
     assert (job["params"]["width"], job["params"]["height"], job["params"]["steps"]) == (64, 96, 8)
+    assert job["workflowTemplate"] == "img2img-lora-controlnet"
+    assert job["params"]["poseImagePath"].startswith(str(daemon.root / "data" / "poses"))
     size = page.evaluate("() => { const i = document.querySelector('.result .pic img'); "
                          "return [i.naturalWidth, i.naturalHeight]; }")
     assert size == [64, 96]
