@@ -199,7 +199,7 @@ async def _render_all(url: str, token: str | None, project: Project, tasks: list
                       done: list[PageResult], reports: list[ConsistencyReport], parallel: int = 1,
                       refine: RefineAsk | None = None) -> None:
     # Several pages in flight share the terminal: no live bars then (one line per page as it ends).
-    view = make_progress(json_out or parallel > 1)
+    view = make_progress(json_out or parallel > 1, preview_path=project.preview_file())
     main_task = asyncio.current_task()
     loop = asyncio.get_running_loop()
     with contextlib.suppress(NotImplementedError, RuntimeError):

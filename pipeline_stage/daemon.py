@@ -46,10 +46,11 @@ class DaemonClient(BaseClient):
     """Typed at this edge: a `JobRequest` goes out, the daemon's `Job` (the model its answers are
     serialized from) comes back; progress updates stay the raw snapshots the progress bar reads."""
 
-    async def run_job(self, request: JobRequest, on_update: Callable[[dict[str, Any]], None]) -> Job:
+    async def run_job(self, request: JobRequest, on_update: Callable[[dict[str, Any]], None],
+                      on_preview: Callable[[dict[str, Any]], None] | None = None) -> Job:
         with stage_errors():
             body = request.model_dump(by_alias=True, exclude_none=True, mode="json")
-            return Job.model_validate(await super().run(body, on_update), strict=False)
+            return Job.model_validate(await super().run(body, on_update, on_preview), strict=False)
 
     async def job_image(self, job: JobSummary) -> bytes:
         """A finished job's PNG, from its own `output.url`."""

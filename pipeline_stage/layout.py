@@ -60,6 +60,10 @@ class Project:
         # Not under raw/: the overlay stage takes every PNG it finds there.
         return self.chapter_output(chapter) / "consistency"
 
+    def preview_file(self) -> Path:
+        # The page being rendered, as the daemon's live previews show it: one file, overwritten; never in raw/.
+        return self.root / "output" / "preview.jpg"
+
     def config_file(self) -> Path:
         return self.root / "pipeline.toml"
 

@@ -94,7 +94,7 @@ async def render_page(client: DaemonClient, project: Project, task: PageTask, vi
     await asyncio.to_thread(check_log, project, task.page.chapter)
     view.start(str(task.page))
     try:
-        job = await client.run_job(task.request, view.update)
+        job = await client.run_job(task.request, view.update, view.preview)
     finally:
         view.stop()
     if job.status != "succeeded":

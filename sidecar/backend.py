@@ -53,6 +53,11 @@ class RunContext:
     on_workflow: Callable[[dict[str, Any]], Awaitable[None]] | None = None
     # Prompts ahead of this one in the backend's own queue (someone else's work), None once it runs.
     on_queued: Callable[[int | None], None] | None = None
+    # Live previews: `preview_due()` says whether one would go out now (so a backend can skip making
+    # it), `on_preview(step, total, image)` hands one over (a JPEG or PNG file's bytes). Both may be
+    # called from a worker thread. None: previews are off.
+    preview_due: Callable[[], bool] | None = None
+    on_preview: Callable[[int, int, bytes], None] | None = None
 
 
 @dataclass

@@ -142,15 +142,17 @@ class DaemonClient:
                 return job
             await asyncio.sleep(poll_interval)
 
-    async def run(self, body: dict[str, Any], on_update: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    async def run(self, body: dict[str, Any], on_update: Callable[[dict[str, Any]], None],
+                  on_preview: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
         """Submit a job and follow it to a terminal state; returns the final job JSON. If we are
-        cancelled (Ctrl-C) while it is queued or running, the job is cancelled on the daemon too."""
+        cancelled (Ctrl-C) while it is queued or running, the job is cancelled on the daemon too.
+        `on_preview` gets the job's `job.preview` events (live previews) as they come."""
         ws = await self._events()
         job: dict[str, Any] | None = None
         try:
             job = await self.submit(body)
             on_update(job)
-            return await self._follow(job, ws, on_update)
+            return await self._follow(job, ws, on_update, on_preview)
         except asyncio.CancelledError:
             if job is not None:
                 await self.cancel_quietly(job["id"])
@@ -168,7 +170,8 @@ class DaemonClient:
             raise self._down(exc) from None
 
     async def _follow(self, job: dict[str, Any], ws: aiohttp.ClientWebSocketResponse | None,
-                      on_update: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+                      on_update: Callable[[dict[str, Any]], None],
+                      on_preview: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
         job_id = job["id"]
         while job["status"] not in JOB_TERMINAL:
             event = None
@@ -187,6 +190,10 @@ class DaemonClient:
                         continue
             else:
                 await asyncio.sleep(POLL_INTERVAL_NO_EVENTS)
+            if isinstance(event, dict) and event.get("type") == "job.preview":
+                if on_preview is not None and event.get("jobId") == job_id:
+                    on_preview(event)
+                continue
             if event is not None:
                 seen = event.get("job") if isinstance(event, dict) else None
                 if not isinstance(seen, dict) or seen.get("id") != job_id:

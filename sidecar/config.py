@@ -200,6 +200,12 @@ class Settings(BaseSettings):
     ollama_timeout: float = Field(120.0, gt=0, le=3600, description="seconds to wait for an Ollama answer "
                                                                     "(a first call also loads the model)")
 
+    # -- live previews
+    previews: bool = Field(True, description="send live previews of running jobs (job.preview events, GET "
+                                             "/jobs/{id}/preview); false: none are made or sent")
+    preview_interval: float = Field(1.0, ge=0, le=3600, description="seconds between two previews of one job "
+                                                                    "(at most one per interval gets through)")
+
     @field_validator("data_dir", "models_dir", "comfyui_dir", "kohya_dir", "workflows_dir", "project_root",
                      mode="after")
     @classmethod

@@ -37,6 +37,7 @@ Nothing else builds error JSON or picks exit codes. The tree:
     ├── NotFound                      not_found                  404    2
     │   ├── JobNotFound               job_not_found
     │   ├── GroupNotFound             group_not_found                      (no job was submitted with that groupId)
+    │   ├── PreviewNotFound           preview_not_found                    (no live preview of that job (yet))
     │   ├── TrainingNotFound          training_not_found
     │   ├── ProjectNotConfigured      project_not_configured               (the studio's pages: no --project)
     │   └── VersionNotFound           version_not_found                    (no such page version in the log)
@@ -271,6 +272,8 @@ class JobNotFound(NotFound):
 
 class GroupNotFound(NotFound):
     code = "group_not_found"
+class PreviewNotFound(NotFound):
+    code = "preview_not_found"
 
 
 class TrainingNotFound(NotFound):

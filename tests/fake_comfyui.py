@@ -109,6 +109,10 @@ class FakeComfyUI(InstallFiles, PromptWorker):
         self.frees: list[dict[str, Any]] = []  # bodies of POST /free, in order
         self.deleted: list[str] = []
         self.uploads: list[str] = []
+        # As `--preview-method latent2rgb`: a JPEG preview per sampler step (None: the default, no previews).
+        self.preview_method: str | None = None
+        self.previews_sent: list[bytes] = []  # every preview image sent, in order
+        self.feature_flags = True  # False: an older ComfyUI that ignores the handshake (legacy previews only)
         self.dropped: list[tuple[str, str]] = []  # (client_id, message type) sent to no socket
         self.accepted_at: dict[str, float] = {}  # prompt_id -> time.monotonic() when queued
         self.finished_at: dict[str, float] = {}  # prompt_id -> time.monotonic() of `executing null`
@@ -397,6 +401,7 @@ class FakeComfyUI(InstallFiles, PromptWorker):
         # A second connection with the same clientId replaces the first in the server's table.
         state.sockets[sid] = ws
         state.requests[sid] = request
+        state.preview_metadata.discard(sid)  # a new connection has not said what it supports yet
         await self._send_ws(ws, "status", {**self._status(state), "sid": sid})
         running = state.running
         if running is not None and running.client_id == sid and state.last_node_id is not None:
@@ -410,13 +415,16 @@ class FakeComfyUI(InstallFiles, PromptWorker):
                         hello = json.loads(msg.data)
                     except ValueError:
                         hello = {}
-                    if hello.get("type") == "feature_flags":
+                    if hello.get("type") == "feature_flags" and self.feature_flags:
+                        if (hello.get("data") or {}).get("supports_preview_metadata"):
+                            state.preview_metadata.add(sid)
                         await self._send_ws(ws, "feature_flags", self._misc["/features"]["json"])
                 first = False
         finally:
             if state.sockets.get(sid) is ws:
                 del state.sockets[sid]
                 state.requests.pop(sid, None)
+                state.preview_metadata.discard(sid)
         return ws
 
 

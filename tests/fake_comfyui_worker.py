@@ -15,8 +15,10 @@ from __future__ import annotations
 import asyncio
 import copy
 import heapq
+import io
 import json
 import re
+import struct
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +38,7 @@ except ImportError:
     from fake_comfyui_graph import execution_order, image_size, is_link, signatures  # type: ignore[no-redef]
 
 SAMPLERS = ("KSampler", "KSamplerAdvanced")
+PREVIEW_SIZE = 512  # ComfyUI's --preview-size default
 SAVERS = {"SaveImage": "output", "PreviewImage": "temp"}
 
 
@@ -73,6 +76,8 @@ class ServerState:
     interrupt: bool = False
     last_node_id: str | None = None
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    # Sockets whose first frame was the feature_flags handshake: they get previews as type 4 (metadata).
+    preview_metadata: set[str] = field(default_factory=set)
 
     @property
     def queue_remaining(self) -> int:
@@ -97,6 +102,8 @@ class PromptWorker:
     # Set by `FakeComfyUI.__init__`; tests change the knobs between (and during) runs.
     base_dir: Path
     step_delay: float
+    preview_method: str | None
+    previews_sent: list[bytes]
     node_delay: float
     black_output: bool
     failures: dict[str, tuple[str, str]]
@@ -146,6 +153,38 @@ class PromptWorker:
         except (ConnectionError, RuntimeError):
             return False
         return True
+
+    def _preview_jpeg(self, prompt: dict[str, Any], sampler: str, step: int) -> bytes:
+        """What `--preview-method latent2rgb` sends: a JPEG of the latent's colours fitted to the preview
+        size (512 on the longer side: 341x512 for a 64x96 image, as recorded), different at each step."""
+        width, height, _ = image_size(prompt, sampler_output(prompt, sampler), self.base_dir / "input")
+        scale = PREVIEW_SIZE / max(width, height)
+        w, h = max(1, int(width * scale)), max(1, int(height * scale))
+        yy, xx = np.mgrid[0:h, 0:w]
+        img = np.stack([(xx * 255 // w + step * 40) % 256, (yy * 255 // h) % 256,
+                        np.full_like(xx, (60 * step) % 256)], -1).astype(np.uint8)
+        out = io.BytesIO()
+        Image.fromarray(img).save(out, format="JPEG", quality=85)
+        data = out.getvalue()
+        self.previews_sent.append(data)
+        return data
+
+    async def _send_preview(self, state: ServerState, client_id: str | None, image: bytes, prompt_id: str,
+                            node_id: str) -> None:
+        """Binary event type 1 (legacy: image format 1 = JPEG) or 4 (metadata JSON, then the image)."""
+        ws = state.sockets.get(client_id) if client_id is not None else None
+        if ws is None or ws.closed:
+            return
+        if client_id in state.preview_metadata:
+            meta = json.dumps({"node_id": node_id, "prompt_id": prompt_id, "display_node_id": node_id,
+                               "parent_node_id": None, "real_node_id": node_id, "image_type": "image/jpeg"})
+            frame = struct.pack(">II", 4, len(meta.encode())) + meta.encode() + image
+        else:
+            frame = struct.pack(">II", 1, 1) + image
+        try:
+            await ws.send_bytes(frame)
+        except (ConnectionError, RuntimeError):
+            pass
 
     async def _send(self, state: ServerState, client_id: str | None, kind: str, data: dict[str, Any]) -> None:
         ws = state.sockets.get(client_id) if client_id is not None else None
@@ -244,7 +283,15 @@ class PromptWorker:
                         if state.interrupt:  # checked after the step's work, before reporting it
                             raise _Interrupted(node_id)
                         await progress_state(node_id, step, steps, "running")
+                        # Recorded order: a metadata client gets the preview, then `progress`; a legacy
+                        # client `progress`, then the preview.
+                        preview = self._preview_jpeg(prompt, node_id, step) if self.preview_method else None
+                        metadata = cid in state.preview_metadata
+                        if preview is not None and metadata:
+                            await self._send_preview(state, cid, preview, pid, node_id)
                         await emit("progress", {"value": step, "max": steps, "prompt_id": pid, "node": node_id})
+                        if preview is not None and not metadata:
+                            await self._send_preview(state, cid, preview, pid, node_id)
                         await self._maybe_pause(step)
                     await progress_state(node_id, steps, steps, "finished")
                 else:
@@ -343,3 +390,11 @@ def _write_pngs(folder: Path, subfolder: str, base: str, kind: str, width: int, 
         Image.fromarray(arr, "RGB").save(folder / name, pnginfo=info, compress_level=1)
         images.append({"filename": name, "subfolder": subfolder, "type": kind})
     return images
+
+
+def sampler_output(prompt: dict[str, Any], sampler: str) -> str:
+    """A SaveImage (or any node) downstream of the sampler, whose image size a preview takes."""
+    for node_id, node in prompt.items():
+        if node.get("class_type") in SAVERS:
+            return node_id
+    return sampler

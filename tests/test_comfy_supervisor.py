@@ -67,7 +67,8 @@ async def test_managed_comfyui_starts_with_the_seed_flags_and_runs_jobs(fake_com
         health = await backend.health()
         assert health.available and health.warnings == [] and health.extra["mode"] == "managed"
         assert health.extra["argv"] == ["main.py", "--force-fp16", "--fp32-vae", "--listen", "127.0.0.1",
-                                        "--port", str(settings.comfyui_port), "--cpu"]
+                                        "--port", str(settings.comfyui_port), "--cpu", "--preview-method",
+                                        "latent2rgb"]  # live previews: ComfyUI sends none by default
         assert backend.models_dir("loras") == fake_comfy_install / "models" / "loras"
         result = await backend.run(make_job(tmp_path, workflow()).ctx)
         assert result.output_path.is_file()

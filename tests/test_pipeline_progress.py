@@ -90,3 +90,27 @@ def test_updates_before_start_or_after_stop_are_ignored():
     view.update({"status": "succeeded", "progress": {"step": 20, "total": 20}})  # a late answer
     view.stop()  # stopping twice (the error path) is harmless
     assert "3/20" not in ANSI.sub("", buf.getvalue()) and "20/20" not in ANSI.sub("", buf.getvalue())
+
+
+def test_the_bar_counts_live_previews_and_writes_the_latest_where_it_says(tmp_path):
+    import base64
+
+    from PIL import Image
+
+    console, buf = terminal()
+    path = tmp_path / "output" / "preview.jpg"
+    view = make_progress(False, console, preview_path=path)
+    view.start("ch-01/p003")
+    try:
+        view.update({"id": "j1", "status": "running", "progress": {"step": 1, "total": 4}})
+        for step, colour in ((1, (255, 0, 0)), (2, (0, 0, 255))):
+            out = io.BytesIO()
+            Image.new("RGB", (17, 25), colour).save(out, format="JPEG")
+            view.preview({"type": "job.preview", "jobId": "j1", "step": step, "total": 4,
+                          "image": base64.b64encode(out.getvalue()).decode()})
+        shown(buf, "preview 2 ->")  # the count, and where the latest is
+        with Image.open(path) as img:
+            assert img.size == (17, 25) and img.getpixel((8, 12))[2] > 200  # the latest one
+        view.preview({"type": "job.preview", "jobId": "j1", "image": "not base64!"})  # ignored, not a crash
+    finally:
+        view.stop()

@@ -46,6 +46,7 @@ from sidecar.datadir_lock import DataDirLock
 from sidecar.errors import SidecarError
 from sidecar.events import EventBus
 from sidecar.jobs.build import JobBuilder
+from sidecar.jobs.previews import Previews
 from sidecar.device import Device
 from sidecar.jobs.idempotency import IdempotencyKeys
 from sidecar.jobs.runner import JobRunner
@@ -108,8 +109,9 @@ def create_app(settings: Settings, backend: GenerationBackend | None = None, *,
     app[DEVICE] = device
     app[EVENTS] = bus
     app[TEMPLATES] = templates
+    previews = Previews(bus, enabled=settings.previews, interval=settings.preview_interval)
     app[RUNNER] = JobRunner(store, backend, device, bus, settings.jobs_dir, max_queue=settings.max_queue,
-                            pool=pool, default_where=settings.default_where)
+                            pool=pool, default_where=settings.default_where, previews=previews)
     find_job = app[RUNNER].get
     app[BUILDER] = (JobBuilder(settings, profile, templates, PoolCatalog(pool), limits=widest_profile(pool),  # type: ignore[arg-type]
                                find_job=find_job)

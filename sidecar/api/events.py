@@ -5,13 +5,16 @@ close code 1008 rather than buffered without end. On shutdown every socket is cl
 away) so SIGTERM never waits on a listener.
 
 `encode` is the bus's encoder (given to it by the app factory): a job event becomes the wire
-`JobEvent` with the job's summary, a training event is already its wire model; both leave as the
+`JobEvent` with the job's summary, a live preview a `JobPreviewEvent` with its JPEG in base64 (small:
+at most 256 px a side, so the event carries it and the studio needs no second request), a training
+event is already its wire model; both leave as the
 same JSON the OpenAPI document's `Event` schema describes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import weakref
@@ -22,8 +25,9 @@ from pydantic import BaseModel
 
 from sidecar.api.keys import EVENTS, SOCKETS
 from sidecar.api.operations import operation
-from sidecar.api.responses import Event, JobEvent, JobSummary
+from sidecar.api.responses import Event, JobEvent, JobPreviewEvent, JobSummary
 from sidecar.errors import WebSocketRequired
+from sidecar.jobs.previews import Preview
 from sidecar.jobs.runner import JobChanged
 
 log = logging.getLogger("sidecar.events")
@@ -43,6 +47,11 @@ def encode(event: Any) -> dict[str, Any]:
         return event  # already a body (a publisher outside the job and training layers)
     if isinstance(event, JobChanged):
         event = JobEvent(type=event.type, job=JobSummary.from_record(event.job))  # type: ignore[arg-type]
+    elif isinstance(event, Preview):
+        event = JobPreviewEvent(type="job.preview", job_id=event.job_id, step=event.step, total=event.total,
+                                seq=event.seq, width=event.width, height=event.height,
+                                image=base64.b64encode(event.jpeg).decode("ascii"),
+                                url=f"/jobs/{event.job_id}/preview")
     if not isinstance(event, BaseModel):
         raise TypeError(f"not an event: {event!r}")
     return event.model_dump(mode="json", by_alias=True)

@@ -18,8 +18,8 @@ from sidecar.api.responses import Job, JobGroup, JobList, JobListFull, JobListin
 from sidecar.errors import (
     BatchSizeNotSupported, CheckpointNotFound, ComfyUnavailable, ControlnetNotFound, DiskFull, EngineUnavailable,
     IdempotencyKeyReused, InitImageInvalid, InvalidField, InvalidState, JobNotFinished, JobNotFound, LoraNotFound,
-    NodeNotSupported, NotFound, PoseImageInvalid, QueueFull, ResolutionExceedsProfile, SamplerNotSupported,
-    TrainingInProgress, WorkflowInvalid, NoBackendAdmits,
+    NodeNotSupported, NotFound, PoseImageInvalid, PreviewNotFound, QueueFull, ResolutionExceedsProfile,
+    SamplerNotSupported, TrainingInProgress, WorkflowInvalid, NoBackendAdmits,
 )
 from sidecar.jobs.idempotency import MAX_KEY_LENGTH
 from sidecar.jobs.store import IdempotencyClaim, JobRecord
@@ -142,6 +142,28 @@ async def get_image(request: web.Request) -> web.StreamResponse:
         # Checked here: FileResponse would answer a bare text 404 after the error middleware has run.
         raise NotFound(f"The image of job {job.id} is no longer on disk ({path}).", {"jobId": job.id})
     return web.FileResponse(path, headers={"Content-Type": "image/png"})
+
+
+@routes.get("/jobs/{id}/preview")
+@operation("The job's latest live preview (a small JPEG)", {200: None}, binary="image/jpeg",
+           description="The newest preview a running job sent (also in its job.preview events); kept for the "
+                       "last 32 jobs that had one. 404 preview_not_found before the first one, with previews "
+                       "off, or when ComfyUI runs without --preview-method.",
+           errors=(JobNotFound, PreviewNotFound),
+           response_headers={200: {"X-Preview-Step": "the sampler step it shows",
+                                   "X-Preview-Seq": "1, 2, ... for each preview of the job"}})
+async def get_preview(request: web.Request) -> web.Response:
+    runner = request.app[RUNNER]
+    job = await runner.get(request.match_info["id"])
+    preview = runner.previews.latest(job.id)
+    if preview is None:
+        why = "previews are off (setting previews)" if not runner.previews.enabled else \
+            "none has arrived yet (ComfyUI sends them only with --preview-method)"
+        raise PreviewNotFound(f"Job {job.id} has no live preview: {why}.",
+                              {"jobId": job.id, "status": job.status})
+    return web.Response(body=preview.jpeg, content_type="image/jpeg",
+                        headers={"Cache-Control": "no-store", "X-Preview-Step": str(preview.step),
+                                 "X-Preview-Seq": str(preview.seq)})
 
 
 @routes.post("/jobs/{id}/cancel")

@@ -271,8 +271,25 @@ class JobEvent(Out):
     job: JobSummary
 
 
-class Event(RootModel[JobEvent | TrainingEvent]):
-    """One text frame of the /events WebSocket: a JobEvent or a TrainingEvent, told apart by `type`."""
+class JobPreviewEvent(Out):
+    """A running job's live preview: a small JPEG (at most 256 px on its longer side), base64 in `image`;
+    the same bytes are at `url` (GET /jobs/{id}/preview) until a newer preview replaces them."""
+
+    type: Literal["job.preview"]
+    job_id: str
+    step: int = Field(description="the sampler step the preview shows (0 when the backend did not say)")
+    total: int
+    seq: int = Field(description="1, 2, ... for each preview of this job")
+    width: int
+    height: int
+    mime: Literal["image/jpeg"] = "image/jpeg"
+    image: str = Field(description="the JPEG, base64")
+    url: str
+
+
+class Event(RootModel[JobEvent | JobPreviewEvent | TrainingEvent]):
+    """One text frame of the /events WebSocket: a JobEvent, a JobPreviewEvent or a TrainingEvent, told apart
+    by `type`."""
 
 
 MAX_LISTED = 200  # job ids and paths named in a gc report (the counts are always whole)

@@ -63,7 +63,8 @@ class ComfyBackend:
         self.managed = settings.comfyui_url is None and settings.comfyui_dir is not None
         self.comfyui_dir = settings.comfyui_dir
         self.client = ComfyClient(settings.comfyui_base_url, client_id=client_id,
-                                  backoff_initial=reconnect_backoff[0], backoff_max=reconnect_backoff[1])
+                                  backoff_initial=reconnect_backoff[0], backoff_max=reconnect_backoff[1],
+                                  previews=settings.previews)
         self.supervisor = (ComfySupervisor(settings, backoff_initial=restart_backoff[0],
                                            backoff_max=restart_backoff[1]) if self.managed else None)
         self.options = FollowOptions(
@@ -307,9 +308,12 @@ class ComfyBackend:
         return await self._collect(ctx, prompt_id, outputs)
 
     def _follower(self, ctx: RunContext, watch: PromptWatch) -> PromptFollower:
-        samplers = set(Graph(ctx.workflow).ids_of_type(*SAMPLER_NODES))
+        graph = Graph(ctx.workflow)
+        samplers = set(graph.ids_of_type(*SAMPLER_NODES))
+        steps = next((graph[n].inputs.get("steps") for n in sorted(samplers)), 0)
         return PromptFollower(self.client, watch, on_progress=ctx.on_progress, cancel_event=ctx.cancel_event,
-                              options=self.options, progress_nodes=samplers, on_queued=ctx.on_queued)
+                              options=self.options, progress_nodes=samplers, on_queued=ctx.on_queued,
+                              on_preview=ctx.on_preview, steps=steps if isinstance(steps, int) else 0)
 
     async def _collect(self, ctx: RunContext, prompt_id: str, outputs: dict[str, Any]) -> RunResult:
         image = await fetch_image(self.client, outputs, ctx.workflow, ctx.output_path)

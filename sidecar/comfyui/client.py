@@ -8,6 +8,7 @@ and its messages are routed to watchers by `prompt_id`. Following a prompt to it
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import uuid
@@ -16,6 +17,7 @@ from typing import Any, Literal
 
 import aiohttp
 
+from sidecar.comfyui.previews import FEATURE_FLAGS, decode_frame
 from sidecar.errors import ComfyUnavailable, JobFailed
 
 log = logging.getLogger("sidecar.comfyui")
@@ -34,7 +36,7 @@ class ComfyRefused(ComfyUnavailable):
 class WsEvent:
     """What a watcher receives: a WebSocket message for its prompt, or a change of the connection."""
 
-    kind: Literal["message", "connected", "disconnected"]
+    kind: Literal["message", "connected", "disconnected", "preview"]
     type: str = ""
     data: dict[str, Any] = field(default_factory=dict)
     close_code: int | None = None
@@ -92,8 +94,12 @@ class ComfyClient:
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
         backoff_initial: float = 0.05,
         backoff_max: float = 2.0,
+        previews: bool = False,
     ):
         self.base_url = base_url.rstrip("/")
+        # Ask for the metadata preview form (it names its prompt); binary frames are read either way.
+        self.previews = previews
+        self._sampling: str | None = None  # the prompt whose `progress` came last: a legacy preview's owner
         self.client_id = client_id or str(uuid.uuid4())
         self.request_timeout = request_timeout
         self.backoff_initial = backoff_initial
@@ -168,6 +174,9 @@ class ComfyClient:
                 continue
             delay = 0.0
             warned = False
+            if self.previews:
+                with contextlib.suppress(aiohttp.ClientError, OSError, RuntimeError):
+                    await ws.send_str(json.dumps(FEATURE_FLAGS))
             if opened:
                 self.reconnects += 1
             opened += 1
@@ -181,9 +190,10 @@ class ComfyClient:
                             self._connected.set()
                             self._broadcast(WsEvent("connected"))
                         self._dispatch(msg.data)
+                    elif msg.type == aiohttp.WSMsgType.BINARY:
+                        self._dispatch_preview(msg.data)  # previews (only with --preview-method)
                     elif msg.type == aiohttp.WSMsgType.ERROR:
                         break
-                    # Binary frames are previews (only with --preview-method); we do not use them.
             except (aiohttp.ClientError, OSError) as exc:
                 log.info("ComfyUI WebSocket read failed: %s", exc)
             finally:
@@ -207,6 +217,11 @@ class ComfyClient:
             log.debug("ignoring a malformed ComfyUI message: %.200s", text)
             return
         prompt_id = data.get("prompt_id") if isinstance(data, dict) else None
+        if kind == "progress":
+            self._sampling = prompt_id
+        elif kind in ("executing", "execution_success", "execution_error", "execution_interrupted") and (
+                kind != "executing" or data.get("node") is None) and prompt_id == self._sampling:
+            self._sampling = None
         if prompt_id is not None:
             watch = self._watches.get(prompt_id)
             if watch is not None:
@@ -215,6 +230,16 @@ class ComfyClient:
             # After a (re)connect ComfyUI tells the running prompt's client which node runs, without a
             # prompt_id: whoever is running may use it as a sign of life.
             self._broadcast(WsEvent("message", kind, data))
+
+    def _dispatch_preview(self, data: bytes) -> None:
+        frame = decode_frame(data)
+        if frame is None:
+            return
+        owner = frame.prompt_id or self._sampling
+        watch = self._watches.get(owner) if owner is not None else None
+        if watch is not None:
+            watch.events.put_nowait(WsEvent("preview", "preview", {
+                "image": frame.image, "mime": frame.mime, "before_progress": frame.prompt_id is not None}))
 
     def _broadcast(self, event: WsEvent) -> None:
         for watch in list(self._watches.values()):

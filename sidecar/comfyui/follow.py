@@ -40,6 +40,8 @@ class PromptFollower:
         options: FollowOptions,
         progress_nodes: set[str] | None = None,
         on_queued: Callable[[int | None], None] | None = None,
+        on_preview: Callable[[int, int, bytes], None] | None = None,
+        steps: int = 0,
     ):
         self.client = client
         # Only the sampler's steps make the job's progress bar; other nodes (SaveImageWebsocket, tiled
@@ -49,6 +51,8 @@ class PromptFollower:
         self.prompt_id = watch.prompt_id
         self.on_progress = on_progress
         self.on_queued = on_queued
+        self.on_preview = on_preview
+        self._step = (0, steps)  # the last progress (value, max): what a preview belongs to
         self.cancel_event = cancel_event
         self.options = options
         self.where: str = "posted"  # "posted" | "pending" | "running"
@@ -116,6 +120,13 @@ class PromptFollower:
             # Whatever happened while no socket was open is only in /queue and /history now.
             return await self._reconcile()
         kind, data = event.type, event.data
+        if event.kind == "preview":
+            self._touch()
+            step, total = self._step
+            if self.on_preview is not None:
+                # The metadata form comes before its step's `progress`, the legacy one after it.
+                self.on_preview(min(step + 1, total) if data.get("before_progress") else step, total, data["image"])
+            return None
         if kind == "executing" and "prompt_id" not in data:
             if self.where == "running":
                 self._touch()
@@ -124,7 +135,8 @@ class PromptFollower:
         if kind == "progress":
             self._set_where("running")
             if self.progress_nodes is None or str(data.get("node")) in self.progress_nodes:
-                self.on_progress(int(data.get("value", 0)), int(data.get("max", 0)))
+                self._step = (int(data.get("value", 0)), int(data.get("max", 0)))
+                self.on_progress(*self._step)
         elif kind in ("execution_start", "execution_cached", "progress_state"):
             self._set_where("running")
         elif kind == "executed":

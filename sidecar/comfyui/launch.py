@@ -2,7 +2,7 @@
 extra flags) and what its log says about a run that ended.
 
 The command is `<comfyui_python> main.py --force-fp16 --fp32-vae --listen 127.0.0.1 --port P
-[--cpu] [extra...]`. ComfyUI picks CUDA unless told otherwise, and on a machine with neither CUDA nor
+[--cpu] [--preview-method latent2rgb] [extra...]`. ComfyUI picks CUDA unless told otherwise, and on a machine with neither CUDA nor
 MPS it exits 1 at import ("Found no NVIDIA driver on your system", recorded in
 `view-metadata-and-launch.json`), so `--cpu` is added where ComfyUI's own torch sees neither (or the
 `device` setting says `cpu`). The user's `comfyui_extra_args` come last: argparse lets a later flag win.
@@ -89,10 +89,19 @@ def device_flags(device_setting: str, extra: list[str], found: dict[str, bool] |
     return [] if any(found.values()) else ["--cpu"]
 
 
+def preview_flags(previews: bool, extra: list[str]) -> list[str]:
+    """`--preview-method latent2rgb` when the daemon forwards live previews: ComfyUI sends none by
+    default. latent2rgb needs no extra model (taesd would) and costs next to nothing per step; a
+    `--preview-method` of the user's own in `comfyui_extra_args` wins."""
+    if not previews or any(a == "--preview-method" or a.startswith("--preview-method=") for a in extra):
+        return []
+    return ["--preview-method", "latent2rgb"]
+
+
 def launch_command(python: Path, port: int, device: list[str] | None = None,
-                   extra: list[str] | None = None) -> list[str]:
+                   extra: list[str] | None = None, previews: list[str] | None = None) -> list[str]:
     return [str(python), "main.py", *BASE_FLAGS, "--listen", "127.0.0.1", "--port", str(port),
-            *(device or []), *(extra or [])]
+            *(device or []), *(previews or []), *(extra or [])]
 
 
 @dataclass

@@ -30,6 +30,7 @@ from sidecar.comfyui.launch import (
     extra_args,
     last_run,
     launch_command,
+    preview_flags,
     probe_accelerators,
 )
 from sidecar.config import Settings, http_url
@@ -69,6 +70,7 @@ class ComfySupervisor:
         self.port = settings.comfyui_port
         self.device_setting = settings.device
         self.extra = extra_args(settings.comfyui_extra_args)
+        self.previews = settings.previews
         self.command: list[str] | None = None  # decided before the first launch (the device probe)
         self.url = http_url("127.0.0.1", self.port)
         self.start_timeout = settings.comfyui_start_timeout
@@ -129,7 +131,7 @@ class ComfySupervisor:
                 log.info("ComfyUI's torch sees %s", ", ".join(k for k, v in (found or {}).items() if v) or
                          ("no GPU" if found is not None else "nothing it could tell"))
             self.command = launch_command(self.python, self.port, device_flags(self.device_setting, self.extra, found),
-                                          self.extra)
+                                          self.extra, preview_flags(self.previews, self.extra))
         return self.command
 
     async def _answers(self) -> bool:

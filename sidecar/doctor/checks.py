@@ -24,6 +24,7 @@ from sidecar.comfyui.launch import (
     extra_args,
     last_run,
     launch_command,
+    preview_flags,
     probe_accelerators,
 )
 from sidecar.config import Settings
@@ -171,7 +172,8 @@ def check_managed_launch(settings: Settings) -> list[Check]:
     assert python is not None
     if settings.device == "auto" and not chosen_by_user(extra) and python.is_file():
         found = asyncio.run(probe_accelerators(python))
-    cmd = launch_command(python, settings.comfyui_port, device_flags(settings.device, extra, found), extra)
+    cmd = launch_command(python, settings.comfyui_port, device_flags(settings.device, extra, found), extra,
+                         preview_flags(settings.previews, extra))
     if found is None and settings.device == "auto" and not chosen_by_user(extra):
         seen = "ComfyUI's python could not say which devices its torch sees: no device flag"
     elif "--cpu" in cmd and not chosen_by_user(extra):

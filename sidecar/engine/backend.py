@@ -220,7 +220,8 @@ class EmbeddedBackend:
         try:
             base = self._cache.get_base(checkpoint, unet_dtype, loras)
             image = self._renderer.render(job, base, hints, controlnet,
-                                          Hooks(on_step=ctx.on_progress, should_stop=should_stop), init)
+                                          Hooks(on_step=ctx.on_progress, should_stop=should_stop,
+                                                preview_due=ctx.preview_due, on_preview=ctx.on_preview), init)
         except (SidecarError, JobCancelled):
             raise
         except Exception as exc:  # torch/diffusers errors: a failed job with the reason, not a crash

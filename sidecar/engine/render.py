@@ -25,6 +25,7 @@ from PIL import Image
 from sidecar.engine import conditioning, samplers
 from sidecar.engine.cache import Base, ModelCache
 from sidecar.engine.interpreter import Control, RenderJob
+from sidecar.engine.preview import preview_jpeg
 from sidecar.errors import JobCancelled, JobFailed
 
 BLACK_MAX = 2  # an image whose brightest channel value is at most this (of 255) is "black"
@@ -35,6 +36,8 @@ SEED_RANGE = 2**64  # torch generators take the full unsigned 64-bit range Comfy
 class Hooks:
     on_step: Callable[[int, int], None]
     should_stop: Callable[[], bool]
+    preview_due: Callable[[], bool] | None = None  # is a live preview wanted now?
+    on_preview: Callable[[int, int, bytes], None] | None = None  # (step, total, JPEG)
 
 
 def load_hint(path: Path, width: int, height: int) -> torch.Tensor:
@@ -127,9 +130,15 @@ class Renderer:
             if use_cfg:
                 uncond, cond = out.chunk(2)
                 out = uncond + job.cfg * (cond - uncond)
-            latents = scheduler.step(out, t, latents, **step_kwargs).prev_sample
+            stepped = scheduler.step(out, t, latents, **step_kwargs)
+            latents = stepped.prev_sample
             # Second-order samplers call the model twice per step; progress counts the user's steps.
-            hooks.on_step(min(job.steps, -(-(i + 1) * job.steps // total_calls)), job.steps)
+            step = min(job.steps, -(-(i + 1) * job.steps // total_calls))
+            hooks.on_step(step, job.steps)
+            if hooks.on_preview is not None and hooks.preview_due is not None and hooks.preview_due():
+                # The sampler's estimate of the clean image where it gives one (as ComfyUI previews x0).
+                x0 = getattr(stepped, "pred_original_sample", None)
+                hooks.on_preview(step, job.steps, preview_jpeg(x0 if x0 is not None else latents)[0])
         if hooks.should_stop():
             raise JobCancelled()
         return self._decode(vae, latents)

@@ -36,6 +36,7 @@ from sidecar.errors import (
 from sidecar.events import EventBus
 from sidecar.jobs.faults import disk_full, log_write_failure, sweep_temp_files
 from sidecar.jobs.params import JobSpec
+from sidecar.jobs.previews import Previews
 from sidecar.jobs.queue import JobQueue, Place
 from sidecar.jobs.states import TERMINAL, check_transition
 from sidecar.jobs.store import IdempotencyClaim, JobRecord, JobStore
@@ -62,8 +63,9 @@ LANE_POLL = 1.0  # a pool lane looks at the queue again at least this often (a t
 class JobRunner:
     def __init__(self, store: JobStore, backend: GenerationBackend, device: Device, events: EventBus,
                  outputs_dir: Path, *, max_queue: int = 512, restart_delay: float = 1.0,
-                 pool: BackendPool | None = None, default_where: str = "local"):
+                 pool: BackendPool | None = None, default_where: str = "local", previews: Previews | None = None):
         self.store = store
+        self.previews = previews or Previews(events, enabled=False)
         self.backend = backend
         # Several backends (sidecar/backends/): one lane per backend, each taking the jobs routed to it.
         self.pool = pool
@@ -497,6 +499,7 @@ class JobRunner:
                 job.queued_behind = ahead
                 self.events.publish(JobChanged("job.progress", job))
 
+        preview_due, on_preview = self.previews.callbacks(job.id, self._loop, self._loop_thread)
         ctx = RunContext(
             job_id=job.id,
             workflow=job.workflow,
@@ -508,6 +511,8 @@ class JobRunner:
             pose_image=Path(job.pose_image) if job.pose_image else None,
             on_workflow=on_workflow,
             on_queued=on_queued,
+            preview_due=preview_due,
+            on_preview=on_preview,
         )
         try:
             if member is not None and self.pool is not None:
