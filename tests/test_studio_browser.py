@@ -95,6 +95,9 @@ def test_a_running_job_is_cancelled_from_the_now_view(browser, daemon) -> None:
                                        "resolution": {"width": 128, "height": 192}})
     card = page.locator(f".job[data-job-id='{job['id']}']")
     card.locator(".badge.running").wait_for(timeout=120_000)  # the card appeared and moved by itself
+    # While it runs, its live previews (job.preview events, a small JPEG each) show in the card.
+    card.locator(".pic.preview img").wait_for(timeout=60_000)
+    assert card.locator(".pic.preview img").get_attribute("src").startswith("data:image/jpeg;base64,")
     card.locator("button", has_text="Cancel").click()
     card.locator(".badge.cancelled").wait_for(timeout=60_000)
     assert daemon.api("GET", f"/jobs/{job['id']}")["status"] == "cancelled"

@@ -18,7 +18,10 @@ export function updateJobCard(card, job) {
   const image = job.status === "succeeded" && job.output
     ? h("a", { href: job.output.url, target: "_blank", rel: "noopener", title: "open the image" },
       picture(job.output.url, p.width, p.height, p.prompt || "result"))
-    : picture(null, p.width, p.height, "", { class: `pic empty ${job.status}` });
+    : ACTIVE.has(job.status) && card.preview
+      // The latest live preview (job.preview), until the image itself is there.
+      ? picture(card.preview, p.width, p.height, "live preview", { class: "pic preview", title: "live preview" })
+      : picture(null, p.width, p.height, "", { class: `pic empty ${job.status}` });
   const again = p.prompt && !ACTIVE.has(job.status)
     ? h("button", { class: "small ghost", type: "button", title: "open these parameters in Generate",
       onclick: () => { sessionStorage.setItem("studio.prefill", JSON.stringify(p)); location.hash = "#/generate"; } }, "Edit & rerun")
@@ -47,6 +50,22 @@ export function updateJobCard(card, job) {
           .filter(Boolean).join(" · "))));
   const bar = card.querySelector(".bar");
   if (bar) bar.style.width = `${pct}%`;
+}
+
+// A job.preview event carries a small JPEG (base64): it shows in the card's picture box while the job runs.
+function showPreview(card, ev) {
+  if (!card || !ACTIVE.has(card.dataset.status)) return;
+  card.preview = `data:${ev.mime || "image/jpeg"};base64,${ev.image}`;
+  const box = card.querySelector(".pic");
+  if (!box) return;
+  let img = box.querySelector("img");
+  if (!img) {
+    img = h("img", { alt: "live preview", decoding: "async" });
+    box.classList.remove("empty");
+    box.classList.add("preview", "loaded");
+    box.append(img);
+  }
+  img.src = card.preview;
 }
 
 async function cancelJob(id) {
@@ -82,6 +101,7 @@ export function jobList(container, events, { limit = 30, filter = () => true, em
 
   const off = events.on((ev) => {
     if (ev.type === "open") load().catch((err) => toast(err.message, "error"));
+    else if (ev.type === "job.preview") showPreview(cards.get(ev.jobId), ev);
     else if (ev.type && ev.type.startsWith("job.") && ev.job) upsert(ev.job);
   });
   load().catch((err) => toast(err.message, "error"));
