@@ -181,3 +181,23 @@ def test_the_router_prefers_the_loaded_checkpoint_then_the_soonest_free_backend(
 
     slow.mark_down("no answer")  # out of routing: everything is planned onto the one that answers
     assert plan(chapter, [fast, slow], {}).queued == {"fast": 12, "slow": 0}
+
+
+@pytest.mark.parametrize(("toml", "words"), [
+    ('[[backends]]\nname = "desk"\nkind = "comfyui"\n', "needs url (attached) or dir + python"),
+    ('[[backends]]\nname = "local"\nkind = "embedded"\n', "reserved"),
+    ('[[backends]]\nname = "a"\nkind = "comfyui"\nurl = "http://h:1"\n[[backends]]\nname = "a"\nkind = "comfyui"\n'
+     'url = "http://h:2"\n', "used twice"),
+    ('[[backends]]\nname = "a"\nkind = "comfyui"\nurl = "http://h:1"\nprofile = "pdp-11"\n', "unknown profile"),
+    ('[[backends]]\nname = "a"\nkind = "comfyui"\nurl = "http://h:1"\nssh = "not a target"\n', "not an SSH target"),
+    ('default_where = "pool"\n', "names no backend or tag"),
+])
+def test_a_bad_backends_table_stops_start_up_naming_it(tmp_path: Path, toml: str, words: str) -> None:
+    from sidecar.config import load_settings
+    from sidecar.errors import ConfigError
+
+    config = tmp_path / "config.toml"
+    config.write_text(toml)
+    with pytest.raises(ConfigError) as exc:
+        load_settings({}, config, environ={})
+    assert words in exc.value.message and exc.value.key.split(".")[0] in ("backends", "default_where")

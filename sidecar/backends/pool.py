@@ -59,8 +59,8 @@ def build_pool(settings: Settings, device: Device, default_backend: Callable[[],
         kind = "embedded" if spec.kind == "embedded" else ("comfyui managed" if spec.managed else "comfyui attached")
         target = spec.ssh_target
         members.append(Member(
-            name=spec.name, backend=backend, profile=get_profile(spec.profile), kind=kind, local=spec.local,
-            lock=device.lock if spec.local else asyncio.Lock(), tags=spec.tags,
+            name=spec.name, backend=backend, profile=get_profile(spec.profile), kind=kind, local=spec.is_local,
+            lock=device.lock if spec.is_local else asyncio.Lock(), tags=spec.tags,
             url=spec.url or (f"http://127.0.0.1:{spec.port}" if spec.managed else None), ssh=target,
             ssh_key=str(spec.ssh_key) if spec.ssh_key else None,
             ssh_known_hosts=str(spec.ssh_known_hosts) if spec.ssh_known_hosts else None))

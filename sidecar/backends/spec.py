@@ -65,7 +65,7 @@ class BackendSpec(BaseModel):
     """One generation backend. `kind = "comfyui"` with `url` attaches to a running ComfyUI; with `dir`
     and `python` the daemon starts and supervises it (managed, on `port`)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(description="unique lowercase name, used by `where` and shown in /health and job records")
     kind: Literal["embedded", "comfyui"] = Field(description="embedded diffusers engine, or a ComfyUI server")
@@ -79,8 +79,7 @@ class BackendSpec(BaseModel):
                                               "copying LoRAs and checkpoints it lacks (SFTP)")
     ssh_key: Path | None = Field(None, description="private key for `ssh` [default: the SSH agent and ~/.ssh keys]")
     ssh_known_hosts: Path | None = Field(None, description="known_hosts file for `ssh` [default: ~/.ssh/known_hosts]")
-    is_local: bool | None = Field(None, alias="local",
-                                  description="runs on this machine's device [default: embedded, managed, or a "
+    local: bool | None = Field(None, description="runs on this machine's device [default: embedded, managed, or a "
                                               "loopback url]; false for a remote GPU reached through an SSH tunnel")
 
     @field_validator("name")
@@ -130,13 +129,13 @@ class BackendSpec(BaseModel):
 
     @model_validator(mode="after")
     def _coherent(self) -> BackendSpec:
-        if self.kind == "embedded" and (self.url or self.dir or self.is_local is False):
+        if self.kind == "embedded" and (self.url or self.dir or self.local is False):
             raise ValueError(f"backend {self.name!r}: kind \"embedded\" runs in the daemon; it takes no url or dir")
         if self.kind == "comfyui":
             if bool(self.url) == bool(self.dir):
                 raise ValueError(f"backend {self.name!r}: kind \"comfyui\" needs url (attached) or dir + python "
                                  "(managed), not both")
-            if self.managed and self.is_local is False:
+            if self.managed and self.local is False:
                 raise ValueError(f"backend {self.name!r}: a managed ComfyUI runs on this machine (local)")
             if self.dir and not self.python:
                 raise ValueError(f"backend {self.name!r}: a managed ComfyUI (dir) needs python, its venv's python")
@@ -147,10 +146,10 @@ class BackendSpec(BaseModel):
         return self.kind == "comfyui" and self.dir is not None
 
     @property
-    def local(self) -> bool:
+    def is_local(self) -> bool:
         """Runs on this machine's device (shares its lock with training)."""
-        if self.is_local is not None:
-            return self.is_local
+        if self.local is not None:
+            return self.local
         if self.kind == "embedded" or self.managed:
             return True
         host = urlsplit(self.url or "").hostname or ""
