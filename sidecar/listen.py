@@ -14,6 +14,10 @@ import socket
 from sidecar.errors import PortInUse
 
 BACKLOG = 128
+# A query string carries absolute paths (up to PATH_MAX, 4096 characters, each up to 12 bytes once
+# percent-encoded): at aiohttp's default 8 KiB request line such a request would be refused in plain
+# text by the HTTP parser, before the edge could answer it with the JSON error body.
+REQUEST_LIMITS = {"max_line_size": 64 * 1024}
 
 
 def bind_listeners(host: str, port: int) -> list[socket.socket]:

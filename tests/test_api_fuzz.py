@@ -84,3 +84,12 @@ def test_the_served_document_is_the_one_fuzzed(fuzz_daemon: DaemonThread) -> Non
     operations = {(op.ok().method.upper(), op.ok().path) for op in schema.get_all_operations()}
     assert operations == {(m.upper(), p) for p, ops in served["paths"].items() for m in ops}
     assert len(operations) >= 13
+
+
+def test_a_path_query_at_its_documented_length_gets_the_json_error_body(fuzz_daemon: DaemonThread) -> None:
+    # 4096 four-byte characters: 49 KB once percent-encoded, past aiohttp's default 8 KiB request line,
+    # which its parser would refuse in plain text before the edge could answer.
+    response = requests.get(f"{fuzz_daemon.url}/dataset", params={"dir": "\U0001f600" * 4096}, timeout=TIMEOUT)
+    assert 400 <= response.status_code < 500
+    assert response.headers["Content-Type"].startswith("application/json")
+    assert response.json()["error"]["code"]

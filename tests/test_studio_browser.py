@@ -74,7 +74,7 @@ def test_a_job_submitted_from_the_form_shows_its_progress_and_image(browser, dae
     job = daemon.api("GET", f"/jobs/{job_id}")
     assert job["status"] == "succeeded" and job["params"]["loraId"] == "spyke_plasma_v1"
     assert (job["params"]["width"], job["params"]["height"], job["params"]["steps"]) == (64, 96, 8)
-    assert job["workflowTemplate"] == "img2img-lora-controlnet"
+    assert job["workflowTemplate"] == "txt2img-pose-lora"  # was img2img-lora-controlnet, kept as an alias
     assert job["params"]["poseImagePath"].startswith(str(daemon.root / "data" / "poses"))
     size = page.evaluate("() => { const i = document.querySelector('.result .pic img'); "
                          "return [i.naturalWidth, i.naturalHeight]; }")
