@@ -267,17 +267,16 @@ def base_model_hint(job: TrainJob) -> str:
             "train_network.py builds (an SDXL/SD2 file, or the tiny test models?)")
 
 
-class _Run:
-    """Turns parser events into hook calls. A `saving checkpoint:` line is printed *before* the file
-    and its state folder are written, so a checkpoint is announced only once the next bar redraw
-    (or the end of the process) shows the save is over."""
+class KohyaRelay:
+    """Turns kohya output parser events into hook calls, for a run here or on a remote machine (whose
+    `flush` pulls the file first). The owner provides `parser`, `hooks`, `pending`, `device_reported`
+    and `flush`: a `saving checkpoint:` line is printed *before* the file is written, so pending saves
+    are flushed only once the next bar redraw (or the end of the process) shows the save is over."""
 
-    def __init__(self, job: TrainJob, hooks: TrainerHooks, parser: KohyaOutputParser):
-        self.job = job
-        self.hooks = hooks
-        self.parser = parser
-        self.pending: list[CheckpointSaved] = []
-        self.device_reported = False
+    parser: KohyaOutputParser
+    hooks: TrainerHooks
+    pending: list[CheckpointSaved]
+    device_reported: bool
 
     async def handle(self, events: list[BarUpdate | CheckpointSaved]) -> None:
         for event in events:
@@ -291,6 +290,20 @@ class _Run:
         if self.parser.device and not self.device_reported and self.hooks.device is not None:
             self.device_reported = True
             self.hooks.device(self.parser.device)
+
+    async def flush(self) -> None:
+        raise NotImplementedError
+
+
+class _Run(KohyaRelay):
+    """A local run's relay: a checkpoint is announced once its file and state folder are written."""
+
+    def __init__(self, job: TrainJob, hooks: TrainerHooks, parser: KohyaOutputParser):
+        self.job = job
+        self.hooks = hooks
+        self.parser = parser
+        self.pending: list[CheckpointSaved] = []
+        self.device_reported = False
 
     async def flush(self) -> None:
         pending, self.pending = self.pending, []

@@ -36,7 +36,7 @@ from sidecar.remote.shell import CommandFailed, ConnectionLost, Shell, q
 from sidecar.remote.ssh import stop_group_command
 from sidecar.remote.state import PulledFile, RemoteState
 from sidecar.training import checkpoints as files
-from sidecar.training.kohya import build_args
+from sidecar.training.kohya import KohyaRelay, build_args
 from sidecar.training import remote_files as transfer
 from sidecar.training.kohya_tokenizer import seed_tokenizer_cache
 from sidecar.training.parser import BarUpdate, CheckpointSaved, KohyaOutputParser
@@ -74,7 +74,7 @@ class RemoteTrainer:
         return await _Session(self.settings, job, hooks, provider, state, resolved).go()
 
 
-class _Session:
+class _Session(KohyaRelay):
     def __init__(self, settings: Settings, job: TrainJob, hooks: TrainerHooks, provider: Provider,
                  st: RemoteState, resolved: dict[str, Any]):
         self.settings, self.job, self.hooks, self.provider, self.st = settings, job, hooks, provider, st
@@ -430,19 +430,6 @@ class _Session:
     def step(self) -> int:
         last = self.parser.last
         return last.step if last else (self.resume.step if self.resume else 0)
-
-    async def handle(self, events: list[BarUpdate | CheckpointSaved]) -> None:
-        for event in events:
-            if isinstance(event, CheckpointSaved):
-                self.pending.append(event)
-            else:
-                await self.flush()  # a redraw after `saving checkpoint:` means the save is over
-                self.hooks.progress(event.step, event.total, event.loss)
-        for line in self.parser.take_lines():
-            self.hooks.log(line)
-        if self.parser.device and not self.device_reported and self.hooks.device is not None:
-            self.device_reported = True
-            self.hooks.device(self.parser.device)
 
     async def flush(self) -> None:
         pending, self.pending = self.pending, []
