@@ -27,7 +27,7 @@ LAZY_COMMANDS = {
     "models": ("sidecar.engine.cli:models", "Embedded-engine models (make-tiny, list)."),
     "loras": ("sidecar.loras.cli:loras", "LoRA training, checkpoint sweeps and promotion."),
     "dataset": ("sidecar.dataprep.cli:dataset", "Training-set tools: crop, flip, caption, check, layout, reg."),
-    "launchd": ("sidecar.launchd:launchd_cli", "Install the launchd agents (macOS)."),
+    "launchd": ("sidecar.launchd.cli:launchd_cli", "Install the launchd agents (macOS)."),
     "doctor": ("sidecar.doctor.cli:doctor", "Check what is installed and how to fix what is missing."),
     "grid": ("sidecar.grids.cli:grid", "Render every combination of job parameters into a labelled contact sheet."),
     "prompt": ("sidecar.assist.cli:prompt", "Page prompts: refine one from feedback through a local Ollama."),

@@ -115,8 +115,3 @@ def current_settings() -> Settings:
 
 url_option = click.option("--url", default=None,
                           help="the daemon [default: http://<host>:<port> from the configuration]")
-
-
-def daemon_url(url: str | None = None) -> str:
-    """`--url` when given, else the configured daemon's."""
-    return url or current_settings().daemon_url

@@ -31,11 +31,6 @@ POLL_INTERVAL = 2.0  # backstop poll while the event socket is up
 POLL_INTERVAL_NO_EVENTS = 0.5
 
 
-def daemon_url(settings: Settings) -> str:
-    """Where the daemon of these settings listens, as a client reaches it (`Settings.daemon_url`)."""
-    return settings.daemon_url
-
-
 class DaemonClient:
     def __init__(self, base_url: str, *, timeout: float | None = None, token: str | None = None):
         """`timeout` bounds each request; None leaves a long job's requests unbounded (the daemon has
@@ -49,7 +44,7 @@ class DaemonClient:
     @classmethod
     def for_settings(cls, settings: Settings, url: str | None = None, *, timeout: float | None = None) -> Self:
         """A client of the daemon these settings describe: its URL (unless `url`) and its token."""
-        return cls(url or daemon_url(settings), timeout=timeout, token=settings.token_value)
+        return cls(url or settings.daemon_url, timeout=timeout, token=settings.token_value)
 
     async def __aenter__(self) -> Self:
         self._session = aiohttp.ClientSession(timeout=self._timeout, headers=self._headers)

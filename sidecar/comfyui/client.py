@@ -161,8 +161,10 @@ class ComfyClient:
             try:
                 # max_msg_size=0: a SaveImageWebsocket PNG can exceed aiohttp's 4 MB default.
                 # No receive timeout: nothing may arrive for a whole sampler step or VAE decode.
-                ws = await asyncio.wait_for(self._session.ws_connect(url, max_msg_size=0, autoping=True),
-                                            HANDSHAKE_TIMEOUT)
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for drops a cancel (close()) that lands
+                # as the connect completes, and this loop would then read the open socket for ever.
+                async with asyncio.timeout(HANDSHAKE_TIMEOUT):
+                    ws = await self._session.ws_connect(url, max_msg_size=0, autoping=True)
             except asyncio.CancelledError:
                 raise
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
@@ -172,6 +174,9 @@ class ComfyClient:
                 delay = min(max(delay * 2, self.backoff_initial), self.backoff_max)
                 await asyncio.sleep(delay)
                 continue
+            if self._closing:
+                await ws.close()
+                return
             delay = 0.0
             warned = False
             if self.previews:

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from sidecar.client import daemon_url
 from sidecar.comfyui.launch import (
     chosen_by_user,
     device_flags,
@@ -330,7 +329,7 @@ def check_port(settings: Settings, probe: Probe) -> Check:
 
 
 def check_launchd(home: Path) -> Check:
-    from sidecar.launchd import agent_status, find_launchctl
+    from sidecar.launchd.agents import agent_status, find_launchctl
 
     if find_launchctl() is None:
         return Check("launchd", "skip", f"no launchd on {sys.platform}")
@@ -364,7 +363,7 @@ async def probe_network(settings: Settings) -> Probe:
         # The daemon's token goes to the daemon only, never to ComfyUI.
         daemon_auth = {"Authorization": f"Bearer {settings.token_value}"} if settings.token_value else {}
         stats, health = await asyncio.gather(get(f"{base}/system_stats"),
-                                             get(f"{daemon_url(settings)}/health", daemon_auth))
+                                             get(f"{settings.daemon_url}/health", daemon_auth))
         if isinstance(stats, dict) and "system" in stats:
             probe.comfy_stats = stats
             for folder in ("checkpoints", "loras", "controlnet"):

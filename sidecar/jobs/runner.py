@@ -369,8 +369,10 @@ class JobRunner:
                 if picked is not None:
                     self._wake()  # the plan changed for every lane
                     continue
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can drop the cancel that stops the lane.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(m.wakeup.wait(), LANE_POLL)
+                async with asyncio.timeout(LANE_POLL):
+                    await m.wakeup.wait()
 
     async def _run_on_lane(self, m: Member, job: JobRecord, pick: Pick) -> None:
         if m.local:

@@ -23,7 +23,7 @@ from pipeline_stage.image import finish_png
 from pipeline_stage.layout import Page, Project, page_of
 from pipeline_stage.outputs import approve_version, publish
 from pipeline_stage.prompts import build_request, load_defaults, load_prompt, merge
-from pipeline_stage.stage import PageTask, make_entry
+from pipeline_stage.entry import PageTask, make_entry
 from sidecar.api.models import JobRequest
 from sidecar.api.responses import Job
 from sidecar.errors import GenerationLogInvalid, VersionNotFound
