@@ -19,7 +19,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from sidecar.config import Settings, load_settings
-from sidecar.errors import SidecarError
+from sidecar.errors import EXIT_FAILED, SidecarError
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
 
@@ -115,3 +115,20 @@ def current_settings() -> Settings:
 
 url_option = click.option("--url", default=None,
                           help="the daemon [default: http://<host>:<port> from the configuration]")
+
+
+def report_sheet(index: Path, sheet: Path, failed: int, total: int, *, as_json: bool,
+                 hint: str | None = None) -> int:
+    """How a command that renders cells into a contact sheet ends (`sidecar grid`, `sidecar loras sweep`):
+    the index (JSON) or where the sheet and index are, and a failure exit when any cell failed."""
+    if as_json:
+        click.echo(index.read_text())
+    else:
+        click.echo(f"contact sheet: {sheet}")
+        click.echo(f"index: {index}")
+        if hint:
+            click.echo(hint)
+    if failed:
+        click.echo(f"error: {failed} of {total} render(s) failed; see the index.", err=True)
+        return EXIT_FAILED
+    return 0

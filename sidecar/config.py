@@ -29,7 +29,7 @@ from sidecar.assets import WORKFLOWS, asset_path
 from sidecar.backends.spec import BackendSpec, check_tables
 from sidecar.durations import parse_duration
 from sidecar.errors import ConfigError
-from sidecar.profiles import PROFILES
+from sidecar.profiles import known_profile
 from sidecar.remote.settings import RemoteSettings
 
 ENV_PREFIX = "SIDECAR_"
@@ -236,9 +236,7 @@ class Settings(BaseSettings):
     @field_validator("profile")
     @classmethod
     def _known_profile(cls, v: str) -> str:
-        if v not in PROFILES:
-            raise ValueError(f"unknown profile {v!r}; known: {', '.join(sorted(PROFILES))}")
-        return v
+        return known_profile(v)
 
     @field_validator("allowed_hosts", mode="before")
     @classmethod

@@ -85,3 +85,10 @@ def get_profile(name: str) -> Profile:
         return PROFILES[name]
     except KeyError:
         raise KeyError(f"unknown profile {name!r}; known: {', '.join(sorted(PROFILES))}") from None
+
+
+def known_profile(name: str) -> str:
+    """`name`, when a profile has it: the one check of a `profile` setting (pydantic shows the message)."""
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}; known: {', '.join(sorted(PROFILES))}")
+    return name

@@ -20,6 +20,7 @@ from sidecar.comfyui.supervisor import CRASH_LOOP_EXITS
 from sidecar.doctor.checks import check_managed_launch
 from tests.conftest_comfy import free_port, make_job, python_wrapper, workflow, write_fake_main
 from tests.fake_comfyui import FakeComfyUI, load_fixture
+from tests.processes import alive
 
 START = 30.0  # generous: the fake imports numpy, pillow and aiohttp on a shared 2-core machine
 
@@ -41,14 +42,6 @@ async def managed(settings: Settings) -> AsyncIterator[ComfyBackend]:
         yield backend
     finally:
         await backend.stop()
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 async def wait_until(condition, timeout: float = START) -> None:

@@ -24,20 +24,10 @@ from sidecar.datadir_lock import DataDirLock, locked_by
 from sidecar.errors import DataDirLocked
 from tests.conftest_comfy import free_port
 from tests.scripted_backend import ScriptedBackend
+from tests.processes import alive
 from tests.training_fixtures import dataset_dir, kohya_dir  # noqa: F401  (fixtures)
 
 START = 60.0  # a real `sidecar serve` imports torch for the embedded engine on a shared 2-core machine
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # an unreaped zombie is dead for our purpose
-        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 # -- the lock itself --------------------------------------------------------------------------------

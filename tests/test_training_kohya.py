@@ -25,6 +25,7 @@ from sidecar.training.progress import ETA_MIN_STEPS
 from sidecar.training.spec import TrainerHooks, TrainJob, TrainSpec
 from sidecar.training.store import RunRecord, TrainingStore
 from tests.fake_trainer import FIXTURES, build_parser, help_options
+from tests.processes import alive
 from tests.training_fixtures import (  # noqa: F401  (fixtures)
     backend,
     client,
@@ -43,17 +44,6 @@ CANONICAL = {
     "--caption_extension": ".txt", "--save_every_n_steps": "200", "--save_model_as": "safetensors",
     "--max_train_steps": "1000", "--metadata_trigger_phrase": "spyke_plasma_v1",
 }
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # an unreaped zombie is dead for our purpose
-        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 def spec(**kw) -> TrainSpec:

@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from sidecar.profiles import PROFILES
+from sidecar.profiles import known_profile
 
 NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 # Words `where` gives a meaning of its own: a backend or tag of that name would be ambiguous.
@@ -102,9 +102,7 @@ class BackendSpec(BaseModel):
     @field_validator("profile")
     @classmethod
     def _profile(cls, v: str) -> str:
-        if v not in PROFILES:
-            raise ValueError(f"unknown profile {v!r}; known: {', '.join(sorted(PROFILES))}")
-        return v
+        return known_profile(v)
 
     @field_validator("url")
     @classmethod

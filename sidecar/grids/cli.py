@@ -19,9 +19,8 @@ from typing import Any
 
 import click
 
-from sidecar.cli_support import CONTEXT_SETTINGS, current_settings, url_option
+from sidecar.cli_support import CONTEXT_SETTINGS, current_settings, report_sheet, url_option
 from sidecar.client import DaemonClient
-from sidecar.errors import EXIT_FAILED
 from sidecar.grids import plan as grid_plan
 from sidecar.grids.axes import parse_axis
 from sidecar.grids.render import WINDOW, render_cells
@@ -83,14 +82,6 @@ async def _render(plan: grid_plan.GridPlan, daemon: DaemonClient, cell_px: int, 
                            on_done=done, on_result=result, poll_interval=poll_interval, window=WINDOW)
     sheet = await asyncio.to_thread(grid_plan.contact_sheet, plan, cell_px)
     index = await asyncio.to_thread(grid_plan.write_index, plan, sheet)
-    failed = [c for c in plan.cells if c.status != "succeeded"]
-    if as_json:
-        click.echo(index.read_text())
-    else:
-        click.echo(f"contact sheet: {sheet}")
-        click.echo(f"index: {index}")
-    if failed:
-        click.echo(f"error: {len(failed)} of {len(plan.cells)} render(s) failed; see the index.", err=True)
-        return EXIT_FAILED
-    return 0
+    failed = sum(c.status != "succeeded" for c in plan.cells)
+    return report_sheet(index, sheet, failed, len(plan.cells), as_json=as_json)
 

@@ -16,8 +16,7 @@ from typing import Any
 
 import click
 
-from sidecar.cli_support import current_settings, tool_group, url_option
-from sidecar.errors import EXIT_FAILED
+from sidecar.cli_support import current_settings, report_sheet, tool_group, url_option
 from sidecar.loras import runs
 from sidecar.loras import sweep as sweep_mod
 from sidecar.loras.client import TrainingClient
@@ -136,17 +135,9 @@ async def _sweep(ref: str, prompts: list[str], seeds: list[int], out: Path | Non
             reporter.close()
     sheet = await asyncio.to_thread(sweep_mod.contact_sheet, plan, cell_px)
     index = await asyncio.to_thread(sweep_mod.write_index, plan, sheet)
-    failed = [c for c in plan.cells if c.status != "succeeded"]
-    if as_json:
-        click.echo(index.read_text())
-    else:
-        click.echo(f"contact sheet: {sheet}")
-        click.echo(f"index: {index}")
-        click.echo(f"promote the best one with: sidecar loras promote {plan.run['id']} --step <N>")
-    if failed:
-        click.echo(f"error: {len(failed)} of {len(plan.cells)} render(s) failed; see the index.", err=True)
-        return EXIT_FAILED
-    return 0
+    failed = sum(c.status != "succeeded" for c in plan.cells)
+    return report_sheet(index, sheet, failed, len(plan.cells), as_json=as_json,
+                        hint=f"promote the best one with: sidecar loras promote {plan.run['id']} --step <N>")
 
 
 @loras.command()

@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StrictInt
 from pydantic.alias_generators import to_camel
@@ -60,6 +60,12 @@ class TrainRequest(Wire):
     )
 
 
+# The one LoRA folder field of promote, stage and unstage.
+LorasDir = Annotated[str | None, Field(min_length=1, max_length=4096,
+                                       description="the LoRA folder [default: ComfyUI's models/loras when "
+                                                   "comfyui_dir is configured, else <models_dir>/loras]")]
+
+
 class PromoteRequest(Wire):
     """POST /loras/{id}/promote: install one checkpoint of a run as a LoRA generation can use."""
 
@@ -67,9 +73,7 @@ class PromoteRequest(Wire):
     name: str | None = Field(None, pattern=NAME_PATTERN,
                              description="file name in the LoRA folder, without .safetensors [default: the "
                                          "run's output name]")
-    loras_dir: str | None = Field(None, min_length=1, max_length=4096,
-                                  description="the LoRA folder [default: ComfyUI's models/loras when comfyui_dir "
-                                              "is configured, else <models_dir>/loras]")
+    loras_dir: LorasDir = None
 
 
 class Promoted(Wire):
@@ -83,8 +87,7 @@ class StageRequest(Wire):
     """POST /loras/{id}/stage: make one checkpoint of a run loadable by jobs for a while (a sweep)."""
 
     step: int | None = Field(None, ge=1, description="the checkpoint's step [default: the run's final LoRA]")
-    loras_dir: str | None = Field(None, min_length=1, max_length=4096,
-                                  description="the LoRA folder [default: as for promote]")
+    loras_dir: LorasDir = None
 
 
 class StagedLora(Wire):
@@ -99,8 +102,7 @@ class UnstageRequest(Wire):
 
     step: int | None = Field(None, ge=1, description="only this checkpoint's staging [default: every one of "
                                                      "the run]")
-    loras_dir: str | None = Field(None, min_length=1, max_length=4096,
-                                  description="the LoRA folder [default: as for promote]")
+    loras_dir: LorasDir = None
 
 
 class UnstagedLoras(Wire):
