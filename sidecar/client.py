@@ -172,8 +172,9 @@ class DaemonClient:
             event = None
             if ws is not None and not ws.closed:
                 try:
-                    msg = await asyncio.wait_for(ws.receive(), POLL_INTERVAL)
-                except asyncio.TimeoutError:
+                    async with asyncio.timeout(POLL_INTERVAL):  # not wait_for: on 3.11 it can drop a Ctrl-C
+                        msg = await ws.receive()
+                except TimeoutError:
                     msg = None
                 if msg is not None:
                     if msg.type == aiohttp.WSMsgType.TEXT:

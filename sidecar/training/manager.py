@@ -140,8 +140,9 @@ class TrainingManager:
         if self._task is not None:
             if running is not None:
                 # Let the run end as `interrupted` (trainer stopped, state persisted) before cancelling.
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(self._idle()), STOP_TIMEOUT)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(STOP_TIMEOUT):  # not wait_for: on 3.11 it can drop a cancel
+                        await asyncio.shield(self._idle())
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task

@@ -98,8 +98,9 @@ class _Session(KohyaRelay):
 
     async def sleep(self, seconds: float) -> None:
         """Wait, or raise JobCancelled as soon as the run is cancelled (or the daemon stops)."""
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self.hooks.cancel.wait()), seconds)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):  # not wait_for: on 3.11 it can drop a cancel
+                await self.hooks.cancel.wait()
         if self.hooks.cancel.is_set():
             raise JobCancelled()
 
