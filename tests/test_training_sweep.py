@@ -4,6 +4,7 @@ two checkpoints becomes a labelled contact sheet + index; promote installs one w
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 from pathlib import Path
 
@@ -189,4 +190,27 @@ async def test_stage_makes_a_checkpoint_a_lora_id_until_unstaged(daemon, dataset
     gone = await daemon.post(f"/loras/{run['id']}/stage", json={"step": 2})
     assert gone.status == 409 and (await gone.json())["error"]["code"] == "checkpoint_file_missing"
     unknown = await daemon.post("/loras/nope/unstage", json={})
+    assert unknown.status == 404 and (await unknown.json())["error"]["code"] == "training_not_found"
+
+
+async def test_the_studio_finds_a_sweep_in_the_runs_default_folder(daemon, dataset_dir, env, tmp_path) -> None:
+    run = await trained_run(daemon, dataset_dir)
+    before = await daemon.get(f"/loras/{run['id']}/sweep")
+    assert before.status == 200 and (await before.json()) == {"contactSheetUrl": None, "index": None}
+    missing = await daemon.get(f"/loras/{run['id']}/sweep/contact-sheet.png")
+    assert missing.status == 404 and (await missing.json())["error"]["code"] == "not_found"
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("spyke_plasma_v1, portrait\n")
+    result = await invoke(["sweep", run["id"], "--prompts", str(prompts), "--seeds", "3", "--cell", "64",
+                           *url_of(daemon), "--poll-interval", "0.02"], env)  # no --out: the run's folder
+    assert result.exit_code == 0, result.output
+
+    info = await (await daemon.get(f"/loras/{run['id']}/sweep")).json()
+    assert info["contactSheetUrl"] == f"/loras/{run['id']}/sweep/contact-sheet.png"
+    assert [c["label"] for c in info["index"]["columns"]] == ["step 2", "step 4"]
+    sheet = await daemon.get(info["contactSheetUrl"])
+    assert sheet.status == 200 and sheet.content_type == "image/png"
+    assert Image.open(io.BytesIO(await sheet.read())).size == (260 + 2 * 64, 28 + 1 * 64)
+    unknown = await daemon.get("/loras/nope/sweep")
     assert unknown.status == 404 and (await unknown.json())["error"]["code"] == "training_not_found"
