@@ -41,6 +41,8 @@ async def test_a_run_on_an_ssh_host_trains_pulls_every_checkpoint_and_installs_t
         assert Path(c["path"]).read_bytes() == (there / c["fileName"]).read_bytes()
     # The newest training state came along too (what a resume on another machine starts from).
     assert (final.parent / "spyke-step00000006-state" / "train_state.json").is_file()
+    # ... and only the newest, as kohya keeps them there (--save_last_n_steps_state): each holds the optimizer.
+    assert [p.name for p in final.parent.glob("spyke-step*-state")] == ["spyke-step00000006-state"]
     assert read_lora_metadata(final)["modelspec.trigger_phrase"] == "spyke_plasma_v1"
     # The canonical arguments of a local kohya run, on CUDA: fp16 and sdpa.
     argv = json.loads(Path(trainer_env["FAKE_KOHYA_ARGV_FILE"]).read_text())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,3 +84,16 @@ def latest_state(output_dir: Path, name: str, required: tuple[str, ...]) -> tupl
         if step is not None and (best is None or step > best[0]):
             best = (step, state)
     return best
+
+
+def prune_states(output_dir: Path, name: str, required: tuple[str, ...]) -> Path | None:
+    """Keep only the newest complete step state of a run, as kohya's `--save_last_n_steps_state` does on
+    the machine that trains: states pulled from a remote run would otherwise pile up here (each holds the
+    optimizer). Returns the one kept. Incomplete folders are left for `latest_state` to skip."""
+    newest = latest_state(output_dir, name, required)
+    if newest is None:
+        return None
+    for state in output_dir.glob(f"{name}-step*-state"):
+        if state != newest[1] and state.is_dir() and all((state / f).is_file() for f in required):
+            shutil.rmtree(state, ignore_errors=True)
+    return newest[1]

@@ -448,6 +448,10 @@ class _Session(KohyaRelay):
         if got is None:
             return None
         state = await transfer.fetch_state(shell, remote, local)
+        if state is not None:
+            kept = await asyncio.to_thread(files.prune_states, self.job.output_dir, self.job.spec.output_name,
+                                           files.STATE_FILES["remote"])
+            state = state if kept == state else None  # pulled after a newer one (the wind-down goes newest first)
         pulled = PulledFile(step=step, path=str(local), size=got[0], sha256=got[1], state=str(state) if state else None)
         self.st.pulled.append(pulled)
         self.publish()
