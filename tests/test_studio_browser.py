@@ -290,6 +290,14 @@ def test_a_training_run_is_followed_to_its_end_and_promoted_on_the_loras_view(br
     page.set_viewport_size({"width": DESKTOP["width"], "height": 1200})  # the run card whole
     page.evaluate("() => window.scrollTo(0, 0)")
     page.screenshot(path=str(shots / "studio-loras.png"))
+    # A fresh page saw none of the live events: it draws the run's whole curve from the daemon.
+    page.reload()
+    curve = page.locator(f".run[data-run-id='{run_id}'] polyline.smooth")
+    curve.wait_for()
+    logged = daemon.api("GET", f"/loras/{run_id}/loss")["stepsLogged"]
+    assert logged >= 3
+    page.wait_for_function("([sel, n]) => document.querySelector(sel)?.getAttribute('points').trim().split(/\\s+/).length === n",
+                           arg=[f".run[data-run-id='{run_id}'] polyline.smooth", logged])
     context.close()
     assert console.errors == []
 

@@ -7,6 +7,7 @@ import asyncio
 
 import pytest
 
+from sidecar.api.app import create_app
 from sidecar.training.wire import TrainingRun, TrainingRunList
 from tests.training_fixtures import (  # noqa: F401  (fixtures)
     backend,
@@ -196,3 +197,27 @@ async def test_openapi_describes_the_training_routes(client) -> None:
     assert "/loras/train" in doc["paths"] and "/loras/{id}/status" in doc["paths"]
     schemas = doc["components"]["schemas"]
     assert "datasetDir" in schemas["TrainRequest"]["properties"]
+
+
+async def test_the_whole_loss_curve_is_kept_and_served_after_a_restart(aiohttp_client, client, settings, backend,
+                                                                       dataset_dir, fake_env) -> None:
+    run = await start_training(client, dataset_dir, steps=6)
+    done = await wait_run(client, run["id"], {"succeeded", "failed"})
+    assert done["status"] == "succeeded"
+    curve = await (await client.get(f"/loras/{run['id']}/loss")).json()
+    steps = [p["step"] for p in curve["points"]]
+    # One point per step kohya logged a loss at, in order, ending where the run ended with its last loss.
+    assert steps == sorted(set(steps)) and steps[-1] == 6 and curve["stepsLogged"] == len(steps) >= 3
+    assert curve["points"][-1]["loss"] == pytest.approx(done["loss"]["last"], rel=1e-5)
+    assert all(p["smoothed"] is not None for p in curve["points"])
+    # Fewer points on request: spread over the run, first and last kept.
+    two = await (await client.get(f"/loras/{run['id']}/loss?points=2")).json()
+    assert [p["step"] for p in two["points"]] == [steps[0], 6] and two["stepsLogged"] == len(steps)
+    # A daemon started again on the same data dir still has it (the status keeps only the last loss).
+    await client.close()
+    again = await aiohttp_client(create_app(settings, backend))
+    assert (await (await again.get(f"/loras/{run['id']}/loss")).json()) == curve
+    bad = await again.get(f"/loras/{run['id']}/loss?points=1")
+    assert bad.status == 400 and (await bad.json())["error"]["details"]["field"] == "points"
+    unknown = await again.get("/loras/nope/loss")
+    assert unknown.status == 404 and (await unknown.json())["error"]["code"] == "training_not_found"

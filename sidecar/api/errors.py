@@ -127,12 +127,17 @@ async def parse_body(request: web.Request, model: type[M]) -> M:
     return parse_model(model, await read_json(request))
 
 
+def query_int(request: web.Request, name: str, default: int, *, low: int, high: int) -> int:
+    """An integer `?name=` in low..high, or a 400 naming it."""
+    try:
+        value = int(request.query.get(name, str(default)))
+    except ValueError:
+        raise InvalidField(f"{name} must be an integer.", {"field": name}) from None
+    if not low <= value <= high:
+        raise InvalidField(f"{name} must be between {low} and {high}.", {"field": name, "value": value})
+    return value
+
+
 def query_limit(request: web.Request, default: int = 50, most: int = 500) -> int:
     """The `?limit=` of a listing, 1..most."""
-    try:
-        limit = int(request.query.get("limit", str(default)))
-    except ValueError:
-        raise InvalidField("limit must be an integer.", {"field": "limit"}) from None
-    if not 1 <= limit <= most:
-        raise InvalidField(f"limit must be between 1 and {most}.", {"field": "limit", "value": limit})
-    return limit
+    return query_int(request, "limit", default, low=1, high=most)

@@ -1,4 +1,4 @@
-"""Training routes: POST /loras/train, GET /loras/runs, GET /loras/{id}/status, POST /loras/{id}/cancel,
+"""Training routes: POST /loras/train, GET /loras/runs, GET /loras/{id}/status and /loss, POST /loras/{id}/cancel,
 /resume, /promote, /stage and /unstage. The training manager (queue, device gate, trainers) is built here and started and
 stopped with the app through `cleanup_ctx`; handlers only parse, call it and answer with its
 `TrainingRun` models.
@@ -6,11 +6,12 @@ stopped with the app through `cleanup_ctx`; handlers only parse, call it and ans
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from sidecar.api.errors import parse_body, query_limit
+from sidecar.api.errors import parse_body, query_int, query_limit
 from sidecar.api.keys import BACKEND, DEVICE, EVENTS, PROFILE, SETTINGS, TRAINING_STORE
 from sidecar.api.operations import Query, operation
 from sidecar.api.responses import json_response
@@ -20,13 +21,15 @@ from sidecar.errors import (
     TrainingInProgress, TrainingNotFound,
 )
 from sidecar.remote.wire import TrainEstimate
+from sidecar.training.loss_history import loss_file, read_history
 from sidecar.training.manager import TrainingManager
 from sidecar.training.wire import (
-    Promoted, PromoteRequest, StagedLora, StageRequest, TrainingRun, TrainingRunList, TrainRequest, UnstagedLoras,
+    LossHistory, LossPointInfo, Promoted, PromoteRequest, StagedLora, StageRequest, TrainingRun, TrainingRunList, TrainRequest, UnstagedLoras,
     UnstageRequest,
 )
 
 TRAINING = web.AppKey("training", TrainingManager)
+MAX_LOSS_POINTS = 5000
 
 routes = web.RouteTableDef()
 
@@ -83,6 +86,20 @@ async def list_runs(request: web.Request) -> web.Response:
            errors=(TrainingNotFound,))
 async def status(request: web.Request) -> web.Response:
     return json_response(await request.app[TRAINING].get(request.match_info["id"]))
+
+
+@routes.get("/loras/{id}/loss")
+@operation("A run's loss by step, live or finished (from the run's loss.csv), for a chart",
+           {200: LossHistory}, errors=(TrainingNotFound,),
+           query=(Query("points", {"type": "integer", "minimum": 2, "maximum": MAX_LOSS_POINTS, "default": 500},
+                        "at most this many points, spread evenly over the run"),))
+async def loss(request: web.Request) -> web.Response:
+    most = query_int(request, "points", 500, low=2, high=MAX_LOSS_POINTS)
+    run = await request.app[TRAINING].get(request.match_info["id"])
+    points, logged = await asyncio.to_thread(read_history, loss_file(run.output_dir), most)
+    return json_response(LossHistory(run_id=run.id, steps_logged=logged,
+                                     points=[LossPointInfo(step=p.step, loss=p.loss, smoothed=p.smoothed)
+                                             for p in points]))
 
 
 @routes.post("/loras/{id}/cancel")

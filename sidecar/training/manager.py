@@ -36,6 +36,7 @@ from sidecar.training import admission, recovery, staging
 from sidecar.training import checkpoints as files
 from sidecar.training.dataset import load_dataset
 from sidecar.training.lora_metadata import lora_dir
+from sidecar.training.loss_history import LossRecorder, loss_file
 from sidecar.training.parser import read_log_tail
 from sidecar.training.progress import ProgressTracker
 from sidecar.training.promote import promote as install_checkpoint
@@ -69,6 +70,7 @@ class LiveRun:
     shutdown: bool = False  # cancelled because the daemon stops: the run becomes `interrupted`
     last_persist: float = 0.0
     pending: set[asyncio.Task] = field(default_factory=set)  # checkpoint rows being written
+    losses: LossRecorder | None = None  # the loss by step, into the run's loss.csv
 
 
 def default_trainer_factory(settings: Settings, backend: GenerationBackend | None) -> TrainerFactory:
@@ -306,7 +308,8 @@ class TrainingManager:
     # -- checks
     # -- queue
     def _enqueue(self, run: RunRecord) -> None:
-        live = LiveRun(record=run, tracker=ProgressTracker(total=run.total or 0, step=run.resume_step or 0))
+        live = LiveRun(record=run, tracker=ProgressTracker(total=run.total or 0, step=run.resume_step or 0),
+                       losses=LossRecorder(loss_file(run.output_dir)))
         self._live[run.id] = live
         self._queue.append(run.id)
         if run.engine != "remote":  # a run on another machine leaves this one free to generate
@@ -396,9 +399,13 @@ class TrainingManager:
             live.tracker.update(step, total, loss)
             run.step, run.total = live.tracker.step, live.tracker.total
             run.loss, run.loss_smoothed = live.tracker.loss_last, live.tracker.loss_smoothed
+            if live.losses is not None:
+                live.losses.add(live.tracker.step, loss, live.tracker.loss_smoothed)
             now = time.monotonic()
             if now - live.last_persist >= PROGRESS_PERSIST_INTERVAL or step == total:
                 live.last_persist = now
+                if live.losses is not None:
+                    self._spawn(live, live.losses.flush())
                 self._spawn(live, self.store.update(run.id, step=run.step, total=run.total, loss=finite(run.loss),
                                                     loss_smoothed=finite(run.loss_smoothed)))
             self._announce(run, "progress", live)
@@ -461,6 +468,9 @@ class TrainingManager:
     async def _finish(self, live: LiveRun, status: str, *, code: str | None = None, message: str | None = None,
                       details: dict[str, Any] | None = None, **fields: Any) -> None:
         run = live.record
+        if live.losses is not None:
+            with contextlib.suppress(OSError):  # a curve that cannot be written must not lose the run's end
+                await live.losses.flush()
         extra: dict[str, Any] = {"finished_at": now_iso(), "step": live.tracker.step, "pid": None,
                                  "loss": finite(live.tracker.loss_last),
                                  "loss_smoothed": finite(live.tracker.loss_smoothed), **fields}

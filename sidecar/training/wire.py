@@ -174,6 +174,20 @@ class TrainingRunList(Wire):
     runs: list[TrainingRun]
 
 
+class LossPointInfo(Wire):
+    step: int
+    loss: float | None = Field(..., description="null: not finite (a diverged run)")
+    smoothed: float | None = Field(..., description="an exponential moving average, bias-corrected")
+
+
+class LossHistory(Wire):
+    """GET /loras/{id}/loss: the run's whole loss curve (its status carries only the latest loss)."""
+
+    run_id: str
+    steps_logged: int = Field(..., description="how many steps have a loss; `points` may be fewer (spread evenly)")
+    points: list[LossPointInfo] = Field(..., description="by step, the last step always in")
+
+
 class TrainingEvent(Wire):
     """A training run's state changed, progressed or saved a checkpoint (a frame of /events)."""
 

@@ -46,9 +46,9 @@ function lossChart(points) {
 export function mount(root, ctx) {
   const installed = h("div", { class: "card table-wrap" });
   const runsBox = h("div", { class: "runs" });
-  // run id -> [{step, last, smoothed}]: the daemon keeps only the latest loss, so the points seen in this
-  // tab are kept in sessionStorage (the chart survives a switch of view or a reload).
-  const losses = new Map(Object.entries(JSON.parse(sessionStorage.getItem("studio.losses") || "{}")));
+  // run id -> [{step, last, smoothed}]: the run's curve from the daemon (GET /loras/{id}/loss, kept in the
+  // run's loss.csv), then grown live by training.* events.
+  const losses = new Map();
   const runs = new Map();
   const cards = new Map();
 
@@ -103,15 +103,25 @@ export function mount(root, ctx) {
     const series = losses.get(run.id) || [];
     if (run.loss && run.loss.last !== null && (!series.length || series.at(-1).step < run.step)) series.push({ step: run.step, ...run.loss });
     losses.set(run.id, series);
-    try { sessionStorage.setItem("studio.losses", JSON.stringify(Object.fromEntries([...losses].slice(-20)))); } catch { /* full */ }
     let card = cards.get(run.id);
     if (!card) {
       card = h("article", { class: "run card", dataset: { runId: run.id } });
       cards.set(run.id, card);
       runsBox.prepend(card);
       loadSweep(run, card);
+      loadLoss(run, card);
     }
     renderRun(card, run);
+  }
+
+  async function loadLoss(run, card) {
+    try {
+      const { points } = await api(`/loras/${run.id}/loss?points=400`);
+      const kept = points.map((p) => ({ step: p.step, last: p.loss, smoothed: p.smoothed }));
+      const last = kept.length ? kept.at(-1).step : -1;
+      losses.set(run.id, [...kept, ...(losses.get(run.id) || []).filter((p) => p.step > last)]);
+      renderRun(card, runs.get(run.id));
+    } catch { /* an old run gone from the store: the live points stay */ }
   }
 
   async function loadSweep(run, card) {
