@@ -165,6 +165,11 @@ class Settings(BaseSettings):
         5.0, gt=0, le=3600, description="seconds between health probes of each backend (system_stats, models, "
                                         "node types); a backend that fails two in a row is out of routing until it "
                                         "answers again")
+    backend_recovery_timeout: float = Field(
+        300.0, gt=0, le=86400, description="seconds a job that was running on a backend when the daemon stopped "
+                                           "waits for that backend to answer again after a restart; then it is "
+                                           "re-queued once onto another backend `where` allows (its prompt there "
+                                           "interrupted when that backend returns), or failed `backend_gone`")
 
     # -- kohya_ss
     kohya_dir: Path | None = Field(None, description="kohya_ss sd-scripts folder (training engine kohya)")

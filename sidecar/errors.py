@@ -82,6 +82,8 @@ Nothing else builds error JSON or picks exit codes. The tree:
         load), lora_incompatible (embedded: a LoRA whose keys match nothing in the base model),
         model_transfer_failed (a LoRA/checkpoint copy to a remote backend over SSH failed or did
         not check out), no_backend_admits (no configured backend admits a queued job any more),
+        backend_gone (recovered after a restart, its backend stayed away backend_recovery_timeout
+        and no other backend its `where` allows admits it),
         internal_error; training runs: training_failed, interrupted (daemon restarted mid-run),
         remote_cost_limit, remote_time_limit (the cost guard stopped a remote run; its last checkpoint
         was pulled first), remote_failed (the remote machine could not be rented, reached or used)

@@ -140,6 +140,10 @@ class FakeComfyUI(InstallFiles, PromptWorker):
         return self._runner is not None
 
     async def start(self) -> None:
+        await self._listen()
+        self._worker = asyncio.create_task(self._work(self._state), name="fake-comfyui-worker")
+
+    async def _listen(self) -> None:
         app = web.Application(client_max_size=100 * 1024 * 1024)
         for prefix in ("", "/api"):
             app.router.add_routes(self._routes(prefix))
@@ -164,10 +168,9 @@ class FakeComfyUI(InstallFiles, PromptWorker):
             self.port = self._runner.addresses[0][1]
             if "--port" in self.argv:
                 self.argv[self.argv.index("--port") + 1] = str(self.port)
-        self._worker = asyncio.create_task(self._work(self._state), name="fake-comfyui-worker")
 
     async def stop(self) -> None:
-        if self._runner is None:
+        if self._runner is None and self._worker is None:
             return
         await self._shutdown()
 
@@ -177,6 +180,14 @@ class FakeComfyUI(InstallFiles, PromptWorker):
         at that very instant can linger unanswered; clients recover through their handshake timeout.)"""
         await self._shutdown()
 
+    async def unplug(self) -> None:
+        """A network cut (a cable, a VPN drop): nobody reaches the server, which goes on running its queue
+        (held where `pause_at` holds it); `plug()` makes it reachable again with its queue and history."""
+        await self._shutdown(keep_running=True)
+
+    async def plug(self) -> None:
+        await self._listen()
+
     async def restart(self) -> None:
         """Come back on the same port with an empty queue and history (files on disk remain)."""
         if self._runner is not None:
@@ -184,10 +195,10 @@ class FakeComfyUI(InstallFiles, PromptWorker):
         self._state = ServerState()
         await self.start()
 
-    async def _shutdown(self) -> None:
+    async def _shutdown(self, keep_running: bool = False) -> None:
         state = self._state
         self._serving = None  # from now on the "process" is dead: late connections are reset
-        if self._worker is not None:
+        if self._worker is not None and not keep_running:
             self._worker.cancel()
             try:
                 await self._worker

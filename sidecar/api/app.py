@@ -40,6 +40,7 @@ from sidecar.api.keys import (
 )
 from sidecar.backend import GenerationBackend
 from sidecar.backends.catalog import PoolCatalog, widest_profile
+from sidecar.backends.abandoned import AbandonedStore
 from sidecar.backends.pool import build_pool
 from sidecar.config import Settings
 from sidecar.datadir_lock import DataDirLock
@@ -108,10 +109,14 @@ def create_app(settings: Settings, backend: GenerationBackend | None = None, *,
     app[BACKEND] = backend
     app[DEVICE] = device
     app[EVENTS] = bus
+    if pool is not None:
+        pool.events = bus  # backend.up / backend.down
+        pool.store = AbandonedStore(settings.db_path, share=store)  # prompts to interrupt, across restarts
     app[TEMPLATES] = templates
     previews = Previews(bus, enabled=settings.previews, interval=settings.preview_interval)
     app[RUNNER] = JobRunner(store, backend, device, bus, settings.jobs_dir, max_queue=settings.max_queue,
-                            pool=pool, default_where=settings.default_where, previews=previews)
+                            pool=pool, default_where=settings.default_where, previews=previews,
+                            recovery_timeout=settings.backend_recovery_timeout)
     find_job = app[RUNNER].get
     app[BUILDER] = (JobBuilder(settings, profile, templates, PoolCatalog(pool), limits=widest_profile(pool),  # type: ignore[arg-type]
                                find_job=find_job)
@@ -176,9 +181,13 @@ async def _backend_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
     pool = app[POOL]
+    if pool.store is not None:
+        await pool.store.open()
     await pool.start(already_started=app[BACKEND])  # the others, then a first probe of each
     yield
     await pool.stop(already_stopping=app[BACKEND])
+    if pool.store is not None:
+        await pool.store.close()
 
 
 async def _templates_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -25,7 +25,8 @@ from pydantic import BaseModel
 
 from sidecar.api.keys import EVENTS, SOCKETS
 from sidecar.api.operations import operation
-from sidecar.api.responses import Event, JobEvent, JobPreviewEvent, JobSummary
+from sidecar.api.responses import BackendEvent, BackendState, Event, JobEvent, JobPreviewEvent, JobSummary
+from sidecar.backends.pool import BackendChanged
 from sidecar.errors import WebSocketRequired
 from sidecar.jobs.previews import Preview
 from sidecar.jobs.runner import JobChanged
@@ -52,6 +53,8 @@ def encode(event: Any) -> dict[str, Any]:
                                 seq=event.seq, width=event.width, height=event.height,
                                 image=base64.b64encode(event.jpeg).decode("ascii"),
                                 url=f"/jobs/{event.job_id}/preview")
+    elif isinstance(event, BackendChanged):
+        event = BackendEvent(type=event.type, backend=BackendState.model_validate(event.backend))  # type: ignore[arg-type]
     if not isinstance(event, BaseModel):
         raise TypeError(f"not an event: {event!r}")
     return event.model_dump(mode="json", by_alias=True)
@@ -60,7 +63,8 @@ def encode(event: Any) -> dict[str, Any]:
 @routes.get("/events")
 @operation("WebSocket of job and training events", {101: Event}, errors=(WebSocketRequired,), websocket=True,
            description="Upgrade to a WebSocket; each text frame is one Event (a JobEvent with the job's "
-                       "summary, or a TrainingEvent). Clients only listen.")
+                       "summary, a JobPreviewEvent, a TrainingEvent, or a BackendEvent when a backend joins "
+                       "or leaves routing). Clients only listen.")
 async def events(request: web.Request) -> web.WebSocketResponse:
     ws = web.WebSocketResponse(heartbeat=30, timeout=CLOSE_TIMEOUT, compress=COMPRESS)
     if not ws.can_prepare(request).ok:

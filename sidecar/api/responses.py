@@ -219,8 +219,8 @@ class ProcessMemory(Out):
     peak_rss_bytes: int | None = Field(description="its highest resident memory since it started")
 
 
-class BackendStatus(Out):
-    """One generation backend as /health lists it."""
+class BackendState(Out):
+    """One generation backend: what it is and how it is doing (without its queue: see BackendStatus)."""
 
     name: str
     kind: str = Field(description="embedded, comfyui attached or comfyui managed")
@@ -232,11 +232,16 @@ class BackendStatus(Out):
     profile: str
     tags: list[str]
     running: str | None = Field(description="the job it runs now")
-    queue: int = Field(description="queued jobs the router plans onto it now")
     seconds_per_step: float | None = Field(description="measured from its recent jobs; null until it ran one")
     loaded_checkpoint: str | None = Field(description="the checkpoint of its last job (what it likely holds)")
     jobs_run: int
     ssh: str | None = Field(description="where LoRAs and checkpoints it lacks are copied (SFTP)")
+
+
+class BackendStatus(BackendState):
+    """One generation backend as /health lists it."""
+
+    queue: int = Field(description="queued jobs the router plans onto it now")
 
 
 class Health(Out):
@@ -287,9 +292,17 @@ class JobPreviewEvent(Out):
     url: str
 
 
-class Event(RootModel[JobEvent | JobPreviewEvent | TrainingEvent]):
-    """One text frame of the /events WebSocket: a JobEvent, a JobPreviewEvent or a TrainingEvent, told apart
-    by `type`."""
+class BackendEvent(Out):
+    """A backend of the [[backends]] tables joined routing (`backend.up`: it answers its health probe) or
+    left it (`backend.down`, with `backend.reason`). GET /health then has its queue and the others."""
+
+    type: Literal["backend.up", "backend.down"]
+    backend: BackendState
+
+
+class Event(RootModel[JobEvent | JobPreviewEvent | TrainingEvent | BackendEvent]):
+    """One text frame of the /events WebSocket: a JobEvent, a JobPreviewEvent, a TrainingEvent or a
+    BackendEvent, told apart by `type`."""
 
 
 MAX_LISTED = 200  # job ids and paths named in a gc report (the counts are always whole)

@@ -4,7 +4,8 @@
 The runner calls `run_on` under the member's lock (one job at a time per backend, hence never two
 prompts at once on one ComfyUI). A member taken out by a health probe while running a job ends that
 run at once: the job's prompt id is kept as abandoned on the member, and interrupted there when it
-answers again, so the re-queued job never also finishes on the first backend.
+answers again (a list kept in the job database), so the re-queued job never also finishes on the first
+backend.
 """
 
 from __future__ import annotations
@@ -52,18 +53,20 @@ async def run_on(pool: BackendPool, m: Member, ctx: RunContext, needs: Needs,
             with contextlib.suppress(BaseException):
                 await run
             if posted:
-                m.abandoned.append(posted[-1])
+                await pool.abandon(m, posted[-1], ctx.job_id)
             raise PromptLost(f"Backend {m.name} stopped answering while it ran this job ({m.down_reason}).",
                              {"backend": m.name, "reason": "backend_down", "prompt_id": posted[-1] if posted else None})
         try:
             result = run.result()
         except PromptLost as exc:
             # The server lost it (killed, restarted): out of routing until a probe says it answers again.
-            m.abandoned.extend(posted[-1:])
+            if posted:
+                await pool.abandon(m, posted[-1], ctx.job_id)
             pool.take_out(m, exc.message)
             raise
         except ComfyUnavailable as exc:
-            m.abandoned.extend(posted[-1:])  # unreachable, maybe still running it: stopped when it answers
+            if posted:  # unreachable, maybe still running it: stopped when it answers
+                await pool.abandon(m, posted[-1], ctx.job_id)
             pool.take_out(m, exc.message)
             raise PromptLost(f"Backend {m.name} was unavailable: {exc.message}",
                              {"backend": m.name, "reason": "backend_down", **exc.details}) from None

@@ -7,7 +7,9 @@ backend as `local` when no table is local. `BackendPool` owns their health: ever
 then its model listings and node types (on joining, then every `CAPS_REFRESH` seconds). A backend
 that fails two probes in a row (or loses the job it runs) is out of routing (`Member.mark_down` also ends
 the job it runs, which the runner re-queues once elsewhere); it rejoins when it answers again, and the prompts of jobs taken away from
-it meanwhile are interrupted there first, so none finishes twice.
+it meanwhile are interrupted there first, so none finishes twice. Those prompts are kept in the job
+database (`abandoned.py`), so a daemon restarted meanwhile still interrupts them. State changes are
+published on the event bus as `backend.up` / `backend.down` (`BackendChanged`).
 """
 
 from __future__ import annotations
@@ -17,16 +19,19 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sidecar.backend import GenerationBackend
+from sidecar.backends.abandoned import Abandoned, AbandonedStore
 from sidecar.backends.admission import Capabilities
 from sidecar.backends.member import Member
 from sidecar.backends.spec import BackendSpec
 from sidecar.config import Settings
 from sidecar.device import Device
 from sidecar.errors import SidecarError
+from sidecar.events import EventBus
 from sidecar.profiles import get_profile
 
 log = logging.getLogger("sidecar.backends")
@@ -37,6 +42,15 @@ CAPS_REFRESH = 60.0  # node types and model listings of a backend that stays up
 # is not a dead server; a killed one is noticed at once anyway, by the job it was running).
 FAILS_TO_TAKE_OUT = 2
 LOCAL_NAME = "local"
+
+
+@dataclass(frozen=True)
+class BackendChanged:
+    """Published when a backend joins or leaves routing: `type` is backend.up | backend.down; `backend` is
+    its entry of `BackendPool.status()` at that moment (the API layer's encoder makes it the wire event)."""
+
+    type: str
+    backend: dict[str, Any]
 
 
 def comfy_settings(settings: Settings, spec: BackendSpec) -> Settings:
@@ -91,6 +105,8 @@ class BackendPool:
         self.probe_interval = probe_interval
         self.local_models: dict[str, frozenset[str]] = {}
         self.on_change: Callable[[], None] = lambda: None  # the runner wakes its lanes
+        self.events: EventBus | None = None  # backend.up / backend.down go here (the app sets it)
+        self.store: AbandonedStore | None = None  # the prompts to interrupt, kept across restarts
         self._caps_at: dict[str, float] = {}
         self._fails: dict[str, int] = {}
         self._task: asyncio.Task[None] | None = None
@@ -102,6 +118,14 @@ class BackendPool:
 
     # -- lifecycle
     async def start(self, already_started: GenerationBackend | None = None) -> None:
+        if self.store is not None:  # before the first probe: a backend that answers is cleaned up at once
+            for name, prompts in (await self.store.load()).items():
+                m = self.by_name.get(name)
+                if m is None:
+                    log.warning("backend %s is no longer configured: prompts %s of jobs re-run elsewhere are "
+                                "not interrupted there", name, ", ".join(prompts))
+                    continue
+                m.abandoned.extend(p for p in prompts if p not in m.abandoned)
         for m in self.members:
             if m.backend is not already_started:
                 await m.backend.start()
@@ -151,11 +175,15 @@ class BackendPool:
             except (SidecarError, OSError) as exc:
                 self._failed(m, f"it answered system_stats but not its model listings: {exc}")
                 return
-        if joining and m.abandoned:
-            await self._interrupt_abandoned(m)
+        if joining and m.abandoned and not await self._interrupt_abandoned(m):
+            # Not back in routing while a prompt taken from it may still run there (it would finish twice).
+            self._failed(m, f"it answers, but prompts {', '.join(m.abandoned)} of jobs re-run elsewhere could "
+                            "not be interrupted there yet")
+            return
         if m.mark_up():
             log.info("backend %s is up (%s, %s)%s", m.name, m.kind, m.device or "device unknown",
                      " and rejoins routing" if m.jobs_run or m.abandoned else "")
+            self._publish("backend.up", m)
             self.on_change()
 
     async def refresh_caps(self, m: Member) -> None:
@@ -174,18 +202,45 @@ class BackendPool:
     def take_out(self, m: Member, reason: str) -> None:
         if m.mark_down(reason):
             log.warning("backend %s is out of routing: %s", m.name, reason)
+            self._publish("backend.down", m)
             self.on_change()
 
-    async def _interrupt_abandoned(self, m: Member) -> None:
+    def _publish(self, kind: str, m: Member) -> None:
+        if self.events is not None:
+            self.events.publish(BackendChanged(kind, self._status_of(m)))
+
+    async def abandon(self, m: Member, prompt_id: str, job_id: str | None) -> None:
+        """Remember to interrupt `prompt_id` on `m` when it answers again (its job re-runs elsewhere)."""
+        if prompt_id not in m.abandoned:
+            m.abandoned.append(prompt_id)
+        if self.store is not None:
+            try:
+                await self.store.add(Abandoned(m.name, prompt_id, job_id))
+            except Exception as exc:  # noqa: BLE001 - a full disk: still interrupted if this daemon lives
+                log.error("backend %s: cannot record prompt %s to interrupt (%s); it is interrupted only if "
+                          "this daemon is still running when the backend answers again", m.name, prompt_id, exc)
+
+    async def _interrupt_abandoned(self, m: Member) -> bool:
+        """Before it takes new work: each prompt taken away from it leaves its queue and is interrupted if
+        it runs (ComfyUI answers 200 for an id it does not know: a restarted server simply forgets it).
+        One it could not be told about stays on the list (False: try again at the next probe)."""
         client = getattr(m.backend, "client", None)
         prompts, m.abandoned = m.abandoned, []
-        if client is None:
-            return
         for prompt_id in prompts:
-            with contextlib.suppress(SidecarError, OSError):
-                await client.delete_from_queue([prompt_id])
-                await client.interrupt(prompt_id)
+            if client is not None:
+                try:
+                    await client.delete_from_queue([prompt_id])
+                    await client.interrupt(prompt_id)
+                except (SidecarError, OSError) as exc:
+                    log.warning("backend %s: could not interrupt prompt %s (%s); trying again when it answers",
+                                m.name, prompt_id, exc)
+                    m.abandoned.append(prompt_id)
+                    continue
                 log.info("backend %s: interrupted prompt %s of a job that re-ran elsewhere", m.name, prompt_id)
+            if self.store is not None:
+                with contextlib.suppress(Exception):
+                    await self.store.remove(m.name, prompt_id)
+        return not m.abandoned
 
     async def _scan_local_models(self) -> None:
         """The model files this machine has (what can be copied to a backend with an SSH target)."""
@@ -207,10 +262,14 @@ class BackendPool:
         return None
 
     def status(self) -> list[dict[str, Any]]:
-        return [{"name": m.name, "kind": m.kind, "state": m.state, "reason": m.down_reason, "local": m.local,
-                 "url": m.url, "device": m.device, "profile": m.profile.name, "tags": list(m.tags),
-                 "running": m.running, "secondsPerStep": m.seconds_per_step, "loadedCheckpoint": m.loaded_checkpoint,
-                 "jobsRun": m.jobs_run, "ssh": str(m.ssh) if m.ssh else None} for m in self.members]
+        return [self._status_of(m) for m in self.members]
+
+    @staticmethod
+    def _status_of(m: Member) -> dict[str, Any]:
+        return {"name": m.name, "kind": m.kind, "state": m.state, "reason": m.down_reason, "local": m.local,
+                "url": m.url, "device": m.device, "profile": m.profile.name, "tags": list(m.tags),
+                "running": m.running, "secondsPerStep": m.seconds_per_step, "loadedCheckpoint": m.loaded_checkpoint,
+                "jobsRun": m.jobs_run, "ssh": str(m.ssh) if m.ssh else None}
 
 
 def _scan(dirs: dict[str, list[Path]]) -> dict[str, frozenset[str]]:

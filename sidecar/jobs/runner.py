@@ -39,6 +39,7 @@ from sidecar.jobs.params import JobSpec
 from sidecar.jobs.previews import Previews
 from sidecar.jobs.queue import JobQueue, Place
 from sidecar.jobs.states import TERMINAL, check_transition
+from sidecar.jobs.stranded import hand_over_later
 from sidecar.jobs.store import IdempotencyClaim, JobRecord, JobStore
 from sidecar.sqlite_store import now_iso
 
@@ -63,13 +64,17 @@ LANE_POLL = 1.0  # a pool lane looks at the queue again at least this often (a t
 class JobRunner:
     def __init__(self, store: JobStore, backend: GenerationBackend, device: Device, events: EventBus,
                  outputs_dir: Path, *, max_queue: int = 512, restart_delay: float = 1.0,
-                 pool: BackendPool | None = None, default_where: str = "local", previews: Previews | None = None):
+                 pool: BackendPool | None = None, default_where: str = "local", previews: Previews | None = None,
+                 recovery_timeout: float = 300.0):
         self.store = store
         self.previews = previews or Previews(events, enabled=False)
         self.backend = backend
         # Several backends (sidecar/backends/): one lane per backend, each taking the jobs routed to it.
         self.pool = pool
         self.default_where = default_where
+        # A job recovered onto a backend that stays away is handed over after this long (jobs.stranded).
+        self.recovery_timeout = recovery_timeout
+        self._handovers: set[asyncio.Task[None]] = set()
         self._needs: dict[str, Needs] = {}
         self.device = device
         self.events = events
@@ -112,6 +117,8 @@ class JobRunner:
         self._stopping = True
         if self._restart is not None:
             self._restart.cancel()
+        for task in list(self._handovers):
+            task.cancel()
         if self._task:
             self._task.cancel()
             try:
@@ -167,6 +174,11 @@ class JobRunner:
                 self._live[job.id] = job
                 if job.status == "running":
                     self.queue.requeue_head(job.id)
+                    if self.pool is not None and job.backend in self.pool.by_name:
+                        task = asyncio.create_task(hand_over_later(self, job, self.recovery_timeout),
+                                                   name=f"hand-over-{job.id}")
+                        self._handovers.add(task)
+                        task.add_done_callback(self._handovers.discard)
                 else:
                     self.queue.add(job.id, Place.of(job.seq or 0, job.front_rank))
             else:
