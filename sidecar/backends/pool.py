@@ -159,9 +159,11 @@ class BackendPool:
         try:
             health = await m.backend.health()
         except (SidecarError, OSError) as exc:
+            await self._caps_from_disk(m)
             self._failed(m, f"its health probe failed: {exc}")
             return
         if not health.available:
+            await self._caps_from_disk(m)
             self._failed(m, "; ".join(health.warnings) or "it does not answer")
             return
         self._fails[m.name] = 0
@@ -193,6 +195,15 @@ class BackendPool:
                                       if names is not None},
                               node_types=frozenset(types) if types is not None else None)
         self._caps_at[m.name] = time.monotonic()
+
+    async def _caps_from_disk(self, m: Member) -> None:
+        """A backend whose model folders are on this machine (a managed ComfyUI still starting) admits
+        jobs by what is there, so they queue for it as with one backend; its node types stay unknown."""
+        if m.caps is not None:
+            return
+        dirs = {f: [d] for f in FOLDERS if (d := m.backend.models_dir(f)) is not None}  # type: ignore[arg-type]
+        if dirs:
+            m.caps = Capabilities(models=await asyncio.to_thread(_scan, dirs), node_types=None)
 
     def _failed(self, m: Member, reason: str) -> None:
         self._fails[m.name] = self._fails.get(m.name, 0) + 1
