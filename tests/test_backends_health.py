@@ -146,3 +146,24 @@ async def test_a_daemon_restarted_mid_job_collects_it_from_the_backend_that_ran_
         done = await wait_status(client, job["id"], {"succeeded", "failed"}, timeout=20)
     assert (done["status"], done["backend"], done["attempts"]) == ("succeeded", "alpha", 0)
     assert alpha.prompt_posts == 1 and beta.prompt_posts == 0  # collected, never posted again
+
+
+async def test_a_backend_leaving_and_rejoining_routing_is_announced_on_events(app_and_client, pair) -> None:
+    _, client = app_and_client
+    await wait_state(client, "alpha", "up")
+    async with client.ws_connect("/events") as ws:
+        await pair["alpha"].kill()
+
+        async def next_backend_event() -> dict:
+            while True:
+                event = await ws.receive_json(timeout=10)
+                if event["type"].startswith("backend."):
+                    return event
+
+        down = await next_backend_event()
+        assert (down["type"], down["backend"]["name"], down["backend"]["state"]) == ("backend.down", "alpha", "down")
+        assert down["backend"]["reason"] and down["backend"]["profile"] == "cuda-24gb"
+        await pair["alpha"].restart()
+        up = await next_backend_event()
+        assert (up["type"], up["backend"]["name"], up["backend"]["state"], up["backend"]["device"]) == (
+            "backend.up", "alpha", "up", "cuda")

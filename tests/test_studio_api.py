@@ -127,6 +127,8 @@ async def test_the_config_gives_the_forms_the_profiles_limits(client) -> None:
     assert config["limits"]["steps"] == {"min": 1, "max": 150}
     assert config["limits"]["controlnetStrength"] == {"min": 0.4, "max": 0.9}
     assert "euler_ancestral" in config["samplers"] and config["projectRoot"].endswith("project")
+    assert config["defaultWhere"] == "local" and list(config["profiles"]) == ["m1pro-16gb"]
+    assert config["profiles"]["m1pro-16gb"] == config["profile"]
 
 
 # -- the project's pages ----------------------------------------------------------------------------

@@ -19,12 +19,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from sidecar.api.errors import parse_body
-from sidecar.api.keys import PROFILE, SETTINGS
+from sidecar.api.keys import POOL, PROFILE, SETTINGS
 from sidecar.api.operations import operation
 from sidecar.api.responses import Out, json_response
 from sidecar.engine.samplers import supported as supported_samplers
 from sidecar.errors import NotFound, PoseImageInvalid, Unauthorized
 from sidecar.jobs import params
+from sidecar.profiles import Profile
 from sidecar.studio.poses import store_pose
 from sidecar.studio.session import LOGIN_PATH, STATIC_PATH, LoginCodes, cookie_header
 
@@ -92,6 +93,9 @@ class StudioConfig(Out):
     trigger_word: str
     project_root: str | None
     engine: str
+    default_where: str = Field(description="where a job without `where` runs (default_where)")
+    profiles: dict[str, ProfileLimits] = Field(description="every backend's hardware profile by name (the Generate "
+                                                           "form holds a size to those of the backends `where` allows)")
 
 
 @routes.get("/")
@@ -153,9 +157,10 @@ async def upload_pose(request: web.Request) -> web.Response:
            {200: StudioConfig})
 async def config(request: web.Request) -> web.Response:
     settings, profile = request.app[SETTINGS], request.app[PROFILE]
+    pool = request.app.get(POOL)
+    used = {m.profile.name: m.profile for m in pool.members} if pool is not None else {profile.name: profile}
     return json_response(StudioConfig(
-        profile=ProfileLimits(name=profile.name, description=profile.description, max_width=profile.max_width,
-                              max_height=profile.max_height, max_batch=profile.max_batch),
+        profile=limits_of(profile),
         limits={name: Range(min=lo, max=hi) for name, (lo, hi) in param_limits().items()},
         defaults=JobDefaults(checkpoint=settings.checkpoint, negative_prompt=settings.negative_prompt,
                              steps=settings.steps, cfg=settings.cfg, sampler=settings.sampler,
@@ -164,7 +169,14 @@ async def config(request: web.Request) -> web.Response:
         samplers=supported_samplers(), trigger_word=settings.trigger_word,
         project_root=str(settings.project_root) if settings.project_root else None,
         engine=settings.resolved_engine,
+        default_where=settings.default_where,
+        profiles={name: limits_of(p) for name, p in used.items()},
     ))
+
+
+def limits_of(profile: Profile) -> ProfileLimits:
+    return ProfileLimits(name=profile.name, description=profile.description, max_width=profile.max_width,
+                         max_height=profile.max_height, max_batch=profile.max_batch)
 
 
 def param_limits() -> dict[str, tuple[float, float]]:

@@ -24,7 +24,7 @@ export function updateJobCard(card, job) {
       : picture(null, p.width, p.height, "", { class: `pic empty ${job.status}` });
   const again = p.prompt && !ACTIVE.has(job.status)
     ? h("button", { class: "small ghost", type: "button", title: "open these parameters in Generate",
-      onclick: () => { sessionStorage.setItem("studio.prefill", JSON.stringify(p)); location.hash = "#/generate"; } }, "Edit & rerun")
+      onclick: () => { sessionStorage.setItem("studio.prefill", JSON.stringify({ ...p, where: job.where })); location.hash = "#/generate"; } }, "Edit & rerun")
     : null;
   const cancel = ACTIVE.has(job.status)
     ? h("button", { class: "small danger", type: "button", onclick: () => cancelJob(job.id) }, "Cancel")
@@ -47,7 +47,8 @@ export function updateJobCard(card, job) {
       h("p", { class: "muted small meta" },
         [p.width && `${p.width}×${p.height}`, p.steps && `${p.steps} steps`, p.sampler, p.seed !== null && p.seed !== undefined && `seed ${p.seed}`,
           p.loraId && `${p.loraId} ${p.loraStrength ?? ""}`, job.durationMs && seconds(job.durationMs / 1000)]
-          .filter(Boolean).join(" · "))));
+          .filter(Boolean).join(" · ")),
+      job.backend ? h("p", { class: "muted small backend", title: job.backendReason || "" }, `on ${job.backend}`) : null));
   const bar = card.querySelector(".bar");
   if (bar) bar.style.width = `${pct}%`;
 }

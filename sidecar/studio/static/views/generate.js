@@ -1,6 +1,8 @@
 // Generate: a form over POST /jobs with the profile's limits shown and checked before submit, a seed
-// dice, a pose image picked from disk (previewed here, stored by the daemon), and the result shown live.
+// dice, a pose image picked from disk (previewed here, stored by the daemon), where it runs (a backend,
+// a tag, local or any: the size limit is then the widest profile among those), and the result shown live.
 import { api } from "../api.js";
+import { allowedBy, whereChoices } from "../backends.js";
 import { field, h, replace, toast } from "../dom.js";
 import { jobCard, updateJobCard } from "../jobs.js";
 
@@ -35,7 +37,7 @@ export function mount(root, ctx, args) {
   const cfg = ctx.config;
   const d = cfg.defaults;
   const lim = cfg.limits;
-  const prof = cfg.profile;
+  let prof = cfg.profile; // the widest profile among the backends `where` allows (the laptop's until /health answers)
   // "Edit and run again" on a job card leaves that job's parameters here for one visit.
   const prefill = JSON.parse(sessionStorage.getItem("studio.prefill") || "{}");
   sessionStorage.removeItem("studio.prefill");
@@ -60,6 +62,21 @@ export function mount(root, ctx, args) {
   fillSchedulers();
   const width = number("width", prefill.width ?? prof.maxWidth, { min: 64, max: prof.maxWidth, step: prof.multipleOf });
   const height = number("height", prefill.height ?? prof.maxHeight, { min: 64, max: prof.maxHeight, step: prof.multipleOf });
+  const widthHint = h("span", {});
+  const heightHint = h("span", {});
+  const profHint = h("span", { class: "muted small" });
+  const where = h("select", { name: "where" }, h("option", { value: "" }, `default (${cfg.defaultWhere})`));
+  let backends = [];
+  const setLimits = () => {
+    const chosen = allowedBy(where.value || cfg.defaultWhere, backends);
+    const profiles = [...new Set(chosen.map((b) => b.profile))].map((n) => cfg.profiles[n]).filter(Boolean);
+    prof = profiles.length ? profiles.reduce((a, b) => (b.maxWidth * b.maxHeight > a.maxWidth * a.maxHeight ? b : a)) : cfg.profile;
+    width.max = prof.maxWidth; height.max = prof.maxHeight;
+    widthHint.textContent = `≤ ${prof.maxWidth}, multiple of ${prof.multipleOf}`;
+    heightHint.textContent = `≤ ${prof.maxHeight} (${prof.name})`;
+    profHint.textContent = prof.description;
+  };
+  setLimits();
   const poseFile = h("input", { type: "file", name: "pose", accept: "image/png,image/jpeg,image/webp" });
   const posePreview = h("div", { class: "pic pose empty", ratio: "2 / 3" });
   const poseClear = h("button", { type: "button", class: "small ghost", hidden: true }, "Remove pose");
@@ -130,16 +147,18 @@ export function mount(root, ctx, args) {
       field("CFG", cfgScale, `${lim.cfg.min}–${lim.cfg.max}`)),
     h("div", { class: "cols" }, field("Sampler", sampler), field("Scheduler", scheduler)),
     h("div", { class: "cols" },
-      field("Width", width, `≤ ${prof.maxWidth}, multiple of ${prof.multipleOf}`),
-      field("Height", height, `≤ ${prof.maxHeight} (${prof.name})`)),
+      field("Width", width, widthHint),
+      field("Height", height, heightHint),
+      field("Where", where, "which backends may run it")),
     h("div", { class: "cols pose-row" },
       field("Pose image (ControlNet)", h("div", {}, poseFile, poseClear)),
       field("ControlNet strength", cnStrength, `${lim.controlnetStrength.min}–${lim.controlnetStrength.max}`),
       posePreview),
     problems,
-    h("div", { class: "row" }, submit, h("span", { class: "muted small" }, `${prof.description}`)));
+    h("div", { class: "row" }, submit, profHint));
 
   form.addEventListener("input", check);
+  where.addEventListener("change", () => { setLimits(); check(); });
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     if (!check()) return;
@@ -150,6 +169,7 @@ export function mount(root, ctx, args) {
     };
     if (lora.value) Object.assign(body, { loraId: lora.value, loraStrength: Number(loraStrength.value) });
     if (posePath) Object.assign(body, { poseImagePath: posePath, controlnetStrength: Number(cnStrength.value) });
+    if (where.value) body.where = where.value;
     submit.disabled = true;
     try {
       const job = await api("/jobs", { method: "POST", body });
@@ -170,6 +190,14 @@ export function mount(root, ctx, args) {
       if (ev.type === "job.succeeded") toast("Done", "good");
     }
   });
+
+  api("/health").then((health) => {
+    backends = health.backends;
+    replace(where, whereChoices(backends, cfg.defaultWhere).map(([v, label]) =>
+      h("option", { value: v, selected: v === (prefill.where || "") }, label)));
+    setLimits();
+    check();
+  }).catch((err) => toast(err.message, "error"));
 
   api("/loras").then(({ loras }) => {
     for (const l of loras) lora.append(h("option", { value: l.id, selected: l.id === prefill.loraId }, `${l.id}${l.triggerWord ? ` (${l.triggerWord})` : ""}`));

@@ -1,7 +1,8 @@
-// Now: the daemon at a glance (engine, device, ComfyUI, training, warnings) and the queue with live
-// progress, cancel and the failed jobs' errors. Everything moves with /events; /health is asked again
-// when an event says something changed.
+// Now: the daemon at a glance (engine, device, ComfyUI, training, warnings), its generation backends
+// (state, device, queue, s/step), and the queue with live progress, cancel and the failed jobs' errors.
+// Everything moves with /events; /health is asked again when an event says something changed.
 import { api } from "../api.js";
+import { applyBackendEvent, renderBackends } from "../backends.js";
 import { h, replace, seconds, toast } from "../dom.js";
 import { jobList } from "../jobs.js";
 
@@ -33,9 +34,12 @@ function renderHealth(box, health) {
 export function mount(root, ctx) {
   const healthBox = h("section", { class: "health", "aria-label": "daemon health" }, h("p", { class: "muted" }, "…"));
   const list = h("div", { class: "jobs grid" });
+  const backendsBox = h("section", { class: "backends-box", "aria-label": "generation backends" });
   root.append(
     h("h1", {}, "Now"),
     healthBox,
+    h("h2", {}, "Backends"),
+    backendsBox,
     h("div", { class: "section-head" }, h("h2", {}, "Queue and recent jobs"),
       h("a", { class: "button", href: "#/generate" }, "New image")),
     list);
@@ -45,13 +49,21 @@ export function mount(root, ctx) {
     if (pending) return;
     pending = setTimeout(async () => {
       pending = null;
-      try { renderHealth(healthBox, await api("/health")); } catch (err) { toast(err.message, "error"); }
+      try {
+        const health = await api("/health");
+        renderHealth(healthBox, health);
+        renderBackends(backendsBox, health.backends);
+      } catch (err) { toast(err.message, "error"); }
     }, 150);
   };
   refresh();
   const jobs = jobList(list, ctx.events);
   const off = ctx.events.on((ev) => {
-    if (ev.type === "open" || /^(job\.(queued|started|succeeded|failed|cancelled)|training\.)/.test(ev.type)) refresh();
+    if (ev.type === "backend.up" || ev.type === "backend.down") {
+      applyBackendEvent(backendsBox, ev);
+      if (ev.type === "backend.down") toast(`${ev.backend.name} is out of routing: ${ev.backend.reason || "no answer"}`, "error");
+    }
+    if (ev.type === "open" || /^(job\.(queued|started|succeeded|failed|cancelled)|training\.|backend\.)/.test(ev.type)) refresh();
   });
   return () => { jobs.off(); off(); clearTimeout(pending); };
 }
