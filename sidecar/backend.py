@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
-ModelFolder = Literal["checkpoints", "loras", "controlnet"]
+ModelFolder = Literal["checkpoints", "loras", "controlnet", "upscale_models"]
 
 
 @dataclass
@@ -58,11 +58,14 @@ class RunContext:
     # called from a worker thread. None: previews are off.
     preview_due: Callable[[], bool] | None = None
     on_preview: Callable[[int, int, bytes], None] | None = None
+    # Where the upscaled copy goes when the workflow has a print upscale step (`sidecar.upscaling`).
+    upscaled_path: Path | None = None
 
 
 @dataclass
 class RunResult:
     output_path: Path
+    upscaled_path: Path | None = None  # written when the workflow upscales its image
     device: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -210,6 +210,11 @@ class Settings(BaseSettings):
                                              "/jobs/{id}/preview); false: none are made or sent")
     preview_interval: float = Field(1.0, ge=0, le=3600, description="seconds between two previews of one job "
                                                                     "(at most one per interval gets through)")
+    upscale_tile: int = Field(256, ge=0, le=4096, description="the embedded engine's print upscale runs the model "
+                                                             "on tiles of this many pixels a side (memory stays "
+                                                             "bounded); 0: the whole image at once")
+    upscale_tile_overlap: int = Field(32, ge=0, le=512, description="pixels neighbouring upscale tiles share, "
+                                                                    "blended so no seam shows")
 
     @field_validator("data_dir", "models_dir", "comfyui_dir", "kohya_dir", "workflows_dir", "project_root",
                      mode="after")

@@ -16,6 +16,7 @@ Nothing else builds error JSON or picks exit codes. The tree:
     │   ├── LoraNotFound              lora_not_found
     │   ├── CheckpointNotFound        checkpoint_not_found
     │   ├── ControlnetNotFound        controlnet_not_found
+    │   ├── UpscaleModelNotFound      upscale_model_not_found              (upscaleModel: not in models/upscale_models/)
     │   ├── PoseImageInvalid          pose_image_invalid
     │   ├── InitImageInvalid          init_image_invalid                   (initImagePath / initJobId; denoise without one)
     │   ├── DatasetInvalid            dataset_invalid
@@ -80,7 +81,8 @@ Nothing else builds error JSON or picks exit codes. The tree:
         comfyui_validation_error, execution_error, black_image, timeout, lost_on_restart,
         prompt_lost, model_load_failed (embedded: a checkpoint/LoRA/ControlNet file that does not
         load), lora_incompatible (embedded: a LoRA whose keys match nothing in the base model),
-        model_transfer_failed (a LoRA/checkpoint copy to a remote backend over SSH failed or did
+        upscale_model_unsupported (embedded: an upscale model that is not ESRGAN/RRDBNet or
+        SRVGGNetCompact, or does not load), model_transfer_failed (a LoRA/checkpoint copy to a remote backend over SSH failed or did
         not check out), no_backend_admits (no configured backend admits a queued job any more),
         backend_gone (recovered after a restart, its backend stayed away backend_recovery_timeout
         and no other backend its `where` allows admits it),
@@ -164,6 +166,10 @@ class CheckpointNotFound(BadRequest):
 
 class ControlnetNotFound(BadRequest):
     code = "controlnet_not_found"
+
+
+class UpscaleModelNotFound(BadRequest):
+    code = "upscale_model_not_found"
 
 
 class PoseImageInvalid(BadRequest):

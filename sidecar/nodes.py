@@ -91,6 +91,12 @@ NODE_TYPES: dict[str, NodeType] = {
     "VAEEncode": NodeType({"pixels": Linked("IMAGE"), "vae": Linked("VAE")}, ("LATENT",)),
     # Where ComfyUI writes the image is the daemon's choice, not the workflow's (the job builder sets it).
     "SaveImage": NodeType({"images": Linked("IMAGE"), "filename_prefix": Value(str, optional=True)}),
+    # The print upscale (`sidecar.upscaling`): ComfyUI's own nodes, inputs and outputs as its /object_info
+    # declares them (tests/fixtures/upscale/object_info-upscale.json).
+    "UpscaleModelLoader": NodeType({"model_name": Value(str, folder="upscale_models", param="upscale_model")},
+                                   ("UPSCALE_MODEL",)),
+    "ImageUpscaleWithModel": NodeType({"upscale_model": Linked("UPSCALE_MODEL"), "image": Linked("IMAGE")},
+                                      ("IMAGE",)),
 }
 SUPPORTED_NODES = frozenset(NODE_TYPES)
 LATENT_NODES = ("EmptyLatentImage",)  # the nodes that set an image size and batch

@@ -65,6 +65,11 @@ def load_fixture(name: str) -> Any:
     return json.loads((FIXTURES / name).read_text())
 
 
+def upscale_object_info() -> dict[str, Any]:
+    data = json.loads((FIXTURES.parent / "upscale" / "object_info-upscale.json").read_text())
+    return {k: v for k, v in data.items() if not k.startswith("_")}
+
+
 def make_comfy_home(root: Path, models: dict[str, list[str]] | None = None) -> Path:
     """A directory shaped like a ComfyUI install: models/<folder>/<files>, input/, output/."""
     for folder, names in (DEFAULT_MODELS if models is None else models).items():
@@ -116,7 +121,9 @@ class FakeComfyUI(InstallFiles, PromptWorker):
         self.dropped: list[tuple[str, str]] = []  # (client_id, message type) sent to no socket
         self.accepted_at: dict[str, float] = {}  # prompt_id -> time.monotonic() when queued
         self.finished_at: dict[str, float] = {}  # prompt_id -> time.monotonic() of `executing null`
-        self._object_info = load_fixture("object_info.json")
+        # The recorded classes, plus the print upscale's two nodes (an excerpt of the same recorded ComfyUI).
+        self._object_info = {**load_fixture("object_info.json"), **upscale_object_info()}
+        self.upscale_scale = 4  # ImageUpscaleWithModel's factor: the real one reads it off the model file
         self._stats = load_fixture("system_stats.json")
         self._misc = load_fixture("misc-get-endpoints.json")
         self._state = ServerState()

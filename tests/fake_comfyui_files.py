@@ -38,6 +38,7 @@ MODEL_ENUMS = {
     ("ControlNetLoader", "control_net_name"): "controlnet",
     ("DiffControlNetLoader", "control_net_name"): "controlnet",
     ("UNETLoader", "unet_name"): "diffusion_models",
+    ("UpscaleModelLoader", "model_name"): "upscale_models",
 }
 
 
@@ -91,7 +92,11 @@ class InstallFiles:
         info = copy.deepcopy(self._object_info)
         for (node, name), folder in MODEL_ENUMS.items():
             if node in info:
-                info[node]["input"]["required"][name][0] = self._models(folder)
+                spec = info[node]["input"]["required"][name]
+                if spec[0] == "COMBO":  # the newer form (nodes on ComfyUI's V3 schema): the list is `options`
+                    spec[1]["options"] = self._models(folder)
+                else:
+                    spec[0] = self._models(folder)
         images = self._input_images()
         for node in ("LoadImage", "LoadImageMask"):
             if node in info:

@@ -155,6 +155,8 @@ def _check_value(name: str, value: Any, kind: Any, options: dict[str, Any], conf
             return error("value_bigger_than_max", f"Value {value} bigger than max of {options['max']}", name,
                          input_name=name, input_config=config, received_value=value)
         return None
+    if kind == "COMBO":  # the V3 form of a list input: its values are `options`
+        kind = options.get("options", [])
     if isinstance(kind, list) and value not in kind:
         long = len(kind) > LONG_LIST
         listed = f"(list of length {len(kind)})" if long else str(kind)
@@ -234,12 +236,18 @@ def upstream(prompt: dict[str, Any], node_id: str) -> list[str]:
     return seen
 
 
-def image_size(prompt: dict[str, Any], save_node: str, input_dir: Path) -> tuple[int, int, int]:
+def image_size(prompt: dict[str, Any], save_node: str, input_dir: Path,
+               upscale: int = 4) -> tuple[int, int, int]:
     """(width, height, batch) of what a SaveImage node receives: the EmptyLatentImage size, or for
-    img2img the size of the loaded image."""
+    img2img the size of the loaded image; `upscale` times that after an ImageUpscaleWithModel."""
     from PIL import Image
 
-    for node_id in upstream(prompt, save_node):
+    nodes = upstream(prompt, save_node)
+    if any(prompt[n]["class_type"] == "ImageUpscaleWithModel" for n in nodes):
+        width, height, batch = image_size(prompt, next(n for n in nodes if prompt[n]["class_type"] ==
+                                                       "ImageUpscaleWithModel"), input_dir)
+        return width * upscale, height * upscale, batch
+    for node_id in nodes:
         node = prompt[node_id]
         inputs = node.get("inputs", {})
         if node["class_type"] == "EmptyLatentImage":

@@ -113,6 +113,7 @@ class PromptWorker:
     accepted_at: dict[str, float]
     finished_at: dict[str, float]
     _object_info: dict[str, Any]
+    upscale_scale: int
     _break_step: int | None
     _paused: asyncio.Event
     _go: asyncio.Event
@@ -349,7 +350,7 @@ class PromptWorker:
         kind = SAVERS[node["class_type"]]
         prefix = str(node["inputs"].get("filename_prefix", "ComfyUI")) if kind == "output" else "ComfyUI_temp"
         subfolder, _, base = prefix.rpartition("/")
-        width, height, batch = image_size(prompt, node_id, self.base_dir / "input")
+        width, height, batch = image_size(prompt, node_id, self.base_dir / "input", self.upscale_scale)
         seed = next((int(n["inputs"].get("seed", n["inputs"].get("noise_seed", 0)))
                      for n in prompt.values() if n["class_type"] in SAMPLERS), 0)
         folder = self.base_dir / kind / subfolder

@@ -144,6 +144,24 @@ async def get_image(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(path, headers={"Content-Type": "image/png"})
 
 
+@routes.get("/jobs/{id}/upscaled")
+@operation("The job's image upscaled for print (PNG)", {200: None}, binary="image/png",
+           description="The print upscale of a job submitted with `upscaleModel`: the model's scale times the "
+                       "image's size. 404 not_found for a job without one.",
+           errors=(JobNotFound, NotFound, JobNotFinished))
+async def get_upscaled(request: web.Request) -> web.StreamResponse:
+    job = await request.app[RUNNER].get(request.match_info["id"])
+    if job.status != "succeeded":
+        raise JobNotFinished(f"Job {job.id} is {job.status}; it has no image.", {"jobId": job.id, "status": job.status})
+    if not job.upscaled_file:
+        raise NotFound(f"Job {job.id} has no upscaled image: it was submitted without upscaleModel.",
+                       {"jobId": job.id})
+    path = Path(job.upscaled_file)
+    if not await asyncio.to_thread(path.is_file):
+        raise NotFound(f"The upscaled image of job {job.id} is no longer on disk ({path}).", {"jobId": job.id})
+    return web.FileResponse(path, headers={"Content-Type": "image/png"})
+
+
 @routes.get("/jobs/{id}/preview")
 @operation("The job's latest live preview (a small JPEG)", {200: None}, binary="image/jpeg",
            description="The newest preview a running job sent (also in its job.preview events); kept for the "

@@ -83,6 +83,8 @@ class JobSummary(Out):
     finished_at: str | None = None
     duration_ms: int | None = None
     output: JobOutput | None = None
+    upscaled: JobOutput | None = Field(None, description="the image upscaled for print (`upscaleModel`), `scale` "
+                                                         "times the output's size; null without an upscale")
     error: ErrorInfo | None = None
 
     @classmethod
@@ -123,6 +125,8 @@ def _job_fields(job: JobRecord) -> dict[str, Any]:
         "duration_ms": job.duration_ms(),
         "output": (JobOutput(file_name=Path(job.output_file).name, url=f"/jobs/{job.id}/image")
                    if job.output_file and job.status == "succeeded" else None),
+        "upscaled": (JobOutput(file_name=Path(job.upscaled_file).name, url=f"/jobs/{job.id}/upscaled")
+                     if job.upscaled_file and job.status == "succeeded" else None),
         "error": (ErrorInfo(code=job.error_code, message=job.error_message or "", details=job.error_details or {})
                   if job.error_code else None),
     }

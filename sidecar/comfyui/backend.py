@@ -21,7 +21,7 @@ from sidecar import atomic
 from sidecar.backend import BackendHealth, ModelFolder, RunContext, RunResult
 from sidecar.comfyui.client import ComfyClient, ComfyRefused, PromptWatch
 from sidecar.comfyui.follow import FollowOptions, PromptFollower
-from sidecar.comfyui.images import fetch_image
+from sidecar.comfyui.images import fetch_image, fetch_upscaled
 from sidecar.comfyui.outputs import per_job_prefix, remove_outputs
 from sidecar.comfyui.pose import place_inputs, place_pose, set_pose
 from sidecar.comfyui.precision import fit_to_device, server_dtypes, unet_weight_dtype, vae_warning
@@ -317,12 +317,16 @@ class ComfyBackend:
 
     async def _collect(self, ctx: RunContext, prompt_id: str, outputs: dict[str, Any]) -> RunResult:
         image = await fetch_image(self.client, outputs, ctx.workflow, ctx.output_path)
+        upscaled = (await fetch_upscaled(self.client, outputs, ctx.workflow, ctx.upscaled_path)
+                    if ctx.upscaled_path is not None else None)
         if self.delete_outputs and self.comfyui_dir is not None:
             removed = await asyncio.to_thread(remove_outputs, self.comfyui_dir, outputs)
             if removed:
                 log.info("job %s: removed ComfyUI's copy %s", ctx.job_id, ", ".join(p.name for p in removed))
         return RunResult(output_path=ctx.output_path, device=self._device,
-                         extra={"prompt_id": prompt_id, "comfyui_file": image})
+                         upscaled_path=ctx.upscaled_path if upscaled is not None else None,
+                         extra={"prompt_id": prompt_id, "comfyui_file": image,
+                                **({"comfyui_upscaled_file": upscaled} if upscaled else {})})
 
     async def _wait_available(self, ctx: RunContext) -> None:
         """Jobs wait for ComfyUI (starting, restarting) and fail as comfyui_unavailable after the deadline.

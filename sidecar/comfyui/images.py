@@ -20,13 +20,14 @@ from sidecar import atomic
 from sidecar.comfyui.client import ComfyClient
 from sidecar.errors import JobFailed
 from sidecar.graph import Graph
+from sidecar.upscaling import split_saves
 
 
 def pick_image(outputs: dict[str, Any], workflow: dict[str, Any]) -> dict[str, Any] | None:
-    """The image the job is about: a SaveImage node's first saved image (the template's output node),
-    else any saved image, else a preview."""
-    save_nodes = Graph(workflow).ids_of_type("SaveImage")
-    candidates = [*save_nodes, *sorted(n for n in outputs if n not in save_nodes)]
+    """The image the job is about: a SaveImage node's first saved image (the template's output node;
+    never the print upscale's copy), else any saved image, else a preview."""
+    save_nodes, upscaled = split_saves(Graph(workflow))
+    candidates = [*save_nodes, *sorted(n for n in outputs if n not in save_nodes and n not in upscaled)]
     for kind in ("output", None):
         for node_id in candidates:
             for image in (outputs.get(node_id) or {}).get("images") or []:
@@ -42,6 +43,23 @@ async def fetch_image(client: ComfyClient, outputs: dict[str, Any], workflow: di
     if image is None:
         raise JobFailed("ComfyUI finished the prompt but it produced no image.",
                         {"outputs": outputs}, code="execution_error")
+    data = await client.view(image["filename"], image.get("subfolder", ""), image.get("type", "output"))
+    await asyncio.to_thread(write_checked_image, data, output_path, image)
+    return image
+
+
+async def fetch_upscaled(client: ComfyClient, outputs: dict[str, Any], workflow: dict[str, Any],
+                         output_path: Path) -> dict[str, Any] | None:
+    """Download the print upscale's image (`sidecar.upscaling`) into `output_path`; None when the workflow
+    has no upscale step. An upscale step that saved nothing is a failed job, as a missing image is."""
+    upscaled = split_saves(Graph(workflow))[1]
+    if not upscaled:
+        return None
+    image = next((img for nid in upscaled for img in (outputs.get(nid) or {}).get("images") or []
+                  if img.get("type", "output") == "output"), None)
+    if image is None:
+        raise JobFailed("ComfyUI finished the prompt but its upscale step saved no image.",
+                        {"outputs": outputs, "nodes": upscaled}, code="execution_error")
     data = await client.view(image["filename"], image.get("subfolder", ""), image.get("type", "output"))
     await asyncio.to_thread(write_checked_image, data, output_path, image)
     return image

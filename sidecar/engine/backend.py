@@ -199,6 +199,7 @@ class EmbeddedBackend:
             else:
                 self._schedule_idle_unload()
         return RunResult(output_path=ctx.output_path, device=self._plan.device,
+                         upscaled_path=ctx.upscaled_path if job.upscale_model and ctx.upscaled_path else None,
                          extra={"dtypes": self._plan.dtypes(), "loaded": self._cache.loaded()})
 
     def _run_job(self, job: RenderJob, ctx: RunContext, should_stop: Callable[[], bool]) -> None:
@@ -229,6 +230,38 @@ class EmbeddedBackend:
             raise JobFailed(f"The embedded engine failed: {type(exc).__name__}: {exc}",
                             {"exception": type(exc).__name__}, code="execution_error") from None
         _write_png(image, ctx.output_path, ctx.workflow)
+        if job.upscale_model is not None and ctx.upscaled_path is not None:
+            self._upscale(job.upscale_model, image, ctx, should_stop)
+
+    def _upscale(self, model: str, image: Any, ctx: RunContext, should_stop: Callable[[], bool]) -> None:
+        """In the worker thread: the print upscale of the image just saved (`sidecar.engine.upscale`)."""
+        from sidecar.engine.models import resolve
+        from sidecar.engine.sr_arch import UnsupportedUpscaler
+        from sidecar.engine.upscale import load_upscaler, upscale_image
+
+        path = resolve(self.settings.models_path, "upscale_models", model)
+        try:
+            upscaler = load_upscaler(path)
+        except (UnsupportedUpscaler, OSError, RuntimeError, ValueError) as exc:
+            raise JobFailed(f"Upscale model {model!r} cannot run on the embedded engine: {exc}. It runs ESRGAN "
+                            "(RRDBNet) and Real-ESRGAN compact (SRVGGNetCompact) models; other architectures run "
+                            "on ComfyUI.", {"model": model, "field": "upscaleModel"},
+                            code="upscale_model_unsupported") from None
+        started = time.monotonic()
+        try:
+            big = upscale_image(upscaler, image, tile=self.settings.upscale_tile,
+                                overlap=self.settings.upscale_tile_overlap, device=self._plan.device,
+                                should_stop=should_stop)
+        except InterruptedError:
+            raise JobCancelled() from None
+        except Exception as exc:  # torch errors (out of memory...): a failed job with the reason
+            log.exception("job %s: the upscale failed", ctx.job_id)
+            raise JobFailed(f"The print upscale failed: {type(exc).__name__}: {exc}",
+                            {"model": model, "exception": type(exc).__name__}, code="execution_error") from None
+        log.info("job %s: upscaled x%d with %s (%s) to %dx%d in %.1f s", ctx.job_id, upscaler.scale, model,
+                 upscaler.architecture, big.width, big.height, time.monotonic() - started)
+        assert ctx.upscaled_path is not None
+        _write_png(big, ctx.upscaled_path, ctx.workflow)
 
     def _input_image(self, name: str, ctx: RunContext) -> Path:
         # A pose job's LoadImage names the pose file's basename and the job carries the real path; an init

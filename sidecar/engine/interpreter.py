@@ -17,6 +17,7 @@ from sidecar.engine import samplers
 from sidecar.errors import WorkflowInvalid
 from sidecar.graph import Graph, is_link
 from sidecar.nodes import MAX_SEED, node_type
+from sidecar.upscaling import split_saves
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,17 @@ class Decoded:
 
 
 @dataclass(frozen=True)
+class UpscaleModel:
+    name: str  # a file of models/upscale_models/
+
+
+@dataclass(frozen=True)
+class Upscaled:
+    model: str
+    image: Decoded
+
+
+@dataclass(frozen=True)
 class RenderJob:
     """Everything the renderer needs, flattened."""
 
@@ -113,6 +125,8 @@ class RenderJob:
     save_node: str
     filename_prefix: str
     init_image: str | None = None  # img2img: the LoadImage file whose latent sampling starts from
+    upscale_model: str | None = None  # the print upscale (sidecar.upscaling): also save the image upscaled
+    upscale_save_node: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -217,7 +231,16 @@ def _vae_decode(nid: str, i: dict) -> tuple:
 
 def _save_image(nid: str, i: dict) -> tuple:
     prefix = i.get("filename_prefix", "ComfyUI")
-    return (_typed(nid, i, "images", Decoded), prefix if isinstance(prefix, str) else "ComfyUI")
+    images = i.get("images") if isinstance(i.get("images"), Upscaled) else _typed(nid, i, "images", Decoded)
+    return (images, prefix if isinstance(prefix, str) else "ComfyUI")
+
+
+def _upscale_model_loader(nid: str, i: dict) -> tuple:
+    return (UpscaleModel(_text(nid, i, "model_name")),)
+
+
+def _image_upscale_with_model(nid: str, i: dict) -> tuple:
+    return (Upscaled(_typed(nid, i, "upscale_model", UpscaleModel).name, _typed(nid, i, "image", Decoded)),)
 
 
 NODES: dict[str, Callable[[str, dict], tuple]] = {
@@ -233,6 +256,8 @@ NODES: dict[str, Callable[[str, dict], tuple]] = {
     "VAEDecode": _vae_decode,
     "VAEEncode": _vae_encode,
     "SaveImage": _save_image,
+    "UpscaleModelLoader": _upscale_model_loader,
+    "ImageUpscaleWithModel": _image_upscale_with_model,
 }
 # The node types a job may use are listed once, in sidecar.nodes; this engine runs exactly those
 # (a test holds the two equal).
@@ -279,12 +304,19 @@ def _evaluate(graph: Graph, root: str) -> tuple:
 def interpret(workflow: dict[str, Any]) -> RenderJob:
     graph = Graph.parse(workflow)
     check_node_types(workflow)
-    outputs = graph.ids_of_type(OUTPUT_NODE)
-    if len(outputs) != 1:
+    outputs, upscaled_saves = split_saves(graph)
+    if len(outputs) != 1 or len(upscaled_saves) > 1:
         raise WorkflowInvalid(
-            f"The embedded engine runs workflows with exactly one SaveImage node; this one has {len(outputs)}.",
-            {"outputNodes": outputs})
+            "The embedded engine runs workflows with exactly one SaveImage node of the image (and at most one of "
+            f"its upscaled copy); this one has {len(outputs)} (and {len(upscaled_saves)}).",
+            {"outputNodes": outputs + upscaled_saves})
     decoded, prefix = _evaluate(graph, outputs[0])
+    upscale: Upscaled | None = None
+    if upscaled_saves:
+        upscale = _evaluate(graph, upscaled_saves[0])[0]
+        if not isinstance(upscale, Upscaled) or upscale.image != decoded:
+            raise WorkflowInvalid("The embedded engine upscales the image the workflow saves, not another one.",
+                                  {"node": upscaled_saves[0]})
     s = decoded.samples
     checkpoints = {s.model.checkpoint, s.positive.clip.checkpoint, s.negative.clip.checkpoint, decoded.vae.checkpoint,
                    *([s.latent.vae.checkpoint] if s.latent.vae else [])}
@@ -308,4 +340,6 @@ def interpret(workflow: dict[str, Any]) -> RenderJob:
         width=s.latent.width, height=s.latent.height, seed=s.seed, steps=s.steps, cfg=s.cfg,
         sampler=s.sampler, scheduler=s.scheduler, denoise=s.denoise, save_node=outputs[0], filename_prefix=prefix,
         init_image=s.latent.init_image,
+        upscale_model=upscale.model if upscale else None,
+        upscale_save_node=upscaled_saves[0] if upscale else None,
     )

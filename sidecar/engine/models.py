@@ -20,14 +20,15 @@ import torch
 
 from sidecar.engine import convert
 from sidecar.engine.tokenizer import TokenizerSource, find_tokenizer, load_tokenizer
-from sidecar.errors import CheckpointNotFound, ControlnetNotFound, JobFailed, LoraNotFound
+from sidecar.errors import CheckpointNotFound, ControlnetNotFound, JobFailed, LoraNotFound, UpscaleModelNotFound
 
 log = logging.getLogger("sidecar.engine")
 
 FOLDERS = ("checkpoints", "loras", "controlnet")
 MODEL_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".sft")
 ARCH_SUFFIX = ".arch.json"
-NOT_FOUND = {"checkpoints": CheckpointNotFound, "loras": LoraNotFound, "controlnet": ControlnetNotFound}
+NOT_FOUND = {"checkpoints": CheckpointNotFound, "loras": LoraNotFound, "controlnet": ControlnetNotFound,
+             "upscale_models": UpscaleModelNotFound}
 
 
 def shipped_config(name: str) -> dict[str, Any]:

@@ -29,12 +29,14 @@ from sidecar.errors import (
     LoraNotFound,
     PoseImageInvalid,
     SidecarError,
+    UpscaleModelNotFound,
 )
 from sidecar.inputs import is_ours
 from sidecar.jobs import init_image
 from sidecar.jobs.params import GenerationRequest, JobParams, JobSpec
 from sidecar.jobs.whole import read_whole_workflow
 from sidecar.profiles import Profile
+from sidecar.upscaling import with_upscale
 from sidecar.userfiles import check_image
 from sidecar.workflows import TemplateStore
 
@@ -119,7 +121,7 @@ class JobBuilder:
         if cached is not None and time.monotonic() - cached[0] < LISTING_TTL:
             try:
                 return check(cached[1])
-            except (CheckpointNotFound, ControlnetNotFound, LoraNotFound):
+            except (CheckpointNotFound, ControlnetNotFound, LoraNotFound, UpscaleModelNotFound):
                 pass  # not in the cached listing: ask the backend
         names = await self._models(folder)
         self._listings[folder] = (time.monotonic(), list(names))
@@ -209,6 +211,7 @@ class JobBuilder:
             init_image_path=str(init.source) if init else None,
             init_job_id=init.job_id if init else None,
             refined_from=req.refined_from,
+            upscale_model=req.upscale_model,
         )
         template = self.templates.get(choose_template(lora_file is not None, pose is not None, init is not None))
         slots: dict[str, Any] = {
@@ -235,8 +238,15 @@ class JobBuilder:
         if init:
             slots["init_image"] = init.name
         workflow = template.fill({k: v for k, v in slots.items() if template.has_slot(k)})
+        if req.upscale_model is not None:
+            await self._check_upscale_model(req.upscale_model)
+            workflow = with_upscale(workflow, req.upscale_model)
         await self.backend.validate(workflow)
         return JobSpec(params=params, template=template.name, workflow=workflow, pose_image=pose)
+
+    async def _check_upscale_model(self, model: str) -> None:
+        check_name("upscaleModel", model)
+        await self._check_model("upscale_models", model, UpscaleModelNotFound, "upscaleModel")
 
     async def _init_image(self, req: GenerationRequest, size: tuple[int, int]) -> init_image.InitImage | None:
         """The request's init image fitted to `size` and stored, or None: without one, or at denoise 1
@@ -264,6 +274,13 @@ class JobBuilder:
         job's; a LoadImage node loads the image given as `pose_image_path` (an image is not part of a
         workflow); the SaveImage prefix is the daemon's."""
         whole = read_whole_workflow(workflow, self.limits)
+        if req is not None and req.upscale_model is not None:
+            # A whole workflow upscaled too (a reproduced page printed): the step added, or its model set.
+            await self._check_upscale_model(req.upscale_model)
+            try:
+                whole = read_whole_workflow(with_upscale(whole.graph.raw, req.upscale_model), self.limits)
+            except ValueError as exc:
+                raise InvalidField(f"upscaleModel: {exc}.", {"field": "upscaleModel"}) from None
         graph = whole.graph
         pose: Path | None = None
         init = await self._whole_init(whole, req)
@@ -285,7 +302,8 @@ class JobBuilder:
             changes[whole.loaders[0]] = {"image": pose.name}
         for field, folder, name in whole.models:
             check_name(field, name)
-            error = {"checkpoints": CheckpointNotFound, "loras": LoraNotFound}.get(folder, ControlnetNotFound)
+            error = {"checkpoints": CheckpointNotFound, "loras": LoraNotFound,
+                     "upscale_models": UpscaleModelNotFound}.get(folder, ControlnetNotFound)
             # The exact file: ComfyUI refuses `x.ckpt` when only `x.safetensors` is installed.
             await self._check_model(folder, name, error, field)
         if whole.controlnets > self.limits.max_controlnets:

@@ -85,12 +85,17 @@ class GenerationRequest(BaseModel):
                                                   "default_where setting")
     refined_from: RefinedFrom | None = Field(
         None, description="provenance of a refined prompt (POST /prompt/refine's refinedFrom), kept with the job")
+    upscale_model: ModelName | None = Field(
+        None, description="also save the image upscaled by this model of models/upscale_models/ (file name, e.g. "
+                          "`4x-UltraSharp.pth`): the job's `upscaled` output, for print; the image itself keeps the "
+                          "generation size")
 
     def parameter_fields(self) -> list[str]:
         """The parameter fields given (a whole workflow takes none but its images: `pose_image_path` and
         `init_image_path` / `init_job_id`)."""
         return [name for name in type(self).model_fields
-                if name not in ("workflow", "batch_size", "where", *IMAGE_FIELDS) and getattr(self, name) is not None]
+                if name not in ("workflow", "batch_size", "where", "upscale_model", *IMAGE_FIELDS)
+                and getattr(self, name) is not None]
 
 
 class JobParams(BaseModel):
@@ -117,6 +122,7 @@ class JobParams(BaseModel):
     init_image_path: PathText | None = None  # the init image as the client named it (or the job's image)
     init_job_id: ModelName | None = None
     refined_from: RefinedFrom | None = None
+    upscale_model: ModelName | None = None  # the print upscale's model (models/upscale_models/)
 
     @classmethod
     def from_stored(cls, data: dict[str, Any]) -> JobParams:

@@ -19,7 +19,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sidecar.jobs.store import JobRecord, JobStore
+from sidecar.jobs.store import UPSCALED_SUFFIX, JobRecord, JobStore
 
 log = logging.getLogger("sidecar.retention")
 
@@ -68,9 +68,11 @@ async def collect(store: JobStore, outputs_dir: Path, keep_days: int, *, dry_run
 
 def _owned_files(job: JobRecord, outputs_dir: Path) -> list[Path]:
     """The daemon's files of a job: its image (as recorded, or by the runner's name for it)."""
-    candidates = [outputs_dir / f"{job.id}.png"]
+    candidates = [outputs_dir / f"{job.id}.png", outputs_dir / f"{job.id}{UPSCALED_SUFFIX}"]
     if job.output_file:
         candidates.append(Path(job.output_file))
+    if job.upscaled_file:
+        candidates.append(Path(job.upscaled_file))
     return list(dict.fromkeys(candidates))
 
 

@@ -40,7 +40,7 @@ from sidecar.jobs.previews import Previews
 from sidecar.jobs.queue import JobQueue, Place
 from sidecar.jobs.states import TERMINAL, check_transition
 from sidecar.jobs.stranded import hand_over_later
-from sidecar.jobs.store import IdempotencyClaim, JobRecord, JobStore
+from sidecar.jobs.store import UPSCALED_SUFFIX, IdempotencyClaim, JobRecord, JobStore
 from sidecar.sqlite_store import now_iso
 
 log = logging.getLogger("sidecar.jobs")
@@ -518,6 +518,7 @@ class JobRunner:
             job_id=job.id,
             workflow=job.workflow,
             output_path=self.outputs_dir / f"{job.id}.png",
+            upscaled_path=self.outputs_dir / f"{job.id}{UPSCALED_SUFFIX}",
             on_progress=on_progress,
             on_prompt_id=on_prompt_id,
             cancel_event=cancel,
@@ -549,7 +550,8 @@ class JobRunner:
             await self._finish(job, "failed", code=full.code, message=full.message, details=full.details)
         else:
             job.device = result.device
-            await self._finish(job, "succeeded", output_file=str(result.output_path), device=result.device)
+            await self._finish(job, "succeeded", output_file=str(result.output_path), device=result.device,
+                               upscaled_file=str(result.upscaled_path) if result.upscaled_path else None)
         finally:
             job.queued_behind = None
             self._cancel_events.pop(job.id, None)

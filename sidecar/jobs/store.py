@@ -62,7 +62,9 @@ JSON_COLUMNS = ("params", "workflow", "error_details")
 ADDED_COLUMNS = (("where_", "TEXT"), ("backend", "TEXT"), ("backend_reason", "TEXT"),
                  ("group_id", "TEXT"),  # the submission of `variations` this job is one of
                  ("retry_of", "TEXT"),  # the job this one retries (POST /jobs/{id}/retry)
-                 ("front_rank", "INTEGER"))  # set when submitted with `front` (sidecar.jobs.queue orders by it)
+                 ("front_rank", "INTEGER"),  # set when submitted with `front` (sidecar.jobs.queue orders by it)
+                 ("upscaled_file", "TEXT"))  # the print upscale's image (`upscaleModel`), beside output_file
+UPSCALED_SUFFIX = ".upscaled.png"  # <job id>.upscaled.png in the outputs dir, beside <job id>.png
 ADDED_INDEXES = "CREATE INDEX IF NOT EXISTS jobs_group ON jobs(group_id);"
 
 
@@ -105,6 +107,7 @@ class JobRecord:
     group_id: str | None = None
     retry_of: str | None = None
     front_rank: int | None = None
+    upscaled_file: str | None = None
     # Live only (not a column): prompts ahead of this job in ComfyUI's own queue while it waits there.
     queued_behind: int | None = field(default=None, metadata={"column": False})
 

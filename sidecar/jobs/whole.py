@@ -19,6 +19,7 @@ from sidecar.graph import Graph, Node, input_field
 from sidecar.jobs.params import JobParams, check_param
 from sidecar.nodes import LATENT_NODES, NODE_TYPES, Value, check_graph
 from sidecar.profiles import Profile
+from sidecar.upscaling import model_of, split_saves
 
 # Where a value travels through a node unchanged: (class type, the input it comes from) by output type.
 PASS_THROUGH: dict[str, dict[str, str]] = {
@@ -34,7 +35,7 @@ class WholeWorkflow:
     params: JobParams
     loaders: list[str] = field(default_factory=list)  # LoadImage node ids (the pose image goes there)
     init_loaders: list[str] = field(default_factory=list)  # LoadImage node ids a VAEEncode encodes (init image)
-    outputs: list[str] = field(default_factory=list)  # SaveImage node ids
+    outputs: list[str] = field(default_factory=list)  # SaveImage node ids: the image's first, then the upscaled
     models: list[tuple[str, str, str]] = field(default_factory=list)  # (input field, models folder, file name)
     controlnets: int = 0
 
@@ -99,12 +100,12 @@ def _prompt(graph: Graph, sampler: Node, name: str) -> tuple[str | None, float |
 
 
 def read_params(graph: Graph, outputs: list[str]) -> JobParams:
-    """The params of the sampler whose image the (first) SaveImage saves."""
-    values: dict[str, Any] = {}
+    """The params of the sampler whose image the (first) SaveImage saves, and the print upscale's model."""
+    values: dict[str, Any] = {"upscale_model": model_of(graph)}
     decode = graph.source(graph[outputs[0]], "images") if outputs else None
     sampler = graph.source(decode, "samples") if decode is not None else None
     if sampler is None or sampler.class_type != "KSampler":
-        return JobParams()
+        return JobParams(upscale_model=values["upscale_model"])
     i = sampler.inputs
     values.update(seed=i["seed"], steps=i["steps"], cfg=i["cfg"], sampler=i["sampler_name"],
                   scheduler=i["scheduler"], denoise=i.get("denoise", 1.0))
@@ -128,7 +129,8 @@ def read_whole_workflow(raw: Any, profile: Profile) -> WholeWorkflow:
     graph = Graph.parse(raw)
     check_graph(graph)
     check_limits(graph, profile)
-    outputs = graph.ids_of_type("SaveImage")
+    images, upscaled = split_saves(graph)
+    outputs = images + upscaled
     models = [(input_field(node.id, name), want.folder, node.inputs[name])
               for node in graph for name, want in NODE_TYPES[node.class_type].inputs.items()
               if isinstance(want, Value) and want.folder and name in node.inputs]

@@ -1,0 +1,157 @@
+"""Print upscale (issue 14): `upscaleModel` on `POST /jobs` adds ComfyUI's UpscaleModelLoader +
+ImageUpscaleWithModel after the image, on both engines. The embedded engine runs tiny random-weight
+ESRGAN / Real-ESRGAN models (real torch, CPU) tile by tile; the tiled result matches the whole-image one.
+ComfyUI (the fake, with the two nodes' /object_info as recorded) gets the nodes and the daemon downloads
+both images. The job's image keeps the generation size; the upscaled one is `scale` times larger.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sidecar.api.app import create_app
+from sidecar.config import Settings
+from sidecar.engine.sr_arch import UnsupportedUpscaler, build_upscaler
+from sidecar.engine.upscale import load_upscaler, upscale_image, upscale_tensor
+from tests.conftest_engine import TINY_CHECKPOINT
+from tests.test_img2img import finished, submit
+from tests.upscale_fixtures import TINY_UPSCALER, as_old_esrgan, rrdbnet_state, srvgg_state, write_upscaler
+
+SIZE = (64, 96)  # the jobs' width, height (tests.test_img2img.SIZE)
+
+
+# -- the networks and the tiling
+
+@pytest.mark.parametrize(("state", "scale"), [
+    (rrdbnet_state(), 4),
+    (rrdbnet_state(ups=2, unshuffle=2), 2),  # Real-ESRGAN x2: folds 2x2 pixels first
+    (srvgg_state(), 4),
+], ids=["esrgan-x4", "realesrgan-x2", "srvgg-x4"])
+def test_tiled_upscale_matches_the_whole_image_and_is_scale_times_larger(state, scale: int) -> None:
+    up = build_upscaler(state)
+    assert up.scale == scale
+    x = torch.rand(1, 3, 40, 56, generator=torch.Generator().manual_seed(1))
+    whole = upscale_tensor(up.net, x, up.scale, tile=0, overlap=0)
+    tiles: list[tuple[int, int]] = []
+    tiled = upscale_tensor(up.net, x, up.scale, tile=24, overlap=8, on_tile=lambda d, t: tiles.append((d, t)))
+    assert whole.shape == tiled.shape == (1, 3, 40 * scale, 56 * scale)
+    assert tiles[-1][0] == tiles[-1][1] > 1  # it really ran in tiles
+    diff = (whole - tiled).abs()
+    assert float(diff.mean()) < 5e-3 and float(diff.max()) < 0.08, (float(diff.mean()), float(diff.max()))
+    assert float(whole.std()) > 0.01  # not a flat image that would match anything
+
+
+def test_original_esrgan_keys_load_as_the_same_network() -> None:
+    sd = rrdbnet_state(blocks=2, seed=3)
+    x = torch.rand(1, 3, 12, 12)
+    new, old = build_upscaler(sd), build_upscaler(as_old_esrgan(sd))
+    assert old.architecture == "ESRGAN" and old.scale == 4
+    assert torch.equal(new.net(x), old.net(x))
+
+
+def test_model_files_load_and_an_image_of_any_size_upscales(tmp_path: Path) -> None:
+    pth = write_upscaler(tmp_path, "2x-real.pth", rrdbnet_state(ups=2, unshuffle=2))  # under params_ema
+    st = write_upscaler(tmp_path, "4x-compact.safetensors", srvgg_state())
+    odd = Image.fromarray(np.random.default_rng(0).integers(0, 255, (21, 30, 3), dtype=np.uint8))
+    assert upscale_image(load_upscaler(pth), odd, tile=16, overlap=4).size == (60, 42)
+    assert upscale_image(load_upscaler(st), odd, tile=0, overlap=0).size == (120, 84)
+
+
+def test_a_state_dict_of_another_architecture_is_refused_naming_its_keys() -> None:
+    with pytest.raises(UnsupportedUpscaler, match="layers.0.attn"):
+        build_upscaler({"layers.0.attn.weight": torch.zeros(2, 2)})
+
+
+def test_a_cancel_stops_between_tiles() -> None:
+    up = build_upscaler(srvgg_state())
+    with pytest.raises(InterruptedError):
+        upscale_tensor(up.net, torch.rand(1, 3, 32, 32), 4, tile=16, overlap=4, should_stop=lambda: True)
+
+
+# -- through the daemon: the embedded engine
+
+@pytest.fixture(scope="module")
+def upscale_models(engine_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session's tiny set (linked, not copied) plus models/upscale_models/ with a tiny ESRGAN."""
+    root = tmp_path_factory.mktemp("upscale-models")
+    for entry in engine_models.iterdir():
+        os.symlink(entry, root / entry.name)
+    write_upscaler(root / "upscale_models")
+    return root
+
+
+@pytest.fixture
+async def engine_client(aiohttp_client, tmp_path: Path, upscale_models: Path):
+    settings = Settings(data_dir=tmp_path / "data", engine="embedded", device="cpu", models_dir=upscale_models,
+                        checkpoint=TINY_CHECKPOINT, steps=2, upscale_tile=32, upscale_tile_overlap=8)
+    return await aiohttp_client(create_app(settings))
+
+
+async def png(client, url: str) -> Image.Image:
+    resp = await client.get(url)
+    assert resp.status == 200 and resp.content_type == "image/png"
+    img = Image.open(io.BytesIO(await resp.read()))
+    img.load()
+    return img
+
+
+@pytest.mark.engine
+async def test_an_embedded_job_saves_its_image_and_the_upscaled_copy(engine_client, upscale_models: Path) -> None:
+    job = await submit(engine_client, seed=5, upscaleModel=TINY_UPSCALER)
+    assert job["params"]["upscaleModel"] == TINY_UPSCALER
+    done = await finished(engine_client, job["id"])
+    kinds = {n["class_type"] for n in done["workflow"].values()}
+    assert {"UpscaleModelLoader", "ImageUpscaleWithModel"} <= kinds
+    assert done["upscaled"]["url"] == f"/jobs/{job['id']}/upscaled"
+    image = await png(engine_client, done["output"]["url"])
+    big = await png(engine_client, done["upscaled"]["url"])
+    assert image.size == SIZE and big.size == (SIZE[0] * 4, SIZE[1] * 4)
+    # That image through that model (tiled as the settings say), not another picture.
+    again = upscale_image(load_upscaler(upscale_models / "upscale_models" / TINY_UPSCALER), image, tile=32, overlap=8)
+    assert np.abs(np.asarray(big, dtype=np.int16) - np.asarray(again, dtype=np.int16)).max() <= 1
+
+
+@pytest.mark.engine
+async def test_a_job_without_upscale_has_none(engine_client) -> None:
+    done = await finished(engine_client, (await submit(engine_client, seed=1))["id"])
+    assert done["upscaled"] is None
+    resp = await engine_client.get(f"/jobs/{done['id']}/upscaled")
+    assert resp.status == 404 and (await resp.json())["error"]["code"] == "not_found"
+
+
+async def test_an_unknown_upscale_model_is_a_400_naming_it(engine_client) -> None:
+    answer = await submit(engine_client, 400, upscaleModel="4x-missing.pth")
+    assert answer["error"]["code"] == "upscale_model_not_found"
+    assert "4x-missing.pth" in answer["error"]["message"]
+    assert answer["error"]["details"]["available"] == [TINY_UPSCALER]
+    bad = await submit(engine_client, 400, upscaleModel="../4x.pth")
+    assert bad["error"]["code"] == "invalid_field" and bad["error"]["details"]["field"] == "upscaleModel"
+
+
+# -- through the daemon: ComfyUI (the fake, replaying the recorded protocol)
+
+async def test_comfyui_gets_the_upscale_nodes_and_both_images_come_back(aiohttp_client, fake_comfy,
+                                                                       comfy_settings) -> None:
+    (fake_comfy.base_dir / "models" / "upscale_models").mkdir(parents=True)
+    (fake_comfy.base_dir / "models" / "upscale_models" / "4x-UltraSharp.pth").write_bytes(b"weights")
+    fake_comfy.upscale_scale = 4
+    client = await aiohttp_client(create_app(comfy_settings))
+    missing = await submit(client, 400, upscaleModel="4x-AnimeSharp.pth")
+    assert missing["error"]["details"]["available"] == ["4x-UltraSharp.pth"]
+    job = await submit(client, seed=2, steps=2, upscaleModel="4x-UltraSharp.pth")
+    done = await finished(client, job["id"], timeout=30)
+    ran = fake_comfy.history[done["promptId"]]["prompt"][2]
+    loader = next(nid for nid, n in ran.items() if n["class_type"] == "UpscaleModelLoader")
+    upscaler = next(n for n in ran.values() if n["class_type"] == "ImageUpscaleWithModel")
+    decode = next(nid for nid, n in ran.items() if n["class_type"] == "VAEDecode")
+    assert ran[loader]["inputs"] == {"model_name": "4x-UltraSharp.pth"}
+    assert upscaler["inputs"] == {"upscale_model": [loader, 0], "image": [decode, 0]}
+    assert (await png(client, done["output"]["url"])).size == SIZE
+    assert (await png(client, done["upscaled"]["url"])).size == (SIZE[0] * 4, SIZE[1] * 4)
