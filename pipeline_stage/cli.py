@@ -27,7 +27,9 @@ from pipeline_stage.layout import Page, Project, page_of, parse_pages
 from pipeline_stage.outputs import approve_version
 from pipeline_stage.progress import make_progress
 from pipeline_stage.refine import refine_tasks, write_refined
-from pipeline_stage.prompts import GenerateOptions, build_request, load_defaults, load_prompt, merge
+from pipeline_stage.prompts import (
+    GenerateOptions, build_request, load_defaults, load_prompt, merge, upscale_request,
+)
 from pipeline_stage.stage import PageResult, PageTask, render_page, summary_line
 from sidecar.api.models import JobRequest
 from sidecar.config import client_token
@@ -312,6 +314,8 @@ def _generate(opts: dict[str, Any]) -> int:
             tasks = [replace(t, request=draft_request(t.request, opts["drafts"], steps)) for t in tasks]
         if opts["where"]:
             tasks = [replace(t, request=t.request.model_copy(update={"where": opts["where"]})) for t in tasks]
+        if opts["upscale"] is not None:
+            tasks = [replace(t, request=upscale_request(t.request, opts["upscale"], opts["drafts"])) for t in tasks]
         parallel = opts["parallel"] or (POOL_PARALLEL if opts["where"] not in (None, "local") else 1)
         url = opts["daemon"] or load_defaults(project.config_file()).daemon or DEFAULT_URL
         token = opts["token"] or client_token()
@@ -397,6 +401,10 @@ def _generate(opts: dict[str, Any]) -> int:
 @click.option("--from-draft", type=click.IntRange(min=1), metavar="K",
               help="Render draft K's seed and parameters at full steps (--steps, else the page's) as the page's "
                    "next version (logged with draftOf).")
+@click.option("--upscale", metavar="MODEL",
+              help="Also make the page's print: the image upscaled by MODEL (a file of the daemon's "
+                   "models/upscale_models/, e.g. 4x-UltraSharp.pth) into output/ch-XX/print/ under the version's "
+                   "name (never raw/), logged as upscaleModel and printFile. With --reproduce too.")
 @click.option("--dry-run", is_flag=True, help="Print the requests; submit and write nothing.")
 @click.option("--reproduce", metavar="FILE.workflow.json", type=click.Path(dir_okay=False),
               help="Submit that exact workflow again as a new version of its page (recorded as reproducedFrom).")

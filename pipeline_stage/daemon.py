@@ -57,6 +57,12 @@ class DaemonClient(BaseClient):
         with stage_errors():
             return await self.request("GET", job.output.url if job.output else f"/jobs/{job.id}/image", raw=True)
 
+    async def job_upscaled(self, job: JobSummary) -> bytes:
+        """A finished job's print upscale (`upscaleModel`), from its own `upscaled.url`."""
+        with stage_errors():
+            return await self.request("GET", job.upscaled.url if job.upscaled else f"/jobs/{job.id}/upscaled",
+                                      raw=True)
+
     async def full_job(self, job_id: str) -> Job:
         """One job in full (a group lists summaries: the workflow is only here)."""
         with stage_errors():

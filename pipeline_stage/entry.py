@@ -59,4 +59,7 @@ def make_entry(project: Project, task: PageTask, job: Job, version: int) -> Gene
         pose_image=project.relative(Path(params.pose_image_path)) if params.pose_image_path else None,
         backend=job.backend,
         refined_from=params.refined_from,
+        upscale_model=params.upscale_model if job.upscaled is not None else None,
+        print_file=(project.relative(project.print_dir(task.page.chapter) / task.page.image_name(version))
+                    if job.upscaled is not None else None),
     )

@@ -56,6 +56,8 @@ class GenerationLogEntry(BaseModel):
     backend: str | None = None  # the daemon's backend that rendered it (several backends: `where`)
     draft_of: str | None = None  # --from-draft: the draft (output/ch-XX/drafts/...) this version finishes
     refined_from: RefinedFrom | None = None  # `--refine`: original prompt, feedback, model + digest
+    upscale_model: str | None = None  # `--upscale`: the model of models/upscale_models/ that made the print
+    print_file: str | None = None  # `--upscale`: output/ch-XX/print/<image name>, the upscaled image
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, mode="json")

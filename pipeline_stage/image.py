@@ -35,6 +35,7 @@ def parameters_text(job: Job) -> str:
         ("ControlNet strength", params.controlnet_strength),
         ("Denoising strength", params.denoise if params.denoise not in (None, 1, 1.0) else None),
         ("Engine", f"{job.engine}/{job.device}" if job.engine else None),
+        ("Upscaler", params.upscale_model),
         ("Job", job.id),
     ]
     line = ", ".join(f"{k}: {v}" for k, v in fields if v is not None)
@@ -54,9 +55,9 @@ def _to_rgb8(img: Image.Image) -> Image.Image:
     return img.convert("RGB") if img.mode != "RGB" else img
 
 
-def finish_png(data: bytes, job: Job) -> bytes:
+def finish_png(data: bytes, job: Job, *, upscaled: bool = False) -> bytes:
     """Re-encode the daemon's image as the pipeline's PNG. Raises JobFailedError when it is not an image
-    or not the size the job asked for."""
+    or not the size the job asked for (`upscaled`: the print upscale, a whole multiple of that size)."""
     try:
         with Image.open(io.BytesIO(data)) as src:
             src.load()
@@ -65,6 +66,8 @@ def finish_png(data: bytes, job: Job) -> bytes:
         raise JobFailedError(f"The daemon's image for job {job.id} is not a readable PNG ({exc}).",
                              {"jobId": job.id}, code="bad_image") from None
     want = (job.params.width, job.params.height)
+    if upscaled and all(want) and img.size[0] % want[0] == 0 and img.size[0] // want[0] >= 1:
+        want = (img.size[0], want[1] * (img.size[0] // want[0]))  # the model's scale, the same on both sides
     if all(want) and img.size != want:
         raise JobFailedError(
             f"The daemon returned a {img.size[0]}x{img.size[1]} image for job {job.id}; "

@@ -56,6 +56,10 @@ class Project:
     def log_file(self, chapter: int) -> Path:
         return self.chapter_output(chapter) / "generation-log.json"
 
+    def print_dir(self, chapter: int) -> Path:
+        # The print upscales (`--upscale`): never in raw/, whose files the overlay stage takes as pages.
+        return self.chapter_output(chapter) / "print"
+
     def consistency_dir(self, chapter: int) -> Path:
         # Not under raw/: the overlay stage takes every PNG it finds there.
         return self.chapter_output(chapter) / "consistency"

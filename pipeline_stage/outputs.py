@@ -37,6 +37,7 @@ class Published:
     workflow: Path
     log: Path
     entry: dict[str, Any]
+    print_image: Path | None = None  # output/ch-XX/print/<the image's name>, with `--upscale`
 
 
 @contextlib.contextmanager
@@ -112,7 +113,7 @@ def recover(project: Project, chapter: int) -> None:
             _fsync_dir(folder)
         journal.unlink()
     # Temps are only written under the lock, so any left now belong to a run that died before its journal.
-    for folder in (base, project.raw_dir(chapter)):
+    for folder in (base, project.raw_dir(chapter), project.print_dir(chapter)):
         for leftover in folder.glob(f"{TMP_PREFIX}*"):
             leftover.unlink(missing_ok=True)
 
@@ -176,8 +177,9 @@ def check_log(project: Project, chapter: int) -> None:
 
 
 def publish(project: Project, page: Page, image: bytes, workflow: dict[str, Any],
-            make_entry: Callable[[int], dict[str, Any]]) -> Published:
-    """Take the next version under the chapter lock and commit its image, workflow and log entry."""
+            make_entry: Callable[[int], dict[str, Any]], print_image: bytes | None = None) -> Published:
+    """Take the next version under the chapter lock and commit its image, workflow and log entry (and its
+    print upscale into `print/`, in the same all-or-nothing commit)."""
     raw = project.raw_dir(page.chapter)
     with chapter_lock(project, page.chapter):
         log = read_log(project.log_file(page.chapter))
@@ -186,17 +188,19 @@ def publish(project: Project, page: Page, image: bytes, workflow: dict[str, Any]
         entry = make_entry(version)
         log.entries.append(entry)
         workflow_bytes = (json.dumps(workflow, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+        print_path = project.print_dir(page.chapter) / page.image_name(version) if print_image is not None else None
+        files = [(image_path, image, "new"), (workflow_path, workflow_bytes, "new")]
+        if print_path is not None and print_image is not None:
+            print_path.parent.mkdir(parents=True, exist_ok=True)
+            files.append((print_path, print_image, "new"))
         try:
-            commit(project.chapter_output(page.chapter), raw / JOURNAL_NAME, [
-                (image_path, image, "new"),
-                (workflow_path, workflow_bytes, "new"),
-                (log.path, log.serialize(), "replace"),
-            ])
+            commit(project.chapter_output(page.chapter), raw / JOURNAL_NAME,
+                   [*files, (log.path, log.serialize(), "replace")])
         except FileExistsError as exc:
             # Only a writer that ignores our lock can get here.
             raise StageError(f"{exc.filename} appeared while writing version {version}; nothing was "
                              "overwritten. Run again.", {"file": exc.filename}) from None
-        return Published(version, image_path, workflow_path, log.path, entry)
+        return Published(version, image_path, workflow_path, log.path, entry, print_path)
 
 
 def approve_version(project: Project, page: Page, version: int,

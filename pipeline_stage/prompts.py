@@ -134,6 +134,17 @@ def merge(*layers: GenerateOptions) -> GenerateOptions:
     return GenerateOptions.model_validate(merged)
 
 
+def upscale_request(request: JobRequest, model: str, drafts: int | None = None) -> JobRequest:
+    """`--upscale MODEL`: the request also asks for the print upscale (`upscaleModel`)."""
+    if drafts is not None:
+        raise InputError("--upscale makes the print of a page version; drafts are not printed. Upscale the "
+                         "chosen one: --from-draft K --upscale MODEL.")
+    if not model.strip() or "/" in model or "\\" in model:
+        raise InputError(f"--upscale takes a model file name of the daemon's models/upscale_models/, got {model!r}.",
+                         {"upscale": model})
+    return JobRequest.model_validate({**request.model_dump(exclude_none=True), "upscale_model": model})
+
+
 def build_request(prompt: str, options: GenerateOptions, source: Path | None = None) -> JobRequest:
     """The POST /jobs body, typed as the daemon's API declares it: only what was set, so the daemon's
     defaults apply to the rest. A value past the API's limits is an input error here, before any submit."""

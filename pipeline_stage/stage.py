@@ -53,6 +53,9 @@ async def render_page(client: DaemonClient, project: Project, task: PageTask, vi
         raise job_error(job)
     data = await client.job_image(job)
     png = await asyncio.to_thread(finish_png, data, job)
+    printed = None
+    if job.upscaled is not None:  # `--upscale`: the print copy, published with the version or not at all
+        printed = await asyncio.to_thread(finish_png, await client.job_upscaled(job), job, upscaled=True)
     entries: dict[int, GenerationLogEntry] = {}
 
     def entry_for(version: int) -> dict[str, Any]:
@@ -62,7 +65,7 @@ async def render_page(client: DaemonClient, project: Project, task: PageTask, vi
 
     # The commit runs in a worker thread: a Ctrl-C cancels our await, not the commit, and the
     # interpreter waits for the thread, so the version is written whole.
-    published = await asyncio.to_thread(publish, project, task.page, png, job.workflow, entry_for)
+    published = await asyncio.to_thread(publish, project, task.page, png, job.workflow, entry_for, printed)
     return PageResult(task, job, published, entries[published.version])
 
 
@@ -79,5 +82,7 @@ def summary_line(project: Project, result: PageResult) -> str:
         bits.append(f"reproduces {result.task.reproduced_from}")
     if entry.refined_from is not None:
         bits.append("refined prompt")
+    if result.published.print_image is not None:
+        bits.append(f"print {project.relative(result.published.print_image)} ({entry.upscale_model})")
     return (f"{result.task.page} v{result.published.version} -> {project.relative(result.published.image)} "
             f"({', '.join(bits)})")

@@ -8,6 +8,7 @@ both images. The job's image keeps the generation size; the upscaled one is `sca
 from __future__ import annotations
 
 import io
+import json
 import os
 from pathlib import Path
 
@@ -16,11 +17,15 @@ import pytest
 import torch
 from PIL import Image
 
+from click.testing import CliRunner
+
+from pipeline_stage.cli import main as generate
 from sidecar.api.app import create_app
 from sidecar.config import Settings
 from sidecar.engine.sr_arch import UnsupportedUpscaler, build_upscaler
 from sidecar.engine.upscale import load_upscaler, upscale_image, upscale_tensor
 from tests.conftest_engine import TINY_CHECKPOINT
+from tests.pipeline_daemon import DaemonThread, copy_example
 from tests.test_img2img import finished, submit
 from tests.upscale_fixtures import TINY_UPSCALER, as_old_esrgan, rrdbnet_state, srvgg_state, write_upscaler
 
@@ -82,7 +87,14 @@ def upscale_models(engine_models: Path, tmp_path_factory: pytest.TempPathFactory
     """The session's tiny set (linked, not copied) plus models/upscale_models/ with a tiny ESRGAN."""
     root = tmp_path_factory.mktemp("upscale-models")
     for entry in engine_models.iterdir():
-        os.symlink(entry, root / entry.name)
+        if entry.is_dir():
+            (root / entry.name).mkdir()
+            for item in entry.iterdir():
+                os.symlink(item, root / entry.name / item.name)
+        else:
+            os.symlink(entry, root / entry.name)
+    # The example chapter asks for the character's LoRA by name; the tiny one stands in for it.
+    os.symlink(engine_models / "loras" / "tiny-lora.safetensors", root / "loras" / "spyke_plasma_v1.safetensors")
     write_upscaler(root / "upscale_models")
     return root
 
@@ -155,3 +167,47 @@ async def test_comfyui_gets_the_upscale_nodes_and_both_images_come_back(aiohttp_
     assert upscaler["inputs"] == {"upscale_model": [loader, 0], "image": [decode, 0]}
     assert (await png(client, done["output"]["url"])).size == SIZE
     assert (await png(client, done["upscaled"]["url"])).size == (SIZE[0] * 4, SIZE[1] * 4)
+
+
+# -- the page pipeline: generate --upscale
+
+@pytest.mark.engine
+def test_generate_upscale_writes_the_print_beside_raw_never_into_it(tmp_path: Path, upscale_models: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "data", engine="embedded", device="cpu", models_dir=upscale_models,
+                        checkpoint=TINY_CHECKPOINT, upscale_tile=48, upscale_tile_overlap=8)
+    daemon = DaemonThread(settings, None).start()
+    try:
+        project = copy_example(tmp_path / "project")
+        base = ["--comfyui", "--root", str(project), "--daemon", daemon.url]
+        size = ["--steps", "2", "--width", "64", "--height", "96", "--seed", "9"]
+        first = CliRunner().invoke(generate, [*base, "-c", "1", "--page", "1", *size, "--upscale", TINY_UPSCALER])
+        assert first.exit_code == 0, first.output + first.stderr
+        chapter = project / "output/ch-01"
+        assert sorted(p.name for p in (chapter / "raw").glob("*.png")) == ["ch01_p001_v1.png"]
+        with Image.open(chapter / "print/ch01_p001_v1.png") as printed, Image.open(chapter / "raw/ch01_p001_v1.png") as raw:
+            assert raw.size == (64, 96) and printed.size == (256, 384) and printed.mode == "RGB"
+            assert TINY_UPSCALER in printed.text["parameters"]
+        [entry] = json.loads((chapter / "generation-log.json").read_text())
+        assert entry["upscaleModel"] == TINY_UPSCALER and entry["printFile"] == "output/ch-01/print/ch01_p001_v1.png"
+        workflow = json.loads((chapter / "raw/ch01_p001_v1.workflow.json").read_text())
+        assert "ImageUpscaleWithModel" in {n["class_type"] for n in workflow.values()}
+
+        # --reproduce of that version makes the next version and its print again, pixel for pixel.
+        again = CliRunner().invoke(generate, [*base, "--reproduce", str(chapter / "raw/ch01_p001_v1.workflow.json")])
+        assert again.exit_code == 0, again.output + again.stderr
+        with Image.open(chapter / "print/ch01_p001_v1.png") as a, Image.open(chapter / "print/ch01_p001_v2.png") as b:
+            assert np.array_equal(np.asarray(a), np.asarray(b))
+        # Without --upscale: no print, nothing new in print/.
+        plain = CliRunner().invoke(generate, [*base, "-c", "1", "--page", "1", *size])
+        assert plain.exit_code == 0, plain.output + plain.stderr
+        assert sorted(p.name for p in (chapter / "print").iterdir()) == ["ch01_p001_v1.png", "ch01_p001_v2.png"]
+        log = json.loads((chapter / "generation-log.json").read_text())
+        assert log[2]["printFile"] is None and log[2]["upscaleModel"] is None
+
+        refused = CliRunner().invoke(generate, [*base, "-c", "1", "--page", "1", "--drafts", "3",
+                                                "--upscale", TINY_UPSCALER])
+        assert refused.exit_code == 2 and "drafts are not printed" in refused.stderr
+        missing = CliRunner().invoke(generate, [*base, "-c", "1", "--page", "1", *size, "--upscale", "8x-nope.pth"])
+        assert missing.exit_code == 2 and "8x-nope.pth" in missing.stderr
+    finally:
+        daemon.stop()
