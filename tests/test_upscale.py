@@ -203,6 +203,12 @@ def test_generate_upscale_writes_the_print_beside_raw_never_into_it(tmp_path: Pa
         assert sorted(p.name for p in (chapter / "print").iterdir()) == ["ch01_p001_v1.png", "ch01_p001_v2.png"]
         log = json.loads((chapter / "generation-log.json").read_text())
         assert log[2]["printFile"] is None and log[2]["upscaleModel"] is None
+        # A version made without one gets its print by reproducing it with --upscale.
+        late = CliRunner().invoke(generate, [*base, "--reproduce", str(chapter / "raw/ch01_p001_v3.workflow.json"),
+                                             "--upscale", TINY_UPSCALER])
+        assert late.exit_code == 0, late.output + late.stderr
+        with Image.open(chapter / "print/ch01_p001_v4.png") as p4, Image.open(chapter / "raw/ch01_p001_v3.png") as v3:
+            assert p4.size == (256, 384) and v3.size == (64, 96)
 
         refused = CliRunner().invoke(generate, [*base, "-c", "1", "--page", "1", "--drafts", "3",
                                                 "--upscale", TINY_UPSCALER])
@@ -211,3 +217,21 @@ def test_generate_upscale_writes_the_print_beside_raw_never_into_it(tmp_path: Pa
         assert missing.exit_code == 2 and "8x-nope.pth" in missing.stderr
     finally:
         daemon.stop()
+
+
+# -- sidecar doctor
+
+def test_doctor_says_where_upscale_models_go_and_lists_them(tmp_path: Path) -> None:
+    from tests.test_doctor import as_json, doctor
+
+    home, models = tmp_path / "home", tmp_path / "models"
+    home.mkdir()
+    (models / "checkpoints").mkdir(parents=True)
+    args = ("--json", "--engine", "embedded", "--models-dir", str(models))
+    checks, _ = as_json(doctor(home, *args))
+    line = checks["upscale models"]
+    assert line["status"] == "warn" and line["required"] is False
+    assert str(models / "upscale_models") in line["fix"] and "--upscale" in line["detail"]
+    write_upscaler(models / "upscale_models", "4x-compact.safetensors", srvgg_state())
+    checks, _ = as_json(doctor(home, *args))
+    assert checks["upscale models"]["status"] == "ok" and "4x-compact.safetensors" in checks["upscale models"]["detail"]

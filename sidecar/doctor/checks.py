@@ -268,7 +268,29 @@ def check_models(settings: Settings, probe: Probe) -> list[Check]:
         else:
             checks.append(Check(name, "fail" if required else "warn", f"{file_name}: cannot tell (ComfyUI does not "
                                 "answer and comfyui_dir is not set)", "start ComfyUI or set comfyui_dir", required))
+    checks.append(check_upscale_models(root, probe))
     return checks
+
+
+UPSCALE_SUFFIXES = (".pth", ".safetensors", ".pt", ".bin", ".ckpt", ".sft")
+
+
+def check_upscale_models(root: Path | None, probe: Probe) -> Check:
+    """Optional: the print upscale (`generate --upscale`, `upscaleModel`) needs a model in upscale_models/."""
+    if root is not None:
+        folder = root / "upscale_models"
+        names = sorted(p.name for p in folder.iterdir() if p.is_file() and p.suffix.lower() in UPSCALE_SUFFIXES) \
+            if folder.is_dir() else []
+        where = str(folder)
+    elif "upscale_models" in probe.comfy_models:
+        names, where = sorted(probe.comfy_models["upscale_models"]), "ComfyUI's models/upscale_models"
+    else:
+        return Check("upscale models", "skip", "cannot tell (ComfyUI does not answer and comfyui_dir is not set)")
+    if names:
+        return Check("upscale models", "ok", f"{', '.join(names)} ({where})")
+    return Check("upscale models", "warn", f"none in {where}: `generate --upscale MODEL` (print upscales) needs one",
+                 f"optional: put an ESRGAN-family model (e.g. 4x-UltraSharp.pth, RealESRGAN_x4plus_anime_6B.pth) into "
+                 f"{where}; the embedded engine runs ESRGAN/RRDBNet and SRVGGNetCompact files, ComfyUI any spandrel knows")
 
 
 def check_kohya(settings: Settings, torch: Any) -> list[Check]:
@@ -366,7 +388,7 @@ async def probe_network(settings: Settings) -> Probe:
                                              get(f"{settings.daemon_url}/health", daemon_auth))
         if isinstance(stats, dict) and "system" in stats:
             probe.comfy_stats = stats
-            for folder in ("checkpoints", "loras", "controlnet"):
+            for folder in ("checkpoints", "loras", "controlnet", "upscale_models"):
                 listing = await get(f"{base}/models/{folder}")
                 if isinstance(listing, list):
                     probe.comfy_models[folder] = listing
