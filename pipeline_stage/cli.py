@@ -25,6 +25,7 @@ from pipeline_stage.genlog import approve as approve_entry
 from pipeline_stage.genlog import find_entries, read_log, versions_in
 from pipeline_stage.layout import Page, Project, page_of, parse_pages
 from pipeline_stage.outputs import approve_version
+from pipeline_stage.printing import Printed, check_print_options, print_version
 from pipeline_stage.progress import make_progress
 from pipeline_stage.refine import refine_tasks, write_refined
 from pipeline_stage.prompts import (
@@ -49,6 +50,8 @@ Examples:
   generate --where pool -c 1 --all            the chapter across the daemon's backends tagged pool
   generate -c 1 --page 3 --refine "look left, dusk"   refine through Ollama, show the diff, render it
   generate -c 1 --page 3 --refine "look left" --write   ... and make it the page's prompt
+  generate -c 1 --page 3 --upscale 4x-UltraSharp.pth   also the print -> output/ch-01/print/ch01_p003_vN.png
+  generate -c 1 --page 3 --version 2 --upscale 4x-UltraSharp.pth   print v2 as it is, no new render
   generate approve -c 1 --page 1 --version 2
 
 \b
@@ -291,6 +294,33 @@ def _result_json(project: Project, result: PageResult) -> dict[str, Any]:
             "log": project.relative(pub.log), "jobId": result.job.id, "entry": pub.entry}
 
 
+def _print_one(url: str, token: str | None, project: Project, opts: dict[str, Any], json_out: bool) -> int:
+    """`--version N --upscale MODEL`: the print of a version already rendered (pipeline_stage.printing)."""
+    page = Page(opts["chapter"], opts["page"])
+    if opts["dry_run"]:
+        request = {"upscaleModel": opts["upscale"],
+                   "initImagePath": str(project.raw_dir(page.chapter) / page.image_name(opts["version"]))}
+        if json_out:
+            _emit_json({"ok": True, "dryRun": True, "requests": [{"page": str(page), "request": request}]})
+        else:
+            click.echo(f"# {page} v{opts['version']} print -> POST {url}/jobs")
+            click.echo(json.dumps(request, indent=2))
+        return 0
+
+    async def run() -> Printed:
+        view = make_progress(json_out, preview_path=project.preview_file())
+        async with DaemonClient(url, token=token) as client:
+            return await print_version(client, project, page, opts["version"], opts["upscale"], view)
+
+    printed = asyncio.run(run())
+    if json_out:
+        _emit_json({"ok": True, "print": {"page": str(page), "version": printed.version, "model": printed.model,
+                                          "file": project.relative(printed.file), "jobId": printed.job_id}})
+    else:
+        click.echo(f"{page} v{printed.version} print ({printed.model}) -> {project.relative(printed.file)}")
+    return 0
+
+
 def _generate(opts: dict[str, Any]) -> int:
     json_out = opts["json_out"]
     project = Project(Path(opts["root"]).expanduser().resolve())
@@ -304,6 +334,10 @@ def _generate(opts: dict[str, Any]) -> int:
     try:
         if opts["repeat"] < 1:
             raise InputError("--repeat must be at least 1.")
+        check_print_options(opts, PARAM_OPTIONS)
+        if opts["version"] is not None:
+            url = opts["daemon"] or load_defaults(project.config_file()).daemon or DEFAULT_URL
+            return _print_one(url, opts["token"] or client_token(), project, opts, json_out)
         check_draft_options(opts, PARAM_OPTIONS)
         refine = _refine_ask(opts)
         tasks = [_reproduce_task(project, opts)] if opts["reproduce"] else _page_tasks(project, opts)
@@ -405,6 +439,9 @@ def _generate(opts: dict[str, Any]) -> int:
               help="Also make the page's print: the image upscaled by MODEL (a file of the daemon's "
                    "models/upscale_models/, e.g. 4x-UltraSharp.pth) into output/ch-XX/print/ under the version's "
                    "name (never raw/), logged as upscaleModel and printFile. With --reproduce too.")
+@click.option("--version", "version", type=click.IntRange(min=1), metavar="N",
+              help="With --upscale and --page: upscale that version as it was rendered (no new render) into "
+                   "output/ch-XX/print/; its log entry gains upscaleModel and printFile.")
 @click.option("--dry-run", is_flag=True, help="Print the requests; submit and write nothing.")
 @click.option("--reproduce", metavar="FILE.workflow.json", type=click.Path(dir_okay=False),
               help="Submit that exact workflow again as a new version of its page (recorded as reproducedFrom).")

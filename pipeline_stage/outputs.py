@@ -214,6 +214,24 @@ def approve_version(project: Project, page: Page, version: int,
         return entry
 
 
+def add_print(project: Project, page: Page, version: int, image: bytes,
+              mark: Callable[[GenerationLog], None]) -> Path:
+    """A rendered version's print (`print/<its name>`) and `mark`'s change to its log entry, committed
+    together under the lock; an existing print is never replaced."""
+    target = project.print_dir(page.chapter) / page.image_name(version)
+    with chapter_lock(project, page.chapter):
+        log = read_log(project.log_file(page.chapter))
+        mark(log)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            commit(project.chapter_output(page.chapter), project.raw_dir(page.chapter) / JOURNAL_NAME,
+                   [(target, image, "new"), (log.path, log.serialize(), "replace")])
+        except FileExistsError as exc:
+            raise StageError(f"{exc.filename} appeared meanwhile; nothing was overwritten.",
+                             {"file": exc.filename}) from None
+    return target
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     """One file, whole or absent (reports beside the versions, not part of a version's set)."""
     atomic.write_bytes(path, data, sync=True)

@@ -49,6 +49,22 @@ def model_of(graph: Graph) -> str | None:
     return None
 
 
+UPSCALE_ONLY = "upscale"  # the template name a job that only upscales an image records
+
+
+def upscale_only(image: str, model: str) -> dict[str, Any]:
+    """The graph of a job that only upscales an image it is given (a page version already rendered): a
+    LoadImage of the daemon's stored copy, the two nodes, and the SaveImage of the result."""
+    return {
+        "1": {"class_type": "LoadImage", "inputs": {"image": image}, "_meta": {"title": "Load Image"}},
+        "2": {"class_type": LOADER, "inputs": {"model_name": model}, "_meta": {"title": "Load Upscale Model"}},
+        "3": {"class_type": UPSCALER, "inputs": {"upscale_model": ["2", 0], "image": ["1", 0]},
+              "_meta": {"title": "Upscale Image (using Model)"}},
+        "4": {"class_type": SAVE, "inputs": {"filename_prefix": PREFIX, "images": ["3", 0]},
+              "_meta": {"title": "Save Image (print)"}},
+    }
+
+
 def _next_ids(raw: dict[str, Any], count: int) -> list[str]:
     # ComfyUI's UI exports numeric ids; new nodes continue the numbering.
     top = max((int(k) for k in raw if k.isdigit()), default=0)

@@ -236,6 +236,10 @@ def upstream(prompt: dict[str, Any], node_id: str) -> list[str]:
     return seen
 
 
+def resolve_loaded(node: dict[str, Any], input_dir: Path) -> Path:
+    return input_dir / str(node["inputs"]["image"]).removesuffix(" [input]")
+
+
 def image_size(prompt: dict[str, Any], save_node: str, input_dir: Path,
                upscale: int = 4) -> tuple[int, int, int]:
     """(width, height, batch) of what a SaveImage node receives: the EmptyLatentImage size, or for
@@ -244,8 +248,12 @@ def image_size(prompt: dict[str, Any], save_node: str, input_dir: Path,
 
     nodes = upstream(prompt, save_node)
     if any(prompt[n]["class_type"] == "ImageUpscaleWithModel" for n in nodes):
-        width, height, batch = image_size(prompt, next(n for n in nodes if prompt[n]["class_type"] ==
-                                                       "ImageUpscaleWithModel"), input_dir)
+        upscaler = next(n for n in nodes if prompt[n]["class_type"] == "ImageUpscaleWithModel")
+        src = prompt[upscaler]["inputs"].get("image")
+        if is_link(src) and prompt.get(src[0], {}).get("class_type") == "LoadImage":  # upscaling a given image
+            with Image.open(resolve_loaded(prompt[src[0]], input_dir)) as img:
+                return img.width * upscale, img.height * upscale, 1
+        width, height, batch = image_size(prompt, upscaler, input_dir)
         return width * upscale, height * upscale, batch
     for node_id in nodes:
         node = prompt[node_id]
@@ -255,9 +263,8 @@ def image_size(prompt: dict[str, Any], save_node: str, input_dir: Path,
         if node["class_type"] == "VAEEncode":
             src = inputs.get("pixels")
             if is_link(src) and prompt.get(src[0], {}).get("class_type") == "LoadImage":
-                name = str(prompt[src[0]]["inputs"]["image"]).removesuffix(" [input]")
                 try:
-                    with Image.open(input_dir / name) as img:
+                    with Image.open(resolve_loaded(prompt[src[0]], input_dir)) as img:
                         return img.width, img.height, 1
                 except OSError:
                     break

@@ -147,6 +147,24 @@ async def test_an_unknown_upscale_model_is_a_400_naming_it(engine_client) -> Non
     assert bad["error"]["code"] == "invalid_field" and bad["error"]["details"]["field"] == "upscaleModel"
 
 
+@pytest.mark.engine
+async def test_an_image_already_rendered_is_upscaled_without_rendering_it_again(engine_client) -> None:
+    first = await finished(engine_client, (await submit(engine_client, seed=4))["id"])
+    resp = await engine_client.post("/jobs", json={"upscaleModel": TINY_UPSCALER, "initJobId": first["id"]})
+    job = await resp.json()
+    assert resp.status == 202, job
+    assert job["workflowTemplate"] == "upscale" and job["params"]["initJobId"] == first["id"]
+    done = await finished(engine_client, job["id"])
+    assert [n["class_type"] for n in done["workflow"].values()] == [
+        "LoadImage", "UpscaleModelLoader", "ImageUpscaleWithModel", "SaveImage"]
+    assert (await png(engine_client, done["output"]["url"])).size == (SIZE[0] * 4, SIZE[1] * 4)
+    retried = await (await engine_client.post(f"/jobs/{job['id']}/retry")).json()
+    assert retried["workflowTemplate"] == "upscale" and retried["retryOf"] == job["id"]
+    refused = await engine_client.post("/jobs", json={"upscaleModel": TINY_UPSCALER, "initJobId": first["id"],
+                                                      "steps": 3})
+    assert refused.status == 400 and "takes no other parameters" in (await refused.json())["error"]["message"]
+
+
 # -- through the daemon: ComfyUI (the fake, replaying the recorded protocol)
 
 async def test_comfyui_gets_the_upscale_nodes_and_both_images_come_back(aiohttp_client, fake_comfy,
@@ -210,6 +228,26 @@ def test_generate_upscale_writes_the_print_beside_raw_never_into_it(tmp_path: Pa
         with Image.open(chapter / "print/ch01_p001_v4.png") as p4, Image.open(chapter / "raw/ch01_p001_v3.png") as v3:
             assert p4.size == (256, 384) and v3.size == (64, 96)
 
+        # Or print a version as it was rendered, without rendering it again: v3 gets its print, v3 stays.
+        before = (chapter / "raw/ch01_p001_v3.png").read_bytes()
+        printed = CliRunner().invoke(generate, [*base, "-c", "1", "--page", "1", "--version", "3",
+                                                "--upscale", TINY_UPSCALER])
+        assert printed.exit_code == 0, printed.output + printed.stderr
+        assert (chapter / "raw/ch01_p001_v3.png").read_bytes() == before
+        assert sorted(p.name for p in (chapter / "raw").glob("*.png"))[-1] == "ch01_p001_v4.png"  # nothing new
+        with Image.open(chapter / "print/ch01_p001_v3.png") as p3, Image.open(chapter / "raw/ch01_p001_v3.png") as v3:
+            assert p3.size == (256, 384) and "Seed: 9" in p3.text["parameters"] and TINY_UPSCALER in p3.text["parameters"]
+            again3 = upscale_image(load_upscaler(upscale_models / "upscale_models" / TINY_UPSCALER), v3, tile=48,
+                                   overlap=8)
+            assert np.abs(np.asarray(p3, dtype=np.int16) - np.asarray(again3, dtype=np.int16)).max() <= 1
+        log = json.loads((chapter / "generation-log.json").read_text())
+        assert log[2]["upscaleModel"] == TINY_UPSCALER and log[2]["printFile"] == "output/ch-01/print/ch01_p001_v3.png"
+        twice = CliRunner().invoke(generate, [*base, "-c", "1", "--page", "1", "--version", "3",
+                                              "--upscale", TINY_UPSCALER])
+        assert twice.exit_code == 2 and "never overwritten" in twice.stderr
+        alone = CliRunner().invoke(generate, [*base, "-c", "1", "--page", "1", "--version", "3"])
+        assert alone.exit_code == 2 and "--upscale" in alone.stderr
+
         refused = CliRunner().invoke(generate, [*base, "-c", "1", "--page", "1", "--drafts", "3",
                                                 "--upscale", TINY_UPSCALER])
         assert refused.exit_code == 2 and "drafts are not printed" in refused.stderr
@@ -235,3 +273,19 @@ def test_doctor_says_where_upscale_models_go_and_lists_them(tmp_path: Path) -> N
     write_upscaler(models / "upscale_models", "4x-compact.safetensors", srvgg_state())
     checks, _ = as_json(doctor(home, *args))
     assert checks["upscale models"]["status"] == "ok" and "4x-compact.safetensors" in checks["upscale models"]["detail"]
+
+
+async def test_comfyui_upscales_an_image_it_is_given(aiohttp_client, fake_comfy, comfy_settings, tmp_path) -> None:
+    (fake_comfy.base_dir / "models" / "upscale_models").mkdir(parents=True)
+    (fake_comfy.base_dir / "models" / "upscale_models" / "2x-Real.pth").write_bytes(b"weights")
+    fake_comfy.upscale_scale = 2
+    source = tmp_path / "page.png"
+    Image.new("RGB", (40, 56), (200, 120, 40)).save(source)
+    client = await aiohttp_client(create_app(comfy_settings))
+    resp = await client.post("/jobs", json={"upscaleModel": "2x-Real.pth", "initImagePath": str(source)})
+    assert resp.status == 202, await resp.json()
+    done = await finished(client, (await resp.json())["id"], timeout=30)
+    ran = fake_comfy.history[done["promptId"]]["prompt"][2]
+    name = next(n["inputs"]["image"] for n in ran.values() if n["class_type"] == "LoadImage")
+    assert (fake_comfy.base_dir / "input" / name).is_file()  # the daemon placed the image where ComfyUI loads it
+    assert (await png(client, done["output"]["url"])).size == (80, 112) and done["upscaled"] is None

@@ -27,6 +27,8 @@ def pick_image(outputs: dict[str, Any], workflow: dict[str, Any]) -> dict[str, A
     """The image the job is about: a SaveImage node's first saved image (the template's output node;
     never the print upscale's copy), else any saved image, else a preview."""
     save_nodes, upscaled = split_saves(Graph(workflow))
+    if not save_nodes:  # a job that only upscales: its image is the upscaled one
+        save_nodes, upscaled = upscaled, []
     candidates = [*save_nodes, *sorted(n for n in outputs if n not in save_nodes and n not in upscaled)]
     for kind in ("output", None):
         for node_id in candidates:
@@ -52,8 +54,8 @@ async def fetch_upscaled(client: ComfyClient, outputs: dict[str, Any], workflow:
                          output_path: Path) -> dict[str, Any] | None:
     """Download the print upscale's image (`sidecar.upscaling`) into `output_path`; None when the workflow
     has no upscale step. An upscale step that saved nothing is a failed job, as a missing image is."""
-    upscaled = split_saves(Graph(workflow))[1]
-    if not upscaled:
+    images, upscaled = split_saves(Graph(workflow))
+    if not upscaled or not images:  # none, or it is the job's own image (a job that only upscales)
         return None
     image = next((img for nid in upscaled for img in (outputs.get(nid) or {}).get("images") or []
                   if img.get("type", "output") == "output"), None)

@@ -27,7 +27,7 @@ from sidecar import atomic
 from sidecar.backend import BackendHealth, ModelFolder, RunContext, RunResult
 from sidecar.config import Settings
 from sidecar.durations import format_duration
-from sidecar.engine.interpreter import RenderJob, interpret
+from sidecar.engine.interpreter import RenderJob, UpscaleJob, interpret
 from sidecar.errors import EngineUnavailable, JobCancelled, JobFailed, SidecarError
 from sidecar.inputs import input_dir, is_ours
 from sidecar.nodes import SUPPORTED_NODES
@@ -174,6 +174,8 @@ class EmbeddedBackend:
         if self._problem is not None or self._executor is None:
             raise self._problem or EngineUnavailable("The embedded engine is not started.")
         job = interpret(ctx.workflow)
+        if isinstance(job, UpscaleJob):
+            return await self._run_upscale_only(job, ctx)
         if ctx.cancel_event.is_set():
             raise JobCancelled()
         stop = threading.Event()  # set when the daemon stops mid-job
@@ -201,6 +203,28 @@ class EmbeddedBackend:
         return RunResult(output_path=ctx.output_path, device=self._plan.device,
                          upscaled_path=ctx.upscaled_path if job.upscale_model and ctx.upscaled_path else None,
                          extra={"dtypes": self._plan.dtypes(), "loaded": self._cache.loaded()})
+
+    async def _run_upscale_only(self, job: UpscaleJob, ctx: RunContext) -> RunResult:
+        """A job that only upscales an image it was given: the result is the job's image."""
+        if ctx.cancel_event.is_set():
+            raise JobCancelled()
+        stop = threading.Event()
+
+        def work() -> None:
+            from PIL import Image
+
+            with Image.open(self._input_image(job.image, ctx)) as src:
+                src.load()
+                image = src.convert("RGB")
+            self._upscale(job.model, image, ctx, lambda: stop.is_set() or ctx.cancel_event.is_set(),
+                          ctx.output_path)
+
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, work)
+        except asyncio.CancelledError:
+            stop.set()
+            raise
+        return RunResult(output_path=ctx.output_path, device=self._plan.device)
 
     def _run_job(self, job: RenderJob, ctx: RunContext, should_stop: Callable[[], bool]) -> None:
         """In the worker thread: load (or reuse) models, render, write the PNG atomically."""
@@ -233,7 +257,8 @@ class EmbeddedBackend:
         if job.upscale_model is not None and ctx.upscaled_path is not None:
             self._upscale(job.upscale_model, image, ctx, should_stop)
 
-    def _upscale(self, model: str, image: Any, ctx: RunContext, should_stop: Callable[[], bool]) -> None:
+    def _upscale(self, model: str, image: Any, ctx: RunContext, should_stop: Callable[[], bool],
+                 target: Path | None = None) -> None:
         """In the worker thread: the print upscale of the image just saved (`sidecar.engine.upscale`)."""
         from sidecar.engine.models import resolve
         from sidecar.engine.sr_arch import UnsupportedUpscaler
@@ -260,8 +285,9 @@ class EmbeddedBackend:
                             {"model": model, "exception": type(exc).__name__}, code="execution_error") from None
         log.info("job %s: upscaled x%d with %s (%s) to %dx%d in %.1f s", ctx.job_id, upscaler.scale, model,
                  upscaler.architecture, big.width, big.height, time.monotonic() - started)
-        assert ctx.upscaled_path is not None
-        _write_png(big, ctx.upscaled_path, ctx.workflow)
+        target = target or ctx.upscaled_path
+        assert target is not None
+        _write_png(big, target, ctx.workflow)
 
     def _input_image(self, name: str, ctx: RunContext) -> Path:
         # A pose job's LoadImage names the pose file's basename and the job carries the real path; an init

@@ -100,7 +100,16 @@ class UpscaleModel:
 @dataclass(frozen=True)
 class Upscaled:
     model: str
-    image: Decoded
+    image: Decoded | Image  # the sampled image, or a loaded one (a job that only upscales)
+
+
+@dataclass(frozen=True)
+class UpscaleJob:
+    """A workflow that only upscales a loaded image (`sidecar.upscaling.upscale_only`)."""
+
+    image: str  # the LoadImage file
+    model: str
+    save_node: str
 
 
 @dataclass(frozen=True)
@@ -240,7 +249,8 @@ def _upscale_model_loader(nid: str, i: dict) -> tuple:
 
 
 def _image_upscale_with_model(nid: str, i: dict) -> tuple:
-    return (Upscaled(_typed(nid, i, "upscale_model", UpscaleModel).name, _typed(nid, i, "image", Decoded)),)
+    image = i.get("image") if isinstance(i.get("image"), Image) else _typed(nid, i, "image", Decoded)
+    return (Upscaled(_typed(nid, i, "upscale_model", UpscaleModel).name, image),)
 
 
 NODES: dict[str, Callable[[str, dict], tuple]] = {
@@ -301,10 +311,14 @@ def _evaluate(graph: Graph, root: str) -> tuple:
     return done[root]
 
 
-def interpret(workflow: dict[str, Any]) -> RenderJob:
+def interpret(workflow: dict[str, Any]) -> RenderJob | UpscaleJob:
     graph = Graph.parse(workflow)
     check_node_types(workflow)
     outputs, upscaled_saves = split_saves(graph)
+    if not outputs and len(upscaled_saves) == 1:
+        upscaled = _evaluate(graph, upscaled_saves[0])[0]
+        if isinstance(upscaled, Upscaled) and isinstance(upscaled.image, Image):
+            return UpscaleJob(upscaled.image.name, upscaled.model, upscaled_saves[0])
     if len(outputs) != 1 or len(upscaled_saves) > 1:
         raise WorkflowInvalid(
             "The embedded engine runs workflows with exactly one SaveImage node of the image (and at most one of "

@@ -36,7 +36,7 @@ from sidecar.jobs import init_image
 from sidecar.jobs.params import GenerationRequest, JobParams, JobSpec
 from sidecar.jobs.whole import read_whole_workflow
 from sidecar.profiles import Profile
-from sidecar.upscaling import with_upscale
+from sidecar.upscaling import UPSCALE_ONLY, upscale_only, with_upscale
 from sidecar.userfiles import check_image
 from sidecar.workflows import TemplateStore
 
@@ -151,6 +151,8 @@ class JobBuilder:
                     {"fields": given},
                 )
             spec = await self._build_from_workflow(req.workflow, req.pose_image_path, req)
+        elif req.prompt is None and req.upscale_model is not None and (req.init_image_path or req.init_job_id):
+            spec = await self._build_upscale_only(req)
         elif req.prompt is None:
             raise InvalidField("prompt is required.", {"field": "prompt"})
         else:
@@ -243,6 +245,31 @@ class JobBuilder:
             workflow = with_upscale(workflow, req.upscale_model)
         await self.backend.validate(workflow)
         return JobSpec(params=params, template=template.name, workflow=workflow, pose_image=pose)
+
+    async def _build_upscale_only(self, req: GenerationRequest) -> JobSpec:
+        """`upscaleModel` with `initJobId` or `initImagePath` and no prompt: only upscale that image (a page
+        version already rendered) at its own size, which the profile's limits hold for."""
+        given = [f for f in req.parameter_fields() if f != "prompt"] + (["pose_image_path"] if req.pose_image_path
+                                                                          else [])
+        if given:
+            raise InvalidField(f"An upscale of an existing image (upscaleModel with initJobId or initImagePath, no "
+                               f"prompt) takes no other parameters; got {', '.join(given)}.", {"fields": given})
+        assert req.upscale_model is not None
+        await self._check_upscale_model(req.upscale_model)
+        source, job_id = await init_image.source_of(req.init_image_path, req.init_job_id, self.find_job)
+        field = init_image.field_of(job_id)
+        info = await asyncio.to_thread(check_image, str(source), field, InitImageInvalid)
+        try:
+            self.limits.check_resolution(max(8, info.width // 8 * 8), max(8, info.height // 8 * 8))
+        except SidecarError as exc:
+            exc.details["field"] = field
+            raise
+        name, width, height = await asyncio.to_thread(init_image.store, source, field, self.input_dir, None)
+        workflow = upscale_only(name, req.upscale_model)
+        await self.backend.validate(workflow)
+        params = JobParams(upscale_model=req.upscale_model, init_image_path=str(source), init_job_id=job_id,
+                           width=width, height=height)
+        return JobSpec(params=params, template=UPSCALE_ONLY, workflow=workflow, pose_image=None)
 
     async def _check_upscale_model(self, model: str) -> None:
         check_name("upscaleModel", model)

@@ -16,6 +16,7 @@ from sidecar.jobs.build import JobBuilder
 from sidecar.jobs.params import GenerationRequest, JobSpec, Resolution
 from sidecar.jobs.states import TERMINAL
 from sidecar.jobs.store import JobRecord
+from sidecar.upscaling import UPSCALE_ONLY
 
 MAX_VARIATIONS = 100
 MAX_SEED = 2**64 - 1
@@ -58,6 +59,10 @@ def retry_request(job: JobRecord) -> GenerationRequest:
     if job.template is None:
         return GenerationRequest.model_validate(
             {"workflow": job.workflow, "pose_image_path": params.pose_image_path, "where": job.where_})
+    if job.template == UPSCALE_ONLY:  # it upscaled a job's image, or a file
+        image = {"init_job_id": params.init_job_id} if params.init_job_id else \
+            {"init_image_path": params.init_image_path}
+        return GenerationRequest.model_validate({"upscale_model": params.upscale_model, "where": job.where_, **image})
     values = {name: getattr(params, name) for name in type(params).model_fields
               if name in GenerationRequest.model_fields and getattr(params, name) is not None}
     if params.width is not None or params.height is not None:
