@@ -7,6 +7,7 @@ both images. The job's image keeps the generation size; the upscaled one is `sca
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import os
@@ -289,3 +290,22 @@ async def test_comfyui_upscales_an_image_it_is_given(aiohttp_client, fake_comfy,
     name = next(n["inputs"]["image"] for n in ran.values() if n["class_type"] == "LoadImage")
     assert (fake_comfy.base_dir / "input" / name).is_file()  # the daemon placed the image where ComfyUI loads it
     assert (await png(client, done["output"]["url"])).size == (80, 112) and done["upscaled"] is None
+
+
+@pytest.mark.engine
+async def test_an_upscaler_the_engine_cannot_run_fails_the_job_before_it_renders(engine_client, upscale_models) -> None:
+    weird = upscale_models / "upscale_models" / "4x-swinir.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({"layers.0.residual_group.blocks.0.norm1.weight": torch.zeros(4)}, str(weird))
+    try:
+        job = await submit(engine_client, seed=1, steps=2, upscaleModel=weird.name)
+        for _ in range(2400):
+            answer = await (await engine_client.get(f"/jobs/{job['id']}")).json()
+            if answer["status"] in ("succeeded", "failed"):
+                break
+            await asyncio.sleep(0.05)
+        assert answer["status"] == "failed" and answer["error"]["code"] == "upscale_model_unsupported"
+        assert "SRVGGNetCompact" in answer["error"]["message"] and answer["progress"]["step"] == 0  # never sampled
+    finally:
+        weird.unlink()

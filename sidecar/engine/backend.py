@@ -216,7 +216,8 @@ class EmbeddedBackend:
             with Image.open(self._input_image(job.image, ctx)) as src:
                 src.load()
                 image = src.convert("RGB")
-            self._upscale(job.model, image, ctx, lambda: stop.is_set() or ctx.cancel_event.is_set(),
+            upscaler = self._load_upscaler(job.model)
+            self._upscale(job.model, upscaler, image, ctx, lambda: stop.is_set() or ctx.cancel_event.is_set(),
                           ctx.output_path)
 
         try:
@@ -240,6 +241,8 @@ class EmbeddedBackend:
         hints = {c.image: self._input_image(c.image, ctx) for c in controls}
         init = self._input_image(job.init_image, ctx) if job.init_image is not None else None
         unet_dtype = self._plan.compute_dtype(job.unet_dtype)
+        upscaler = (self._load_upscaler(job.upscale_model)
+                    if job.upscale_model is not None and ctx.upscaled_path is not None else None)
         if should_stop():
             raise JobCancelled()
         try:
@@ -255,23 +258,29 @@ class EmbeddedBackend:
                             {"exception": type(exc).__name__}, code="execution_error") from None
         _write_png(image, ctx.output_path, ctx.workflow)
         if job.upscale_model is not None and ctx.upscaled_path is not None:
-            self._upscale(job.upscale_model, image, ctx, should_stop)
+            self._upscale(job.upscale_model, upscaler, image, ctx, should_stop)
 
-    def _upscale(self, model: str, image: Any, ctx: RunContext, should_stop: Callable[[], bool],
-                 target: Path | None = None) -> None:
-        """In the worker thread: the print upscale of the image just saved (`sidecar.engine.upscale`)."""
+    def _load_upscaler(self, model: str) -> Any:
+        """In the worker thread: the upscale model, read before anything is rendered (a file the engine
+        cannot run fails the job before minutes of sampling, not after)."""
         from sidecar.engine.models import resolve
         from sidecar.engine.sr_arch import UnsupportedUpscaler
-        from sidecar.engine.upscale import load_upscaler, upscale_image
+        from sidecar.engine.upscale import load_upscaler
 
         path = resolve(self.settings.models_path, "upscale_models", model)
         try:
-            upscaler = load_upscaler(path)
+            return load_upscaler(path)
         except (UnsupportedUpscaler, OSError, RuntimeError, ValueError) as exc:
             raise JobFailed(f"Upscale model {model!r} cannot run on the embedded engine: {exc}. It runs ESRGAN "
                             "(RRDBNet) and Real-ESRGAN compact (SRVGGNetCompact) models; other architectures run "
                             "on ComfyUI.", {"model": model, "field": "upscaleModel"},
                             code="upscale_model_unsupported") from None
+
+    def _upscale(self, model: str, upscaler: Any, image: Any, ctx: RunContext, should_stop: Callable[[], bool],
+                 target: Path | None = None) -> None:
+        """In the worker thread: the print upscale of the image just saved (`sidecar.engine.upscale`)."""
+        from sidecar.engine.upscale import upscale_image
+
         started = time.monotonic()
         try:
             big = upscale_image(upscaler, image, tile=self.settings.upscale_tile,
