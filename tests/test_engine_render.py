@@ -131,10 +131,11 @@ async def test_validate_refuses_unknown_samplers_and_nodes_at_submit_time(engine
         await engine.validate(fill("txt2img", sampler_name="dpmpp_sde"))
     assert "euler_ancestral" in err.value.message and "dpmpp_sde" in err.value.details["sampler"]
     wf = fill("txt2img")
-    wf["99"] = {"class_type": "UpscaleModelLoader", "inputs": {"model_name": "4x.pth"}}
+    wf["99"] = {"class_type": "LatentUpscale", "inputs": {"samples": ["6", 0], "upscale_method": "nearest-exact",
+                                                          "width": 64, "height": 64, "crop": "disabled"}}
     with pytest.raises(NodeNotSupported) as err2:
         await engine.validate(wf)
-    assert err2.value.details["classType"] == "UpscaleModelLoader" and "KSampler" in err2.value.details["supported"]
+    assert err2.value.details["classType"] == "LatentUpscale" and "KSampler" in err2.value.details["supported"]
 
 
 def _broken_copy(engine_models: Path, tmp_path: Path, values: dict[str, float]) -> Path:
