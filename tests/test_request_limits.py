@@ -125,7 +125,7 @@ async def test_a_whole_workflows_params_are_read_off_the_checked_graph(client, s
         "steps": 12, "cfg": 7.0, "sampler": "euler_ancestral", "scheduler": "normal", "width": 512, "height": 768,
         "checkpoint": "anything-v5.safetensors", "loraId": "spyke_plasma_v1", "loraStrength": 0.8,
         "controlnetStrength": None, "denoise": 1.0, "poseImagePath": None,
-        "initImagePath": None, "initJobId": None, "refinedFrom": None}
+        "initImagePath": None, "initJobId": None, "refinedFrom": None, "upscaleModel": None}
     assert await full_workflow(client, job) == with_input("KSampler", seed=99, steps=12)(wf)  # our prefix is kept
 
 
