@@ -24,6 +24,10 @@ from pipeline_stage.errors import EXIT_INTERRUPTED, InputError, PromptFileMissin
 from pipeline_stage.genlog import approve as approve_entry
 from pipeline_stage.genlog import find_entries, read_log, versions_in
 from pipeline_stage.layout import Page, Project, page_of, parse_pages
+from pipeline_stage.morelike import (
+    check_more_like_options, group_failure, init_loader_count, more_like_task, render_versions, reproduce_init,
+    with_variations,
+)
 from pipeline_stage.outputs import approve_version
 from pipeline_stage.printing import Printed, check_print_options, print_version
 from pipeline_stage.progress import make_progress
@@ -46,6 +50,8 @@ Examples:
   generate -c 1 --page 3 --drafts 12 --draft-steps 8
                                               12 cheap drafts -> output/ch-01/drafts/ch01_p003/ + contact sheet
   generate -c 1 --page 3 --from-draft 7       draft 7's seed and parameters at full steps, as the next version
+  generate -c 1 --page 3 --more-like 2 --denoise 0.45 [--variations 4]
+                                              img2img from version 2 (4 at once): the next version(s)
   generate --reproduce output/ch-01/raw/ch01_p001_v1.workflow.json
   generate --where pool -c 1 --all            the chapter across the daemon's backends tagged pool
   generate -c 1 --page 3 --refine "look left, dusk"   refine through Ollama, show the diff, render it
@@ -171,7 +177,8 @@ def _reproduce_task(project: Project, opts: dict[str, Any]) -> PageTask:
     if prompt_file is None and project.prompt_file(page).is_file():
         prompt_file = project.relative(project.prompt_file(page))
     pose_path: str | None = None
-    if graph.of_type("LoadImage"):
+    init_path, init_logged = reproduce_init(project, graph, source)  # a --more-like version's init image
+    if len(graph.of_type("LoadImage")) > init_loader_count(graph):
         pose = (Path(opts["pose"]).expanduser().resolve() if opts["pose"]
                 else project.root / source["poseImage"] if source.get("poseImage") else None)
         if pose is None:
@@ -182,9 +189,10 @@ def _reproduce_task(project: Project, opts: dict[str, Any]) -> PageTask:
         pose_path = str(pose.resolve())
     elif opts["pose"]:
         raise InputError(f"{path.name} loads no image: --pose does not apply.", {"path": str(path)})
-    request = JobRequest.model_validate({"workflow": workflow, "pose_image_path": pose_path}, strict=False)
+    request = JobRequest.model_validate({"workflow": workflow, "pose_image_path": pose_path,
+                                         "init_image_path": init_path}, strict=False)
     return PageTask(page, request, prompt_file, reproduced_from=project.relative(path),
-                    template_hint=source.get("workflowTemplate"))
+                    template_hint=source.get("workflowTemplate"), init_image=init_logged)
 
 
 @dataclass(frozen=True)
@@ -216,6 +224,20 @@ async def _render_all(url: str, token: str | None, project: Project, tasks: list
 
         async def one(task: PageTask) -> None:
             made: list[PageResult] = []
+            if task.request.variations is not None:  # one group: each of its jobs the page's next version
+                def show(result: PageResult) -> None:
+                    done.append(result)
+                    if not json_out:
+                        click.echo(summary_line(project, result))
+
+                results, failed = await render_versions(client, project, task, view, show)
+                if results and refine is not None and refine.write:
+                    note = await asyncio.to_thread(write_refined, project, task)
+                    if note and not json_out:
+                        click.echo(note)
+                if (error := group_failure(failed, task.request.variations)) is not None:
+                    raise error
+                return
             for i in range(repeat):
                 result = await render_page(client, project, task, view)
                 done.append(result)
@@ -339,8 +361,13 @@ def _generate(opts: dict[str, Any]) -> int:
             url = opts["daemon"] or load_defaults(project.config_file()).daemon or DEFAULT_URL
             return _print_one(url, opts["token"] or client_token(), project, opts, json_out)
         check_draft_options(opts, PARAM_OPTIONS)
+        check_more_like_options(opts)
         refine = _refine_ask(opts)
         tasks = [_reproduce_task(project, opts)] if opts["reproduce"] else _page_tasks(project, opts)
+        if opts["more_like"] is not None:
+            tasks = [more_like_task(project, t, opts["more_like"]) for t in tasks]
+        if opts["variations"] is not None:
+            tasks = [with_variations(t, opts["variations"]) for t in tasks]
         if opts["from_draft"] is not None:
             tasks = [from_draft_task(project, t.page, opts["from_draft"], t.request.steps) for t in tasks]
         if opts["drafts"] is not None:
@@ -442,6 +469,13 @@ def _generate(opts: dict[str, Any]) -> int:
 @click.option("--version", "version", type=click.IntRange(min=1), metavar="N",
               help="With --upscale and --page: upscale that version as it was rendered (no new render) into "
                    "output/ch-XX/print/; its log entry gains upscaleModel and printFile.")
+@click.option("--more-like", type=click.IntRange(min=1), metavar="V",
+              help="img2img from version V of the page (its PNG in raw/ as the init image) with --denoise D "
+                   "(0.05-1, how much is redrawn); the result is the page's next version, logged with initImage "
+                   "and denoise.")
+@click.option("--variations", type=click.IntRange(1, 100), metavar="N",
+              help="N versions at once, seeds seed, seed+1, ... (one group on the daemon), each the page's next "
+                   "version as it finishes; with --more-like, N variations of that version.")
 @click.option("--dry-run", is_flag=True, help="Print the requests; submit and write nothing.")
 @click.option("--reproduce", metavar="FILE.workflow.json", type=click.Path(dir_okay=False),
               help="Submit that exact workflow again as a new version of its page (recorded as reproducedFrom).")

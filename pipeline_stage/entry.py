@@ -24,6 +24,7 @@ class PageTask:
     reproduced_from: str | None = None  # the .workflow.json resubmitted, relative to the root
     template_hint: str | None = None  # for a resubmitted workflow: the template its source was filled from
     draft_of: str | None = None  # --from-draft: the draft's image, relative to the root
+    init_image: str | None = None  # --more-like (or its --reproduce): the version img2img starts from
     refine: dict[str, Any] | None = None  # `--refine`: the daemon's refinement answer (POST /prompt/refine)
 
 
@@ -56,6 +57,9 @@ def make_entry(project: Project, task: PageTask, job: Job, version: int) -> Gene
         height=params.height,
         reproduced_from=task.reproduced_from,
         draft_of=task.draft_of,
+        init_image=task.init_image,
+        denoise=params.denoise if task.init_image else None,
+        group_id=job.group_id,
         pose_image=project.relative(Path(params.pose_image_path)) if params.pose_image_path else None,
         backend=job.backend,
         refined_from=params.refined_from,

@@ -55,6 +55,9 @@ class GenerationLogEntry(BaseModel):
     pose_image: str | None = None  # the ControlNet pose image, so `--reproduce` can load it again
     backend: str | None = None  # the daemon's backend that rendered it (several backends: `where`)
     draft_of: str | None = None  # --from-draft: the draft (output/ch-XX/drafts/...) this version finishes
+    init_image: str | None = None  # --more-like: the image img2img started from (a version of the page)
+    denoise: float | None = None  # with init_image: how much of it was redrawn
+    group_id: str | None = None  # --variations: the daemon's group of the versions made together
     refined_from: RefinedFrom | None = None  # `--refine`: original prompt, feedback, model + digest
     upscale_model: str | None = None  # `--upscale`: the model of models/upscale_models/ that made the print
     print_file: str | None = None  # `--upscale`: output/ch-XX/print/<image name>, the upscaled image

@@ -51,6 +51,12 @@ async def render_page(client: DaemonClient, project: Project, task: PageTask, vi
         view.stop()
     if job.status != "succeeded":
         raise job_error(job)
+    return await save_version(client, project, task, job)
+
+
+async def save_version(client: DaemonClient, project: Project, task: PageTask, job: Job) -> PageResult:
+    """A succeeded job (in full) published as the page's next version: image, workflow, log entry, and
+    the print when it was upscaled."""
     data = await client.job_image(job)
     png = await asyncio.to_thread(finish_png, data, job)
     printed = None
@@ -78,6 +84,8 @@ def summary_line(project: Project, result: PageResult) -> str:
         bits.append(f"controlnet {entry.controlnet_strength}")
     if job.duration_ms is not None:
         bits.append(f"{job.duration_ms / 1000:.1f} s on {job.engine}/{job.device}")
+    if entry.init_image:
+        bits.append(f"img2img from {entry.init_image} at denoise {entry.denoise}")
     if result.task.reproduced_from:
         bits.append(f"reproduces {result.task.reproduced_from}")
     if entry.refined_from is not None:
