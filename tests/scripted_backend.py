@@ -98,7 +98,9 @@ class ScriptedBackend:
         if action == "die":
             raise WorkerKilled("a fault no handler expects")
         w = ctx.workflow
-        latent = next(n for n in w.values() if n["class_type"] == "EmptyLatentImage")["inputs"]
+        # An img2img workflow has no EmptyLatentImage (the init image sets the size): the tests use 64x96.
+        latent = next((n["inputs"] for n in w.values() if n["class_type"] == "EmptyLatentImage"),
+                      {"width": 64, "height": 96})
         Image.new("RGB", (latent["width"], latent["height"]), (200, 120, 40)).save(ctx.output_path)
         return RunResult(output_path=ctx.output_path, device="cpu")
 

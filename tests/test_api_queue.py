@@ -149,6 +149,44 @@ async def test_retry_makes_a_new_job_with_the_same_request(client, backend) -> N
     await wait_status(client, again["id"], {"succeeded"})
 
 
+async def test_retry_of_an_img2img_job_sends_one_init_source_and_says_when_it_is_gone(client, backend,
+                                                                                      tmp_path) -> None:
+    from PIL import Image
+
+    from sidecar.api.keys import STORE
+
+    init = tmp_path / "init.png"
+    Image.new("RGB", (64, 96), (200, 40, 90)).save(init)
+    size = {"width": 64, "height": 96}
+    base = await submit(client, seed=3, resolution=size)
+    await wait_status(client, base["id"], {"succeeded"})
+    from_job = await submit(client, seed=4, resolution=size, initJobId=base["id"], denoise=0.5)
+    from_path = await submit(client, seed=5, resolution=size, initImagePath=str(init), denoise=0.4)
+    for job in (from_job, from_path):
+        await wait_status(client, job["id"], {"succeeded"})
+    # The job's params record the init job and its image file; the retry names the job only.
+    assert from_job["params"]["initJobId"] == base["id"] and from_job["params"]["initImagePath"]
+    for job in (from_job, from_path):
+        again = await post(client, f"/jobs/{job['id']}/retry", 202)
+        assert again["params"] == job["params"] and again["workflowTemplate"] == "img2img"
+        assert again["retryOf"] == job["id"]
+        await wait_status(client, again["id"], {"succeeded"})
+
+    # The init job removed since (retention, sidecar gc): a clear refusal, nothing queued.
+    assert await client.app[STORE].delete_finished([base["id"]]) == 1
+    refused = await post(client, f"/jobs/{from_job['id']}/retry", 400)
+    error = refused["error"]
+    assert error["code"] == "init_image_invalid" and error["details"]["retryOf"] == from_job["id"]
+    assert base["id"] in error["message"] and "no longer exists" in error["message"], error
+    assert error["details"]["field"] == "initJobId"
+    # The init image file moved away: the same code, naming the field.
+    init.rename(tmp_path / "moved.png")
+    refused = await post(client, f"/jobs/{from_path['id']}/retry", 400)
+    assert refused["error"]["code"] == "init_image_invalid" and refused["error"]["details"]["field"] == "initImagePath"
+    assert f"Job {from_path['id']} cannot be retried as it was" in refused["error"]["message"]
+    assert (await (await client.get("/queue")).json())["depth"] == 0
+
+
 async def test_pause_holds_the_queue_across_a_restart_and_resume_runs_it(aiohttp_client, settings) -> None:
     first = ScriptedBackend()
     first.auto_release = False

@@ -14,11 +14,11 @@ from sidecar.api.operations import operation
 from sidecar.api.responses import JobGroup, JobSummary, QueueState, json_response
 from sidecar.errors import (
     CheckpointNotFound, ComfyUnavailable, ControlnetNotFound, DiskFull, EngineUnavailable, GroupNotFound,
-    InvalidState, JobNotFound, LoraNotFound, NodeNotSupported, PoseImageInvalid, QueueFull, SamplerNotSupported,
+    InitImageInvalid, InvalidState, JobNotFound, LoraNotFound, NodeNotSupported, PoseImageInvalid, QueueFull, SamplerNotSupported,
     TrainingInProgress, WorkflowInvalid,
 )
 from sidecar.jobs.runner import JobRunner
-from sidecar.jobs.variations import retry_request
+from sidecar.jobs.variations import retry_refusal, retry_request
 
 routes = web.RouteTableDef()
 ORDER_SHOWN = 100
@@ -57,8 +57,10 @@ async def resume_queue(request: web.Request) -> web.Response:
     "Submit a finished job again: a new job with the same request (seed included), retryOf recorded",
     {202: JobSummary},
     description="The job must have ended (succeeded, failed or cancelled); it is built again as a new "
-                "submit is, so a model or file gone since is refused now. The new job keeps the group.",
+                "submit is, so a model or file gone since is refused now (an img2img job whose init job was "
+                "removed: init_image_invalid). The new job keeps the group.",
     errors=(JobNotFound, InvalidState, LoraNotFound, CheckpointNotFound, ControlnetNotFound, PoseImageInvalid,
+            InitImageInvalid,
             NodeNotSupported, SamplerNotSupported, WorkflowInvalid, TrainingInProgress, QueueFull,
             ComfyUnavailable, EngineUnavailable, DiskFull),
     response_headers={202: {"Location": "the new job's URL"}},
@@ -69,7 +71,10 @@ async def retry_job(request: web.Request) -> web.Response:
     req = retry_request(old)
     if runner.pool is None:  # with several backends a training stops only this machine's (the runner decides)
         request.app[DEVICE].training.refuse_if_training()
-    built = await request.app[BUILDER].build(req)
+    try:
+        built = await request.app[BUILDER].build(req)
+    except InitImageInvalid as exc:
+        raise retry_refusal(old, exc) from None
     job = await runner.submit(built, retry_of=old.id, group_id=old.group_id)
     return json_response(JobSummary.from_record(job), 202, headers={"Location": f"/jobs/{job.id}"})
 

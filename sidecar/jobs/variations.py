@@ -11,7 +11,7 @@ from __future__ import annotations
 import secrets
 import uuid
 
-from sidecar.errors import InvalidField, InvalidState
+from sidecar.errors import InitImageInvalid, InvalidField, InvalidState
 from sidecar.jobs.build import JobBuilder
 from sidecar.jobs.params import GenerationRequest, JobSpec, Resolution
 from sidecar.jobs.states import TERMINAL
@@ -65,8 +65,26 @@ def retry_request(job: JobRecord) -> GenerationRequest:
         return GenerationRequest.model_validate({"upscale_model": params.upscale_model, "where": job.where_, **image})
     values = {name: getattr(params, name) for name in type(params).model_fields
               if name in GenerationRequest.model_fields and getattr(params, name) is not None}
+    if params.init_job_id is not None:
+        # The params record the init job's image file too (init_image_path): a request names one source.
+        values.pop("init_image_path", None)
     if params.width is not None or params.height is not None:
         values["resolution"] = Resolution(width=params.width, height=params.height)
     if job.where_ is not None:
         values["where"] = job.where_
     return GenerationRequest.model_validate(values)
+
+
+def retry_refusal(job: JobRecord, exc: InitImageInvalid) -> InitImageInvalid:
+    """Why an img2img job cannot be retried, in terms of the job asked about: its init job removed since
+    (retention, `sidecar gc`), or its init image file moved or changed."""
+    params = job.params
+    details = {**exc.details, "retryOf": job.id}
+    if exc.details.get("field") == "initJobId" and params.init_job_id is not None:
+        status = exc.details.get("status")
+        why = "no longer exists (removed since)" if status is None else f"is {status}"
+        return InitImageInvalid(
+            f"Job {job.id} started from the image of job {params.init_job_id} (initJobId), which {why}: it "
+            "cannot be retried as it was. Submit it again with initImagePath naming the image to start from.",
+            details)
+    return InitImageInvalid(f"Job {job.id} cannot be retried as it was: {exc.message}", details)
