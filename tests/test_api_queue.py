@@ -216,6 +216,38 @@ async def test_pause_holds_the_queue_across_a_restart_and_resume_runs_it(aiohttp
     assert (await post(client, "/queue/resume", 200))["paused"] is False  # resuming twice is harmless
 
 
+async def test_pause_and_resume_are_events_on_the_socket(client, backend) -> None:
+    import asyncio
+    import json
+
+    backend.auto_release = False
+    running = await submit(client, seed=1)
+    await wait_status(client, running["id"], {"running"})
+    waiting = await submit(client, seed=2)
+
+    async def next_queue_event(ws) -> dict:
+        async with asyncio.timeout(10):
+            while True:
+                event = json.loads((await ws.receive()).data)
+                if event["type"].startswith("queue."):
+                    return event
+
+    async with client.ws_connect("/events") as ws:
+        state = await post(client, "/queue/pause", 200)
+        paused = await next_queue_event(ws)
+        assert paused == {"type": "queue.paused", "queue": state}  # what GET /queue says, no second request
+        assert paused["queue"]["paused"] is True and paused["queue"]["runningJob"] == running["id"]
+        assert paused["queue"]["order"] == [waiting["id"]] and paused["queue"]["depth"] == 1
+        await post(client, "/queue/pause", 200)  # already paused: nothing changes, no event
+        resumed_state = await post(client, "/queue/resume", 200)
+        resumed = await next_queue_event(ws)
+        assert resumed["type"] == "queue.resumed" and resumed["queue"]["paused"] is False
+        assert resumed["queue"]["pausedAt"] is None and resumed_state["paused"] is False
+    for job_id in (running["id"], waiting["id"]):
+        backend.release(job_id)
+    await wait_status(client, waiting["id"], {"succeeded"})
+
+
 @pytest.mark.parametrize("path", ["/queue/pause", "/queue/resume"])
 async def test_queue_routes_pass_the_edge(client, path) -> None:
     resp = await client.post(path, headers={"Origin": "https://evil.example"})

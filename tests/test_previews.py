@@ -64,9 +64,11 @@ def test_frames_laid_out_as_recorded_decode_to_their_image(form: str) -> None:
         assert decode_frame(junk) is None
 
 
-async def collect_previews(client, submit: dict[str, Any], timeout: float = 60) -> tuple[dict, list[dict]]:
+async def collect_previews(client, submit: dict[str, Any], timeout: float = 60,
+                           order: list[str] | None = None) -> tuple[dict, list[dict]]:
     """Submit a job with /events open; the job when it ends and its job.preview events (a legacy frame
-    comes right after the last step, and may go out just after the job's end)."""
+    comes right after the last step, and may go out just after the job's end). `order` gets the job's
+    job.started, job.preview and end event types in the order they arrived."""
     previews: list[dict] = []
     ended: dict | None = None
     async with client.ws_connect("/events") as ws:
@@ -80,6 +82,9 @@ async def collect_previews(client, submit: dict[str, Any], timeout: float = 60) 
                 except TimeoutError:
                     return ended, previews
                 event = json.loads(msg.data)
+                if order is not None and event["type"] != "job.progress" \
+                        and (event.get("jobId") or event.get("job", {}).get("id")) == job["id"]:
+                    order.append(event["type"])
                 if event["type"] == "job.preview" and event["jobId"] == job["id"]:
                     previews.append(event)
                 elif event["type"] in ("job.succeeded", "job.failed") and event["job"]["id"] == job["id"]:
@@ -137,9 +142,13 @@ async def test_the_embedded_engine_sends_previews_while_it_renders(aiohttp_clien
     settings = Settings(data_dir=tmp_path / "data", engine="embedded", device="cpu", models_dir=engine_models,
                         checkpoint=TINY_CHECKPOINT, preview_interval=0.0)
     client = await aiohttp_client(create_app(settings))
+    order: list[str] = []
     job, previews = await collect_previews(client, {"prompt": "spyke_plasma_v1", "steps": 4, "seed": 1,
-                                                    "resolution": {"width": 64, "height": 96}}, timeout=120)
+                                                    "resolution": {"width": 64, "height": 96}}, timeout=120,
+                                           order=order)
     assert job["status"] == "succeeded", job
+    # They arrive during the render, not after it: between the job's start and its end.
+    assert order == ["job.queued", "job.started", *["job.preview"] * 4, "job.succeeded"], order
     assert [(p["step"], p["total"]) for p in previews] == [(1, 4), (2, 4), (3, 4), (4, 4)]
     first, last = (pixels(base64.b64decode(p["image"])) for p in (previews[0], previews[-1]))
     assert first.shape == (256, 171, 3) and not np.array_equal(first, last)  # the image takes shape

@@ -106,6 +106,24 @@ def test_a_running_job_is_cancelled_from_the_now_view(browser, daemon) -> None:
     assert console.errors == []
 
 
+def test_the_queue_is_paused_and_resumed_from_the_now_view(browser, daemon) -> None:
+    context, page, console = signed_in(browser, daemon)
+    queue_tile = page.locator(".tile", has_text="Queue")
+    page.locator("button[data-action=pause]").click()
+    page.locator("button[data-action=resume]").wait_for()
+    assert daemon.api("GET", "/queue")["paused"] is True
+    page.wait_for_function("() => [...document.querySelectorAll('.tile')].some((t) => "
+                           "t.classList.contains('warn') && /paused/.test(t.textContent))")
+    # Resumed from elsewhere (a tool, another tab): the queue.resumed event turns the view back.
+    daemon.api("POST", "/queue/resume")
+    page.locator("button[data-action=pause]").wait_for()
+    page.wait_for_function("() => [...document.querySelectorAll('.tile')].some((t) => "
+                           "/Queue/.test(t.textContent) && !/paused/.test(t.textContent))")
+    assert "paused" not in queue_tile.inner_text()
+    context.close()
+    assert console.errors == []
+
+
 ATTACK_PAGE = """<!doctype html><meta charset="utf-8"><title>another site</title><script>
 window.results = (async () => {
   const daemon = "%(daemon)s", out = {};

@@ -25,10 +25,13 @@ from pydantic import BaseModel
 
 from sidecar.api.keys import EVENTS, SOCKETS
 from sidecar.api.operations import operation
-from sidecar.api.responses import BackendEvent, BackendState, Event, JobEvent, JobPreviewEvent, JobSummary
+from sidecar.api.responses import (
+    BackendEvent, BackendState, Event, JobEvent, JobPreviewEvent, JobSummary, QueueEvent, QueueState,
+)
 from sidecar.backends.pool import BackendChanged
 from sidecar.errors import WebSocketRequired
 from sidecar.jobs.previews import Preview
+from sidecar.jobs.queue import QueueChanged
 from sidecar.jobs.runner import JobChanged
 
 log = logging.getLogger("sidecar.events")
@@ -55,16 +58,21 @@ def encode(event: Any) -> dict[str, Any]:
                                 url=f"/jobs/{event.job_id}/preview")
     elif isinstance(event, BackendChanged):
         event = BackendEvent(type=event.type, backend=BackendState.model_validate(event.backend))  # type: ignore[arg-type]
+    elif isinstance(event, QueueChanged):
+        event = QueueEvent(type=event.type, queue=QueueState(  # type: ignore[arg-type]
+            paused=event.paused, paused_at=event.paused_at, depth=event.depth, running_job=event.running_job,
+            order=list(event.order)))
     if not isinstance(event, BaseModel):
         raise TypeError(f"not an event: {event!r}")
     return event.model_dump(mode="json", by_alias=True)
 
 
 @routes.get("/events")
-@operation("WebSocket of job and training events", {101: Event}, errors=(WebSocketRequired,), websocket=True,
+@operation("WebSocket of job, queue, training and backend events", {101: Event}, errors=(WebSocketRequired,), websocket=True,
            description="Upgrade to a WebSocket; each text frame is one Event (a JobEvent with the job's "
-                       "summary, a JobPreviewEvent, a TrainingEvent, or a BackendEvent when a backend joins "
-                       "or leaves routing). Clients only listen.")
+                       "summary, a JobPreviewEvent, a QueueEvent when the queue is paused or resumed, a "
+                       "TrainingEvent, or a BackendEvent when a backend joins or leaves routing). Clients only "
+                       "listen.")
 async def events(request: web.Request) -> web.WebSocketResponse:
     ws = web.WebSocketResponse(heartbeat=30, timeout=CLOSE_TIMEOUT, compress=COMPRESS)
     if not ws.can_prepare(request).ok:

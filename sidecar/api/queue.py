@@ -17,11 +17,11 @@ from sidecar.errors import (
     InitImageInvalid, InvalidState, JobNotFound, LoraNotFound, NodeNotSupported, PoseImageInvalid, QueueFull, SamplerNotSupported,
     TrainingInProgress, WorkflowInvalid,
 )
+from sidecar.jobs.queue import ORDER_SHOWN
 from sidecar.jobs.runner import JobRunner
 from sidecar.jobs.variations import retry_refusal, retry_request
 
 routes = web.RouteTableDef()
-ORDER_SHOWN = 100
 
 
 def queue_state(runner: JobRunner) -> QueueState:

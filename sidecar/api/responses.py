@@ -304,8 +304,16 @@ class BackendEvent(Out):
     backend: BackendState
 
 
-class Event(RootModel[JobEvent | JobPreviewEvent | TrainingEvent | BackendEvent]):
-    """One text frame of the /events WebSocket: a JobEvent, a JobPreviewEvent, a TrainingEvent or a
+class QueueEvent(Out):
+    """The queue was paused or resumed (POST /queue/pause, /queue/resume; not sent when it already was):
+    the queue's state at that moment, as GET /queue answers it."""
+
+    type: Literal["queue.paused", "queue.resumed"]
+    queue: QueueState
+
+
+class Event(RootModel[JobEvent | JobPreviewEvent | QueueEvent | TrainingEvent | BackendEvent]):
+    """One text frame of the /events WebSocket: a JobEvent, a JobPreviewEvent, a QueueEvent, a TrainingEvent or a
     BackendEvent, told apart by `type`."""
 
 

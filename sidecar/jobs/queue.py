@@ -22,6 +22,20 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 HEAD, FRONT, FIFO = 0, 1, 2  # bands, in the order they run
+ORDER_SHOWN = 100  # waiting job ids a queue snapshot names (GET /queue, queue.* events)
+
+
+@dataclass(frozen=True)
+class QueueChanged:
+    """Published on the event bus when the queue is paused or resumed (`queue.paused`, `queue.resumed`):
+    the queue as it was at that moment, so a listener needs no second request."""
+
+    type: str
+    paused: bool
+    paused_at: str | None
+    depth: int
+    running_job: str | None
+    order: tuple[str, ...]
 
 
 @dataclass(frozen=True, order=True)
@@ -104,3 +118,8 @@ class JobQueue:
 
     def resume(self) -> None:
         self.paused, self.paused_at = False, None
+
+    def changed(self, kind: str, running_job: str | None) -> QueueChanged:
+        """A snapshot of the queue now, as the event of `kind` carries it."""
+        return QueueChanged(kind, self.paused, self.paused_at, len(self), running_job,
+                            tuple(list(self)[:ORDER_SHOWN]))

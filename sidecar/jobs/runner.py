@@ -325,6 +325,7 @@ class JobRunner:
         await self.store.set_queue_state(paused_at=at)
         self.queue.pause(at)
         log.info("queue paused: the running job (if any) finishes, nothing new starts")
+        self.events.publish(self.queue.changed("queue.paused", self._running))
 
     async def resume(self) -> None:
         if not self.queue.paused:
@@ -332,6 +333,7 @@ class JobRunner:
         await self.store.set_queue_state(paused_at=None)
         self.queue.resume()
         log.info("queue resumed (%d waiting)", len(self.queue))
+        self.events.publish(self.queue.changed("queue.resumed", self._running))
         self._wake()
 
     # -- worker

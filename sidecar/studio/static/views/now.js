@@ -1,6 +1,7 @@
 // Now: the daemon at a glance (engine, device, ComfyUI, training, warnings), its generation backends
-// (state, device, queue, s/step), and the queue with live progress, cancel and the failed jobs' errors.
-// Everything moves with /events; /health is asked again when an event says something changed.
+// (state, device, queue, s/step), and the queue with live progress, cancel and the failed jobs' errors;
+// pause and resume the queue. Everything moves with /events; /health is asked again when an event says
+// something changed.
 import { api } from "../api.js";
 import { applyBackendEvent, renderBackends } from "../backends.js";
 import { h, replace, seconds, toast } from "../dom.js";
@@ -8,6 +9,11 @@ import { jobList } from "../jobs.js";
 
 function tile(label, value, state = "") {
   return h("div", { class: `tile ${state}` }, h("span", { class: "label" }, label), h("strong", {}, value));
+}
+
+function queueText(queue, depth, running) {
+  const counts = `${depth} waiting${running ? ", 1 running" : ""}`;
+  return queue && queue.paused ? `paused · ${counts}` : counts;
 }
 
 function renderHealth(box, health) {
@@ -21,7 +27,7 @@ function renderHealth(box, health) {
       tile("MPS", health.mps ? "yes" : "no"),
       tile("ComfyUI", health.engine === "comfyui" ? (health.comfyui ? "up" : "down") : "not used",
         health.engine === "comfyui" ? (health.comfyui ? "good" : "bad") : ""),
-      tile("Queue", `${health.queueDepth} waiting${health.runningJob ? ", 1 running" : ""}`),
+      tile("Queue", queueText(health.queue, health.queueDepth, health.runningJob), health.queue && health.queue.paused ? "warn" : ""),
       tile("Training", t ? `${t.status} ${t.step ?? 0}/${t.total ?? "?"}${t.etaSeconds ? `, ${seconds(t.etaSeconds)} left` : ""}` : "idle",
         t ? "warn" : ""),
       tile("Loaded", loaded ? (loaded.checkpoint || "nothing") : "–"),
@@ -35,13 +41,27 @@ export function mount(root, ctx) {
   const healthBox = h("section", { class: "health", "aria-label": "daemon health" }, h("p", { class: "muted" }, "…"));
   const list = h("div", { class: "jobs grid" });
   const backendsBox = h("section", { class: "backends-box", "aria-label": "generation backends" });
+  // Pause: a running job finishes, nothing new starts (kept across a restart); the button says which.
+  const pauseButton = h("button", { class: "ghost", type: "button", dataset: { action: "pause" } }, "Pause queue");
+  let paused = false;
+  const showPaused = (queue) => {
+    paused = Boolean(queue && queue.paused);
+    pauseButton.textContent = paused ? "Resume queue" : "Pause queue";
+    pauseButton.dataset.action = paused ? "resume" : "pause";
+    pauseButton.title = paused ? `paused since ${new Date(queue.pausedAt).toLocaleTimeString()}: nothing new starts`
+      : "the running job finishes, nothing new starts";
+  };
+  pauseButton.addEventListener("click", async () => {
+    try { showPaused(await api(paused ? "/queue/resume" : "/queue/pause", { method: "POST" })); }
+    catch (err) { toast(err.message, "error"); }
+  });
   root.append(
     h("h1", {}, "Now"),
     healthBox,
     h("h2", {}, "Backends"),
     backendsBox,
     h("div", { class: "section-head" }, h("h2", {}, "Queue and recent jobs"),
-      h("a", { class: "button", href: "#/generate" }, "New image")),
+      h("div", { class: "row" }, pauseButton, h("a", { class: "button", href: "#/generate" }, "New image"))),
     list);
 
   let pending = null;
@@ -53,6 +73,7 @@ export function mount(root, ctx) {
         const health = await api("/health");
         renderHealth(healthBox, health);
         renderBackends(backendsBox, health.backends);
+        showPaused(health.queue);
       } catch (err) { toast(err.message, "error"); }
     }, 150);
   };
@@ -63,7 +84,8 @@ export function mount(root, ctx) {
       applyBackendEvent(backendsBox, ev);
       if (ev.type === "backend.down") toast(`${ev.backend.name} is out of routing: ${ev.backend.reason || "no answer"}`, "error");
     }
-    if (ev.type === "open" || /^(job\.(queued|started|succeeded|failed|cancelled)|training\.|backend\.)/.test(ev.type)) refresh();
+    if (ev.type === "queue.paused" || ev.type === "queue.resumed") showPaused(ev.queue);
+    if (ev.type === "open" || /^(job\.(queued|started|succeeded|failed|cancelled)|training\.|backend\.|queue\.)/.test(ev.type)) refresh();
   });
   return () => { jobs.off(); off(); clearTimeout(pending); };
 }
