@@ -12,8 +12,10 @@ example chapter:
 - baseline: 13 full-step renders of the same page through the same path (`--drafts 13 --draft-steps
             20`: the same variations group and the same saving, only the steps differ).
 
-Rounds alternate funnel and baseline so load on the machine hits both alike. Prints wall seconds for
-each and their ratio and writes `bench/results/drafts-<device>.json`.
+Rounds alternate funnel and baseline so load on the machine hits both alike. Prints the two side by
+side (wall seconds, steps rendered, seconds per step) with their ratio, and writes
+`bench/results/drafts-cpu.json` with the machine's load average before and after (a shared machine's
+other work slows both arms alike, but the absolute figures move with it).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import shutil
 import statistics
@@ -99,6 +102,7 @@ def main() -> None:
     funnel: list[float] = []
     baseline: list[float] = []
     drafts_part: list[float] = []
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
         subprocess.run([sys.executable, "-m", "sidecar.cli", "models", "make-tiny", "--out", str(base / "models")],
@@ -119,7 +123,10 @@ def main() -> None:
                                          "--draft-steps", str(args.steps)))
                 print(f"round {r + 1}: funnel {funnel[-1]:.1f} s ({d:.1f} drafts + {f:.1f} final), "
                       f"{args.drafts + 1} full renders {baseline[-1]:.1f} s")
+    load_after = os.getloadavg()
     f_med, b_med = statistics.median(funnel), statistics.median(baseline)
+    funnel_steps = args.drafts * args.draft_steps + args.steps
+    full_steps = (args.drafts + 1) * args.steps
     result = {
         "benchmark": "draft-funnel", "engine": "embedded", "device": "cpu", "model": "tiny",
         "resolution": f"{args.width}x{args.height}", "drafts": args.drafts, "draftSteps": args.draft_steps,
@@ -129,9 +136,20 @@ def main() -> None:
         "fullRendersSeconds": [round(v, 2) for v in baseline],
         "funnelMedian": round(f_med, 2), "fullRendersMedian": round(b_med, 2),
         "funnelOverFull": round(f_med / b_med, 3),
+        "funnelSteps": funnel_steps, "fullRendersSteps": full_steps,
+        "cpuCount": os.cpu_count(), "loadAverageBefore": [round(v, 2) for v in load_before],
+        "loadAverageAfter": [round(v, 2) for v in load_after],
     }
-    print(f"funnel ({args.drafts} x {args.draft_steps} steps + 1 x {args.steps}): {f_med:.1f} s; "
-          f"{args.drafts + 1} x {args.steps} steps: {b_med:.1f} s; ratio {f_med / b_med:.2f}")
+    rows = [("", "draft funnel", f"{args.drafts + 1} full renders"),
+            ("renders", f"{args.drafts} x {args.draft_steps} steps + 1 x {args.steps}",
+             f"{args.drafts + 1} x {args.steps} steps"),
+            ("sampler steps", str(funnel_steps), str(full_steps)),
+            ("wall s (median)", f"{f_med:.1f}", f"{b_med:.1f}"),
+            ("s per step", f"{f_med / funnel_steps:.3f}", f"{b_med / full_steps:.3f}"),
+            ("vs full renders", f"{f_med / b_med:.2f}x", "1.00x")]
+    for name, a, b in rows:
+        print(f"{name:<17}{a:<32}{b}")
+    print(f"load average {load_before[0]:.1f} before, {load_after[0]:.1f} after, {os.cpu_count()} CPUs")
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / "drafts-cpu.json"
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -438,7 +438,8 @@ def _generate(opts: dict[str, Any]) -> int:
 @click.option("--checkpoint", help="Checkpoint file name (the log's `model`).")
 @click.option("--pose", type=click.Path(dir_okay=False), help="Pose image for ControlNet (relative to here).")
 @click.option("--controlnet-strength", type=float, help="ControlNet strength (0.4-0.9).")
-@click.option("--denoise", type=float, help="Denoise strength.")
+@click.option("--denoise", type=float,
+              help="With --more-like: how much of the version is redrawn (0.05 keeps nearly all of it, below 1).")
 @click.option("--daemon", metavar="URL", envvar="SIDECAR_DAEMON_URL",
               help=f"The sidecar daemon (default: pipeline.toml's `daemon`, else {DEFAULT_URL}).")
 @click.option("--token", metavar="TOKEN",

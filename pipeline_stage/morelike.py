@@ -26,10 +26,9 @@ from pipeline_stage.progress import PageProgress
 from pipeline_stage.stage import PageResult, job_error, save_version
 from sidecar.api.responses import JobSummary
 from sidecar.graph import Graph
-from sidecar.jobs.init_image import FULL_DENOISE
 from sidecar.statuses import JOB_TERMINAL
 
-MIN_DENOISE = 0.05  # the API's floor (POST /jobs `denoise`)
+MIN_DENOISE = 0.05  # the API's floor (POST /jobs `denoise`); at 1.0 the init image means nothing
 POLL_INTERVAL = 0.5
 
 
@@ -58,7 +57,7 @@ def check_more_like_options(opts: dict[str, Any]) -> None:
         if opts["denoise"] is None:
             raise InputError("--more-like needs --denoise D: how much of the version is redrawn (0.05 keeps "
                              "nearly all of it; 0.3-0.6 for variations of it).", {"option": "--denoise"})
-        if not MIN_DENOISE <= opts["denoise"] < FULL_DENOISE:
+        if not MIN_DENOISE <= opts["denoise"] < 1.0:
             raise InputError(f"--denoise {opts['denoise']} is out of range for --more-like: from {MIN_DENOISE} "
                              "(keeps nearly all of the version) to below 1.0 (1.0 would ignore it: leave "
                              "--more-like out for a fresh render).",

@@ -27,7 +27,7 @@ from pipeline_stage.stage import job_error
 from sidecar.api.models import JobRequest
 
 # Options that render something (or choose what to render): a print of an existing version takes none.
-RENDER_OPTIONS = ("reproduce", "drafts", "draft_steps", "from_draft", "refine", "pages")
+RENDER_OPTIONS = ("reproduce", "drafts", "draft_steps", "from_draft", "refine", "pages", "more_like", "variations")
 
 
 @dataclass(frozen=True)
