@@ -39,3 +39,4 @@ bench: setup
 	@.venv/bin/python bench/responsiveness.py
 	@.venv/bin/python bench/reliability.py
 	@.venv/bin/python bench/backends.py
+	@.venv/bin/python bench/drafts.py
