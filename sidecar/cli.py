@@ -20,7 +20,8 @@ from typing import Any
 import click
 
 from sidecar.cli_support import CONTEXT_SETTINGS, ToolGroup, config_options, settings_from
-from sidecar.config import Settings, is_loopback
+from sidecar.config import Settings
+from sidecar.hosts import is_loopback
 from sidecar.errors import EXIT_FAILED, DatabaseUnusable, SidecarError
 
 LAZY_COMMANDS = {

@@ -7,7 +7,6 @@ from (for `sidecar config show`). A bad value raises `ConfigError` naming the ke
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import shlex
 import sys
@@ -29,6 +28,7 @@ from sidecar.assets import WORKFLOWS, asset_path
 from sidecar.backends.spec import BackendSpec, check_tables
 from sidecar.durations import parse_duration
 from sidecar.errors import ConfigError
+from sidecar.hosts import is_loopback
 from sidecar.profiles import known_profile
 from sidecar.remote.settings import RemoteSettings
 
@@ -417,13 +417,6 @@ def client_token(config_file: Path | None = None, environ: dict[str, str] | None
     return value if isinstance(value, str) and value else None
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def load_settings(

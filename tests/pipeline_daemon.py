@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from aiohttp import web
 from PIL import Image
 
@@ -123,3 +124,34 @@ def run_generate_subprocess(args: list[str], *, env: dict[str, str] | None = Non
 
 def read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+# -- page 3 of the example chapter on a real embedded engine (tiny models): drafts and more-like --------
+
+PAGE3 = "+++\nseed = 500\nsteps = 2\nwidth = 64\nheight = 64\nsampler = \"euler\"\n+++\nspyke_plasma_v1, standing\n"
+
+
+@pytest.fixture(scope="module", name="daemon")
+def embedded_daemon(tmp_path_factory: pytest.TempPathFactory, engine_models: Path):
+    """One in-process daemon on the embedded engine for a test module (import it to use it)."""
+    settings = Settings(data_dir=tmp_path_factory.mktemp("data"), engine="embedded", device="cpu",
+                        models_dir=engine_models, checkpoint="tiny-sd15.safetensors")
+    d = DaemonThread(settings, None).start()
+    yield d
+    d.stop()
+
+
+@pytest.fixture(name="project")
+def page3_project(tmp_path: Path) -> Path:
+    root = copy_example(tmp_path / "project")
+    (root / "prompts/ch-01/ch01_p003.txt").write_text(PAGE3)
+    return root
+
+
+def generate(project: Path, url: str, *args: str):
+    """`generate --comfyui --root PROJECT --daemon URL ARGS...` in process."""
+    from click.testing import CliRunner
+
+    from pipeline_stage.cli import main
+
+    return CliRunner().invoke(main, ["--comfyui", "--root", str(project), "--daemon", url, *args])

@@ -41,7 +41,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "sidecar.remote", "sidecar.assist")),  # the machines remote LoRA training runs on (the run itself is sidecar.training)
     ("leaves everyone shares", (
         "sidecar", "sidecar.config", "sidecar.profiles", "sidecar.errors", "sidecar.statuses", "sidecar.eta",
-        "sidecar.atomic", "sidecar.sqlite_store", "sidecar.durations", "sidecar.assets",
+        "sidecar.atomic", "sidecar.hosts", "sidecar.sqlite_store", "sidecar.durations", "sidecar.assets",
         "sidecar.dataprep.kohya_layout", "sidecar.backends.spec",
         "sidecar.remote.settings", "sidecar.assist.provenance")),  # the [remote.*] tables of the one settings model
 ]

@@ -12,38 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
-from pipeline_stage.cli import main
-from sidecar.config import Settings
-from tests.pipeline_daemon import DaemonThread, copy_example
+from tests.pipeline_daemon import DaemonThread, embedded_daemon, generate, page3_project  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="the embedded engine needs torch")
 
-PAGE3 = "+++\nseed = 500\nsteps = 2\nwidth = 64\nheight = 64\nsampler = \"euler\"\n+++\nspyke_plasma_v1, standing\n"
 RAW = Path("output/ch-01/raw")
 LOG = Path("output/ch-01/generation-log.json")
-
-
-@pytest.fixture(scope="module")
-def daemon(tmp_path_factory: pytest.TempPathFactory, engine_models: Path):
-    settings = Settings(data_dir=tmp_path_factory.mktemp("data"), engine="embedded", device="cpu",
-                        models_dir=engine_models, checkpoint="tiny-sd15.safetensors")
-    d = DaemonThread(settings, None).start()
-    yield d
-    d.stop()
-
-
-@pytest.fixture
-def project(tmp_path: Path) -> Path:
-    root = copy_example(tmp_path / "project")
-    (root / "prompts/ch-01/ch01_p003.txt").write_text(PAGE3)
-    return root
-
-
-def generate(project: Path, url: str, *args: str):
-    return CliRunner().invoke(main, ["--comfyui", "--root", str(project), "--daemon", url, *args])
 
 
 def pixels(path: Path) -> np.ndarray:

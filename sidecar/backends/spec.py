@@ -17,7 +17,6 @@ managed ComfyUI, and an attached ComfyUI on a loopback address.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from sidecar.hosts import is_loopback
 from sidecar.profiles import known_profile
 
 NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
@@ -150,13 +150,7 @@ class BackendSpec(BaseModel):
             return self.local
         if self.kind == "embedded" or self.managed:
             return True
-        host = urlsplit(self.url or "").hostname or ""
-        if host == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            return False
+        return is_loopback(urlsplit(self.url or "").hostname or "")
 
     @property
     def ssh_target(self) -> SshTarget | None:
