@@ -11,12 +11,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from pipeline_stage.cli import main
-from sidecar.backends.spec import BackendSpec
-from sidecar.config import Settings
-from tests.conftest_comfy import free_port
-from tests.fake_comfyui import FakeComfyUI, make_comfy_home
-from tests.pipeline_daemon import DaemonThread, copy_example
-from tests.scripted_backend import ScriptedBackend
+from tests.pipeline_daemon import copy_example
+from tests.pool_daemon import comfy_pool
 from tests.test_backends_routing import overlaps
 
 RAW = Path("output/ch-01/raw")
@@ -25,25 +21,8 @@ PAGES = 6
 
 @pytest.fixture
 def pool_daemon(tmp_path: Path):
-    fakes = {name: FakeComfyUI(make_comfy_home(tmp_path / name), port=free_port(), step_delay=delay,
-                               device_type="cuda")
-             for name, delay in (("alpha", 0.01), ("beta", 0.02))}
-    settings = Settings(data_dir=tmp_path / "data", engine="embedded", history_poll_interval=0.2,
-                        backend_probe_interval=0.5,
-                        backends=[BackendSpec(name=n, kind="comfyui", url=f.url, tags=("pool",), local=False)
-                                  for n, f in fakes.items()])
-    d = DaemonThread(settings, ScriptedBackend())
-    d._thread.start()
-    for fake in fakes.values():
-        d.call(fake.start())
-    d.call(d._start())
-    yield d, fakes
-    if d._runner is not None:  # the daemon first (its clients), then the servers it talks to
-        d.call(d._runner.cleanup())
-        d._runner = None
-    for fake in fakes.values():
-        d.call(fake.stop())
-    d.stop()
+    with comfy_pool(tmp_path, {"alpha": 0.01, "beta": 0.02}) as pool:
+        yield pool
 
 
 def test_generate_where_pool_renders_a_chapter_across_the_backends(tmp_path: Path, pool_daemon) -> None:

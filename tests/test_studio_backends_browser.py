@@ -11,35 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.backends.spec import BackendSpec
-from sidecar.config import Settings
-from tests.conftest_comfy import free_port
-from tests.fake_comfyui import FakeComfyUI, make_comfy_home
+from tests.fake_comfyui import FakeComfyUI
 from tests.pipeline_daemon import DaemonThread
-from tests.scripted_backend import ScriptedBackend
+from tests.pool_daemon import comfy_pool
 from tests.studio_browser import Console, browser  # noqa: F401  (fixture)
 
 
 @pytest.fixture
 def pool(tmp_path: Path) -> Iterator[tuple[DaemonThread, dict[str, FakeComfyUI]]]:
-    fakes = {name: FakeComfyUI(make_comfy_home(tmp_path / name), port=free_port(), step_delay=0.01,
-                               device_type="cuda") for name in ("alpha", "beta")}
-    settings = Settings(data_dir=tmp_path / "data", engine="embedded", history_poll_interval=0.2,
-                        backend_probe_interval=0.2,
-                        backends=[BackendSpec(name=n, kind="comfyui", url=f.url, profile="cuda-24gb", tags=("pool",),
-                                              local=False) for n, f in fakes.items()])
-    d = DaemonThread(settings, ScriptedBackend())
-    d._thread.start()
-    for fake in fakes.values():
-        d.call(fake.start())
-    d.call(d._start())
-    yield d, fakes
-    if d._runner is not None:  # the daemon first (its clients), then the servers it talks to
-        d.call(d._runner.cleanup())
-        d._runner = None
-    for fake in fakes.values():
-        d.call(fake.stop())
-    d.stop()
+    with comfy_pool(tmp_path, {"alpha": 0.01, "beta": 0.01}, probe_interval=0.2, profile="cuda-24gb") as pool:
+        yield pool
 
 
 def test_the_backends_are_listed_live_and_a_job_goes_where_the_artist_picks(browser, pool) -> None:
