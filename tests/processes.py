@@ -1,9 +1,14 @@
-"""Whether a process the test started is still running."""
+"""Processes a test starts: whether one still runs, and waiting for a `sidecar serve` to answer."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import subprocess
+import time
 from pathlib import Path
+
+import aiohttp
 
 
 def alive(pid: int) -> bool:
@@ -15,3 +20,18 @@ def alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
     except (OSError, IndexError):
         return True
+
+
+async def wait_up(http: aiohttp.ClientSession, url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    """Until a `sidecar serve` subprocess answers /health 200; fails at once if it exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "sidecar serve exited"
+        try:
+            async with http.get(f"{url}/health") as resp:
+                if resp.status == 200:
+                    return
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            pass
+        await asyncio.sleep(0.1)
+    raise AssertionError("the daemon did not start in time")

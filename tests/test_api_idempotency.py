@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import aiohttp
@@ -20,7 +19,9 @@ from sidecar.api.app import create_app
 from sidecar.api.keys import IDEMPOTENCY, STORE
 from sidecar.jobs.idempotency import IdempotencyKeys
 from tests.conftest_comfy import free_port
+from tests.processes import wait_up
 from tests.scripted_backend import ScriptedBackend
+
 
 BODY = {"prompt": "spyke_plasma_v1, standing", "seed": 7}
 
@@ -102,20 +103,6 @@ def start_daemon(tmp_path: Path, port: int, comfy_url: str) -> subprocess.Popen[
             [sys.executable, "-m", "sidecar.cli", "serve", "--port", str(port), "--data-dir",
              str(tmp_path / "data"), "--comfyui-url", comfy_url, "--config", str(config)],
             env={**os.environ}, stdout=log, stderr=subprocess.STDOUT)
-
-
-async def wait_up(http: aiohttp.ClientSession, url: str, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "sidecar serve exited"
-        try:
-            async with http.get(f"{url}/health") as resp:
-                if resp.status == 200:
-                    return
-        except aiohttp.ClientError:
-            pass
-        await asyncio.sleep(0.1)
-    raise AssertionError("the daemon did not start in time")
 
 
 async def test_retrying_every_submit_after_a_kill_9_mid_burst_makes_no_duplicate(tmp_path: Path, fake_comfy) -> None:

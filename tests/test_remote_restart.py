@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import aiohttp
@@ -23,6 +22,7 @@ from sidecar.remote.vast import VastProvider
 from tests.conftest_comfy import free_port
 from tests.fake_ssh_host import FakeHost, install_kohya
 from tests.fake_vast import FakeVast
+from tests.processes import wait_up
 from tests.remote_fixtures import (  # noqa: F401  (fixtures)
     app_client,
     client_key,
@@ -64,20 +64,6 @@ def start_daemon(tmp_path: Path, port: int, vast: FakeVast, client_key: Path,
         return subprocess.Popen(
             [sys.executable, "-m", "sidecar.cli", "serve", "--port", str(port), "--data-dir", str(tmp_path / "data"),
              "--config", str(config)], env={**os.environ, "VAST_API_KEY": KEY}, stdout=log, stderr=subprocess.STDOUT)
-
-
-async def wait_up(http: aiohttp.ClientSession, url: str, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "sidecar serve exited"
-        try:
-            async with http.get(f"{url}/health") as resp:
-                if resp.status == 200:
-                    return
-        except (aiohttp.ClientError, asyncio.TimeoutError):
-            pass
-        await asyncio.sleep(0.1)
-    raise AssertionError("the daemon did not start in time")
 
 
 async def status(http: aiohttp.ClientSession, url: str, run_id: str, done, timeout: float = 60) -> dict:
