@@ -1,8 +1,12 @@
-"""What the bench scripts share: a free local port and the percentile summary they record."""
+"""What the bench scripts share: a free local port, the percentile summary they record, and where the
+record goes (`bench/results/NAME.json`)."""
 
 from __future__ import annotations
 
+import json
 import socket
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -19,3 +23,15 @@ def stats(values: list[float]) -> dict[str, float]:
     return {"n": len(values), "p50": round(float(np.percentile(arr, 50)), 2),
             "p99": round(float(np.percentile(arr, 99)), 2), "mean": round(float(arr.mean()), 2),
             "max": round(float(arr.max()), 2)}
+
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def record(name: str, result: dict[str, Any]) -> Path:
+    """Write a bench's figures to bench/results/NAME.json (what the README quotes) and say where."""
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"{name}.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+    return out

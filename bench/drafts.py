@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import shutil
@@ -40,8 +39,9 @@ from sidecar.api.app import create_app
 from sidecar.assets import EXAMPLE_CHAPTER, asset_path
 from sidecar.config import Settings
 
-RESULTS = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from bench.common import record  # noqa: E402
 
 
 class Daemon:
@@ -150,10 +150,7 @@ def main() -> None:
     for name, a, b in rows:
         print(f"{name:<17}{a:<32}{b}")
     print(f"load average {load_before[0]:.1f} before, {load_after[0]:.1f} after, {os.cpu_count()} CPUs")
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / "drafts-cpu.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    record("drafts-cpu", result)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import platform
 import statistics
 import subprocess
@@ -30,7 +29,9 @@ from aiohttp import web
 from sidecar.api.app import create_app
 from sidecar.config import Settings
 
-RESULTS = Path(__file__).resolve().parent / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import record  # noqa: E402
+
 GOAL_MS = 50.0
 
 
@@ -93,10 +94,7 @@ def main() -> None:
         result["routes"][route] = figures
         print(f"{route:<8} while rendering: p50 {figures['p50Ms']} ms  p99 {figures['p99Ms']} ms  "
               f"max {figures['maxMs']} ms  ({figures['samples']} requests; goal <= {GOAL_MS:.0f} ms)")
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / "responsiveness-cpu.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    record("responsiveness-cpu", result)
 
 
 if __name__ == "__main__":
