@@ -82,6 +82,7 @@ async def test_a_backend_killed_mid_job_hands_it_over_once_and_rejoins(app_and_c
     done = await wait_status(client, first["id"], {"succeeded", "failed"}, timeout=20)
     assert (done["status"], done["backend"], done["attempts"]) == ("succeeded", "alpha", 1)
     assert len(alpha.history) == 1  # the restarted alpha ran it once; the killed run left nothing
+    assert overlaps(beta) == []  # never two prompts at once there (alpha's killed prompt never ended: not counted)
 
 
 async def test_a_pool_job_on_a_dying_backend_reruns_elsewhere_once(app_and_client, pair) -> None:

@@ -109,3 +109,26 @@ async def test_a_cut_off_backend_is_told_to_stop_the_rerun_job_even_after_a_daem
     status = cut.history[prompt]["status"]
     assert status["status_str"] == "error" and not status["completed"]  # interrupted, never finished there
     assert len(other.history) == 1  # the page rendered once, on the other server
+
+
+async def test_a_recovered_job_already_rerun_once_fails_lost_on_restart_when_its_backend_stays_away(
+        tmp_path, pair) -> None:
+    alpha, beta = pair["alpha"], pair["beta"]
+    settings = settings_for(tmp_path, pair, backend_recovery_timeout=0.3)
+    alpha.pause_at(2)
+    beta.pause_at(2)
+    async with daemon(settings) as client:
+        job = await submit(client, "pool", 5)  # both free: it lands on one, which dies under it
+        await alpha.wait_for(lambda: alpha.running_id is not None or beta.running_id is not None)
+        first, second = (alpha, beta) if alpha.running_id is not None else (beta, alpha)
+        await first.kill()
+        await second.wait_paused()  # re-run once, on the other: held there while the daemon stops
+        rerun = await (await client.get(f"/jobs/{job['id']}")).json()
+        assert (rerun["status"], rerun["attempts"]) == ("running", 1)
+    await second.kill()
+    await first.restart()  # the first one is back, the one holding the re-run is not
+    async with daemon(settings) as client:
+        failed = await wait_status(client, job["id"], {"succeeded", "failed", "queued"}, timeout=20)
+    assert (failed["status"], failed["error"]["code"], failed["attempts"]) == ("failed", "lost_on_restart", 1)
+    assert "re-queued once" in failed["error"]["message"]
+    assert first.prompt_posts == 1 and len(first.history) == 0  # not run a third time
