@@ -50,6 +50,7 @@ Nothing else builds error JSON or picks exit codes. The tree:
     │   ├── LoraExists                lora_exists                       1  (promote never overwrites)
     │   ├── CheckpointFileMissing     checkpoint_file_missing           1  (a run's file is gone)
     │   ├── GenerationLogInvalid      generation_log_invalid            1  (torn or invalid: never rewritten)
+    │   ├── PromptFileChanged         prompt_file_changed               2  (the page's prompt is no longer the one refined)
     │   └── NoOfferUnderLimits        no_offer_under_limits             1  (no rentable GPU fits the limits)
     ├── WebSocketRequired             websocket_required         426    2  (a plain GET of /events)
     ├── QueueFull                     queue_full                 429    1  (retry later)
@@ -332,6 +333,12 @@ class CheckpointFileMissing(Conflict):
 class GenerationLogInvalid(Conflict):
     code = "generation_log_invalid"
     exit_code = EXIT_FAILED
+
+
+class PromptFileChanged(Conflict):
+    """A refined prompt is written over the text it was refined from only: the file changed since."""
+
+    code = "prompt_file_changed"
 
 
 class QueueFull(SidecarError):

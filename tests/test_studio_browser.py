@@ -17,6 +17,7 @@ import pytest
 
 from sidecar.assets import EXAMPLE_CHAPTER, asset_path
 from tests.conftest_comfy import free_port
+from tests.fake_ollama import FakeOllama, ollama_fake, ollama_server  # noqa: F401  (fixtures)
 from tests.studio_browser import (  # noqa: F401  (fixtures)
     DESKTOP, NARROW, Daemon, browser, screenshot_dir, signed_in, start_daemon, stop_daemon, studio_models,
 )
@@ -25,14 +26,15 @@ pytestmark = pytest.mark.engine
 
 
 @pytest.fixture(scope="module")
-def daemon(tmp_path_factory: pytest.TempPathFactory, engine_models: Path) -> Iterator[Daemon]:
+def daemon(tmp_path_factory: pytest.TempPathFactory, engine_models: Path, ollama_server: FakeOllama) -> Iterator[Daemon]:
     root = tmp_path_factory.mktemp("studio")
     project = root / "project"
     shutil.copytree(asset_path(EXAMPLE_CHAPTER), project)
     settings = project / "pipeline.toml"  # the example chapter at a size the tiny model draws in a moment
     settings.write_text(settings.read_text().replace("steps = 20", "steps = 4").replace("width = 512", "width = 64")
                         .replace("height = 768", "height = 96"))
-    started = start_daemon(root, studio_models(root, engine_models), project)
+    started = start_daemon(root, studio_models(root, engine_models), project, ollama_url=ollama_server.url,
+                           ollama_timeout=10)
     # Load the engine's models once, here: the first job of a daemon pays for it.
     warm = started.api("POST", "/jobs", {"prompt": "warm up", "resolution": {"width": 64, "height": 64}})
     started.wait_job(warm["id"], {"succeeded"}, timeout=300)
@@ -327,5 +329,99 @@ def test_the_doctor_view_shows_each_check_with_its_fix(browser, daemon, shots) -
     kohya = page.locator("tr[data-check^=kohya]").first
     assert kohya.get_attribute("data-status") in ("warn", "fail") and kohya.locator("code").count() == 1
     page.screenshot(path=str(shots / "studio-doctor.png"))
+    context.close()
+    assert console.errors == []
+
+
+def test_a_page_is_refined_its_diff_shown_rendered_with_its_provenance_and_written(browser, daemon, shots,
+                                                                                  ollama_fake) -> None:
+    import json
+
+    prompt_file = daemon.project / "prompts" / "ch-01" / "ch01_p002.txt"
+    before = prompt_file.read_text()
+    context, page, console = signed_in(browser, daemon)
+    page.goto(f"{daemon.url}/#/pages/1/2")
+    page.locator("button[data-action=refine]").click()
+    box = page.locator("form.refine")
+    box.locator("textarea[name=feedback]").fill("make him look left")
+    # Ollama without the prompt model: the error and its fix show, nothing changes, nothing is queued.
+    ollama_fake.models.pop("llama3.1:8b")
+    jobs = len(daemon.api("GET", "/jobs?limit=500")["jobs"])
+    box.locator("button[data-action=ask-refine]").click()
+    error = box.locator(".refine-error[data-code=ollama_model_missing]")
+    error.wait_for()
+    assert "ollama pull llama3.1:8b" in error.inner_text() and prompt_file.read_text() == before
+    assert len(daemon.api("GET", "/jobs?limit=500")["jobs"]) == jobs
+    ollama_fake.reset()
+    ollama_fake.answer({"changes": [{"op": "add", "region": "pose", "tag": "looking left"},
+                                    {"op": "remove", "region": "appearance", "tag": "white cloak"}],
+                        "summary": "he looks left"})
+    box.locator("button[data-action=ask-refine]").click()
+    box.locator(".tag-diff .tag.added", has_text="looking left").wait_for()
+    assert "refused remove “white cloak”" in box.locator(".refused").inner_text()  # a locked trait stays
+    assert box.locator(".prompt-after").inner_text().endswith("looking left")
+    assert box.locator(".refine-error").count() == 0
+    page.screenshot(path=str(shots / "studio-refine.png"))
+    box.locator("button[data-action=render-refined]").click()
+    page.locator(".thumb[data-version='1'].selected .pic.loaded").wait_for(timeout=120_000)
+    entries = json.loads((daemon.project / "output" / "ch-01" / "generation-log.json").read_text())
+    entry = next(e for e in entries if e["imageFile"].endswith("ch01_p002_v1.png"))
+    assert entry["refinedFrom"]["feedback"] == "make him look left"
+    assert entry["refinedFrom"]["refinedPrompt"].endswith("looking left")
+    assert prompt_file.read_text() == before  # rendering does not rewrite the page's prompt
+    # Written as the page's prompt (the file's text becomes the refined prompt shown).
+    ollama_fake.answer({"changes": [{"op": "add", "region": "pose", "tag": "looking left"}], "summary": "left"})
+    page.keyboard.press("r")
+    page.locator("form.refine textarea[name=feedback]").fill("make him look left")
+    page.locator("form.refine button[data-action=ask-refine]").click()
+    page.locator("form.refine button[data-action=write-refined]").click()
+    page.locator("form.refine button[data-action=write-refined]", has_text="Written").wait_for()
+    after = page.locator("form.refine .prompt-after").inner_text()
+    assert after.endswith("looking left") and prompt_file.read_text() == after + "\n"
+    context.close()
+    assert [e for e in console.errors if "status of 503" not in e] == []
+
+
+def test_caption_proposals_are_proposed_confirmed_edited_rejected_and_the_set_gets_ready(browser, daemon,
+                                                                                       tmp_path) -> None:
+    from tests.dataset_fixtures import TRIGGER, training_set
+    from tests.tiny_tagger import build_tagger
+
+    build_tagger(daemon.root / "models" / "taggers" / "tiny-wd14")  # found when asked: nothing to restart
+    folder = tmp_path / "set"
+    training_set(folder, 16, captions=False)
+    shutil.copyfile(folder / "view_05.png", folder / "view_05_flip.png")  # a flip made earlier
+    context, page, console = signed_in(browser, daemon)
+    page.goto(f"{daemon.url}/#/dataset/{quote(str(folder), safe='')}")
+    page.select_option("select[name=proposer]", "tagger")
+    page.locator("button[data-action=propose]").click()
+    page.locator(".proposal").first.wait_for()
+    assert page.locator(".proposal").count() == 16 and "tiny-wd14" in page.locator(".proposals").inner_text()
+    assert page.locator(".check.bad").count() == 1
+    for part, words in (("framing", "upper body"), ("pose", "standing"), ("background", "white background")):
+        empty = page.locator(f".proposal input[name={part}][value='']")  # what the tagger could not tell
+        for i in range(empty.count()):  # the attribute stays '' while typing: the matches do not move
+            empty.nth(i).fill(words)
+    card = page.locator(".proposal[data-file='view_05.png']")
+    card.locator("input[name=pose]").fill("looking back")  # edited, then confirmed
+    flip_preview = card.locator(".caption-preview").last.inner_text()
+    assert flip_preview.startswith(f"view_05_flip.png: {TRIGGER}, ") and flip_preview.endswith(", mirrored")
+    assert ", looking back, " in flip_preview
+    card.locator("button[data-action=confirm]").click()
+    card.wait_for(state="detached")
+    caption = (folder / "view_05.txt").read_text()
+    assert caption.startswith(f"{TRIGGER}, ") and ", looking back, " in caption
+    assert (folder / "view_05_flip.txt").read_text() == caption.rstrip() + ", mirrored\n"
+    page.locator(".proposal[data-file='view_01.png'] button[data-action=reject]").click()
+    page.locator(".proposal[data-file='view_01.png']").wait_for(state="detached")
+    own = page.locator(".dataset-image[data-name='view_01.png'] textarea")  # the artist's own words instead
+    own.fill(f"{TRIGGER}, portrait, sitting, night sky")
+    own.press("Enter")
+    page.locator(".dataset-image[data-name='view_01.png'] .save-state", has_text="saved").wait_for()
+    page.locator("button[data-action=confirm-all]", has_text="Confirm all 14").click()
+    page.locator(".check.ok").wait_for()  # `dataset check` finds the set ready to train
+    assert page.locator(".proposal").count() == 0
+    assert (folder / "view_01.txt").read_text() == f"{TRIGGER}, portrait, sitting, night sky\n"
+    assert (folder / "view_05.txt").read_text() == caption  # confirmed once, left alone
     context.close()
     assert console.errors == []

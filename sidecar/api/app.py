@@ -16,14 +16,15 @@ from pathlib import Path
 from aiohttp import web
 
 from sidecar.api import (
-    dataset, doctor, events, health, jobs, loras, maintenance, openapi, project, prompts, queue, studio, sweep,
-    training,
+    captions, dataset, doctor, events, health, jobs, loras, maintenance, openapi, page_refine, project, prompts, queue,
+    studio, sweep, training,
 )
 from sidecar.api.edge import edge_middleware
 from sidecar.api.errors import error_middleware
 from sidecar.api.keys import (
     BACKEND,
     BUILDER,
+    CAPTIONS_LOCK,
     DATADIR_LOCK,
     DEVICE,
     EVENTS,
@@ -124,6 +125,7 @@ def create_app(settings: Settings, backend: GenerationBackend | None = None, *,
     app[IDEMPOTENCY] = IdempotencyKeys(store)
     app[STARTUP_WARNINGS] = []
     app[SOCKETS] = events.new_socket_set()
+    app[CAPTIONS_LOCK] = asyncio.Lock()
     app.on_shutdown.append(events.close_all)
 
     app.cleanup_ctx.append(_lock_ctx)  # first: nothing below may touch a data dir another daemon owns
@@ -133,7 +135,8 @@ def create_app(settings: Settings, backend: GenerationBackend | None = None, *,
         app.cleanup_ctx.append(_pool_ctx)
     app.cleanup_ctx.append(_templates_ctx)
     app.cleanup_ctx.append(_runner_ctx)
-    for module in (health, jobs, loras, events, openapi, project, dataset, doctor, queue, prompts):
+    for module in (health, jobs, loras, events, openapi, project, dataset, doctor, queue, prompts, page_refine,
+                   captions):
         app.router.add_routes(module.routes)
     training.setup_routes(app)
     app.router.add_routes(sweep.routes)

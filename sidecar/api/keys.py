@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import weakref
 
 from aiohttp import web
@@ -37,3 +38,5 @@ STARTUP_WARNINGS = web.AppKey("startup_warnings", list)
 SOCKETS = web.AppKey("sockets", weakref.WeakSet)
 IDEMPOTENCY = web.AppKey("idempotency", IdempotencyKeys)
 POOL = web.AppKey("pool", BackendPool)  # only with [[backends]] tables
+# One writer at a time for the studio's edits of a training folder's captions.csv (confirm, reject, proposals).
+CAPTIONS_LOCK = web.AppKey("captions_lock", asyncio.Lock)

@@ -3,39 +3,22 @@ image, prefilled from captions that already exist), `caption --table` turns it i
 `[trigger_word], [framing], [pose/action], [background type]` (DATA-02). Flips get the same caption
 plus the flip tag. Every row is checked before any caption is written.
 
-An optional `status` column marks rows that `caption --auto` proposed (`proposed`) and the artist
-checked (`confirmed`); a proposed row is not a caption yet: `--table` refuses it by name. A table
-without the column (written by hand, or before proposals existed) reads as the artist's own words.
+The table itself (columns, rows, the `status` column of `caption --auto`'s proposals) is
+`captions_table.py`; a proposed row is not a caption yet: `--table` refuses it by name.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sidecar.dataprep.captions_table import (  # noqa: F401  (the table's names, as the tools import them)
+    COLUMNS, CONFIRMED, PROPOSED, STATUS, STATUSES, TABLE_NAME, Row, caption_text, check_trigger, read_table,
+    render_table, sources, write_table,
+)
 from sidecar.dataprep.files import CAPTION_PARTS, add_tag, flip_path, is_flip, require_dir, split_caption, write_text
 from sidecar.dataprep.kohya_layout import caption_path, list_images, read_caption
 from sidecar.errors import DatasetInvalid
-
-COLUMNS = ("file", *CAPTION_PARTS)
-STATUS = "status"
-TABLE_NAME = "captions.csv"  # the table's default name, in the folder it captions
-PROPOSED, CONFIRMED = "proposed", "confirmed"
-STATUSES = ("", PROPOSED, CONFIRMED)
-
-
-@dataclass
-class Row:
-    file: str
-    framing: str = ""
-    pose: str = ""
-    background: str = ""
-    status: str = ""  # "", proposed, confirmed (see the module's docstring)
-
-    def parts(self) -> list[str]:
-        return [self.framing, self.pose, self.background]
 
 
 @dataclass
@@ -50,57 +33,6 @@ class InitResult:
 class CaptionWrite:
     path: Path
     text: str
-
-
-def check_trigger(trigger: str) -> str:
-    trigger = trigger.strip()
-    if not trigger or "," in trigger or "\n" in trigger:
-        raise DatasetInvalid(f"The trigger word {trigger!r} must be one non-empty tag without commas.",
-                             {"trigger": trigger})
-    return trigger
-
-
-def sources(folder: Path) -> list[Path]:
-    """The images the artist captions: everything but flips (their captions follow their source)."""
-    return [p for p in list_images(folder) if not is_flip(p)]
-
-
-def read_table(table: Path) -> list[Row]:
-    """Parse the CSV; a missing/unknown column or a bad row is an error naming the table and row."""
-    try:
-        text = table.read_text(encoding="utf-8-sig")  # a spreadsheet may save a BOM
-    except FileNotFoundError:
-        raise DatasetInvalid(f"The caption table {table} does not exist (write it with `caption DIR --init`).",
-                             {"file": str(table)}) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DatasetInvalid(f"{table} cannot be read as UTF-8 text ({exc}).", {"file": str(table)}) from None
-    reader = csv.DictReader(io.StringIO(text))
-    header = [h.strip() for h in (reader.fieldnames or [])]
-    missing = [c for c in COLUMNS if c not in header]
-    unknown = [c for c in header if c not in (*COLUMNS, STATUS)]
-    if missing or unknown:
-        raise DatasetInvalid(
-            f"{table}: the header must be {','.join(COLUMNS)}"
-            + (f"; missing {', '.join(missing)}" if missing else "")
-            + (f"; unknown {', '.join(unknown)}" if unknown else "") + ".",
-            {"file": str(table), "missing": missing, "unknown": unknown},
-        )
-    rows = []
-    for raw in reader:
-        values = {(k or "").strip(): (v or "").strip() for k, v in raw.items() if k is not None}
-        if None in raw:  # more cells than columns: a comma inside an unquoted cell
-            raise DatasetInvalid(
-                f"{table} row {reader.line_num}: more cells than columns; a part may not contain a comma.",
-                {"file": str(table), "row": reader.line_num},
-            )
-        if not any(values.values()):
-            continue
-        status = values.get(STATUS, "").lower()
-        if status not in STATUSES:
-            raise DatasetInvalid(f"{table} row {reader.line_num}: status {status!r} is not one of "
-                                 f"{PROPOSED}, {CONFIRMED} or empty.", {"file": str(table), "row": reader.line_num})
-        rows.append(Row(**{c: values.get(c, "") for c in COLUMNS}, status=status))
-    return rows
 
 
 def init_table(folder: Path, table: Path, trigger: str) -> InitResult:
@@ -127,21 +59,6 @@ def init_table(folder: Path, table: Path, trigger: str) -> InitResult:
     names = {p.name for p in images}
     result.dropped = [name for name in old if name not in names]
     return result
-
-
-def render_table(rows: list[Row]) -> str:
-    """The CSV; the status column only when some row has a status (a hand-made table stays as it was)."""
-    with_status = any(r.status for r in rows)
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow([*COLUMNS, STATUS] if with_status else COLUMNS)
-    for r in rows:
-        writer.writerow([r.file, *r.parts(), r.status] if with_status else [r.file, *r.parts()])
-    return buf.getvalue()
-
-
-def write_table(table: Path, rows: list[Row]) -> None:
-    write_text(table, render_table(rows))
 
 
 def plan_captions(folder: Path, table: Path, trigger: str, flip_tag: str) -> list[CaptionWrite]:
@@ -184,7 +101,7 @@ def plan_captions(folder: Path, table: Path, trigger: str, flip_tag: str) -> lis
     writes = []
     for row in rows:
         image = images[row.file]
-        text = ", ".join([trigger, *row.parts()])
+        text = caption_text(trigger, row)
         writes.append(CaptionWrite(caption_path(image), text))
         flipped = flip_path(image)
         if flipped.exists():

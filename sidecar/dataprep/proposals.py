@@ -7,7 +7,10 @@ proposed again; a row half filled by hand keeps what the artist typed and gets p
 empty parts. Flips are not rows (their captions follow their source's, plus the flip tag, when the
 table is written out with `caption --table`), and the trigger word is never a part: it is put first
 when captions are written. The table is written once, after every image was proposed: a proposer
-that fails half way (Ollama stopped) leaves the table as it was.
+that fails half way (Ollama stopped) leaves the table as it was; a row the artist changed while the
+proposer ran (in the studio, or by hand) is kept as it now is.
+
+`dataset caption --auto` and the studio's `POST /dataset/captions/propose` both run `run_proposals`.
 
 Two proposers share one small interface (`Proposer.propose(image) -> Proposal`): the WD14 tagger
 (`tagger.py`, mapped to the parts by `PART_TAGS` below) and a vision model through Ollama.
@@ -23,9 +26,13 @@ from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from sidecar.assist.ollama_client import ModelRef, OllamaAssistant
+from sidecar.dataprep.tagger import Wd14Tagger, find_taggers, taggers_dir, where_to_put
 from sidecar.assist.tags import FLIP_TAGS, key
-from sidecar.dataprep.caption import CONFIRMED, PROPOSED, Row, read_table, sources, write_table
+from sidecar.config import Settings
+from sidecar.dataprep.captions_table import PROPOSED, Row, is_confirmed, read_table, sources, write_table
 from sidecar.dataprep.files import CAPTION_PARTS, open_image, require_dir
+from sidecar.errors import TaggerInvalid
 
 # Which tagger tags make which caption part, best first: the part is the highest-scoring tag of its list
 # over the general threshold (the list order breaks ties). Tags outside these lists are shown as
@@ -66,7 +73,7 @@ class Proposer(Protocol):
 
 
 class TaggerProposer:
-    def __init__(self, tagger):  # a `sidecar.dataprep.tagger.Wd14Tagger`
+    def __init__(self, tagger: Wd14Tagger):
         self.tagger = tagger
         self.name = f"tagger {tagger.name}"
 
@@ -91,7 +98,7 @@ Answer with JSON only, matching the schema."""
 
 
 class OllamaProposer:
-    def __init__(self, assistant, model):  # `sidecar.assist.ollama_client.OllamaAssistant`, its `ModelRef`
+    def __init__(self, assistant: OllamaAssistant, model: ModelRef):
         self.assistant = assistant
         self.model = model
         self.name = f"ollama {model.name}"
@@ -109,10 +116,8 @@ class ProposalRun:
     proposed: dict[str, Proposed] = field(default_factory=dict)
     kept: list[str] = field(default_factory=list)  # confirmed rows, untouched
     unfilled: dict[str, list[str]] = field(default_factory=dict)  # parts no proposal could fill
-
-
-def is_confirmed(row: Row) -> bool:
-    return row.status == CONFIRMED or (row.status == "" and all(row.parts()))
+    read: dict[str, Row] = field(default_factory=dict)  # the table's rows as they were when the run began
+    proposer: str = ""  # what proposed: `tagger NAME`, `ollama MODEL`
 
 
 def _clean(part: str, trigger: str, flip_tag: str) -> str:
@@ -128,7 +133,7 @@ async def propose_table(folder: Path, table: Path, trigger: str, proposer: Propo
     """Propose every row that is not confirmed; the rows come back, the caller writes the table."""
     folder = require_dir(folder)
     old = {r.file: r for r in read_table(table)} if table.exists() else {}
-    run = ProposalRun(rows=[])
+    run = ProposalRun(rows=[], read=dict(old), proposer=proposer.name)
     for image in sources(folder):
         row = old.get(image.name) or Row(image.name)
         if is_confirmed(row):
@@ -152,5 +157,47 @@ async def propose_table(folder: Path, table: Path, trigger: str, proposer: Propo
     return run
 
 
-def write_proposals(table: Path, run: ProposalRun) -> None:
-    write_table(table, run.rows)
+def write_proposals(table: Path, run: ProposalRun) -> list[Row]:
+    """Write the run's rows, except where the table changed since the run read it (the artist confirmed,
+    edited or rejected a row meanwhile): that row is kept as it now is. The rows written come back."""
+    now = {r.file: r for r in read_table(table)} if table.exists() else {}
+    rows = [now[r.file] if r.file in now and now[r.file] != run.read.get(r.file) else r for r in run.rows]
+    names = {r.file for r in rows}
+    rows += [r for name, r in now.items() if name not in names]
+    write_table(table, rows)
+    return rows
+
+
+def pick_tagger(settings: Settings, name: str | None) -> Wd14Tagger:
+    found = find_taggers(settings.models_path)
+    if name is not None:
+        chosen = next((t for t in found if t.name == name), None)
+        if chosen is None:
+            raise TaggerInvalid(f"No tagger {name!r} in {taggers_dir(settings.models_path)} (found: "
+                                f"{', '.join(t.name for t in found) or 'none'}); {where_to_put(settings.models_path)}.",
+                                {"tagger": name})
+        return Wd14Tagger(chosen)
+    if not found:
+        raise TaggerInvalid(f"No caption tagger in {taggers_dir(settings.models_path)}: "
+                            f"{where_to_put(settings.models_path)}, or use the ollama proposer (--proposer ollama).",
+                            {"folder": str(taggers_dir(settings.models_path))})
+    return Wd14Tagger(found[0])
+
+
+def choose_proposer(settings: Settings, proposer: str) -> str:
+    """`auto`: the tagger when one is installed, else the vision model through Ollama."""
+    return proposer if proposer != "auto" else ("tagger" if find_taggers(settings.models_path) else "ollama")
+
+
+async def run_proposals(folder: Path, table: Path, trigger: str, flip_tag: str, proposer: str,
+                        tagger_name: str | None, settings: Settings) -> ProposalRun:
+    """Proposals for every row not confirmed (nothing written yet) by `proposer`: auto, tagger or ollama.
+    The Ollama models are checked (pulled, able to see) before any image is looked at."""
+    kind = choose_proposer(settings, proposer)
+    if kind == "tagger":
+        tagger = await asyncio.to_thread(pick_tagger, settings, tagger_name)
+        return await propose_table(folder, table, trigger, TaggerProposer(tagger), flip_tag)
+    async with OllamaAssistant(settings.ollama_url, settings.ollama_timeout) as assistant:
+        model = await assistant.model(settings.vision_model)
+        await assistant.require_vision(model)
+        return await propose_table(folder, table, trigger, OllamaProposer(assistant, model), flip_tag)

@@ -1,8 +1,9 @@
 // Dataset: a training folder's images with their captions, edited in place; `dataset check`'s findings
 // next to the images they name (missing caption, trigger not first, mirrored flips, near-duplicates);
-// flip the images picked.
+// flip the images picked; caption proposals to confirm, edit or reject (proposals.js).
 import { api } from "../api.js";
 import { h, picture, replace, toast } from "../dom.js";
+import { proposalsPanel } from "./proposals.js";
 
 export function mount(root, ctx, args) {
   const dir = h("input", { name: "dir", placeholder: "/Users/you/lora/spyke", value: args[0] || localStorage.getItem("studio.dataset") || "" });
@@ -12,14 +13,15 @@ export function mount(root, ctx, args) {
   const flipButton = h("button", { type: "button", disabled: true, onclick: flipSelected }, "Flip selected");
   const form = h("form", { class: "row dataset-open" }, dir, h("button", { type: "submit", class: "primary" }, "Open"), flipButton);
   form.addEventListener("submit", (e) => { e.preventDefault(); load(); });
-  root.append(h("h1", {}, "Dataset"), form, summary, grid);
+  const proposals = proposalsPanel(() => load({ withProposals: false })); // its own answer is already shown
+  root.append(h("h1", {}, "Dataset"), form, summary, proposals.element, grid);
 
   function updateFlipButton() {
     flipButton.disabled = selected.size === 0;
     flipButton.textContent = selected.size ? `Flip ${selected.size} selected` : "Flip selected";
   }
 
-  async function load() {
+  async function load({ withProposals = true } = {}) {
     const folder = dir.value.trim();
     if (!folder) { replace(summary, h("p", { class: "muted" }, "Give the training folder's absolute path.")); return; }
     localStorage.setItem("studio.dataset", folder);
@@ -31,6 +33,7 @@ export function mount(root, ctx, args) {
     selected.clear();
     updateFlipButton();
     render(data);
+    if (withProposals) proposals.load(data.folder);
   }
 
   function render(data) {

@@ -1,9 +1,11 @@
 // Pages: the pipeline project's chapters and pages; every version of a page in a strip, two versions
 // side by side or as an overlay with a slider (to check the asymmetric details), approve one (the same
 // log update as `generate approve`), render a new version with edited parameters, reproduce a version,
-// open its workflow. Keys: ← → through versions, a approve, n new version, c compare, o overlay.
+// open its workflow, refine its prompt through the local Ollama (refine.js). Keys: ← → through versions,
+// a approve, n new version, r refine, c compare, o overlay.
 import { api } from "../api.js";
 import { field, h, picture, replace, seconds, toast } from "../dom.js";
+import { refineBox } from "./refine.js";
 
 const SEED_MAX = 2 ** 32 - 1;
 
@@ -104,6 +106,7 @@ export function mount(root, ctx, args) {
         dataset: { action: "approve" }, onclick: () => approveVersion(selected), title: "a" },
       selected.approved ? `v${selected.version} approved` : `Approve v${selected.version}`) : null,
       h("button", { type: "button", dataset: { action: "new" }, onclick: () => openForm(selected), title: "n" }, "New version"),
+      page.promptFile ? h("button", { type: "button", dataset: { action: "refine" }, onclick: () => openRefine(selected), title: "r" }, "Refine") : null,
       selected && selected.workflowUrl ? h("button", { type: "button", dataset: { action: "reproduce" }, onclick: () => reproduce(selected) }, "Reproduce") : null,
       selected && selected.workflowUrl ? h("a", { class: "button", href: selected.workflowUrl, target: "_blank", rel: "noopener" }, "Workflow") : null,
       versions.length > 1 ? h("select", { "aria-label": "compare with", onchange: (e) => { state.compare = Number(e.target.value) || null; renderPage(); } },
@@ -192,6 +195,16 @@ export function mount(root, ctx, args) {
     prompt.focus();
   }
 
+  function openRefine(v) {
+    const box = refineBox({
+      page: currentPage(), chapter: state.chapter, version: v,
+      onRender: (body) => render_job(body, null),
+      onWritten: (updated) => { replacePage(updated); document.getElementById("job-slot").append(box.element); },
+    });
+    replace(document.getElementById("job-slot"), box.element);
+    box.focus();
+  }
+
   async function reproduce(v) {
     try {
       const workflow = await api(v.workflowUrl);
@@ -253,6 +266,7 @@ export function mount(root, ctx, args) {
     else if (e.key === "ArrowLeft" && i > 0) go(state.chapter, state.page, page.versions[i - 1].version);
     else if (e.key === "a" && i >= 0 && !page.versions[i].approved) approveVersion(page.versions[i]);
     else if (e.key === "n") openForm(page.versions[i]);
+    else if (e.key === "r" && page.promptFile) openRefine(page.versions[i]);
     else if (e.key === "o" && state.compare) { state.mode = state.mode === "overlay" ? "side" : "overlay"; renderPage(); }
     else if (e.key === "c" && page.versions.length > 1) {
       state.compare = page.versions[i > 0 ? i - 1 : 1].version; renderPage();
