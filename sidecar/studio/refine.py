@@ -12,12 +12,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pipeline_stage.layout import Page, Project
 from sidecar.assist.promptfile import FENCE, read_prompt_file, rewrite
 from sidecar.errors import InvalidField, NotFound, PromptFileChanged
-from sidecar.studio.project import Project, find_version
+from sidecar.studio.project import find_version
 
 
-def page_prompt_file(root: Path, page) -> Path:  # page: the pipeline's `Page`
+def page_prompt_file(root: Path, page: Page) -> Path:
     path = Project(root).prompt_file(page)
     if not path.is_file():
         raise NotFound(f"{page.stem} has no prompt file ({Project(root).relative(path)}): nothing to refine.",
@@ -25,14 +26,14 @@ def page_prompt_file(root: Path, page) -> Path:  # page: the pipeline's `Page`
     return path
 
 
-def version_image(root: Path, page, version: int) -> Path:
+def version_image(root: Path, page: Page, version: int) -> Path:
     found = find_version(root, page, version)
     if not found.image.is_file():
         raise NotFound(f"{found.image.name} is in the log but no longer on disk.", {"file": found.image.name})
     return found.image
 
 
-def write_prompt(root: Path, page, prompt: str, expected: str) -> None:
+def write_prompt(root: Path, page: Page, prompt: str, expected: str) -> None:
     """`prompt` as the page's prompt text, if the file still holds `expected` (the text refined)."""
     text = prompt.strip()
     if not text:
