@@ -267,7 +267,7 @@ async def test_a_bad_confirmation_or_a_failing_proposer_writes_nothing(client, t
 
 
 async def test_a_row_confirmed_while_the_proposer_runs_is_kept(tmp_path: Path) -> None:
-    from sidecar.assist.proposals import Proposal, Proposed, propose_table, write_proposals
+    from sidecar.dataprep.proposals import Proposal, Proposed, propose_table, write_proposals
     from sidecar.dataprep.captions_table import CONFIRMED, Row, write_table
 
     folder = tmp_path / "set"
