@@ -414,6 +414,7 @@ def test_caption_proposals_are_proposed_confirmed_edited_rejected_and_the_set_ge
     assert (folder / "view_05_flip.txt").read_text() == caption.rstrip() + ", mirrored\n"
     page.locator(".proposal[data-file='view_01.png'] button[data-action=reject]").click()
     page.locator(".proposal[data-file='view_01.png']").wait_for(state="detached")
+    page.locator(".dataset.grid:not([data-busy])").wait_for()  # the grid redrawn after the change, then typed in
     own = page.locator(".dataset-image[data-name='view_01.png'] textarea")  # the artist's own words instead
     own.fill(f"{TRIGGER}, portrait, sitting, night sky")
     own.press("Enter")

@@ -21,7 +21,14 @@ export function mount(root, ctx, args) {
     flipButton.textContent = selected.size ? `Flip ${selected.size} selected` : "Flip selected";
   }
 
-  async function load({ withProposals = true } = {}) {
+  let pending = 0; // loads in flight: the grid says so (data-busy) while its contents may still be replaced
+  async function load(options) {
+    pending += 1;
+    grid.dataset.busy = "1";
+    try { await loadNow(options); } finally { if (--pending === 0) delete grid.dataset.busy; }
+  }
+
+  async function loadNow({ withProposals = true } = {}) {
     const folder = dir.value.trim();
     if (!folder) { replace(summary, h("p", { class: "muted" }, "Give the training folder's absolute path.")); return; }
     localStorage.setItem("studio.dataset", folder);
