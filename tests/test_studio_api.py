@@ -192,6 +192,23 @@ async def test_a_finished_job_is_published_as_the_next_version_with_its_log_entr
     assert (await error_of(unknown, 404))["code"] == "job_not_found"
 
 
+async def test_an_img2img_job_published_as_a_version_logs_where_it_started(client, project) -> None:
+    start = project / "output" / "ch-01" / "raw" / "ch01_p001_v2.png"
+    job = await (await client.post("/jobs", json={"prompt": "spyke_plasma_v1, again", "seed": 7, "denoise": 0.4,
+                                                  "initImagePath": str(start),
+                                                  "resolution": {"width": 64, "height": 96}}, headers=AUTH)).json()
+    assert "id" in job, job
+    for _ in range(200):
+        if (await (await client.get(f"/jobs/{job['id']}", headers=AUTH)).json())["status"] == "succeeded":
+            break
+        await asyncio.sleep(0.02)
+    done = await client.post("/project/pages/1/1/versions", json={"jobId": job["id"]}, headers=AUTH)
+    assert done.status == 201, await done.text()
+    entry = json.loads((project / "output" / "ch-01" / "generation-log.json").read_text())[-1]
+    assert (entry["jobId"], entry["initImage"], entry["denoise"]) == (job["id"], "output/ch-01/raw/ch01_p001_v2.png",
+                                                                      0.4)
+
+
 async def test_without_a_project_the_pages_say_how_to_name_one(aiohttp_client, tmp_path, backend) -> None:
     client = await aiohttp_client(create_app(Settings(data_dir=tmp_path / "d", engine="embedded"), backend))
     assert (await error_of(await client.get("/project"), 404))["code"] == "project_not_configured"

@@ -158,8 +158,10 @@ def publish_job(root: Path, page: Page, job: Job, image: bytes, reproduces: int 
     if reproduces is not None:
         source = find_version(root, page, reproduces)
         reproduced_from = project.relative(source.workflow) if source.workflow else None
+    # An img2img job logs where it started from, as `generate --more-like` does (`initImage`, `denoise`).
+    init = job.params.init_image_path
     task = PageTask(page, JobRequest(workflow=job.workflow), project.relative(prompt_file) if prompt_file.is_file()
-                    else None, reproduced_from)
+                    else None, reproduced_from, init_image=project.relative(Path(init)) if init else None)
     png = finish_png(image, job)
     try:
         done = publish(project, page, png, job.workflow,
