@@ -383,7 +383,7 @@ def test_a_page_is_refined_its_diff_shown_rendered_with_its_provenance_and_writt
 
 
 def test_caption_proposals_are_proposed_confirmed_edited_rejected_and_the_set_gets_ready(browser, daemon,
-                                                                                       tmp_path) -> None:
+                                                                                       tmp_path, shots) -> None:
     from tests.dataset_fixtures import TRIGGER, training_set
     from tests.tiny_tagger import build_tagger
 
@@ -404,6 +404,7 @@ def test_caption_proposals_are_proposed_confirmed_edited_rejected_and_the_set_ge
             empty.nth(i).fill(words)
     card = page.locator(".proposal[data-file='view_05.png']")
     card.locator("input[name=pose]").fill("looking back")  # edited, then confirmed
+    page.screenshot(path=str(shots / "studio-proposals.png"))
     flip_preview = card.locator(".caption-preview").last.inner_text()
     assert flip_preview.startswith(f"view_05_flip.png: {TRIGGER}, ") and flip_preview.endswith(", mirrored")
     assert ", looking back, " in flip_preview
