@@ -40,3 +40,5 @@ bench: setup
 	@.venv/bin/python bench/reliability.py
 	@.venv/bin/python bench/backends.py
 	@.venv/bin/python bench/drafts.py
+	@.venv/bin/python bench/previews.py
+	@.venv/bin/python bench/upscale.py
