@@ -273,3 +273,20 @@ async def test_the_openapi_document_lists_the_edge_refusals(client) -> None:
     assert {"401", "403", "415"} <= set(submit) and "origin_not_allowed" in submit["403"]["description"]
     assert "415" not in doc["paths"]["/jobs"]["get"]["responses"]  # no body, no content-type rule
     assert doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+
+
+# -- every documented operation, old and new, goes through the same rules ----------------------------
+async def test_every_operation_refuses_a_foreign_host_a_foreign_origin_and_a_non_json_body(client) -> None:
+    doc = await (await client.get("/openapi.json")).json()
+    operations = [(method.upper(), path.replace("{", "").replace("}", "-x"), "requestBody" in op)
+                  for path, ops in doc["paths"].items() for method, op in ops.items()]
+    assert len(operations) >= 40
+    for method, path, has_body in operations:
+        host = await client.request(method, path, headers={"Host": "evil.example"})
+        assert (await error_of(host, 403))["code"] == "host_not_allowed", (method, path)
+        origin = await client.request(method, path, headers={"Origin": EVIL})
+        assert (await error_of(origin, 403))["code"] == "origin_not_allowed", (method, path)
+        if has_body:
+            plain = await client.request(method, path, data='{"a": 1}', headers={"Content-Type": "text/plain"})
+            assert (await error_of(plain, 415))["code"] == "unsupported_media_type", (method, path)
+    assert await job_count(client) == 0
