@@ -14,7 +14,7 @@ import pytest
 from tests.fake_comfyui import FakeComfyUI
 from tests.pipeline_daemon import DaemonThread
 from tests.pool_daemon import comfy_pool
-from tests.studio_browser import Console, browser  # noqa: F401  (fixture)
+from tests.studio_browser import Console, browser, screenshot_dir  # noqa: F401  (fixture)
 
 
 @pytest.fixture
@@ -23,7 +23,12 @@ def pool(tmp_path: Path) -> Iterator[tuple[DaemonThread, dict[str, FakeComfyUI]]
         yield pool
 
 
-def test_the_backends_are_listed_live_and_a_job_goes_where_the_artist_picks(browser, pool) -> None:
+@pytest.fixture
+def shots(tmp_path: Path) -> Path:
+    return screenshot_dir(tmp_path)
+
+
+def test_the_backends_are_listed_live_and_a_job_goes_where_the_artist_picks(browser, pool, shots) -> None:
     daemon, fakes = pool
     context = browser.new_context(viewport={"width": 1512, "height": 982})
     page = context.new_page()
@@ -63,5 +68,6 @@ def test_the_backends_are_listed_live_and_a_job_goes_where_the_artist_picks(brow
     page.click("#nav a[data-view=now]")  # alpha has run a job: its speed is measured now
     page.wait_for_function("() => /\\d/.test(document.querySelector("
                            "'table.backends tr[data-backend=alpha] .speed')?.textContent || '')")
+    page.locator("table.backends").screenshot(path=str(shots / "studio-backends.png"))
     assert console.errors == []
     context.close()
