@@ -38,7 +38,7 @@ from aiohttp import web
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import sidecar.backends.router as router  # noqa: E402
-import sidecar.jobs.runner as runner_module  # noqa: E402
+import sidecar.jobs.lanes as lanes_module  # noqa: E402
 from sidecar.api.app import create_app  # noqa: E402
 from sidecar.backends.spec import BackendSpec  # noqa: E402
 from sidecar.config import Settings  # noqa: E402
@@ -74,7 +74,7 @@ async def run_once(n: int, pages: int, steps: int, tmp: Path) -> dict:
         finally:
             plan_times.append(time.perf_counter() - t0)
 
-    runner_module.plan = timed_plan  # the runner's picks (and /health's, not called here)
+    lanes_module.plan = timed_plan  # the lanes' picks (and /health's, not called here)
     app = create_app(settings)
     app_runner = web.AppRunner(app, access_log=None)
     await app_runner.setup()
@@ -103,7 +103,7 @@ async def run_once(n: int, pages: int, steps: int, tmp: Path) -> dict:
                         backends[job["backend"]] = backends.get(job["backend"], 0) + 1
             makespan = time.monotonic() - start
     finally:
-        runner_module.plan = real_plan
+        lanes_module.plan = real_plan
         await app_runner.cleanup()
         for fake in fakes:
             await fake.stop()

@@ -27,16 +27,14 @@ import time
 from pathlib import Path
 
 import torch
-from PIL import Image
-
-from sidecar.config import Settings
-from sidecar.training.dataset import load_dataset
-from sidecar.training.embedded import EmbeddedTrainer, pick_device
-from sidecar.training.spec import TrainerHooks, TrainJob, TrainSpec
 
 ROOT = Path(__file__).resolve().parents[1]
-
-TRIGGER = "spyke_plasma_v1"
+sys.path.insert(0, str(ROOT))  # `bench.*` when run as a script
+from bench.train_data import TRIGGER, dataset  # noqa: E402
+from sidecar.config import Settings  # noqa: E402
+from sidecar.training.dataset import load_dataset  # noqa: E402
+from sidecar.training.embedded import EmbeddedTrainer, pick_device  # noqa: E402
+from sidecar.training.spec import TrainerHooks, TrainJob, TrainSpec  # noqa: E402
 
 
 def models(model: str, root: Path) -> Path:
@@ -45,14 +43,6 @@ def models(model: str, root: Path) -> Path:
     from sidecar.engine.tiny import make_models
 
     return make_models(root, full_size=model == "sd15", dtype=torch.float16 if model == "sd15" else torch.float32).root
-
-
-def dataset(folder: Path, size: int, n: int = 4) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        Image.effect_noise((size, size), 40 + 10 * i).convert("RGB").save(folder / f"img{i}.png")
-        (folder / f"img{i}.txt").write_text(f"{TRIGGER}, full body, standing, plain background\n")
-    return folder
 
 
 def peak_rss_bytes() -> int:
@@ -153,5 +143,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(ROOT))  # `bench.train_vs_kohya` when run as a script
     main()

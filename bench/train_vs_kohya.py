@@ -39,7 +39,7 @@ def _peak_rss(rss_file: Path) -> int:
 
 def make_set(folder: Path, size: int, n: int = 4) -> Path:
     """kohya's layout (`img/10_<trigger> character/`), which both trainers read."""
-    from bench.train import TRIGGER, dataset
+    from bench.train_data import TRIGGER, dataset
 
     dataset(folder / "img" / f"10_{TRIGGER} character", size, n)
     return folder
@@ -60,7 +60,7 @@ def run_ours(args: argparse.Namespace, base: Path, ds: Path, tmp: Path, n: int) 
 
 
 def kohya_argv(args: argparse.Namespace, base: Path, ds: Path, out_dir: Path, tokenizer_cache: Path) -> list[str]:
-    from bench.train import TRIGGER
+    from bench.train_data import TRIGGER
     from sidecar.training.dataset import load_dataset
     from sidecar.training.kohya import build_args
     from sidecar.training.spec import TrainJob, TrainSpec

@@ -9,13 +9,13 @@ with nothing queued and nothing written.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import click
 
-from pipeline_stage.errors import DaemonNotRunning, RefineFailed
+from pipeline_stage.errors import DaemonNotRunning, InputError, RefineFailed
 from pipeline_stage.layout import Project
 from pipeline_stage.stage import PageTask
 from sidecar.assist.promptfile import read_prompt_file, rewrite
@@ -79,3 +79,28 @@ def write_refined(project: Project, task: PageTask) -> str | None:
     except SidecarError as exc:
         return f"not written: {exc.message}"
     return f"wrote the refined prompt to {task.prompt_file}"
+
+
+@dataclass(frozen=True)
+class RefineAsk:
+    feedback: str
+    look: Path | None
+    write: bool
+
+
+def refine_ask(opts: dict[str, Any]) -> RefineAsk | None:
+    if opts["refine"] is None:
+        if opts["write"] or opts["look"]:
+            raise InputError("--write and --look go with --refine TEXT.")
+        return None
+    if opts["reproduce"]:
+        raise InputError("--reproduce submits a workflow as it was; it cannot be --refine'd.")
+    if opts.get("drafts") is not None or opts.get("from_draft") is not None:
+        raise InputError("--refine renders the refined page itself; refine first (or `sidecar prompt refine "
+                         "--write`), then make --drafts or --from-draft.")
+    if not opts["refine"].strip():
+        raise InputError("--refine needs the feedback text, e.g. --refine \"look left, dusk\".")
+    look = Path(opts["look"]).expanduser().resolve() if opts["look"] else None
+    if look is not None and not look.is_file():
+        raise InputError(f"--look image not found: {look}", {"path": str(look)})
+    return RefineAsk(opts["refine"].strip(), look, opts["write"])

@@ -1,5 +1,6 @@
 """Imports run downward: each module of `sidecar` and `pipeline_stage` is in a layer, and no import,
-lazy or at the top, reaches a layer above its own. Read from the source (an ast walk), so nothing is
+lazy or at the top, reaches a layer above its own; and no modules import each other in a circle (within
+a layer too, and among the `bench/` scripts). Read from the source (an ast walk), so nothing is
 imported and a new module is checked the moment it exists.
 
 A module belongs to the layer of the longest prefix listed for it; a module no prefix names fails
@@ -15,6 +16,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("sidecar", "pipeline_stage")
+# Checked for circles only: the benchmarks import the daemon's modules and each other, and are in no layer.
+SCRIPTS = ("bench",)
 
 # Top to bottom. Within a layer, modules may import each other.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
@@ -97,7 +100,7 @@ def imports_of(path: Path, module: str) -> set[str]:
             found.update(f"{base}.{alias.name}" for alias in node.names
                          if (ROOT / Path(*base.split("."), f"{alias.name}.py")).is_file()
                          or (ROOT / Path(*base.split("."), alias.name, "__init__.py")).is_file())
-    return {name for name in found if name.split(".")[0] in PACKAGES}
+    return {name for name in found if name.split(".")[0] in PACKAGES + SCRIPTS}
 
 
 def third_party_imports(path: Path) -> set[str]:
@@ -115,8 +118,62 @@ def project_modules() -> dict[str, Path]:
     return {module_name(p): p for package in PACKAGES for p in sorted((ROOT / package).rglob("*.py"))}
 
 
+def script_modules() -> dict[str, Path]:
+    return {module_name(p): p for folder in SCRIPTS for p in sorted((ROOT / folder).rglob("*.py"))}
+
+
 MODULES = project_modules()
 EDGES = {module: imports_of(path, module) for module, path in MODULES.items()}
+EVERY_EDGE = EDGES | {module: imports_of(path, module) for module, path in script_modules().items()}
+
+
+def circles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """Every set of modules that import each other round a circle (the strongly connected components of
+    more than one module, Tarjan's algorithm), each sorted, with one module's self-import as its own."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(start: str) -> None:
+        # Iterative, so a long import chain cannot reach Python's recursion limit.
+        work = [(start, iter(sorted(edges.get(start, ()))))]
+        index[start] = low[start] = len(index)
+        stack.append(start)
+        on_stack.add(start)
+        while work:
+            node, targets = work[-1]
+            target = next(targets, None)
+            if target is not None:
+                if target not in edges:
+                    continue  # not a module of ours (a package's name, a third-party import)
+                if target not in index:
+                    index[target] = low[target] = len(index)
+                    stack.append(target)
+                    on_stack.add(target)
+                    work.append((target, iter(sorted(edges.get(target, ())))))
+                elif target in on_stack:
+                    low[node] = min(low[node], index[target])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1 or node in edges.get(node, ()):
+                    found.append(sorted(component))
+
+    for module in sorted(edges):
+        if module not in index:
+            visit(module)
+    return sorted(found)
 
 
 def test_every_module_has_a_layer() -> None:
@@ -153,6 +210,26 @@ def test_the_loras_client_imports_no_daemon_insides() -> None:
         reached = [f"{m} -> {t}" for m, targets in EDGES.items() if _within(m, package)
                    for t in targets if any(_within(t, f) for f in forbidden)]
         assert reached == []
+
+
+def test_no_modules_import_each_other_in_a_circle() -> None:
+    # A circle makes import order matter (a module half-initialised when the other reads it) and fuses
+    # two modules into one concern: the shared part belongs in a third module both import.
+    assert circles(EVERY_EDGE) == []
+
+
+def test_the_circle_check_finds_a_circle_however_long_and_only_circles() -> None:
+    assert circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert circles({"a": {"b"}, "b": set(), "c": {"a", "b"}}) == []
+    assert circles({"a": {"a"}}) == [["a"]]
+
+
+def test_the_circle_check_reads_the_benchmarks_and_lazy_imports(tmp_path: Path) -> None:
+    assert "bench.train" in EVERY_EDGE and "bench.common" in EVERY_EDGE
+    source = tmp_path / "lazy.py"
+    source.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from bench import train\n"
+                      "def f():\n    from sidecar.jobs.runner import JobRunner\n")
+    assert imports_of(source, "bench.lazy") >= {"bench.train", "sidecar.jobs.runner"}
 
 
 def test_the_check_sees_imports_anywhere_in_a_module(tmp_path: Path) -> None:

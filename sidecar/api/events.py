@@ -32,7 +32,7 @@ from sidecar.backends.pool import BackendChanged
 from sidecar.errors import WebSocketRequired
 from sidecar.jobs.previews import Preview
 from sidecar.jobs.queue import QueueChanged
-from sidecar.jobs.runner import JobChanged
+from sidecar.jobs.ledger import JobChanged
 
 log = logging.getLogger("sidecar.events")
 routes = web.RouteTableDef()

@@ -9,7 +9,7 @@ import asyncio
 from sidecar.assist.ollama_client import OllamaAssistant, pull_fix
 from sidecar.config import Settings
 from sidecar.dataprep.tagger import find_taggers, where_to_put
-from sidecar.doctor.checks import Check
+from sidecar.doctor.report import Check
 from sidecar.errors import SidecarError
 
 PROBE_TIMEOUT = 3.0

@@ -15,7 +15,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from sidecar.comfyui.launch import (
     chosen_by_user,
@@ -27,21 +27,12 @@ from sidecar.comfyui.launch import (
     probe_accelerators,
 )
 from sidecar.config import Settings
+from sidecar.doctor.remote import check_remote
+from sidecar.doctor.report import Check, needed
 
-Status = Literal["ok", "warn", "fail", "skip"]
 GIB = 1024**3
 FP32_VAE = "--fp32-vae"
 FORCE_FP16 = "--force-fp16"
-
-
-
-@dataclass
-class Check:
-    name: str
-    status: Status
-    detail: str
-    fix: str = ""
-    required: bool = False
 
 
 @dataclass
@@ -56,17 +47,11 @@ class Probe:
     comfy_port_open: bool = False  # something listens on comfyui_port (managed mode's port)
 
 
-def _needed(required: bool, ok: bool, name: str, detail_ok: str, detail_bad: str, fix: str) -> Check:
-    if ok:
-        return Check(name, "ok", detail_ok, required=required)
-    return Check(name, "fail" if required else "warn", detail_bad, fix, required)
-
-
 # -- individual checks ----------------------------------------------------------------------------
 
 def check_python() -> Check:
     v = sys.version_info
-    return _needed(True, v >= (3, 11), "python", f"{sys.version.split()[0]} ({sys.executable})",
+    return needed(True, v >= (3, 11), "python", f"{sys.version.split()[0]} ({sys.executable})",
                    f"{sys.version.split()[0]} is too old", "install Python 3.11 or newer and recreate .venv")
 
 
@@ -75,7 +60,7 @@ def check_torch(settings: Settings) -> tuple[list[Check], Any]:
     try:
         import torch
     except ImportError:
-        return [_needed(embedded, False, "torch", "", "not installed (embedded engine and trainer unavailable)",
+        return [needed(embedded, False, "torch", "", "not installed (embedded engine and trainer unavailable)",
                         "pip install -e '.[engine]' in this venv"),
                 Check("device", "skip", "no torch")], None
     version = torch.__version__
@@ -105,7 +90,7 @@ def check_comfyui(settings: Settings, probe: Probe, home: Path) -> list[Check]:
             checks.append(Check("comfyui dir", "skip", "not set (optional with the embedded engine)"))
     else:
         main_py = settings.comfyui_dir / "main.py"
-        checks.append(_needed(engine_comfy and managed, main_py.is_file(), "comfyui dir", str(settings.comfyui_dir),
+        checks.append(needed(engine_comfy and managed, main_py.is_file(), "comfyui dir", str(settings.comfyui_dir),
                               f"{main_py} does not exist",
                               "git clone https://github.com/comfyanonymous/ComfyUI ~/tools/ComfyUI, "
                               "or set comfyui_dir to your checkout"))
@@ -116,7 +101,7 @@ def check_comfyui(settings: Settings, probe: Probe, home: Path) -> list[Check]:
     else:
         ok = settings.comfyui_python.is_file() and os.access(settings.comfyui_python, os.X_OK)
         detail = _python_version(settings.comfyui_python) if ok else ""
-        checks.append(_needed(engine_comfy and managed, ok, "comfyui python", f"{settings.comfyui_python} {detail}",
+        checks.append(needed(engine_comfy and managed, ok, "comfyui python", f"{settings.comfyui_python} {detail}",
                               f"{settings.comfyui_python} is not an executable file",
                               "create ComfyUI's venv (python3.11 -m venv venv; venv/bin/pip install -r "
                               "requirements.txt) or fix comfyui_python"))
@@ -258,11 +243,11 @@ def check_models(settings: Settings, probe: Probe) -> list[Check]:
     for name, folder, file_name, required, fix in wanted:
         if root is not None:
             path = root / folder / file_name
-            checks.append(_needed(required, path.exists(), name, str(path), f"{path} is missing",
+            checks.append(needed(required, path.exists(), name, str(path), f"{path} is missing",
                                   fix.format(dir=root / folder, file=file_name)))
         elif folder in probe.comfy_models:
             present = file_name in probe.comfy_models[folder]
-            checks.append(_needed(required, present, name, f"{file_name} ({where})",
+            checks.append(needed(required, present, name, f"{file_name} ({where})",
                                   f"{file_name} is not in ComfyUI's models/{folder}",
                                   fix.format(dir=f"ComfyUI's models/{folder}", file=file_name)))
         else:
@@ -414,12 +399,7 @@ def run_checks(settings: Settings, home: Path | None = None) -> list[Check]:
     home = home or Path.home()
     probe = asyncio.run(probe_network(settings))
     torch_checks, torch = check_torch(settings)
-    from sidecar.doctor.remote import check_remote  # it imports Check from here
-
     remote = asyncio.run(check_remote(settings))
     return [check_python(), *torch_checks, *check_comfyui(settings, probe, home), *check_models(settings, probe),
             *check_kohya(settings, torch), *remote, check_disk(settings), check_port(settings, probe),
             check_launchd(home)]
-
-
-# -- the bench ------------------------------------------------------------------------------------

@@ -14,7 +14,8 @@ from sidecar.cli_support import config_options, settings_from
 from sidecar.errors import EXIT_BUSY, EXIT_FAILED, DaemonRefused, SidecarError
 from sidecar.doctor.assist_checks import check_assistants
 from sidecar.doctor.bench import run_bench
-from sidecar.doctor.checks import Check, run_checks
+from sidecar.doctor.checks import run_checks
+from sidecar.doctor.report import Check
 
 COLOURS = {"ok": "green", "warn": "yellow", "fail": "red", "skip": "dim"}
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 
 from sidecar.config import Settings
-from sidecar.doctor.checks import Check
+from sidecar.doctor.report import Check
 from sidecar.errors import SidecarError
 from sidecar.remote.shell import ConnectionLost
 from sidecar.remote.vast import sdk_version

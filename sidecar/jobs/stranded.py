@@ -13,63 +13,80 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
+from sidecar.backends.pool import BackendPool
 from sidecar.backends.router import admit
 from sidecar.errors import InvalidField, NoBackendAdmits
+from sidecar.jobs.ledger import MAX_LOSSES, Ledger
+from sidecar.jobs.queue import JobQueue
 from sidecar.jobs.store import JobRecord
-
-if TYPE_CHECKING:
-    from sidecar.jobs.runner import JobRunner
 
 log = logging.getLogger("sidecar.jobs")
 
 
-async def hand_over_later(runner: JobRunner, job: JobRecord, timeout: float) -> None:
-    """Wait `timeout` seconds, then hand the job over if its backend has still not taken it back."""
-    await asyncio.sleep(timeout)
-    try:
-        await hand_over(runner, job, timeout)
-    except Exception:  # noqa: BLE001 - a store fault: the job stays pinned, as before the timeout
-        log.exception("job %s: handing it over from its absent backend failed", job.id)
+class Stranded:
+    """Watches the jobs recovered onto a backend of the pool; the runner cancels the watches at stop."""
 
+    def __init__(self, ledger: Ledger, queue: JobQueue, pool: BackendPool, *, default_where: str, timeout: float,
+                 wake: Callable[[], None]):
+        self.ledger = ledger
+        self.queue = queue
+        self.pool = pool
+        self.default_where = default_where
+        self.timeout = timeout
+        self.wake = wake  # the lanes look at the queue again
+        self._tasks: set[asyncio.Task[None]] = set()
 
-async def hand_over(runner: JobRunner, job: JobRecord, timeout: float) -> None:
-    pool = runner.pool
-    assert pool is not None
-    m = pool.by_name.get(job.backend or "")
-    if job.status != "running" or job.prompt_id is None or m is None or m.state == "up":
-        return  # collected or lost already, or its backend is back (its lane takes the job)
-    if not runner.queue.remove(job.id):
-        return  # its backend's lane took it meanwhile
-    prompt_id, where = job.prompt_id, job.where_ or runner.default_where
-    details = {"backend": m.name, "promptId": prompt_id, "waitedSeconds": timeout, "where": where}
-    gone = (f"Backend {m.name} ran this job when the daemon stopped and has not answered in the "
-            f"{timeout:g} s since (backend_recovery_timeout; {m.down_reason or 'no answer'}).")
-    others = [x for x in pool.members if x is not m]
-    elsewhere: str | None = None
-    try:
-        admit(where, runner._needs_of(job), others, pool.local_models)
-    except (NoBackendAdmits, InvalidField) as exc:
-        elsewhere = exc.message
-    # Recorded before the job changes: a crash in between leaves the job holding the prompt (reconciled
-    # by the next start, which then ignores this record).
-    await pool.abandon(m, prompt_id, job.id)
-    from sidecar.jobs.runner import MAX_LOSSES
+    def watch(self, job: JobRecord) -> None:
+        """Hand `job` over after `timeout` if its backend has not taken it back by then."""
+        task = asyncio.create_task(self._later(job), name=f"hand-over-{job.id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
-    if job.attempts >= MAX_LOSSES:
-        await runner._finish_or_keep(job, "failed", code="lost_on_restart", details=details,
-                                     message=f"{gone} The job had already been re-queued once.")
-        return
-    if elsewhere is not None:
-        await runner._finish_or_keep(job, "failed", code="backend_gone", details={**details, "elsewhere": elsewhere},
-                                     message=f"{gone} No other backend can take it: {elsewhere} Submit it again "
-                                             "once that backend is back, or with another `where`.")
-        return
-    job.attempts += 1
-    job.prompt_id = None
-    await runner._set(job, "queued", attempts=job.attempts, prompt_id=None, progress_step=0)
-    runner.queue.requeue_head(job.id)
-    log.warning("job %s: backend %s still away %g s after the restart; re-queued once for %r (its prompt %s "
-                "is interrupted there when it answers)", job.id, m.name, timeout, where, prompt_id)
-    runner._wake()
+    def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+
+    async def _later(self, job: JobRecord) -> None:
+        await asyncio.sleep(self.timeout)
+        try:
+            await self.hand_over(job)
+        except Exception:  # noqa: BLE001 - a store fault: the job stays pinned, as before the timeout
+            log.exception("job %s: handing it over from its absent backend failed", job.id)
+
+    async def hand_over(self, job: JobRecord) -> None:
+        pool, timeout = self.pool, self.timeout
+        m = pool.by_name.get(job.backend or "")
+        if job.status != "running" or job.prompt_id is None or m is None or m.state == "up":
+            return  # collected or lost already, or its backend is back (its lane takes the job)
+        if not self.queue.remove(job.id):
+            return  # its backend's lane took it meanwhile
+        prompt_id, where = job.prompt_id, job.where_ or self.default_where
+        details = {"backend": m.name, "promptId": prompt_id, "waitedSeconds": timeout, "where": where}
+        gone = (f"Backend {m.name} ran this job when the daemon stopped and has not answered in the "
+                f"{timeout:g} s since (backend_recovery_timeout; {m.down_reason or 'no answer'}).")
+        others = [x for x in pool.members if x is not m]
+        elsewhere: str | None = None
+        try:
+            admit(where, self.ledger.needs_of(job), others, pool.local_models)
+        except (NoBackendAdmits, InvalidField) as exc:
+            elsewhere = exc.message
+        # Recorded before the job changes: a crash in between leaves the job holding the prompt (reconciled
+        # by the next start, which then ignores this record).
+        await pool.abandon(m, prompt_id, job.id)
+        if job.attempts >= MAX_LOSSES:
+            await self.ledger.finish_or_keep(job, "failed", code="lost_on_restart", details=details,
+                                             message=f"{gone} The job had already been re-queued once.")
+            return
+        if elsewhere is not None:
+            await self.ledger.finish_or_keep(
+                job, "failed", code="backend_gone", details={**details, "elsewhere": elsewhere},
+                message=f"{gone} No other backend can take it: {elsewhere} Submit it again once that backend is "
+                        "back, or with another `where`.")
+            return
+        await self.ledger.requeue(job)
+        self.queue.requeue_head(job.id)
+        log.warning("job %s: backend %s still away %g s after the restart; re-queued once for %r (its prompt %s "
+                    "is interrupted there when it answers)", job.id, m.name, timeout, where, prompt_id)
+        self.wake()
