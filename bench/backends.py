@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 import sidecar.backends.router as router  # noqa: E402
 import sidecar.jobs.lanes as lanes_module  # noqa: E402
 from sidecar.api.app import create_app  # noqa: E402
-from sidecar.backends.spec import BackendSpec  # noqa: E402
+from sidecar.config.backends import BackendSpec  # noqa: E402
 from sidecar.config import Settings  # noqa: E402
 from tests.fake_comfyui import FakeComfyUI, make_comfy_home  # noqa: E402
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sidecar.backends.spec import BackendSpec
+from sidecar.config.backends import BackendSpec
 from sidecar.config import Settings
 from tests.conftest_comfy import free_port
 from tests.fake_comfyui import FakeComfyUI, make_comfy_home

@@ -11,7 +11,7 @@ import pytest
 
 from sidecar.api.app import create_app
 from sidecar.config import Settings
-from sidecar.remote.settings import RemoteSettings, SshSettings, VastSettings
+from sidecar.config.remote import RemoteSettings, SshSettings, VastSettings
 from tests.fake_ssh_host import FakeHost, install_kohya, make_keypair
 from tests.scripted_backend import ScriptedBackend
 from tests.training_fixtures import make_dataset

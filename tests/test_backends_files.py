@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from sidecar.api.app import create_app
-from sidecar.backends.spec import BackendSpec, parse_ssh_target
+from sidecar.config.backends import BackendSpec, parse_ssh_target
 from sidecar.backends.transfer import TransferError, copy_model
 from sidecar.config import Settings
 from tests.fake_comfyui import DEFAULT_MODELS, FakeComfyUI

@@ -12,7 +12,7 @@ import pytest
 
 from sidecar.api.app import create_app
 from sidecar.api.keys import DEVICE
-from sidecar.backends.spec import BackendSpec
+from sidecar.config.backends import BackendSpec
 from sidecar.config import Settings
 from tests.fake_comfyui import DEFAULT_MODELS, FakeComfyUI
 from tests.scripted_backend import ScriptedBackend

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from sidecar.api.app import create_app
-from sidecar.backends.spec import BackendSpec
+from sidecar.config.backends import BackendSpec
 from sidecar.config import Settings
 from tests.conftest_comfy import free_port, python_wrapper
 from tests.conftest_engine import TINY_CHECKPOINT, TINY_CONTROLNET

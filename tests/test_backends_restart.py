@@ -11,7 +11,7 @@ from pathlib import Path
 from aiohttp.test_utils import TestClient, TestServer
 
 from sidecar.api.app import create_app
-from sidecar.backends.spec import BackendSpec
+from sidecar.config.backends import BackendSpec
 from sidecar.config import Settings
 from tests.fake_comfyui import FakeComfyUI
 from tests.scripted_backend import ScriptedBackend

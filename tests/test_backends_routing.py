@@ -15,7 +15,7 @@ from sidecar.api.app import create_app
 from sidecar.backends.admission import Capabilities, Needs
 from sidecar.backends.member import Member
 from sidecar.backends.router import Queued, plan
-from sidecar.backends.spec import BackendSpec
+from sidecar.config.backends import BackendSpec
 from sidecar.config import Settings
 from tests.fake_comfyui import DEFAULT_MODELS, FakeComfyUI, make_comfy_home
 from sidecar.profiles import get_profile

@@ -45,8 +45,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("leaves everyone shares", (
         "sidecar", "sidecar.config", "sidecar.profiles", "sidecar.errors", "sidecar.statuses", "sidecar.eta",
         "sidecar.atomic", "sidecar.hosts", "sidecar.sqlite_store", "sidecar.durations", "sidecar.assets",
-        "sidecar.dataprep.kohya_layout", "sidecar.backends.spec",
-        "sidecar.remote.settings", "sidecar.assist.provenance")),  # the [remote.*] tables of the one settings model
+        "sidecar.dataprep.kohya_layout", "sidecar.assist.provenance")),
 ]
 
 COMMANDS_SHARE = next(i for i, (name, _) in enumerate(LAYERS) if name == "what the commands share")

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from sidecar.cli import main
 from sidecar.config import Settings
 from sidecar.doctor.remote import check_remote
-from sidecar.remote.settings import RemoteSettings, VastSettings
+from sidecar.config.remote import RemoteSettings, VastSettings
 from sidecar.loras.cli import loras
 from tests.conftest_comfy import free_port
 from tests.fake_vast import FakeVast

@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 
 from sidecar.remote.provider import Limits, label_for
-from sidecar.remote.settings import VastSettings
+from sidecar.config.remote import VastSettings
 from sidecar.remote.vast import VastProvider
 from tests.conftest_comfy import free_port
 from tests.fake_ssh_host import FakeHost, install_kohya

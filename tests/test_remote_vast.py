@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from sidecar.remote.provider import Limits, label_for
-from sidecar.remote.settings import KOHYA_COMMIT, VastSettings
+from sidecar.config.remote import KOHYA_COMMIT, VastSettings
 from sidecar.remote.vast import VastProvider
 from tests.fake_vast import FIXTURE, FakeVast
 from tests.remote_fixtures import (  # noqa: F401  (fixtures)

@@ -16,7 +16,7 @@ from typing import Literal
 
 from sidecar.backend import GenerationBackend
 from sidecar.backends.admission import Capabilities, Needs, Verdict, judge
-from sidecar.backends.spec import SshTarget
+from sidecar.config.backends import SshTarget
 from sidecar.profiles import Profile
 
 State = Literal["unknown", "up", "down"]

@@ -27,7 +27,7 @@ from sidecar.backend import GenerationBackend
 from sidecar.backends.abandoned import Abandoned, AbandonedStore
 from sidecar.backends.admission import Capabilities
 from sidecar.backends.member import Member
-from sidecar.backends.spec import BackendSpec
+from sidecar.config.backends import BackendSpec
 from sidecar.config import Settings
 from sidecar.device import Device
 from sidecar.errors import SidecarError

@@ -17,7 +17,7 @@ import secrets
 import shlex
 from pathlib import Path
 
-from sidecar.backends.spec import SshTarget
+from sidecar.config.backends import SshTarget
 
 log = logging.getLogger("sidecar.backends")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import shlex
 
-from sidecar.remote.settings import KOHYA_REPO
+from sidecar.config.remote import KOHYA_REPO
 
 READY_MARKER = "~/.plasma-kohya-ready"  # holds the python that has kohya's requirements
 FAILED_MARKER = "~/.plasma-kohya-failed"

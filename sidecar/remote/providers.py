@@ -12,7 +12,7 @@ from typing import Any
 
 from sidecar.errors import RemoteNotConfigured
 from sidecar.remote.provider import Limits, Provider
-from sidecar.remote.settings import RemoteSettings, SshSettings, VastSettings
+from sidecar.config.remote import RemoteSettings, SshSettings, VastSettings
 from sidecar.remote.wire import SshRemote, VastRemote
 
 PROVIDERS = ("vast", "ssh")

@@ -11,7 +11,7 @@ import logging
 import posixpath
 
 from sidecar.remote.provider import Instance, Limits, Offer, run_of
-from sidecar.remote.settings import SshSettings
+from sidecar.config.remote import SshSettings
 from sidecar.remote.shell import ConnectionLost, Endpoint, Shell, q
 
 log = logging.getLogger("sidecar.remote")

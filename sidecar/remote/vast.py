@@ -19,7 +19,7 @@ from typing import Any
 
 from sidecar.errors import RemoteNotConfigured, RemoteUnavailable
 from sidecar.remote.provider import Instance, Limits, Offer
-from sidecar.remote.settings import VastSettings
+from sidecar.config.remote import VastSettings
 from sidecar.remote.shell import Endpoint, Shell
 
 log = logging.getLogger("sidecar.remote")

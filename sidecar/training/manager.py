@@ -1,6 +1,7 @@
 """Training runs: queue, run, cancel, resume; one at a time, under the daemon's one device lock.
 What is checked before a run is queued is `admission.py`; what a run that was training at a restart
-becomes is `recovery.py`; how a run looks to clients is `views.py`.
+becomes is `recovery.py`; how a run looks to clients is `views.py`; a run in memory while it trains and
+the hooks its trainer reports through are `live.py`; which trainer an engine name means is `trainers.py`.
 
 A run registers in the device's training gate as soon as it is queued (so `POST /jobs` answers 409
 at once), waits for the lock behind any running generation job, then holds it until it ends.
@@ -16,11 +17,8 @@ import asyncio
 import contextlib
 import logging
 import random
-import time
 import uuid
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +33,15 @@ from sidecar.statuses import RUN_ACTIVE, RUN_RESUMABLE
 from sidecar.training import admission, recovery, staging
 from sidecar.training import checkpoints as files
 from sidecar.training.dataset import load_dataset
+from sidecar.training.live import LiveRun, trainer_hooks
 from sidecar.training.lora_metadata import lora_dir
 from sidecar.training.loss_history import LossRecorder, loss_file
 from sidecar.training.parser import read_log_tail
 from sidecar.training.progress import ProgressTracker
 from sidecar.training.promote import promote as install_checkpoint
-from sidecar.training.spec import ResumePoint, Trainer, TrainerHooks, TrainJob, TrainSpec
-from sidecar.training.store import CheckpointRecord, RunRecord, TrainingStore, check_transition
+from sidecar.training.trainers import TrainerFactory, default_trainer_factory
+from sidecar.training.spec import ResumePoint, TrainJob, TrainSpec
+from sidecar.training.store import RunRecord, TrainingStore, check_transition
 from sidecar.training.views import finite, run_view
 from sidecar.training.wire import (
     Promoted, PromoteRequest, StagedLora, StageRequest, TrainingEvent, TrainingRun, TrainRequest, UnstagedLoras,
@@ -50,44 +50,8 @@ from sidecar.training.wire import (
 
 log = logging.getLogger("sidecar.training")
 
-PROGRESS_PERSIST_INTERVAL = 2.0
-LOG_TAIL_LINES = 40
-CPU_WARNING = ("The trainer runs on the CPU, not MPS or CUDA: a full run takes many hours. Check the trainer's "
-               "torch (kohya's venv, or this daemon's) sees the GPU before a long run.")
 STOP_TIMEOUT = 30.0  # how long shutdown waits for a trainer to stop before leaving it marked interrupted
 
-TrainerFactory = Callable[[str], Trainer]
-
-
-@dataclass
-class LiveRun:
-    """A queued or running run: its record plus what only lives in memory."""
-
-    record: RunRecord
-    tracker: ProgressTracker
-    tail: deque[str] = field(default_factory=lambda: deque(maxlen=LOG_TAIL_LINES))
-    cancel: asyncio.Event = field(default_factory=asyncio.Event)
-    shutdown: bool = False  # cancelled because the daemon stops: the run becomes `interrupted`
-    last_persist: float = 0.0
-    pending: set[asyncio.Task] = field(default_factory=set)  # checkpoint rows being written
-    losses: LossRecorder | None = None  # the loss by step, into the run's loss.csv
-
-
-def default_trainer_factory(settings: Settings, backend: GenerationBackend | None) -> TrainerFactory:
-    def make(engine: str) -> Trainer:
-        if engine == "remote":
-            from sidecar.training.remote import RemoteTrainer
-
-            return RemoteTrainer(settings)
-        if engine == "kohya":
-            from sidecar.training.kohya import KohyaTrainer
-
-            return KohyaTrainer(settings)
-        from sidecar.training.embedded import EmbeddedTrainer  # imports torch: only when used
-
-        return EmbeddedTrainer(settings, backend)
-
-    return make
 
 
 class TrainingManager:
@@ -376,9 +340,9 @@ class TrainingManager:
                            remote=run.remote)
             await asyncio.to_thread(job.output_dir.mkdir, parents=True, exist_ok=True)
             trainer = self.trainer_factory(spec.engine)
-            result = await trainer.run(job, self._hooks(live))
+            result = await trainer.run(job, trainer_hooks(live, self.store, self._announce))
         except JobCancelled:
-            await self._drain(live)
+            await live.drain()
             if live.shutdown:
                 await self._finish(live, "interrupted", code="interrupted",
                                    message=f"The daemon stopped during training at step {live.tracker.step}; "
@@ -386,74 +350,11 @@ class TrainingManager:
             else:
                 await self._finish(live, "cancelled")
         except SidecarError as exc:
-            await self._drain(live)
+            await live.drain()
             await self._finish(live, "failed", code=exc.code, message=exc.message, details=exc.details)
         else:
-            await self._drain(live)
+            await live.drain()
             await self._finish(live, "succeeded", final_file=str(result.final_file), step=result.step)
-
-    def _hooks(self, live: LiveRun) -> TrainerHooks:
-        run = live.record
-
-        def progress(step: int, total: int, loss: float | None) -> None:
-            live.tracker.update(step, total, loss)
-            run.step, run.total = live.tracker.step, live.tracker.total
-            run.loss, run.loss_smoothed = live.tracker.loss_last, live.tracker.loss_smoothed
-            if live.losses is not None:
-                live.losses.add(live.tracker.step, loss, live.tracker.loss_smoothed)
-            now = time.monotonic()
-            if now - live.last_persist >= PROGRESS_PERSIST_INTERVAL or step == total:
-                live.last_persist = now
-                if live.losses is not None:
-                    self._spawn(live, live.losses.flush())
-                self._spawn(live, self.store.update(run.id, step=run.step, total=run.total, loss=finite(run.loss),
-                                                    loss_smoothed=finite(run.loss_smoothed)))
-            self._announce(run, "progress", live)
-
-        def checkpoint(step: int, path: Path, state: Path | None) -> None:
-            ckpt = CheckpointRecord(run.id, step, str(path), str(state) if state else None)
-            run.checkpoints = [c for c in run.checkpoints if c.step != step] + [ckpt]
-            self._spawn(live, self.store.add_checkpoint(ckpt))
-            log.info("training run %s: checkpoint at step %d: %s", run.id, step, path.name)
-            self._announce(run, "checkpoint", live)
-
-        def log_line(line: str) -> None:
-            live.tail.append(line)
-
-        def warning(text: str) -> None:
-            if text not in run.warnings:
-                run.warnings.append(text)
-                self._spawn(live, self.store.update(run.id, warnings=list(run.warnings)))
-
-        def started(pid: int) -> None:
-            run.pid = pid
-            self._spawn(live, self.store.update(run.id, pid=pid))
-
-        def device(name: str) -> None:
-            # LORA-04: know the GPU is in use before committing to an hour of training.
-            run.device = name
-            self._spawn(live, self.store.update(run.id, device=name))
-            log.info("training run %s: trainer computes on %s", run.id, name)
-            if name == "cpu":
-                warning(CPU_WARNING)
-
-        def remote(state: dict[str, Any]) -> None:
-            run.remote = state
-            self._spawn(live, self.store.set_remote(run.id, state))
-            self._announce(run, "progress", live)
-
-        return TrainerHooks(progress=progress, checkpoint=checkpoint, log=log_line, warning=warning,
-                            cancel=live.cancel, started=started, device=device, remote=remote,
-                            stopping=lambda: live.shutdown)
-
-    def _spawn(self, live: LiveRun, coro) -> None:
-        task = asyncio.ensure_future(coro)
-        live.pending.add(task)
-        task.add_done_callback(live.pending.discard)
-
-    async def _drain(self, live: LiveRun) -> None:
-        if live.pending:
-            await asyncio.gather(*list(live.pending), return_exceptions=True)
 
     # -- state changes: persist first, then announce
     async def _set(self, run: RunRecord, status: str, **fields: Any) -> None:
