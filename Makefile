@@ -1,6 +1,7 @@
-# The two commands of the README: `make demo` (the main job, on the embedded engine) and `make test`.
+# The two commands of the README: `make demo` (the main job, on the embedded engine) and `make test`;
+# `make docs` serves the manual (docs/, mkdocs.yml) at http://127.0.0.1:8000.
 # Both set up .venv first; an existing .venv is reused and pip runs again only when pyproject.toml changed.
-.PHONY: setup demo test bench browser
+.PHONY: setup demo test bench browser docs
 PYTHON ?= python3
 TORCH_VERSION ?= 2.13.0
 STAMP := .venv/.plasma-sidecar-installed
@@ -14,7 +15,7 @@ $(STAMP): pyproject.toml
 	@.venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 	@.venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/python -m pip install -q "torch==$(TORCH_VERSION)" \
 		|| .venv/bin/python -m pip install -q torch
-	@.venv/bin/python -m pip install -q -e ".[engine,test]"
+	@.venv/bin/python -m pip install -q -e ".[engine,test,docs]"
 	@touch $(STAMP)
 
 demo: setup
@@ -28,6 +29,9 @@ browser:
 		echo "installing chromium for the studio's browser tests (apt-get)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	else echo "the studio's browser tests need chromium: sudo apt-get install chromium (or your system's package)"; fi; }
+
+docs: setup
+	@.venv/bin/mkdocs serve
 
 test: setup browser
 	@.venv/bin/python -m pytest -q

@@ -1,5 +1,6 @@
-"""The example in datasets/example/ is what the tools make: re-running the commands its README shows, on
-a copy, gives the same images and captions, and the set passes `check` (scaled to three images)."""
+"""The example in datasets/example/ is what the tools make: re-running the commands the manual shows
+(docs/training/dataset-format.md, "The example"), on a copy, gives the same images and captions, and the
+set passes `check` (scaled to three images)."""
 
 from __future__ import annotations
 

@@ -45,7 +45,7 @@ def dataset() -> None:
     """Turn a reference sheet into a captioned kohya training set.
 
     \b
-    A typical run (see datasets/WALKTHROUGH.md):
+    A typical run (see docs/training/walkthrough.md):
       sidecar dataset crop Spyke_Final.png --auto --regions sheet.toml      # find figures, edit sheet.toml
       sidecar dataset crop Spyke_Final.png --regions sheet.toml --out set/ --size 512 --fit pad
       sidecar dataset caption set/ --init                                    # fill in set/captions.csv

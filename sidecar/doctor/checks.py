@@ -235,7 +235,7 @@ def check_models(settings: Settings, probe: Probe) -> list[Check]:
     wanted = [("checkpoint", "checkpoints", settings.checkpoint, True,
                "download an SD1.5 checkpoint (Anything V5) to {dir}/{file}, or set `checkpoint` to one you have"),
               *[("lora", "loras", name, False,
-                 "train it (datasets/WALKTHROUGH.md), then `sidecar loras promote RUN --step N` puts it in {dir}")
+                 "train it (docs/training/walkthrough.md), then `sidecar loras promote RUN --step N` puts it in {dir}")
                 for name in sorted(named["loras"])],
               ("controlnet", "controlnet", settings.controlnet_model, False,
                "download {file} into {dir} (only pose jobs need it)")]
