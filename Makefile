@@ -31,7 +31,7 @@ browser:
 	else echo "the studio's browser tests need chromium: sudo apt-get install chromium (or your system's package)"; fi; }
 
 docs: setup
-	@.venv/bin/mkdocs serve
+	@NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs serve
 
 test: setup browser
 	@.venv/bin/python -m pytest -q

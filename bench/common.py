@@ -29,7 +29,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def record(name: str, result: dict[str, Any]) -> Path:
-    """Write a bench's figures to bench/results/NAME.json (what the README quotes) and say where."""
+    """Write a bench's figures to bench/results/NAME.json (what the manual's benchmarks page quotes) and say where."""
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"{name}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -4,7 +4,7 @@ engine with the tiny models, with a token set, so every request the page makes r
 
 One daemon and one browser per test module (module fixtures); each test gets a fresh signed-in page
 whose console errors and uncaught exceptions fail the test. Screenshots go to a temporary folder, or to
-`docs/` (the README's pictures) with STUDIO_SCREENSHOTS=docs.
+`docs/` (the manual's and the README's pictures) with STUDIO_SCREENSHOTS=docs.
 """
 
 from __future__ import annotations

@@ -285,7 +285,7 @@ async def test_submit_while_comfyui_is_down_is_refused_then_three_jobs_run_fifo_
         tmp_path, comfy, http) -> None:
     async with daemon(tmp_path, comfy, http) as d:
         # ComfyUI down (attach mode, no install dir to list models from): POST /jobs answers 503
-        # comfyui_unavailable, as the README's error table says, and nothing is queued.
+        # comfyui_unavailable, as the manual's error codes say, and nothing is queued.
         await comfy.kill()
         status, answer = await submit(http, d)
         assert (status, answer["error"]["code"]) == (503, "comfyui_unavailable")

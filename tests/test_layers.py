@@ -4,7 +4,7 @@ a layer too, and among the `bench/` scripts). Read from the source (an ast walk)
 imported and a new module is checked the moment it exists.
 
 A module belongs to the layer of the longest prefix listed for it; a module no prefix names fails
-the test, so every new package is placed deliberately (README: Architecture).
+the test, so every new package is placed deliberately (docs/architecture.md).
 """
 
 from __future__ import annotations

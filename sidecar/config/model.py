@@ -40,7 +40,7 @@ def _comma_list(v: Any) -> Any:
 class Settings(BaseSettings):
     """Every knob of the daemon. Field names are the TOML keys; env vars are SIDECAR_<NAME>; flags
     --<name-with-dashes> (built from these fields by `sidecar.cli_support.config_options`). Every
-    field has a `description`: it is the flag's help, and README's configuration table lists them all
+    field has a `description`: it is the flag's help, and the manual's configuration table lists them all
     (tests/test_docs.py checks both)."""
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
