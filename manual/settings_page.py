@@ -13,15 +13,17 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from manual.markdown import GENERATED, cell, code, table
-from sidecar.config import ENV_PREFIX, Settings
+from sidecar.config import Settings
 
 PATH = "reference/settings.md"
+ENV_PREFIX = Settings.model_config.get("env_prefix", "")
 
 
 def _serve_flags() -> dict[str, str]:
     """Setting name -> the flags `sidecar serve` really offers for it (read off the click command)."""
-    from sidecar.cli import main
+    from manual.cli_page import scripts
 
+    main = scripts()["sidecar"]
     ctx = click.Context(main, info_name="sidecar")
     serve = main.get_command(ctx, "serve")
     assert serve is not None

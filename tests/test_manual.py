@@ -46,6 +46,8 @@ def test_a_broken_link_fails_the_build(tmp_path: Path) -> None:
     shutil.copytree(ROOT / "manual", copy / "manual", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "mkdocs.yml", copy / "mkdocs.yml")
     shutil.copy(ROOT / "pyproject.toml", copy / "pyproject.toml")
+    for code in ("sidecar", "pipeline_stage"):  # what the reference is generated from (and `watch:` names)
+        (copy / code).symlink_to(ROOT / code, target_is_directory=True)
     page = copy / "docs" / "studio.md"
     page.write_text(page.read_text(encoding="utf-8") + "\nSee [the gallery](gallery.md).\n", encoding="utf-8")
     result = build(copy / "mkdocs.yml", tmp_path / "site")
