@@ -51,7 +51,7 @@ def render() -> str:
         "130, interrupted). A code a subclass does not set is its parent's. Which codes each operation can "
         "answer: [HTTP API reference](http-api.md).\n",
         table(["class", "code", "HTTP", "exit", "what it means"], rows),
-        "\n## The tree, as `sidecar/errors.py` states it\n",
+        "\n## The tree, as the docstring of `sidecar.errors` states it\n",
         "It also lists the codes a failed job or training run carries (stored on the job or run, never an "
         "HTTP answer of their own).\n",
         "```text\n" + inspect.cleandoc(errors.__doc__ or "") + "\n```\n",
