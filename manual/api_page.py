@@ -43,7 +43,8 @@ def schema_type(schema: dict[str, Any]) -> str:
     for key in ("anyOf", "oneOf", "allOf"):
         if key in schema:
             kinds = [schema_type(s) for s in schema[key] if s.get("type") != "null"]
-            return " or ".join(dict.fromkeys(kinds)) or "null"
+            nullable = any(s.get("type") == "null" for s in schema[key])
+            return " or ".join([*dict.fromkeys(kinds), *(["null"] if nullable else [])])
     kind = schema.get("type", "any")
     if kind == "array":
         return f"list of {schema_type(schema.get('items', {}))}" + _limits(schema, "minItems", "maxItems")
