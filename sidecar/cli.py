@@ -136,7 +136,7 @@ def serve(**flags: Any) -> None:
 
     from sidecar.api.app import create_app
     from sidecar.datadir_lock import DataDirLock
-    from sidecar.listen import REQUEST_LIMITS, bind_listeners
+    from sidecar.listen import bind_listeners
     from sidecar.logpipe import trim_stderr
 
     trim_stderr()  # under launchd stderr is a file launchd never rotates
@@ -163,8 +163,7 @@ def serve(**flags: Any) -> None:
     try:
         # shutdown_timeout bounds how long open requests may hold up SIGTERM (the /events sockets are
         # closed first, by the app's on_shutdown); launchd kills a job that has not exited in 20 s.
-        web.run_app(app, sock=sockets, print=None, access_log=None, shutdown_timeout=settings.shutdown_timeout,
-                    handler_args=REQUEST_LIMITS)
+        web.run_app(app, sock=sockets, print=None, access_log=None, shutdown_timeout=settings.shutdown_timeout)
     except DatabaseUnusable as exc:
         log.error("%s", exc.message)  # one line, no traceback: the path and what to do
         lock.release()

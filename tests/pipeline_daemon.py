@@ -29,7 +29,6 @@ from PIL import Image
 from sidecar.api.app import create_app
 from sidecar.assets import EXAMPLE_CHAPTER, asset_path
 from sidecar.backend import RunContext, RunResult
-from sidecar.listen import REQUEST_LIMITS
 from sidecar.config import Settings
 from tests.scripted_backend import ScriptedBackend
 
@@ -71,7 +70,7 @@ class DaemonThread:
         return self
 
     async def _start(self) -> None:
-        self._runner = web.AppRunner(self.app, **REQUEST_LIMITS)
+        self._runner = web.AppRunner(self.app)  # the app carries its request limits
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()

@@ -46,6 +46,7 @@ from sidecar.backends.pool import build_pool
 from sidecar.config import Settings
 from sidecar.datadir_lock import DataDirLock
 from sidecar.errors import SidecarError
+from sidecar.listen import REQUEST_LIMITS
 from sidecar.events import EventBus
 from sidecar.jobs.build import JobBuilder
 from sidecar.jobs.previews import Previews
@@ -80,8 +81,11 @@ def create_app(settings: Settings, backend: GenerationBackend | None = None, *,
     With `[[backends]]` tables the app drives a pool of backends (`backends`: ready-made ones by name,
     for tests; `backend` then stands for the implicit `local` one)."""
     # The edge (Host, Origin, token, JSON bodies) comes first, for every route and the /events upgrade.
+    # The request limits go with the app (Application's `handler_args`), so every runner serving it
+    # applies them. Not `run_app(handler_args=...)`: there it reaches each connection's handler as an
+    # unknown keyword, and aiohttp then drops all the settings, logging a warning per connection.
     app = web.Application(middlewares=[edge_middleware(settings), error_middleware],
-                          client_max_size=settings.max_body_bytes)
+                          client_max_size=settings.max_body_bytes, handler_args=REQUEST_LIMITS)
     profile = get_profile(settings.profile)
     store = JobStore(settings.db_path)
     device = Device()
