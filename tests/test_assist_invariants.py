@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sidecar.assist.apply import apply_changes
-from sidecar.assist.changes import REGIONS, Change, ChangeSet
+from sidecar.assist.changes import CHANGE as CHANGE_MODEL
+from sidecar.assist.changes import REGIONS, AddChange, ChangeSet, ReplaceChange
 from sidecar.assist.character import CharacterSheet
 from sidecar.assist.tags import key, mirror, split_tags
 
@@ -23,8 +24,8 @@ DANGEROUS = ["spyke_plasma_v1", "right bracer", "left bracer", "Right  Bracer", 
              "mirrored", "flipped", "bare arms", "bracer on left arm", "black hair"]
 TAG = st.sampled_from(FREE + DANGEROUS)
 CHANGE = st.builds(
-    lambda op, region, tag, other: Change(op=op, region=region, tag=tag,
-                                          replacement=other if op == "replace" else None),
+    lambda op, region, tag, other: CHANGE_MODEL.validate_python(
+        {"op": op, "region": region, "tag": tag, **({"replacement": other} if op == "replace" else {})}),
     st.sampled_from(["add", "remove", "replace"]), st.sampled_from(REGIONS), TAG, TAG)
 CHANGE_SETS = st.builds(lambda cs: ChangeSet(changes=cs), st.lists(CHANGE, max_size=12))
 PROMPTS = st.builds(
@@ -72,9 +73,9 @@ def test_a_trigger_found_later_moves_first_and_a_missing_one_is_not_invented() -
 
 def test_replace_keeps_the_position_and_refusals_say_why() -> None:
     changes = ChangeSet(changes=[
-        Change(op="replace", region="lighting", tag="noon", replacement="dusk"),
-        Change(op="replace", region="appearance", tag="ginger hair", replacement="black hair"),
-        Change(op="add", region="appearance", tag="bracer on left arm")])
+        ReplaceChange(op="replace", region="lighting", tag="noon", replacement="dusk"),
+        ReplaceChange(op="replace", region="appearance", tag="ginger hair", replacement="black hair"),
+        AddChange(op="add", region="appearance", tag="bracer on left arm")])
     result = apply_changes(["spyke_plasma_v1", "noon", "(ginger hair:1.2)", "right bracer"], changes, SHEET)
     assert result.tags == ["spyke_plasma_v1", "dusk", "(ginger hair:1.2)", "right bracer"]
     notes = [o.note for o in result.refused]

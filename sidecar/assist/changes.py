@@ -9,31 +9,49 @@ one change can never smuggle in several tags.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter
 
 Region = Literal["framing", "pose", "expression", "appearance", "outfit", "setting", "lighting", "style", "other"]
 REGIONS: tuple[str, ...] = Region.__args__  # type: ignore[attr-defined]
-Tag = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=80, pattern=r"^[^,\n]+$")]
+# At least one character that is neither a comma nor white space: a blank tag, which the schema would
+# otherwise admit, strips to nothing.
+Tag = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=80,
+                                       pattern=r"^[^,\n]*[^,\s][^,\n]*$")]
 
 
-class Change(BaseModel):
+class _Change(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    op: Literal["add", "remove", "replace"] = Field(description="add a tag, remove one, or replace one with another")
+    op: str
     region: Region = Field(description="the part of the picture the tag is about")
-    tag: Tag = Field(description="add: the new tag; remove and replace: the tag of the prompt it applies to")
-    replacement: Tag | None = Field(None, description="replace only: the tag that takes its place")
+    tag: Tag
     reason: str = Field("", max_length=200, description="a few words: which part of the feedback this follows")
 
-    @model_validator(mode="after")
-    def _replacement_only_with_replace(self) -> "Change":
-        if self.op == "replace" and self.replacement is None:
-            raise ValueError("a replace change needs a replacement")
-        if self.op != "replace" and self.replacement is not None:
-            raise ValueError(f"an {self.op} change takes no replacement")
-        return self
+
+class AddChange(_Change):
+    op: Literal["add"] = Field(description="add a tag")
+    tag: Tag = Field(description="the new tag")
+    replacement: ClassVar[None] = None  # only a replace has one; read alike on every change
+
+
+class RemoveChange(_Change):
+    op: Literal["remove"] = Field(description="remove a tag of the prompt")
+    tag: Tag = Field(description="the tag of the prompt to remove")
+    replacement: ClassVar[None] = None
+
+
+class ReplaceChange(_Change):
+    op: Literal["replace"] = Field(description="replace a tag of the prompt with another")
+    tag: Tag = Field(description="the tag of the prompt to replace")
+    replacement: Tag = Field(description="the tag that takes its place")
+
+
+# One shape per `op` (a discriminated union): the schema Ollama constrains its answer with admits a
+# `replacement` only where one is needed, and requires it there, so whatever it admits validates.
+Change = Annotated[AddChange | RemoveChange | ReplaceChange, Field(discriminator="op")]
+CHANGE = TypeAdapter(Change)
 
 
 class ChangeSet(BaseModel):
