@@ -1,7 +1,7 @@
 # The two commands of the README: `make demo` (the main job, on the embedded engine) and `make test`;
 # `make docs` serves the manual (docs/, mkdocs.yml) at http://127.0.0.1:8000.
 # Both set up .venv first; an existing .venv is reused and pip runs again only when pyproject.toml changed.
-.PHONY: setup demo test bench browser docs
+.PHONY: setup demo test bench browser docs sshd
 PYTHON ?= python3
 TORCH_VERSION ?= 2.13.0
 STAMP := .venv/.plasma-sidecar-installed
@@ -33,7 +33,17 @@ browser:
 docs: setup
 	@NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs serve
 
-test: setup browser
+# The remote-training tests run the ssh provider against the system's OpenSSH server (Debian's
+# `openssh-server`): they start its `sshd` themselves, on a free 127.0.0.1 port with their own keys and
+# config, and never use the system's service. Installed here the same way as Chromium.
+sshd:
+	@command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ] || \
+	{ if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing openssh-server for the remote-training tests (apt-get)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openssh-server >/dev/null; \
+	else echo "the remote-training tests need OpenSSH's sshd: sudo apt-get install openssh-server (or your system's package)"; fi; }
+
+test: setup browser sshd
 	@.venv/bin/python -m pytest -q
 
 bench: setup

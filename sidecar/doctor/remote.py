@@ -9,7 +9,7 @@ import asyncio
 
 from sidecar.config import Settings
 from sidecar.doctor.report import Check
-from sidecar.errors import SidecarError
+from sidecar.errors import RemoteUnavailable, SidecarError
 from sidecar.remote.shell import ConnectionLost
 from sidecar.remote.vast import sdk_version
 
@@ -48,6 +48,8 @@ async def check_remote(settings: Settings) -> list[Check]:
             status = "ok" if detail.startswith("reached") and "missing" not in detail else "warn"
             checks.append(Check("SSH training host", status, detail,
                                 "" if status == "ok" else "set kohya_dir and python in [remote.ssh]"))
+        except RemoteUnavailable as exc:  # it answers but refuses the login: the reason names the fix
+            checks.append(Check("SSH training host", "warn", exc.message, exc.details.get("fix", "")))
         except (ConnectionLost, asyncio.TimeoutError) as exc:
             checks.append(Check("SSH training host", "warn", f"{ssh.host}:{ssh.port}: {exc or 'no answer'}",
                                 "check host, port, identity_file and known_hosts in [remote.ssh]"))

@@ -3,7 +3,8 @@
 What the run needs from a machine and nothing more: run a command, upload files and folders (each under
 a temporary name, renamed when whole), read a log from an offset, download a file while hashing it.
 Every network or SSH failure becomes `ConnectionLost`, which the trainer answers by reconnecting (the
-trainer on the machine runs detached and does not notice). Paths may start with `~/` (the login's home).
+trainer on the machine runs detached and does not notice); a machine that refuses the login (its host
+key is not trusted, or it does not take our key) is `RemoteUnavailable` at once, with the fix. Paths may start with `~/` (the login's home).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from pathlib import Path
 
 import asyncssh
 
+from sidecar.errors import RemoteUnavailable
+
 log = logging.getLogger("sidecar.remote")
 # asyncssh logs every channel and SFTP call at INFO: far too much for the daemon log.
 
@@ -29,6 +32,32 @@ CHUNK = 1 << 20
 
 class ConnectionLost(Exception):
     """The machine cannot be reached right now (refused, dropped, timed out)."""
+
+
+# A machine that answers but refuses us: retrying cannot help, and nothing may be started there.
+LOGIN_REFUSED = ("host_key_untrusted", "permission_denied")
+
+
+def login_refused(ep: Endpoint, exc: asyncssh.Error) -> RemoteUnavailable:
+    """The machine's refusal as the error a run ends with: the reason in words, and what fixes it."""
+    where = f"{ep.user}@{ep.host}:{ep.port}"
+    if isinstance(exc, asyncssh.HostKeyNotVerifiable):
+        known = str(ep.known_hosts) if ep.known_hosts is not None else "~/.ssh/known_hosts"
+        fix = f"ssh-keyscan -p {ep.port} {ep.host} >> {known}"
+        reason, why = "host_key_untrusted", (f"host key not trusted: add it to known_hosts with `{fix}` (after "
+                                             "checking that it is your machine's key)")
+    else:
+        key = str(ep.identity_file) if ep.identity_file is not None else "ssh-agent and ~/.ssh keys"
+        fix = f"put the public key of {key} in ~/.ssh/authorized_keys of {ep.user} on {ep.host}"
+        reason, why = "permission_denied", (f"permission denied for user {ep.user}: check identity_file ({key}); "
+                                            f"its public key must be in that user's authorized_keys")
+    return RemoteUnavailable(f"Cannot log in to {where}: {why}. Nothing was started there.",
+                             {"reason": reason, "host": ep.host, "port": ep.port, "user": ep.user, "fix": fix,
+                              "sshError": str(exc)})
+
+
+def is_login_refused(exc: BaseException) -> bool:
+    return isinstance(exc, RemoteUnavailable) and exc.details.get("reason") in LOGIN_REFUSED
 
 
 class CommandFailed(Exception):
@@ -70,6 +99,8 @@ class Shell:
             options["known_hosts"] = str(Path(ep.known_hosts).expanduser())
         try:
             conn = await asyncssh.connect(ep.host, ep.port, **options)
+        except (asyncssh.HostKeyNotVerifiable, asyncssh.PermissionDenied) as exc:
+            raise login_refused(ep, exc) from None
         except (OSError, asyncssh.Error, asyncio.TimeoutError) as exc:
             raise ConnectionLost(f"cannot connect to {ep.user}@{ep.host}:{ep.port}: {exc}") from exc
         try:

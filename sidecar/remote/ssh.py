@@ -82,7 +82,7 @@ class SshProvider:
         shell = await self.shell(None, None)
         try:
             out = await shell.run(
-                f"cd {q(self.settings.work_dir)} 2>/dev/null || exit 0; for d in */; do p=\"$d{PID_FILE}\"; "
+                f"cd {q(self.settings.work_dir)} 2>/dev/null || exit 0; for d in */; do p=\"${{d}}{PID_FILE}\"; "
                 "[ -f \"$p\" ] && kill -0 -\"$(cat \"$p\")\" 2>/dev/null && echo \"${d%/}\"; done; true", check=False)
         finally:
             await shell.close()

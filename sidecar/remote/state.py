@@ -12,8 +12,10 @@ from typing import Any
 
 # The life of a run's machine. `detached`: the daemon stopped while it trained; it is re-attached at the
 # next start. `destroy_failed`: destroying did not go through; the reaper tries again at the next start.
+# `failed`: the run ended before it had a machine (none rented, or the SSH host refused the login):
+# nothing was left there; `message` says why.
 STATES = ("searching", "creating", "starting", "uploading", "training", "pulling", "destroying", "destroyed",
-          "detached", "destroy_failed")
+          "detached", "destroy_failed", "failed")
 LIVE = frozenset({"creating", "starting", "uploading", "training", "pulling", "destroying", "detached",
                   "destroy_failed"})
 
@@ -49,6 +51,9 @@ class RemoteState:
     max_hours: float | None = None
     work_dir: str | None = None  # the run's folder on the machine (absolute)
     pid: int | None = None  # the detached trainer's process group there
+    # The step that trainer started from (its `--resume` point, 0 for a fresh start): its log's bar counts
+    # the steps after it, so this is the offset of its counts, whoever reads the log (a re-attach too).
+    start_step: int = 0
     log_offset: int = 0
     instances: int = 0  # how many instances the run has had
     instances_this_attempt: int = 0
@@ -87,7 +92,7 @@ class RemoteState:
         self.first_rented_at = self.first_rented_at or now
         self.instances += 1
         self.instances_this_attempt += 1
-        self.pid, self.log_offset, self.host_key, self.work_dir = None, 0, None, None
+        self.pid, self.log_offset, self.host_key, self.work_dir, self.start_step = None, 0, None, None, 0
 
     def billed(self, started_at: float | None, price: float | None) -> None:
         """The provider's own figures for the current instance: when billing started, the price."""

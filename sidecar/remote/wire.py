@@ -52,7 +52,8 @@ class RemoteStatus(_Wire):
     provider: str
     state: str = Field(description="searching, creating, starting, uploading, training, pulling, destroying, "
                                    "destroyed, detached (daemon stopped; re-attached at its next start), "
-                                   "destroy_failed (the reaper retries at start)")
+                                   "destroy_failed (the reaper retries at start), failed (the run ended before "
+                                   "it had a machine, e.g. the SSH host refused the login; `message` says why)")
     instance: str | None = Field(None, description="the provider's instance id (ssh: the run folder)")
     host: str | None = Field(None, description="SSH host:port of the machine")
     gpu: str | None = None

@@ -105,7 +105,7 @@ class SessionBase(KohyaRelay):
     @property
     def step(self) -> int:
         last = self.parser.last
-        return last.step if last else (self.resume.step if self.resume else 0)
+        return last.step if last else (self.resume.step if self.resume else self.parser.offset)
 
     # -- never left running
     async def destroy(self) -> None:

@@ -13,7 +13,7 @@ import time
 
 from sidecar.errors import RemoteUnavailable
 from sidecar.remote import machine
-from sidecar.remote.shell import ConnectionLost
+from sidecar.remote.shell import ConnectionLost, is_login_refused
 from sidecar.training import checkpoints as files
 from sidecar.training.parser import BarUpdate, CheckpointSaved, KohyaOutputParser
 from sidecar.training.remote.base import InstanceLost, _append
@@ -30,6 +30,8 @@ class Reattaching(Starting):
         try:
             inst = await self.provider.status(st.instance_id or "")
         except (RemoteUnavailable, ConnectionLost) as exc:
+            if is_login_refused(exc):
+                raise
             log.warning("run %s: cannot ask about instance %s (%s); replacing it", self.job.run_id,
                         st.instance_id, exc)
             await self.destroy()
@@ -45,11 +47,13 @@ class Reattaching(Starting):
             await self.destroy()
             return False
         # Read the log again from the start with a fresh parser (its state died with the daemon); the
-        # checkpoints pulled before are not pulled again.
+        # checkpoints pulled before are not pulled again. The trainer's counts are offset only by the
+        # step it was started from, not by the state the run was queued again with (the restart's
+        # `resume_step`, the last pulled state: this trainer did not start from it).
         st.log_offset, st.reattached = 0, st.reattached + 1
         self.parser = KohyaOutputParser()
-        if self.resume is not None:
-            self.parser.offset = self.resume.step
+        self.parser.offset = st.start_step
+        self.resume = None
         with contextlib.suppress(OSError):
             (self.job.work_dir / "train.log").unlink()
         await self.catch_up()
@@ -95,8 +99,9 @@ class Reattaching(Starting):
                 self.publish()
                 log.info("run %s: reconnected to the machine; training went on meanwhile", self.job.run_id)
                 return
-            except (ConnectionLost, RemoteUnavailable):
-                pass  # keep asking while the instance is worth it
+            except (ConnectionLost, RemoteUnavailable) as exc:
+                if is_login_refused(exc):
+                    raise  # the machine answers but no longer lets us in: asking again cannot help
             if time.monotonic() - since > stale:
                 try:
                     inst = await self.provider.status(st.instance_id or "")

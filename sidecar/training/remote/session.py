@@ -24,6 +24,7 @@ ALIVE_EVERY = 1.0  # s between checks that the trainer's process group still liv
 class Session(Reattaching):
     async def go(self) -> TrainResult:
         detach = False
+        failure: SidecarError | None = None
         if not self.st.live:
             self.st.new_attempt()  # a re-attach continues the attempt (and its limits) it interrupted
         try:
@@ -47,12 +48,17 @@ class Session(Reattaching):
                 raise
             await self.wind_down()
             raise
-        except SidecarError:
+        except SidecarError as exc:
+            failure = exc
             raise
         finally:
             await self.close_shell()
             if not detach:
                 await self.destroy()
+            if failure is not None and self.st.instance_id is None:
+                # Ended before it had a machine (a refused login included): a final state, and why.
+                self.st.message = failure.message
+                self.publish("failed")
 
     # -- following the trainer
     async def follow(self) -> TrainResult:

@@ -128,8 +128,8 @@ class Starting(CostGuard):
         await shell.run(f"mkdir -p {q(rdir)}/output")
         pid = (await shell.run(machine.launch_command(rdir))).strip()
         st.pid, st.log_offset = int(pid), 0
+        st.start_step = self.resume.step if self.resume is not None else 0
         self.parser = KohyaOutputParser()
-        if self.resume is not None:
-            self.parser.offset = self.resume.step
+        self.parser.offset = st.start_step
         self.publish("training")
         log.info("run %s: train_network.py started on the machine (process group %s)", job.run_id, pid)
