@@ -82,3 +82,37 @@ async def test_cancel_stops_the_trainer_on_the_host_and_keeps_the_pulled_checkpo
     assert 2 in [c["step"] for c in done["checkpoints"]] and Path(done["checkpoints"][0]["path"]).is_file()
     assert done["remote"]["state"] == "destroyed"
     assert not ssh_host.processes(), "the trainer still runs on the host"
+
+
+async def test_a_resumed_run_followed_again_after_a_restart_counts_from_its_resume_point(
+        aiohttp_client, tmp_path: Path, client_key, ssh_host, dataset, trainer_env) -> None:
+    # The one case with an offset: a trainer started with --resume counts only the steps after its resume
+    # point, and a daemon that re-attaches to it must add exactly that, not the state it was queued with.
+    trainer_env["FAKE_KOHYA_STEP_SECONDS"] = "0.15"
+    settings = make_settings(tmp_path, remote_settings(tmp_path, client_key, ssh_host))
+    client = await app_client(aiohttp_client, settings)
+    run = await submit(client, dataset, SSH, steps=20)
+    await wait_run(client, run["id"], lambda b: any(c["step"] == 4 for c in b["checkpoints"]))
+    await client.post(f"/loras/{run['id']}/cancel")
+    cancelled = await wait_run(client, run["id"], {"cancelled"})
+    resumed_from = max(c["step"] for c in cancelled["checkpoints"])
+    assert (await client.post(f"/loras/{run['id']}/resume")).status == 202
+    # Past a checkpoint pulled after the resume: the restart queues the run again from that newer state.
+    await wait_run(client, run["id"], lambda b: any(c["step"] > resumed_from + 2 for c in b["checkpoints"]))
+    await client.close()  # the daemon stops: the trainer goes on there, detached
+    client = await app_client(aiohttp_client, settings)
+    seen: list[dict] = []
+
+    def ended(body: dict) -> bool:
+        seen.append(body)
+        return body["status"] in {"succeeded", "failed", "cancelled"}
+
+    done = await wait_run(client, run["id"], ended, timeout=60)
+    assert done["status"] == "succeeded", done["error"]
+    assert done["remote"]["reattached"] >= 1
+    assert sum("setsid nohup" in c for c in ssh_host.commands) == 2, "one start, one resume, nothing else"
+    assert done["step"] == 20 and done["total"] == 20
+    off = [(b["step"], b["total"]) for b in seen if b["total"] != 20 or b["step"] > 20]
+    assert not off, off[:5]
+    assert all(c["step"] <= 20 for c in done["checkpoints"])
+    assert not ssh_host.processes()

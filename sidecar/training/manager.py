@@ -119,7 +119,12 @@ class TrainingManager:
             await asyncio.sleep(0.05)
 
     async def _recover(self) -> None:
-        for run in reversed(await self.store.list(("running", "queued"), limit=1000)):
+        for run in reversed(await self.store.list(("running", "queued", "interrupted"), limit=1000)):
+            if run.status == "interrupted":
+                if recovery.detached(run):
+                    # Stopped with the daemon while its trainer went on there (SIGTERM): follow it again.
+                    await self._requeue(run, "re-attached: it went on training while the daemon was stopped")
+                continue
             if run.status == "running":
                 await self._set(run, "interrupted", **await recovery.interrupt_after_restart(self.store, run))
                 log.warning("training run %s was running when the daemon stopped: marked interrupted", run.id)

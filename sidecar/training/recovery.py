@@ -47,3 +47,12 @@ def reattaches(run: RunRecord) -> bool:
 
     state = RemoteState.from_dict(run.remote)
     return run.engine == "remote" and state is not None and state.live
+
+
+def detached(run: RunRecord) -> bool:
+    """An interrupted remote run the daemon left training when it stopped (`detached`): the next start
+    follows it again, as the stop promised, instead of the reaper destroying its machine."""
+    from sidecar.remote.state import RemoteState
+
+    state = RemoteState.from_dict(run.remote)
+    return run.engine == "remote" and state is not None and state.state == "detached" and state.live
