@@ -158,8 +158,11 @@ class OpenSshHost:
         return found
 
     def close(self) -> list[int]:
-        """Stop sshd and everything started through it; returns what was still running first."""
-        left = self.processes()
+        """Stop sshd and everything started through it; returns what was still running first (a session's
+        shell that is just exiting after its connection closed is given a few seconds)."""
+        deadline = time.monotonic() + 5
+        while (left := self.processes()) and time.monotonic() < deadline:
+            time.sleep(0.1)
         if self.proc is not None:
             self.proc.terminate()
             try:

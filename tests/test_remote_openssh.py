@@ -20,7 +20,7 @@ import pytest
 from sidecar.doctor.remote import check_remote
 from sidecar.remote.machine import launch_command
 from sidecar.remote.provider import label_for
-from sidecar.remote.settings import RemoteSettings, SshSettings
+from sidecar.config.remote import RemoteSettings, SshSettings
 from sidecar.remote.ssh import SshProvider
 from sidecar.remote.shell import q
 from tests.conftest_comfy import free_port
