@@ -4,7 +4,8 @@ What the run needs from a machine and nothing more: run a command, upload files 
 a temporary name, renamed when whole), read a log from an offset, download a file while hashing it.
 Every network or SSH failure becomes `ConnectionLost`, which the trainer answers by reconnecting (the
 trainer on the machine runs detached and does not notice); a machine that refuses the login (its host
-key is not trusted, or it does not take our key) is `RemoteUnavailable` at once, with the fix. Paths may start with `~/` (the login's home).
+key is not trusted, or it does not take our key) is `RemoteUnavailable` at once, with the fix. Paths may
+start with `~/` (the login's home).
 """
 
 from __future__ import annotations

@@ -44,7 +44,8 @@ class Starting(CostGuard):
         st.why = plan.why if self.provider.name == "vast" else f"the configured SSH host {plan.offer.id}"
         log.info("run %s: %s chosen: %s", job.run_id, st.offer, st.why)
         self.publish("creating")
-        onstart = machine.onstart_script(self.resolved.get("kohya_commit", "")) if self.provider.name == "vast" else None
+        vast = self.provider.name == "vast"
+        onstart = machine.onstart_script(self.resolved.get("kohya_commit", "")) if vast else None
         instance = await self.provider.create(plan.offer, label_for(job.run_id), onstart)
         st.rented(instance.id, instance.price_per_hour or plan.offer.price_per_hour)
         st.label = instance.label
