@@ -63,7 +63,7 @@ def test_the_sent_schema_gives_each_op_its_own_shape(schema: dict) -> None:
     assert "replacement" in replace["required"]
 
 
-@settings(max_examples=400, deadline=None, derandomize=True, database=None,
+@settings(max_examples=200, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(data=st.data())
 def test_every_answer_the_schema_admits_validates_and_applies(schema: dict, data: st.DataObject) -> None:
