@@ -25,7 +25,8 @@ from sidecar.hosts import is_loopback
 from sidecar.errors import EXIT_FAILED, DatabaseUnusable, SidecarError
 
 LAZY_COMMANDS = {
-    "models": ("sidecar.engine.cli:models", "Embedded-engine models (make-tiny, list)."),
+    "models": ("sidecar.engine.cli:models", "Models: make-tiny, list, fetch ccip (the likeness weights)."),
+    "likeness": ("sidecar.likeness.cli:likeness", "Is an image the character? check the reference set, score images."),
     "loras": ("sidecar.loras.cli:loras", "LoRA training, checkpoint sweeps and promotion."),
     "dataset": ("sidecar.dataprep.cli:dataset", "Training-set tools: crop, flip, caption, check, layout, reg."),
     "launchd": ("sidecar.launchd.cli:launchd_cli", "Install the launchd agents (macOS)."),

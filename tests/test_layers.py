@@ -25,14 +25,15 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("commands", ("pipeline_stage", "sidecar.loras", "sidecar.dataprep.cli", "sidecar.dataprep.propose_cli",
                   "sidecar.dataprep.progress", "sidecar.dataprep.reg", "sidecar.doctor.cli", "sidecar.doctor.bench",
                   "sidecar.gc", "sidecar.launchd.cli", "sidecar.demo", "sidecar.engine.cli", "sidecar.studio.cli",
-                  "sidecar.grids", "sidecar.assist.cli")),
+                  "sidecar.grids", "sidecar.assist.cli", "sidecar.likeness.cli")),
     ("what the commands share", ("sidecar.cli_support", "sidecar.client")),
     ("the HTTP API", ("sidecar.api", "sidecar.studio")),
     # Libraries the commands and the daemon (the studio's routes) both run: no click, no daemon client.
     ("the doctor's checks, the dataset tools, the pipeline project's files", (
         "sidecar.doctor", "sidecar.dataprep", "sidecar.launchd", "pipeline_stage.layout", "pipeline_stage.errors",
         "pipeline_stage.genlog", "pipeline_stage.image", "pipeline_stage.outputs", "pipeline_stage.prompts",
-        "pipeline_stage.entry")),
+        "pipeline_stage.entry",
+        "sidecar.likeness")),  # the likeness judge: the daemon's routes and the commands both score
     # The wire: what POST /jobs takes and the API answers, shared by the daemon and its clients.
     ("request and response models", ("sidecar.api.models", "sidecar.api.responses")),
     ("jobs and training", ("sidecar.jobs", "sidecar.training")),

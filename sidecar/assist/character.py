@@ -3,10 +3,12 @@
     trigger = "spyke_plasma_v1"
     locked = ["right bracer", "left knee pauldron", "ginger hair", "white cloak"]
     locked_negative = ["mirrored", "left bracer"]
+    references = ["refs/*.png"]
 
 `locked` traits are never removed from a prompt or swapped to the other side; `locked_negative` tags
 never enter it (they belong in the negative prompt). It is found from a prompt file's folder upwards,
-so every page of a project shares one.
+so every page of a project shares one. `references` are globs (relative to the file's folder, the
+project root) of crops of the character the artist approves: the likeness judge's reference set.
 """
 
 from __future__ import annotations
@@ -31,6 +33,17 @@ class CharacterSheet(BaseModel):
                               description="traits no prompt change may remove or mirror")
     locked_negative: list[str] = Field(default_factory=list, max_length=64,
                                        description="tags no prompt change may add to the prompt")
+    references: list[str] = Field(default_factory=list, max_length=64,
+                                  description="globs of approved crops of the character, relative to the "
+                                              "project root (the likeness judge's reference set)")
+
+    @field_validator("references")
+    @classmethod
+    def _inside(cls, v: list[str]) -> list[str]:
+        for pattern in v:
+            if not pattern.strip() or pattern.startswith(("/", "~")) or ".." in pattern.split("/"):
+                raise ValueError(f"{pattern!r} must be a glob relative to the project root, without '..'")
+        return v
 
     @field_validator("trigger")
     @classmethod
@@ -88,5 +101,5 @@ def load_character(path: Path) -> CharacterSheet:
         return CharacterSheet.model_validate(data)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(top)'}: {e['msg']}" for e in exc.errors())
-        raise CharacterInvalid(f"{path} is invalid: {problems}. Keys: trigger, locked, locked_negative.",
+        raise CharacterInvalid(f"{path} is invalid: {problems}. Keys: trigger, locked, locked_negative, references.",
                                {"file": str(path)}) from None

@@ -192,6 +192,14 @@ class Settings(BaseSettings):
     upscale_tile_overlap: int = Field(32, ge=0, le=512, description="pixels neighbouring upscale tiles share, "
                                                                     "blended so no seam shows")
 
+    # -- likeness (is the image the character? `sidecar models fetch ccip`)
+    likeness_model: str = Field("ccip-caformer-24-randaug-pruned", pattern=r"^[A-Za-z0-9._-]{1,100}$",
+                                description="the likeness model: a folder of <models>/likeness/ (CCIP's ONNX "
+                                            "files); ccip-tiny is make-tiny's random one")
+    likeness_threshold: float | None = Field(None, gt=0, le=2,
+                                             description="CCIP difference at or under which an image is the same "
+                                                         "character [default: the model's published threshold]")
+
     @field_validator("data_dir", "models_dir", "comfyui_dir", "kohya_dir", "workflows_dir", "project_root",
                      mode="after")
     @classmethod

@@ -20,6 +20,7 @@ def models() -> None:
       sidecar models make-tiny --out ./models
       sidecar serve --engine embedded --models-dir ./models --device cpu
       sidecar models list --models-dir ./models
+      sidecar models fetch ccip                      # the likeness judge's weights (once)
     """
 
 
@@ -32,7 +33,8 @@ def models() -> None:
 @click.option("--fp16", is_flag=True, help="store the weights in fp16, as most real checkpoints are")
 @click.option("--json", "as_json", is_flag=True, help="print the written paths as JSON")
 def make_tiny(out: Path, seed: int, full_size: bool, fp16: bool, as_json: bool) -> None:
-    """Write a random-weight SD1.5-architecture model set (checkpoint, kohya LoRA, ControlNet).
+    """Write a random-weight SD1.5-architecture model set (checkpoint, kohya LoRA, ControlNet) and a
+    tiny random likeness model (likeness/ccip-tiny/, CCIP's inputs and outputs).
 
     The files have the formats of real ones (original SD1.5 key layout, kohya LoRA keys and ss_*
     metadata, ControlNet 1.x layout), small enough that a 512x768 job takes seconds on a CPU. Each
@@ -45,15 +47,18 @@ def make_tiny(out: Path, seed: int, full_size: bool, fp16: bool, as_json: bool) 
         from sidecar.engine.tiny import make_models
     except ImportError as exc:
         raise EngineUnavailable(f"the embedded engine is not installed ({exc}); pip install -e '.[engine]'") from None
+    from sidecar.likeness.tiny import make_tiny_likeness
+
     written = make_models(out, seed=seed, full_size=full_size, dtype=torch.float16 if fp16 else torch.float32)
-    paths = {"checkpoint": str(written.checkpoint), "lora": str(written.lora), "controlnet": str(written.controlnet)}
+    paths = {"checkpoint": str(written.checkpoint), "lora": str(written.lora), "controlnet": str(written.controlnet),
+             "likeness": str(make_tiny_likeness(out, seed=seed))}
     if as_json:
         click.echo(json.dumps(paths, indent=2))
         return
     for kind, path in paths.items():
         click.echo(f"{kind:<11} {path}")
-    click.echo(f"\nnext: SIDECAR_CHECKPOINT={written.checkpoint.name} sidecar serve --engine embedded "
-               f"--models-dir {out}")
+    click.echo(f"\nnext: SIDECAR_CHECKPOINT={written.checkpoint.name} SIDECAR_LIKENESS_MODEL=ccip-tiny "
+               f"sidecar serve --engine embedded --models-dir {out}")
 
 
 @models.command("list")
@@ -72,3 +77,27 @@ def list_cmd(models_dir: Path, as_json: bool) -> None:
         click.echo(f"{folder}/")
         for name in names or ["(none)"]:
             click.echo(f"  {name}")
+
+
+@models.command("fetch")
+@click.argument("what", type=click.Choice(["ccip"]))
+@click.option("--models-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="the models folder [default: the configuration's models_dir, else <data_dir>/models]")
+@click.option("--model", default=None, help="the CCIP model [default: the likeness_model setting]")
+@click.option("--revision", default=None, help="a hub revision (commit) to pin [default: main]")
+@click.option("--json", "as_json", is_flag=True, help="print the fetched files as JSON")
+def fetch(what: str, models_dir: Path | None, model: str | None, revision: str | None, as_json: bool) -> None:
+    """Download the likeness judge's weights (CCIP, from the hub repo deepghs/ccip_onnx) into
+    <models>/likeness/<model>/, printing each file's size and sha256. The only time they are downloaded:
+    jobs never fetch anything."""
+    from sidecar.cli_support import current_settings
+    from sidecar.likeness.fetch import fetch_ccip
+
+    settings = current_settings()
+    target = models_dir or settings.models_path
+    done = fetch_ccip(target, model or settings.likeness_model, revision)
+    if as_json:
+        click.echo(json.dumps([{"file": str(f.path), "size": f.size, "sha256": f.sha256} for f in done], indent=2))
+        return
+    for f in done:
+        click.echo(f"{f.path}  {f.size} bytes  sha256 {f.sha256}")

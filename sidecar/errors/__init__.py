@@ -53,6 +53,7 @@ codes), `edge`, `inputs`, `state`, `services`, `jobs`, `startup`, `client`. The 
     │   ├── CheckpointFileMissing     checkpoint_file_missing           1  (a run's file is gone)
     │   ├── GenerationLogInvalid      generation_log_invalid            1  (torn or invalid: never rewritten)
     │   ├── PromptFileChanged         prompt_file_changed               2  (the page's prompt is no longer the one refined)
+    │   ├── ReferencesMissing         references_missing                2  (likeness: character.toml names no reference image)
     │   └── NoOfferUnderLimits        no_offer_under_limits             1  (no rentable GPU fits the limits)
     ├── WebSocketRequired             websocket_required         426    2  (a plain GET of /events)
     ├── QueueFull                     queue_full                 429    1  (retry later)
@@ -63,6 +64,7 @@ codes), `edge`, `inputs`, `state`, `services`, `jobs`, `startup`, `client`. The 
     │                                                                      refuses, or its SDK is not installed)
     ├── OllamaUnavailable             ollama_unavailable         503    3  (nothing answers at ollama_url)
     ├── OllamaModelMissing            ollama_model_missing       503    2  (`ollama pull <model>` fixes it)
+    ├── LikenessUnavailable           likeness_unavailable       503    2  (no likeness weights: `sidecar models fetch ccip`)
     ├── OllamaTimeout                 ollama_timeout             504    1  (no answer within ollama_timeout)
     ├── OllamaFailed                  ollama_error               502    1  (Ollama answered an error, e.g. 500)
     ├── AssistantAnswerInvalid        assistant_answer_invalid   502    1  (malformed twice: nothing written)
@@ -160,6 +162,7 @@ from sidecar.errors.state import (  # noqa: F401
     PreviewNotFound,
     ProjectNotConfigured,
     PromptFileChanged,
+    ReferencesMissing,
     QueueFull,
     TrainingInProgress,
     TrainingNotFound,
@@ -171,6 +174,7 @@ from sidecar.errors.services import (  # noqa: F401
     EngineUnavailable,
     OllamaFailed,
     OllamaModelMissing,
+    LikenessUnavailable,
     OllamaTimeout,
     OllamaUnavailable,
     RemoteUnavailable,

@@ -39,6 +39,15 @@ class OllamaModelMissing(SidecarError):
     exit_code = EXIT_INPUT
 
 
+class LikenessUnavailable(SidecarError):
+    """The likeness model's weights are not in the models folder (or do not load); `details.fix` is the
+    command that gets them. Everything but likeness keeps working."""
+
+    http_status = 503
+    code = "likeness_unavailable"
+    exit_code = EXIT_INPUT
+
+
 class OllamaTimeout(SidecarError):
     http_status = 504
     code = "ollama_timeout"

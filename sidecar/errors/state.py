@@ -68,6 +68,13 @@ class PromptFileChanged(Conflict):
     code = "prompt_file_changed"
 
 
+class ReferencesMissing(Conflict):
+    """A likeness score needs the character's reference set: `references` in the project's
+    `character.toml` is missing, or its globs match no image."""
+
+    code = "references_missing"
+
+
 class QueueFull(SidecarError):
     """More jobs waiting than `max_queue`: the client should retry later (as Ollama's 503 at
     OLLAMA_MAX_QUEUE; 429 here, since it is the client's own flood that fills the queue)."""
