@@ -16,11 +16,12 @@ from pathlib import Path
 from aiohttp import web
 
 from sidecar.api import (
-    captions, dataset, doctor, events, health, jobs, loras, maintenance, openapi, page_refine, project, prompts, queue,
-    studio, sweep, training,
+    captions, dataset, doctor, events, health, jobs, likeness, loras, maintenance, openapi, page_refine, project,
+    prompts, queue, studio, sweep, training,
 )
 from sidecar.api.edge import edge_middleware
 from sidecar.api.errors import error_middleware
+from sidecar.likeness.judge import service_for
 from sidecar.api.keys import (
     BACKEND,
     BUILDER,
@@ -29,6 +30,7 @@ from sidecar.api.keys import (
     DEVICE,
     EVENTS,
     IDEMPOTENCY,
+    LIKENESS,
     POOL,
     PROFILE,
     RUNNER,
@@ -130,6 +132,7 @@ def create_app(settings: Settings, backend: GenerationBackend | None = None, *,
     app[STARTUP_WARNINGS] = []
     app[SOCKETS] = events.new_socket_set()
     app[CAPTIONS_LOCK] = asyncio.Lock()
+    app[LIKENESS] = service_for(settings, settings.project_root)
     app.on_shutdown.append(events.close_all)
 
     app.cleanup_ctx.append(_lock_ctx)  # first: nothing below may touch a data dir another daemon owns
@@ -140,7 +143,7 @@ def create_app(settings: Settings, backend: GenerationBackend | None = None, *,
     app.cleanup_ctx.append(_templates_ctx)
     app.cleanup_ctx.append(_runner_ctx)
     for module in (health, jobs, loras, events, openapi, project, dataset, doctor, queue, prompts, page_refine,
-                   captions):
+                   captions, likeness):
         app.router.add_routes(module.routes)
     training.setup_routes(app)
     app.router.add_routes(sweep.routes)

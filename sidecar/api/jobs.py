@@ -12,6 +12,7 @@ from aiohttp import web
 
 from sidecar.api.errors import parse_body, query_limit
 from sidecar.api.keys import BUILDER, DEVICE, IDEMPOTENCY, RUNNER
+from sidecar.api.likeness import with_likeness
 from sidecar.api.models import JobRequest
 from sidecar.api.operations import Header, Query, operation
 from sidecar.api.responses import Job, JobGroup, JobList, JobListFull, JobListing, JobSummary, Submitted, json_response
@@ -128,7 +129,8 @@ async def list_jobs(request: web.Request) -> web.Response:
 @operation("One job in full, with its filled workflow", {200: Job}, errors=(JobNotFound,))
 async def get_job(request: web.Request) -> web.Response:
     job = await request.app[RUNNER].get(request.match_info["id"])
-    return json_response(Job.from_record(job))
+    (answer,) = await with_likeness(request.app, [Job.from_record(job)], {job.id: job.output_file})
+    return json_response(answer)
 
 
 @routes.get("/jobs/{id}/image")

@@ -17,6 +17,7 @@ from sidecar.events import EventBus
 from sidecar.jobs.build import JobBuilder
 from sidecar.jobs.runner import JobRunner
 from sidecar.jobs.store import JobStore
+from sidecar.likeness.judge import LikenessService
 from sidecar.profiles import Profile
 from sidecar.training.store import TrainingStore
 from sidecar.workflows import TemplateStore
@@ -40,3 +41,5 @@ IDEMPOTENCY = web.AppKey("idempotency", IdempotencyKeys)
 POOL = web.AppKey("pool", BackendPool)  # only with [[backends]] tables
 # One writer at a time for the studio's edits of a training folder's captions.csv (confirm, reject, proposals).
 CAPTIONS_LOCK = web.AppKey("captions_lock", asyncio.Lock)
+# The likeness judge of the daemon's project (`--project`) and models folder: scorer opened on first use.
+LIKENESS = web.AppKey("likeness", LikenessService)

@@ -68,3 +68,18 @@ class RefineRequest(Wire):
     look_image_path: PathText | None = Field(None, description="absolute path of the picked image: the vision "
                                                                "model looks at it first")
     write: bool = Field(False, description="rewrite the prompt file's text (front matter kept)")
+
+
+class LikenessRequest(Wire):
+    """POST /likeness/score: images (absolute paths inside the project or the data dir) and/or jobs (their
+    images), judged against the project's reference set."""
+
+    model_config = ConfigDict(strict=True, json_schema_extra={
+        "anyOf": [{"required": ["images"]}, {"required": ["jobIds"]}]})
+
+    images: list[PathText] = Field(default_factory=list, max_length=256,
+                                   description="absolute paths of PNG, JPEG or WebP images inside the project "
+                                               "root or the data dir")
+    job_ids: list[str] = Field(default_factory=list, max_length=256,
+                               description="succeeded jobs whose images to score")
+    mirrored: bool = Field(False, description="judge each image's mirror (a flipped training image)")

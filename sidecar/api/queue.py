@@ -10,6 +10,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from sidecar.api.keys import BUILDER, DEVICE, RUNNER
+from sidecar.api.likeness import with_likeness
 from sidecar.api.operations import operation
 from sidecar.api.responses import JobGroup, JobSummary, QueueState, json_response
 from sidecar.errors import (
@@ -84,7 +85,10 @@ async def retry_job(request: web.Request) -> web.Response:
            errors=(GroupNotFound,))
 async def get_group(request: web.Request) -> web.Response:
     group_id = request.match_info["id"]
-    return json_response(JobGroup.from_records(group_id, await request.app[RUNNER].group(group_id)))
+    records = await request.app[RUNNER].group(group_id)
+    group = JobGroup.from_records(group_id, records)
+    scored = await with_likeness(request.app, group.jobs, {r.id: r.output_file for r in records})
+    return json_response(group.model_copy(update={"jobs": scored}))
 
 
 @routes.post("/groups/{id}/cancel")

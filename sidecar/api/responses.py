@@ -59,6 +59,16 @@ class ErrorBody(Out):
     error: ErrorInfo
 
 
+class Likeness(Out):
+    """Is the image the character: its score against the project's reference set (character.toml
+    `references`), higher = more alike (0.5 is the same-character tolerance, 1 a reference itself)."""
+
+    score: float = Field(description="0..1, higher = more alike; >= 0.5 is the same character")
+    verdict: Literal["same", "unsure", "different"]
+    scorer: str = Field(description="the likeness model (e.g. ccip-caformer-24-randaug-pruned)")
+    weights: str = Field(description="the first 16 hex digits of its weights' sha256: what scored it")
+
+
 class JobSummary(Out):
     """A job as lists and events show it: everything but the workflow graph."""
 
@@ -86,6 +96,9 @@ class JobSummary(Out):
     upscaled: JobOutput | None = Field(None, description="the image upscaled for print (`upscaleModel`), `scale` "
                                                          "times the output's size; null without an upscale")
     error: ErrorInfo | None = None
+    likeness: Likeness | None = Field(None, description="a succeeded job's image judged against the project's "
+                                      "reference set (GET /jobs/{id}, GET /groups/{id}); null without a project "
+                                      "with references or without the likeness weights")
 
     @classmethod
     def from_record(cls, job: JobRecord) -> JobSummary:
@@ -130,6 +143,18 @@ def _job_fields(job: JobRecord) -> dict[str, Any]:
         "error": (ErrorInfo(code=job.error_code, message=job.error_message or "", details=job.error_details or {})
                   if job.error_code else None),
     }
+
+
+class LikenessResult(Out):
+    image: str | None = Field(None, description="the image scored, as asked (one of image, jobId)")
+    job_id: str | None = Field(None, description="the job whose image was scored")
+    likeness: Likeness
+
+
+class LikenessScores(Out):
+    """POST /likeness/score: one result per image and job asked, in the order asked (images first)."""
+
+    results: list[LikenessResult]
 
 
 class JobList(Out):
