@@ -46,6 +46,8 @@ def render_drafts_of(url: str, token: str | None, project: Project, tasks: list[
     def line(draft: Draft, done: int, total: int) -> None:
         if not json_out:
             what = f"-> {draft.file}" if draft.file else f"{draft.status} ({draft.error})"
+            if draft.likeness is not None:
+                what += f" (likeness {draft.likeness.score:.2f}, {draft.likeness.verdict})"
             click.echo(f"  draft {draft.number} ({done}/{total}), seed {draft.seed}: {what}")
 
     async def go() -> None:
@@ -56,6 +58,11 @@ def render_drafts_of(url: str, token: str | None, project: Project, tasks: list[
                 run = await render_drafts(client, project, task, line)
                 runs.append((task, run))
                 if not json_out:
+                    best = max((d for d in run.made if d.likeness is not None),
+                               key=lambda d: d.likeness.score, default=None)  # type: ignore[union-attr]
+                    if best is not None:
+                        click.echo(f"{task.page}: most like the character: draft {best.number} "
+                                   f"({best.likeness.score:.2f}, {best.likeness.verdict})")
                     click.echo(f"{task.page}: contact sheet {project.relative(run.sheet)}, index "
                                f"{project.relative(run.index)}; finish one with --from-draft K")
 

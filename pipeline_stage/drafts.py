@@ -4,7 +4,9 @@
 few steps (the daemon queues 12 ordinary jobs, seeds seed..seed+11, one group) and writes each draft
 into `output/ch-01/drafts/ch01_p003/` (never `raw/`, whose every PNG the overlay stage takes), with a
 contact sheet and `index.json` (a `DraftIndex`: each draft's number, seed, resolved parameters, file).
-Numbers continue across runs, so `--from-draft K` always names one draft.
+Numbers continue across runs, so `--from-draft K` always names one draft. When the daemon's project has a
+reference set, each draft carries its `likeness` (the daemon's answer for the job) and the contact sheet
+shows the drafts best first (`ranking` in the index: the numbers in the sheet's order).
 
 `--from-draft K` renders draft K's seed and parameters at full steps as the page's next version (the
 ordinary publish path), its log entry carrying `draftOf` (the draft's file).
@@ -31,7 +33,7 @@ from pipeline_stage.layout import Page, Project
 from pipeline_stage.outputs import write_atomic
 from pipeline_stage.stage import PageTask
 from sidecar.api.models import JobRequest
-from sidecar.api.responses import JobParams, JobSummary
+from sidecar.api.responses import JobParams, JobSummary, Likeness
 from sidecar.jobs.params import Resolution
 from sidecar.loras.sheet import SheetCell, draw_sheet, write_sheet
 from sidecar.statuses import JOB_TERMINAL
@@ -58,12 +60,16 @@ class Draft(Wire):
     error: str | None = None
     created_at: str
     params: JobParams = Field(description="the parameters the daemon rendered it with (steps = the draft steps)")
+    likeness: Likeness | None = Field(None, description="the daemon's likeness judge on the draft; null without "
+                                                        "a reference set or the weights")
 
 
 class DraftIndex(Wire):
     page: str
     prompt_file: str | None
     drafts: list[Draft] = Field(default_factory=list)
+    ranking: list[int] = Field(default_factory=list, description="draft numbers in the contact sheet's order: by "
+                                                                 "likeness, best first (unscored after, by number)")
 
     def find(self, number: int) -> Draft | None:
         return next((d for d in self.drafts if d.number == number), None)
@@ -110,13 +116,23 @@ def write_index(folder: Path, index: DraftIndex) -> Path:
     return path
 
 
+def ranked(drafts: list[Draft]) -> list[Draft]:
+    """Scored drafts by likeness, best first, then the unscored by number (a failed render scores none)."""
+    return sorted(drafts, key=lambda d: (d.likeness is None, -(d.likeness.score if d.likeness else 0), d.number))
+
+
+def _caption(d: Draft) -> str:
+    score = f"  {d.likeness.score:.2f} {d.likeness.verdict}" if d.likeness else ""
+    return f"#{d.number}  seed {d.seed}{score}"
+
+
 def write_contact_sheet(folder: Path, index: DraftIndex) -> Path:
-    """Every draft of the page, numbered with its seed, four to a row."""
+    """Every draft of the page, numbered with its seed (and likeness), best first, four to a row."""
     cols = min(SHEET_COLUMNS, max(1, len(index.drafts)))
     rows = max(1, math.ceil(len(index.drafts) / cols))
     cells = [SheetCell(i // cols, i % cols, folder / d.file if d.file else None, d.error or d.status,
-                       caption=f"#{d.number}  seed {d.seed}")
-             for i, d in enumerate(index.drafts)]
+                       caption=_caption(d))
+             for i, d in enumerate(ranked(index.drafts))]
     sheet = draw_sheet(f"{index.page} drafts ({len(index.drafts)})", [""] * cols, [[] for _ in range(rows)], cells,
                        THUMB, label_w=0)
     return write_sheet(folder / SHEET, sheet)
@@ -164,6 +180,7 @@ async def render_drafts(client: DaemonClient, project: Project, task: PageTask,
         finally:
             ordered = [made[j.id] for j in jobs if j.id in made]
             index.drafts.extend(ordered)
+            index.ranking = [d.number for d in ranked(index.drafts)]
             index_path = await asyncio.to_thread(write_index, folder, index)
             sheet = await asyncio.to_thread(write_contact_sheet, folder, index)
     return DraftRun(folder, index_path, sheet, ordered)
@@ -179,7 +196,8 @@ async def _save(client: DaemonClient, folder: Path, page: Page, number: int, job
     else:
         error = f"{job.error.code}: {job.error.message}" if job.error else job.status
     return Draft(number=number, seed=job.params.seed, file=file, job_id=job.id, group_id=job.group_id,
-                 status=job.status, error=error, created_at=timestamp_now(), params=job.params)
+                 status=job.status, error=error, created_at=timestamp_now(), params=job.params,
+                 likeness=job.likeness if file else None)
 
 
 def request_from_draft(draft: Draft, steps: int | None) -> JobRequest:

@@ -66,4 +66,5 @@ def make_entry(project: Project, task: PageTask, job: Job, version: int) -> Gene
         upscale_model=params.upscale_model if job.upscaled is not None else None,
         print_file=(project.relative(project.print_dir(task.page.chapter) / task.page.image_name(version))
                     if job.upscaled is not None else None),
+        likeness=job.likeness,
     )

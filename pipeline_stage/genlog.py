@@ -19,6 +19,7 @@ from pydantic.alias_generators import to_camel
 
 from pipeline_stage.errors import LogInvalid
 from pipeline_stage.layout import Page, version_of
+from sidecar.api.responses import Likeness
 from sidecar.assist.provenance import RefinedFrom
 
 
@@ -61,6 +62,9 @@ class GenerationLogEntry(BaseModel):
     refined_from: RefinedFrom | None = None  # `--refine`: original prompt, feedback, model + digest
     upscale_model: str | None = None  # `--upscale`: the model of models/upscale_models/ that made the print
     print_file: str | None = None  # `--upscale`: output/ch-XX/print/<image name>, the upscaled image
+    # The daemon's likeness judge on the image (score, verdict, scorer, weights' hash), when its project has
+    # a reference set and the weights: what the chapter's drift report reads.
+    likeness: Likeness | None = None
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, mode="json")

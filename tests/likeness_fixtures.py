@@ -4,6 +4,7 @@ blue), a project with a reference set, and the tiny likeness model `sidecar mode
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +19,9 @@ def figure(color: tuple[int, int, int] = RED, dx: int = 0, seed: int = 0, size: 
     w, h = size
     im = Image.new("RGB", size, background)
     draw = ImageDraw.Draw(im)
-    cx = w // 2 + dx
-    draw.ellipse((cx - 55, h // 8, cx + 55, h // 8 + 110), fill=color)
-    draw.rectangle((cx - 75, h // 8 + 120, cx + 75, h * 4 // 5), fill=color)
+    cx, head, body = w // 2 + dx * w // 512, w * 55 // 512, w * 75 // 512
+    draw.ellipse((cx - head, h // 8, cx + head, h // 8 + 2 * head), fill=color)
+    draw.rectangle((cx - body, h // 8 + 2 * head + head // 5, cx + body, h * 4 // 5), fill=color)
     noise = np.random.default_rng(seed).integers(-10, 10, (h, w, 3))
     return Image.fromarray(np.clip(np.asarray(im).astype(int) + noise, 0, 255).astype(np.uint8))
 
@@ -35,6 +36,35 @@ def write_project(root: Path, refs: int = 4, references: str = '["refs/*.png"]')
         figure(RED, dx, seed=i).save(path)
         paths.append(path)
     return paths
+
+
+def add_references(project: Path, refs: int = 4) -> list[Path]:
+    """A copy of the example project gains a reference set (character.toml keeps its other keys)."""
+    sheet = project / "character.toml"
+    text = sheet.read_text() if sheet.is_file() else 'trigger = "spyke_plasma_v1"\n'
+    paths = write_project(project, refs)
+    sheet.write_text(text + 'references = ["refs/*.png"]\n')
+    return paths
+
+
+class FigureBackendMixin:
+    """Mixed into a ScriptedBackend: each render is a figure drawn at the workflow's size, red (the
+    character) or blue (a stranger) as `is_character(seed, lora)` says."""
+
+    def draw(self, ctx) -> None:
+        nodes = ctx.workflow.values()
+        sampler = next(n for n in nodes if n["class_type"] == "KSampler")["inputs"]
+        latent = next(n for n in nodes if n["class_type"] == "EmptyLatentImage")["inputs"]
+        lora = next((n["inputs"]["lora_name"] for n in nodes if n["class_type"] == "LoraLoader"), None)
+        seed = int(sampler["seed"])
+        color = RED if self.is_character(seed, lora) else BLUE  # type: ignore[attr-defined]
+        figure(color, dx=seed % 7, seed=seed, size=(latent["width"], latent["height"])).save(ctx.output_path)
+
+
+def staged_step(lora: str | None) -> int | None:
+    """The step of a checkpoint staged for a sweep (`sweep--<name>-<run8>-step00000200.safetensors`)."""
+    found = re.search(r"step(\d+)", lora or "")
+    return int(found.group(1)) if found else None
 
 
 def tiny_likeness_models(folder: Path) -> Path:

@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from sidecar.cli_support import current_settings, report_sheet, tool_group, url_option
+from sidecar.errors import EXIT_INPUT
 from sidecar.loras import runs
 from sidecar.loras import sweep as sweep_mod
 from sidecar.loras.client import TrainingClient
@@ -82,16 +83,22 @@ for command in runs.COMMANDS:
               help="the daemon's LoRA folder [default: the daemon's: ComfyUI's models/loras when configured, "
                    "else <models>/loras]")
 @click.option("--keep-staged", is_flag=True, help="leave the checkpoints staged in the LoRA folder afterwards")
+@click.option("--promote-best", is_flag=True,
+              help="install the pick (the checkpoint most like the character) as `sidecar loras promote` does")
 @url_option
 @click.option("--json", "as_json", is_flag=True, help="print the index as JSON")
 @click.option("--poll-interval", default=1.0, type=click.FloatRange(min=0.01), hidden=True)
 def sweep(run: str, prompts_file: Path, seeds: str, out: Path | None, strength: float | None, steps: int | None,
           width: int | None, height: int | None, baseline: bool, cell_px: int, loras_dir: Path | None,
-          keep_staged: bool, url: str | None, as_json: bool, poll_interval: float) -> None:
-    """Render the same prompts and seeds with every saved checkpoint of RUN (id or output name).
+          keep_staged: bool, promote_best: bool, url: str | None, as_json: bool, poll_interval: float) -> None:
+    """Render the same prompts and seeds with every saved checkpoint of RUN (id or output name), score
+    every image against the character's references and rank the checkpoints.
 
     The daemon stages each checkpoint in its LoRA folder under a `sweep--...` name for the duration
-    (that is how the daemon and ComfyUI find LoRAs: by file name), then removes it.
+    (that is how the daemon and ComfyUI find LoRAs: by file name), then removes it. The ranking (mean
+    likeness, share judged `same`, failed or broken images as failures) and the `pick` go into
+    index.json and on the sheet; they need the daemon started with `--project` (character.toml with
+    `references`) and the likeness weights (`sidecar models fetch ccip`).
     """
     settings = current_settings()
     prompts = sweep_mod.read_prompts(prompts_file)
@@ -106,13 +113,13 @@ def sweep(run: str, prompts_file: Path, seeds: str, out: Path | None, strength: 
     if width or height:
         job["resolution"] = {"width": width or 512, "height": height or 768}
     code = asyncio.run(_sweep(run, prompts, seed_list, out, target_dir, baseline, job, daemon, cell_px,
-                              keep_staged, as_json, poll_interval))
+                              keep_staged, as_json, poll_interval, promote_best))
     sys.exit(code)
 
 
 async def _sweep(ref: str, prompts: list[str], seeds: list[int], out: Path | None, target_dir: str | None,
                  baseline: bool, job: dict[str, Any], daemon: TrainingClient, cell_px: int, keep_staged: bool, as_json: bool,
-                 poll_interval: float) -> int:
+                 poll_interval: float, promote_best: bool = False) -> int:
     reporter: Any = _Bar(0) if sys.stdout.isatty() and not as_json else _Lines()
     try:
         async with daemon as client:
@@ -127,6 +134,7 @@ async def _sweep(ref: str, prompts: list[str], seeds: list[int], out: Path | Non
                     click.echo(f"sweeping {len(plan.columns)} checkpoint(s) x {len(plan.rows)} prompt/seed row(s) "
                                f"= {len(plan.cells)} render(s)")
                 await sweep_mod.render(plan, client, reporter, job, poll_interval)
+                await sweep_mod.score(plan, client)
             finally:
                 if not keep_staged:
                     await sweep_mod.unstage(plan, client, target_dir)
@@ -136,8 +144,35 @@ async def _sweep(ref: str, prompts: list[str], seeds: list[int], out: Path | Non
     sheet = await asyncio.to_thread(sweep_mod.contact_sheet, plan, cell_px)
     index = await asyncio.to_thread(sweep_mod.write_index, plan, sheet)
     failed = sum(c.status != "succeeded" for c in plan.cells)
-    return report_sheet(index, sheet, failed, len(plan.cells), as_json=as_json,
-                        hint=f"promote the best one with: sidecar loras promote {plan.run['id']} --step <N>")
+    best = sweep_mod.pick(plan)
+    if not as_json:
+        _print_ranking(plan)
+    code = report_sheet(index, sheet, failed, len(plan.cells), as_json=as_json,
+                        hint=None if promote_best else
+                        f"promote {'it' if best else 'the best one'} with: sidecar loras promote {plan.run['id']} "
+                        f"--step {best['step'] if best else '<N>'}")
+    if promote_best:
+        if best is None:
+            click.echo(f"error: not promoting: the sweep has no ranking ({plan.unranked}).", err=True)
+            return code or EXIT_INPUT
+        async with daemon as client:
+            done = await client.promote(plan.run["id"], {"step": best["step"]} |
+                                        ({"lorasDir": target_dir} if target_dir else {}))
+        if not as_json:
+            verb = "is already installed as" if done["alreadyInstalled"] else "installed as"
+            click.echo(f"pick: {best['label']} {verb} {done['path']}")
+    return code
+
+
+def _print_ranking(plan: sweep_mod.SweepPlan) -> None:
+    if not plan.ranking:
+        click.echo(f"no likeness ranking: {plan.unranked}")
+        return
+    click.echo("likeness ranking (mean score, share same, failures):")
+    for r in plan.ranking:
+        click.echo(f"  #{r['rank']} {r['label']}: {r['meanScore']:.3f}, {r['shareSame']:.0%} same, "
+                   f"{r['failures']} failed of {r['images']}")
+    click.echo(f"pick: {plan.ranking[0]['label']}")
 
 
 @loras.command()

@@ -51,6 +51,10 @@ class TrainingClient(DaemonClient):
         return await self.request("POST", f"/loras/{run_id}/unstage",
                                   json={"lorasDir": loras_dir} if loras_dir else {})
 
+    async def score_likeness(self, job_ids: list[str]) -> list[dict[str, Any]]:
+        """The daemon's likeness judge on each job's image, in order (POST /likeness/score)."""
+        return (await self.request("POST", "/likeness/score", json={"jobIds": job_ids}))["results"]
+
     async def follow_run(self, run: dict[str, Any], on_update: Callable[[dict[str, Any]], None], *,
                          poll_interval: float = 2.0) -> dict[str, Any]:
         """Poll a run until it ends (training reports every few seconds at most; polling is enough)."""

@@ -66,6 +66,7 @@ class Cell:
     status: str = "pending"
     image: str | None = None  # relative to the sweep folder
     error: str | None = None
+    likeness: dict[str, Any] | None = None  # the daemon's judge on the image: score, verdict, scorer, weights
 
 
 @dataclass
@@ -76,6 +77,8 @@ class SweepPlan:
     columns: list[Column]
     out: Path
     cells: list[Cell] = field(default_factory=list)
+    ranking: list[dict[str, Any]] = field(default_factory=list)
+    unranked: str | None = None  # why there is no ranking (no references, no weights)
 
     @property
     def rows(self) -> list[tuple[str, int]]:
@@ -133,6 +136,8 @@ class Client(Protocol):
 
     async def cancel_quietly(self, job_id: str) -> None: ...
 
+    async def score_likeness(self, job_ids: list[str]) -> list[dict[str, Any]]: ...
+
 
 class Reporter(Protocol):
     def cell_done(self, done: int, total: int, cell: Cell) -> None: ...
@@ -156,13 +161,74 @@ async def render(plan: SweepPlan, client: Client, reporter: Reporter, job: dict[
                        on_done=reporter.cell_done, poll_interval=poll_interval)
 
 
+BROKEN = "invalid_field"  # the daemon's answer for an image it cannot read
+
+
+async def score(plan: SweepPlan, client: Client) -> None:
+    """Each rendered cell's likeness from the daemon, then the ranking. One request for the lot; if one
+    image is broken (refused), each cell alone, so the broken ones count as failures and the rest score."""
+    done = [c for c in plan.cells if c.status == "succeeded" and c.job_id]
+    if not done:
+        plan.unranked = "no image rendered"
+        return
+    try:
+        try:
+            results = await client.score_likeness([c.job_id for c in done])  # type: ignore[misc]
+            for cell, result in zip(done, results, strict=True):
+                cell.likeness = result["likeness"]
+        except SidecarError as exc:
+            if exc.code != BROKEN:
+                raise
+            for cell in done:
+                try:
+                    cell.likeness = (await client.score_likeness([cell.job_id]))[0]["likeness"]  # type: ignore[list-item]
+                except SidecarError as one:
+                    if one.code != BROKEN:
+                        raise
+                    cell.likeness, cell.error = None, f"broken image: {one.message}"
+    except SidecarError as exc:
+        plan.unranked = f"{exc.code}: {exc.message}"
+        return
+    plan.ranking = rank(plan)
+
+
+def rank(plan: SweepPlan) -> list[dict[str, Any]]:
+    """Checkpoints best first: mean likeness over all their cells (failed or broken: 0), then the share
+    judged `same`, then the later step. The no-LoRA baseline is shown, never ranked."""
+    table = []
+    for ci, col in enumerate(plan.columns):
+        if col.step is None:
+            continue
+        cells = [c for c in plan.cells if c.col == ci]
+        scores = [c.likeness["score"] if c.likeness else 0.0 for c in cells]
+        same = sum(1 for c in cells if c.likeness and c.likeness["verdict"] == "same")
+        table.append({"label": col.label, "step": col.step, "checkpoint": col.source,
+                      "meanScore": round(sum(scores) / len(cells), 4) if cells else 0.0,
+                      "shareSame": round(same / len(cells), 4) if cells else 0.0,
+                      "failures": sum(1 for c in cells if c.likeness is None), "images": len(cells)})
+    table.sort(key=lambda r: (-r["meanScore"], -r["shareSame"], -r["step"]))
+    return [{"rank": i + 1, **r} for i, r in enumerate(table)]
+
+
+def pick(plan: SweepPlan) -> dict[str, Any] | None:
+    return plan.ranking[0] if plan.ranking else None
+
+
 def contact_sheet(plan: SweepPlan, cell_px: int = 256) -> Path:
-    """A grid: one column per checkpoint (labelled with its step), one row per prompt x seed."""
+    """A grid: one column per checkpoint (labelled with its step, and its rank once scored), one row per
+    prompt x seed; each image captioned with its likeness."""
     rows = [wrap(prompt, 34)[:8] + [f"seed {seed}"] for prompt, seed in plan.rows]
-    cells = [SheetCell(c.row, c.col, plan.out / c.image if c.image else None, c.error or c.status)
+    cells = [SheetCell(c.row, c.col, plan.out / c.image if c.image else None, c.error or c.status,
+                       caption=f"{c.likeness['score']:.2f} {c.likeness['verdict']}" if c.likeness else None)
              for c in plan.cells]
-    sheet = draw_sheet(f"{plan.run['outputName']} ({plan.run['id'][:8]})", [c.label for c in plan.columns], rows,
-                       cells, cell_px)
+    ranks = {r["step"]: r for r in plan.ranking}
+    labels = [f"{c.label}  #{ranks[c.step]['rank']} {ranks[c.step]['meanScore']:.2f}" if c.step in ranks else c.label
+              for c in plan.columns]
+    title = f"{plan.run['outputName']} ({plan.run['id'][:8]})"
+    best = pick(plan)
+    if best is not None:
+        title += f"  pick: {best['label']} (mean likeness {best['meanScore']:.2f}, {best['shareSame']:.0%} same)"
+    sheet = draw_sheet(title, labels, rows, cells, cell_px)
     return write_sheet(plan.out / "contact-sheet.png", sheet)
 
 
@@ -178,6 +244,9 @@ def write_index(plan: SweepPlan, sheet: Path) -> Path:
         "columns": [{"label": c.label, "step": c.step, "checkpoint": c.source, "loraId": c.lora_id}
                     for c in plan.columns],
         "cells": [asdict(c) for c in plan.cells],
+        "ranking": plan.ranking,
+        "pick": pick(plan),
+        "unranked": plan.unranked,
     }
     path = plan.out / "index.json"
     write_text(path, json.dumps(index, indent=2))
