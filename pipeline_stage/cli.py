@@ -13,6 +13,7 @@ import click
 
 from pipeline_stage.daemon import DEFAULT_URL
 from pipeline_stage.drafts import DEFAULT_DRAFT_STEPS
+from pipeline_stage.driftrun import consistency
 from pipeline_stage.errors import InputError, StageError
 from pipeline_stage.generate import generate
 from pipeline_stage.genlog import approve as approve_entry
@@ -39,6 +40,7 @@ Examples:
   generate -c 1 --page 3 --upscale 4x-UltraSharp.pth   also the print -> output/ch-01/print/ch01_p003_vN.png
   generate -c 1 --page 3 --version 2 --upscale 4x-UltraSharp.pth   print v2 as it is, no new render
   generate approve -c 1 --page 1 --version 2
+  generate consistency -c 1                   each page's approved version vs the character: drift named
 
 \b
 Exit codes:
@@ -187,3 +189,6 @@ def approve(ctx: click.Context, root: Path, chapter: int, page: int, version: in
         emit_json({"ok": True, "entry": entry, "log": project.relative(log_path)})
     else:
         click.echo(f"approved {target} v{version} ({entry.get('imageFile')}) in {project.relative(log_path)}")
+
+
+main.add_command(consistency)
