@@ -13,27 +13,33 @@ from PIL import Image, ImageDraw
 RED, BLUE = (200, 40, 40), (40, 40, 200)
 
 
+GREEN = (40, 160, 40)
+
+
 def figure(color: tuple[int, int, int] = RED, dx: int = 0, seed: int = 0, size: tuple[int, int] = (512, 768),
-           background: str = "white") -> Image.Image:
-    """A head and a body in `color`, shifted `dx` pixels, with a little seeded noise (no two alike)."""
+           background: str = "white", bracer: bool = False) -> Image.Image:
+    """A head and a body in `color`, shifted `dx` pixels, with a little seeded noise (no two alike);
+    `bracer`: a big green block on the figure's right (the image's right): an asymmetric character."""
     w, h = size
     im = Image.new("RGB", size, background)
     draw = ImageDraw.Draw(im)
     cx, head, body = w // 2 + dx * w // 512, w * 55 // 512, w * 75 // 512
     draw.ellipse((cx - head, h // 8, cx + head, h // 8 + 2 * head), fill=color)
     draw.rectangle((cx - body, h // 8 + 2 * head + head // 5, cx + body, h * 4 // 5), fill=color)
+    if bracer:
+        draw.rectangle((cx + body, h // 3, min(w - 1, cx + 3 * body), h * 2 // 3), fill=GREEN)
     noise = np.random.default_rng(seed).integers(-10, 10, (h, w, 3))
     return Image.fromarray(np.clip(np.asarray(im).astype(int) + noise, 0, 255).astype(np.uint8))
 
 
-def write_project(root: Path, refs: int = 4, references: str = '["refs/*.png"]') -> list[Path]:
+def write_project(root: Path, refs: int = 4, references: str = '["refs/*.png"]', bracer: bool = False) -> list[Path]:
     """character.toml with `references`, and `refs` red figures in refs/."""
     (root / "refs").mkdir(parents=True, exist_ok=True)
     (root / "character.toml").write_text(f'trigger = "spyke_plasma_v1"\nreferences = {references}\n')
     paths = []
     for i, dx in enumerate([0, 20, -20, 10, -10, 5][:refs]):
         path = root / "refs" / f"ref{i}.png"
-        figure(RED, dx, seed=i).save(path)
+        figure(RED, dx, seed=i, bracer=bracer).save(path)
         paths.append(path)
     return paths
 

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from sidecar.api.errors import parse_body
-from sidecar.api.keys import SETTINGS
+from sidecar.api.keys import LIKENESS, SETTINGS
 from sidecar.api.operations import Query, operation
 from sidecar.api.responses import Out, json_response
 from sidecar.errors import DatasetInvalid, InvalidField
@@ -92,7 +92,7 @@ def _dir(request: web.Request) -> str:
            query=(DIR,), errors=(DatasetInvalid,))
 async def get_dataset(request: web.Request) -> web.Response:
     raw, trigger = _dir(request), request.app[SETTINGS].trigger_word
-    view = await asyncio.to_thread(files.read_dataset, raw, trigger)
+    view = await asyncio.to_thread(files.read_dataset, raw, trigger, request.app[LIKENESS])
     report = view.report
     return json_response(DatasetOut(
         folder=str(view.folder), trigger_word=trigger, source_images=report.sources if report else 0,

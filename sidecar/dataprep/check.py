@@ -4,7 +4,10 @@ Errors: 15-20 source images before flips, every image square at the training siz
 captioned with the trigger word first and four parts, no near-duplicates (perceptual hash), no caption
 proposal of captions.csv left unconfirmed. Warnings:
 flips of an asymmetric character above a set share, flips without the flip tag, captions without an
-image. It reads only; the CLI prints the report.
+image. With a likeness judge (the project's reference set and the weights): images judged `different`
+from the character are errors (a stranger teaches the LoRA the wrong face), `unsure` ones warnings; a
+flip is judged as its mirror, so the character's asymmetric details face the references' way. It reads
+only; the CLI prints the report.
 """
 
 from __future__ import annotations
@@ -20,10 +23,11 @@ from sidecar.dataprep.caption import PROPOSED, TABLE_NAME, read_table
 from sidecar.dataprep.files import is_flip, open_image, require_dir, source_of_flip, split_caption
 from sidecar.dataprep.kohya_layout import CAPTION_SUFFIX, caption_path, list_images, read_caption
 from sidecar.dataprep.phash import dhash, near_duplicates, phash
-from sidecar.errors import DatasetInvalid
+from sidecar.errors import DatasetInvalid, LikenessUnavailable, ReferencesMissing, SidecarError
+from sidecar.likeness.judge import LikenessService
 
 Level = Literal["error", "warning"]
-CHECKS = ("images", "count", "size", "blank", "captions", "trigger", "parts", "duplicates", "flips")
+CHECKS = ("images", "count", "size", "blank", "captions", "trigger", "parts", "duplicates", "flips", "likeness")
 BLANK_SHARE = 0.005  # under 0.5% of pixels away from the dominant colour: nothing to learn from
 
 
@@ -90,7 +94,7 @@ def is_blank(img: Image.Image) -> bool:
     return float((np.abs(a - dominant).max(axis=2) > 16).mean()) < BLANK_SHARE
 
 
-def check_dataset(folder: Path, opts: CheckOptions) -> Report:
+def check_dataset(folder: Path, opts: CheckOptions, likeness: LikenessService | None = None) -> Report:
     folder = require_dir(folder)
     report = Report(folder)
     images = list_images(folder)
@@ -126,7 +130,37 @@ def check_dataset(folder: Path, opts: CheckOptions) -> Report:
     _check_proposals(report, folder)
     _check_duplicates(report, opened, opts)
     _check_flips(report, folder, sources, flips, opts)
+    _check_likeness(report, [p for p in sources if p in opened], [p for p in flips if p in opened], likeness)
     return report
+
+
+def _check_likeness(report: Report, sources: list[Path], flips: list[Path], likeness: LikenessService | None) -> None:
+    if likeness is None:
+        report.passed["likeness"] = "not judged (no project: --project ROOT with references in character.toml)"
+        return
+    try:
+        judged = list(zip(sources, likeness.score(sources))) if sources else []
+        judged += list(zip(flips, likeness.score(flips, mirrored=True))) if flips else []
+    except ReferencesMissing as exc:
+        report.passed["likeness"] = f"not judged: {exc.message}"
+        return
+    except LikenessUnavailable as exc:
+        report.add("likeness", "warning", f"not judged: {exc.message}")
+        return
+    except SidecarError as exc:  # an image the judge cannot read is already an `images` error
+        report.add("likeness", "warning", f"not judged: {exc.message}")
+        return
+    for path, lk in judged:
+        mirrored = " (judged mirrored)" if path in flips else ""
+        if lk.verdict == "different":
+            report.add("likeness", "error", f"not the character: likeness {lk.score:.2f}{mirrored}; remove it "
+                       "or check the references", path)
+        elif lk.verdict == "unsure":
+            report.add("likeness", "warning", f"may not be the character: likeness {lk.score:.2f}{mirrored}", path)
+    scores = [lk.score for _, lk in judged]
+    if scores:
+        report.passed["likeness"] = (f"all the character (likeness {min(scores):.2f}-{max(scores):.2f}, "
+                                     f"{lk.scorer})")
 
 
 def _check_captions(report: Report, images: list[Path], opts: CheckOptions) -> None:

@@ -241,11 +241,17 @@ def caption(folder: Path, init: bool, auto: bool, proposer: str, tagger_name: st
               help="warn when flips are more than this share of an asymmetric character's images")
 @click.option("--max-hash-distance", default=6, show_default=True, type=click.IntRange(0, 64),
               help="pHash bits (of 64) within which two images count as near-duplicates")
+@click.option("--project", type=click.Path(path_type=Path, file_okay=False, exists=True), default=None,
+              help="the project whose character.toml `references` judge likeness [default: project_root, else "
+                   "the nearest character.toml above FOLDER]")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable report")
 def check(folder: Path, trigger: str | None, flip_tag: str, min_images: int, max_images: int, size: int,
-          asymmetric: bool, max_flip_share: float, max_hash_distance: int, as_json: bool) -> None:
+          asymmetric: bool, max_flip_share: float, max_hash_distance: int, project: Path | None,
+          as_json: bool) -> None:
     """Check a training set: 15-20 images before flips, 512 px, captioned, trigger word first,
-    four caption parts, no near-duplicates, no blank images. Exits 1 on errors; warnings do not fail.
+    four caption parts, no near-duplicates, no blank images, and (with a project's reference set and the
+    likeness weights) every image the character, flips judged mirrored. Exits 1 on errors; warnings do
+    not fail.
 
     \b
     Examples:
@@ -255,12 +261,25 @@ def check(folder: Path, trigger: str | None, flip_tag: str, min_images: int, max
     opts = check_mod.CheckOptions(trigger=_trigger(trigger), min_images=min_images, max_images=max_images,
                                   size=size, asymmetric=asymmetric, max_flip_share=max_flip_share,
                                   flip_tag=flip_tag, max_phash=max_hash_distance)
-    report = check_mod.check_dataset(folder, opts)
+    report = check_mod.check_dataset(folder, opts, _likeness(folder, project))
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2))
     else:
         print_report(report)
     sys.exit(EXIT_FAILED if report.errors else 0)
+
+
+def _likeness(folder: Path, project: Path | None):
+    """The judge for `check`: the project named, the configured one, or the one whose character.toml is
+    nearest above the set; none when there is no such project (the check says so)."""
+    from sidecar.assist.character import find_character
+    from sidecar.likeness.judge import service_for
+
+    settings = _settings()
+    if project is None:
+        found = find_character(folder.resolve())
+        project = settings.project_root or (found.parent if found else None)
+    return service_for(settings, project.resolve()) if project is not None else None
 
 
 def print_report(report: check_mod.Report) -> None:

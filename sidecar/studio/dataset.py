@@ -15,6 +15,7 @@ from PIL import Image
 
 from sidecar.atomic import write_text
 from sidecar.dataprep.check import CheckOptions, Finding, Report, check_dataset
+from sidecar.likeness.judge import LikenessService
 from sidecar.dataprep.files import DEFAULT_FLIP_TAG, is_flip, require_dir
 from sidecar.dataprep.flip import plan_flips, write_flips
 from sidecar.dataprep.kohya_layout import caption_path, list_images, read_caption
@@ -61,11 +62,11 @@ def _size(path: Path) -> tuple[int | None, int | None]:
         return None, None
 
 
-def read_dataset(raw: str, trigger: str) -> DatasetView:
+def read_dataset(raw: str, trigger: str, likeness: LikenessService | None = None) -> DatasetView:
     folder = folder_of(raw)
     images = [DatasetImage(p.name, read_caption(caption_path(p)), is_flip(p), *_size(p)) for p in list_images(folder)]
     try:
-        report = check_dataset(folder, CheckOptions(trigger=trigger))
+        report = check_dataset(folder, CheckOptions(trigger=trigger), likeness)
     except DatasetInvalid as exc:  # no images at all: say so beside the (empty) grid
         return DatasetView(folder, images, None, [Finding("images", "error", exc.message)])
     return DatasetView(folder, images, report, report.findings)
