@@ -56,3 +56,4 @@ bench: setup
 	@.venv/bin/python bench/drafts.py
 	@.venv/bin/python bench/previews.py
 	@.venv/bin/python bench/upscale.py
+	@.venv/bin/python bench/likeness.py

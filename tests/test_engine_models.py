@@ -215,3 +215,10 @@ def test_a_broken_install_without_tokenizer_files_says_where_to_put_them(tmp_pat
     assert find_tokenizer(tmp_path / "models", comfy).path == comfy / "comfy" / "sd1_tokenizer"
     # Pointed at a ComfyUI install's models/ folder, the engine finds that install's tokenizer itself.
     assert find_tokenizer(comfy / "models", None).path == comfy / "comfy" / "sd1_tokenizer"
+
+
+def test_make_tiny_also_writes_a_tiny_likeness_model(engine_models: Path) -> None:
+    from sidecar.likeness.ccip import CcipScorer
+
+    scorer = CcipScorer.open(engine_models, "ccip-tiny")  # CCIP's three files, loadable as the real ones
+    assert scorer.threshold > 0 and len(scorer.weights) == 16
