@@ -63,6 +63,9 @@ def render_drafts_of(url: str, token: str | None, project: Project, tasks: list[
                     if best is not None:
                         click.echo(f"{task.page}: most like the character: draft {best.number} "
                                    f"({best.likeness.score:.2f}, {best.likeness.verdict})")
+                    elif any(d.file for d in run.made):
+                        click.echo(f"{task.page}: drafts not ranked by likeness: the daemon's project has no "
+                                   "reference set or no likeness weights (`sidecar likeness check` says which)")
                     click.echo(f"{task.page}: contact sheet {project.relative(run.sheet)}, index "
                                f"{project.relative(run.index)}; finish one with --from-draft K")
 

@@ -107,3 +107,14 @@ async def test_the_operation_is_documented_with_its_errors(client) -> None:
     op = doc["paths"]["/likeness/score"]["post"]
     text = str(op["responses"])
     assert "likeness_unavailable" in text and "references_missing" in text
+
+
+async def test_a_job_published_as_a_page_version_logs_its_likeness(client, project: Path) -> None:
+    import json
+
+    job = await (await client.post("/jobs", json={"prompt": "spyke_plasma_v1", "seed": 5})).json()
+    await wait_status(client, job["id"], {"succeeded"})
+    done = await client.post("/project/pages/1/1/versions", json={"jobId": job["id"]})
+    assert done.status == 201, await done.text()
+    (entry,) = json.loads((project / "output" / "ch-01" / "generation-log.json").read_text())
+    assert entry["likeness"]["scorer"] == "ccip-tiny" and entry["likeness"]["verdict"] in ("same", "unsure", "different")

@@ -109,3 +109,13 @@ def test_an_approved_version_logged_without_likeness_is_scored_by_the_daemon(pro
     offline = json.loads(_consistency(project, "http://127.0.0.1:9").output)
     assert offline["unscored"] == ["ch01_p001", "ch01_p002"] and offline["drift"] == []
     assert "daemon_unavailable" in offline["unscoredWhy"]
+
+
+def test_drafts_without_a_reference_set_come_back_unranked_and_say_why(project: Path, daemon: DaemonThread) -> None:
+    sheet = project / "character.toml"
+    sheet.write_text(sheet.read_text().replace('references = ["refs/*.png"]\n', ""))
+    result = generate(project, daemon.url, "-c", "1", "--page", "3", "--drafts", "2", "--draft-steps", "1")
+    assert result.exit_code == 0, result.output
+    index = json.loads((project / DRAFTS / "index.json").read_text())
+    assert [d["likeness"] for d in index["drafts"]] == [None, None] and index["ranking"] == [1, 2]
+    assert "not ranked by likeness" in result.output

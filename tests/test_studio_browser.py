@@ -6,6 +6,7 @@ open /events."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 from urllib.parse import quote
@@ -318,6 +319,18 @@ def test_a_training_run_is_followed_to_its_end_and_promoted_on_the_loras_view(br
     assert logged >= 3
     page.wait_for_function("([sel, n]) => document.querySelector(sel)?.getAttribute('points').trim().split(/\\s+/).length === n",
                            arg=[f".run[data-run-id='{run_id}'] polyline.smooth", logged])
+    # A likeness-ranked sweep (as `sidecar loras sweep` leaves it in the run's sweep folder): each checkpoint
+    # shows its rank and mean likeness, the pick is named.
+    sweep = Path(status["outputDir"]).parent / "sweep"
+    sweep.mkdir(exist_ok=True)
+    ranking = [{"rank": i + 1, "label": f"step {s}", "step": s, "checkpoint": None, "meanScore": m, "shareSame": sh,
+                "failures": 0, "images": 4} for i, (s, m, sh) in enumerate([(4, 0.81, 1.0), (6, 0.62, 0.5), (2, 0.3, 0.0)])]
+    (sweep / "index.json").write_text(json.dumps({"ranking": ranking, "pick": ranking[0], "unranked": None}))
+    page.reload()
+    run = page.locator(f".run[data-run-id='{run_id}']")
+    run.locator(".checkpoints li[data-step='4'] .badge.rank.succeeded", has_text="#1 0.81").wait_for()
+    assert run.locator(".checkpoints li[data-step='2'] .badge.rank").inner_text() == "#3 0.30"
+    assert "step 4" in run.locator(".checkpoints .pick").inner_text()
     context.close()
     assert console.errors == []
 

@@ -36,6 +36,7 @@ export function updateJobCard(card, job) {
       h("div", { class: "row" },
         h("span", { class: `badge ${job.status}` }, job.status),
         h("span", { class: "muted small" }, ago(job.createdAt)),
+        job.likeness ? likenessBadge(job.likeness) : null,
         cancel, again),
       h("p", { class: "prompt", title: p.prompt || "" }, p.prompt || "(a whole workflow)"),
       ACTIVE.has(job.status) || total
@@ -51,6 +52,13 @@ export function updateJobCard(card, job) {
       job.backend ? h("p", { class: "muted small backend", title: job.backendReason || "" }, `on ${job.backend}`) : null));
   const bar = card.querySelector(".bar");
   if (bar) bar.style.width = `${pct}%`;
+}
+
+// The daemon's likeness judge on the image (project with references): score and verdict.
+export function likenessBadge(lk) {
+  const kind = { same: "succeeded", unsure: "queued", different: "failed" }[lk.verdict] || "";
+  return h("span", { class: `badge likeness ${kind}`, title: `likeness ${lk.score} (${lk.scorer}, weights ${lk.weights})` },
+    `${lk.verdict} ${lk.score.toFixed(2)}`);
 }
 
 // A job.preview event carries a small JPEG (base64): it shows in the card's picture box while the job runs.

@@ -1,5 +1,6 @@
 // LoRAs: the installed LoRAs with their metadata; training runs with step, ETA, device and a loss chart
-// that grows live (training.* events); checkpoints, the sweep's contact sheet when there is one, promote;
+// that grows live (training.* events); checkpoints (with the sweep's likeness rank and pick), the sweep's
+// contact sheet when there is one, promote;
 // start a run from a dataset folder; cancel and resume.
 import { api } from "../api.js";
 import { field, h, replace, seconds, toast } from "../dom.js";
@@ -136,6 +137,10 @@ export function mount(root, ctx) {
     const pct = run.total ? Math.round((100 * run.step) / run.total) : 0;
     card.dataset.status = run.status;
     const sweep = card.sweep;
+    // The sweep's likeness ranking (index.json: ranking, pick), when the daemon could judge it.
+    const ranking = (sweep && sweep.index && sweep.index.ranking) || [];
+    const ranks = new Map(ranking.map((r) => [r.step, r]));
+    const pick = sweep && sweep.index && sweep.index.pick;
     replace(card,
       h("div", { class: "row run-head" },
         h("strong", {}, run.outputName), h("span", { class: `badge ${run.status}` }, run.status),
@@ -152,8 +157,13 @@ export function mount(root, ctx) {
       run.error ? h("p", { class: "error" }, run.error.message) : null,
       lossChart(losses.get(run.id) || []),
       run.checkpoints.length ? h("div", { class: "checkpoints" }, h("h3", {}, "Checkpoints"),
+        pick ? h("p", { class: "small pick" }, `Most like the character (sweep): ${pick.label}, mean likeness ${pick.meanScore.toFixed(2)}, ${Math.round(100 * pick.shareSame)}% same`)
+          : sweep && sweep.index && sweep.index.unranked ? h("p", { class: "muted small" }, `Sweep not ranked: ${sweep.index.unranked}`) : null,
         h("ul", {}, run.checkpoints.map((c) => h("li", { class: "row", dataset: { step: c.step } },
           h("span", {}, c.final ? `final (step ${c.step})` : `step ${c.step}`), h("span", { class: "muted small" }, c.fileName),
+          ranks.has(c.step) ? h("span", { class: `badge rank${pick && pick.step === c.step ? " succeeded" : ""}`,
+            title: `mean likeness ${ranks.get(c.step).meanScore}, ${Math.round(100 * ranks.get(c.step).shareSame)}% same, ${ranks.get(c.step).failures} failed` },
+          `#${ranks.get(c.step).rank} ${ranks.get(c.step).meanScore.toFixed(2)}`) : null,
           h("button", { type: "button", class: "small", onclick: () => act(run, "promote", c.final ? {} : { step: c.step }) }, "Promote"))))) : null,
       sweep && sweep.contactSheetUrl ? h("details", { class: "sweep" }, h("summary", {}, "Sweep contact sheet"),
         h("a", { href: sweep.contactSheetUrl, target: "_blank", rel: "noopener" }, h("img", { src: sweep.contactSheetUrl, alt: "contact sheet", class: "sheet" }))) : null,
