@@ -194,8 +194,8 @@ class Settings(BaseSettings):
 
     # -- likeness (is the image the character? `sidecar models fetch ccip`)
     likeness_model: str = Field("ccip-caformer-24-randaug-pruned", pattern=r"^[A-Za-z0-9._-]{1,100}$",
-                                description="the likeness model: a folder of <models>/likeness/ (CCIP's ONNX "
-                                            "files); ccip-tiny is make-tiny's random one")
+                                description="the likeness model: a folder in likeness/ of the models dir (CCIP's "
+                                            "ONNX files); ccip-tiny is make-tiny's random one")
     likeness_threshold: float | None = Field(None, gt=0, le=2,
                                              description="CCIP difference at or under which an image is the same "
                                                          "character [default: the model's published threshold]")
