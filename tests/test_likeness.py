@@ -182,7 +182,9 @@ def test_reference_globs_may_not_leave_the_project(tmp_path: Path, models: Path)
 
 def test_fetch_reports_a_hub_it_cannot_reach_as_likeness_unavailable(tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # no network here, whatever the env
     result = CliRunner().invoke(_main(), ["models", "fetch", "ccip", "--models-dir", str(tmp_path)])
     assert result.exit_code == 2 and "deepghs/ccip_onnx" in result.output
 
@@ -206,3 +208,56 @@ def test_tiny_model_has_ccips_inputs_and_outputs(models: Path) -> None:
 def _main():
     from sidecar.cli import main
     return main
+
+
+def test_fetch_downloads_the_three_files_from_the_hub_and_prints_size_and_sha256(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Against a local stand-in of the hub's resolve endpoint (HEAD with X-Repo-Commit and ETag, then GET),
+    serving a model folder: what lands is exactly what the hub served, ready to score with."""
+    import hashlib
+    import threading
+
+    import huggingface_hub.constants
+    from aiohttp import web
+
+    # The test session runs offline (HF_HUB_OFFLINE=1, read once at import): this one test reaches its own hub.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+
+    served = tiny_likeness_models(tmp_path / "hub") / "likeness" / TINY_MODEL
+    asked: list[str] = []
+
+    async def resolve(request: web.Request) -> web.StreamResponse:
+        assert request.match_info["repo"] == "deepghs/ccip_onnx"
+        name = request.match_info["file"]
+        asked.append(f"{request.method} {name}")
+        data = (served / Path(name).name).read_bytes()
+        headers = {"X-Repo-Commit": "a" * 40, "ETag": f'"{hashlib.sha256(data).hexdigest()}"',
+                   "Content-Length": str(len(data))}
+        return web.Response(body=None if request.method == "HEAD" else data, headers=headers)
+
+    app = web.Application()
+    app.router.add_route("*", "/{repo:deepghs/ccip_onnx}/resolve/{rev}/{file:.+}", resolve)
+    runner = web.AppRunner(app)
+    loop = __import__("asyncio").new_event_loop()
+    loop.run_until_complete(runner.setup())
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    loop.run_until_complete(site.start())
+    port = runner.addresses[0][1]
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        result = CliRunner().invoke(_main(), ["models", "fetch", "ccip", "--models-dir", str(tmp_path / "models"),
+                                              "--model", TINY_MODEL, "--endpoint", f"http://127.0.0.1:{port}",
+                                              "--json"])
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+    assert result.exit_code == 0, (result.output, asked)
+    fetched = json.loads(result.output)
+    assert [Path(f["file"]).name for f in fetched] == ["model_feat.onnx", "model_metrics.onnx", "metrics.json"]
+    for f in fetched:
+        data = (served / Path(f["file"]).name).read_bytes()
+        assert Path(f["file"]).read_bytes() == data and f["size"] == len(data)
+        assert f["sha256"] == hashlib.sha256(data).hexdigest()
+    assert Path(fetched[0]["file"]).parent == tmp_path / "models" / "likeness" / TINY_MODEL
+    assert CcipScorer.open(tmp_path / "models", TINY_MODEL).weights == CcipScorer.open(tmp_path / "hub", TINY_MODEL).weights

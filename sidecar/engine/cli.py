@@ -85,8 +85,10 @@ def list_cmd(models_dir: Path, as_json: bool) -> None:
               help="the models folder [default: the configuration's models_dir, else <data_dir>/models]")
 @click.option("--model", default=None, help="the CCIP model [default: the likeness_model setting]")
 @click.option("--revision", default=None, help="a hub revision (commit) to pin [default: main]")
+@click.option("--endpoint", default=None, help="a Hugging Face hub mirror [default: huggingface.co, or HF_ENDPOINT]")
 @click.option("--json", "as_json", is_flag=True, help="print the fetched files as JSON")
-def fetch(what: str, models_dir: Path | None, model: str | None, revision: str | None, as_json: bool) -> None:
+def fetch(what: str, models_dir: Path | None, model: str | None, revision: str | None, endpoint: str | None,
+          as_json: bool) -> None:
     """Download the likeness judge's weights (CCIP, from the hub repo deepghs/ccip_onnx) into
     <models>/likeness/<model>/, printing each file's size and sha256. The only time they are downloaded:
     jobs never fetch anything."""
@@ -95,7 +97,7 @@ def fetch(what: str, models_dir: Path | None, model: str | None, revision: str |
 
     settings = current_settings()
     target = models_dir or settings.models_path
-    done = fetch_ccip(target, model or settings.likeness_model, revision)
+    done = fetch_ccip(target, model or settings.likeness_model, revision, endpoint)
     if as_json:
         click.echo(json.dumps([{"file": str(f.path), "size": f.size, "sha256": f.sha256} for f in done], indent=2))
         return

@@ -21,7 +21,9 @@ class Fetched:
     sha256: str
 
 
-def fetch_ccip(models_dir: Path, model: str, revision: str | None = None) -> list[Fetched]:
+def fetch_ccip(models_dir: Path, model: str, revision: str | None = None,
+               endpoint: str | None = None) -> list[Fetched]:
+    """`endpoint`: a hub mirror (huggingface_hub's default: huggingface.co, or HF_ENDPOINT)."""
     try:
         from huggingface_hub import hf_hub_download
     except ImportError:
@@ -32,7 +34,8 @@ def fetch_ccip(models_dir: Path, model: str, revision: str | None = None) -> lis
     done = []
     for name in FILES:
         try:
-            local = Path(hf_hub_download(HUB_REPO, f"{model}/{name}", revision=revision, local_dir=root))
+            local = Path(hf_hub_download(HUB_REPO, f"{model}/{name}", revision=revision, local_dir=root,
+                                         endpoint=endpoint))
         except Exception as exc:  # offline, 404, disk: one code, the cause in the message
             raise LikenessUnavailable(f"Could not fetch {HUB_REPO}/{model}/{name}: {exc}",
                                       {"repo": HUB_REPO, "model": model, "file": name}) from None
