@@ -214,6 +214,7 @@ def test_fetch_downloads_the_three_files_from_the_hub_and_prints_size_and_sha256
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Against a local stand-in of the hub's resolve endpoint (HEAD with X-Repo-Commit and ETag, then GET),
     serving a model folder: what lands is exactly what the hub served, ready to score with."""
+    import asyncio
     import hashlib
     import threading
 
@@ -238,7 +239,7 @@ def test_fetch_downloads_the_three_files_from_the_hub_and_prints_size_and_sha256
     app = web.Application()
     app.router.add_route("*", "/{repo:deepghs/ccip_onnx}/resolve/{rev}/{file:.+}", resolve)
     runner = web.AppRunner(app)
-    loop = __import__("asyncio").new_event_loop()
+    loop = asyncio.new_event_loop()
     loop.run_until_complete(runner.setup())
     site = web.TCPSite(runner, "127.0.0.1", 0)
     loop.run_until_complete(site.start())
@@ -250,8 +251,10 @@ def test_fetch_downloads_the_three_files_from_the_hub_and_prints_size_and_sha256
                                               "--model", TINY_MODEL, "--endpoint", f"http://127.0.0.1:{port}",
                                               "--json"])
     finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
+        loop.close()
     assert result.exit_code == 0, (result.output, asked)
     fetched = json.loads(result.output)
     assert [Path(f["file"]).name for f in fetched] == ["model_feat.onnx", "model_metrics.onnx", "metrics.json"]
