@@ -17,7 +17,7 @@ from likeness_fixtures import BLUE, RED, figure, tiny_likeness_models, write_pro
 from sidecar.errors import LikenessUnavailable, ReferencesMissing
 from sidecar.likeness import normalise
 from sidecar.likeness.ccip import MEAN, STD, CcipScorer, preprocess
-from sidecar.likeness.judge import Judge, LikenessService
+from sidecar.likeness.judge import LikenessService
 from sidecar.likeness.tiny import TINY_MODEL
 
 

@@ -17,7 +17,7 @@ from sidecar.config import Settings
 from sidecar.loras import sweep as sweep_mod
 from tests.pipeline_daemon import copy_example
 from tests.test_training_sweep import FolderBackend, invoke, trained_run, url_of
-from tests.training_fixtures import dataset_dir, fake_env, kohya_dir, start_training, wait_run  # noqa: F401
+from tests.training_fixtures import dataset_dir, fake_env, kohya_dir  # noqa: F401  (fixtures)
 
 CHARACTER_STEP = 2  # the earlier checkpoint draws her; the later one has drifted into a stranger
 

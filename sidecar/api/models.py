@@ -7,6 +7,8 @@ edge: a request becomes a typed `JobRequest` here once and nothing downstream re
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
@@ -80,6 +82,6 @@ class LikenessRequest(Wire):
     images: list[PathText] = Field(default_factory=list, max_length=256,
                                    description="absolute paths of PNG, JPEG or WebP images inside the project "
                                                "root or the data dir")
-    job_ids: list[str] = Field(default_factory=list, max_length=256,
-                               description="succeeded jobs whose images to score")
+    job_ids: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
+        default_factory=list, max_length=256, description="succeeded jobs whose images to score")
     mirrored: bool = Field(False, description="judge each image's mirror (a flipped training image)")

@@ -13,7 +13,6 @@ import io
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -38,12 +37,6 @@ class Scorer(Protocol):
     def features(self, images: list[Image.Image]) -> np.ndarray: ...
 
     def differences(self, features: np.ndarray) -> np.ndarray: ...
-
-
-@dataclass(frozen=True)
-class Scored:
-    path: Path
-    likeness: Likeness
 
 
 def _decode(data: bytes, path: Path, mirrored: bool) -> Image.Image:
