@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from hypothesis import given, settings as hsettings, strategies as st
 from PIL import Image
 
-from likeness_fixtures import BLUE, RED, figure, tiny_likeness_models, write_project
+from tests.likeness_fixtures import BLUE, RED, figure, tiny_likeness_models, write_project
 from sidecar.errors import LikenessUnavailable, ReferencesMissing
 from sidecar.likeness import normalise
 from sidecar.likeness.ccip import MEAN, STD, CcipScorer, preprocess

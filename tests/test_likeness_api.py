@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from likeness_fixtures import BLUE, figure, tiny_likeness_models, write_project
+from tests.likeness_fixtures import BLUE, figure, tiny_likeness_models, write_project
 from sidecar.api.app import create_app
 from sidecar.config import Settings
 from tests.test_api_jobs import wait_status

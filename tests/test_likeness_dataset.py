@@ -10,7 +10,7 @@ from pathlib import Path
 from click.testing import CliRunner
 from PIL import Image
 
-from likeness_fixtures import BLUE, RED, figure, tiny_likeness_models, write_project
+from tests.likeness_fixtures import BLUE, RED, figure, tiny_likeness_models, write_project
 from sidecar.likeness.judge import LikenessService
 from sidecar.likeness.tiny import TINY_MODEL
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from likeness_fixtures import FigureBackendMixin, add_references, tiny_likeness_models
+from tests.likeness_fixtures import FigureBackendMixin, add_references, tiny_likeness_models
 from sidecar.config import Settings
 from tests.pipeline_daemon import PAGE3, DaemonThread, copy_example, generate
 from tests.scripted_backend import ScriptedBackend

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from likeness_fixtures import FigureBackendMixin, add_references, staged_step, tiny_likeness_models
+from tests.likeness_fixtures import FigureBackendMixin, add_references, staged_step, tiny_likeness_models
 from sidecar.api.app import create_app
 from sidecar.config import Settings
 from sidecar.loras import sweep as sweep_mod

@@ -18,6 +18,7 @@ import pytest
 
 from sidecar.assets import EXAMPLE_CHAPTER, asset_path
 from tests.conftest_comfy import free_port
+from tests.likeness_fixtures import add_references
 from tests.fake_ollama import FakeOllama, ollama_fake, ollama_server  # noqa: F401  (fixtures)
 from tests.studio_browser import (  # noqa: F401  (fixtures)
     DESKTOP, NARROW, Daemon, browser, screenshot_dir, signed_in, start_daemon, stop_daemon, studio_models,
@@ -34,8 +35,9 @@ def daemon(tmp_path_factory: pytest.TempPathFactory, engine_models: Path, ollama
     settings = project / "pipeline.toml"  # the example chapter at a size the tiny model draws in a moment
     settings.write_text(settings.read_text().replace("steps = 20", "steps = 4").replace("width = 512", "width = 64")
                         .replace("height = 768", "height = 96"))
+    add_references(project)  # a reference set: jobs answer their likeness (make-tiny's tiny likeness model)
     started = start_daemon(root, studio_models(root, engine_models), project, ollama_url=ollama_server.url,
-                           ollama_timeout=10)
+                           ollama_timeout=10, likeness_model="ccip-tiny")
     # Load the engine's models once, here: the first job of a daemon pays for it.
     warm = started.api("POST", "/jobs", {"prompt": "warm up", "resolution": {"width": 64, "height": 64}})
     started.wait_job(warm["id"], {"succeeded"}, timeout=300)
@@ -82,6 +84,9 @@ def test_a_job_submitted_from_the_form_shows_its_progress_and_image(browser, dae
     size = page.evaluate("() => { const i = document.querySelector('.result .pic img'); "
                          "return [i.naturalWidth, i.naturalHeight]; }")
     assert size == [64, 96]
+    # The judge's verdict on the image, against the project's reference set.
+    page.locator(".result .job .badge.likeness").wait_for()
+    assert page.inner_text(".result .job .badge.likeness").split()[0].lower() in ("same", "unsure", "different")
     page.screenshot(path=str(shots / "studio-generate.png"))
 
     page.click("#nav a[data-view=now]")

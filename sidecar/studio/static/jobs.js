@@ -61,6 +61,13 @@ export function likenessBadge(lk) {
     `${lk.verdict} ${lk.score.toFixed(2)}`);
 }
 
+// The judge's likeness comes with a job in full (GET /jobs/{id}), not in events or lists: asked once the
+// job succeeded; `apply` gets the job only when it has one (a project with references and the weights).
+export function withLikeness(job, apply) {
+  if (job.status !== "succeeded" || job.likeness) return;
+  api(`/jobs/${job.id}`).then((full) => { if (full.likeness) apply(full); }).catch(() => {});
+}
+
 // A job.preview event carries a small JPEG (base64): it shows in the card's picture box while the job runs.
 function showPreview(card, ev) {
   if (!card || !ACTIVE.has(card.dataset.status)) return;
@@ -111,7 +118,10 @@ export function jobList(container, events, { limit = 30, filter = () => true, em
   const off = events.on((ev) => {
     if (ev.type === "open") load().catch((err) => toast(err.message, "error"));
     else if (ev.type === "job.preview") showPreview(cards.get(ev.jobId), ev);
-    else if (ev.type && ev.type.startsWith("job.") && ev.job) upsert(ev.job);
+    else if (ev.type && ev.type.startsWith("job.") && ev.job) {
+      upsert(ev.job);
+      if (ev.type === "job.succeeded") withLikeness(ev.job, upsert);
+    }
   });
   load().catch((err) => toast(err.message, "error"));
   return { off, upsert };

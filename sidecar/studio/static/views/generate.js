@@ -4,7 +4,7 @@
 import { api } from "../api.js";
 import { allowedBy, whereChoices } from "../backends.js";
 import { field, h, replace, toast } from "../dom.js";
-import { jobCard, updateJobCard } from "../jobs.js";
+import { jobCard, updateJobCard, withLikeness } from "../jobs.js";
 
 const SEED_MAX = 2 ** 32 - 1;
 
@@ -187,7 +187,10 @@ export function mount(root, ctx, args) {
     if (ev.job && ev.job.id === current) {
       const card = result.querySelector(".job");
       if (card) updateJobCard(card, ev.job);
-      if (ev.type === "job.succeeded") toast("Done", "good");
+      if (ev.type === "job.succeeded") {
+        toast("Done", "good");
+        withLikeness(ev.job, (job) => { const now = result.querySelector(".job"); if (now) updateJobCard(now, job); });
+      }
     }
   });
 
