@@ -264,3 +264,17 @@ def test_fetch_downloads_the_three_files_from_the_hub_and_prints_size_and_sha256
         assert f["sha256"] == hashlib.sha256(data).hexdigest()
     assert Path(fetched[0]["file"]).parent == tmp_path / "models" / "likeness" / TINY_MODEL
     assert CcipScorer.open(tmp_path / "models", TINY_MODEL).weights == CcipScorer.open(tmp_path / "hub", TINY_MODEL).weights
+
+
+def test_doctor_says_whether_the_weights_and_the_references_are_there(tmp_path: Path, models: Path) -> None:
+    from sidecar.config import Settings
+    from sidecar.doctor.assist_checks import check_likeness
+
+    write_project(tmp_path / "project")
+    ready = check_likeness(Settings(data_dir=tmp_path / "d", models_dir=models, likeness_model=TINY_MODEL,
+                                    project_root=tmp_path / "project"))
+    assert [(c.name, c.status) for c in ready] == [("likeness model", "ok"), ("likeness references", "ok")]
+    (tmp_path / "bare").mkdir()
+    bare = check_likeness(Settings(data_dir=tmp_path / "d", models_dir=tmp_path / "none", project_root=tmp_path / "bare"))
+    assert [(c.name, c.status) for c in bare] == [("likeness model", "warn"), ("likeness references", "warn")]
+    assert "sidecar models fetch ccip" in bare[0].fix

@@ -1,6 +1,7 @@
 """The doctor's lines for the assistants: does Ollama answer at `ollama_url`, has it pulled
-`prompt_model` and `vision_model` (with the `ollama pull` line when not), and is there a caption tagger
-in `<models>/taggers/` (with where to put one). All optional: nothing else needs them."""
+`prompt_model` and `vision_model` (with the `ollama pull` line when not), is there a caption tagger
+in `<models>/taggers/` (with where to put one), are the likeness judge's weights there (with the fetch
+command) and does the project name a reference set. All optional: nothing else needs them."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from sidecar.config import Settings
 from sidecar.dataprep.tagger import find_taggers, where_to_put
 from sidecar.doctor.report import Check
 from sidecar.errors import SidecarError
+from sidecar.likeness.ccip import CcipScorer
+from sidecar.likeness.references import reference_files
 
 PROBE_TIMEOUT = 3.0
 
@@ -54,4 +57,23 @@ def check_assistants(settings: Settings) -> list[Check]:
     else:
         checks.append(Check("caption tagger", "warn", "none (dataset caption --auto uses the vision model)",
                             f"optional: {where_to_put(settings.models_path)}"))
+    return checks + check_likeness(settings)
+
+
+def check_likeness(settings: Settings) -> list[Check]:
+    try:
+        scorer = CcipScorer.open(settings.models_path, settings.likeness_model)
+        checks = [Check("likeness model", "ok", f"{scorer.name} (threshold {scorer.threshold:.3f}, weights "
+                                                f"{scorer.weights})")]
+    except SidecarError as exc:
+        checks = [Check("likeness model", "warn", f"{settings.likeness_model} is not in {settings.models_path}",
+                        exc.details.get("fix", "sidecar models fetch ccip"))]
+    if settings.project_root is None:
+        return checks + [Check("likeness references", "skip", "no project (project_root)")]
+    try:
+        refs = reference_files(settings.project_root)
+        checks.append(Check("likeness references", "ok", f"{len(refs)} image(s) in {settings.project_root}"))
+    except SidecarError as exc:
+        checks.append(Check("likeness references", "warn", exc.message,
+                            'references = ["refs/*.png"] in character.toml (crops of the character you approve)'))
     return checks
