@@ -25,6 +25,7 @@ from tests.studio_browser import (  # noqa: F401  (fixtures)
 )
 
 pytestmark = pytest.mark.engine
+REFERENCES = 'references = ["refs/*.png"]\n'  # character.toml's reference set (the `references` fixture)
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,9 @@ def daemon(tmp_path_factory: pytest.TempPathFactory, engine_models: Path, ollama
     settings = project / "pipeline.toml"  # the example chapter at a size the tiny model draws in a moment
     settings.write_text(settings.read_text().replace("steps = 20", "steps = 4").replace("width = 512", "width = 64")
                         .replace("height = 768", "height = 96"))
-    add_references(project)  # a reference set: jobs answer their likeness (make-tiny's tiny likeness model)
+    add_references(project)  # crops of the character; only the test that needs them names them (below)
+    sheet = project / "character.toml"
+    sheet.write_text(sheet.read_text().replace(REFERENCES, ""))
     started = start_daemon(root, studio_models(root, engine_models), project, ollama_url=ollama_server.url,
                            ollama_timeout=10, likeness_model="ccip-tiny")
     # Load the engine's models once, here: the first job of a daemon pays for it.
@@ -50,7 +53,19 @@ def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return screenshot_dir(tmp_path_factory.mktemp("shots"))
 
 
-def test_a_job_submitted_from_the_form_shows_its_progress_and_image(browser, daemon, shots, tmp_path) -> None:
+@pytest.fixture
+def references(daemon: Daemon) -> Iterator[None]:
+    """The project names its reference set for one test: its jobs answer their likeness (make-tiny's tiny
+    likeness model); the other views' checks (the dataset's) see no reference set."""
+    sheet = daemon.project / "character.toml"
+    before = sheet.read_text()
+    sheet.write_text(before + REFERENCES)
+    yield
+    sheet.write_text(before)
+
+
+def test_a_job_submitted_from_the_form_shows_its_progress_and_image(browser, daemon, references, shots,
+                                                                    tmp_path) -> None:
     from PIL import Image
 
     pose = tmp_path / "pose.png"  # a stick figure, white on black, as OpenPose draws
