@@ -118,3 +118,31 @@ async def test_a_job_published_as_a_page_version_logs_its_likeness(client, proje
     assert done.status == 201, await done.text()
     (entry,) = json.loads((project / "output" / "ch-01" / "generation-log.json").read_text())
     assert entry["likeness"]["scorer"] == "ccip-tiny" and entry["likeness"]["verdict"] in ("same", "unsure", "different")
+
+
+async def test_the_studios_dataset_view_flags_a_stranger_in_the_training_set(client, tmp_path: Path) -> None:
+    folder = tmp_path / "set"
+    folder.mkdir()
+    for i in range(3):
+        figure(seed=20 + i, size=(512, 512)).save(folder / f"her{i}.png")
+    figure(BLUE, seed=9, size=(512, 512)).save(folder / "stranger.png")
+    resp = await client.get("/dataset", params={"dir": str(folder)})
+    assert resp.status == 200, await resp.text()
+    findings = [f for f in (await resp.json())["findings"] if f["check"] == "likeness"]
+    assert [(f["file"], f["level"]) for f in findings] == [("stranger.png", "error")]
+
+
+def test_likeness_score_command_prints_each_image_with_its_verdict(tmp_path: Path, project: Path) -> None:
+    from click.testing import CliRunner
+
+    from sidecar.cli import main
+
+    models = tiny_likeness_models(tmp_path / "cli-models")
+    figure(BLUE, seed=1).save(tmp_path / "stranger.png")
+    result = CliRunner().invoke(main, ["likeness", "score", str(project / "refs" / "ref0.png"), str(tmp_path / "stranger.png"),
+                                       "--project", str(project), "--models-dir", str(models)],
+                                env={"SIDECAR_LIKENESS_MODEL": "ccip-tiny"})
+    assert result.exit_code == 0, result.output
+    first, second = result.output.splitlines()
+    assert "same" in first and first.endswith("ref0.png")
+    assert "different" in second and second.endswith("stranger.png")
