@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -227,6 +228,54 @@ async def test_a_comfyui_already_on_the_port_is_used_not_duplicated(comfy_home, 
             assert result.output_path.is_file()
     finally:
         await other.stop()
+
+
+# A ComfyUI that answers, then sits mid-sampling: tqdm redraws its bar with "\r" and ends no line.
+MID_SAMPLING_MAIN = """import http.server, sys
+class Stats(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.send_header("Content-Type", "application/json"); self.end_headers()
+        self.wfile.write(b"{}")
+    def log_message(self, *args):
+        pass
+server = http.server.HTTPServer(("127.0.0.1", int(sys.argv[sys.argv.index("--port") + 1])), Stats)
+print("To see the GUI go to: http://127.0.0.1", flush=True)
+sys.stderr.write("\\r 20%|##        | 2/10 [00:01<00:04]\\r 50%|#####     | 5/10 [00:02<00:02]")
+sys.stderr.flush()
+server.serve_forever()
+"""
+
+
+async def test_the_exit_line_starts_its_own_line_after_a_progress_bar_and_a_stop_writes_one(
+        comfy_home, tmp_path) -> None:
+    from sidecar.comfyui.launch import last_run
+
+    write_fake_main(comfy_home, MID_SAMPLING_MAIN)
+    settings = managed_settings(tmp_path, comfy_home)
+    log_path = settings.logs_dir / "comfyui.log"
+    async with managed(settings) as backend:
+        supervisor = backend.supervisor
+        assert supervisor is not None and await supervisor.wait_ready(START)
+        first = supervisor.pid
+        os.kill(first, signal.SIGKILL)  # a crash mid-sampling
+        await wait_until(lambda: supervisor.starts == 2 and supervisor.ready.is_set())
+        crashed = log_path.read_text().split("sidecar starts ComfyUI")[1]
+        assert re.search(rf"\| 5/10 \[00:02<00:02\]\n=== \S+ \S+ ComfyUI \(pid {first}\) exited with code -9\n",
+                         crashed), crashed
+        # What `last_run` and `sidecar doctor` read of that run (the log as it stood then).
+        then = tmp_path / "then.log"
+        then.write_text(log_path.read_text().rsplit("\n=== ", 1)[0] + "\n")
+        run = last_run(then)
+        assert run is not None and run.ended and run.exit_code == -9 and not run.stopped
+        second = supervisor.pid
+    # The daemon stopped the second run: an exit line follows it too, on its own line, and it is no failure.
+    text = log_path.read_text()
+    assert re.search(rf"\| 5/10 \[00:02<00:02\]\n=== \S+ \S+ ComfyUI \(pid {second}\) exited with code -15 "
+                     r"\(stopped by the daemon\)\n$", text), text[-300:]
+    run = last_run(log_path)
+    assert run is not None and run.ended and run.stopped and run.exit_code == -15
+    checks = {c.name: c for c in check_managed_launch(settings)}
+    assert checks["comfyui last run"].status == "ok" and "stopped by the daemon" in checks["comfyui last run"].detail
 
 
 def test_comfyui_log_is_rotated_between_runs(tmp_path) -> None:

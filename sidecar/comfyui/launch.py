@@ -38,7 +38,8 @@ TORCH_PROBE = (
     "                  'xpu': bool(xpu and xpu.is_available())}))\n"
 )
 START_MARK = "=== "  # the supervisor's lines in the log start so; ComfyUI's own output does not
-EXIT_RE = re.compile(r"^=== .* ComfyUI \(pid (\d+)\) exited with code (-?\d+|None)")
+EXIT_RE = re.compile(r"^=== .* ComfyUI \(pid (\d+)\) exited with code (-?\d+|None)( \(stopped by the daemon\))?")
+STOPPED_MARK = " (stopped by the daemon)"  # after the exit code when the daemon stopped it (SIGTERM): no failure
 TAIL_LINES = 20
 
 
@@ -139,6 +140,7 @@ class LastRun:
     exit_code: int | None  # None: still running, killed with the daemon, or unknown
     ended: bool
     tail: list[str]
+    stopped: bool = False  # the daemon stopped it: its exit code (-15) is no failure
 
 
 def last_run(path: Path, max_bytes: int = 64 * 1024) -> LastRun | None:
@@ -154,12 +156,12 @@ def last_run(path: Path, max_bytes: int = 64 * 1024) -> LastRun | None:
     if not starts:
         return None
     run = text[starts[-1].end():].splitlines()
-    exit_code, ended = None, False
+    exit_code, ended, stopped = None, False, False
     for line in run:
         m = EXIT_RE.match(line)
         if m:
-            ended = True
+            ended, stopped = True, m.group(3) is not None
             exit_code = None if m.group(2) == "None" else int(m.group(2))
     command = re.sub(r" \(cwd .*\)$", "", starts[-1].group(1))
     tail = [line for line in run if line and not line.startswith(START_MARK)][-TAIL_LINES:]
-    return LastRun(command=command, exit_code=exit_code, ended=ended, tail=tail)
+    return LastRun(command=command, exit_code=exit_code, ended=ended, tail=tail, stopped=stopped)

@@ -24,6 +24,7 @@ from typing import IO
 import aiohttp
 
 from sidecar.comfyui.launch import (
+    STOPPED_MARK,
     StartupFailure,
     chosen_by_user,
     device_flags,
@@ -193,11 +194,18 @@ class ComfySupervisor:
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.backoff_max)
 
-    def _mark_exit(self, pid: int, code: int | None) -> None:
-        """A line after the run in the log: the exit code, for the daemon and `sidecar doctor` to read."""
+    def _mark_exit(self, pid: int, code: int | None, stopped: bool = False) -> None:
+        """A line after the run in the log: the exit code, for the daemon and `sidecar doctor` to read.
+        It starts a line of its own: a ComfyUI killed mid-sampling last printed a progress bar, which
+        tqdm redraws with `\\r` and never ends with a newline."""
         try:
-            with open(self.log_path, "a", encoding="utf-8") as fh:
-                fh.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} ComfyUI (pid {pid}) exited with code {code}\n")
+            with open(self.log_path, "a+b") as fh:
+                newline = b""
+                if fh.seek(0, os.SEEK_END) > 0:
+                    fh.seek(-1, os.SEEK_END)
+                    newline = b"" if fh.read(1) == b"\n" else b"\n"
+                stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+                fh.write(newline + f"=== {stamp} ComfyUI (pid {pid}) exited with code {code}{STOPPED_MARK if stopped else ''}\n".encode())
         except OSError as exc:
             log.warning("cannot write to %s: %s", self.log_path, exc)
 
@@ -248,6 +256,8 @@ class ComfySupervisor:
         return False
 
     async def _terminate(self) -> None:
+        """Stop our ComfyUI (SIGTERM, then SIGKILL after STOP_GRACE) and mark its exit in the log: a
+        stop by the daemon ends a run as surely as a crash does."""
         proc = self._proc
         if proc is None or proc.returncode is not None:
             return
@@ -259,4 +269,5 @@ class ComfySupervisor:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             await proc.wait()
+        await asyncio.to_thread(self._mark_exit, proc.pid, proc.returncode, True)
         log.info("ComfyUI (pid %d) stopped", proc.pid)

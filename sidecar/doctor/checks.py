@@ -167,14 +167,15 @@ def check_managed_launch(settings: Settings) -> list[Check]:
     checks = [Check("comfyui launch", "ok", f"{' '.join(cmd)} (in {settings.comfyui_dir}; {seen})")]
     log_path = settings.logs_dir / "comfyui.log"
     run = last_run(log_path)
-    if run is not None and run.ended and run.exit_code not in (0, None):
+    if run is not None and run.ended and not run.stopped and run.exit_code not in (0, None):
         tail = " | ".join(line.strip() for line in run.tail[-5:] if line.strip()) or "no output"
         checks.append(Check("comfyui last run", "fail", f"exited with code {run.exit_code}: {tail} (see {log_path})",
                             "fix what the log says (no GPU: --cpu in comfyui_extra_args or device = \"cpu\"; a "
                             "missing module: install ComfyUI's requirements in its venv), then restart the daemon",
                             required=settings.resolved_engine == "comfyui"))
     elif run is not None:
-        how = "exited with code 0" if run.ended else "running, or stopped with the daemon"
+        how = ("stopped by the daemon" if run.stopped else f"exited with code {run.exit_code}" if run.ended
+               else "running, or killed with the daemon")
         checks.append(Check("comfyui last run", "ok", f"{how} ({log_path})"))
     return checks
 
