@@ -123,7 +123,7 @@ class FakeComfyUI(InstallFiles, PromptWorker):
         self.finished_at: dict[str, float] = {}  # prompt_id -> time.monotonic() of `executing null`
         # The recorded classes, plus the print upscale's two nodes (an excerpt of the same recorded ComfyUI).
         self._object_info = {**load_fixture("object_info.json"), **upscale_object_info()}
-        self.upscale_scale = 4  # ImageUpscaleWithModel's factor: the real one reads it off the model file
+        self.upscale_scale = 4  # ImageUpscaleWithModel's factor: read off the model file its loader loads
         self._stats = load_fixture("system_stats.json")
         self._misc = load_fixture("misc-get-endpoints.json")
         self._state = ServerState()

@@ -297,6 +297,8 @@ class PromptWorker:
                     await progress_state(node_id, steps, steps, "finished")
                 else:
                     await self._delay(self.node_delay)
+                    if kind == "UpscaleModelLoader":
+                        self.upscale_scale = await self._load_upscaler(node_id, str(node["inputs"]["model_name"]))
                     if kind in SAVERS:
                         ui[node_id] = {"images": await self._save_images(prompt, node_id)}
                         await emit("executed", {"node": node_id, "display_node": node_id, "output": ui[node_id],
@@ -335,6 +337,18 @@ class PromptWorker:
         await self._broadcast(state, "status", self._status(state))
         await self._send(state, cid, "executing", {"node": None, "prompt_id": pid})
         self.finished_at[pid] = time.monotonic()
+
+    async def _load_upscaler(self, node_id: str, name: str) -> int:
+        """Load the file as the real loader does (spandrel's rules, `upscale_fixtures.comfyui_loads`): a
+        file it refuses fails the node with torch's message, as it fails there."""
+        try:
+            from tests.upscale_fixtures import comfyui_loads
+        except ImportError:
+            from upscale_fixtures import comfyui_loads  # type: ignore[no-redef]
+        try:
+            return await asyncio.to_thread(comfyui_loads, self.base_dir / "models" / "upscale_models" / name)
+        except Exception as exc:  # noqa: BLE001 (whatever the real loader raises becomes the node's error)
+            raise _NodeFailed(node_id, type(exc).__name__, str(exc)) from None
 
     async def _delay(self, seconds: float) -> None:
         await asyncio.sleep(seconds)  # also yields: HTTP and WS stay responsive mid-run, as recorded

@@ -28,7 +28,14 @@ from sidecar.engine.upscale import load_upscaler, upscale_image, upscale_tensor
 from tests.conftest_engine import TINY_CHECKPOINT
 from tests.pipeline_daemon import DaemonThread, copy_example
 from tests.test_img2img import finished, submit
-from tests.upscale_fixtures import TINY_UPSCALER, as_old_esrgan, rrdbnet_state, srvgg_state, write_upscaler
+from tests.upscale_fixtures import (
+    TINY_UPSCALER,
+    as_old_esrgan,
+    comfyui_loads,
+    rrdbnet_state,
+    srvgg_state,
+    write_upscaler,
+)
 
 SIZE = (64, 96)  # the jobs' width, height (tests.test_img2img.SIZE)
 
@@ -170,9 +177,7 @@ async def test_an_image_already_rendered_is_upscaled_without_rendering_it_again(
 
 async def test_comfyui_gets_the_upscale_nodes_and_both_images_come_back(aiohttp_client, fake_comfy,
                                                                        comfy_settings) -> None:
-    (fake_comfy.base_dir / "models" / "upscale_models").mkdir(parents=True)
-    (fake_comfy.base_dir / "models" / "upscale_models" / "4x-UltraSharp.pth").write_bytes(b"weights")
-    fake_comfy.upscale_scale = 4
+    write_upscaler(fake_comfy.base_dir / "models" / "upscale_models", "4x-UltraSharp.pth")
     client = await aiohttp_client(create_app(comfy_settings))
     missing = await submit(client, 400, upscaleModel="4x-AnimeSharp.pth")
     assert missing["error"]["details"]["available"] == ["4x-UltraSharp.pth"]
@@ -186,6 +191,23 @@ async def test_comfyui_gets_the_upscale_nodes_and_both_images_come_back(aiohttp_
     assert upscaler["inputs"] == {"upscale_model": [loader, 0], "image": [decode, 0]}
     assert (await png(client, done["output"]["url"])).size == SIZE
     assert (await png(client, done["upscaled"]["url"])).size == (SIZE[0] * 4, SIZE[1] * 4)
+
+
+async def test_the_test_upscalers_are_files_comfyuis_loader_accepts_and_the_engine_runs(
+        aiohttp_client, fake_comfy, comfy_settings, tmp_path: Path) -> None:
+    # The real UpscaleModelLoader (spandrel) builds ESRGAN blocks with 32 growth channels whatever the
+    # file holds: the suite's upscalers must be files it accepts, and the embedded engine loads them too.
+    for state, scale in ((None, 4), (rrdbnet_state(ups=2, unshuffle=2), 2), (srvgg_state(), 4)):
+        path = write_upscaler(tmp_path / "models", f"{scale}x-{len(state or {})}.pth", state)
+        assert comfyui_loads(path) == scale and load_upscaler(path).scale == scale
+    # A file it refuses fails the job with its message, as the real server does; the daemon says so.
+    write_upscaler(fake_comfy.base_dir / "models" / "upscale_models", "4x-grow4.pth", as_old_esrgan(rrdbnet_state(grow=4)))
+    client = await aiohttp_client(create_app(comfy_settings))
+    job = await submit(client, seed=2, steps=2, upscaleModel="4x-grow4.pth")
+    with pytest.raises(AssertionError, match="UpscaleModelLoader"):
+        await finished(client, job["id"], timeout=30)
+    failed = await (await client.get(f"/jobs/{job['id']}")).json()
+    assert failed["error"]["code"] == "execution_error" and "size mismatch" in failed["error"]["message"]
 
 
 # -- the page pipeline: generate --upscale
@@ -277,9 +299,8 @@ def test_doctor_says_where_upscale_models_go_and_lists_them(tmp_path: Path) -> N
 
 
 async def test_comfyui_upscales_an_image_it_is_given(aiohttp_client, fake_comfy, comfy_settings, tmp_path) -> None:
-    (fake_comfy.base_dir / "models" / "upscale_models").mkdir(parents=True)
-    (fake_comfy.base_dir / "models" / "upscale_models" / "2x-Real.pth").write_bytes(b"weights")
-    fake_comfy.upscale_scale = 2
+    write_upscaler(fake_comfy.base_dir / "models" / "upscale_models", "2x-Real.pth",
+                   rrdbnet_state(ups=2, unshuffle=2))  # Real-ESRGAN x2: the loader reads the scale off it
     source = tmp_path / "page.png"
     Image.new("RGB", (40, 56), (200, 120, 40)).save(source)
     client = await aiohttp_client(create_app(comfy_settings))

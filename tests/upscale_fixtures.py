@@ -11,9 +11,13 @@ import torch
 TINY_UPSCALER = "4x-tiny-esrgan.pth"
 
 
-def rrdbnet_state(feat: int = 8, blocks: int = 1, grow: int = 4, ups: int = 2, unshuffle: int = 1,
+SPANDREL_GROWTH = 32  # the growth channels spandrel's ESRGAN always builds (its RRDBNet's default `gc`)
+
+
+def rrdbnet_state(feat: int = 8, blocks: int = 1, grow: int = SPANDREL_GROWTH, ups: int = 2, unshuffle: int = 1,
                   seed: int = 0) -> dict[str, torch.Tensor]:
-    """BasicSR keys (conv_first, body.N.rdbK.convJ, conv_body, conv_upK, conv_hr, conv_last)."""
+    """BasicSR keys (conv_first, body.N.rdbK.convJ, conv_body, conv_upK, conv_hr, conv_last). Small in
+    features and blocks, which ComfyUI reads off the tensors, but 32 growth channels, which it does not."""
     from sidecar.engine.sr_arch import RRDBNet
 
     torch.manual_seed(seed)
@@ -60,3 +64,21 @@ def write_upscaler(folder: Path, name: str = TINY_UPSCALER, state: dict[str, tor
     else:
         torch.save(state if "model.0.weight" in state else {"params_ema": state}, str(path))
     return path
+
+
+def comfyui_loads(path: Path) -> int:
+    """What ComfyUI's `UpscaleModelLoader` makes of a model file: its scale, or torch's RuntimeError where
+    it refuses the file. ComfyUI loads with spandrel, whose ESRGAN detection reads in/out channels,
+    features, blocks, scale and pixel-unshuffle off the tensors but builds every dense block with its
+    default 32 growth channels, so an RRDBNet trained with other growth fails its strict load with "size
+    mismatch" (chaiNNer-org/spandrel: architectures/ESRGAN/__init__.py, `ESRGANArch.load`)."""
+    from sidecar.engine.sr_arch import RRDBNet
+    from sidecar.engine.upscale import load_upscaler
+
+    up = load_upscaler(path)  # reads every hyper-parameter off the shapes, growth included
+    net = up.net
+    if isinstance(net, RRDBNet):
+        as_spandrel = RRDBNet(up.channels, up.channels, net.conv_first.out_channels, len(net.body), SPANDREL_GROWTH,
+                              net.ups, net.unshuffle)
+        as_spandrel.load_state_dict(net.state_dict(), strict=True)  # RuntimeError: size mismatch for ...
+    return up.scale
