@@ -75,6 +75,9 @@ async def test_a_backend_killed_mid_job_hands_it_over_once_and_rejoins(app_and_c
     assert down["reason"]
     job = await wait_status(client, first["id"], {"queued", "failed"}, timeout=10)
     assert job["status"] == "queued" and job["attempts"] == 1  # re-queued once, waiting for a backend named alpha
+    assert job["backend"] is None and job["backendReason"] is None  # queued: no backend runs it (documented)
+    listed = next(j for j in (await (await client.get("/jobs")).json())["jobs"] if j["id"] == first["id"])
+    assert listed["status"] != "queued" or listed["backend"] is None
 
     alpha.resume()
     await alpha.restart()  # it answers again: back in routing, and the job runs there

@@ -79,7 +79,9 @@ class Ledger:
         without its prompt id; the caller puts it at the head of the queue."""
         job.attempts += 1
         job.prompt_id = None
-        await self.set(job, "queued", attempts=job.attempts, prompt_id=None, progress_step=0)
+        # Queued again: no backend runs it until the router picks one (maybe another), so none is shown.
+        await self.set(job, "queued", attempts=job.attempts, prompt_id=None, progress_step=0, backend=None,
+                       backend_reason=None)
 
     def announce(self, job: JobRecord) -> None:
         kind = "started" if job.status == "running" else job.status
