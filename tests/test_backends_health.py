@@ -113,6 +113,32 @@ async def test_a_pool_job_on_a_dying_backend_reruns_elsewhere_once(app_and_clien
     await alpha.wait_for(lambda: lost_prompt in alpha.interrupts)
 
 
+async def test_a_rerun_jobs_preview_is_never_the_killed_attempts_frame(aiohttp_client, tmp_path, pair) -> None:
+    alpha, beta = pair["alpha"], pair["beta"]
+    alpha.preview_method = "latent2rgb"  # alpha sends previews, beta (run without --preview-method) none
+    settings = Settings(
+        data_dir=tmp_path / "data", engine="embedded", history_poll_interval=0.2, comfyui_unavailable_deadline=30,
+        backend_probe_interval=0.2, default_where="pool", preview_interval=0.0,
+        backends=[BackendSpec(name=name, kind="comfyui", url=fake.url, profile="cuda-24gb", tags=("pool",),
+                              local=False) for name, fake in pair.items()])
+    client = await aiohttp_client(create_app(settings, ScriptedBackend()))
+    alpha.pause_at(2)
+    job = await (await client.post("/jobs", json={"prompt": "page 9", "steps": 4, "where": "pool"})).json()
+    await alpha.wait_paused()
+    for _ in range(200):  # the killed attempt's frame reached the daemon
+        if (await client.get(f"/jobs/{job['id']}/preview")).status == 200:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError("alpha's preview never arrived")
+    await alpha.kill()
+    done = await wait_status(client, job["id"], {"succeeded", "failed"}, timeout=30)
+    assert (done["status"], done["backend"], done["attempts"]) == ("succeeded", "beta", 1)
+    resp = await client.get(f"/jobs/{job['id']}/preview")
+    assert resp.status == 404 and (await resp.json())["error"]["code"] == "preview_not_found"
+    alpha.resume()
+
+
 async def test_training_on_the_laptop_stops_only_the_laptop(aiohttp_client, tmp_path, pair) -> None:
     settings = Settings(
         data_dir=tmp_path / "data", engine="embedded", history_poll_interval=0.2, backend_probe_interval=0.2,

@@ -135,7 +135,7 @@ class Executor:
                 job.queued_behind = ahead
                 self.ledger.events.publish(JobChanged("job.progress", job))
 
-        preview_due, on_preview = self.previews.callbacks(job.id, self._loop, self._loop_thread)
+        preview_due, on_preview = self.previews.callbacks(job.id, self._loop, self._loop_thread, job.attempts)
         ctx = RunContext(
             job_id=job.id,
             workflow=job.workflow,
