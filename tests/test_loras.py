@@ -49,6 +49,9 @@ async def test_get_loras_lists_installed_files_with_their_metadata(aiohttp_clien
               metadata=meta)
     save_file({"t": np.zeros(1, dtype=np.float32)}, str(loras / "plain.safetensors"))  # no metadata: still listed
     (loras / "broken.safetensors").write_bytes(b"\xff" * 4)  # unreadable header: listed, no metadata
+    # Saved before its first step (the tiny engine's LoRA, a step-0 checkpoint): 0 steps is a count, not "unknown".
+    save_file({"t": np.zeros(1, dtype=np.float32)}, str(loras / "fresh.safetensors"),
+              metadata={"ss_steps": "0", "ss_max_train_steps": "400", "ss_network_dim": "inf"})
     (loras / "sweep--spyke-1a2b3c4d-step00000200.safetensors").write_bytes(b"")  # a sweep's staging link
     (loras / "notes.txt").write_text("not a LoRA")
 
@@ -56,7 +59,8 @@ async def test_get_loras_lists_installed_files_with_their_metadata(aiohttp_clien
     resp = await client.get("/loras")
     assert resp.status == 200
     items = {item["id"]: item for item in (await resp.json())["loras"]}
-    assert sorted(items) == ["broken", "plain", "spyke_plasma_v1"]
+    assert sorted(items) == ["broken", "fresh", "plain", "spyke_plasma_v1"]
+    assert (items["fresh"]["steps"], items["fresh"]["networkDim"]) == (0, None)
     spyke = items["spyke_plasma_v1"]
     assert (spyke["triggerWord"], spyke["steps"], spyke["networkDim"], spyke["networkAlpha"], spyke["baseModel"],
             spyke["resolution"]) == ("spyke_plasma_v1", 6, 32, 16.0, "sd_v1", "64x64")

@@ -61,8 +61,13 @@ def _number(value: str | None, kind: type) -> Any:
         return None
     try:
         return kind(float(value)) if kind is int else kind(value)
-    except ValueError:
+    except (ValueError, OverflowError):  # "nan" and "inf" are no count either
         return None
+
+
+def _first_number(kind: type, *values: str | None) -> Any:
+    """The first of `values` that is a number (0 included: a LoRA saved before its first step has 0)."""
+    return next((n for v in values if (n := _number(v, kind)) is not None), None)
 
 
 def trigger_word(meta: dict[str, str]) -> str | None:
@@ -88,7 +93,7 @@ def summary(meta: dict[str, str]) -> dict[str, Any]:
     res = meta.get("ss_resolution") or meta.get("modelspec.resolution")
     return {
         "triggerWord": trigger_word(meta),
-        "steps": _number(meta.get("ss_steps"), int) or _number(meta.get("ss_max_train_steps"), int),
+        "steps": _first_number(int, meta.get("ss_steps"), meta.get("ss_max_train_steps")),
         "networkDim": _number(meta.get("ss_network_dim"), int),
         "networkAlpha": _number(meta.get("ss_network_alpha"), float),
         "baseModel": meta.get("ss_base_model_version") or meta.get("ss_sd_model_name"),
