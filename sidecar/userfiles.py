@@ -9,6 +9,7 @@ header (PIL reads only that on open), and only then is the file decoded or read.
 
 from __future__ import annotations
 
+import os
 import stat
 import warnings
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ from sidecar.errors import BadRequest, InvalidField
 MAX_IMAGE_BYTES = 64 * 1024 * 1024  # a 4096x4096 RGBA PNG without compression is 64 MiB
 MAX_IMAGE_PIXELS = 4096 * 4096  # 8x an SD1.5 page; ControlNet resizes anyway
 MAX_TEXT_BYTES = 1024 * 1024  # a caption is a line of tags
+MAX_NAME_BYTES = 255  # NAME_MAX on Linux and macOS: a longer file name is ENAMETOOLONG, not "no such file"
+MAX_PATH_BYTES = 1024  # PATH_MAX on macOS (4096 on Linux): the smaller, so a path works on both
 
 # The formats a pose or init image may be, by their first bytes.
 IMAGE_MAGIC = {
@@ -40,13 +43,24 @@ class ImageInfo:
 
 
 def user_path(raw: str, field: str, error: type[BadRequest] = InvalidField) -> Path:
-    """An absolute path from a request (`~` is the daemon user's home); refused if it cannot be one."""
+    """An absolute path from a request (`~` is the daemon user's home); refused if it cannot be one,
+    including a name the file system cannot hold (`stat` would raise ENAMETOOLONG, which `Path.is_dir`
+    and friends pass on instead of answering False)."""
     try:
         path = Path(raw).expanduser()
     except RuntimeError:  # ~someone with no such user
         raise error(f"{field}: cannot expand {raw!r}: no such user home.", {"field": field, "path": raw}) from None
     if "\x00" in raw or not path.is_absolute():
         raise error(f"{field} must be an absolute path, got {raw!r}.", {"field": field, "path": raw})
+    try:
+        encoded = os.fsencode(path)
+    except UnicodeError:  # a lone surrogate: no file can have that name
+        raise error(f"{field} is not a valid file name.", {"field": field, "path": raw}) from None
+    longest = max((len(part) for part in encoded.split(b"/")), default=0)
+    if longest > MAX_NAME_BYTES or len(encoded) >= MAX_PATH_BYTES:
+        raise error(f"{field} is too long for a path: its names may have at most {MAX_NAME_BYTES} bytes each and "
+                    f"the whole path under {MAX_PATH_BYTES}.",
+                    {"field": field, "path": raw[:300], "limit": MAX_NAME_BYTES})
     return path
 
 
