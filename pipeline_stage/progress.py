@@ -1,7 +1,8 @@
 """Per-page progress: a rich bar on a terminal (on stderr, so stdout stays the summary), nothing
 otherwise. `--json` and non-terminal output get no bar, as ollama's CLI does. The bar counts the live
 previews the daemon sends (`job.preview`) and names the file the latest is written to, so a viewer
-that reloads it shows the page taking shape.
+that reloads it shows the page taking shape. The file is written with or without a terminal: the page
+pipeline runs `generate` as a subprocess and shows that file.
 """
 
 from __future__ import annotations
@@ -29,11 +30,18 @@ class PageProgress(Protocol):
 
 
 class NoProgress:
+    """Nothing drawn (`--json`, a pipe); the latest live preview is still written to `preview_path`."""
+
+    def __init__(self, preview_path: Path | None = None):
+        self.preview_path = preview_path
+
     def start(self, label: str) -> None: ...
 
     def update(self, job: dict[str, Any]) -> None: ...
 
-    def preview(self, event: dict[str, Any]) -> None: ...
+    def preview(self, event: dict[str, Any]) -> None:
+        if self.preview_path is not None:
+            write_preview(event, self.preview_path)
 
     def stop(self) -> None: ...
 
@@ -113,5 +121,5 @@ def _short(path: Path) -> str:
 def make_progress(json_output: bool, console: Console | None = None, preview_path: Path | None = None) -> PageProgress:
     console = console or Console(stderr=True)
     if json_output or not console.is_terminal:
-        return NoProgress()
+        return NoProgress(preview_path)
     return BarProgress(console, preview_path)

@@ -4,7 +4,9 @@ approve, the consistency report, and every error with its exit code."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import io
 import json
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from pipeline_stage.cli import main
+from sidecar.backend import RunContext, RunResult
 from sidecar.config import Settings
 from tests.pipeline_daemon import DaemonThread, SeededBackend, copy_example, read_json, run_generate_subprocess
 
@@ -102,6 +105,31 @@ def test_page_one_writes_png_workflow_and_complete_log_entry(project: Path, daem
     assert isinstance(entry["durationMs"], int)
     assert entry["timestamp"].endswith("Z")
     assert written(project) == [str(LOG), f"{RAW}/ch01_p001_v1.png", f"{RAW}/ch01_p001_v1.workflow.json"]
+
+
+class PreviewingBackend(SeededBackend):
+    """Sends one live preview (a red JPEG) before it renders, as a backend with previews does."""
+
+    async def run(self, ctx: RunContext) -> RunResult:
+        if ctx.on_preview is not None:
+            jpeg = io.BytesIO()
+            Image.new("RGB", (24, 36), (250, 0, 0)).save(jpeg, format="JPEG")
+            ctx.on_preview(1, 2, jpeg.getvalue())
+            await asyncio.sleep(0.5)  # time for the job.preview event to reach generate's WebSocket
+        return await super().run(ctx)
+
+
+@pytest.mark.parametrize("json_out", [False, True], ids=["piped", "json"])
+def test_the_live_preview_file_is_written_without_a_terminal(project: Path, tmp_path: Path, json_out: bool) -> None:
+    # The page pipeline runs generate as a subprocess: stderr is no terminal, yet it shows output/preview.jpg.
+    daemon = DaemonThread(Settings(data_dir=tmp_path / "data", engine="embedded"), PreviewingBackend()).start()
+    try:
+        result = generate(project, daemon.url, "-c", "1", "--page", "1", *(["--json"] if json_out else []))
+    finally:
+        daemon.stop()
+    assert result.exit_code == 0, result.output + result.stderr
+    with Image.open(project / "output" / "preview.jpg") as img:
+        assert img.size == (24, 36) and img.getpixel((12, 18))[0] > 200
 
 
 def test_second_run_makes_v2_and_leaves_v1_untouched(project: Path, daemon: DaemonThread) -> None:
