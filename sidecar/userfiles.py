@@ -17,11 +17,17 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from sidecar.dataprep.kohya_layout import MAX_CAPTION_BYTES
 from sidecar.errors import BadRequest, InvalidField
 
 MAX_IMAGE_BYTES = 64 * 1024 * 1024  # a 4096x4096 RGBA PNG without compression is 64 MiB
 MAX_IMAGE_PIXELS = 4096 * 4096  # 8x an SD1.5 page; ControlNet resizes anyway
-MAX_TEXT_BYTES = 1024 * 1024  # a caption is a line of tags
+# Each side and the shape too: a 1x16,000,000 PNG is under the pixel bound, yet scaled to cover a
+# 64x64 job it becomes 64x1,024,000,000 pixels (the daemon was OOM-killed at 18 GB). A page strip of
+# 1:8 is still taken; a thinner image is no page, pose or training image.
+MAX_IMAGE_SIDE = 4096
+MAX_ASPECT = 8.0
+MAX_TEXT_BYTES = MAX_CAPTION_BYTES  # a caption is a line of tags
 MAX_NAME_BYTES = 255  # NAME_MAX on Linux and macOS: a longer file name is ENAMETOOLONG, not "no such file"
 MAX_PATH_BYTES = 1024  # PATH_MAX on macOS (4096 on Linux): the smaller, so a path works on both
 
@@ -40,6 +46,66 @@ class ImageInfo:
     width: int
     height: int
     size_bytes: int
+
+
+def shape_problem(width: int, height: int) -> str | None:
+    """Why an image of this size must not be decoded or fitted (pixels, a side, the aspect ratio), from its
+    header alone; None when it may. The one rule for every image the daemon takes (pose, init, studio
+    pose uploads, training and dataset images)."""
+    if width < 1 or height < 1:
+        return f"{width}x{height} pixels: empty"
+    if width * height > MAX_IMAGE_PIXELS:
+        return f"{width}x{height} pixels; at most {MAX_IMAGE_PIXELS} (4096x4096)"
+    if max(width, height) > MAX_IMAGE_SIDE:
+        return f"{width}x{height} pixels; each side at most {MAX_IMAGE_SIDE}"
+    if max(width, height) / min(width, height) > MAX_ASPECT:
+        return f"{width}x{height} pixels; the long side at most {MAX_ASPECT:g} times the short one"
+    return None
+
+
+def image_file_problem(path: Path) -> str | None:
+    """Why an image file must not be decoded (too many bytes; no image header; pixels, a side or the shape
+    past `shape_problem`), read from `stat` and the header only; None when it may be. For the files of a
+    folder (a training set, a dataset the studio shows), where a bad one is a finding, not a refusal."""
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror})"
+    if size > MAX_IMAGE_BYTES:
+        return f"{size} bytes; the daemon reads images of at most {MAX_IMAGE_BYTES}"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own bound follows
+            with Image.open(path) as img:
+                width, height = img.size
+    except Image.DecompressionBombError:
+        return f"too many pixels to decode; at most {MAX_IMAGE_PIXELS} (4096x4096)"
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        return "not a decodable image"
+    return shape_problem(width, height)
+
+
+def text_file_problem(path: Path, limit: int = MAX_TEXT_BYTES) -> str | None:
+    """Why a text file (a caption) must not be read: its size from `stat` past `limit`; None when it may
+    be (a missing file is the caller's own finding)."""
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return None
+    if size > limit:
+        return f"{size} bytes; a caption is one line of tags, at most {limit} bytes"
+    return None
+
+
+def cover_box(width: int, height: int, out_width: int, out_height: int) -> tuple[float, float, float, float]:
+    """The part of a `width` x `height` image that, scaled to cover `out_width` x `out_height` and
+    centre-cropped (ComfyUI's ImageScale with crop "center"), fills the output: resizing just that box
+    (`Image.resize(size, box=...)`) gives the same picture without ever holding the covering image,
+    so the fit's memory is that of its output, whatever the input's shape."""
+    scale = max(out_width / width, out_height / height)
+    crop_w, crop_h = out_width / scale, out_height / scale
+    left, top = (width - crop_w) / 2, (height - crop_h) / 2
+    return (left, top, left + crop_w, top + crop_h)
 
 
 def user_path(raw: str, field: str, error: type[BadRequest] = InvalidField) -> Path:
@@ -105,6 +171,11 @@ def check_image(raw: str, field: str, error: type[BadRequest] = InvalidField, *,
                         f"{field} {path} is {width}x{height} pixels; the daemon takes images of at most "
                         f"{max_pixels} pixels (4096x4096).",
                         {**details, "width": width, "height": height, "limit": max_pixels})
+                problem = shape_problem(width, height)
+                if problem is not None:
+                    raise error(f"{field} {path} is {problem}.",
+                                {**details, "width": width, "height": height, "maxSide": MAX_IMAGE_SIDE,
+                                 "maxAspect": MAX_ASPECT})
                 img.load()  # every byte decodes: a truncated or corrupt file is refused now, not mid-job
     except Image.DecompressionBombError as exc:
         raise error(f"{field} {path} is too many pixels to decode ({exc}).", {**details, "limit": max_pixels}) from None

@@ -60,7 +60,8 @@ async def test_managed_comfyui_starts_with_the_seed_flags_and_runs_jobs(fake_com
         assert backend.supervisor is not None and await backend.supervisor.wait_ready(START)
         health = await backend.health()
         assert health.available and health.warnings == [] and health.extra["mode"] == "managed"
-        assert health.extra["argv"] == ["main.py", "--force-fp16", "--fp32-vae", "--listen", "127.0.0.1",
+        # A CPU server: fp32 weights (no --force-fp16, which costs it a cast per layer per step).
+        assert health.extra["argv"] == ["main.py", "--fp32-vae", "--listen", "127.0.0.1",
                                         "--port", str(settings.comfyui_port), "--cpu", "--preview-method",
                                         "latent2rgb"]  # live previews: ComfyUI sends none by default
         assert backend.models_dir("loras") == fake_comfy_install / "models" / "loras"
@@ -156,7 +157,7 @@ async def test_a_comfyui_that_dies_at_start_up_is_reported_within_seconds_and_no
     assert log.count("sidecar starts ComfyUI") == CRASH_LOOP_EXITS and "exited with code 1" in log
     # `sidecar doctor` reads the same from the log, daemon or not, and shows the launch it would do.
     checks = {c.name: c for c in check_managed_launch(settings)}
-    assert checks["comfyui launch"].detail.startswith(f"{settings.comfyui_python} main.py --force-fp16")
+    assert checks["comfyui launch"].detail.startswith(f"{settings.comfyui_python} main.py --fp32-vae")
     assert "--cpu" in checks["comfyui launch"].detail
     last = checks["comfyui last run"]
     assert last.status == "fail" and "exited with code 1" in last.detail and "Found no NVIDIA driver" in last.detail
@@ -188,6 +189,18 @@ def test_device_flags_follow_the_setting_and_the_users_own_flags() -> None:
     assert device_flags("auto", extra_args("--cpu --preview-method auto"), none) == []
     assert device_flags("auto", extra_args("--directml=1"), none) == []
     assert extra_args("--output-directory '/Volumes/My Disk/out'") == ["--output-directory", "/Volumes/My Disk/out"]
+
+
+def test_force_fp16_goes_to_a_gpu_server_only() -> None:
+    # On the CPU --force-fp16 stores the UNet in fp16 and casts each layer back to fp32 at every step
+    # (bench/comfy_cpu_dtype.py): a CPU server, whoever chose --cpu, gets fp32 weights.
+    from sidecar.comfyui.launch import launch_command
+
+    python = Path("/venv/bin/python")
+    assert launch_command(python, 8188, [])[2:4] == ["--force-fp16", "--fp32-vae"]  # CUDA or MPS
+    assert "--force-fp16" not in launch_command(python, 8188, ["--cpu"])
+    assert "--force-fp16" not in launch_command(python, 8188, [], ["--cpu", "--preview-method", "auto"])
+    assert "--fp32-vae" in launch_command(python, 8188, ["--cpu"])
 
 
 def test_comfyui_extra_args_setting_is_split_like_a_shell_and_a_bad_one_names_the_key(tmp_path) -> None:

@@ -1,8 +1,9 @@
 """How managed mode launches ComfyUI: its command line (with the device flag it needs and the user's
 extra flags) and what its log says about a run that ended.
 
-The command is `<comfyui_python> main.py --force-fp16 --fp32-vae --listen 127.0.0.1 --port P
-[--cpu] [--preview-method latent2rgb] [extra...]`. ComfyUI picks CUDA unless told otherwise, and on a machine with neither CUDA nor
+The command is `<comfyui_python> main.py [--force-fp16] --fp32-vae --listen 127.0.0.1 --port P
+[--cpu] [--preview-method latent2rgb] [extra...]` (`--force-fp16` only where ComfyUI runs on a GPU:
+see `precision_flags`). ComfyUI picks CUDA unless told otherwise, and on a machine with neither CUDA nor
 MPS it exits 1 at import ("Found no NVIDIA driver on your system", recorded in
 `view-metadata-and-launch.json`), so `--cpu` is added where ComfyUI's own torch sees neither (or the
 `device` setting says `cpu`). The user's `comfyui_extra_args` come last: argparse lets a later flag win.
@@ -99,10 +100,21 @@ def preview_flags(previews: bool, extra: list[str]) -> list[str]:
     return ["--preview-method", "latent2rgb"]
 
 
+def precision_flags(device: list[str], extra: list[str]) -> list[str]:
+    """`--force-fp16 --fp32-vae` for a GPU server; only `--fp32-vae` for a CPU one (`--cpu` ours or the
+    user's). `--force-fp16` makes ComfyUI store the UNet in fp16 on any device (cli_args.py sets
+    `fp16_unet`), and on the CPU, which computes in fp32, it then casts every layer's weights to fp32 at
+    every call: bench/comfy_cpu_dtype.py measured SD1.5's UNet slower per step that way than with fp32
+    weights (bench/results/comfy-cpu-dtype.json; the real ComfyUI 0.3.64 on this CPU: 1.2-1.45x), so
+    a CPU server gets fp32 weights. On MPS and CUDA fp16 halves the memory and runs faster."""
+    on_cpu = "--cpu" in device or "--cpu" in extra
+    return [f for f in BASE_FLAGS if not (on_cpu and f == "--force-fp16")]
+
+
 def launch_command(python: Path, port: int, device: list[str] | None = None,
                    extra: list[str] | None = None, previews: list[str] | None = None) -> list[str]:
-    return [str(python), "main.py", *BASE_FLAGS, "--listen", "127.0.0.1", "--port", str(port),
-            *(device or []), *(previews or []), *(extra or [])]
+    return [str(python), "main.py", *precision_flags(device or [], extra or []), "--listen", "127.0.0.1",
+            "--port", str(port), *(device or []), *(previews or []), *(extra or [])]
 
 
 @dataclass

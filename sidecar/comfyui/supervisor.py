@@ -1,6 +1,6 @@
 """Managed mode: the daemon runs ComfyUI itself, keeps it alive and stops it with the daemon.
 
-Starts `<comfyui_python> main.py --force-fp16 --fp32-vae --listen 127.0.0.1 --port P [--cpu] [extra]`
+Starts `<comfyui_python> main.py [--force-fp16] --fp32-vae --listen 127.0.0.1 --port P [--cpu] [extra]`
 in the install dir (`launch.py`: `--fp32-vae` wins over `--force-fp16` for the VAE, the MPS fp16 VAE
 gives black images; `--cpu` where ComfyUI's torch sees no GPU), logs its output to
 `<data_dir>/logs/comfyui.log`, waits until `/system_stats` answers, and restarts it with backoff when

@@ -24,6 +24,7 @@ from sidecar.errors import DatasetInvalid
 COLUMNS = ("file", *CAPTION_PARTS)
 STATUS = "status"
 TABLE_NAME = "captions.csv"  # the table's default name, in the folder it captions
+MAX_TABLE_BYTES = 16 * 1024 * 1024  # a row per image, a few words per cell: 16 MiB is 100,000s of rows
 PROPOSED, CONFIRMED = "proposed", "confirmed"
 STATUSES = ("", PROPOSED, CONFIRMED)
 
@@ -66,6 +67,10 @@ def sources(folder: Path) -> list[Path]:
 def read_table(table: Path) -> list[Row]:
     """Parse the CSV; a missing/unknown column or a bad row is an error naming the table and row."""
     try:
+        size = table.stat().st_size
+        if size > MAX_TABLE_BYTES:
+            raise DatasetInvalid(f"The caption table {table} is {size} bytes; a table of captions is at most "
+                                 f"{MAX_TABLE_BYTES}.", {"file": str(table), "sizeBytes": size, "limit": MAX_TABLE_BYTES})
         text = table.read_text(encoding="utf-8-sig")  # a spreadsheet may save a BOM
     except FileNotFoundError:
         raise DatasetInvalid(f"The caption table {table} does not exist (write it with `caption DIR --init`).",
@@ -84,21 +89,33 @@ def read_table(table: Path) -> list[Row]:
             {"file": str(table), "missing": missing, "unknown": unknown},
         )
     rows = []
-    for raw in reader:
-        values = {(k or "").strip(): (v or "").strip() for k, v in raw.items() if k is not None}
-        if None in raw:  # more cells than columns: a comma inside an unquoted cell
-            raise DatasetInvalid(
-                f"{table} row {reader.line_num}: more cells than columns; a part may not contain a comma.",
-                {"file": str(table), "row": reader.line_num},
-            )
-        if not any(values.values()):
-            continue
-        status = values.get(STATUS, "").lower()
-        if status not in STATUSES:
-            raise DatasetInvalid(f"{table} row {reader.line_num}: status {status!r} is not one of "
-                                 f"{PROPOSED}, {CONFIRMED} or empty.", {"file": str(table), "row": reader.line_num})
-        rows.append(Row(**{c: values.get(c, "") for c in COLUMNS}, status=status))
+    try:
+        for raw in reader:
+            row = _row(table, reader, raw)
+            if row is not None:
+                rows.append(row)
+    except csv.Error as exc:  # e.g. a cell past csv's field limit (128 KiB): no caption part is that long
+        line = reader.line_num + 1  # the line being read when it failed
+        raise DatasetInvalid(f"{table} row {line}: {exc}; a caption part is a few words.",
+                             {"file": str(table), "row": line}) from None
     return rows
+
+
+def _row(table: Path, reader: csv.DictReader, raw: dict) -> Row | None:
+    """One CSV row as a `Row` (None for a blank one); an error naming the table and row otherwise."""
+    values = {(k or "").strip(): (v or "").strip() for k, v in raw.items() if k is not None}
+    if None in raw:  # more cells than columns: a comma inside an unquoted cell
+        raise DatasetInvalid(
+            f"{table} row {reader.line_num}: more cells than columns; a part may not contain a comma.",
+            {"file": str(table), "row": reader.line_num},
+        )
+    if not any(values.values()):
+        return None
+    status = values.get(STATUS, "").lower()
+    if status not in STATUSES:
+        raise DatasetInvalid(f"{table} row {reader.line_num}: status {status!r} is not one of "
+                             f"{PROPOSED}, {CONFIRMED} or empty.", {"file": str(table), "row": reader.line_num})
+    return Row(**{c: values.get(c, "") for c in COLUMNS}, status=status)
 
 
 def render_table(rows: list[Row]) -> str:

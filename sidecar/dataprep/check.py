@@ -21,7 +21,14 @@ from PIL import Image
 
 from sidecar.dataprep.caption import PROPOSED, TABLE_NAME, read_table
 from sidecar.dataprep.files import is_flip, open_image, require_dir, source_of_flip, split_caption
-from sidecar.dataprep.kohya_layout import CAPTION_SUFFIX, caption_path, list_images, read_caption
+from sidecar.dataprep.kohya_layout import (
+    CAPTION_SUFFIX,
+    MAX_CAPTION_BYTES,
+    caption_bytes,
+    caption_path,
+    list_images,
+    read_caption,
+)
 from sidecar.dataprep.phash import dhash, near_duplicates, phash
 from sidecar.errors import DatasetInvalid, LikenessUnavailable, ReferencesMissing, SidecarError
 from sidecar.likeness.judge import LikenessService
@@ -167,6 +174,11 @@ def _check_captions(report: Report, images: list[Path], opts: CheckOptions) -> N
     captioned = 0
     for path in images:
         caption = read_caption(caption_path(path))
+        size = caption_bytes(caption_path(path))
+        if caption is None and size is not None and size > MAX_CAPTION_BYTES:
+            report.add("captions", "error", f"{path.stem}{CAPTION_SUFFIX} is {size} bytes; a caption is one line "
+                       f"of tags, at most {MAX_CAPTION_BYTES} bytes (not read)", path)
+            continue
         if caption is None:
             report.add("captions", "error", f"no caption file {path.stem}{CAPTION_SUFFIX}", path)
             continue

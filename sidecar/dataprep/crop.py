@@ -284,4 +284,4 @@ def write_crops(plans: list[CropPlan]) -> None:
 
 
 def read_sheet(path: Path) -> Image.Image:
-    return open_image(path)
+    return open_image(path, bounded=False)  # the artist's source photos: PIL's bomb bound only

@@ -13,6 +13,7 @@ from PIL import Image, UnidentifiedImageError
 
 from sidecar.atomic import write_bytes, write_text, write_with  # noqa: F401  (the dataset tools write with these)
 from sidecar.errors import DatasetInvalid
+from sidecar.userfiles import image_file_problem
 
 FLIP_SUFFIX = "_flip"  # `front.png` -> `front_flip.png`: the stem says which image is a mirror
 DEFAULT_FLIP_TAG = "mirrored"
@@ -41,14 +42,25 @@ def require_dir(folder: Path, what: str = "dataset folder") -> Path:
     return folder
 
 
-def open_image(path: Path) -> Image.Image:
-    """Open and fully decode an image (a truncated file fails here, not halfway through a command)."""
+def open_image(path: Path, bounded: bool = True) -> Image.Image:
+    """Open and fully decode an image (a truncated file fails here, not halfway through a command).
+    `bounded`: held first to the daemon's image limits (bytes, pixels, each side, aspect ratio: see
+    `sidecar.userfiles`), read from `stat` and the header, as every image in a training set or the
+    studio's dataset routes is; `dataset crop` opens the artist's source photos without them (a camera's
+    6000x4000 is fine there), PIL's own decompression-bomb bound still applying."""
+    if not path.exists():
+        raise DatasetInvalid(f"{path} does not exist.", {"file": str(path)})
+    problem = image_file_problem(path) if bounded else None
+    if problem is not None:
+        raise DatasetInvalid(f"{path} cannot be used: {problem}.", {"file": str(path), "reason": problem})
     try:
         with Image.open(path) as img:
             img.load()
             return img.convert("RGB") if img.mode != "RGB" else img.copy()
     except FileNotFoundError:
         raise DatasetInvalid(f"{path} does not exist.", {"file": str(path)}) from None
+    except Image.DecompressionBombError as exc:
+        raise DatasetInvalid(f"{path} is too many pixels to decode ({exc}).", {"file": str(path)}) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DatasetInvalid(f"{path} is not a readable image ({exc}).", {"file": str(path)}) from None
 

@@ -32,7 +32,8 @@ from sidecar.assist.tags import FLIP_TAGS, key
 from sidecar.config import Settings
 from sidecar.dataprep.captions_table import PROPOSED, Row, is_confirmed, read_table, sources, write_table
 from sidecar.dataprep.files import CAPTION_PARTS, open_image, require_dir
-from sidecar.errors import TaggerInvalid
+from sidecar.errors import DatasetInvalid, TaggerInvalid
+from sidecar.userfiles import image_file_problem
 
 # Which tagger tags make which caption part, best first: the part is the highest-scoring tag of its list
 # over the general threshold (the list order breaks ties). Tags outside these lists are shown as
@@ -104,6 +105,9 @@ class OllamaProposer:
         self.name = f"ollama {model.name}"
 
     async def propose(self, image: Path) -> Proposed:
+        problem = await asyncio.to_thread(image_file_problem, image)  # the daemon's image limits, before reading
+        if problem is not None:
+            raise DatasetInvalid(f"{image} cannot be used: {problem}.", {"file": str(image), "reason": problem})
         data = await asyncio.to_thread(image.read_bytes)
         proposal = await self.assistant.ask(self.model, VISION_ASK, f"The image: {image.name}", Proposal,
                                             images=[data])

@@ -27,6 +27,7 @@ from sidecar.engine.cache import Base, ModelCache
 from sidecar.engine.interpreter import Control, RenderJob
 from sidecar.engine.preview import preview_jpeg
 from sidecar.errors import JobCancelled, JobFailed
+from sidecar.userfiles import cover_box, shape_problem
 
 BLACK_MAX = 2  # an image whose brightest channel value is at most this (of 255) is "black"
 SEED_RANGE = 2**64  # torch generators take the full unsigned 64-bit range ComfyUI seeds use
@@ -44,12 +45,13 @@ def load_hint(path: Path, width: int, height: int) -> torch.Tensor:
     """A ControlNet hint image as ComfyUI prepares it: RGB in [0, 1], scaled to cover the output and
     centre-cropped (nearest-neighbour, as its hint upscale)."""
     with Image.open(path) as img:
+        problem = shape_problem(img.width, img.height)  # checked at submit; the file may have changed since
+        if problem is not None:
+            raise JobFailed(f"The pose image {path.name} is {problem}.", {"image": path.name}, code="execution_error")
         img = img.convert("RGB")
-        scale = max(width / img.width, height / img.height)
-        size = (max(width, round(img.width * scale)), max(height, round(img.height * scale)))
-        img = img.resize(size, Image.Resampling.NEAREST)
-        left, top = (img.width - width) // 2, (img.height - height) // 2
-        img = img.crop((left, top, left + width, top + height))
+        # Only the part that shows is resampled (no covering image is made: its memory is the output's).
+        img = img.resize((width, height), Image.Resampling.NEAREST,
+                         box=cover_box(img.width, img.height, width, height))
         array = np.asarray(img, dtype=np.float32) / 255.0
     return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0)
 

@@ -23,7 +23,7 @@ from PIL import Image
 from sidecar import atomic
 from sidecar.errors import InitImageInvalid, JobNotFound
 from sidecar.inputs import INIT_PREFIX, input_dir
-from sidecar.userfiles import check_image
+from sidecar.userfiles import check_image, cover_box
 
 __all__ = ["InitImage", "input_dir", "fit", "store", "source_of", "check_denoise", "field_of"]
 FULL_DENOISE = 0.9999  # at 1.0 the init image means nothing: the job is a txt2img job
@@ -39,15 +39,12 @@ class InitImage:
 
 
 def fit(img: Image.Image, width: int, height: int) -> Image.Image:
-    """Scaled to cover width x height and centre-cropped (ComfyUI's ImageScale, crop "center")."""
+    """Scaled to cover width x height and centre-cropped (ComfyUI's ImageScale, crop "center"); only the
+    part that shows is resampled (`cover_box`), so no covering image is ever made."""
     img = img.convert("RGB")
     if img.size == (width, height):
         return img
-    scale = max(width / img.width, height / img.height)
-    covered = (max(width, round(img.width * scale)), max(height, round(img.height * scale)))
-    img = img.resize(covered, Image.Resampling.LANCZOS)
-    left, top = (img.width - width) // 2, (img.height - height) // 2
-    return img.crop((left, top, left + width, top + height))
+    return img.resize((width, height), Image.Resampling.LANCZOS, box=cover_box(img.width, img.height, width, height))
 
 
 def store(source: Path, field: str, folder: Path, size: tuple[int, int] | None) -> tuple[str, int, int]:

@@ -8,6 +8,7 @@ A flat folder of images and `.txt` captions, as `dataset crop`/`caption`/`flip`/
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,9 +57,11 @@ def image_in(folder: Path, name: str) -> Path:
 
 def _size(path: Path) -> tuple[int | None, int | None]:
     try:
-        with Image.open(path) as img:  # the header only
-            return img.size
-    except (OSError, ValueError, SyntaxError):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the header only: nothing decoded
+            with Image.open(path) as img:
+                return img.size
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):  # a bomb: its finding says so
         return None, None
 
 

@@ -10,40 +10,27 @@ embedded trainer checks each image again right before it decodes it (the set may
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
-
 from sidecar.errors import DatasetInvalid
-from sidecar.userfiles import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, MAX_TEXT_BYTES
+from sidecar.userfiles import (
+    MAX_ASPECT,
+    MAX_IMAGE_BYTES,
+    MAX_IMAGE_PIXELS,
+    MAX_IMAGE_SIDE,
+    MAX_TEXT_BYTES,
+    image_file_problem,
+)
 
 MAX_CAPTION_BYTES = MAX_TEXT_BYTES
 MAX_NAMED = 20
 
 
 def image_problem(path: Path) -> str | None:
-    """Why a trainer must not decode `path` (too many bytes or pixels, no image header); None when it may.
-    Reads the header only."""
-    try:
-        size = path.stat().st_size
-    except OSError as exc:
-        return f"cannot be read ({exc.strerror})"
-    if size > MAX_IMAGE_BYTES:
-        return f"{size} bytes; the daemon reads images of at most {MAX_IMAGE_BYTES}"
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own bound follows
-            with Image.open(path) as img:
-                width, height = img.size
-    except Image.DecompressionBombError:
-        return f"too many pixels to decode; at most {MAX_IMAGE_PIXELS} (4096x4096)"
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        return "not a decodable image"
-    if width * height > MAX_IMAGE_PIXELS:
-        return f"{width}x{height} pixels; at most {MAX_IMAGE_PIXELS} (4096x4096)"
-    return None
+    """Why a trainer must not decode `path` (too many bytes or pixels, a side or shape past the bound, no
+    image header); None when it may. Reads the header only: the daemon's one rule (`sidecar.userfiles`)."""
+    return image_file_problem(path)
 
 
 def check_training_image(path: Path) -> None:
@@ -107,7 +94,8 @@ class FileLimits:
                                          for p, reason in self.images][:MAX_NAMED]
         if self.captions or self.images:
             details["limits"] = {"maxCaptionBytes": MAX_CAPTION_BYTES, "maxImageBytes": MAX_IMAGE_BYTES,
-                                 "maxImagePixels": MAX_IMAGE_PIXELS}
+                                 "maxImagePixels": MAX_IMAGE_PIXELS, "maxImageSide": MAX_IMAGE_SIDE,
+                                 "maxAspect": MAX_ASPECT}
 
     def _name(self, path: Path) -> str:
         return str(path.relative_to(self.root)) if path.is_relative_to(self.root) else str(path)
