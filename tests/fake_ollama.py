@@ -42,6 +42,8 @@ class Reply:
     error: str = "an internal error occurred"
     stream_error: str | None = None  # streamed: one chunk, then an {"error": ...} line (as Ollama does mid-stream)
     delay: float = 0.0  # seconds before answering (a timeout test)
+    piece: int = 7  # characters of content per streamed chunk (a huge one: one huge JSON line)
+    raw: bytes | None = None  # a 200 with this body instead (e.g. a proxy's HTML page): not Ollama's answer
 
 
 @dataclass
@@ -143,6 +145,8 @@ class FakeOllama:
             await asyncio.sleep(reply.delay)
         if reply.status != 200:
             return web.json_response({"error": reply.error}, status=reply.status)
+        if reply.raw is not None:
+            return web.Response(body=reply.raw, content_type="text/html")
         final = {"model": name, "created_at": _now(), "message": {"role": "assistant", "content": ""},
                  "done_reason": "stop", "done": True, "total_duration": 4883583458, "load_duration": 1334875,
                  "prompt_eval_count": 26, "prompt_eval_duration": 342546000, "eval_count": 282,
@@ -152,7 +156,7 @@ class FakeOllama:
             return web.json_response(final)
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await response.prepare(request)
-        pieces = [reply.content[i:i + 7] for i in range(0, len(reply.content), 7)]
+        pieces = [reply.content[i:i + reply.piece] for i in range(0, len(reply.content), reply.piece)]
         for piece in pieces[:1] if reply.stream_error else pieces:
             chunk = {"model": name, "created_at": _now(), "message": {"role": "assistant", "content": piece},
                      "done": False}

@@ -16,7 +16,7 @@ from PIL import Image
 
 from sidecar.assist.changes import ChangeSet
 from sidecar.assist.character import CharacterSheet
-from sidecar.assist.ollama_client import OllamaAssistant
+from sidecar.assist.ollama_client import MAX_OLLAMA_ANSWER, OllamaAssistant
 from sidecar.assist.refine import refine
 from sidecar.errors import (
     AssistantAnswerInvalid, OllamaFailed, OllamaModelMissing, OllamaTimeout, OllamaUnavailable,
@@ -115,6 +115,10 @@ async def test_look_refuses_a_vision_model_that_cannot_see(ollama_fake: FakeOlla
     ("500", OllamaFailed, "status 500"),
     ("stream_error", OllamaFailed, "out of memory"),
     ("timeout", OllamaTimeout, "did not answer within 0.3 s"),
+    # A 200 that is not Ollama's answer (a proxy's page), and an answer past the bound: 502s, never a
+    # 500, and nothing past the bound is held (a 6.5 GB answer used to be read whole, 40 s past the timeout).
+    ("not_json", OllamaFailed, "not an answer Ollama gives"),
+    ("huge", OllamaFailed, f"at most {MAX_OLLAMA_ANSWER} are read"),
 ])
 async def test_every_failure_of_the_server_is_one_clear_error(ollama_fake: FakeOllama, setup: str, error: type,
                                                               words: str) -> None:
@@ -126,6 +130,10 @@ async def test_every_failure_of_the_server_is_one_clear_error(ollama_fake: FakeO
         ollama_fake.answer(Reply(status=500, error="llama runner process has terminated"))
     elif setup == "stream_error":
         ollama_fake.answer(Reply('{"changes": []}', stream_error="out of memory"))
+    elif setup == "not_json":
+        ollama_fake.answer(Reply(raw=b"<html><body>502 Bad Gateway</body></html>"))
+    elif setup == "huge":  # one streamed line past the bound
+        ollama_fake.answer(Reply("x" * (MAX_OLLAMA_ANSWER + 1024), piece=MAX_OLLAMA_ANSWER + 1024))
     else:
         ollama_fake.answer(Reply(json.dumps(LOOK_LEFT), delay=2))
     with pytest.raises(error) as caught:

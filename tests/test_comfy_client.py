@@ -473,3 +473,38 @@ async def test_validate_asks_for_the_classes_it_needs_once_never_the_whole_objec
     with pytest.raises(NodeNotSupported):
         await comfy_backend.validate(bad)
     assert fake_comfy.object_info_requests == [*asked, "NoSuchNode"]
+
+
+async def test_an_answer_past_its_bound_or_not_json_is_comfyui_unavailable_not_held(aiohttp_server) -> None:
+    # A server on ComfyUI's port that is broken or hostile: its answers are read in pieces and refused past
+    # the bound, and a body that is not JSON is named, never a 500.
+    from aiohttp import web
+
+    from sidecar.answer_limits import MAX_JSON_ANSWER
+    from sidecar.comfyui.client import ComfyClient
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        await resp.prepare(request)  # chunked: no length to refuse it by
+        block = b" " * (1024 * 1024)
+        for _ in range(MAX_JSON_ANSWER // len(block) + 2):
+            await resp.write(block)
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/system_stats", endless)
+    app.router.add_get("/queue", lambda _r: web.Response(text="<html>not ComfyUI</html>"))
+    app.router.add_get("/models/checkpoints", lambda _r: web.Response(text="{nope"))
+    server = await aiohttp_server(app)
+    client = ComfyClient(str(server.make_url("")).rstrip("/"))
+    await client.start()
+    try:
+        with pytest.raises(ComfyUnavailable, match=f"at most {MAX_JSON_ANSWER} are read"):
+            await client.system_stats()
+        with pytest.raises(ComfyUnavailable, match="not JSON"):
+            await client.queue()
+        with pytest.raises(ComfyUnavailable, match="not JSON"):
+            await client.models("checkpoints")
+    finally:
+        await client.close()

@@ -6,16 +6,20 @@ codes where they enter, and structured questions asked with a JSON schema (Ollam
   whose message is the fix: `ollama pull <model>`
 - no answer within `ollama_timeout` seconds                    -> `ollama_timeout`
 - Ollama's own error (a 500, an `error` line in a stream)      -> `ollama_error`
+- a 200 that is not Ollama's answer (not JSON, another shape: a proxy's page), or an answer past
+  MAX_OLLAMA_ANSWER bytes (read in pieces, stopped there)        -> `ollama_error` (502)
 - an answer that does not match the schema is asked again once, with the validation error; a second
   bad answer                                                   -> `assistant_answer_invalid`
 
-Answers are streamed: a long answer keeps the connection busy, and the timeout bounds the whole call.
+Answers are streamed: a long answer keeps the connection busy, and the timeout bounds the whole call
+(which the size bound keeps true: a huge single line parsed at once held the loop past it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -23,11 +27,54 @@ import httpx
 import ollama
 from pydantic import BaseModel, ValidationError
 
+from sidecar.answer_limits import AnswerTooLarge
 from sidecar.errors import (
     AssistantAnswerInvalid, OllamaFailed, OllamaModelMissing, OllamaTimeout, OllamaUnavailable, SidecarError,
 )
 
 M = TypeVar("M", bound=BaseModel)
+# A chat answer is a few KB of JSON, /api/show's a few hundred (license texts): 16 MiB is no answer of Ollama's.
+MAX_OLLAMA_ANSWER = 16 * 1024 * 1024
+
+
+class _Bounded(httpx.AsyncByteStream):
+    def __init__(self, inner: httpx.AsyncByteStream, limit: int):
+        self._inner = inner
+        self._limit = limit
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        size = 0
+        async for chunk in self._inner:
+            size += len(chunk)
+            if size > self._limit:
+                raise AnswerTooLarge(self._limit)
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+class BoundedTransport(httpx.AsyncBaseTransport):
+    """httpx's transport with every answer's body counted as it arrives and stopped past `limit` bytes
+    (`AnswerTooLarge`): the official client reads a whole answer (or a whole streamed line) before it
+    parses it, so the bound has to sit under it."""
+
+    def __init__(self, limit: int, inner: httpx.AsyncBaseTransport | None = None):
+        self._limit = limit
+        self._inner = inner or httpx.AsyncHTTPTransport()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self._inner.handle_async_request(request)
+        length = response.headers.get("content-length", "")
+        if length.isdigit() and int(length) > self._limit:
+            await response.aclose()
+            raise AnswerTooLarge(self._limit, int(length))
+        assert isinstance(response.stream, httpx.AsyncByteStream)
+        return httpx.Response(response.status_code, headers=response.headers,
+                              stream=_Bounded(response.stream, self._limit), extensions=response.extensions)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
 
 
 @dataclass(frozen=True)
@@ -43,10 +90,11 @@ def pull_fix(model: str) -> str:
 
 
 class OllamaAssistant:
-    def __init__(self, url: str, timeout: float):
+    def __init__(self, url: str, timeout: float, max_answer: int = MAX_OLLAMA_ANSWER):
         self.url = url
         self.timeout = timeout
-        self._client = ollama.AsyncClient(host=url, timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)))
+        self._client = ollama.AsyncClient(host=url, timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
+                                          transport=BoundedTransport(max_answer))
 
     async def __aenter__(self) -> OllamaAssistant:
         return self
@@ -61,6 +109,13 @@ class OllamaAssistant:
             "the configuration). Nothing was written.", {"model": model, "fix": pull_fix(model), "url": self.url})
 
     def _translate(self, exc: BaseException, model: str | None) -> SidecarError:
+        if isinstance(exc, AnswerTooLarge):
+            return OllamaFailed(f"Ollama at {self.url} answered with {exc}: not an answer Ollama gives. Nothing "
+                                "was written; check ollama_url names Ollama.", {"limit": exc.limit, "url": self.url})
+        if isinstance(exc, (ValueError, TypeError, AttributeError)):  # JSON or pydantic, from the client's parsing
+            return OllamaFailed(f"Ollama at {self.url} answered with something that is not an answer Ollama gives "
+                                f"({type(exc).__name__}: {str(exc)[:200]}). Nothing was written; check ollama_url "
+                                "names Ollama (not a proxy or another server).", {"url": self.url})
         if isinstance(exc, ollama.ResponseError):
             if exc.status_code == 404 and model is not None:
                 return self._missing(model)
@@ -81,7 +136,11 @@ class OllamaAssistant:
         except SidecarError:
             raise
         except (ollama.ResponseError, ConnectionError, httpx.HTTPError, asyncio.TimeoutError, TimeoutError,
-                OSError) as exc:
+                OSError, AnswerTooLarge) as exc:
+            raise self._translate(exc, model) from None
+        except (ValueError, TypeError, AttributeError) as exc:
+            # The official client parses each line as it comes (json.loads, its pydantic models): an answer
+            # of another shape fails there. Only the client's own calls run under this guard.
             raise self._translate(exc, model) from None
 
     # -- what the assistants ask

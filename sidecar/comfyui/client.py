@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import aiohttp
 
+from sidecar.answer_limits import MAX_FILE_ANSWER, MAX_JSON_ANSWER, AnswerTooLarge, read_bounded
 from sidecar.comfyui.previews import FEATURE_FLAGS, decode_frame
 from sidecar.errors import ComfyUnavailable, JobFailed
 
@@ -159,12 +160,12 @@ class ComfyClient:
         warned = False
         while not self._closing:
             try:
-                # max_msg_size=0: a SaveImageWebsocket PNG can exceed aiohttp's 4 MB default.
+                # A SaveImageWebsocket PNG can exceed aiohttp's 4 MB default; bounded all the same.
                 # No receive timeout: nothing may arrive for a whole sampler step or VAE decode.
                 # asyncio.timeout, not wait_for: on Python 3.11 wait_for drops a cancel (close()) that lands
                 # as the connect completes, and this loop would then read the open socket for ever.
                 async with asyncio.timeout(HANDSHAKE_TIMEOUT):
-                    ws = await self._session.ws_connect(url, max_msg_size=0, autoping=True)
+                    ws = await self._session.ws_connect(url, max_msg_size=MAX_FILE_ANSWER, autoping=True)
             except asyncio.CancelledError:
                 raise
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
@@ -260,7 +261,9 @@ class ComfyClient:
         params: dict[str, str] | None = None,
         data: Any = None,
         timeout: float | None = None,
+        limit: int = MAX_JSON_ANSWER,
     ) -> tuple[int, bytes, str]:
+        """One HTTP call, its whole time bounded by `timeout` and its answer by `limit` bytes."""
         if self._session is None:
             raise ComfyUnavailable("The ComfyUI client is not started.", {"url": self.base_url})
         url = self.base_url + path
@@ -269,7 +272,7 @@ class ComfyClient:
                 method, url, json=json_body, params=params, data=data,
                 timeout=aiohttp.ClientTimeout(total=timeout or self.request_timeout),
             ) as resp:
-                return resp.status, await resp.read(), resp.content_type
+                return resp.status, await read_bounded(resp, limit), resp.content_type
         except aiohttp.ClientConnectorError as exc:
             if isinstance(exc.os_error, ConnectionRefusedError):
                 raise ComfyRefused(
@@ -278,9 +281,19 @@ class ComfyClient:
                 ) from None
             raise ComfyUnavailable(f"Cannot connect to ComfyUI at {self.base_url}: {exc.os_error}.",
                                    {"url": self.base_url, "reason": str(exc)}) from None
+        except AnswerTooLarge as exc:
+            raise ComfyUnavailable(f"ComfyUI at {self.base_url} answered {method} {path} with {exc}: not what "
+                                   "ComfyUI sends.", {"url": self.base_url, "limit": exc.limit}) from None
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise ComfyUnavailable(f"ComfyUI at {self.base_url} did not answer {method} {path}.",
                                    {"url": self.base_url, "reason": repr(exc)}) from None
+
+    def _json(self, body: bytes, what: str) -> Any:
+        try:
+            return json.loads(body)
+        except ValueError:
+            raise ComfyUnavailable(f"ComfyUI answered {what} with something that is not JSON.",
+                                   {"url": self.base_url, "body": body[:500].decode(errors="replace")}) from None
 
     async def _get_json(self, path: str, *, params: dict[str, str] | None = None,
                         timeout: float | None = None) -> Any:
@@ -308,7 +321,11 @@ class ComfyClient:
         if status != 200:
             raise ComfyUnavailable(f"ComfyUI answered GET /models/{folder} with HTTP {status}.",
                                    {"url": self.base_url, "status": status})
-        return list(json.loads(body))
+        listing = self._json(body, f"GET /models/{folder}")
+        if not isinstance(listing, list):
+            raise ComfyUnavailable(f"ComfyUI answered GET /models/{folder} with something that is not a list.",
+                                   {"url": self.base_url})
+        return [str(name) for name in listing]
 
     async def view_metadata(self, folder: str, filename: str) -> dict[str, str] | None:
         """`GET /view_metadata/{folder}?filename=`: a safetensors file's `__metadata__` (ComfyUI reads the
@@ -347,7 +364,7 @@ class ComfyClient:
         status, raw, _ = await self._request("POST", "/prompt", json_body=body)
         text = raw.decode(errors="replace")
         if status == 200:
-            return json.loads(raw)
+            return self._json(raw, "POST /prompt")
         raise prompt_refused(status, text)
 
     async def interrupt(self, prompt_id: str) -> None:
@@ -370,11 +387,12 @@ class ComfyClient:
         if status != 200:
             raise JobFailed(f"ComfyUI refused the upload of {name} (HTTP {status}).",
                             {"status": status, "name": name}, code="execution_error")
-        return json.loads(raw)
+        return self._json(raw, "POST /upload/image")
 
     async def view(self, filename: str, subfolder: str, kind: str) -> bytes:
         params = {"filename": filename, "subfolder": subfolder, "type": kind}
-        status, raw, _ = await self._request("GET", "/view", params=params, timeout=VIEW_TIMEOUT)
+        status, raw, _ = await self._request("GET", "/view", params=params, timeout=VIEW_TIMEOUT,
+                                             limit=MAX_FILE_ANSWER)
         if status != 200:
             raise JobFailed(f"ComfyUI could not serve its output image {subfolder}/{filename} (HTTP {status}).",
                             {"status": status, **params}, code="execution_error")

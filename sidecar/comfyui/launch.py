@@ -104,9 +104,11 @@ def precision_flags(device: list[str], extra: list[str]) -> list[str]:
     """`--force-fp16 --fp32-vae` for a GPU server; only `--fp32-vae` for a CPU one (`--cpu` ours or the
     user's). `--force-fp16` makes ComfyUI store the UNet in fp16 on any device (cli_args.py sets
     `fp16_unet`), and on the CPU, which computes in fp32, it then casts every layer's weights to fp32 at
-    every call: bench/comfy_cpu_dtype.py measured SD1.5's UNet slower per step that way than with fp32
-    weights (bench/results/comfy-cpu-dtype.json; the real ComfyUI 0.3.64 on this CPU: 1.2-1.45x), so
-    a CPU server gets fp32 weights. On MPS and CUDA fp16 halves the memory and runs faster."""
+    every call. Measured: the real ComfyUI 0.3.64 on a 2-core CPU ran 1.2-1.45x slower per step with the
+    flag than with fp32 weights; bench/comfy_cpu_dtype.py (SD1.5's UNet, 256x384, at load 7.9 on 2
+    cores) 1.66x on the least disturbed step, 1.10x on the median of paired steps
+    (bench/results/comfy-cpu-dtype.json). Never faster: a CPU server gets fp32 weights. On MPS and CUDA
+    fp16 halves the memory and runs faster."""
     on_cpu = "--cpu" in device or "--cpu" in extra
     return [f for f in BASE_FLAGS if not (on_cpu and f == "--force-fp16")]
 
