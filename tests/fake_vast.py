@@ -14,6 +14,7 @@ would. Errors: a wrong key is 401, an unknown or `refuse_create` offer 400 with 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from pathlib import Path
@@ -86,6 +87,7 @@ class FakeVast:
         self.destroyed: list[int] = []  # by DELETE
         self.lost: list[int] = []  # by `lose`
         self.refuse_create = False
+        self.delay = 0.0  # seconds before each answer
         self.refuse_destroy = False  # DELETE answers 500 (vast.ai having a bad minute)
         self.next_id = 7835610  # the SDK's docstring example id
         self.runner: web.AppRunner | None = None
@@ -130,6 +132,8 @@ class FakeVast:
                               "query": sorted(request.query.keys()), "json": body})
         auth = request.headers.get("Authorization", "")
         self.auth_headers.append(auth)
+        if self.delay:
+            await asyncio.sleep(self.delay)  # a vast.ai that answers late (or never)
         if auth != f"Bearer {self.api_key}":
             return web.json_response({"success": False, "error": "auth_error", "msg": "Invalid user key"},
                                      status=401)

@@ -175,3 +175,19 @@ async def test_a_lost_instance_is_replaced_and_training_resumes_from_the_last_pu
     argv = json.loads(Path(trainer_env["FAKE_KOHYA_ARGV_FILE"]).read_text())
     assert any(a.startswith("--resume=") for a in argv) and "--skip_until_initial_step" in argv
     assert any("was lost" in w for w in done["warnings"])
+
+
+async def test_a_vast_ai_that_does_not_answer_in_time_is_remote_unavailable(tmp_path: Path, client_key, vast,
+                                                                           monkeypatch) -> None:
+    # The SDK's own timeout is per request and it retries: the daemon bounds the whole call itself.
+    import sidecar.remote.vast as vast_module
+    from sidecar.errors import RemoteUnavailable
+
+    monkeypatch.setattr(vast_module, "CALL_TIMEOUT", 0.5)
+    vast.delay = 3.0
+    provider = VastProvider(VastSettings(api_key=KEY, server_url=vast.url, identity_file=client_key))
+    with pytest.raises(RemoteUnavailable, match=r"did not answer \(search offers\) within 0.5 s"):
+        await provider.search(Limits(0.6, 3, 2, 16, 12.1, 0.98, 40))
+    with pytest.raises(RemoteUnavailable, match="within 0.5 s"):
+        await provider.status("7835610")
+    vast.delay = 0.0

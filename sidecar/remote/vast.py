@@ -25,6 +25,10 @@ from sidecar.remote.shell import Endpoint, Shell
 log = logging.getLogger("sidecar.remote")
 
 SEARCH_LIMIT = 64
+# The whole time of one SDK call, retries included: the SDK's own timeout is per request (120 s) and it
+# retries, and its thread cannot be stopped, so the daemon stops waiting here (the run fails as
+# `remote_unavailable`; a late answer is dropped).
+CALL_TIMEOUT = 300.0
 
 
 def sdk_version() -> str | None:
@@ -58,7 +62,7 @@ class VastProvider:
         import requests
 
         try:
-            return await asyncio.to_thread(fn, *args, **kwargs)
+            return await _in_time(what, fn, *args, **kwargs)
         except requests.HTTPError as exc:
             status = exc.response.status_code if exc.response is not None else None
             raise RemoteUnavailable(f"vast.ai refused to {what} (HTTP {status}): {_message(exc.response)}",
@@ -98,7 +102,7 @@ class VastProvider:
         import requests
 
         try:
-            row = await asyncio.to_thread(self._sdk.show_instance, int(instance_id))
+            row = await _in_time(f"show instance {instance_id}", self._sdk.show_instance, int(instance_id))
         except requests.HTTPError as exc:
             if exc.response is not None and exc.response.status_code == 404:
                 return Instance(id=instance_id, state="gone")
@@ -115,7 +119,7 @@ class VastProvider:
         import requests
 
         try:
-            await asyncio.to_thread(self._sdk.destroy_instance, int(instance_id))
+            await _in_time(f"destroy instance {instance_id}", self._sdk.destroy_instance, int(instance_id))
         except requests.HTTPError as exc:
             if exc.response is not None and exc.response.status_code == 404:
                 return  # already gone
@@ -156,6 +160,15 @@ def instance_from(row: dict[str, Any]) -> Instance:
                     ssh_port=_int(row.get("ssh_port")), price_per_hour=float(row.get("dph_total") or 0),
                     gpu_name=row.get("gpu_name"), message=row.get("status_msg"),
                     started_at=_float(row.get("start_date")))
+
+
+async def _in_time(what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """A blocking SDK call in a thread, waited for at most CALL_TIMEOUT seconds."""
+    try:
+        return await asyncio.wait_for(asyncio.to_thread(fn, *args, **kwargs), CALL_TIMEOUT)
+    except TimeoutError:
+        raise RemoteUnavailable(f"vast.ai did not answer ({what}) within {CALL_TIMEOUT:g} s; try again later.",
+                                {"provider": "vast", "timeout": CALL_TIMEOUT}) from None
 
 
 def _public_key(identity: Path) -> str | None:
