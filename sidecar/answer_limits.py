@@ -9,7 +9,10 @@ at once held the event loop 40 s past a 15 s `ollama_timeout`.
 
 from __future__ import annotations
 
-import aiohttp
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported by the CLI's doctor too, which loads aiohttp only when it probes
+    import aiohttp
 
 MAX_JSON_ANSWER = 64 * 1024 * 1024  # ComfyUI's full /object_info is ~0.5 MB; a chat answer a few KB
 MAX_FILE_ANSWER = 1024 * 1024 * 1024  # an image ComfyUI made (`/view`): a 4x print of a large page fits

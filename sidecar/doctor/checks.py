@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sidecar.answer_limits import MAX_JSON_ANSWER, AnswerTooLarge, read_bounded
 from sidecar.comfyui.launch import (
     chosen_by_user,
     device_flags,
@@ -363,8 +364,8 @@ async def probe_network(settings: Settings) -> Probe:
                 async with session.get(url, headers=headers) as resp:
                     if resp.status == 401 and headers is not None:  # only the daemon gets headers
                         probe.daemon_unauthorized = True
-                    return await resp.json(content_type=None) if resp.status == 200 else None
-            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+                    return json.loads(await read_bounded(resp, MAX_JSON_ANSWER)) if resp.status == 200 else None
+            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, AnswerTooLarge):
                 return None
 
         base = settings.comfyui_base_url
