@@ -106,9 +106,9 @@ def precision_flags(device: list[str], extra: list[str]) -> list[str]:
     `fp16_unet`), and on the CPU, which computes in fp32, it then casts every layer's weights to fp32 at
     every call. Measured: the real ComfyUI 0.3.64 on a 2-core CPU ran 1.2-1.45x slower per step with the
     flag than with fp32 weights; bench/comfy_cpu_dtype.py (SD1.5's UNet, 256x384, at load 7.9 on 2
-    cores) 1.66x on the least disturbed step, 1.10x on the median of paired steps
-    (bench/results/comfy-cpu-dtype.json). Never faster: a CPU server gets fp32 weights. On MPS and CUDA
-    fp16 halves the memory and runs faster."""
+    cores) 1.66x on the least disturbed step, 1.10x on the median of paired steps, 0.99x on the plain
+    medians (bench/results/comfy-cpu-dtype.json). Never measured faster with the flag: a CPU server gets
+    fp32 weights. On MPS and CUDA fp16 halves the memory and runs faster."""
     on_cpu = "--cpu" in device or "--cpu" in extra
     return [f for f in BASE_FLAGS if not (on_cpu and f == "--force-fp16")]
 
