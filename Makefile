@@ -43,8 +43,12 @@ sshd:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openssh-server >/dev/null; \
 	else echo "the remote-training tests need OpenSSH's sshd: sudo apt-get install openssh-server (or your system's package)"; fi; }
 
+# The suite on every core (pytest-xdist): each test file runs whole on one worker (--dist loadfile), so a
+# file's module fixtures (a daemon, a browser, a built wheel) are made once. TEST_WORKERS=0 runs it in this
+# one process. Failures, and pytest's 5 when no test is collected, are the exit status as without workers.
+TEST_WORKERS ?= auto
 test: setup browser sshd
-	@.venv/bin/python -m pytest -q
+	@.venv/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 bench: setup
 	@.venv/bin/python bench/overhead.py

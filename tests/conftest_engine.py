@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,13 +27,23 @@ TINY_CONTROLNET = "tiny-controlnet.safetensors"
 
 @pytest.fixture(scope="session")
 def engine_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A models dir (checkpoints/, loras/, controlnet/) with the tiny set, shared by the session.
+    """A models dir (checkpoints/, loras/, controlnet/) with the tiny set, shared by the session: made
+    once, by whichever pytest-xdist worker asks first (the others wait on a file lock and reuse it).
     Tests must not write into it; copy it (see `models_copy`) to change a file."""
+    from filelock import FileLock
+
     from sidecar.cli import main
 
-    out = tmp_path_factory.mktemp("engine-models")
-    result = CliRunner().invoke(main, ["models", "make-tiny", "--out", str(out)])
-    assert result.exit_code == 0, result.output
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # a worker's temp dir is inside the session's, which every worker shares
+    out, made = base / "engine-models", base / "engine-models.made"
+    with FileLock(str(base / "engine-models.lock")):
+        if not made.is_file():  # a worker that failed half-way leaves no mark: the next one starts over
+            shutil.rmtree(out, ignore_errors=True)
+            result = CliRunner().invoke(main, ["models", "make-tiny", "--out", str(out)])
+            assert result.exit_code == 0, result.output
+            made.touch()
     return out
 
 
