@@ -13,6 +13,9 @@ settings carry a `token`. The refusals themselves are tested in tests/test_edge.
 from __future__ import annotations
 
 import os
+from collections import Counter
+
+import pytest
 
 pytest_plugins = ["tests.conftest_app", "tests.conftest_comfy", "tests.conftest_engine"]
 
@@ -24,3 +27,22 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 def edge_headers(token: str | None = None) -> dict[str, str]:
     """Headers a non-browser test client adds to pass the edge: the token when the daemon has one."""
     return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every collected test gets a node id of its own. schemathesis names each operation's test
+    `test_every_operation_answers_as_documented[GET /health]` but gives them all the function's node id,
+    and pytest-xdist's `--dist loadfile` (what `make test` runs) schedules by node id: it would run one
+    operation and silently drop the other fifty. Such a test takes its name as its id; any duplicate
+    left stops the run rather than lose tests."""
+    counts = Counter(item.nodeid for item in items)
+    for item in items:
+        if counts[item.nodeid] > 1 and item.parent is not None:
+            unique = f"{item.parent.nodeid}::{item.name}"
+            if hasattr(item, "_id"):  # pytest 9 keeps a structured node id (its `parse` reads the string form)
+                item._id = type(item._id).parse(unique)
+            else:
+                item._nodeid = unique
+    left = sorted(nodeid for nodeid, n in Counter(item.nodeid for item in items).items() if n > 1)
+    if left:
+        raise pytest.UsageError(f"tests share a node id (pytest-xdist would run only one of each): {left}")

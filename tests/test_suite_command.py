@@ -49,3 +49,13 @@ def test_the_suite_command_fails_when_no_test_is_collected(tmp_path: Path) -> No
     (tmp_path / "test_none.py").write_text("def helper():\n    pass\n")
     done = run_suite(tmp_path)
     assert done.returncode == 5, done.stdout + done.stderr
+
+
+def test_every_collected_test_has_its_own_node_id_so_no_worker_drops_one() -> None:
+    # `--dist loadfile` schedules by node id: the fuzz suite's one test per API operation (schemathesis
+    # gives them all the function's id) ran once instead of once per operation until each got its own.
+    listed = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                             "tests/test_api_fuzz.py"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    ids = [line for line in listed.stdout.splitlines() if "::test_every_operation_answers_as_documented" in line]
+    assert len(ids) > 40 and len(set(ids)) == len(ids), listed.stdout + listed.stderr
+    assert "tests/test_api_fuzz.py::test_every_operation_answers_as_documented[GET /health]" in ids
