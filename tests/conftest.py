@@ -13,6 +13,7 @@ settings carry a `token`. The refusals themselves are tested in tests/test_edge.
 from __future__ import annotations
 
 import os
+import signal
 from collections import Counter
 
 import pytest
@@ -22,6 +23,12 @@ pytest_plugins = ["tests.conftest_app", "tests.conftest_comfy", "tests.conftest_
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+# A shell starts a background job (`make test &`, a CI step run that way) with SIGINT ignored, and every
+# process the tests start inherits that: the Ctrl-C tests' `generate` and trainers would never see theirs.
+# A handler of our own is reset to the default in each child it starts, so children get Ctrl-C back.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def edge_headers(token: str | None = None) -> dict[str, str]:
