@@ -8,6 +8,7 @@ Writing the file (atomically, under the chapter lock) is `pipeline_stage.outputs
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -68,6 +69,11 @@ class GenerationLogEntry(BaseModel):
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, mode="json")
+
+
+def prompt_hash(text: str) -> str:
+    """The log's `promptHash`: sha256 of the prompt text as submitted."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def timestamp_now() -> str:

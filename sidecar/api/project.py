@@ -17,9 +17,8 @@ from pydantic.alias_generators import to_camel
 from pipeline_stage.layout import Page
 from sidecar.api.errors import parse_body
 from sidecar.api.keys import RUNNER, SETTINGS
-from sidecar.api.likeness import with_likeness
 from sidecar.api.operations import operation
-from sidecar.api.responses import Job, Out, json_response
+from sidecar.api.responses import Out, json_response
 from sidecar.errors import (
     GenerationLogInvalid, InvalidField, JobNotFinished, JobNotFound, NotFound, ProjectNotConfigured, VersionNotFound,
 )
@@ -183,8 +182,5 @@ async def publish(request: web.Request) -> web.Response:
     path = Path(record.output_file)
     if not await asyncio.to_thread(path.is_file):
         raise NotFound(f"The image of job {record.id} is no longer on disk.", {"jobId": record.id})
-    # The version's log entry records the likeness, as `generate`'s do (none without references or weights).
-    (job,) = await with_likeness(request.app, [Job.from_record(record)], {record.id: record.output_file})
-    data = await asyncio.to_thread(path.read_bytes)
-    version = await asyncio.to_thread(reader.publish_job, root, page, job, data, req.reproduces)
+    version = await asyncio.to_thread(reader.publish_job, root, page, record, req.reproduces)
     return json_response(Published(version=version, page=await asyncio.to_thread(_one_page, root, page)), 201)

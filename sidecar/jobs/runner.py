@@ -35,6 +35,7 @@ from sidecar.jobs.execute import Executor
 from sidecar.jobs.faults import sweep_temp_files
 from sidecar.jobs.lanes import Worker
 from sidecar.jobs.ledger import Ledger
+from sidecar.jobs.pageref import PageRef
 from sidecar.jobs.params import JobSpec
 from sidecar.jobs.previews import Previews
 from sidecar.jobs.queue import JobQueue, Place
@@ -45,6 +46,8 @@ from sidecar.jobs.stranded import Stranded
 from sidecar.sqlite_store import now_iso
 
 log = logging.getLogger("sidecar.jobs")
+
+DEFAULT_SOURCE = "api"  # a job's `source` when the submit does not say who it is
 
 
 class JobRunner:
@@ -146,14 +149,19 @@ class JobRunner:
         return self.worker.running
 
     async def submit(self, built: JobSpec, claim: IdempotencyClaim | None = None, *, front: bool = False,
-                     retry_of: str | None = None, group_id: str | None = None) -> JobRecord:
-        return (await self.submit_many([built], claim, front=front, retry_of=retry_of, group_id=group_id))[0]
+                     retry_of: str | None = None, group_id: str | None = None, source: str | None = None,
+                     page: PageRef | None = None) -> JobRecord:
+        return (await self.submit_many([built], claim, front=front, retry_of=retry_of, group_id=group_id,
+                                       source=source, page=page))[0]
 
     async def submit_many(self, specs: list[JobSpec], claim: IdempotencyClaim | None = None, *,
                           front: bool = False, group_id: str | None = None,
-                          retry_of: str | None = None) -> list[JobRecord]:
+                          retry_of: str | None = None, source: str | None = None,
+                          page: PageRef | None = None) -> list[JobRecord]:
         """Queue jobs, all or none (one transaction, and the whole lot within `max_queue`). `front`: at
-        the head of the queue, in their order; `group_id`: one submission of variations."""
+        the head of the queue, in their order; `group_id`: one submission of variations; `source`: who
+        submitted them (`api` when not said); `page`: each becomes a version of that page when it
+        succeeds (its project resolved: `sidecar.jobs.pages` writes there)."""
         waiting = len(self.queue) + self._submitting
         if waiting + len(specs) > self.max_queue:
             if len(specs) == 1:
@@ -180,6 +188,8 @@ class JobRunner:
             group_id=group_id,
             retry_of=retry_of,
             front_rank=rank,
+            source=source or DEFAULT_SOURCE,
+            page=page,
         ) for where, built in zip(wheres, specs)]
         self._submitting += len(jobs)
         try:
@@ -219,8 +229,9 @@ class JobRunner:
             raise JobNotFound(f"No job with id {job_id!r}.", {"jobId": job_id})
         return job
 
-    async def list(self, status: str | None, limit: int, group: str | None = None) -> list[JobRecord]:
-        jobs = await self.store.list(status, limit, group)
+    async def list(self, status: str | None, limit: int, group: str | None = None,
+                   source: str | None = None) -> list[JobRecord]:
+        jobs = await self.store.list(status, limit, group, source)
         # Live records carry progress newer than the last persisted one.
         return [self.ledger.freshest(j) for j in jobs]
 

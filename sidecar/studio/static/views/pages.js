@@ -211,50 +211,64 @@ export function mount(root, ctx, args) {
       const body = { workflow };
       const pose = v.entry && v.entry.poseImage;
       if (pose) body.poseImagePath = pose.startsWith("/") ? pose : `${state.project.root}/${pose}`;
-      render_job(body, v.version);
+      render_job(body, v);
     } catch (err) { toast(err.message, "error"); }
   }
 
+  // A render is a page job: the daemon writes the version when it succeeds, whether or not this tab is
+  // still open (or on this view), and numbers versions in the order they finish.
   async function render_job(body, reproduces) {
     const slot = document.getElementById("job-slot");
     const target = { chapter: state.chapter, page: state.page };
+    const page = { ...target };
+    if (reproduces) {
+      const e = reproduces.entry || {};
+      page.reproducedFrom = e.workflowFile || `output/ch-${String(target.chapter).padStart(2, "0")}/raw/${currentPage().name}_v${reproduces.version}.workflow.json`;
+      if (e.workflowTemplate) page.workflowTemplate = e.workflowTemplate;
+    }
     let job;
     try {
-      job = await api("/jobs", { method: "POST", body });
+      job = await api("/jobs", { method: "POST", body: { ...body, page, source: "studio" } });
     } catch (err) { toast(err.message, "error"); return; }
-    state.job = { id: job.id, target, reproduces };
+    state.job = { id: job.id, target };
     replace(slot, h("div", { class: "card rendering row", dataset: { jobId: job.id } },
-      h("span", { class: "badge running" }, reproduces ? `reproducing v${reproduces}` : "rendering"),
+      h("span", { class: "badge running" }, reproduces ? `reproducing v${reproduces.version}` : "rendering"),
       h("div", { class: "progress grow" }, h("div", { class: "track" }, h("div", { class: "bar" })), h("span", { class: "small" }, "queued")),
       h("button", { type: "button", class: "small danger", onclick: () => api(`/jobs/${job.id}/cancel`, { method: "POST" }).catch((e) => toast(e.message, "error")) }, "Cancel")));
   }
 
   async function finished(job) {
-    const pending = state.job;
-    state.job = null;
+    const mine = state.job && state.job.id === job.id;
+    if (mine) state.job = null;
     const slot = document.getElementById("job-slot");
     if (job.status !== "succeeded") {
-      if (slot) replace(slot, h("p", { class: "error" }, job.error ? job.error.message : `the job was ${job.status}`));
+      if (mine && slot) replace(slot, h("p", { class: "error" }, job.error ? job.error.message : `the job was ${job.status}`));
       return;
     }
+    const written = job.pageVersion;
+    if (!written) return;
     try {
-      const done = await api(`/project/pages/${pending.target.chapter}/${pending.target.page}/versions`,
-        { method: "POST", body: { jobId: job.id, ...(pending.reproduces ? { reproduces: pending.reproduces } : {}) } });
-      replacePage(done.page);
-      go(pending.target.chapter, pending.target.page, done.version);
-      toast(`saved as v${done.version}`, "good");
+      state.project = await api("/project");
+      if (mine) {
+        if (slot) replace(slot);
+        go(written.chapter, written.page, written.version);
+      } else render();
+      toast(`ch${String(written.chapter).padStart(2, "0")} p${written.page}: v${written.version} written`, "good");
     } catch (err) { toast(err.message, "error"); }
   }
 
   const off = ctx.events.on((ev) => {
-    if (!state.job || !ev.job || ev.job.id !== state.job.id) return;
-    const card = document.querySelector(`#job-slot [data-job-id='${ev.job.id}']`);
-    if (card) {
-      const { step, total } = ev.job.progress;
-      card.querySelector(".bar").style.width = `${total ? (100 * step) / total : 0}%`;
-      card.querySelector(".progress .small").textContent = total ? `${step}/${total}` : ev.job.status;
+    if (!ev.job) return;
+    if (state.job && ev.job.id === state.job.id) {
+      const card = document.querySelector(`#job-slot [data-job-id='${ev.job.id}']`);
+      if (card) {
+        const { step, total } = ev.job.progress;
+        card.querySelector(".bar").style.width = `${total ? (100 * step) / total : 0}%`;
+        card.querySelector(".progress .small").textContent = total ? `${step}/${total}` : ev.job.status;
+      }
     }
-    if (["succeeded", "failed", "cancelled"].includes(ev.job.status)) finished(ev.job);
+    // Any page job that ends (this tab's, another tab's, `generate`'s) shows its version here.
+    if (["succeeded", "failed", "cancelled"].includes(ev.job.status) && (ev.job.page || (state.job && ev.job.id === state.job.id))) finished(ev.job);
   });
 
   function onKey(e) {
