@@ -17,6 +17,7 @@ from sidecar.api.likeness import with_likeness
 from sidecar.api.models import SOURCE_PATTERN, JobRequest
 from sidecar.api.operations import Header, Query, operation
 from sidecar.api.page_request import resolve_page
+from sidecar.api.thumbs import IMAGE_TYPES, SIZE_QUERY, THUMB_HEADERS, image_response
 from sidecar.api.responses import Job, JobGroup, JobList, JobListFull, JobListing, JobSummary, Submitted, json_response
 from sidecar.errors import (
     BatchSizeNotSupported, CheckpointNotFound, ComfyUnavailable, ControlnetNotFound, DiskFull, EngineUnavailable,
@@ -149,7 +150,8 @@ async def get_job(request: web.Request) -> web.Response:
 
 
 @routes.get("/jobs/{id}/image")
-@operation("The job's PNG", {200: None}, binary="image/png", errors=(JobNotFound, NotFound, JobNotFinished))
+@operation("The job's PNG (or with ?size its thumbnail)", {200: None, 304: None}, binary=IMAGE_TYPES,
+           query=(SIZE_QUERY,), response_headers=THUMB_HEADERS, errors=(JobNotFound, NotFound, JobNotFinished))
 async def get_image(request: web.Request) -> web.StreamResponse:
     job = await request.app[RUNNER].get(request.match_info["id"])
     if job.status != "succeeded" or not job.output_file:
@@ -158,7 +160,7 @@ async def get_image(request: web.Request) -> web.StreamResponse:
     if not await asyncio.to_thread(path.is_file):
         # Checked here: FileResponse would answer a bare text 404 after the error middleware has run.
         raise NotFound(f"The image of job {job.id} is no longer on disk ({path}).", {"jobId": job.id})
-    return web.FileResponse(path, headers={"Content-Type": "image/png"})
+    return await image_response(request, path)
 
 
 @routes.get("/jobs/{id}/upscaled")

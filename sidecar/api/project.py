@@ -19,6 +19,7 @@ from sidecar.api.errors import parse_body
 from sidecar.api.keys import RUNNER, SETTINGS
 from sidecar.api.operations import operation
 from sidecar.api.responses import Out, json_response
+from sidecar.api.thumbs import IMAGE_TYPES, SIZE_QUERY, THUMB_HEADERS, image_response
 from sidecar.errors import (
     GenerationLogInvalid, InvalidField, JobNotFinished, JobNotFound, NotFound, ProjectNotConfigured, VersionNotFound,
 )
@@ -138,14 +139,15 @@ async def get_project(request: web.Request) -> web.Response:
 
 
 @routes.get(VERSION + "/image")
-@operation("A page version's PNG", {200: None}, binary="image/png",
+@operation("A page version's PNG (or with ?size its thumbnail)", {200: None, 304: None}, binary=IMAGE_TYPES,
+           query=(SIZE_QUERY,), response_headers=THUMB_HEADERS,
            errors=(ProjectNotConfigured, VersionNotFound, NotFound))
 async def version_image(request: web.Request) -> web.StreamResponse:
     root, page, version = project_root(request), page_of(request), _int(request, "version", 1)
     found = await asyncio.to_thread(reader.find_version, root, page, version)
     if not await asyncio.to_thread(found.image.is_file):
         raise NotFound(f"{found.image.name} is in the log but no longer on disk.", {"file": found.image.name})
-    return web.FileResponse(found.image, headers={"Content-Type": "image/png", "Cache-Control": "no-cache"})
+    return await image_response(request, found.image)
 
 
 @routes.get(VERSION + "/workflow")

@@ -92,7 +92,7 @@ export function mount(root, ctx, args) {
       onclick: (e) => {
         if (e.shiftKey && v.version !== state.version) { state.compare = v.version; renderPage(); } else go(state.chapter, state.page, v.version);
       },
-    }, picture(v.imageExists ? v.imageUrl : null, v.width, v.height, `version ${v.version}`),
+    }, picture(v.imageExists ? `${v.imageUrl}?size=256` : null, v.width, v.height, `version ${v.version}`),
     h("span", { class: "thumb-label" }, `v${v.version}`, v.approved ? h("span", { class: "approved-mark", title: "approved" }, " ✓") : null))));
 
     const viewer = h("div", { class: `viewer ${other ? state.mode : "single"}` });
