@@ -7,6 +7,7 @@ Parse, call `sidecar.studio.project` in a thread (it reads and writes files), an
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,8 @@ from pydantic.alias_generators import to_camel
 from pipeline_stage.layout import Page
 from sidecar.api.errors import parse_body
 from sidecar.api.keys import RUNNER, SETTINGS
-from sidecar.api.operations import operation
+from sidecar.api.models import SOURCE_PATTERN
+from sidecar.api.operations import Query, operation
 from sidecar.api.responses import Out, json_response
 from sidecar.api.thumbs import IMAGE_TYPES, SIZE_QUERY, THUMB_HEADERS, image_response
 from sidecar.errors import (
@@ -161,12 +163,33 @@ async def version_workflow(request: web.Request) -> web.Response:
     return json_response(WorkflowDocument(await asyncio.to_thread(reader.read_workflow, found.workflow)))
 
 
+BY_QUERY = Query("by", {"type": "string", "pattern": SOURCE_PATTERN, "default": "api"},
+                 "who changes it, as the log records it (the studio sends `studio`)")
+
+
 @routes.post(VERSION + "/approve")
-@operation("Approve a page version: the same generation-log update as `generate approve`", {200: ProjectPage},
-           errors=(ProjectNotConfigured, VersionNotFound, GenerationLogInvalid, NotFound))
+@operation("Approve a page version: the same generation-log update as `generate approve` (the page's other "
+           "versions are no longer approved; the entry's approvalChanges say who and when)", {200: ProjectPage},
+           query=(BY_QUERY,), errors=(ProjectNotConfigured, VersionNotFound, GenerationLogInvalid, NotFound))
 async def approve(request: web.Request) -> web.Response:
+    return await _approval(request, True)
+
+
+@routes.post(VERSION + "/unapprove")
+@operation("Take back a page version's approval: the same generation-log update as `generate unapprove`",
+           {200: ProjectPage}, query=(BY_QUERY,),
+           errors=(ProjectNotConfigured, VersionNotFound, GenerationLogInvalid, NotFound))
+async def unapprove(request: web.Request) -> web.Response:
+    return await _approval(request, False)
+
+
+async def _approval(request: web.Request, approved: bool) -> web.Response:
     root, page, version = project_root(request), page_of(request), _int(request, "version", 1)
-    await asyncio.to_thread(reader.approve_page_version, root, page, version)
+    by = request.query.get("by", "api")
+    if not re.fullmatch(SOURCE_PATTERN, by):
+        raise InvalidField("by must name who changes it, such as studio or api (lower-case letters, digits, - "
+                           "and _).", {"field": "by", "value": by[:64]})
+    await asyncio.to_thread(reader.approve_page_version, root, page, version, approved, by)
     return json_response(await asyncio.to_thread(_one_page, root, page))
 
 

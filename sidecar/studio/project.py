@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline_stage.errors import LogInvalid, StageError
-from pipeline_stage.genlog import GenerationLog, approve, entry_file_name, read_log
+from pipeline_stage.genlog import GenerationLog, entry_file_name, read_log, set_approval
 from pipeline_stage.layout import Page, Project, page_of
 from pipeline_stage.outputs import approve_version
 from pipeline_stage.prompts import build_request, load_defaults, load_prompt, merge
@@ -128,19 +128,21 @@ def find_version(root: Path, page: Page, version: int) -> Version:
                           {"chapter": page.chapter, "page": page.page, "version": version})
 
 
-def approve_page_version(root: Path, page: Page, version: int) -> None:
-    """`generate approve -c C --page P --version V`: the same log update, under the same lock."""
+def approve_page_version(root: Path, page: Page, version: int, approved: bool = True, by: str = "api") -> None:
+    """`generate approve|unapprove -c C --page P --version V`: the same log update, under the same lock,
+    `by` (the client: `studio`, `api`) recorded as who changed it."""
     project = Project(root)
 
     def mark(log: GenerationLog) -> dict[str, Any]:
         try:
-            return approve(log, page, version)
+            return set_approval(log, page, version, approved, by)
         except LookupError:
             raise VersionNotFound(f"{project.relative(log.path)} has no entry for {page.image_name(version)}.",
                                   {"chapter": page.chapter, "page": page.page, "version": version}) from None
 
     if not project.log_file(page.chapter).is_file():
-        raise VersionNotFound(f"No generation log for chapter {page.chapter} yet: nothing to approve.",
+        raise VersionNotFound(f"No generation log for chapter {page.chapter} yet: nothing to "
+                              f"{'approve' if approved else 'unapprove'}.",
                               {"chapter": page.chapter, "page": page.page, "version": version})
     try:
         approve_version(project, page, version, mark)

@@ -102,9 +102,9 @@ export function mount(root, ctx, args) {
       if (other) viewer.append(figure(other));
     }
     const tools = h("div", { class: "row tools" },
-      selected ? h("button", { type: "button", class: selected.approved ? "" : "primary", disabled: selected.approved,
-        dataset: { action: "approve" }, onclick: () => approveVersion(selected), title: "a" },
-      selected.approved ? `v${selected.version} approved` : `Approve v${selected.version}`) : null,
+      selected ? h("button", { type: "button", class: selected.approved ? "" : "primary", "aria-pressed": String(selected.approved),
+        dataset: { action: "approve" }, onclick: () => approveVersion(selected), title: "a: approve, again: take it back" },
+      selected.approved ? `v${selected.version} approved ✓ (undo)` : `Approve v${selected.version}`) : null,
       h("button", { type: "button", dataset: { action: "new" }, onclick: () => openForm(selected), title: "n" }, "New version"),
       page.promptFile ? h("button", { type: "button", dataset: { action: "refine" }, onclick: () => openRefine(selected), title: "r" }, "Refine") : null,
       selected && selected.workflowUrl ? h("button", { type: "button", dataset: { action: "reproduce" }, onclick: () => reproduce(selected) }, "Reproduce") : null,
@@ -153,11 +153,14 @@ export function mount(root, ctx, args) {
       v.entry ? null : [h("dt", {}, "log"), h("dd", {}, "this image has no log entry")]);
   }
 
+  // A toggle: approving another version takes the page's approval from the one before (the daemon
+  // writes the log as `generate approve` / `generate unapprove` do, naming the studio as who changed it).
   async function approveVersion(v) {
+    const verb = v.approved ? "unapprove" : "approve";
     try {
-      const page = await api(`/project/pages/${state.chapter}/${state.page}/versions/${v.version}/approve`, { method: "POST" });
+      const page = await api(`/project/pages/${state.chapter}/${state.page}/versions/${v.version}/${verb}?by=studio`, { method: "POST" });
       replacePage(page);
-      toast(`v${v.version} approved`, "good");
+      toast(v.approved ? `v${v.version} no longer approved` : `v${v.version} approved`, "good");
     } catch (err) { toast(err.message, "error"); }
   }
 
@@ -278,7 +281,7 @@ export function mount(root, ctx, args) {
     const i = page.versions.findIndex((v) => v.version === state.version);
     if (e.key === "ArrowRight" && i < page.versions.length - 1) go(state.chapter, state.page, page.versions[i + 1].version);
     else if (e.key === "ArrowLeft" && i > 0) go(state.chapter, state.page, page.versions[i - 1].version);
-    else if (e.key === "a" && i >= 0 && !page.versions[i].approved) approveVersion(page.versions[i]);
+    else if (e.key === "a" && i >= 0) approveVersion(page.versions[i]);
     else if (e.key === "n") openForm(page.versions[i]);
     else if (e.key === "r" && page.promptFile) openRefine(page.versions[i]);
     else if (e.key === "o" && state.compare) { state.mode = state.mode === "overlay" ? "side" : "overlay"; renderPage(); }
