@@ -178,3 +178,39 @@ async def test_jobs_carry_their_source_and_the_list_filters_by_it(client) -> Non
     assert (await error_of(await client.get("/jobs?source=Not%20One"), 400))["code"] == "invalid_field"
     assert (await error_of(await client.post("/jobs", json={**body, "source": "BAD!"}), 400))["code"] == \
         "invalid_field"
+
+
+# -- a chapter without a terminal ---------------------------------------------------------------------
+async def test_a_chapter_renders_every_page_without_an_approved_version_as_page_jobs(client, project) -> None:
+    # Page 1 rendered and approved first: the chapter render leaves it out and renders page 2 only.
+    first = await finished(client, (await (await client.post("/jobs", json={"page": {"chapter": 1, "page": 1}})).json())["id"])
+    assert (await client.post("/project/pages/1/1/versions/1/approve")).status == 200
+    resp = await client.post("/project/chapters/1/render", json={})
+    assert resp.status == 202, await resp.text()
+    body = await resp.json()
+    assert body["skipped"] == [{"page": 1, "approvedVersion": 1}]
+    assert [(j["page"]["chapter"], j["page"]["page"], j["source"]) for j in body["jobs"]] == [(1, 2, "studio")]
+    group = await (await client.get(f"/groups/{body['groupId']}")).json()  # progress page by page
+    assert [j["id"] for j in group["jobs"]] == [body["jobs"][0]["id"]]
+    done = await finished(client, body["jobs"][0]["id"])
+    assert done["pageVersion"]["file"] == "output/ch-01/raw/ch01_p002_v1.png"
+    assert (project / "output/ch-01/raw/ch01_p002_v1.png").is_file() and first["pageVersion"]["version"] == 1
+    # With every page approved nothing is queued; includeApproved renders them anyway.
+    assert (await client.post("/project/pages/1/2/versions/1/approve")).status == 200
+    nothing = await (await client.post("/project/chapters/1/render", json={})).json()
+    assert nothing["jobs"] == [] and nothing["groupId"] is None and len(nothing["skipped"]) == 2
+    again = await (await client.post("/project/chapters/1/render", json={"includeApproved": True, "pages": [2]})).json()
+    assert [j["page"]["page"] for j in again["jobs"]] == [2]
+
+
+async def test_a_chapter_with_a_broken_page_queues_nothing_and_names_it(client, project) -> None:
+    (project / "prompts/ch-01/ch01_p002.txt").write_text("+++\nsteps = \"many\"\n+++\nbroken\n")
+    error = await error_of(await client.post("/project/chapters/1/render", json={}), 400)
+    assert error["code"] == "prompt_file_invalid" and "ch01_p002.txt" in error["message"]
+    assert (await (await client.get("/jobs")).json())["jobs"] == []
+    assert (await error_of(await client.post("/project/chapters/7/render", json={}), 404))["code"] == "not_found"
+    missing = await error_of(await client.post("/project/chapters/1/render", json={"pages": [5]}), 400)
+    assert missing["code"] == "prompt_file_invalid"
+    assert (await error_of(await client.post("/project/chapters/x/render", json={}), 400))["code"] == "invalid_field"
+    assert (await error_of(await client.post("/project/chapters/1/render", json={"pages": "all"}), 400))["code"] == \
+        "invalid_field"

@@ -16,7 +16,8 @@ from pathlib import Path
 from aiohttp import web
 
 from sidecar.api import (
-    captions, dataset, doctor, events, health, jobs, likeness, loras, maintenance, openapi, page_refine, project,
+    captions, chapter, dataset, doctor, events, health, jobs, likeness, loras, maintenance, openapi, page_refine,
+    project,
     prompts, queue, studio, sweep, training,
 )
 from sidecar.api.edge import edge_middleware
@@ -142,8 +143,8 @@ def create_app(settings: Settings, backend: GenerationBackend | None = None, *,
         app.cleanup_ctx.append(_pool_ctx)
     app.cleanup_ctx.append(_templates_ctx)
     app.cleanup_ctx.append(_runner_ctx)
-    for module in (health, jobs, loras, events, openapi, project, dataset, doctor, queue, prompts, page_refine,
-                   captions, likeness):
+    for module in (health, jobs, loras, events, openapi, project, chapter, dataset, doctor, queue, prompts,
+                   page_refine, captions, likeness):
         app.router.add_routes(module.routes)
     training.setup_routes(app)
     app.router.add_routes(sweep.routes)

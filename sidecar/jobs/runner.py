@@ -157,11 +157,14 @@ class JobRunner:
     async def submit_many(self, specs: list[JobSpec], claim: IdempotencyClaim | None = None, *,
                           front: bool = False, group_id: str | None = None,
                           retry_of: str | None = None, source: str | None = None,
-                          page: PageRef | None = None) -> list[JobRecord]:
+                          page: PageRef | list[PageRef] | None = None) -> list[JobRecord]:
         """Queue jobs, all or none (one transaction, and the whole lot within `max_queue`). `front`: at
         the head of the queue, in their order; `group_id`: one submission of variations; `source`: who
         submitted them (`api` when not said); `page`: each becomes a version of that page when it
-        succeeds (its project resolved: `sidecar.jobs.pages` writes there)."""
+        succeeds (its project resolved: `sidecar.jobs.pages` writes there), or one page per spec (a list:
+        a chapter's pages)."""
+        pages = page if isinstance(page, list) else [page] * len(specs)
+        assert len(pages) == len(specs)
         waiting = len(self.queue) + self._submitting
         if waiting + len(specs) > self.max_queue:
             if len(specs) == 1:
@@ -189,8 +192,8 @@ class JobRunner:
             retry_of=retry_of,
             front_rank=rank,
             source=source or DEFAULT_SOURCE,
-            page=page,
-        ) for where, built in zip(wheres, specs)]
+            page=ref,
+        ) for where, built, ref in zip(wheres, specs, pages)]
         self._submitting += len(jobs)
         try:
             await self.store.insert_many(jobs, claim)  # a full disk raises DiskFull here: 507, nothing queued
