@@ -69,7 +69,9 @@ class GenerationLogEntry(BaseModel):
     approval_changes: list[dict[str, Any]] | None = None  # each approve/unapprove: {approved, by, at}
 
     def to_json(self) -> dict[str, Any]:
-        return self.model_dump(by_alias=True, mode="json")
+        # `approvalChanges` appears once an approval changes (set_approval), not as null in every entry.
+        return self.model_dump(by_alias=True, mode="json",
+                               exclude={"approval_changes"} if self.approval_changes is None else None)
 
 
 def prompt_hash(text: str) -> str:

@@ -63,7 +63,9 @@ export function mount(root, ctx, args) {
 
   function renderNav() {
     replace(nav, state.project.chapters.map((c) => h("div", { class: "chapter" },
-      h("h3", {}, `Chapter ${c.chapter}`),
+      h("div", { class: "row" }, h("h3", {}, `Chapter ${c.chapter}`),
+        h("button", { type: "button", class: "small", dataset: { action: "render-chapter", chapter: c.chapter },
+          title: "render every page without an approved version", onclick: () => renderChapter(c.chapter) }, "Render unapproved")),
       c.logError ? h("p", { class: "error small" }, c.logError) : null,
       h("ul", {}, c.pages.map((p) => {
         const approved = p.versions.filter((v) => v.approved).map((v) => v.version);
@@ -73,6 +75,16 @@ export function mount(root, ctx, args) {
         }, h("span", {}, p.name), h("span", { class: "muted small" },
           `${p.versions.length} v${approved.length ? ` · ✓ v${approved.at(-1)}` : ""}`)));
       })))));
+  }
+
+  // Every page of the chapter without an approved version, as page jobs (one group): each becomes a
+  // version as its job succeeds, shown here by the job events below; progress per page is in Now.
+  async function renderChapter(chapter) {
+    try {
+      const queued = await api(`/project/chapters/${chapter}/render`, { method: "POST", body: {} });
+      const skipped = queued.skipped.length ? ` (${queued.skipped.length} approved page(s) left out)` : "";
+      toast(queued.jobs.length ? `chapter ${chapter}: ${queued.jobs.length} page(s) queued${skipped}` : `chapter ${chapter}: every page has an approved version`, "good");
+    } catch (err) { toast(err.message, "error"); }
   }
 
   function renderPage() {
