@@ -4,7 +4,8 @@ longer side in pixels), made once and kept on disk, with an ETag so a browser th
 
 A thumbnail is a JPEG (a 256 px one is a few KB where the PNG it shrinks is hundreds): the cards want
 a glance, the full PNG stays one click away. Its cache name carries the source's size and mtime, so a
-replaced source (never, for versions: they are not overwritten) gets a new thumbnail and ETag.
+replaced source (never, for versions: they are not overwritten) gets a new thumbnail and ETag; it starts
+with the source's name, so a job's thumbnails go when `sidecar gc` removes the job.
 Blocking (PIL, files): call `thumbnail` in a thread.
 """
 
@@ -20,6 +21,7 @@ from PIL import Image
 from sidecar import atomic
 
 MIN_SIZE, MAX_SIZE = 16, 2048
+FOLDER = "thumbnails"  # in the daemon's outputs folder; a job's are `<job id>-*.jpg` (gc removes them with it)
 QUALITY = 85
 
 
@@ -35,11 +37,16 @@ def etag_of(source: Path, size: int) -> str:
     return f'"{digest[:32]}"'
 
 
+def owned_by(cache_dir: Path, stem: str) -> list[Path]:
+    """The thumbnails made of the image named `stem` (a job id)."""
+    return sorted(cache_dir.glob(f"{stem}-*.jpg")) if cache_dir.is_dir() else []
+
+
 def thumbnail(source: Path, size: int, cache_dir: Path) -> Thumbnail:
     """The JPEG of `source` at most `size` px on its longer side (never enlarged), from the cache or made
     now. Raises OSError when the source is gone or unreadable."""
     etag = etag_of(source, size)
-    path = cache_dir / f"{etag.strip(chr(34))}.jpg"
+    path = cache_dir / f"{source.stem}-{size}-{etag.strip(chr(34))[:16]}.jpg"
     if not path.is_file():
         with Image.open(source) as image:
             image.load()

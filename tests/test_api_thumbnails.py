@@ -72,12 +72,16 @@ async def test_a_job_thumbnail_is_a_small_cached_jpeg_with_an_etag(client, tmp_p
     etag = resp.headers["ETag"]
     again = await client.get(f"{job['output']['url']}?size=256", headers={"If-None-Match": etag})
     assert again.status == 304 and await again.read() == b""
-    assert [p.suffix for p in (tmp_path / "data" / "thumbnails").iterdir()] == [".jpg"]  # made once, kept
+    cache = tmp_path / "data" / "outputs" / "thumbnails"
+    assert [p.name.split("-")[:2] for p in cache.iterdir()] == [[job["id"], "256"]]  # made once, kept
     other = await client.get(f"{job['output']['url']}?size=64", headers={"If-None-Match": etag})
     assert other.status == 200 and other.headers["ETag"] != etag
     for bad in ("0", "abc", "5000", "-1"):
         error = await client.get(f"{job['output']['url']}?size={bad}")
         assert error.status == 400 and (await error.json())["error"]["code"] == "invalid_field"
+    # `sidecar gc` removes a job's thumbnails with its image.
+    removed = await (await client.post("/gc", json={"keepDays": 0})).json()
+    assert removed["removedJobs"] == 1 and list(cache.iterdir()) == []
 
 
 async def test_nine_job_cards_of_thumbnails_weigh_under_300_kb(client) -> None:

@@ -8,10 +8,10 @@ from pathlib import Path
 
 from aiohttp import web
 
-from sidecar.api.keys import SETTINGS
+from sidecar.api.keys import RUNNER
 from sidecar.api.operations import Query
 from sidecar.errors import InvalidField
-from sidecar.thumbnails import MAX_SIZE, MIN_SIZE, matches, thumbnail
+from sidecar.thumbnails import FOLDER, MAX_SIZE, MIN_SIZE, matches, thumbnail
 
 SIZE_QUERY = Query("size", {"type": "integer", "minimum": MIN_SIZE, "maximum": MAX_SIZE},
                    "a thumbnail instead of the PNG: a JPEG at most this many pixels on its longer side (never "
@@ -35,7 +35,7 @@ async def image_response(request: web.Request, path: Path) -> web.StreamResponse
     size = thumb_size(request)
     if size is None:
         return web.FileResponse(path, headers={"Content-Type": "image/png", "Cache-Control": "no-cache"})
-    thumb = await asyncio.to_thread(thumbnail, path, size, request.app[SETTINGS].data_dir / "thumbnails")
+    thumb = await asyncio.to_thread(thumbnail, path, size, request.app[RUNNER].outputs_dir / FOLDER)
     headers = {"ETag": thumb.etag, "Cache-Control": "no-cache"}  # no-cache: revalidate, a 304 is cheap
     if matches(request.headers.get("If-None-Match"), thumb.etag):
         return web.Response(status=304, headers=headers)
