@@ -196,7 +196,7 @@ async def test_stage_makes_a_checkpoint_a_lora_id_until_unstaged(daemon, dataset
 async def test_the_studio_finds_a_sweep_in_the_runs_default_folder(daemon, dataset_dir, env, tmp_path) -> None:
     run = await trained_run(daemon, dataset_dir)
     before = await daemon.get(f"/loras/{run['id']}/sweep")
-    assert before.status == 200 and (await before.json()) == {"contactSheetUrl": None, "index": None}
+    assert before.status == 200 and (await before.json()) == {"contactSheetUrl": None, "index": None, "task": None}
     missing = await daemon.get(f"/loras/{run['id']}/sweep/contact-sheet.png")
     assert missing.status == 404 and (await missing.json())["error"]["code"] == "not_found"
 
