@@ -20,7 +20,7 @@ from pydantic.alias_generators import to_camel
 
 from pipeline_stage.errors import LogInvalid
 from pipeline_stage.layout import Page, version_of
-from sidecar.api.responses import Likeness
+from sidecar.likeness.wire import Likeness
 from sidecar.assist.provenance import RefinedFrom
 
 

@@ -50,7 +50,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "sidecar", "sidecar.config", "sidecar.profiles", "sidecar.errors", "sidecar.statuses", "sidecar.eta",
         "sidecar.atomic", "sidecar.hosts", "sidecar.sqlite_store", "sidecar.durations", "sidecar.assets",
         "sidecar.answer_limits",
-        "sidecar.dataprep.kohya_layout", "sidecar.assist.provenance")),
+        "sidecar.dataprep.kohya_layout", "sidecar.assist.provenance",
+        "sidecar.likeness.wire")),
 ]
 
 COMMANDS_SHARE = next(i for i, (name, _) in enumerate(LAYERS) if name == "what the commands share")

@@ -123,7 +123,8 @@ def create_app(settings: Settings, backend: GenerationBackend | None = None, *,
     previews = Previews(bus, enabled=settings.previews, interval=settings.preview_interval)
     app[RUNNER] = JobRunner(store, backend, device, bus, settings.jobs_dir, max_queue=settings.max_queue,
                             pool=pool, default_where=settings.default_where, previews=previews,
-                            recovery_timeout=settings.backend_recovery_timeout)
+                            recovery_timeout=settings.backend_recovery_timeout,
+                            judge=lambda image: likeness.likeness_for_log(app[LIKENESS], image))
     find_job = app[RUNNER].get
     app[BUILDER] = (JobBuilder(settings, profile, templates, PoolCatalog(pool), limits=widest_profile(pool),  # type: ignore[arg-type]
                                find_job=find_job)

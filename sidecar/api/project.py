@@ -17,7 +17,8 @@ from pydantic.alias_generators import to_camel
 
 from pipeline_stage.layout import Page
 from sidecar.api.errors import parse_body
-from sidecar.api.keys import RUNNER, SETTINGS
+from sidecar.api.keys import LIKENESS, RUNNER, SETTINGS
+from sidecar.api.likeness import likeness_for_log
 from sidecar.api.models import SOURCE_PATTERN
 from sidecar.api.operations import Query, operation
 from sidecar.api.responses import Out, json_response
@@ -207,5 +208,7 @@ async def publish(request: web.Request) -> web.Response:
     path = Path(record.output_file)
     if not await asyncio.to_thread(path.is_file):
         raise NotFound(f"The image of job {record.id} is no longer on disk.", {"jobId": record.id})
-    version = await asyncio.to_thread(reader.publish_job, root, page, record, req.reproduces)
+    # The version's log entry records the likeness, as a page job's does (none without references or weights).
+    version = await asyncio.to_thread(reader.publish_job, root, page, record, req.reproduces,
+                                      lambda image: likeness_for_log(request.app[LIKENESS], image))
     return json_response(Published(version=version, page=await asyncio.to_thread(_one_page, root, page)), 201)

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, RootModel
 from pydantic.alias_generators import to_camel
 
 from sidecar.jobs.pageref import PageRef, PageVersion
+from sidecar.likeness.wire import Likeness
 from sidecar.jobs.params import JobParams as DomainJobParams
 from sidecar.jobs.retention import RetentionReport
 from sidecar.jobs.store import JobRecord
@@ -58,16 +59,6 @@ class ErrorBody(Out):
     """Every error answer."""
 
     error: ErrorInfo
-
-
-class Likeness(Out):
-    """Is the image the character: its score against the project's reference set (character.toml
-    `references`), higher = more alike (0.5 is the same-character tolerance, 1 a reference itself)."""
-
-    score: float = Field(description="0..1, higher = more alike; >= 0.5 is the same character")
-    verdict: Literal["same", "unsure", "different"]
-    scorer: str = Field(description="the likeness model (e.g. ccip-caformer-24-randaug-pruned)")
-    weights: str = Field(description="the first 16 hex digits of its weights' sha256: what scored it")
 
 
 class JobSummary(Out):

@@ -36,6 +36,7 @@ from sidecar.jobs.faults import sweep_temp_files
 from sidecar.jobs.lanes import Worker
 from sidecar.jobs.ledger import Ledger
 from sidecar.jobs.pageref import PageRef
+from sidecar.jobs.pages import Judge
 from sidecar.jobs.params import JobSpec
 from sidecar.jobs.previews import Previews
 from sidecar.jobs.queue import JobQueue, Place
@@ -54,7 +55,7 @@ class JobRunner:
     def __init__(self, store: JobStore, backend: GenerationBackend, device: Device, events: EventBus,
                  outputs_dir: Path, *, max_queue: int = 512, restart_delay: float = 1.0,
                  pool: BackendPool | None = None, default_where: str = "local", previews: Previews | None = None,
-                 recovery_timeout: float = 300.0):
+                 recovery_timeout: float = 300.0, judge: Judge | None = None):
         self.store = store
         self.previews = previews or Previews(events, enabled=False)
         self.backend = backend
@@ -68,7 +69,7 @@ class JobRunner:
         self.queue = JobQueue()
         self.ledger = Ledger(store, events)
         self.executor = Executor(self.ledger, self.queue, backend, outputs_dir, self.previews, pool=pool,
-                                 wake=self._wake)
+                                 wake=self._wake, judge=judge)
         self.worker = Worker(self.ledger, self.queue, self.executor, device, pool=pool, default_where=default_where)
         # A job recovered onto a backend that stays away is handed over after this long (jobs.stranded).
         self.stranded = (Stranded(self.ledger, self.queue, pool, default_where=default_where,

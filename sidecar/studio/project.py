@@ -24,7 +24,7 @@ from pipeline_stage.outputs import approve_version
 from pipeline_stage.prompts import build_request, load_defaults, load_prompt, merge
 from sidecar.errors import GenerationLogInvalid, VersionNotFound
 from sidecar.jobs.pageref import PageRef
-from sidecar.jobs.pages import publish_page_job
+from sidecar.jobs.pages import Judge, publish_page_job
 from sidecar.jobs.store import JobRecord
 
 CHAPTER_DIR = re.compile(r"^ch-(\d+)$")
@@ -150,7 +150,7 @@ def approve_page_version(root: Path, page: Page, version: int, approved: bool = 
         raise GenerationLogInvalid(exc.message, exc.details) from None
 
 
-def publish_job(root: Path, page: Page, job: JobRecord, reproduces: int | None) -> int:
+def publish_job(root: Path, page: Page, job: JobRecord, reproduces: int | None, judge: Judge | None = None) -> int:
     """A succeeded job saved as the page's next version ("save to a page"), by the one writer of versions
     the page jobs use (`sidecar.jobs.pages`). Answers the version number."""
     project = Project(root)
@@ -166,7 +166,7 @@ def publish_job(root: Path, page: Page, job: JobRecord, reproduces: int | None) 
                   reproduced_from=reproduced_from, init_image=project.relative(Path(init)) if init else None)
     assert job.output_file is not None
     done = publish_page_job(replace(job, page=ref), Path(job.output_file),
-                            Path(job.upscaled_file) if job.upscaled_file else None, job.duration_ms())
+                            Path(job.upscaled_file) if job.upscaled_file else None, job.duration_ms(), judge)
     return done.version
 
 
