@@ -128,13 +128,19 @@ export function mount(root, ctx, args) {
         h("button", { type: "button", class: state.mode === "side" ? "on" : "", onclick: () => { state.mode = "side"; renderPage(); } }, "Side by side"),
         h("button", { type: "button", class: state.mode === "overlay" ? "on" : "", onclick: () => { state.mode = "overlay"; renderPage(); } }, "Overlay")) : null);
 
+    // A form, refine box or render card open for this page survives a redraw (a version written meanwhile,
+    // by this tab or another client); another page starts with an empty slot.
+    const key = `${page.chapter}/${page.page}`;
+    const previous = document.getElementById("job-slot");
+    const slot = h("div", { id: "job-slot", dataset: { page: key } });
+    if (previous && previous.dataset.page === key) slot.append(...previous.childNodes);
     replace(main,
       h("div", { class: "section-head" }, h("h2", {}, page.name),
         h("span", { class: "muted small" }, page.promptFile || "no prompt file")),
       versions.length ? strip : h("p", { class: "muted" }, "No versions yet: render one with New version (or `generate -c ",
         String(page.chapter), " --page ", String(page.page), "`)."),
       tools,
-      h("div", { id: "job-slot" }),
+      slot,
       viewer,
       selected ? details(selected) : null);
   }
@@ -255,19 +261,19 @@ export function mount(root, ctx, args) {
   async function finished(job) {
     const mine = state.job && state.job.id === job.id;
     if (mine) state.job = null;
-    const slot = document.getElementById("job-slot");
+    // Only this job's own card is replaced: a form opened meanwhile stays.
+    const card = () => document.querySelector(`#job-slot [data-job-id='${job.id}']`);
     if (job.status !== "succeeded") {
-      if (mine && slot) replace(slot, h("p", { class: "error" }, job.error ? job.error.message : `the job was ${job.status}`));
+      if (mine && card()) replace(document.getElementById("job-slot"), h("p", { class: "error" }, job.error ? job.error.message : `the job was ${job.status}`));
       return;
     }
     const written = job.pageVersion;
     if (!written) return;
     try {
       state.project = await api("/project");
-      if (mine) {
-        if (slot) replace(slot);
-        go(written.chapter, written.page, written.version);
-      } else render();
+      if (card()) card().remove();
+      if (mine) go(written.chapter, written.page, written.version);
+      else render();
       toast(`ch${String(written.chapter).padStart(2, "0")} p${written.page}: v${written.version} written`, "good");
     } catch (err) { toast(err.message, "error"); }
   }
