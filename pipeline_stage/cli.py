@@ -1,6 +1,6 @@
 """The `generate` command (also `python -m pipeline_stage`): options, page selection, output and exit codes.
 
-`generate --comfyui -c 1 --page 1` renders; `generate approve ...` marks a version approved. The group
+`generate --comfyui -c 1 --page 1` renders; `generate approve|unapprove ...` (un)marks a version approved. The group
 runs the generation itself when no subcommand is given, so the pipeline's existing call works as is.
 """
 
@@ -16,8 +16,7 @@ from pipeline_stage.drafts import DEFAULT_DRAFT_STEPS
 from pipeline_stage.driftrun import consistency
 from pipeline_stage.errors import InputError, StageError
 from pipeline_stage.generate import generate
-from pipeline_stage.genlog import approve as approve_entry
-from pipeline_stage.genlog import versions_in
+from pipeline_stage.genlog import set_approval, versions_in
 from pipeline_stage.layout import Page, Project
 from pipeline_stage.outputs import approve_version
 from pipeline_stage.summary import emit_json, fail
@@ -40,6 +39,7 @@ Examples:
   generate -c 1 --page 3 --upscale 4x-UltraSharp.pth   also the print -> output/ch-01/print/ch01_p003_vN.png
   generate -c 1 --page 3 --version 2 --upscale 4x-UltraSharp.pth   print v2 as it is, no new render
   generate approve -c 1 --page 1 --version 2
+  generate unapprove -c 1 --page 1 --version 2
   generate consistency -c 1                   each page's approved version vs the character: drift named
 
 \b
@@ -148,28 +148,53 @@ def main(ctx: click.Context, **opts: Any) -> None:
     ctx.exit(generate(opts))
 
 
+def _approval_options(verb: str) -> Any:
+    def wrap(f: Any) -> Any:
+        for option in reversed([
+            click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
+                         show_default=True, help="Project root."),
+            click.option("-c", "--chapter", type=click.IntRange(min=0), required=True, help="Chapter number."),
+            click.option("--page", type=click.IntRange(min=0), required=True, help="Page number."),
+            click.option("--version", "version", type=click.IntRange(min=1), required=True, help=f"Version to {verb}."),
+            click.option("--json", "json_out", is_flag=True, help=f"Print the {verb}d entry as JSON."),
+        ]):
+            f = option(f)
+        return click.pass_context(f)
+    return wrap
+
+
 @main.command()
-@click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True,
-              help="Project root.")
-@click.option("-c", "--chapter", type=click.IntRange(min=0), required=True, help="Chapter number.")
-@click.option("--page", type=click.IntRange(min=0), required=True, help="Page number.")
-@click.option("--version", "version", type=click.IntRange(min=1), required=True, help="Version to approve.")
-@click.option("--json", "json_out", is_flag=True, help="Print the approved entry as JSON.")
-@click.pass_context
+@_approval_options("approve")
 def approve(ctx: click.Context, root: Path, chapter: int, page: int, version: int, json_out: bool) -> None:
-    """Mark version N of a page approved in the chapter's generation log.
+    """Mark version N of a page approved in the chapter's generation log (any other version of the page
+    is no longer approved: a page has one pick).
 
     \b
     Example:
       generate approve -c 1 --page 1 --version 2
     """
+    _set_approval(ctx, root, Page(chapter, page), version, True, json_out)
+
+
+@main.command()
+@_approval_options("unapprove")
+def unapprove(ctx: click.Context, root: Path, chapter: int, page: int, version: int, json_out: bool) -> None:
+    """Take back the approval of version N of a page in the chapter's generation log.
+
+    \b
+    Example:
+      generate unapprove -c 1 --page 1 --version 2
+    """
+    _set_approval(ctx, root, Page(chapter, page), version, False, json_out)
+
+
+def _set_approval(ctx: click.Context, root: Path, target: Page, version: int, approved: bool, json_out: bool) -> None:
     project = Project(root.expanduser().resolve())
-    target = Page(chapter, page)
-    log_path = project.log_file(chapter)
+    log_path = project.log_file(target.chapter)
 
     def mark(log: Any) -> dict[str, Any]:
         try:
-            return approve_entry(log, target, version)
+            return set_approval(log, target, version, approved, "generate")
         except LookupError:
             known = sorted(set(versions_in(log, target)))
             raise InputError(
@@ -180,7 +205,7 @@ def approve(ctx: click.Context, root: Path, chapter: int, page: int, version: in
 
     try:
         if not log_path.is_file():
-            raise InputError(f"No generation log at {log_path}: nothing generated for chapter {chapter} yet.",
+            raise InputError(f"No generation log at {log_path}: nothing generated for chapter {target.chapter} yet.",
                              {"file": str(log_path)})
         entry = approve_version(project, target, version, mark)
     except StageError as exc:
@@ -188,7 +213,8 @@ def approve(ctx: click.Context, root: Path, chapter: int, page: int, version: in
     if json_out:
         emit_json({"ok": True, "entry": entry, "log": project.relative(log_path)})
     else:
-        click.echo(f"approved {target} v{version} ({entry.get('imageFile')}) in {project.relative(log_path)}")
+        click.echo(f"{'approved' if approved else 'unapproved'} {target} v{version} ({entry.get('imageFile')}) in "
+                   f"{project.relative(log_path)}")
 
 
 main.add_command(consistency)

@@ -156,7 +156,7 @@ async def render_drafts(client: DaemonClient, project: Project, task: PageTask,
     """Submit the task's request (a `draft_request`) and save each draft as it ends. Ctrl-C cancels the
     whole group on the daemon; drafts already saved stay, with their index."""
     folder = drafts_dir(project, task.page)
-    body = task.request
+    body = task.request.model_copy(update={"source": "generate"})
     with drafts_lock(folder):
         index = await asyncio.to_thread(read_index, folder, task.page, task.prompt_file)
         first = index.next_number

@@ -1,6 +1,6 @@
-"""A page's task and what a finished job becomes in the generation log: the one place an entry is made,
-for the pipeline stage (after rendering through the daemon) and the studio (publishing a job it ran).
-Files and types only: no daemon client, no options, no output.
+"""A page's task: the `POST /jobs` body `generate` sends for one page, and what its log entry records
+about where the render came from (sent as the job's `page`: the daemon writes the version and its
+entry, `sidecar.jobs.pages`). Types only: no daemon client, no options, no output.
 """
 
 from __future__ import annotations
@@ -9,11 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline_stage.genlog import GenerationLogEntry, timestamp_now
-from pipeline_stage.layout import Page, Project
-from pipeline_stage.prompts import prompt_hash
+from pipeline_stage.layout import Page
 from sidecar.api.models import JobRequest
-from sidecar.api.responses import Job
+from sidecar.jobs.pageref import PageRef
 
 
 @dataclass(frozen=True)
@@ -27,44 +25,12 @@ class PageTask:
     init_image: str | None = None  # --more-like (or its --reproduce): the version img2img starts from
     refine: dict[str, Any] | None = None  # `--refine`: the daemon's refinement answer (POST /prompt/refine)
 
+    def page_ref(self, root: Path) -> PageRef:
+        """The job's `page`: this page of the project at `root`, and the provenance its log entry records."""
+        return PageRef(chapter=self.page.chapter, page=self.page.page, project=str(root),
+                       prompt_file=self.prompt_file, reproduced_from=self.reproduced_from,
+                       workflow_template=self.template_hint, draft_of=self.draft_of, init_image=self.init_image)
 
-def make_entry(project: Project, task: PageTask, job: Job, version: int) -> GenerationLogEntry:
-    params = job.params
-    raw = project.raw_dir(task.page.chapter)
-    return GenerationLogEntry(
-        image_file=project.relative(raw / task.page.image_name(version)),
-        prompt_file=task.prompt_file,
-        prompt_hash=prompt_hash(params.prompt or ""),
-        model=params.checkpoint,
-        timestamp=timestamp_now(),
-        version=version,
-        approved=False,
-        seed=params.seed,
-        sampler=params.sampler,
-        scheduler=params.scheduler,
-        steps=params.steps,
-        cfg=params.cfg,
-        lora_id=params.lora_id,
-        lora_strength=params.lora_strength,
-        controlnet_strength=params.controlnet_strength,
-        workflow_template=job.workflow_template or task.template_hint,
-        job_id=job.id,
-        engine=job.engine,
-        device=job.device,
-        duration_ms=job.duration_ms,
-        workflow_file=project.relative(raw / task.page.workflow_name(version)),
-        width=params.width,
-        height=params.height,
-        reproduced_from=task.reproduced_from,
-        draft_of=task.draft_of,
-        init_image=task.init_image,
-        denoise=params.denoise if task.init_image else None,
-        group_id=job.group_id,
-        pose_image=project.relative(Path(params.pose_image_path)) if params.pose_image_path else None,
-        backend=job.backend,
-        refined_from=params.refined_from,
-        upscale_model=params.upscale_model if job.upscaled is not None else None,
-        print_file=(project.relative(project.print_dir(task.page.chapter) / task.page.image_name(version))
-                    if job.upscaled is not None else None),
-        likeness=job.likeness,
-    )
+    def page_request(self, root: Path) -> JobRequest:
+        """The request with its `page` and `source`: the daemon writes the version when the job succeeds."""
+        return self.request.model_copy(update={"page": self.page_ref(root), "source": "generate"})

@@ -8,6 +8,7 @@ Writing the file (atomically, under the chapter lock) is `pipeline_stage.outputs
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -19,7 +20,7 @@ from pydantic.alias_generators import to_camel
 
 from pipeline_stage.errors import LogInvalid
 from pipeline_stage.layout import Page, version_of
-from sidecar.api.responses import Likeness
+from sidecar.likeness.wire import Likeness
 from sidecar.assist.provenance import RefinedFrom
 
 
@@ -65,9 +66,17 @@ class GenerationLogEntry(BaseModel):
     # The daemon's likeness judge on the image (score, verdict, scorer, weights' hash), when its project has
     # a reference set and the weights: what the chapter's drift report reads.
     likeness: Likeness | None = None
+    approval_changes: list[dict[str, Any]] | None = None  # each approve/unapprove: {approved, by, at}
 
     def to_json(self) -> dict[str, Any]:
-        return self.model_dump(by_alias=True, mode="json")
+        # `approvalChanges` appears once an approval changes (set_approval), not as null in every entry.
+        return self.model_dump(by_alias=True, mode="json",
+                               exclude={"approval_changes"} if self.approval_changes is None else None)
+
+
+def prompt_hash(text: str) -> str:
+    """The log's `promptHash`: sha256 of the prompt text as submitted."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def timestamp_now() -> str:
@@ -154,11 +163,35 @@ def find_entries(log: GenerationLog, page: Page, version: int) -> list[dict[str,
     return [e for e in log.entries if entry_file_name(e) == target]
 
 
-def approve(log: GenerationLog, page: Page, version: int) -> dict[str, Any]:
-    """Mark the entry for that version approved; LookupError when the log has none."""
+def set_approval(log: GenerationLog, page: Page, version: int, approved: bool, by: str) -> dict[str, Any]:
+    """Approve (or unapprove) that version of the page; LookupError when the log has none.
+
+    A page has at most one approved version: approving one unapproves any other. Each entry whose
+    `approved` changes gets a line in its `approvalChanges` (`{"approved", "by", "at"}`: who changed it,
+    `generate` or the daemon's client, and when), so the log says how the page's pick moved."""
     found = find_entries(log, page, version)
     if not found:
         raise LookupError(page.image_name(version))
+    at = timestamp_now()
+
+    def change(entry: dict[str, Any], value: bool) -> None:
+        if bool(entry.get("approved")) == value:
+            return
+        entry["approved"] = value
+        changes = entry.get("approvalChanges")
+        entry["approvalChanges"] = [*(changes if isinstance(changes, list) else []),
+                                    {"approved": value, "by": by, "at": at}]
+
+    if approved:
+        for entry in log.entries:
+            name = entry_file_name(entry)
+            if name and version_of(name, page) not in (None, version):
+                change(entry, False)
     for entry in found:
-        entry["approved"] = True
+        change(entry, approved)
     return found[-1]
+
+
+def approve(log: GenerationLog, page: Page, version: int, by: str = "generate") -> dict[str, Any]:
+    """Mark the entry for that version approved (and no other of the page); LookupError when the log has none."""
+    return set_approval(log, page, version, True, by)

@@ -9,17 +9,49 @@ from __future__ import annotations
 
 import io
 import json
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 from PIL.PngImagePlugin import PngInfo
 
 from pipeline_stage.errors import JobFailedError
-from sidecar.api.responses import Job
 
 
-def parameters_text(job: Job) -> str:
+class RenderedParams(Protocol):
+    prompt: str | None
+    negative_prompt: str | None
+    steps: int | None
+    sampler: str | None
+    scheduler: str | None
+    cfg: float | None
+    seed: int | None
+    width: int | None
+    height: int | None
+    checkpoint: str | None
+    lora_id: str | None
+    lora_strength: float | None
+    controlnet_strength: float | None
+    denoise: float | None
+    upscale_model: str | None
+
+
+class Rendered(Protocol):
+    """What the PNG's text chunks need of a finished job (the daemon's job record, or the API's `Job`)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def params(self) -> RenderedParams: ...
+    @property
+    def engine(self) -> str: ...
+    @property
+    def device(self) -> str | None: ...
+    @property
+    def workflow(self) -> dict[str, Any]: ...
+
+
+def parameters_text(job: Rendered) -> str:
     """`prompt\\nNegative prompt: ...\\nSteps: 20, Sampler: ..., ...` as A1111 writes it, so image viewers
     and tools that read that chunk show the settings."""
     params = job.params
@@ -55,8 +87,8 @@ def _to_rgb8(img: Image.Image) -> Image.Image:
     return img.convert("RGB") if img.mode != "RGB" else img
 
 
-def finish_png(data: bytes, job: Job, *, upscaled: bool = False) -> bytes:
-    """Re-encode the daemon's image as the pipeline's PNG. Raises JobFailedError when it is not an image
+def finish_png(data: bytes, job: Rendered, *, upscaled: bool = False) -> bytes:
+    """Re-encode a job's image as the pipeline's PNG. Raises JobFailedError when it is not an image
     or not the size the job asked for (`upscaled`: the print upscale, a whole multiple of that size)."""
     try:
         with Image.open(io.BytesIO(data)) as src:

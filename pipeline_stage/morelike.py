@@ -4,8 +4,8 @@
 now, its front matter and options) with version 2's PNG (`output/ch-01/raw/ch01_p003_v2.png`) as the
 init image (`initImagePath`) and that denoise; the result is the page's next version, its log entry
 carrying `initImage` (the version's file, relative to the root) and `denoise`. `--variations N` makes
-N versions at once (seeds seed, seed+1, ...: one group on the daemon, each job an ordinary one), each
-published as the page's next version as it finishes, in seed order, its entry carrying the `groupId`.
+N versions at once (seeds seed, seed+1, ...: one group on the daemon, each job a page job), each written
+by the daemon as the page's next version as it finishes, its entry carrying the `groupId`.
 `--reproduce` of such a version sends the same init image again (`reproduce_init`).
 """
 
@@ -23,7 +23,7 @@ from pipeline_stage.layout import Project, version_of
 from pipeline_stage.outputs import check_log
 from pipeline_stage.entry import PageTask
 from pipeline_stage.progress import PageProgress
-from pipeline_stage.stage import PageResult, job_error, save_version
+from pipeline_stage.stage import PageResult, job_error, written_version
 from sidecar.api.responses import JobSummary
 from sidecar.graph import Graph
 from sidecar.statuses import JOB_TERMINAL
@@ -119,7 +119,7 @@ async def render_versions(client: DaemonClient, project: Project, task: PageTask
     in seed order, as each ends. Returns the versions made and the jobs that did not succeed; Ctrl-C (or
     an error) cancels what is left of the group on the daemon, versions already published stay."""
     await asyncio.to_thread(check_log, project, task.page.chapter)
-    group = await client.submit_group(task.request)
+    group = await client.submit_group(task.page_request(project.root))
     order = [job.id for job in group.jobs]
     results: list[PageResult] = []
     failed: list[JobSummary] = []
@@ -137,8 +137,8 @@ async def render_versions(client: DaemonClient, project: Project, task: PageTask
                 if summary.status != "succeeded":
                     failed.append(summary)
                     continue
-                # In full (a group lists summaries): its workflow is written beside the image.
-                result = await save_version(client, project, task, await client.full_job(summary.id))
+                # The daemon wrote it as the page's next version when it succeeded.
+                result = await asyncio.to_thread(written_version, project, task, await client.full_job(summary.id))
                 results.append(result)
                 on_version(result)
             if handled < len(order):

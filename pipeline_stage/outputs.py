@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline_stage.errors import LogInvalid, StageError
-from pipeline_stage.genlog import GenerationLog, read_log, versions_in
+from pipeline_stage.genlog import GenerationLog, entry_file_name, read_log, versions_in
 from pipeline_stage.layout import Page, Project, version_of
 from sidecar import atomic
 
@@ -176,13 +176,32 @@ def check_log(project: Project, chapter: int) -> None:
     read_log(project.log_file(chapter))
 
 
+def published_by(project: Project, log: GenerationLog, page: Page, job_id: str) -> Published | None:
+    """The version of `page` the log says job `job_id` made, if any."""
+    raw = project.raw_dir(page.chapter)
+    for entry in log.entries:
+        if entry.get("jobId") != job_id:
+            continue
+        version = version_of(entry_file_name(entry) or "", page)
+        if version is not None:
+            printed = entry.get("printFile")
+            return Published(version, raw / page.image_name(version), raw / page.workflow_name(version), log.path,
+                             entry, project.root / printed if isinstance(printed, str) else None)
+    return None
+
+
 def publish(project: Project, page: Page, image: bytes, workflow: dict[str, Any],
-            make_entry: Callable[[int], dict[str, Any]], print_image: bytes | None = None) -> Published:
+            make_entry: Callable[[int], dict[str, Any]], print_image: bytes | None = None,
+            job_id: str | None = None) -> Published:
     """Take the next version under the chapter lock and commit its image, workflow and log entry (and its
-    print upscale into `print/`, in the same all-or-nothing commit)."""
+    print upscale into `print/`, in the same all-or-nothing commit). With `job_id`, a job the log already
+    has a version of is not published twice: that version is answered (a daemon stopped between writing
+    a version and recording its job as done runs the job again after its restart)."""
     raw = project.raw_dir(page.chapter)
     with chapter_lock(project, page.chapter):
         log = read_log(project.log_file(page.chapter))
+        if job_id is not None and (done := published_by(project, log, page, job_id)) is not None:
+            return done
         version = next_version(raw, log, page)
         image_path, workflow_path = raw / page.image_name(version), raw / page.workflow_name(version)
         entry = make_entry(version)

@@ -6,7 +6,6 @@ lines. Precedence: command line > front matter > `pipeline.toml` `[generate]` > 
 
 from __future__ import annotations
 
-import hashlib
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,8 +177,3 @@ def build_request(prompt: str, options: GenerateOptions, source: Path | None = N
         raise InputError(f"The request{where} is outside the daemon's limits: {problems}.",
                          {"file": str(source) if source else None, "errors": [{"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]}
                                      for e in exc.errors(include_url=False)]}) from None
-
-
-def prompt_hash(text: str) -> str:
-    """The log's `promptHash`: sha256 of the prompt text as submitted."""
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()

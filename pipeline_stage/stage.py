@@ -1,21 +1,20 @@
-"""One page, end to end: check the log, submit to the daemon and follow it, re-save the image, publish
-the version (image + workflow + log entry). The CLI decides which pages and how often; this module
-knows nothing about options or output formatting.
+"""One page, end to end: check the log, submit the page job to the daemon and follow it; the daemon
+writes the version (image + workflow + log entry, `sidecar.jobs.pages`) before the job succeeds, and
+this reads back what it wrote. The CLI decides which pages and how often; this module knows nothing
+about options or output formatting.
 """
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any
 
 from pipeline_stage.daemon import DaemonClient
-from pipeline_stage.entry import PageTask, make_entry
+from pipeline_stage.entry import PageTask
 from pipeline_stage.errors import JobFailedError
-from pipeline_stage.genlog import GenerationLogEntry
-from pipeline_stage.image import finish_png
+from pipeline_stage.genlog import GenerationLogEntry, read_log
 from pipeline_stage.layout import Project
-from pipeline_stage.outputs import Published, check_log, publish
+from pipeline_stage.outputs import Published, check_log, published_by
 from pipeline_stage.progress import PageProgress
 from sidecar.api.responses import Job
 
@@ -46,33 +45,23 @@ async def render_page(client: DaemonClient, project: Project, task: PageTask, vi
     await asyncio.to_thread(check_log, project, task.page.chapter)
     view.start(str(task.page))
     try:
-        job = await client.run_job(task.request, view.update, view.preview)
+        job = await client.run_job(task.page_request(project.root), view.update, view.preview)
     finally:
         view.stop()
     if job.status != "succeeded":
         raise job_error(job)
-    return await save_version(client, project, task, job)
+    return await asyncio.to_thread(written_version, project, task, job)
 
 
-async def save_version(client: DaemonClient, project: Project, task: PageTask, job: Job) -> PageResult:
-    """A succeeded job (in full) published as the page's next version: image, workflow, log entry, and
-    the print when it was upscaled."""
-    data = await client.job_image(job)
-    png = await asyncio.to_thread(finish_png, data, job)
-    printed = None
-    if job.upscaled is not None:  # `--upscale`: the print copy, published with the version or not at all
-        printed = await asyncio.to_thread(finish_png, await client.job_upscaled(job), job, upscaled=True)
-    entries: dict[int, GenerationLogEntry] = {}
-
-    def entry_for(version: int) -> dict[str, Any]:
-        # The log file holds JSON objects (other writers' too): the typed entry is serialized there.
-        entries[version] = make_entry(project, task, job, version)
-        return entries[version].to_json()
-
-    # The commit runs in a worker thread: a Ctrl-C cancels our await, not the commit, and the
-    # interpreter waits for the thread, so the version is written whole.
-    published = await asyncio.to_thread(publish, project, task.page, png, job.workflow, entry_for, printed)
-    return PageResult(task, job, published, entries[published.version])
+def written_version(project: Project, task: PageTask, job: Job) -> PageResult:
+    """The version the daemon wrote for a succeeded page job, as its log entry records it."""
+    done = published_by(project, read_log(project.log_file(task.page.chapter)), task.page, job.id)
+    if done is None or job.page_version is None:
+        raise JobFailedError(f"Job {job.id} succeeded but {task.page} has no version of it in "
+                             f"{project.relative(project.log_file(task.page.chapter))}: is the daemon writing into "
+                             "another project?", {"jobId": job.id, "pageVersion": job.page_version and
+                                                  job.page_version.model_dump(by_alias=True)}, code="job_failed")
+    return PageResult(task, job, done, GenerationLogEntry.model_validate(done.entry))
 
 
 def summary_line(project: Project, result: PageResult) -> str:

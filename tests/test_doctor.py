@@ -400,3 +400,30 @@ async def test_the_bench_verdict_sets_the_exit_code(home, tmp_path, daemon, monk
     assert "run 1: succeeded" in result.output
     assert f"under 2 minutes: {verdict}" in result.output
     assert result.exit_code == code
+
+
+async def test_the_studio_s_doctor_lists_the_same_rows_as_sidecar_doctor(home, tmp_path, monkeypatch,
+                                                                        aiohttp_client) -> None:
+    # One environment for both (HOME, the data dir, an Ollama that does not answer): the rows must match,
+    # the assistants' ones (Ollama, prompt and vision models, caption tagger) included.
+    env = {"HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"), "HF_HOME": str(home / ".hf"),
+           "SIDECAR_DATA_DIR": str(home / "data"), "SIDECAR_ENGINE": "embedded",
+           "SIDECAR_OLLAMA_URL": f"http://127.0.0.1:{free_port()}", "SIDECAR_PORT": str(free_port()),
+           "SIDECAR_COMFYUI_PORT": str(free_port())}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("SIDECAR_LAUNCHCTL", raising=False)
+    client = await aiohttp_client(create_app(Settings(), ScriptedBackend()))
+    api = await (await client.get("/doctor")).json()
+    cli = await asyncio.to_thread(CliRunner().invoke, main, ["doctor", "--json"])
+    body = json.loads(cli.output)
+
+    def rows(checks: list[dict]) -> list[tuple]:
+        # The disk's free space may move between the two runs; everything else is the same text.
+        return [(c["name"], c["status"], c["required"], c["fix"], c["detail"] if c["name"] != "disk" else "")
+                for c in checks]
+
+    assert rows(api["checks"]) == rows(body["checks"])
+    assert api["ok"] == body["ok"]
+    names = [c["name"] for c in api["checks"]]
+    assert {"ollama", "prompt_model", "vision_model", "caption tagger"} <= set(names), names

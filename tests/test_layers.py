@@ -29,25 +29,29 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("what the commands share", ("sidecar.cli_support", "sidecar.client")),
     ("the HTTP API", ("sidecar.api", "sidecar.studio")),
     # Libraries the commands and the daemon (the studio's routes) both run: no click, no daemon client.
-    ("the doctor's checks, the dataset tools, the pipeline project's files", (
-        "sidecar.doctor", "sidecar.dataprep", "sidecar.launchd", "pipeline_stage.layout", "pipeline_stage.errors",
-        "pipeline_stage.genlog", "pipeline_stage.image", "pipeline_stage.outputs", "pipeline_stage.prompts",
-        "pipeline_stage.entry",
+    ("the doctor's checks, the dataset tools, the pipeline project's prompts", (
+        "sidecar.doctor", "sidecar.dataprep", "sidecar.launchd", "pipeline_stage.prompts", "pipeline_stage.entry",
         "sidecar.likeness")),  # the likeness judge: the daemon's routes and the commands both score
     # The wire: what POST /jobs takes and the API answers, shared by the daemon and its clients.
     ("request and response models", ("sidecar.api.models", "sidecar.api.responses")),
     ("jobs and training", ("sidecar.jobs", "sidecar.training")),
+    # The page library: the job runner writes a page job's version with it (sidecar.jobs.pages), the way
+    # `generate` always wrote one, so it sits below the runner and knows nothing of jobs or the API.
+    ("the pipeline project's files: layout, versions, the generation log", (
+        "pipeline_stage.layout", "pipeline_stage.errors", "pipeline_stage.genlog", "pipeline_stage.image",
+        "pipeline_stage.outputs")),
     ("several backends: pool, routing, lanes", ("sidecar.backends",)),
     ("device, events, backends, workflows", (
         "sidecar.device", "sidecar.events", "sidecar.backend", "sidecar.comfyui", "sidecar.engine",
-        "sidecar.workflows", "sidecar.nodes", "sidecar.graph", "sidecar.upscaling", "sidecar.userfiles", "sidecar.inputs", "sidecar.previews", "sidecar.memory",
+        "sidecar.workflows", "sidecar.nodes", "sidecar.graph", "sidecar.upscaling", "sidecar.userfiles", "sidecar.inputs", "sidecar.previews", "sidecar.thumbnails", "sidecar.memory",
         "sidecar.datadir_lock", "sidecar.listen", "sidecar.logpipe",
         "sidecar.remote", "sidecar.assist")),  # the machines remote LoRA training runs on (the run itself is sidecar.training)
     ("leaves everyone shares", (
         "sidecar", "sidecar.config", "sidecar.profiles", "sidecar.errors", "sidecar.statuses", "sidecar.eta",
         "sidecar.atomic", "sidecar.hosts", "sidecar.sqlite_store", "sidecar.durations", "sidecar.assets",
         "sidecar.answer_limits",
-        "sidecar.dataprep.kohya_layout", "sidecar.assist.provenance")),
+        "sidecar.dataprep.kohya_layout", "sidecar.assist.provenance",
+        "sidecar.likeness.wire")),
 ]
 
 COMMANDS_SHARE = next(i for i, (name, _) in enumerate(LAYERS) if name == "what the commands share")

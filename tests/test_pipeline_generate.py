@@ -319,6 +319,16 @@ def test_approve_marks_only_that_version(project: Path, daemon: DaemonThread) ->
     result = CliRunner().invoke(main, ["approve", "--root", str(project), "-c", "1", "--page", "1", "--version", "2"])
     assert result.exit_code == 0, result.output
     assert [e["approved"] for e in read_json(project / LOG)] == [False, True]
+    # One approved version per page: approving v1 takes it from v2; unapprove takes it back; the log says
+    # who changed each and when.
+    for args in (["approve", "--version", "1"], ["unapprove", "--version", "1"]):
+        result = CliRunner().invoke(main, [args[0], "--root", str(project), "-c", "1", "--page", "1", *args[1:]])
+        assert result.exit_code == 0, result.output
+    entries = read_json(project / LOG)
+    assert [e["approved"] for e in entries] == [False, False]
+    assert [(c["approved"], c["by"]) for c in entries[0]["approvalChanges"]] == [(True, "generate"), (False, "generate")]
+    assert [c["approved"] for c in entries[1]["approvalChanges"]] == [True, False]
+    assert result.output.startswith("unapproved ch01_p001 v1")
     missing = CliRunner().invoke(main, ["approve", "--root", str(project), "-c", "1", "--page", "1",
                                         "--version", "9"])
     assert missing.exit_code == 2 and "versions logged for ch01_p001: 1, 2" in missing.stderr

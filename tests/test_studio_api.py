@@ -155,10 +155,22 @@ async def test_the_project_lists_chapters_pages_versions_and_what_generate_would
 async def test_approving_a_version_updates_the_log_as_generate_approve_does(client, project) -> None:
     log = project / "output" / "ch-01" / "generation-log.json"
     before = json.loads(log.read_text())
-    page = await (await client.post("/project/pages/1/1/versions/2/approve", headers=AUTH)).json()
+    page = await (await client.post("/project/pages/1/1/versions/2/approve?by=studio", headers=AUTH)).json()
     assert [v["approved"] for v in page["versions"]] == [False, True]
     after = json.loads(log.read_text())
-    assert after[0] == before[0] and after[1] == {**before[1], "approved": True}
+    change = after[1]["approvalChanges"][0]
+    assert after[0] == before[0] and after[1] == {**before[1], "approved": True, "approvalChanges": [change]}
+    assert (change["approved"], change["by"]) == (True, "studio") and change["at"].endswith("Z")
+    # Approving v1 takes it from v2 (one pick per page); unapproving v1 leaves none, each change logged.
+    page = await (await client.post("/project/pages/1/1/versions/1/approve", headers=AUTH)).json()
+    assert [v["approved"] for v in page["versions"]] == [True, False]
+    page = await (await client.post("/project/pages/1/1/versions/1/unapprove?by=studio", headers=AUTH)).json()
+    assert [v["approved"] for v in page["versions"]] == [False, False]
+    after = json.loads(log.read_text())
+    assert [(c["approved"], c["by"]) for c in after[0]["approvalChanges"]] == [(True, "api"), (False, "studio")]
+    assert [(c["approved"], c["by"]) for c in after[1]["approvalChanges"]] == [(True, "studio"), (False, "api")]
+    bad = await client.post("/project/pages/1/1/versions/1/approve?by=Someone%20Else", headers=AUTH)
+    assert (await error_of(bad, 400))["code"] == "invalid_field"
     gone = await client.post("/project/pages/1/1/versions/7/approve", headers=AUTH)
     assert (await error_of(gone, 404))["code"] == "version_not_found"
     log.write_text('[{"imageFile": ')  # torn: shown, never rewritten

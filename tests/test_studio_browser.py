@@ -218,11 +218,11 @@ def test_the_studio_works_on_a_narrow_window_and_in_the_light_theme(browser, dae
     assert console.errors == []
 
 
-def _log_entries(daemon: Daemon) -> dict[int, dict]:
+def _log_entries(daemon: Daemon, page: str = "ch01_p001") -> dict[int, dict]:
     import json
 
     entries = json.loads((daemon.project / "output" / "ch-01" / "generation-log.json").read_text())
-    return {e["version"]: e for e in entries}
+    return {e["version"]: e for e in entries if f"/{page}_v" in e["imageFile"]}
 
 
 def test_pages_show_versions_render_a_new_one_compare_approve_and_reproduce(browser, daemon, shots) -> None:
@@ -256,13 +256,20 @@ def test_pages_show_versions_render_a_new_one_compare_approve_and_reproduce(brow
     page.evaluate("() => window.scrollTo(0, 0)")
     page.screenshot(path=str(shots / "studio-pages.png"))
 
-    before = (daemon.project / "output" / "ch-01" / "generation-log.json").read_text()
+    before = _log_entries(daemon)
     page.keyboard.press("a")  # approve v1: the log changes as `generate approve` changes it
     page.locator(".thumb[data-version='1'] .approved-mark").wait_for()
     entries = _log_entries(daemon)
-    assert entries[1]["approved"] is True and entries[2]["approved"] is False
-    assert before.replace('"approved": false', '"approved": true', 1) == \
-        (daemon.project / "output" / "ch-01" / "generation-log.json").read_text()
+    assert entries[1]["approved"] is True and entries[2] == before[2]
+    [change] = entries[1]["approvalChanges"]
+    assert (change["approved"], change["by"]) == (True, "studio")
+    assert {k: v for k, v in entries[1].items() if k not in ("approved", "approvalChanges")} == \
+        {k: v for k, v in before[1].items() if k != "approved"}
+    page.keyboard.press("a")  # again: the approval is taken back (undo), and the log says so
+    page.locator(".thumb[data-version='1'] .approved-mark").wait_for(state="detached")
+    assert [c["approved"] for c in _log_entries(daemon)[1]["approvalChanges"]] == [True, False]
+    page.keyboard.press("a")
+    page.locator(".thumb[data-version='1'] .approved-mark").wait_for()
 
     page.click("button[data-action=reproduce]")
     page.locator(".thumb[data-version='3'].selected .pic.loaded").wait_for(timeout=120_000)
@@ -458,5 +465,50 @@ def test_caption_proposals_are_proposed_confirmed_edited_rejected_and_the_set_ge
     assert page.locator(".proposal").count() == 0
     assert (folder / "view_01.txt").read_text() == f"{TRIGGER}, portrait, sitting, night sky\n"
     assert (folder / "view_05.txt").read_text() == caption  # confirmed once, left alone
+    context.close()
+    assert console.errors == []
+
+
+def test_a_pages_render_becomes_a_version_with_the_tab_gone_and_two_renders_make_two(browser, daemon) -> None:
+    import time
+
+    raw = daemon.project / "output" / "ch-01" / "raw"
+    log = daemon.project / "output" / "ch-01" / "generation-log.json"
+
+    def page2() -> dict[int, dict]:
+        return _log_entries(daemon, "ch01_p002") if log.is_file() else {}
+
+    def wait_versions(count: int) -> dict[int, dict]:
+        deadline = time.monotonic() + 180
+        while len(entries := page2()) < count and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return entries
+
+    known = len(page2())  # other tests of the module may have rendered page 2 already
+    context, page, console = signed_in(browser, daemon)
+    page.goto(f"{daemon.url}/#/pages/1/2")
+    page.locator(".page-list a.active").wait_for()
+    page.keyboard.press("n")
+    page.fill(".new-version input[name=seed]", "31")
+    page.click(".new-version button[type=submit]")
+    page.locator("#job-slot .rendering").wait_for()
+    page.click("#nav a[data-view=now]")  # away at once: the daemon writes the version, not the tab
+    context.close()
+    entries = wait_versions(known + 1)
+    first = max(entries)
+    assert entries[first]["seed"] == 31 and (raw / f"ch01_p002_v{first}.png").is_file()
+    assert (raw / f"ch01_p002_v{first}.workflow.json").is_file()
+
+    context, page, console = signed_in(browser, daemon)
+    page.goto(f"{daemon.url}/#/pages/1/2")
+    page.locator(f".thumb[data-version='{first}']").wait_for()
+    for seed in ("41", "42"):  # two renders in a row: two versions
+        page.keyboard.press("n")
+        page.fill(".new-version input[name=seed]", seed)
+        page.click(".new-version button[type=submit]")
+        page.locator("#job-slot .rendering").wait_for()
+    entries = wait_versions(known + 3)
+    assert sorted(e["seed"] for v, e in entries.items() if v > first) == [41, 42]
+    page.locator(f".thumb[data-version='{first + 2}']").wait_for(timeout=60_000)  # shown here as they finish
     context.close()
     assert console.errors == []

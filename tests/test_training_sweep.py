@@ -196,7 +196,7 @@ async def test_stage_makes_a_checkpoint_a_lora_id_until_unstaged(daemon, dataset
 async def test_the_studio_finds_a_sweep_in_the_runs_default_folder(daemon, dataset_dir, env, tmp_path) -> None:
     run = await trained_run(daemon, dataset_dir)
     before = await daemon.get(f"/loras/{run['id']}/sweep")
-    assert before.status == 200 and (await before.json()) == {"contactSheetUrl": None, "index": None}
+    assert before.status == 200 and (await before.json()) == {"contactSheetUrl": None, "index": None, "task": None}
     missing = await daemon.get(f"/loras/{run['id']}/sweep/contact-sheet.png")
     assert missing.status == 404 and (await missing.json())["error"]["code"] == "not_found"
 
@@ -214,3 +214,40 @@ async def test_the_studio_finds_a_sweep_in_the_runs_default_folder(daemon, datas
     assert Image.open(io.BytesIO(await sheet.read())).size == (260 + 2 * 64, 28 + 1 * 64)
     unknown = await daemon.get("/loras/nope/sweep")
     assert unknown.status == 404 and (await unknown.json())["error"]["code"] == "training_not_found"
+
+
+async def wait_task(daemon, task_id: str, timeout: float = 120) -> dict:
+    for _ in range(int(timeout / 0.2)):
+        task = await (await daemon.get(f"/tasks/{task_id}")).json()
+        if task["status"] != "running":
+            return task
+        await asyncio.sleep(0.2)
+    raise AssertionError(task)
+
+
+async def test_a_sweep_started_through_the_daemon_runs_sidecar_loras_sweep_and_the_pick_is_promoted(
+        daemon, dataset_dir, settings, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))  # the child's configuration: none of the user's
+    run = await trained_run(daemon, dataset_dir)
+    running = await daemon.post(f"/loras/{run['id']}/sweep", json={"prompts": ["spyke_plasma_v1, portrait"],
+                                                                    "seeds": [1, 2], "width": 64, "height": 96})
+    assert running.status == 202, await running.text()
+    task = await running.json()
+    assert task["commands"][0].startswith(f"sidecar loras sweep {run['id']} --prompts ")
+    again = await daemon.post(f"/loras/{run['id']}/sweep", json={"prompts": ["x"]})
+    assert again.status == 409 and (await again.json())["error"]["code"] == "invalid_state"
+    done = await wait_task(daemon, task["id"])
+    assert (done["status"], done["exitCode"]) == ("succeeded", 0), done["output"]
+    info = await (await daemon.get(f"/loras/{run['id']}/sweep")).json()
+    assert info["contactSheetUrl"] and [c["label"] for c in info["index"]["columns"]] == ["step 2", "step 4"]
+    assert info["task"]["id"] == task["id"]
+    swept = await (await daemon.get("/jobs?source=sweep")).json()
+    assert len(swept["jobs"]) == 4  # 2 checkpoints x 1 prompt x 2 seeds, through this daemon
+    promoted = await daemon.post(f"/loras/{run['id']}/promote", json={"step": 2, "name": "spyke_pick"})
+    assert promoted.status == 201, await promoted.text()
+    for bad, code in (({"prompts": []}, "invalid_field"), ({"prompts": ["x"], "seeds": [-1]}, "invalid_field"),
+                      ({"prompts": ["x"], "colour": 1}, "unknown_field")):
+        resp = await daemon.post(f"/loras/{run['id']}/sweep", json=bad)
+        assert resp.status == 400 and (await resp.json())["error"]["code"] == code
+    gone = await daemon.post("/loras/nope/sweep", json={"prompts": ["x"]})
+    assert gone.status == 404 and (await gone.json())["error"]["code"] == "training_not_found"

@@ -16,8 +16,8 @@ from pathlib import Path
 from aiohttp import web
 
 from sidecar.api import (
-    captions, dataset, doctor, events, health, jobs, likeness, loras, maintenance, openapi, page_refine, project,
-    prompts, queue, studio, sweep, training,
+    captions, chapter, dataset, dataset_build, doctor, events, health, jobs, likeness, loras, maintenance, openapi,
+    page_refine, project, prompts, queue, studio, sweep, tasks, training,
 )
 from sidecar.api.edge import edge_middleware
 from sidecar.api.errors import error_middleware
@@ -123,7 +123,8 @@ def create_app(settings: Settings, backend: GenerationBackend | None = None, *,
     previews = Previews(bus, enabled=settings.previews, interval=settings.preview_interval)
     app[RUNNER] = JobRunner(store, backend, device, bus, settings.jobs_dir, max_queue=settings.max_queue,
                             pool=pool, default_where=settings.default_where, previews=previews,
-                            recovery_timeout=settings.backend_recovery_timeout)
+                            recovery_timeout=settings.backend_recovery_timeout,
+                            judge=lambda image: likeness.likeness_for_log(app[LIKENESS], image))
     find_job = app[RUNNER].get
     app[BUILDER] = (JobBuilder(settings, profile, templates, PoolCatalog(pool), limits=widest_profile(pool),  # type: ignore[arg-type]
                                find_job=find_job)
@@ -142,10 +143,11 @@ def create_app(settings: Settings, backend: GenerationBackend | None = None, *,
         app.cleanup_ctx.append(_pool_ctx)
     app.cleanup_ctx.append(_templates_ctx)
     app.cleanup_ctx.append(_runner_ctx)
-    for module in (health, jobs, loras, events, openapi, project, dataset, doctor, queue, prompts, page_refine,
-                   captions, likeness):
+    for module in (health, jobs, loras, events, openapi, project, chapter, dataset, dataset_build, doctor, queue,
+                   prompts, page_refine, captions, likeness):
         app.router.add_routes(module.routes)
     training.setup_routes(app)
+    tasks.setup(app, settings)
     app.router.add_routes(sweep.routes)
     maintenance.setup_routes(app)
     studio.setup_routes(app)

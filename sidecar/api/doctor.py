@@ -1,5 +1,6 @@
-"""GET /doctor: `sidecar doctor`'s checks, run by the daemon for the studio's Doctor view (the same
-checks and fixes; the network probes and torch's device query run in a worker thread)."""
+"""GET /doctor: `sidecar doctor`'s checks, run by the daemon for the studio's Doctor view: the same list
+(`sidecar.doctor.every`), row for row, with the same fixes; the network probes, torch's device query and
+Ollama's answer run in a worker thread."""
 
 from __future__ import annotations
 
@@ -25,15 +26,16 @@ class DoctorCheck(Out):
 
 
 class DoctorReport(Out):
-    ok: bool = Field(description="nothing required is missing (what `sidecar doctor` exits 0 on)")
+    ok: bool = Field(description="nothing required is missing (what `sidecar doctor` exits 0 on); optional rows "
+                                 "(Ollama, the prompt and vision models, the caption tagger) may still warn")
     checks: list[DoctorCheck]
 
 
 @routes.get("/doctor")
 @operation("The doctor's report: what the stack needs, what is missing, and the fix for each", {200: DoctorReport})
 async def doctor(request: web.Request) -> web.Response:
-    from sidecar.doctor.checks import run_checks  # the doctor's imports (plistlib, launchd probes) only when asked
+    from sidecar.doctor.every import every_check  # the doctor's imports (plistlib, launchd probes) only when asked
 
-    checks = await asyncio.to_thread(run_checks, request.app[SETTINGS])
+    checks = await asyncio.to_thread(every_check, request.app[SETTINGS])
     return json_response(DoctorReport(ok=not any(c.status == "fail" for c in checks),
                                       checks=[DoctorCheck.model_validate(asdict(c)) for c in checks]))

@@ -6,21 +6,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from pathlib import Path
 
 from aiohttp import web
 
 from sidecar.api.errors import parse_body, query_limit
-from sidecar.api.keys import BUILDER, DEVICE, IDEMPOTENCY, RUNNER
+from sidecar.api.keys import BUILDER, DEVICE, IDEMPOTENCY, RUNNER, SETTINGS
 from sidecar.api.likeness import with_likeness
-from sidecar.api.models import JobRequest
+from sidecar.api.models import SOURCE_PATTERN, JobRequest
 from sidecar.api.operations import Header, Query, operation
+from sidecar.api.page_request import resolve_page
+from sidecar.api.thumbs import IMAGE_TYPES, SIZE_QUERY, THUMB_HEADERS, image_response
 from sidecar.api.responses import Job, JobGroup, JobList, JobListFull, JobListing, JobSummary, Submitted, json_response
 from sidecar.errors import (
     BatchSizeNotSupported, CheckpointNotFound, ComfyUnavailable, ControlnetNotFound, DiskFull, EngineUnavailable,
     IdempotencyKeyReused, InitImageInvalid, InvalidField, InvalidState, JobNotFinished, JobNotFound, LoraNotFound,
-    NodeNotSupported, NotFound, PoseImageInvalid, PreviewNotFound, QueueFull, ResolutionExceedsProfile,
-    SamplerNotSupported, TrainingInProgress, WorkflowInvalid, NoBackendAdmits,
+    NodeNotSupported, NotFound, PageProjectMissing, PoseImageInvalid, PreviewNotFound, PromptFileInvalid, QueueFull,
+    ResolutionExceedsProfile, SamplerNotSupported, TrainingInProgress, WorkflowInvalid, NoBackendAdmits,
 )
 from sidecar.jobs.idempotency import MAX_KEY_LENGTH
 from sidecar.jobs.store import IdempotencyClaim, JobRecord
@@ -37,11 +40,13 @@ TRUE, FALSE = ("1", "true"), ("0", "false")
     "Submit a generation job", {202: Submitted, 200: Submitted}, request=JobRequest,
     description="202: queued. 200: an `Idempotency-Key` this daemon already saw with the same body in the "
                 "last 24 hours; the answer is the job (or group) that first submit made (header "
-                "Idempotent-Replayed). With `variations` the answer is the group (JobGroup) of that many jobs.",
+                "Idempotent-Replayed). With `variations` the answer is the group (JobGroup) of that many jobs. "
+                "With `page` the daemon writes each succeeded job as that page's next version (`pageVersion` on "
+                "the job once written; a failed write fails the job and leaves nothing half-written).",
     errors=(ResolutionExceedsProfile, BatchSizeNotSupported, LoraNotFound, CheckpointNotFound, ControlnetNotFound,
             PoseImageInvalid, InitImageInvalid, NodeNotSupported, SamplerNotSupported, WorkflowInvalid,
             NoBackendAdmits, TrainingInProgress, IdempotencyKeyReused, QueueFull, ComfyUnavailable, EngineUnavailable,
-            DiskFull),
+            DiskFull, PageProjectMissing, PromptFileInvalid),
     headers=(Header(IDEMPOTENCY_HEADER, {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH},
                     "a client-chosen key (a UUID): a retried submit with the same key and body returns the "
                     "first job instead of making another"),),
@@ -67,12 +72,17 @@ async def submit_job(request: web.Request) -> web.Response:
 async def _submit(request: web.Request, req: JobRequest, claim: IdempotencyClaim | None) -> web.Response:
     if request.app[RUNNER].pool is None:  # with several backends a training stops only this machine's
         request.app[DEVICE].training.refuse_if_training()
+    page = None
+    if req.page is not None:
+        req, page = await asyncio.to_thread(resolve_page, req, request.app[SETTINGS].project_root)
     runner, builder, wanted = request.app[RUNNER], request.app[BUILDER], req.generation()
     if req.variations is None:
-        job = await runner.submit(await builder.build(wanted), claim, front=bool(req.front))
+        job = await runner.submit(await builder.build(wanted), claim, front=bool(req.front), source=req.source,
+                                  page=page)
         return await _answer(request, [job], 202)
     specs = await build_variations(builder, wanted, req.variations)
-    jobs = await runner.submit_many(specs, claim, front=bool(req.front), group_id=new_group_id())
+    jobs = await runner.submit_many(specs, claim, front=bool(req.front), group_id=new_group_id(), source=req.source,
+                                    page=page)
     return await _answer(request, jobs, 202)
 
 
@@ -106,6 +116,8 @@ def idempotency_key(request: web.Request) -> str | None:
     query=(Query("status", {"enum": list(JOB_STATUSES)}, "only jobs in this state"),
            Query("limit", {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}),
            Query("group", {"type": "string", "maxLength": 64}, "only the jobs of this group (variations)"),
+           Query("source", {"type": "string", "pattern": SOURCE_PATTERN},
+                 "only the jobs submitted with this `source` (`studio`, `generate`, ...; `api`: those that said none)"),
            Query("full", {"type": "boolean", "default": False}, "1|true: each job with its workflow")),
 )
 async def list_jobs(request: web.Request) -> web.Response:
@@ -119,7 +131,11 @@ async def list_jobs(request: web.Request) -> web.Response:
     group = request.query.get("group") or None
     if group is not None and len(group) > 64:
         raise InvalidField("group must be a group id (at most 64 characters).", {"field": "group"})
-    jobs = await request.app[RUNNER].list(status, limit, group)
+    source = request.query.get("source")
+    if source is not None and not re.fullmatch(SOURCE_PATTERN, source):
+        raise InvalidField("source must be a job source such as studio, generate, grid, sweep or api (lower-case "
+                           "letters, digits, - and _).", {"field": "source", "value": source[:64]})
+    jobs = await request.app[RUNNER].list(status, limit, group, source)
     if full in TRUE:
         return json_response(JobListFull(jobs=[Job.from_record(j) for j in jobs]))
     return json_response(JobList(jobs=[JobSummary.from_record(j) for j in jobs]))
@@ -134,7 +150,8 @@ async def get_job(request: web.Request) -> web.Response:
 
 
 @routes.get("/jobs/{id}/image")
-@operation("The job's PNG", {200: None}, binary="image/png", errors=(JobNotFound, NotFound, JobNotFinished))
+@operation("The job's PNG (or with ?size its thumbnail)", {200: None, 304: None}, binary=IMAGE_TYPES,
+           query=(SIZE_QUERY,), response_headers=THUMB_HEADERS, errors=(JobNotFound, NotFound, JobNotFinished))
 async def get_image(request: web.Request) -> web.StreamResponse:
     job = await request.app[RUNNER].get(request.match_info["id"])
     if job.status != "succeeded" or not job.output_file:
@@ -143,7 +160,7 @@ async def get_image(request: web.Request) -> web.StreamResponse:
     if not await asyncio.to_thread(path.is_file):
         # Checked here: FileResponse would answer a bare text 404 after the error middleware has run.
         raise NotFound(f"The image of job {job.id} is no longer on disk ({path}).", {"jobId": job.id})
-    return web.FileResponse(path, headers={"Content-Type": "image/png"})
+    return await image_response(request, path)
 
 
 @routes.get("/jobs/{id}/upscaled")

@@ -20,6 +20,7 @@ from sidecar.api.keys import LIKENESS, RUNNER, SETTINGS
 from sidecar.api.models import LikenessRequest
 from sidecar.api.operations import operation
 from sidecar.api.responses import JobSummary, Likeness, LikenessResult, LikenessScores, json_response
+from sidecar.likeness.judge import LikenessService
 from sidecar.errors import (
     CharacterInvalid, InvalidField, JobNotFinished, JobNotFound, LikenessUnavailable, ReferencesMissing, SidecarError,
 )
@@ -91,3 +92,19 @@ async def with_likeness(app: web.Application, jobs: list[J], files: dict[str, st
     for (i, _), lk in zip(todo, found, strict=True):
         out[i] = out[i].model_copy(update={"likeness": Likeness(**lk.to_json())})
     return out
+
+
+def likeness_for_log(service: LikenessService, path: Path) -> Likeness | None:
+    """One image's likeness for a page version's log entry (blocking: the runner calls it in the publish
+    thread): what GET /jobs/{id} would answer for the job, None when the project has no references or the
+    weights are missing."""
+    if not service.has_references():
+        return None
+    try:
+        (found,) = service.score([path])
+    except (LikenessUnavailable, ReferencesMissing):
+        return None
+    except SidecarError as exc:
+        log.info("no likeness for %s: %s", path.name, exc.message)
+        return None
+    return Likeness(**found.to_json())

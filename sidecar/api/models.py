@@ -12,8 +12,14 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from typing import Annotated
+
+from sidecar.jobs.pageref import PageRef
 from sidecar.jobs.params import GenerationRequest, PathText, Prompt
 from sidecar.jobs.variations import MAX_VARIATIONS
+
+SOURCE_PATTERN = r"^[a-z][a-z0-9_-]{0,31}$"
+Source = Annotated[str, Field(pattern=SOURCE_PATTERN)]
 
 
 class Wire(BaseModel):
@@ -24,10 +30,10 @@ class JobRequest(GenerationRequest):
     """POST /jobs. Either the parameters (a template is chosen and slot-filled) or a whole `workflow`.
     The fields, their limits and their strict types are the domain's (`sidecar.jobs.params`); this
     adds only the camelCase names of the wire. The document says what `{}` is refused for: a
-    `prompt` or a `workflow` is required."""
+    `prompt`, a `workflow` or a `page` (whose prompt file gives the prompt) is required."""
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, json_schema_extra={
-        "anyOf": [{"required": ["prompt"]}, {"required": ["workflow"]}]})
+        "anyOf": [{"required": ["prompt"]}, {"required": ["workflow"]}, {"required": ["page"]}]})
 
     # How the submit is queued, not what the job renders (left out of `generation()`).
     variations: int | None = Field(None, ge=1, le=MAX_VARIATIONS, description=(
@@ -35,9 +41,18 @@ class JobRequest(GenerationRequest):
         "seed when none is given) under one groupId; the answer is the group"))
     front: bool | None = Field(None, description="true: put the job (or the group, in its order) at the head of "
                                                 "the queue")
+    # Who asked, and where the result goes (also not what the job renders).
+    source: Source | None = Field(None, description=(
+        "who submits it: `studio`, `generate`, `grid`, `sweep`, ... (`api` when absent); GET /jobs?source= "
+        "lists one source's jobs"))
+    page: PageRef | None = Field(None, description=(
+        "render a page of the pipeline project: when the job succeeds the daemon writes it as the page's next "
+        "version (image and workflow in output/ch-XX/raw/, the generation-log entry; all or nothing) and the job "
+        "answers `pageVersion`. Without `prompt` (and `workflow`), the page's prompt file, its front matter and "
+        "pipeline.toml fill every field the request leaves out, as `generate` does"))
 
     def parameter_fields(self) -> list[str]:
-        return [f for f in super().parameter_fields() if f not in ("variations", "front")]
+        return [f for f in super().parameter_fields() if f not in ("variations", "front", "source", "page")]
 
     def generation(self) -> GenerationRequest:
         """The job's request alone, without the queueing options."""

@@ -78,8 +78,9 @@ def _operation(method: str, path: str, op: Operation, refs: dict[Any, Any]) -> d
         answer: dict[str, Any] = {"description": _REASONS.get(status, "OK")}
         if model is not None:
             answer["content"] = {"application/json": {"schema": refs[(model, "serialization")]}}
-        elif op.binary:
-            answer["content"] = {op.binary: {"schema": {"type": "string", "format": "binary"}}}
+        elif op.binary and status < 300:
+            types = (op.binary,) if isinstance(op.binary, str) else op.binary
+            answer["content"] = {t: {"schema": {"type": "string", "format": "binary"}} for t in types}
         if status in op.response_headers:
             answer["headers"] = {name: {"description": text, "schema": {"type": "string"}}
                                  for name, text in op.response_headers[status].items()}
@@ -106,4 +107,5 @@ def _operation_id(method: str, path: str) -> str:
 
 
 _REASONS = {200: "OK", 201: "Created", 202: "Accepted: the work continues in the background",
+            304: "Not Modified: the If-None-Match ETag is current (no body)",
             101: "Switching Protocols (WebSocket)"}

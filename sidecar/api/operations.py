@@ -57,7 +57,7 @@ class Operation:
     query: tuple[Query, ...] = ()
     headers: tuple[Header, ...] = ()
     description: str = ""
-    binary: str | None = None  # the media type of a non-JSON success body (image/png)
+    binary: str | tuple[str, ...] | None = None  # the media type(s) of a non-JSON success body (image/png)
     websocket: bool = False
     response_headers: Mapping[int, Mapping[str, str]] = field(default_factory=dict)
 

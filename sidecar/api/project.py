@@ -7,6 +7,7 @@ Parse, call `sidecar.studio.project` in a thread (it reads and writes files), an
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +17,12 @@ from pydantic.alias_generators import to_camel
 
 from pipeline_stage.layout import Page
 from sidecar.api.errors import parse_body
-from sidecar.api.keys import RUNNER, SETTINGS
-from sidecar.api.likeness import with_likeness
-from sidecar.api.operations import operation
-from sidecar.api.responses import Job, Out, json_response
+from sidecar.api.keys import LIKENESS, RUNNER, SETTINGS
+from sidecar.api.likeness import likeness_for_log
+from sidecar.api.models import SOURCE_PATTERN
+from sidecar.api.operations import Query, operation
+from sidecar.api.responses import Out, json_response
+from sidecar.api.thumbs import IMAGE_TYPES, SIZE_QUERY, THUMB_HEADERS, image_response
 from sidecar.errors import (
     GenerationLogInvalid, InvalidField, JobNotFinished, JobNotFound, NotFound, ProjectNotConfigured, VersionNotFound,
 )
@@ -139,14 +142,15 @@ async def get_project(request: web.Request) -> web.Response:
 
 
 @routes.get(VERSION + "/image")
-@operation("A page version's PNG", {200: None}, binary="image/png",
+@operation("A page version's PNG (or with ?size its thumbnail)", {200: None, 304: None}, binary=IMAGE_TYPES,
+           query=(SIZE_QUERY,), response_headers=THUMB_HEADERS,
            errors=(ProjectNotConfigured, VersionNotFound, NotFound))
 async def version_image(request: web.Request) -> web.StreamResponse:
     root, page, version = project_root(request), page_of(request), _int(request, "version", 1)
     found = await asyncio.to_thread(reader.find_version, root, page, version)
     if not await asyncio.to_thread(found.image.is_file):
         raise NotFound(f"{found.image.name} is in the log but no longer on disk.", {"file": found.image.name})
-    return web.FileResponse(found.image, headers={"Content-Type": "image/png", "Cache-Control": "no-cache"})
+    return await image_response(request, found.image)
 
 
 @routes.get(VERSION + "/workflow")
@@ -160,12 +164,33 @@ async def version_workflow(request: web.Request) -> web.Response:
     return json_response(WorkflowDocument(await asyncio.to_thread(reader.read_workflow, found.workflow)))
 
 
+BY_QUERY = Query("by", {"type": "string", "pattern": SOURCE_PATTERN, "default": "api"},
+                 "who changes it, as the log records it (the studio sends `studio`)")
+
+
 @routes.post(VERSION + "/approve")
-@operation("Approve a page version: the same generation-log update as `generate approve`", {200: ProjectPage},
-           errors=(ProjectNotConfigured, VersionNotFound, GenerationLogInvalid, NotFound))
+@operation("Approve a page version: the same generation-log update as `generate approve` (the page's other "
+           "versions are no longer approved; the entry's approvalChanges say who and when)", {200: ProjectPage},
+           query=(BY_QUERY,), errors=(ProjectNotConfigured, VersionNotFound, GenerationLogInvalid, NotFound))
 async def approve(request: web.Request) -> web.Response:
+    return await _approval(request, True)
+
+
+@routes.post(VERSION + "/unapprove")
+@operation("Take back a page version's approval: the same generation-log update as `generate unapprove`",
+           {200: ProjectPage}, query=(BY_QUERY,),
+           errors=(ProjectNotConfigured, VersionNotFound, GenerationLogInvalid, NotFound))
+async def unapprove(request: web.Request) -> web.Response:
+    return await _approval(request, False)
+
+
+async def _approval(request: web.Request, approved: bool) -> web.Response:
     root, page, version = project_root(request), page_of(request), _int(request, "version", 1)
-    await asyncio.to_thread(reader.approve_page_version, root, page, version)
+    by = request.query.get("by", "api")
+    if not re.fullmatch(SOURCE_PATTERN, by):
+        raise InvalidField("by must name who changes it, such as studio or api (lower-case letters, digits, - "
+                           "and _).", {"field": "by", "value": by[:64]})
+    await asyncio.to_thread(reader.approve_page_version, root, page, version, approved, by)
     return json_response(await asyncio.to_thread(_one_page, root, page))
 
 
@@ -183,8 +208,7 @@ async def publish(request: web.Request) -> web.Response:
     path = Path(record.output_file)
     if not await asyncio.to_thread(path.is_file):
         raise NotFound(f"The image of job {record.id} is no longer on disk.", {"jobId": record.id})
-    # The version's log entry records the likeness, as `generate`'s do (none without references or weights).
-    (job,) = await with_likeness(request.app, [Job.from_record(record)], {record.id: record.output_file})
-    data = await asyncio.to_thread(path.read_bytes)
-    version = await asyncio.to_thread(reader.publish_job, root, page, job, data, req.reproduces)
+    # The version's log entry records the likeness, as a page job's does (none without references or weights).
+    version = await asyncio.to_thread(reader.publish_job, root, page, record, req.reproduces,
+                                      lambda image: likeness_for_log(request.app[LIKENESS], image))
     return json_response(Published(version=version, page=await asyncio.to_thread(_one_page, root, page)), 201)

@@ -76,7 +76,8 @@ async def retry_job(request: web.Request) -> web.Response:
         built = await request.app[BUILDER].build(req)
     except InitImageInvalid as exc:
         raise retry_refusal(old, exc) from None
-    job = await runner.submit(built, retry_of=old.id, group_id=old.group_id)
+    # A retry of a page job is one too: it becomes that page's next version when it succeeds.
+    job = await runner.submit(built, retry_of=old.id, group_id=old.group_id, source=old.source, page=old.page)
     return json_response(JobSummary.from_record(job), 202, headers={"Location": f"/jobs/{job.id}"})
 
 

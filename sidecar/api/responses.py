@@ -16,6 +16,8 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 from pydantic.alias_generators import to_camel
 
+from sidecar.jobs.pageref import PageRef, PageVersion
+from sidecar.likeness.wire import Likeness
 from sidecar.jobs.params import JobParams as DomainJobParams
 from sidecar.jobs.retention import RetentionReport
 from sidecar.jobs.store import JobRecord
@@ -59,16 +61,6 @@ class ErrorBody(Out):
     error: ErrorInfo
 
 
-class Likeness(Out):
-    """Is the image the character: its score against the project's reference set (character.toml
-    `references`), higher = more alike (0.5 is the same-character tolerance, 1 a reference itself)."""
-
-    score: float = Field(description="0..1, higher = more alike; >= 0.5 is the same character")
-    verdict: Literal["same", "unsure", "different"]
-    scorer: str = Field(description="the likeness model (e.g. ccip-caformer-24-randaug-pruned)")
-    weights: str = Field(description="the first 16 hex digits of its weights' sha256: what scored it")
-
-
 class JobSummary(Out):
     """A job as lists and events show it: everything but the workflow graph."""
 
@@ -88,6 +80,10 @@ class JobSummary(Out):
     attempts: int = 0
     group_id: str | None = Field(None, description="the group of a submit with `variations` (GET /groups/{id})")
     retry_of: str | None = Field(None, description="the job this one retries (POST /jobs/{id}/retry)")
+    source: str = Field("api", description="who submitted it (`studio`, `generate`, `grid`, `sweep`, `api`, ...)")
+    page: PageRef | None = Field(None, description="a page job: the page (and project) it becomes a version of")
+    page_version: PageVersion | None = Field(None, description="a page job once its version is written: "
+                                                                 "{chapter, page, version, file}")
     created_at: str
     started_at: str | None = None
     finished_at: str | None = None
@@ -132,6 +128,9 @@ def _job_fields(job: JobRecord) -> dict[str, Any]:
         "attempts": job.attempts,
         "group_id": job.group_id,
         "retry_of": job.retry_of,
+        "source": job.source or "api",
+        "page": job.page,
+        "page_version": job.page_version,
         "created_at": job.created_at,
         "started_at": job.started_at,
         "finished_at": job.finished_at,

@@ -86,7 +86,8 @@ class Settings(BaseSettings):
     # -- the studio (the web page at /)
     project_root: Path | None = Field(
         None, description="the page pipeline's project (the folder holding prompts/ and output/) whose chapters, "
-                          "pages and versions the studio shows (`sidecar serve --project ROOT`)",
+                          "pages and versions the studio shows (`sidecar serve --project ROOT`), and where page jobs "
+                          "(POST /jobs with `page`) write their versions when they name no project",
         json_schema_extra={"flag_aliases": ["--project"]})
 
     # -- generation backend

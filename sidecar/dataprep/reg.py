@@ -45,7 +45,7 @@ class RegSpec:
     def job_body(self, index: int) -> dict[str, Any]:
         """The POST /jobs body of image `index` (1-based). No `loraId`: the base model alone."""
         body: dict[str, Any] = {"prompt": self.prompt, "seed": self.seed + index - 1,
-                                "resolution": {"width": self.width, "height": self.height}}
+                                "resolution": {"width": self.width, "height": self.height}, "source": "dataset"}
         optional = {"negativePrompt": self.negative_prompt, "steps": self.steps, "cfg": self.cfg,
                     "sampler": self.sampler, "scheduler": self.scheduler, "checkpoint": self.checkpoint}
         body.update({k: v for k, v in optional.items() if v is not None})

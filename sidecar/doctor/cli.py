@@ -12,9 +12,8 @@ import click
 
 from sidecar.cli_support import config_options, settings_from
 from sidecar.errors import EXIT_BUSY, EXIT_FAILED, DaemonRefused, SidecarError
-from sidecar.doctor.assist_checks import check_assistants
 from sidecar.doctor.bench import run_bench
-from sidecar.doctor.checks import run_checks
+from sidecar.doctor.every import every_check
 from sidecar.doctor.report import Check
 
 COLOURS = {"ok": "green", "warn": "yellow", "fail": "red", "skip": "dim"}
@@ -70,7 +69,7 @@ def doctor(as_json: bool, bench: bool, runs: int, url: str | None, poll_interval
     missing or the bench failed or took 2 minutes or more, 2 configuration error, 4 device busy.
     """
     settings, _ = settings_from(flags)
-    checks = [*run_checks(settings), *check_assistants(settings)]  # the assistants' lines are optional
+    checks = every_check(settings)
     failed = [c for c in checks if c.status == "fail"]
     bench_result = None
     code = 1 if failed else 0

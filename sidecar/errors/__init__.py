@@ -23,7 +23,8 @@ codes), `edge`, `inputs`, `state`, `services`, `jobs`, `startup`, `client`. The 
     │   ├── InitImageInvalid          init_image_invalid                   (initImagePath / initJobId; denoise without one)
     │   ├── DatasetInvalid            dataset_invalid
     │   ├── CharacterInvalid          character_invalid                    (character.toml unreadable or wrong)
-    │   ├── PromptFileInvalid         prompt_file_invalid                  (a prompt file to refine or rewrite)
+    │   ├── PromptFileInvalid         prompt_file_invalid                  (a prompt file to refine, rewrite or render)
+    │   ├── PageProjectMissing        page_project_missing                 (a page job, and no project to write it in)
     │   ├── TaggerInvalid             tagger_invalid                       (no usable tagger in models/taggers/)
     │   ├── NodeNotSupported          node_not_supported
     │   ├── SamplerNotSupported       sampler_not_supported
@@ -141,6 +142,7 @@ from sidecar.errors.inputs import (  # noqa: F401
     NodeNotSupported,
     PoseImageInvalid,
     PromptFileInvalid,
+    PageProjectMissing,
     RemoteNotConfigured,
     ResolutionExceedsProfile,
     SamplerNotSupported,

@@ -58,6 +58,13 @@ class PromptFileInvalid(BadRequest):
     code = "prompt_file_invalid"
 
 
+class PageProjectMissing(BadRequest):
+    """A page job (`page` on POST /jobs) with no project to write its version into: the daemon was started
+    without one (`--project`, project_root) and the page names none, or names a folder that is not one."""
+
+    code = "page_project_missing"
+
+
 class TaggerInvalid(BadRequest):
     """No usable WD14-style tagger (`models/taggers/<name>/model.onnx` + `selected_tags.csv`)."""
 

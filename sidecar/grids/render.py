@@ -38,9 +38,10 @@ class Client(Protocol):
 async def render_cells(cells: Sequence[Any], client: Client, out: Path, *, body_of: Callable[[Any], dict[str, Any]],
                        image_name: Callable[[Any], str], on_done: Callable[[int, int, Any], None],
                        poll_interval: float = 1.0, window: int = WINDOW,
-                       on_result: Callable[[Any, dict[str, Any]], None] | None = None) -> None:
+                       on_result: Callable[[Any, dict[str, Any]], None] | None = None, source: str = "grid") -> None:
     """Fill each cell's job_id, status, image (saved under `out`) or error; `on_done(done, total, cell)`
-    after each; `on_result(cell, job)` with the finished job's JSON (its params, seed...)."""
+    after each; `on_result(cell, job)` with the finished job's JSON (its params, seed...). Each job is
+    submitted with `source` (`grid`, `sweep`: GET /jobs?source= lists them)."""
     pending: deque[Any] = deque()
     submitted: list[Any] = []
     done = 0
@@ -66,7 +67,7 @@ async def render_cells(cells: Sequence[Any], client: Client, out: Path, *, body_
         for cell in cells:
             while len(pending) >= window:
                 await collect(pending.popleft())
-            submitted_job = await client.submit(body_of(cell))
+            submitted_job = await client.submit({**body_of(cell), "source": source})
             cell.job_id, cell.status = submitted_job["id"], submitted_job["status"]
             pending.append(cell)
             submitted.append(cell)

@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from sidecar.backends.router import Pick
 from sidecar.errors import JobCancelled, PromptLost, SidecarError
 from sidecar.jobs.faults import disk_full, log_write_failure
 from sidecar.jobs.ledger import MAX_LOSSES, JobChanged, Ledger
+from sidecar.jobs.pages import Judge, publish_page_job
 from sidecar.jobs.previews import Previews
 from sidecar.jobs.queue import JobQueue
 from sidecar.jobs.states import TERMINAL
@@ -36,7 +38,7 @@ PROGRESS_PERSIST_INTERVAL = 1.0
 
 class Executor:
     def __init__(self, ledger: Ledger, queue: JobQueue, backend: GenerationBackend, outputs_dir: Path,
-                 previews: Previews, *, pool: BackendPool | None, wake: Callable[[], None]):
+                 previews: Previews, *, pool: BackendPool | None, wake: Callable[[], None], judge: Judge | None = None):
         self.ledger = ledger
         self.queue = queue
         self.backend = backend
@@ -44,6 +46,7 @@ class Executor:
         self.previews = previews
         self.pool = pool
         self.wake = wake  # the worker looks at the queue again (a lost job is back at its head)
+        self.judge = judge  # a page job's likeness, for its log entry
         self.cancel_events: dict[str, asyncio.Event] = {}  # per running job: set to cancel it
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
@@ -172,8 +175,20 @@ class Executor:
             await self.ledger.finish(job, "failed", code=full.code, message=full.message, details=full.details)
         else:
             job.device = result.device
+            finished_at = now_iso()
+            page_version = None
+            if job.page is not None:
+                # Written before the job is recorded as succeeded: `pageVersion` on a job means the files
+                # are there. A fault here fails the job with nothing written (run_one: its code).
+                page_version = await asyncio.to_thread(publish_page_job, job, Path(result.output_path),
+                                                       Path(result.upscaled_path) if result.upscaled_path else None,
+                                                       replace(job, finished_at=finished_at).duration_ms(),
+                                                       self.judge)
+                log.info("job %s -> %s v%d (%s)", job.id, f"ch{page_version.chapter:02d}_p{page_version.page:03d}",
+                         page_version.version, page_version.file)
             await self.ledger.finish(job, "succeeded", output_file=str(result.output_path), device=result.device,
-                               upscaled_file=str(result.upscaled_path) if result.upscaled_path else None)
+                               upscaled_file=str(result.upscaled_path) if result.upscaled_path else None,
+                               finished_at=finished_at, page_version=page_version)
         finally:
             job.queued_behind = None
             self.cancel_events.pop(job.id, None)

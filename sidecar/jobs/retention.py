@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sidecar.jobs.store import UPSCALED_SUFFIX, JobRecord, JobStore
+from sidecar.thumbnails import FOLDER as THUMBNAILS, owned_by
 
 log = logging.getLogger("sidecar.retention")
 
@@ -67,12 +68,14 @@ async def collect(store: JobStore, outputs_dir: Path, keep_days: int, *, dry_run
 
 
 def _owned_files(job: JobRecord, outputs_dir: Path) -> list[Path]:
-    """The daemon's files of a job: its image (as recorded, or by the runner's name for it)."""
+    """The daemon's files of a job: its image (as recorded, or by the runner's name for it), its print
+    upscale and its thumbnails."""
     candidates = [outputs_dir / f"{job.id}.png", outputs_dir / f"{job.id}{UPSCALED_SUFFIX}"]
     if job.output_file:
         candidates.append(Path(job.output_file))
     if job.upscaled_file:
         candidates.append(Path(job.upscaled_file))
+    candidates += owned_by(outputs_dir / THUMBNAILS, job.id)  # the studio's cards of it (?size=)
     return list(dict.fromkeys(candidates))
 
 

@@ -35,6 +35,8 @@ from sidecar.jobs.execute import Executor
 from sidecar.jobs.faults import sweep_temp_files
 from sidecar.jobs.lanes import Worker
 from sidecar.jobs.ledger import Ledger
+from sidecar.jobs.pageref import PageRef
+from sidecar.jobs.pages import Judge
 from sidecar.jobs.params import JobSpec
 from sidecar.jobs.previews import Previews
 from sidecar.jobs.queue import JobQueue, Place
@@ -46,12 +48,14 @@ from sidecar.sqlite_store import now_iso
 
 log = logging.getLogger("sidecar.jobs")
 
+DEFAULT_SOURCE = "api"  # a job's `source` when the submit does not say who it is
+
 
 class JobRunner:
     def __init__(self, store: JobStore, backend: GenerationBackend, device: Device, events: EventBus,
                  outputs_dir: Path, *, max_queue: int = 512, restart_delay: float = 1.0,
                  pool: BackendPool | None = None, default_where: str = "local", previews: Previews | None = None,
-                 recovery_timeout: float = 300.0):
+                 recovery_timeout: float = 300.0, judge: Judge | None = None):
         self.store = store
         self.previews = previews or Previews(events, enabled=False)
         self.backend = backend
@@ -65,7 +69,7 @@ class JobRunner:
         self.queue = JobQueue()
         self.ledger = Ledger(store, events)
         self.executor = Executor(self.ledger, self.queue, backend, outputs_dir, self.previews, pool=pool,
-                                 wake=self._wake)
+                                 wake=self._wake, judge=judge)
         self.worker = Worker(self.ledger, self.queue, self.executor, device, pool=pool, default_where=default_where)
         # A job recovered onto a backend that stays away is handed over after this long (jobs.stranded).
         self.stranded = (Stranded(self.ledger, self.queue, pool, default_where=default_where,
@@ -146,14 +150,22 @@ class JobRunner:
         return self.worker.running
 
     async def submit(self, built: JobSpec, claim: IdempotencyClaim | None = None, *, front: bool = False,
-                     retry_of: str | None = None, group_id: str | None = None) -> JobRecord:
-        return (await self.submit_many([built], claim, front=front, retry_of=retry_of, group_id=group_id))[0]
+                     retry_of: str | None = None, group_id: str | None = None, source: str | None = None,
+                     page: PageRef | None = None) -> JobRecord:
+        return (await self.submit_many([built], claim, front=front, retry_of=retry_of, group_id=group_id,
+                                       source=source, page=page))[0]
 
     async def submit_many(self, specs: list[JobSpec], claim: IdempotencyClaim | None = None, *,
                           front: bool = False, group_id: str | None = None,
-                          retry_of: str | None = None) -> list[JobRecord]:
+                          retry_of: str | None = None, source: str | None = None,
+                          page: PageRef | list[PageRef] | None = None) -> list[JobRecord]:
         """Queue jobs, all or none (one transaction, and the whole lot within `max_queue`). `front`: at
-        the head of the queue, in their order; `group_id`: one submission of variations."""
+        the head of the queue, in their order; `group_id`: one submission of variations; `source`: who
+        submitted them (`api` when not said); `page`: each becomes a version of that page when it
+        succeeds (its project resolved: `sidecar.jobs.pages` writes there), or one page per spec (a list:
+        a chapter's pages)."""
+        pages = page if isinstance(page, list) else [page] * len(specs)
+        assert len(pages) == len(specs)
         waiting = len(self.queue) + self._submitting
         if waiting + len(specs) > self.max_queue:
             if len(specs) == 1:
@@ -180,7 +192,9 @@ class JobRunner:
             group_id=group_id,
             retry_of=retry_of,
             front_rank=rank,
-        ) for where, built in zip(wheres, specs)]
+            source=source or DEFAULT_SOURCE,
+            page=ref,
+        ) for where, built, ref in zip(wheres, specs, pages)]
         self._submitting += len(jobs)
         try:
             await self.store.insert_many(jobs, claim)  # a full disk raises DiskFull here: 507, nothing queued
@@ -219,8 +233,9 @@ class JobRunner:
             raise JobNotFound(f"No job with id {job_id!r}.", {"jobId": job_id})
         return job
 
-    async def list(self, status: str | None, limit: int, group: str | None = None) -> list[JobRecord]:
-        jobs = await self.store.list(status, limit, group)
+    async def list(self, status: str | None, limit: int, group: str | None = None,
+                   source: str | None = None) -> list[JobRecord]:
+        jobs = await self.store.list(status, limit, group, source)
         # Live records carry progress newer than the last persisted one.
         return [self.ledger.freshest(j) for j in jobs]
 

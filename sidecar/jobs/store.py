@@ -15,6 +15,9 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
+from pydantic import BaseModel
+
+from sidecar.jobs.pageref import PageRef, PageVersion
 from sidecar.jobs.params import JobParams
 from sidecar.sqlite_store import SqliteStore, now_iso
 
@@ -57,15 +60,19 @@ CREATE TABLE IF NOT EXISTS queue_state (  -- the queue's own settings that outli
 """
 
 
-JSON_COLUMNS = ("params", "workflow", "error_details")
+JSON_COLUMNS = ("params", "workflow", "error_details", "page", "page_version")
 # Columns added after the first release: (name, declaration), added to an older database when it opens.
 ADDED_COLUMNS = (("where_", "TEXT"), ("backend", "TEXT"), ("backend_reason", "TEXT"),
                  ("group_id", "TEXT"),  # the submission of `variations` this job is one of
                  ("retry_of", "TEXT"),  # the job this one retries (POST /jobs/{id}/retry)
                  ("front_rank", "INTEGER"),  # set when submitted with `front` (sidecar.jobs.queue orders by it)
-                 ("upscaled_file", "TEXT"))  # the print upscale's image (`upscaleModel`), beside output_file
+                 ("upscaled_file", "TEXT"),  # the print upscale's image (`upscaleModel`), beside output_file
+                 ("source", "TEXT"),  # who submitted it: studio, generate, grid, sweep, api (GET /jobs?source=)
+                 ("page", "TEXT"),  # a page job's PageRef (JSON): the daemon writes its version
+                 ("page_version", "TEXT"))  # the PageVersion written for it (JSON)
 UPSCALED_SUFFIX = ".upscaled.png"  # <job id>.upscaled.png in the outputs dir, beside <job id>.png
-ADDED_INDEXES = "CREATE INDEX IF NOT EXISTS jobs_group ON jobs(group_id);"
+ADDED_INDEXES = ("CREATE INDEX IF NOT EXISTS jobs_group ON jobs(group_id);\n"
+                 "CREATE INDEX IF NOT EXISTS jobs_source ON jobs(source);")
 
 
 @dataclass(frozen=True)
@@ -108,6 +115,9 @@ class JobRecord:
     retry_of: str | None = None
     front_rank: int | None = None
     upscaled_file: str | None = None
+    source: str | None = None  # who submitted it (`studio`, `generate`, ...; `api` when not said)
+    page: PageRef | None = None  # a page job: the daemon writes its version when it succeeds
+    page_version: PageVersion | None = None  # ... and this is the version it wrote
     # Live only (not a column): prompts ahead of this job in ComfyUI's own queue while it waits there.
     queued_behind: int | None = field(default=None, metadata={"column": False})
 
@@ -117,6 +127,11 @@ class JobRecord:
         start = datetime.fromisoformat(self.started_at.replace("Z", "+00:00"))
         end = datetime.fromisoformat(self.finished_at.replace("Z", "+00:00"))
         return int((end - start).total_seconds() * 1000)
+
+
+def _plain(values: dict[str, Any]) -> dict[str, Any]:
+    """Typed column values (a PageRef, a PageVersion) as the JSON the store writes."""
+    return {k: v.model_dump(mode="json") if isinstance(v, BaseModel) else v for k, v in values.items()}
 
 
 class JobStore(SqliteStore):
@@ -139,6 +154,8 @@ class JobStore(SqliteStore):
         data = self._decode(row)
         data.pop("request", None)
         data["params"] = JobParams.from_stored(data["params"])
+        data["page"] = PageRef.model_validate(data["page"], strict=False) if data.get("page") else None
+        data["page_version"] = PageVersion.model_validate(data["page_version"]) if data.get("page_version") else None
         return JobRecord(**data)
 
     async def insert(self, job: JobRecord, claim: IdempotencyClaim | None = None) -> None:
@@ -160,7 +177,7 @@ class JobStore(SqliteStore):
         values = {f.name: getattr(job, f.name) for f in fields(JobRecord)
                   if f.name != "seq" and f.metadata.get("column", True)}
         values.update(params=job.params.stored(), request="{}")
-        return values
+        return _plain(values)
 
     def _insert_rows(self, rows: list[dict[str, Any]], claim: IdempotencyClaim | None, job_id: str,
                      now: str) -> list[int]:
@@ -210,18 +227,21 @@ class JobStore(SqliteStore):
         return (rows[0]["body_sha256"], rows[0]["job_id"]) if rows else None
 
     async def update(self, job_id: str, **values: Any) -> None:
-        await self._update("jobs", job_id, values)
+        await self._update("jobs", job_id, _plain(values))
 
     def update_soon(self, job_id: str, **values: Any) -> asyncio.Future[Any]:
         """Queued in call order behind every earlier write; await the future to know it is on disk."""
-        return self._update_soon("jobs", job_id, values)
+        return self._update_soon("jobs", job_id, _plain(values))
 
     async def get(self, job_id: str) -> JobRecord | None:
         rows = await self._call(self._exec, "SELECT * FROM jobs WHERE id = ?", (job_id,))
         return self._row(rows[0]) if rows else None
 
-    async def list(self, status: str | None = None, limit: int = 50, group: str | None = None) -> list[JobRecord]:
+    async def list(self, status: str | None = None, limit: int = 50, group: str | None = None,
+                   source: str | None = None) -> list[JobRecord]:
         where = [(c, v) for c, v in (("status", status), ("group_id", group)) if v]
+        if source is not None:  # rows from before `source` existed were submitted through the API
+            where.append(("COALESCE(source, 'api')", source))
         clause = f"WHERE {' AND '.join(f'{c} = ?' for c, _ in where)} " if where else ""
         rows = await self._call(self._exec, f"SELECT * FROM jobs {clause}ORDER BY seq DESC LIMIT ?",
                                 (*(v for _, v in where), limit))

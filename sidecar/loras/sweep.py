@@ -157,7 +157,7 @@ async def render(plan: SweepPlan, client: Client, reporter: Reporter, job: dict[
     def image_name(cell: Cell) -> str:
         return f"images/r{cell.row:02d}-s{cell.seed}-{'base' if cell.step is None else cell.step}.png"
 
-    await render_cells(plan.cells, client, plan.out, body_of=body_of, image_name=image_name,
+    await render_cells(plan.cells, client, plan.out, body_of=body_of, image_name=image_name, source="sweep",
                        on_done=reporter.cell_done, poll_interval=poll_interval)
 
 

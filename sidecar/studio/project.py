@@ -5,28 +5,27 @@ images in `raw/`), every version of a page from `output/ch-XX/generation-log.jso
 `raw/` the log does not know), and the `POST /jobs` body `generate` would send for the page.
 
 Write, through the pipeline stage's own code so the files are exactly what `generate` writes: approve
-a version (`generate approve`'s log update, under the chapter lock, atomically), and publish a finished
-job as the page's next version (image + workflow + log entry as one journalled set).
+a version (`generate approve`'s log update, under the chapter lock, atomically), and save a finished
+job as the page's next version through the daemon's one writer of versions (`sidecar.jobs.pages`).
 """
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from pipeline_stage.errors import LogInvalid, StageError
-from pipeline_stage.genlog import GenerationLog, approve, entry_file_name, read_log
-from pipeline_stage.image import finish_png
+from pipeline_stage.genlog import GenerationLog, entry_file_name, read_log, set_approval
 from pipeline_stage.layout import Page, Project, page_of
-from pipeline_stage.outputs import approve_version, publish
+from pipeline_stage.outputs import approve_version
 from pipeline_stage.prompts import build_request, load_defaults, load_prompt, merge
-from pipeline_stage.entry import PageTask, make_entry
-from sidecar.api.models import JobRequest
-from sidecar.api.responses import Job
 from sidecar.errors import GenerationLogInvalid, VersionNotFound
+from sidecar.jobs.pageref import PageRef
+from sidecar.jobs.pages import Judge, publish_page_job
+from sidecar.jobs.store import JobRecord
 
 CHAPTER_DIR = re.compile(r"^ch-(\d+)$")
 
@@ -129,19 +128,21 @@ def find_version(root: Path, page: Page, version: int) -> Version:
                           {"chapter": page.chapter, "page": page.page, "version": version})
 
 
-def approve_page_version(root: Path, page: Page, version: int) -> None:
-    """`generate approve -c C --page P --version V`: the same log update, under the same lock."""
+def approve_page_version(root: Path, page: Page, version: int, approved: bool = True, by: str = "api") -> None:
+    """`generate approve|unapprove -c C --page P --version V`: the same log update, under the same lock,
+    `by` (the client: `studio`, `api`) recorded as who changed it."""
     project = Project(root)
 
     def mark(log: GenerationLog) -> dict[str, Any]:
         try:
-            return approve(log, page, version)
+            return set_approval(log, page, version, approved, by)
         except LookupError:
             raise VersionNotFound(f"{project.relative(log.path)} has no entry for {page.image_name(version)}.",
                                   {"chapter": page.chapter, "page": page.page, "version": version}) from None
 
     if not project.log_file(page.chapter).is_file():
-        raise VersionNotFound(f"No generation log for chapter {page.chapter} yet: nothing to approve.",
+        raise VersionNotFound(f"No generation log for chapter {page.chapter} yet: nothing to "
+                              f"{'approve' if approved else 'unapprove'}.",
                               {"chapter": page.chapter, "page": page.page, "version": version})
     try:
         approve_version(project, page, version, mark)
@@ -149,9 +150,9 @@ def approve_page_version(root: Path, page: Page, version: int) -> None:
         raise GenerationLogInvalid(exc.message, exc.details) from None
 
 
-def publish_job(root: Path, page: Page, job: Job, image: bytes, reproduces: int | None) -> int:
-    """A finished job (the API's `Job`, with its workflow) as the page's next version, written exactly as
-    `generate` writes one. Answers the version number."""
+def publish_job(root: Path, page: Page, job: JobRecord, reproduces: int | None, judge: Judge | None = None) -> int:
+    """A succeeded job saved as the page's next version ("save to a page"), by the one writer of versions
+    the page jobs use (`sidecar.jobs.pages`). Answers the version number."""
     project = Project(root)
     prompt_file = project.prompt_file(page)
     reproduced_from = None
@@ -160,14 +161,12 @@ def publish_job(root: Path, page: Page, job: Job, image: bytes, reproduces: int 
         reproduced_from = project.relative(source.workflow) if source.workflow else None
     # An img2img job logs where it started from, as `generate --more-like` does (`initImage`, `denoise`).
     init = job.params.init_image_path
-    task = PageTask(page, JobRequest(workflow=job.workflow), project.relative(prompt_file) if prompt_file.is_file()
-                    else None, reproduced_from, init_image=project.relative(Path(init)) if init else None)
-    png = finish_png(image, job)
-    try:
-        done = publish(project, page, png, job.workflow,
-                       lambda version: make_entry(project, task, job, version).to_json())
-    except LogInvalid as exc:
-        raise GenerationLogInvalid(exc.message, exc.details) from None
+    ref = PageRef(chapter=page.chapter, page=page.page, project=str(root),
+                  prompt_file=project.relative(prompt_file) if prompt_file.is_file() else None,
+                  reproduced_from=reproduced_from, init_image=project.relative(Path(init)) if init else None)
+    assert job.output_file is not None
+    done = publish_page_job(replace(job, page=ref), Path(job.output_file),
+                            Path(job.upscaled_file) if job.upscaled_file else None, job.duration_ms(), judge)
     return done.version
 
 

@@ -17,7 +17,7 @@ export function updateJobCard(card, job) {
   const pct = total ? Math.round((100 * step) / total) : 0;
   const image = job.status === "succeeded" && job.output
     ? h("a", { href: job.output.url, target: "_blank", rel: "noopener", title: "open the image" },
-      picture(job.output.url, p.width, p.height, p.prompt || "result"))
+      picture(`${job.output.url}?size=256`, p.width, p.height, p.prompt || "result"))
     : ACTIVE.has(job.status) && card.preview
       // The latest live preview (job.preview), until the image itself is there.
       ? picture(card.preview, p.width, p.height, "live preview", { class: "pic preview", title: "live preview" })

@@ -1,5 +1,6 @@
-// Doctor: `sidecar doctor`'s report, run by the daemon: each part the stack needs, its state, and the
-// fix for each missing part.
+// Doctor: `sidecar doctor`'s report, run by the daemon from the same list of checks (row for row): each
+// part the stack needs, its state, and the fix for each missing part. Optional parts that are missing
+// (Ollama for Refine, the caption tagger) are named in the summary, not hidden behind "nothing required".
 import { api } from "../api.js";
 import { h, replace, toast } from "../dom.js";
 
@@ -13,9 +14,11 @@ export function mount(root) {
     try {
       const report = await api("/doctor");
       const missing = report.checks.filter((c) => c.status === "fail" || c.status === "warn");
+      const optional = missing.filter((c) => c.status === "warn").map((c) => c.name);
       replace(box,
-        h("div", { class: `card check ${report.ok ? "ok" : "bad"}` }, h("strong", {}, report.ok ? "Nothing required is missing" : "Something required is missing"),
-          h("span", { class: "muted small" }, ` · ${missing.length} to look at`)),
+        h("div", { class: `card check ${report.ok ? (optional.length ? "warn" : "ok") : "bad"}` },
+          h("strong", {}, report.ok ? "Nothing required is missing" : "Something required is missing"),
+          h("span", { class: "muted small" }, optional.length ? ` · not working yet: ${optional.join(", ")}` : ` · ${missing.length} to look at`)),
         h("div", { class: "card table-wrap doctor" }, h("table", {},
           h("thead", {}, h("tr", {}, ["check", "status", "detail", "fix"].map((c) => h("th", {}, c)))),
           h("tbody", {}, report.checks.map((c) => h("tr", { dataset: { check: c.name, status: c.status } },

@@ -63,7 +63,9 @@ export function mount(root, ctx, args) {
 
   function renderNav() {
     replace(nav, state.project.chapters.map((c) => h("div", { class: "chapter" },
-      h("h3", {}, `Chapter ${c.chapter}`),
+      h("div", { class: "row" }, h("h3", {}, `Chapter ${c.chapter}`),
+        h("button", { type: "button", class: "small", dataset: { action: "render-chapter", chapter: c.chapter },
+          title: "render every page without an approved version", onclick: () => renderChapter(c.chapter) }, "Render unapproved")),
       c.logError ? h("p", { class: "error small" }, c.logError) : null,
       h("ul", {}, c.pages.map((p) => {
         const approved = p.versions.filter((v) => v.approved).map((v) => v.version);
@@ -73,6 +75,16 @@ export function mount(root, ctx, args) {
         }, h("span", {}, p.name), h("span", { class: "muted small" },
           `${p.versions.length} v${approved.length ? ` · ✓ v${approved.at(-1)}` : ""}`)));
       })))));
+  }
+
+  // Every page of the chapter without an approved version, as page jobs (one group): each becomes a
+  // version as its job succeeds, shown here by the job events below; progress per page is in Now.
+  async function renderChapter(chapter) {
+    try {
+      const queued = await api(`/project/chapters/${chapter}/render`, { method: "POST", body: {} });
+      const skipped = queued.skipped.length ? ` (${queued.skipped.length} approved page(s) left out)` : "";
+      toast(queued.jobs.length ? `chapter ${chapter}: ${queued.jobs.length} page(s) queued${skipped}` : `chapter ${chapter}: every page has an approved version`, "good");
+    } catch (err) { toast(err.message, "error"); }
   }
 
   function renderPage() {
@@ -92,7 +104,7 @@ export function mount(root, ctx, args) {
       onclick: (e) => {
         if (e.shiftKey && v.version !== state.version) { state.compare = v.version; renderPage(); } else go(state.chapter, state.page, v.version);
       },
-    }, picture(v.imageExists ? v.imageUrl : null, v.width, v.height, `version ${v.version}`),
+    }, picture(v.imageExists ? `${v.imageUrl}?size=256` : null, v.width, v.height, `version ${v.version}`),
     h("span", { class: "thumb-label" }, `v${v.version}`, v.approved ? h("span", { class: "approved-mark", title: "approved" }, " ✓") : null))));
 
     const viewer = h("div", { class: `viewer ${other ? state.mode : "single"}` });
@@ -102,9 +114,9 @@ export function mount(root, ctx, args) {
       if (other) viewer.append(figure(other));
     }
     const tools = h("div", { class: "row tools" },
-      selected ? h("button", { type: "button", class: selected.approved ? "" : "primary", disabled: selected.approved,
-        dataset: { action: "approve" }, onclick: () => approveVersion(selected), title: "a" },
-      selected.approved ? `v${selected.version} approved` : `Approve v${selected.version}`) : null,
+      selected ? h("button", { type: "button", class: selected.approved ? "" : "primary", "aria-pressed": String(selected.approved),
+        dataset: { action: "approve" }, onclick: () => approveVersion(selected), title: "a: approve, again: take it back" },
+      selected.approved ? `v${selected.version} approved ✓ (undo)` : `Approve v${selected.version}`) : null,
       h("button", { type: "button", dataset: { action: "new" }, onclick: () => openForm(selected), title: "n" }, "New version"),
       page.promptFile ? h("button", { type: "button", dataset: { action: "refine" }, onclick: () => openRefine(selected), title: "r" }, "Refine") : null,
       selected && selected.workflowUrl ? h("button", { type: "button", dataset: { action: "reproduce" }, onclick: () => reproduce(selected) }, "Reproduce") : null,
@@ -116,13 +128,19 @@ export function mount(root, ctx, args) {
         h("button", { type: "button", class: state.mode === "side" ? "on" : "", onclick: () => { state.mode = "side"; renderPage(); } }, "Side by side"),
         h("button", { type: "button", class: state.mode === "overlay" ? "on" : "", onclick: () => { state.mode = "overlay"; renderPage(); } }, "Overlay")) : null);
 
+    // A form, refine box or render card open for this page survives a redraw (a version written meanwhile,
+    // by this tab or another client); another page starts with an empty slot.
+    const key = `${page.chapter}/${page.page}`;
+    const previous = document.getElementById("job-slot");
+    const slot = h("div", { id: "job-slot", dataset: { page: key } });
+    if (previous && previous.dataset.page === key) slot.append(...previous.childNodes);
     replace(main,
       h("div", { class: "section-head" }, h("h2", {}, page.name),
         h("span", { class: "muted small" }, page.promptFile || "no prompt file")),
       versions.length ? strip : h("p", { class: "muted" }, "No versions yet: render one with New version (or `generate -c ",
         String(page.chapter), " --page ", String(page.page), "`)."),
       tools,
-      h("div", { id: "job-slot" }),
+      slot,
       viewer,
       selected ? details(selected) : null);
   }
@@ -153,11 +171,14 @@ export function mount(root, ctx, args) {
       v.entry ? null : [h("dt", {}, "log"), h("dd", {}, "this image has no log entry")]);
   }
 
+  // A toggle: approving another version takes the page's approval from the one before (the daemon
+  // writes the log as `generate approve` / `generate unapprove` do, naming the studio as who changed it).
   async function approveVersion(v) {
+    const verb = v.approved ? "unapprove" : "approve";
     try {
-      const page = await api(`/project/pages/${state.chapter}/${state.page}/versions/${v.version}/approve`, { method: "POST" });
+      const page = await api(`/project/pages/${state.chapter}/${state.page}/versions/${v.version}/${verb}?by=studio`, { method: "POST" });
       replacePage(page);
-      toast(`v${v.version} approved`, "good");
+      toast(v.approved ? `v${v.version} no longer approved` : `v${v.version} approved`, "good");
     } catch (err) { toast(err.message, "error"); }
   }
 
@@ -211,50 +232,64 @@ export function mount(root, ctx, args) {
       const body = { workflow };
       const pose = v.entry && v.entry.poseImage;
       if (pose) body.poseImagePath = pose.startsWith("/") ? pose : `${state.project.root}/${pose}`;
-      render_job(body, v.version);
+      render_job(body, v);
     } catch (err) { toast(err.message, "error"); }
   }
 
+  // A render is a page job: the daemon writes the version when it succeeds, whether or not this tab is
+  // still open (or on this view), and numbers versions in the order they finish.
   async function render_job(body, reproduces) {
     const slot = document.getElementById("job-slot");
     const target = { chapter: state.chapter, page: state.page };
+    const page = { ...target };
+    if (reproduces) {
+      const e = reproduces.entry || {};
+      page.reproducedFrom = e.workflowFile || `output/ch-${String(target.chapter).padStart(2, "0")}/raw/${currentPage().name}_v${reproduces.version}.workflow.json`;
+      if (e.workflowTemplate) page.workflowTemplate = e.workflowTemplate;
+    }
     let job;
     try {
-      job = await api("/jobs", { method: "POST", body });
+      job = await api("/jobs", { method: "POST", body: { ...body, page, source: "studio" } });
     } catch (err) { toast(err.message, "error"); return; }
-    state.job = { id: job.id, target, reproduces };
+    state.job = { id: job.id, target };
     replace(slot, h("div", { class: "card rendering row", dataset: { jobId: job.id } },
-      h("span", { class: "badge running" }, reproduces ? `reproducing v${reproduces}` : "rendering"),
+      h("span", { class: "badge running" }, reproduces ? `reproducing v${reproduces.version}` : "rendering"),
       h("div", { class: "progress grow" }, h("div", { class: "track" }, h("div", { class: "bar" })), h("span", { class: "small" }, "queued")),
       h("button", { type: "button", class: "small danger", onclick: () => api(`/jobs/${job.id}/cancel`, { method: "POST" }).catch((e) => toast(e.message, "error")) }, "Cancel")));
   }
 
   async function finished(job) {
-    const pending = state.job;
-    state.job = null;
-    const slot = document.getElementById("job-slot");
+    const mine = state.job && state.job.id === job.id;
+    if (mine) state.job = null;
+    // Only this job's own card is replaced: a form opened meanwhile stays.
+    const card = () => document.querySelector(`#job-slot [data-job-id='${job.id}']`);
     if (job.status !== "succeeded") {
-      if (slot) replace(slot, h("p", { class: "error" }, job.error ? job.error.message : `the job was ${job.status}`));
+      if (mine && card()) replace(document.getElementById("job-slot"), h("p", { class: "error" }, job.error ? job.error.message : `the job was ${job.status}`));
       return;
     }
+    const written = job.pageVersion;
+    if (!written) return;
     try {
-      const done = await api(`/project/pages/${pending.target.chapter}/${pending.target.page}/versions`,
-        { method: "POST", body: { jobId: job.id, ...(pending.reproduces ? { reproduces: pending.reproduces } : {}) } });
-      replacePage(done.page);
-      go(pending.target.chapter, pending.target.page, done.version);
-      toast(`saved as v${done.version}`, "good");
+      state.project = await api("/project");
+      if (card()) card().remove();
+      if (mine) go(written.chapter, written.page, written.version);
+      else render();
+      toast(`ch${String(written.chapter).padStart(2, "0")} p${written.page}: v${written.version} written`, "good");
     } catch (err) { toast(err.message, "error"); }
   }
 
   const off = ctx.events.on((ev) => {
-    if (!state.job || !ev.job || ev.job.id !== state.job.id) return;
-    const card = document.querySelector(`#job-slot [data-job-id='${ev.job.id}']`);
-    if (card) {
-      const { step, total } = ev.job.progress;
-      card.querySelector(".bar").style.width = `${total ? (100 * step) / total : 0}%`;
-      card.querySelector(".progress .small").textContent = total ? `${step}/${total}` : ev.job.status;
+    if (!ev.job) return;
+    if (state.job && ev.job.id === state.job.id) {
+      const card = document.querySelector(`#job-slot [data-job-id='${ev.job.id}']`);
+      if (card) {
+        const { step, total } = ev.job.progress;
+        card.querySelector(".bar").style.width = `${total ? (100 * step) / total : 0}%`;
+        card.querySelector(".progress .small").textContent = total ? `${step}/${total}` : ev.job.status;
+      }
     }
-    if (["succeeded", "failed", "cancelled"].includes(ev.job.status)) finished(ev.job);
+    // Any page job that ends (this tab's, another tab's, `generate`'s) shows its version here.
+    if (["succeeded", "failed", "cancelled"].includes(ev.job.status) && (ev.job.page || (state.job && ev.job.id === state.job.id))) finished(ev.job);
   });
 
   function onKey(e) {
@@ -264,7 +299,7 @@ export function mount(root, ctx, args) {
     const i = page.versions.findIndex((v) => v.version === state.version);
     if (e.key === "ArrowRight" && i < page.versions.length - 1) go(state.chapter, state.page, page.versions[i + 1].version);
     else if (e.key === "ArrowLeft" && i > 0) go(state.chapter, state.page, page.versions[i - 1].version);
-    else if (e.key === "a" && i >= 0 && !page.versions[i].approved) approveVersion(page.versions[i]);
+    else if (e.key === "a" && i >= 0) approveVersion(page.versions[i]);
     else if (e.key === "n") openForm(page.versions[i]);
     else if (e.key === "r" && page.promptFile) openRefine(page.versions[i]);
     else if (e.key === "o" && state.compare) { state.mode = state.mode === "overlay" ? "side" : "overlay"; renderPage(); }
