@@ -112,6 +112,25 @@ def start_daemon(root: Path, models: Path, project: Path, **settings: Any) -> Da
             time.sleep(0.3)
 
 
+def restart_daemon(daemon: Daemon) -> None:
+    """`sidecar serve` again with the same settings (port, data dir): as the artist starts it again."""
+    with (daemon.root / "daemon.log").open("ab") as log:
+        daemon.proc = subprocess.Popen([sys.executable, "-m", "sidecar.cli", "serve", "--config", str(daemon.config)],
+                                       env=daemon.env, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while True:
+        if daemon.proc.poll() is not None:
+            pytest.fail(f"`sidecar serve` exited with {daemon.proc.returncode}:\n{daemon.log()}")
+        try:
+            daemon.api("GET", "/health")
+            return
+        except (urllib.error.URLError, OSError):
+            if time.monotonic() > deadline:
+                daemon.proc.kill()
+                pytest.fail(f"`sidecar serve` did not answer in 120 s:\n{daemon.log()}")
+            time.sleep(0.3)
+
+
 def stop_daemon(daemon: Daemon) -> None:
     daemon.proc.terminate()
     try:

@@ -112,6 +112,18 @@ async def test_the_login_cookie_opens_the_api_and_its_events_to_the_studio_only(
         "unauthorized"
 
 
+async def test_a_spent_login_link_shows_a_browser_what_to_do_and_an_api_client_its_error(client) -> None:
+    path = (await (await client.post("/studio/login", headers=AUTH)).json())["path"]
+    assert (await client.get(path, allow_redirects=False)).status == 303
+    browser = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
+    again = await client.get(path, headers=browser, allow_redirects=False)
+    assert again.status == 401 and again.content_type == "text/html"
+    text = await again.text()
+    assert "This sign-in link has been used" in text and "<code>sidecar studio</code>" in text
+    assert "frame-ancestors 'none'" in again.headers["Content-Security-Policy"]
+    assert (await error_of(await client.get(path, allow_redirects=False), 401))["code"] == "unauthorized"
+
+
 def test_a_login_code_expires_and_serves_once() -> None:
     codes = LoginCodes(ttl=0.0)
     assert not codes.redeem(codes.issue())

@@ -19,11 +19,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from sidecar.api.errors import parse_body
-from sidecar.api.keys import POOL, PROFILE, SETTINGS
+from sidecar.api.keys import BUILDER, POOL, PROFILE, SETTINGS
 from sidecar.api.operations import operation
 from sidecar.api.responses import Out, json_response
 from sidecar.engine.samplers import supported as supported_samplers
-from sidecar.errors import NotFound, PoseImageInvalid, Unauthorized
+from sidecar.errors import NotFound, PoseImageInvalid, SidecarError, Unauthorized
 from sidecar.jobs import params
 from sidecar.profiles import Profile
 from sidecar.studio.poses import store_pose
@@ -96,6 +96,8 @@ class StudioConfig(Out):
     default_where: str = Field(description="where a job without `where` runs (default_where)")
     profiles: dict[str, ProfileLimits] = Field(description="every backend's hardware profile by name (the Generate "
                                                            "form holds a size to those of the backends `where` allows)")
+    upscale_models: list[str] = Field(description="the print upscalers in models/upscale_models/ (Generate's "
+                                                  "'Upscale for print'); empty when there is none or no answer")
 
 
 @routes.get("/")
@@ -104,6 +106,20 @@ class StudioConfig(Out):
 async def page(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(static_dir() / "index.html",
                             headers={**PAGE_HEADERS, "Content-Type": "text/html; charset=utf-8"})
+
+
+# What a browser shows for a sign-in link used twice (a bookmark, a reload, a link pasted into another
+# browser) or opened too late: what happened and what to do, in words; the API clients get the JSON error.
+LOGIN_SPENT_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Sign-in link used · plasma studio</title><link rel="stylesheet" href="/studio/static/style.css"></head>
+<body><main><section class="card notice">
+<h1>This sign-in link has been used</h1>
+<p>Each link that opens the studio works once, for two minutes, so that no one else can use it.</p>
+<p>If the studio is open in another tab of this browser, go on there. Otherwise open it again from a
+terminal on this computer with <code>sidecar studio</code>: it signs this browser in with a new link.</p>
+</section></main></body></html>
+"""
 
 
 @routes.post("/studio/login")
@@ -120,6 +136,9 @@ async def issue_login(request: web.Request) -> web.Response:
            errors=(Unauthorized,), response_headers={303: {"Location": "/", "Set-Cookie": "the session cookie"}})
 async def login(request: web.Request) -> web.Response:
     if not request.app[LOGINS].redeem(request.match_info["code"]):
+        if "text/html" in request.headers.get("Accept", ""):  # a browser opened it: a page, not JSON
+            return web.Response(status=401, text=LOGIN_SPENT_PAGE, content_type="text/html", charset="utf-8",
+                                headers={**PAGE_HEADERS, "Cache-Control": "no-store"})
         raise Unauthorized("This studio login link was used already or has expired: run `sidecar studio` again.")
     headers = {"Location": "/", "Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
     token = request.app[SETTINGS].token_value
@@ -159,6 +178,7 @@ async def config(request: web.Request) -> web.Response:
     settings, profile = request.app[SETTINGS], request.app[PROFILE]
     pool = request.app.get(POOL)
     used = {m.profile.name: m.profile for m in pool.members} if pool is not None else {profile.name: profile}
+    upscalers = await _upscalers(request)
     return json_response(StudioConfig(
         profile=limits_of(profile),
         limits={name: Range(min=lo, max=hi) for name, (lo, hi) in param_limits().items()},
@@ -171,7 +191,16 @@ async def config(request: web.Request) -> web.Response:
         engine=settings.resolved_engine,
         default_where=settings.default_where,
         profiles={name: limits_of(p) for name, p in used.items()},
+        upscale_models=sorted(upscalers),
     ))
+
+
+async def _upscalers(request: web.Request) -> list[str]:
+    """The print upscalers the backend has; none when it cannot say now (ComfyUI down): the page still opens."""
+    try:
+        return await request.app[BUILDER].backend.list_models("upscale_models") or []
+    except (SidecarError, OSError):
+        return []
 
 
 def limits_of(profile: Profile) -> ProfileLimits:

@@ -1,4 +1,5 @@
 // Small DOM helpers: h() builds elements (text is always set as text, never parsed as HTML).
+import { explain } from "./messages.js";
 
 export function h(tag, attrs = {}, ...children) {
   const el = document.createElement(tag);
@@ -28,11 +29,30 @@ export function replace(el, ...children) {
   return el;
 }
 
+// A passing note; an error (anything with a code) is said as messages.js says it, with its fix.
 export function toast(message, kind = "info") {
+  if (message && message.code === "daemon_offline") return; // the offline banner says it, once
   const box = document.getElementById("toasts");
-  const item = h("div", { class: `toast ${kind}`, role: kind === "error" ? "alert" : "status" }, message);
+  const item = h("div", { class: `toast ${kind}`, role: kind === "error" ? "alert" : "status" },
+    typeof message === "object" && message !== null && !(message instanceof Node) ? problem(message, "span") : message);
   box.append(item);
   setTimeout(() => item.remove(), kind === "error" ? 8000 : 4000);
+}
+
+// An error in the artist's words, with the button that fixes it when there is one.
+export function problem(err, tag = "p") {
+  const { code, text, fix } = explain(err);
+  return h(tag, { class: "error problem", dataset: { code } }, text,
+    fix ? [" ", h("a", { class: "button small fix", href: fix.href }, fix.label)] : null);
+}
+
+// "12 s ago" that stays true: app.js ticks every <time class="ago"> on the page.
+export function timeAgo(iso) {
+  return iso ? h("time", { class: "ago", datetime: iso, title: new Date(iso).toLocaleString() }, ago(iso)) : null;
+}
+
+export function tickTimes(root = document) {
+  for (const el of root.querySelectorAll("time.ago[datetime]")) el.textContent = ago(el.getAttribute("datetime"));
 }
 
 export function ago(iso) {

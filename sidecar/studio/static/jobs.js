@@ -1,12 +1,14 @@
 // A generation job as a card: its image (in a box of the job's aspect ratio), status, live progress,
 // cancel, and the error of a failed job in plain words. Used by the Now and Generate views.
 import { api } from "./api.js";
-import { ago, h, picture, replace, seconds, toast } from "./dom.js";
+import { h, picture, problem, replace, seconds, timeAgo, toast } from "./dom.js";
 
 const ACTIVE = new Set(["queued", "running"]);
 
-export function jobCard(job) {
+// `actions(job)`: more buttons for a finished job (the Generate view's retry, variations, ...).
+export function jobCard(job, actions = null) {
   const card = h("article", { class: "job card", dataset: { jobId: job.id } });
+  card.actions = actions;
   updateJobCard(card, job);
   return card;
 }
@@ -22,7 +24,7 @@ export function updateJobCard(card, job) {
       // The latest live preview (job.preview), until the image itself is there.
       ? picture(card.preview, p.width, p.height, "live preview", { class: "pic preview", title: "live preview" })
       : picture(null, p.width, p.height, "", { class: `pic empty ${job.status}` });
-  const again = p.prompt && !ACTIVE.has(job.status)
+  const again = p.prompt && !ACTIVE.has(job.status) && !card.actions
     ? h("button", { class: "small ghost", type: "button", title: "open these parameters in Generate",
       onclick: () => { sessionStorage.setItem("studio.prefill", JSON.stringify({ ...p, where: job.where })); location.hash = "#/generate"; } }, "Edit & rerun")
     : null;
@@ -35,21 +37,22 @@ export function updateJobCard(card, job) {
     h("div", { class: "job-body" },
       h("div", { class: "row" },
         h("span", { class: `badge ${job.status}` }, job.status),
-        h("span", { class: "muted small" }, ago(job.createdAt)),
+        h("span", { class: "muted small" }, timeAgo(job.createdAt)),
         job.likeness ? likenessBadge(job.likeness) : null,
         cancel, again),
       h("p", { class: "prompt", title: p.prompt || "" }, p.prompt || "(a whole workflow)"),
       ACTIVE.has(job.status) || total
-        ? h("div", { class: "progress", role: "progressbar", "aria-valuemin": 0, "aria-valuemax": total || 1,
+        ? h("div", { class: "progress", role: "progressbar", "aria-label": "progress", "aria-valuemin": 0, "aria-valuemax": total || 1,
           "aria-valuenow": step }, h("div", { class: "track" }, h("div", { class: "bar" })),
         h("span", { class: "small" }, total ? `${step}/${total}` : job.status))
         : null,
-      job.error ? h("p", { class: "error" }, job.error.message) : null,
+      job.error ? problem(job.error) : null,
       h("p", { class: "muted small meta" },
         [p.width && `${p.width}×${p.height}`, p.steps && `${p.steps} steps`, p.sampler, p.seed !== null && p.seed !== undefined && `seed ${p.seed}`,
           p.loraId && `${p.loraId} ${p.loraStrength ?? ""}`, job.durationMs && seconds(job.durationMs / 1000)]
           .filter(Boolean).join(" · ")),
-      job.backend ? h("p", { class: "muted small backend", title: job.backendReason || "" }, `on ${job.backend}`) : null));
+      job.backend ? h("p", { class: "muted small backend", title: job.backendReason || "" }, `on ${job.backend}`) : null,
+      card.actions && !ACTIVE.has(job.status) ? card.actions(job) : null));
   const bar = card.querySelector(".bar");
   if (bar) bar.style.width = `${pct}%`;
 }
@@ -88,22 +91,25 @@ async function cancelJob(id) {
   try {
     await api(`/jobs/${id}/cancel`, { method: "POST" });
   } catch (err) {
-    toast(err.message, "error");
+    toast(err, "error");
   }
 }
 
 // A live list of jobs: a first GET, then every job.* event updates or adds its card (no polling).
-export function jobList(container, events, { limit = 30, filter = () => true, empty = "No jobs yet." } = {}) {
+// `source`: only the jobs submitted with it (GET /jobs?source=, and the events' jobs filtered alike).
+export function jobList(container, events, { limit = 30, filter = () => true, empty = "No jobs yet.", source = null,
+  actions = null } = {}) {
   const cards = new Map();
-  const placeholder = h("p", { class: "muted" }, empty);
+  // "No jobs yet" only once the daemon said so: while it does not answer nothing is known.
+  const placeholder = h("p", { class: "muted empty" }, "loading…");
   container.append(placeholder);
 
   function upsert(job, front = true) {
-    if (!filter(job)) return;
+    if (!filter(job) || (source && job.source !== source)) return;
     let card = cards.get(job.id);
     if (card) updateJobCard(card, job);
     else {
-      card = jobCard(job);
+      card = jobCard(job, actions);
       cards.set(job.id, card);
       if (front) container.prepend(card); else container.append(card);
     }
@@ -111,18 +117,20 @@ export function jobList(container, events, { limit = 30, filter = () => true, em
   }
 
   async function load() {
-    const { jobs } = await api(`/jobs?limit=${limit}`);
+    const { jobs } = await api(`/jobs?limit=${limit}${source ? `&source=${encodeURIComponent(source)}` : ""}`);
     for (const job of jobs.slice().reverse()) upsert(job);
+    placeholder.textContent = empty;
+    if (!cards.size && !placeholder.isConnected) container.append(placeholder);
   }
 
   const off = events.on((ev) => {
-    if (ev.type === "open") load().catch((err) => toast(err.message, "error"));
+    if (ev.type === "open") load().catch((err) => toast(err, "error"));
     else if (ev.type === "job.preview") showPreview(cards.get(ev.jobId), ev);
     else if (ev.type && ev.type.startsWith("job.") && ev.job) {
       upsert(ev.job);
       if (ev.type === "job.succeeded") withLikeness(ev.job, upsert);
     }
   });
-  load().catch((err) => toast(err.message, "error"));
-  return { off, upsert };
+  load().catch((err) => toast(err, "error"));
+  return { off, upsert, cards };
 }

@@ -2,7 +2,7 @@
 // next to the images they name (missing caption, trigger not first, mirrored flips, near-duplicates);
 // flip the images picked; caption proposals to confirm, edit or reject (proposals.js).
 import { api } from "../api.js";
-import { h, picture, replace, toast } from "../dom.js";
+import { h, picture, problem, replace, toast } from "../dom.js";
 import { proposalsPanel } from "./proposals.js";
 
 export function mount(root, ctx, args) {
@@ -11,7 +11,8 @@ export function mount(root, ctx, args) {
   const grid = h("div", { class: "dataset grid" });
   const selected = new Set();
   const flipButton = h("button", { type: "button", disabled: true, onclick: flipSelected }, "Flip selected");
-  const form = h("form", { class: "row dataset-open" }, dir, h("button", { type: "submit", class: "primary" }, "Open"), flipButton);
+  const form = h("form", { class: "row dataset-open" }, h("label", { class: "field grow" }, h("span", { class: "label" }, "Training folder"), dir),
+    h("button", { type: "submit", class: "primary" }, "Open"), flipButton);
   form.addEventListener("submit", (e) => { e.preventDefault(); load(); });
   const proposals = proposalsPanel(() => load({ withProposals: false })); // its own answer is already shown
   root.append(h("h1", {}, "Dataset"), form, summary, proposals.element, grid);
@@ -36,7 +37,7 @@ export function mount(root, ctx, args) {
     let data;
     try {
       data = await api(`/dataset?dir=${encodeURIComponent(folder)}`);
-    } catch (err) { replace(summary, h("p", { class: "error" }, err.message)); replace(grid); return; }
+    } catch (err) { replace(summary, problem(err)); replace(grid); return; }
     selected.clear();
     updateFlipButton();
     render(data);
@@ -72,7 +73,7 @@ export function mount(root, ctx, args) {
         card.dataset.saved = "1";
         clearTimeout(recheck);
         recheck = setTimeout(load, 600); // the findings follow the new caption
-      } catch (err) { status.textContent = ""; toast(err.message, "error"); }
+      } catch (err) { status.textContent = ""; toast(err, "error"); }
     }
     caption.addEventListener("blur", save);
     caption.addEventListener("keydown", (e) => { if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); caption.blur(); } });
@@ -94,7 +95,7 @@ export function mount(root, ctx, args) {
       const out = await api("/dataset/flip", { method: "POST", body: { dir: dir.value.trim(), names } });
       toast(`${out.written.length} flip(s) written${out.skippedExisting.length ? `, ${out.skippedExisting.length} existed` : ""}`, "good");
       load();
-    } catch (err) { toast(err.message, "error"); }
+    } catch (err) { toast(err, "error"); }
   }
 
   if (dir.value) load();

@@ -26,7 +26,7 @@ export function mount(root) {
             h("td", { class: `status ${c.status}` }, c.status),
             h("td", {}, c.detail),
             h("td", {}, c.fix ? h("code", {}, c.fix) : ""))))))); 
-    } catch (err) { toast(err.message, "error"); }
+    } catch (err) { toast(err, "error"); }
     again.disabled = false;
   }
   run();

@@ -1,12 +1,19 @@
 // Generate: a form over POST /jobs with the profile's limits shown and checked before submit, a seed
 // dice, a pose image picked from disk (previewed here, stored by the daemon), where it runs (a backend,
-// a tag, local or any: the size limit is then the widest profile among those), and the result shown live.
+// a tag, local or any: the size limit is then the widest profile among those). The form is kept (this
+// browser's localStorage) across views and reloads; Ctrl/Cmd+Enter submits. Its results are a gallery
+// of the jobs the studio submitted (kept by the daemon: GET /jobs?source=studio, so a reload or another
+// browser shows them), each with its live previews while it runs, and on each: retry, variations, more
+// like this (img2img from it, with a denoise slider), upscale for print, save to a page, the workflow.
 import { api } from "../api.js";
 import { allowedBy, whereChoices } from "../backends.js";
-import { field, h, replace, toast } from "../dom.js";
-import { jobCard, updateJobCard, withLikeness } from "../jobs.js";
+import { field, h, problem, replace, toast } from "../dom.js";
+import { jobList } from "../jobs.js";
+import { resultActions } from "./results.js";
 
 const SEED_MAX = 2 ** 32 - 1;
+const KEPT = "studio.generate.form"; // the form's values, as the artist left them
+const SOURCE = "studio"; // the jobs this view submits, and lists
 
 // A die (drawn, not an emoji: not every system has an emoji font).
 function dieIcon() {
@@ -38,9 +45,12 @@ export function mount(root, ctx, args) {
   const d = cfg.defaults;
   const lim = cfg.limits;
   let prof = cfg.profile; // the widest profile among the backends `where` allows (the laptop's until /health answers)
-  // "Edit and run again" on a job card leaves that job's parameters here for one visit.
-  const prefill = JSON.parse(sessionStorage.getItem("studio.prefill") || "{}");
+  // "Edit and run again" on a job card leaves that job's parameters here for one visit; otherwise the
+  // form is as the artist left it (another view, a reload).
+  const once = sessionStorage.getItem("studio.prefill");
   sessionStorage.removeItem("studio.prefill");
+  let prefill = {};
+  try { prefill = JSON.parse(once || localStorage.getItem(KEPT) || "{}") || {}; } catch { prefill = {}; }
 
   const prompt = h("textarea", { name: "prompt", rows: 4, required: true, maxlength: 4000,
     placeholder: `${cfg.triggerWord}, full body, standing on a rooftop at dusk` }, prefill.prompt || "");
@@ -108,19 +118,21 @@ export function mount(root, ctx, args) {
       posePreview.classList.remove("empty");
       poseClear.hidden = false;
       cnStrength.disabled = false;
+      keep();
     } catch (err) {
       poseFile.value = "";
-      toast(err.message, "error");
+      toast(err, "error");
     }
   });
   poseClear.addEventListener("click", () => {
     posePath = null; poseFile.value = ""; poseClear.hidden = true; cnStrength.disabled = true;
     posePreview.replaceChildren(); posePreview.classList.add("empty");
+    keep();
   });
 
   const problems = h("ul", { class: "problems", "aria-live": "polite" });
-  const submit = h("button", { type: "submit", class: "primary" }, "Generate");
-  const result = h("div", { class: "result" });
+  const submit = h("button", { type: "submit", class: "primary", title: "Ctrl+Enter (⌘+Enter)" }, "Generate");
+  const gallery = h("div", { class: "result gallery" });
 
   function check() {
     const out = [];
@@ -155,9 +167,28 @@ export function mount(root, ctx, args) {
       field("ControlNet strength", cnStrength, `${lim.controlnetStrength.min}–${lim.controlnetStrength.max}`),
       posePreview),
     problems,
-    h("div", { class: "row" }, submit, profHint));
+    h("div", { class: "row" }, submit, h("span", { class: "muted small" }, "Ctrl+Enter"), profHint));
 
-  form.addEventListener("input", check);
+  // What is kept: the values as the wire names them, and the pose the daemon stored.
+  function keep() {
+    const values = { poseImagePath: posePath };
+    for (const el of form.querySelectorAll("input[name], textarea[name], select[name]")) {
+      if (el.type === "file") continue;
+      // A list the daemon has not filled yet (LoRAs, where) keeps the value it was given.
+      if (el.tagName === "SELECT" && prefill[el.name] && ![...el.options].some((o) => o.value === prefill[el.name])) {
+        values[el.name] = prefill[el.name];
+        continue;
+      }
+      values[el.name] = el.type === "number" ? (el.value === "" ? null : Number(el.value)) : el.value;
+    }
+    try { localStorage.setItem(KEPT, JSON.stringify(values)); } catch { /* private mode: not kept */ }
+  }
+
+  form.addEventListener("input", () => { check(); keep(); });
+  form.addEventListener("change", keep);
+  form.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) { e.preventDefault(); form.requestSubmit(); }
+  });
   where.addEventListener("change", () => { setLimits(); check(); });
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
@@ -170,29 +201,41 @@ export function mount(root, ctx, args) {
     if (lora.value) Object.assign(body, { loraId: lora.value, loraStrength: Number(loraStrength.value) });
     if (posePath) Object.assign(body, { poseImagePath: posePath, controlnetStrength: Number(cnStrength.value) });
     if (where.value) body.where = where.value;
+    keep();
     submit.disabled = true;
     try {
-      const job = await api("/jobs", { method: "POST", body });
-      current = job.id;
-      replace(result, jobCard(job));
+      shown(await api("/jobs", { method: "POST", body: { ...body, source: SOURCE } }));
     } catch (err) {
-      replace(problems, h("li", {}, err.message));
+      replace(problems, h("li", {}, problem(err, "span")));
     } finally {
       submit.disabled = false;
     }
   });
 
-  let current = null;
+  // A job this view just submitted (the form, or an action on a result): first in the gallery, in view.
+  let latest = null;
+  function shown(answer) {
+    const jobs = answer.jobs || [answer]; // a variations group answers its jobs
+    for (const job of jobs.slice().reverse()) list.upsert(job);
+    latest = jobs[0].id;
+    const card = list.cards.get(latest);
+    for (const c of gallery.querySelectorAll(".job.latest")) c.classList.remove("latest");
+    if (card) { card.classList.add("latest"); card.scrollIntoView({ block: "nearest", behavior: "smooth" }); }
+  }
+
+  const list = jobList(gallery, ctx.events, { source: SOURCE, limit: 24, empty: "Nothing generated here yet.",
+    actions: (job) => resultActions(job, { ctx, submit: shown, edit: (params) => { sessionStorage.setItem("studio.prefill", JSON.stringify(params)); remount(); } }) });
   const off = ctx.events.on((ev) => {
-    if (ev.job && ev.job.id === current) {
-      const card = result.querySelector(".job");
-      if (card) updateJobCard(card, ev.job);
-      if (ev.type === "job.succeeded") {
-        toast("Done", "good");
-        withLikeness(ev.job, (job) => { const now = result.querySelector(".job"); if (now) updateJobCard(now, job); });
-      }
-    }
+    if (ev.type === "job.succeeded" && ev.job && ev.job.id === latest) toast("Done", "good");
   });
+  // "Edit" on a result: the form drawn again with that job's parameters (kept from then on).
+  function remount() {
+    off(); list.off();
+    root.replaceChildren();
+    cleanup = mount(root, ctx, args);
+    window.scrollTo({ top: 0 });
+  }
+  let cleanup = null;
 
   api("/health").then((health) => {
     backends = health.backends;
@@ -200,14 +243,14 @@ export function mount(root, ctx, args) {
       h("option", { value: v, selected: v === (prefill.where || "") }, label)));
     setLimits();
     check();
-  }).catch((err) => toast(err.message, "error"));
+  }).catch((err) => toast(err, "error"));
 
   api("/loras").then(({ loras }) => {
     for (const l of loras) lora.append(h("option", { value: l.id, selected: l.id === prefill.loraId }, `${l.id}${l.triggerWord ? ` (${l.triggerWord})` : ""}`));
-  }).catch((err) => toast(err.message, "error"));
+  }).catch((err) => toast(err, "error"));
 
-  root.append(h("h1", {}, "Generate"), h("div", { class: "split" }, form, h("section", { class: "result-col" },
-    h("h2", {}, "Result"), result)));
+  root.append(h("h1", {}, "Generate"), h("div", { class: "split" }, form, h("section", { class: "result-col", "aria-label": "results" },
+    h("h2", {}, "Results"), gallery)));
   check();
-  return off;
+  return () => { if (cleanup) cleanup(); else { off(); list.off(); } };
 }

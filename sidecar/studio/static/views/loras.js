@@ -3,11 +3,12 @@
 // contact sheet when there is one, promote;
 // start a run from a dataset folder; cancel and resume.
 import { api } from "../api.js";
-import { field, h, replace, seconds, toast } from "../dom.js";
+import { field, h, problem, replace, seconds, toast } from "../dom.js";
 
 const ACTIVE = new Set(["queued", "running"]);
 const RESUMABLE = new Set(["interrupted", "cancelled", "failed"]);
 const SVG = "http://www.w3.org/2000/svg";
+const KEPT = "studio.train.form"; // the training form as the artist left it
 
 function svg(tag, attrs = {}) {
   const el = document.createElementNS(SVG, tag);
@@ -53,7 +54,7 @@ export function mount(root, ctx) {
   const runs = new Map();
   const cards = new Map();
 
-  const datasetDir = h("input", { name: "datasetDir", required: true, placeholder: "/Users/you/lora/train" });
+  const datasetDir = h("input", { name: "datasetDir", required: true, placeholder: "/Users/you/lora/train", autocomplete: "off" });
   const outputName = h("input", { name: "outputName", required: true, pattern: "[A-Za-z0-9][A-Za-z0-9._\\-]{0,99}", value: ctx.config.triggerWord });
   const steps = h("input", { name: "steps", type: "number", min: 1, max: 100000, value: 1000 });
   const every = h("input", { name: "saveEveryNSteps", type: "number", min: 1, value: 200 });
@@ -67,13 +68,23 @@ export function mount(root, ctx) {
     h("div", { class: "cols" }, field("Name", outputName), field("Steps", steps), field("Save every", every), field("Engine", engine)),
     h("div", { class: "cols" }, field("Resolution", resolution, "square, multiple of 64"), field("Network dim", dim), field("Network alpha", alpha)),
     h("div", { class: "row" }, h("button", { type: "submit", class: "primary" }, "Start training")));
+  // The form is kept (this browser) across views and reloads, as Generate's is.
+  let kept = {};
+  try { kept = JSON.parse(localStorage.getItem(KEPT) || "{}") || {}; } catch { kept = {}; }
+  for (const el of trainForm.querySelectorAll("input[name], select[name]")) if (kept[el.name] !== undefined) el.value = kept[el.name];
+  const keep = () => {
+    const values = Object.fromEntries([...trainForm.querySelectorAll("input[name], select[name]")].map((el) => [el.name, el.value]));
+    try { localStorage.setItem(KEPT, JSON.stringify(values)); } catch { /* private mode: not kept */ }
+  };
+  trainForm.addEventListener("input", keep);
+  trainForm.addEventListener("change", keep);
   trainForm.addEventListener("submit", async (e) => {
     e.preventDefault();
     const body = { datasetDir: datasetDir.value.trim(), outputName: outputName.value.trim(), steps: Number(steps.value),
       saveEveryNSteps: Number(every.value), resolution: Number(resolution.value), networkDim: Number(dim.value),
       networkAlpha: Number(alpha.value) };
     if (engine.value) body.engine = engine.value;
-    try { upsert(await api("/loras/train", { method: "POST", body })); toast("training queued", "good"); } catch (err) { toast(err.message, "error"); }
+    try { upsert(await api("/loras/train", { method: "POST", body })); toast("training queued", "good"); } catch (err) { toast(err, "error"); }
   });
 
   root.append(h("h1", {}, "LoRAs"),
@@ -89,14 +100,39 @@ export function mount(root, ctx) {
           h("td", {}, l.steps ?? "–"), h("td", {}, l.networkDim ? `${l.networkDim} / ${l.networkAlpha}` : "–"),
           h("td", {}, l.baseModel || "–"), h("td", {}, l.sizeBytes ? `${(l.sizeBytes / 1048576).toFixed(1)} MB` : "–")))))
         : h("p", { class: "muted" }, "No LoRA installed yet."));
-    } catch (err) { toast(err.message, "error"); }
+    } catch (err) { toast(err, "error"); }
   }
 
   async function act(run, action, body) {
     try {
       const out = await api(`/loras/${run.id}/${action}`, { method: "POST", ...(body ? { body } : {}) });
       if (action === "promote") { toast(`installed as ${out.loraId}${out.alreadyInstalled ? " (already there)" : ""}`, "good"); loadInstalled(); } else upsert(out);
-    } catch (err) { toast(err.message, "error"); }
+      return true;
+    } catch (err) {
+      if (action === "promote" && err.code === "lora_exists") askName(run, body || {});
+      else toast(err, "error");
+      return false;
+    }
+  }
+
+  // The default name is taken by another file: a name field under the run, and Promote again.
+  function askName(run, body) {
+    const card = cards.get(run.id);
+    const name = h("input", { name: "promoteName", required: true, pattern: "[A-Za-z0-9][A-Za-z0-9._\\-]{0,99}",
+      value: `${run.outputName}_${body.step ? `s${body.step}` : "final"}` });
+    const box = h("form", { class: "card form promote-name", role: "group", "aria-label": "promote under another name" },
+      h("p", {}, `A different LoRA is already installed as “${run.outputName}”. Install this one under another name:`),
+      h("div", { class: "row" }, field("Name", name), h("button", { type: "submit", class: "primary" }, "Promote"),
+        h("button", { type: "button", class: "ghost", onclick: () => box.remove() }, "Cancel")));
+    box.addEventListener("submit", async (e) => {
+      e.preventDefault();
+      if (!name.checkValidity()) { name.reportValidity(); return; }
+      if (await act(run, "promote", { ...body, name: name.value.trim() })) box.remove();
+    });
+    card.querySelector(".promote-name")?.remove();
+    card.append(box);
+    name.focus();
+    name.select();
   }
 
   function upsert(run) {
@@ -147,28 +183,39 @@ export function mount(root, ctx) {
         h("span", { class: "muted small" }, `${run.engine} on ${run.device || "?"}`),
         ACTIVE.has(run.status) ? h("button", { type: "button", class: "small danger", onclick: () => act(run, "cancel") }, "Cancel") : null,
         RESUMABLE.has(run.status) ? h("button", { type: "button", class: "small", onclick: () => act(run, "resume") }, "Resume") : null),
-      h("div", { class: "progress" }, h("div", { class: "track" }, h("div", { class: "bar" })), h("span", { class: "small step" }, `${run.step}/${run.total}`)),
+      h("div", { class: "progress", role: "progressbar", "aria-label": "training progress", "aria-valuemin": 0, "aria-valuemax": run.total || 1,
+        "aria-valuenow": run.step }, h("div", { class: "track" }, h("div", { class: "bar" })), h("span", { class: "small step" }, `${run.step}/${run.total}`)),
       h("p", { class: "muted small" }, [
-        run.etaSeconds !== null && ACTIVE.has(run.status) ? `ETA ${seconds(run.etaSeconds)}` : null,
+        run.etaSeconds !== null && ACTIVE.has(run.status) ? h("span", { class: "eta" }, `ETA ${seconds(run.etaSeconds)}`) : null,
         run.secondsPerStep ? `${run.secondsPerStep.toFixed(2)} s/step` : null,
         run.loss && run.loss.smoothed !== null ? `loss ${run.loss.smoothed.toFixed(4)}` : null,
-        run.datasetDir].filter(Boolean).join(" · ")),
+        run.datasetDir].filter(Boolean).flatMap((x, i) => (i ? [" · ", x] : [x]))),
       run.warnings.length ? h("ul", { class: "warnings small" }, run.warnings.map((w) => h("li", {}, w))) : null,
-      run.error ? h("p", { class: "error" }, run.error.message) : null,
+      run.error ? problem(run.error) : null,
       lossChart(losses.get(run.id) || []),
-      run.checkpoints.length ? h("div", { class: "checkpoints" }, h("h3", {}, "Checkpoints"),
+      promotable(run).length ? h("div", { class: "checkpoints" }, h("h3", {}, "Checkpoints"),
         pick ? h("p", { class: "small pick" }, `Most like the character (sweep): ${pick.label}, mean likeness ${pick.meanScore.toFixed(2)}, ${Math.round(100 * pick.shareSame)}% same`)
           : sweep && sweep.index && sweep.index.unranked ? h("p", { class: "muted small" }, `Sweep not ranked: ${sweep.index.unranked}`) : null,
-        h("ul", {}, run.checkpoints.map((c) => h("li", { class: "row", dataset: { step: c.step } },
-          h("span", {}, c.final ? `final (step ${c.step})` : `step ${c.step}`), h("span", { class: "muted small" }, c.fileName),
-          ranks.has(c.step) ? h("span", { class: `badge rank${pick && pick.step === c.step ? " succeeded" : ""}`,
+        h("ul", {}, promotable(run).map((c) => h("li", { class: `row${c.final ? " final" : ""}`, dataset: c.final ? { step: c.step, final: "1" } : { step: c.step } },
+          h("span", {}, c.final ? `final LoRA (step ${c.step})` : `step ${c.step}`), h("span", { class: "muted small" }, c.fileName),
+          ranks.has(c.step) && !c.final ? h("span", { class: `badge rank${pick && pick.step === c.step ? " succeeded" : ""}`,
             title: `mean likeness ${ranks.get(c.step).meanScore}, ${Math.round(100 * ranks.get(c.step).shareSame)}% same, ${ranks.get(c.step).failures} failed` },
           `#${ranks.get(c.step).rank} ${ranks.get(c.step).meanScore.toFixed(2)}`) : null,
-          h("button", { type: "button", class: "small", onclick: () => act(run, "promote", c.final ? {} : { step: c.step }) }, "Promote"))))) : null,
+          h("button", { type: "button", class: c.final ? "small primary" : "small", onclick: () => act(run, "promote", c.final ? {} : { step: c.step }) }, "Promote"))))) : null,
       sweep && sweep.contactSheetUrl ? h("details", { class: "sweep" }, h("summary", {}, "Sweep contact sheet"),
         h("a", { href: sweep.contactSheetUrl, target: "_blank", rel: "noopener" }, h("img", { src: sweep.contactSheetUrl, alt: "contact sheet", class: "sheet" }))) : null,
       run.logTail.length ? h("details", { class: "log" }, h("summary", {}, "Log"), h("pre", {}, run.logTail.join("\n"))) : null);
     card.querySelector(".bar").style.width = `${pct}%`;
+  }
+
+  // The run's checkpoints and, once it succeeded, its final LoRA file (promoted without a step), also when
+  // a checkpoint was saved at the same last step (the daemon then lists only that one).
+  function promotable(run) {
+    const list = run.checkpoints.slice();
+    if (run.status === "succeeded" && run.finalFile && !list.some((c) => c.final)) {
+      list.push({ step: run.step, fileName: run.finalFile.split(/[\\/]/).at(-1), final: true });
+    }
+    return list;
   }
 
   async function loadRuns() {
@@ -176,7 +223,7 @@ export function mount(root, ctx) {
       const { runs: list } = await api("/loras/runs?limit=20");
       for (const run of list.slice().reverse()) upsert(run);
       if (!list.length && !runsBox.children.length) runsBox.append(h("p", { class: "muted empty-runs" }, "No training run yet."));
-    } catch (err) { toast(err.message, "error"); }
+    } catch (err) { toast(err, "error"); }
   }
 
   const off = ctx.events.on((ev) => {

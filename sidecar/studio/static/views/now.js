@@ -53,7 +53,7 @@ export function mount(root, ctx) {
   };
   pauseButton.addEventListener("click", async () => {
     try { showPaused(await api(paused ? "/queue/resume" : "/queue/pause", { method: "POST" })); }
-    catch (err) { toast(err.message, "error"); }
+    catch (err) { toast(err, "error"); }
   });
   root.append(
     h("h1", {}, "Now"),
@@ -74,7 +74,7 @@ export function mount(root, ctx) {
         renderHealth(healthBox, health);
         renderBackends(backendsBox, health.backends);
         showPaused(health.queue);
-      } catch (err) { toast(err.message, "error"); }
+      } catch (err) { toast(err, "error"); }
     }, 150);
   };
   refresh();

@@ -4,15 +4,15 @@
 // open its workflow, refine its prompt through the local Ollama (refine.js). Keys: ← → through versions,
 // a approve, n new version, r refine, c compare, o overlay.
 import { api } from "../api.js";
-import { field, h, picture, replace, seconds, toast } from "../dom.js";
+import { field, h, picture, problem, replace, seconds, toast } from "../dom.js";
 import { refineBox } from "./refine.js";
 
 const SEED_MAX = 2 ** 32 - 1;
 
-// Keys are the page's while the artist is not typing (a slider or a checkbox keeps them).
+// Keys are the page's only while no control has them: a focused slider moves with the arrows, a select
+// changes its choice, a field types (and a checkbox toggles with the space bar).
 function typing(el) {
-  if (el.closest("textarea, select, [contenteditable]")) return true;
-  return el.matches("input") && !["range", "checkbox", "radio", "button", "submit"].includes(el.type);
+  return Boolean(el.closest && el.closest("input, textarea, select, [contenteditable]"));
 }
 
 export function mount(root, ctx, args) {
@@ -29,7 +29,9 @@ export function mount(root, ctx, args) {
   function go(chapter, page, version) {
     const hash = `#/pages/${chapter}/${page}${version ? `/${version}` : ""}`;
     if (location.hash !== hash) history.replaceState(history.state, "", hash);
-    Object.assign(state, { chapter, page, version, compare: state.page === page ? state.compare : null });
+    // Never one version compared with itself: showing the compared one swaps the two.
+    const compare = state.page !== page ? null : state.compare === version ? state.version : state.compare;
+    Object.assign(state, { chapter, page, version, compare: compare === version ? null : compare });
     render();
   }
 
@@ -40,10 +42,10 @@ export function mount(root, ctx, args) {
       replace(nav);
       nav.hidden = true;
       replace(main, h("section", { class: "card notice" }, h("h2", {}, "No project"),
-        h("p", {}, err.code === "project_not_configured"
-          ? ["Start the daemon with ", h("code", {}, "sidecar serve --project ROOT"), " (or set ", h("code", {}, "project_root"),
-            ") to see the pages of a pipeline project here."]
-          : err.message)));
+        err.code === "project_not_configured"
+          ? h("p", {}, "The daemon has no project folder, so there are no pages to show. Name your comic's folder in the daemon's settings (",
+            h("code", {}, "project_root"), ") and restart it; its chapters and pages then appear here.")
+          : problem(err)));
       return;
     }
     const chapters = state.project.chapters;
@@ -84,7 +86,7 @@ export function mount(root, ctx, args) {
       const queued = await api(`/project/chapters/${chapter}/render`, { method: "POST", body: {} });
       const skipped = queued.skipped.length ? ` (${queued.skipped.length} approved page(s) left out)` : "";
       toast(queued.jobs.length ? `chapter ${chapter}: ${queued.jobs.length} page(s) queued${skipped}` : `chapter ${chapter}: every page has an approved version`, "good");
-    } catch (err) { toast(err.message, "error"); }
+    } catch (err) { toast(err, "error"); }
   }
 
   function renderPage() {
@@ -96,6 +98,7 @@ export function mount(root, ctx, args) {
     const versions = page.versions;
     if (!versions.some((v) => v.version === state.version)) state.version = versions.at(-1)?.version ?? null;
     const selected = versions.find((v) => v.version === state.version);
+    if (state.compare === state.version || !versions.some((v) => v.version === state.compare)) state.compare = null;
     const other = versions.find((v) => v.version === state.compare);
     const strip = h("div", { class: "strip", role: "listbox", "aria-label": "versions" }, versions.map((v) => h("button", {
       type: "button", role: "option", class: `thumb${v.version === state.version ? " selected" : ""}${v.version === state.compare ? " compared" : ""}`,
@@ -137,12 +140,19 @@ export function mount(root, ctx, args) {
     replace(main,
       h("div", { class: "section-head" }, h("h2", {}, page.name),
         h("span", { class: "muted small" }, page.promptFile || "no prompt file")),
-      versions.length ? strip : h("p", { class: "muted" }, "No versions yet: render one with New version (or `generate -c ",
-        String(page.chapter), " --page ", String(page.page), "`)."),
+      versions.length ? strip : h("p", { class: "muted" }, "No versions yet: render one with New version."),
       tools,
       slot,
       viewer,
       selected ? details(selected) : null);
+    fitViewer(viewer);
+  }
+
+  // The viewer fits the window below what stands above it (strip, tools): the images, and the overlay's
+  // slider under them, are on screen without scrolling.
+  function fitViewer(viewer) {
+    const top = viewer.getBoundingClientRect().top + window.scrollY;
+    viewer.style.setProperty("--viewer-top", `${Math.round(top)}px`);
   }
 
   function figure(v) {
@@ -179,7 +189,7 @@ export function mount(root, ctx, args) {
       const page = await api(`/project/pages/${state.chapter}/${state.page}/versions/${v.version}/${verb}?by=studio`, { method: "POST" });
       replacePage(page);
       toast(v.approved ? `v${v.version} no longer approved` : `v${v.version} approved`, "good");
-    } catch (err) { toast(err.message, "error"); }
+    } catch (err) { toast(err, "error"); }
   }
 
   function replacePage(page) {
@@ -233,7 +243,7 @@ export function mount(root, ctx, args) {
       const pose = v.entry && v.entry.poseImage;
       if (pose) body.poseImagePath = pose.startsWith("/") ? pose : `${state.project.root}/${pose}`;
       render_job(body, v);
-    } catch (err) { toast(err.message, "error"); }
+    } catch (err) { toast(err, "error"); }
   }
 
   // A render is a page job: the daemon writes the version when it succeeds, whether or not this tab is
@@ -250,12 +260,12 @@ export function mount(root, ctx, args) {
     let job;
     try {
       job = await api("/jobs", { method: "POST", body: { ...body, page, source: "studio" } });
-    } catch (err) { toast(err.message, "error"); return; }
+    } catch (err) { toast(err, "error"); return; }
     state.job = { id: job.id, target };
     replace(slot, h("div", { class: "card rendering row", dataset: { jobId: job.id } },
       h("span", { class: "badge running" }, reproduces ? `reproducing v${reproduces.version}` : "rendering"),
-      h("div", { class: "progress grow" }, h("div", { class: "track" }, h("div", { class: "bar" })), h("span", { class: "small" }, "queued")),
-      h("button", { type: "button", class: "small danger", onclick: () => api(`/jobs/${job.id}/cancel`, { method: "POST" }).catch((e) => toast(e.message, "error")) }, "Cancel")));
+      h("div", { class: "progress grow", role: "progressbar", "aria-label": "render progress" }, h("div", { class: "track" }, h("div", { class: "bar" })), h("span", { class: "small" }, "queued")),
+      h("button", { type: "button", class: "small danger", onclick: () => api(`/jobs/${job.id}/cancel`, { method: "POST" }).catch((e) => toast(e, "error")) }, "Cancel")));
   }
 
   async function finished(job) {
@@ -264,7 +274,7 @@ export function mount(root, ctx, args) {
     // Only this job's own card is replaced: a form opened meanwhile stays.
     const card = () => document.querySelector(`#job-slot [data-job-id='${job.id}']`);
     if (job.status !== "succeeded") {
-      if (mine && card()) replace(document.getElementById("job-slot"), h("p", { class: "error" }, job.error ? job.error.message : `the job was ${job.status}`));
+      if (mine && card()) replace(document.getElementById("job-slot"), job.error ? problem(job.error) : h("p", { class: "muted" }, `The render was ${job.status}.`));
       return;
     }
     const written = job.pageVersion;
@@ -275,7 +285,7 @@ export function mount(root, ctx, args) {
       if (mine) go(written.chapter, written.page, written.version);
       else render();
       toast(`ch${String(written.chapter).padStart(2, "0")} p${written.page}: v${written.version} written`, "good");
-    } catch (err) { toast(err.message, "error"); }
+    } catch (err) { toast(err, "error"); }
   }
 
   const off = ctx.events.on((ev) => {
@@ -303,7 +313,7 @@ export function mount(root, ctx, args) {
     else if (e.key === "n") openForm(page.versions[i]);
     else if (e.key === "r" && page.promptFile) openRefine(page.versions[i]);
     else if (e.key === "o" && state.compare) { state.mode = state.mode === "overlay" ? "side" : "overlay"; renderPage(); }
-    else if (e.key === "c" && page.versions.length > 1) {
+    else if (e.key === "c" && page.versions.length > 1 && i >= 0) {
       state.compare = page.versions[i > 0 ? i - 1 : 1].version; renderPage();
     } else return;
     e.preventDefault();

@@ -4,6 +4,7 @@
 // flip's (plus `mirrored`); a confirmed row is never proposed again. `dataset check` passes once none is left.
 import { api } from "../api.js";
 import { h, picture, replace, toast } from "../dom.js";
+import { explain } from "../messages.js";
 
 const PARTS = ["framing", "pose", "background"];
 
@@ -83,7 +84,7 @@ export function proposalsPanel(onChange) {
       toast(`${rows.length} caption(s) confirmed: ${out.written.join(", ")}`, "good");
       show(out.table);
       onChange();
-    } catch (err) { button.disabled = false; toast(err.message, "error"); }
+    } catch (err) { button.disabled = false; toast(err, "error"); }
   }
 
   async function reject(file, button) {
@@ -94,7 +95,7 @@ export function proposalsPanel(onChange) {
       show(out);
       toast(`${file}: proposal rejected; fill it in or propose again`, "info");
       onChange();
-    } catch (err) { button.disabled = false; toast(err.message, "error"); }
+    } catch (err) { button.disabled = false; toast(err, "error"); }
   }
 
   async function propose(button, proposer) {
@@ -109,8 +110,8 @@ export function proposalsPanel(onChange) {
       button.disabled = false;
       button.textContent = "Propose captions";
       const fix = err.details && err.details.fix;
-      panel.append(h("p", { class: "error", role: "alert", dataset: { code: err.code } }, err.message,
-        fix ? [" · ", h("code", {}, fix)] : null, " Nothing was changed."));
+      panel.append(h("p", { class: "error", role: "alert", dataset: { code: err.code } }, explain(err).text,
+        fix ? [" In a terminal: ", h("code", {}, fix)] : null, " Nothing was changed."));
     }
   }
 

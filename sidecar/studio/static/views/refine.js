@@ -6,6 +6,7 @@
 // failure (Ollama not running, a model not pulled) shows here with its fix and changes nothing.
 import { api } from "../api.js";
 import { field, h, replace, toast } from "../dom.js";
+import { explain } from "../messages.js";
 
 export function refineBox({ page, chapter, version, onRender, onWritten }) {
   const feedback = h("textarea", { name: "feedback", rows: 2, required: true, maxLength: 2000,
@@ -87,7 +88,8 @@ export function refineBox({ page, chapter, version, onRender, onWritten }) {
 
 function failure(err) {
   const fix = err.details && err.details.fix;
+  const { text } = explain(err);
   return h("div", { class: "refine-error error", role: "alert", dataset: { code: err.code } },
-    h("b", {}, err.code), " ", err.message, fix ? [" · ", h("code", {}, fix)] : null,
+    text, fix ? [" In a terminal: ", h("code", {}, fix)] : null,
     h("p", { class: "small muted" }, "Nothing was changed."));
 }
