@@ -40,7 +40,7 @@ export function updateJobCard(card, job) {
         h("span", { class: "muted small" }, timeAgo(job.createdAt)),
         job.likeness ? likenessBadge(job.likeness) : null,
         cancel, again),
-      h("p", { class: "prompt", title: p.prompt || "" }, p.prompt || "(a whole workflow)"),
+      h("p", { class: "prompt", title: p.prompt || "" }, p.prompt || (p.upscaleModel ? `upscaled for print (${p.upscaleModel})` : "(a whole workflow)")),
       ACTIVE.has(job.status) || total
         ? h("div", { class: "progress", role: "progressbar", "aria-label": "progress", "aria-valuemin": 0, "aria-valuemax": total || 1,
           "aria-valuenow": step }, h("div", { class: "track" }, h("div", { class: "bar" })),
