@@ -17,6 +17,12 @@ export function updateJobCard(card, job) {
   const p = job.params || {};
   const { step, total } = job.progress || { step: 0, total: 0 };
   const pct = total ? Math.round((100 * step) / total) : 0;
+  // A step of a running job moves its bar only: redrawing the card at every step would pull its Cancel
+  // button from under the pointer (a click on it never lands while the steps are fast).
+  const shape = [job.status, job.backend, job.error && job.error.code, job.likeness && job.likeness.score,
+    Boolean(job.output), Boolean(total)].join("|");
+  if (card.shape === shape && ACTIVE.has(job.status) && moveProgress(card, step, total, pct)) return;
+  card.shape = shape;
   const image = job.status === "succeeded" && job.output
     ? h("a", { href: job.output.url, target: "_blank", rel: "noopener", title: "open the image" },
       picture(`${job.output.url}?size=256`, p.width, p.height, p.prompt || "result"))
@@ -53,8 +59,20 @@ export function updateJobCard(card, job) {
           .filter(Boolean).join(" · ")),
       job.backend ? h("p", { class: "muted small backend", title: job.backendReason || "" }, `on ${job.backend}`) : null,
       card.actions && !ACTIVE.has(job.status) ? card.actions(job) : null));
+  moveProgress(card, step, total, pct);
+}
+
+// The progress of a card drawn already: false when it has no bar to move.
+function moveProgress(card, step, total, pct) {
   const bar = card.querySelector(".bar");
-  if (bar) bar.style.width = `${pct}%`;
+  if (!bar) return false;
+  bar.style.width = `${pct}%`;
+  const meter = card.querySelector(".progress");
+  meter.setAttribute("aria-valuenow", step);
+  meter.setAttribute("aria-valuemax", total || 1);
+  const label = meter.querySelector(":scope > span");
+  if (label && total) label.textContent = `${step}/${total}`;
+  return true;
 }
 
 // The daemon's likeness judge on the image (project with references): score and verdict.
