@@ -3,6 +3,9 @@
 The socket is opened with the daemon's `client_id` at start, kept open, reconnected with backoff,
 and its messages are routed to watchers by `prompt_id`. Following a prompt to its end is
 `sidecar.comfyui.follow`; getting its image out is `sidecar.comfyui.images`.
+
+Why one module of over 400 lines: `ComfyClient` is one transport; its HTTP calls and its socket share
+one session, one client id and one reconnect state, which a split would have to pass between modules.
 """
 
 from __future__ import annotations

@@ -4,6 +4,9 @@ validation live in the modules, which check every input before any file is writt
 
 Exit codes: 0 ok; 1 check found errors / a reg job failed; 2 bad input or usage (nothing was changed);
 3 the daemon does not answer; 4 the device is busy training.
+
+Why one module of over 400 lines: it is one click command per `sidecar dataset` subcommand, each a thin
+shell over its library module (crop, flip, caption, check, layout, reg); their options are most of it.
 """
 
 from __future__ import annotations

@@ -1,5 +1,8 @@
 """The doctor's checks: one function per thing the stack needs, each returning a `Check` with a status
 and, when something is missing, the fix. The network is asked once (`probe_network`) and shared.
+
+Why one module of over 400 lines: one small function per check, all sharing the one `Probe`; split by
+topic they would scatter the one list that `sidecar doctor` and the studio's Doctor view both read.
 """
 
 from __future__ import annotations
