@@ -243,3 +243,19 @@ def test_the_check_sees_imports_anywhere_in_a_module(tmp_path: Path) -> None:
     source.write_text("def f():\n    from sidecar.api.app import create_app\n    import sidecar.cli\n")
     assert imports_of(source, "sidecar.jobs.lazy") >= {"sidecar.api.app", "sidecar.cli"}
     assert layer_of("sidecar.api.app") < layer_of("sidecar.jobs.lazy")
+
+
+HOUSE_SIZE = 400  # lines; a module past it says at its top why it stays one module
+
+
+def test_no_module_outgrows_the_house_size_without_saying_why() -> None:
+    root = Path(__file__).resolve().parents[1]
+    silent = []
+    for folder in ("sidecar", "pipeline_stage", "manual", "bench"):
+        for path in sorted((root / folder).rglob("*.py")):
+            text = path.read_text(encoding="utf-8")
+            if text.count("\n") <= HOUSE_SIZE:
+                continue
+            if "Why one module" not in (ast.get_docstring(ast.parse(text)) or ""):
+                silent.append(f"{path.relative_to(root)} ({text.count(chr(10))} lines)")
+    assert not silent, "split these by concern, or say at their top why they stay one module: " + ", ".join(silent)
