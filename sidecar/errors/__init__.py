@@ -37,7 +37,8 @@ codes), `edge`, `inputs`, `state`, `services`, `jobs`, `startup`, `client`. The 
     ├── Unauthorized                  unauthorized               401    2  (token set, Authorization missing or wrong)
     ├── Forbidden                     forbidden                  403    2
     │   ├── HostNotAllowed            host_not_allowed                     (Host is not the daemon's: DNS rebinding)
-    │   └── OriginNotAllowed          origin_not_allowed                   (a page on another origin)
+    │   ├── OriginNotAllowed          origin_not_allowed                   (a page on another origin)
+    │   └── ProjectPathOutside        project_path_outside                 (a project file leading out of the project)
     ├── NotFound                      not_found                  404    2
     │   ├── JobNotFound               job_not_found
     │   ├── GroupNotFound             group_not_found                      (no job was submitted with that groupId)
@@ -124,6 +125,7 @@ from sidecar.errors.edge import (  # noqa: F401
     MethodNotAllowed,
     OriginNotAllowed,
     PayloadTooLarge,
+    ProjectPathOutside,
     Unauthorized,
     UnknownField,
     UnsupportedMediaType,
