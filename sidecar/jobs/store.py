@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import sqlite3
 from dataclasses import dataclass, field, fields
 from datetime import datetime
@@ -20,6 +21,8 @@ from pydantic import BaseModel
 from sidecar.jobs.pageref import PageRef, PageVersion
 from sidecar.jobs.params import JobParams
 from sidecar.sqlite_store import SqliteStore, now_iso
+
+log = logging.getLogger("sidecar.jobs")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -153,10 +156,26 @@ class JobStore(SqliteStore):
     def _row(self, row: sqlite3.Row) -> JobRecord:
         data = self._decode(row)
         data.pop("request", None)
+        for col in JSON_COLUMNS:
+            if not isinstance(data[col], dict) and not (col == "error_details" and data[col] is None):
+                raise ValueError(f"{col} is not a JSON object")
         data["params"] = JobParams.from_stored(data["params"])
         data["page"] = PageRef.model_validate(data["page"], strict=False) if data.get("page") else None
         data["page_version"] = PageVersion.model_validate(data["page_version"]) if data.get("page_version") else None
         return JobRecord(**data)
+
+    def _rows(self, rows: list[sqlite3.Row]) -> list[JobRecord]:
+        """The readable rows as records. A row another program or a damaged page left unreadable (invalid
+        JSON, params that no longer validate) is logged and left out, so one bad row never fails a list,
+        a restart's recovery or retention; the row itself stays as it is for inspection."""
+        records = []
+        for row in rows:
+            try:
+                records.append(self._row(row))
+            except (ValueError, TypeError, KeyError) as exc:  # pydantic's ValidationError is a ValueError
+                log.error("job %s (row %s) is unreadable and left out: %s", row["id"], row["seq"],
+                          str(exc).splitlines()[0][:200])
+        return records
 
     async def insert(self, job: JobRecord, claim: IdempotencyClaim | None = None) -> None:
         """The job, and with a claim its `Idempotency-Key`, in one transaction: a daemon killed
@@ -203,7 +222,7 @@ class JobStore(SqliteStore):
     async def group(self, group_id: str) -> list[JobRecord]:
         """The jobs of one group, in the order they were submitted."""
         rows = await self._call(self._exec, "SELECT * FROM jobs WHERE group_id = ? ORDER BY seq ASC", (group_id,))
-        return [self._row(r) for r in rows]
+        return self._rows(rows)
 
     # -- the queue's persisted state (pause)
     async def queue_state(self) -> dict[str, str | None]:
@@ -235,7 +254,8 @@ class JobStore(SqliteStore):
 
     async def get(self, job_id: str) -> JobRecord | None:
         rows = await self._call(self._exec, "SELECT * FROM jobs WHERE id = ?", (job_id,))
-        return self._row(rows[0]) if rows else None
+        found = self._rows(rows)
+        return found[0] if found else None
 
     async def list(self, status: str | None = None, limit: int = 50, group: str | None = None,
                    source: str | None = None) -> list[JobRecord]:
@@ -245,14 +265,14 @@ class JobStore(SqliteStore):
         clause = f"WHERE {' AND '.join(f'{c} = ?' for c, _ in where)} " if where else ""
         rows = await self._call(self._exec, f"SELECT * FROM jobs {clause}ORDER BY seq DESC LIMIT ?",
                                 (*(v for _, v in where), limit))
-        return [self._row(r) for r in rows]
+        return self._rows(rows)
 
     async def unfinished(self) -> list[JobRecord]:
         """Queued and running jobs, oldest first (what a restart must pick up)."""
         rows = await self._call(
             self._exec, "SELECT * FROM jobs WHERE status IN ('queued', 'running') ORDER BY seq ASC"
         )
-        return [self._row(r) for r in rows]
+        return self._rows(rows)
 
     # -- retention (sidecar.jobs.retention)
     async def finished_before(self, cutoff: str) -> list[JobRecord]:
@@ -262,7 +282,7 @@ class JobStore(SqliteStore):
             self._exec,
             "SELECT * FROM jobs WHERE status IN ('succeeded', 'failed', 'cancelled') "
             "AND COALESCE(finished_at, created_at) < ? ORDER BY seq ASC", (cutoff,))
-        return [self._row(r) for r in rows]
+        return self._rows(rows)
 
     async def delete_finished(self, job_ids: list[str]) -> int:
         """Remove these jobs' rows, only while they are still finished (one transaction); the count removed."""
