@@ -19,6 +19,7 @@ from sidecar.jobs.runner import JobRunner
 from sidecar.jobs.store import JobStore
 from sidecar.likeness.judge import LikenessService
 from sidecar.profiles import Profile
+from sidecar.studio.session import Sessions
 from sidecar.training.store import TrainingStore
 from sidecar.workflows import TemplateStore
 
@@ -28,6 +29,7 @@ PROFILE = web.AppKey("profile", Profile)
 STORE = web.AppKey("store", JobStore)
 TRAINING_STORE = web.AppKey("training_store", TrainingStore)  # shares STORE's connection and writer thread
 RUNNER = web.AppKey("runner", JobRunner)
+SESSIONS = web.AppKey("studio_sessions", Sessions)  # the studio's cookie sessions: the edge checks, its routes open
 BUILDER = web.AppKey("builder", JobBuilder)
 BACKEND = web.AppKey("backend", GenerationBackend)
 EVENTS = web.AppKey("events", EventBus)
