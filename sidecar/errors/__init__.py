@@ -75,6 +75,7 @@ codes), `edge`, `inputs`, `state`, `services`, `jobs`, `startup`, `client`. The 
     ├── PromptLost                    prompt_lost                500    1
     ├── DatabaseUnusable              database_unusable          500    1  (found at start: `serve` prints one line)
     ├── DataDirLocked                 data_dir_locked            409    1  (`serve`: another daemon owns the data dir)
+    ├── DataDirUnusable               data_dir_unusable          500    1  (found at start: a file where a folder belongs, ...)
     ├── PortInUse                     port_in_use                409    1  (`serve`: the port cannot be bound)
     ├── ConfigError                   config_invalid             500    2  (names the key)
     ├── LaunchdError                  launchd_config_invalid     500    2
@@ -192,6 +193,7 @@ from sidecar.errors.jobs import (  # noqa: F401
 from sidecar.errors.startup import (  # noqa: F401
     ConfigError,
     DataDirLocked,
+    DataDirUnusable,
     DatabaseUnusable,
     LaunchctlFailed,
     LaunchdError,
