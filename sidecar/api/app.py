@@ -26,6 +26,7 @@ from sidecar.api.keys import (
     BACKEND,
     BUILDER,
     CAPTIONS_LOCK,
+    FULL_LISTING_LOCK,
     DATADIR_LOCK,
     DEVICE,
     EVENTS,
@@ -137,6 +138,7 @@ def create_app(settings: Settings, backend: GenerationBackend | None = None, *,
     app[STARTUP_WARNINGS] = []
     app[SOCKETS] = events.new_socket_set()
     app[CAPTIONS_LOCK] = asyncio.Lock()
+    app[FULL_LISTING_LOCK] = asyncio.Lock()
     app[LIKENESS] = service_for(settings, settings.project_root)
     app.on_shutdown.append(events.close_all)
 

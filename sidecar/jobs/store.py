@@ -252,17 +252,23 @@ class JobStore(SqliteStore):
         """Queued in call order behind every earlier write; await the future to know it is on disk."""
         return self._update_soon("jobs", job_id, _plain(values))
 
+    async def exists(self, job_id: str) -> bool:
+        return bool(await self._call(self._exec, "SELECT 1 FROM jobs WHERE id = ?", (job_id,)))
+
     async def get(self, job_id: str) -> JobRecord | None:
         rows = await self._call(self._exec, "SELECT * FROM jobs WHERE id = ?", (job_id,))
         found = self._rows(rows)
         return found[0] if found else None
 
     async def list(self, status: str | None = None, limit: int = 50, group: str | None = None,
-                   source: str | None = None) -> list[JobRecord]:
-        where = [(c, v) for c, v in (("status", status), ("group_id", group)) if v]
+                   source: str | None = None, before: str | None = None) -> list[JobRecord]:
+        """Newest first; with `before` (a job id) only the jobs submitted before that one (the next page)."""
+        where = [(f"{c} = ?", v) for c, v in (("status", status), ("group_id", group)) if v]
         if source is not None:  # rows from before `source` existed were submitted through the API
-            where.append(("COALESCE(source, 'api')", source))
-        clause = f"WHERE {' AND '.join(f'{c} = ?' for c, _ in where)} " if where else ""
+            where.append(("COALESCE(source, 'api') = ?", source))
+        if before is not None:
+            where.append(("seq < (SELECT seq FROM jobs WHERE id = ?)", before))
+        clause = f"WHERE {' AND '.join(c for c, _ in where)} " if where else ""
         rows = await self._call(self._exec, f"SELECT * FROM jobs {clause}ORDER BY seq DESC LIMIT ?",
                                 (*(v for _, v in where), limit))
         return self._rows(rows)
