@@ -47,7 +47,8 @@ async def test_before_must_name_a_job(client) -> None:
     await fill(client, 3)
     for before in ("nope", "x" * 65):
         resp = await client.get(f"/jobs?before={before}")
-        assert resp.status == 400 and (await resp.json())["error"]["details"]["field"] == "before"
+        error = (await resp.json())["error"]
+        assert resp.status == 404 and error["code"] == "job_not_found" and error["details"]["field"] == "before"
 
 
 async def test_a_full_page_is_exactly_what_its_model_serializes(client) -> None:

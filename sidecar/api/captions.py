@@ -27,7 +27,8 @@ from sidecar.errors import (
 from sidecar.studio import captions as table
 
 routes = web.RouteTableDef()
-DirText = Annotated[str, Field(min_length=1, max_length=4096, description="absolute path of the training folder")]
+DirText = Annotated[str, Field(min_length=1, max_length=4096, description="absolute path of the training folder",
+                               json_schema_extra={"pattern": "^/"})]
 Name = Annotated[str, Field(min_length=1, max_length=255)]
 Part = Annotated[str, Field(min_length=1, max_length=80, pattern=r"^[^,\n\r]+$")]
 FlipTag = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[^,\n\r]+$")]
@@ -109,8 +110,8 @@ def _out(view: table.CaptionTable) -> CaptionTableOut:
 @routes.get("/dataset/captions")
 @operation("A training folder's caption table: each row with its status (proposed or confirmed) and the caption "
            "it makes", {200: CaptionTableOut}, errors=(DatasetInvalid,),
-           query=(Query("dir", {"type": "string", "minLength": 1, "maxLength": 4096},
-                        "absolute path of the training folder"),))
+           query=(Query("dir", {"type": "string", "minLength": 1, "maxLength": 4096, "pattern": "^/"},
+                        "absolute path of the training folder", required=True),))
 async def get_captions(request: web.Request) -> web.Response:
     raw = request.query.get("dir")
     if not raw:

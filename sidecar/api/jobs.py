@@ -23,7 +23,8 @@ from sidecar.errors import (
     BatchSizeNotSupported, CheckpointNotFound, ComfyUnavailable, ControlnetNotFound, DiskFull, EngineUnavailable,
     IdempotencyKeyReused, InitImageInvalid, InvalidField, InvalidState, JobNotFinished, JobNotFound, LoraNotFound,
     NodeNotSupported, NotFound, PageProjectMissing, PoseImageInvalid, PreviewNotFound, PromptFileInvalid, QueueFull,
-    ResolutionExceedsProfile, SamplerNotSupported, TrainingInProgress, WorkflowInvalid, NoBackendAdmits,
+    ResolutionExceedsProfile, SamplerNotSupported, TrainingInProgress, UpscaleModelNotFound, WorkflowInvalid,
+    NoBackendAdmits,
 )
 from sidecar.jobs.idempotency import MAX_KEY_LENGTH
 from sidecar.jobs.store import IdempotencyClaim, JobRecord
@@ -49,8 +50,10 @@ FULL_LIMIT, FULL_MAX = 10, 50
     errors=(ResolutionExceedsProfile, BatchSizeNotSupported, LoraNotFound, CheckpointNotFound, ControlnetNotFound,
             PoseImageInvalid, InitImageInvalid, NodeNotSupported, SamplerNotSupported, WorkflowInvalid,
             NoBackendAdmits, TrainingInProgress, IdempotencyKeyReused, QueueFull, ComfyUnavailable, EngineUnavailable,
-            DiskFull, PageProjectMissing, PromptFileInvalid),
-    headers=(Header(IDEMPOTENCY_HEADER, {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH},
+            DiskFull, PageProjectMissing, PromptFileInvalid, UpscaleModelNotFound),
+    # Printable ASCII, no space at either end (HTTP drops those): what every HTTP client sends as it is.
+    headers=(Header(IDEMPOTENCY_HEADER, {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH,
+                                         "pattern": "^[!-~]([ -~]*[!-~])?$"},
                     "a client-chosen key (a UUID): a retried submit with the same key and body returns the "
                     "first job instead of making another"),),
     response_headers={202: {"Location": "the job's (or group's) URL"},
@@ -114,7 +117,7 @@ def idempotency_key(request: web.Request) -> str | None:
 
 @routes.get("/jobs")
 @operation(
-    "Recent jobs, newest first, a page at a time", {200: JobListing},
+    "Recent jobs, newest first, a page at a time", {200: JobListing}, errors=(JobNotFound,),
     description=f"Summaries (no workflow), up to `limit` ({LIST_LIMIT} by default, at most {LIST_MAX}); with "
                 f"?full=1 each job in full (the JobListFull shape), {FULL_LIMIT} by default and at most "
                 f"{FULL_MAX} a page, whatever `limit` asks (a workflow may be megabytes). `nextBefore` names the next, older page: pass it as "
@@ -147,7 +150,8 @@ async def list_jobs(request: web.Request) -> web.Response:
                            "letters, digits, - and _).", {"field": "source", "value": source[:64]})
     before = request.query.get("before")
     if before is not None and (len(before) > 64 or not await request.app[STORE].exists(before)):
-        raise InvalidField("before must be a job id, as a page's nextBefore gives it.", {"field": "before"})
+        raise JobNotFound(f"No job with id {before!r} to page before (?before= takes a page's nextBefore).",
+                          {"jobId": before, "field": "before"})
     jobs = await request.app[RUNNER].list(status, limit, group, source, before)
     next_before = jobs[-1].id if len(jobs) == limit else None
     if full in TRUE:

@@ -166,7 +166,9 @@ class PoseUpload(BaseModel):
     model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True, strict=True)
 
     file_name: str = Field("", max_length=255, description="the picked file's name (for the log only)")
-    data_base64: str = Field(..., min_length=1, description="the image's bytes, base64 (within max_body_bytes)")
+    data_base64: str = Field(..., min_length=1, description="the image's bytes, base64 (within max_body_bytes)",
+                             json_schema_extra={"contentEncoding": "base64", "pattern":
+                                                "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"})
 
 
 class StoredPose(Out):
