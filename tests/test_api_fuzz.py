@@ -40,7 +40,7 @@ BEYOND_THE_SCHEMA = frozenset({
     "dataset_invalid", "pose_image_invalid", "init_image_invalid", "prompt_file_invalid", "character_invalid",
     "tagger_invalid", "lora_not_found", "checkpoint_not_found", "controlnet_not_found", "upscale_model_not_found",
     "workflow_invalid", "node_not_supported", "sampler_not_supported", "resolution_exceeds_profile",
-    "batch_size_not_supported", "no_backend_admits", "remote_not_configured",
+    "batch_size_not_supported", "no_backend_admits", "remote_not_configured", "page_project_missing",
 })
 # The same for a field whose valid values depend on the daemon's configuration or the disk: engine "kohya"
 # on a daemon without kohya_dir (the fuzzed one has none); images to score that are not files.

@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 from urllib.parse import urlencode
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from sidecar.api.errors import parse_body
@@ -25,6 +25,7 @@ from sidecar.errors import (
     OllamaTimeout, OllamaUnavailable, TaggerInvalid,
 )
 from sidecar.studio import captions as table
+from sidecar.whole_numbers import WholeNumbers
 
 routes = web.RouteTableDef()
 DirText = Annotated[str, Field(min_length=1, max_length=4096, description="absolute path of the training folder",
@@ -34,7 +35,7 @@ Part = Annotated[str, Field(min_length=1, max_length=80, pattern=r"^[^,\n\r]+$")
 FlipTag = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[^,\n\r]+$")]
 
 
-class In(BaseModel):
+class In(WholeNumbers):
     model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True, strict=True)
 
 

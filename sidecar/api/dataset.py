@@ -10,7 +10,7 @@ from dataclasses import asdict
 from urllib.parse import urlencode
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from sidecar.api.errors import parse_body
@@ -19,13 +19,14 @@ from sidecar.api.operations import Query, operation
 from sidecar.api.responses import Out, json_response
 from sidecar.errors import DatasetInvalid, InvalidField
 from sidecar.studio import dataset as files
+from sidecar.whole_numbers import WholeNumbers
 
 routes = web.RouteTableDef()
 DIR = Query("dir", {"type": "string", "minLength": 1, "maxLength": 4096, "pattern": "^/"},
             "absolute path of the training folder", required=True)
 
 
-class In(BaseModel):
+class In(WholeNumbers):
     model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True, strict=True)
 
 

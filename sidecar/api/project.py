@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, RootModel
+from pydantic import ConfigDict, Field, RootModel
 from pydantic.alias_generators import to_camel
 
 from pipeline_stage.layout import Page
@@ -28,6 +28,7 @@ from sidecar.errors import (
     VersionNotFound,
 )
 from sidecar.studio import project as reader
+from sidecar.whole_numbers import WholeNumbers
 
 routes = web.RouteTableDef()
 PAGE = "/project/pages/{chapter}/{page}"
@@ -68,7 +69,7 @@ class ProjectView(Out):
     chapters: list[ProjectChapter]
 
 
-class PublishRequest(BaseModel):
+class PublishRequest(WholeNumbers):
     model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True, strict=True)
 
     job_id: str = Field(..., min_length=1, max_length=64, description="a succeeded job of this daemon")

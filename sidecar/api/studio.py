@@ -15,7 +15,7 @@ from importlib.resources import files
 from pathlib import Path
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from sidecar.api.errors import parse_body
@@ -29,6 +29,7 @@ from sidecar.jobs import params
 from sidecar.profiles import Profile
 from sidecar.studio.poses import store_pose
 from sidecar.studio.session import LOGIN_PATH, LOGOUT_PATH, STATIC_PATH, LoginCodes, clear_cookie_header, cookie_header
+from sidecar.whole_numbers import WholeNumbers
 
 LOGINS = web.AppKey("studio_logins", LoginCodes)
 MEDIA_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml",
@@ -162,7 +163,7 @@ async def logout(request: web.Request) -> web.Response:
     return web.Response(status=204, headers={"Set-Cookie": clear_cookie_header(), "Cache-Control": "no-store"})
 
 
-class PoseUpload(BaseModel):
+class PoseUpload(WholeNumbers):
     model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True, strict=True)
 
     file_name: str = Field("", max_length=255, description="the picked file's name (for the log only)")

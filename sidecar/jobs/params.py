@@ -31,7 +31,7 @@ SamplerName = Annotated[str, Field(min_length=1, max_length=64)]
 LoraStrength = Annotated[float, Field(ge=0, le=2, allow_inf_nan=False)]
 ControlnetStrength = Annotated[float, Field(ge=0.4, le=0.9, allow_inf_nan=False)]
 Denoise = Annotated[float, Field(ge=0.05, le=1, allow_inf_nan=False)]
-Pixels = Annotated[int, Field(ge=8, le=16384)]
+Pixels = Annotated[int, Field(ge=8, le=16384, json_schema_extra={"multipleOf": 8})]  # the builder says "multiple of 8"
 # Documented as absolute (the handlers refuse a relative one with the field's own code).
 PathText = Annotated[str, Field(min_length=1, max_length=4096, json_schema_extra={"pattern": "^/"})]
 Where = Annotated[str, Field(min_length=1, max_length=64)]

@@ -64,6 +64,7 @@ CREATE TABLE IF NOT EXISTS queue_state (  -- the queue's own settings that outli
 
 
 JSON_COLUMNS = ("params", "workflow", "error_details", "page", "page_version")
+REQUIRED_JSON = ("params", "workflow")
 # Columns added after the first release: (name, declaration), added to an older database when it opens.
 ADDED_COLUMNS = (("where_", "TEXT"), ("backend", "TEXT"), ("backend_reason", "TEXT"),
                  ("group_id", "TEXT"),  # the submission of `variations` this job is one of
@@ -156,8 +157,8 @@ class JobStore(SqliteStore):
     def _row(self, row: sqlite3.Row) -> JobRecord:
         data = self._decode(row)
         data.pop("request", None)
-        for col in JSON_COLUMNS:
-            if not isinstance(data[col], dict) and not (col == "error_details" and data[col] is None):
+        for col in JSON_COLUMNS:  # params and workflow always hold an object; the others one or null
+            if not isinstance(data.get(col), dict) and (col in REQUIRED_JSON or data.get(col) is not None):
                 raise ValueError(f"{col} is not a JSON object")
         data["params"] = JobParams.from_stored(data["params"])
         data["page"] = PageRef.model_validate(data["page"], strict=False) if data.get("page") else None
