@@ -136,6 +136,7 @@ def serve(**flags: Any) -> None:
     from aiohttp import web
 
     from sidecar.api.app import create_app
+    from sidecar.datadir_check import check_data_dir
     from sidecar.datadir_lock import DataDirLock
     from sidecar.listen import bind_listeners
     from sidecar.logpipe import trim_stderr
@@ -146,6 +147,7 @@ def serve(**flags: Any) -> None:
     # dir's lock (a second daemon exits here, naming the owner); 2. the port (before recovery runs).
     lock = DataDirLock(settings.data_dir)
     try:
+        check_data_dir(settings)  # a file where a folder belongs: one line, before the lock's mkdir meets it
         lock.acquire(settings.host, settings.port)
         sockets = bind_listeners(settings.host, settings.port)
     except SidecarError as exc:

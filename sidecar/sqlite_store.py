@@ -14,6 +14,7 @@ import asyncio
 import datetime as dt
 import errno
 import json
+import re
 import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +25,12 @@ from sidecar.errors import DatabaseUnusable, DiskFull
 
 T = TypeVar("T")
 HEADER = b"SQLite format 3\x00"
+# The mark of the daemon's own database (SQLite's header field for that: `PRAGMA application_id`), set
+# when it is created: "SdCr". A non-empty database without it is another program's, and is never written.
+APPLICATION_ID = 0x53644372
+# The job table's columns that only our `jobs` table has: a database from before the mark had them.
+OUR_JOB_COLUMNS = frozenset({"id", "status", "params", "workflow", "engine", "progress_step", "progress_total"})
+CREATED_TABLE = re.compile(r"CREATE TABLE IF NOT EXISTS (\w+)", re.IGNORECASE)
 
 
 def now_iso() -> str:
@@ -48,11 +55,48 @@ class SqliteStore:
         """Open for a caller without an event loop to keep free (a CLI): calls then run in its thread."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10)
-        conn.row_factory = sqlite3.Row
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.executescript(self.schema)
+        try:
+            conn.row_factory = sqlite3.Row
+            mark = self._ours(conn)  # before the first write (WAL mode is one)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.executescript(self.schema)
+            if mark:
+                conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        except BaseException:
+            conn.close()
+            raise
         self._conn = conn
+
+    def _ours(self, conn: sqlite3.Connection) -> bool:
+        """Whether the database is this daemon's to write, and still to be marked so. Ours: marked, and
+        holding every table this store's schema creates (a table gone is refused, naming it, never
+        recreated empty); or empty (new); or unmarked with our `jobs` table (made before the mark). Any
+        other database is another program's: DatabaseUnusable, and nothing is written to it."""
+        try:
+            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        except sqlite3.DatabaseError as exc:
+            raise DatabaseUnusable(self.path, f"cannot be read (SQLite: {exc})") from None
+        tables.discard("sqlite_sequence")
+        if app_id == APPLICATION_ID:
+            missing = [t for t in CREATED_TABLE.findall(self.schema) if t not in tables]
+            if missing:
+                raise DatabaseUnusable(self.path, f"is this daemon's but has lost its {missing[0]} table "
+                                                  "(dropped by hand or another program?); it is not recreated "
+                                                  "empty")
+            return False
+        if app_id != 0:
+            raise DatabaseUnusable(self.path, f"belongs to another program (its SQLite application_id is "
+                                              f"{app_id:#x}, not this daemon's)", foreign=True)
+        if not tables:
+            return True
+        columns = {r[1] for r in conn.execute("PRAGMA table_info(jobs)")} if "jobs" in tables else set()
+        if not OUR_JOB_COLUMNS <= columns:
+            raise DatabaseUnusable(self.path, f"is another program's SQLite database (tables "
+                                              f"{', '.join(sorted(tables)[:5])}{', ...' if len(tables) > 5 else ''}"
+                                              "; none of this daemon's)", foreign=True)
+        return True
 
     def close_sync(self) -> None:
         if self._conn is not None:

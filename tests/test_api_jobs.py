@@ -75,7 +75,7 @@ async def test_job_runs_to_png_with_resolved_params(client, backend) -> None:
         ({"prompt": "x", "batch_size": 4}, 400, "batch_size_not_supported"),
         ({"prompt": "x", "batchSize": True}, 400, "invalid_field"),  # not a batch size at all
         ({"prompt": "x", "batchSize": "1"}, 400, "invalid_field"),
-        ({"prompt": "x", "batchSize": 1.0}, 400, "invalid_field"),
+        ({"prompt": "x", "batchSize": 1.5}, 400, "invalid_field"),  # 1.0 is the integer 1 in JSON Schema
         ({"prompt": "x", "bogus": 1}, 400, "unknown_field"),
         ({"prompt": "x", "steps": "many"}, 400, "invalid_field"),
         ({"prompt": "x", "controlnetStrength": 0.95}, 400, "invalid_field"),

@@ -167,6 +167,17 @@ async def test_a_torn_log_fails_the_job_and_nothing_is_written(client, project) 
     assert not (project / RAW).exists() or [p.name for p in (project / RAW).iterdir() if p.suffix == ".png"] == []
 
 
+async def test_a_page_job_whose_raw_folder_leads_out_of_the_project_writes_nothing_there(client, project,
+                                                                                         tmp_path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (project / RAW).parent.mkdir(parents=True)
+    (project / RAW).symlink_to(elsewhere)
+    job = await finished(client, (await (await client.post("/jobs", json={"page": {"chapter": 1, "page": 1}})).json())["id"])
+    assert job["status"] == "failed" and job["error"]["code"] == "project_path_outside" and job["pageVersion"] is None
+    assert list(elsewhere.iterdir()) == [] and not (project / LOG).exists()
+
+
 async def test_jobs_carry_their_source_and_the_list_filters_by_it(client) -> None:
     body = {"prompt": "x", "resolution": {"width": 64, "height": 96}}
     studio = await (await client.post("/jobs", json={**body, "source": "studio"})).json()

@@ -111,7 +111,7 @@ async def test_gc_refuses_a_bad_body_naming_the_field(aiohttp_client, tmp_path):
     client = await aiohttp_client(create_app(settings(tmp_path), ScriptedBackend()))
     # false is not 0 (that would remove every finished job), "true" is not a dry run.
     for body, field in (({"keepDays": -1}, "keepDays"), ({"keepDays": "x"}, "keepDays"),
-                        ({"keepDays": False}, "keepDays"), ({"keepDays": 1.0}, "keepDays"),
+                        ({"keepDays": False}, "keepDays"), ({"keepDays": 1.5}, "keepDays"),
                         ({"dryRun": "maybe"}, "dryRun"), ({"dryRun": "true"}, "dryRun"), ({"dryRun": 1}, "dryRun")):
         resp = await client.post("/gc", json=body)
         err = (await resp.json())["error"]

@@ -44,12 +44,12 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("device, events, backends, workflows", (
         "sidecar.device", "sidecar.events", "sidecar.backend", "sidecar.comfyui", "sidecar.engine",
         "sidecar.workflows", "sidecar.nodes", "sidecar.graph", "sidecar.upscaling", "sidecar.userfiles", "sidecar.inputs", "sidecar.previews", "sidecar.thumbnails", "sidecar.memory",
-        "sidecar.datadir_lock", "sidecar.listen", "sidecar.logpipe",
+        "sidecar.datadir_lock", "sidecar.datadir_check", "sidecar.listen", "sidecar.logpipe",
         "sidecar.remote", "sidecar.assist")),  # the machines remote LoRA training runs on (the run itself is sidecar.training)
     ("leaves everyone shares", (
         "sidecar", "sidecar.config", "sidecar.profiles", "sidecar.errors", "sidecar.statuses", "sidecar.eta",
         "sidecar.atomic", "sidecar.hosts", "sidecar.sqlite_store", "sidecar.durations", "sidecar.assets",
-        "sidecar.answer_limits",
+        "sidecar.answer_limits", "sidecar.whole_numbers",
         "sidecar.dataprep.kohya_layout", "sidecar.assist.provenance",
         "sidecar.likeness.wire")),
 ]

@@ -55,6 +55,29 @@ async def test_an_image_write_on_a_full_disk_fails_the_job_disk_full_and_the_nex
     assert (await (await client.get("/health")).json())["status"] == "ok"
 
 
+async def test_a_job_failed_disk_full_before_its_start_was_written_keeps_its_start_and_duration(
+        aiohttp_client, tmp_path, backend) -> None:
+    client = await start(aiohttp_client, tmp_path, backend)
+    store = client.app[STORE]
+    update_soon = store.update_soon
+
+    def running_write_fails(job_id: str, **values):
+        if values.get("status") != "running":
+            return update_soon(job_id, **values)
+        failed = asyncio.get_running_loop().create_future()
+        failed.set_exception(store._disk_full())  # the disk filled up just as the job started
+        return failed
+
+    store.update_soon = running_write_fails
+    backend.script = ["enospc"]
+    full = await wait_status(client, (await submit(client, seed=1))["id"], DONE)
+    assert full["status"] == "failed" and full["error"]["code"] == "disk_full"
+    row = await store.get(full["id"])  # as the store has it: what GET /jobs and a restart answer
+    assert row.started_at is not None and row.finished_at is not None and row.duration_ms() is not None
+    listed = next(j for j in (await (await client.get("/jobs")).json())["jobs"] if j["id"] == full["id"])
+    assert listed["startedAt"] == row.started_at and listed["durationMs"] is not None
+
+
 async def test_submit_when_the_database_cannot_grow_is_507_disk_full_and_queues_nothing(
         aiohttp_client, tmp_path, backend) -> None:
     client = await start(aiohttp_client, tmp_path, backend)

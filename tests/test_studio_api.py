@@ -18,7 +18,7 @@ from PIL import Image
 from sidecar.api.app import create_app
 from sidecar.assets import EXAMPLE_CHAPTER, asset_path
 from sidecar.config import Settings
-from sidecar.studio.session import COOKIE_NAME, LoginCodes, session_value
+from sidecar.studio.session import COOKIE_NAME, LoginCodes, Sessions
 from tests.training_fixtures import CAPTIONS, make_dataset
 
 TOKEN = "studio-api-test-token-0123456789"
@@ -80,7 +80,7 @@ async def login_cookie(client) -> str:
     resp = await client.get(path, allow_redirects=False)
     assert resp.status == 303 and resp.headers["Location"] == "/"
     cookie = resp.headers["Set-Cookie"]
-    for part in ("HttpOnly", "SameSite=Strict", "Path=/"):
+    for part in ("HttpOnly", "SameSite=Strict", "Path=/", "Max-Age=43200"):
         assert part in cookie
     again = await client.get(path, allow_redirects=False)  # one use
     assert (await error_of(again, 401))["code"] == "unauthorized"
@@ -90,7 +90,9 @@ async def login_cookie(client) -> str:
 async def test_the_login_cookie_opens_the_api_and_its_events_to_the_studio_only(client) -> None:
     cookie = await login_cookie(client)
     client.session.cookie_jar.clear()  # the test client keeps cookies: each request below names its own
-    assert TOKEN not in cookie and cookie == f"{COOKIE_NAME}={session_value(TOKEN.encode())}"
+    assert TOKEN not in cookie and cookie.startswith(f"{COOKIE_NAME}=")
+    assert cookie != await login_cookie(client)  # a random session per sign-in, nothing derived from the token
+    client.session.cookie_jar.clear()
     own = {"Cookie": cookie, "Origin": f"http://127.0.0.1:{client.port}", "Sec-Fetch-Site": "same-origin"}
     assert (await client.get("/studio/config", headers=own)).status == 200
     assert (await client.post("/jobs", json={"prompt": "spyke_plasma_v1"}, headers=own)).status == 202
@@ -106,7 +108,11 @@ async def test_the_login_cookie_opens_the_api_and_its_events_to_the_studio_only(
     for site in ("same-site", "cross-site"):
         embedded = {"Cookie": cookie, "Sec-Fetch-Site": site}
         assert (await error_of(await client.get("/jobs", headers=embedded), 401))["code"] == "unauthorized"
-    forged = {"Cookie": f"{COOKIE_NAME}={session_value(b'another-token-0123456789')}"}
+    # A browser that sends no fetch metadata: the cookie counts only with the daemon's own Origin.
+    assert (await error_of(await client.get("/jobs", headers={"Cookie": cookie}), 401))["code"] == "unauthorized"
+    bare_own = {"Cookie": cookie, "Origin": f"http://127.0.0.1:{client.port}"}
+    assert (await client.get("/jobs", headers=bare_own)).status == 200
+    forged = {"Cookie": f"{COOKIE_NAME}=not-a-session", "Sec-Fetch-Site": "same-origin"}
     assert (await error_of(await client.get("/jobs", headers=forged), 401))["code"] == "unauthorized"
     assert (await error_of(await client.get("/studio/login/not-a-code", allow_redirects=False), 401))["code"] == \
         "unauthorized"
@@ -122,6 +128,41 @@ async def test_a_spent_login_link_shows_a_browser_what_to_do_and_an_api_client_i
     assert "This sign-in link has been used" in text and "<code>sidecar studio</code>" in text
     assert "frame-ancestors 'none'" in again.headers["Content-Security-Policy"]
     assert (await error_of(await client.get(path, allow_redirects=False), 401))["code"] == "unauthorized"
+
+
+async def test_signing_out_ends_the_session_and_clears_the_cookie(client) -> None:
+    cookie = await login_cookie(client)
+    kept = await login_cookie(client)  # another browser's session
+    client.session.cookie_jar.clear()
+    own = {"Origin": f"http://127.0.0.1:{client.port}", "Sec-Fetch-Site": "same-origin"}
+    config = await (await client.get("/studio/config", headers={**own, "Cookie": cookie})).json()
+    assert config["signedIn"] is True
+    assert (await (await client.get("/studio/config", headers=AUTH)).json())["signedIn"] is False
+    out = await client.post("/studio/logout", headers={**own, "Cookie": cookie})
+    assert out.status == 204 and "Max-Age=0" in out.headers["Set-Cookie"]
+    assert (await error_of(await client.get("/jobs", headers={**own, "Cookie": cookie}), 401))["code"] == \
+        "unauthorized"
+    with pytest.raises(aiohttp.WSServerHandshakeError):
+        await client.ws_connect("/events", headers={**own, "Cookie": cookie})
+    assert (await client.get("/jobs", headers={**own, "Cookie": kept})).status == 200
+    # Signing out needs a session or the token, as every route does.
+    assert (await error_of(await client.post("/studio/logout", headers=own), 401))["code"] == "unauthorized"
+
+
+def test_a_session_expires_and_holds_only_under_the_token_it_was_opened_with() -> None:
+    now = [1000.0]
+    sessions = Sessions(ttl=60.0, clock=lambda: now[0])
+    one = sessions.open(b"token-one-0123456789")
+    assert sessions.valid(one, b"token-one-0123456789")
+    assert not sessions.valid(one, b"token-two-0123456789")  # a changed token ends it
+    assert not sessions.valid(one, b"token-one-0123456789")  # and for good
+    two = sessions.open(b"token-one-0123456789")
+    now[0] += 59.0
+    assert sessions.valid(two, b"token-one-0123456789")
+    now[0] += 1.0
+    assert not sessions.valid(two, b"token-one-0123456789")
+    three = sessions.open(b"token-one-0123456789")
+    assert sessions.close(three) and not sessions.valid(three, b"token-one-0123456789") and not sessions.close(three)
 
 
 def test_a_login_code_expires_and_serves_once() -> None:

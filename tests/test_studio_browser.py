@@ -370,6 +370,19 @@ def test_a_training_run_is_followed_to_its_end_and_promoted_on_the_loras_view(br
     assert [e for e in console.errors if "status of 409" not in e] == []  # the name taken: asked again
 
 
+def test_sign_out_in_the_header_ends_the_browser_s_session(browser, daemon) -> None:
+    context, page, _ = signed_in(browser, daemon)
+    [cookie] = [c for c in context.cookies() if c["name"] == "sidecar_studio"]
+    page.click("#signout")
+    page.locator("#view h2", has_text="Sign in to the studio").first.wait_for(timeout=30_000)
+    assert page.locator("#signout").is_hidden()
+    assert not [c for c in context.cookies() if c["name"] == "sidecar_studio"]  # cleared in the browser
+    context.add_cookies([cookie])  # and ended on the daemon: a copy kept elsewhere opens nothing
+    page.reload()
+    page.locator("#view h2", has_text="Sign in to the studio").first.wait_for(timeout=30_000)
+    context.close()
+
+
 def test_the_doctor_view_shows_each_check_with_its_fix(browser, daemon, shots) -> None:
     context, page, console = signed_in(browser, daemon)
     page.click("#nav a[data-view=doctor]")

@@ -26,6 +26,7 @@ from sidecar.api.keys import (
     BACKEND,
     BUILDER,
     CAPTIONS_LOCK,
+    FULL_LISTING_LOCK,
     DATADIR_LOCK,
     DEVICE,
     EVENTS,
@@ -34,6 +35,7 @@ from sidecar.api.keys import (
     POOL,
     PROFILE,
     RUNNER,
+    SESSIONS,
     SETTINGS,
     SOCKETS,
     STARTUP_WARNINGS,
@@ -48,6 +50,7 @@ from sidecar.backends.pool import build_pool
 from sidecar.config import Settings
 from sidecar.datadir_lock import DataDirLock
 from sidecar.errors import SidecarError
+from sidecar.studio.session import Sessions
 from sidecar.listen import REQUEST_LIMITS
 from sidecar.events import EventBus
 from sidecar.jobs.build import JobBuilder
@@ -86,8 +89,10 @@ def create_app(settings: Settings, backend: GenerationBackend | None = None, *,
     # The request limits go with the app (Application's `handler_args`), so every runner serving it
     # applies them. Not `run_app(handler_args=...)`: there it reaches each connection's handler as an
     # unknown keyword, and aiohttp then drops all the settings, logging a warning per connection.
-    app = web.Application(middlewares=[edge_middleware(settings), error_middleware],
+    sessions = Sessions()
+    app = web.Application(middlewares=[edge_middleware(settings, sessions), error_middleware],
                           client_max_size=settings.max_body_bytes, handler_args=REQUEST_LIMITS)
+    app[SESSIONS] = sessions
     profile = get_profile(settings.profile)
     store = JobStore(settings.db_path)
     device = Device()
@@ -133,6 +138,7 @@ def create_app(settings: Settings, backend: GenerationBackend | None = None, *,
     app[STARTUP_WARNINGS] = []
     app[SOCKETS] = events.new_socket_set()
     app[CAPTIONS_LOCK] = asyncio.Lock()
+    app[FULL_LISTING_LOCK] = asyncio.Lock()
     app[LIKENESS] = service_for(settings, settings.project_root)
     app.on_shutdown.append(events.close_all)
 

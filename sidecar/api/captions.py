@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 from urllib.parse import urlencode
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from sidecar.api.errors import parse_body
@@ -25,15 +25,17 @@ from sidecar.errors import (
     OllamaTimeout, OllamaUnavailable, TaggerInvalid,
 )
 from sidecar.studio import captions as table
+from sidecar.whole_numbers import WholeNumbers
 
 routes = web.RouteTableDef()
-DirText = Annotated[str, Field(min_length=1, max_length=4096, description="absolute path of the training folder")]
+DirText = Annotated[str, Field(min_length=1, max_length=4096, description="absolute path of the training folder",
+                               json_schema_extra={"pattern": "^/"})]
 Name = Annotated[str, Field(min_length=1, max_length=255)]
 Part = Annotated[str, Field(min_length=1, max_length=80, pattern=r"^[^,\n\r]+$")]
 FlipTag = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[^,\n\r]+$")]
 
 
-class In(BaseModel):
+class In(WholeNumbers):
     model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True, strict=True)
 
 
@@ -109,8 +111,8 @@ def _out(view: table.CaptionTable) -> CaptionTableOut:
 @routes.get("/dataset/captions")
 @operation("A training folder's caption table: each row with its status (proposed or confirmed) and the caption "
            "it makes", {200: CaptionTableOut}, errors=(DatasetInvalid,),
-           query=(Query("dir", {"type": "string", "minLength": 1, "maxLength": 4096},
-                        "absolute path of the training folder"),))
+           query=(Query("dir", {"type": "string", "minLength": 1, "maxLength": 4096, "pattern": "^/"},
+                        "absolute path of the training folder", required=True),))
 async def get_captions(request: web.Request) -> web.Response:
     raw = request.query.get("dir")
     if not raw:

@@ -11,7 +11,7 @@ import asyncio
 from pathlib import Path
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from pipeline_stage.errors import LogInvalid
@@ -30,11 +30,12 @@ from sidecar.errors import (
 )
 from sidecar.jobs.pageref import MAX_PAGE
 from sidecar.jobs.variations import new_group_id
+from sidecar.whole_numbers import WholeNumbers
 
 routes = web.RouteTableDef()
 
 
-class ChapterRenderRequest(BaseModel):
+class ChapterRenderRequest(WholeNumbers):
     model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True, strict=True)
 
     pages: list[int] | None = Field(None, min_length=1, max_length=500,

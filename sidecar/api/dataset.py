@@ -10,7 +10,7 @@ from dataclasses import asdict
 from urllib.parse import urlencode
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from sidecar.api.errors import parse_body
@@ -19,23 +19,26 @@ from sidecar.api.operations import Query, operation
 from sidecar.api.responses import Out, json_response
 from sidecar.errors import DatasetInvalid, InvalidField
 from sidecar.studio import dataset as files
+from sidecar.whole_numbers import WholeNumbers
 
 routes = web.RouteTableDef()
-DIR = Query("dir", {"type": "string", "minLength": 1, "maxLength": 4096}, "absolute path of the training folder")
+DIR = Query("dir", {"type": "string", "minLength": 1, "maxLength": 4096, "pattern": "^/"},
+            "absolute path of the training folder", required=True)
 
 
-class In(BaseModel):
+class In(WholeNumbers):
     model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True, strict=True)
 
 
 class CaptionEdit(In):
-    dir: str = Field(..., min_length=1, max_length=4096, description="absolute path of the training folder")
+    dir: str = Field(..., min_length=1, max_length=4096, description="absolute path of the training folder",
+                     json_schema_extra={"pattern": "^/"})
     name: str = Field(..., min_length=1, max_length=255, description="the image's file name in that folder")
     caption: str = Field(..., max_length=files.MAX_CAPTION, description="one line: trigger, framing, pose, background")
 
 
 class FlipRequest(In):
-    dir: str = Field(..., min_length=1, max_length=4096)
+    dir: str = Field(..., min_length=1, max_length=4096, json_schema_extra={"pattern": "^/"})
     names: list[str] = Field(..., min_length=1, max_length=500, description="image file names to mirror")
     tag: str = Field("mirrored", min_length=1, max_length=64, pattern=r"^[^,\n]+$",
                      description="appended to each flip's caption")
@@ -104,7 +107,8 @@ async def get_dataset(request: web.Request) -> web.Response:
 
 @routes.get("/dataset/image")
 @operation("One image of a training folder", {200: None}, binary="image/*",
-           query=(DIR, Query("name", {"type": "string", "minLength": 1, "maxLength": 255}, "the image's file name")),
+           query=(DIR, Query("name", {"type": "string", "minLength": 1, "maxLength": 255}, "the image's file name",
+                             required=True)),
            errors=(DatasetInvalid,))
 async def get_image(request: web.Request) -> web.StreamResponse:
     raw, name = _dir(request), request.query.get("name", "")

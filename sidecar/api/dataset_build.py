@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 
 from aiohttp import web
 from PIL import Image, UnidentifiedImageError
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from sidecar.api.errors import parse_body
@@ -23,12 +23,13 @@ from sidecar.api.operations import operation
 from sidecar.api.responses import json_response
 from sidecar.api.tasks import TASKS, TaskInfo, own_url
 from sidecar.errors import DatasetInvalid, InvalidState
+from sidecar.whole_numbers import WholeNumbers
 
 routes = web.RouteTableDef()
 PathText = Annotated[str, Field(min_length=1, max_length=4096)]
 
 
-class RegSet(BaseModel):
+class RegSet(WholeNumbers):
     model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True, strict=True)
 
     count: int = Field(ge=1, le=1000, description="images in the set (100-200 recommended)")
@@ -38,7 +39,7 @@ class RegSet(BaseModel):
     out: PathText | None = Field(None, description="absolute path of its folder (default: `<out>-reg` beside it)")
 
 
-class BuildRequest(BaseModel):
+class BuildRequest(WholeNumbers):
     model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True, strict=True)
 
     sheets: list[PathText] = Field(min_length=1, max_length=20,

@@ -11,9 +11,11 @@ can even read the answers. The checks, in order, each with its stable code (side
 2. An `Origin`, when sent (browsers send it on every cross-origin request, every POST and every
    WebSocket), must be the daemon's own (the studio is served at `/`) or in `allowed_origins`; else 403
    `origin_not_allowed`, for every method. CORS preflights are answered here, for allowed origins only.
-3. With a `token` set, `Authorization: Bearer <token>` (compared in constant time), or the studio's
-   session cookie (`sidecar.studio.session`) on a request the browser marks as same-origin; else 401
-   `unauthorized`. The studio's static files and its one-time login path need neither (they hold no data).
+3. With a `token` set, `Authorization: Bearer <token>` (compared in constant time), or an open studio
+   session's cookie (`sidecar.studio.session`) on a request the browser marks as same-origin
+   (`Sec-Fetch-Site`), or, from a browser that sends no fetch metadata, with the daemon's own `Origin`;
+   else 401 `unauthorized`. The studio's static files and its one-time login path need neither (they hold
+   no data).
 4. A request with a body (Content-Length > 0 or chunked) must be `application/json`; else 415
    `unsupported_media_type`, so no form or `text/plain` fetch reaches a handler. A POST without a body
    (`/jobs/{id}/cancel`) needs no Content-Type.
@@ -37,7 +39,7 @@ from aiohttp import web
 
 from sidecar.config import Settings, normalize_origin
 from sidecar.errors import HostNotAllowed, OriginNotAllowed, SidecarError, Unauthorized, UnsupportedMediaType
-from sidecar.studio.session import COOKIE_NAME, LOGIN_PATH, STATIC_PATH, session_value
+from sidecar.studio.session import COOKIE_NAME, LOGIN_PATH, STATIC_PATH, Sessions
 
 log = logging.getLogger("sidecar.http")
 
@@ -48,6 +50,7 @@ CORS_ALLOW_HEADERS = "Authorization, Content-Type, Idempotency-Key"
 CORS_ALLOW_METHODS = "GET, POST, PUT, PATCH, DELETE"
 CORS_MAX_AGE = "600"
 JSON_TYPE = "application/json"
+SESSION_ID = web.RequestKey("studio_session", str)  # set on a request the studio's session let in
 
 
 @dataclass(frozen=True)
@@ -60,10 +63,10 @@ class EdgeRules:
     any_origin: bool
     token: bytes | None
     port: int
-    session: str | None = None  # the studio cookie's value for this token
+    sessions: Sessions  # the studio's open sessions (shared with its login and sign-out routes)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> EdgeRules:
+    def from_settings(cls, settings: Settings, sessions: Sessions) -> EdgeRules:
         hosts = set(LOOPBACK_NAMES) | {h for h in settings.allowed_hosts if h != "*"}
         bound = settings.host.lower().strip("[]")
         if bound not in WILDCARD_BINDS:
@@ -72,8 +75,7 @@ class EdgeRules:
         return cls(hosts=frozenset(hosts), any_host="*" in settings.allowed_hosts,
                    origins=frozenset(o for o in settings.allowed_origins if o != "*"),
                    any_origin="*" in settings.allowed_origins,
-                   token=token.encode() if token else None, port=settings.port,
-                   session=session_value(token.encode()) if token else None)
+                   token=token.encode() if token else None, port=settings.port, sessions=sessions)
 
 
 def host_name(header: str) -> str | None:
@@ -143,13 +145,23 @@ def token_exempt(request: web.Request) -> bool:
 
 
 def studio_session(request: web.Request, rules: EdgeRules) -> bool:
-    """Whether the request carries the studio's cookie for this token, from the daemon's own page."""
+    """Whether the request carries an open studio session's cookie, from the daemon's own page."""
     cookie = request.cookies.get(COOKIE_NAME)
-    if cookie is None or rules.session is None:
+    if not cookie or rules.token is None:
         return False
-    if request.headers.get("Sec-Fetch-Site", "none").lower() not in OWN_FETCH_SITES:
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is None:
+        # A browser without fetch metadata: only the daemon's own Origin (checked already when sent) says
+        # the page is ours; an <img> or a link elsewhere sends none, and the cookie alone never counts.
+        origin = request.headers.get("Origin")
+        if origin is None or normalize_origin(origin) not in own_origins(request, rules):
+            return False
+    elif site.lower() not in OWN_FETCH_SITES:
         return False
-    return hmac.compare_digest(cookie.encode(), rules.session.encode())
+    if not rules.sessions.valid(cookie, rules.token):
+        return False
+    request[SESSION_ID] = cookie
+    return True
 
 
 def check_token(request: web.Request, rules: EdgeRules) -> None:
@@ -199,9 +211,10 @@ def refusal(request: web.Request, exc: SidecarError) -> web.Response:
     return response
 
 
-def edge_middleware(settings: Settings):
-    """The middleware for an app built from `settings` (outermost: it runs before the error mapping)."""
-    rules = EdgeRules.from_settings(settings)
+def edge_middleware(settings: Settings, sessions: Sessions):
+    """The middleware for an app built from `settings` (outermost: it runs before the error mapping), taking
+    the studio's cookie for the `sessions` its login route opens."""
+    rules = EdgeRules.from_settings(settings, sessions)
 
     @web.middleware
     async def edge(request: web.Request, handler) -> web.StreamResponse:

@@ -12,7 +12,7 @@ from pathlib import Path
 from aiohttp import web
 
 from sidecar.api.errors import parse_body, query_limit
-from sidecar.api.keys import BUILDER, DEVICE, IDEMPOTENCY, RUNNER, SETTINGS
+from sidecar.api.keys import BUILDER, DEVICE, FULL_LISTING_LOCK, IDEMPOTENCY, RUNNER, SETTINGS, STORE
 from sidecar.api.likeness import with_likeness
 from sidecar.api.models import SOURCE_PATTERN, JobRequest
 from sidecar.api.operations import Header, Query, operation
@@ -23,7 +23,8 @@ from sidecar.errors import (
     BatchSizeNotSupported, CheckpointNotFound, ComfyUnavailable, ControlnetNotFound, DiskFull, EngineUnavailable,
     IdempotencyKeyReused, InitImageInvalid, InvalidField, InvalidState, JobNotFinished, JobNotFound, LoraNotFound,
     NodeNotSupported, NotFound, PageProjectMissing, PoseImageInvalid, PreviewNotFound, PromptFileInvalid, QueueFull,
-    ResolutionExceedsProfile, SamplerNotSupported, TrainingInProgress, WorkflowInvalid, NoBackendAdmits,
+    ResolutionExceedsProfile, SamplerNotSupported, TrainingInProgress, UpscaleModelNotFound, WorkflowInvalid,
+    NoBackendAdmits,
 )
 from sidecar.jobs.idempotency import MAX_KEY_LENGTH
 from sidecar.jobs.store import IdempotencyClaim, JobRecord
@@ -33,6 +34,9 @@ from sidecar.statuses import JOB_STATUSES
 routes = web.RouteTableDef()
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 TRUE, FALSE = ("1", "true"), ("0", "false")
+# GET /jobs pages: summaries are small; a full job carries its workflow, which may be megabytes.
+LIST_LIMIT, LIST_MAX = 50, 500
+FULL_LIMIT, FULL_MAX = 10, 50
 
 
 @routes.post("/jobs")
@@ -46,8 +50,10 @@ TRUE, FALSE = ("1", "true"), ("0", "false")
     errors=(ResolutionExceedsProfile, BatchSizeNotSupported, LoraNotFound, CheckpointNotFound, ControlnetNotFound,
             PoseImageInvalid, InitImageInvalid, NodeNotSupported, SamplerNotSupported, WorkflowInvalid,
             NoBackendAdmits, TrainingInProgress, IdempotencyKeyReused, QueueFull, ComfyUnavailable, EngineUnavailable,
-            DiskFull, PageProjectMissing, PromptFileInvalid),
-    headers=(Header(IDEMPOTENCY_HEADER, {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH},
+            DiskFull, PageProjectMissing, PromptFileInvalid, UpscaleModelNotFound),
+    # Printable ASCII, no space at either end (HTTP drops those): what every HTTP client sends as it is.
+    headers=(Header(IDEMPOTENCY_HEADER, {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH,
+                                         "pattern": "^[!-~]([ -~]*[!-~])?$"},
                     "a client-chosen key (a UUID): a retried submit with the same key and body returns the "
                     "first job instead of making another"),),
     response_headers={202: {"Location": "the job's (or group's) URL"},
@@ -111,13 +117,18 @@ def idempotency_key(request: web.Request) -> str | None:
 
 @routes.get("/jobs")
 @operation(
-    "Recent jobs, newest first", {200: JobListing},
-    description="Summaries (no workflow); with ?full=1 each job in full (the JobListFull shape).",
+    "Recent jobs, newest first, a page at a time", {200: JobListing}, errors=(JobNotFound,),
+    description=f"Summaries (no workflow), up to `limit` ({LIST_LIMIT} by default, at most {LIST_MAX}); with "
+                f"?full=1 each job in full (the JobListFull shape), {FULL_LIMIT} by default and at most "
+                f"{FULL_MAX} a page, whatever `limit` asks (a workflow may be megabytes). `nextBefore` names the next, older page: pass it as "
+                "?before=.",
     query=(Query("status", {"enum": list(JOB_STATUSES)}, "only jobs in this state"),
-           Query("limit", {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}),
+           Query("limit", {"type": "integer", "minimum": 1, "maximum": LIST_MAX},
+                 f"jobs per page (default {LIST_LIMIT}; with full=1 default {FULL_LIMIT}, cut to {FULL_MAX})"),
            Query("group", {"type": "string", "maxLength": 64}, "only the jobs of this group (variations)"),
            Query("source", {"type": "string", "pattern": SOURCE_PATTERN},
                  "only the jobs submitted with this `source` (`studio`, `generate`, ...; `api`: those that said none)"),
+           Query("before", {"type": "string", "maxLength": 64}, "a job id (a page's nextBefore): only older jobs"),
            Query("full", {"type": "boolean", "default": False}, "1|true: each job with its workflow")),
 )
 async def list_jobs(request: web.Request) -> web.Response:
@@ -127,7 +138,9 @@ async def list_jobs(request: web.Request) -> web.Response:
     full = request.query.get("full", "0").lower()
     if full not in TRUE + FALSE:
         raise InvalidField("full must be 1, 0, true or false.", {"field": "full", "value": full})
-    limit = query_limit(request)
+    limit = query_limit(request, FULL_LIMIT if full in TRUE else LIST_LIMIT, LIST_MAX)
+    if full in TRUE:
+        limit = min(limit, FULL_MAX)  # a larger page of full jobs is cut to FULL_MAX; nextBefore goes on
     group = request.query.get("group") or None
     if group is not None and len(group) > 64:
         raise InvalidField("group must be a group id (at most 64 characters).", {"field": "group"})
@@ -135,10 +148,28 @@ async def list_jobs(request: web.Request) -> web.Response:
     if source is not None and not re.fullmatch(SOURCE_PATTERN, source):
         raise InvalidField("source must be a job source such as studio, generate, grid, sweep or api (lower-case "
                            "letters, digits, - and _).", {"field": "source", "value": source[:64]})
-    jobs = await request.app[RUNNER].list(status, limit, group, source)
+    before = request.query.get("before")
+    if before is not None and (len(before) > 64 or not await request.app[STORE].exists(before)):
+        raise JobNotFound(f"No job with id {before!r} to page before (?before= takes a page's nextBefore).",
+                          {"jobId": before, "field": "before"})
+    jobs = await request.app[RUNNER].list(status, limit, group, source, before)
+    next_before = jobs[-1].id if len(jobs) == limit else None
     if full in TRUE:
-        return json_response(JobListFull(jobs=[Job.from_record(j) for j in jobs]))
-    return json_response(JobList(jobs=[JobSummary.from_record(j) for j in jobs]))
+        async with request.app[FULL_LISTING_LOCK]:
+            return await asyncio.to_thread(full_listing, jobs, next_before)
+    return json_response(JobList(jobs=[JobSummary.from_record(j) for j in jobs], next_before=next_before))
+
+
+def full_listing(jobs: list[JobRecord], next_before: str | None) -> web.Response:
+    """A JobListFull body, built off the event loop and serialized one job at a time: one `model_dump_json`
+    of megabytes of workflows holds the GIL, and so the event loop (`/health`), for its whole length
+    (126 ms for 20 x 1 MB); job by job, the loop gets its turn between them. The same bytes as
+    `JobListFull(...).model_dump_json(by_alias=True)`."""
+    parts = [Job.from_record(j).model_dump_json(by_alias=True) for j in jobs]
+    tail = JobListFull(jobs=[], next_before=next_before).model_dump_json(by_alias=True)
+    assert tail.startswith('{"jobs":[]')
+    return web.Response(text='{"jobs":[' + ",".join(parts) + "]" + tail[len('{"jobs":[]'):],
+                        content_type="application/json")
 
 
 @routes.get("/jobs/{id}")

@@ -19,6 +19,7 @@ from sidecar.jobs.runner import JobRunner
 from sidecar.jobs.store import JobStore
 from sidecar.likeness.judge import LikenessService
 from sidecar.profiles import Profile
+from sidecar.studio.session import Sessions
 from sidecar.training.store import TrainingStore
 from sidecar.workflows import TemplateStore
 
@@ -28,6 +29,7 @@ PROFILE = web.AppKey("profile", Profile)
 STORE = web.AppKey("store", JobStore)
 TRAINING_STORE = web.AppKey("training_store", TrainingStore)  # shares STORE's connection and writer thread
 RUNNER = web.AppKey("runner", JobRunner)
+SESSIONS = web.AppKey("studio_sessions", Sessions)  # the studio's cookie sessions: the edge checks, its routes open
 BUILDER = web.AppKey("builder", JobBuilder)
 BACKEND = web.AppKey("backend", GenerationBackend)
 EVENTS = web.AppKey("events", EventBus)
@@ -41,5 +43,8 @@ IDEMPOTENCY = web.AppKey("idempotency", IdempotencyKeys)
 POOL = web.AppKey("pool", BackendPool)  # only with [[backends]] tables
 # One writer at a time for the studio's edits of a training folder's captions.csv (confirm, reject, proposals).
 CAPTIONS_LOCK = web.AppKey("captions_lock", asyncio.Lock)
+# One GET /jobs?full=1 page built at a time: each is megabytes of Python work holding the GIL in a thread,
+# and several at once starve the event loop's thread of it (/health waited 0.5 s behind four).
+FULL_LISTING_LOCK = web.AppKey("full_listing_lock", asyncio.Lock)
 # The likeness judge of the daemon's project (`--project`) and models folder: scorer opened on first use.
 LIKENESS = web.AppKey("likeness", LikenessService)

@@ -7,23 +7,34 @@ edge: a request becomes a typed `JobRequest` here once and nothing downstream re
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from typing import Annotated
-
 from sidecar.jobs.pageref import PageRef
-from sidecar.jobs.params import GenerationRequest, PathText, Prompt
+from sidecar.jobs.params import IMAGE_FIELDS, GenerationRequest, PathText, Prompt
 from sidecar.jobs.variations import MAX_VARIATIONS
+from sidecar.whole_numbers import WholeNumbers
 
 SOURCE_PATTERN = r"^[a-z][a-z0-9_-]{0,31}$"
 Source = Annotated[str, Field(pattern=SOURCE_PATTERN)]
 
 
-class Wire(BaseModel):
+class Wire(WholeNumbers):
     model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True)
+
+
+def _job_request_rules(schema: dict[str, Any]) -> None:
+    """What the builder refuses beyond each field's own limits, said in the document: a `prompt`, a
+    `workflow` or a `page` is required; a whole workflow takes no parameter fields (its images aside) and no
+    `variations` (they vary a template job's seed; a workflow fixes its own)."""
+    present = {"prompt": {"type": "string"}, "workflow": {"type": "object"}, "page": {"type": "object"}}
+    params = [to_camel(name) for name in GenerationRequest.model_fields
+              if name not in ("workflow", "batch_size", "where", "upscale_model", *IMAGE_FIELDS)]
+    schema["anyOf"] = [{"required": [name], "properties": {name: kind}} for name, kind in present.items()]
+    schema["if"] = {"required": ["workflow"], "properties": {"workflow": present["workflow"]}}
+    schema["then"] = {"properties": {name: {"type": "null"} for name in [*params, "variations"]}}
 
 
 class JobRequest(GenerationRequest):
@@ -32,8 +43,8 @@ class JobRequest(GenerationRequest):
     adds only the camelCase names of the wire. The document says what `{}` is refused for: a
     `prompt`, a `workflow` or a `page` (whose prompt file gives the prompt) is required."""
 
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, json_schema_extra={
-        "anyOf": [{"required": ["prompt"]}, {"required": ["workflow"]}, {"required": ["page"]}]})
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True,
+                              json_schema_extra=lambda schema, cls: _job_request_rules(schema))
 
     # How the submit is queued, not what the job renders (left out of `generation()`).
     variations: int | None = Field(None, ge=1, le=MAX_VARIATIONS, description=(
@@ -77,7 +88,11 @@ class RefineRequest(Wire):
     (trigger, locked traits) comes from the character.toml nearest the prompt file (else trigger_word)."""
 
     model_config = ConfigDict(strict=True, json_schema_extra={
-        "anyOf": [{"required": ["prompt"]}, {"required": ["promptFile"]}]})
+        "anyOf": [{"required": ["prompt"], "properties": {"prompt": {"type": "string"}}},
+                  {"required": ["promptFile"], "properties": {"promptFile": {"type": "string"}}}],
+        # write rewrites the prompt file: it needs one.
+        "if": {"required": ["write"], "properties": {"write": {"const": True}}},
+        "then": {"required": ["promptFile"], "properties": {"promptFile": {"type": "string"}}}})
 
     feedback: str = Field(min_length=1, max_length=2000, description="what to change, in words")
     prompt: Prompt | None = Field(None, description="the prompt text (default: the prompt file's)")
@@ -92,7 +107,8 @@ class LikenessRequest(Wire):
     images), judged against the project's reference set."""
 
     model_config = ConfigDict(strict=True, json_schema_extra={
-        "anyOf": [{"required": ["images"]}, {"required": ["jobIds"]}]})
+        "anyOf": [{"required": ["images"], "properties": {"images": {"minItems": 1}}},
+                  {"required": ["jobIds"], "properties": {"jobIds": {"minItems": 1}}}]})
 
     images: list[PathText] = Field(default_factory=list, max_length=256,
                                    description="absolute paths of PNG, JPEG or WebP images inside the project "

@@ -65,7 +65,7 @@ def _operation(method: str, path: str, op: Operation, refs: dict[Any, Any]) -> d
         entry["description"] = op.description
     params = [{"name": p.strip("{}"), "in": "path", "required": True, "schema": {"type": "string"}}
               for p in path.split("/") if p.startswith("{")]
-    params += [{"name": q.name, "in": "query", "required": False, "schema": dict(q.schema),
+    params += [{"name": q.name, "in": "query", "required": q.required, "schema": dict(q.schema),
                 **({"description": q.description} if q.description else {})} for q in op.query]
     params += [{"name": h.name, "in": "header", "required": False, "schema": dict(h.schema),
                 **({"description": h.description} if h.description else {})} for h in op.headers]

@@ -38,6 +38,7 @@ class Query:
     name: str
     schema: Mapping[str, Any]
     description: str = ""
+    required: bool = False
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import asyncio
 from typing import Annotated
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from sidecar.api.errors import parse_body
@@ -26,12 +26,13 @@ from sidecar.errors import (
     OllamaUnavailable, ProjectNotConfigured, PromptFileChanged, PromptFileInvalid, VersionNotFound,
 )
 from sidecar.studio import refine as pages
+from sidecar.whole_numbers import WholeNumbers
 
 routes = web.RouteTableDef()
 Text = Annotated[str, Field(max_length=4000)]
 
 
-class In(BaseModel):
+class In(WholeNumbers):
     model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True, strict=True)
 
 

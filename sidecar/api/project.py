@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, RootModel
+from pydantic import ConfigDict, Field, RootModel
 from pydantic.alias_generators import to_camel
 
 from pipeline_stage.layout import Page
@@ -24,9 +24,11 @@ from sidecar.api.operations import Query, operation
 from sidecar.api.responses import Out, json_response
 from sidecar.api.thumbs import IMAGE_TYPES, SIZE_QUERY, THUMB_HEADERS, image_response
 from sidecar.errors import (
-    GenerationLogInvalid, InvalidField, JobNotFinished, JobNotFound, NotFound, ProjectNotConfigured, VersionNotFound,
+    GenerationLogInvalid, InvalidField, JobNotFinished, JobNotFound, NotFound, ProjectNotConfigured, ProjectPathOutside,
+    VersionNotFound,
 )
 from sidecar.studio import project as reader
+from sidecar.whole_numbers import WholeNumbers
 
 routes = web.RouteTableDef()
 PAGE = "/project/pages/{chapter}/{page}"
@@ -67,7 +69,7 @@ class ProjectView(Out):
     chapters: list[ProjectChapter]
 
 
-class PublishRequest(BaseModel):
+class PublishRequest(WholeNumbers):
     model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True, strict=True)
 
     job_id: str = Field(..., min_length=1, max_length=64, description="a succeeded job of this daemon")
@@ -93,7 +95,8 @@ def project_root(request: web.Request) -> Path:
 
 def _int(request: web.Request, name: str, low: int = 0) -> int:
     raw = request.match_info[name]
-    if not raw.isdigit() or int(raw) < low or len(raw) > 6:
+    # ASCII digits only: str.isdigit() and int() also take '²' and other scripts' digits (int('²') fails).
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 6 or int(raw) < low:
         raise InvalidField(f"{name} must be a whole number of at least {low}, got {raw!r}.", {"field": name})
     return int(raw)
 
@@ -110,8 +113,9 @@ def _page_model(root: Path, info: reader.PageInfo) -> ProjectPage:
         request=info.request, request_error=info.request_error,
         versions=[ProjectVersion(
             version=v.version, approved=v.approved, image_url=f"{base}/{v.version}/image",
-            workflow_url=f"{base}/{v.version}/workflow" if v.workflow and v.workflow.is_file() else None,
-            image_exists=v.image.is_file(), width=_number(v.entry, "width"), height=_number(v.entry, "height"),
+            workflow_url=f"{base}/{v.version}/workflow" if v.workflow and v.workflow.is_file()
+            and reader.is_inside(root, v.workflow) else None,
+            image_exists=v.image.is_file() and reader.is_inside(root, v.image), width=_number(v.entry, "width"), height=_number(v.entry, "height"),
             timestamp=(v.entry or {}).get("timestamp") if isinstance((v.entry or {}).get("timestamp"), str) else None,
             entry=v.entry) for v in info.versions])
 
@@ -144,24 +148,26 @@ async def get_project(request: web.Request) -> web.Response:
 @routes.get(VERSION + "/image")
 @operation("A page version's PNG (or with ?size its thumbnail)", {200: None, 304: None}, binary=IMAGE_TYPES,
            query=(SIZE_QUERY,), response_headers=THUMB_HEADERS,
-           errors=(ProjectNotConfigured, VersionNotFound, NotFound))
+           errors=(ProjectNotConfigured, VersionNotFound, NotFound, ProjectPathOutside))
 async def version_image(request: web.Request) -> web.StreamResponse:
     root, page, version = project_root(request), page_of(request), _int(request, "version", 1)
     found = await asyncio.to_thread(reader.find_version, root, page, version)
-    if not await asyncio.to_thread(found.image.is_file):
+    image = await asyncio.to_thread(reader.inside, root, found.image)  # the file itself: no link out
+    if not await asyncio.to_thread(image.is_file):
         raise NotFound(f"{found.image.name} is in the log but no longer on disk.", {"file": found.image.name})
-    return await image_response(request, found.image)
+    return await image_response(request, image)
 
 
 @routes.get(VERSION + "/workflow")
 @operation("The API-format workflow that made a page version (load it in ComfyUI, or reproduce it)",
-           {200: WorkflowDocument}, errors=(ProjectNotConfigured, VersionNotFound))
+           {200: WorkflowDocument}, errors=(ProjectNotConfigured, VersionNotFound, ProjectPathOutside))
 async def version_workflow(request: web.Request) -> web.Response:
     root, page, version = project_root(request), page_of(request), _int(request, "version", 1)
     found = await asyncio.to_thread(reader.find_version, root, page, version)
     if found.workflow is None:
         raise VersionNotFound(f"{page.image_name(version)} has no workflow file.", {"version": version})
-    return json_response(WorkflowDocument(await asyncio.to_thread(reader.read_workflow, found.workflow)))
+    workflow = await asyncio.to_thread(reader.inside, root, found.workflow)
+    return json_response(WorkflowDocument(await asyncio.to_thread(reader.read_workflow, workflow)))
 
 
 BY_QUERY = Query("by", {"type": "string", "pattern": SOURCE_PATTERN, "default": "api"},
@@ -171,7 +177,8 @@ BY_QUERY = Query("by", {"type": "string", "pattern": SOURCE_PATTERN, "default": 
 @routes.post(VERSION + "/approve")
 @operation("Approve a page version: the same generation-log update as `generate approve` (the page's other "
            "versions are no longer approved; the entry's approvalChanges say who and when)", {200: ProjectPage},
-           query=(BY_QUERY,), errors=(ProjectNotConfigured, VersionNotFound, GenerationLogInvalid, NotFound))
+           query=(BY_QUERY,), errors=(ProjectNotConfigured, VersionNotFound, GenerationLogInvalid, NotFound,
+                                       ProjectPathOutside))
 async def approve(request: web.Request) -> web.Response:
     return await _approval(request, True)
 
@@ -179,7 +186,7 @@ async def approve(request: web.Request) -> web.Response:
 @routes.post(VERSION + "/unapprove")
 @operation("Take back a page version's approval: the same generation-log update as `generate unapprove`",
            {200: ProjectPage}, query=(BY_QUERY,),
-           errors=(ProjectNotConfigured, VersionNotFound, GenerationLogInvalid, NotFound))
+           errors=(ProjectNotConfigured, VersionNotFound, GenerationLogInvalid, NotFound, ProjectPathOutside))
 async def unapprove(request: web.Request) -> web.Response:
     return await _approval(request, False)
 
@@ -197,7 +204,8 @@ async def _approval(request: web.Request, approved: bool) -> web.Response:
 @routes.post(PAGE + "/versions")
 @operation("Save a succeeded job as the page's next version (image, workflow and log entry, as `generate` writes)",
            {201: Published}, request=PublishRequest,
-           errors=(ProjectNotConfigured, JobNotFound, JobNotFinished, VersionNotFound, GenerationLogInvalid, NotFound))
+           errors=(ProjectNotConfigured, JobNotFound, JobNotFinished, VersionNotFound, GenerationLogInvalid, NotFound,
+                   ProjectPathOutside))
 async def publish(request: web.Request) -> web.Response:
     root, page = project_root(request), page_of(request)
     req = await parse_body(request, PublishRequest)

@@ -156,12 +156,17 @@ class LikenessScores(Out):
     results: list[LikenessResult]
 
 
+NEXT_BEFORE = Field(None, description="the next (older) page: pass it as ?before=; null on the last page")
+
+
 class JobList(Out):
     jobs: list[JobSummary] = Field(description="summaries; full jobs (with `workflow`) with ?full=1")
+    next_before: str | None = NEXT_BEFORE
 
 
 class JobListFull(Out):
     jobs: list[Job]
+    next_before: str | None = NEXT_BEFORE
 
 
 class JobListing(RootModel[JobList | JobListFull]):

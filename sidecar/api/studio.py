@@ -15,11 +15,12 @@ from importlib.resources import files
 from pathlib import Path
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from sidecar.api.errors import parse_body
-from sidecar.api.keys import BUILDER, POOL, PROFILE, SETTINGS
+from sidecar.api.edge import SESSION_ID
+from sidecar.api.keys import BUILDER, POOL, PROFILE, SESSIONS, SETTINGS
 from sidecar.api.operations import operation
 from sidecar.api.responses import Out, json_response
 from sidecar.engine.samplers import supported as supported_samplers
@@ -27,7 +28,8 @@ from sidecar.errors import NotFound, PoseImageInvalid, SidecarError, Unauthorize
 from sidecar.jobs import params
 from sidecar.profiles import Profile
 from sidecar.studio.poses import store_pose
-from sidecar.studio.session import LOGIN_PATH, STATIC_PATH, LoginCodes, cookie_header
+from sidecar.studio.session import LOGIN_PATH, LOGOUT_PATH, STATIC_PATH, LoginCodes, clear_cookie_header, cookie_header
+from sidecar.whole_numbers import WholeNumbers
 
 LOGINS = web.AppKey("studio_logins", LoginCodes)
 MEDIA_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml",
@@ -94,6 +96,7 @@ class StudioConfig(Out):
     project_root: str | None
     engine: str
     default_where: str = Field(description="where a job without `where` runs (default_where)")
+    signed_in: bool = Field(False, description="the studio came in with a session cookie (it shows Sign out)")
     profiles: dict[str, ProfileLimits] = Field(description="every backend's hardware profile by name (the Generate "
                                                            "form holds a size to those of the backends `where` allows)")
     upscale_models: list[str] = Field(description="the print upscalers in models/upscale_models/ (Generate's "
@@ -143,15 +146,30 @@ async def login(request: web.Request) -> web.Response:
     headers = {"Location": "/", "Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
     token = request.app[SETTINGS].token_value
     if token:
-        headers["Set-Cookie"] = cookie_header(token.encode())
+        sessions = request.app[SESSIONS]
+        headers["Set-Cookie"] = cookie_header(sessions.open(token.encode()), sessions.ttl)
     return web.Response(status=303, headers=headers)
 
 
-class PoseUpload(BaseModel):
+@routes.post(LOGOUT_PATH)
+@operation("Sign the studio out: ends its session and clears the cookie", {204: None},
+           response_headers={204: {"Set-Cookie": "the cookie, cleared"}},
+           description="The studio's Sign out button. Ends the session the request's cookie names (a request "
+                       "with the token alone ends none); `sidecar studio` signs in again.")
+async def logout(request: web.Request) -> web.Response:
+    session_id = request.get(SESSION_ID)
+    if session_id is not None:
+        request.app[SESSIONS].close(session_id)
+    return web.Response(status=204, headers={"Set-Cookie": clear_cookie_header(), "Cache-Control": "no-store"})
+
+
+class PoseUpload(WholeNumbers):
     model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True, strict=True)
 
     file_name: str = Field("", max_length=255, description="the picked file's name (for the log only)")
-    data_base64: str = Field(..., min_length=1, description="the image's bytes, base64 (within max_body_bytes)")
+    data_base64: str = Field(..., min_length=1, description="the image's bytes, base64 (within max_body_bytes)",
+                             json_schema_extra={"contentEncoding": "base64", "pattern":
+                                                "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"})
 
 
 class StoredPose(Out):
@@ -192,6 +210,7 @@ async def config(request: web.Request) -> web.Response:
         default_where=settings.default_where,
         profiles={name: limits_of(p) for name, p in used.items()},
         upscale_models=sorted(upscalers),
+        signed_in=request.get(SESSION_ID) is not None,
     ))
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from sidecar.api.errors import parse_body
@@ -22,6 +22,7 @@ from sidecar.api.tasks import TASKS, TaskInfo, own_url
 from sidecar.api.training import TRAINING
 from sidecar.atomic import write_text
 from sidecar.errors import InvalidField, InvalidState, NotFound, TrainingNotFound
+from sidecar.whole_numbers import WholeNumbers
 
 routes = web.RouteTableDef()
 SHEET, INDEX = "contact-sheet.png", "index.json"
@@ -33,7 +34,7 @@ class SweepInfo(Out):
     task: TaskInfo | None = Field(None, description="the sweep the daemon is running (or last ran) for this run")
 
 
-class SweepRequest(BaseModel):
+class SweepRequest(WholeNumbers):
     """POST /loras/{id}/sweep: `sidecar loras sweep RUN`'s options."""
 
     model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True, strict=True)

@@ -6,15 +6,16 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 from pydantic.alias_generators import to_camel
+from sidecar.whole_numbers import WholeNumbers
 
 Text = Annotated[str, Field(max_length=4000)]
 Name = Annotated[str, Field(min_length=1, max_length=200)]
 Digest = Annotated[str, Field(max_length=200)]
 
 
-class RefinedFrom(BaseModel):
+class RefinedFrom(WholeNumbers):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, alias_generator=to_camel,
                               populate_by_name=True)
 

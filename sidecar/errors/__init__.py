@@ -37,7 +37,8 @@ codes), `edge`, `inputs`, `state`, `services`, `jobs`, `startup`, `client`. The 
     ├── Unauthorized                  unauthorized               401    2  (token set, Authorization missing or wrong)
     ├── Forbidden                     forbidden                  403    2
     │   ├── HostNotAllowed            host_not_allowed                     (Host is not the daemon's: DNS rebinding)
-    │   └── OriginNotAllowed          origin_not_allowed                   (a page on another origin)
+    │   ├── OriginNotAllowed          origin_not_allowed                   (a page on another origin)
+    │   └── ProjectPathOutside        project_path_outside                 (a project file leading out of the project)
     ├── NotFound                      not_found                  404    2
     │   ├── JobNotFound               job_not_found
     │   ├── GroupNotFound             group_not_found                      (no job was submitted with that groupId)
@@ -74,6 +75,7 @@ codes), `edge`, `inputs`, `state`, `services`, `jobs`, `startup`, `client`. The 
     ├── PromptLost                    prompt_lost                500    1
     ├── DatabaseUnusable              database_unusable          500    1  (found at start: `serve` prints one line)
     ├── DataDirLocked                 data_dir_locked            409    1  (`serve`: another daemon owns the data dir)
+    ├── DataDirUnusable               data_dir_unusable          500    1  (found at start: a file where a folder belongs, ...)
     ├── PortInUse                     port_in_use                409    1  (`serve`: the port cannot be bound)
     ├── ConfigError                   config_invalid             500    2  (names the key)
     ├── LaunchdError                  launchd_config_invalid     500    2
@@ -124,6 +126,7 @@ from sidecar.errors.edge import (  # noqa: F401
     MethodNotAllowed,
     OriginNotAllowed,
     PayloadTooLarge,
+    ProjectPathOutside,
     Unauthorized,
     UnknownField,
     UnsupportedMediaType,
@@ -190,6 +193,7 @@ from sidecar.errors.jobs import (  # noqa: F401
 from sidecar.errors.startup import (  # noqa: F401
     ConfigError,
     DataDirLocked,
+    DataDirUnusable,
     DatabaseUnusable,
     LaunchctlFailed,
     LaunchdError,

@@ -54,3 +54,9 @@ class HostNotAllowed(Forbidden):
 
 class OriginNotAllowed(Forbidden):
     code = "origin_not_allowed"
+
+
+class ProjectPathOutside(Forbidden):
+    """A project file (a log entry's path, a symlink in raw/) that leads out of the project root."""
+
+    code = "project_path_outside"

@@ -12,16 +12,30 @@ class DatabaseUnusable(SidecarError):
 
     code = "database_unusable"
 
-    def __init__(self, path: object, problem: str):
+    def __init__(self, path: object, problem: str, foreign: bool = False):
         self.path = path
         self.problem = problem
         self.message = (
+            f"the database {path} {problem}. Nothing was changed. Point data_dir (--data-dir) at another "
+            f"folder, or move it aside (mv '{path}' '{path}.moved') and start again: the daemon creates a new, "
+            "empty one." if foreign else
             f"the database {path} {problem}. Nothing was changed. Move it aside "
             f"(mv '{path}' '{path}.broken', and any -wal/-shm file beside it) and start again: the daemon "
             "creates a new, empty one "
             "(job history is lost; images in the jobs folder stay), or restore it from a backup."
         )
         super().__init__(self.message, {"path": str(path)})
+
+
+class DataDirUnusable(SidecarError):
+    """Something in the data dir is not what the daemon keeps there (a file where a folder belongs, a
+    folder where the database belongs). Found at start; `serve` prints one line and exits 1."""
+
+    code = "data_dir_unusable"
+    exit_code = EXIT_FAILED
+
+    def __init__(self, path: object, problem: str, fix: str):
+        super().__init__(f"{path} {problem}: {fix}", {"path": str(path)})
 
 
 class DataDirLocked(SidecarError):

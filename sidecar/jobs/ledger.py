@@ -110,6 +110,10 @@ class Ledger:
     def _end_fields(job: JobRecord, status: str, code: str | None, message: str | None,
                     details: dict[str, Any] | None, fields: dict[str, Any]) -> dict[str, Any]:
         extra: dict[str, Any] = {"finished_at": now_iso(), **fields}
+        if job.started_at is not None:
+            # Written again with the end: the `running` write that first carried it may have failed (a full
+            # disk), and a job that ran must not end with startedAt and durationMs null.
+            extra.setdefault("started_at", job.started_at)
         if code:
             extra.update(error_code=code, error_message=message, error_details=details or {})
         if status == "succeeded" and job.progress_total:
@@ -133,8 +137,8 @@ class Ledger:
     async def flush_unsaved(self) -> None:
         for job in list(self.unsaved.values()):
             try:
-                await self.store.update(job.id, status=job.status, finished_at=job.finished_at,
-                                        error_code=job.error_code, error_message=job.error_message,
+                await self.store.update(job.id, status=job.status, started_at=job.started_at,
+                                        finished_at=job.finished_at, error_code=job.error_code, error_message=job.error_message,
                                         error_details=job.error_details, progress_step=job.progress_step)
             except Exception as exc:  # noqa: BLE001 - still cannot write: keep it for the next try
                 log.debug("job %s: end state still not written (%s)", job.id, exc)

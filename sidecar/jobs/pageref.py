@@ -13,6 +13,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
+from sidecar.whole_numbers import WholeNumbers
 
 ProjectPath = Annotated[str, Field(min_length=1, max_length=4096)]
 LoggedPath = Annotated[str, Field(min_length=1, max_length=4096)]
@@ -21,7 +22,7 @@ MAX_CHAPTER = 999
 MAX_PAGE = 9999
 
 
-class PageRef(BaseModel):
+class PageRef(WholeNumbers):
     """Which page a job renders, in which project, and the provenance its log entry records."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True, alias_generator=to_camel,

@@ -25,6 +25,7 @@ from pipeline_stage.layout import Page, Project
 from pipeline_stage.outputs import publish
 from sidecar.errors import GenerationLogInvalid, JobFailed
 from sidecar.jobs.pageref import PageRef, PageVersion
+from sidecar.jobs.project_paths import writable_chapter
 from sidecar.jobs.store import JobRecord
 from sidecar.likeness.wire import Likeness
 
@@ -85,6 +86,7 @@ def publish_page_job(job: JobRecord, image: Path, upscaled: Path | None, duratio
     ref = job.page
     assert ref is not None and ref.project is not None, "a page job is stored with its project"
     project, page = Project(Path(ref.project)), Page(ref.chapter, ref.page)
+    writable_chapter(project, page.chapter)  # nothing written through a link out of the project
     try:
         png = finish_png(image.read_bytes(), job)
         printed = finish_png(upscaled.read_bytes(), job, upscaled=True) if upscaled is not None else None

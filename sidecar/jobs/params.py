@@ -18,6 +18,7 @@ from pydantic.alias_generators import to_snake
 
 from sidecar.assist.provenance import RefinedFrom
 from sidecar.errors import InvalidField
+from sidecar.whole_numbers import WholeNumbers
 
 # -- the limits, one definition each (the wire model's fields use the same types)
 Prompt = Annotated[str, Field(min_length=1, max_length=4000)]
@@ -30,12 +31,13 @@ SamplerName = Annotated[str, Field(min_length=1, max_length=64)]
 LoraStrength = Annotated[float, Field(ge=0, le=2, allow_inf_nan=False)]
 ControlnetStrength = Annotated[float, Field(ge=0.4, le=0.9, allow_inf_nan=False)]
 Denoise = Annotated[float, Field(ge=0.05, le=1, allow_inf_nan=False)]
-Pixels = Annotated[int, Field(ge=8, le=16384)]
-PathText = Annotated[str, Field(min_length=1, max_length=4096)]
+Pixels = Annotated[int, Field(ge=8, le=16384, json_schema_extra={"multipleOf": 8})]  # the builder says "multiple of 8"
+# Documented as absolute (the handlers refuse a relative one with the field's own code).
+PathText = Annotated[str, Field(min_length=1, max_length=4096, json_schema_extra={"pattern": "^/"})]
 Where = Annotated[str, Field(min_length=1, max_length=64)]
 
 
-class Resolution(BaseModel):
+class Resolution(WholeNumbers):
     """Absent, `{}` or a missing side: the profile's largest (one default whichever way it is left out)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
@@ -47,7 +49,7 @@ class Resolution(BaseModel):
 IMAGE_FIELDS = ("pose_image_path", "init_image_path", "init_job_id")  # the files a whole workflow may load
 
 
-class GenerationRequest(BaseModel):
+class GenerationRequest(WholeNumbers):
     """What a client asks for: the parameters (a template is chosen and slot-filled) or a whole
     `workflow`. Strict: `true` is not a seed and `"2"` is not a step count. The wire model
     (`sidecar.api.models.JobRequest`) is this with camelCase names."""
@@ -72,7 +74,8 @@ class GenerationRequest(BaseModel):
     init_image_path: PathText | None = Field(None, description="absolute path of an init image (img2img); resized "
                                                                "to the job's size")
     init_job_id: ModelName | None = Field(None, description="a succeeded job whose image is the init image (img2img)")
-    # Strict: true, "1" and 1.0 are not a batch size (invalid_field); an int other than 1 is refused by the profile.
+    # Strict: true, "1" and 1.5 are not a batch size (invalid_field; 1.0 is JSON's 1, see WholeNumbers); an int
+    # other than 1 is refused by the profile.
     batch_size: StrictInt | None = Field(
         None, validation_alias=AliasChoices("batchSize", "batch_size"),
         description="accepted only as 1 (the profile's limit)",

@@ -234,8 +234,8 @@ class JobRunner:
         return job
 
     async def list(self, status: str | None, limit: int, group: str | None = None,
-                   source: str | None = None) -> list[JobRecord]:
-        jobs = await self.store.list(status, limit, group, source)
+                   source: str | None = None, before: str | None = None) -> list[JobRecord]:
+        jobs = await self.store.list(status, limit, group, source, before)
         # Live records carry progress newer than the last persisted one.
         return [self.ledger.freshest(j) for j in jobs]
 

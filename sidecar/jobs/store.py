@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import sqlite3
 from dataclasses import dataclass, field, fields
 from datetime import datetime
@@ -20,6 +21,8 @@ from pydantic import BaseModel
 from sidecar.jobs.pageref import PageRef, PageVersion
 from sidecar.jobs.params import JobParams
 from sidecar.sqlite_store import SqliteStore, now_iso
+
+log = logging.getLogger("sidecar.jobs")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -61,6 +64,7 @@ CREATE TABLE IF NOT EXISTS queue_state (  -- the queue's own settings that outli
 
 
 JSON_COLUMNS = ("params", "workflow", "error_details", "page", "page_version")
+REQUIRED_JSON = ("params", "workflow")
 # Columns added after the first release: (name, declaration), added to an older database when it opens.
 ADDED_COLUMNS = (("where_", "TEXT"), ("backend", "TEXT"), ("backend_reason", "TEXT"),
                  ("group_id", "TEXT"),  # the submission of `variations` this job is one of
@@ -153,10 +157,26 @@ class JobStore(SqliteStore):
     def _row(self, row: sqlite3.Row) -> JobRecord:
         data = self._decode(row)
         data.pop("request", None)
+        for col in JSON_COLUMNS:  # params and workflow always hold an object; the others one or null
+            if not isinstance(data.get(col), dict) and (col in REQUIRED_JSON or data.get(col) is not None):
+                raise ValueError(f"{col} is not a JSON object")
         data["params"] = JobParams.from_stored(data["params"])
         data["page"] = PageRef.model_validate(data["page"], strict=False) if data.get("page") else None
         data["page_version"] = PageVersion.model_validate(data["page_version"]) if data.get("page_version") else None
         return JobRecord(**data)
+
+    def _rows(self, rows: list[sqlite3.Row]) -> list[JobRecord]:
+        """The readable rows as records. A row another program or a damaged page left unreadable (invalid
+        JSON, params that no longer validate) is logged and left out, so one bad row never fails a list,
+        a restart's recovery or retention; the row itself stays as it is for inspection."""
+        records = []
+        for row in rows:
+            try:
+                records.append(self._row(row))
+            except (ValueError, TypeError, KeyError) as exc:  # pydantic's ValidationError is a ValueError
+                log.error("job %s (row %s) is unreadable and left out: %s", row["id"], row["seq"],
+                          str(exc).splitlines()[0][:200])
+        return records
 
     async def insert(self, job: JobRecord, claim: IdempotencyClaim | None = None) -> None:
         """The job, and with a claim its `Idempotency-Key`, in one transaction: a daemon killed
@@ -203,7 +223,7 @@ class JobStore(SqliteStore):
     async def group(self, group_id: str) -> list[JobRecord]:
         """The jobs of one group, in the order they were submitted."""
         rows = await self._call(self._exec, "SELECT * FROM jobs WHERE group_id = ? ORDER BY seq ASC", (group_id,))
-        return [self._row(r) for r in rows]
+        return self._rows(rows)
 
     # -- the queue's persisted state (pause)
     async def queue_state(self) -> dict[str, str | None]:
@@ -233,26 +253,33 @@ class JobStore(SqliteStore):
         """Queued in call order behind every earlier write; await the future to know it is on disk."""
         return self._update_soon("jobs", job_id, _plain(values))
 
+    async def exists(self, job_id: str) -> bool:
+        return bool(await self._call(self._exec, "SELECT 1 FROM jobs WHERE id = ?", (job_id,)))
+
     async def get(self, job_id: str) -> JobRecord | None:
         rows = await self._call(self._exec, "SELECT * FROM jobs WHERE id = ?", (job_id,))
-        return self._row(rows[0]) if rows else None
+        found = self._rows(rows)
+        return found[0] if found else None
 
     async def list(self, status: str | None = None, limit: int = 50, group: str | None = None,
-                   source: str | None = None) -> list[JobRecord]:
-        where = [(c, v) for c, v in (("status", status), ("group_id", group)) if v]
+                   source: str | None = None, before: str | None = None) -> list[JobRecord]:
+        """Newest first; with `before` (a job id) only the jobs submitted before that one (the next page)."""
+        where = [(f"{c} = ?", v) for c, v in (("status", status), ("group_id", group)) if v]
         if source is not None:  # rows from before `source` existed were submitted through the API
-            where.append(("COALESCE(source, 'api')", source))
-        clause = f"WHERE {' AND '.join(f'{c} = ?' for c, _ in where)} " if where else ""
+            where.append(("COALESCE(source, 'api') = ?", source))
+        if before is not None:
+            where.append(("seq < (SELECT seq FROM jobs WHERE id = ?)", before))
+        clause = f"WHERE {' AND '.join(c for c, _ in where)} " if where else ""
         rows = await self._call(self._exec, f"SELECT * FROM jobs {clause}ORDER BY seq DESC LIMIT ?",
                                 (*(v for _, v in where), limit))
-        return [self._row(r) for r in rows]
+        return self._rows(rows)
 
     async def unfinished(self) -> list[JobRecord]:
         """Queued and running jobs, oldest first (what a restart must pick up)."""
         rows = await self._call(
             self._exec, "SELECT * FROM jobs WHERE status IN ('queued', 'running') ORDER BY seq ASC"
         )
-        return [self._row(r) for r in rows]
+        return self._rows(rows)
 
     # -- retention (sidecar.jobs.retention)
     async def finished_before(self, cutoff: str) -> list[JobRecord]:
@@ -262,7 +289,7 @@ class JobStore(SqliteStore):
             self._exec,
             "SELECT * FROM jobs WHERE status IN ('succeeded', 'failed', 'cancelled') "
             "AND COALESCE(finished_at, created_at) < ? ORDER BY seq ASC", (cutoff,))
-        return [self._row(r) for r in rows]
+        return self._rows(rows)
 
     async def delete_finished(self, job_ids: list[str]) -> int:
         """Remove these jobs' rows, only while they are still finished (one transaction); the count removed."""

@@ -10,8 +10,10 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from sidecar.whole_numbers import WholeNumbers
 
-class _Wire(BaseModel):
+
+class _Wire(WholeNumbers):
     model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True, strict=True,
                               allow_inf_nan=False, json_schema_serialization_defaults_required=True)
 

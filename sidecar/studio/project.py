@@ -7,6 +7,11 @@ images in `raw/`), every version of a page from `output/ch-XX/generation-log.jso
 Write, through the pipeline stage's own code so the files are exactly what `generate` writes: approve
 a version (`generate approve`'s log update, under the chapter lock, atomically), and save a finished
 job as the page's next version through the daemon's one writer of versions (`sidecar.jobs.pages`).
+
+Every path read or written is confined to the project (`inside`): a log entry's `workflowFile` naming
+`/etc/...` or `../..`, a PNG in `raw/` that is a symlink to elsewhere, or a `raw/` folder that is one, is
+refused (`project_path_outside`) and never read, served or written through. The project's files are the
+artist's, but a copied or downloaded project is not trusted to stay inside itself.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ from pipeline_stage.genlog import GenerationLog, entry_file_name, read_log, set_
 from pipeline_stage.layout import Page, Project, page_of
 from pipeline_stage.outputs import approve_version
 from pipeline_stage.prompts import build_request, load_defaults, load_prompt, merge
-from sidecar.errors import GenerationLogInvalid, VersionNotFound
+from sidecar.errors import GenerationLogInvalid, ProjectPathOutside, VersionNotFound
+from sidecar.jobs.project_paths import inside, is_inside, writable_chapter  # noqa: F401  (the API uses inside)
 from sidecar.jobs.pageref import PageRef
 from sidecar.jobs.pages import Judge, publish_page_job
 from sidecar.jobs.store import JobRecord
@@ -66,8 +72,10 @@ def chapters(root: Path) -> list[int]:
 def read_chapter(project: Project, chapter: int) -> ChapterInfo:
     log_error = None
     try:
-        log = read_log(project.log_file(chapter))
+        log = read_log(inside(project.root, project.log_file(chapter)))
     except LogInvalid as exc:
+        log, log_error = GenerationLog(project.log_file(chapter)), exc.message
+    except ProjectPathOutside as exc:
         log, log_error = GenerationLog(project.log_file(chapter)), exc.message
     pages = {p: None for p in project.list_pages(chapter)}
     by_page: dict[Page, dict[int, Version]] = {}
@@ -83,10 +91,11 @@ def read_chapter(project: Project, chapter: int) -> ChapterInfo:
             version, raw / page.image_name(version),
             project.root / workflow if isinstance(workflow, str) else raw / page.workflow_name(version),
             bool(entry.get("approved")), entry)
-    if raw.is_dir():
+    if raw.is_dir() and is_inside(project.root, raw):
         for path in raw.glob("*.png"):
             found = page_of(path.name)
-            if found is not None and found[0].chapter == chapter and path.name == found[0].image_name(found[1]):
+            if (found is not None and found[0].chapter == chapter and path.name == found[0].image_name(found[1])
+                    and is_inside(project.root, path)):
                 versions = by_page.setdefault(found[0], {})
                 versions.setdefault(found[1], Version(found[1], path, raw / found[0].workflow_name(found[1]),
                                                       False, None))
@@ -99,7 +108,7 @@ def read_chapter(project: Project, chapter: int) -> ChapterInfo:
     for page in sorted(set(pages) | set(by_page)):
         info = PageInfo(page, None, None, defaults_error)
         prompt_file = project.prompt_file(page)
-        if prompt_file.is_file():
+        if prompt_file.is_file() and is_inside(project.root, prompt_file):
             info.prompt_file = prompt_file
             if defaults is not None:
                 try:
@@ -132,6 +141,7 @@ def approve_page_version(root: Path, page: Page, version: int, approved: bool = 
     """`generate approve|unapprove -c C --page P --version V`: the same log update, under the same lock,
     `by` (the client: `studio`, `api`) recorded as who changed it."""
     project = Project(root)
+    writable_chapter(project, page.chapter)
 
     def mark(log: GenerationLog) -> dict[str, Any]:
         try:
@@ -154,6 +164,7 @@ def publish_job(root: Path, page: Page, job: JobRecord, reproduces: int | None, 
     """A succeeded job saved as the page's next version ("save to a page"), by the one writer of versions
     the page jobs use (`sidecar.jobs.pages`). Answers the version number."""
     project = Project(root)
+    writable_chapter(project, page.chapter)
     prompt_file = project.prompt_file(page)
     reproduced_from = None
     if reproduces is not None:

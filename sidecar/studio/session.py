@@ -1,12 +1,19 @@
 """How a browser carries the daemon's token: a browser cannot set `Authorization` on a navigation, an
 `<img>` or a WebSocket, so `sidecar studio` asks the daemon (with the token) for a one-time login path,
-opens it, and the daemon answers with an HttpOnly, SameSite=Strict cookie and a redirect to `/`.
+opens it, and the daemon answers with an HttpOnly, SameSite=Strict session cookie and a redirect to `/`.
 
-The cookie holds a value derived from the token (HMAC), not the token itself: it opens the HTTP API to
-the studio only, and changing the token ends every studio session. The edge still applies the Host and
-Origin rules to a request carrying the cookie (a page on another port of 127.0.0.1 is the same *site*,
-so the browser sends it the cookie: only the Origin check stops it), and refuses a cookie on a request
-the browser marks as coming from another origin (`Sec-Fetch-Site`), such as an `<img>` on another page.
+The cookie holds a random session id, not the token nor anything derived from it: each session expires
+(`SESSION_TTL`), ends on sign-out (`POST /studio/logout`, the studio's Sign out button), and is bound to
+the token it was opened under (a digest of it), so a changed token ends every session. Sessions live in
+the daemon's memory, not the database: nothing about them is worth keeping on disk, a stolen copy of the
+data dir opens nothing, and a restart (the only way the token changes) signs the studio out, which
+`sidecar studio` undoes by signing in again.
+
+The edge still applies the Host and Origin rules to a request carrying the cookie (a page on another port
+of 127.0.0.1 is the same *site*, so the browser sends it the cookie: only the Origin check stops it). It
+takes the cookie only on a request the browser marks as the daemon's own (`Sec-Fetch-Site` same-origin or
+none); a browser that sends no fetch metadata must send the daemon's own `Origin` instead, so an `<img>`
+or a link on another page never counts.
 """
 
 from __future__ import annotations
@@ -15,24 +22,66 @@ import hashlib
 import hmac
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 COOKIE_NAME = "sidecar_studio"
 LOGIN_TTL = 120.0  # seconds a login path stays valid: long enough for a browser to start
 LOGIN_PATH = "/studio/login/"
 STATIC_PATH = "/studio/static/"
+LOGOUT_PATH = "/studio/logout"
 MAX_PENDING = 64  # codes issued and not yet used; the oldest go first
+SESSION_TTL = 12 * 3600.0  # seconds a studio session lasts: a working day, then `sidecar studio` again
+MAX_SESSIONS = 64  # open sessions; the oldest is ended first
 
 
-def session_value(token: bytes) -> str:
-    """The cookie's value for this token."""
-    return hmac.new(token, b"plasma-sidecar studio session v1", hashlib.sha256).hexdigest()
+def token_digest(token: bytes) -> str:
+    """What a session remembers of the token it was opened under (never the token itself)."""
+    return hashlib.sha256(b"plasma-sidecar studio session v2\0" + token).hexdigest()
 
 
-def cookie_header(token: bytes) -> str:
+def cookie_header(session_id: str, max_age: float = SESSION_TTL) -> str:
     """The Set-Cookie value: HttpOnly (no script reads it), SameSite=Strict (no cross-site request
-    carries it), for the whole daemon, until the browser closes."""
-    return f"{COOKIE_NAME}={session_value(token)}; Path=/; HttpOnly; SameSite=Strict"
+    carries it), for the whole daemon, gone from the browser when the session expires."""
+    return f"{COOKIE_NAME}={session_id}; Path=/; Max-Age={int(max_age)}; HttpOnly; SameSite=Strict"
+
+
+def clear_cookie_header() -> str:
+    return f"{COOKIE_NAME}=; Path=/; Max-Age=0; HttpOnly; SameSite=Strict"
+
+
+@dataclass
+class Sessions:
+    """The studio's open sessions: random ids, each expiring `ttl` seconds after sign-in, ended by
+    sign-out, and valid only under the token they were opened with. In memory (see the module's doc)."""
+
+    ttl: float = SESSION_TTL
+    clock: Callable[[], float] = time.monotonic
+    _open: dict[str, tuple[float, str]] = field(default_factory=dict)  # id -> (expires, token digest)
+
+    def open(self, token: bytes) -> str:
+        now = self.clock()
+        self._open = {s: v for s, v in self._open.items() if v[0] > now}
+        while len(self._open) >= MAX_SESSIONS:
+            self._open.pop(next(iter(self._open)))
+        session_id = secrets.token_urlsafe(32)
+        self._open[session_id] = (now + self.ttl, token_digest(token))
+        return session_id
+
+    def valid(self, session_id: str, token: bytes) -> bool:
+        """True for an open, unexpired session opened under this token."""
+        found = self._open.get(session_id)
+        if found is None:
+            return False
+        expires, digest = found
+        if expires <= self.clock() or not hmac.compare_digest(digest, token_digest(token)):
+            self._open.pop(session_id, None)
+            return False
+        return True
+
+    def close(self, session_id: str) -> bool:
+        """End a session (sign-out); True if it was open."""
+        return self._open.pop(session_id, None) is not None
 
 
 @dataclass

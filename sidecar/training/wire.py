@@ -12,12 +12,13 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StrictInt
 from pydantic.alias_generators import to_camel
 
 from sidecar.remote.wire import RemoteRequest, RemoteStatus
+from sidecar.whole_numbers import WholeNumbers
 from sidecar.statuses import RunStatus
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"  # no path separators, no leading dot
 
 
-class Wire(BaseModel):
+class Wire(WholeNumbers):
     # Defaults required in the serialization schema: a response always carries every key.
     model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True,
                               json_schema_serialization_defaults_required=True)
@@ -36,7 +37,8 @@ class TrainRequest(Wire):
                              description="the LoRA's file name without extension (checkpoints are "
                                          "NAME-step00000200.safetensors)")
     steps: int = Field(1000, ge=1, le=100_000)
-    resolution: int = Field(512, ge=64, le=4096, description="square training size in pixels, multiple of 64")
+    resolution: int = Field(512, ge=64, le=4096, description="square training size in pixels, multiple of 64",
+                            json_schema_extra={"multipleOf": 64})
     network_dim: int = Field(32, ge=1, le=256)
     network_alpha: float = Field(16.0, gt=0, le=256)
     learning_rate: float = Field(1e-4, gt=0, le=1)
@@ -53,10 +55,12 @@ class TrainRequest(Wire):
                           "\"maxTotalCost\": 3, \"maxHours\": 2, \"minGpuMemoryGb\": 16, ...}) or an SSH host "
                           "({\"provider\": \"ssh\", \"host\": \"user@host\", ...}); keys left out come from the "
                           "configuration's [remote.vast] / [remote.ssh] table. kohya's train_network.py runs there")
-    # Strict: true, "1" and 1.0 are not a batch size (invalid_field); an int other than 1 is refused by the profile.
+    # Strict: true, "1" and 1.5 are not a batch size (invalid_field; 1.0 is JSON's 1, see WholeNumbers); an int
+    # other than 1 is refused by the profile.
     batch_size: StrictInt | None = Field(
         None, validation_alias=AliasChoices("batchSize", "batch_size"),
         description="accepted only as 1 (the profile's training batch limit)",
+        json_schema_extra={"minimum": 1, "maximum": 1},
     )
 
 

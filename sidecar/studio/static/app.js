@@ -94,6 +94,15 @@ function needsToken(err) {
       h("code", {}, "sidecar studio"), ": it signs this browser in (a cookie only this daemon's own pages can use) and opens the page.")));
 }
 
+// Ends this browser's session on the daemon (the cookie is cleared too); the page then says how to come back.
+async function signOut() {
+  try { await api("/studio/logout", { method: "POST" }); } catch { /* signed out already */ }
+  document.getElementById("signout").hidden = true;
+  if (events.ws) { events.ws.onclose = null; events.ws.close(); }
+  events.setState("signed out");
+  needsToken(new Error("Signed out."));
+}
+
 async function start() {
   setTheme(localStorage.getItem("studio.theme") || "dark");
   document.getElementById("theme").addEventListener("click", () =>
@@ -122,6 +131,11 @@ async function start() {
   }
   online();
   events.offlineSince = null;
+  if (ctx.config.signedIn) {
+    const signout = document.getElementById("signout");
+    signout.hidden = false;
+    signout.addEventListener("click", signOut);
+  }
   events.connect();
   window.addEventListener("hashchange", show);
   show();

@@ -75,6 +75,7 @@ const MESSAGES = {
   training_not_found: () => ["That training run is no longer in the daemon's list."],
   project_not_configured: () => ["No project is open. Start the daemon with a project folder to see its pages here."],
   version_not_found: () => ["That version of the page is no longer there. Reload the page."],
+  project_path_outside: () => ["This file of the project leads outside the project folder (a link or a path elsewhere), so the studio does not open or write it. Replace the link with the file itself."],
   job_not_finished: () => ["That image is not finished yet. Wait for it, then try again."],
   invalid_state: () => ["That cannot be done in this state any more (it changed meanwhile). The view now shows how it is."],
   training_in_progress: () => ["A training run is using this machine: images are drawn again once it ends (or once you cancel it).", LORAS],
