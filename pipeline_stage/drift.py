@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline_stage.genlog import entry_file_name, read_log
-from pipeline_stage.layout import Project, page_of
+from pipeline_stage.genlog import chapter_entries, read_log
+from pipeline_stage.layout import Project
 from pipeline_stage.outputs import write_atomic
 
 DRIFT_MARGIN = 0.15  # score points under the chapter's median (scores are 0..1, 0.5 = the tolerance)
@@ -62,17 +62,12 @@ def approved_versions(project: Project, chapter: int) -> tuple[list[PageLikeness
     log = read_log(project.log_file(chapter))
     newest: dict[str, PageLikeness] = {}
     seen: set[str] = set()
-    for entry in log.entries:
-        name = entry_file_name(entry)
-        found = page_of(name) if name else None
-        if found is None or found[0].chapter != chapter:
-            continue
-        page, version = found
+    for entry, page, version in chapter_entries(log, chapter):
         seen.add(page.stem)
         if not entry.get("approved"):
             continue
         if page.stem not in newest or version > newest[page.stem].version:
-            newest[page.stem] = PageLikeness(page.stem, version, entry.get("imageFile") or name,
+            newest[page.stem] = PageLikeness(page.stem, version, entry["imageFile"],
                                               entry.get("likeness"))
     return [newest[k] for k in sorted(newest)], sorted(seen - set(newest))
 

@@ -13,13 +13,13 @@ import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Any
+from typing import Any, Iterator
 
 from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
 
 from pipeline_stage.errors import LogInvalid
-from pipeline_stage.layout import Page, version_of
+from pipeline_stage.layout import Page, page_of, version_of
 from sidecar.likeness.wire import Likeness
 from sidecar.assist.provenance import RefinedFrom
 
@@ -146,6 +146,15 @@ def entry_file_name(entry: dict[str, Any]) -> str | None:
     if not isinstance(image, str) or not image:
         return None
     return PureWindowsPath(image).name if "\\" in image else PurePosixPath(image).name
+
+
+def chapter_entries(log: GenerationLog, chapter: int) -> Iterator[tuple[dict[str, Any], Page, int]]:
+    """Each entry of the log that names a version of this chapter's pages, with that page and version."""
+    for entry in log.entries:
+        name = entry_file_name(entry)
+        found = page_of(name) if name else None
+        if found is not None and found[0].chapter == chapter:
+            yield entry, found[0], found[1]
 
 
 def versions_in(log: GenerationLog, page: Page) -> list[int]:

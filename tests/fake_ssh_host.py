@@ -18,6 +18,8 @@ from pathlib import Path
 
 import asyncssh
 
+from tests.processes import marked_processes
+
 FAKE_TRAINER = Path(__file__).resolve().parent / "fake_trainer.py"
 MARK = "FAKE_SSH_HOST_ID"  # in the environment of every process the host starts: how `close` finds them
 
@@ -122,19 +124,7 @@ class FakeHost:
 
     def processes(self) -> list[int]:
         """Pids of the processes started on this host that are still alive (Linux /proc)."""
-        found = []
-        needle = f"{MARK}={self.id}".encode()
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                environ = (entry / "environ").read_bytes()
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if needle in environ.split(b"\0") and stat.split(") ", 1)[1][0] != "Z":
-                found.append(int(entry.name))
-        return found
+        return marked_processes(MARK, self.id)
 
     def kill_all(self) -> None:
         for pid in self.processes():

@@ -26,6 +26,7 @@ import pytest
 
 from tests.conftest_comfy import free_port
 from tests.fake_ssh_host import FAKE_TRAINER
+from tests.processes import marked_processes
 
 MARK = "OPENSSH_TEST_HOST_ID"
 SSHD_PATHS = ("/usr/sbin/sshd", "/usr/local/sbin/sshd")
@@ -143,19 +144,7 @@ class OpenSshHost:
 
     def processes(self) -> list[int]:
         """Pids of the processes started in a session of this host that are still alive."""
-        found = []
-        needle = f"{MARK}={self.id}".encode()
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                environ = (entry / "environ").read_bytes()
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if needle in environ.split(b"\0") and stat.split(") ", 1)[1][0] != "Z":
-                found.append(int(entry.name))
-        return found
+        return marked_processes(MARK, self.id)
 
     def close(self) -> list[int]:
         """Stop sshd and everything started through it; returns what was still running first (a session's

@@ -35,3 +35,20 @@ async def wait_up(http: aiohttp.ClientSession, url: str, proc: subprocess.Popen[
             pass
         await asyncio.sleep(0.1)
     raise AssertionError("the daemon did not start in time")
+
+
+def marked_processes(mark: str, value: str) -> list[int]:
+    """Pids of the live (not zombie) processes whose environment has MARK=VALUE (Linux /proc)."""
+    found = []
+    needle = f"{mark}={value}".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if needle in environ.split(b"\0") and stat.split(") ", 1)[1][0] != "Z":
+            found.append(int(entry.name))
+    return found

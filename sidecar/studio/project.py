@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline_stage.errors import LogInvalid, StageError
-from pipeline_stage.genlog import GenerationLog, entry_file_name, read_log, set_approval
+from pipeline_stage.genlog import GenerationLog, chapter_entries, read_log, set_approval
 from pipeline_stage.layout import Page, Project, page_of
 from pipeline_stage.outputs import approve_version
 from pipeline_stage.prompts import build_request, load_defaults, load_prompt, merge
@@ -80,12 +80,7 @@ def read_chapter(project: Project, chapter: int) -> ChapterInfo:
     pages = {p: None for p in project.list_pages(chapter)}
     by_page: dict[Page, dict[int, Version]] = {}
     raw = project.raw_dir(chapter)
-    for entry in log.entries:
-        name = entry_file_name(entry)
-        found = page_of(name) if name else None
-        if found is None or found[0].chapter != chapter:
-            continue
-        page, version = found
+    for entry, page, version in chapter_entries(log, chapter):
         workflow = entry.get("workflowFile")
         by_page.setdefault(page, {})[version] = Version(
             version, raw / page.image_name(version),
