@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
-ModelFolder = Literal["checkpoints", "loras", "controlnet", "upscale_models"]
+ModelFolder = Literal["checkpoints", "loras", "controlnet", "upscale_models", "diffusion_models"]
 
 
 @dataclass

@@ -47,7 +47,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "sidecar.datadir_lock", "sidecar.datadir_check", "sidecar.listen", "sidecar.logpipe",
         "sidecar.remote", "sidecar.assist")),  # the machines remote LoRA training runs on (the run itself is sidecar.training)
     ("leaves everyone shares", (
-        "sidecar", "sidecar.config", "sidecar.profiles", "sidecar.errors", "sidecar.statuses", "sidecar.eta",
+        "sidecar", "sidecar.config", "sidecar.profiles", "sidecar.families", "sidecar.errors", "sidecar.statuses", "sidecar.eta",
         "sidecar.atomic", "sidecar.hosts", "sidecar.sqlite_store", "sidecar.durations", "sidecar.assets",
         "sidecar.answer_limits", "sidecar.whole_numbers",
         "sidecar.dataprep.kohya_layout", "sidecar.assist.provenance",

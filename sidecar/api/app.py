@@ -16,8 +16,8 @@ from pathlib import Path
 from aiohttp import web
 
 from sidecar.api import (
-    captions, chapter, dataset, dataset_build, doctor, events, health, jobs, likeness, loras, maintenance, openapi,
-    page_refine, project, prompts, queue, studio, sweep, tasks, training,
+    captions, chapter, dataset, dataset_build, doctor, events, health, jobs, likeness, loras, maintenance,
+    model_files, openapi, page_refine, project, prompts, queue, studio, sweep, tasks, training,
 )
 from sidecar.api.edge import edge_middleware
 from sidecar.api.errors import error_middleware
@@ -149,8 +149,8 @@ def create_app(settings: Settings, backend: GenerationBackend | None = None, *,
         app.cleanup_ctx.append(_pool_ctx)
     app.cleanup_ctx.append(_templates_ctx)
     app.cleanup_ctx.append(_runner_ctx)
-    for module in (health, jobs, loras, events, openapi, project, chapter, dataset, dataset_build, doctor, queue,
-                   prompts, page_refine, captions, likeness):
+    for module in (health, jobs, loras, model_files, events, openapi, project, chapter, dataset, dataset_build,
+                   doctor, queue, prompts, page_refine, captions, likeness):
         app.router.add_routes(module.routes)
     training.setup_routes(app)
     tasks.setup(app, settings)

@@ -45,6 +45,7 @@ LOADER_ENUMS: dict[str, tuple[str, str]] = {
     "checkpoints": ("CheckpointLoaderSimple", "ckpt_name"),
     "loras": ("LoraLoader", "lora_name"),
     "controlnet": ("ControlNetLoader", "control_net_name"),
+    "diffusion_models": ("UNETLoader", "unet_name"),
 }
 SAMPLER_NODES = ("KSampler", "KSamplerAdvanced")
 MODEL_SUFFIXES = {".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft"}

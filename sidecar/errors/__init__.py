@@ -29,6 +29,8 @@ codes), `edge`, `inputs`, `state`, `services`, `jobs`, `startup`, `client`. The 
     │   ├── NodeNotSupported          node_not_supported
     │   ├── SamplerNotSupported       sampler_not_supported
     │   ├── WorkflowInvalid           workflow_invalid
+    │   ├── FamilyNotSupported        family_not_supported                 (sd15/sdxl/flux: the profile does not allow it)
+    │   ├── LoraFamilyMismatch        lora_family_mismatch                 (a LoRA of another family than the checkpoint)
     │   ├── NoBackendAdmits           no_backend_admits                    (`where`: each backend's reason)
     │   └── RemoteNotConfigured       remote_not_configured               (remote training: no API key, no host)
     ├── MethodNotAllowed              method_not_allowed         405    2  (the answer's Allow header lists those served)
@@ -138,8 +140,10 @@ from sidecar.errors.inputs import (  # noqa: F401
     CheckpointNotFound,
     ControlnetNotFound,
     DatasetInvalid,
+    FamilyNotSupported,
     InitImageInvalid,
     InvalidField,
+    LoraFamilyMismatch,
     LoraNotFound,
     NoBackendAdmits,
     NodeNotSupported,

@@ -83,6 +83,19 @@ class WorkflowInvalid(BadRequest):
     code = "workflow_invalid"
 
 
+class FamilyNotSupported(BadRequest):
+    """The job's model family (sd15, sdxl, flux: read from its checkpoint) is not one the profile allows;
+    `details.backends` names the configured backends whose profile allows it."""
+
+    code = "family_not_supported"
+
+
+class LoraFamilyMismatch(BadRequest):
+    """A LoRA made for another family than the job's checkpoint; the details name both."""
+
+    code = "lora_family_mismatch"
+
+
 class NoBackendAdmits(BadRequest):
     """No backend `where` allows admits the job; `details.backends` maps each to its reason."""
 

@@ -33,6 +33,7 @@ from sidecar.errors import (
 )
 from sidecar.inputs import is_ours
 from sidecar.jobs import init_image
+from sidecar.jobs.families import ModelFamilies
 from sidecar.jobs.params import GenerationRequest, JobParams, JobSpec
 from sidecar.jobs.whole import read_whole_workflow
 from sidecar.profiles import Profile
@@ -114,6 +115,7 @@ class JobBuilder:
         self.find_job = find_job  # a job id -> its record, for initJobId
         self.input_dir = init_image.input_dir(settings.data_dir)
         self._listings: dict[str, tuple[float, list[str]]] = {}
+        self.families = ModelFamilies(backend)  # each model's family, from its header where the file is here
 
     async def _resolve(self, folder: ModelFolder, check: Callable[[list[str]], Any]) -> Any:
         """`check(names)` on a fresh-enough listing of `folder` when it passes there, else on a new one."""

@@ -1,0 +1,151 @@
+"""Model families (`sd15`, `sdxl`, `flux`), read from a safetensors file's header, never its name.
+
+Only the header is read (8 bytes of length, then that much JSON: tensor names, dtypes and shapes), so
+a 12 GB Flux file is judged as fast as a 75 MB LoRA. The signs, the same for checkpoints, diffusion
+models and LoRAs in the formats people install:
+
+- **flux**: Flux's transformer blocks, `double_blocks.N...` and `single_blocks.N...` (BFL's own files,
+  ComfyUI's `diffusion_models/`, kohya's `lora_unet_double_blocks_...` LoRAs, networks/lora_flux.py),
+  or diffusers' `single_transformer_blocks.N...` (ai-toolkit's and diffusers' LoRAs, `transformer.`).
+- **sd15** / **sdxl**: the UNet's cross-attention width, the input size of any `attn2` key projection
+  (`...attn2.to_k.weight`, kohya's `..._attn2_to_k.lora_down.weight`, peft's `...attn2.to_k.lora_A.weight`):
+  768 is SD 1.5's CLIP-L, 2048 SDXL's two text encoders side by side. (SD 2.x's 1024 is neither.)
+- without a UNet key (a text-encoder-only LoRA): SDXL's second text encoder (`conditioner.embedders.1.`,
+  kohya's `lora_te2_`, diffusers' `text_encoder_2.`), else SD 1.5's one (`cond_stage_model.transformer.`,
+  `lora_te_`).
+
+What fits none of them is `unknown`, with the reason. Answers are cached by (path, size, mtime), so a
+file replaced under the same name is read again.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+Family = Literal["sd15", "sdxl", "flux"]
+FAMILIES: tuple[Family, ...] = ("sd15", "sdxl", "flux")
+UNKNOWN = "unknown"
+FAMILY_NAMES = {"sd15": "Stable Diffusion 1.5", "sdxl": "SDXL", "flux": "Flux"}
+
+# A Flux checkpoint's header is under 1 MB; a larger length is not a header we can trust to hold.
+MAX_HEADER = 32 * 1024 * 1024
+CONTEXT_WIDTHS: dict[int, Family] = {768: "sd15", 2048: "sdxl"}
+
+_FLUX_DOUBLE = re.compile(r"(^|[._])double_blocks[._]\d")
+_FLUX_SINGLE = re.compile(r"(^|[._])single_(transformer_)?blocks[._]\d")
+# The key projection of a UNet cross-attention, in checkpoint, kohya and diffusers/peft names.
+_ATTN2_K = re.compile(r"attn2[._]to_k(\.weight|\.lora_down\.weight|\.lora_A\.weight|\.lora\.down\.weight|"
+                      r"\.lora_A\.default\.weight)$")
+
+
+@dataclass(frozen=True)
+class FamilyReading:
+    """A file's family, or `unknown` with the reason."""
+
+    family: Family | Literal["unknown"]
+    reason: str | None = None  # why it is unknown
+
+    @property
+    def known(self) -> Family | None:
+        return None if self.family == UNKNOWN else self.family  # type: ignore[return-value]
+
+
+def read_header(path: Path) -> dict[str, Any]:
+    """The JSON header of a safetensors file. ValueError names what is wrong with it; OSError when it
+    cannot be read."""
+    with Path(path).open("rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise ValueError("too short to be a safetensors file")
+        (size,) = struct.unpack("<Q", head)
+        if size > MAX_HEADER:
+            raise ValueError(f"a header of {size} bytes: not a safetensors file")
+        raw = f.read(size)
+    if len(raw) < size:
+        raise ValueError("the header is cut short: not a whole safetensors file")
+    try:
+        header = json.loads(raw)
+    except ValueError:
+        raise ValueError("the header is not JSON: not a safetensors file") from None
+    if not isinstance(header, dict):
+        raise ValueError("the header is not a JSON object: not a safetensors file")
+    return header
+
+
+def family_of_tensors(shapes: dict[str, list[int]]) -> FamilyReading:
+    """The family that tensor names and shapes show (see the module's docstring for the signs)."""
+    names = list(shapes)
+    if any(_FLUX_DOUBLE.search(n) for n in names) or any(_FLUX_SINGLE.search(n) for n in names):
+        return FamilyReading("flux")
+    widths = {shape[1] for name, shape in shapes.items() if _ATTN2_K.search(name) and len(shape) >= 2}
+    if widths:
+        families = {CONTEXT_WIDTHS.get(w) for w in widths}
+        if len(families) == 1 and None not in families:
+            return FamilyReading(families.pop())  # type: ignore[arg-type]
+        return FamilyReading(UNKNOWN, f"its UNet cross-attention width is {', '.join(map(str, sorted(widths)))}; "
+                                      "SD 1.5 has 768, SDXL 2048")
+    if any(n.startswith(("conditioner.embedders.1.", "lora_te2_", "text_encoder_2.")) for n in names):
+        return FamilyReading("sdxl")
+    if any(n.startswith(("cond_stage_model.transformer.", "lora_te_")) for n in names):
+        return FamilyReading("sd15")
+    return FamilyReading(UNKNOWN, "no tensor of an SD 1.5 or SDXL UNet, their text encoders, or Flux's "
+                                  "transformer blocks")
+
+
+# A diffusers folder says its pipeline in model_index.json.
+PIPELINE_FAMILIES: dict[str, Family] = {"StableDiffusionPipeline": "sd15", "StableDiffusionXLPipeline": "sdxl",
+                                        "FluxPipeline": "flux"}
+
+
+def family_of_folder(path: Path) -> FamilyReading:
+    try:
+        index = json.loads((path / "model_index.json").read_text("utf-8"))
+    except (OSError, ValueError) as exc:
+        return FamilyReading(UNKNOWN, f"a folder without a readable model_index.json ({exc})")
+    name = index.get("_class_name") if isinstance(index, dict) else None
+    family = PIPELINE_FAMILIES.get(str(name))
+    return FamilyReading(family) if family else FamilyReading(UNKNOWN, f"a diffusers {name} folder")
+
+
+def family_of_file(path: Path) -> FamilyReading:
+    """Blocking: the family of one file (from its header alone) or diffusers folder."""
+    if Path(path).is_dir():
+        return family_of_folder(Path(path))
+    if Path(path).suffix.lower() != ".safetensors":
+        return FamilyReading(UNKNOWN, f"{Path(path).suffix or 'no suffix'}: only .safetensors headers are read")
+    try:
+        header = read_header(path)
+    except (OSError, ValueError) as exc:
+        return FamilyReading(UNKNOWN, str(exc))
+    shapes = {name: list(value.get("shape") or []) for name, value in header.items()
+              if name != "__metadata__" and isinstance(value, dict)}
+    return family_of_tensors(shapes)
+
+
+class FamilyCache:
+    """`family_of_file` remembered per (path, size, mtime): thread-safe (readers run in threads)."""
+
+    def __init__(self) -> None:
+        self._seen: dict[Path, tuple[tuple[int, int], FamilyReading]] = {}
+        self._lock = threading.Lock()
+
+    def of(self, path: Path) -> FamilyReading:
+        try:
+            st = path.stat()
+        except OSError as exc:
+            return FamilyReading(UNKNOWN, f"cannot be read: {exc.strerror or exc}")
+        stamp = (st.st_size, st.st_mtime_ns)
+        with self._lock:
+            seen = self._seen.get(path)
+        if seen is not None and seen[0] == stamp:
+            return seen[1]
+        reading = family_of_file(path)
+        with self._lock:
+            self._seen[path] = (stamp, reading)
+        return reading
