@@ -132,7 +132,7 @@ def create_app(settings: Settings, backend: GenerationBackend | None = None, *,
                             judge=lambda image: likeness.likeness_for_log(app[LIKENESS], image))
     find_job = app[RUNNER].get
     app[BUILDER] = (JobBuilder(settings, profile, templates, PoolCatalog(pool), limits=widest_profile(pool),  # type: ignore[arg-type]
-                               find_job=find_job)
+                               find_job=find_job, backend_profiles={m.name: m.profile for m in pool.members})
                     if pool is not None else JobBuilder(settings, profile, templates, backend, find_job=find_job))
     app[IDEMPOTENCY] = IdempotencyKeys(store)
     app[STARTUP_WARNINGS] = []

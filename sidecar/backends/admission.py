@@ -29,9 +29,10 @@ class Needs:
     node_types: frozenset[str] = frozenset()
     steps: int = 20
     checkpoint: str | None = None
+    family: str | None = None  # the checkpoint's family (job params); None: unknown, held to the base family
 
     @classmethod
-    def of(cls, workflow: dict[str, Any]) -> Needs:
+    def of(cls, workflow: dict[str, Any], family: str | None = None) -> Needs:
         graph = Graph(workflow)
         sizes, models, steps, checkpoint = [], [], 0, None
         for node in graph:
@@ -52,7 +53,7 @@ class Needs:
                         checkpoint = checkpoint or value
         return cls(sizes=tuple(sizes), controlnets=len(graph.ids_of_type("ControlNetLoader")),
                    models=tuple(dict.fromkeys(models)), node_types=frozenset(graph.class_types()),
-                   steps=steps or 20, checkpoint=checkpoint)
+                   steps=steps or 20, checkpoint=checkpoint, family=family)
 
 
 @dataclass(frozen=True)
@@ -78,11 +79,16 @@ class Verdict:
 
 def judge(name: str, profile: Profile, caps: Capabilities | None, needs: Needs, *, can_copy: bool,
           local_models: dict[str, frozenset[str]], ssh_hint: str) -> Verdict:
-    """Admit or refuse; the first reason found, in the order a user would fix them (size, nodes, models)."""
+    """Admit or refuse; the first reason found, in the order a user would fix them (family, size, nodes,
+    models)."""
+    if needs.family is not None and not profile.allows(needs.family):
+        return Verdict(name, f"its {profile.name} profile does not run {needs.family} models (it runs "
+                             f"{', '.join(profile.family_names)})")
+    profile = profile.for_family(needs.family)
     for width, height, batch in needs.sizes:
-        if width > profile.max_width or height > profile.max_height:
+        if not profile.fits(width, height):
             return Verdict(name, f"{width}x{height} exceeds its {profile.name} profile limit of "
-                                 f"{profile.max_width}x{profile.max_height}")
+                                 f"{profile.size_limit_text()}" + (f" for {needs.family}" if needs.family else ""))
         if batch > profile.max_batch:
             return Verdict(name, f"batch {batch} exceeds its {profile.name} profile limit of {profile.max_batch}")
     if needs.controlnets > profile.max_controlnets:

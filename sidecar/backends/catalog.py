@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sidecar.backends.pool import BackendPool
-from sidecar.profiles import Profile
+from sidecar.profiles import FamilySizes, Profile
 
 UNBOUNDED = 16384  # the largest side any request may give (jobs.params.Pixels)
 
@@ -40,6 +40,15 @@ class PoolCatalog:
         return self.pool.home.backend.models_dir(folder)  # type: ignore[arg-type]
 
 
+def _default_size(profiles: list[Profile], family: str) -> tuple[int, int] | None:
+    """A job's size when it names none: the first backend's that runs the family."""
+    for p in profiles:
+        if p.allows(family):
+            sized = p.for_family(family)
+            return sized.default_width, sized.default_height
+    return None
+
+
 def widest_profile(pool: BackendPool) -> Profile:
     profiles = [m.profile for m in pool.members]
     return Profile(
@@ -50,5 +59,9 @@ def widest_profile(pool: BackendPool) -> Profile:
         max_train_batch=max(p.max_train_batch for p in profiles),
         max_train_resolution=max(p.max_train_resolution for p in profiles),
         max_controlnets=max(p.max_controlnets for p in profiles),
+        max_loras=max(p.max_loras for p in profiles),
+        # Every family some backend runs, its sizes unbounded here as the others are (the router's to refuse).
+        families={f: FamilySizes(UNBOUNDED, UNBOUNDED, default=_default_size(profiles, f))
+                  for p in profiles for f in p.family_names},
         description="the widest of the backends' profiles (each backend holds jobs to its own)",
     )

@@ -24,8 +24,10 @@ from sidecar.errors import (
     CheckpointNotFound,
     ComfyUnavailable,
     ControlnetNotFound,
+    FamilyNotSupported,
     InitImageInvalid,
     InvalidField,
+    LoraFamilyMismatch,
     LoraNotFound,
     PoseImageInvalid,
     SidecarError,
@@ -36,7 +38,8 @@ from sidecar.jobs import init_image
 from sidecar.jobs.families import ModelFamilies
 from sidecar.jobs.params import GenerationRequest, JobParams, JobSpec
 from sidecar.jobs.whole import read_whole_workflow
-from sidecar.profiles import Profile
+from sidecar.families import FAMILY_NAMES
+from sidecar.profiles import PROFILES, Profile
 from sidecar.upscaling import UPSCALE_ONLY, upscale_only, with_upscale
 from sidecar.userfiles import check_image
 from sidecar.workflows import TemplateStore
@@ -85,6 +88,21 @@ def check_model_in(folder: ModelFolder, names: list[str], name: str, error: type
         )
 
 
+# The loader of a workflow's main model, and the folder it loads from.
+MODEL_LOADERS = {"CheckpointLoaderSimple": ("ckpt_name", "checkpoints"), "UNETLoader": ("unet_name", "diffusion_models")}
+
+
+def checkpoint_of(workflow: dict[str, Any]) -> tuple[ModelFolder, str] | None:
+    """(folder, file) of the first checkpoint or diffusion model a raw workflow loads, else None."""
+    for node in workflow.values() if isinstance(workflow, dict) else ():
+        if isinstance(node, dict) and node.get("class_type") in MODEL_LOADERS:
+            field, folder = MODEL_LOADERS[node["class_type"]]
+            name = (node.get("inputs") or {}).get(field)
+            if isinstance(name, str) and name and "/" not in name and ".." not in name:
+                return folder, name  # type: ignore[return-value]
+    return None
+
+
 async def _none() -> None:
     return None
 
@@ -103,13 +121,16 @@ LISTING_TTL = 2.0
 
 class JobBuilder:
     def __init__(self, settings: Settings, profile: Profile, templates: TemplateStore, backend: GenerationBackend,
-                 *, limits: Profile | None = None, find_job: init_image.JobImage | None = None):
+                 *, limits: Profile | None = None, find_job: init_image.JobImage | None = None,
+                 backend_profiles: dict[str, Profile] | None = None):
         """`profile` gives a job's defaults (its size); `limits` what is refused here, when wider (several
         backends: the widest of their profiles; each backend's own is the router's to apply). `find_job`:
-        a job id -> its record, for initJobId."""
+        a job id -> its record, for initJobId. `backend_profiles`: each [[backends]] entry's profile, named
+        where a family this profile does not run can run."""
         self.settings = settings
         self.profile = profile
         self.limits = limits or profile
+        self.backend_profiles = backend_profiles or {}
         self.templates = templates
         self.backend = backend
         self.find_job = find_job  # a job id -> its record, for initJobId
@@ -161,15 +182,44 @@ class JobBuilder:
             spec = await self._build_from_template(req)
         return replace(spec, where=req.where) if req.where is not None else spec
 
+    async def _family(self, folder: ModelFolder, name: str) -> str | None:
+        return (await self.families.family(folder, name)).known
+
+    def _check_family(self, family: str | None) -> Profile:
+        """The limits a job of `family` is held to; `family_not_supported` naming where it can run."""
+        if family is None:
+            return self.limits  # unknown (a model only a remote backend has): the base family's limits
+        if not self.limits.allows(family):
+            backends = sorted(name for name, p in self.backend_profiles.items() if p.allows(family))
+            profiles = sorted(name for name, p in PROFILES.items() if p.allows(family))
+            where = (f"backends that run it: {', '.join(backends)} (name one with `where`)" if backends else
+                     f"no configured backend runs it; profiles that do: {', '.join(profiles)} (a [[backends]] "
+                     "entry with one of them, or the `profile` setting)")
+            raise FamilyNotSupported(
+                f"The checkpoint is a {FAMILY_NAMES.get(family, family)} ({family}) model, which the "
+                f"{self.limits.name} profile does not run (it runs {', '.join(self.limits.family_names)}); {where}.",
+                {"family": family, "profile": self.limits.name, "allowedFamilies": list(self.limits.family_names),
+                 "backends": backends, "profiles": profiles})
+        return self.limits.for_family(family)
+
+    def _defaults(self, family: str | None) -> Profile:
+        """The profile whose default size a job of `family` gets."""
+        if family is None or self.profile.allows(family):
+            return self.profile.for_family(family)
+        return self.limits.for_family(family)
+
     async def _build_from_template(self, req: GenerationRequest) -> JobSpec:
         s = self.settings
         res = req.resolution
-        # One default however the size is left out (no resolution, {}, or one side): the profile's largest.
-        width = res.width if res and res.width is not None else self.profile.max_width
-        height = res.height if res and res.height is not None else self.profile.max_height
-        self.limits.check_resolution(width, height)
         checkpoint = req.checkpoint or s.checkpoint
         check_name("checkpoint", checkpoint)
+        family = await self._family("checkpoints", checkpoint)
+        limits = self._check_family(family)
+        defaults = self._defaults(family)
+        # One default however the size is left out (no resolution, {}, or one side): the profile's (for the family).
+        width = res.width if res and res.width is not None else defaults.default_width
+        height = res.height if res and res.height is not None else defaults.default_height
+        limits.check_resolution(width, height)
         if req.lora_id is not None:
             check_name("loraId", req.lora_id)
         # The pose check and the model listings are independent round trips (a thread, one HTTP request
@@ -192,6 +242,8 @@ class JobBuilder:
         lora_file = _value(lora_result)
         if pose is not None:
             _value(controlnet_result)
+        if lora_file is not None:
+            await self._check_lora_family(checkpoint, family, lora_file)
         init = await self._init_image(req, (width, height))
 
         params = JobParams(
@@ -205,6 +257,7 @@ class JobBuilder:
             width=width,
             height=height,
             checkpoint=checkpoint,
+            family=family,
             lora_id=req.lora_id,
             lora_strength=(req.lora_strength if req.lora_strength is not None else s.lora_strength)
             if req.lora_id else None,
@@ -248,6 +301,17 @@ class JobBuilder:
         await self.backend.validate(workflow)
         return JobSpec(params=params, template=template.name, workflow=workflow, pose_image=pose)
 
+    async def _check_lora_family(self, checkpoint: str, family: str | None, lora_file: str) -> None:
+        """A LoRA made for another family than the checkpoint's cannot apply to it (its keys and shapes are
+        another network's): refused when both families are known."""
+        lora_family = await self._family("loras", lora_file)
+        if family is not None and lora_family is not None and lora_family != family:
+            raise LoraFamilyMismatch(
+                f"LoRA {Path(lora_file).stem!r} is a {lora_family} LoRA; the checkpoint {checkpoint!r} is a {family} "
+                f"model. Choose a {family} LoRA or a {lora_family} checkpoint.",
+                {"loraId": Path(lora_file).stem, "loraFamily": lora_family, "checkpoint": checkpoint,
+                 "checkpointFamily": family})
+
     async def _build_upscale_only(self, req: GenerationRequest) -> JobSpec:
         """`upscaleModel` with `initJobId` or `initImagePath` and no prompt: only upscale that image (a page
         version already rendered) at its own size, which the profile's limits hold for."""
@@ -262,7 +326,8 @@ class JobBuilder:
         field = init_image.field_of(job_id)
         info = await asyncio.to_thread(check_image, str(source), field, InitImageInvalid)
         try:
-            self.limits.check_resolution(max(8, info.width // 8 * 8), max(8, info.height // 8 * 8))
+            # Any family's image: the size the largest of them allows.
+            self.limits.check_resolution_of_any_family(max(8, info.width // 8 * 8), max(8, info.height // 8 * 8))
         except SidecarError as exc:
             exc.details["field"] = field
             raise
@@ -302,17 +367,21 @@ class JobBuilder:
         profile and the parameter limits (`sidecar.jobs.whole`); its models are looked up like a template
         job's; a LoadImage node loads the image given as `pose_image_path` (an image is not part of a
         workflow); the SaveImage prefix is the daemon's."""
-        whole = read_whole_workflow(workflow, self.limits)
+        # Its family is its checkpoint's: an SDXL job's workflow, reproduced, is held to SDXL's sizes.
+        named = checkpoint_of(workflow)
+        family = await self._family(*named) if named is not None else None
+        limits = self._check_family(family)
+        whole = read_whole_workflow(workflow, limits)
         if req is not None and req.upscale_model is not None:
             # A whole workflow upscaled too (a reproduced page printed): the step added, or its model set.
             await self._check_upscale_model(req.upscale_model)
             try:
-                whole = read_whole_workflow(with_upscale(whole.graph.raw, req.upscale_model), self.limits)
+                whole = read_whole_workflow(with_upscale(whole.graph.raw, req.upscale_model), limits)
             except ValueError as exc:
                 raise InvalidField(f"upscaleModel: {exc}.", {"field": "upscaleModel"}) from None
         graph = whole.graph
         pose: Path | None = None
-        init = await self._whole_init(whole, req)
+        init = await self._whole_init(whole, req, limits)
         if whole.loaders and pose_image_path is None:
             raise InvalidField(
                 f"This workflow loads an image (LoadImage node {', '.join(whole.loaders)}), which is not part of "
@@ -343,7 +412,7 @@ class JobBuilder:
         if init is not None:
             changes[whole.init_loaders[0]] = {"image": init.name}
         filled = graph.with_inputs(changes).raw
-        update: dict[str, Any] = {"pose_image_path": str(pose) if pose else None}
+        update: dict[str, Any] = {"pose_image_path": str(pose) if pose else None, "family": family}
         if init is not None:
             update.update(init_image_path=str(init.source), init_job_id=init.job_id, width=init.width // 8 * 8,
                           height=init.height // 8 * 8)
@@ -351,7 +420,8 @@ class JobBuilder:
         await self.backend.validate(filled)
         return JobSpec(params=params, template=None, workflow=filled, pose_image=pose)
 
-    async def _whole_init(self, whole: Any, req: GenerationRequest | None) -> init_image.InitImage | None:
+    async def _whole_init(self, whole: Any, req: GenerationRequest | None,
+                          limits: Profile) -> init_image.InitImage | None:
         """A whole workflow's init image: the image its VAEEncode's LoadImage loads, at its own size (the
         workflow says none), which the profile's limits hold for."""
         path, job_id = (req.init_image_path, req.init_job_id) if req is not None else (None, None)
@@ -378,7 +448,7 @@ class JobBuilder:
         field = init_image.field_of(job_id)
         info = await asyncio.to_thread(check_image, str(source), field, InitImageInvalid)
         try:
-            self.limits.check_resolution(info.width // 8 * 8, info.height // 8 * 8)
+            limits.check_resolution(info.width // 8 * 8, info.height // 8 * 8)
         except SidecarError as exc:
             exc.details["field"] = field
             raise

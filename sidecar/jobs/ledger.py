@@ -58,7 +58,7 @@ class Ledger:
         """What the job's workflow needs of a backend (computed once per job)."""
         needs = self._needs.get(job.id)
         if needs is None:
-            needs = self._needs[job.id] = Needs.of(job.workflow)
+            needs = self._needs[job.id] = Needs.of(job.workflow, job.params.family)
         return needs
 
     async def set(self, job: JobRecord, status: str, **fields: Any) -> None:

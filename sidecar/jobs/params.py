@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StrictInt, TypeAdapter, ValidationError
 from pydantic.alias_generators import to_snake
@@ -35,6 +35,7 @@ Pixels = Annotated[int, Field(ge=8, le=16384, json_schema_extra={"multipleOf": 8
 # Documented as absolute (the handlers refuse a relative one with the field's own code).
 PathText = Annotated[str, Field(min_length=1, max_length=4096, json_schema_extra={"pattern": "^/"})]
 Where = Annotated[str, Field(min_length=1, max_length=64)]
+FamilyName = Literal["sd15", "sdxl", "flux"]
 
 
 class Resolution(WholeNumbers):
@@ -117,6 +118,7 @@ class JobParams(BaseModel):
     width: Pixels | None = None
     height: Pixels | None = None
     checkpoint: ModelName | None = None
+    family: FamilyName | None = None  # the checkpoint's, read from its header; None: unknown
     lora_id: ModelName | None = None
     lora_strength: LoraStrength | None = None
     controlnet_strength: ControlnetStrength | None = None

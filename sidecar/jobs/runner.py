@@ -178,7 +178,7 @@ class JobRunner:
                             {"limit": self.max_queue, "queueDepth": waiting, "adding": len(specs)})
         wheres = [built.where or self.default_where for built in specs]
         for where, built in zip(wheres, specs):
-            self._admit(where, built.workflow)
+            self._admit(where, built.workflow, built.params.family)
         rank = self.queue.next_front_rank() if front else None
         jobs = [JobRecord(
             id=uuid.uuid4().hex,
@@ -209,7 +209,7 @@ class JobRunner:
         self._wake()
         return jobs
 
-    def _admit(self, where: str, workflow: dict[str, Any]) -> None:
+    def _admit(self, where: str, workflow: dict[str, Any], family: str | None = None) -> None:
         """Refuse now what no backend `where` allows admits (400, each backend's reason), and, while a
         training holds this machine's device, what only this machine's backends admit (409)."""
         if self.pool is None:
@@ -219,7 +219,7 @@ class JobRunner:
                                    {"field": "where", "value": where, "allowed": ["local", "any"]})
             self.device.training.refuse_if_training()
             return
-        verdicts = admit(where, Needs.of(workflow), self.pool.members, self.pool.local_models)
+        verdicts = admit(where, Needs.of(workflow, family), self.pool.members, self.pool.local_models)
         admitting = {v.backend for v in verdicts if v.admitted}
         if all(self.pool.by_name[name].local for name in admitting):
             self.device.training.refuse_if_training()
