@@ -24,6 +24,17 @@ from sidecar.likeness.wire import Likeness
 from sidecar.assist.provenance import RefinedFrom
 
 
+class LoggedLora(BaseModel):
+    """One LoRA of an entry's stack, as the daemon applied it (its job's `params.loras`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    strength: float | None = None
+    file: str | None = None
+    sha256: str | None = None  # null where the daemon did not have the file to hash
+
+
 class GenerationLogEntry(BaseModel):
     """One generated image. The first seven fields are the pipeline's existing ones (`model` holds the
     checkpoint name); the rest say exactly how the image was made. Paths are relative to the project root."""
@@ -67,6 +78,9 @@ class GenerationLogEntry(BaseModel):
     # a reference set and the weights: what the chapter's drift report reads.
     likeness: Likeness | None = None
     approval_changes: list[dict[str, Any]] | None = None  # each approve/unapprove: {approved, by, at}
+    family: str | None = None  # the checkpoint's family (sd15, sdxl, flux), as the daemon read it
+    # Every LoRA in the order applied: id, strength, file and SHA-256 (where the daemon has the file).
+    loras: list[LoggedLora] | None = None
 
     def to_json(self) -> dict[str, Any]:
         # `approvalChanges` appears once an approval changes (set_approval), not as null in every entry.

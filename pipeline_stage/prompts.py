@@ -20,10 +20,21 @@ from sidecar.api.models import JobRequest
 FENCE = "+++"
 
 
+class StackedLora(BaseModel):
+    """One LoRA of a page's stack (`loras` in front matter or pipeline.toml)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    strength: float | None = None
+
+
 class GenerateOptions(BaseModel):
     """The per-page generation options (front matter keys, camelCase as in the daemon's API).
 
     `loraId = ""` means "no LoRA" (TOML has no null), to switch off a LoRA set in pipeline.toml.
+    `loras = [{id = "spyke_xl", strength = 0.8}, {id = "ink_style"}]` is a LoRA stack; it replaces
+    `loraId` (`loras = []`: no LoRA).
     """
 
     model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True)
@@ -32,6 +43,7 @@ class GenerateOptions(BaseModel):
     seed: int | None = Field(None, ge=0, le=2**64 - 1)
     lora_id: str | None = None
     lora_strength: float | None = None
+    loras: list[StackedLora] | None = None
     steps: int | None = Field(None, ge=1)
     cfg: float | None = None
     sampler: str | None = None
@@ -149,7 +161,8 @@ def build_request(prompt: str, options: GenerateOptions, source: Path | None = N
     defaults apply to the rest. A value past the API's limits is an input error here, before any submit."""
     if options.pose_image is not None and not options.pose_image.is_file():
         raise InputError(f"Pose image not found: {options.pose_image}", {"path": str(options.pose_image)})
-    lora = options.lora_id or None  # "" switches a default LoRA off
+    stack = options.loras
+    lora = (options.lora_id or None) if stack is None else None  # "" switches a default LoRA off; loras replaces it
     pose = str(options.pose_image) if options.pose_image is not None else None
     size = {k: v for k, v in (("width", options.width), ("height", options.height)) if v is not None}
     fields = {
@@ -157,6 +170,7 @@ def build_request(prompt: str, options: GenerateOptions, source: Path | None = N
         "negative_prompt": options.negative_prompt,
         "lora_id": lora,
         "lora_strength": options.lora_strength if lora else None,
+        "loras": [ref.model_dump(exclude_none=True) for ref in stack] if stack else None,
         "seed": options.seed,
         "steps": options.steps,
         "cfg": options.cfg,

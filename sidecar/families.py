@@ -20,6 +20,7 @@ file replaced under the same name is read again.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import struct
@@ -128,12 +129,40 @@ def family_of_file(path: Path) -> FamilyReading:
     return family_of_tensors(shapes)
 
 
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 class FamilyCache:
-    """`family_of_file` remembered per (path, size, mtime): thread-safe (readers run in threads)."""
+    """`family_of_file` (and a file's SHA-256) remembered per (path, size, mtime): thread-safe (readers
+    run in threads)."""
 
     def __init__(self) -> None:
         self._seen: dict[Path, tuple[tuple[int, int], FamilyReading]] = {}
+        self._hashes: dict[Path, tuple[tuple[int, int], str]] = {}
         self._lock = threading.Lock()
+
+    def sha256(self, path: Path) -> str | None:
+        """The file's SHA-256 (what a log entry records of a LoRA), None when it cannot be read."""
+        try:
+            st = path.stat()
+            if not path.is_file():
+                return None
+            stamp = (st.st_size, st.st_mtime_ns)
+            with self._lock:
+                seen = self._hashes.get(path)
+            if seen is not None and seen[0] == stamp:
+                return seen[1]
+            digest = sha256_of(path)
+        except OSError:
+            return None
+        with self._lock:
+            self._hashes[path] = (stamp, digest)
+        return digest
 
     def of(self, path: Path) -> FamilyReading:
         try:

@@ -43,7 +43,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("several backends: pool, routing, lanes", ("sidecar.backends",)),
     ("device, events, backends, workflows", (
         "sidecar.device", "sidecar.events", "sidecar.backend", "sidecar.comfyui", "sidecar.engine",
-        "sidecar.workflows", "sidecar.nodes", "sidecar.graph", "sidecar.upscaling", "sidecar.userfiles", "sidecar.inputs", "sidecar.previews", "sidecar.thumbnails", "sidecar.memory",
+        "sidecar.workflows", "sidecar.lora_stack", "sidecar.nodes", "sidecar.graph", "sidecar.upscaling", "sidecar.userfiles", "sidecar.inputs", "sidecar.previews", "sidecar.thumbnails", "sidecar.memory",
         "sidecar.datadir_lock", "sidecar.datadir_check", "sidecar.listen", "sidecar.logpipe",
         "sidecar.remote", "sidecar.assist")),  # the machines remote LoRA training runs on (the run itself is sidecar.training)
     ("leaves everyone shares", (

@@ -36,9 +36,10 @@ from sidecar.errors import (
 from sidecar.inputs import is_ours
 from sidecar.jobs import init_image
 from sidecar.jobs.families import ModelFamilies
-from sidecar.jobs.params import GenerationRequest, JobParams, JobSpec
+from sidecar.jobs.params import GenerationRequest, JobParams, JobSpec, LoraUse
 from sidecar.jobs.whole import read_whole_workflow
 from sidecar.families import FAMILY_NAMES
+from sidecar.lora_stack import chain_loras
 from sidecar.profiles import PROFILES, Profile
 from sidecar.upscaling import UPSCALE_ONLY, upscale_only, with_upscale
 from sidecar.userfiles import check_image
@@ -220,17 +221,16 @@ class JobBuilder:
         width = res.width if res and res.width is not None else defaults.default_width
         height = res.height if res and res.height is not None else defaults.default_height
         limits.check_resolution(width, height)
-        if req.lora_id is not None:
-            check_name("loraId", req.lora_id)
+        wanted = self._wanted_loras(req, limits)
         # The pose check and the model listings are independent round trips (a thread, one HTTP request
         # per folder): run them together, then decide in the order one after another would (pose image,
         # checkpoint, LoRA, ControlNet), so the same request is refused with the same error.
-        lora_id = req.lora_id
         results = await asyncio.gather(
             asyncio.to_thread(check_pose_image, req.pose_image_path) if req.pose_image_path else _none(),
             self._resolve("checkpoints", lambda names: check_model_in(
                 "checkpoints", names, checkpoint, CheckpointNotFound, "checkpoint")),
-            self._resolve("loras", lambda names: find_lora_in(names, lora_id)) if lora_id else _none(),
+            self._resolve("loras", lambda names: [find_lora_in(names, lora_id) for lora_id, _ in wanted])
+            if wanted else _none(),
             self._resolve("controlnet", lambda names: check_model_in(
                 "controlnet", names, s.controlnet_model, ControlnetNotFound, "controlnetModel"))
             if req.pose_image_path else _none(),
@@ -239,11 +239,15 @@ class JobBuilder:
         pose_result, checkpoint_result, lora_result, controlnet_result = results
         pose = _value(pose_result)
         _value(checkpoint_result)
-        lora_file = _value(lora_result)
+        lora_files: list[str] = _value(lora_result) or []
         if pose is not None:
             _value(controlnet_result)
-        if lora_file is not None:
+        for lora_file in lora_files:
             await self._check_lora_family(checkpoint, family, lora_file)
+        hashes = await asyncio.gather(*(self.families.sha256("loras", f) for f in lora_files))
+        stack = [LoraUse(id=lora_id, strength=strength if strength is not None else s.lora_strength, file=f,
+                         sha256=digest)
+                 for (lora_id, strength), f, digest in zip(wanted, lora_files, hashes, strict=True)]
         init = await self._init_image(req, (width, height))
 
         params = JobParams(
@@ -258,9 +262,9 @@ class JobBuilder:
             height=height,
             checkpoint=checkpoint,
             family=family,
-            lora_id=req.lora_id,
-            lora_strength=(req.lora_strength if req.lora_strength is not None else s.lora_strength)
-            if req.lora_id else None,
+            lora_id=stack[0].id if stack else None,
+            lora_strength=stack[0].strength if stack else None,
+            loras=stack or None,
             controlnet_strength=(req.controlnet_strength if req.controlnet_strength is not None
                                  else s.controlnet_strength) if pose else None,
             denoise=req.denoise if req.denoise is not None else 1.0,
@@ -270,7 +274,7 @@ class JobBuilder:
             refined_from=req.refined_from,
             upscale_model=req.upscale_model,
         )
-        template = self.templates.get(choose_template(lora_file is not None, pose is not None, init is not None))
+        template = self.templates.get(choose_template(bool(lora_files), pose is not None, init is not None))
         slots: dict[str, Any] = {
             "prompt_text": params.prompt,
             "negative_prompt": params.negative_prompt,
@@ -285,9 +289,9 @@ class JobBuilder:
             "height": height,
             "batch_size": 1,
         }
-        if lora_file:
-            slots["lora_name"] = lora_file
-            slots["lora_strength"] = params.lora_strength
+        if lora_files:
+            slots["lora_name"] = lora_files[0]
+            slots["lora_strength"] = stack[0].strength
         if pose:
             slots["pose_image"] = pose.name
             slots["controlnet_strength"] = params.controlnet_strength
@@ -295,11 +299,39 @@ class JobBuilder:
         if init:
             slots["init_image"] = init.name
         workflow = template.fill({k: v for k, v in slots.items() if template.has_slot(k)})
+        if len(lora_files) > 1:
+            # The rest of the stack, chained after the template's loader.
+            workflow = chain_loras(workflow, template.spec.slots["lora_name"][0].node,
+                                   [(f, ref.strength) for f, ref in zip(lora_files[1:], stack[1:], strict=True)])
         if req.upscale_model is not None:
             await self._check_upscale_model(req.upscale_model)
             workflow = with_upscale(workflow, req.upscale_model)
         await self.backend.validate(workflow)
         return JobSpec(params=params, template=template.name, workflow=workflow, pose_image=pose)
+
+    def _wanted_loras(self, req: GenerationRequest, limits: Profile) -> list[tuple[str, float | None]]:
+        """The LoRA stack asked for: `loras`, or its one-LoRA form `loraId` (+ `loraStrength`)."""
+        if req.loras is not None and (req.lora_id is not None or req.lora_strength is not None):
+            raise InvalidField("loraId and loraStrength are the one-LoRA form of loras: give one or the other.",
+                               {"field": "loras"})
+        if req.loras is None:
+            if req.lora_id is None:
+                return []
+            check_name("loraId", req.lora_id)
+            return [(req.lora_id, req.lora_strength)]
+        if len(req.loras) > limits.max_loras:
+            raise InvalidField(f"loras: {len(req.loras)} LoRAs; the {limits.name} profile allows at most "
+                               f"{limits.max_loras} per job.", {"field": "loras", "profile": limits.name,
+                                                                  "limit": limits.max_loras,
+                                                                  "requested": len(req.loras)})
+        seen: set[str] = set()
+        for i, ref in enumerate(req.loras):
+            check_name(f"loras[{i}].id", ref.id)
+            if ref.id in seen:
+                raise InvalidField(f"loras: {ref.id!r} is listed twice; give it once with the strength wanted.",
+                                   {"field": f"loras[{i}].id", "value": ref.id})
+            seen.add(ref.id)
+        return [(ref.id, ref.strength) for ref in req.loras]
 
     async def _check_lora_family(self, checkpoint: str, family: str | None, lora_file: str) -> None:
         """A LoRA made for another family than the checkpoint's cannot apply to it (its keys and shapes are
@@ -416,6 +448,12 @@ class JobBuilder:
         if init is not None:
             update.update(init_image_path=str(init.source), init_job_id=init.job_id, width=init.width // 8 * 8,
                           height=init.height // 8 * 8)
+        if whole.params.loras:
+            for use in whole.params.loras:
+                await self._check_lora_family(named[1] if named else "", family, use.file or use.id)
+            hashes = await asyncio.gather(*(self.families.sha256("loras", u.file or u.id) for u in whole.params.loras))
+            update["loras"] = [u.model_copy(update={"sha256": h}) for u, h in zip(whole.params.loras, hashes,
+                                                                                 strict=True)]
         params = whole.params.model_copy(update=update)
         await self.backend.validate(filled)
         return JobSpec(params=params, template=None, workflow=filled, pose_image=pose)

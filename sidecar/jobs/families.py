@@ -35,6 +35,13 @@ class ModelFamilies:
             return FamilyReading(UNKNOWN, NOT_LOCAL)
         return await asyncio.to_thread(self.cache.of, directory / name)
 
+    async def sha256(self, folder: ModelFolder, name: str) -> str | None:
+        """The file's SHA-256 where this machine has it (cached by size and mtime), else None."""
+        directory = self.backend.models_dir(folder)
+        if directory is None:
+            return None
+        return await asyncio.to_thread(self.cache.sha256, directory / name)
+
     async def listing(self, folder: ModelFolder) -> list[ModelEntry]:
         # Staged sweep checkpoints (`sweep--*`) are not installed LoRAs, as GET /loras says.
         names = sorted(n for n in await self.backend.list_models(folder) or [] if not n.startswith("sweep--"))

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pipeline_stage.errors import LogInvalid, StageError
-from pipeline_stage.genlog import GenerationLogEntry, prompt_hash, timestamp_now
+from pipeline_stage.genlog import GenerationLogEntry, LoggedLora, prompt_hash, timestamp_now
 from pipeline_stage.image import finish_png
 from pipeline_stage.layout import Page, Project
 from pipeline_stage.outputs import publish
@@ -74,6 +74,8 @@ def make_entry(project: Project, ref: PageRef, job: JobRecord, version: int, dur
         upscale_model=params.upscale_model if printed else None,
         print_file=project.relative(project.print_dir(page.chapter) / page.image_name(version)) if printed else None,
         likeness=likeness,
+        family=params.family,
+        loras=[LoggedLora.model_validate(u.model_dump()) for u in params.loras] if params.loras else None,
     )
 
 

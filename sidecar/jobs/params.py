@@ -47,6 +47,25 @@ class Resolution(WholeNumbers):
     height: Pixels | None = Field(None, description="pixels, multiple of 8; the profile's largest when absent")
 
 
+class LoraRef(BaseModel):
+    """One LoRA of a job's stack: its id (the file name without extension, as GET /loras lists it) and strength."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    id: ModelName = Field(description="LoRA file name without extension, as GET /loras lists it")
+    strength: LoraStrength | None = Field(None, description="model and CLIP strength; the lora_strength setting "
+                                                            "when absent")
+
+
+class LoraUse(LoraRef):
+    """A LoRA as a job applied it: the file and, where this machine has it, its SHA-256 (the log records it)."""
+
+    file: ModelName | None = None
+    sha256: str | None = None
+
+
+MAX_LORAS = 8  # the wire's bound; each profile's max_loras (3 by default) is the limit a job is held to
+
 IMAGE_FIELDS = ("pose_image_path", "init_image_path", "init_job_id")  # the files a whole workflow may load
 
 
@@ -61,6 +80,9 @@ class GenerationRequest(WholeNumbers):
     negative_prompt: NegativePrompt | None = None
     lora_id: ModelName | None = Field(None, description="LoRA file name without extension, as GET /loras lists it")
     lora_strength: LoraStrength | None = None
+    loras: list[LoraRef] | None = Field(None, max_length=MAX_LORAS, description=(
+        "several LoRAs, applied in this order (chained loaders), up to the profile's max_loras; `loraId` and "
+        "`loraStrength` are the one-LoRA form of it"))
     seed: Seed | None = Field(None, description="random when absent")
     steps: Steps | None = None
     cfg: Cfg | None = None
@@ -119,8 +141,9 @@ class JobParams(BaseModel):
     height: Pixels | None = None
     checkpoint: ModelName | None = None
     family: FamilyName | None = None  # the checkpoint's, read from its header; None: unknown
-    lora_id: ModelName | None = None
+    lora_id: ModelName | None = None  # the first LoRA (the one-LoRA form, as clients read it)
     lora_strength: LoraStrength | None = None
+    loras: list[LoraUse] | None = None  # every LoRA, in the order applied, strengths resolved
     controlnet_strength: ControlnetStrength | None = None
     denoise: Denoise | None = None
     pose_image_path: PathText | None = None

@@ -16,7 +16,7 @@ from typing import Any
 
 from sidecar.errors import SidecarError
 from sidecar.graph import Graph, Node, input_field
-from sidecar.jobs.params import JobParams, check_param
+from sidecar.jobs.params import JobParams, LoraUse, check_param
 from sidecar.nodes import LATENT_NODES, NODE_TYPES, Value, check_graph
 from sidecar.profiles import Profile
 from sidecar.upscaling import model_of, split_saves
@@ -118,8 +118,10 @@ def read_params(graph: Graph, outputs: list[str]) -> JobParams:
     if loader is not None:
         values["checkpoint"] = loader.inputs["ckpt_name"]
     loras = [n for n in reversed(passed) if n.class_type == "LoraLoader"]
-    if loras:  # the first applied, as a template job has one
-        values.update(lora_id=Path(loras[0].inputs["lora_name"]).stem, lora_strength=loras[0].inputs["strength_model"])
+    if loras:  # the first applied is the one-LoRA form; `loras` lists every one in the order applied
+        values.update(lora_id=Path(loras[0].inputs["lora_name"]).stem, lora_strength=loras[0].inputs["strength_model"],
+                      loras=[LoraUse(id=Path(n.inputs["lora_name"]).stem, strength=n.inputs["strength_model"],
+                                     file=n.inputs["lora_name"]) for n in loras])
     if not values.get("prompt"):
         values["prompt"] = None
     return JobParams(**{k: v for k, v in values.items() if v is not None})

@@ -1,0 +1,61 @@
+"""The pipeline stage with a LoRA stack: front matter names the checkpoint and `loras`, the log entry
+records the family and every LoRA with its strength and SHA-256, and `--reproduce` replays them."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from sidecar.config import Settings
+from tests.family_headers import SD15_CHECKPOINT, SD15_LORA, write_safetensors
+from tests.pipeline_daemon import DaemonThread, SeededBackend, copy_example, read_json
+from tests.test_pipeline_generate import LOG, RAW, generate
+
+LORAS = ("spyke_plasma_v1", "ink_style", "screentone")
+
+
+@pytest.fixture
+def models(tmp_path: Path) -> Path:
+    root = tmp_path / "models"
+    write_safetensors(root / "checkpoints" / "anything-v5.safetensors", SD15_CHECKPOINT)
+    for i, name in enumerate(LORAS):
+        write_safetensors(root / "loras" / f"{name}.safetensors", SD15_LORA, metadata={"n": str(i)})
+    return root
+
+
+@pytest.fixture
+def daemon(tmp_path: Path, models: Path):
+    backend = SeededBackend(folders={f: models / f for f in ("checkpoints", "loras", "controlnet")})
+    d = DaemonThread(Settings(data_dir=tmp_path / "data", engine="embedded"), backend).start()
+    yield d
+    d.stop()
+
+
+def test_a_page_s_lora_stack_is_logged_with_strengths_and_hashes_and_reproduced(tmp_path, daemon, models) -> None:
+    project = copy_example(tmp_path / "project")
+    page = project / "prompts" / "ch-01" / "ch01_p001.txt"
+    body = page.read_text(encoding="utf-8").split("+++")[-1]
+    page.write_text('+++\nseed = 1234\ncheckpoint = "anything-v5.safetensors"\n'
+                    'loras = [{id = "spyke_plasma_v1", strength = 0.9}, {id = "ink_style", strength = 0.4}, '
+                    '{id = "screentone", strength = 0.6}]\n+++' + body, encoding="utf-8")
+    result = generate(project, daemon.url, "-c", "1", "--page", "1")
+    assert result.exit_code == 0, result.output
+
+    [entry] = read_json(project / LOG)
+    digest = {n: hashlib.sha256((models / "loras" / f"{n}.safetensors").read_bytes()).hexdigest() for n in LORAS}
+    assert entry["family"] == "sd15" and entry["model"] == "anything-v5.safetensors"
+    assert entry["loras"] == [
+        {"id": "spyke_plasma_v1", "strength": 0.9, "file": "spyke_plasma_v1.safetensors", "sha256": digest["spyke_plasma_v1"]},
+        {"id": "ink_style", "strength": 0.4, "file": "ink_style.safetensors", "sha256": digest["ink_style"]},
+        {"id": "screentone", "strength": 0.6, "file": "screentone.safetensors", "sha256": digest["screentone"]},
+    ]
+    assert (entry["loraId"], entry["loraStrength"]) == ("spyke_plasma_v1", 0.9)  # pipeline.toml's loraId replaced
+
+    source = project / RAW / "ch01_p001_v1.workflow.json"
+    result = generate(project, daemon.url, "--reproduce", str(source))
+    assert result.exit_code == 0, result.output
+    v1, v2 = read_json(project / LOG)
+    assert v2["loras"] == v1["loras"] and v2["family"] == "sd15"
+    assert read_json(project / RAW / "ch01_p001_v2.workflow.json") == read_json(source)
