@@ -34,7 +34,7 @@ from pipeline_stage.outputs import write_atomic
 from pipeline_stage.stage import PageTask
 from sidecar.api.models import JobRequest
 from sidecar.api.responses import JobParams, JobSummary, Likeness
-from sidecar.jobs.params import Resolution
+from sidecar.jobs.params import LoraRef, Resolution
 from sidecar.loras.sheet import SheetCell, draw_sheet, write_sheet
 from sidecar.statuses import JOB_TERMINAL
 
@@ -204,10 +204,13 @@ def request_from_draft(draft: Draft, steps: int | None) -> JobRequest:
     """The request that renders draft `draft` again, at `steps` (None: the daemon's default)."""
     p = draft.params
     size = Resolution(width=p.width, height=p.height) if p.width is not None and p.height is not None else None
+    # A LoRA stack is replayed whole; one LoRA keeps the one-LoRA form the draft was asked with.
+    stack = [LoraRef(id=u.id, strength=u.strength) for u in p.loras] if p.loras and len(p.loras) > 1 else None
     return JobRequest(
         prompt=p.prompt, negative_prompt=p.negative_prompt, seed=p.seed, steps=steps, cfg=p.cfg,
-        sampler=p.sampler, scheduler=p.scheduler, checkpoint=p.checkpoint, lora_id=p.lora_id,
-        lora_strength=p.lora_strength if p.lora_id else None, pose_image_path=p.pose_image_path,
+        sampler=p.sampler, scheduler=p.scheduler, checkpoint=p.checkpoint, loras=stack,
+        lora_id=p.lora_id if stack is None else None,
+        lora_strength=p.lora_strength if p.lora_id and stack is None else None, pose_image_path=p.pose_image_path,
         controlnet_strength=p.controlnet_strength if p.pose_image_path else None, resolution=size,
     )
 

@@ -25,10 +25,11 @@ def cli_options(opts: dict[str, Any]) -> GenerateOptions:
     for opt, field in simple.items():
         if opts[opt] is not None:
             values[field] = opts[opt]
+    # The command line's LoRA choice replaces a page's LoRA stack (`loras`) too.
     if opts["no_lora"]:
-        values["lora_id"] = ""
+        values["lora_id"], values["loras"] = "", []
     elif opts["lora"] is not None:
-        values["lora_id"] = opts["lora"]
+        values["lora_id"], values["loras"] = opts["lora"], None
     if opts["pose"] is not None:
         values["pose_image"] = Path(opts["pose"]).expanduser().resolve()  # relative to where we run
     return GenerateOptions.model_validate(values)

@@ -34,6 +34,12 @@ FAMILIES: tuple[Family, ...] = ("sd15", "sdxl", "flux")
 UNKNOWN = "unknown"
 FAMILY_NAMES = {"sd15": "Stable Diffusion 1.5", "sdxl": "SDXL", "flux": "Flux"}
 
+# What a job of a family renders with when it names no value: Flux is distilled to run at cfg 1 (its
+# guidance is FluxGuidance's), with euler and the simple schedule, as ComfyUI's Flux examples do.
+SAMPLING_DEFAULTS: dict[str, dict[str, float | str]] = {"flux": {"cfg": 1.0, "sampler": "euler", "scheduler": "simple"}}
+# The template name's prefix per family (sd15's templates have none: they came first).
+TEMPLATE_PREFIX = {"sd15": "", "sdxl": "sdxl-", "flux": "flux-"}
+
 # A Flux checkpoint's header is under 1 MB; a larger length is not a header we can trust to hold.
 MAX_HEADER = 32 * 1024 * 1024
 CONTEXT_WIDTHS: dict[int, Family] = {768: "sd15", 2048: "sdxl"}

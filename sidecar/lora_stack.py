@@ -1,6 +1,6 @@
 """Several LoRAs in one job: LoraLoader nodes chained after a template's one.
 
-    CheckpointLoaderSimple ──► LoraLoader (the template's, slot-filled) ──► LoraLoader ──► LoraLoader ──► ...
+    CheckpointLoaderSimple ──► LoraLoader (the template's) ──► LoraLoader ──► LoraLoader ──► ...
                                                                             (each: model, clip from the one before)
 
 ComfyUI applies a LoRA per `LoraLoader` node (`nodes.py`: `model`, `clip`, `lora_name`, `strength_model`,

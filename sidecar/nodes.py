@@ -97,9 +97,34 @@ NODE_TYPES: dict[str, NodeType] = {
                                    ("UPSCALE_MODEL",)),
     "ImageUpscaleWithModel": NodeType({"upscale_model": Linked("UPSCALE_MODEL"), "image": Linked("IMAGE")},
                                       ("IMAGE",)),
+    # Flux (the flux-* templates): ComfyUI's loaders for the diffusion model, the two text encoders and the
+    # VAE, its guidance and its sampling shift, and the 16-channel empty latent, as the recorded
+    # object_info declares them (tests/fixtures/comfyui/object_info-families.json).
+    "UNETLoader": NodeType({
+        "unet_name": Value(str, folder="diffusion_models", param="checkpoint"),
+        "weight_dtype": Value(str, choices=("default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2")),
+    }, ("MODEL",)),
+    # The text encoders' and VAE's files are the backend's (settings flux_clip_l, flux_t5xxl, flux_vae);
+    # ComfyUI's own validation names a missing one.
+    "DualCLIPLoader": NodeType({
+        "clip_name1": Value(str), "clip_name2": Value(str),
+        "type": Value(str, choices=("sdxl", "sd3", "flux", "hunyuan_video", "hidream", "hunyuan_image")),
+        "device": Value(str, choices=("default", "cpu"), optional=True),
+    }, ("CLIP",)),
+    "VAELoader": NodeType({"vae_name": Value(str)}, ("VAE",)),
+    "FluxGuidance": NodeType({"conditioning": Linked("CONDITIONING"), "guidance": Value(float, 0, 100)},
+                             ("CONDITIONING",)),
+    "ModelSamplingFlux": NodeType({
+        "model": Linked("MODEL"), "max_shift": Value(float, 0, 100), "base_shift": Value(float, 0, 100),
+        "width": Value(int, 16, 16384), "height": Value(int, 16, 16384),
+    }, ("MODEL",)),
+    "EmptySD3LatentImage": NodeType({
+        "width": Value(int, 16, 16384), "height": Value(int, 16, 16384),
+        "batch_size": Value(int, 1, 4096, optional=True),
+    }, ("LATENT",)),
 }
 SUPPORTED_NODES = frozenset(NODE_TYPES)
-LATENT_NODES = ("EmptyLatentImage",)  # the nodes that set an image size and batch
+LATENT_NODES = ("EmptyLatentImage", "EmptySD3LatentImage")  # the nodes that set an image size and batch
 SAMPLER_NODES = ("KSampler",)
 
 

@@ -65,6 +65,11 @@ def load_fixture(name: str) -> Any:
     return json.loads((FIXTURES / name).read_text())
 
 
+def families_object_info() -> dict[str, Any]:
+    """The SDXL and Flux templates' other nodes, as the full recording has them."""
+    return {k: v for k, v in load_fixture("object_info-families.json").items() if not k.startswith("_")}
+
+
 def upscale_object_info() -> dict[str, Any]:
     data = json.loads((FIXTURES.parent / "upscale" / "object_info-upscale.json").read_text())
     return {k: v for k, v in data.items() if not k.startswith("_")}
@@ -122,7 +127,7 @@ class FakeComfyUI(InstallFiles, PromptWorker):
         self.accepted_at: dict[str, float] = {}  # prompt_id -> time.monotonic() when queued
         self.finished_at: dict[str, float] = {}  # prompt_id -> time.monotonic() of `executing null`
         # The recorded classes, plus the print upscale's two nodes (an excerpt of the same recorded ComfyUI).
-        self._object_info = {**load_fixture("object_info.json"), **upscale_object_info()}
+        self._object_info = {**load_fixture("object_info.json"), **upscale_object_info(), **families_object_info()}
         self.upscale_scale = 4  # ImageUpscaleWithModel's factor: read off the model file its loader loads
         self._stats = load_fixture("system_stats.json")
         self._misc = load_fixture("misc-get-endpoints.json")

@@ -39,7 +39,12 @@ MODEL_ENUMS = {
     ("DiffControlNetLoader", "control_net_name"): "controlnet",
     ("UNETLoader", "unet_name"): "diffusion_models",
     ("UpscaleModelLoader", "model_name"): "upscale_models",
+    ("DualCLIPLoader", "clip_name1"): "text_encoders",
+    ("DualCLIPLoader", "clip_name2"): "text_encoders",
+    ("VAELoader", "vae_name"): "vae",
 }
+# Names ComfyUI lists after the folder's files (VAELoader.vae_list ends with "pixel_space", as recorded).
+ENUM_EXTRAS = {("VAELoader", "vae_name"): ["pixel_space"]}
 
 
 def resolve_input(base_dir: Path, name: str) -> Path:
@@ -93,10 +98,11 @@ class InstallFiles:
         for (node, name), folder in MODEL_ENUMS.items():
             if node in info:
                 spec = info[node]["input"]["required"][name]
+                names = self._models(folder) + ENUM_EXTRAS.get((node, name), [])
                 if spec[0] == "COMBO":  # the newer form (nodes on ComfyUI's V3 schema): the list is `options`
-                    spec[1]["options"] = self._models(folder)
+                    spec[1]["options"] = names
                 else:
-                    spec[0] = self._models(folder)
+                    spec[0] = names
         images = self._input_images()
         for node in ("LoadImage", "LoadImageMask"):
             if node in info:

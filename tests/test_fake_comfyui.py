@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 from PIL import Image
 
-from tests.fake_comfyui import FakeComfyUI, load_fixture, make_comfy_home, upscale_object_info
+from tests.fake_comfyui import FakeComfyUI, families_object_info, load_fixture, make_comfy_home, upscale_object_info
 
 RECORDED_MODELS = {
     "checkpoints": ["rand-sd15.safetensors"],
@@ -381,7 +381,8 @@ async def test_info_endpoints_list_the_installs_files(fake, http) -> None:
     async with http.get(f"{fake.url}/object_info/NoSuchNode") as resp:
         assert resp.status == 200 and await resp.json() == {}
     async with http.get(f"{fake.url}/object_info") as resp:
-        assert sorted(await resp.json()) == sorted({**load_fixture("object_info.json"), **upscale_object_info()})
+        assert sorted(await resp.json()) == sorted({**load_fixture("object_info.json"), **upscale_object_info(),
+                                                       **families_object_info()})
     fake.argv = ["main.py", "--cpu"]
     async with http.get(f"{fake.url}/system_stats") as resp:
         stats = await resp.json()

@@ -58,7 +58,8 @@ async def test_the_laptop_refuses_an_sdxl_checkpoint_naming_where_it_runs(laptop
     assert "cuda-24gb" in details["profiles"] and "cuda-24gb" in body["error"]["message"]
     # SD 1.5 still renders there, at its 512x768.
     status, job = await _post(laptop, checkpoint=SD15)
-    assert status == 202 and job["params"]["family"] == "sd15" and (job["params"]["width"], job["params"]["height"]) == (512, 768)
+    p = job["params"]
+    assert status == 202 and (p["family"], p["width"], p["height"]) == ("sd15", 512, 768)
 
 
 async def test_a_gpu_profile_renders_sdxl_at_its_buckets_and_holds_each_family_to_its_sizes(gpu) -> None:
@@ -116,6 +117,17 @@ def test_the_manual_s_family_table_says_what_each_profile_runs() -> None:
     from sidecar.profiles import PROFILES
 
     page = (Path(__file__).resolve().parent.parent / "docs" / "families.md").read_text(encoding="utf-8")
-    rows = {tuple(cell.strip(" `") for cell in line.split("|")[1:3]) for line in page.splitlines()
+    table = page.split("## What each profile runs")[1].split("\n## ")[0]
+    rows = {tuple(cell.strip(" `") for cell in line.split("|")[1:3]) for line in table.splitlines()
             if line.startswith("| `")}
     assert rows == {(p.name, f) for p in PROFILES.values() for f in p.family_names}
+
+
+async def test_an_sdxl_pose_job_is_refused_for_want_of_an_sdxl_pose_template(gpu, tmp_path) -> None:
+    from PIL import Image
+
+    pose = tmp_path / "pose.png"
+    Image.new("RGB", (64, 96)).save(pose)
+    status, body = await _post(gpu, checkpoint=SDXL, poseImagePath=str(pose))
+    assert status == 400 and body["error"]["code"] == "family_not_supported"
+    assert body["error"]["details"]["template"] == "sdxl-txt2img-pose" and "pose" in body["error"]["message"]

@@ -134,7 +134,8 @@ async def test_three_loras_apply_on_the_embedded_engine(aiohttp_client, tmp_path
                         checkpoint=TINY_CHECKPOINT, controlnet_model=TINY_CONTROLNET, steps=3)
     client = await aiohttp_client(create_app(settings))
     size = {"width": 64, "height": 96}
-    stack = [{"id": "tiny-lora", "strength": 1.0}, {"id": "tiny-ink", "strength": 1.0}, {"id": "tiny-tone", "strength": 0.5}]
+    stack = [{"id": "tiny-lora", "strength": 1.0}, {"id": "tiny-ink", "strength": 1.0},
+             {"id": "tiny-tone", "strength": 0.5}]
 
     async def render(**body) -> np.ndarray:
         status, job = await _post(client, seed=7, resolution=size, **body)

@@ -46,11 +46,8 @@ def test_a_page_s_lora_stack_is_logged_with_strengths_and_hashes_and_reproduced(
     [entry] = read_json(project / LOG)
     digest = {n: hashlib.sha256((models / "loras" / f"{n}.safetensors").read_bytes()).hexdigest() for n in LORAS}
     assert entry["family"] == "sd15" and entry["model"] == "anything-v5.safetensors"
-    assert entry["loras"] == [
-        {"id": "spyke_plasma_v1", "strength": 0.9, "file": "spyke_plasma_v1.safetensors", "sha256": digest["spyke_plasma_v1"]},
-        {"id": "ink_style", "strength": 0.4, "file": "ink_style.safetensors", "sha256": digest["ink_style"]},
-        {"id": "screentone", "strength": 0.6, "file": "screentone.safetensors", "sha256": digest["screentone"]},
-    ]
+    assert entry["loras"] == [{"id": name, "strength": strength, "file": f"{name}.safetensors", "sha256": digest[name]}
+                              for name, strength in zip(LORAS, (0.9, 0.4, 0.6), strict=True)]
     assert (entry["loraId"], entry["loraStrength"]) == ("spyke_plasma_v1", 0.9)  # pipeline.toml's loraId replaced
 
     source = project / RAW / "ch01_p001_v1.workflow.json"
@@ -59,3 +56,18 @@ def test_a_page_s_lora_stack_is_logged_with_strengths_and_hashes_and_reproduced(
     v1, v2 = read_json(project / LOG)
     assert v2["loras"] == v1["loras"] and v2["family"] == "sd15"
     assert read_json(project / RAW / "ch01_p001_v2.workflow.json") == read_json(source)
+
+
+def test_a_draft_of_a_lora_stack_is_finished_with_the_whole_stack_and_no_lora_drops_it(tmp_path, daemon) -> None:
+    project = copy_example(tmp_path / "project")
+    page = project / "prompts" / "ch-01" / "ch01_p001.txt"
+    body = page.read_text(encoding="utf-8").split("+++")[-1]
+    page.write_text('+++\nseed = 77\nloras = [{id = "ink_style", strength = 0.5}, '
+                    '{id = "screentone", strength = 0.3}]\n+++' + body, encoding="utf-8")
+    assert generate(project, daemon.url, "-c", "1", "--page", "1", "--drafts", "1", "--draft-steps", "2").exit_code == 0
+    result = generate(project, daemon.url, "-c", "1", "--page", "1", "--from-draft", "1")
+    assert result.exit_code == 0, result.output
+    [entry] = read_json(project / LOG)
+    assert [(lora["id"], lora["strength"]) for lora in entry["loras"]] == [("ink_style", 0.5), ("screentone", 0.3)]
+    assert generate(project, daemon.url, "-c", "1", "--page", "1", "--no-lora").exit_code == 0
+    assert read_json(project / LOG)[-1]["loras"] is None

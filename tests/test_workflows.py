@@ -26,16 +26,85 @@ def diff(a: dict, b: dict) -> set[tuple[str, str]]:
     }
 
 
+SHARED_FULL = Path("/work/shared/fixtures/comfyui/object_info-full.json")
+
+
+def recorded_object_info() -> dict:
+    """The real ComfyUI's /object_info: the small recording, the upscale nodes', and the SDXL/Flux nodes'
+    (copied from the full recording, `object_info-families.json`)."""
+    info = json.loads((FIXTURES / "object_info.json").read_text())
+    for extra in (FIXTURES.parent / "upscale" / "object_info-upscale.json", FIXTURES / "object_info-families.json"):
+        info.update({k: v for k, v in json.loads(extra.read_text()).items() if not k.startswith("_")})
+    return info
+
+
+def check_against_object_info(name: str, graph: dict, info: dict) -> None:
+    """Node by node as ComfyUI validates a prompt: a known class, every required input given, no unknown
+    input, literals within the declared enum or range (model enums are the server's files: not checked),
+    each link to an existing node's output of the type the input takes."""
+    for nid, node in graph.items():
+        spec = info.get(node["class_type"])
+        assert spec is not None, f"{name} node {nid}: {node['class_type']} is not a ComfyUI node"
+        required, optional = spec["input"].get("required", {}), spec["input"].get("optional", {})
+        inputs = node["inputs"]
+        assert set(required) <= set(inputs), f"{name} node {nid}: missing {set(required) - set(inputs)}"
+        for key, value in inputs.items():
+            declared = required.get(key) or optional.get(key)
+            assert declared is not None, f"{name} node {nid}: {node['class_type']} has no input {key!r}"
+            kind, options = declared[0], (declared[1] if len(declared) > 1 else {})
+            if isinstance(value, list):  # a link
+                source = graph[value[0]]
+                out = info[source["class_type"]]["output"]
+                assert out[value[1]] == kind, f"{name} node {nid}.{key}: {out[value[1]]} linked to a {kind} input"
+            elif isinstance(kind, list):
+                if kind and not key.endswith("_name") and key not in ("ckpt_name", "image"):
+                    assert value in kind, f"{name} node {nid}.{key}: {value!r} not in {kind}"
+            elif kind in ("INT", "FLOAT"):
+                assert options.get("min", value) <= value <= options.get("max", value), f"{name} node {nid}.{key}"
+            else:
+                assert kind in ("STRING",) and isinstance(value, str), f"{name} node {nid}.{key}: {kind}"
+
+
+def test_every_template_is_valid_against_the_real_comfyui_s_object_info() -> None:
+    info = recorded_object_info()
+    infos = [info]
+    if SHARED_FULL.exists():  # the full recording itself, where this checkout has it
+        infos.append(json.loads(SHARED_FULL.read_text()))
+    templates = load_templates(WORKFLOWS, set(info))
+    assert {f"{prefix}{kind}" for prefix in ("sdxl-", "flux-") for kind in
+            ("txt2img", "txt2img-lora", "img2img", "img2img-lora")} <= set(templates)
+    for t in templates.values():
+        for recorded in infos:
+            check_against_object_info(t.name, t.graph, recorded)
+
+
+def test_flux_templates_load_the_diffusion_model_two_text_encoders_and_vae_at_cfg_1() -> None:
+    templates = load_templates(WORKFLOWS)
+    for name in ("flux-txt2img", "flux-txt2img-lora", "flux-img2img", "flux-img2img-lora"):
+        g = templates[name].graph
+        kinds = {n["class_type"]: n["inputs"] for n in g.values()}
+        assert kinds["DualCLIPLoader"]["type"] == "flux" and "UNETLoader" in kinds and "VAELoader" in kinds
+        sampler = kinds["KSampler"]
+        assert sampler["cfg"] == 1.0 and g[sampler["positive"][0]]["class_type"] == "FluxGuidance"
+        assert "CheckpointLoaderSimple" not in kinds
+        # The sampling shift follows the image size: the size slots set ModelSamplingFlux too.
+        shift = next(nid for nid, n in g.items() if n["class_type"] == "ModelSamplingFlux")
+        assert {(t.node, t.input) for t in templates[name].spec.slots["width"]} >= {(shift, "width")}
+        assert templates[name].spec.precision == {"unet": "bf16", "vae": "fp32"}
+
+
 def test_templates_load_and_use_only_node_types_the_server_knows() -> None:
-    known = set(json.loads((FIXTURES / "object_info.json").read_text()))
+    known = set(recorded_object_info())
     templates = load_templates(WORKFLOWS, known)
     assert {"txt2img-lora", "txt2img", "txt2img-pose-lora", "txt2img-pose", "img2img", "img2img-lora",
             "img2img-pose", "img2img-pose-lora"} <= set(templates)
     for t in templates.values():
+        if t.name.startswith("flux-"):
+            continue  # bf16 (above)
         assert t.spec.precision == {"unet": "fp16", "vae": "fp32"}
         dtype_nodes = [n for n in t.graph.values() if n["class_type"] == "ModelComputeDtype"]
         assert [n["inputs"]["dtype"] for n in dtype_nodes] == ["fp16"]
-        if t.name.startswith("img2img"):
+        if "img2img" in t.name:
             # LoadImage -> VAEEncode -> KSampler: the init image's latent, partly redrawn (denoise).
             sampler = t.graph["6"]["inputs"]
             encode = t.graph[sampler["latent_image"][0]]
@@ -44,7 +113,8 @@ def test_templates_load_and_use_only_node_types_the_server_knows() -> None:
             assert t.has_slot("init_image") and t.has_slot("denoise")
             continue
         latent = next(n for n in t.graph.values() if n["class_type"] == "EmptyLatentImage")
-        assert (latent["inputs"]["width"], latent["inputs"]["height"], latent["inputs"]["batch_size"]) == (512, 768, 1)
+        size = (832, 1216) if t.name.startswith("sdxl-") else (512, 768)
+        assert (latent["inputs"]["width"], latent["inputs"]["height"], latent["inputs"]["batch_size"]) == (*size, 1)
 
 
 async def test_old_template_names_resolve_to_the_renamed_templates() -> None:

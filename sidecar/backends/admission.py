@@ -16,7 +16,8 @@ from sidecar.graph import Graph
 from sidecar.nodes import LATENT_NODES, NODE_TYPES, Value
 from sidecar.profiles import Profile
 
-FOLDER_WORDS = {"checkpoints": "checkpoint", "loras": "LoRA", "controlnet": "ControlNet"}
+FOLDER_WORDS = {"checkpoints": "checkpoint", "loras": "LoRA", "controlnet": "ControlNet",
+                "diffusion_models": "diffusion model"}
 
 
 @dataclass(frozen=True)

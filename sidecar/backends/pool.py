@@ -36,7 +36,7 @@ from sidecar.profiles import get_profile
 
 log = logging.getLogger("sidecar.backends")
 
-FOLDERS = ("checkpoints", "loras", "controlnet")
+FOLDERS = ("checkpoints", "loras", "controlnet", "diffusion_models")
 CAPS_REFRESH = 60.0  # node types and model listings of a backend that stays up
 # Probes a backend in routing must fail in a row before it is taken out (one slow answer while it renders
 # is not a dead server; a killed one is noticed at once anyway, by the job it was running).

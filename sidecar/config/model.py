@@ -164,6 +164,13 @@ class Settings(BaseSettings):
     controlnet_strength: float = Field(0.65, ge=0.4, le=0.9, description="ControlNet strength of a pose job "
                                                                           "without one")
     controlnet_model: str = Field("control_v11p_sd15_openpose.pth", description="OpenPose ControlNet file name")
+    # A Flux job's checkpoint is its diffusion model (diffusion_models/); these are the rest of it, as the
+    # ComfyUI backend has them (ComfyUI's Flux example names).
+    flux_clip_l: str = Field("clip_l.safetensors", description="Flux jobs: the CLIP-L text encoder file of "
+                                                               "ComfyUI's models/text_encoders/")
+    flux_t5xxl: str = Field("t5xxl_fp8_e4m3fn.safetensors", description="Flux jobs: the T5-XXL text encoder file "
+                                                                        "of ComfyUI's models/text_encoders/")
+    flux_vae: str = Field("ae.safetensors", description="Flux jobs: the VAE file of ComfyUI's models/vae/")
     trigger_word: str = Field("spyke_plasma_v1", description="the character's trigger word (captions, training)")
 
     # -- training away from this machine: the [remote.vast] and [remote.ssh] tables (file or SIDECAR_REMOTE JSON)

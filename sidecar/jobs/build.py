@@ -38,7 +38,7 @@ from sidecar.jobs import init_image
 from sidecar.jobs.families import ModelFamilies
 from sidecar.jobs.params import GenerationRequest, JobParams, JobSpec, LoraUse
 from sidecar.jobs.whole import read_whole_workflow
-from sidecar.families import FAMILY_NAMES
+from sidecar.families import FAMILY_NAMES, SAMPLING_DEFAULTS, TEMPLATE_PREFIX
 from sidecar.lora_stack import chain_loras
 from sidecar.profiles import PROFILES, Profile
 from sidecar.upscaling import UPSCALE_ONLY, upscale_only, with_upscale
@@ -60,10 +60,12 @@ def check_name(field: str, value: str) -> None:
         )
 
 
-def choose_template(has_lora: bool, has_pose: bool, has_init: bool = False) -> str:
-    """txt2img | img2img (an init image), then -pose (a pose image's ControlNet), then -lora."""
-    return "-".join(part for part, used in (("img2img" if has_init else "txt2img", True), ("pose", has_pose),
-                                            ("lora", has_lora)) if used)
+def choose_template(has_lora: bool, has_pose: bool, has_init: bool = False, family: str | None = None) -> str:
+    """[sdxl-|flux-] (the family's), then txt2img | img2img (an init image), then -pose (a pose image's
+    ControlNet), then -lora."""
+    return TEMPLATE_PREFIX.get(family or "sd15", "") + "-".join(
+        part for part, used in (("img2img" if has_init else "txt2img", True), ("pose", has_pose),
+                                ("lora", has_lora)) if used)
 
 
 def check_pose_image(raw: str) -> Path:
@@ -90,7 +92,8 @@ def check_model_in(folder: ModelFolder, names: list[str], name: str, error: type
 
 
 # The loader of a workflow's main model, and the folder it loads from.
-MODEL_LOADERS = {"CheckpointLoaderSimple": ("ckpt_name", "checkpoints"), "UNETLoader": ("unet_name", "diffusion_models")}
+MODEL_LOADERS = {"CheckpointLoaderSimple": ("ckpt_name", "checkpoints"),
+                 "UNETLoader": ("unet_name", "diffusion_models")}
 
 
 def checkpoint_of(workflow: dict[str, Any]) -> tuple[ModelFolder, str] | None:
@@ -183,6 +186,17 @@ class JobBuilder:
             spec = await self._build_from_template(req)
         return replace(spec, where=req.where) if req.where is not None else spec
 
+    async def _checkpoint_folder(self, name: str) -> ModelFolder:
+        """Where the checkpoint is: `checkpoints`, or `diffusion_models` when only that folder has it (Flux).
+        Neither: `checkpoints`, whose check then refuses it in its turn."""
+        for folder in ("checkpoints", "diffusion_models"):
+            try:
+                await self._check_model(folder, name, CheckpointNotFound, "checkpoint")  # type: ignore[arg-type]
+                return folder  # type: ignore[return-value]
+            except CheckpointNotFound:
+                continue
+        return "checkpoints"
+
     async def _family(self, folder: ModelFolder, name: str) -> str | None:
         return (await self.families.family(folder, name)).known
 
@@ -201,7 +215,23 @@ class JobBuilder:
                 f"{self.limits.name} profile does not run (it runs {', '.join(self.limits.family_names)}); {where}.",
                 {"family": family, "profile": self.limits.name, "allowedFamilies": list(self.limits.family_names),
                  "backends": backends, "profiles": profiles})
+        engine_families = getattr(self.backend, "families", None)
+        if engine_families is not None and family not in engine_families:
+            raise FamilyNotSupported(
+                f"The checkpoint is a {FAMILY_NAMES.get(family, family)} ({family}) model; the {self.backend.name} "
+                f"engine runs {', '.join(engine_families)} only. Run it on a ComfyUI backend (engine = \"comfyui\", "
+                "or a [[backends]] entry).", {"family": family, "engine": self.backend.name,
+                                             "allowedFamilies": list(engine_families)})
         return self.limits.for_family(family)
+
+    def _check_template(self, name: str, family: str | None, pose: bool) -> None:
+        if family in (None, "sd15"):
+            return  # the base templates: a missing one is workflow_invalid, as it always was
+        if name not in self.templates.templates and name not in self.templates.aliases:
+            raise FamilyNotSupported(
+                f"There is no {name!r} template: {FAMILY_NAMES.get(family or '', family)} jobs "
+                f"{'with a pose image ' if pose else ''}cannot run here; add the template to a workflows_dir.",
+                {"family": family, "template": name, "field": "poseImagePath" if pose else "checkpoint"})
 
     def _defaults(self, family: str | None) -> Profile:
         """The profile whose default size a job of `family` gets."""
@@ -214,7 +244,10 @@ class JobBuilder:
         res = req.resolution
         checkpoint = req.checkpoint or s.checkpoint
         check_name("checkpoint", checkpoint)
-        family = await self._family("checkpoints", checkpoint)
+        folder = await self._checkpoint_folder(checkpoint)
+        # A file of diffusion_models/ is loaded as Flux (UNETLoader + its text encoders and VAE): the one family
+        # whose models come that way; its header says so where this machine has it.
+        family = await self._family(folder, checkpoint) or ("flux" if folder == "diffusion_models" else None)
         limits = self._check_family(family)
         defaults = self._defaults(family)
         # One default however the size is left out (no resolution, {}, or one side): the profile's (for the family).
@@ -222,13 +255,17 @@ class JobBuilder:
         height = res.height if res and res.height is not None else defaults.default_height
         limits.check_resolution(width, height)
         wanted = self._wanted_loras(req, limits)
+        # Before any file is looked up: a family without a template for this kind of job (SDXL and Flux have no
+        # pose template: the ControlNet is SD 1.5's) is refused for that, whatever else is missing.
+        self._check_template(choose_template(bool(wanted), req.pose_image_path is not None, False, family), family,
+                             req.pose_image_path is not None)
         # The pose check and the model listings are independent round trips (a thread, one HTTP request
         # per folder): run them together, then decide in the order one after another would (pose image,
         # checkpoint, LoRA, ControlNet), so the same request is refused with the same error.
         results = await asyncio.gather(
             asyncio.to_thread(check_pose_image, req.pose_image_path) if req.pose_image_path else _none(),
-            self._resolve("checkpoints", lambda names: check_model_in(
-                "checkpoints", names, checkpoint, CheckpointNotFound, "checkpoint")),
+            self._resolve(folder, lambda names: check_model_in(
+                folder, names, checkpoint, CheckpointNotFound, "checkpoint")),
             self._resolve("loras", lambda names: [find_lora_in(names, lora_id) for lora_id, _ in wanted])
             if wanted else _none(),
             self._resolve("controlnet", lambda names: check_model_in(
@@ -250,14 +287,15 @@ class JobBuilder:
                  for (lora_id, strength), f, digest in zip(wanted, lora_files, hashes, strict=True)]
         init = await self._init_image(req, (width, height))
 
+        sampling = SAMPLING_DEFAULTS.get(family or "", {})
         params = JobParams(
             prompt=req.prompt,
             negative_prompt=req.negative_prompt if req.negative_prompt is not None else s.negative_prompt,
             seed=req.seed if req.seed is not None else secrets.randbelow(2**32),
             steps=req.steps or s.steps,
-            cfg=req.cfg if req.cfg is not None else s.cfg,
-            sampler=req.sampler or s.sampler,
-            scheduler=req.scheduler or s.scheduler,
+            cfg=req.cfg if req.cfg is not None else float(sampling.get("cfg", s.cfg)),
+            sampler=req.sampler or str(sampling.get("sampler", s.sampler)),
+            scheduler=req.scheduler or str(sampling.get("scheduler", s.scheduler)),
             width=width,
             height=height,
             checkpoint=checkpoint,
@@ -274,7 +312,9 @@ class JobBuilder:
             refined_from=req.refined_from,
             upscale_model=req.upscale_model,
         )
-        template = self.templates.get(choose_template(bool(lora_files), pose is not None, init is not None))
+        name = choose_template(bool(lora_files), pose is not None, init is not None, family)
+        self._check_template(name, family, pose is not None)
+        template = self.templates.get(name)
         slots: dict[str, Any] = {
             "prompt_text": params.prompt,
             "negative_prompt": params.negative_prompt,
@@ -288,6 +328,10 @@ class JobBuilder:
             "width": width,
             "height": height,
             "batch_size": 1,
+            # Flux's text encoders and VAE are the backend's files, named in the settings.
+            "clip_l_name": s.flux_clip_l,
+            "t5xxl_name": s.flux_t5xxl,
+            "vae_name": s.flux_vae,
         }
         if lora_files:
             slots["lora_name"] = lora_files[0]
@@ -402,6 +446,8 @@ class JobBuilder:
         # Its family is its checkpoint's: an SDXL job's workflow, reproduced, is held to SDXL's sizes.
         named = checkpoint_of(workflow)
         family = await self._family(*named) if named is not None else None
+        if family is None and named is not None and named[0] == "diffusion_models":
+            family = "flux"  # as a template job's diffusion model is taken
         limits = self._check_family(family)
         whole = read_whole_workflow(workflow, limits)
         if req is not None and req.upscale_model is not None:
@@ -432,7 +478,7 @@ class JobBuilder:
             changes[whole.loaders[0]] = {"image": pose.name}
         for field, folder, name in whole.models:
             check_name(field, name)
-            error = {"checkpoints": CheckpointNotFound, "loras": LoraNotFound,
+            error = {"checkpoints": CheckpointNotFound, "diffusion_models": CheckpointNotFound, "loras": LoraNotFound,
                      "upscale_models": UpscaleModelNotFound}.get(folder, ControlnetNotFound)
             # The exact file: ComfyUI refuses `x.ckpt` when only `x.safetensors` is installed.
             await self._check_model(folder, name, error, field)

@@ -23,7 +23,7 @@ from sidecar.upscaling import model_of, split_saves
 
 # Where a value travels through a node unchanged: (class type, the input it comes from) by output type.
 PASS_THROUGH: dict[str, dict[str, str]] = {
-    "MODEL": {"LoraLoader": "model", "ModelComputeDtype": "model"},
+    "MODEL": {"LoraLoader": "model", "ModelComputeDtype": "model", "ModelSamplingFlux": "model"},
     "CLIP": {"LoraLoader": "clip"},
     "LATENT": {"KSampler": "latent_image"},
 }
@@ -90,10 +90,14 @@ def _prompt(graph: Graph, sampler: Node, name: str) -> tuple[str | None, float |
     link, strength = sampler.link(name), None
     source = graph.get(link[0]) if link else None
     seen: set[str] = set()
-    while source is not None and source.class_type == "ControlNetApplyAdvanced" and source.id not in seen:
+    while source is not None and source.class_type in ("ControlNetApplyAdvanced", "FluxGuidance") \
+            and source.id not in seen:
         seen.add(source.id)
-        strength = source.inputs.get("strength") if strength is None else strength
-        link = source.link(("positive", "negative")[link[1]] if link and link[1] in (0, 1) else "positive")
+        if source.class_type == "FluxGuidance":  # Flux: the guidance wraps the positive prompt's conditioning
+            link = source.link("conditioning")
+        else:
+            strength = source.inputs.get("strength") if strength is None else strength
+            link = source.link(("positive", "negative")[link[1]] if link and link[1] in (0, 1) else "positive")
         source = graph.get(link[0]) if link else None
     text = source.inputs.get("text") if source is not None and source.class_type == "CLIPTextEncode" else None
     return text, strength
@@ -111,12 +115,15 @@ def read_params(graph: Graph, outputs: list[str]) -> JobParams:
                   scheduler=i["scheduler"], denoise=i.get("denoise", 1.0))
     values["prompt"], values["controlnet_strength"] = _prompt(graph, sampler, "positive")
     values["negative_prompt"], _ = _prompt(graph, sampler, "negative")
-    latent, _ = upstream(graph, sampler, "latent_image", "EmptyLatentImage", "LATENT")
-    if latent is not None:
-        values.update(width=latent.inputs["width"], height=latent.inputs["height"])
-    loader, passed = upstream(graph, sampler, "model", "CheckpointLoaderSimple", "MODEL")
-    if loader is not None:
-        values["checkpoint"] = loader.inputs["ckpt_name"]
+    for kind in LATENT_NODES:
+        latent, _ = upstream(graph, sampler, "latent_image", kind, "LATENT")
+        if latent is not None:
+            values.update(width=latent.inputs["width"], height=latent.inputs["height"])
+    for kind, field in (("CheckpointLoaderSimple", "ckpt_name"), ("UNETLoader", "unet_name")):
+        loader, passed = upstream(graph, sampler, "model", kind, "MODEL")
+        if loader is not None:
+            values["checkpoint"] = loader.inputs[field]
+            break
     loras = [n for n in reversed(passed) if n.class_type == "LoraLoader"]
     if loras:  # the first applied is the one-LoRA form; `loras` lists every one in the order applied
         values.update(lora_id=Path(loras[0].inputs["lora_name"]).stem, lora_strength=loras[0].inputs["strength_model"],
