@@ -14,7 +14,7 @@ from sidecar.backends.admission import Capabilities, Needs
 from sidecar.backends.member import Member
 from sidecar.backends.router import admit
 from sidecar.config import Settings
-from sidecar.errors import NoBackendAdmits
+from sidecar.errors import FamilyNotSupported, NoBackendAdmits
 from sidecar.profiles import get_profile
 from tests.family_headers import (
     FLUX_KOHYA_LORA, SD15_CHECKPOINT, SD15_LORA, SDXL_CHECKPOINT, SDXL_LORA, write_safetensors,
@@ -108,9 +108,16 @@ def test_routing_admits_an_sdxl_job_only_where_the_profile_runs_sdxl() -> None:
                                                             _member("attic", "m1pro-16gb")], {})}
     assert verdicts["desk"].admitted
     assert verdicts["attic"].reason == "its m1pro-16gb profile does not run sdxl models (it runs sd15)"
-    with pytest.raises(NoBackendAdmits) as refused:
+    # Where nothing allowed runs the family: family_not_supported, naming the backends that do.
+    with pytest.raises(FamilyNotSupported) as refused:
         admit("attic", needs, [_member("desk", "cuda-24gb"), _member("attic", "m1pro-16gb")], {})
-    assert "does not run sdxl" in refused.value.message
+    assert refused.value.details["backends"] == ["desk"] and "desk" in refused.value.message
+    assert refused.value.details["reasons"]["attic"].startswith("its m1pro-16gb profile does not run sdxl")
+    # Refused for another reason (the size): each backend's reason, as before.
+    big = Needs(sizes=((1536, 1536, 1),), models=(("checkpoints", SDXL),), checkpoint=SDXL, family="sdxl")
+    with pytest.raises(NoBackendAdmits) as refused_size:
+        admit("desk", big, [_member("desk", "cuda-24gb"), _member("attic", "m1pro-16gb")], {})
+    assert "exceeds its cuda-24gb profile limit of 1536x1536, at most 1048576 pixels for sdxl" in refused_size.value.message
 
 
 def test_the_manual_s_family_table_says_what_each_profile_runs() -> None:

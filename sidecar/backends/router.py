@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from sidecar.backends.admission import Needs, Verdict
 from sidecar.backends.member import CHECKPOINT_SWITCH_SECONDS, PRIOR_SECONDS_PER_STEP, Member
-from sidecar.errors import InvalidField, NoBackendAdmits
+from sidecar.errors import FamilyNotSupported, InvalidField, NoBackendAdmits
 
 SPECIAL = {"local": "this machine's backends", "any": "every backend"}
 
@@ -44,7 +44,9 @@ def resolve_where(where: str, members: Iterable[Member]) -> list[Member]:
 
 def admit(where: str, needs: Needs, members: Iterable[Member],
           local_models: dict[str, frozenset[str]]) -> list[Verdict]:
-    """Every allowed backend's verdict; `no_backend_admits` (400) when none admits the job."""
+    """Every allowed backend's verdict; `no_backend_admits` (400) when none admits the job, and
+    `family_not_supported` when none of them runs its family."""
+    members = list(members)
     allowed = resolve_where(where, members)
     verdicts = [m.judge(needs, local_models) for m in allowed]
     if not allowed:
@@ -52,10 +54,30 @@ def admit(where: str, needs: Needs, members: Iterable[Member],
                               "[[backends]]); name another with `where`.", {"where": where, "backends": {}})
     if not any(v.admitted for v in verdicts):
         reasons = {v.backend: v.reason for v in verdicts}
+        _refuse_family(where, needs, allowed, members, reasons)
         listed = "; ".join(f"{name}: {reason}" for name, reason in reasons.items())
         raise NoBackendAdmits(f"No backend admits this job (where {where!r}): {listed}.",
                               {"where": where, "backends": reasons})
     return verdicts
+
+
+def _runs_family(member: Member, family: str) -> bool:
+    engine = getattr(member.backend, "families", None)  # the embedded engine: SD 1.5 only
+    return member.profile.allows(family) and (engine is None or family in engine)
+
+
+def _refuse_family(where: str, needs: Needs, allowed: list[Member], members: list[Member],
+                   reasons: dict[str, str | None]) -> None:
+    """When no backend `where` allows runs the job's family at all: `family_not_supported`, naming the
+    backends that do (another `where`), rather than each one's reason alone."""
+    family = needs.family
+    if family is None or any(_runs_family(m, family) for m in allowed):
+        return
+    elsewhere = [m.name for m in members if _runs_family(m, family)]
+    hint = (f"backends that run it: {', '.join(elsewhere)} (name one with `where`)" if elsewhere
+            else "no configured backend runs it")
+    raise FamilyNotSupported(f"No backend where {where!r} allows runs {family} models; {hint}.",
+                             {"family": family, "where": where, "backends": elsewhere, "reasons": reasons})
 
 
 @dataclass(frozen=True)
