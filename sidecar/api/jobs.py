@@ -24,7 +24,7 @@ from sidecar.errors import (
     IdempotencyKeyReused, InitImageInvalid, InvalidField, InvalidState, JobNotFinished, JobNotFound, LoraNotFound,
     NodeNotSupported, NotFound, PageProjectMissing, PoseImageInvalid, PreviewNotFound, PromptFileInvalid, QueueFull,
     ResolutionExceedsProfile, SamplerNotSupported, TrainingInProgress, UpscaleModelNotFound, WorkflowInvalid,
-    NoBackendAdmits,
+    NoBackendAdmits, FamilyNotSupported, LoraFamilyMismatch,
 )
 from sidecar.jobs.idempotency import MAX_KEY_LENGTH
 from sidecar.jobs.store import IdempotencyClaim, JobRecord
@@ -49,8 +49,9 @@ FULL_LIMIT, FULL_MAX = 10, 50
                 "the job once written; a failed write fails the job and leaves nothing half-written).",
     errors=(ResolutionExceedsProfile, BatchSizeNotSupported, LoraNotFound, CheckpointNotFound, ControlnetNotFound,
             PoseImageInvalid, InitImageInvalid, NodeNotSupported, SamplerNotSupported, WorkflowInvalid,
-            NoBackendAdmits, TrainingInProgress, IdempotencyKeyReused, QueueFull, ComfyUnavailable, EngineUnavailable,
-            DiskFull, PageProjectMissing, PromptFileInvalid, UpscaleModelNotFound),
+            NoBackendAdmits, FamilyNotSupported, LoraFamilyMismatch, TrainingInProgress, IdempotencyKeyReused,
+            QueueFull, ComfyUnavailable, EngineUnavailable, DiskFull, PageProjectMissing, PromptFileInvalid,
+            UpscaleModelNotFound),
     # Printable ASCII, no space at either end (HTTP drops those): what every HTTP client sends as it is.
     headers=(Header(IDEMPOTENCY_HEADER, {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH,
                                          "pattern": "^[!-~]([ -~]*[!-~])?$"},

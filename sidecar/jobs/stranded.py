@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from sidecar.backends.pool import BackendPool
 from sidecar.backends.router import admit
-from sidecar.errors import InvalidField, NoBackendAdmits
+from sidecar.errors import FamilyNotSupported, InvalidField, NoBackendAdmits
 from sidecar.jobs.ledger import MAX_LOSSES, Ledger
 from sidecar.jobs.queue import JobQueue
 from sidecar.jobs.store import JobRecord
@@ -70,7 +70,7 @@ class Stranded:
         elsewhere: str | None = None
         try:
             admit(where, self.ledger.needs_of(job), others, pool.local_models)
-        except (NoBackendAdmits, InvalidField) as exc:
+        except (NoBackendAdmits, FamilyNotSupported, InvalidField) as exc:
             elsewhere = exc.message
         # Recorded before the job changes: a crash in between leaves the job holding the prompt (reconciled
         # by the next start, which then ignores this record).
