@@ -103,6 +103,10 @@ Exit codes:
                    "a contact sheet and index.json; never into raw/.")
 @click.option("--draft-steps", type=click.IntRange(1, 150), metavar="S",
               help=f"Sampling steps of each draft (default {DEFAULT_DRAFT_STEPS}).")
+@click.option("--draft-checkpoint", metavar="FILE",
+              help="With --drafts: render the drafts with this checkpoint (a faster family, e.g. SD 1.5 on the laptop) "
+                   "at its family's default size; --from-draft K then finishes draft K with the page's own "
+                   "checkpoint by img2img from it (denoise 0.6, logged as draftOf + initImage).")
 @click.option("--from-draft", type=click.IntRange(min=1), metavar="K",
               help="Render draft K's seed and parameters at full steps (--steps, else the page's) as the page's "
                    "next version (logged with draftOf).")

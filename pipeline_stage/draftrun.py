@@ -21,6 +21,8 @@ def check_draft_options(opts: dict[str, Any], param_options: tuple[str, ...]) ->
     drafts, from_draft = opts["drafts"], opts["from_draft"]
     if opts["draft_steps"] is not None and drafts is None:
         raise InputError("--draft-steps goes with --drafts N.")
+    if opts.get("draft_checkpoint") is not None and drafts is None:
+        raise InputError("--draft-checkpoint goes with --drafts N.")
     if drafts is None and from_draft is None:
         return
     flag = "--drafts" if drafts is not None else "--from-draft"

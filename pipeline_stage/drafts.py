@@ -22,6 +22,7 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
@@ -62,6 +63,9 @@ class Draft(Wire):
     params: JobParams = Field(description="the parameters the daemon rendered it with (steps = the draft steps)")
     likeness: Likeness | None = Field(None, description="the daemon's likeness judge on the draft; null without "
                                                         "a reference set or the weights")
+    draft_checkpoint: str | None = Field(None, description="--draft-checkpoint: the draft was rendered with this "
+                                                           "checkpoint, not the page's; --from-draft finishes it "
+                                                           "with the page's own by img2img from the draft")
 
 
 class DraftIndex(Wire):
@@ -146,9 +150,19 @@ class DraftRun:
     made: list[Draft]
 
 
-def draft_request(request: JobRequest, count: int, steps: int) -> JobRequest:
-    """The page's request as `count` variations at `steps` steps (the page's seed, if any, first)."""
-    return request.model_copy(update={"steps": steps, "variations": count})
+# --from-draft of a draft made with --draft-checkpoint: how much of the draft the page's checkpoint redraws
+# (its composition kept, its look the page's model's).
+DRAFT_FINAL_DENOISE = 0.6
+
+
+def draft_request(request: JobRequest, count: int, steps: int, checkpoint: str | None = None) -> JobRequest:
+    """The page's request as `count` variations at `steps` steps (the page's seed, if any, first). With a
+    draft `checkpoint` (a faster family): that checkpoint, at its family's default size (the page's size is
+    the page's checkpoint's)."""
+    update: dict[str, Any] = {"steps": steps, "variations": count}
+    if checkpoint is not None:
+        update.update(checkpoint=checkpoint, resolution=None)
+    return request.model_copy(update=update)
 
 
 async def render_drafts(client: DaemonClient, project: Project, task: PageTask,
@@ -169,7 +183,7 @@ async def render_drafts(client: DaemonClient, project: Project, task: PageTask,
                 for job in (await client.group(group.group_id)).jobs:
                     if job.id in made or job.status not in JOB_TERMINAL:
                         continue
-                    draft = await _save(client, folder, task.page, numbers[job.id], job)
+                    draft = await _save(client, folder, task.page, numbers[job.id], job, task.draft_checkpoint)
                     made[job.id] = draft
                     on_draft(draft, len(made), len(jobs))
                 if len(made) < len(jobs):
@@ -186,7 +200,8 @@ async def render_drafts(client: DaemonClient, project: Project, task: PageTask,
     return DraftRun(folder, index_path, sheet, ordered)
 
 
-async def _save(client: DaemonClient, folder: Path, page: Page, number: int, job: JobSummary) -> Draft:
+async def _save(client: DaemonClient, folder: Path, page: Page, number: int, job: JobSummary,
+                draft_checkpoint: str | None = None) -> Draft:
     file = None
     error = None
     if job.status == "succeeded":
@@ -197,7 +212,7 @@ async def _save(client: DaemonClient, folder: Path, page: Page, number: int, job
         error = f"{job.error.code}: {job.error.message}" if job.error else job.status
     return Draft(number=number, seed=job.params.seed, file=file, job_id=job.id, group_id=job.group_id,
                  status=job.status, error=error, created_at=timestamp_now(), params=job.params,
-                 likeness=job.likeness if file else None)
+                 likeness=job.likeness if file else None, draft_checkpoint=draft_checkpoint)
 
 
 def request_from_draft(draft: Draft, steps: int | None) -> JobRequest:
@@ -215,7 +230,11 @@ def request_from_draft(draft: Draft, steps: int | None) -> JobRequest:
     )
 
 
-def from_draft_task(project: Project, page: Page, number: int, steps: int | None) -> PageTask:
+def from_draft_task(project: Project, page: Page, number: int, steps: int | None,
+                    page_request: JobRequest | None = None) -> PageTask:
+    """Draft `number` rendered again at full steps as the page's next version; a draft made with
+    --draft-checkpoint is finished with the page's own request (`page_request`: its checkpoint, LoRAs and
+    size) by img2img from the draft, at the draft's seed."""
     folder = drafts_dir(project, page)
     index = read_index(folder, page)
     draft = index.find(number)
@@ -226,5 +245,11 @@ def from_draft_task(project: Project, page: Page, number: int, steps: int | None
     if draft.status != "succeeded" or draft.file is None:
         raise InputError(f"Draft {number} of {page} did not render ({draft.error or draft.status}); pick another.",
                          {"draft": number})
-    return PageTask(page, request_from_draft(draft, steps), index.prompt_file,
-                    draft_of=project.relative(folder / draft.file))
+    image = folder / draft.file
+    if draft.draft_checkpoint is not None and page_request is not None:
+        request = page_request.model_copy(update={
+            "seed": draft.seed, "steps": steps if steps is not None else page_request.steps,
+            "init_image_path": str(image), "denoise": DRAFT_FINAL_DENOISE})
+        return PageTask(page, request, index.prompt_file, draft_of=project.relative(image),
+                        init_image=project.relative(image))
+    return PageTask(page, request_from_draft(draft, steps), index.prompt_file, draft_of=project.relative(image))

@@ -24,6 +24,7 @@ class PageTask:
     draft_of: str | None = None  # --from-draft: the draft's image, relative to the root
     init_image: str | None = None  # --more-like (or its --reproduce): the version img2img starts from
     refine: dict[str, Any] | None = None  # `--refine`: the daemon's refinement answer (POST /prompt/refine)
+    draft_checkpoint: str | None = None  # `--drafts --draft-checkpoint X`: the drafts' checkpoint, not the page's
 
     def page_ref(self, root: Path) -> PageRef:
         """The job's `page`: this page of the project at `root`, and the provenance its log entry records."""

@@ -58,10 +58,11 @@ def generate(opts: dict[str, Any]) -> int:
         if opts["variations"] is not None:
             tasks = [with_variations(t, opts["variations"]) for t in tasks]
         if opts["from_draft"] is not None:
-            tasks = [from_draft_task(project, t.page, opts["from_draft"], t.request.steps) for t in tasks]
+            tasks = [from_draft_task(project, t.page, opts["from_draft"], t.request.steps, t.request) for t in tasks]
         if opts["drafts"] is not None:
             steps = opts["draft_steps"] or DEFAULT_DRAFT_STEPS
-            tasks = [replace(t, request=draft_request(t.request, opts["drafts"], steps)) for t in tasks]
+            tasks = [replace(t, request=draft_request(t.request, opts["drafts"], steps, opts["draft_checkpoint"]),
+                             draft_checkpoint=opts["draft_checkpoint"]) for t in tasks]
         if opts["where"]:
             tasks = [replace(t, request=t.request.model_copy(update={"where": opts["where"]})) for t in tasks]
         if opts["upscale"] is not None:

@@ -30,6 +30,7 @@ from sidecar.api.app import create_app
 from sidecar.assets import EXAMPLE_CHAPTER, asset_path
 from sidecar.backend import RunContext, RunResult
 from sidecar.config import Settings
+from sidecar.inputs import input_dir
 from tests.scripted_backend import ScriptedBackend
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,11 +41,19 @@ class SeededBackend(ScriptedBackend):
     """ScriptedBackend's timing and failure script, with pixels drawn from the KSampler seed and the
     positive prompt, so a reproduced workflow gives the identical image."""
 
+    data_dir: Path | None = None  # the daemon's, where an img2img job's init image is (set by a test)
+
     async def run(self, ctx: RunContext) -> RunResult:
         result = await super().run(ctx)
         nodes = ctx.workflow.values()
         sampler = next(n for n in nodes if n["class_type"] == "KSampler")["inputs"]
-        latent = next(n for n in nodes if n["class_type"] == "EmptyLatentImage")["inputs"]
+        latent = next((n["inputs"] for n in nodes if n["class_type"] in ("EmptyLatentImage", "EmptySD3LatentImage")),
+                      None)
+        if latent is None:  # img2img: the size of the init image the daemon stored (fitted to the job's size)
+            assert self.data_dir is not None, "an img2img job on SeededBackend needs its data_dir"
+            stored = next(n["inputs"]["image"] for n in nodes if n["class_type"] == "LoadImage")
+            with Image.open(input_dir(self.data_dir) / stored) as init:
+                latent = {"width": init.width, "height": init.height}
         text = ctx.workflow[sampler["positive"][0]]["inputs"]["text"]
         rng = np.random.default_rng([int(sampler["seed"]) % 2**63, zlib.crc32(text.encode())])
         cells = rng.integers(0, 256, (latent["height"] // 8, latent["width"] // 8, 3), dtype=np.uint8)

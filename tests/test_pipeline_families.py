@@ -71,3 +71,44 @@ def test_a_draft_of_a_lora_stack_is_finished_with_the_whole_stack_and_no_lora_dr
     assert [(lora["id"], lora["strength"]) for lora in entry["loras"]] == [("ink_style", 0.5), ("screentone", 0.3)]
     assert generate(project, daemon.url, "-c", "1", "--page", "1", "--no-lora").exit_code == 0
     assert read_json(project / LOG)[-1]["loras"] is None
+
+
+def test_drafts_on_a_faster_checkpoint_and_the_final_on_the_page_s_by_img2img(tmp_path) -> None:
+    from tests.family_headers import SDXL_CHECKPOINT
+
+    models = tmp_path / "models"
+    write_safetensors(models / "checkpoints" / "anything-v5.safetensors", SD15_CHECKPOINT)
+    write_safetensors(models / "checkpoints" / "animagine-xl.safetensors", SDXL_CHECKPOINT)
+    (models / "loras").mkdir()
+    (models / "loras" / "spyke_plasma_v1.safetensors").write_bytes(b"a LoRA of no family read here")
+    backend = SeededBackend(folders={f: models / f for f in ("checkpoints", "loras", "controlnet")})
+    backend.data_dir = tmp_path / "data"
+    daemon = DaemonThread(Settings(data_dir=tmp_path / "data", engine="embedded", profile="cuda-24gb"), backend).start()
+    try:
+        project = copy_example(tmp_path / "project")
+        page = project / "prompts" / "ch-01" / "ch01_p001.txt"
+        body = page.read_text(encoding="utf-8").split("+++")[-1]
+        page.write_text('+++\nseed = 5\ncheckpoint = "animagine-xl.safetensors"\nwidth = 832\nheight = 1216\n+++' + body,
+                        encoding="utf-8")
+        drafted = generate(project, daemon.url, "-c", "1", "--page", "1", "--drafts", "2", "--draft-steps", "2",
+                           "--draft-checkpoint", "anything-v5.safetensors")
+        assert drafted.exit_code == 0, drafted.output
+        index = read_json(project / "output" / "ch-01" / "drafts" / "ch01_p001" / "index.json")
+        first = index["drafts"][0]
+        assert (first["params"]["checkpoint"], first["params"]["family"]) == ("anything-v5.safetensors", "sd15")
+        assert (first["params"]["width"], first["params"]["height"]) == (1024, 1024)  # SD 1.5's default there
+        assert first["draftCheckpoint"] == "anything-v5.safetensors"
+
+        final = generate(project, daemon.url, "-c", "1", "--page", "1", "--from-draft", "1")
+        assert final.exit_code == 0, final.output
+        [entry] = read_json(project / LOG)
+        assert (entry["model"], entry["family"], entry["width"], entry["height"]) == (
+            "animagine-xl.safetensors", "sdxl", 832, 1216)
+        assert entry["seed"] == first["seed"] and entry["denoise"] == 0.6
+        assert entry["draftOf"] == entry["initImage"] == f"output/ch-01/drafts/ch01_p001/{first['file']}"
+        assert entry["workflowTemplate"] == "sdxl-img2img-lora"
+        # Without --drafts the option means nothing: refused.
+        refused = generate(project, daemon.url, "-c", "1", "--page", "1", "--draft-checkpoint", "x.safetensors")
+        assert refused.exit_code == 2 and "--draft-checkpoint goes with --drafts" in refused.output
+    finally:
+        daemon.stop()
