@@ -88,8 +88,8 @@ def test_drafts_on_a_faster_checkpoint_and_the_final_on_the_page_s_by_img2img(tm
         project = copy_example(tmp_path / "project")
         page = project / "prompts" / "ch-01" / "ch01_p001.txt"
         body = page.read_text(encoding="utf-8").split("+++")[-1]
-        page.write_text('+++\nseed = 5\ncheckpoint = "animagine-xl.safetensors"\nwidth = 832\nheight = 1216\n+++' + body,
-                        encoding="utf-8")
+        page.write_text('+++\nseed = 5\ncheckpoint = "animagine-xl.safetensors"\nwidth = 832\nheight = 1216\n+++'
+                        + body, encoding="utf-8")
         drafted = generate(project, daemon.url, "-c", "1", "--page", "1", "--drafts", "2", "--draft-steps", "2",
                            "--draft-checkpoint", "anything-v5.safetensors")
         assert drafted.exit_code == 0, drafted.output
