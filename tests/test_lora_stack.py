@@ -152,3 +152,33 @@ async def test_three_loras_apply_on_the_embedded_engine(aiohttp_client, tmp_path
     two = await render(loras=stack[:2])
     assert not np.array_equal(three, one) and not np.array_equal(three, two) and not np.array_equal(two, one)
     assert np.array_equal(three, await render(loras=stack))  # the same stack, the same pixels
+
+
+async def test_a_grid_compares_two_lora_combinations_side_by_side(scripted, tmp_path) -> None:
+    from sidecar.grids.axes import parse_axis
+    from sidecar.grids.plan import plan_grid
+
+    base = {"prompt": "spyke_plasma_v1, standing", "loraId": "spyke_plasma_v1", "loraStrength": 0.9}
+    plan = plan_grid(base, [parse_axis("x", "lora:ink_style=0.3,0.6"), parse_axis("y", "lora:screentone=none,0.5")],
+                     tmp_path / "grid")
+    stacks = []
+    for cell in plan.cells:
+        resp = await scripted.post("/jobs", json=cell.request)
+        assert resp.status == 202, await resp.text()
+        stacks.append([(u["id"], u["strength"]) for u in (await resp.json())["params"]["loras"]])
+    assert stacks == [
+        [("spyke_plasma_v1", 0.9), ("ink_style", 0.3)], [("spyke_plasma_v1", 0.9), ("ink_style", 0.6)],
+        [("spyke_plasma_v1", 0.9), ("ink_style", 0.3), ("screentone", 0.5)],
+        [("spyke_plasma_v1", 0.9), ("ink_style", 0.6), ("screentone", 0.5)],
+    ]
+
+
+@pytest.mark.parametrize(("raw", "says"), [("lora:=0.5", "must name a LoRA id"), ("lora:../x=0.5", "must name"),
+                                           ("lora:ink=3", "not a valid LoRA strength")])
+def test_a_bad_lora_axis_is_refused_naming_it(raw, says) -> None:
+    from sidecar.errors import InvalidField
+    from sidecar.grids.axes import parse_axis
+
+    with pytest.raises(InvalidField) as refused:
+        parse_axis("x", raw)
+    assert says in refused.value.message

@@ -5,6 +5,10 @@ Names are the API's camelCase fields (`loraStrength`, `seed`, `steps`, `cfg`, `s
 `prompt`...), plus `width` and `height` (the resolution's sides) and `poseImage` (a pose file, as in
 the page prompts' front matter). Values are separated by commas, or by `||` when a value holds commas
 (prompts); integer parameters also take a range `1..8`. `loraId=none` renders without a LoRA.
+
+`lora:<id>=0.2,0.6,none` is one LoRA's strength in the job's LoRA stack (`loras`): the LoRA is added to
+the stack (after the ones the prompt names) or its strength changed, `none` leaves it out; so two LoRA
+combinations compare side by side (`--x lora:ink_style=0.3,0.6 --y lora:screentone=none,0.5`).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from pydantic import ConfigDict, TypeAdapter, ValidationError
 from pydantic.alias_generators import to_camel
 
 from sidecar.errors import InvalidField
-from sidecar.jobs.params import GenerationRequest, Pixels
+from sidecar.jobs.params import GenerationRequest, LoraStrength, Pixels
 
 # Fields that are not one parameter of a template job: a whole workflow, the batch size (always 1),
 # the resolution (its sides are `width` and `height`).
@@ -26,6 +30,8 @@ NOT_AXES = {"workflow", "batch_size", "resolution"}
 ALIASES = {"poseImage": "poseImagePath"}
 MAX_VALUES = 100
 NONE_WORDS = {"none", "null", "-"}
+STACK_PREFIX = "lora:"  # `lora:<id>`: one LoRA's strength in the stack
+STRENGTH = TypeAdapter(LoraStrength, config=ConfigDict(strict=False))
 
 
 def _fields() -> dict[str, TypeAdapter[Any]]:
@@ -56,7 +62,7 @@ class Axis:
 
 
 def known_names() -> list[str]:
-    return sorted([*FIELDS, *ALIASES])
+    return sorted([*FIELDS, *ALIASES, f"{STACK_PREFIX}<LoRA id>"])
 
 
 def _split(raw: str) -> list[str]:
@@ -80,8 +86,15 @@ def _expand_range(text: str, flag: str, name: str) -> list[str] | None:
 
 def check_value(name: str, text: str, where: str, base: Path | None = None) -> Any:
     """One value of parameter `name` from its text, held to the parameter's limits."""
-    if name == "loraId" and text.lower() in NONE_WORDS:
+    if (name == "loraId" or name.startswith(STACK_PREFIX)) and str(text).lower() in NONE_WORDS:
         return None
+    if name.startswith(STACK_PREFIX):
+        try:
+            return STRENGTH.validate_python(text)
+        except ValidationError as exc:
+            problem = exc.errors(include_url=False)[0]["msg"]
+            raise InvalidField(f"{where}: {text!r} is not a valid LoRA strength ({problem}).",
+                               {"field": where, "value": text}) from None
     if name == "poseImagePath":
         path = Path(text).expanduser()
         text = str((base / path).resolve() if base is not None and not path.is_absolute() else path.resolve())
@@ -98,6 +111,12 @@ def check_value(name: str, text: str, where: str, base: Path | None = None) -> A
 
 
 def resolve_name(raw: str, where: str) -> str:
+    if raw.startswith(STACK_PREFIX):
+        lora_id = raw[len(STACK_PREFIX):]
+        if not lora_id.strip() or any(c in lora_id for c in "/\\\x00") or ".." in lora_id or len(lora_id) > 200:
+            raise InvalidField(f"{where}: {raw!r} must name a LoRA id (its file name without extension).",
+                               {"field": where, "value": raw})
+        return raw
     name = ALIASES.get(raw, raw)
     if name not in FIELDS:
         raise InvalidField(f"{where}: {raw!r} is not a job parameter. Known: {', '.join(known_names())}.",
@@ -130,7 +149,9 @@ def parse_axis(flag: str, raw: str, base: Path | None = None) -> Axis:
 
 def apply(body: dict[str, Any], name: str, value: Any) -> None:
     """Set one parameter on a POST /jobs body (width/height go into `resolution`; None removes it)."""
-    if name in ("width", "height"):
+    if name.startswith(STACK_PREFIX):
+        _set_in_stack(body, name[len(STACK_PREFIX):], value)
+    elif name in ("width", "height"):
         body.setdefault("resolution", {})[name] = value
     elif value is None:
         body.pop(name, None)
@@ -138,3 +159,27 @@ def apply(body: dict[str, Any], name: str, value: Any) -> None:
             body.pop("loraStrength", None)
     else:
         body[name] = value
+
+
+def _set_in_stack(body: dict[str, Any], lora_id: str, strength: float | None) -> None:
+    """One LoRA's strength in the body's stack (`loras`; a one-LoRA `loraId` becomes its first entry)."""
+    stack = [dict(entry) for entry in body.get("loras") or []]
+    if not stack and body.get("loraId"):
+        first = {"id": body["loraId"]}
+        if body.get("loraStrength") is not None:
+            first["strength"] = body["loraStrength"]
+        stack = [first]
+    body.pop("loraId", None)
+    body.pop("loraStrength", None)
+    stack = [entry for entry in stack if entry.get("id") != lora_id] if strength is None else stack
+    for entry in stack:
+        if entry.get("id") == lora_id:
+            entry["strength"] = strength
+            break
+    else:
+        if strength is not None:
+            stack.append({"id": lora_id, "strength": strength})
+    if stack:
+        body["loras"] = stack
+    else:
+        body.pop("loras", None)
