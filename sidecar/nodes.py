@@ -124,6 +124,9 @@ NODE_TYPES: dict[str, NodeType] = {
     }, ("LATENT",)),
 }
 SUPPORTED_NODES = frozenset(NODE_TYPES)
+# The nodes only Flux graphs use (its templates): checked here, run by ComfyUI; the embedded engine runs SD 1.5.
+FLUX_NODES = frozenset({"UNETLoader", "DualCLIPLoader", "VAELoader", "FluxGuidance", "ModelSamplingFlux",
+                        "EmptySD3LatentImage"})
 LATENT_NODES = ("EmptyLatentImage", "EmptySD3LatentImage")  # the nodes that set an image size and batch
 SAMPLER_NODES = ("KSampler",)
 

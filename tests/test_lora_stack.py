@@ -182,3 +182,14 @@ def test_a_bad_lora_axis_is_refused_naming_it(raw, says) -> None:
     with pytest.raises(InvalidField) as refused:
         parse_axis("x", raw)
     assert says in refused.value.message
+
+
+async def test_a_job_with_a_lora_stack_is_retried_with_the_whole_stack(scripted) -> None:
+    status, job = await _post(scripted, loras=THREE)
+    assert status == 202
+    await _wait(scripted, job["id"])
+    resp = await scripted.post(f"/jobs/{job['id']}/retry")
+    assert resp.status == 202, await resp.text()
+    again = await resp.json()
+    assert [(u["id"], u["strength"]) for u in again["params"]["loras"]] == [
+        (u["id"], u["strength"]) for u in job["params"]["loras"]]

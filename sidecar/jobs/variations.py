@@ -65,6 +65,13 @@ def retry_request(job: JobRecord) -> GenerationRequest:
         return GenerationRequest.model_validate({"upscale_model": params.upscale_model, "where": job.where_, **image})
     values = {name: getattr(params, name) for name in type(params).model_fields
               if name in GenerationRequest.model_fields and getattr(params, name) is not None}
+    # The params record a LoRA both ways (loraId, and `loras` with every one): a request names one form.
+    if params.loras and len(params.loras) > 1:
+        values.pop("lora_id", None)
+        values.pop("lora_strength", None)
+        values["loras"] = [{"id": u.id, "strength": u.strength} for u in params.loras]
+    else:
+        values.pop("loras", None)
     if params.init_job_id is not None:
         # The params record the init job's image file too (init_image_path): a request names one source.
         values.pop("init_image_path", None)
