@@ -5,6 +5,13 @@ a backend. A whole workflow is held to the same limits as a template job: its no
 against the supported node types (`sidecar.nodes`), its sizes against the profile, its values
 against the job parameter limits (`sidecar.jobs.params`), and its params are read off the checked
 graph. The result is the typed job the runner stores and hands to the backend.
+
+Why one module: every refusal of a submit is decided here in one fixed order (family, size, LoRA stack,
+pose image, checkpoint, LoRAs, ControlNet, init image, template), so the same request is always refused
+with the same error; the order reads top to bottom in `_build_from_template`. The pieces that stand alone
+live beside it (`families` reads a model's family, `whole` a workflow's params, `init_image` the init
+image, `sidecar.lora_stack` the chained loaders). The family checks (`_check_family`, `_wanted_loras`,
+`_check_template`) are the next piece to move out when this grows again.
 """
 
 from __future__ import annotations
