@@ -31,6 +31,10 @@ APPLICATION_ID = 0x53644372
 # The job table's columns that only our `jobs` table has: a database from before the mark had them.
 OUR_JOB_COLUMNS = frozenset({"id", "status", "params", "workflow", "engine", "progress_step", "progress_total"})
 CREATED_TABLE = re.compile(r"CREATE TABLE IF NOT EXISTS (\w+)", re.IGNORECASE)
+# Which stores have laid out their tables in this database (each by its first table's name). The job and
+# training stores share the file and either may open it first: a store's tables are missing-and-refused
+# only once it has registered them here, never because another store made the file.
+REGISTRY = "CREATE TABLE IF NOT EXISTS sidecar_stores (name TEXT PRIMARY KEY)"
 
 
 def now_iso() -> str:
@@ -60,13 +64,29 @@ class SqliteStore:
             mark = self._ours(conn)  # before the first write (WAL mode is one)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
-            conn.executescript(self.schema)
+            self._lay_out(conn)
             if mark:
                 conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
         except BaseException:
             conn.close()
             raise
         self._conn = conn
+
+    @property
+    def _tables(self) -> list[str]:
+        return CREATED_TABLE.findall(self.schema)
+
+    def _lay_out(self, conn: sqlite3.Connection) -> None:
+        """Create this store's tables and register them as laid out."""
+        conn.executescript(self.schema)
+        conn.execute(REGISTRY)
+        conn.execute("INSERT OR IGNORE INTO sidecar_stores (name) VALUES (?)", (self._tables[0],))
+
+    def _laid_out(self, conn: sqlite3.Connection, tables: set[str]) -> bool:
+        """Whether this store made its tables here before (so a missing one was lost, not never made)."""
+        if "sidecar_stores" in tables:
+            return conn.execute("SELECT 1 FROM sidecar_stores WHERE name = ?", (self._tables[0],)).fetchone() is not None
+        return any(t in tables for t in self._tables)  # a database marked before the registry existed
 
     def _ours(self, conn: sqlite3.Connection) -> bool:
         """Whether the database is this daemon's to write, and still to be marked so. Ours: marked, and
@@ -80,8 +100,8 @@ class SqliteStore:
             raise DatabaseUnusable(self.path, f"cannot be read (SQLite: {exc})") from None
         tables.discard("sqlite_sequence")
         if app_id == APPLICATION_ID:
-            missing = [t for t in CREATED_TABLE.findall(self.schema) if t not in tables]
-            if missing:
+            missing = [t for t in self._tables if t not in tables]
+            if missing and self._laid_out(conn, tables):
                 raise DatabaseUnusable(self.path, f"is this daemon's but has lost its {missing[0]} table "
                                                   "(dropped by hand or another program?); it is not recreated "
                                                   "empty")
@@ -107,7 +127,7 @@ class SqliteStore:
         if self._share is not None:
             assert self._share._conn is not None, f"open {type(self._share).__name__} before {type(self).__name__}"
             self._conn, self._executor = self._share._conn, self._share._executor
-            await self._call(self._conn.executescript, self.schema)
+            await self._call(self._lay_out, self._conn)
             return
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=type(self).__name__)
         await self._call(self.open_sync)

@@ -110,3 +110,23 @@ async def test_a_database_from_before_the_mark_is_taken_and_marked(tmp_path) -> 
     with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
     conn.close()
+
+
+async def test_a_database_the_training_store_made_first_opens_for_the_jobs(tmp_path) -> None:
+    """Either store may open a new data dir's database first (a run recorded before the daemon ever
+    started): the other's tables are made then, not refused as lost."""
+    from sidecar.training.store import TrainingStore
+
+    db = tmp_path / "sidecar.db"
+    training = TrainingStore(db)
+    await training.open()
+    await training.close()
+    jobs = JobStore(db)
+    await jobs.open()
+    assert await jobs.list() == []
+    await jobs.close()
+    with sqlite3.connect(db) as conn:
+        conn.execute("DROP TABLE jobs")  # and once made, a lost table is refused
+    conn.close()
+    with pytest.raises(Exception, match="lost its jobs table"):
+        await JobStore(db).open()
