@@ -165,6 +165,22 @@ def test_a_session_expires_and_holds_only_under_the_token_it_was_opened_with() -
     assert sessions.close(three) and not sessions.valid(three, b"token-one-0123456789") and not sessions.close(three)
 
 
+def test_a_session_outlives_a_restart_and_the_file_keeps_no_id(tmp_path) -> None:
+    """The studio left open reconnects after a restart of the daemon: its session is kept in the data dir,
+    as a digest only (a copy of the file opens nothing); a restart with another token still ends it."""
+    kept = tmp_path / "data" / "studio-sessions.json"
+    one = Sessions(path=kept).open(b"token-one-0123456789")
+    text = kept.read_text()
+    assert one not in text and "token-one" not in text and oct(kept.stat().st_mode & 0o777) == "0o600"
+    assert Sessions(path=kept).valid(one, b"token-one-0123456789")  # the next daemon's
+    assert not Sessions(path=kept).valid(one, b"token-two-0123456789")
+    assert not Sessions(path=kept).valid(one, b"token-one-0123456789")  # ended for good, on disk too
+    two = Sessions(path=kept).open(b"token-one-0123456789")
+    assert Sessions(path=kept).close(two) and not Sessions(path=kept).valid(two, b"token-one-0123456789")
+    kept.write_text("not json")
+    assert not Sessions(path=kept).valid(two, b"token-one-0123456789")  # unreadable: sign in again
+
+
 def test_a_login_code_expires_and_serves_once() -> None:
     codes = LoginCodes(ttl=0.0)
     assert not codes.redeem(codes.issue())

@@ -89,7 +89,7 @@ def create_app(settings: Settings, backend: GenerationBackend | None = None, *,
     # The request limits go with the app (Application's `handler_args`), so every runner serving it
     # applies them. Not `run_app(handler_args=...)`: there it reaches each connection's handler as an
     # unknown keyword, and aiohttp then drops all the settings, logging a warning per connection.
-    sessions = Sessions()
+    sessions = Sessions(path=settings.data_dir / "studio-sessions.json")
     app = web.Application(middlewares=[edge_middleware(settings, sessions), error_middleware],
                           client_max_size=settings.max_body_bytes, handler_args=REQUEST_LIMITS)
     app[SESSIONS] = sessions

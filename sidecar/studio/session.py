@@ -4,10 +4,10 @@ opens it, and the daemon answers with an HttpOnly, SameSite=Strict session cooki
 
 The cookie holds a random session id, not the token nor anything derived from it: each session expires
 (`SESSION_TTL`), ends on sign-out (`POST /studio/logout`, the studio's Sign out button), and is bound to
-the token it was opened under (a digest of it), so a changed token ends every session. Sessions live in
-the daemon's memory, not the database: nothing about them is worth keeping on disk, a stolen copy of the
-data dir opens nothing, and a restart (the only way the token changes) signs the studio out, which
-`sidecar studio` undoes by signing in again.
+the token it was opened under (a digest of it), so a changed token ends every session. Sessions outlive a
+restart of the daemon (a studio left open reconnects and goes on, as its offline banner promises): they
+are kept in `<data_dir>/studio-sessions.json` (owner-only), which holds only digests of the ids and of the
+token, so a copy of the data dir opens nothing; a restart with another token still ends them all.
 
 The edge still applies the Host and Origin rules to a request carrying the cookie (a page on another port
 of 127.0.0.1 is the same *site*, so the browser sends it the cookie: only the Origin check stops it). It
@@ -20,10 +20,18 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
+import logging
+import os
 import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from sidecar.atomic import write_with
+
+log = logging.getLogger(__name__)
 
 COOKIE_NAME = "sidecar_studio"
 LOGIN_TTL = 120.0  # seconds a login path stays valid: long enough for a browser to start
@@ -50,14 +58,43 @@ def clear_cookie_header() -> str:
     return f"{COOKIE_NAME}=; Path=/; Max-Age=0; HttpOnly; SameSite=Strict"
 
 
+def _id_digest(session_id: str) -> str:
+    """What is kept of a session id: its digest (the cookie holds the id; the file never does)."""
+    return hashlib.sha256(session_id.encode()).hexdigest()
+
+
 @dataclass
 class Sessions:
-    """The studio's open sessions: random ids, each expiring `ttl` seconds after sign-in, ended by
-    sign-out, and valid only under the token they were opened with. In memory (see the module's doc)."""
+    """The studio's open sessions: random ids, each expiring `ttl` seconds after sign-in (wall clock, so
+    the deadline holds across restarts), ended by sign-out, and valid only under the token they were
+    opened with. Kept in `path` when given (see the module's doc), else in memory only."""
 
     ttl: float = SESSION_TTL
-    clock: Callable[[], float] = time.monotonic
-    _open: dict[str, tuple[float, str]] = field(default_factory=dict)  # id -> (expires, token digest)
+    clock: Callable[[], float] = time.time
+    path: Path | None = None
+    _open: dict[str, tuple[float, str]] = field(default_factory=dict)  # id digest -> (expires, token digest)
+
+    def __post_init__(self) -> None:
+        if self.path is None or not self.path.is_file():
+            return
+        try:
+            kept = json.loads(self.path.read_text(encoding="utf-8"))
+            now = self.clock()
+            self._open = {str(k): (float(v[0]), str(v[1])) for k, v in kept.items() if float(v[0]) > now}
+        except (OSError, ValueError, TypeError, AttributeError, IndexError) as exc:
+            # Unreadable: every session is over, which only means signing in again.
+            log.warning("studio sessions in %s are unreadable (%s): the studio signs in again", self.path, exc)
+            self._open = {}
+
+    def _keep(self) -> None:
+        if self.path is None:
+            return
+        data = json.dumps({k: list(v) for k, v in self._open.items()}).encode()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_with(self.path, lambda f: (os.fchmod(f.fileno(), 0o600), f.write(data)))
+        except OSError as exc:  # a session not kept ends at the next restart: not worth failing a sign-in
+            log.warning("could not keep the studio's sessions in %s: %s", self.path, exc)
 
     def open(self, token: bytes) -> str:
         now = self.clock()
@@ -65,23 +102,29 @@ class Sessions:
         while len(self._open) >= MAX_SESSIONS:
             self._open.pop(next(iter(self._open)))
         session_id = secrets.token_urlsafe(32)
-        self._open[session_id] = (now + self.ttl, token_digest(token))
+        self._open[_id_digest(session_id)] = (now + self.ttl, token_digest(token))
+        self._keep()
         return session_id
 
     def valid(self, session_id: str, token: bytes) -> bool:
         """True for an open, unexpired session opened under this token."""
-        found = self._open.get(session_id)
+        key = _id_digest(session_id)
+        found = self._open.get(key)
         if found is None:
             return False
         expires, digest = found
         if expires <= self.clock() or not hmac.compare_digest(digest, token_digest(token)):
-            self._open.pop(session_id, None)
+            self._open.pop(key, None)
+            self._keep()
             return False
         return True
 
     def close(self, session_id: str) -> bool:
         """End a session (sign-out); True if it was open."""
-        return self._open.pop(session_id, None) is not None
+        closed = self._open.pop(_id_digest(session_id), None) is not None
+        if closed:
+            self._keep()
+        return closed
 
 
 @dataclass
