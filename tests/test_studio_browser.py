@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import threading
+import time
 from urllib.parse import quote
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -381,6 +382,100 @@ def test_sign_out_in_the_header_ends_the_browser_s_session(browser, daemon) -> N
     page.reload()
     page.locator("#view h2", has_text="Sign in to the studio").first.wait_for(timeout=30_000)
     context.close()
+
+
+def _trained_run(daemon: Daemon, folder: Path, name: str) -> dict:
+    """A finished training run with checkpoints at steps 2 and 4, trained through the API."""
+    run = daemon.api("POST", "/loras/train", {"datasetDir": str(folder), "outputName": name, "steps": 4,
+                                              "saveEveryNSteps": 2, "resolution": 64, "networkDim": 4,
+                                              "networkAlpha": 2, "engine": "embedded"})
+    deadline = time.monotonic() + 300
+    while (run := daemon.api("GET", f"/loras/{run['id']}/status"))["status"] in ("queued", "running"):
+        assert time.monotonic() < deadline, run
+        time.sleep(0.5)
+    assert run["status"] == "succeeded" and [c["step"] for c in run["checkpoints"]] == [2, 4], run
+    return run
+
+
+def test_a_finished_runs_checkpoints_are_swept_ranked_and_the_pick_promoted_from_the_loras_view(
+        browser, daemon, references, tmp_path, shots) -> None:
+    from tests.training_fixtures import make_dataset
+
+    run = _trained_run(daemon, make_dataset(tmp_path / "train"), "spyke_sweep")
+    context, page, console = signed_in(browser, daemon)
+    page.click("#nav a[data-view=loras]")
+    card = page.locator(f".run[data-run-id='{run['id']}']")
+    form = card.locator("form.sweep-form")
+    form.locator("textarea[name=sweepPrompts]").fill("spyke_plasma_v1, portrait\n")
+    form.locator("input[name=sweepSeeds]").fill("7")
+    form.locator("button[type=submit]", has_text="Sweep checkpoints").click()
+    # The card follows the daemon's task to its end, then shows the ranking, the pick and the sheet.
+    card.locator(".sweep-state[data-status=succeeded]").wait_for(timeout=240_000)
+    card.locator(".checkpoints .pick").wait_for()
+    swept = daemon.api("GET", f"/loras/{run['id']}/sweep")
+    assert swept["task"]["status"] == "succeeded" and swept["contactSheetUrl"]
+    assert (Path(run["outputDir"]).parent / "sweep" / "contact-sheet.png").is_file()
+    pick = swept["index"]["pick"]
+    assert sorted(r["step"] for r in swept["index"]["ranking"]) == [2, 4] and pick["step"] in (2, 4)
+    assert swept["index"]["seeds"] == [7] and swept["index"]["prompts"] == ["spyke_plasma_v1, portrait"]
+    picked = card.locator(f".checkpoints li[data-step='{pick['step']}']:not([data-final]) .badge.rank.succeeded")
+    assert picked.inner_text().startswith("#1 ")
+    assert card.locator("details.sweep[open] img.sheet").count() == 1
+    assert "/loras/" not in page.inner_text("body") and "--" not in card.inner_text()
+    card.locator("button", has_text="Promote the pick").click()
+    page.locator("#toasts", has_text="installed as spyke_sweep").wait_for()
+    page.locator("tr[data-lora=spyke_sweep]").wait_for()
+    # The file installed is the picked checkpoint's.
+    name = next(c["fileName"] for c in run["checkpoints"] if c["step"] == pick["step"])
+    checkpoint = next(Path(run["outputDir"]).parent.rglob(name))
+    assert (daemon.root / "models" / "loras" / "spyke_sweep.safetensors").read_bytes() == checkpoint.read_bytes()
+    card.scroll_into_view_if_needed()
+    page.screenshot(path=str(shots / "studio-loras-sweep.png"))
+    context.close()
+    assert console.errors == []
+
+
+def test_a_training_folder_is_built_from_a_reference_sheet_in_the_dataset_view(browser, daemon, tmp_path,
+                                                                                 shots) -> None:
+    from tests.dataset_fixtures import reference_sheet
+
+    sheet = tmp_path / "Spyke_Sheet.png"
+    reference_sheet(sheet)
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "keep.txt").write_text("hers")
+    context, page, console = signed_in(browser, daemon)
+    page.click("#nav a[data-view=dataset]")
+    page.locator("details.build summary").click()
+    form = page.locator("details.build form")
+    form.locator("textarea[name=buildSheets]").fill(str(sheet))
+    form.locator("input[name=buildSize]").fill("128")
+    form.locator("select[name=buildCaptions]").select_option("table")
+    form.locator("input[name=buildTrigger]").fill("spyke_plasma_v1")
+    # A folder that is not empty: a sentence, no path, and her file untouched.
+    form.locator("input[name=buildOut]").fill(str(taken))
+    form.locator("button[type=submit]").click()
+    said = form.locator(".build-state .problem")
+    said.wait_for()
+    assert "new or empty folder" in said.inner_text() and str(tmp_path) not in said.inner_text()
+    assert sorted(p.name for p in taken.iterdir()) == ["keep.txt"]
+    out = tmp_path / "built"
+    form.locator("input[name=buildOut]").fill(str(out))
+    form.locator("button[type=submit]").click()
+    form.locator(".build-state[data-status=succeeded]").wait_for(timeout=180_000)
+    # The new folder opens below: its crops and their mirrored copies, the caption table on disk.
+    assert page.locator("input[name=dir]").input_value() == str(out)
+    page.locator(".dataset-image[data-name$='_flip.png']").first.wait_for()
+    crops = sorted(p.name for p in out.glob("*.png") if not p.stem.endswith("_flip"))
+    flips = sorted(p.name for p in out.glob("*_flip.png"))
+    assert len(crops) == 3 and flips == [f"{Path(c).stem}_flip.png" for c in crops]
+    assert (out / "captions.csv").is_file()
+    assert page.locator(".dataset-image").count() == 6
+    tasks = daemon.api("GET", "/tasks?kind=dataset")["tasks"]
+    assert tasks[0]["subject"] == str(out) and tasks[0]["status"] == "succeeded"
+    page.screenshot(path=str(shots / "studio-dataset-build.png"))
+    context.close()
+    assert [e for e in console.errors if "status of 400" not in e] == []
 
 
 def test_the_doctor_view_shows_each_check_with_its_fix(browser, daemon, shots) -> None:

@@ -13,6 +13,13 @@ const PAGES = { label: "Open Pages", href: "#/pages" };
 const field = (d) => (d && d.field ? ` (${d.field})` : "");
 const named = (d, key, what) => (d && d[key] ? `${what} “${d[key]}”` : what);
 
+// A training folder's build refused, by the field it names.
+const BUILD_FIELDS = {
+  sheets: "One of the reference images cannot be used: give each picture's full path, one a line, and no two with the same name.",
+  out: "The new training folder must be a full path to a new or empty folder, in a folder that exists.",
+  "reg.out": "The regularisation set's folder must sit beside the training folder.",
+};
+
 // code -> (details, status) => [sentence, fix?]
 const MESSAGES = {
   daemon_offline: () => ["The daemon is not answering. The studio reconnects by itself as soon as it is back."],
@@ -40,7 +47,8 @@ const MESSAGES = {
   upscale_model_not_found: () => ["The print upscaler is not in the models folder. The Doctor view says how to add one.", DOCTOR],
   pose_image_invalid: () => ["That file cannot be used as a pose image: pick a PNG, JPEG or WebP picture (a stick figure, white on black)."],
   init_image_invalid: () => ["The image to start from cannot be read any more: render it again, then try More like this."],
-  dataset_invalid: () => ["That folder is not a training set yet: it needs images, each with a caption. Open it in Dataset to see what is missing.", { label: "Open Dataset", href: "#/dataset" }],
+  dataset_invalid: (d) => BUILD_FIELDS[d && d.field] ? [BUILD_FIELDS[d.field]]
+    : ["That folder is not a training set yet: it needs images, each with a caption. Open it in Dataset to see what is missing.", { label: "Open Dataset", href: "#/dataset" }],
   character_invalid: () => ["The character's settings in the project cannot be read. Check the project's character file."],
   prompt_file_invalid: () => ["This page's prompt file cannot be read. Fix its text (or its front matter) and try again.", PAGES],
   page_project_missing: () => ["No project is open, so there are no pages to render into.", PAGES],

@@ -1,8 +1,11 @@
 // Dataset: a training folder's images with their captions, edited in place; `dataset check`'s findings
 // next to the images they name (missing caption, trigger not first, mirrored flips, near-duplicates);
-// flip the images picked; caption proposals to confirm, edit or reject (proposals.js).
+// flip the images picked; caption proposals to confirm, edit or reject (proposals.js); a new training
+// folder built from reference images (figures found and cut, flips, captions, a regularisation set) as
+// one daemon task, followed here, the folder then opened.
 import { api } from "../api.js";
-import { h, picture, problem, replace, toast } from "../dom.js";
+import { field, h, picture, problem, replace, toast } from "../dom.js";
+import { followTask, stepWords } from "../tasks.js";
 import { proposalsPanel } from "./proposals.js";
 
 export function mount(root, ctx, args) {
@@ -15,7 +18,8 @@ export function mount(root, ctx, args) {
     h("button", { type: "submit", class: "primary" }, "Open"), flipButton);
   form.addEventListener("submit", (e) => { e.preventDefault(); load(); });
   const proposals = proposalsPanel(() => load({ withProposals: false })); // its own answer is already shown
-  root.append(h("h1", {}, "Dataset"), form, summary, proposals.element, grid);
+  const build = buildForm((folder) => { dir.value = folder; load(); });
+  root.append(h("h1", {}, "Dataset"), form, build.element, summary, proposals.element, grid);
 
   function updateFlipButton() {
     flipButton.disabled = selected.size === 0;
@@ -99,5 +103,75 @@ export function mount(root, ctx, args) {
   }
 
   if (dir.value) load();
-  return () => clearTimeout(recheck);
+  return () => { clearTimeout(recheck); build.stop(); };
+}
+
+// "Build a training folder": the reference images (sheets) and a new folder; the daemon finds the
+// figures, cuts them into squares, mirrors them, captions them and may draw a regularisation set.
+function buildForm(opened) {
+  const sheets = h("textarea", { name: "buildSheets", rows: 2, required: true, placeholder: "/Users/you/lora/refs/spyke_sheet.png" });
+  const out = h("input", { name: "buildOut", required: true, placeholder: "/Users/you/lora/spyke", autocomplete: "off" });
+  const size = h("input", { name: "buildSize", type: "number", min: 64, max: 4096, step: 64, value: 512 });
+  const fit = h("select", { name: "buildFit" }, h("option", { value: "pad" }, "whole figure, padded"), h("option", { value: "crop" }, "fill the square"));
+  const flip = h("input", { name: "buildFlip", type: "checkbox", checked: true });
+  const captions = h("select", { name: "buildCaptions" }, h("option", { value: "propose" }, "propose captions to review"),
+    h("option", { value: "table" }, "an empty caption table to fill in"), h("option", { value: "none" }, "none for now"));
+  const trigger = h("input", { name: "buildTrigger", placeholder: "the usual one", autocomplete: "off", pattern: "[^,]+" });
+  const reg = h("input", { name: "buildReg", type: "checkbox" });
+  const regCount = h("input", { name: "buildRegCount", required: true, type: "number", min: 1, max: 1000, value: 100 });
+  const regPrompt = h("input", { name: "buildRegPrompt", required: true, value: "anime character, full body", autocomplete: "off" });
+  const state = h("div", { class: "build-state", role: "status", "aria-live": "polite" });
+  const start = h("button", { type: "submit", class: "primary" }, "Build");
+  const element = h("details", { class: "card build" }, h("summary", {}, "Build a training folder"),
+    h("form", { class: "form" },
+      field("Reference images", sheets, "each picture's full path, one a line: character sheets or single figures"),
+      field("New training folder", out, "its full path; a new or empty folder"),
+      h("div", { class: "cols" }, field("Square size", size, "pixels"), field("Fit", fit), field("Caption words start with", trigger)),
+      h("div", { class: "cols" }, field("Captions", captions),
+        h("label", { class: "field checkbox" }, flip, h("span", { class: "label" }, "Add mirrored copies"))),
+      h("div", { class: "cols" }, h("label", { class: "field checkbox" }, reg, h("span", { class: "label" }, "Also draw a regularisation set")),
+        field("Images in it", regCount, "100–200 is usual"), field("Its prompt", regPrompt, "the kind of character, no trigger word")),
+      h("div", { class: "row" }, start), state));
+  const form = element.querySelector("form");
+  const regShown = () => { regCount.disabled = regPrompt.disabled = !reg.checked; };
+  reg.addEventListener("change", regShown);
+  regShown();
+  let stop = () => {};
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    if (!form.checkValidity()) { form.reportValidity(); return; }
+    const body = { sheets: sheets.value.split("\n").map((s) => s.trim()).filter(Boolean), out: out.value.trim(),
+      size: Number(size.value), fit: fit.value, flip: flip.checked, captions: captions.value };
+    if (trigger.value.trim()) body.trigger = trigger.value.trim();
+    if (reg.checked) body.reg = { count: Number(regCount.value), prompt: regPrompt.value.trim() };
+    start.disabled = true;
+    let task;
+    try { task = await api("/dataset/build", { method: "POST", body }); } catch (err) {
+      start.disabled = false;
+      replace(state, problem(err));
+      return;
+    }
+    stop = followTask(task.id, (t) => {
+      state.dataset.status = t.status;
+      if (t.status === "running") {
+        replace(state, h("div", { class: "progress", role: "progressbar", "aria-label": "building the training folder",
+          "aria-valuemin": 0, "aria-valuemax": t.commands.length, "aria-valuenow": t.step },
+          h("div", { class: "track" }, h("div", { class: "bar" })),
+          h("span", { class: "small step" }, `step ${t.step + 1} of ${t.commands.length}: ${stepWords(t)}`)));
+        state.querySelector(".bar").style.width = `${Math.round((100 * t.step) / t.commands.length)}%`; // CSSOM: the page's CSP allows no style attribute
+        return;
+      }
+      start.disabled = false;
+      if (t.status === "succeeded") {
+        replace(state, h("p", { class: "small" }, h("span", { class: "badge succeeded" }, "built"), " The new folder is open below."));
+        toast("training folder built", "good");
+        opened(t.result.dir);
+      } else {
+        replace(state, h("p", { class: "error problem" }, t.status === "cancelled" ? "The build was cancelled."
+          : `The build stopped while ${stepWords(t)}. Its log says why.`),
+          t.output.length ? h("details", { class: "log" }, h("summary", {}, "Log"), h("pre", {}, t.output.join("\n"))) : null);
+      }
+    }, (err) => { start.disabled = false; replace(state, problem(err)); });
+  });
+  return { element, stop: () => stop() };
 }

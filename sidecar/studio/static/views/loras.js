@@ -1,9 +1,11 @@
 // LoRAs: the installed LoRAs with their metadata; training runs with step, ETA, device and a loss chart
 // that grows live (training.* events); checkpoints (with the sweep's likeness rank and pick), the sweep's
-// contact sheet when there is one, promote;
+// contact sheet when there is one, promote; a finished run's checkpoints swept from here (the daemon runs
+// the sweep, the card follows it) and its pick promoted;
 // start a run from a dataset folder; cancel and resume.
 import { api } from "../api.js";
 import { field, h, problem, replace, seconds, toast } from "../dom.js";
+import { followTask, stepWords } from "../tasks.js";
 
 const ACTIVE = new Set(["queued", "running"]);
 const RESUMABLE = new Set(["interrupted", "cancelled", "failed"]);
@@ -165,8 +167,65 @@ export function mount(root, ctx) {
     try {
       const sweep = await api(`/loras/${run.id}/sweep`);
       card.sweep = sweep;
+      // A sweep still running (started before this page was opened): the card follows it.
+      if (sweep.task && sweep.task.status === "running" && !card.following) followSweep(run, card, sweep.task);
       renderRun(card, runs.get(run.id));
     } catch { /* an old run gone from the store: nothing to show */ }
+  }
+
+  // The sweep form of a finished run: kept on its card across redraws (what she typed stays).
+  function sweepPanel(run, card) {
+    if (card.sweepPanel) return card.sweepPanel;
+    const prompts = h("textarea", { name: "sweepPrompts", rows: 2, required: true },
+      `${ctx.config.triggerWord}, portrait, looking at viewer`);
+    const seeds = h("input", { name: "sweepSeeds", required: true, value: "1, 2, 3", pattern: "\\s*\\d+(\\s*,\\s*\\d+)*\\s*", autocomplete: "off" });
+    const state = h("div", { class: "sweep-state", role: "status", "aria-live": "polite" });
+    const start = h("button", { type: "submit", class: "primary" }, "Sweep checkpoints");
+    const form = h("form", { class: "form sweep-form", "aria-label": "sweep the checkpoints" },
+      h("h3", {}, "Compare the checkpoints"),
+      h("p", { class: "muted small" }, "Every checkpoint draws the same prompts and seeds side by side; with reference images of the character, the one most like it is picked."),
+      field("Prompts", prompts, "one a line"),
+      h("div", { class: "row" }, field("Seeds", seeds, "whole numbers, separated by commas"), start),
+      state);
+    form.addEventListener("submit", async (e) => {
+      e.preventDefault();
+      if (!form.checkValidity()) { form.reportValidity(); return; }
+      const body = { prompts: prompts.value.split("\n").map((p) => p.trim()).filter(Boolean),
+        seeds: seeds.value.split(",").map((x) => Number(x.trim())) };
+      start.disabled = true;
+      try {
+        followSweep(run, card, await api(`/loras/${run.id}/sweep`, { method: "POST", body }));
+      } catch (err) { start.disabled = false; toast(err, "error"); }
+    });
+    card.sweepPanel = { form, state, start };
+    return card.sweepPanel;
+  }
+
+  // The sweep as the daemon runs it: its state under the form, then the ranking and the contact sheet.
+  function followSweep(run, card, task) {
+    const panel = sweepPanel(run, card);
+    card.following = true;
+    panel.start.disabled = true;
+    const began = Date.now();
+    followTask(task.id, (t) => {
+      panel.state.dataset.status = t.status;
+      if (t.status === "running") {
+        replace(panel.state, h("p", { class: "small" }, h("span", { class: "badge running" }, "sweeping"), " ",
+          `${stepWords(t)} (${seconds((Date.now() - began) / 1000)})`));
+        return;
+      }
+      card.following = false;
+      panel.start.disabled = false;
+      if (t.status === "succeeded") {
+        replace(panel.state, h("p", { class: "small" }, h("span", { class: "badge succeeded" }, "swept"), " The contact sheet and the ranking are below."));
+        card.sweepOpen = true;
+        loadSweep(run, card);
+      } else {
+        replace(panel.state, h("p", { class: "error problem" }, t.status === "cancelled" ? "The sweep was cancelled."
+          : "The sweep stopped before it ended. Its log says why; the checkpoints are unchanged."),
+          t.output.length ? h("details", { class: "log" }, h("summary", {}, "Log"), h("pre", {}, t.output.join("\n"))) : null);
+      }
+    }, (err) => { card.following = false; panel.start.disabled = false; replace(panel.state, problem(err)); });
   }
 
   function renderRun(card, run) {
@@ -202,7 +261,10 @@ export function mount(root, ctx) {
             title: `mean likeness ${ranks.get(c.step).meanScore}, ${Math.round(100 * ranks.get(c.step).shareSame)}% same, ${ranks.get(c.step).failures} failed` },
           `#${ranks.get(c.step).rank} ${ranks.get(c.step).meanScore.toFixed(2)}`) : null,
           h("button", { type: "button", class: c.final ? "small primary" : "small", onclick: () => act(run, "promote", c.final ? {} : { step: c.step }) }, "Promote"))))) : null,
-      sweep && sweep.contactSheetUrl ? h("details", { class: "sweep" }, h("summary", {}, "Sweep contact sheet"),
+      pick && !ACTIVE.has(run.status) ? h("div", { class: "row pick-promote" }, h("button", { type: "button", class: "primary",
+        onclick: () => act(run, "promote", pick.step === null || pick.step === undefined ? {} : { step: pick.step }) }, `Promote the pick (${pick.label})`)) : null,
+      !ACTIVE.has(run.status) && run.checkpoints.length ? sweepPanel(run, card).form : null,
+      sweep && sweep.contactSheetUrl ? h("details", { class: "sweep", open: card.sweepOpen || false }, h("summary", {}, "Sweep contact sheet"),
         h("a", { href: sweep.contactSheetUrl, target: "_blank", rel: "noopener" }, h("img", { src: sweep.contactSheetUrl, alt: "contact sheet", class: "sheet" }))) : null,
       run.logTail.length ? h("details", { class: "log" }, h("summary", {}, "Log"), h("pre", {}, run.logTail.join("\n"))) : null);
     card.querySelector(".bar").style.width = `${pct}%`;
