@@ -71,10 +71,11 @@ class RemoteState:
         current = 0.0
         if self.rented_at is not None:
             current = self.price_per_hour * max(0.0, now - self.rented_at) / 3600
-        return round(self.spent_before + current, 4)
+        # Rounded past display precision only: a short run on a quiet machine still shows what it cost.
+        return round(self.spent_before + current, 6)
 
     def attempt_cost(self, now: float | None = None) -> float:
-        return round(self.cost(now) - self.guard_base, 4)
+        return round(self.cost(now) - self.guard_base, 6)
 
     def new_attempt(self) -> None:
         """A submit or a resume starts: the limits apply afresh; what was spent before stays in the total."""
