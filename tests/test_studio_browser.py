@@ -600,6 +600,14 @@ def test_a_pages_render_becomes_a_version_with_the_tab_gone_and_two_renders_make
             time.sleep(0.2)
         return entries
 
+    def submitted(seed: int) -> None:
+        # The daemon has the render (a tiny one may already be over: its card is then gone, so the page's
+        # "rendering" card is no sign to wait for).
+        deadline = time.monotonic() + 30
+        while not any(j["params"].get("seed") == seed for j in _studio_jobs(daemon)):
+            assert time.monotonic() < deadline, f"the render with seed {seed} never reached the daemon"
+            time.sleep(0.1)
+
     known = len(page2())  # other tests of the module may have rendered page 2 already
     context, page, console = signed_in(browser, daemon)
     page.goto(f"{daemon.url}/#/pages/1/2")
@@ -607,7 +615,7 @@ def test_a_pages_render_becomes_a_version_with_the_tab_gone_and_two_renders_make
     page.keyboard.press("n")
     page.fill(".new-version input[name=seed]", "31")
     page.click(".new-version button[type=submit]")
-    page.locator("#job-slot .rendering").wait_for()
+    submitted(31)
     page.click("#nav a[data-view=now]")  # away at once: the daemon writes the version, not the tab
     context.close()
     entries = wait_versions(known + 1)
@@ -622,7 +630,7 @@ def test_a_pages_render_becomes_a_version_with_the_tab_gone_and_two_renders_make
         page.keyboard.press("n")
         page.fill(".new-version input[name=seed]", seed)
         page.click(".new-version button[type=submit]")
-        page.locator("#job-slot .rendering").wait_for()
+        submitted(int(seed))
     entries = wait_versions(known + 3)
     assert sorted(e["seed"] for v, e in entries.items() if v > first) == [41, 42]
     page.locator(f".thumb[data-version='{first + 2}']").wait_for(timeout=60_000)  # shown here as they finish
