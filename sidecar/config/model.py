@@ -151,6 +151,10 @@ class Settings(BaseSettings):
     # -- kohya_ss
     kohya_dir: Path | None = Field(None, description="kohya_ss sd-scripts folder (training engine kohya)")
     kohya_python: Path | None = Field(None, description="python of kohya's venv")
+    # -- ostris ai-toolkit (trainer ai-toolkit on this machine; a CUDA profile)
+    ai_toolkit_dir: Path | None = Field(None, description="ostris ai-toolkit checkout (the folder of run.py)")
+    ai_toolkit_python: Path | None = Field(None, description="python of ai-toolkit's venv [default: "
+                                                                "<ai_toolkit_dir>/venv/bin/python]")
 
     # -- job defaults
     checkpoint: str = Field("anything-v5.safetensors", description="base model file name of a job without one")
@@ -208,13 +212,14 @@ class Settings(BaseSettings):
                                              description="CCIP difference at or under which an image is the same "
                                                          "character [default: the model's published threshold]")
 
-    @field_validator("data_dir", "models_dir", "comfyui_dir", "kohya_dir", "workflows_dir", "project_root",
+    @field_validator("data_dir", "models_dir", "comfyui_dir", "kohya_dir", "ai_toolkit_dir", "workflows_dir",
+                     "project_root",
                      mode="after")
     @classmethod
     def _expand(cls, v: Path | None) -> Path | None:
         return v.expanduser().resolve() if v is not None else None
 
-    @field_validator("comfyui_python", "kohya_python", mode="after")
+    @field_validator("comfyui_python", "kohya_python", "ai_toolkit_python", mode="after")
     @classmethod
     def _absolute_interpreter(cls, v: Path | None) -> Path | None:
         # Absolute but not resolved: a venv's python is a symlink to the base interpreter, and

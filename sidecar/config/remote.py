@@ -12,6 +12,9 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 # kohya-ss/sd-scripts as installed and recorded in shared/kohya-sd-scripts.md §2.
 KOHYA_REPO = "https://github.com/kohya-ss/sd-scripts.git"
 KOHYA_COMMIT = "48d368fa557731ad0488c07304dfeba8c07910eb"
+# ostris/ai-toolkit as read for its adapter (sidecar/training/ai_toolkit.py).
+AI_TOOLKIT_REPO = "https://github.com/ostris/ai-toolkit.git"
+AI_TOOLKIT_COMMIT = "27a03a91f23eb1b757d5ec2e80ee3e129cfcc350"
 VAST_SERVER = "https://console.vast.ai"
 
 
@@ -42,6 +45,9 @@ class VastSettings(_Table):
     identity_file: Path = Field(Path("~/.ssh/id_ed25519"),
                                 description="SSH private key; its .pub is attached to the instance")
     start_timeout: float = Field(1200, gt=0, description="seconds an instance may take to run and install kohya")
+    ai_toolkit_commit: str = Field(AI_TOOLKIT_COMMIT, pattern=r"^[0-9a-f]{7,40}$",
+                                   description="the ostris ai-toolkit commit the onstart script installs (trainer "
+                                               "ai-toolkit)")
 
 
 class SshSettings(_Table):
@@ -54,6 +60,8 @@ class SshSettings(_Table):
                                                        "~/.ssh/known_hosts]")
     kohya_dir: str = Field("~/kohya_ss/sd-scripts", description="sd-scripts folder on the machine")
     python: str = Field("~/kohya_ss/venv/bin/python", description="python of kohya's venv on the machine")
+    ai_toolkit_dir: str = Field("~/ai-toolkit", description="ostris ai-toolkit on the machine (trainer ai-toolkit)")
+    ai_toolkit_python: str = Field("~/ai-toolkit/venv/bin/python", description="python of ai-toolkit's venv there")
     work_dir: str = Field("~/plasma-runs", description="folder on the machine for runs (datasets, logs, outputs)")
     device: str = Field("cuda", pattern=r"^(cuda|mps|cpu)$",
                         description="what the machine trains on: cuda (fp16 mixed precision), mps or cpu")

@@ -41,6 +41,9 @@ class SshRemote(_Wire):
                                                                                         "on this machine)")
     kohya_dir: str | None = Field(None, min_length=1, max_length=4096, description="sd-scripts on the machine")
     python: str | None = Field(None, min_length=1, max_length=4096, description="kohya venv's python there")
+    ai_toolkit_dir: str | None = Field(None, min_length=1, max_length=4096, description="ai-toolkit on the machine")
+    ai_toolkit_python: str | None = Field(None, min_length=1, max_length=4096,
+                                          description="ai-toolkit venv's python there")
     work_dir: str | None = Field(None, min_length=1, max_length=4096, description="folder for runs there")
     device: Literal["cuda", "mps", "cpu"] | None = Field(None, description="what the machine trains on")
 

@@ -1,4 +1,6 @@
-"""The kohya_ss sd-scripts adapter: builds `train_network.py`'s argument list and runs it.
+"""Running a process trainer here: kohya's sd-scripts (`train_network.py`, `sdxl_train_network.py`,
+`flux_train_network.py`) or ostris ai-toolkit's `run.py`, through its adapter (`adapter.py`: the command, the
+output parser, the file names); `ProcessTrainer` is the same for all of them.
 
 Follows `shared/kohya-sd-scripts.md`: the venv's python runs the script directly (exit codes stay
 the script's own), in its own session so a cancel can signal the whole process group (signalling
@@ -21,18 +23,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sidecar.config import Settings
-from sidecar.dataprep.kohya_layout import CAPTION_SUFFIX
 from sidecar.errors import InvalidField, JobCancelled
-from sidecar.training.checkpoints import safetensors_ok, state_dir_for
+from sidecar.training.adapter import OutputParser, TrainerAdapter
+from sidecar.training.checkpoints import safetensors_ok
 from sidecar.training.dataset import stage_for_kohya
+from sidecar.training.kohya_args import KohyaAdapter, build_args, precision
 from sidecar.training.kohya_tokenizer import seed_tokenizer_cache
-from sidecar.training.parser import BarUpdate, CheckpointSaved, KohyaOutputParser
+from sidecar.training.parser import BarUpdate, CheckpointSaved
 from sidecar.training.spec import TrainerHooks, TrainJob, TrainResult, training_failed
+
+__all__ = ["KohyaTrainer", "ProcessTrainer", "build_args", "locate", "precision", "require", "stop_orphan"]
 
 log = logging.getLogger("sidecar.training.kohya")
 
 SCRIPT = "train_network.py"
-KILL_GRACE_S = 10.0  # SIGTERM to the group, then SIGKILL if anything is still alive
+KILL_GRACE_S = 10.0
+ORPHAN_MARKERS = ("train_network", "run.py")  # kohya's scripts (sd15, sdxl_, flux_), ai-toolkit's run.py  # SIGTERM to the group, then SIGKILL if anything is still alive
 
 
 @dataclass(frozen=True)
@@ -90,87 +96,42 @@ def training_device(settings: Settings) -> str:
         return "cpu"
 
 
-def precision(device: str) -> tuple[str, str, list[str]]:
-    """(--mixed_precision, --save_precision, warnings). The artist's config asks fp16; the
-    accelerate kohya pins refuses fp16 (and bf16) mixed precision on MPS and fp16 on CPU fails at
-    the first step, so only CUDA gets it; elsewhere fp32 compute, fp16 files."""
-    if device == "cuda":
-        return "fp16", "fp16", []
-    return "no", "fp16", [
-        f"fp16 mixed precision is not available on {device} with kohya's pinned accelerate: training with "
-        "--mixed_precision=no (fp32 compute) and --save_precision=fp16 (fp16 LoRA files)."
-    ]
+class ProcessTrainer:
+    """A process trainer run here: started detached (its own process group), its output parsed by its adapter,
+    stopped by signalling the group."""
 
-
-def build_args(job: TrainJob, device: str, tokenizer_cache: Path) -> tuple[list[str], list[str]]:
-    """The canonical `train_network.py` arguments for a job, and the warnings they imply. The data
-    folders are the run's staging links (`stage_for_kohya`)."""
-    s = job.spec
-    mixed, save, warnings = precision(device)
-    args = [
-        f"--pretrained_model_name_or_path={job.base_model}",
-        f"--train_data_dir={job.work_dir / 'img'}",
-        f"--output_dir={job.output_dir}",
-        f"--output_name={s.output_name}",
-        f"--caption_extension={CAPTION_SUFFIX}",  # default `.caption` would ignore every .txt caption
-        "--network_module=networks.lora",
-        f"--network_dim={s.network_dim}",
-        f"--network_alpha={s.network_alpha:g}",
-        f"--resolution={s.resolution},{s.resolution}",
-        "--train_batch_size=1",
-        "--optimizer_type=AdamW",  # never AdamW8bit (bitsandbytes) or --xformers: neither exists on a Mac
-        f"--learning_rate={s.learning_rate:g}",
-        f"--max_train_steps={s.steps}",
-        f"--save_every_n_steps={s.save_every}",
-        "--save_model_as=safetensors",
-        f"--mixed_precision={mixed}",
-        f"--save_precision={save}",
-        "--save_state",
-        # Each state holds the optimizer (about 3x the LoRA): keep the last two step states, not all of
-        # them. Resume takes the newest complete one; the LoRA checkpoints themselves are all kept.
-        f"--save_last_n_steps_state={s.save_every}",
-        "--cache_latents",
-        # torch's scaled_dot_product_attention (CPU, MPS, CUDA alike). Without it sd-scripts' U-Net computes
-        # attention naively: measured at 512 px on CPU, 19.4 s/step and 11.8 GiB peak against our embedded
-        # trainer's 9.9 s and 7.6 GiB (bench/results/train-vs-kohya-cpu.json); never --xformers (no Mac build).
-        "--sdpa",
-        f"--seed={s.seed}",
-        f"--metadata_title={s.output_name}",
-        f"--metadata_trigger_phrase={s.trigger_word}",
-        f"--tokenizer_cache_dir={tokenizer_cache}",  # later runs work offline
-    ]
-    if job.dataset.reg_subsets:
-        args.append(f"--reg_data_dir={job.work_dir / 'reg'}")
-    if job.resume is not None:
-        # Without the skip the step counter restarts at 0 and trains a whole run more (§7).
-        args += [f"--resume={job.resume.state_path}", "--skip_until_initial_step"]
-    return args, warnings
-
-
-class KohyaTrainer:
     name = "kohya"
 
-    def __init__(self, settings: Settings, install: KohyaInstall | None = None):
+    def __init__(self, settings: Settings, install: KohyaInstall, adapter: TrainerAdapter):
         self.settings = settings
-        self.install = install or require(settings)
+        self.install = install
+        self.adapter = adapter
 
     @property
     def tokenizer_cache(self) -> Path:
         return self.settings.data_dir / "kohya-tokenizer"
 
+    def label(self, job: TrainJob) -> str:
+        return self.adapter.label(job.spec.family)
+
     def command(self, job: TrainJob) -> tuple[list[str], list[str]]:
+        launch = self.launch(job)
+        return [str(self.install.python), "-u", str(self.install.cwd / launch.script), *launch.args], launch.warnings
+
+    def launch(self, job: TrainJob):
         device = training_device(self.settings)
-        args, warnings = build_args(job, device, self.tokenizer_cache)
-        return [str(self.install.python), "-u", str(self.install.script), *args], warnings
+        cache = self.tokenizer_cache if self.adapter.name == "kohya" else None
+        return self.adapter.launch(job, device, cache)
 
     async def run(self, job: TrainJob, hooks: TrainerHooks) -> TrainResult:
-        argv, warnings = self.command(job)
-        for w in warnings:
+        launch = self.launch(job)
+        argv = [str(self.install.python), "-u", str(self.install.cwd / launch.script), *launch.args]
+        for w in launch.warnings:
             hooks.warning(w)
-        await asyncio.to_thread(self._prepare, job)
+        await asyncio.to_thread(self._prepare, job, launch.files)
         env = {**os.environ, "PYTORCH_ENABLE_MPS_FALLBACK": "1", "PYTHONUNBUFFERED": "1",
                "COLUMNS": "200"}  # rich wraps log records at 80 columns without a TTY
-        log.info("run %s: starting kohya: %s", job.run_id, " ".join(argv))
+        log.info("run %s: starting %s: %s", job.run_id, self.adapter.name, " ".join(argv))
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv, cwd=self.install.cwd, env=env, stdin=asyncio.subprocess.DEVNULL,
@@ -178,14 +139,12 @@ class KohyaTrainer:
                 start_new_session=True,  # its own process group: a cancel reaches every process of it
             )
         except OSError as exc:
-            raise training_failed(f"Cannot start kohya's python {argv[0]}: {exc.strerror or exc}.", "not_started",
-                                  command=argv[:3]) from None
+            raise training_failed(f"Cannot start {self.adapter.name}'s python {argv[0]}: {exc.strerror or exc}.",
+                                  "not_started", command=argv[:3]) from None
         if hooks.started is not None:
             hooks.started(proc.pid)
-        parser = KohyaOutputParser()
-        if job.resume is not None:
-            parser.offset = job.resume.step  # kohya's `skipping N steps` line confirms it
-        run = _Run(job, hooks, parser)
+        parser = self.adapter.parser(job.resume.step if job.resume is not None else 0)
+        run = _Run(job, hooks, parser, self.adapter)
         log_path = job.work_dir / "train.log"
         cancel_wait = asyncio.ensure_future(hooks.cancel.wait())
         cancelled = False
@@ -217,13 +176,16 @@ class KohyaTrainer:
         await run.flush()
         return self._outcome(job, hooks, parser, code)
 
-    def _prepare(self, job: TrainJob) -> None:
+    def _prepare(self, job: TrainJob, extra: dict[str, str]) -> None:
         job.work_dir.mkdir(parents=True, exist_ok=True)
         job.output_dir.mkdir(parents=True, exist_ok=True)
         stage_for_kohya(job.dataset, job.work_dir)
-        seed_tokenizer_cache(self.settings, self.tokenizer_cache)
+        for name, text in extra.items():
+            (job.work_dir / name).write_text(text, encoding="utf-8")
+        if self.adapter.name == "kohya":
+            seed_tokenizer_cache(self.settings, self.tokenizer_cache)
 
-    def _outcome(self, job: TrainJob, hooks: TrainerHooks, parser: KohyaOutputParser, code: int) -> TrainResult:
+    def _outcome(self, job: TrainJob, hooks: TrainerHooks, parser: OutputParser, code: int) -> TrainResult:
         tail = list(parser.tail)[-20:]
         last_step = parser.last.step if parser.last else (job.resume.step if job.resume else 0)
         if parser.nan_seen:
@@ -243,7 +205,7 @@ class KohyaTrainer:
                 with contextlib.suppress(ValueError):
                     what = f"stopped by {signal.Signals(-code).name}" + (f" ({what})" if err else "")
             raise training_failed(
-                f"kohya's train_network.py failed at step {last_step}: {what}",
+                f"{self.label(job)} failed at step {last_step}: {what}",
                 "crash", exitCode=code, exception=err.type if err else None,
                 exceptionMessage=err.message if err else None,
                 exceptionDetails=err.continued if err else None, step=last_step, logTail=tail)
@@ -254,7 +216,7 @@ class KohyaTrainer:
                 "no_data", exitCode=code, logTail=tail)
         if not job.final_file.is_file() or not safetensors_ok(job.final_file):
             raise training_failed(
-                f"kohya exited normally but wrote no final LoRA ({job.final_file.name}).",
+                f"{self.adapter.name} exited normally but wrote no final LoRA ({job.final_file.name}).",
                 "no_output", exitCode=code, step=last_step, logTail=tail)
         return TrainResult(final_file=job.final_file, step=max(last_step, job.spec.steps))
 
@@ -267,13 +229,22 @@ def base_model_hint(job: TrainJob) -> str:
             "train_network.py builds (an SDXL/SD2 file, or the tiny test models?)")
 
 
+class KohyaTrainer(ProcessTrainer):
+    """kohya's sd-scripts here: `train_network.py` and its SDXL and Flux siblings in the same folder."""
+
+    name = "kohya"
+
+    def __init__(self, settings: Settings, install: KohyaInstall | None = None):
+        super().__init__(settings, install or require(settings), KohyaAdapter())
+
+
 class KohyaRelay:
     """Turns kohya output parser events into hook calls, for a run here or on a remote machine (whose
     `flush` pulls the file first). The owner provides `parser`, `hooks`, `pending`, `device_reported`
     and `flush`: a `saving checkpoint:` line is printed *before* the file is written, so pending saves
     are flushed only once the next bar redraw (or the end of the process) shows the save is over."""
 
-    parser: KohyaOutputParser
+    parser: OutputParser
     hooks: TrainerHooks
     pending: list[CheckpointSaved]
     device_reported: bool
@@ -298,8 +269,9 @@ class KohyaRelay:
 class _Run(KohyaRelay):
     """A local run's relay: a checkpoint is announced once its file and state folder are written."""
 
-    def __init__(self, job: TrainJob, hooks: TrainerHooks, parser: KohyaOutputParser):
+    def __init__(self, job: TrainJob, hooks: TrainerHooks, parser: OutputParser, adapter: TrainerAdapter):
         self.job = job
+        self.adapter = adapter
         self.hooks = hooks
         self.parser = parser
         self.pending: list[CheckpointSaved] = []
@@ -317,12 +289,10 @@ class _Run(KohyaRelay):
             if found is not None:
                 self.hooks.checkpoint(saved.step, path, found[0])
 
-    @staticmethod
-    def _complete(path: Path) -> tuple[Path | None] | None:
+    def _complete(self, path: Path) -> tuple[Path | None] | None:
         if not (path.is_file() and safetensors_ok(path)):
             return None
-        state = state_dir_for(path)
-        return (state if state.is_dir() else None,)
+        return (self.adapter.state_for(path),)
 
 
 async def terminate_group(proc: asyncio.subprocess.Process, grace: float = KILL_GRACE_S) -> None:
@@ -352,7 +322,7 @@ def stop_orphan(pid: int | None) -> bool:
                              timeout=5).stdout
     except (ProcessLookupError, PermissionError, OSError, subprocess.SubprocessError):
         return False
-    if "train_network" not in cmd:
+    if not any(marker in cmd for marker in ORPHAN_MARKERS):
         return False
     log.warning("stopping orphaned trainer process group %d", pid)
     for sig in (signal.SIGTERM, signal.SIGKILL):

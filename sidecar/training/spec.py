@@ -31,18 +31,32 @@ class TrainSpec:
     learning_rate: float
     save_every: int
     seed: int
-    engine: str  # "kohya" | "embedded"
+    engine: str  # "kohya" | "embedded" | "ai-toolkit" | "remote" (where: here with that trainer, or there)
     trigger_word: str
     checkpoint: str  # base model file name
     # Where it trains when not here: the resolved `remote` settings (`sidecar.remote.providers.resolve`).
     remote: dict[str, Any] | None = None
+    # Issue 28 (older records lack them: the defaults are what those runs were).
+    trainer: str = "kohya"  # "kohya" | "ai-toolkit" | "embedded": which adapter, here or there
+    family: str = "sd15"
+    base_model_ref: str | None = None  # a hub id or a path on the training machine, passed as given
+    sample_prompts: list[str] = field(default_factory=list)
+    sample_every: int | None = None  # None: at every save
+    tracking: str | None = None  # "tensorboard" | "wandb"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainSpec:
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+        spec = cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+        if "trainer" not in data and spec.engine == "embedded":
+            spec.trainer = "embedded"
+        return spec
+
+    @property
+    def sample_interval(self) -> int:
+        return self.sample_every or self.save_every
 
 
 @dataclass

@@ -44,8 +44,9 @@ class TrainRequest(Wire):
     learning_rate: float = Field(1e-4, gt=0, le=1)
     save_every_n_steps: int = Field(200, ge=1, le=100_000)
     seed: int | None = Field(None, ge=0, le=2**32 - 1, description="random when absent (and recorded)")
-    engine: Literal["kohya", "embedded"] | None = Field(
-        None, description="default: kohya when a kohya_ss dir is configured, else embedded")
+    engine: Literal["kohya", "embedded", "ai-toolkit"] | None = Field(
+        None, description="an alias of `trainer` (kept for older clients); default: kohya when a kohya_ss dir is "
+                          "configured, else embedded")
     trigger_word: str | None = Field(None, min_length=1, max_length=100, pattern=r"^[^,/\\]+$",
                                      description="first tag of every caption [default: the configured trigger_word]")
     checkpoint: str | None = Field(None, max_length=200, pattern=r"^[^/\\]+$",
@@ -62,6 +63,24 @@ class TrainRequest(Wire):
         description="accepted only as 1 (the profile's training batch limit)",
         json_schema_extra={"minimum": 1, "maximum": 1},
     )
+    # -- which trainer and model family (issue 28; names pinned in design.md "Round 3 contracts")
+    trainer: Literal["kohya", "ai-toolkit", "embedded"] | None = Field(
+        None, description="which trainer runs it [default: `engine`, else kohya when kohya_dir is configured "
+                          "or the run is remote, else embedded]")
+    family: Literal["sd15", "sdxl", "flux"] | None = Field(
+        None, description="the base model's family [default: read from the base model's file; sd15 when it "
+                          "cannot be read]; sdxl and flux train only on a GPU (remote, or a CUDA profile)")
+    base_model: str | None = Field(
+        None, min_length=1, max_length=4096,
+        description="a hub id or a path on the training machine (ai-toolkit, kohya's SDXL and Flux); kohya's "
+                    "SD files a path [default: the `checkpoint` found here, uploaded to a remote machine]")
+    sample_prompts: list[Annotated[str, Field(min_length=1, max_length=1000)]] = Field(
+        default_factory=list, max_length=16,
+        description="prompts the trainer renders with its own sampler while it trains [default: none]")
+    sample_every: int | None = Field(None, ge=1, le=100_000,
+                                     description="steps between samples [default: every save]")
+    tracking: Literal["tensorboard", "wandb"] | None = Field(
+        None, description="experiment tracking through the trainer's own switch [default: none]")
 
 
 # The one LoRA folder field of promote, stage and unstage.
@@ -123,6 +142,9 @@ class CheckpointInfo(Wire):
     file_name: str
     path: str
     final: bool = False
+    samples: list[str] = Field(default_factory=list,
+                               description="file names of the images the trainer sampled at this step, served "
+                                           "by GET /loras/{id}/samples/{file}")
 
 
 class ErrorInfo(Wire):
@@ -144,6 +166,12 @@ class TrainingParams(Wire):
     save_every_n_steps: int
     seed: int | None
     checkpoint: str | None
+    trainer: str | None = None
+    family: str | None = None
+    base_model: str | None = None
+    sample_prompts: list[str] = Field(default_factory=list)
+    sample_every: int | None = None
+    tracking: str | None = None
 
 
 class TrainingRun(Wire):
