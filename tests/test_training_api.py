@@ -36,7 +36,8 @@ async def test_submit_answers_202_with_the_run(client, dataset_dir, fake_env) ->
     assert run["engine"] == "kohya" and run["status"] == "queued"
     assert run["params"] == {"steps": 4, "resolution": 512, "networkDim": 32, "networkAlpha": 16.0,
                              "learningRate": 0.0001, "saveEveryNSteps": 2, "seed": 42,
-                             "checkpoint": "anything-v5.safetensors"}
+                             "checkpoint": "anything-v5.safetensors", "trainer": "kohya", "family": "sd15",
+                             "baseModel": None, "samplePrompts": [], "sampleEvery": 2, "tracking": None}
     assert run["etaSeconds"] is None and run["checkpoints"] == []
     done = await wait_run(client, run["id"], {"succeeded", "failed"})
     assert done["status"] == "succeeded"

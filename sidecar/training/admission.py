@@ -17,22 +17,35 @@ from sidecar.profiles import Profile
 from sidecar.training.wire import TrainRequest
 
 
+def trainer_of(req: TrainRequest, settings: Settings) -> str:
+    """The request's trainer: `trainer`, or its alias `engine`; else kohya when kohya_dir is configured or the
+    run is remote, else embedded."""
+    if req.trainer and req.engine and req.trainer != req.engine:
+        raise InvalidField(f"trainer {req.trainer!r} and engine {req.engine!r} differ; engine is an alias of trainer: "
+                           "give one of them.", {"field": "trainer", "value": req.trainer, "engine": req.engine})
+    chosen = req.trainer or req.engine
+    if chosen:
+        return chosen
+    return "kohya" if settings.kohya_dir is not None or req.remote is not None else "embedded"
+
+
 def check_request(req: TrainRequest, settings: Settings, profile: Profile) -> str:
-    """The request's limits; returns the trainer engine it will run on."""
+    """The request's limits; returns the trainer engine it will run on ("remote" for a run on another machine)."""
+    trainer = trainer_of(req, settings)
     if req.batch_size is not None:
         profile.check_batch(req.batch_size, training=True)
-    profile.check_train_resolution(req.resolution)
+    if req.family in (None, "sd15"):  # SDXL's and Flux's sizes are their own (`placement.check`)
+        profile.check_train_resolution(req.resolution)
     if req.resolution % 64:
         raise InvalidField(f"resolution must be a multiple of 64, got {req.resolution}.",
                            {"field": "resolution", "value": req.resolution})
     if req.remote is not None:
-        if req.engine == "embedded":
-            raise InvalidField("A remote run trains with kohya's train_network.py on the machine; leave out engine "
-                               "or give 'kohya'.", {"field": "engine", "value": req.engine})
+        if trainer == "embedded":
+            raise InvalidField("A remote run trains with kohya's sd-scripts or ai-toolkit on the machine; leave out "
+                               "engine or give 'kohya' or 'ai-toolkit'.", {"field": "engine", "value": trainer})
         return "remote"  # nothing needs installing here
-    engine = req.engine or ("kohya" if settings.kohya_dir is not None else "embedded")
-    check_engine(settings, engine)
-    return engine
+    check_engine(settings, trainer)
+    return trainer
 
 
 def check_remote(req: TrainRequest, settings: Settings) -> dict | None:
@@ -49,6 +62,11 @@ def check_engine(settings: Settings, engine: str) -> None:
         from sidecar.training.kohya import require
 
         require(settings)
+        return
+    if engine == "ai-toolkit":
+        from sidecar.training import ai_toolkit
+
+        ai_toolkit.require(settings)
         return
     missing = [m for m in ("torch", "diffusers", "peft", "accelerate") if importlib.util.find_spec(m) is None]
     if missing:

@@ -143,7 +143,7 @@ class ProcessTrainer:
                                   "not_started", command=argv[:3]) from None
         if hooks.started is not None:
             hooks.started(proc.pid)
-        parser = self.adapter.parser(job.resume.step if job.resume is not None else 0)
+        parser = self.adapter.parser(job.resume.step if job.resume is not None else 0, job.spec.output_name)
         run = _Run(job, hooks, parser, self.adapter)
         log_path = job.work_dir / "train.log"
         cancel_wait = asyncio.ensure_future(hooks.cancel.wait())

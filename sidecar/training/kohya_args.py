@@ -146,7 +146,7 @@ class KohyaAdapter:
         extra = {SAMPLE_PROMPTS: sample_prompt_lines(job)} if job.spec.sample_prompts else {}
         return Launch(script=self.script(job.spec.family), args=args, files=extra, warnings=warnings)
 
-    def parser(self, start_step: int) -> KohyaOutputParser:
+    def parser(self, start_step: int, name: str) -> KohyaOutputParser:
         parser = KohyaOutputParser()
         parser.offset = start_step  # kohya's `skipping N steps` line confirms it
         return parser

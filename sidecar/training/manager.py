@@ -30,7 +30,7 @@ from sidecar.events import EventBus
 from sidecar.profiles import Profile
 from sidecar.sqlite_store import now_iso
 from sidecar.statuses import RUN_ACTIVE, RUN_RESUMABLE
-from sidecar.training import admission, recovery, staging
+from sidecar.training import admission, placement, recovery, staging
 from sidecar.training import checkpoints as files
 from sidecar.training.dataset import load_dataset
 from sidecar.training.live import LiveRun, trainer_hooks
@@ -144,19 +144,26 @@ class TrainingManager:
             self.device.training.refuse_if_training()
             trigger = req.trigger_word or s.trigger_word
             dataset = await asyncio.to_thread(load_dataset, Path(req.dataset_dir), trigger)
-            base = await admission.find_base_model(s, self.backend, req.checkpoint or s.checkpoint)
+            if req.base_model is not None:  # a hub id or a path on the training machine: passed as given
+                base = Path(req.base_model).expanduser()
+            else:
+                base = await admission.find_base_model(s, self.backend, req.checkpoint or s.checkpoint)
+            where = await placement.place(s, self.profile, req, engine, base)
             spec = TrainSpec(
                 output_name=req.output_name, dataset_dir=str(dataset.root), steps=req.steps,
-                resolution=req.resolution, network_dim=req.network_dim, network_alpha=req.network_alpha,
+                resolution=where.resolution, network_dim=req.network_dim, network_alpha=req.network_alpha,
                 learning_rate=req.learning_rate, save_every=req.save_every_n_steps,
                 seed=req.seed if req.seed is not None else random.randrange(2**32), engine=engine,
-                trigger_word=trigger, checkpoint=base.name, remote=remote,
+                trigger_word=trigger, checkpoint=base.name, remote=remote, trainer=where.trainer,
+                family=where.family, base_model_ref=req.base_model, sample_prompts=list(req.sample_prompts),
+                sample_every=req.sample_every, tracking=req.tracking,
             )
             run_id = uuid.uuid4().hex
             work = self.runs_dir / run_id
+            output = work / "output" / req.output_name if where.trainer == "ai-toolkit" else work / "output"
             run = RunRecord(id=run_id, status="queued", engine=engine, spec=spec.to_dict(), work_dir=str(work),
-                            output_dir=str(work / "output"), base_model=str(base), total=spec.steps,
-                            warnings=list(dataset.warnings))
+                            output_dir=str(output), base_model=str(base), total=spec.steps,
+                            warnings=list(dataset.warnings) + list(where.warnings))
             await self.store.insert(run)
             self._enqueue(run)
         log.info("training run %s queued (%s, %d steps, dataset %s)", run_id, engine, spec.steps, spec.dataset_dir)

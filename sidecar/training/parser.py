@@ -104,6 +104,13 @@ class KohyaOutputParser:
     its terminator is matched too, so progress is never one redraw behind.
     """
 
+    # What differs between trainers' output (ai_toolkit.AiToolkitOutputParser sets its own).
+    bar_re = BAR
+    loss_re = LOSS
+    saving_re = SAVING
+    step_file_re = STEP_FILE
+    bar_marker = "steps:"
+
     def __init__(self) -> None:
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._pending = ""
@@ -158,8 +165,8 @@ class KohyaOutputParser:
     # -- internals
     def _bars(self, text: str) -> list[BarUpdate]:
         out: list[BarUpdate] = []
-        for m in BAR.finditer(text):
-            loss_m = LOSS.search(m.group("post") or "")
+        for m in self.bar_re.finditer(text):
+            loss_m = self.loss_re.search(m.group("post") or "")
             loss = _loss(loss_m.group("loss")) if loss_m else None
             key = (m.group("step"), m.group("total"), m.group("elapsed"), m.group("rate"), m.group("post"))
             if key == self._last_bar_key:
@@ -190,7 +197,7 @@ class KohyaOutputParser:
             return events
         # The tail is for people: bar redraws would push every useful line out of it, but text glued
         # onto a redraw (a traceback, a log record) stays.
-        text = strip_bars(line).rstrip()
+        text = (self.bar_re.sub("", line) if self.bar_marker in line else line).rstrip()
         if len(text) > MAX_LINE_CHARS:  # torch's key-mismatch lists run to kilobytes on one line
             text = text[:MAX_LINE_CHARS] + "..."
         if text.strip():
@@ -205,9 +212,9 @@ class KohyaOutputParser:
             self.no_data = True
         if (m := DEVICE.match(stripped)) is not None:
             self.device = m.group("device")
-        if (m := SAVING.search(line)) is not None:
+        if (m := self.saving_re.search(line)) is not None:
             path = m.group("path").strip()
-            sm = STEP_FILE.search(path)
+            sm = self.step_file_re.search(path)
             saved = CheckpointSaved(path=path, step=int(sm.group(1)) if sm else None)
             self.checkpoints.append(saved)
             events.append(saved)

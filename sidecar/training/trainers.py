@@ -1,4 +1,5 @@
-"""Which trainer runs a run's `engine`: kohya's sd-scripts, the embedded trainer, or a remote machine. Each
+"""Which trainer runs a run's `engine`: kohya's sd-scripts, ostris ai-toolkit, the embedded trainer, or a remote
+machine (which runs kohya or ai-toolkit there). Each
 is imported only when chosen (the embedded one imports torch)."""
 
 from __future__ import annotations
@@ -22,6 +23,11 @@ def default_trainer_factory(settings: Settings, backend: GenerationBackend | Non
             from sidecar.training.kohya import KohyaTrainer
 
             return KohyaTrainer(settings)
+        if engine == "ai-toolkit":
+            from sidecar.training import ai_toolkit
+            from sidecar.training.kohya import ProcessTrainer
+
+            return ProcessTrainer(settings, ai_toolkit.require(settings), ai_toolkit.AiToolkitAdapter())
         from sidecar.training.embedded import EmbeddedTrainer  # imports torch: only when used
 
         return EmbeddedTrainer(settings, backend)

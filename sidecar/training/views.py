@@ -50,7 +50,10 @@ def run_view(run: RunRecord, tracker: ProgressTracker | None, tail: list[str]) -
         output_dir=run.output_dir,
         params=TrainingParams(steps=spec.steps, resolution=spec.resolution, network_dim=spec.network_dim,
                               network_alpha=spec.network_alpha, learning_rate=spec.learning_rate,
-                              save_every_n_steps=spec.save_every, seed=spec.seed, checkpoint=spec.checkpoint),
+                              save_every_n_steps=spec.save_every, seed=spec.seed, checkpoint=spec.checkpoint,
+                              trainer=spec.trainer, family=spec.family, base_model=spec.base_model_ref,
+                              sample_prompts=list(spec.sample_prompts), sample_every=spec.sample_interval,
+                              tracking=spec.tracking),
         warnings=list(run.warnings),
         log_tail=tail,
         error=(ErrorInfo(code=run.error_code, message=run.error_message or "", details=run.error_details or {})
