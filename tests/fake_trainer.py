@@ -14,6 +14,11 @@ worker" child in its process group, like the real one, so tests can see a cancel
 "downloaded" into it (or, offline, the real TypeError, exit 1). A checkpoint file starting with
 `TINY` is a model of another architecture: torch's multi-line state_dict RuntimeError (exit 1).
 
+Linked as `sdxl_train_network.py` or `flux_train_network.py` it also accepts the options those scripts add
+(`fixtures/kohya/<script>-extra.txt`) and replays the same recording (their training loop and its bar and
+save lines are train_network.py's `NetworkTrainer.train`). With `--sample_prompts` and
+`--sample_every_n_steps` it writes one PNG a prompt at those steps, named as train_util names them.
+
 Test knobs (environment): FAKE_KOHYA_STEP_SECONDS (sleep per step, default 0.02),
 FAKE_KOHYA_CRASH_AT (raise at that global step), FAKE_KOHYA_NAN_AT (avr_loss=nan from that step),
 FAKE_KOHYA_PIDFILE (write "leader worker" pids), FAKE_KOHYA_ARGV_FILE (write argv as JSON),
@@ -57,9 +62,29 @@ def help_options(text: str | None = None) -> dict[str, dict]:
     return out
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="train_network.py")
-    for name, spec in help_options().items():
+def extra_options(script: str) -> dict[str, dict]:
+    """Options `sdxl_train_network.py` / `flux_train_network.py` add (fixtures/kohya/<script>-extra.txt, read
+    from their argparse at the pinned commit); none for train_network.py."""
+    path = FIXTURES / f"{script.removesuffix('.py')}-extra.txt"
+    out: dict[str, dict] = {}
+    if not path.is_file():
+        return out
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        parts = line.split()
+        out[parts[0]] = {"value": parts[1] == "value", "choices": parts[2].split(",") if len(parts) > 2 else None,
+                         "nargs": None}
+    return out
+
+
+def all_options(script: str = "train_network.py") -> dict[str, dict]:
+    return {**help_options(), **extra_options(script)}
+
+
+def build_parser(script: str = "train_network.py") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=script)
+    for name, spec in all_options(script).items():
         if not spec["value"]:
             parser.add_argument(name, action="store_true")
         elif spec["nargs"]:
@@ -172,6 +197,26 @@ def remove_old_state(args: argparse.Namespace, out_dir: Path, name: str, step: i
         shutil.rmtree(old)
 
 
+def write_samples(args: argparse.Namespace, out_dir: Path, name: str, step: int) -> None:
+    """train_util.sample_images_common: before the step's save, one PNG a prompt in `<output_dir>/sample/`,
+    named `{output_name}_{steps:06d}_{i:02d}_{YYYYmmddHHMMSS}[_{seed}].png`."""
+    from PIL import Image
+
+    out("")
+    out(rich(f"generating sample images at step / サンプル画像生成 ステップ: {step}", "train_util.py:6394"))
+    folder = out_dir / "sample"
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = [ln.strip() for ln in Path(args.sample_prompts).read_text(encoding="utf-8").splitlines()
+             if ln.strip() and not ln.startswith("#")]
+    for i, line in enumerate(lines):
+        prompt = line.split(" --")[0]
+        seed = re.search(r" --d (\d+)", line)
+        out(rich(f"prompt: {prompt}", "train_util.py:6489"))
+        ts = time.strftime("%Y%m%d%H%M%S", time.localtime())
+        suffix = f"_{seed.group(1)}" if seed else ""
+        Image.new("RGB", (8, 8), (step % 256, i * 40 % 256, 90)).save(folder / f"{name}_{step:06d}_{i:02d}_{ts}{suffix}.png")
+
+
 def write_state(folder: Path, step: int) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "train_state.json").write_text(json.dumps({"current_epoch": 1, "current_step": step}))
@@ -224,7 +269,8 @@ def check_architecture(model: str) -> None:
 
 # -- the run ----------------------------------------------------------------------------------------
 def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+    script = Path(sys.argv[0]).name  # linked as train_network.py, sdxl_train_network.py or flux_train_network.py
+    args = build_parser(script if script.endswith("train_network.py") else "train_network.py").parse_args(argv)
     if os.environ.get("FAKE_KOHYA_ARGV_FILE"):
         Path(os.environ["FAKE_KOHYA_ARGV_FILE"]).write_text(json.dumps(argv))
     if os.environ.get("FAKE_KOHYA_ENV_FILE"):
@@ -303,6 +349,8 @@ def train(args: argparse.Namespace, rec: Recording, step_s: float, crash_at: int
             raise RuntimeError("MPS backend out of memory (MPS allocated: 17.95 GB, other allocations: 1.02 GB, "
                                "max allowed: 18.13 GB). Tried to allocate 256.00 MB on private pool.")
         out(bar(n, shown, n * rate, rate, None if n == 1 else loss), end="")
+        if args.sample_prompts and args.sample_every_n_steps and step % int(args.sample_every_n_steps) == 0:
+            write_samples(args, out_dir, name, step)
         if save_every and step % save_every == 0:
             ckpt = out_dir / f"{name}-step{step:08d}.safetensors"
             out("")

@@ -1,4 +1,5 @@
-"""Training routes: POST /loras/train, GET /loras/runs, GET /loras/{id}/status and /loss, POST /loras/{id}/cancel,
+"""Training routes: POST /loras/train, GET /loras/runs, GET /loras/{id}/status, /loss and /samples/{file}, POST
+/loras/{id}/cancel,
 /resume, /promote, /stage and /unstage. The training manager (queue, device gate, trainers) is built here and started and
 stopped with the app through `cleanup_ctx`; handlers only parse, call it and answer with its
 `TrainingRun` models.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from aiohttp import web
 
@@ -16,11 +18,13 @@ from sidecar.api.keys import BACKEND, DEVICE, EVENTS, PROFILE, SETTINGS, TRAININ
 from sidecar.api.operations import Query, operation
 from sidecar.api.responses import json_response
 from sidecar.errors import (
-    BatchSizeNotSupported, CheckpointFileMissing, CheckpointNotFound, DatasetInvalid, EngineUnavailable, InvalidState,
-    LoraExists, NoOfferUnderLimits, RemoteNotConfigured, RemoteUnavailable, ResolutionExceedsProfile,
+    BatchSizeNotSupported, CheckpointFileMissing, CheckpointNotFound, DatasetInvalid, EngineUnavailable,
+    FamilyNotSupported, InvalidState,
+    LoraExists, NoOfferUnderLimits, NotFound, RemoteNotConfigured, RemoteUnavailable, ResolutionExceedsProfile,
     TrainingInProgress, TrainingNotFound,
 )
 from sidecar.remote.wire import TrainEstimate
+from sidecar.training.adapter import adapter_for
 from sidecar.training.loss_history import loss_file, read_history
 from sidecar.training.manager import TrainingManager
 from sidecar.training.wire import (
@@ -29,6 +33,7 @@ from sidecar.training.wire import (
 )
 
 TRAINING = web.AppKey("training", TrainingManager)
+SAMPLE_TYPES = ("image/png", "image/jpeg")
 MAX_LOSS_POINTS = 5000
 
 routes = web.RouteTableDef()
@@ -55,7 +60,7 @@ async def _training_ctx(app: web.Application) -> AsyncIterator[None]:
 @routes.post("/loras/train")
 @operation("Submit a LoRA training run", {202: TrainingRun}, request=TrainRequest,
            errors=(BatchSizeNotSupported, ResolutionExceedsProfile, DatasetInvalid, CheckpointNotFound,
-                   TrainingInProgress, EngineUnavailable, RemoteNotConfigured, RemoteUnavailable),
+                   TrainingInProgress, EngineUnavailable, RemoteNotConfigured, RemoteUnavailable, FamilyNotSupported),
            response_headers={202: {"Location": "the run's status URL"}})
 async def train(request: web.Request) -> web.Response:
     req = await parse_body(request, TrainRequest)
@@ -67,7 +72,7 @@ async def train(request: web.Request) -> web.Response:
 @operation("What a run would take here and on a rented GPU, and cost, without renting anything",
            {200: TrainEstimate}, request=TrainRequest,
            errors=(BatchSizeNotSupported, ResolutionExceedsProfile, EngineUnavailable, RemoteNotConfigured,
-                   NoOfferUnderLimits, RemoteUnavailable))
+                   NoOfferUnderLimits, RemoteUnavailable, FamilyNotSupported))
 async def estimate(request: web.Request) -> web.Response:
     req = await parse_body(request, TrainRequest)
     return json_response(await request.app[TRAINING].estimate(req))
@@ -100,6 +105,24 @@ async def loss(request: web.Request) -> web.Response:
     return json_response(LossHistory(run_id=run.id, steps_logged=logged,
                                      points=[LossPointInfo(step=p.step, loss=p.loss, smoothed=p.smoothed)
                                              for p in points]))
+
+
+@routes.get("/loras/{id}/samples/{file}")
+@operation("An image the trainer sampled while it trained (a name from `checkpoints[].samples`)", {200: None},
+           binary=SAMPLE_TYPES, errors=(TrainingNotFound, NotFound))
+async def sample(request: web.Request) -> web.StreamResponse:
+    run = await request.app[TRAINING].get(request.match_info["id"])
+    name = request.match_info["file"]
+    listed = {f for c in run.checkpoints for f in c.samples}
+    if name not in listed:  # only what the run lists: never a path of the caller's choosing
+        raise NotFound(f"Training run {run.id} has no sample {name!r}.", {"runId": run.id, "file": name})
+    folder = adapter_for(run.params.trainer or "kohya").samples_dir(Path(run.output_dir))
+    path = folder / name
+    if not await asyncio.to_thread(path.is_file):
+        raise NotFound(f"The sample {name} of run {run.id} is no longer on disk ({path}).",
+                       {"runId": run.id, "file": name})
+    kind = "image/png" if path.suffix.lower() == ".png" else "image/jpeg"
+    return web.FileResponse(path, headers={"Content-Type": kind})
 
 
 @routes.post("/loras/{id}/cancel")

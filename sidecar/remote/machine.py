@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import shlex
 
-from sidecar.config.remote import KOHYA_REPO
+from sidecar.config.remote import AI_TOOLKIT_REPO, KOHYA_REPO
 
 READY_MARKER = "~/.plasma-kohya-ready"  # holds the python that has kohya's requirements
 FAILED_MARKER = "~/.plasma-kohya-failed"
 ONSTART_LOG = "~/plasma-onstart.log"
 KOHYA_HOME = "~/sd-scripts"
 RUNS_ROOT = "~/plasma-runs"
+# ai-toolkit on a rented instance (trainer ai-toolkit): its own folder and markers beside kohya's.
+AI_TOOLKIT_READY = "~/.plasma-ai-toolkit-ready"
+AI_TOOLKIT_FAILED = "~/.plasma-ai-toolkit-failed"
+AI_TOOLKIT_HOME = "~/ai-toolkit"
 
 
 def onstart_script(commit: str) -> str:
@@ -38,15 +42,35 @@ def onstart_script(commit: str) -> str:
     ])
 
 
-def train_script(run_dir: str, kohya_dir: str, python: str, args: list[str]) -> str:
+def ai_toolkit_onstart_script(commit: str) -> str:
+    """The onstart script of an ai-toolkit run: its README's install (clone with submodules, requirements into
+    the image's python, which brings torch with CUDA), once per instance, the markers saying how it went."""
+    return "\n".join([
+        "#!/bin/bash",
+        f"[ -f {AI_TOOLKIT_READY} ] && exit 0",
+        "(",
+        "  set -e",
+        f"  rm -rf {AI_TOOLKIT_HOME}",
+        f"  git clone --quiet {AI_TOOLKIT_REPO} {AI_TOOLKIT_HOME}",
+        f"  cd {AI_TOOLKIT_HOME}",
+        f"  git checkout --quiet {shlex.quote(commit)}",
+        "  git submodule update --init --recursive --quiet",
+        "  python3 -m pip install --quiet -r requirements.txt",
+        f"  command -v python3 > {AI_TOOLKIT_READY}.tmp && mv {AI_TOOLKIT_READY}.tmp {AI_TOOLKIT_READY}",
+        f") > {ONSTART_LOG} 2>&1 || tail -n 20 {ONSTART_LOG} > {AI_TOOLKIT_FAILED}",
+        "",
+    ])
+
+
+def train_script(run_dir: str, kohya_dir: str, python: str, args: list[str], script: str = "train_network.py") -> str:
     """The run's launcher: its own session (setsid) so neither a dropped SSH connection nor our shell's
     exit stops it; `pid` holds its process group for a stop, `exit_code` appears when it ends."""
     rd = shlex.quote(run_dir)
-    cmd = " ".join(shlex.quote(a) for a in [python, "-u", "train_network.py", *args])
+    cmd = " ".join(shlex.quote(a) for a in [python, "-u", script, *args])
     return "\n".join([
         "#!/bin/sh",
         f"echo $$ > {rd}/pid",
-        f"cd {shlex.quote(kohya_dir)} || {{ echo \"sd-scripts not found at {kohya_dir}\"; echo 97 > {rd}/exit_code; "
+        f"cd {shlex.quote(kohya_dir)} || {{ echo \"{script} not found in {kohya_dir}\"; echo 97 > {rd}/exit_code; "
         "exit 97; }",
         # Unbuffered: checkpoint lines arrive in order; 200 columns: rich would wrap log records at 80.
         f"PYTHONUNBUFFERED=1 COLUMNS=200 PYTORCH_ENABLE_MPS_FALLBACK=1 {cmd}",

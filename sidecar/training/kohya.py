@@ -37,8 +37,8 @@ __all__ = ["KohyaTrainer", "ProcessTrainer", "build_args", "locate", "precision"
 log = logging.getLogger("sidecar.training.kohya")
 
 SCRIPT = "train_network.py"
-KILL_GRACE_S = 10.0
-ORPHAN_MARKERS = ("train_network", "run.py")  # kohya's scripts (sd15, sdxl_, flux_), ai-toolkit's run.py  # SIGTERM to the group, then SIGKILL if anything is still alive
+KILL_GRACE_S = 10.0  # SIGTERM to the group, then SIGKILL if anything is still alive
+ORPHAN_MARKERS = ("train_network", "run.py")  # kohya's scripts (sd15, sdxl_, flux_), ai-toolkit's run.py
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sidecar.training.adapter import adapter_for, samples_by_step
 from sidecar.training.loss_history import LossRecorder
 from sidecar.training.progress import ProgressTracker
-from sidecar.training.spec import TrainerHooks
+from sidecar.training.spec import TrainerHooks, TrainSpec
 from sidecar.training.store import CheckpointRecord, RunRecord, TrainingStore
 from sidecar.training.views import finite
 
@@ -41,6 +42,7 @@ class LiveRun:
     last_persist: float = 0.0
     pending: set[asyncio.Task] = field(default_factory=set)  # checkpoint rows being written
     losses: LossRecorder | None = None  # the loss by step, into the run's loss.csv
+    on_end: Callable[[], Coroutine[Any, Any, Any]] | None = None  # a last look for what the trainer wrote
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         """A write for this run in the background; `drain` waits for all of them before the run ends."""
@@ -49,6 +51,8 @@ class LiveRun:
         task.add_done_callback(self.pending.discard)
 
     async def drain(self) -> None:
+        if self.on_end is not None:
+            self.spawn(self.on_end())
         if self.pending:
             await asyncio.gather(*list(self.pending), return_exceptions=True)
 
@@ -76,10 +80,28 @@ def trainer_hooks(live: LiveRun, store: TrainingStore, announce: Announce) -> Tr
                                                 loss_smoothed=finite(run.loss_smoothed)))
         announce(run, "progress", live)
 
+    async def collect_samples() -> None:
+        """The sample images the trainer wrote (kohya before a save, ai-toolkit after it), recorded by step."""
+        spec = TrainSpec.from_dict(run.spec)
+        if not spec.sample_prompts:
+            return
+        found = await asyncio.to_thread(samples_by_step, adapter_for(spec.trainer), Path(run.output_dir),
+                                        spec.output_name)
+        new = {step: [f for f in names if f not in run.samples.get(step, [])] for step, names in found.items()}
+        new = {step: names for step, names in new.items() if names}
+        if new:
+            for step, names in new.items():
+                run.samples[step] = sorted(run.samples.get(step, []) + names)
+            await store.add_samples(run.id, new)
+            announce(run, "checkpoint", live)
+
+    live.on_end = collect_samples
+
     def checkpoint(step: int, path: Path, state: Path | None) -> None:
         ckpt = CheckpointRecord(run.id, step, str(path), str(state) if state else None)
         run.checkpoints = [c for c in run.checkpoints if c.step != step] + [ckpt]
         live.spawn(store.add_checkpoint(ckpt))
+        live.spawn(collect_samples())
         log.info("training run %s: checkpoint at step %d: %s", run.id, step, path.name)
         announce(run, "checkpoint", live)
 

@@ -1,14 +1,13 @@
 """Training runs: queue, run, cancel, resume; one at a time, under the daemon's one device lock.
-What is checked before a run is queued is `admission.py`; what a run that was training at a restart
-becomes is `recovery.py`; how a run looks to clients is `views.py`; a run in memory while it trains and
-the hooks its trainer reports through are `live.py`; which trainer an engine name means is `trainers.py`.
+What is checked before a run is queued is `admission.py` and `placement.py` (where a family trains); what a
+run that was training at a restart becomes is `recovery.py`; how a run looks to clients is `views.py`; a run
+in memory while it trains and its hooks are `live.py`; which trainer an engine name means is `trainers.py`.
 
 A run registers in the device's training gate as soon as it is queued (so `POST /jobs` answers 409
 at once), waits for the lock behind any running generation job, then holds it until it ends.
 Every status change is persisted before it is announced on the event bus. After a daemon restart
 a run that was training is marked `interrupted` with its last checkpoint (an orphaned trainer
-process is stopped first) and continues on `resume`. How a run trains is the trainer's business
-(`kohya.py`, `embedded.py`).
+process is stopped first) and continues on `resume`. How a run trains is its trainer's business.
 """
 
 from __future__ import annotations
@@ -31,7 +30,7 @@ from sidecar.profiles import Profile
 from sidecar.sqlite_store import now_iso
 from sidecar.statuses import RUN_ACTIVE, RUN_RESUMABLE
 from sidecar.training import admission, placement, recovery, staging
-from sidecar.training import checkpoints as files
+from sidecar.training.checkpoints import safetensors_ok
 from sidecar.training.dataset import load_dataset
 from sidecar.training.live import LiveRun, trainer_hooks
 from sidecar.training.lora_metadata import lora_dir
@@ -51,7 +50,6 @@ from sidecar.training.wire import (
 log = logging.getLogger("sidecar.training")
 
 STOP_TIMEOUT = 30.0  # how long shutdown waits for a trainer to stop before leaving it marked interrupted
-
 
 
 class TrainingManager:
@@ -222,11 +220,10 @@ class TrainingManager:
             if run.engine != "remote":
                 admission.check_engine(self.settings, run.engine)
             spec = TrainSpec.from_dict(run.spec)
-            point = await asyncio.to_thread(files.latest_state, Path(run.output_dir), spec.output_name,
-                                            files.STATE_FILES.get(run.engine, ("train_state.json",)))
+            point = await asyncio.to_thread(recovery.resume_point, run, spec)
             if point is not None and point[0] >= spec.steps:
                 final = Path(run.output_dir) / f"{spec.output_name}.safetensors"
-                if await asyncio.to_thread(files.safetensors_ok, final):
+                if await asyncio.to_thread(safetensors_ok, final):
                     await self._set(run, "succeeded", final_file=str(final), step=spec.steps, error_code=None,
                                     error_message=None, error_details=None, finished_at=now_iso())
                     return self.to_api(run, None)
@@ -246,8 +243,7 @@ class TrainingManager:
     async def _requeue(self, run: RunRecord, why: str) -> None:
         """Queue an interrupted run again at once, from its last saved state (as `resume` does)."""
         spec = TrainSpec.from_dict(run.spec)
-        point = await asyncio.to_thread(files.latest_state, Path(run.output_dir), spec.output_name,
-                                        files.STATE_FILES["kohya"])
+        point = await asyncio.to_thread(recovery.resume_point, run, spec)
         await self._set(run, "queued", resume_step=point[0] if point else None,
                         resume_state=str(point[1]) if point else None, error_code=None, error_message=None,
                         error_details=None, finished_at=None)
@@ -281,7 +277,6 @@ class TrainingManager:
             raise TrainingNotFound(f"No training run with id {run_id!r}.", {"runId": run_id})
         return run, lora_dir(self.settings, Path(loras_dir).expanduser() if loras_dir else None)
 
-    # -- checks
     # -- queue
     def _enqueue(self, run: RunRecord) -> None:
         live = LiveRun(record=run, tracker=ProgressTracker(total=run.total or 0, step=run.resume_step or 0),
@@ -402,3 +397,4 @@ class TrainingManager:
         if live is not None:
             return run_view(run, live.tracker, list(live.tail))
         return run_view(run, None, tail or [])
+

@@ -56,3 +56,16 @@ def detached(run: RunRecord) -> bool:
 
     state = RemoteState.from_dict(run.remote)
     return run.engine == "remote" and state is not None and state.state == "detached" and state.live
+
+
+def resume_point(run: RunRecord, spec: TrainSpec) -> tuple[int, Path] | None:
+    """Where a run resumes from: kohya's newest complete state folder, the embedded trainer's state, or
+    ai-toolkit's newest checkpoint (which it resumes from by itself). Blocking."""
+    if spec.trainer == "ai-toolkit":
+        from sidecar.training.adapter import adapter_for
+
+        point = adapter_for("ai-toolkit").resume_point(Path(run.output_dir), spec.output_name)
+        return (point.step, point.state_path) if point else None
+    engine = "kohya" if run.engine == "remote" else run.engine
+    return files.latest_state(Path(run.output_dir), spec.output_name,
+                              files.STATE_FILES.get(engine, ("train_state.json",)))

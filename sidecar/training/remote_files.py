@@ -26,10 +26,12 @@ def pull_failed(message: str, **details) -> JobFailed:
     return JobFailed(message, {"reason": "pull_failed", **details}, code="remote_failed")
 
 
-async def uploads(shell: Shell, job: TrainJob, rdir: str, tokenizer: Path | None,
-                  resume: ResumePoint | None) -> tuple[list[tuple[Path, str]], str, ResumePoint | None]:
+async def uploads(shell: Shell, job: TrainJob, rdir: str, tokenizer: Path | None, resume: ResumePoint | None,
+                  output_there: str | None = None) -> tuple[list[tuple[Path, str]], str, ResumePoint | None]:
     """(local file, path there) pairs for a run in `rdir`, the base model's path there, and the resume
-    point as the machine sees it. Models and the tokenizer live beside the runs and are kept between them."""
+    point as the machine sees it. Models and the tokenizer live beside the runs and are kept between them.
+    A request's `baseModel` (a hub id or a path there) is not uploaded. A resume point that is a file (an
+    ai-toolkit checkpoint) goes into the trainer's output folder there, where it resumes from by itself."""
     root = posixpath.dirname(rdir)
     out: list[tuple[Path, str]] = []
     for kind, subsets in (("img", job.dataset.subsets), ("reg", job.dataset.reg_subsets)):
@@ -40,13 +42,19 @@ async def uploads(shell: Shell, job: TrainJob, rdir: str, tokenizer: Path | None
                 cap = caption_path(item.image)
                 if cap.is_file():
                     out.append((cap, f"{folder}/{cap.name}"))
-    model = f"{root}/models/{job.base_model.name}"
-    if await shell.size(model) != job.base_model.stat().st_size:
-        out.append((job.base_model, model))
+    if job.spec.base_model_ref is not None:
+        model = job.spec.base_model_ref
+    else:
+        model = f"{root}/models/{job.base_model.name}"
+        if await shell.size(model) != job.base_model.stat().st_size:
+            out.append((job.base_model, model))
     if tokenizer is not None and not await shell.listdir(f"{root}/kohya-tokenizer/{MODEL_FOLDER}"):
         out += [(f, f"{root}/kohya-tokenizer/{MODEL_FOLDER}/{f.name}") for f in sorted(tokenizer.iterdir())]
     there: ResumePoint | None = None
-    if resume is not None:
+    if resume is not None and resume.state_path.is_file():
+        there = ResumePoint(resume.step, Path(f"{output_there}/{resume.state_path.name}"))
+        out.append((resume.state_path, str(there.state_path)))
+    elif resume is not None:
         name = resume.state_path.name
         there = ResumePoint(resume.step, Path(f"{rdir}/resume/{name}"))
         out += [(f, f"{rdir}/resume/{name}/{f.name}") for f in sorted(resume.state_path.iterdir()) if f.is_file()]
@@ -92,10 +100,15 @@ async def fetch_state(shell: Shell, remote_checkpoint: str, local_checkpoint: Pa
     return local_state
 
 
-async def finished_steps(shell: Shell, output_dir: str, name: str) -> list[int]:
+async def finished_steps(shell: Shell, output_dir: str, name: str, adapter=None) -> list[int]:
     """Steps of the step checkpoints in the machine's output folder, newest first."""
     steps = []
     for entry in await shell.listdir(output_dir):
+        if adapter is not None:
+            step = adapter.step_of(entry, name)
+            if step is not None:
+                steps.append(step)
+            continue
         m = files.STEP_FILE.match(entry)
         if m and m.group("name") == name:
             steps.append(int(m.group("step")))

@@ -51,6 +51,14 @@ CREATE TABLE IF NOT EXISTS training_remote (
     run_id TEXT PRIMARY KEY,
     state TEXT NOT NULL
 );
+-- Images the trainer sampled while it trained (its own sampling), by step: a table of their own, so older
+-- databases need no migration. `file` is relative to the run's output folder.
+CREATE TABLE IF NOT EXISTS training_samples (
+    run_id TEXT NOT NULL,
+    step INTEGER NOT NULL,
+    file TEXT NOT NULL,
+    PRIMARY KEY (run_id, file)
+);
 CREATE TABLE IF NOT EXISTS training_checkpoints (
     run_id TEXT NOT NULL,
     step INTEGER NOT NULL,
@@ -119,6 +127,7 @@ class RunRecord:
     seq: int | None = None
     checkpoints: list[CheckpointRecord] = field(default_factory=list)
     remote: dict[str, Any] | None = None  # training_remote.state
+    samples: dict[int, list[str]] = field(default_factory=dict)  # step -> files (relative to output_dir)
 
 
 class TrainingStore(SqliteStore):
@@ -133,6 +142,9 @@ class TrainingStore(SqliteStore):
         ]
         remote = self._exec("SELECT state FROM training_remote WHERE run_id = ?", (record.id,))
         record.remote = json.loads(remote[0]["state"]) if remote else None
+        for r in self._exec("SELECT step, file FROM training_samples WHERE run_id = ? ORDER BY step, file",
+                            (record.id,)):
+            record.samples.setdefault(r["step"], []).append(r["file"])
         return record
 
     def get_sync(self, run_id: str) -> RunRecord | None:
@@ -151,7 +163,7 @@ class TrainingStore(SqliteStore):
     # -- async API
     async def insert(self, run: RunRecord) -> None:
         data = asdict(run)
-        del data["seq"], data["checkpoints"], data["remote"]
+        del data["seq"], data["checkpoints"], data["remote"], data["samples"]
         await self._insert("training_runs", data)
 
     async def update(self, run_id: str, **fields: Any) -> None:
@@ -164,6 +176,15 @@ class TrainingStore(SqliteStore):
             "VALUES (?, ?, ?, ?, ?)",
             (ckpt.run_id, ckpt.step, ckpt.path, ckpt.state_path, ckpt.created_at),
         )
+
+    async def add_samples(self, run_id: str, samples: dict[int, list[str]]) -> None:
+        rows = [(run_id, step, f) for step, names in samples.items() for f in names]
+        await self._call(self._exec_many, "INSERT OR IGNORE INTO training_samples (run_id, step, file) "
+                         "VALUES (?, ?, ?)", rows)
+
+    def _exec_many(self, sql: str, rows: list[tuple]) -> None:
+        for row in rows:
+            self._exec(sql, row)
 
     async def set_remote(self, run_id: str, state: dict[str, Any]) -> None:
         await self._call(self._exec, "INSERT OR REPLACE INTO training_remote (run_id, state) VALUES (?, ?)",

@@ -24,11 +24,14 @@ def finite(value: float | None) -> float | None:
 def run_view(run: RunRecord, tracker: ProgressTracker | None, tail: list[str]) -> TrainingRun:
     """`tracker` is the live progress of a queued/running run (None for a finished one)."""
     spec = TrainSpec.from_dict(run.spec)
-    ckpts = [CheckpointInfo(step=c.step, file_name=Path(c.path).name, path=c.path)
+    def samples(step: int) -> list[str]:
+        return [Path(f).name for f in run.samples.get(step, [])]
+
+    ckpts = [CheckpointInfo(step=c.step, file_name=Path(c.path).name, path=c.path, samples=samples(c.step))
              for c in sorted(run.checkpoints, key=lambda c: c.step)]
     if run.final_file and run.status == "succeeded" and not any(c.step == run.step for c in ckpts):
         ckpts.append(CheckpointInfo(step=run.step, file_name=Path(run.final_file).name, path=run.final_file,
-                                    final=True))
+                                    final=True, samples=samples(run.step)))
     eta = tracker.eta_seconds if tracker is not None and run.status == "running" else None
     rate = tracker.seconds_per_step if tracker is not None else None
     return TrainingRun(

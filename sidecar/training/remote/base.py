@@ -18,7 +18,8 @@ from sidecar.remote.provider import Instance, Provider
 from sidecar.remote.shell import ConnectionLost, Shell
 from sidecar.remote.state import RemoteState
 from sidecar.training.kohya import KohyaRelay
-from sidecar.training.parser import CheckpointSaved, KohyaOutputParser
+from sidecar.training.adapter import adapter_for
+from sidecar.training.parser import CheckpointSaved
 from sidecar.training.spec import ResumePoint, TrainerHooks, TrainJob
 
 log = logging.getLogger("sidecar.training.remote")
@@ -42,7 +43,9 @@ class SessionBase(KohyaRelay):
         self.poll = settings.remote.poll_interval
         self.shell: Shell | None = None
         self.instance: Instance | None = None
-        self.parser = KohyaOutputParser()
+        self.adapter = adapter_for(job.spec.trainer)
+        self.parser = self.adapter.parser(0, job.spec.output_name)
+        self.gpu_memory_gb: float | None = None
         self.pending: list[CheckpointSaved] = []
         self.device_reported = False
         self.resume: ResumePoint | None = job.resume

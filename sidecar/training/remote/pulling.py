@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import logging
 import posixpath
+from pathlib import Path
 
 from sidecar.errors import JobFailed
 from sidecar.remote.shell import CommandFailed, ConnectionLost
@@ -48,7 +49,7 @@ class Pulling(SessionBase):
         got = await transfer.fetch(shell, remote, local)
         if got is None:
             return None
-        state = await transfer.fetch_state(shell, remote, local)
+        state = await transfer.fetch_state(shell, remote, local) if self.adapter.name == "kohya" else None
         if state is not None:
             kept = await asyncio.to_thread(files.prune_states, self.job.output_dir, self.job.spec.output_name,
                                            files.STATE_FILES["remote"])
@@ -61,11 +62,15 @@ class Pulling(SessionBase):
 
     async def pull_finished(self) -> None:
         """Every step checkpoint on the machine not pulled yet, newest first (the last one matters most)."""
-        out = f"{self.st.work_dir}/output"
+        out = self.output_there
         name = self.job.spec.output_name
-        for step in await transfer.finished_steps(self._shell(), out, name):
+        for step in await transfer.finished_steps(self._shell(), out, name, self.adapter):
             with contextlib.suppress(JobFailed):
-                await self.pull(step, f"{out}/{files.step_file_name(name, step)}")
+                await self.pull(step, f"{out}/{self.adapter.step_file_name(name, step)}")
+
+    @property
+    def output_there(self) -> str:
+        return str(self.adapter.output_dir(Path(self.st.work_dir or ""), self.job.spec.output_name))
 
     async def finish(self, code: int) -> TrainResult:
         job, parser = self.job, self.parser
@@ -73,7 +78,7 @@ class Pulling(SessionBase):
         if code != 0:
             err = parser.error
             raise training_failed(
-                f"kohya's train_network.py failed on the machine at step {self.step}: "
+                f"{self.adapter.label(job.spec.family)} failed on the machine at step {self.step}: "
                 f"{err.summary if err else f'exit status {code}'}", "crash", exitCode=code,
                 exception=err.type if err else None, exceptionMessage=err.message if err else None,
                 step=self.step, logTail=tail)
@@ -82,10 +87,11 @@ class Pulling(SessionBase):
                                   "no_data", exitCode=code, logTail=tail)
         self.publish("pulling")
         await self.pull_finished()  # a save the bar never redrew after
-        final = f"{self.st.work_dir}/output/{job.spec.output_name}.safetensors"
+        final = f"{self.output_there}/{job.spec.output_name}.safetensors"
         got = await transfer.fetch(self._shell(), final, job.final_file)
         if got is None:
-            raise training_failed(f"kohya exited normally but wrote no final LoRA ({job.final_file.name}).",
+            raise training_failed(f"{self.adapter.name} exited normally but wrote no final LoRA "
+                                  f"({job.final_file.name}).",
                                   "no_output", exitCode=code, step=self.step, logTail=tail)
         log.info("run %s: final LoRA pulled (%d bytes, sha256 %s)", job.run_id, got[0], got[1][:12])
         return TrainResult(final_file=job.final_file, step=max(self.step, job.spec.steps))

@@ -14,8 +14,7 @@ import time
 from sidecar.errors import RemoteUnavailable
 from sidecar.remote import machine
 from sidecar.remote.shell import ConnectionLost, is_login_refused
-from sidecar.training import checkpoints as files
-from sidecar.training.parser import BarUpdate, CheckpointSaved, KohyaOutputParser
+from sidecar.training.parser import BarUpdate, CheckpointSaved
 from sidecar.training.remote.base import InstanceLost, _append
 from sidecar.training.remote.starting import Starting
 from sidecar.training.spec import ResumePoint
@@ -51,8 +50,7 @@ class Reattaching(Starting):
         # step it was started from, not by the state the run was queued again with (the restart's
         # `resume_step`, the last pulled state: this trainer did not start from it).
         st.log_offset, st.reattached = 0, st.reattached + 1
-        self.parser = KohyaOutputParser()
-        self.parser.offset = st.start_step
+        self.parser = self.adapter.parser(st.start_step, self.job.spec.output_name)
         self.resume = None
         with contextlib.suppress(OSError):
             (self.job.work_dir / "train.log").unlink()
@@ -84,9 +82,8 @@ class Reattaching(Starting):
                            f"the last pulled checkpoint")
         await self.close_shell()
         await self.destroy()
-        point = await asyncio.to_thread(files.latest_state, self.job.output_dir, self.job.spec.output_name,
-                                        files.STATE_FILES["kohya"])
-        self.resume = ResumePoint(point[0], point[1]) if point else None
+        self.resume = await asyncio.to_thread(self.adapter.resume_point, self.job.output_dir,
+                                              self.job.spec.output_name)
 
     async def reconnect(self, since: float) -> None:
         st = self.st

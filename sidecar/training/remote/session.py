@@ -103,7 +103,8 @@ class Session(Reattaching):
                 if "alive" not in await shell.run(machine.alive_command(rdir)):
                     if await shell.size(f"{rdir}/exit_code") is None:
                         raise remote_failed(
-                            f"train_network.py stopped on the machine without an exit status at step {self.step} "
+                            f"{self.adapter.label(job.spec.family)} stopped on the machine without an exit status "
+                            f"at step {self.step} "
                             "(killed, or the machine restarted).", "trainer_vanished", step=self.step,
                             logTail=list(self.parser.tail)[-20:])
                     continue
