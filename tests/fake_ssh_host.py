@@ -21,6 +21,7 @@ import asyncssh
 from tests.processes import marked_processes
 
 FAKE_TRAINER = Path(__file__).resolve().parent / "fake_trainer.py"
+FAKE_AI_TOOLKIT = Path(__file__).resolve().parent / "fake_ai_toolkit.py"
 MARK = "FAKE_SSH_HOST_ID"  # in the environment of every process the host starts: how `close` finds them
 
 
@@ -39,13 +40,27 @@ def install_kohya(home: Path) -> tuple[Path, Path]:
     """sd-scripts (the fake trainer as train_network.py) and a python in `home`: (sd-scripts dir, python)."""
     scripts = home / "sd-scripts"
     scripts.mkdir(parents=True, exist_ok=True)
-    if not (scripts / "train_network.py").exists():
-        (scripts / "train_network.py").symlink_to(FAKE_TRAINER)
+    for script in ("train_network.py", "sdxl_train_network.py", "flux_train_network.py"):
+        if not (scripts / script).exists():
+            (scripts / script).symlink_to(FAKE_TRAINER)
     python = home / "venv" / "bin" / "python"
     python.parent.mkdir(parents=True, exist_ok=True)
     python.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
     python.chmod(0o755)
     return scripts, python
+
+
+def install_ai_toolkit(home: Path) -> tuple[Path, Path]:
+    """ai-toolkit (the fake `run.py`) and its venv's python in `home/ai-toolkit`: (its folder, python)."""
+    root = home / "ai-toolkit"
+    root.mkdir(parents=True, exist_ok=True)
+    if not (root / "run.py").exists():
+        (root / "run.py").symlink_to(FAKE_AI_TOOLKIT)
+    python = root / "venv" / "bin" / "python"
+    python.parent.mkdir(parents=True, exist_ok=True)
+    python.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    python.chmod(0o755)
+    return root, python
 
 
 class _Sftp(asyncssh.SFTPServer):

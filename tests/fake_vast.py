@@ -22,7 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.fake_ssh_host import FakeHost, install_kohya
+from tests.fake_ssh_host import FakeHost, install_ai_toolkit, install_kohya
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "vast" / "sdk-requests.json"
 QUERY_KEYS = {"order", "type", "limit", "allocated_storage", "disable_bundling"}
@@ -189,9 +189,14 @@ class FakeVast:
         self.reads[instance_id] += 1
         if row["actual_status"] == "loading" and self.reads[instance_id] > self.loading_reads:
             host = self.hosts[instance_id]
-            _, python = install_kohya(host.home)
             await host.start()
-            (host.home / ".plasma-kohya-ready").write_text(f"{python}\n")
+            # What the onstart script installs: ai-toolkit when it clones it, else kohya.
+            if "ai-toolkit" in self.onstart.get(instance_id, ""):
+                _, python = install_ai_toolkit(host.home)
+                (host.home / ".plasma-ai-toolkit-ready").write_text(f"{python}\n")
+            else:
+                _, python = install_kohya(host.home)
+                (host.home / ".plasma-kohya-ready").write_text(f"{python}\n")
             row.update(actual_status="running", ssh_host="127.0.0.1", ssh_port=host.port, status_msg="success")
 
     async def show(self, request: web.Request) -> web.Response:

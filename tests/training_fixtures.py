@@ -43,7 +43,8 @@ def kohya_dir(tmp_path: Path) -> Path:
     """A kohya_ss checkout as the GUI installs it: `sd-scripts/train_network.py` and `venv/bin/python`."""
     root = tmp_path / "kohya_ss"
     (root / "sd-scripts").mkdir(parents=True)
-    (root / "sd-scripts" / "train_network.py").symlink_to(FAKE_TRAINER)
+    for script in ("train_network.py", "sdxl_train_network.py", "flux_train_network.py"):
+        (root / "sd-scripts" / script).symlink_to(FAKE_TRAINER)
     python = root / "venv" / "bin" / "python"
     python.parent.mkdir(parents=True)
     # A wrapper, not a symlink: the venv's python must be run by its venv path to see the venv.

@@ -81,8 +81,8 @@ def job_config(job: TrainJob, device: str, gpu_memory_gb: float | None = None) -
     } for subset in job.dataset.subsets]
     process: dict[str, Any] = {
         "type": "sd_trainer",
-        "training_folder": str(job.output_dir.parent),
-        "device": "cuda:0" if device == "cuda" else device,
+        "training_folder": str(job.output_dir.parent),  # the device is accelerate's choice (the GPU)
+        "training_seed": s.seed,
         "trigger_word": s.trigger_word,
         "network": {"type": "lora", "linear": s.network_dim, "linear_alpha": s.network_alpha},
         # Keep every step save: the sweep compares them, and the resume starts from the newest.

@@ -57,8 +57,23 @@ class Pulling(SessionBase):
         pulled = PulledFile(step=step, path=str(local), size=got[0], sha256=got[1], state=str(state) if state else None)
         self.st.pulled.append(pulled)
         self.publish()
+        await self.pull_samples()
         self.hooks.checkpoint(step, local, state)
         return pulled
+
+    async def pull_samples(self) -> None:
+        """The sample images the trainer wrote there and not pulled yet (kohya's before a save, ai-toolkit's
+        after it: the next save or the end brings them), into the same folder here."""
+        if not self.job.spec.sample_prompts:
+            return
+        there = str(self.adapter.samples_dir(Path(self.output_there)))
+        here = self.adapter.samples_dir(self.job.output_dir)
+        shell = self._shell()
+        for name in await shell.listdir(there):
+            if self.adapter.sample_step(name, self.job.spec.output_name) is None or (here / name).is_file():
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                await shell.get(f"{there}/{name}", here / name)
 
     async def pull_finished(self) -> None:
         """Every step checkpoint on the machine not pulled yet, newest first (the last one matters most)."""
@@ -94,4 +109,5 @@ class Pulling(SessionBase):
                                   f"({job.final_file.name}).",
                                   "no_output", exitCode=code, step=self.step, logTail=tail)
         log.info("run %s: final LoRA pulled (%d bytes, sha256 %s)", job.run_id, got[0], got[1][:12])
+        await self.pull_samples()
         return TrainResult(final_file=job.final_file, step=max(self.step, job.spec.steps))
