@@ -1,0 +1,255 @@
+"""Trainers x families here: kohya's SDXL and Flux commands against the real argparse's option lists, ai-toolkit's
+job config against the keys its config classes read, where each family may train (400 naming where), and runs
+of kohya SDXL and ai-toolkit Flux through the API against the stand-ins (progress, checkpoints, samples,
+tracking, cancel, resume, crash)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from sidecar.api.app import create_app
+from sidecar.config import Settings
+from sidecar.training.ai_toolkit import AiToolkitAdapter, job_config
+from sidecar.training.dataset import load_dataset
+from sidecar.training.kohya_args import KohyaAdapter
+from sidecar.training.spec import ResumePoint, TrainJob, TrainSpec
+from tests.fake_ai_toolkit import check_config
+from tests.fake_ssh_host import FAKE_AI_TOOLKIT
+from tests.fake_trainer import all_options, build_parser
+from tests.training_fixtures import (  # noqa: F401  (fixtures)
+    TRIGGER,
+    backend,
+    dataset_dir,
+    fake_env,
+    kohya_dir,
+    settings,
+    wait_run,
+)
+
+
+def spec(**kw) -> TrainSpec:
+    base = dict(output_name="spyke", dataset_dir="/d", steps=1000, resolution=1024, network_dim=16,
+                network_alpha=16.0, learning_rate=1e-4, save_every=200, seed=7, engine="remote",
+                trigger_word=TRIGGER, checkpoint="flux1-dev.safetensors")
+    return TrainSpec(**{**base, **kw})
+
+
+def job_for(tmp_path: Path, dataset_dir: Path, **kw) -> TrainJob:
+    work = tmp_path / "run"
+    return TrainJob(run_id="r1", spec=spec(**kw), dataset=load_dataset(dataset_dir, TRIGGER), work_dir=work,
+                    output_dir=work / "output", base_model=Path("/models/flux1-dev.safetensors"))
+
+
+def check_kohya_args(script: str, args: list[str]) -> dict[str, str | None]:
+    """Every argument an option of the real script (name, flag or value, choices), as its argparse reads it."""
+    options = all_options(script)
+    given: dict[str, str | None] = {}
+    for arg in args:
+        name, _, value = arg.partition("=")
+        assert name in options, f"{name} is not an option of the real {script}"
+        assert options[name]["value"] == bool(value), f"{name}: flag/value mismatch with the real argparse"
+        if options[name]["choices"]:
+            assert value in options[name]["choices"], f"{name}={value} not in {options[name]['choices']}"
+        given[name] = value or None
+    build_parser(script).parse_args(args)
+    return given
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl", "flux"])
+def test_kohya_commands_are_real_options_of_each_script(tmp_path, dataset_dir, family) -> None:
+    job = job_for(tmp_path, dataset_dir, family=family, trainer="kohya", sample_prompts=[f"{TRIGGER}, smiling"],
+                  tracking="tensorboard")
+    launch = KohyaAdapter().launch(job, "cuda", tmp_path / "tok", gpu_memory_gb=16)
+    script = {"sd15": "train_network.py", "sdxl": "sdxl_train_network.py", "flux": "flux_train_network.py"}[family]
+    assert launch.script == script
+    given = check_kohya_args(script, launch.args)
+    # Samples by kohya's own sampling, at every save unless sampleEvery says otherwise; tracking by --log_with.
+    assert given["--sample_every_n_steps"] == "200" and given["--sample_prompts"].endswith("sample_prompts.txt")
+    assert launch.files["sample_prompts.txt"] == f"{TRIGGER}, smiling --w 1024 --h 1024 --d 7 --s 20\n"
+    assert given["--log_with"] == "tensorboard" and given["--logging_dir"] == str(job.work_dir / "logs")
+    if family == "flux":
+        assert given["--network_module"] == "networks.lora_flux" and "--fp8_base" in given
+        assert given["--clip_l"] == "/models/clip_l.safetensors" and given["--ae"] == "/models/ae.safetensors"
+        assert given["--t5xxl"] == "/models/t5xxl_fp8_e4m3fn.safetensors"
+        assert given["--timestep_sampling"] == "shift" and given["--model_prediction_type"] == "raw"
+        assert given["--blocks_to_swap"] == "18"  # a 16 GB card
+        assert given["--mixed_precision"] == "bf16"
+    elif family == "sdxl":
+        assert given["--network_module"] == "networks.lora" and "--no_half_vae" in given
+        assert "--cache_text_encoder_outputs" in given and "--network_train_unet_only" in given
+    else:
+        assert "--fp8_base" not in given and "--no_half_vae" not in given
+
+
+def test_flux_on_a_24_gb_card_needs_no_block_swap(tmp_path, dataset_dir) -> None:
+    job = job_for(tmp_path, dataset_dir, family="flux", trainer="kohya", base_model_ref="/w/flux1-dev.safetensors",
+                  sample_every=50, tracking="wandb")
+    given = check_kohya_args("flux_train_network.py", KohyaAdapter().launch(job, "cuda", None, 24).args)
+    assert "--blocks_to_swap" not in given and given["--pretrained_model_name_or_path"] == "/w/flux1-dev.safetensors"
+    assert "--sample_prompts" not in given and given["--log_with"] == "wandb"
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl", "flux"])
+def test_ai_toolkit_config_uses_only_keys_it_reads(tmp_path, dataset_dir, family) -> None:
+    job = job_for(tmp_path, dataset_dir, family=family, trainer="ai-toolkit", base_model_ref="org/model",
+                  sample_prompts=[f"{TRIGGER}, a", f"{TRIGGER}, b"], sample_every=100, tracking="wandb")
+    launch = AiToolkitAdapter().launch(job, "cuda", None)
+    assert launch.script == "run.py" and launch.args == [str(job.work_dir / "ai-toolkit.json")]
+    config = json.loads(launch.files["ai-toolkit.json"])
+    assert check_config(config) is None
+    p = config["config"]["process"][0]
+    assert config["config"]["name"] == "spyke" and p["training_folder"] == str(job.output_dir.parent)
+    assert p["network"] == {"type": "lora", "linear": 16, "linear_alpha": 16.0}
+    assert p["save"]["save_every"] == 200 and p["train"]["steps"] == 1000 and p["train"]["lr"] == 1e-4
+    assert p["model"]["name_or_path"] == "org/model"
+    assert p["model"].get("is_flux", False) == (family == "flux") and p["model"].get("is_xl", False) == (family == "sdxl")
+    assert p["sample"]["prompts"] == [f"{TRIGGER}, a", f"{TRIGGER}, b"] and p["sample"]["sample_every"] == 100
+    assert p["logging"]["use_wandb"] is True and "log_dir" not in p
+    assert [d["folder_path"] for d in p["datasets"]] == [str(job.work_dir / "img" / s.name) for s in job.dataset.subsets]
+
+
+def test_ai_toolkit_resumes_from_its_newest_checkpoint(tmp_path) -> None:
+    from tests.fake_ai_toolkit import write_lora
+
+    out = tmp_path / "output" / "spyke"
+    out.mkdir(parents=True)
+    for step in (2, 4):
+        write_lora(out / f"spyke_{step:09d}.safetensors", step, "spyke")
+    (out / "spyke_000000006.safetensors").write_bytes(b"torn")  # a save cut short is not resumed from
+    assert AiToolkitAdapter().resume_point(out, "spyke") == ResumePoint(4, out / "spyke_000000004.safetensors")
+
+
+# -- through the API -------------------------------------------------------------------------------------
+@pytest.fixture
+def gpu_settings(tmp_path: Path, kohya_dir: Path) -> Settings:
+    """This machine as a 24 GB CUDA box with kohya and ai-toolkit (the stand-ins) installed."""
+    aitk = tmp_path / "ai-toolkit"
+    (aitk / "venv" / "bin").mkdir(parents=True)
+    (aitk / "run.py").symlink_to(FAKE_AI_TOOLKIT)
+    (aitk / "venv" / "bin" / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    (aitk / "venv" / "bin" / "python").chmod(0o755)
+    s = Settings(data_dir=tmp_path / "data", engine="embedded", kohya_dir=kohya_dir, ai_toolkit_dir=aitk,
+                 profile="cuda-24gb", device="cuda")
+    base = s.models_path / "checkpoints"
+    base.mkdir(parents=True)
+    (base / s.checkpoint).write_bytes(b"not a real model: the fake trainer only checks it exists")
+    return s
+
+
+@pytest.fixture
+async def gpu_client(aiohttp_client, gpu_settings, backend, fake_env, monkeypatch):
+    monkeypatch.setenv("FAKE_AITK_STEP_SECONDS", "0.01")
+    monkeypatch.setenv("FAKE_AITK_ARGV_FILE", str(fake_env["argv"].with_name("aitk.json")))
+    return await aiohttp_client(create_app(gpu_settings, backend))
+
+
+async def submit(client, dataset_dir: Path, **body) -> dict:
+    payload = {"datasetDir": str(dataset_dir), "outputName": "spyke", "steps": 6, "saveEveryNSteps": 2, **body}
+    resp = await client.post("/loras/train", json=payload)
+    assert resp.status == 202, await resp.text()
+    return await resp.json()
+
+
+async def test_an_sdxl_kohya_run_trains_and_lists_its_samples_per_checkpoint(gpu_client, dataset_dir, fake_env):
+    run = await submit(gpu_client, dataset_dir, trainer="kohya", family="sdxl", samplePrompts=[f"{TRIGGER}, smiling"])
+    assert run["params"]["family"] == "sdxl" and run["params"]["resolution"] == 1024  # SDXL's own size
+    done = await wait_run(gpu_client, run["id"], {"succeeded", "failed"})
+    assert done["status"] == "succeeded", done["error"]
+    argv = json.loads(fake_env["argv"].read_text())
+    assert "--no_half_vae" in argv and "--resolution=1024,1024" in argv
+    steps = {c["step"]: c for c in done["checkpoints"]}
+    assert sorted(steps) == [2, 4, 6]
+    for step in (2, 4, 6):
+        assert [n.split("_")[1] for n in steps[step]["samples"]] == [f"{step:06d}"], steps[step]
+    name = steps[4]["samples"][0]
+    got = await gpu_client.get(f"/loras/{run['id']}/samples/{name}")
+    assert got.status == 200 and got.headers["Content-Type"] == "image/png" and (await got.read())[:4] == b"\x89PNG"
+    missing = await gpu_client.get(f"/loras/{run['id']}/samples/..%2F..%2Ftrain.log")
+    assert missing.status == 404 and (await missing.json())["error"]["code"] == "not_found"
+
+
+async def test_an_ai_toolkit_flux_run_reports_progress_checkpoints_and_samples(gpu_client, dataset_dir, fake_env):
+    run = await submit(gpu_client, dataset_dir, trainer="ai-toolkit", family="flux",
+                       baseModel="black-forest-labs/FLUX.1-dev", samplePrompts=[f"{TRIGGER}, a", f"{TRIGGER}, b"],
+                       tracking="tensorboard")
+    done = await wait_run(gpu_client, run["id"], {"succeeded", "failed"})
+    assert done["status"] == "succeeded", done["error"]
+    assert done["engine"] == "ai-toolkit" and done["step"] == 6 and done["loss"]["last"] is not None
+    assert done["finalFile"].endswith("/output/spyke/spyke.safetensors")
+    ckpts = {c["step"]: c for c in done["checkpoints"]}
+    assert sorted(ckpts) == [2, 4, 6] and ckpts[2]["fileName"] == "spyke_000000002.safetensors"
+    assert all(len(ckpts[s]["samples"]) == 2 for s in (2, 4, 6)), ckpts  # ai-toolkit samples after each save
+    config = json.loads(fake_env["argv"].with_name("aitk.json").read_text())["config"]
+    p = config["config"]["process"][0]
+    assert p["model"] == {"name_or_path": "black-forest-labs/FLUX.1-dev", "is_flux": True, "quantize": True}
+    assert p["log_dir"].endswith("/logs")
+    got = await gpu_client.get(f"/loras/{run['id']}/samples/{ckpts[4]['samples'][0]}")
+    assert got.status == 200 and got.headers["Content-Type"] == "image/jpeg"
+
+
+async def test_an_ai_toolkit_crash_ends_failed_with_its_error(gpu_client, dataset_dir, monkeypatch):
+    monkeypatch.setenv("FAKE_AITK_CRASH_AT", "4")
+    run = await submit(gpu_client, dataset_dir, trainer="ai-toolkit", family="flux", baseModel="org/flux")
+    done = await wait_run(gpu_client, run["id"], {"succeeded", "failed"})
+    assert done["status"] == "failed" and done["error"]["code"] == "training_failed"
+    assert done["error"]["details"]["reason"] == "crash" and "CUDA out of memory" in done["error"]["message"]
+    assert done["error"]["message"].startswith("ai-toolkit's run.py failed at step 3")
+    assert [c["step"] for c in done["checkpoints"]] == [2]
+
+
+async def test_a_cancelled_ai_toolkit_run_resumes_from_its_newest_checkpoint(gpu_client, dataset_dir, monkeypatch,
+                                                                                fake_env):
+    monkeypatch.setenv("FAKE_AITK_STEP_SECONDS", "0.15")
+    run = await submit(gpu_client, dataset_dir, trainer="ai-toolkit", family="sdxl", baseModel="org/sdxl")
+    for _ in range(400):
+        body = await (await gpu_client.get(f"/loras/{run['id']}/status")).json()
+        if body["checkpoints"] or body["status"] not in ("queued", "running"):
+            break
+        await asyncio.sleep(0.05)
+    await gpu_client.post(f"/loras/{run['id']}/cancel")
+    cancelled = await wait_run(gpu_client, run["id"], {"cancelled", "failed", "succeeded"})
+    assert cancelled["status"] == "cancelled" and cancelled["checkpoints"], cancelled
+    kept = max(c["step"] for c in cancelled["checkpoints"])
+    monkeypatch.setenv("FAKE_AITK_STEP_SECONDS", "0.01")
+    resumed = await (await gpu_client.post(f"/loras/{run['id']}/resume")).json()
+    assert resumed["status"] == "queued", resumed
+    done = await wait_run(gpu_client, run["id"], {"succeeded", "failed"})
+    assert done["status"] == "succeeded", done["error"]
+    log = (Path(done["outputDir"]).parents[1] / "train.log").read_text()
+    assert f"#### IMPORTANT RESUMING FROM {done['outputDir']}/spyke_{kept:09d}.safetensors ####" in log
+    assert f"Found step {kept} in metadata, starting from there" in log
+
+
+# -- where each family trains ----------------------------------------------------------------------------
+@pytest.fixture
+async def laptop(aiohttp_client, settings, backend, fake_env):
+    return await aiohttp_client(create_app(settings, backend))  # the default profile: m1pro-16gb
+
+
+@pytest.mark.parametrize("body", [{"trainer": "kohya", "family": "sdxl"},
+                                  {"engine": "kohya", "family": "flux", "baseModel": "/w/flux1-dev.safetensors"}])
+async def test_sdxl_and_flux_are_refused_on_the_laptop_naming_where_they_train(laptop, dataset_dir, body):
+    resp = await laptop.post("/loras/train", json={"datasetDir": str(dataset_dir), "outputName": "spyke", **body})
+    assert resp.status == 400
+    err = (await resp.json())["error"]
+    assert err["code"] == "family_not_supported" and err["details"]["family"] == body["family"]
+    assert "remote vast" in err["details"]["where"] and "remote ssh" in err["details"]["where"]
+    assert "m1pro-16gb" in err["message"] or "m1pro-16gb" in json.dumps(err["details"])
+    assert (await (await laptop.get("/loras/runs")).json())["runs"] == []
+
+
+async def test_the_embedded_trainer_trains_sd15_only(laptop, dataset_dir):
+    resp = await laptop.post("/loras/train", json={"datasetDir": str(dataset_dir), "outputName": "spyke",
+                                                   "trainer": "embedded", "family": "flux", "baseModel": "x/y"})
+    assert resp.status == 400 and (await resp.json())["error"]["code"] == "family_not_supported"
+
+
+async def test_trainer_and_its_alias_engine_must_agree(laptop, dataset_dir):
+    resp = await laptop.post("/loras/train", json={"datasetDir": str(dataset_dir), "outputName": "spyke",
+                                                   "trainer": "kohya", "engine": "embedded"})
+    assert resp.status == 400 and (await resp.json())["error"]["details"]["field"] == "trainer"
