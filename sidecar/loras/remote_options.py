@@ -29,6 +29,8 @@ SSH_OPTIONS = {
     "identity_file": ("identityFile", click.Path(dir_okay=False), "SSH private key"),
     "remote_kohya_dir": ("kohyaDir", str, "sd-scripts folder on the machine"),
     "remote_python": ("python", str, "kohya venv's python on the machine"),
+    "ai_toolkit_dir": ("aiToolkitDir", str, "ai-toolkit folder on the machine"),
+    "ai_toolkit_python": ("aiToolkitPython", str, "ai-toolkit venv's python on the machine"),
     "work_dir": ("workDir", str, "folder for runs on the machine"),
     "device": ("device", click.Choice(["cuda", "mps", "cpu"]), "what the machine trains on"),
 }
@@ -101,6 +103,9 @@ def plan_lines(est: dict[str, Any]) -> list[str]:
                                                              if offer.get("reliability") is not None else ""))
         if est.get("why"):
             lines.append(f"why: {est['why']}")
+    if est.get("memory"):
+        lines.append(f"GPU memory ({est.get('family')}, {est.get('trainer')}):")
+        lines += [f"  {a['gpuMemoryGb']:>3} GB: {a['how']}" for a in est["memory"]]
     lines += [f"note: {w}" for w in est.get("warnings") or []]
     lines.append("nothing was rented")
     return lines

@@ -147,8 +147,20 @@ def _call(url: str | None, work: Callable[[TrainingClient], Awaitable[int]]) -> 
 @click.option("--save-every", "save_every_n_steps", type=click.IntRange(min=1), default=None,
               help="steps between checkpoints [default: 200]")
 @click.option("--seed", type=click.IntRange(min=0), default=None)
-@click.option("--engine", type=click.Choice(["kohya", "embedded"]), default=None,
-              help="[default: kohya when kohya_dir is configured, else embedded]")
+@click.option("--trainer", type=click.Choice(["kohya", "ai-toolkit", "embedded"]), default=None,
+              help="[default: kohya when kohya_dir is configured or --remote is given, else embedded]")
+@click.option("--engine", type=click.Choice(["kohya", "embedded", "ai-toolkit"]), default=None,
+              help="an alias of --trainer")
+@click.option("--family", type=click.Choice(["sd15", "sdxl", "flux"]), default=None,
+              help="the base model's family [default: read from its file]; sdxl and flux need a GPU")
+@click.option("--base-model", default=None,
+              help="a hub id or a path on the training machine (ai-toolkit, kohya's SDXL and Flux)")
+@click.option("--sample-prompt", "sample_prompts", multiple=True,
+              help="a prompt the trainer samples while it trains (repeat it) [default: none]")
+@click.option("--sample-every", type=click.IntRange(min=1), default=None, help="steps between samples "
+                                                                              "[default: every save]")
+@click.option("--tracking", type=click.Choice(["tensorboard", "wandb"]), default=None,
+              help="experiment tracking by the trainer's own switch [default: none]")
 @click.option("--trigger", "trigger_word", default=None, help="[default: the configured trigger_word]")
 @click.option("--checkpoint", default=None, help="base model file name [default: the configured checkpoint]")
 @click.option("--detach", is_flag=True, help="submit and return at once")
@@ -167,10 +179,13 @@ def train(dataset_dir: Path, detach: bool, url: str | None, as_json: bool, poll_
       sidecar loras train ~/lora/train --name spyke_plasma_v1 --remote vast --estimate
       sidecar loras train ~/lora/train --name spyke_plasma_v1 --remote vast --max-total-cost 2
       sidecar loras train ~/lora/train --name spyke_plasma_v1 --remote ssh --host me@desktop.local
+      sidecar loras train ~/lora/train --name spyke --trainer ai-toolkit --family flux \
+          --base-model black-forest-labs/FLUX.1-dev --remote vast --estimate
     """
     remote_obj = remote_body(remote, params)
     body = {"datasetDir": str(dataset_dir.resolve()),
-            **{_camel(k): v for k, v in params.items() if v is not None}}
+            **{_camel(k): (list(v) if isinstance(v, tuple) else v) for k, v in params.items()
+               if v is not None and v != ()}}
     if remote_obj is not None:
         body["remote"] = remote_obj
 

@@ -82,6 +82,12 @@ class OfferInfo(_Wire):
     cuda_version: float | None = None
 
 
+class MemoryAdvice(_Wire):
+    gpu_memory_gb: int
+    fits: bool
+    how: str = Field(description="the settings it trains with on such a card, or why it is refused")
+
+
 class TrainEstimate(_Wire):
     """`POST /loras/estimate`: what a run would take here and there, and cost, before anything is rented."""
 
@@ -97,5 +103,9 @@ class TrainEstimate(_Wire):
     offer: OfferInfo | None = None
     why: str | None = None
     offers_considered: int = 0
+    trainer: str | None = None
+    family: str | None = None
+    memory: list[MemoryAdvice] = Field(default_factory=list, description="GPU memory guidance for the run's "
+                                                                         "trainer and family, per card size")
     limits: dict[str, float] = Field(default_factory=dict)
     warnings: list[str] = Field(default_factory=list)

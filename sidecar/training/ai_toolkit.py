@@ -66,8 +66,6 @@ def job_config(job: TrainJob, device: str, gpu_memory_gb: float | None = None) -
     model: dict[str, Any] = {"name_or_path": s.base_model_ref or str(job.base_model)}
     if family == "flux":
         model.update(is_flux=True, quantize=True)  # 8-bit mixed precision: Flux fits 24 GB (the example's)
-        if gpu_memory_gb is not None and gpu_memory_gb < 24:
-            model["low_vram"] = True
     elif family == "sdxl":
         model["is_xl"] = True
     datasets = [{

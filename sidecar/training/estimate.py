@@ -6,23 +6,38 @@ loading included, so a little pessimistic); time there and the cost from the off
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+from pathlib import Path
 
 from sidecar.config import Settings
 from sidecar.remote.plan import SETUP_HOURS, choose
 from sidecar.remote.providers import limits_of, provider_for
-from sidecar.remote.wire import OfferInfo, TrainEstimate
-from sidecar.training import admission
+from sidecar.errors import CheckpointNotFound
+from sidecar.remote.wire import MemoryAdvice, OfferInfo, TrainEstimate
+from sidecar.training import admission, placement
+from sidecar.training.memory_plan import table
 from sidecar.training.store import TrainingStore
 from sidecar.training.wire import TrainRequest
 
 
-async def estimate(settings: Settings, store: TrainingStore, req: TrainRequest, profile) -> TrainEstimate:
-    admission.check_request(req, settings, profile)
+async def estimate(settings: Settings, store: TrainingStore, req: TrainRequest, profile,
+                   backend=None) -> TrainEstimate:
+    engine = admission.check_request(req, settings, profile)
     resolved = admission.check_remote(req, settings)
+    base: Path | None = Path(req.base_model).expanduser() if req.base_model else None
+    if base is None:
+        with contextlib.suppress(CheckpointNotFound):
+            base = await admission.find_base_model(settings, backend, req.checkpoint or settings.checkpoint)
+    where = await placement.place(settings, profile, req, engine, base or Path("-"))
+    placement.fit_remote(resolved, where)
     here = await measured_seconds_per_step(store)
     out = TrainEstimate(steps=req.steps, seconds_per_step_here=round(here, 3) if here else None,
-                        hours_here=round(req.steps * here / 3600, 3) if here else None)
+                        hours_here=round(req.steps * here / 3600, 3) if here else None,
+                        trainer=where.trainer, family=where.family,
+                        memory=[MemoryAdvice(gpu_memory_gb=a.gpu_memory_gb, fits=a.fits, how=a.how)
+                                for a in table(where.trainer, where.family)])
+    out.warnings += list(where.warnings)
     if here is None:
         out.warnings.append("no local run has finished on this machine yet: time here unknown")
     if resolved is None:

@@ -29,7 +29,7 @@ SAMPLE_FILE = re.compile(r"^(?P<name>.+)_(?P<step>\d{6})_(?P<i>\d{2})_\d{14}(?:_
 # ComfyUI's example names for Flux's text encoders and autoencoder (design.md "Families"), looked for beside
 # the Flux model on the machine that trains.
 FLUX_FILES = {"clip_l": "clip_l.safetensors", "t5xxl": "t5xxl_fp8_e4m3fn.safetensors", "ae": "ae.safetensors"}
-FLUX_BLOCK_SWAP_UNDER_GB = 24  # a smaller card swaps DiT blocks to the CPU (sd-scripts: up to 35 on 12 GB)
+FLUX_BLOCK_SWAP_UNDER_GB = 24  # a smaller card swaps DiT blocks to the CPU (sd-scripts' docs: 18 on 16 GB)
 
 
 def precision(device: str) -> tuple[str, str, list[str]]:
@@ -122,8 +122,12 @@ def build_args(job: TrainJob, device: str, tokenizer_cache: Path | None,
 
 
 def flux_blocks_to_swap(gpu_memory_gb: float) -> int:
-    """sd-scripts' guidance: 16 GB cards swap about 18 of Flux's 57 blocks, 12 GB about 35 (fp8 base)."""
-    return 18 if gpu_memory_gb >= 16 else 35
+    """docs/flux_train_network.md (fp8 base): its 16 GB example swaps 18 blocks; 12 GB 16 (with 8-bit AdamW),
+    10 GB 22, 8 GB 28. Below 16 GB the plan refuses (no bitsandbytes), so the values are for completeness."""
+    for least, blocks in ((16, 18), (12, 16), (10, 22)):
+        if gpu_memory_gb >= least:
+            return blocks
+    return 28
 
 
 class KohyaAdapter:

@@ -146,15 +146,15 @@ class TrainingManager:
                 base = Path(req.base_model).expanduser()
             else:
                 base = await admission.find_base_model(s, self.backend, req.checkpoint or s.checkpoint)
-            where = await placement.place(s, self.profile, req, engine, base)
+            placement.fit_remote(remote, where := await placement.place(s, self.profile, req, engine, base))
             spec = TrainSpec(
                 output_name=req.output_name, dataset_dir=str(dataset.root), steps=req.steps,
                 resolution=where.resolution, network_dim=req.network_dim, network_alpha=req.network_alpha,
                 learning_rate=req.learning_rate, save_every=req.save_every_n_steps,
                 seed=req.seed if req.seed is not None else random.randrange(2**32), engine=engine,
                 trigger_word=trigger, checkpoint=base.name, remote=remote, trainer=where.trainer,
-                family=where.family, base_model_ref=req.base_model, sample_prompts=list(req.sample_prompts),
-                sample_every=req.sample_every, tracking=req.tracking,
+                family=where.family, base_model_ref=where.base_model_ref, tracking=req.tracking,
+                sample_prompts=list(req.sample_prompts), sample_every=req.sample_every,
             )
             run_id = uuid.uuid4().hex
             work = self.runs_dir / run_id
@@ -172,7 +172,7 @@ class TrainingManager:
         """Steps, time here and there, cost and the offer a run of `req` would rent (nothing is rented)."""
         from sidecar.training.estimate import estimate
 
-        return await estimate(self.settings, self.store, req, self.profile)
+        return await estimate(self.settings, self.store, req, self.profile, self.backend)
 
     async def get(self, run_id: str) -> TrainingRun:
         live = self._live.get(run_id)

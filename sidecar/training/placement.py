@@ -19,6 +19,9 @@ from sidecar.profiles import PROFILES, Profile
 from sidecar.training.wire import TrainRequest
 
 BASE_SIZE = {"sd15": 512, "sdxl": 1024, "flux": 1024}  # each family's training size (design.md: the gate's)
+# ai-toolkit's Flux example (config/examples/train_lora_flux_24gb.yaml) trains this hub model: the default base of
+# an ai-toolkit Flux run that names none.
+AI_TOOLKIT_FLUX_BASE = "black-forest-labs/FLUX.1-dev"
 TRAINER_FAMILIES = {"embedded": ("sd15",), "kohya": ("sd15", "sdxl", "flux"), "ai-toolkit": ("sd15", "sdxl", "flux")}
 
 
@@ -28,6 +31,7 @@ class Placement:
     family: str
     resolution: int
     warnings: tuple[str, ...] = ()
+    base_model_ref: str | None = None
 
 
 def where_it_trains(family: str) -> list[str]:
@@ -48,6 +52,8 @@ def family_of(req: TrainRequest, base: Path | None) -> tuple[str, list[str]]:
             return reading.known, []
         return "sd15", [f"the family of {base.name} could not be read ({reading.reason}): training it as sd15; "
                         "give family to say otherwise"]
+    if req.base_model is None:
+        return "sd15", []  # no base model found (an estimate): the default family
     raise InvalidField(f"family is needed for the base model {req.base_model!r} (not a file here to read it from): "
                        "give family sd15, sdxl or flux.", {"field": "family", "baseModel": req.base_model})
 
@@ -70,7 +76,23 @@ def check(req: TrainRequest, trainer: str, family: str, profile: Profile, device
     if resolution % 64:
         raise InvalidField(f"resolution must be a multiple of 64, got {resolution}.",
                            {"field": "resolution", "value": resolution})
-    return Placement(trainer=trainer, family=family, resolution=resolution)
+    base = req.base_model
+    if family == "flux" and base is None:
+        if trainer != "ai-toolkit":
+            raise InvalidField("kohya's Flux training needs baseModel: the path of the Flux model on the training "
+                               "machine, with clip_l.safetensors, t5xxl_fp8_e4m3fn.safetensors and ae.safetensors "
+                               "beside it.", {"field": "baseModel", "family": family, "trainer": trainer})
+        base = AI_TOOLKIT_FLUX_BASE
+    return Placement(trainer=trainer, family=family, resolution=resolution, base_model_ref=base)
+
+
+def fit_remote(resolved: dict | None, where: Placement) -> None:
+    """A rented GPU must hold the run: vast's least GPU memory is raised to what the family needs there."""
+    from sidecar.training.memory_plan import min_memory_gb
+
+    if resolved is not None and resolved.get("provider") == "vast":
+        need = min_memory_gb(where.trainer, where.family)
+        resolved["min_gpu_memory_gb"] = max(float(resolved.get("min_gpu_memory_gb") or 0), need)
 
 
 async def place(settings: Settings, profile: Profile, req: TrainRequest, engine: str, base: Path) -> Placement:
@@ -81,4 +103,4 @@ async def place(settings: Settings, profile: Profile, req: TrainRequest, engine:
     family, warnings = await asyncio.to_thread(family_of, req, base)
     device = "cuda" if engine == "remote" else await asyncio.to_thread(training_device, settings)
     where = check(req, trainer_of(req, settings), family, profile, device)
-    return Placement(where.trainer, where.family, where.resolution, tuple(warnings))
+    return Placement(where.trainer, where.family, where.resolution, tuple(warnings), where.base_model_ref)
