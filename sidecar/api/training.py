@@ -24,7 +24,7 @@ from sidecar.errors import (
     TrainingInProgress, TrainingNotFound,
 )
 from sidecar.remote.wire import TrainEstimate
-from sidecar.training.adapter import adapter_for
+from sidecar.training.adapters import adapter_for
 from sidecar.training.loss_history import loss_file, read_history
 from sidecar.training.manager import TrainingManager
 from sidecar.training.wire import (

@@ -83,15 +83,3 @@ def samples_by_step(adapter: TrainerAdapter, output_dir: Path, name: str) -> dic
         if step is not None:
             out.setdefault(step, []).append(path.relative_to(output_dir).as_posix())
     return out
-
-
-def adapter_for(trainer: str) -> TrainerAdapter:
-    """The adapter of a request's `trainer` (kohya, ai-toolkit)."""
-    if trainer == "ai-toolkit":
-        from sidecar.training.ai_toolkit import AiToolkitAdapter
-
-        return AiToolkitAdapter()
-    from sidecar.training.kohya_args import KohyaAdapter
-
-    return KohyaAdapter()
-

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sidecar.training.adapter import adapter_for, samples_by_step
+from sidecar.training.adapter import samples_by_step
+from sidecar.training.adapters import adapter_for
 from sidecar.training.loss_history import LossRecorder
 from sidecar.training.progress import ProgressTracker
 from sidecar.training.spec import TrainerHooks, TrainSpec

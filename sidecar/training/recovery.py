@@ -62,7 +62,7 @@ def resume_point(run: RunRecord, spec: TrainSpec) -> tuple[int, Path] | None:
     """Where a run resumes from: kohya's newest complete state folder, the embedded trainer's state, or
     ai-toolkit's newest checkpoint (which it resumes from by itself). Blocking."""
     if spec.trainer == "ai-toolkit":
-        from sidecar.training.adapter import adapter_for
+        from sidecar.training.adapters import adapter_for
 
         point = adapter_for("ai-toolkit").resume_point(Path(run.output_dir), spec.output_name)
         return (point.step, point.state_path) if point else None

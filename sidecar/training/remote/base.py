@@ -18,7 +18,7 @@ from sidecar.remote.provider import Instance, Provider
 from sidecar.remote.shell import ConnectionLost, Shell
 from sidecar.remote.state import RemoteState
 from sidecar.training.kohya import KohyaRelay
-from sidecar.training.adapter import adapter_for
+from sidecar.training.adapters import adapter_for
 from sidecar.training.parser import CheckpointSaved
 from sidecar.training.spec import ResumePoint, TrainerHooks, TrainJob
 
