@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -18,9 +21,11 @@ from sidecar.training.ai_toolkit import AiToolkitAdapter, job_config
 from sidecar.training.dataset import load_dataset
 from sidecar.training.kohya_args import KohyaAdapter
 from sidecar.training.spec import ResumePoint, TrainJob, TrainSpec
+from sidecar.training.store import RunRecord, TrainingStore
 from tests.fake_ai_toolkit import check_config
 from tests.fake_ssh_host import FAKE_AI_TOOLKIT
 from tests.fake_trainer import all_options, build_parser
+from tests.processes import alive
 from tests.training_fixtures import (  # noqa: F401  (fixtures)
     TRIGGER,
     backend,
@@ -28,6 +33,7 @@ from tests.training_fixtures import (  # noqa: F401  (fixtures)
     fake_env,
     kohya_dir,
     settings,
+    wait_for,
     wait_run,
 )
 
@@ -181,6 +187,8 @@ async def test_an_ai_toolkit_flux_run_reports_progress_checkpoints_and_samples(g
     assert done["status"] == "succeeded", done["error"]
     assert done["engine"] == "ai-toolkit" and done["step"] == 6 and done["loss"]["last"] is not None
     assert done["finalFile"].endswith("/output/spyke/spyke.safetensors")
+    tail = (await (await gpu_client.get(f"/loras/{run['id']}/status")).json())["logTail"]
+    assert " - 1 completed job" in tail and not any("%|" in line for line in tail), tail  # no bar redraws
     ckpts = {c["step"]: c for c in done["checkpoints"]}
     assert sorted(ckpts) == [2, 4, 6] and ckpts[2]["fileName"] == "spyke_000000002.safetensors"
     assert all(len(ckpts[s]["samples"]) == 2 for s in (2, 4, 6)), ckpts  # ai-toolkit samples after each save
@@ -253,3 +261,68 @@ async def test_trainer_and_its_alias_engine_must_agree(laptop, dataset_dir):
     resp = await laptop.post("/loras/train", json={"datasetDir": str(dataset_dir), "outputName": "spyke",
                                                    "trainer": "kohya", "engine": "embedded"})
     assert resp.status == 400 and (await resp.json())["error"]["details"]["field"] == "trainer"
+
+
+# -- no stuck runs: the daemon stopped or killed while ai-toolkit trains ---------------------------------
+async def test_a_daemon_stop_interrupts_an_ai_toolkit_run_and_a_new_daemon_resumes_it(
+        aiohttp_client, gpu_settings, backend, dataset_dir, fake_env, monkeypatch):
+    monkeypatch.setenv("FAKE_AITK_STEP_SECONDS", "0.2")
+    pidfile = fake_env["pids"].with_name("aitk.pid")
+    monkeypatch.setenv("FAKE_AITK_PIDFILE", str(pidfile))
+    first = await aiohttp_client(create_app(gpu_settings, backend))
+    run = await submit(first, dataset_dir, trainer="ai-toolkit", family="flux", steps=8)
+    for _ in range(400):
+        body = await (await first.get(f"/loras/{run['id']}/status")).json()
+        if body["checkpoints"]:
+            break
+        await asyncio.sleep(0.05)
+    trainer = int(pidfile.read_text())
+    await first.close()  # a clean stop: the trainer's group is stopped, the run is interrupted
+    await wait_for(lambda: not alive(trainer), 10, "the trainer to be stopped")
+    monkeypatch.setenv("FAKE_AITK_STEP_SECONDS", "0.01")
+    second = await aiohttp_client(create_app(gpu_settings, backend))
+    body = await (await second.get(f"/loras/{run['id']}/status")).json()
+    assert body["status"] == "interrupted" and body["error"]["code"] == "interrupted" and body["checkpoints"]
+    assert (await second.post(f"/loras/{run['id']}/resume")).status == 202
+    done = await wait_run(second, run["id"], {"succeeded", "failed"})
+    assert done["status"] == "succeeded" and done["step"] == 8
+
+
+async def test_after_a_daemon_crash_the_orphaned_ai_toolkit_is_stopped_and_its_checkpoints_adopted(
+        aiohttp_client, gpu_settings, backend, dataset_dir, tmp_path):
+    """The daemon died (SIGKILL) while ai-toolkit trained in its own session; the next daemon stops it, adopts
+    the checkpoints it wrote meanwhile, and marks the run interrupted with a reason."""
+    run_id = "orphanaitk1"
+    work = gpu_settings.data_dir / "training" / run_id
+    dataset = load_dataset(dataset_dir, TRIGGER)
+    from sidecar.training.dataset import stage_for_kohya
+
+    stage_for_kohya(dataset, work)
+    sp = spec(engine="ai-toolkit", trainer="ai-toolkit", family="flux", steps=400, save_every=2,
+              base_model_ref="org/flux", dataset_dir=str(dataset_dir))
+    job = TrainJob(run_id=run_id, spec=sp, dataset=dataset, work_dir=work, output_dir=work / "output" / "spyke",
+                   base_model=Path("org/flux"))
+    launch = AiToolkitAdapter().launch(job, "cuda", None)
+    (work / "ai-toolkit.json").write_text(launch.files["ai-toolkit.json"])
+    orphan = subprocess.Popen([sys.executable, "-u", str(gpu_settings.ai_toolkit_dir / "run.py"), *launch.args],
+                              env={**os.environ, "FAKE_AITK_STEP_SECONDS": "0.05"}, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    reaper = threading.Thread(target=orphan.wait, daemon=True)  # reaped as init would reap a real orphan
+    reaper.start()
+    try:
+        store = TrainingStore(gpu_settings.db_path)
+        await store.open()
+        await store.insert(RunRecord(id=run_id, status="running", engine="ai-toolkit", spec=sp.to_dict(),
+                                     work_dir=str(work), output_dir=str(job.output_dir), base_model="org/flux",
+                                     total=400, pid=orphan.pid))
+        await store.close()
+        await wait_for(lambda: any(job.output_dir.glob("spyke_*.safetensors")), 20, "a checkpoint of the orphan")
+        client = await aiohttp_client(create_app(gpu_settings, backend))
+        body = await (await client.get(f"/loras/{run_id}/status")).json()
+        assert body["status"] == "interrupted" and body["error"]["code"] == "interrupted"
+        assert body["checkpoints"] and body["checkpoints"][0]["fileName"].startswith("spyke_00000000")
+        reaper.join(10)
+        assert orphan.poll() is not None  # stopped: it no longer trains (nor writes) unobserved
+    finally:
+        if orphan.poll() is None:
+            orphan.kill()

@@ -5,8 +5,8 @@ An adapter knows its trainer, nothing about where it runs:
 - `launch`: the canonical request (`TrainJob`, its paths those of the machine that trains) as the trainer's
   script, arguments and the files it reads (ai-toolkit's job config, kohya's sample prompts);
 - `parser`: its console output as progress events (step, total, loss, ETA, saves) and errors;
-- its files: where it writes checkpoints (`output_dir`), their names (`step_file_name`, `step_of`), which
-  of them a resume starts from (`resume_point`), and the sample images per step (`samples`).
+- its files: where it writes checkpoints (`output_dir`), their names (`step_file_name`, `step_of`), the ones
+  it finished (`checkpoints`), which a resume starts from (`resume_point`), and its samples per step.
 Starting it detached and stopping it are the same for every trainer (its own process group, SIGTERM then
 SIGKILL; `setsid` on a remote machine) and live with the runners, not here. The embedded trainer runs in
 this process and stays behind the smaller `spec.Trainer` protocol (run, cancel through its hooks).
@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from sidecar.training.checkpoints import StepFile
 from sidecar.training.parser import BarUpdate, CheckpointSaved, TrainerError
 from sidecar.training.spec import ResumePoint, TrainJob
 
@@ -64,6 +65,7 @@ class TrainerAdapter(Protocol):
     def step_file_name(self, name: str, step: int) -> str: ...
     def step_of(self, file_name: str, name: str) -> int | None: ...
     def state_for(self, checkpoint: Path) -> Path | None: ...
+    def checkpoints(self, output_dir: Path, name: str) -> list[StepFile]: ...  # complete ones, oldest first
     def resume_point(self, output_dir: Path, name: str) -> ResumePoint | None: ...
     def samples_dir(self, output_dir: Path) -> Path: ...
     def sample_step(self, file_name: str, name: str) -> int | None: ...

@@ -23,7 +23,7 @@ from typing import Any
 
 from sidecar.errors import InvalidField
 from sidecar.training.adapter import Launch
-from sidecar.training.checkpoints import safetensors_ok
+from sidecar.training.checkpoints import StepFile, safetensors_ok
 from sidecar.training.kohya import KohyaInstall
 from sidecar.training.parser import KohyaOutputParser
 from sidecar.training.spec import ResumePoint, TrainJob
@@ -143,14 +143,18 @@ class AiToolkitAdapter:
     def state_for(self, checkpoint: Path) -> Path | None:
         return None  # the checkpoint itself is what ai-toolkit resumes from (and optimizer.pt beside it)
 
-    def resume_point(self, output_dir: Path, name: str) -> ResumePoint | None:
-        best: tuple[int, Path] | None = None
+    def checkpoints(self, output_dir: Path, name: str) -> list[StepFile]:
+        found = []
         if output_dir.is_dir():
             for path in output_dir.glob(f"{name}_*.safetensors"):
                 step = self.step_of(path.name, name)
-                if step is not None and (best is None or step > best[0]) and safetensors_ok(path):
-                    best = (step, path)
-        return ResumePoint(best[0], best[1]) if best else None
+                if step is not None and safetensors_ok(path):
+                    found.append(StepFile(step, path, None))
+        return sorted(found, key=lambda f: f.step)
+
+    def resume_point(self, output_dir: Path, name: str) -> ResumePoint | None:
+        done = self.checkpoints(output_dir, name)
+        return ResumePoint(done[-1].step, done[-1].path) if done else None
 
     def samples_dir(self, output_dir: Path) -> Path:
         return output_dir / "samples"

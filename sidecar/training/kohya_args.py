@@ -166,6 +166,9 @@ class KohyaAdapter:
         state = files.state_dir_for(checkpoint)
         return state if state.is_dir() else None
 
+    def checkpoints(self, output_dir: Path, name: str) -> list[files.StepFile]:
+        return files.step_files(output_dir, name)
+
     def resume_point(self, output_dir: Path, name: str) -> ResumePoint | None:
         point = files.latest_state(output_dir, name, files.STATE_FILES["kohya"])
         return ResumePoint(point[0], point[1]) if point else None

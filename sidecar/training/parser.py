@@ -24,6 +24,9 @@ BAR = re.compile(
     r"\[(?P<elapsed>[\d:]+)<(?P<eta>[\d:]+|\?),\s*(?P<rate>[\d.]+|\?)(?P<unit>s/it|it/s)"
     r"(?:,\s*(?P<post>[^\]]*))?\]"
 )
+# Any tqdm redraw (ai-toolkit's `<name>:  10%|█ | 100/1000 [...]`, its `Generating Images` bar), left out of
+# a finished run's log tail as kohya's `steps:` bar is.
+TQDM_BAR = re.compile(r"[^\r\n|]*:\s+\d+%\|[^|]*\|\s*\d+/\d+\s+\[[^\]]*\](?:\x1b\[A)?")
 LOSS = re.compile(r"avr_loss=(?P<loss>[-+0-9.eE]+|nan|inf|-inf)")
 SKIP = re.compile(r"skipping (\d+) steps")
 TOTAL = re.compile(r"total optimization steps / .*?:\s*(\d+)")
@@ -265,6 +268,6 @@ def read_log_tail(path: Path, lines: int = 40) -> list[str]:
             text = f.read().decode("utf-8", errors="replace")
     except OSError:
         return []
-    out = [strip_bars(p).rstrip()[:MAX_LINE_CHARS] for p in re.split(r"\r\n|\r|\n", text)]
+    out = [TQDM_BAR.sub("", strip_bars(p)).rstrip()[:MAX_LINE_CHARS] for p in re.split(r"\r\n|\r|\n", text)]
     out = [p for p in out if p.strip()]
     return out[-lines:]

@@ -12,6 +12,7 @@ from typing import Any
 
 from sidecar.sqlite_store import now_iso
 from sidecar.training import checkpoints as files
+from sidecar.training.adapters import adapter_for
 from sidecar.training.kohya import stop_orphan
 from sidecar.training.spec import TrainSpec
 from sidecar.training.store import CheckpointRecord, RunRecord, TrainingStore
@@ -33,7 +34,8 @@ async def adopt_files(store: TrainingStore, run: RunRecord) -> None:
     """Checkpoints written while the daemon was down (an orphaned trainer kept going) join the run."""
     spec = TrainSpec.from_dict(run.spec)
     known = {c.step for c in run.checkpoints}
-    for f in await asyncio.to_thread(files.step_files, Path(run.output_dir), spec.output_name):
+    adapter = adapter_for("ai-toolkit" if spec.trainer == "ai-toolkit" else "kohya")  # embedded: kohya's names
+    for f in await asyncio.to_thread(adapter.checkpoints, Path(run.output_dir), spec.output_name):
         if f.step not in known:
             ckpt = CheckpointRecord(run.id, f.step, str(f.path), str(f.state) if f.state else None)
             await store.add_checkpoint(ckpt)
@@ -62,8 +64,6 @@ def resume_point(run: RunRecord, spec: TrainSpec) -> tuple[int, Path] | None:
     """Where a run resumes from: kohya's newest complete state folder, the embedded trainer's state, or
     ai-toolkit's newest checkpoint (which it resumes from by itself). Blocking."""
     if spec.trainer == "ai-toolkit":
-        from sidecar.training.adapters import adapter_for
-
         point = adapter_for("ai-toolkit").resume_point(Path(run.output_dir), spec.output_name)
         return (point.step, point.state_path) if point else None
     engine = "kohya" if run.engine == "remote" else run.engine
