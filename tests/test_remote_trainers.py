@@ -204,3 +204,21 @@ async def test_the_cli_trains_an_sdxl_lora_with_kohya_on_vast(
     runs = (await (await client.get("/loras/runs")).json())["runs"]
     assert runs[0]["status"] == "succeeded" and runs[0]["params"]["family"] == "sdxl"
     assert runs[0]["params"]["resolution"] == 1024
+
+
+async def test_a_daemon_stopped_while_ai_toolkit_trains_on_an_ssh_host_follows_it_again_at_the_next_start(
+        aiohttp_client, tmp_path: Path, client_key, ssh_host, dataset, aitk_env) -> None:
+    install_ai_toolkit(ssh_host.home)
+    aitk_env["FAKE_AITK_STEP_SECONDS"] = "0.1"
+    settings = make_settings(tmp_path, remote_settings(tmp_path, client_key, ssh_host))
+    client = await app_client(aiohttp_client, settings)
+    run = await submit(client, dataset, SSH, steps=12, **FLUX)
+    await wait_run(client, run["id"], lambda b: b["checkpoints"] or b["status"] in ENDED)
+    await client.close()  # the daemon stops mid-run: the trainer goes on there, detached
+    client = await app_client(aiohttp_client, settings)
+    done = await wait_run(client, run["id"], ENDED, timeout=60)
+    assert done["status"] == "succeeded", done["error"]
+    assert done["remote"]["reattached"] >= 1 and done["step"] == 12
+    assert sum("setsid nohup" in c for c in ssh_host.commands) == 1, "started once, followed again"
+    assert [c["step"] for c in done["checkpoints"]] == [2, 4, 6, 8, 10, 12]
+    await nothing_left(ssh_host)
