@@ -41,10 +41,14 @@ BEYOND_THE_SCHEMA = frozenset({
     "tagger_invalid", "lora_not_found", "checkpoint_not_found", "controlnet_not_found", "upscale_model_not_found",
     "workflow_invalid", "node_not_supported", "sampler_not_supported", "resolution_exceeds_profile",
     "batch_size_not_supported", "no_backend_admits", "remote_not_configured", "page_project_missing",
+    "family_not_supported",  # a family the profile or this machine's device cannot train (a hardware limit)
 })
 # The same for a field whose valid values depend on the daemon's configuration or the disk: engine "kohya"
-# on a daemon without kohya_dir (the fuzzed one has none); images to score that are not files.
-CONFIGURED_FIELDS = frozenset({("invalid_field", "engine"), ("invalid_field", "images")})
+# on a daemon without kohya_dir (the fuzzed one has none), trainer "ai-toolkit" without ai_toolkit_dir, or the
+# two disagreeing; a family that cannot be read from a baseModel that is not a file here; kohya's Flux, whose
+# baseModel must name the model on the training machine; images to score that are not files.
+CONFIGURED_FIELDS = frozenset({("invalid_field", "engine"), ("invalid_field", "images"), ("invalid_field", "trainer"),
+                               ("invalid_field", "family"), ("invalid_field", "baseModel")})
 TIMEOUT = 10.0  # seconds a single answer may take: past it, the call counts as a hang
 
 

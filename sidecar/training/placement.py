@@ -42,11 +42,18 @@ def where_it_trains(family: str) -> list[str]:
                                         f"({', '.join(gpus)})"]
 
 
+def _is_here(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # a name too long for this file system, a hub id: not a file here
+        return False
+
+
 def family_of(req: TrainRequest, base: Path | None) -> tuple[str, list[str]]:
     """(family, warnings). Blocking (reads the base model's header)."""
     if req.family is not None:
         return req.family, []
-    if base is not None and base.exists():
+    if base is not None and _is_here(base):
         reading = family_of_file(base)
         if reading.known is not None:
             return reading.known, []
