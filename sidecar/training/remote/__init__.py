@@ -1,12 +1,14 @@
-"""The remote trainer: the same kohya run, on a rented GPU (vast.ai) or an SSH host, reported exactly as a
+"""The remote trainer: the same run as here, by the run's trainer adapter (kohya's sd-scripts for sd15, SDXL and
+Flux, or ai-toolkit: `sidecar.training.adapter`), on a rented GPU (vast.ai) or an SSH host, reported exactly as a
 local run is (the same output parser, hooks, checkpoints and final file).
 
 1. Choose an offer under the limits and rent it, labelled with the run id (`sidecar.remote.plan`).
-2. Wait until it runs and kohya is installed; connect (SSH, the host key pinned at first sight).
-3. Upload the dataset, the base model, CLIP's tokenizer and the canonical `train.sh` (SFTP).
-4. Start `train_network.py` detached (its own session), with the arguments a local kohya run gets.
-5. Tail its log into `KohyaOutputParser`; pull each checkpoint (and its state) as it is saved, checking
-   size and sha256; watch the cost and time limits.
+2. Wait until it runs and the trainer is installed; connect (SSH, the host key pinned at first sight).
+3. Upload the dataset, the base model (unless `baseModel` names one there), CLIP's tokenizer (kohya), the
+   trainer's files (ai-toolkit's job config, kohya's sample prompts) and the canonical `train.sh` (SFTP).
+4. Start the trainer detached (its own session), with what its adapter builds for a run here.
+5. Tail its log into the adapter's parser; pull each checkpoint (and its state, and the samples written so
+   far) as it is saved, checking size and sha256; watch the cost and time limits.
 6. Pull the final LoRA; destroy the instance on every ending: success, failure, cancel, limit. Only a
    daemon shutdown leaves it training (`detached`): the next start re-attaches to it.
 
