@@ -326,3 +326,22 @@ async def test_after_a_daemon_crash_the_orphaned_ai_toolkit_is_stopped_and_its_c
     finally:
         if orphan.poll() is None:
             orphan.kill()
+
+
+def test_memory_guidance_per_trainer_family_and_card() -> None:
+    from sidecar.training.memory_plan import advice, min_memory_gb
+
+    assert advice("kohya", "flux", 24).fits and "--fp8_base" in advice("kohya", "flux", 24).how
+    assert advice("kohya", "flux", 16).fits and "--blocks_to_swap=18" in advice("kohya", "flux", 16).how
+    assert not advice("kohya", "flux", 12).fits and "bitsandbytes" in advice("kohya", "flux", 12).how
+    assert advice("ai-toolkit", "flux", 24).fits and not advice("ai-toolkit", "flux", 16).fits
+    assert (min_memory_gb("ai-toolkit", "flux"), min_memory_gb("kohya", "flux"), min_memory_gb("kohya", "sdxl")) == (
+        24, 16, 16)
+
+
+async def test_the_estimate_refuses_a_family_the_laptop_cannot_train(laptop, dataset_dir):
+    resp = await laptop.post("/loras/estimate", json={"datasetDir": str(dataset_dir), "outputName": "spyke",
+                                                      "trainer": "kohya", "family": "sdxl"})
+    assert resp.status == 400 and (await resp.json())["error"]["code"] == "family_not_supported"
+    plan = await (await laptop.post("/loras/estimate", json={"datasetDir": str(dataset_dir), "outputName": "s"})).json()
+    assert plan["family"] == "sd15" and plan["trainer"] == "kohya" and all(a["fits"] for a in plan["memory"])
