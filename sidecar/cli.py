@@ -35,6 +35,7 @@ LAZY_COMMANDS = {
     "prompt": ("sidecar.assist.cli:prompt", "Page prompts: refine one from feedback through a local Ollama."),
     "gc": ("sidecar.gc:gc", "Remove finished jobs older than keep_days and their images (--dry-run)."),
     "studio": ("sidecar.studio.cli:studio", "Open the studio (the daemon's web page) in the browser."),
+    "sync": ("sidecar.storage.cli:sync", "Keep datasets, LoRAs and outputs in the [storage] bucket (push, pull)."),
     "demo": ("sidecar.demo:demo", "Render the example page end to end on tiny models (no ComfyUI, no downloads)."),
 }
 

@@ -5,7 +5,7 @@ Precedence: command-line flags > `SIDECAR_*` environment > TOML file (`--config`
 from (for `sidecar config show`). A bad value raises `ConfigError` naming the key, before anything starts.
 
 The package's modules: `model.py` (the `Settings` model), its tables `backends.py` (`[[backends]]`) and
-`remote.py` (`[remote.vast]`, `[remote.ssh]`), `load.py` (the sources, merged, and the client's token),
+`remote.py` (`[remote.vast]`, `[remote.ssh]`), `storage.py` (`[storage]`), `load.py` (the sources, merged, and the client's token),
 `defaults.py` (addresses and places every tool shares). What the rest of the code uses is named here.
 """
 

@@ -1,6 +1,6 @@
 """The one settings model: every knob of the daemon and its tools, typed, with a description each (the
 flag's help and the manual's configuration table). Its tables have models of their own beside it:
-`[[backends]]` (backends.py) and `[remote.*]` (remote.py). Loading it: load.py.
+`[[backends]]` (backends.py), `[remote.*]` (remote.py) and `[storage]` (storage.py). Loading it: load.py.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from sidecar.config.defaults import (
     DEFAULT_HOST, DEFAULT_PORT, ENV_PREFIX, default_data_dir, http_url, normalize_origin,
 )
 from sidecar.config.remote import RemoteSettings
+from sidecar.config.storage import StorageSettings
 from sidecar.durations import parse_duration
 from sidecar.hosts import is_loopback
 from sidecar.profiles import known_profile
@@ -182,6 +183,12 @@ class Settings(BaseSettings):
         default_factory=RemoteSettings,
         description="remote LoRA training: [remote.vast] (API key, price, cost and time limits, offer filters) "
                     "and [remote.ssh] (host, kohya folder); a request's `remote` overrides them key by key")
+    # -- a cloud bucket for datasets, LoRAs and outputs: the [storage] table (file or SIDECAR_STORAGE JSON)
+    storage: StorageSettings = Field(
+        default_factory=StorageSettings,
+        description="[storage] url (gs://bucket/prefix, s3://bucket/prefix or file:///path) and endpoint_url (S3-"
+                    "compatible stores): where `sidecar sync` keeps datasets, LoRAs and outputs and remote runs "
+                    "train from; credentials only from the store's own environment")
     # -- assistants through a local Ollama (prompt refinement, caption proposals: sidecar/assist/)
     ollama_url: str = Field("http://127.0.0.1:11434",
                             description="Ollama's address, for prompt refinement and caption proposals")

@@ -6,7 +6,7 @@ the HTTP layer turns them into `{"error": {"code", "message", "details"}}` bodie
 the commands' one handler (`sidecar.cli_support.ToolGroup`) into one stderr line and `exit_code`.
 Nothing else builds error JSON or picks exit codes. Import them from here (`from sidecar.errors import
 JobNotFound`); the modules group them by concern: `base` (the root, the families by status, the exit
-codes), `edge`, `inputs`, `state`, `services`, `jobs`, `startup`, `client`. The tree:
+codes), `edge`, `inputs`, `state`, `services`, `storage`, `jobs`, `startup`, `client`. The tree:
 
     SidecarError                      code                       status exit
     ├── BadRequest                    bad_request                400    2
@@ -32,7 +32,8 @@ codes), `edge`, `inputs`, `state`, `services`, `jobs`, `startup`, `client`. The 
     │   ├── FamilyNotSupported        family_not_supported                 (sd15/sdxl/flux: the profile does not allow it)
     │   ├── LoraFamilyMismatch        lora_family_mismatch                 (a LoRA of another family than the checkpoint)
     │   ├── NoBackendAdmits           no_backend_admits                    (`where`: each backend's reason)
-    │   └── RemoteNotConfigured       remote_not_configured               (remote training: no API key, no host)
+    │   ├── RemoteNotConfigured       remote_not_configured               (remote training: no API key, no host)
+    │   └── StorageNotConfigured      storage_not_configured               (`sidecar sync`: no [storage] url)
     ├── MethodNotAllowed              method_not_allowed         405    2  (the answer's Allow header lists those served)
     ├── PayloadTooLarge               payload_too_large          413    2
     ├── UnsupportedMediaType          unsupported_media_type     415    2  (a body that is not application/json)
@@ -58,7 +59,8 @@ codes), `edge`, `inputs`, `state`, `services`, `jobs`, `startup`, `client`. The 
     │   ├── GenerationLogInvalid      generation_log_invalid            1  (torn or invalid: never rewritten)
     │   ├── PromptFileChanged         prompt_file_changed               2  (the page's prompt is no longer the one refined)
     │   ├── ReferencesMissing         references_missing                2  (likeness: character.toml names no reference image)
-    │   └── NoOfferUnderLimits        no_offer_under_limits             1  (no rentable GPU fits the limits)
+    │   ├── NoOfferUnderLimits        no_offer_under_limits             1  (no rentable GPU fits the limits)
+    │   └── SyncConflict              sync_conflict                     1  (`sidecar sync`: both sides changed; names the files)
     ├── WebSocketRequired             websocket_required         426    2  (a plain GET of /events)
     ├── QueueFull                     queue_full                 429    1  (retry later)
     ├── DiskFull                      disk_full                  507    1  (also a job failure: no space for its image)
@@ -66,6 +68,10 @@ codes), `edge`, `inputs`, `state`, `services`, `jobs`, `startup`, `client`. The 
     ├── EngineUnavailable             engine_unavailable         503    1
     ├── RemoteUnavailable             remote_unavailable         503    1  (vast.ai / the SSH host does not answer,
     │                                                                      refuses, or its SDK is not installed)
+    ├── StorageUnavailable            storage_unavailable        503    3  (the [storage] extra is not installed, or
+    │                                                                      the store does not answer)
+    ├── StorageRefused                storage_refused            403    2  (the store refused: credential, bucket,
+    │                                                                      permission; nothing changed)
     ├── OllamaUnavailable             ollama_unavailable         503    3  (nothing answers at ollama_url)
     ├── OllamaModelMissing            ollama_model_missing       503    2  (`ollama pull <model>` fixes it)
     ├── LikenessUnavailable           likeness_unavailable       503    2  (no likeness weights: `sidecar models fetch ccip`)
@@ -187,6 +193,12 @@ from sidecar.errors.services import (  # noqa: F401
     OllamaTimeout,
     OllamaUnavailable,
     RemoteUnavailable,
+)
+from sidecar.errors.storage import (  # noqa: F401
+    StorageNotConfigured,
+    StorageRefused,
+    StorageUnavailable,
+    SyncConflict,
 )
 from sidecar.errors.jobs import (  # noqa: F401
     JobCancelled,

@@ -1,0 +1,207 @@
+"""One `sidecar sync push|pull`: read both sides' manifests and the last synced state, plan (plan.py), move
+what the plan says (transfer.py), then write the store's manifest and the local record.
+
+Resuming: each upload that completes is appended to a local journal before the next starts. A push killed
+half-way has not yet written the store's manifest, so the next push reads the journal, checks each listed
+object is there with its size, and counts it as already sent: only what is missing moves. A pull writes every
+file whole (temp and rename), so the next pull finds the finished ones equal by their hashes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Protocol
+
+from sidecar.errors import StorageRefused, StorageUnavailable, SyncConflict
+from sidecar.storage import transfer
+from sidecar.storage.manifest import (
+    MANIFEST_NAME, Cached, Entry, Manifest, append_journal, load_record, local_manifest, read_journal,
+    record_path, save_record,
+)
+from sidecar.storage.plan import Plan, next_base, plan_sync
+from sidecar.storage.store import Store, translated
+
+Direction = Literal["push", "pull"]
+Kind = Literal["datasets", "loras", "outputs"]
+CONFLICTS_SHOWN = 20
+
+
+class ProgressSink(Protocol):
+    def start(self, files: int, total_bytes: int) -> None: ...
+    def advance(self, nbytes: int) -> None: ...
+    def file_done(self, action: str, path: str) -> None: ...
+    def stop(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class SyncRequest:
+    direction: Direction
+    kind: Kind
+    local: Path
+    name: str | None  # the folder under <prefix>/<kind>/; None for loras (the folder itself)
+    only: frozenset[str] | None = None  # relative paths to consider (one LoRA); None: all
+    dry_run: bool = False
+    delete: bool = False
+
+
+@dataclass
+class SyncReport:
+    request: SyncRequest
+    remote: str  # the store folder, as a URL
+    plan: Plan
+    done: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    bytes_moved: int = 0
+
+
+def remote_folder(store: Store, request: SyncRequest) -> str:
+    return store.key(request.kind, request.name or "")
+
+
+def check_reachable(store: Store) -> None:
+    """Before anything is read or written: the folder (file://) or bucket exists and the credentials work."""
+    if store.scheme == "file":
+        if not Path(store.root).is_dir():
+            raise StorageRefused(f"{store.url}: the folder {store.root} does not exist (is the disk mounted?); "
+                                 "create it to use it as the store. Nothing was changed.", {"store": store.url})
+        return
+    bucket = store.root.split("/", 1)[0]
+    with translated(store, "list the bucket"):
+        store.fs.ls(bucket, detail=False)
+
+
+def run_sync(store: Store, request: SyncRequest, state_dir: Path, sink: ProgressSink | None = None) -> SyncReport:
+    folder = remote_folder(store, request)
+    manifest_key = f"{folder}/{MANIFEST_NAME}"
+    record_file = record_path(state_dir, store.display(folder), request.local)
+    journal_file = record_file.with_suffix(".journal")
+    record = load_record(record_file, store.display(folder), request.local)
+
+    check_reachable(store)
+    with translated(store, f"read {store.display(manifest_key)}"):
+        text = transfer.read_text(store, manifest_key)
+    remote_files = Manifest.model_validate_json(text).files if text else {}
+    local_files, hashes = local_manifest(request.local, record.hashes)
+    record.hashes = hashes
+
+    if request.direction == "push":
+        sent_before = _verified_journal(store, folder, read_journal(journal_file), remote_files)
+        remote_files = {**remote_files, **sent_before}
+        source, target = local_files, remote_files
+    else:
+        source, target = remote_files, local_files
+    plan = plan_sync(source, target, record.synced, delete=request.delete,
+                     only=set(request.only) if request.only is not None else None)
+    report = SyncReport(request, store.display(folder), plan)
+    if request.dry_run:
+        return report
+
+    if request.direction == "push":
+        _push(store, request, folder, plan, source, target, journal_file, report, sink)
+        if report.done or report.deleted or remote_files != _manifest_files(text):
+            with translated(store, f"write {store.display(manifest_key)}"):
+                transfer.write_small(store, manifest_key, Manifest(files=dict(sorted(target.items()))).to_json())
+        journal_file.unlink(missing_ok=True)
+        record.synced = next_base(record.synced, source, plan, set(report.done) | set(report.deleted))
+        save_record(record_file, record)
+    else:
+        try:
+            _pull(store, request, folder, plan, source, report, sink, record.hashes)
+        finally:
+            # Every pulled file is whole where it lies: record what was done even if a later one failed.
+            record.synced = next_base(record.synced, source, plan, set(report.done) | set(report.deleted))
+            save_record(record_file, record)
+    return report
+
+
+def conflict_error(report: SyncReport) -> SyncConflict | None:
+    """The error a sync with conflicts ends with (everything else was synced), naming the files."""
+    conflicts = report.plan.conflicts
+    if not conflicts:
+        return None
+    shown = conflicts[:CONFLICTS_SHOWN]
+    more = f" and {len(conflicts) - len(shown)} more" if len(conflicts) > len(shown) else ""
+    return SyncConflict(
+        f"{len(conflicts)} file(s) changed both here and in the store since the last sync, left as they are on "
+        f"both sides: {', '.join(shown)}{more}. Keep one side (copy the file away, delete or rename it on the "
+        "other) and sync again.", {"files": conflicts})
+
+
+def _manifest_files(text: str | None) -> dict[str, Entry]:
+    return Manifest.model_validate_json(text).files if text else {}
+
+
+def _verified_journal(store: Store, folder: str, journal: dict[str, Entry],
+                      manifest: dict[str, Entry]) -> dict[str, Entry]:
+    """Uploads an interrupted push completed, that are still there with their size."""
+    out: dict[str, Entry] = {}
+    for rel, entry in journal.items():
+        if manifest.get(rel) == entry:
+            continue
+        with translated(store, "check an earlier upload"), contextlib.suppress(FileNotFoundError):
+            if int(store.fs.info(f"{folder}/{rel}").get("size", -1)) == entry.size:
+                out[rel] = entry
+    return out
+
+
+def _push(store: Store, request: SyncRequest, folder: str, plan: Plan, source: dict[str, Entry],
+          target: dict[str, Entry], journal_file: Path, report: SyncReport, sink: ProgressSink | None) -> None:
+    if sink is not None:
+        sink.start(len(plan.send) + len(plan.delete), sum(source[p].size for p in plan.send))
+    try:
+        for rel in plan.send:
+            with translated(store, f"upload {rel}"):
+                transfer.upload(store, request.local / rel, f"{folder}/{rel}", sink.advance if sink else None)
+            append_journal(journal_file, rel, source[rel])
+            target[rel] = source[rel]
+            report.done.append(rel)
+            report.bytes_moved += source[rel].size
+            if sink is not None:
+                sink.file_done("uploaded", rel)
+        for rel in plan.delete:
+            with translated(store, f"delete {rel}"), contextlib.suppress(FileNotFoundError):
+                transfer.delete(store, f"{folder}/{rel}")
+            target.pop(rel, None)
+            report.deleted.append(rel)
+            if sink is not None:
+                sink.file_done("deleted", rel)
+    finally:
+        if sink is not None:
+            sink.stop()
+
+
+def _pull(store: Store, request: SyncRequest, folder: str, plan: Plan, source: dict[str, Entry],
+          report: SyncReport, sink: ProgressSink | None, hashes: dict[str, Cached]) -> None:
+    if sink is not None:
+        sink.start(len(plan.send) + len(plan.delete), sum(source[p].size for p in plan.send))
+    try:
+        for rel in plan.send:
+            dest = request.local / rel
+            try:
+                with translated(store, f"download {rel}"):
+                    transfer.download(store, f"{folder}/{rel}", dest, source[rel], sink.advance if sink else None)
+            except transfer.DownloadMismatch:
+                raise StorageUnavailable(f"{store.display(folder)}/{rel} changed in the store during the pull (its "
+                                         "bytes are not the manifest's); nothing was written for it. Run the pull "
+                                         "again.", {"file": rel}) from None
+            except FileNotFoundError:
+                raise StorageUnavailable(f"{store.display(folder)}/{rel} is in the store's manifest but not in the "
+                                         "store (removed by another tool?); push it again from a machine that has "
+                                         "it.", {"file": rel}) from None
+            st = dest.stat()
+            hashes[rel] = Cached(size=st.st_size, mtime_ns=st.st_mtime_ns, sha256=source[rel].sha256)
+            report.done.append(rel)
+            report.bytes_moved += source[rel].size
+            if sink is not None:
+                sink.file_done("downloaded", rel)
+        for rel in plan.delete:
+            (request.local / rel).unlink(missing_ok=True)
+            hashes.pop(rel, None)
+            report.deleted.append(rel)
+            if sink is not None:
+                sink.file_done("deleted", rel)
+    finally:
+        if sink is not None:
+            sink.stop()
