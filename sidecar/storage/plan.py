@@ -9,7 +9,9 @@ A push has the local folder as source and the store as target; a pull the other 
 - changed at the target only: left alone (a push never undoes what another machine pushed; pull it);
   only at the target and never synced: deleted with `--delete` (the target then mirrors the source), else kept;
 - changed on both sides since the last sync (or on both sides, different, with no sync recorded): a
-  conflict: neither side is touched, and the sync ends non-zero naming it.
+  conflict: neither side is touched, and the sync ends non-zero naming it. Where one side's change is a
+  deletion nothing can be lost: a file deleted at the target is sent again, a file deleted at the source
+  but changed at the target is left there (even with `--delete`).
 """
 
 from __future__ import annotations
@@ -50,7 +52,12 @@ def plan_sync(source: dict[str, Entry], target: dict[str, Entry], base: dict[str
             continue
         source_changed, target_changed = s != b, t != b
         if source_changed and target_changed:
-            plan.conflicts.append(path)
+            if t is None:
+                plan.send.append(path)  # deleted there, changed here: sending it back loses nothing
+            elif s is None:
+                plan.newer_there.append(path)  # deleted here, changed there: never deleted, even with --delete
+            else:
+                plan.conflicts.append(path)
         elif source_changed:
             if s is not None:
                 plan.send.append(path)

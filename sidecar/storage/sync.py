@@ -125,8 +125,8 @@ def conflict_error(report: SyncReport) -> SyncConflict | None:
     more = f" and {len(conflicts) - len(shown)} more" if len(conflicts) > len(shown) else ""
     return SyncConflict(
         f"{len(conflicts)} file(s) changed both here and in the store since the last sync, left as they are on "
-        f"both sides: {', '.join(shown)}{more}. Keep one side (copy the file away, delete or rename it on the "
-        "other) and sync again.", {"files": conflicts})
+        f"both sides: {', '.join(shown)}{more}. To take the store's copy, move yours away and pull; to keep "
+        "yours, move it away, pull, put it back and push.", {"files": conflicts})
 
 
 def _manifest_files(text: str | None) -> dict[str, Entry]:
