@@ -76,7 +76,17 @@ def open_store(settings: StorageSettings, environ: Mapping[str, str] | None = No
     # use_listings_cache off: a sync must see the store as it is now, not as listed a minute ago.
     common: dict[str, Any] = {"skip_instance_cache": True, "use_listings_cache": False}
     if scheme == "gs":
-        fs = module.GCSFileSystem(token=_gcs_token(env), **common)
+        token = _gcs_token(env)
+        try:
+            fs = module.GCSFileSystem(token=token, **common)
+        except Exception as exc:  # google-auth reading the file: a KeyError, ValueError, DefaultCredentialsError...
+            # Only the exception's type: its text may quote the file's contents.
+            where = f"the file GOOGLE_APPLICATION_CREDENTIALS names ({token})" if env.get(
+                "GOOGLE_APPLICATION_CREDENTIALS") else "Google's application default credentials"
+            raise StorageRefused(f"{settings.url} refused before any request: {where} could not be used as a "
+                                 f"Google credential ({type(exc).__name__}); give a service-account key file or run "
+                                 "`gcloud auth application-default login`; nothing was changed.",
+                                 {"store": settings.url}) from None
     else:
         endpoint = settings.endpoint_url or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
         fs = module.S3FileSystem(client_kwargs={"endpoint_url": endpoint} if endpoint else {}, **common)

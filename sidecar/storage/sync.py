@@ -10,6 +10,7 @@ file whole (temp and rename), so the next pull finds the finished ones equal by 
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
@@ -17,7 +18,7 @@ from typing import Literal, Protocol
 from sidecar.errors import StorageRefused, StorageUnavailable, SyncConflict
 from sidecar.storage import transfer
 from sidecar.storage.manifest import (
-    MANIFEST_NAME, Cached, Entry, Manifest, append_journal, load_record, local_manifest, read_journal,
+    MANIFEST_NAME, PARTIAL_PREFIX, Cached, Entry, Manifest, append_journal, load_record, local_manifest, read_journal,
     record_path, save_record,
 )
 from sidecar.storage.plan import Plan, next_base, plan_sync
@@ -26,6 +27,7 @@ from sidecar.storage.store import Store, translated
 Direction = Literal["push", "pull"]
 Kind = Literal["datasets", "loras", "outputs"]
 CONFLICTS_SHOWN = 20
+PARTIAL_MAX_AGE = 3600.0  # seconds after which a folder store's temporary file is a leftover
 
 
 class ProgressSink(Protocol):
@@ -146,8 +148,21 @@ def _verified_journal(store: Store, folder: str, journal: dict[str, Entry],
     return out
 
 
+def _sweep_partials(store: Store, folder: str) -> None:
+    """A folder store (file://): temporary files a killed push left (hidden, never listed in the manifest).
+    Only old ones: a push from another machine into the same folder may be writing one right now."""
+    if store.atomic_put or not Path(folder).is_dir():
+        return
+    now = time.time()
+    for leftover in Path(folder).rglob(f"{PARTIAL_PREFIX}-*"):
+        with contextlib.suppress(OSError):
+            if now - leftover.stat().st_mtime > PARTIAL_MAX_AGE:
+                leftover.unlink()
+
+
 def _push(store: Store, request: SyncRequest, folder: str, plan: Plan, source: dict[str, Entry],
           target: dict[str, Entry], journal_file: Path, report: SyncReport, sink: ProgressSink | None) -> None:
+    _sweep_partials(store, folder)
     if sink is not None:
         sink.start(len(plan.send) + len(plan.delete), sum(source[p].size for p in plan.send))
     try:
