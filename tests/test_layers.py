@@ -25,7 +25,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("commands", ("pipeline_stage", "sidecar.loras", "sidecar.dataprep.cli", "sidecar.dataprep.propose_cli",
                   "sidecar.dataprep.progress", "sidecar.dataprep.reg", "sidecar.doctor.cli", "sidecar.doctor.bench",
                   "sidecar.gc", "sidecar.launchd.cli", "sidecar.demo", "sidecar.engine.cli", "sidecar.studio.cli",
-                  "sidecar.grids", "sidecar.assist.cli", "sidecar.likeness.cli")),
+                  "sidecar.grids", "sidecar.assist.cli", "sidecar.likeness.cli", "sidecar.storage.cli",
+                  "sidecar.storage.progress")),
     ("what the commands share", ("sidecar.cli_support", "sidecar.client")),
     ("the HTTP API", ("sidecar.api", "sidecar.studio")),
     # Libraries the commands and the daemon (the studio's routes) both run: no click, no daemon client.
@@ -45,7 +46,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "sidecar.device", "sidecar.events", "sidecar.backend", "sidecar.comfyui", "sidecar.engine",
         "sidecar.workflows", "sidecar.lora_stack", "sidecar.nodes", "sidecar.graph", "sidecar.upscaling", "sidecar.userfiles", "sidecar.inputs", "sidecar.previews", "sidecar.thumbnails", "sidecar.memory",
         "sidecar.datadir_lock", "sidecar.datadir_check", "sidecar.listen", "sidecar.logpipe",
-        "sidecar.remote", "sidecar.assist")),  # the machines remote LoRA training runs on (the run itself is sidecar.training)
+        "sidecar.remote", "sidecar.assist",
+        "sidecar.storage")),  # the machines remote LoRA training runs on (the run itself is sidecar.training)
     ("leaves everyone shares", (
         "sidecar", "sidecar.config", "sidecar.profiles", "sidecar.families", "sidecar.errors", "sidecar.statuses", "sidecar.eta",
         "sidecar.atomic", "sidecar.hosts", "sidecar.sqlite_store", "sidecar.durations", "sidecar.assets",
