@@ -21,7 +21,10 @@ AI_TOOLKIT_FAILED = "~/.plasma-ai-toolkit-failed"
 AI_TOOLKIT_HOME = "~/ai-toolkit"
 
 
-def onstart_script(commit: str) -> str:
+STORAGE_PACKAGES = ("fsspec>=2024.6.1", "gcsfs>=2024.6.1", "s3fs>=2024.6.1")  # the [storage] extra's
+
+
+def onstart_script(commit: str, storage: bool = False) -> str:
     """vast.ai runs this once the container is up. The image brings torch and torchvision with CUDA;
     sd-scripts' requirements are installed as pinned, except bitsandbytes (we never use AdamW8bit), as
     in shared/kohya-sd-scripts.md §2. Done once per instance: the markers say how it went."""
@@ -36,13 +39,15 @@ def onstart_script(commit: str) -> str:
         f"  git checkout --quiet {shlex.quote(commit)}",
         "  grep -v -i '^bitsandbytes' requirements.txt > /tmp/plasma-requirements.txt",
         "  python3 -m pip install --quiet -r /tmp/plasma-requirements.txt",
+        # [storage]: the run's storage agent (sidecar/storage/agent.py) reaches the bucket with these.
+        *([f"  python3 -m pip install --quiet {' '.join(shlex.quote(p) for p in STORAGE_PACKAGES)}"] if storage else []),
         f"  command -v python3 > {READY_MARKER}.tmp && mv {READY_MARKER}.tmp {READY_MARKER}",
         f") > {ONSTART_LOG} 2>&1 || tail -n 20 {ONSTART_LOG} > {FAILED_MARKER}",
         "",
     ])
 
 
-def ai_toolkit_onstart_script(commit: str) -> str:
+def ai_toolkit_onstart_script(commit: str, storage: bool = False) -> str:
     """The onstart script of an ai-toolkit run: its README's install (clone with submodules, requirements into
     the image's python, which brings torch with CUDA), once per instance, the markers saying how it went."""
     return "\n".join([
@@ -56,6 +61,7 @@ def ai_toolkit_onstart_script(commit: str) -> str:
         f"  git checkout --quiet {shlex.quote(commit)}",
         "  git submodule update --init --recursive --quiet",
         "  python3 -m pip install --quiet -r requirements.txt",
+        *([f"  python3 -m pip install --quiet {' '.join(shlex.quote(p) for p in STORAGE_PACKAGES)}"] if storage else []),
         f"  command -v python3 > {AI_TOOLKIT_READY}.tmp && mv {AI_TOOLKIT_READY}.tmp {AI_TOOLKIT_READY}",
         f") > {ONSTART_LOG} 2>&1 || tail -n 20 {ONSTART_LOG} > {AI_TOOLKIT_FAILED}",
         "",

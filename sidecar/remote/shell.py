@@ -14,6 +14,7 @@ import asyncio
 import hashlib
 import logging
 import os
+import posixpath
 import shlex
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -172,6 +173,16 @@ class Shell:
             await self.sftp.posix_rename(tmp, target)
         except (OSError, asyncssh.Error) as exc:
             raise ConnectionLost(f"uploading {local.name}: {exc}") from exc
+
+    async def put_private(self, data: bytes, remote: str) -> None:
+        """Write `data` (a credential) to a file only its owner may read: created 0600, never on a command line."""
+        target = self.path(remote)
+        try:
+            async with self.sftp.open(target, "wb", asyncssh.SFTPAttrs(permissions=0o600)) as f:
+                await f.write(data)
+            await self.sftp.chmod(target, 0o600)  # created before by another run, or a umask that widened it
+        except (OSError, asyncssh.Error) as exc:
+            raise ConnectionLost(f"writing {posixpath.basename(target)}: {exc}") from exc
 
     async def put_files(self, files: list[tuple[Path, str]]) -> int:
         """Upload (local, remote) pairs, creating their folders; returns the bytes sent."""

@@ -23,6 +23,8 @@ def split_host(host: str) -> tuple[str, str]:
     user, _, name = host.rpartition("@")
     return (user or "root"), name
 
+STORAGE_DIR = ".sidecar-storage"  # a run's scoped bucket credentials (sidecar.training.remote.bucket)
+
 
 class SshProvider:
     name = "ssh"
@@ -74,6 +76,8 @@ class SshProvider:
         shell = await self.shell(None, None)
         try:
             await shell.run(stop_group_command(posixpath.join(instance_id, PID_FILE)), check=False)
+            # The bucket credentials a run with [storage] was handed (training/remote/bucket.py): only for its life.
+            await shell.run(f"rm -rf {q(posixpath.join(instance_id, STORAGE_DIR))}", check=False)
         finally:
             await shell.close()
 

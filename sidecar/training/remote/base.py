@@ -20,6 +20,7 @@ from sidecar.remote.state import RemoteState
 from sidecar.training.kohya import KohyaRelay
 from sidecar.training.adapters import adapter_for
 from sidecar.training.parser import CheckpointSaved
+from sidecar.training.remote.bucket import RunBucket
 from sidecar.training.spec import ResumePoint, TrainerHooks, TrainJob
 
 log = logging.getLogger("sidecar.training.remote")
@@ -51,6 +52,7 @@ class SessionBase(KohyaRelay):
         self.resume: ResumePoint | None = job.resume
         self.alive_at = 0.0
         self.status_at = time.monotonic()
+        self.bucket: RunBucket | None = None  # the [storage] bucket this run's files travel through (bucket.py)
 
     # -- reporting
     def publish(self, state: str | None = None) -> None:

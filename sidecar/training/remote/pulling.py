@@ -17,6 +17,7 @@ from sidecar.remote.ssh import stop_group_command
 from sidecar.remote.state import PulledFile
 from sidecar.training import checkpoints as files
 from sidecar.training import remote_files as transfer
+from sidecar.training.remote.bucket import BucketPathFailed, fetch_lora
 from sidecar.training.remote.base import SessionBase
 from sidecar.training.spec import TrainResult, training_failed
 
@@ -46,7 +47,7 @@ class Pulling(SessionBase):
             return None
         shell = self._shell()
         local = self.job.output_dir / posixpath.basename(remote)
-        got = await transfer.fetch(shell, remote, local)
+        got = await self.fetch_lora(remote, local)
         if got is None:
             return None
         state = await transfer.fetch_state(shell, remote, local) if self.adapter.name == "kohya" else None
@@ -74,6 +75,18 @@ class Pulling(SessionBase):
                 continue
             with contextlib.suppress(FileNotFoundError):
                 await shell.get(f"{there}/{name}", here / name)
+
+    async def fetch_lora(self, remote: str, local: Path) -> tuple[int, str] | None:
+        """A LoRA file from the machine, checked: through the bucket when the run has one, else (or when
+        that path fails) over SSH."""
+        shell = self._shell()
+        if self.bucket is not None:
+            try:
+                return await fetch_lora(self.bucket, shell, self.job.run_id, remote, local)
+            except BucketPathFailed as exc:
+                log.warning("run %s: %s through the bucket failed (%s); fetching it over SSH", self.job.run_id,
+                            posixpath.basename(remote), exc)
+        return await transfer.fetch(shell, remote, local)
 
     async def pull_finished(self) -> None:
         """Every step checkpoint on the machine not pulled yet, newest first (the last one matters most)."""
@@ -103,7 +116,7 @@ class Pulling(SessionBase):
         self.publish("pulling")
         await self.pull_finished()  # a save the bar never redrew after
         final = f"{self.output_there}/{job.spec.output_name}.safetensors"
-        got = await transfer.fetch(self._shell(), final, job.final_file)
+        got = await self.fetch_lora(final, job.final_file)
         if got is None:
             raise training_failed(f"{self.adapter.name} exited normally but wrote no final LoRA "
                                   f"({job.final_file.name}).",

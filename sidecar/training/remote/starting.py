@@ -20,6 +20,7 @@ from sidecar.remote.providers import limits_of
 from sidecar.remote.shell import Shell, q
 from sidecar.training import remote_files as transfer
 from sidecar.training.kohya_tokenizer import seed_tokenizer_cache
+from sidecar.training.remote.bucket import dataset_from_bucket, prepare
 from sidecar.training.remote.base import InstanceLost, remote_failed
 from sidecar.training.remote.guard import CostGuard
 
@@ -46,10 +47,11 @@ class Starting(CostGuard):
         self.publish("creating")
         vast = self.provider.name == "vast"
         onstart = None
+        storage = self.settings.storage.url is not None
         if vast and self.aitk:
-            onstart = machine.ai_toolkit_onstart_script(self.resolved.get("ai_toolkit_commit", ""))
+            onstart = machine.ai_toolkit_onstart_script(self.resolved.get("ai_toolkit_commit", ""), storage=storage)
         elif vast:
-            onstart = machine.onstart_script(self.resolved.get("kohya_commit", ""))
+            onstart = machine.onstart_script(self.resolved.get("kohya_commit", ""), storage=storage)
         instance = await self.provider.create(plan.offer, label_for(job.run_id), onstart)
         st.rented(instance.id, instance.price_per_hour or plan.offer.price_per_hour)
         st.label = instance.label
@@ -130,6 +132,9 @@ class Starting(CostGuard):
         out_there = self.adapter.output_dir(Path(rdir), job.spec.output_name)
         uploads, model, remote_resume = await transfer.uploads(shell, job, rdir, tokenizer, self.resume,
                                                                str(out_there))
+        self.bucket = await prepare(self.settings, shell, rdir, python, self.hooks.warning)
+        if self.bucket is not None:
+            uploads = await dataset_from_bucket(self.bucket, shell, job, uploads, self.hooks.warning)
         sent = await shell.put_files(uploads)
         log.info("run %s: uploaded %d files (%.1f MB) to %s", job.run_id, len(uploads), sent / 1e6, rdir)
         device = "cuda" if self.provider.name == "vast" else str(self.resolved.get("device") or "cuda")
