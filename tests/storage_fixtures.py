@@ -61,6 +61,13 @@ CLEARED = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOI
            "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "GOOGLE_APPLICATION_CREDENTIALS", "STORAGE_EMULATOR_HOST")
 
 
+def blob(size: int) -> bytes:
+    """Random file contents for the stores. The last byte is fixed: gcp-storage-emulator reads gcsfs's
+    multipart/related upload with Python's email parser, which drops a CR that ends the file (real GCS keeps
+    every byte), so one random file in 256 would otherwise come back a byte short from the emulator."""
+    return os.urandom(size - 1) + b"\x00"
+
+
 @pytest.fixture(scope="module")
 def gcs_emulator() -> Iterator[str]:
     from gcp_storage_emulator.server import create_server
@@ -95,12 +102,17 @@ def s3_server() -> Iterator[S3Server]:
     # Set up before authentication is switched on: a user allowed S3, its key, the bucket.
     admin = {"endpoint_url": endpoint, "region_name": "us-east-1", "aws_access_key_id": "setup",
              "aws_secret_access_key": "setup"}
+    # moto keeps its accounts in the process, across servers: a user of this server's own, and the
+    # bucket an earlier test module may have made already.
     iam = boto3.client("iam", **admin)
-    iam.create_user(UserName="sync")
-    iam.put_user_policy(UserName="sync", PolicyName="s3", PolicyDocument=json.dumps({
+    user = f"sync-{uuid.uuid4().hex[:8]}"
+    iam.create_user(UserName=user)
+    iam.put_user_policy(UserName=user, PolicyName="s3", PolicyDocument=json.dumps({
         "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
-    key = iam.create_access_key(UserName="sync")["AccessKey"]
-    boto3.client("s3", **admin).create_bucket(Bucket=BUCKET)
+    key = iam.create_access_key(UserName=user)["AccessKey"]
+    s3 = boto3.client("s3", **admin)
+    if BUCKET not in {b["Name"] for b in s3.list_buckets().get("Buckets", [])}:
+        s3.create_bucket(Bucket=BUCKET)
     old_count, old_requests = moto_settings.INITIAL_NO_AUTH_ACTION_COUNT, ActionAuthenticatorMixin.request_count
     moto_settings.INITIAL_NO_AUTH_ACTION_COUNT, ActionAuthenticatorMixin.request_count = 0, 0
     try:

@@ -132,3 +132,17 @@ def test_the_storage_table_loads_from_the_file_and_the_environment(tmp_path: Pat
     settings, _ = load_settings(config_file=config, environ={"SIDECAR_STORAGE": '{"url": "gs://b/p"}'})
     assert settings.storage.url == "gs://b/p"
     assert os.environ.get("SIDECAR_STORAGE") is None
+
+
+def test_a_bucket_that_does_not_exist_is_refused_by_name(tmp_path: Path, s3_server,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.storage_fixtures import make_store
+
+    good = make_store("s3", _request_for(s3_server), tmp_path)
+    for name, value in good.env.items():
+        monkeypatch.setenv(name, value) if value else monkeypatch.delenv(name, raising=False)
+    machine = Machine(tmp_path / "m", StoreUnderTest("s3", "s3://no-such-bucket/x"))
+    write_dataset(machine.dataset(), n=1)
+    result = machine.sync("push", "datasets", str(machine.dataset()))
+    assert result.exit_code == 2, result.output
+    assert "no-such-bucket does not exist" in result.output

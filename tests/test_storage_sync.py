@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from sidecar.cli import main
-from tests.storage_fixtures import StoreUnderTest, gcs_emulator, s3_server, store  # noqa: F401
+from tests.storage_fixtures import StoreUnderTest, blob, gcs_emulator, s3_server, store  # noqa: F401
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -36,9 +36,9 @@ class Machine:
 
 def write_dataset(folder: Path, n: int = 4) -> dict[str, bytes]:
     folder.mkdir(parents=True, exist_ok=True)
-    files = {f"img{i:02d}.png": os.urandom(2000 + i) for i in range(n)}
+    files = {f"img{i:02d}.png": blob(2000 + i) for i in range(n)}
     files |= {f"img{i:02d}.txt": f"spyke_plasma_v1, panel {i}".encode() for i in range(n)}
-    files["reg/r0.png"] = os.urandom(500)
+    files["reg/r0.png"] = blob(500)
     for rel, data in files.items():
         (folder / rel).parent.mkdir(parents=True, exist_ok=True)
         (folder / rel).write_bytes(data)
@@ -210,7 +210,7 @@ def test_a_push_killed_half_way_shows_no_partial_file_and_the_rerun_sends_only_w
     folder.mkdir(parents=True)
     total = 150
     for i in range(total):
-        (folder / f"img{i:03d}.png").write_bytes(os.urandom(48_000))
+        (folder / f"img{i:03d}.png").write_bytes(blob(48_000))
     env = {**os.environ, **{k: v for k, v in store.env.items() if v}}
     for name in (k for k, v in store.env.items() if not v):
         env.pop(name, None)

@@ -69,9 +69,22 @@ def check_reachable(store: Store) -> None:
             raise StorageRefused(f"{store.url}: the folder {store.root} does not exist (is the disk mounted?); "
                                  "create it to use it as the store. Nothing was changed.", {"store": store.url})
         return
+    # The prefix first: a key limited to the prefix (the advice of the manual) may not list the bucket.
+    with translated(store, "list the store"):
+        try:
+            store.fs.ls(store.root, detail=False)
+            return
+        except FileNotFoundError:
+            pass  # nothing under the prefix yet, or no such bucket: the bucket says which
     bucket = store.root.split("/", 1)[0]
     with translated(store, "list the bucket"):
-        store.fs.ls(bucket, detail=False)
+        try:
+            store.fs.ls(bucket, detail=False)
+        except FileNotFoundError:
+            raise StorageRefused(f"{store.url}: the bucket {bucket} does not exist (or these credentials cannot see "
+                                 "it); nothing was changed.", {"store": store.url}) from None
+        except PermissionError:
+            pass  # allowed the prefix only: fine, an empty prefix
 
 
 def run_sync(store: Store, request: SyncRequest, state_dir: Path, sink: ProgressSink | None = None) -> SyncReport:
