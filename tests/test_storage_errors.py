@@ -146,3 +146,18 @@ def test_a_bucket_that_does_not_exist_is_refused_by_name(tmp_path: Path, s3_serv
     result = machine.sync("push", "datasets", str(machine.dataset()))
     assert result.exit_code == 2, result.output
     assert "no-such-bucket does not exist" in result.output
+
+
+def test_a_store_that_does_not_answer_is_unavailable_exit_3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.conftest_comfy import free_port
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLE000000000")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "example-secret")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # botocore's own retries: the test need not wait them out
+    machine = Machine(tmp_path / "m", StoreUnderTest("s3", "s3://plasma/x"))
+    write_dataset(machine.dataset(), n=1)
+    result = machine.sync("push", "datasets", str(machine.dataset()))
+    assert result.exit_code == 3, result.output
+    assert "could not be reached" in result.output and "example-secret" not in result.output

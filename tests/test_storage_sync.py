@@ -27,8 +27,8 @@ class Machine:
         self.config = root / "config.toml"
         self.config.write_text(f'data_dir = "{root / "data"}"\n\n[storage]\nurl = "{store.url}"\n')
 
-    def sync(self, *args: str) -> Result:
-        return CliRunner().invoke(main, ["sync", *args, "--config", str(self.config), "-q"])
+    def sync(self, *args: str, quiet: bool = True) -> Result:
+        return CliRunner().invoke(main, ["sync", *args, "--config", str(self.config), *(["-q"] if quiet else [])])
 
     def dataset(self, name: str = "spyke") -> Path:
         return self.root / "datasets" / name
@@ -68,9 +68,10 @@ def two(tmp_path: Path, store: StoreUnderTest) -> tuple[Machine, Machine]:
 def test_push_then_pull_round_trip_and_a_second_push_moves_nothing(two, store) -> None:
     laptop, desk = two
     files = write_dataset(laptop.dataset())
-    pushed = laptop.sync("push", "datasets", str(laptop.dataset()))
+    pushed = laptop.sync("push", "datasets", str(laptop.dataset()), quiet=False)
     assert pushed.exit_code == 0, pushed.output
     assert f"{len(files)} file(s) uploaded" in pushed.output
+    assert f"{len(files)}/{len(files)} files" in pushed.stderr  # the progress bar's last state
     assert remote_files(store, "datasets/spyke") == files
     import hashlib
     assert {k: v["sha256"] for k, v in manifest(store, "datasets/spyke")["files"].items()} == \

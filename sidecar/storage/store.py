@@ -149,18 +149,23 @@ def _is_bucket_missing(store: Store, exc: FileNotFoundError) -> bool:
     return store.scheme != "file" and ("NoSuchBucket" in text or "bucket" in text.lower())
 
 
+UNREACHABLE = {"EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError",
+               "ClientConnectorError", "ServerDisconnectedError", "ClientOSError", "ServerTimeoutError",
+               "ConnectionError", "TimeoutError"}
+REFUSING = {"DefaultCredentialsError", "RefreshError", "NoCredentialsError", "PartialCredentialsError",
+            "InvalidSignatureError"}
+
+
 def _classify(exc: BaseException) -> str | None:
+    """"unavailable" (could not reach the store), "refused" (it answered no), or None (not the store's)."""
     names = {cls.__name__ for cls in type(exc).__mro__}
     module = type(exc).__module__
-    if names & {"DefaultCredentialsError", "RefreshError", "TransportError", "NoCredentialsError",
-                "PartialCredentialsError", "ClientError", "InvalidSignatureError"}:
+    if names & UNREACHABLE:
+        return "unavailable"
+    if names & REFUSING or (module.startswith("botocore") and "ClientError" in names):
         return "refused"
     if module.startswith("gcsfs") and getattr(exc, "code", None) in (400, 401, 403, 404):
         return "refused"
-    if "invalid_grant" in str(exc) or "credentials" in str(exc).lower():
-        return "refused"
-    if names & {"EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ClientConnectorError",
-                "ServerDisconnectedError", "ClientOSError", "ConnectionError", "TimeoutError", "ClientError",
-                "HttpError"} or isinstance(exc, OSError):
+    if module.startswith(("gcsfs", "aiohttp", "botocore", "aiobotocore", "google")) or isinstance(exc, OSError):
         return "unavailable"
     return None
