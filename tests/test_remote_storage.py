@@ -73,3 +73,63 @@ async def test_a_remote_run_trains_from_the_bucket_and_its_checkpoints_come_back
     assert not any(secret in c for c in ssh_host.commands)
     assert secret not in caplog.text and secret not in json.dumps(done)
     assert not ssh_host.processes()
+
+
+async def test_a_dataset_not_pushed_goes_over_ssh_and_the_run_says_which_push_would_have_saved_it(
+        aiohttp_client, tmp_path: Path, client_key, ssh_host, dataset, trainer_env, s3_server, request,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    store = make_store("s3", request, tmp_path)
+    for name, value in store.env.items():
+        monkeypatch.setenv(name, value) if value else monkeypatch.delenv(name, raising=False)
+    settings = make_settings(tmp_path, remote_settings(tmp_path, client_key, ssh_host))
+    settings = settings.model_copy(update={"storage": StorageSettings(url=store.url)})
+    client = await app_client(aiohttp_client, settings)
+    run = await submit(client, dataset, {"provider": "ssh"}, steps=2)
+    done = await wait_run(client, run["id"], {"succeeded", "failed", "cancelled"}, timeout=90)
+    assert done["status"] == "succeeded", done
+    warning = next(w for w in done["warnings"] if "sent over SSH" in w)
+    assert f"{len(list(dataset.iterdir()))} dataset file(s)" in warning
+    assert f"sidecar sync push datasets {dataset}" in warning
+    rdir = ssh_host.home / "plasma-runs" / f"plasma-sidecar-run-{run['id']}"
+    assert not (rdir / "bucket-dataset.json").exists()
+    # The checkpoints still came through the bucket.
+    assert "spyke.safetensors" in remote_files(store, f"runs/{run['id']}")
+
+
+async def test_the_handed_over_credentials_are_owner_only_and_never_on_a_command_line(
+        tmp_path: Path, client_key, ssh_host, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sidecar.remote.shell import Endpoint, Shell
+    from sidecar.training.remote.bucket import prepare
+    from tests.remote_fixtures import known_hosts_for
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    # A service-account key file as Google issues them (a fresh RSA key): gcsfs loads it without a request.
+    pem = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+    key = tmp_path / "sa.json"
+    key.write_text(json.dumps({"type": "service_account", "project_id": "p", "private_key_id": "k1",
+                               "private_key": pem, "client_email": "sync@p.iam.gserviceaccount.com",
+                               "client_id": "1", "token_uri": "https://oauth2.googleapis.com/token"}))
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key))
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+    settings = make_settings(tmp_path, remote_settings(tmp_path, client_key, ssh_host))
+    settings = settings.model_copy(update={"storage": StorageSettings(url="gs://plasma/team")})
+    shell = await Shell.connect(Endpoint("127.0.0.1", ssh_host.port, "artist", client_key,
+                                         known_hosts_for(ssh_host, tmp_path / "kh")))
+    warnings: list[str] = []
+    try:
+        rdir = str(ssh_host.home / "plasma-runs" / "run-1")
+        bucket = await prepare(settings, shell, rdir, "python3", warnings.append)
+    finally:
+        await shell.close()
+    assert bucket is not None, warnings
+    folder = Path(rdir) / ".sidecar-storage"
+    assert folder.stat().st_mode & 0o777 == 0o700
+    assert (folder / "env").stat().st_mode & 0o777 == 0o600
+    assert (folder / "gcs-key.json").stat().st_mode & 0o777 == 0o600
+    assert (folder / "gcs-key.json").read_bytes() == key.read_bytes()
+    assert f"GOOGLE_APPLICATION_CREDENTIALS={folder / 'gcs-key.json'}" in (folder / "env").read_text()
+    secret_line = pem.splitlines()[5]
+    assert not any(secret_line in c for c in ssh_host.commands)
