@@ -161,6 +161,14 @@ def test_nothing_is_deleted_on_the_other_side_without_delete(two, store) -> None
     assert not (desk.dataset() / "img03.png").exists()
     assert tree(desk.dataset()) == tree(laptop.dataset())
 
+    # A mistyped name (nothing in the store under it) never empties the folder it is pulled into.
+    typo = desk.root / "datasets" / "spkye"
+    typo.mkdir()
+    (typo / "keep.png").write_bytes(b"mine")
+    guarded = desk.sync("pull", "datasets", str(typo), "--delete")
+    assert guarded.exit_code == 0 and "--delete ignored" in guarded.output, guarded.output
+    assert (typo / "keep.png").read_bytes() == b"mine"
+
 
 def test_a_dry_run_lists_what_would_move_and_changes_nothing(two, store) -> None:
     laptop, _ = two

@@ -134,6 +134,10 @@ def describe(report: SyncReport) -> list[str]:
         lines += _listed(verb, plan.send, there)
         lines += _listed("would delete", plan.delete, there)
     lines += _listed("conflict (changed on both sides, left alone):", plan.conflicts, there)
+    if report.delete_refused:
+        source = report.remote if req.direction == "pull" else str(req.local)
+        lines.append(f"--delete ignored: {source} holds no files at all, so nothing was deleted in {there} "
+                     "(an empty or mistyped source is not a reason to empty the other side)")
     if plan.kept:
         lines.append(f"{len(plan.kept)} file(s) only in {there} kept (--delete removes them): "
                      + ", ".join(plan.kept[:10]) + (" ..." if len(plan.kept) > 10 else ""))

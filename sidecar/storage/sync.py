@@ -56,6 +56,7 @@ class SyncReport:
     done: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
     bytes_moved: int = 0
+    delete_refused: bool = False  # --delete with nothing at all on the source side: nothing deleted
 
 
 def remote_folder(store: Store, request: SyncRequest) -> str:
@@ -107,9 +108,11 @@ def run_sync(store: Store, request: SyncRequest, state_dir: Path, sink: Progress
         source, target = local_files, remote_files
     else:
         source, target = remote_files, local_files
-    plan = plan_sync(source, target, record.synced, delete=request.delete,
+    # An empty source is more likely a typo or an unmounted folder than a wish to empty the other side.
+    refuse_delete = request.delete and not source
+    plan = plan_sync(source, target, record.synced, delete=request.delete and not refuse_delete,
                      only=set(request.only) if request.only is not None else None)
-    report = SyncReport(request, store.display(folder), plan)
+    report = SyncReport(request, store.display(folder), plan, delete_refused=refuse_delete)
     if request.dry_run:
         return report
 
