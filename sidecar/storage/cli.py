@@ -53,14 +53,17 @@ def _options(f):
 @sync.command("push")
 @_options
 def push(**kwargs: Any) -> None:
-    """Send what changed here to the store."""
+    """Send what changed here to the store: `datasets PATH` (a training folder), `loras [NAME]` (the LoRA
+    folder, or one LoRA), `outputs [PROJECT]` (a project's output/). Files changed on both sides are
+    named and left alone (exit 1)."""
     _run("push", **kwargs)
 
 
 @sync.command("pull")
 @_options
 def pull(**kwargs: Any) -> None:
-    """Fetch what changed in the store."""
+    """Fetch what changed in the store into `datasets PATH`, `loras [NAME]` or `outputs [PROJECT]`. Files
+    changed on both sides are named and left alone (exit 1)."""
     _run("pull", **kwargs)
 
 
