@@ -78,7 +78,9 @@ class FakeHost:
     def __init__(self, home: Path, authorized_keys: list[str], host_id: str = "host", env: dict | None = None):
         self.home = home.resolve()
         self.home.mkdir(parents=True, exist_ok=True)
-        self.id = host_id
+        # Unique on the machine: the suite's workers (and other checkouts) run SSH hosts at once, and `close`
+        # kills every process carrying this mark.
+        self.id = f"{host_id}-{os.getpid()}-{id(self):x}"
         self.env = env or {}
         self.host_key = asyncssh.generate_private_key("ssh-ed25519")
         self.authorized: list[str] = list(authorized_keys)
