@@ -79,6 +79,7 @@ export function mount(root, ctx, args) {
   const familyPill = h("span", { class: "pill family", dataset: { family: "" } }, "family …");
   const runsOn = h("span", { class: "muted small runs-on" });
   let models = null; // GET /models: {checkpoints, loras, diffusionModels}
+  let modelsSettled = false; // it answered (or failed: the family stays unknown)
   const chosenModel = () => models && [...models.checkpoints, ...models.diffusionModels].find((m) => m.name === checkpoint.value);
   const stack = loraStack({ limits: lim.loraStrength, defaultStrength: d.loraStrength, onChange: () => { check(); keep(); } });
   // The stack as it was left, or as a job had it (`loras`, or the one-LoRA form `loraId` of older jobs).
@@ -114,9 +115,12 @@ export function mount(root, ctx, args) {
   const setLimits = ({ familyChanged = false } = {}) => {
     const model = chosenModel();
     family = model && model.family !== "unknown" ? model.family : null;
-    let chosen = allowedBy(where.value || cfg.defaultWhere, backends);
-    runners = model && backends.length ? chosen.filter((b) => model.backends.includes(b.name)) : null;
-    if (runners) chosen = runners;
+    const allowed = allowedBy(where.value || cfg.defaultWhere, backends);
+    const able = model && backends.length ? backends.filter((b) => model.backends.includes(b.name)) : null;
+    runners = able ? allowed.filter((b) => able.includes(b)) : null;
+    // The sizes of the backends that would run it; where `where` leaves them all out (check() says so), those
+    // of the ones that could, so the family's sizes show all the same.
+    const chosen = runners && runners.length ? runners : able && able.length ? able : allowed;
     const profiles = [...new Set(chosen.map((b) => b.profile))].map((n) => cfg.profiles[n])
       .filter((p) => p && (!family || p.families[family]));
     const options = profiles.length ? profiles : [cfg.profile];
@@ -130,14 +134,16 @@ export function mount(root, ctx, args) {
     runsOn.textContent = !model ? "" : model.backends.length ? `runs on ${model.backends.join(", ")}`
       : `no backend here runs ${familyName(model.family)} models`;
     width.max = sized.maxWidth; height.max = sized.maxHeight;
-    if (familyChanged || !fits(Number(width.value), Number(height.value))) {
+    // Until GET /models has answered the family is not known: a kept size waits for it (an SDXL size is not
+    // cut to the laptop's SD 1.5 sides while the list loads).
+    if (familyChanged || (modelsSettled && !fits(Number(width.value), Number(height.value)))) {
       width.value = sized.defaultWidth; height.value = sized.defaultHeight;
     }
     replace(size, sized.sizes.map(([w, hh]) => h("option", { value: `${w}x${hh}` },
-      `${w} × ${hh}${w < hh ? " portrait" : w > hh ? " landscape" : " square"}`)), h("option", { value: "" }, "other (width, height)"));
+      `${w}×${hh}${w < hh ? " portrait" : w > hh ? " landscape" : " square"}`)), h("option", { value: "" }, "other (width, height)"));
     syncSize();
     widthHint.textContent = `≤ ${sized.maxWidth}, multiple of ${prof.multipleOf}`;
-    heightHint.textContent = `≤ ${sized.maxHeight}` + (sized.maxPixels ? `, ≤ ${sized.maxPixels} pixels` : "") + ` (${prof.name})`;
+    heightHint.textContent = `≤ ${sized.maxHeight}` + (sized.maxPixels ? `, ≤ ${sized.maxPixels.toLocaleString("en")} pixels` : "") + ` (${prof.name})`;
     profHint.textContent = prof.description;
   };
   const syncSize = () => {
@@ -323,6 +329,7 @@ export function mount(root, ctx, args) {
   // The models with their families and where each runs; the LoRAs' trigger words from GET /loras.
   Promise.all([api("/models"), api("/loras").catch(() => ({ loras: [] }))]).then(([listed, { loras }]) => {
     models = listed;
+    modelsSettled = true;
     const words = new Map(loras.map((l) => [l.fileName, l.triggerWord]));
     stack.setLoras(listed.loras.map((l) => ({ ...l, triggerWord: words.get(l.name) || null })));
     const current = checkpoint.value;
@@ -334,7 +341,7 @@ export function mount(root, ctx, args) {
       listed.diffusionModels.length ? h("optgroup", { label: "Diffusion models (Flux)" }, listed.diffusionModels.map(option)) : null);
     setLimits();
     check();
-  }).catch((err) => toast(err, "error"));
+  }).catch((err) => { modelsSettled = true; setLimits(); check(); toast(err, "error"); });
 
   root.append(h("h1", {}, "Generate"), h("div", { class: "split" }, form, h("section", { class: "result-col", "aria-label": "results" },
     h("h2", {}, "Results"), gallery)));
