@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sidecar.backend import GenerationBackend, ModelFolder
-from sidecar.families import UNKNOWN, FamilyCache, FamilyReading
+from sidecar.families import UNKNOWN, FamilyCache, FamilyReading, has_text_encoder_weights
 
 NOT_LOCAL = "the backend's model folder is not on this machine, so its header cannot be read"
 NOT_HERE = "only a remote backend has this file, so its header cannot be read on this machine"
@@ -71,6 +71,13 @@ class ModelFamilies:
         if directory is None:
             return None
         return await asyncio.to_thread(self.cache.sha256, directory / name)
+
+    async def has_text_encoder(self, name: str) -> bool:
+        """Whether a LoRA carries text-encoder weights, where this machine has its file (else False)."""
+        directory = self.backend.models_dir("loras")
+        if directory is None:
+            return False
+        return await asyncio.to_thread(has_text_encoder_weights, directory / name)
 
     async def listing(self, folder: ModelFolder) -> list[ModelEntry]:
         # Staged sweep checkpoints (`sweep--*`) are not installed LoRAs, as GET /loras says.
