@@ -6,18 +6,44 @@ picker shows where a model would go before a job is sent)."""
 from __future__ import annotations
 
 import asyncio
+from typing import Literal
 
 from aiohttp import web
+from pydantic import Field
 
 from sidecar.api.keys import BUILDER, POOL, PROFILE
 from sidecar.api.operations import Query, operation
-from sidecar.api.responses import ModelFileInfo, ModelList, json_response
+from sidecar.api.responses import Out, json_response
 from sidecar.backends.admission import Needs
 from sidecar.errors import ComfyUnavailable, InvalidField
 from sidecar.jobs.families import ModelEntry
 
 routes = web.RouteTableDef()
 TRUE, FALSE = ("1", "true"), ("0", "false")
+
+
+class ModelFileInfo(Out):
+    name: str = Field(description="the file name, as a job's `checkpoint` (or LoRA file) names it")
+    family: Literal["sd15", "sdxl", "flux", "unknown"] = Field(
+        description="read from the file's safetensors header (tensor names and shapes), never its name; a file "
+                    "only a remote backend has: `flux` in diffusion_models/ (ComfyUI's UNETLoader folder), else "
+                    "`unknown`")
+    family_note: str | None = Field(None, description="why the family is unknown, or how it was judged when not "
+                                                      "from the header")
+    size_bytes: int | None = Field(None, description="null when the file is not on this machine")
+    backends: list[str] = Field(default_factory=list, description=(
+        "the backends that can run it: their profile runs its family (an `unknown` one: the base family's) and "
+        "they have the file or can be sent it (`local` without [[backends]])"))
+    sha256: str | None = Field(None, description="with ?sha256=1, a LoRA's SHA-256 where this machine has the file "
+                                                 "(what a log entry records); null otherwise")
+
+
+class ModelList(Out):
+    """GET /models: each model folder's files with their family."""
+
+    checkpoints: list[ModelFileInfo]
+    loras: list[ModelFileInfo]
+    diffusion_models: list[ModelFileInfo] = Field(description="ComfyUI's diffusion_models/ (Flux)")
 
 
 def _runs_on(app: web.Application, folder: str, entry: ModelEntry) -> list[str]:

@@ -219,30 +219,6 @@ class LoraList(Out):
     loras: list[LoraInfo]
 
 
-class ModelFileInfo(Out):
-    name: str = Field(description="the file name, as a job's `checkpoint` (or LoRA file) names it")
-    family: Literal["sd15", "sdxl", "flux", "unknown"] = Field(
-        description="read from the file's safetensors header (tensor names and shapes), never its name; a file "
-                    "only a remote backend has: `flux` in diffusion_models/ (ComfyUI's UNETLoader folder), else "
-                    "`unknown`")
-    family_note: str | None = Field(None, description="why the family is unknown, or how it was judged when not "
-                                                      "from the header")
-    size_bytes: int | None = Field(None, description="null when the file is not on this machine")
-    backends: list[str] = Field(default_factory=list, description=(
-        "the backends that can run it: their profile runs its family (an `unknown` one: the base family's) and "
-        "they have the file or can be sent it (`local` without [[backends]])"))
-    sha256: str | None = Field(None, description="with ?sha256=1, a LoRA's SHA-256 where this machine has the file "
-                                                 "(what a log entry records); null otherwise")
-
-
-class ModelList(Out):
-    """GET /models: each model folder's files with their family."""
-
-    checkpoints: list[ModelFileInfo]
-    loras: list[ModelFileInfo]
-    diffusion_models: list[ModelFileInfo] = Field(description="ComfyUI's diffusion_models/ (Flux)")
-
-
 class TrainingSummary(Out):
     """The run holding the device, as /health and a 409 `training_in_progress` show it."""
 
