@@ -121,3 +121,16 @@ async def test_a_flux_lora_stack_is_chained_model_only_and_a_lora_with_text_enco
     assert {tuple(n.inputs["clip"]) for n in graph.of_type("CLIPTextEncode")} == {(full.id, 1)}
     done = await _wait(client, job["id"])
     assert done["status"] == "succeeded", done["error"]
+    # ... and first in the stack: the template's own loader becomes the LoraLoader, the chain goes on model-only.
+    status, job = await _post(client, checkpoint=FLUX, steps=2, loras=[{"id": "spyke_flux", "strength": 0.8},
+                                                                      {"id": "tone_flux", "strength": 0.2}])
+    assert status == 202, job
+    graph = Graph((await (await client.get(f"/jobs/{job['id']}")).json())["workflow"])
+    [full] = graph.of_type("LoraLoader")
+    [rest] = graph.of_type("LoraLoaderModelOnly")
+    assert (full.inputs["lora_name"], full.inputs["clip"], rest.inputs["model"]) == (
+        "spyke_flux.safetensors", [clip, 0], [full.id, 0])
+    assert {tuple(n.inputs["clip"]) for n in graph.of_type("CLIPTextEncode")} == {(full.id, 1)}
+    done = await _wait(client, job["id"])
+    assert done["status"] == "succeeded", done["error"]
+    assert [(u["id"], u["strength"]) for u in done["params"]["loras"]] == [("spyke_flux", 0.8), ("tone_flux", 0.2)]
