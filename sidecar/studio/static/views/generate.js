@@ -333,9 +333,12 @@ export function mount(root, ctx, args) {
     const words = new Map(loras.map((l) => [l.fileName, l.triggerWord]));
     stack.setLoras(listed.loras.map((l) => ({ ...l, triggerWord: words.get(l.name) || null })));
     const current = checkpoint.value;
+    // With several backends each says where it runs (one backend: the line under the list says it).
+    const all = [...listed.checkpoints, ...listed.diffusionModels];
+    const several = all.some((m) => m.backends.some((b) => b !== "local"));
     const option = (m) => h("option", { value: m.name, selected: m.name === current, title: m.familyNote || "" },
-      `${m.name} — ${familyName(m.family)}${m.backends.length ? "" : " (no backend runs it here)"}`);
-    const known = [...listed.checkpoints, ...listed.diffusionModels].some((m) => m.name === current);
+      `${m.name} — ${familyName(m.family)}${!m.backends.length ? " (no backend runs it here)" : several ? ` · ${m.backends.join(", ")}` : ""}`);
+    const known = all.some((m) => m.name === current);
     replace(checkpoint, known ? null : h("option", { value: current, selected: true }, `${current} (not installed)`),
       listed.checkpoints.length ? h("optgroup", { label: "Checkpoints" }, listed.checkpoints.map(option)) : null,
       listed.diffusionModels.length ? h("optgroup", { label: "Diffusion models (Flux)" }, listed.diffusionModels.map(option)) : null);
