@@ -68,6 +68,12 @@ class DaemonClient(BaseClient):
         with stage_errors():
             return Job.model_validate(await self.job(job_id), strict=False)
 
+    async def lora_hashes(self) -> dict[str, str | None]:
+        """Each LoRA file the daemon lists, with its SHA-256 where the daemon has the file (GET /models?sha256=1)."""
+        with stage_errors():
+            listed = await self.request("GET", "/models?sha256=1")
+        return {m["name"]: m.get("sha256") for m in listed.get("loras", [])}
+
     # -- groups of variations (drafts, --variations)
     async def submit_group(self, request: JobRequest) -> JobGroup:
         """POST /jobs with `variations`: the group, its jobs in seed order."""

@@ -25,6 +25,9 @@ class PageTask:
     init_image: str | None = None  # --more-like (or its --reproduce): the version img2img starts from
     refine: dict[str, Any] | None = None  # `--refine`: the daemon's refinement answer (POST /prompt/refine)
     draft_checkpoint: str | None = None  # `--drafts --draft-checkpoint X`: the drafts' checkpoint, not the page's
+    # `--reproduce`: each LoRA file's SHA-256 as the source version's log entry recorded it (checked before submit)
+    lora_hashes: tuple[tuple[str, str], ...] = ()
+    reproduces: str | None = None  # `--reproduce`: the source version's image, for the messages
 
     def page_ref(self, root: Path) -> PageRef:
         """The job's `page`: this page of the project at `root`, and the provenance its log entry records."""

@@ -7,7 +7,8 @@ also carries the process exit status the CLI documents:
     ├── JobFailedError         job_failed / <daemon's> 1   the daemon ran the job and it failed
     ├── InputError             input_error             2   bad options, bad prompt file or pipeline.toml
     │   ├── PromptFileMissing  prompt_file_missing     2   names the path looked for
-    │   └── RequestRefused     <daemon's 400 code>     2   the daemon refused the request (its message)
+    │   ├── RequestRefused     <daemon's 400 code>     2   the daemon refused the request (its message)
+    │   └── LoraChanged        lora_changed            2   `--reproduce`: a LoRA's file is not the one logged
     ├── RefineFailed           <daemon's code>         1-3 `--refine`: Ollama down (3), a model missing (2, names
     │                                                      the `ollama pull`), a timeout or bad answer (1); nothing queued
     ├── DaemonNotRunning       daemon_not_running      3   says how to start it
@@ -50,6 +51,13 @@ class RequestRefused(InputError):
     """A 4xx from the daemon other than 409 training: the daemon's own code and message are kept."""
 
     code = "request_refused"
+
+
+class LoraChanged(InputError):
+    """`--reproduce`: a LoRA the version was made with has another SHA-256 on the daemon now (a file replaced
+    under the same name), so the same workflow would not make the same image; nothing is submitted."""
+
+    code = "lora_changed"
 
 
 class RefineFailed(StageError):

@@ -15,6 +15,7 @@ from pipeline_stage.consistency import ConsistencyReport, summary_lines, write_r
 from pipeline_stage.daemon import DaemonClient
 from pipeline_stage.errors import StageError
 from pipeline_stage.layout import Project
+from pipeline_stage.lorahash import check_lora_hashes
 from pipeline_stage.morelike import group_failure, render_versions
 from pipeline_stage.progress import make_progress
 from pipeline_stage.refine import RefineAsk, refine_tasks, write_refined
@@ -38,6 +39,7 @@ async def render_all(url: str, token: str | None, project: Project, tasks: list[
         # SIGTERM (launchd, a pipeline runner) behaves as Ctrl-C: cancel the job, finish any commit.
         loop.add_signal_handler(signal.SIGTERM, main_task.cancel)  # type: ignore[union-attr]
     async with DaemonClient(url, token=token) as client:
+        await check_lora_hashes(client, tasks, quiet=json_out)  # --reproduce: the logged LoRA files, unchanged
         if refine is not None:  # every page first: an Ollama failure stops the run with nothing queued
             tasks = await refine_tasks(client, project, tasks, refine.feedback, refine.look, show=not json_out)
 

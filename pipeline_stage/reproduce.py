@@ -1,5 +1,7 @@
 """`generate --reproduce FILE.workflow.json`: a logged workflow submitted as it is, as the page's next
-version (its pose image and --more-like init image found from the generation log)."""
+version (its pose image and --more-like init image found from the generation log). The workflow carries
+the checkpoint (and so the family) and every LoRA loader with its strength; the log entry's LoRA hashes
+are checked against the daemon's files first (`pipeline_stage.lorahash`): a replaced LoRA stops it."""
 
 from __future__ import annotations
 
@@ -67,5 +69,9 @@ def reproduce_task(project: Project, opts: dict[str, Any]) -> PageTask:
         raise InputError(f"{path.name} loads no image: --pose does not apply.", {"path": str(path)})
     request = JobRequest.model_validate({"workflow": workflow, "pose_image_path": pose_path,
                                          "init_image_path": init_path}, strict=False)
+    # Every LoRA with the hash the log recorded: checked against the daemon's files before anything is sent.
+    hashes = tuple((str(lora.get("file") or lora.get("id")), str(lora["sha256"])) for lora in source.get("loras") or []
+                   if isinstance(lora, dict) and lora.get("sha256") and (lora.get("file") or lora.get("id")))
     return PageTask(page, request, prompt_file, reproduced_from=project.relative(path),
-                    template_hint=source.get("workflowTemplate"), init_image=init_logged)
+                    template_hint=source.get("workflowTemplate"), init_image=init_logged, lora_hashes=hashes,
+                    reproduces=source.get("imageFile"))

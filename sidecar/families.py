@@ -105,6 +105,20 @@ def family_of_tensors(shapes: dict[str, list[int]]) -> FamilyReading:
                                   "transformer blocks")
 
 
+# A LoRA's text-encoder weights, in kohya's names (`lora_te_`, `lora_te1_` CLIP-L, `lora_te2_`, `lora_te3_` T5)
+# and diffusers'/peft's (`text_encoder.`, `text_encoder_2.`, `te.`).
+_TEXT_ENCODER_KEY = re.compile(r"^(lora_te\d?_|text_encoder(_\d)?\.|te\d?\.)")
+
+
+def has_text_encoder_weights(path: Path) -> bool:
+    """Blocking: whether a LoRA file's header names text-encoder weights (False when it cannot be read)."""
+    try:
+        header = read_header(path)
+    except (OSError, ValueError):
+        return False
+    return any(_TEXT_ENCODER_KEY.match(name) for name in header if name != "__metadata__")
+
+
 # A diffusers folder says its pipeline in model_index.json.
 PIPELINE_FAMILIES: dict[str, Family] = {"StableDiffusionPipeline": "sd15", "StableDiffusionXLPipeline": "sdxl",
                                         "FluxPipeline": "flux"}

@@ -59,6 +59,12 @@ NODE_TYPES: dict[str, NodeType] = {
         "strength_model": Value(float, param="lora_strength"),
         "strength_clip": Value(float, param="lora_strength"),
     }, ("MODEL", "CLIP")),
+    # The Flux templates' LoRA loader (its LoRAs carry transformer weights): MODEL alone, as the recorded
+    # object_info declares it. The embedded engine does not run it (a Flux job never reaches it).
+    "LoraLoaderModelOnly": NodeType({
+        "model": Linked("MODEL"), "lora_name": Value(str, folder="loras"),
+        "strength_model": Value(float, param="lora_strength"),
+    }, ("MODEL",)),
     "ModelComputeDtype": NodeType(
         {"model": Linked("MODEL"), "dtype": Value(str, choices=("default", "fp32", "fp16", "bf16"))}, ("MODEL",)),
     # A prompt's length limit; empty is allowed, as a negative prompt may be.
@@ -126,6 +132,7 @@ NODE_TYPES: dict[str, NodeType] = {
 SUPPORTED_NODES = frozenset(NODE_TYPES)
 # The nodes only Flux graphs use (its templates): checked here, run by ComfyUI; the embedded engine runs SD 1.5.
 FLUX_NODES = frozenset({"UNETLoader", "DualCLIPLoader", "VAELoader", "FluxGuidance", "ModelSamplingFlux",
+                        "LoraLoaderModelOnly",
                         "EmptySD3LatentImage"})
 LATENT_NODES = ("EmptyLatentImage", "EmptySD3LatentImage")  # the nodes that set an image size and batch
 SAMPLER_NODES = ("KSampler",)

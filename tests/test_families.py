@@ -96,4 +96,4 @@ async def test_models_known_only_by_name_are_listed_as_unknown(aiohttp_client, t
     body = await (await client.get("/models")).json()
     assert body["checkpoints"] == [{"name": "animagine-xl.safetensors", "family": "unknown", "sizeBytes": None,
                                     "familyNote": "the backend's model folder is not on this machine, so its "
-                                                  "header cannot be read"}]
+                                                  "header cannot be read", "backends": ["local"], "sha256": None}]

@@ -138,3 +138,14 @@ async def test_an_sdxl_pose_job_is_refused_for_want_of_an_sdxl_pose_template(gpu
     status, body = await _post(gpu, checkpoint=SDXL, poseImagePath=str(pose))
     assert status == 400 and body["error"]["code"] == "family_not_supported"
     assert body["error"]["details"]["template"] == "sdxl-txt2img-pose" and "pose" in body["error"]["message"]
+
+
+def test_the_readme_s_family_table_is_the_profiles_data() -> None:
+    from sidecar.config import Settings
+    from sidecar.family_sizes import profile_table
+    from sidecar.profiles import PROFILES
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    table = profile_table(PROFILES, Settings.model_fields["profile"].default)
+    assert table in readme, ("README.md's family table is not the profiles' data; paste this one under "
+                             "'## Model families':\n" + table)

@@ -75,3 +75,62 @@ async def test_the_laptop_refuses_a_flux_job(aiohttp_client, comfy_settings, com
     assert body["error"]["details"]["family"] == "flux" and body["error"]["details"]["profile"] == "m1pro-16gb"
     assert "cuda-24gb" in body["error"]["message"]
     assert fake_comfy.prompt_posts == 0  # refused before anything reached ComfyUI
+
+
+async def test_a_flux_lora_stack_is_chained_model_only_and_a_lora_with_text_encoder_weights_keeps_them(
+        aiohttp_client, comfy_settings, comfy_home, fake_comfy) -> None:
+    from tests.family_headers import FLUX_DIFFUSERS_LORA
+
+    install_flux(comfy_home)
+    loras = comfy_home / "models" / "loras"
+    write_safetensors(loras / "ink_flux.safetensors", FLUX_DIFFUSERS_LORA)  # ai-toolkit: transformer only
+    write_safetensors(loras / "tone_flux.safetensors", FLUX_DIFFUSERS_LORA, metadata={"n": "2"})
+    settings = comfy_settings.model_copy(update={"profile": "cuda-24gb", "comfyui_dir": comfy_home})
+    client = await aiohttp_client(create_app(settings))
+
+    # Transformer-only LoRAs: a chain of LoraLoaderModelOnly; the prompts read the text encoders directly.
+    status, job = await _post(client, checkpoint=FLUX, steps=2, loras=[{"id": "ink_flux", "strength": 0.7},
+                                                                      {"id": "tone_flux", "strength": 0.3}])
+    assert status == 202, job
+    graph = Graph((await (await client.get(f"/jobs/{job['id']}")).json())["workflow"])
+    chain = graph.of_type("LoraLoaderModelOnly")
+    assert [(n.inputs["lora_name"], n.inputs["strength_model"]) for n in chain] == [
+        ("ink_flux.safetensors", 0.7), ("tone_flux.safetensors", 0.3)]
+    assert not graph.of_type("LoraLoader")
+    [clip] = [n.id for n in graph.of_type("DualCLIPLoader")]
+    assert {n.inputs["clip"][0] for n in graph.of_type("CLIPTextEncode")} == {clip}
+    [shift] = graph.of_type("ModelSamplingFlux")
+    assert shift.inputs["model"] == [chain[1].id, 0]  # the sampler's model goes through both
+    done = await _wait(client, job["id"])
+    assert done["status"] == "succeeded", done["error"]  # the fake validates against the recorded object_info
+    assert [(u["id"], u["strength"]) for u in done["params"]["loras"]] == [("ink_flux", 0.7), ("tone_flux", 0.3)]
+    # Reproduced whole: the same stack read back off the model-only loaders.
+    resp = await client.post("/jobs", json={"workflow": done["workflow"]})
+    assert resp.status == 202, await resp.text()
+    assert [(u["id"], u["strength"]) for u in (await resp.json())["params"]["loras"]] == [
+        ("ink_flux", 0.7), ("tone_flux", 0.3)]
+
+    # kohya's Flux LoRA with CLIP-L weights (lora_te1_) in second place: a LoraLoader, and the prompts read its CLIP.
+    status, job = await _post(client, checkpoint=FLUX, steps=2, loras=[{"id": "ink_flux", "strength": 0.7},
+                                                                      {"id": "spyke_flux", "strength": 0.9}])
+    assert status == 202, job
+    graph = Graph((await (await client.get(f"/jobs/{job['id']}")).json())["workflow"])
+    [full] = graph.of_type("LoraLoader")
+    assert (full.inputs["lora_name"], full.inputs["strength_clip"], full.inputs["clip"]) == (
+        "spyke_flux.safetensors", 0.9, [clip, 0])
+    assert {tuple(n.inputs["clip"]) for n in graph.of_type("CLIPTextEncode")} == {(full.id, 1)}
+    done = await _wait(client, job["id"])
+    assert done["status"] == "succeeded", done["error"]
+    # ... and first in the stack: the template's own loader becomes the LoraLoader, the chain goes on model-only.
+    status, job = await _post(client, checkpoint=FLUX, steps=2, loras=[{"id": "spyke_flux", "strength": 0.8},
+                                                                      {"id": "tone_flux", "strength": 0.2}])
+    assert status == 202, job
+    graph = Graph((await (await client.get(f"/jobs/{job['id']}")).json())["workflow"])
+    [full] = graph.of_type("LoraLoader")
+    [rest] = graph.of_type("LoraLoaderModelOnly")
+    assert (full.inputs["lora_name"], full.inputs["clip"], rest.inputs["model"]) == (
+        "spyke_flux.safetensors", [clip, 0], [full.id, 0])
+    assert {tuple(n.inputs["clip"]) for n in graph.of_type("CLIPTextEncode")} == {(full.id, 1)}
+    done = await _wait(client, job["id"])
+    assert done["status"] == "succeeded", done["error"]
+    assert [(u["id"], u["strength"]) for u in done["params"]["loras"]] == [("spyke_flux", 0.8), ("tone_flux", 0.2)]

@@ -51,7 +51,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("leaves everyone shares", (
         "sidecar", "sidecar.config", "sidecar.profiles", "sidecar.families", "sidecar.errors", "sidecar.statuses", "sidecar.eta",
         "sidecar.atomic", "sidecar.hosts", "sidecar.sqlite_store", "sidecar.durations", "sidecar.assets",
-        "sidecar.answer_limits", "sidecar.whole_numbers",
+        "sidecar.answer_limits", "sidecar.whole_numbers", "sidecar.family_sizes",
         "sidecar.dataprep.kohya_layout", "sidecar.assist.provenance",
         "sidecar.likeness.wire")),
 ]

@@ -4,6 +4,7 @@ records the family and every LoRA with its strength and SHA-256, and `--reproduc
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -110,5 +111,49 @@ def test_drafts_on_a_faster_checkpoint_and_the_final_on_the_page_s_by_img2img(tm
         # Without --drafts the option means nothing: refused.
         refused = generate(project, daemon.url, "-c", "1", "--page", "1", "--draft-checkpoint", "x.safetensors")
         assert refused.exit_code == 2 and "--draft-checkpoint goes with --drafts" in refused.output
+    finally:
+        daemon.stop()
+
+
+def test_reproduce_replays_an_sdxl_page_s_family_checkpoint_and_stack_and_stops_when_a_lora_changed(tmp_path) -> None:
+    from tests.family_headers import SDXL_CHECKPOINT, SDXL_LORA
+
+    models = tmp_path / "models"
+    write_safetensors(models / "checkpoints" / "animagine-xl.safetensors", SDXL_CHECKPOINT)
+    for i, name in enumerate(LORAS):
+        write_safetensors(models / "loras" / f"{name}.safetensors", SDXL_LORA, metadata={"n": str(i)})
+    backend = SeededBackend(folders={f: models / f for f in ("checkpoints", "loras", "controlnet")})
+    daemon = DaemonThread(Settings(data_dir=tmp_path / "data", engine="embedded", profile="cuda-24gb"), backend).start()
+    try:
+        project = copy_example(tmp_path / "project")
+        page = project / "prompts" / "ch-01" / "ch01_p001.txt"
+        body = page.read_text(encoding="utf-8").split("+++")[-1]
+        page.write_text('+++\nseed = 9\ncheckpoint = "animagine-xl.safetensors"\nwidth = 832\nheight = 1216\n'
+                        'loras = [{id = "spyke_plasma_v1", strength = 0.9}, {id = "ink_style", strength = 0.4}, '
+                        '{id = "screentone", strength = 0.6}]\n+++' + body, encoding="utf-8")
+        assert generate(project, daemon.url, "-c", "1", "--page", "1").exit_code == 0
+        source = project / RAW / "ch01_p001_v1.workflow.json"
+        result = generate(project, daemon.url, "--reproduce", str(source))
+        assert result.exit_code == 0, result.output
+        v1, v2 = read_json(project / LOG)
+        for key in ("family", "model", "loras", "width", "height", "seed"):
+            assert v2[key] == v1[key], key
+        assert (v2["family"], v2["model"], [(lo["id"], lo["strength"]) for lo in v2["loras"]]) == (
+            "sdxl", "animagine-xl.safetensors", [("spyke_plasma_v1", 0.9), ("ink_style", 0.4), ("screentone", 0.6)])
+        assert all(lo["sha256"] for lo in v2["loras"]) and v2["reproducedFrom"] == f"{RAW}/ch01_p001_v1.workflow.json"
+
+        # ink_style trained again and promoted under the same name: v1 cannot be made again; nothing is sent.
+        write_safetensors(models / "loras" / "ink_style.safetensors", SDXL_LORA, metadata={"n": "retrained"})
+        jobs_before = len(daemon.jobs())
+        refused = generate(project, daemon.url, "--reproduce", str(source))
+        assert refused.exit_code == 2, refused.output
+        assert "ink_style.safetensors has changed since output/ch-01/raw/ch01_p001_v1.png was made" in refused.output
+        assert len(read_json(project / LOG)) == 2 and len(daemon.jobs()) == jobs_before
+        assert not (project / RAW / "ch01_p001_v3.png").exists()
+        as_json = generate(project, daemon.url, "--reproduce", str(source), "--json")
+        assert as_json.exit_code == 2
+        error = json.loads(as_json.stdout[as_json.stdout.index("{"):])["error"]
+        assert error["code"] == "lora_changed" and error["details"]["file"] == "ink_style.safetensors"
+        assert error["details"]["loggedSha256"] == v1["loras"][1]["sha256"]
     finally:
         daemon.stop()

@@ -191,13 +191,29 @@ def test_a_login_code_expires_and_serves_once() -> None:
 
 async def test_the_config_gives_the_forms_the_profiles_limits(client) -> None:
     config = await (await client.get("/studio/config", headers=AUTH)).json()
-    assert config["profile"] | {"description": ""} == {"name": "m1pro-16gb", "description": "", "maxWidth": 512,
-                                                        "maxHeight": 768, "multipleOf": 8, "maxBatch": 1}
+    assert config["profile"] | {"description": ""} == {
+        "name": "m1pro-16gb", "description": "", "maxWidth": 512, "maxHeight": 768, "multipleOf": 8, "maxBatch": 1,
+        "maxLoras": 3, "families": {"sd15": {"maxWidth": 512, "maxHeight": 768, "maxPixels": None, "defaultWidth": 512,
+                                             "defaultHeight": 768, "sizes": [[512, 768], [512, 512], [512, 640]]}}}
     assert config["limits"]["steps"] == {"min": 1, "max": 150}
     assert config["limits"]["controlnetStrength"] == {"min": 0.4, "max": 0.9}
     assert "euler_ancestral" in config["samplers"] and config["projectRoot"].endswith("project")
     assert config["defaultWhere"] == "local" and list(config["profiles"]) == ["m1pro-16gb"]
     assert config["profiles"]["m1pro-16gb"] == config["profile"]
+
+
+async def test_a_gpu_profile_s_families_offer_their_own_sizes(aiohttp_client, tmp_path) -> None:
+    from sidecar.api.studio import limits_of
+    from sidecar.profiles import get_profile
+
+    gpu = limits_of(get_profile("cuda-24gb")).model_dump(by_alias=True)
+    assert list(gpu["families"]) == ["sd15", "sdxl", "flux"] and gpu["maxLoras"] == 3
+    sdxl = gpu["families"]["sdxl"]
+    assert (sdxl["defaultWidth"], sdxl["defaultHeight"], sdxl["maxPixels"]) == (832, 1216, 1024 * 1024)
+    assert sdxl["sizes"][0] == (832, 1216) and (1216, 832) in sdxl["sizes"] and (1024, 1024) in sdxl["sizes"]
+    assert all(w * h <= 1024 * 1024 for w, h in sdxl["sizes"])  # the profile's own rule (Profile.fits)
+    assert gpu["families"]["flux"]["sizes"][0] == (1024, 1024)
+    assert all(w <= 1024 and h <= 1024 for w, h in gpu["families"]["flux"]["sizes"])
 
 
 # -- the project's pages ----------------------------------------------------------------------------

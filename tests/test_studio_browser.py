@@ -80,7 +80,9 @@ def test_a_job_submitted_from_the_form_shows_its_progress_and_image(browser, dae
     page.locator(".pic.pose img").wait_for()
     assert page.locator("input[name=controlnetStrength]").is_enabled()
     page.fill("textarea[name=prompt]", "spyke_plasma_v1, full body, standing on a rooftop at dusk")
-    page.select_option("select[name=loraId]", "spyke_plasma_v1")
+    page.click("button[data-action=add-lora]")  # the LoRA stack's first row
+    page.locator("select[name='loras[0].id'] option[value=spyke_plasma_v1]").wait_for(state="attached")
+    page.select_option("select[name='loras[0].id']", "spyke_plasma_v1")
     page.fill("input[name=width]", "520")  # over the profile's 512: refused before submit
     assert page.locator("button[type=submit]").is_disabled()
     assert "over the m1pro-16gb profile's 512×768" in page.inner_text(".problems")
@@ -97,6 +99,7 @@ def test_a_job_submitted_from_the_form_shows_its_progress_and_image(browser, dae
     job_id = card.get_attribute("data-job-id")
     job = daemon.api("GET", f"/jobs/{job_id}")
     assert job["status"] == "succeeded" and job["params"]["loraId"] == "spyke_plasma_v1"
+    assert [(lo["id"], lo["strength"]) for lo in job["params"]["loras"]] == [("spyke_plasma_v1", 0.8)]
     assert (job["params"]["width"], job["params"]["height"], job["params"]["steps"]) == (64, 96, 8)
     assert job["workflowTemplate"] == "txt2img-pose-lora"  # was img2img-lora-controlnet, kept as an alias
     assert job["params"]["poseImagePath"].startswith(str(daemon.root / "data" / "poses"))

@@ -219,22 +219,6 @@ class LoraList(Out):
     loras: list[LoraInfo]
 
 
-class ModelFileInfo(Out):
-    name: str = Field(description="the file name, as a job's `checkpoint` (or LoRA file) names it")
-    family: Literal["sd15", "sdxl", "flux", "unknown"] = Field(
-        description="read from the file's safetensors header (tensor names and shapes), never its name")
-    family_note: str | None = Field(None, description="why the family is unknown")
-    size_bytes: int | None = Field(None, description="null when the file is not on this machine")
-
-
-class ModelList(Out):
-    """GET /models: each model folder's files with their family."""
-
-    checkpoints: list[ModelFileInfo]
-    loras: list[ModelFileInfo]
-    diffusion_models: list[ModelFileInfo] = Field(description="ComfyUI's diffusion_models/ (Flux)")
-
-
 class TrainingSummary(Out):
     """The run holding the device, as /health and a 409 `training_in_progress` show it."""
 

@@ -27,6 +27,7 @@ from sidecar.engine.samplers import supported as supported_samplers
 from sidecar.errors import NotFound, PoseImageInvalid, SidecarError, Unauthorized
 from sidecar.jobs import params
 from sidecar.profiles import Profile
+from sidecar.family_sizes import sizes_that_fit
 from sidecar.studio.poses import store_pose
 from sidecar.studio.session import LOGIN_PATH, LOGOUT_PATH, STATIC_PATH, LoginCodes, clear_cookie_header, cookie_header
 from sidecar.whole_numbers import WholeNumbers
@@ -64,6 +65,18 @@ class Range(Out):
     max: float
 
 
+class FamilyLimits(Out):
+    """The sizes one family may render on a profile (`sidecar.profiles.FamilySizes`)."""
+
+    max_width: int
+    max_height: int
+    max_pixels: int | None = Field(description="width x height at most this (SDXL's buckets); null: the sides alone")
+    default_width: int
+    default_height: int
+    sizes: list[tuple[int, int]] = Field(description="the family's usual sizes (its buckets) that fit, as "
+                                                     "[width, height]: the Generate form's size list")
+
+
 class ProfileLimits(Out):
     name: str
     description: str
@@ -71,6 +84,8 @@ class ProfileLimits(Out):
     max_height: int
     multiple_of: int = 8
     max_batch: int
+    max_loras: int = Field(description="LoRAs a job may stack")
+    families: dict[str, FamilyLimits] = Field(description="the model families it runs, with their sizes")
 
 
 class JobDefaults(Out):
@@ -223,8 +238,16 @@ async def _upscalers(request: web.Request) -> list[str]:
 
 
 def limits_of(profile: Profile) -> ProfileLimits:
+    families = {}
+    for family in profile.family_names:
+        sized = profile.for_family(family)
+        families[family] = FamilyLimits(
+            max_width=sized.max_width, max_height=sized.max_height, max_pixels=sized.max_pixels,
+            default_width=sized.default_width, default_height=sized.default_height,
+            sizes=sizes_that_fit(sized, family))
     return ProfileLimits(name=profile.name, description=profile.description, max_width=profile.max_width,
-                         max_height=profile.max_height, max_batch=profile.max_batch)
+                         max_height=profile.max_height, max_batch=profile.max_batch, max_loras=profile.max_loras,
+                         families=families)
 
 
 def param_limits() -> dict[str, tuple[float, float]]:

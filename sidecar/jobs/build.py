@@ -46,7 +46,7 @@ from sidecar.jobs.families import ModelFamilies
 from sidecar.jobs.params import GenerationRequest, JobParams, JobSpec, LoraUse
 from sidecar.jobs.whole import read_whole_workflow
 from sidecar.families import FAMILY_NAMES, SAMPLING_DEFAULTS, TEMPLATE_PREFIX
-from sidecar.lora_stack import chain_loras
+from sidecar.lora_stack import StackedLora, stack_loras
 from sidecar.profiles import PROFILES, Profile
 from sidecar.upscaling import UPSCALE_ONLY, upscale_only, with_upscale
 from sidecar.userfiles import check_image
@@ -350,10 +350,14 @@ class JobBuilder:
         if init:
             slots["init_image"] = init.name
         workflow = template.fill({k: v for k, v in slots.items() if template.has_slot(k)})
-        if len(lora_files) > 1:
-            # The rest of the stack, chained after the template's loader.
-            workflow = chain_loras(workflow, template.spec.slots["lora_name"][0].node,
-                                   [(f, ref.strength) for f, ref in zip(lora_files[1:], stack[1:], strict=True)])
+        if lora_files:
+            # The rest of the stack, chained after the template's loader. Flux's are model-only loaders, unless
+            # a LoRA carries text-encoder weights (sidecar.lora_stack says why).
+            clips = (await asyncio.gather(*(self.families.has_text_encoder(f) for f in lora_files))
+                     if family == "flux" else [False] * len(lora_files))
+            workflow = stack_loras(workflow, template.spec.slots["lora_name"][0].node, clips[0],
+                                   [StackedLora(f, ref.strength, c) for f, ref, c in
+                                    zip(lora_files[1:], stack[1:], clips[1:], strict=True)])
         if req.upscale_model is not None:
             await self._check_upscale_model(req.upscale_model)
             workflow = with_upscale(workflow, req.upscale_model)

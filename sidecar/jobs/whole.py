@@ -23,7 +23,8 @@ from sidecar.upscaling import model_of, split_saves
 
 # Where a value travels through a node unchanged: (class type, the input it comes from) by output type.
 PASS_THROUGH: dict[str, dict[str, str]] = {
-    "MODEL": {"LoraLoader": "model", "ModelComputeDtype": "model", "ModelSamplingFlux": "model"},
+    "MODEL": {"LoraLoader": "model", "LoraLoaderModelOnly": "model", "ModelComputeDtype": "model",
+              "ModelSamplingFlux": "model"},
     "CLIP": {"LoraLoader": "clip"},
     "LATENT": {"KSampler": "latent_image"},
 }
@@ -124,7 +125,7 @@ def read_params(graph: Graph, outputs: list[str]) -> JobParams:
         if loader is not None:
             values["checkpoint"] = loader.inputs[field]
             break
-    loras = [n for n in reversed(passed) if n.class_type == "LoraLoader"]
+    loras = [n for n in reversed(passed) if n.class_type in ("LoraLoader", "LoraLoaderModelOnly")]
     if loras:  # the first applied is the one-LoRA form; `loras` lists every one in the order applied
         values.update(lora_id=Path(loras[0].inputs["lora_name"]).stem, lora_strength=loras[0].inputs["strength_model"],
                       loras=[LoraUse(id=Path(n.inputs["lora_name"]).stem, strength=n.inputs["strength_model"],

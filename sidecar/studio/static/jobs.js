@@ -55,7 +55,9 @@ export function updateJobCard(card, job) {
       job.error ? problem(job.error) : null,
       h("p", { class: "muted small meta" },
         [p.width && `${p.width}×${p.height}`, p.steps && `${p.steps} steps`, p.sampler, p.seed !== null && p.seed !== undefined && `seed ${p.seed}`,
-          p.loraId && `${p.loraId} ${p.loraStrength ?? ""}`, job.durationMs && seconds(job.durationMs / 1000)]
+          p.family && ({ sd15: "SD 1.5", sdxl: "SDXL", flux: "Flux" }[p.family] || p.family),
+          p.loras && p.loras.length ? p.loras.map((l) => `${l.id} ${l.strength ?? ""}`).join(", ") : p.loraId && `${p.loraId} ${p.loraStrength ?? ""}`,
+          job.durationMs && seconds(job.durationMs / 1000)]
           .filter(Boolean).join(" · ")),
       job.backend ? h("p", { class: "muted small backend", title: job.backendReason || "" }, `on ${job.backend}`) : null,
       card.actions && !ACTIVE.has(job.status) ? card.actions(job) : null));

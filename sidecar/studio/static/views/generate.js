@@ -1,15 +1,20 @@
 // Generate: a form over POST /jobs with the profile's limits shown and checked before submit, a seed
 // dice, a pose image picked from disk (previewed here, stored by the daemon), where it runs (a backend,
-// a tag, local or any: the size limit is then the widest profile among those). The form is kept (this
-// browser's localStorage) across views and reloads; Ctrl/Cmd+Enter submits. Its results are a gallery
-// of the jobs the studio submitted (kept by the daemon: GET /jobs?source=studio, so a reload or another
-// browser shows them), each with its live previews while it runs, and on each: retry, variations, more
-// like this (img2img from it, with a denoise slider), upscale for print, save to a page, the workflow.
+// a tag, local or any). The checkpoint comes from GET /models with its family (read from the file) and
+// the backends that can run it; the LoRA stack (views/stack.js) offers only LoRAs of that family, up to
+// the profile's max_loras; the sizes are those the family allows on the profiles of the backends that
+// would run it (its buckets as a list, any multiple of 8 within them by hand), and change with the
+// checkpoint. The form is kept (this browser's localStorage) across views and reloads; Ctrl/Cmd+Enter
+// submits. Its results are a gallery of the jobs the studio submitted (kept by the daemon: GET
+// /jobs?source=studio, so a reload or another browser shows them), each with its live previews while it
+// runs, and on each: retry, variations, more like this (img2img from it, with a denoise slider), upscale
+// for print, save to a page, the workflow.
 import { api } from "../api.js";
 import { allowedBy, whereChoices } from "../backends.js";
 import { field, h, problem, replace, toast } from "../dom.js";
 import { jobList } from "../jobs.js";
 import { resultActions } from "./results.js";
+import { familyName, loraStack } from "./stack.js";
 
 const SEED_MAX = 2 ** 32 - 1;
 const KEPT = "studio.generate.form"; // the form's values, as the artist left them
@@ -40,6 +45,19 @@ function select(name, options, value) {
   return h("select", { name }, options.map(([v, label]) => h("option", { value: v, selected: v === value }, label)));
 }
 
+// A profile's limits for one family (`profile.families`); an unknown family (a checkpoint whose header this
+// machine cannot read) is held to the profile's own sides, as the daemon holds it.
+function familyLimits(p, family) {
+  const f = family && p.families && p.families[family];
+  if (f) return f;
+  const base = Object.values(p.families || {})[0];
+  return { maxWidth: p.maxWidth, maxHeight: p.maxHeight, maxPixels: null,
+    defaultWidth: base ? base.defaultWidth : p.maxWidth, defaultHeight: base ? base.defaultHeight : p.maxHeight,
+    sizes: base ? base.sizes.filter(([w, hh]) => w <= p.maxWidth && hh <= p.maxHeight) : [] };
+}
+
+const area = (f) => Math.min(f.maxWidth * f.maxHeight, f.maxPixels || Infinity);
+
 export function mount(root, ctx, args) {
   const cfg = ctx.config;
   const d = cfg.defaults;
@@ -55,8 +73,18 @@ export function mount(root, ctx, args) {
   const prompt = h("textarea", { name: "prompt", rows: 4, required: true, maxlength: 4000,
     placeholder: `${cfg.triggerWord}, full body, standing on a rooftop at dusk` }, prefill.prompt || "");
   const negative = h("textarea", { name: "negativePrompt", rows: 2, maxlength: 4000 }, prefill.negativePrompt ?? d.negativePrompt);
-  const lora = select("loraId", [["", "none"]], prefill.loraId || "");
-  const loraStrength = number("loraStrength", prefill.loraStrength ?? d.loraStrength, { min: lim.loraStrength.min, max: lim.loraStrength.max, step: 0.05 });
+  // The checkpoint: the kept one until GET /models lists them all with their family.
+  const keptCheckpoint = prefill.checkpoint || d.checkpoint;
+  const checkpoint = h("select", { name: "checkpoint" }, h("option", { value: keptCheckpoint }, keptCheckpoint));
+  const familyPill = h("span", { class: "pill family", dataset: { family: "" } }, "family …");
+  const runsOn = h("span", { class: "muted small runs-on" });
+  let models = null; // GET /models: {checkpoints, loras, diffusionModels}
+  let modelsSettled = false; // it answered (or failed: the family stays unknown)
+  const chosenModel = () => models && [...models.checkpoints, ...models.diffusionModels].find((m) => m.name === checkpoint.value);
+  const stack = loraStack({ limits: lim.loraStrength, defaultStrength: d.loraStrength, onChange: () => { check(); keep(); } });
+  // The stack as it was left, or as a job had it (`loras`, or the one-LoRA form `loraId` of older jobs).
+  stack.set(Array.isArray(prefill.loras) ? prefill.loras.map((l) => ({ id: l.id, strength: l.strength }))
+    : prefill.loraId ? [{ id: prefill.loraId, strength: prefill.loraStrength ?? d.loraStrength }] : []);
   const seed = number("seed", prefill.seed ?? Math.floor(Math.random() * SEED_MAX), { min: 0, max: SEED_MAX });
   const dice = h("button", { type: "button", class: "ghost", title: "a random seed", "aria-label": "random seed",
     onclick: () => { seed.value = Math.floor(Math.random() * SEED_MAX); check(); } }, dieIcon());
@@ -70,22 +98,65 @@ export function mount(root, ctx, args) {
   };
   sampler.addEventListener("change", fillSchedulers);
   fillSchedulers();
-  const width = number("width", prefill.width ?? prof.maxWidth, { min: 64, max: prof.maxWidth, step: prof.multipleOf });
-  const height = number("height", prefill.height ?? prof.maxHeight, { min: 64, max: prof.maxHeight, step: prof.multipleOf });
+  let sized = familyLimits(prof, null); // the sizes the chosen family may render where the job would run
+  const width = number("width", prefill.width ?? sized.defaultWidth, { min: 64, max: sized.maxWidth, step: prof.multipleOf });
+  const height = number("height", prefill.height ?? sized.defaultHeight, { min: 64, max: sized.maxHeight, step: prof.multipleOf });
+  const size = h("select", { class: "sizes" });
   const widthHint = h("span", {});
   const heightHint = h("span", {});
   const profHint = h("span", { class: "muted small" });
   const where = h("select", { name: "where" }, h("option", { value: "" }, `default (${cfg.defaultWhere})`));
   let backends = [];
-  const setLimits = () => {
-    const chosen = allowedBy(where.value || cfg.defaultWhere, backends);
-    const profiles = [...new Set(chosen.map((b) => b.profile))].map((n) => cfg.profiles[n]).filter(Boolean);
-    prof = profiles.length ? profiles.reduce((a, b) => (b.maxWidth * b.maxHeight > a.maxWidth * a.maxHeight ? b : a)) : cfg.profile;
-    width.max = prof.maxWidth; height.max = prof.maxHeight;
-    widthHint.textContent = `≤ ${prof.maxWidth}, multiple of ${prof.multipleOf}`;
-    heightHint.textContent = `≤ ${prof.maxHeight} (${prof.name})`;
+  let runners = null; // the backends (where allows) that run the checkpoint; null: not known yet
+  let family = null;
+  const fits = (w, hh) => w <= sized.maxWidth && hh <= sized.maxHeight && (!sized.maxPixels || w * hh <= sized.maxPixels);
+  // The sizes and LoRA count for the checkpoint's family on the backends that would run it; a family change
+  // (another checkpoint picked) starts from that family's default size.
+  const setLimits = ({ familyChanged = false } = {}) => {
+    const model = chosenModel();
+    family = model && model.family !== "unknown" ? model.family : null;
+    const allowed = allowedBy(where.value || cfg.defaultWhere, backends);
+    const able = model && backends.length ? backends.filter((b) => model.backends.includes(b.name)) : null;
+    runners = able ? allowed.filter((b) => able.includes(b)) : null;
+    // The sizes of the backends that would run it; where `where` leaves them all out (check() says so), those
+    // of the ones that could, so the family's sizes show all the same.
+    const chosen = runners && runners.length ? runners : able && able.length ? able : allowed;
+    const profiles = [...new Set(chosen.map((b) => b.profile))].map((n) => cfg.profiles[n])
+      .filter((p) => p && (!family || p.families[family]));
+    const options = profiles.length ? profiles : [cfg.profile];
+    prof = options.reduce((a, b) => (area(familyLimits(b, family)) > area(familyLimits(a, family)) ? b : a));
+    sized = familyLimits(prof, family);
+    stack.setFamily(family);
+    stack.setMost(Math.max(...options.map((p) => p.maxLoras)));
+    familyPill.dataset.family = model ? model.family : "";
+    familyPill.textContent = model ? familyName(model.family) : "family …";
+    familyPill.title = (model && model.familyNote) || "";
+    runsOn.textContent = !model ? "" : model.backends.length ? `runs on ${model.backends.join(", ")}`
+      : `no backend here runs ${familyName(model.family)} models`;
+    width.max = sized.maxWidth; height.max = sized.maxHeight;
+    // Until GET /models has answered the family is not known: a kept size waits for it (an SDXL size is not
+    // cut to the laptop's SD 1.5 sides while the list loads).
+    if (familyChanged || (modelsSettled && !fits(Number(width.value), Number(height.value)))) {
+      width.value = sized.defaultWidth; height.value = sized.defaultHeight;
+    }
+    replace(size, sized.sizes.map(([w, hh]) => h("option", { value: `${w}x${hh}` },
+      `${w}×${hh}${w < hh ? " portrait" : w > hh ? " landscape" : " square"}`)), h("option", { value: "" }, "other (width, height)"));
+    syncSize();
+    widthHint.textContent = `≤ ${sized.maxWidth}, multiple of ${prof.multipleOf}`;
+    heightHint.textContent = `≤ ${sized.maxHeight}` + (sized.maxPixels ? `, ≤ ${sized.maxPixels.toLocaleString("en")} pixels` : "") + ` (${prof.name})`;
     profHint.textContent = prof.description;
   };
+  const syncSize = () => {
+    const value = `${width.value}x${height.value}`;
+    size.value = [...size.options].some((o) => o.value === value) ? value : "";
+  };
+  size.addEventListener("change", () => {
+    if (!size.value) { width.focus(); return; }
+    [width.value, height.value] = size.value.split("x");
+    check(); keep();
+  });
+  width.addEventListener("input", syncSize);
+  height.addEventListener("input", syncSize);
   setLimits();
   const poseFile = h("input", { type: "file", name: "pose", accept: "image/png,image/jpeg,image/webp" });
   const posePreview = h("div", { class: "pic pose empty", ratio: "2 / 3" });
@@ -140,7 +211,13 @@ export function mount(root, ctx, args) {
       if (!input.checkValidity()) out.push(`${input.name}: ${input.validationMessage}`);
     }
     const w = Number(width.value), hh = Number(height.value);
-    if (w > prof.maxWidth || hh > prof.maxHeight) out.push(`${w}×${hh} is over the ${prof.name} profile's ${prof.maxWidth}×${prof.maxHeight}`);
+    const what = family ? `${familyName(family)} on the ${prof.name} profile` : `the ${prof.name} profile`;
+    if (w > sized.maxWidth || hh > sized.maxHeight) out.push(`${w}×${hh} is over ${what}'s ${sized.maxWidth}×${sized.maxHeight}`);
+    else if (sized.maxPixels && w * hh > sized.maxPixels) out.push(`${w}×${hh} is more pixels than ${what} allows (${sized.maxPixels}): pick one of its sizes`);
+    const model = chosenModel();
+    if (model && backends.length && !model.backends.length) out.push(`no backend here runs ${checkpoint.value} (${familyName(model.family)})`);
+    else if (runners && !runners.length) out.push(`${checkpoint.value} runs on ${model.backends.join(", ")}, which “where” leaves out`);
+    out.push(...stack.problems());
     if (w % prof.multipleOf || hh % prof.multipleOf) out.push(`width and height must be multiples of ${prof.multipleOf}`);
     if (!prompt.value.trim()) out.push("a prompt is needed");
     replace(problems, out.map((p) => h("li", {}, p)));
@@ -151,14 +228,15 @@ export function mount(root, ctx, args) {
   const form = h("form", { class: "card form generate", novalidate: true },
     field("Prompt", prompt),
     field("Negative prompt", negative),
-    h("div", { class: "cols" },
-      field("LoRA", lora), field("LoRA strength", loraStrength, `${lim.loraStrength.min}–${lim.loraStrength.max}`)),
+    field("Checkpoint", checkpoint, h("span", { class: "family-line" }, familyPill, " ", runsOn)),
+    stack.element,
     h("div", { class: "cols" },
       field("Seed", h("div", { class: "inline" }, seed, dice)),
       field("Steps", steps, `${lim.steps.min}–${lim.steps.max}`),
       field("CFG", cfgScale, `${lim.cfg.min}–${lim.cfg.max}`)),
     h("div", { class: "cols" }, field("Sampler", sampler), field("Scheduler", scheduler)),
     h("div", { class: "cols" },
+      field("Size", size, "the family's sizes"),
       field("Width", width, widthHint),
       field("Height", height, heightHint),
       field("Where", where, "which backends may run it")),
@@ -171,9 +249,9 @@ export function mount(root, ctx, args) {
 
   // What is kept: the values as the wire names them, and the pose the daemon stored.
   function keep() {
-    const values = { poseImagePath: posePath };
+    const values = { poseImagePath: posePath, loras: stack.value() };
     for (const el of form.querySelectorAll("input[name], textarea[name], select[name]")) {
-      if (el.type === "file") continue;
+      if (el.type === "file" || el.name.startsWith("loras[")) continue;
       // A list the daemon has not filled yet (LoRAs, where) keeps the value it was given.
       if (el.tagName === "SELECT" && prefill[el.name] && ![...el.options].some((o) => o.value === prefill[el.name])) {
         values[el.name] = prefill[el.name];
@@ -190,6 +268,7 @@ export function mount(root, ctx, args) {
     if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) { e.preventDefault(); form.requestSubmit(); }
   });
   where.addEventListener("change", () => { setLimits(); check(); });
+  checkpoint.addEventListener("change", () => { setLimits({ familyChanged: true }); check(); keep(); });
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     if (!check()) return;
@@ -198,7 +277,9 @@ export function mount(root, ctx, args) {
       steps: Number(steps.value), cfg: Number(cfgScale.value), sampler: sampler.value, scheduler: scheduler.value,
       resolution: { width: Number(width.value), height: Number(height.value) },
     };
-    if (lora.value) Object.assign(body, { loraId: lora.value, loraStrength: Number(loraStrength.value) });
+    if (checkpoint.value) body.checkpoint = checkpoint.value;
+    const loras = stack.value();
+    if (loras.length) body.loras = loras; // one LoRA too: the stack is the one form the view sends
     if (posePath) Object.assign(body, { poseImagePath: posePath, controlnetStrength: Number(cnStrength.value) });
     if (where.value) body.where = where.value;
     keep();
@@ -245,9 +326,25 @@ export function mount(root, ctx, args) {
     check();
   }).catch((err) => toast(err, "error"));
 
-  api("/loras").then(({ loras }) => {
-    for (const l of loras) lora.append(h("option", { value: l.id, selected: l.id === prefill.loraId }, `${l.id}${l.triggerWord ? ` (${l.triggerWord})` : ""}`));
-  }).catch((err) => toast(err, "error"));
+  // The models with their families and where each runs; the LoRAs' trigger words from GET /loras.
+  Promise.all([api("/models"), api("/loras").catch(() => ({ loras: [] }))]).then(([listed, { loras }]) => {
+    models = listed;
+    modelsSettled = true;
+    const words = new Map(loras.map((l) => [l.fileName, l.triggerWord]));
+    stack.setLoras(listed.loras.map((l) => ({ ...l, triggerWord: words.get(l.name) || null })));
+    const current = checkpoint.value;
+    // With several backends each says where it runs (one backend: the line under the list says it).
+    const all = [...listed.checkpoints, ...listed.diffusionModels];
+    const several = all.some((m) => m.backends.some((b) => b !== "local"));
+    const option = (m) => h("option", { value: m.name, selected: m.name === current, title: m.familyNote || "" },
+      `${m.name} — ${familyName(m.family)}${!m.backends.length ? " (no backend runs it here)" : several ? ` · ${m.backends.join(", ")}` : ""}`);
+    const known = all.some((m) => m.name === current);
+    replace(checkpoint, known ? null : h("option", { value: current, selected: true }, `${current} (not installed)`),
+      listed.checkpoints.length ? h("optgroup", { label: "Checkpoints" }, listed.checkpoints.map(option)) : null,
+      listed.diffusionModels.length ? h("optgroup", { label: "Diffusion models (Flux)" }, listed.diffusionModels.map(option)) : null);
+    setLimits();
+    check();
+  }).catch((err) => { modelsSettled = true; setLimits(); check(); toast(err, "error"); });
 
   root.append(h("h1", {}, "Generate"), h("div", { class: "split" }, form, h("section", { class: "result-col", "aria-label": "results" },
     h("h2", {}, "Results"), gallery)));

@@ -173,7 +173,9 @@ export function mount(root, ctx, args) {
   function details(v) {
     const e = v.entry || {};
     const rows = [["seed", e.seed], ["steps", e.steps], ["cfg", e.cfg], ["sampler", e.sampler && `${e.sampler} / ${e.scheduler}`],
-      ["LoRA", e.loraId && `${e.loraId} @ ${e.loraStrength}`], ["ControlNet", e.controlnetStrength], ["model", e.model],
+      e.loras && e.loras.length ? ["LoRAs", e.loras.map((l) => `${l.id} @ ${l.strength}`).join(", ")]
+        : ["LoRA", e.loraId && `${e.loraId} @ ${e.loraStrength}`],
+      ["ControlNet", e.controlnetStrength], ["model", e.model], ["family", e.family],
       ["size", v.width && `${v.width}×${v.height}`], ["engine", e.engine && `${e.engine} / ${e.device}`],
       ["took", e.durationMs && seconds(e.durationMs / 1000)], ["made", e.timestamp && new Date(e.timestamp).toLocaleString()],
       ["reproduces", e.reproducedFrom], ["job", e.jobId]].filter(([, value]) => value !== undefined && value !== null && value !== "");

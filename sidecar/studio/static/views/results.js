@@ -3,7 +3,7 @@
 // four new seeds: `variations`), more like this (img2img from this image: `initJobId` and a denoise
 // slider), upscale for print (`initJobId` + `upscaleModel`: the image as it is, upscaled), save to a page
 // (POST /project/pages/{c}/{p}/versions: the page's next version, as `generate` writes it), edit (the
-// form with these parameters) and the workflow (GET /jobs/{id}: the graph, to load in ComfyUI).
+// form with these parameters: checkpoint and LoRA stack included) and the workflow (GET /jobs/{id}: the graph, to load in ComfyUI).
 import { api } from "../api.js";
 import { field, h, replace, toast } from "../dom.js";
 
@@ -17,6 +17,11 @@ export function requestOf(job) {
   const p = job.params || {};
   const body = {};
   for (const key of COPIED) if (p[key] !== null && p[key] !== undefined) body[key] = p[key];
+  // The whole LoRA stack, as the job applied it (the daemon also names its first as loraId: not both forms).
+  if (Array.isArray(p.loras) && p.loras.length) {
+    delete body.loraId; delete body.loraStrength;
+    body.loras = p.loras.map((l) => ({ id: l.id, strength: l.strength }));
+  }
   if (p.width && p.height) body.resolution = { width: p.width, height: p.height };
   if (job.where) body.where = job.where;
   return body;
