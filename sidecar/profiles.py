@@ -130,6 +130,19 @@ PROFILES: dict[str, Profile] = {
             description="Apple M1 Pro, 16 GB unified memory: SD1.5 only, 512x768, batch 1",
         ),
         Profile(
+            # A 32 GB Mac: SDXL's fp16 UNet (5 GB), both text encoders (1.6 GB) and an fp32 VAE decoding a
+            # 1024x1024 image fit beside the desktop; the embedded engine runs it on MPS.
+            name="m1max-32gb",
+            max_width=768,
+            max_height=1024,
+            families={
+                "sd15": FamilySizes(768, 1024, default=(512, 768)),
+                "sdxl": FamilySizes(1536, 1536, max_pixels=1024 * 1024, default=(832, 1216)),
+            },
+            description="Apple M1/M2/M3 Max or Pro with 32 GB unified memory: SD1.5 up to 768x1024, SDXL at its "
+                        "1024-pixel buckets (embedded engine on MPS), batch 1",
+        ),
+        Profile(
             name="cuda-24gb",
             max_width=1024,
             max_height=1024,

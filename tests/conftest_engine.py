@@ -47,6 +47,39 @@ def engine_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+TINY_SDXL = "tiny-sdxl.safetensors"
+TINY_SDXL_LORA = "tiny-sdxl-lora.safetensors"
+TINY_SDXL_LORA_B = "tiny-sdxl-lora-b.safetensors"  # a second LoRA for stacks: the first's up weights with their rows reversed
+
+
+@pytest.fixture(scope="session")
+def sdxl_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A models dir with the tiny SDXL checkpoint and LoRA (made by `sidecar models make-tiny --family
+    sdxl`) and a second LoRA, shared by the session as `engine_models` is. Tests must not write into it."""
+    from filelock import FileLock
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from sidecar.cli import main
+
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent
+    out, made = base / "sdxl-models", base / "sdxl-models.made"
+    with FileLock(str(base / "sdxl-models.lock")):
+        if not made.is_file():
+            shutil.rmtree(out, ignore_errors=True)
+            result = CliRunner().invoke(main, ["models", "make-tiny", "--family", "sdxl", "--out", str(out)])
+            assert result.exit_code == 0, result.output
+            with safe_open(str(out / "loras" / TINY_SDXL_LORA), framework="pt") as f:
+                meta = f.metadata()
+                tensors = {k: f.get_tensor(k).flip(0) if k.endswith(".lora_up.weight") else f.get_tensor(k)
+                           for k in f.keys()}
+            save_file(tensors, str(out / "loras" / TINY_SDXL_LORA_B), metadata=meta)
+            made.touch()
+    return out
+
+
 @pytest.fixture(scope="session")
 def pose_png(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A stick-figure pose image (white lines on black, as OpenPose renders), not the output size."""

@@ -83,7 +83,7 @@ class Member:
     # -- admission
     def judge(self, needs: Needs, local_models: dict[str, frozenset[str]]) -> Verdict:
         hint = "" if self.local else " (add ssh = \"user@host:ComfyUI-folder\" to its [[backends]] table)"
-        engine_families = getattr(self.backend, "families", None)  # the embedded engine: SD 1.5 only
+        engine_families = getattr(self.backend, "families", None)  # the embedded engine: SD 1.5 and SDXL
         if needs.family is not None and engine_families is not None and needs.family not in engine_families:
             return Verdict(self.name, f"its {self.backend.name} engine does not run {needs.family} models (it runs "
                                       f"{', '.join(engine_families)})")

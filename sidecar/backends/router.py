@@ -62,7 +62,7 @@ def admit(where: str, needs: Needs, members: Iterable[Member],
 
 
 def _runs_family(member: Member, family: str) -> bool:
-    engine = getattr(member.backend, "families", None)  # the embedded engine: SD 1.5 only
+    engine = getattr(member.backend, "families", None)  # the embedded engine: SD 1.5 and SDXL
     return member.profile.allows(family) and (engine is None or family in engine)
 
 

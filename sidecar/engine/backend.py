@@ -37,9 +37,9 @@ log = logging.getLogger("sidecar.engine")
 
 class EmbeddedBackend:
     name = "embedded"
-    # The model families this engine loads (its UNet, text encoder and VAE are SD 1.5's): a profile that allows
-    # more still refuses the others here, with family_not_supported.
-    families = ("sd15",)
+    # The model families this engine loads (SD 1.5, and SDXL with its two text encoders): a profile that allows
+    # more (Flux) still refuses the others here, with family_not_supported.
+    families = ("sd15", "sdxl")
 
     def __init__(self, settings: Settings):
         self.settings = settings

@@ -18,7 +18,7 @@ import torch
 
 from sidecar.engine import models
 from sidecar.engine.device import DTYPE_NAMES, DevicePlan
-from sidecar.engine.lora import TE_PREFIX, UNET_PREFIX, Patcher
+from sidecar.engine.lora import TE1_PREFIX, TE2_PREFIX, TE_PREFIX, UNET_PREFIX, Patcher, sdxl_unet_names
 from sidecar.errors import JobFailed
 
 log = logging.getLogger("sidecar.engine")
@@ -39,6 +39,7 @@ class Base:
     unet_dtype: torch.dtype
     unet_patch: Patcher
     te_patch: Patcher
+    te2_patch: Patcher | None = None  # SDXL's second text encoder
     loras: tuple = ()  # the (stamp, strength_model, strength_clip) set merged now
     lora_names: list[str] = field(default_factory=list)
 
@@ -61,8 +62,9 @@ class ModelCache:
             _to(parts.unet, device, unet_dtype)
             _to(parts.text_encoder, device, self.plan.unet_dtype)
             _to(parts.vae, device, self.plan.vae_dtype)
-            self.base = Base(key, checkpoint.name, parts, unet_dtype, Patcher(parts.unet, UNET_PREFIX),
-                             Patcher(parts.text_encoder, TE_PREFIX))
+            if parts.text_encoder_2 is not None:
+                _to(parts.text_encoder_2, device, self.plan.unet_dtype)
+            self.base = _base(key, checkpoint.name, parts, unet_dtype)
             self.loads += 1
         self._set_loras(self.base, loras)
         return self.base
@@ -73,8 +75,7 @@ class ModelCache:
                        if u.strength_model or u.strength_clip)
         if wanted == base.loras:
             return
-        base.unet_patch.restore()
-        base.te_patch.restore()
+        _restore(base)
         base.loras, base.lora_names = (), []
         try:
             for use in loras:
@@ -82,8 +83,7 @@ class ModelCache:
                     self._merge(base, use)
         except BaseException:
             # Never leave a half-merged set behind: the next job would inherit it unannounced.
-            base.unet_patch.restore()
-            base.te_patch.restore()
+            _restore(base)
             base.lora_names = []
             raise
         base.loras = wanted
@@ -96,14 +96,18 @@ class ModelCache:
             raise JobFailed(f"Cannot read LoRA {use.path.name}: {exc}", {"lora": use.path.name},
                             code="model_load_failed") from None
         applied = skipped = 0
-        for patcher, strength in ((base.unet_patch, use.strength_model), (base.te_patch, use.strength_clip)):
+        patchers = [(base.unet_patch, use.strength_model), (base.te_patch, use.strength_clip)]
+        if base.te2_patch is not None:
+            patchers.append((base.te2_patch, use.strength_clip))
+        for patcher, strength in patchers:
             if strength:
                 a, s = patcher.apply(tensors, strength)
                 applied, skipped = applied + a, skipped + s
         if applied == 0:
+            family = "SDXL" if base.components.family == "sdxl" else "SD1.5"
             raise JobFailed(
                 f"LoRA {use.path.name} has no layer this checkpoint has ({skipped} LoRA module(s) matched "
-                "nothing): it is not a kohya-format SD1.5 LoRA for this model.",
+                f"nothing): it is not a kohya-format {family} LoRA for this model.",
                 {"lora": use.path.name, "unmatched": skipped}, code="lora_incompatible")
         if skipped:
             log.warning("LoRA %s: %d module(s) matched no layer of %s and were skipped",
@@ -139,6 +143,20 @@ class ModelCache:
             "unetDtype": DTYPE_NAMES[base.unet_dtype] if base else None,
             "baseLoads": self.loads,
         }
+
+
+def _base(key: tuple, name: str, parts: models.Components, unet_dtype: torch.dtype) -> Base:
+    """The patchers by family: SDXL's LoRAs name `lora_te1_`/`lora_te2_` and the SGM UNet (`sidecar.engine.lora`)."""
+    if parts.family == "sdxl":
+        return Base(key, name, parts, unet_dtype, Patcher(parts.unet, UNET_PREFIX, namer=sdxl_unet_names),
+                    Patcher(parts.text_encoder, TE1_PREFIX), Patcher(parts.text_encoder_2, TE2_PREFIX))
+    return Base(key, name, parts, unet_dtype, Patcher(parts.unet, UNET_PREFIX), Patcher(parts.text_encoder, TE_PREFIX))
+
+
+def _restore(base: Base) -> None:
+    for patcher in (base.unet_patch, base.te_patch, base.te2_patch):
+        if patcher is not None:
+            patcher.restore()
 
 
 def _to(model: torch.nn.Module, device: str, dtype: torch.dtype) -> torch.nn.Module:

@@ -115,6 +115,8 @@ def _rename(state: Tensors, pairs: list[tuple[str, str, tuple]], prefix: str) ->
 
 def unet_to_ldm(state: Tensors, config: dict[str, Any]) -> Tensors:
     pairs = _down_path(config) + [(d, o, ()) for d, o in _UNET_FIXED[3:]]
+    if config.get("addition_embed_type") == "text_time":  # SDXL's pooled-text + size embedding
+        pairs += [("add_embedding.linear_1", "label_emb.0.0", ()), ("add_embedding.linear_2", "label_emb.0.2", ())]
     layers = config["layers_per_block"]
     levels = config["up_block_types"]
     idx = 0

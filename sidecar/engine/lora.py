@@ -5,11 +5,18 @@ up first (on the CPU) and restored exactly before the next LoRA goes in, so swap
 reloads the base model and never drifts. Key names are kohya's: `lora_unet_<diffusers module path
 with _>` and `lora_te_<transformers v4 CLIP module path with _>`, each `.lora_down.weight`,
 `.lora_up.weight` and an optional `.alpha` (scale alpha/rank, rank = rows of lora_down).
+
+SDXL LoRAs (sd-scripts' networks/lora.py on its SDXL models) name the text encoders `lora_te1_`
+(CLIP-L) and `lora_te2_` (OpenCLIP bigG, transformers names), and the UNet by the original SGM
+module tree (`lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q`), since sd-scripts trains
+SDXL on that UNet; diffusers-named ones (`lora_unet_down_blocks_...`) are matched too, as ComfyUI's
+comfy/lora.py maps both.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -18,6 +25,7 @@ log = logging.getLogger("sidecar.engine")
 
 UNET_PREFIX = "lora_unet_"
 TE_PREFIX = "lora_te_"
+TE1_PREFIX, TE2_PREFIX = "lora_te1_", "lora_te2_"  # SDXL's two text encoders
 DOWN, UP, ALPHA = ".lora_down.weight", ".lora_up.weight", ".alpha"
 
 
@@ -26,9 +34,20 @@ def kohya_names(model: torch.nn.Module, prefix: str) -> dict[str, torch.nn.Modul
     names: dict[str, torch.nn.Module] = {}
     for path, module in model.named_modules():
         if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
-            if prefix == TE_PREFIX and not path.startswith("text_model."):
+            if prefix.startswith("lora_te") and not path.startswith("text_model."):
                 path = "text_model." + path  # transformers 5 flattened CLIPTextModel; kohya names the v4 paths
             names[prefix + path.replace(".", "_")] = module
+    return names
+
+
+def sdxl_unet_names(unet: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """kohya name -> module for an SDXL UNet: the SGM names sd-scripts writes, and the diffusers ones."""
+    from sidecar.engine.convert_sdxl import unet_module_names
+
+    names = kohya_names(unet, UNET_PREFIX)
+    modules = dict(unet.named_modules())
+    for path, sgm in unet_module_names(unet, dict(unet.config)).items():
+        names[UNET_PREFIX + sgm.replace(".", "_")] = modules[path]
     return names
 
 
@@ -51,13 +70,14 @@ class Patcher:
 
     model: torch.nn.Module
     prefix: str
+    namer: Callable[[torch.nn.Module], dict[str, torch.nn.Module]] | None = None  # SDXL UNet: `sdxl_unet_names`
     _names: dict[str, torch.nn.Module] | None = None
     _originals: dict[str, tuple[torch.nn.Module, torch.Tensor]] = field(default_factory=dict)
 
     @property
     def names(self) -> dict[str, torch.nn.Module]:
         if self._names is None:
-            self._names = kohya_names(self.model, self.prefix)
+            self._names = self.namer(self.model) if self.namer else kohya_names(self.model, self.prefix)
         return self._names
 
     @torch.no_grad()

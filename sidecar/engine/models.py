@@ -1,9 +1,10 @@
-"""The models dir and loading what is in it: SD1.5 checkpoints, kohya LoRA files, SD1.5 ControlNets.
+"""The models dir and loading what is in it: SD1.5 and SDXL checkpoints, kohya LoRA files, SD1.5 ControlNets.
 
 Laid out like ComfyUI's `models/` (`checkpoints/`, `loras/`, `controlnet/`), so it can be the user's
-ComfyUI folder. Checkpoints are single files in the original SD1.5 key layout or diffusers folders.
-Architecture configs ship with the package (`configs/sd15/`); a `<name>.arch.json` beside a model
-overrides them (the tiny test models), so one loader reads a full-size SD1.5 and a tiny one alike.
+ComfyUI folder. Checkpoints are single files in the original key layout (SD1.5's, SDXL's SGM one:
+`convert_sdxl`) or diffusers folders; a file is SDXL when it holds a second text encoder.
+Architecture configs ship with the package (`configs/sd15/`, `configs/sdxl/`); a `<name>.arch.json`
+beside a model overrides them (the tiny test models), so one loader reads full-size and tiny alike.
 This module loads onto the CPU in the file's dtype; placing on a device (and casting) is the cache's job.
 """
 
@@ -18,7 +19,7 @@ from typing import Any
 
 import torch
 
-from sidecar.engine import convert
+from sidecar.engine import convert, convert_sdxl
 from sidecar.engine.tokenizer import TokenizerSource, find_tokenizer, load_tokenizer
 from sidecar.errors import CheckpointNotFound, ControlnetNotFound, JobFailed, LoraNotFound, UpscaleModelNotFound
 
@@ -31,8 +32,8 @@ NOT_FOUND = {"checkpoints": CheckpointNotFound, "loras": LoraNotFound, "controln
              "upscale_models": UpscaleModelNotFound}
 
 
-def shipped_config(name: str) -> dict[str, Any]:
-    text = resources.files("sidecar.engine").joinpath("configs", "sd15", f"{name}.json").read_text("utf-8")
+def shipped_config(name: str, family: str = "sd15") -> dict[str, Any]:
+    text = resources.files("sidecar.engine").joinpath("configs", family, f"{name}.json").read_text("utf-8")
     return json.loads(text)
 
 
@@ -84,6 +85,16 @@ class Arch:
     scheduler: dict[str, Any] = field(default_factory=lambda: shipped_config("scheduler"))
     controlnet: dict[str, Any] = field(default_factory=lambda: shipped_config("controlnet"))
     tokenizer: Path | None = None  # a tokenizer dir that belongs to this model
+    text_encoder_2: dict[str, Any] = field(default_factory=dict)  # SDXL's OpenCLIP bigG
+
+    @classmethod
+    def of(cls, family: str) -> Arch:
+        if family == "sdxl":
+            return cls(**{part: shipped_config(part, "sdxl") for part in SDXL_PARTS})
+        return cls()
+
+
+SDXL_PARTS = ("unet", "vae", "text_encoder", "text_encoder_2", "scheduler")
 
 
 def arch_path(model: Path) -> Path:
@@ -91,12 +102,12 @@ def arch_path(model: Path) -> Path:
     return model.with_name(stem + ARCH_SUFFIX)
 
 
-def read_arch(model: Path) -> Arch:
-    arch = Arch()
+def read_arch(model: Path, family: str = "sd15") -> Arch:
+    arch = Arch.of(family)
     side = arch_path(model)
     if side.is_file():
         data = json.loads(side.read_text("utf-8"))
-        for part in ("unet", "vae", "text_encoder", "scheduler", "controlnet"):
+        for part in ("unet", "vae", "text_encoder", "text_encoder_2", "scheduler", "controlnet"):
             if part in data:
                 setattr(arch, part, {**getattr(arch, part), **data[part]})
         if data.get("tokenizer"):
@@ -181,7 +192,8 @@ def _load_failed(what: str, path: Path, exc: BaseException | str) -> JobFailed:
     return JobFailed(f"Cannot load {what} {path.name}: {exc}", {"path": str(path)}, code="model_load_failed")
 
 
-def _build(factory: Any, state: dict[str, torch.Tensor], what: str, path: Path) -> torch.nn.Module:
+def _build(factory: Any, state: dict[str, torch.Tensor], what: str, path: Path,
+           family: str = "SD1.5") -> torch.nn.Module:
     """Instantiate without allocating random weights (full-size SD1.5 would spend seconds on them),
     then adopt the file's tensors as they are (no fp32 copy: the cache casts once, to the target dtype)."""
     from accelerate import init_empty_weights
@@ -191,7 +203,7 @@ def _build(factory: Any, state: dict[str, torch.Tensor], what: str, path: Path) 
     result = model.load_state_dict(state, strict=False, assign=True)
     if result.missing_keys:
         raise _load_failed(what, path, f"{len(result.missing_keys)} weight(s) missing, e.g. "
-                                       f"{result.missing_keys[0]} (not an SD1.5 {what}, or a different architecture)")
+                                       f"{result.missing_keys[0]} (not an {family} {what}, or a different architecture)")
     if result.unexpected_keys:
         log.debug("%s %s: ignored %d unexpected key(s)", what, path.name, len(result.unexpected_keys))
     return model.eval()
@@ -206,6 +218,8 @@ class Components:
     unet: torch.nn.Module
     vae: torch.nn.Module
     scheduler_config: dict[str, Any]
+    text_encoder_2: torch.nn.Module | None = None  # SDXL's second text encoder (CLIPTextModelWithProjection)
+    family: str = "sd15"
 
 
 @dataclass(frozen=True)
@@ -216,20 +230,23 @@ class TokenizerPlaces:
 
 
 def load_checkpoint(path: Path, places: TokenizerPlaces) -> Components:
-    """An SD1.5 checkpoint on the CPU in the file's dtype: a single file (original layout) or a diffusers folder."""
+    """An SD1.5 or SDXL checkpoint on the CPU in the file's dtype: a single file (original layout) or a
+    diffusers folder."""
     if path.is_dir():
         return _load_diffusers_folder(path)
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    arch = read_arch(path)
-    tokenizer = _tokenizer(arch, places)
     try:
         checkpoint = read_state_dict(path)
     except Exception as exc:  # safetensors / pickle errors come in many types
         raise _load_failed("checkpoint", path, exc) from None
     if not any(k.startswith(convert.UNET_PREFIX) for k in checkpoint):
-        raise _load_failed("checkpoint", path, "no `model.diffusion_model.*` weights: not an SD1.5 checkpoint")
+        raise _load_failed("checkpoint", path, "no `model.diffusion_model.*` weights: not an SD1.5 or SDXL checkpoint")
+    if convert_sdxl.is_sdxl(checkpoint):
+        return _load_sdxl(path, checkpoint, places)
+    arch = read_arch(path)
+    tokenizer = _tokenizer(arch, places)
     unet = _build(lambda: UNet2DConditionModel.from_config(arch.unet),
                   convert.unet_from_ldm(checkpoint, arch.unet), "UNet", path)
     vae = _build(lambda: AutoencoderKL.from_config(arch.vae), convert.vae_from_ldm(checkpoint, arch.vae), "VAE", path)
@@ -240,6 +257,37 @@ def load_checkpoint(path: Path, places: TokenizerPlaces) -> Components:
     return Components(tokenizer, text_encoder, unet, vae, arch.scheduler)
 
 
+def _load_sdxl(path: Path, checkpoint: dict[str, torch.Tensor], places: TokenizerPlaces) -> Components:
+    """An SGM-layout SDXL file: UNet and VAE by diffusers' converters, CLIP-L and OpenCLIP bigG by ours."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    arch = read_arch(path, "sdxl")
+    tokenizer = _tokenizer(arch, places)
+    unet = _build(lambda: UNet2DConditionModel.from_config(arch.unet),
+                  convert.unet_from_ldm(checkpoint, arch.unet), "UNet", path, "SDXL")
+    vae = _build(lambda: AutoencoderKL.from_config(arch.vae), convert.vae_from_ldm(checkpoint, arch.vae), "VAE",
+                 path, "SDXL")
+    te1 = _build(lambda: CLIPTextModel(_clip_config(arch.text_encoder)), convert_sdxl.te1_from_sgm(checkpoint),
+                 "text encoder", path, "SDXL")
+    te2_config = _clip_config(arch.text_encoder_2)
+    with_projection = lambda: CLIPTextModelWithProjection(te2_config)  # noqa: E731
+    from accelerate import init_empty_weights
+
+    with init_empty_weights():
+        shape_only = with_projection()  # the converter reads the width off the model when the file lacks it
+    te2 = _build(with_projection, convert_sdxl.te2_from_sgm(checkpoint, shape_only), "second text encoder", path,
+                 "SDXL")
+    del checkpoint
+    return Components(tokenizer, te1, unet, vae, arch.scheduler, text_encoder_2=te2, family="sdxl")
+
+
+def _clip_config(config: dict[str, Any]) -> Any:
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(**{k: v for k, v in config.items() if k != "architectures"})
+
+
 def _tokenizer(arch: Arch, places: TokenizerPlaces) -> Any:
     source = find_tokenizer(places.models_path, places.comfyui_dir, arch.tokenizer)
     return load_tokenizer(source, places.cache_dir)
@@ -247,12 +295,15 @@ def _tokenizer(arch: Arch, places: TokenizerPlaces) -> Any:
 
 def _load_diffusers_folder(path: Path) -> Components:
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
+    sdxl = (path / "text_encoder_2").is_dir()
     try:
         unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", local_files_only=True)
         vae = AutoencoderKL.from_pretrained(path, subfolder="vae", local_files_only=True)
         text_encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder", local_files_only=True)
+        text_encoder_2 = (CLIPTextModelWithProjection.from_pretrained(path, subfolder="text_encoder_2",
+                                                                      local_files_only=True).eval() if sdxl else None)
     except (OSError, ValueError) as exc:
         raise _load_failed("diffusers folder", path, exc) from None
     tokenizer_dir = path / "tokenizer"
@@ -262,12 +313,13 @@ def _load_diffusers_folder(path: Path) -> Components:
         from transformers import CLIPTokenizer
 
         tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
-    scheduler = shipped_config("scheduler")
+    scheduler = shipped_config("scheduler", "sdxl" if sdxl else "sd15")
     sched_file = path / "scheduler" / "scheduler_config.json"
     if sched_file.is_file():
         given = json.loads(sched_file.read_text("utf-8"))
         scheduler.update({k: given[k] for k in scheduler if k in given})
-    return Components(tokenizer, text_encoder.eval(), unet.eval(), vae.eval(), scheduler)
+    return Components(tokenizer, text_encoder.eval(), unet.eval(), vae.eval(), scheduler,
+                      text_encoder_2=text_encoder_2, family="sdxl" if sdxl else "sd15")
 
 
 def load_training_components(base_model: Path, places: TokenizerPlaces | None = None) -> Components:

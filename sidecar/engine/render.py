@@ -9,6 +9,11 @@ open. Runs in the engine's worker thread; `should_stop` is checked before every 
 img2img (a VAEEncode latent) as ComfyUI: the init image is cropped to multiples of 8 around its centre,
 encoded to the mean of the VAE's posterior, and sampling starts from it noised to the first sigma of
 the shortened schedule (denoise 1: full noise plus the latent, as ComfyUI's max-denoise scaling).
+
+SDXL as diffusers' StableDiffusionXLPipeline (and ComfyUI's SDXL model) conditions it: the two text
+encoders' context (`conditioning.encode_sdxl`), and the UNet's added conditioning, the pooled text
+embedding plus the size ids (original size, crop top-left, target size) = (H, W, 0, 0, H, W) of the
+image rendered, which is what ComfyUI's CLIPTextEncode leaves them at (the latent's size).
 """
 
 from __future__ import annotations
@@ -76,6 +81,12 @@ def encode(vae: torch.nn.Module, pixels: torch.Tensor) -> torch.Tensor:
     return moments.mode().float() * vae.config.scaling_factor
 
 
+def size_conditioning(width: int, height: int, pooled: torch.Tensor, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """SDXL's added conditioning for a batch of `pooled` (the pipeline's `add_time_ids`, crop at 0, 0)."""
+    time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=dtype, device=pooled.device)
+    return {"text_embeds": pooled.to(dtype), "time_ids": time_ids.repeat(pooled.shape[0], 1)}
+
+
 def initial_noise(seed: int, shape: tuple[int, ...]) -> torch.Tensor:
     generator = torch.Generator(device="cpu").manual_seed(seed % SEED_RANGE)
     return torch.randn(shape, generator=generator, dtype=torch.float32, device="cpu")
@@ -99,10 +110,23 @@ class Renderer:
             job = replace(job, width=pixels.shape[3], height=pixels.shape[2])  # the image's size, as ComfyUI
             init_latent = encode(vae, pixels).to(self.device)
 
-        pos = conditioning.encode(parts.tokenizer, parts.text_encoder, job.positive)
-        neg = conditioning.encode(parts.tokenizer, parts.text_encoder, job.negative)
+        added: dict[str, torch.Tensor] | None = None
+        if parts.family == "sdxl":
+            if job.controls_positive or job.controls_negative:
+                raise JobFailed("The embedded engine runs ControlNets with SD1.5 checkpoints only; run SDXL pose "
+                                "jobs on a ComfyUI backend.", {"family": "sdxl"}, code="family_not_supported")
+            pos, pos_pooled = conditioning.encode_sdxl(parts.tokenizer, parts.text_encoder, parts.text_encoder_2,
+                                                       job.positive)
+            neg, neg_pooled = conditioning.encode_sdxl(parts.tokenizer, parts.text_encoder, parts.text_encoder_2,
+                                                       job.negative)
+            added = size_conditioning(job.width, job.height, torch.cat([neg_pooled, pos_pooled]) if use_cfg
+                                      else pos_pooled, unet_dtype)
+        else:
+            pos = conditioning.encode(parts.tokenizer, parts.text_encoder, job.positive)
+            neg = conditioning.encode(parts.tokenizer, parts.text_encoder, job.negative)
         neg, pos = conditioning.same_length([neg, pos])
         context = (torch.cat([neg, pos]) if use_cfg else pos).to(unet_dtype)
+        extra = {"added_cond_kwargs": added} if added is not None else {}
 
         scheduler = samplers.make_scheduler(job.sampler, job.scheduler, parts.scheduler_config)
         generator = torch.Generator(device="cpu").manual_seed((job.seed + 1) % SEED_RANGE)
@@ -128,7 +152,7 @@ class Renderer:
             model_in = torch.cat([latents] * 2) if use_cfg else latents
             model_in = scheduler.scale_model_input(model_in, t).to(unet_dtype)
             residuals = control(model_in, t, context, i / total_calls) if control else {}
-            out = unet(model_in, t, encoder_hidden_states=context, return_dict=False, **residuals)[0].float()
+            out = unet(model_in, t, encoder_hidden_states=context, return_dict=False, **residuals, **extra)[0].float()
             if use_cfg:
                 uncond, cond = out.chunk(2)
                 out = uncond + job.cfg * (cond - uncond)
@@ -140,7 +164,8 @@ class Renderer:
             if hooks.on_preview is not None and hooks.preview_due is not None and hooks.preview_due():
                 # The sampler's estimate of the clean image where it gives one (as ComfyUI previews x0).
                 x0 = getattr(stepped, "pred_original_sample", None)
-                hooks.on_preview(step, job.steps, preview_jpeg(x0 if x0 is not None else latents)[0])
+                hooks.on_preview(step, job.steps, preview_jpeg(x0 if x0 is not None else latents,
+                                                               family=parts.family)[0])
         if hooks.should_stop():
             raise JobCancelled()
         return self._decode(vae, latents)

@@ -62,7 +62,7 @@ class ModelSet:
     root: Path
     checkpoint: Path
     lora: Path
-    controlnet: Path
+    controlnet: Path | None  # None for SDXL (tiny_sdxl)
 
 
 def _save(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
