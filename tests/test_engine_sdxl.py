@@ -216,3 +216,19 @@ def test_full_size_sdxl_unet_modules_get_the_sgm_names_sd_scripts_writes() -> No
     assert names["up_blocks.0.upsamplers.0.conv"] == "output_blocks.2.2.conv"
     assert names["add_embedding.linear_1"] == "label_emb.0.0"
     assert names["down_blocks.0.resnets.1.conv1"] == "input_blocks.2.0.in_layers.2"
+
+
+async def test_flux_stays_refused_on_the_embedded_engine_where_the_profile_runs_it(aiohttp_client,
+                                                                                   tmp_path: Path) -> None:
+    from tests.family_headers import FLUX_DIFFUSION_MODEL, write_safetensors
+
+    models = tmp_path / "models"
+    write_safetensors(models / "diffusion_models" / "flux1-dev.safetensors", FLUX_DIFFUSION_MODEL)
+    settings = Settings(data_dir=tmp_path / "data", engine="embedded", device="cpu", models_dir=models,
+                        profile="cuda-24gb")
+    client = await aiohttp_client(create_app(settings))
+    resp = await client.post("/jobs", json={"prompt": "x", "checkpoint": "flux1-dev.safetensors"})
+    body = await resp.json()
+    assert resp.status == 400 and body["error"]["code"] == "family_not_supported", body
+    assert body["error"]["details"]["allowedFamilies"] == ["sd15", "sdxl"]
+    assert "ComfyUI backend" in body["error"]["message"]
