@@ -4,6 +4,14 @@
     .venv/bin/python bench/engine.py --model sd15 --device cuda       # full-size random SD1.5 (GPU)
     .venv/bin/python bench/engine.py --model sd15 --models-dir ~/ComfyUI/models \\
         --comfyui-url http://127.0.0.1:8188                           # the same workflow on both
+    .venv/bin/python bench/engine.py --model sdxl --width 1024 --height 1024 --device mps  # SDXL
+
+SDXL (`--model sdxl`: full-size random SDXL in SGM layout, fp16, written by `sidecar models make-tiny
+--family sdxl --full-size --fp16`; `--model tiny-sdxl`: the tiny one) runs our `sdxl-txt2img(-lora)`
+templates. Full-size SDXL is 6.9 GB in fp16 and ~13.5 GB once the CPU casts it to fp32: two engines
+holding it at once may not fit a small machine's memory, so `--sequential` runs all of one engine's
+jobs, unloads it, then the other's (the machine's load then changes between them: say so with the
+figures). Measured so far (bench/results/engine-cpu.json, `sdxl-*` entries): see docs/benchmarks.md.
 
 Runs the real backends' `run()` on our `txt2img-lora` template, filled as the daemon fills it.
 Random weights cost the same time as real ones, so `--model sd15` writes SD1.5's real architecture
@@ -51,11 +59,15 @@ def peak_rss_bytes() -> int:
     return rss if sys.platform == "darwin" else rss * 1024  # macOS reports bytes, Linux KiB
 
 
+def family(args: argparse.Namespace) -> str:
+    return "sdxl" if args.model in ("sdxl", "tiny-sdxl") else "sd15"
+
+
 def workflow(checkpoint: str, lora: str | None, args: argparse.Namespace, seed: int) -> dict:
     from sidecar.assets import WORKFLOWS, asset_path
     from sidecar.workflows import load_templates
 
-    name = "txt2img-lora" if lora else "txt2img"
+    name = ("sdxl-" if family(args) == "sdxl" else "") + ("txt2img-lora" if lora else "txt2img")
     tpl = load_templates(asset_path(WORKFLOWS))[name]
     slots = {"checkpoint_name": checkpoint, "prompt_text": "spyke_plasma_v1, full body, standing, city street",
              "negative_prompt": "lowres, bad anatomy, bad hands, blurry", "seed": seed, "steps": args.steps,
@@ -168,10 +180,18 @@ async def bench(args: argparse.Namespace, models_dir: Path, checkpoint: str, lor
     runners = [Runner(backend, checkpoint, lora, args, work, on_step, finish)]
     comfy = ComfyProbe(args, work) if args.comfyui_url else None
     try:
-        if comfy is not None:
-            runners.append(Runner(await comfy.start(), checkpoint, lora, args, work))
-        await run_all(runners, args.runs, after_first)
-        loaded = (await backend.health()).extra.get("loaded", {})
+        if args.sequential:
+            await run_all(runners, args.runs, after_first)
+            loaded = (await backend.health()).extra.get("loaded", {})
+            await backend.unload()  # its memory back before the other engine loads the same model
+            if comfy is not None:
+                runners.append(Runner(await comfy.start(), checkpoint, lora, args, work))
+                await run_all(runners[1:], args.runs, lambda: None)
+        else:
+            if comfy is not None:
+                runners.append(Runner(await comfy.start(), checkpoint, lora, args, work))
+            await run_all(runners, args.runs, after_first)
+            loaded = (await backend.health()).extra.get("loaded", {})
         comfy_result = await comfy.result() if comfy is not None else None
     finally:
         await backend.stop()
@@ -249,7 +269,7 @@ class ComfyProbe:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", choices=["tiny", "sd15"], default="tiny")
+    parser.add_argument("--model", choices=["tiny", "sd15", "tiny-sdxl", "sdxl"], default="tiny")
     parser.add_argument("--models-dir", type=Path,
                         help="models dir to use (with --checkpoint) or to write the random set into")
     parser.add_argument("--checkpoint", help="an existing checkpoint in --models-dir")
@@ -262,6 +282,8 @@ def main() -> None:
     parser.add_argument("--sampler", default="euler_ancestral")
     parser.add_argument("--scheduler", default="normal")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--sequential", action="store_true",
+                        help="all embedded jobs, then unload, then all ComfyUI jobs (when both models do not fit)")
     parser.add_argument("--comfyui-url", help="also run the same workflow on this ComfyUI (sharing --models-dir)")
     parser.add_argument("--comfyui-pid", type=int, help="that ComfyUI's process id (local): record its peak RSS")
     parser.add_argument("--comfyui-commit", help="that ComfyUI's git commit, recorded with the results")
@@ -279,8 +301,10 @@ def main() -> None:
             # In a child process, so this process's peak RSS is the engine's alone.
             t = time.perf_counter()
             cmd = [sys.executable, "-m", "sidecar", "models", "make-tiny", "--out", str(models_dir), "--json"]
-            if args.model == "sd15":
+            if args.model in ("sd15", "sdxl"):
                 cmd += ["--full-size", "--fp16"]
+            if family(args) == "sdxl":
+                cmd += ["--family", "sdxl"]
             made = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
             print(f"random {args.model} model set written to {models_dir} in {time.perf_counter() - t:.1f}s",
                   flush=True)
@@ -288,7 +312,8 @@ def main() -> None:
         lora = None if args.no_lora else lora
         results = asyncio.run(bench(args, models_dir, checkpoint, lora, work))
 
-    common = {"model": args.model, "checkpoint": checkpoint, "lora": lora, "width": args.width,
+    common = {"model": args.model, "family": family(args), "sequential": args.sequential, "checkpoint": checkpoint,
+              "lora": lora, "width": args.width,
               "height": args.height, "steps": args.steps, "sampler": args.sampler, "scheduler": args.scheduler,
               "cfg": 7.0, "runs": args.runs, "machine": platform.platform(),
               "processor": platform.processor() or platform.machine(),

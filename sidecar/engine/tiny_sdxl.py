@@ -70,6 +70,11 @@ def make_sdxl_models(out: Path, *, seed: int = 0, full_size: bool = False,
     te1, te1_cfg = _clip("text_encoder", {} if full_size else TINY_TEXT_ENCODER, with_projection=False)
     te2, te2_cfg = _clip("text_encoder_2", {} if full_size else TINY_TEXT_ENCODER_2, with_projection=True)
 
+    lora = random_sdxl_lora(unet, te1, te2)
+    for model in (unet, vae, te1, te2):
+        # In place, one tensor at a time: full-size SDXL in fp32 is 13.5 GB, and a cast copy of it beside that would
+        # not fit a 24 GB machine.
+        torch.nn.Module.to(model, dtype)
     name = FULL_CHECKPOINT if full_size else CHECKPOINT
     ckpt = out / "checkpoints" / name
     tensors = {
@@ -78,7 +83,7 @@ def make_sdxl_models(out: Path, *, seed: int = 0, full_size: bool = False,
         **convert_sdxl.te1_to_sgm(te1.state_dict()),
         **convert_sdxl.te2_to_sgm(te2.state_dict()),
     }
-    _save(ckpt, {k: v.to(dtype) for k, v in tensors.items()})
+    _save(ckpt, tensors)
     del tensors
     tok_dir = ckpt.parent / (name.removesuffix(".safetensors") + ".tokenizer")
     write_tokenizer(tok_dir, byte_level_vocab(), [])
@@ -86,7 +91,7 @@ def make_sdxl_models(out: Path, *, seed: int = 0, full_size: bool = False,
                        "tokenizer": tok_dir.name})
 
     lora_path = out / "loras" / (FULL_LORA if full_size else LORA)
-    _save(lora_path, random_sdxl_lora(unet, te1, te2), _lora_metadata(lora_path.stem, name))
+    _save(lora_path, lora, _lora_metadata(lora_path.stem, name))
     return ModelSet(out, ckpt, lora_path, None)
 
 
