@@ -232,3 +232,22 @@ async def test_flux_stays_refused_on_the_embedded_engine_where_the_profile_runs_
     assert resp.status == 400 and body["error"]["code"] == "family_not_supported", body
     assert body["error"]["details"]["allowedFamilies"] == ["sd15", "sdxl"]
     assert "ComfyUI backend" in body["error"]["message"]
+
+
+def test_an_sdxl_diffusers_folder_loads_as_sdxl_with_the_same_weights(sdxl_models: Path, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    from sidecar.engine.models import TokenizerPlaces, load_checkpoint
+
+    parts = load_checkpoint(sdxl_models / "checkpoints" / TINY_SDXL, TokenizerPlaces(sdxl_models))
+    folder = tmp_path / "tiny-sdxl-diffusers"
+    for sub, model in (("unet", parts.unet), ("vae", parts.vae), ("text_encoder", parts.text_encoder),
+                       ("text_encoder_2", parts.text_encoder_2)):
+        model.save_pretrained(folder / sub)
+    shutil.copytree(sdxl_models / "checkpoints" / "tiny-sdxl.tokenizer", folder / "tokenizer")
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionXLPipeline"}))
+    again = load_checkpoint(folder, TokenizerPlaces(tmp_path))
+    assert again.family == "sdxl" and type(again.text_encoder_2).__name__ == "CLIPTextModelWithProjection"
+    for a, b in ((parts.unet, again.unet), (parts.text_encoder_2, again.text_encoder_2)):
+        assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
