@@ -39,6 +39,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import os
 import platform
 import resource
 import statistics
@@ -317,6 +318,7 @@ def main() -> None:
               "height": args.height, "steps": args.steps, "sampler": args.sampler, "scheduler": args.scheduler,
               "cfg": 7.0, "runs": args.runs, "machine": platform.platform(),
               "processor": platform.processor() or platform.machine(),
+              "loadAverageAtEnd": [round(x, 2) for x in os.getloadavg()],  # 1/5/15 min: how quiet the machine was
               "measuredAt": time.strftime("%Y-%m-%dT%H:%M:%S")}
     print(f"{args.model}, {args.width}x{args.height}, {args.steps} steps {args.sampler}/{args.scheduler}, cfg 7"
           f"{', LoRA ' + lora if lora else ''}:")

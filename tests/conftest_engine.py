@@ -49,7 +49,8 @@ def engine_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 TINY_SDXL = "tiny-sdxl.safetensors"
 TINY_SDXL_LORA = "tiny-sdxl-lora.safetensors"
-TINY_SDXL_LORA_B = "tiny-sdxl-lora-b.safetensors"  # a second LoRA for stacks: the first's up weights with their rows reversed
+# A second LoRA for stacks: the first's up weights with their rows reversed.
+TINY_SDXL_LORA_B = "tiny-sdxl-lora-b.safetensors"
 
 
 @pytest.fixture(scope="session")

@@ -182,7 +182,8 @@ def test_every_key_of_a_kohya_sdxl_lora_is_applied_to_its_layer(sdxl_models: Pat
     assert "lora_unet_input_blocks_3_1_transformer_blocks_1_attn2_to_k.lora_down.weight" in tensors
     assert "lora_te2_text_model_encoder_layers_1_self_attn_q_proj.lora_up.weight" in tensors
     patchers = {UNET_PREFIX: Patcher(parts.unet, UNET_PREFIX, namer=sdxl_unet_names),
-                TE1_PREFIX: Patcher(parts.text_encoder, TE1_PREFIX), TE2_PREFIX: Patcher(parts.text_encoder_2, TE2_PREFIX)}
+                TE1_PREFIX: Patcher(parts.text_encoder, TE1_PREFIX),
+                TE2_PREFIX: Patcher(parts.text_encoder_2, TE2_PREFIX)}
     used = set()
     for prefix, patcher in patchers.items():
         names = lora_modules(tensors, prefix)

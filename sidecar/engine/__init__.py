@@ -2,5 +2,6 @@
 
 `backend.EmbeddedBackend` is the entry point (the `GenerationBackend` the daemon drives); the rest are
 its parts: device choice, models dir + loading, warm cache, LoRA merging, samplers, the workflow
-interpreter, the renderer, tiny test models. Importing this package does not import torch.
+interpreter, the renderer, tiny test models (SD1.5 and SDXL: `convert_sdxl`, `tiny_sdxl`). Importing this
+package does not import torch.
 """

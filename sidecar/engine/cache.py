@@ -57,8 +57,11 @@ class ModelCache:
         if self.base is None or self.base.key != key:
             self.unload()
             log.info("loading checkpoint %s (%s, UNet %s)", checkpoint.name, self.plan.device, DTYPE_NAMES[unet_dtype])
-            parts = models.load_checkpoint(checkpoint, self.places)
             device = self.plan.device
+            # On the CPU every part runs in fp32 (`device.py`): read the file straight into it, so an fp16 file
+            # and its fp32 copy are never both in memory.
+            same = device == "cpu" and unet_dtype == self.plan.unet_dtype == self.plan.vae_dtype
+            parts = models.load_checkpoint(checkpoint, self.places, unet_dtype if same else None)
             _to(parts.unet, device, unet_dtype)
             _to(parts.text_encoder, device, self.plan.unet_dtype)
             _to(parts.vae, device, self.plan.vae_dtype)

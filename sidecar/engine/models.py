@@ -124,13 +124,16 @@ SAFETENSORS_DTYPES = {
 }
 
 
-def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    """Every tensor in its own memory, filled with plain reads (no mmap).
+def read_safetensors(path: Path, cast: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """Every tensor in its own memory, filled with plain reads (no mmap); with `cast`, each floating
+    tensor converted as soon as it is read.
 
     safetensors' `load_file` maps the file: every page the cache's dtype cast touches then counts in
     the process's RSS until the file's last tensor is freed, so a full-size fp16 SD1.5 cast to fp32 on
     the CPU peaked at 6.5 GB RSS (fp32 copy + the whole mapped file) for a 5.0 GB steady state, above
-    ComfyUI's 6.4 GB. Separate tensors are freed one by one as the cast replaces them.
+    ComfyUI's 6.4 GB. Separate tensors are freed one by one as the cast replaces them. Full-size SDXL
+    cast later still peaked at 21.8 GB RSS for its 13.5 GB in fp32 (the freed fp16 buffers stay with the
+    allocator): `cast` keeps one tensor's file bytes at a time beside the converted model.
     """
     with open(path, "rb") as fh:
         size = fh.seek(0, 2)
@@ -161,13 +164,17 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
                 if not n:
                     raise ValueError(f"tensor {name}: the file ends early")
                 got += n
-            tensors[name] = buf.view(dtype).reshape(info["shape"])
+            tensor = buf.view(dtype).reshape(info["shape"])
+            if cast is not None and tensor.is_floating_point() and tensor.dtype != cast:
+                tensor = tensor.to(cast)
+                del buf
+            tensors[name] = tensor
     return tensors
 
 
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+def read_state_dict(path: Path, cast: torch.dtype | None = None) -> dict[str, torch.Tensor]:
     if path.suffix.lower() in (".safetensors", ".sft"):
-        return read_safetensors(path)
+        return read_safetensors(path, cast)
     # Pickled checkpoints: tensors only, never arbitrary objects.
     data = torch.load(str(path), map_location="cpu", weights_only=True)
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
@@ -202,8 +209,8 @@ def _build(factory: Any, state: dict[str, torch.Tensor], what: str, path: Path,
         model = factory()
     result = model.load_state_dict(state, strict=False, assign=True)
     if result.missing_keys:
-        raise _load_failed(what, path, f"{len(result.missing_keys)} weight(s) missing, e.g. "
-                                       f"{result.missing_keys[0]} (not an {family} {what}, or a different architecture)")
+        raise _load_failed(what, path, f"{len(result.missing_keys)} weight(s) missing, e.g. {result.missing_keys[0]} "
+                                       f"(not an {family} {what}, or a different architecture)")
     if result.unexpected_keys:
         log.debug("%s %s: ignored %d unexpected key(s)", what, path.name, len(result.unexpected_keys))
     return model.eval()
@@ -229,16 +236,16 @@ class TokenizerPlaces:
     cache_dir: Path | None = None
 
 
-def load_checkpoint(path: Path, places: TokenizerPlaces) -> Components:
-    """An SD1.5 or SDXL checkpoint on the CPU in the file's dtype: a single file (original layout) or a
-    diffusers folder."""
+def load_checkpoint(path: Path, places: TokenizerPlaces, cast: torch.dtype | None = None) -> Components:
+    """An SD1.5 or SDXL checkpoint on the CPU in the file's dtype (or `cast`, when every part will run in
+    it: the CPU's fp32): a single file (original layout) or a diffusers folder."""
     if path.is_dir():
         return _load_diffusers_folder(path)
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     try:
-        checkpoint = read_state_dict(path)
+        checkpoint = read_state_dict(path, cast)
     except Exception as exc:  # safetensors / pickle errors come in many types
         raise _load_failed("checkpoint", path, exc) from None
     if not any(k.startswith(convert.UNET_PREFIX) for k in checkpoint):
