@@ -43,6 +43,7 @@ class Profile:
     families: Mapping[str, FamilySizes] = field(default_factory=dict)
     max_loras: int = 3
     default_size: tuple[int, int] | None = None  # a job's size when it names none; None: the largest
+    accelerator: str = "mps"  # the machine's GPU kind: "mps" (Apple) or "cuda" (training SDXL/Flux here needs CUDA)
 
     @property
     def family_names(self) -> tuple[str, ...]:
@@ -153,6 +154,7 @@ PROFILES: dict[str, Profile] = {
                 "sdxl": FamilySizes(1536, 1536, max_pixels=1024 * 1024, default=(832, 1216)),
                 "flux": FamilySizes(1024, 1024),  # fp8 weights: 1024x1024 fits 24 GB
             },
+            accelerator="cuda",
             description="A 24 GB CUDA card: SD1.5 up to 1024 px, SDXL at its 1024-pixel buckets, Flux at 1024x1024; "
                         "batch 1",
         ),

@@ -252,3 +252,14 @@ def test_an_sdxl_diffusers_folder_loads_as_sdxl_with_the_same_weights(sdxl_model
     assert again.family == "sdxl" and type(again.text_encoder_2).__name__ == "CLIPTextModelWithProjection"
     for a, b in ((parts.unet, again.unet), (parts.text_encoder_2, again.text_encoder_2)):
         assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+
+
+def test_the_larger_mac_renders_sdxl_but_is_not_offered_as_a_place_to_train_it() -> None:
+    from sidecar.profiles import get_profile
+    from sidecar.training.placement import where_it_trains
+
+    mac = get_profile("m1max-32gb")
+    assert mac.allows("sdxl") and not mac.allows("flux") and mac.for_family("sdxl").fits(832, 1216)
+    assert not get_profile("m1pro-16gb").allows("sdxl")
+    here = where_it_trains("sdxl")[-1]
+    assert "cuda-24gb" in here and "m1max-32gb" not in here

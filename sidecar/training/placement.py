@@ -37,7 +37,7 @@ class Placement:
 def where_it_trains(family: str) -> list[str]:
     if family == "sd15":
         return ["here (every profile)", "remote vast", "remote ssh"]
-    gpus = [p.name for p in PROFILES.values() if family in p.families]
+    gpus = [p.name for p in PROFILES.values() if family in p.families and p.accelerator == "cuda"]
     return ["remote vast", "remote ssh", f"here on a CUDA machine whose profile allows {family} "
                                         f"({', '.join(gpus)})"]
 
