@@ -263,3 +263,36 @@ def test_the_larger_mac_renders_sdxl_but_is_not_offered_as_a_place_to_train_it()
     assert not get_profile("m1pro-16gb").allows("sdxl")
     here = where_it_trains("sdxl")[-1]
     assert "cuda-24gb" in here and "m1max-32gb" not in here
+
+
+def test_prompts_condition_the_unet_as_diffusers_sdxl_pipeline_does(sdxl_models: Path) -> None:
+    """Our context, pooled embedding and size ids against StableDiffusionXLPipeline.encode_prompt and
+    its add_time_ids on the same tiny model (its second tokenizer padding with `!`, id 0, as SDXL's does)."""
+    import copy
+
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+
+    from sidecar.engine import conditioning
+    from sidecar.engine.models import TokenizerPlaces, load_checkpoint
+    from sidecar.engine.render import size_conditioning
+
+    parts = load_checkpoint(sdxl_models / "checkpoints" / TINY_SDXL, TokenizerPlaces(sdxl_models))
+    tokenizer, tokenizer_2 = copy.deepcopy(parts.tokenizer), copy.deepcopy(parts.tokenizer)
+    tokenizer.model_max_length = tokenizer_2.model_max_length = 77  # as the hub's tokenizer configs say
+    tokenizer_2.pad_token = "!"
+    pipe = StableDiffusionXLPipeline(vae=parts.vae, text_encoder=parts.text_encoder, text_encoder_2=parts.text_encoder_2,
+                                     tokenizer=tokenizer, tokenizer_2=tokenizer_2, unet=parts.unet,
+                                     scheduler=EulerDiscreteScheduler.from_config(parts.scheduler_config))
+    with torch.inference_mode():
+        embeds, neg_embeds, pooled, neg_pooled = pipe.encode_prompt(
+            "spyke_plasma_v1, standing", device="cpu", do_classifier_free_guidance=True,
+            negative_prompt="lowres, blurry")
+        ours, our_pooled = conditioning.encode_sdxl(parts.tokenizer, parts.text_encoder, parts.text_encoder_2,
+                                                    "spyke_plasma_v1, standing")
+        our_neg, our_neg_pooled = conditioning.encode_sdxl(parts.tokenizer, parts.text_encoder,
+                                                           parts.text_encoder_2, "lowres, blurry")
+    for mine, theirs in ((ours, embeds), (our_pooled, pooled), (our_neg, neg_embeds), (our_neg_pooled, neg_pooled)):
+        assert mine.shape == theirs.shape and torch.allclose(mine, theirs, atol=1e-5)
+    time_ids = pipe._get_add_time_ids((96, 64), (0, 0), (96, 64), dtype=torch.float32,
+                                      text_encoder_projection_dim=parts.text_encoder_2.config.projection_dim)
+    assert torch.equal(size_conditioning(64, 96, our_pooled, torch.float32)["time_ids"], time_ids)
