@@ -11,9 +11,10 @@ SDXL (`--model sdxl`: full-size random SDXL in SGM layout, fp16, written by `sid
 templates. Full-size SDXL is 6.9 GB in fp16 and ~13.5 GB once the CPU casts it to fp32: two engines
 holding it at once may not fit a small machine's memory, so `--sequential` runs all of one engine's
 jobs, unloads it, then the other's (the machine's load then changes between them: say so with the
-figures). Measured so far (bench/results/engine-cpu.json, `sdxl-256x256-3steps`): the embedded engine
-alone on a shared 2-core CPU at load 7-15, no LoRA (its weight backups would not fit beside the other
-processes' memory there), 84 s/step and 15.3 GB peak RSS; ComfyUI's SDXL figures are NOT measured yet
+figures). Measured so far (bench/results/engine-cpu.json, `sdxl-256x256-3steps*`): the embedded engine
+alone on a shared 2-core CPU, 256x256, no LoRA (its weight backups would not fit beside the other
+processes' memory there): 8.0 s/step at load ~3, 17-21 at load 5-7, 84 at load 7-15; 15.3-15.7 GB peak
+RSS. ComfyUI's SDXL figures are NOT measured yet
 (it was not installable on that machine): run this with `--comfyui-url`/`--comfyui-pid` (and
 `--sequential` under 32 GB of RAM) where a ComfyUI is, ideally on MPS or CUDA at 1024x1024.
 
