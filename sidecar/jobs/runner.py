@@ -97,6 +97,7 @@ class JobRunner:
             self._wake()
         if self.pool is not None:
             self.pool.on_change = self._wake
+            self.pool.on_join = self.worker.add_lane  # a rented backend joins while the daemon runs
         self._start_worker(restarted=False)
 
     async def stop(self) -> None:
