@@ -8,18 +8,24 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from sidecar.api.app import create_app
 from sidecar.config import Settings
 from sidecar.config.backends import VAST_COMFY_PORT, BackendSpec
 from sidecar.config.remote import RemoteSettings, VastSettings
+from tests.conftest_comfy import free_port
 from tests.fake_comfyui import DEFAULT_MODELS, FakeComfyUI, make_comfy_home
 from tests.fake_ssh_host import FakeHost, make_keypair
 from tests.fake_vast import FakeVast, offer
+from tests.processes import wait_up
 from tests.scripted_backend import ScriptedBackend
 from tests.test_api_jobs import wait_status
 
@@ -148,7 +154,7 @@ async def test_the_cost_guard_destroys_it_and_its_running_job_is_re_queued_elsew
                                                                                       tmp_path) -> None:
     # $0.25/h: $0.0002 is reached after about 3 s of rental.
     settings = settings_for(tmp_path, vast, max_total_cost=0.0002, idle_minutes=60)
-    client = await aiohttp_client(create_app(settings, ScriptedBackend(step_delay=0.01)))
+    client = await aiohttp_client(create_app(settings, ScriptedBackend()))
     assert (await client.post("/backends/rent", json={"name": "gpu"})).status == 202
     assert (await wait_rental(client, "gpu", {"serving", "failed"}))["state"] == "serving"
     [instance_id] = vast.alive()
@@ -197,3 +203,47 @@ async def test_refusals_are_clear_and_rent_nothing(vast, aiohttp_client, tmp_pat
     unknown = await client.post("/backends/rent", json={"name": "gpu", "colour": "red"})
     assert unknown.status == 400 and (await unknown.json())["error"]["code"] == "unknown_field"
     assert vast.instances == {}
+
+
+def start_daemon(tmp_path: Path, port: int, vast: FakeVast, key: Path) -> subprocess.Popen[bytes]:
+    """The real `sidecar serve` with a rentable table; embedded engine (never loaded: nothing renders)."""
+    config = tmp_path / "sidecar.toml"
+    config.write_text(
+        f'engine = "embedded"\nrent_check_interval = 0.1\n\n[remote]\npoll_interval = 0.05\n\n'
+        f'[remote.vast]\nserver_url = "{vast.url}"\nidentity_file = "{key}"\n\n'
+        '[[backends]]\nname = "gpu"\nkind = "vast"\nstart_timeout = 600\nmax_price_per_hour = 0.5\n')
+    with (tmp_path / "daemon.log").open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "sidecar.cli", "serve", "--port", str(port), "--data-dir", str(tmp_path / "data"),
+             "--config", str(config)], env={**os.environ, "VAST_API_KEY": KEY}, stdout=log, stderr=subprocess.STDOUT)
+
+
+async def test_a_daemon_killed_while_renting_leaves_nothing_billing_after_its_next_start(
+        vast, aiohttp_client, tmp_path) -> None:
+    vast.loading_reads = 10**6  # still starting when the daemon dies
+    key = make_keypair(tmp_path / "keys")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as http:
+        proc = start_daemon(tmp_path, port, vast, key)
+        try:
+            await wait_up(http, url, proc)
+            async with http.post(f"{url}/backends/rent", json={"name": "gpu"}) as resp:
+                assert resp.status == 202, await resp.text()
+            for _ in range(400):
+                if vast.instances:
+                    break
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.3)  # renting goes on: waiting for the instance to run
+            proc.send_signal(signal.SIGKILL)  # no clean-up of any kind
+            await asyncio.to_thread(proc.wait, 10)
+        finally:
+            proc.kill()
+            await asyncio.to_thread(proc.wait, 10)
+    [instance_id] = vast.alive()  # billing, with nobody left to use or destroy it
+    settings = settings_for(tmp_path, vast)
+    client = await aiohttp_client(create_app(settings, ScriptedBackend()))
+    gone = await wait_rental(client, "gpu", {"destroyed"}, timeout=15)
+    assert "destroyed by the reaper at daemon start" in gone["message"], gone
+    assert vast.alive() == [] and instance_id in vast.destroyed
+    assert KEY not in (tmp_path / "daemon.log").read_text()

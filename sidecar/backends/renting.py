@@ -23,8 +23,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import aiohttp
@@ -168,7 +169,9 @@ class Renter:
         deadline = started + spec.start_timeout
         st.state = "searching"
         offers = await provider.search(limits)
-        plan = choose(offers, limits, 0)
+        # What a rental costs depends on how long it is used, not on a step count: the offer is chosen by
+        # price and hardware, and the guard (`_watch`) holds it to max_total_cost and max_hours.
+        plan = choose(offers, replace(limits, max_total_cost=math.inf, max_hours=math.inf), 0)
         st.offer, st.gpu = plan.offer.describe(), plan.offer.gpu_name
         st.why = (f"the cheapest of {len(offers)} offer(s) under ${limits.max_price_per_hour:g}/h with at least "
                   f"{limits.min_gpu_memory_gb:g} GB" + (f" ({limits.gpu_name})" if limits.gpu_name else ""))
