@@ -16,8 +16,10 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from click.testing import CliRunner
 
 from sidecar.api.app import create_app
+from sidecar.cli import main
 from sidecar.config import Settings
 from sidecar.config.backends import VAST_COMFY_PORT, BackendSpec
 from sidecar.config.remote import RemoteSettings, VastSettings
@@ -228,8 +230,10 @@ async def test_a_daemon_killed_while_renting_leaves_nothing_billing_after_its_ne
         proc = start_daemon(tmp_path, port, vast, key)
         try:
             await wait_up(http, url, proc)
-            async with http.post(f"{url}/backends/rent", json={"name": "gpu"}) as resp:
-                assert resp.status == 202, await resp.text()
+            # The command asks the daemon, which owns the instance (--no-wait: back at once).
+            rented = await asyncio.to_thread(CliRunner().invoke, main, ["backends", "rent", "gpu", "--no-wait",
+                                                                       "--url", url])
+            assert rented.exit_code == 0 and rented.output.startswith("gpu: searching"), rented.output
             for _ in range(400):
                 if vast.instances:
                     break
@@ -247,3 +251,8 @@ async def test_a_daemon_killed_while_renting_leaves_nothing_billing_after_its_ne
     assert "destroyed by the reaper at daemon start" in gone["message"], gone
     assert vast.alive() == [] and instance_id in vast.destroyed
     assert KEY not in (tmp_path / "daemon.log").read_text()
+    here = str(client.make_url("")).rstrip("/")
+    listed = await asyncio.to_thread(CliRunner().invoke, main, ["backends", "list", "--url", here])
+    assert listed.exit_code == 0 and "rented gpu: destroyed" in listed.output, listed.output
+    unknown = await asyncio.to_thread(CliRunner().invoke, main, ["backends", "release", "nope", "--url", here])
+    assert unknown.exit_code == 2 and "backend_not_found" in unknown.output, unknown.output
