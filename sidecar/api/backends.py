@@ -16,7 +16,8 @@ from sidecar.api.health import backends_status
 from sidecar.api.keys import POOL, RENTER, SETTINGS
 from sidecar.api.models import Wire
 from sidecar.api.operations import operation
-from sidecar.api.responses import BackendsList, RentalSummary, json_response
+from sidecar.api.responses import BackendStatus, Out, json_response
+from sidecar.backends.wire import RentalSummary
 from sidecar.backends.renting import Renter
 from sidecar.config.backends import BackendSpec
 from sidecar.errors import (
@@ -40,6 +41,15 @@ class RentRequest(Wire):
     min_gpu_memory_gb: float | None = Field(None, gt=0, le=1024, description="least GPU memory, GB")
     profile: str | None = Field(None, description="its hardware profile [default: cuda-24gb]")
     tags: list[str] | None = Field(None, max_length=16, description="labels `where` can name")
+
+
+class BackendsList(Out):
+    """GET /backends: the backends in the pool, and every rental of this daemon (live and recently ended)."""
+
+    backends: list[BackendStatus]
+    rentals: list[RentalSummary]
+    cost: float = Field(description="$ the listed rentals cost so far, together")
+
 
 
 def _renter(app: web.Application) -> Renter:

@@ -23,6 +23,7 @@ from sidecar.jobs.retention import RetentionReport
 from sidecar.jobs.store import JobRecord
 from sidecar.statuses import JobStatus
 from sidecar.training.wire import ErrorInfo, TrainingEvent
+from sidecar.backends.wire import RentalSummary
 
 
 
@@ -252,26 +253,6 @@ class ProcessMemory(Out):
     peak_rss_bytes: int | None = Field(description="its highest resident memory since it started")
 
 
-class RentalSummary(Out):
-    """A ComfyUI rented on vast.ai: its machine, what it cost so far and the guards that destroy it."""
-
-    name: str
-    provider: str
-    state: str = Field(description="searching, creating, starting, serving (in routing), destroying, destroyed, "
-                                   "failed (renting stopped; any instance destroyed) or destroy_failed (the reaper "
-                                   "tries again at the next start)")
-    instance_id: str | None
-    gpu: str | None
-    offer: str | None = Field(description="the offer rented, described")
-    price_per_hour: float = Field(description="$ per hour, all included (vast.ai's dph_total)")
-    cost: float = Field(description="$ so far (final once destroyed)")
-    max_total_cost: float | None = Field(description="destroyed when cost reaches this ($)")
-    max_hours: float | None = Field(description="destroyed after this many hours rented")
-    idle_minutes: float = Field(description="destroyed after this many minutes without a job")
-    idle_seconds: float | None = Field(description="seconds since its last job (while serving)")
-    message: str | None = Field(description="why it was released, or what it is waiting for")
-
-
 class BackendState(Out):
     """One generation backend: what it is and how it is doing (without its queue: see BackendStatus)."""
 
@@ -296,14 +277,6 @@ class BackendStatus(BackendState):
     """One generation backend as /health lists it."""
 
     queue: int = Field(description="queued jobs the router plans onto it now")
-
-
-class BackendsList(Out):
-    """GET /backends: the backends in the pool, and every rental of this daemon (live and recently ended)."""
-
-    backends: list[BackendStatus]
-    rentals: list[RentalSummary]
-    cost: float = Field(description="$ the listed rentals cost so far, together")
 
 
 class Health(Out):

@@ -32,14 +32,16 @@ import aiohttp
 
 from sidecar.backends.member import Member
 from sidecar.backends.pool import BackendPool
-from sidecar.backends.rentals import LABEL_PREFIX, RentalRecord, RentalStore, new_label
+from sidecar.backends.rent_reaper import destroy, reap, unfinished
+from sidecar.backends.rent_limits import RentFailed, comfy_env, in_time, limit_hit, limits_for
+from sidecar.backends.rentals import RentalRecord, RentalStore, new_label
 from sidecar.backends.tunnel import Tunnel, TunnelError, open_tunnel, write_known_hosts
 from sidecar.config import Settings
 from sidecar.config.backends import BackendSpec, SshTarget
 from sidecar.errors import BackendNotFound, InvalidState, RemoteUnavailable, SidecarError
 from sidecar.profiles import get_profile
 from sidecar.remote.plan import choose
-from sidecar.remote.provider import Limits, Provider
+from sidecar.remote.provider import Provider
 from sidecar.remote.state import RemoteState
 
 log = logging.getLogger("sidecar.backends")
@@ -47,28 +49,8 @@ log = logging.getLogger("sidecar.backends")
 # vast.ai's template for its ComfyUI image starts the image's services with this on-start command.
 ONSTART = "entrypoint.sh"
 GONE = ("gone", "exited", "offline", "stopped")
-DESTROY_TRIES = 3
 CREATE_WAIT = 60.0  # a release while vast.ai is creating the instance waits this long for its id
 ANSWER_TIMEOUT = 5.0  # one /system_stats through the tunnel while waiting for ComfyUI to start
-
-
-class RentFailed(Exception):
-    """Renting stopped before the backend joined; the message says why (the instance is destroyed)."""
-
-
-def limits_for(settings: Settings, spec: BackendSpec) -> Limits:
-    vast = settings.remote.vast
-    return Limits(max_price_per_hour=spec.max_price_per_hour or vast.max_price_per_hour,
-                  max_total_cost=spec.max_total_cost or vast.max_total_cost,
-                  max_hours=spec.max_hours or vast.max_hours, min_gpu_memory_gb=spec.min_gpu_memory_gb,
-                  min_cuda_version=vast.min_cuda_version, min_reliability=vast.min_reliability,
-                  min_disk_gb=spec.disk_gb, gpu_name=spec.gpu)
-
-
-def comfy_env(spec: BackendSpec) -> dict[str, str]:
-    """ComfyUI's flags in the image: its port, and no `--listen`, so it answers on the container's loopback
-    only (the tunnel's end)."""
-    return {"COMFYUI_ARGS": f"--disable-auto-launch --port {spec.instance_port}"}
 
 
 @dataclass(eq=False)
@@ -109,7 +91,7 @@ class Renter:
     # -- lifecycle
     async def start(self) -> None:
         self.records = await asyncio.to_thread(self.store.load)
-        if any(_unfinished(r.st) for r in self.records):
+        if any(unfinished(r.st) for r in self.records):
             self._reaper = asyncio.create_task(self.reap(), name="rented-backend-reaper")
 
     async def stop(self) -> None:
@@ -193,7 +175,7 @@ class Renter:
             if inst.state in GONE:
                 raise RentFailed(f"instance {inst.id} is {inst.state} before it ran"
                                  + (f": {inst.message}" if inst.message else ""))
-            _in_time(spec, deadline, f"the instance is still {inst.state}"
+            in_time(spec, deadline, f"the instance is still {inst.state}"
                      + (f" ({inst.message})" if inst.message else ""))
             await asyncio.sleep(poll)
         st.billed(inst.started_at, inst.price_per_hour)
@@ -220,7 +202,7 @@ class Renter:
                 tunnel = await open_tunnel(st.ssh_host or "", st.ssh_port or 22, st.ssh_user or "root", key,
                                            spec.instance_port)
             except TunnelError as exc:
-                _in_time(spec, deadline, f"SSH does not answer: {exc}")
+                in_time(spec, deadline, f"SSH does not answer: {exc}")
                 await asyncio.sleep(self.settings.remote.poll_interval)
                 continue
             st.host_key = tunnel.host_key
@@ -244,7 +226,7 @@ class Renter:
                         why = f"ComfyUI answers HTTP {resp.status}"
                 except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
                     why = f"ComfyUI does not answer yet ({type(exc).__name__})"
-                _in_time(rental.spec, deadline, why)
+                in_time(rental.spec, deadline, why)
                 await asyncio.sleep(self.settings.remote.poll_interval)
 
     def _member(self, rental: Rental, stats: dict[str, Any]) -> Member:
@@ -278,7 +260,7 @@ class Renter:
             now = time.monotonic()
             if m is not None and m.running is not None:
                 rental.last_busy = now
-            hit = _limit_hit(st)
+            hit = limit_hit(st)
             if hit is not None:
                 return hit
             if now - rental.last_busy >= spec.idle_minutes * 60:
@@ -312,7 +294,7 @@ class Renter:
         log.info("backend %s: tunnel open again at %s", spec.name, tunnel.url)
 
     def _check_limits(self, rental: Rental) -> None:
-        hit = _limit_hit(rental.st)
+        hit = limit_hit(rental.st)
         if hit is not None:
             raise RentFailed(hit)
 
@@ -352,7 +334,7 @@ class Renter:
             st.state = "failed" if failed else "destroyed"
             self._save()
             return
-        error = await _destroy(rental.provider, st.instance_id)
+        error = await destroy(rental.provider, st.instance_id)
         if error is None:
             st.released()
             st.message = f"{reason}; destroyed (cost ${st.cost():.4f})"
@@ -369,52 +351,15 @@ class Renter:
 
     # -- the start-up reaper
     async def reap(self) -> None:
-        """Destroy what a daemon that died left: every unfinished rental by its id, and every instance on the
-        account carrying one of our recorded labels (rented a moment before the daemon died)."""
+        """Destroy what a daemon that died left (`rent_reaper.py`)."""
         try:
             provider = self._provider_factory()
         except SidecarError as exc:
             log.warning("reaper: rented backends were left by the last run but vast.ai cannot be asked (%s); "
                         "tried again at the next start", exc.message)
             return
-        labels = {r.st.label: r for r in self.records if r.st.label}
-        for r in self.records:
-            if _unfinished(r.st) and r.st.instance_id and r.spec.name not in self.active:
-                await self._reap_one(provider, r, r.st.instance_id)
-        try:
-            instances = await provider.list_instances()
-        except (SidecarError, OSError) as exc:
-            log.warning("reaper: cannot list vast.ai instances (%s)", getattr(exc, "message", exc))
-            instances = []
-        for inst in instances:
-            r = labels.get(inst.label)
-            if r is None or inst.state == "gone" or r.spec.name in self.active:
-                if inst.label and inst.label.startswith(LABEL_PREFIX) and r is None:
-                    log.info("reaper: instance %s (%s) is not one this daemon recorded: left alone", inst.id,
-                             inst.label)
-                continue
-            if r.st.instance_id == inst.id and not _unfinished(r.st):
-                continue
-            await self._reap_one(provider, r, inst.id)
-        for r in self.records:  # a record that never got an instance: nothing was rented
-            if r.st.state in ("searching", "creating") and r.spec.name not in self.active:
-                r.st.state, r.st.message = "failed", "the daemon stopped before an instance was rented"
+        self.reaped.extend(await reap(provider, self.records, set(self.active)))
         self._save()
-
-    async def _reap_one(self, provider: Provider, r: RentalRecord, instance_id: str) -> None:
-        error = await _destroy(provider, instance_id)
-        if error is not None:
-            log.error("reaper: destroying instance %s of rented backend %s failed (%s); tried again at the next "
-                      "start", instance_id, r.spec.name, error)
-            return
-        if r.st.instance_id in (None, instance_id):
-            r.st.instance_id = instance_id
-            r.st.released()
-        r.st.message = (f"destroyed by the reaper at daemon start: the daemon stopped while it was rented "
-                        f"(cost ${r.st.cost():.4f})")
-        self.reaped.append({"backend": r.spec.name, "instance": instance_id})
-        log.warning("reaper: instance %s of rented backend %s was left by a daemon that stopped: destroyed",
-                    instance_id, r.spec.name)
 
     # -- what the API shows
     def summaries(self) -> list[dict[str, Any]]:
@@ -437,35 +382,3 @@ class Renter:
         except OSError as exc:
             log.error("cannot record rented backends in %s (%s): a daemon killed now leaves them to be found by "
                       "label only", self.store.path, exc)
-
-
-def _unfinished(st: RemoteState) -> bool:
-    return st.live or st.state in ("searching", "creating")
-
-
-def _limit_hit(st: RemoteState) -> str | None:
-    if st.max_total_cost is not None and st.cost() >= st.max_total_cost:
-        return f"its cost reached ${st.cost():.4f} of its ${st.max_total_cost:g} limit (max_total_cost)"
-    if st.max_hours is not None and st.hours() >= st.max_hours:
-        return f"it has been rented {st.hours():.2f} h of its {st.max_hours:g} h limit (max_hours)"
-    return None
-
-
-def _in_time(spec: BackendSpec, deadline: float, why: str) -> None:
-    if time.monotonic() > deadline:
-        raise RentFailed(f"not answering within its start_timeout of {spec.start_timeout:g} s: {why}")
-
-
-async def _destroy(provider: Provider, instance_id: str) -> str | None:
-    """None when destroyed (or already gone); else the last error, after a few tries."""
-    error = None
-    for attempt in range(DESTROY_TRIES):
-        try:
-            await provider.destroy(instance_id)
-            return None
-        except SidecarError as exc:
-            error = exc.message
-        except OSError as exc:
-            error = str(exc)
-        await asyncio.sleep(0.5 * (attempt + 1))
-    return error
