@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import pytest
 from click.testing import CliRunner
 
 from sidecar.api.app import create_app
+from sidecar.assets import EXAMPLE_CHAPTER, asset_path
 from sidecar.cli import main
 from sidecar.config import Settings
 from sidecar.config.backends import VAST_COMFY_PORT, BackendSpec
@@ -55,14 +57,14 @@ async def vast(tmp_path: Path) -> AsyncIterator[FakeVast]:
     assert not alive, f"instances left billing on vast.ai: {alive}"
 
 
-def settings_for(tmp_path: Path, vast: FakeVast, **table) -> Settings:
+def settings_for(tmp_path: Path, vast: FakeVast, project: Path | None = None, **table) -> Settings:
     key = make_keypair(tmp_path / "keys")
     remote = RemoteSettings(vast=VastSettings(api_key=KEY, server_url=vast.url, identity_file=key),
                             poll_interval=0.05, status_interval=0.3)
     spec = {"name": "gpu", "kind": "vast", "idle_minutes": 0.05, "start_timeout": 20, "comfyui_dir": "~/ComfyUI",
             "max_price_per_hour": 0.5, **table}
     return Settings(data_dir=tmp_path / "data", engine="embedded", history_poll_interval=0.1,
-                    backend_probe_interval=0.2, rent_check_interval=0.1, remote=remote,
+                    backend_probe_interval=0.2, rent_check_interval=0.1, remote=remote, project_root=project,
                     backends=[BackendSpec.model_validate(spec)])
 
 
@@ -89,7 +91,9 @@ async def wait_rental(client, name: str, states: set[str], timeout: float = 20) 
 
 async def test_rent_tunnel_join_copy_render_then_destroyed_when_idle(vast, aiohttp_client, tmp_path,
                                                                     laptop_loras) -> None:
-    settings = settings_for(tmp_path, vast)
+    project = tmp_path / "project"
+    shutil.copytree(asset_path(EXAMPLE_CHAPTER), project)
+    settings = settings_for(tmp_path, vast, project)
     laptop = ScriptedBackend(models={"checkpoints": DEFAULT_MODELS["checkpoints"]}, folders={"loras": laptop_loras})
     client = await aiohttp_client(create_app(settings, laptop))
 
@@ -131,6 +135,13 @@ async def test_rent_tunnel_join_copy_render_then_destroyed_when_idle(vast, aioht
     assert vast.comfys[instance_id].prompt_posts == 1
     image = await client.get(f"/jobs/{done['id']}/image")
     assert image.status == 200 and (await image.read())[:8] == b"\x89PNG\r\n\x1a\n"
+    # A page of the project renders there too: the daemon writes the page's version from its image.
+    resp = await client.post("/jobs", json={"page": {"chapter": 1, "page": 1}, "where": "gpu", "steps": 3})
+    assert resp.status == 202, await resp.text()
+    page = await wait_status(client, (await resp.json())["id"], {"succeeded", "failed"}, timeout=20)
+    assert (page["status"], page["backend"]) == ("succeeded", "gpu"), page.get("error")
+    written = project / page["pageVersion"]["file"]
+    assert written.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and vast.comfys[instance_id].prompt_posts == 2
 
     # Released on request: out of routing, destroyed, its final cost kept.
     resp = await client.post("/backends/gpu/release")
