@@ -181,12 +181,17 @@ async def test_the_cost_guard_destroys_it_and_its_running_job_is_re_queued_elsew
         await asyncio.sleep(0.05)
     else:
         pytest.skip(f"the job ran on {job['backend']}: the router preferred the laptop")
+    # One more that only the rented backend may run, waiting behind the first.
+    waiting = (await (await client.post("/jobs", json={"prompt": "y", "steps": 2, "where": "gpu"})).json())["id"]
     gone = await wait_rental(client, "gpu", {"destroyed", "destroy_failed"}, timeout=15)
     assert "max_total_cost" in gone["message"] and gone["cost"] >= 0.0002, gone
     assert instance_id in vast.destroyed
     done = await wait_status(client, job_id, {"succeeded", "failed"}, timeout=20)
-    assert (done["status"], done["backend"]) == ("succeeded", "local"), done
+    assert (done["status"], done["backend"]) == ("succeeded", "local"), done  # re-queued once, elsewhere
     assert done["attempts"] == 1
+    failed = await wait_status(client, waiting, {"succeeded", "failed"}, timeout=10)
+    assert failed["status"] == "failed" and failed["error"]["code"] == "backend_gone", failed["error"]
+    assert "max_total_cost" in failed["error"]["message"]
 
 
 async def test_an_instance_that_never_answers_is_destroyed_at_its_start_timeout(aiohttp_client, tmp_path) -> None:

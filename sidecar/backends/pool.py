@@ -111,6 +111,7 @@ class BackendPool:
         self.on_members: Callable[[], None] = lambda: None  # the app widens or narrows what it admits
         self.events: EventBus | None = None  # backend.up / backend.down go here (the app sets it)
         self.store: AbandonedStore | None = None  # the prompts to interrupt, kept across restarts
+        self.departed: dict[str, str] = {}  # name -> why, of members that left the pool (rented, released)
         self._caps_at: dict[str, float] = {}
         self._fails: dict[str, int] = {}
         self._task: asyncio.Task[None] | None = None
@@ -156,6 +157,7 @@ class BackendPool:
         await m.backend.start()
         self.members.append(m)
         self.by_name[m.name] = m
+        self.departed.pop(m.name, None)
         self.on_join(m)
         self.on_members()
         await self.probe(m)
@@ -170,6 +172,7 @@ class BackendPool:
         if self.by_name.get(m.name) is m:
             self.members.remove(m)
             del self.by_name[m.name]
+            self.departed[m.name] = reason
         m.wakeup.set()  # its lane sees it gone and ends
         self.on_members()
         self.on_change()

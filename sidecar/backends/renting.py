@@ -258,7 +258,8 @@ class Renter:
             await asyncio.sleep(self.settings.rent_check_interval)
             m = rental.member
             now = time.monotonic()
-            if m is not None and m.running is not None:
+            # Its lane holds it while copying a model for a job, before the job itself runs: busy too.
+            if m is not None and (m.running is not None or m.holding):
                 rental.last_busy = now
             hit = limit_hit(st)
             if hit is not None:

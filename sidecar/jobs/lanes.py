@@ -127,6 +127,13 @@ class Worker:
             job = self.ledger.live[job_id]
             self.queue.remove(job_id)
             listed = "; ".join(f"{k}: {v}" for k, v in reasons.items())
+            gone = self.pool.departed.get(job.where_ or self.default_where)
+            if gone is not None:  # it named a rented backend that was released meanwhile: say why
+                await self.ledger.finish_or_keep(
+                    job, "failed", code="backend_gone", details={"where": job.where_, "backends": reasons},
+                    message=f"Backend {job.where_} left the pool ({gone}) and nothing else `where` allows can take "
+                            "this job; submit it again with another `where`, or rent it again.")
+                continue
             await self.ledger.finish_or_keep(job, "failed", code="no_backend_admits",
                                        message=f"No backend admits this job any more: {listed}.",
                                        details={"where": job.where_, "backends": reasons})
