@@ -5,11 +5,14 @@ the guard's test (cost and time so far against them), the start deadline, and th
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 from sidecar.config import Settings
 from sidecar.config.backends import BackendSpec
-from sidecar.remote.provider import Limits
 from sidecar.remote.state import RemoteState
+
+if TYPE_CHECKING:
+    from sidecar.remote.provider import Limits
 
 
 class RentFailed(Exception):
@@ -17,6 +20,8 @@ class RentFailed(Exception):
 
 
 def limits_for(settings: Settings, spec: BackendSpec) -> Limits:
+    from sidecar.remote.provider import Limits  # with asyncssh: not at the daemon's start
+
     vast = settings.remote.vast
     return Limits(max_price_per_hour=spec.max_price_per_hour or vast.max_price_per_hour,
                   max_total_cost=spec.max_total_cost or vast.max_total_cost,

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sidecar.backends.rentals import LABEL_PREFIX, RentalRecord
 from sidecar.errors import SidecarError
-from sidecar.remote.provider import Provider
 from sidecar.remote.state import RemoteState
+
+if TYPE_CHECKING:  # the provider layer brings asyncssh: imported when something is rented or reaped
+    from sidecar.remote.provider import Provider
 
 log = logging.getLogger("sidecar.backends")
 

@@ -26,7 +26,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
@@ -40,9 +40,10 @@ from sidecar.config import Settings
 from sidecar.config.backends import BackendSpec, SshTarget
 from sidecar.errors import BackendNotFound, InvalidState, RemoteUnavailable, SidecarError
 from sidecar.profiles import get_profile
-from sidecar.remote.plan import choose
-from sidecar.remote.provider import Provider
 from sidecar.remote.state import RemoteState
+
+if TYPE_CHECKING:  # the provider layer brings asyncssh: imported when something is rented
+    from sidecar.remote.provider import Provider
 
 log = logging.getLogger("sidecar.backends")
 
@@ -146,6 +147,8 @@ class Renter:
 
     async def _start(self, rental: Rental) -> None:
         spec, st, provider = rental.spec, rental.st, rental.provider
+        from sidecar.remote.plan import choose
+
         limits = limits_for(self.settings, spec)
         started = time.monotonic()
         deadline = started + spec.start_timeout

@@ -13,8 +13,10 @@ import asyncio
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import asyncssh
+if TYPE_CHECKING:  # imported when a tunnel is opened: the daemon starts without it
+    import asyncssh
 
 log = logging.getLogger("sidecar.backends")
 
@@ -27,8 +29,8 @@ class TunnelError(Exception):
 
 @dataclass
 class Tunnel:
-    conn: asyncssh.SSHClientConnection
-    listener: asyncssh.SSHListener
+    conn: asyncssh.SSHClientConnection  # type: ignore[name-defined]
+    listener: asyncssh.SSHListener  # type: ignore[name-defined]
     local_port: int
     host_key: str
 
@@ -41,6 +43,8 @@ class Tunnel:
         return self.conn.is_closed()
 
     async def close(self) -> None:
+        import asyncssh
+
         self.listener.close()
         self.conn.close()
         try:
@@ -53,6 +57,8 @@ async def open_tunnel(host: str, port: int, user: str, key: Path, remote_port: i
                       known_hosts: Path | None = None, local_port: int = 0) -> Tunnel:
     """Connect (checking the key pinned in `known_hosts`, when given) and forward a free loopback port
     here to 127.0.0.1:`remote_port` there. Raises TunnelError."""
+    import asyncssh
+
     logging.getLogger("asyncssh").setLevel(logging.WARNING)
     options: dict = {"username": user, "client_keys": [str(key.expanduser())], "connect_timeout": CONNECT_TIMEOUT,
                      "keepalive_interval": 15, "keepalive_count_max": 4}
