@@ -272,3 +272,15 @@ async def test_a_daemon_killed_while_renting_leaves_nothing_billing_after_its_ne
     assert listed.exit_code == 0 and "rented gpu: destroyed" in listed.output, listed.output
     unknown = await asyncio.to_thread(CliRunner().invoke, main, ["backends", "release", "nope", "--url", here])
     assert unknown.exit_code == 2 and "backend_not_found" in unknown.output, unknown.output
+
+
+async def test_without_the_pool_renting_is_refused_with_the_fix_and_the_list_has_the_one_backend(
+        aiohttp_client, tmp_path) -> None:
+    client = await aiohttp_client(create_app(Settings(data_dir=tmp_path / "data", engine="embedded"),
+                                             ScriptedBackend()))
+    resp = await client.post("/backends/rent", json={"provider": "vast"})
+    assert resp.status == 409
+    error = (await resp.json())["error"]
+    assert error["code"] == "invalid_state" and 'kind = "vast"' in error["message"]
+    listed = await (await client.get("/backends")).json()
+    assert [b["name"] for b in listed["backends"]] == ["local"] and listed["rentals"] == [] and listed["cost"] == 0
