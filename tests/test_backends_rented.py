@@ -284,3 +284,48 @@ async def test_without_the_pool_renting_is_refused_with_the_fix_and_the_list_has
     assert error["code"] == "invalid_state" and 'kind = "vast"' in error["message"]
     listed = await (await client.get("/backends")).json()
     assert [b["name"] for b in listed["backends"]] == ["local"] and listed["rentals"] == [] and listed["cost"] == 0
+
+
+async def test_an_instance_created_as_the_daemon_died_is_found_by_its_recorded_label(vast, aiohttp_client,
+                                                                                    tmp_path) -> None:
+    """What a daemon killed inside vast.ai's create call leaves: the rental recorded with its label, no id."""
+    from sidecar.backends.rentals import RentalRecord, RentalStore, new_label
+    from sidecar.remote.provider import Limits
+    from sidecar.remote.state import RemoteState
+    from sidecar.remote.vast import VastProvider
+
+    settings = settings_for(tmp_path, vast)
+    label = new_label("gpu")
+    RentalStore(settings.data_dir).save([RentalRecord(settings.backends[0], RemoteState(
+        provider="vast", state="creating", label=label))])
+    provider = VastProvider(settings.remote.vast)
+    [offer_] = [o for o in await provider.search(Limits(1, 1, 1, min_gpu_memory_gb=24)) if o.id == "203"]
+    ours = await provider.create(offer_, label, "entrypoint.sh")
+    other = await provider.create(offer_, new_label("gpu"), "entrypoint.sh")  # another data dir's: not ours
+    client = await aiohttp_client(create_app(settings, ScriptedBackend()))
+    gone = await wait_rental(client, "gpu", {"destroyed"}, timeout=15)
+    assert gone["instanceId"] == ours.id and "reaper" in gone["message"]
+    assert vast.alive() == [int(other.id)]
+    await provider.destroy(other.id)
+
+
+async def test_a_dropped_tunnel_is_opened_again_on_the_same_port_and_the_backend_renders(vast, aiohttp_client,
+                                                                                        tmp_path) -> None:
+    settings = settings_for(tmp_path, vast, idle_minutes=60)
+    client = await aiohttp_client(create_app(settings, ScriptedBackend()))
+    assert (await client.post("/backends/rent", json={"name": "gpu"})).status == 202
+    assert (await wait_rental(client, "gpu", {"serving", "failed"}))["state"] == "serving"
+    [instance_id] = vast.alive()
+    host = vast.hosts[instance_id]
+    before = next(b for b in (await (await client.get("/backends")).json())["backends"] if b["name"] == "gpu")
+    forwards = len(host.forwards)
+    assert host.drop_connections() >= 1  # the network drops: the SSH connection and its forward go
+    for _ in range(200):  # reconnected (the pinned host key), the forward asked for again
+        if host.connections and len(host.forwards) > forwards:
+            break
+        await asyncio.sleep(0.05)
+    resp = await client.post("/jobs", json={"prompt": "x", "steps": 2, "where": "gpu"})
+    done = await wait_status(client, (await resp.json())["id"], {"succeeded", "failed"}, timeout=20)
+    assert (done["status"], done["backend"]) == ("succeeded", "gpu"), done.get("error")
+    after = next(b for b in (await (await client.get("/backends")).json())["backends"] if b["name"] == "gpu")
+    assert after["url"] == before["url"] and vast.alive() == [instance_id]
