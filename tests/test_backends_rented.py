@@ -220,6 +220,9 @@ async def test_refusals_are_clear_and_rent_nothing(vast, aiohttp_client, tmp_pat
     assert bad.status == 400
     unknown = await client.post("/backends/rent", json={"name": "gpu", "colour": "red"})
     assert unknown.status == 400 and (await unknown.json())["error"]["code"] == "unknown_field"
+    not_rented = await client.post("/jobs", json={"prompt": "x", "where": "gpu"})
+    assert not_rented.status == 400
+    assert "sidecar backends rent gpu" in (await not_rented.json())["error"]["message"]
     assert vast.instances == {}
 
 

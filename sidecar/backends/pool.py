@@ -87,7 +87,9 @@ def build_pool(settings: Settings, device: Device, default_backend: Callable[[],
         members.insert(0, Member(name=LOCAL_NAME, backend=backend, profile=get_profile(settings.profile), kind=kind,
                                  local=True, lock=device.lock,
                                  url=settings.comfyui_base_url if backend.name == "comfyui" else None))
-    return BackendPool(members, settings.backend_probe_interval)
+    pool = BackendPool(members, settings.backend_probe_interval)
+    pool.rentable = frozenset(s.name for s in settings.backends if s.rented)
+    return pool
 
 
 def _make(settings: Settings, spec: BackendSpec) -> GenerationBackend:
@@ -111,6 +113,7 @@ class BackendPool:
         self.on_members: Callable[[], None] = lambda: None  # the app widens or narrows what it admits
         self.events: EventBus | None = None  # backend.up / backend.down go here (the app sets it)
         self.store: AbandonedStore | None = None  # the prompts to interrupt, kept across restarts
+        self.rentable: frozenset[str] = frozenset()  # kind = "vast" tables: members only while rented
         self.departed: dict[str, str] = {}  # name -> why, of members that left the pool (rented, released)
         self._caps_at: dict[str, float] = {}
         self._fails: dict[str, int] = {}
