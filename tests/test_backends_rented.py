@@ -30,6 +30,7 @@ from tests.fake_comfyui import DEFAULT_MODELS, FakeComfyUI, make_comfy_home
 from tests.fake_ssh_host import FakeHost, make_keypair
 from tests.fake_vast import FakeVast, offer
 from tests.processes import wait_up
+from tests.storage_fixtures import s3_server  # noqa: F401  (fixture: moto's S3 server, for the bucket test)
 from tests.scripted_backend import ScriptedBackend
 from tests.test_api_jobs import wait_status
 
@@ -332,3 +333,44 @@ async def test_a_dropped_tunnel_is_opened_again_on_the_same_port_and_the_backend
     assert (done["status"], done["backend"]) == ("succeeded", "gpu"), done.get("error")
     after = next(b for b in (await (await client.get("/backends")).json())["backends"] if b["name"] == "gpu")
     assert after["url"] == before["url"] and vast.alive() == [instance_id]
+
+
+@pytest.mark.parametrize("scheme", ["file", "s3"])
+async def test_a_lora_pushed_to_the_bucket_is_fetched_by_the_instance_and_one_not_pushed_goes_over_sftp(
+        vast, aiohttp_client, tmp_path, laptop_loras, request, monkeypatch, scheme) -> None:
+    from sidecar.config.storage import StorageSettings
+    from tests.storage_fixtures import make_store
+    from tests.test_storage_sync import Machine
+
+    store = make_store(scheme, request, tmp_path)
+    for name, value in store.env.items():
+        monkeypatch.setenv(name, value) if value else monkeypatch.delenv(name, raising=False)
+    pushed = Machine(tmp_path / "sync", store).sync("push", "loras", "--loras-dir", str(laptop_loras))
+    assert pushed.exit_code == 0, pushed.output
+    (laptop_loras / "other_v2.safetensors").write_bytes(os.urandom(5000))  # not in the bucket
+    # The instance's own environment: keys the store does not know; only the handed-over ones may work.
+    vast.trainer_env.update({"AWS_ACCESS_KEY_ID": "AKIAMACHINEOWNKEY000", "AWS_SECRET_ACCESS_KEY": "wrong"})
+    settings = settings_for(tmp_path, vast, python=sys.executable)
+    settings = settings.model_copy(update={"storage": StorageSettings(url=store.url)})
+    laptop = ScriptedBackend(models={"checkpoints": DEFAULT_MODELS["checkpoints"]}, folders={"loras": laptop_loras})
+    client = await aiohttp_client(create_app(settings, laptop))
+    assert (await client.post("/backends/rent", json={"name": "gpu", "idleMinutes": 60})).status == 202
+    assert (await wait_rental(client, "gpu", {"serving", "failed"}))["state"] == "serving"
+    [instance_id] = vast.alive()
+    host = vast.hosts[instance_id]
+    create = next(r for r in vast.requests if r["method"] == "PUT" and r["path"].startswith("/api/v0/asks/"))
+    assert "pip install" in create["json"]["onstart"] and "fsspec" in create["json"]["onstart"]
+
+    for lora in ("spyke_plasma_v1", "other_v2"):
+        resp = await client.post("/jobs", json={"prompt": lora, "steps": 2, "where": "gpu", "loraId": lora})
+        done = await wait_status(client, (await resp.json())["id"], {"succeeded", "failed"}, timeout=30)
+        assert (done["status"], done["backend"]) == ("succeeded", "gpu"), done.get("error")
+        there = host.home / "ComfyUI" / "models" / "loras" / f"{lora}.safetensors"
+        assert there.read_bytes() == (laptop_loras / f"{lora}.safetensors").read_bytes()
+    pulls = [c for c in host.commands if "agent.py" in c and " pull " in c]
+    assert len(pulls) == 1  # the pushed one came from the bucket; the other over SFTP (hash-checked there)
+    assert any(c.startswith("sha256sum") and "other_v2" in c for c in host.commands)
+    assert not any("spyke_plasma_v1" in c and c.startswith("sha256sum") for c in host.commands)
+    assert not (host.home / ".sidecar-storage").exists()  # the credentials went at once
+    for secret in store.secrets:
+        assert not any(secret in c for c in host.commands)

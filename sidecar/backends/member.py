@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -58,6 +59,8 @@ class Member:
     # job re-run elsewhere never also finishes here.
     abandoned: list[str] = field(default_factory=list)
     rental: Callable[[], dict[str, Any]] | None = None  # a rented machine: its cost and limits now (/health)
+    # (folder, name, local file) -> True when the backend fetched it itself (a rented one, from the bucket)
+    fetch: Callable[[str, str, Path], Awaitable[bool]] | None = None
     _run_started: float = 0.0
     _run_cost: float = 0.0
     _step: tuple[int, int, float] | None = None  # (step, total, when) of the last progress report

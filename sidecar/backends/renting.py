@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
+from sidecar.backends.bucket_models import fetcher, onstart_with_libraries
 from sidecar.backends.member import Member
 from sidecar.backends.pool import BackendPool
 from sidecar.backends.rent_reaper import destroy, reap, unfinished
@@ -37,7 +38,7 @@ from sidecar.backends.rent_limits import RentFailed, comfy_env, in_time, limit_h
 from sidecar.backends.rentals import RentalRecord, RentalStore, new_label
 from sidecar.backends.tunnel import Tunnel, TunnelError, open_tunnel, write_known_hosts
 from sidecar.config import Settings
-from sidecar.config.backends import BackendSpec, SshTarget
+from sidecar.config.backends import VAST_COMFY_PYTHON, BackendSpec, SshTarget
 from sidecar.errors import BackendNotFound, InvalidState, RemoteUnavailable, SidecarError
 from sidecar.profiles import get_profile
 from sidecar.remote.state import RemoteState
@@ -163,7 +164,8 @@ class Renter:
         # Recorded with its label before it exists: a daemon killed during `create` leaves the label for the reaper.
         st.label, st.state = new_label(spec.name), "creating"
         self._save()
-        inst = await provider.create(plan.offer, st.label, ONSTART, image=spec.image, env=comfy_env(spec),
+        onstart = onstart_with_libraries(self.settings, _python(spec), ONSTART)
+        inst = await provider.create(plan.offer, st.label, onstart, image=spec.image, env=comfy_env(spec),
                                      disk_gb=spec.disk_gb)
         st.rented(inst.id, inst.price_per_hour or plan.offer.price_per_hour)
         st.state = "starting"
@@ -247,7 +249,8 @@ class Renter:
             lock=asyncio.Lock(), tags=spec.tags, url=tunnel.url,
             ssh=SshTarget(st.ssh_user or "root", st.ssh_host or "", st.ssh_port or 22, spec.comfyui_dir),
             ssh_key=str(self.settings.remote.vast.identity_file.expanduser()),
-            ssh_known_hosts=str(self._known_hosts(spec.name)), rental=lambda: self.summary(rental.record))
+            ssh_known_hosts=str(self._known_hosts(spec.name)), rental=lambda: self.summary(rental.record),
+            fetch=fetcher(self.settings, lambda: rental.member, self._known_hosts(spec.name), _python(spec)))
 
     def _known_hosts(self, name: str):
         return self.settings.data_dir / "rented-backends" / f"{name}.known_hosts"
@@ -386,3 +389,7 @@ class Renter:
         except OSError as exc:
             log.error("cannot record rented backends in %s (%s): a daemon killed now leaves them to be found by "
                       "label only", self.store.path, exc)
+
+
+def _python(spec: BackendSpec) -> str:
+    return str(spec.python) if spec.python is not None else VAST_COMFY_PYTHON

@@ -42,6 +42,7 @@ from sidecar.profiles import known_profile
 VAST_COMFY_IMAGE = "vastai/comfyui:v0.3.64-cuda-12.9-py312"
 VAST_COMFY_DIR = "/workspace/ComfyUI"
 VAST_COMFY_PORT = 18188
+VAST_COMFY_PYTHON = "/venv/main/bin/python"  # the image's venv (its supervisor script activates /venv/main)
 
 NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 # Words `where` gives a meaning of its own: a backend or tag of that name would be ambiguous.
@@ -87,7 +88,9 @@ class BackendSpec(BaseModel):
         description="embedded diffusers engine, a ComfyUI server, or a ComfyUI rented on vast.ai (vast)")
     url: str | None = Field(None, description="attached ComfyUI's base URL")
     dir: Path | None = Field(None, description="managed ComfyUI: its install folder")
-    python: Path | None = Field(None, description="managed ComfyUI: its venv's python")
+    python: Path | None = Field(None, description="managed ComfyUI: its venv's python; vast: the image's python, "
+                                                  "which fetches LoRAs from the [storage] bucket [default: "
+                                                  f"{VAST_COMFY_PYTHON}]")
     port: int = Field(8188, ge=1, le=65535, description="managed ComfyUI: its port")
     profile: str = Field("m1pro-16gb", description="hardware profile of that machine (resolution, batch limits)")
     tags: tuple[str, ...] = Field((), description="labels `where` can name (\"pool\", \"fast\", \"draft\")")
