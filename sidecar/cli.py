@@ -36,6 +36,7 @@ LAZY_COMMANDS = {
     "gc": ("sidecar.gc:gc", "Remove finished jobs older than keep_days and their images (--dry-run)."),
     "studio": ("sidecar.studio.cli:studio", "Open the studio (the daemon's web page) in the browser."),
     "sync": ("sidecar.storage.cli:sync", "Keep datasets, LoRAs and outputs in the [storage] bucket (push, pull)."),
+    "backends": ("sidecar.backends.cli:backends", "List the backends; rent a GPU with ComfyUI on vast.ai, release it."),
     "demo": ("sidecar.demo:demo", "Render the example page end to end on tiny models (no ComfyUI, no downloads)."),
 }
 

@@ -6,6 +6,11 @@ machine's home), and SFTP sees the same folder as home; kohya there is `tests/fa
 the recorded kohya output and writes files as the real one does), run by this venv's python. Keys are
 generated per test. A test can drop every connection (`drop_connections`) while the detached trainer goes
 on, or stop the host (`close`: every process started on it is killed, as destroying an instance does).
+
+Local port forwarding (`ssh -L`, asyncssh's `forward_local_port`): a client's direct-tcpip request for
+the machine's own loopback port P reaches what `ports[P]` names here (the machine's services, e.g. a
+stand-in ComfyUI on its internal port); any other destination is refused, as a closed port is. Every
+request is recorded in `forwards`. `services`: coroutines run at `close`, stopping what ran "on" it.
 """
 
 from __future__ import annotations
@@ -89,6 +94,9 @@ class FakeHost:
         self.server: asyncssh.SSHAcceptor | None = None
         self.port = 0
         self.refuse = False  # when set, new connections are turned away (a machine that does not answer)
+        self.ports: dict[int, int] = {}  # the machine's loopback port -> where that service listens here
+        self.forwards: list[tuple[str, int]] = []
+        self.services: list = []  # async callables run at close (its services stop with the machine)
 
     def authorize(self, public_key: str) -> None:
         self.authorized.append(public_key.strip())
@@ -110,6 +118,13 @@ class FakeHost:
             def begin_auth(self, username):
                 self.conn.set_authorized_keys(asyncssh.import_authorized_keys("\n".join(host.authorized) + "\n"))
                 return True
+
+            def connection_requested(self, dest_host, dest_port, orig_host, orig_port):
+                host.forwards.append((dest_host, dest_port))
+                target = host.ports.get(dest_port) if dest_host in ("127.0.0.1", "localhost") else None
+                if target is None:
+                    return False  # "connection refused": nothing listens there on the machine
+                return self.conn.forward_connection("127.0.0.1", target)
 
         self.server = await asyncssh.create_server(
             Server, "127.0.0.1", port, server_host_keys=[self.host_key], process_factory=self._process,
@@ -152,6 +167,9 @@ class FakeHost:
 
     async def close(self) -> None:
         self.refuse = True
+        services, self.services = self.services, []
+        for stop in services:
+            await stop()
         if self.server is not None:
             self.server.close()
             await self.server.wait_closed()

@@ -8,7 +8,8 @@ instance is `loading` for a few status reads, then `running` with `ssh_host`/`ss
 `FakeHost` (an in-process asyncssh server). The instance's onstart script is kept but not run: the fake
 installs kohya (the fake trainer) and writes the ready marker the script would write. Destroying an
 instance stops its host and kills everything started on it; `lose` makes one vanish as a host failure
-would. Errors: a wrong key is 401, an unknown or `refuse_create` offer 400 with the API's
+would. `on_running(instance_id, host)`: what else the container starts once it runs (a stand-in ComfyUI
+on its internal port, for a rented ComfyUI). Errors: a wrong key is 401, an unknown or `refuse_create` offer 400 with the API's
 `{"success": false, "error", "msg"}` body, an unknown instance `{"instances": null}` on show and 404 on delete.
 """
 
@@ -89,6 +90,7 @@ class FakeVast:
         self.refuse_create = False
         self.delay = 0.0  # seconds before each answer
         self.refuse_destroy = False  # DELETE answers 500 (vast.ai having a bad minute)
+        self.on_running = None  # async (instance id, FakeHost) -> None: the image's services start
         self.next_id = 7835610  # the SDK's docstring example id
         self.runner: web.AppRunner | None = None
         self.url = ""
@@ -197,6 +199,8 @@ class FakeVast:
             else:
                 _, python = install_kohya(host.home)
                 (host.home / ".plasma-kohya-ready").write_text(f"{python}\n")
+            if self.on_running is not None:
+                await self.on_running(instance_id, host)
             row.update(actual_status="running", ssh_host="127.0.0.1", ssh_port=host.port, status_msg="success")
 
     async def show(self, request: web.Request) -> web.Response:

@@ -26,7 +26,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                   "sidecar.dataprep.progress", "sidecar.dataprep.reg", "sidecar.doctor.cli", "sidecar.doctor.bench",
                   "sidecar.gc", "sidecar.launchd.cli", "sidecar.demo", "sidecar.engine.cli", "sidecar.studio.cli",
                   "sidecar.grids", "sidecar.assist.cli", "sidecar.likeness.cli", "sidecar.storage.cli",
-                  "sidecar.storage.progress")),
+                  "sidecar.storage.progress", "sidecar.backends.cli")),
     ("what the commands share", ("sidecar.cli_support", "sidecar.client")),
     ("the HTTP API", ("sidecar.api", "sidecar.studio")),
     # Libraries the commands and the daemon (the studio's routes) both run: no click, no daemon client.

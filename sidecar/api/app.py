@@ -15,6 +15,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from sidecar.api import backends as backends_api  # not `backends`: create_app's parameter has that name
 from sidecar.api import (
     captions, chapter, dataset, dataset_build, doctor, events, health, jobs, likeness, loras, maintenance,
     model_files, openapi, page_refine, project, prompts, queue, studio, sweep, tasks, training,
@@ -34,6 +35,7 @@ from sidecar.api.keys import (
     LIKENESS,
     POOL,
     PROFILE,
+    RENTER,
     RUNNER,
     SESSIONS,
     SETTINGS,
@@ -47,6 +49,7 @@ from sidecar.backend import GenerationBackend
 from sidecar.backends.catalog import PoolCatalog, widest_profile
 from sidecar.backends.abandoned import AbandonedStore
 from sidecar.backends.pool import build_pool
+from sidecar.backends.renting import Renter
 from sidecar.config import Settings
 from sidecar.datadir_lock import DataDirLock
 from sidecar.errors import SidecarError
@@ -134,6 +137,15 @@ def create_app(settings: Settings, backend: GenerationBackend | None = None, *,
     app[BUILDER] = (JobBuilder(settings, profile, templates, PoolCatalog(pool), limits=widest_profile(pool),  # type: ignore[arg-type]
                                find_job=find_job, backend_profiles={m.name: m.profile for m in pool.members})
                     if pool is not None else JobBuilder(settings, profile, templates, backend, find_job=find_job))
+    if pool is not None:
+        app[RENTER] = Renter(settings, pool)
+        builder = app[BUILDER]
+
+        def members_changed() -> None:  # a rented backend joined or left: what the API admits follows
+            builder.limits = widest_profile(pool)
+            builder.backend_profiles = {m.name: m.profile for m in pool.members}
+
+        pool.on_members = members_changed
     app[IDEMPOTENCY] = IdempotencyKeys(store)
     app[STARTUP_WARNINGS] = []
     app[SOCKETS] = events.new_socket_set()
@@ -147,9 +159,10 @@ def create_app(settings: Settings, backend: GenerationBackend | None = None, *,
     app.cleanup_ctx.append(_backend_ctx)
     if pool is not None:
         app.cleanup_ctx.append(_pool_ctx)
+        app.cleanup_ctx.append(_renter_ctx)
     app.cleanup_ctx.append(_templates_ctx)
     app.cleanup_ctx.append(_runner_ctx)
-    for module in (health, jobs, loras, model_files, events, openapi, project, chapter, dataset, dataset_build,
+    for module in (health, backends_api, jobs, loras, model_files, events, openapi, project, chapter, dataset, dataset_build,
                    doctor, queue, prompts, page_refine, captions, likeness):
         app.router.add_routes(module.routes)
     training.setup_routes(app)
@@ -206,6 +219,13 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
     await pool.stop(already_stopping=app[BACKEND])
     if pool.store is not None:
         await pool.store.close()
+
+
+async def _renter_ctx(app: web.Application) -> AsyncIterator[None]:
+    """After the pool: the reaper of what a killed daemon rented; at stop, what this one rented is destroyed."""
+    await app[RENTER].start()
+    yield
+    await app[RENTER].stop()
 
 
 async def _templates_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -55,6 +55,11 @@ async def health(request: web.Request) -> web.Response:
     ))
 
 
+async def backends_status(app: web.Application) -> list[BackendStatus]:
+    """The backends as /health lists them (GET /backends too)."""
+    return _backends(app, await app[BACKEND].health() if app.get(POOL) is None else None)
+
+
 def _backends(app: web.Application, h) -> list[BackendStatus]:
     runner = app[RUNNER]
     pool = app.get(POOL)

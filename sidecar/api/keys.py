@@ -9,6 +9,7 @@ from aiohttp import web
 
 from sidecar.backend import GenerationBackend
 from sidecar.backends.pool import BackendPool
+from sidecar.backends.renting import Renter
 from sidecar.config import Settings
 from sidecar.datadir_lock import DataDirLock
 from sidecar.device import Device
@@ -41,6 +42,7 @@ STARTUP_WARNINGS = web.AppKey("startup_warnings", list)
 SOCKETS = web.AppKey("sockets", weakref.WeakSet)
 IDEMPOTENCY = web.AppKey("idempotency", IdempotencyKeys)
 POOL = web.AppKey("pool", BackendPool)  # only with [[backends]] tables
+RENTER = web.AppKey("renter", Renter)  # rented ComfyUIs (kind = "vast"), with the pool
 # One writer at a time for the studio's edits of a training folder's captions.csv (confirm, reject, proposals).
 CAPTIONS_LOCK = web.AppKey("captions_lock", asyncio.Lock)
 # One GET /jobs?full=1 page built at a time: each is megabytes of Python work holding the GIL in a thread,

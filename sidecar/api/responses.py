@@ -23,6 +23,7 @@ from sidecar.jobs.retention import RetentionReport
 from sidecar.jobs.store import JobRecord
 from sidecar.statuses import JobStatus
 from sidecar.training.wire import ErrorInfo, TrainingEvent
+from sidecar.backends.wire import RentalSummary
 
 
 
@@ -269,6 +270,7 @@ class BackendState(Out):
     loaded_checkpoint: str | None = Field(description="the checkpoint of its last job (what it likely holds)")
     jobs_run: int
     ssh: str | None = Field(description="where LoRAs and checkpoints it lacks are copied (SFTP)")
+    rental: RentalSummary | None = Field(None, description="a rented backend: its machine and cost so far")
 
 
 class BackendStatus(BackendState):

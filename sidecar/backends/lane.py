@@ -88,6 +88,8 @@ async def _copy(pool: BackendPool, m: Member, copies: tuple[tuple[str, str], ...
             raise JobFailed(f"{name} is no longer in this machine's {folder} folder; cannot copy it to {m.name}.",
                             {"backend": m.name, "folder": folder, "name": name}, code="model_transfer_failed")
         assert m.ssh is not None
+        if m.fetch is not None and await m.fetch(folder, name, src):
+            continue  # it fetched the file itself (a rented ComfyUI, from the [storage] bucket)
         try:
             await copy_model(m.ssh, src, folder, name, key=m.ssh_key, known_hosts=m.ssh_known_hosts)
         except TransferError as exc:

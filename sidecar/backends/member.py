@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from sidecar.backend import GenerationBackend
 from sidecar.backends.admission import Capabilities, Needs, Verdict, judge
@@ -32,7 +34,7 @@ class Member:
     name: str
     backend: GenerationBackend
     profile: Profile
-    kind: str  # "embedded" | "comfyui attached" | "comfyui managed"
+    kind: str  # "embedded" | "comfyui attached" | "comfyui managed" | "comfyui rented"
     local: bool
     lock: asyncio.Lock
     tags: tuple[str, ...] = ()
@@ -56,6 +58,9 @@ class Member:
     # Prompt ids of jobs taken away from it while it was down: interrupted when it answers again, so a
     # job re-run elsewhere never also finishes here.
     abandoned: list[str] = field(default_factory=list)
+    rental: Callable[[], dict[str, Any]] | None = None  # a rented machine: its cost and limits now (/health)
+    # (folder, name, local file) -> True when the backend fetched it itself (a rented one, from the bucket)
+    fetch: Callable[[str, str, Path], Awaitable[bool]] | None = None
     _run_started: float = 0.0
     _run_cost: float = 0.0
     _step: tuple[int, int, float] | None = None  # (step, total, when) of the last progress report

@@ -69,6 +69,8 @@ def build_pool(settings: Settings, device: Device, default_backend: Callable[[],
     given = backends or {}
     members: list[Member] = []
     for spec in settings.backends:
+        if spec.rented:
+            continue  # joins when rented (`renting.py`), leaves when destroyed
         backend = given.get(spec.name) or _make(settings, spec)
         kind = "embedded" if spec.kind == "embedded" else ("comfyui managed" if spec.managed else "comfyui attached")
         target = spec.ssh_target
@@ -85,7 +87,9 @@ def build_pool(settings: Settings, device: Device, default_backend: Callable[[],
         members.insert(0, Member(name=LOCAL_NAME, backend=backend, profile=get_profile(settings.profile), kind=kind,
                                  local=True, lock=device.lock,
                                  url=settings.comfyui_base_url if backend.name == "comfyui" else None))
-    return BackendPool(members, settings.backend_probe_interval)
+    pool = BackendPool(members, settings.backend_probe_interval)
+    pool.rentable = frozenset(s.name for s in settings.backends if s.rented)
+    return pool
 
 
 def _make(settings: Settings, spec: BackendSpec) -> GenerationBackend:
@@ -105,8 +109,12 @@ class BackendPool:
         self.probe_interval = probe_interval
         self.local_models: dict[str, frozenset[str]] = {}
         self.on_change: Callable[[], None] = lambda: None  # the runner wakes its lanes
+        self.on_join: Callable[[Member], None] = lambda m: None  # the runner gives a joining member its lane
+        self.on_members: Callable[[], None] = lambda: None  # the app widens or narrows what it admits
         self.events: EventBus | None = None  # backend.up / backend.down go here (the app sets it)
         self.store: AbandonedStore | None = None  # the prompts to interrupt, kept across restarts
+        self.rentable: frozenset[str] = frozenset()  # kind = "vast" tables: members only while rented
+        self.departed: dict[str, str] = {}  # name -> why, of members that left the pool (rented, released)
         self._caps_at: dict[str, float] = {}
         self._fails: dict[str, int] = {}
         self._task: asyncio.Task[None] | None = None
@@ -142,6 +150,42 @@ class BackendPool:
             if m.backend is not already_stopping:
                 with contextlib.suppress(Exception):
                     await m.backend.stop()
+
+    # -- members that come and go (rented backends)
+    async def join(self, m: Member) -> None:
+        """Add a backend while the daemon runs: started, probed at once (it is in routing when it answers),
+        and given its lane."""
+        if m.name in self.by_name:
+            raise ValueError(f"a backend named {m.name!r} is already in the pool")
+        await m.backend.start()
+        self.members.append(m)
+        self.by_name[m.name] = m
+        self.departed.pop(m.name, None)
+        self.on_join(m)
+        self.on_members()
+        await self.probe(m)
+
+    async def leave(self, m: Member, reason: str, *, drain: float = 10.0) -> None:
+        """Take a backend out for good: out of routing (a job it runs is lost there and re-queued once
+        elsewhere by the runner), then out of the pool once that job has left it (at most `drain` s)."""
+        self.take_out(m, reason)
+        until = time.monotonic() + drain
+        while m.running is not None and time.monotonic() < until:
+            await asyncio.sleep(0.05)
+        if self.by_name.get(m.name) is m:
+            self.members.remove(m)
+            del self.by_name[m.name]
+            self.departed[m.name] = reason
+        m.wakeup.set()  # its lane sees it gone and ends
+        self.on_members()
+        self.on_change()
+        with contextlib.suppress(Exception):
+            await m.backend.stop()
+        if self.store is not None:  # its prompts went with the machine: nothing to interrupt any more
+            for prompt_id in m.abandoned:
+                with contextlib.suppress(Exception):
+                    await self.store.remove(m.name, prompt_id)
+        m.abandoned.clear()
 
     # -- probing
     async def _probe_forever(self) -> None:
@@ -280,7 +324,8 @@ class BackendPool:
         return {"name": m.name, "kind": m.kind, "state": m.state, "reason": m.down_reason, "local": m.local,
                 "url": m.url, "device": m.device, "profile": m.profile.name, "tags": list(m.tags),
                 "running": m.running, "secondsPerStep": m.seconds_per_step, "loadedCheckpoint": m.loaded_checkpoint,
-                "jobsRun": m.jobs_run, "ssh": str(m.ssh) if m.ssh else None}
+                "jobsRun": m.jobs_run, "ssh": str(m.ssh) if m.ssh else None,
+                "rental": m.rental() if m.rental is not None else None}
 
 
 def _scan(dirs: dict[str, list[Path]]) -> dict[str, frozenset[str]]:

@@ -8,6 +8,13 @@ url = "http://192.168.1.20:8188"
 profile = "cuda-24gb"
 tags = ["pool", "fast"]
 ssh = "artist@192.168.1.20:~/ComfyUI"   # optional: where its models/ live, for copying files there
+
+[[backends]]
+name = "rented"
+kind = "vast"                           # rented on vast.ai by `sidecar backends rent rented`, destroyed when idle
+max_price_per_hour = 0.5
+max_total_cost = 5.0
+idle_minutes = 15
 ```
 
 A leaf (pydantic and the profile table only): `sidecar.config` holds a list of these. Which backends
@@ -27,6 +34,15 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from sidecar.hosts import is_loopback
 from sidecar.profiles import known_profile
+
+# vast.ai's own ComfyUI image (github.com/vast-ai/base-image, derivatives/pytorch/derivatives/comfyui), tagged
+# `<ComfyUI ref>-cuda-<cuda>-<python>` by its build workflow: ComfyUI v0.3.64 is the version whose protocol
+# the daemon's client was recorded against. Its ComfyUI listens on the container's loopback at 18188 (the
+# public 8188 is its authenticating proxy, which no rental of ours maps); we reach 18188 through SSH only.
+VAST_COMFY_IMAGE = "vastai/comfyui:v0.3.64-cuda-12.9-py312"
+VAST_COMFY_DIR = "/workspace/ComfyUI"
+VAST_COMFY_PORT = 18188
+VAST_COMFY_PYTHON = "/venv/main/bin/python"  # the image's venv (its supervisor script activates /venv/main)
 
 NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 # Words `where` gives a meaning of its own: a backend or tag of that name would be ambiguous.
@@ -68,10 +84,13 @@ class BackendSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(description="unique lowercase name, used by `where` and shown in /health and job records")
-    kind: Literal["embedded", "comfyui"] = Field(description="embedded diffusers engine, or a ComfyUI server")
+    kind: Literal["embedded", "comfyui", "vast"] = Field(
+        description="embedded diffusers engine, a ComfyUI server, or a ComfyUI rented on vast.ai (vast)")
     url: str | None = Field(None, description="attached ComfyUI's base URL")
     dir: Path | None = Field(None, description="managed ComfyUI: its install folder")
-    python: Path | None = Field(None, description="managed ComfyUI: its venv's python")
+    python: Path | None = Field(None, description="managed ComfyUI: its venv's python; vast: the image's python, "
+                                                  "which fetches LoRAs from the [storage] bucket [default: "
+                                                  f"{VAST_COMFY_PYTHON}]")
     port: int = Field(8188, ge=1, le=65535, description="managed ComfyUI: its port")
     profile: str = Field("m1pro-16gb", description="hardware profile of that machine (resolution, batch limits)")
     tags: tuple[str, ...] = Field((), description="labels `where` can name (\"pool\", \"fast\", \"draft\")")
@@ -81,6 +100,34 @@ class BackendSpec(BaseModel):
     ssh_known_hosts: Path | None = Field(None, description="known_hosts file for `ssh` [default: ~/.ssh/known_hosts]")
     local: bool | None = Field(None, description="runs on this machine's device [default: embedded, managed, or a "
                                               "loopback url]; false for a remote GPU reached through an SSH tunnel")
+    # kind = "vast": what to rent and the guards that destroy it ([remote.vast] gives the API key, the SSH key
+    # and the defaults of the limits not set here).
+    gpu: str | None = Field(None, description="vast: the GPU model to rent, as vast.ai names it (\"RTX 4090\") "
+                                              "[default: any that fits the limits]")
+    max_price_per_hour: float | None = Field(None, gt=0, le=100, description="vast: most $/hour an offer may cost "
+                                                                            "[default: [remote.vast]'s]")
+    max_total_cost: float | None = Field(None, gt=0, le=10_000, description="vast: destroyed when its cost reaches "
+                                                                           "this, $ [default: [remote.vast]'s]")
+    max_hours: float | None = Field(None, gt=0, le=720, description="vast: destroyed after this many hours rented "
+                                                                   "[default: [remote.vast]'s]")
+    idle_minutes: float = Field(15.0, gt=0, le=24 * 60, description="vast: destroyed after this many minutes "
+                                                                    "without a job")
+    min_gpu_memory_gb: float = Field(24, gt=0, le=1024, description="vast: least GPU memory of an offer, GB")
+    disk_gb: float = Field(40, gt=0, le=10_000, description="vast: disk rented with the instance, GB")
+    image: str = Field(VAST_COMFY_IMAGE, description="vast: docker image with ComfyUI (vast.ai's own, pinned)")
+    comfyui_dir: str = Field(VAST_COMFY_DIR, description="vast: the ComfyUI folder in the image (models/ go there)")
+    instance_port: int = Field(VAST_COMFY_PORT, ge=1, le=65535,
+                               description="vast: ComfyUI's port inside the instance, reached through the tunnel")
+    start_timeout: float = Field(900, gt=0, description="vast: seconds from renting until ComfyUI answers; past "
+                                                        "it the instance is destroyed")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _rented_profile(cls, data: object) -> object:
+        """A rented GPU is a 24 GB CUDA card unless the table says otherwise."""
+        if isinstance(data, dict) and data.get("kind") == "vast" and data.get("profile") is None:
+            return {**data, "profile": "cuda-24gb"}
+        return data
 
     @field_validator("name")
     @classmethod
@@ -137,7 +184,18 @@ class BackendSpec(BaseModel):
                 raise ValueError(f"backend {self.name!r}: a managed ComfyUI runs on this machine (local)")
             if self.dir and not self.python:
                 raise ValueError(f"backend {self.name!r}: a managed ComfyUI (dir) needs python, its venv's python")
+        if self.kind == "vast" and (self.url or self.dir or self.ssh or self.local):
+            raise ValueError(f"backend {self.name!r}: kind \"vast\" is rented; the daemon finds its address, "
+                             "tunnel and SSH target itself (no url, dir, ssh or local)")
+        if self.kind != "vast":
+            rented_only = sorted(f for f in RENTED_ONLY if f in self.model_fields_set)
+            if rented_only:
+                raise ValueError(f"backend {self.name!r}: {', '.join(rented_only)} only apply to kind \"vast\"")
         return self
+
+    @property
+    def rented(self) -> bool:
+        return self.kind == "vast"
 
     @property
     def managed(self) -> bool:
@@ -148,6 +206,8 @@ class BackendSpec(BaseModel):
         """Runs on this machine's device (shares its lock with training)."""
         if self.local is not None:
             return self.local
+        if self.kind == "vast":
+            return False
         if self.kind == "embedded" or self.managed:
             return True
         return is_loopback(urlsplit(self.url or "").hostname or "")
@@ -155,6 +215,10 @@ class BackendSpec(BaseModel):
     @property
     def ssh_target(self) -> SshTarget | None:
         return parse_ssh_target(self.ssh) if self.ssh else None
+
+
+RENTED_ONLY = ("gpu", "max_price_per_hour", "max_total_cost", "max_hours", "idle_minutes", "min_gpu_memory_gb",
+               "disk_gb", "image", "comfyui_dir", "instance_port", "start_timeout")
 
 
 def check_tables(specs: list[BackendSpec]) -> None:

@@ -143,6 +143,9 @@ class Settings(BaseSettings):
         5.0, gt=0, le=3600, description="seconds between health probes of each backend (system_stats, models, "
                                         "node types); a backend that fails two in a row is out of routing until it "
                                         "answers again")
+    rent_check_interval: float = Field(
+        5.0, gt=0, le=600, description="seconds between checks of each rented backend: idle time, cost and time "
+                                       "limits (it is destroyed when one is reached)")
     backend_recovery_timeout: float = Field(
         300.0, gt=0, le=86400, description="seconds a job that was running on a backend when the daemon stopped "
                                            "waits for that backend to answer again after a restart; then it is "

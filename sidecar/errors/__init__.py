@@ -47,6 +47,7 @@ codes), `edge`, `inputs`, `state`, `services`, `storage`, `jobs`, `startup`, `cl
     │   ├── GroupNotFound             group_not_found                      (no job was submitted with that groupId)
     │   ├── PreviewNotFound           preview_not_found                    (no live preview of that job (yet))
     │   ├── TrainingNotFound          training_not_found
+    │   ├── BackendNotFound           backend_not_found                    (release: no rented backend of that name)
     │   ├── ProjectNotConfigured      project_not_configured               (the studio's pages: no --project)
     │   └── VersionNotFound           version_not_found                    (no such page version in the log)
     ├── Conflict                      conflict                   409    2
@@ -181,6 +182,7 @@ from sidecar.errors.state import (  # noqa: F401
     QueueFull,
     TrainingInProgress,
     TrainingNotFound,
+    BackendNotFound,
     VersionNotFound,
 )
 from sidecar.errors.services import (  # noqa: F401

@@ -22,6 +22,12 @@ class TrainingNotFound(NotFound):
     code = "training_not_found"
 
 
+class BackendNotFound(NotFound):
+    """No rented backend of that name now (`sidecar backends release NAME`)."""
+
+    code = "backend_not_found"
+
+
 class ProjectNotConfigured(NotFound):
     code = "project_not_configured"
 

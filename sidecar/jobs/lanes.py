@@ -32,6 +32,7 @@ class Worker:
         self.default_where = default_where
         self.wakeup = asyncio.Event()
         self.running: str | None = None  # the job id being run (a single-backend daemon)
+        self._lanes: asyncio.TaskGroup | None = None
 
     def wake(self) -> None:
         """Something changed (a job queued, a backend came up): every lane looks at the queue again."""
@@ -45,8 +46,9 @@ class Worker:
             await self.executor.fail_abandoned()
         if self.pool is not None:
             async with asyncio.TaskGroup() as lanes:
+                self._lanes = lanes
                 for member in self.pool.members:
-                    lanes.create_task(self._lane(member), name=f"job-lane-{member.name}")
+                    self.add_lane(member)
             return
         while True:
             while self.queue.next_job() is None:  # none waits, or the queue is paused
@@ -68,9 +70,16 @@ class Worker:
                     self.running = None
                     self.device.busy_with = None
 
+    def add_lane(self, m: Member) -> None:
+        """A lane for `m`: at the start, and for a backend that joins later (a rented one)."""
+        if self._lanes is not None:
+            self._lanes.create_task(self._lane(m), name=f"job-lane-{m.name}")
+
     async def _lane(self, m: Member) -> None:
-        """One backend of the pool: whenever it is free, take the first job the router plans onto it."""
-        while True:
+        """One backend of the pool: whenever it is free, take the first job the router plans onto it.
+        Ends when the backend leaves the pool (a rented one, destroyed)."""
+        assert self.pool is not None
+        while self.pool.by_name.get(m.name) is m:
             m.wakeup.clear()
             picked = None
             if m.available and self.queue.runnable():
@@ -118,6 +127,13 @@ class Worker:
             job = self.ledger.live[job_id]
             self.queue.remove(job_id)
             listed = "; ".join(f"{k}: {v}" for k, v in reasons.items())
+            gone = self.pool.departed.get(job.where_ or self.default_where)
+            if gone is not None:  # it named a rented backend that was released meanwhile: say why
+                await self.ledger.finish_or_keep(
+                    job, "failed", code="backend_gone", details={"where": job.where_, "backends": reasons},
+                    message=f"Backend {job.where_} left the pool ({gone}) and nothing else `where` allows can take "
+                            "this job; submit it again with another `where`, or rent it again.")
+                continue
             await self.ledger.finish_or_keep(job, "failed", code="no_backend_admits",
                                        message=f"No backend admits this job any more: {listed}.",
                                        details={"where": job.where_, "backends": reasons})

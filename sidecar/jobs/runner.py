@@ -97,6 +97,7 @@ class JobRunner:
             self._wake()
         if self.pool is not None:
             self.pool.on_change = self._wake
+            self.pool.on_join = self.worker.add_lane  # a rented backend joins while the daemon runs
         self._start_worker(restarted=False)
 
     async def stop(self) -> None:
@@ -219,7 +220,14 @@ class JobRunner:
                                    {"field": "where", "value": where, "allowed": ["local", "any"]})
             self.device.training.refuse_if_training()
             return
-        verdicts = admit(where, Needs.of(workflow, family), self.pool.members, self.pool.local_models)
+        try:
+            verdicts = admit(where, Needs.of(workflow, family), self.pool.members, self.pool.local_models)
+        except InvalidField as exc:
+            if where not in self.pool.rentable:
+                raise
+            raise InvalidField(f"where: {where!r} is a backend to rent (kind = \"vast\") and is not rented now: "
+                               f"rent it first (`sidecar backends rent {where}`), or name another `where`.",
+                               {**exc.details, "rentable": sorted(self.pool.rentable)}) from None
         admitting = {v.backend for v in verdicts if v.admitted}
         if all(self.pool.by_name[name].local for name in admitting):
             self.device.training.refuse_if_training()

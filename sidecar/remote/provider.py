@@ -36,6 +36,7 @@ class Limits:
     min_cuda_version: float = 0
     min_reliability: float = 0
     min_disk_gb: float = 0
+    gpu_name: str | None = None  # one GPU model only (vast.ai's name for it)
 
 
 @dataclass(frozen=True)
@@ -87,8 +88,10 @@ class Provider(Protocol):
     async def search(self, limits: Limits) -> list[Offer]:
         """Offers that pass the limits' filters, best first (the chooser still checks every limit)."""
 
-    async def create(self, offer: Offer, label: str, onstart: str | None) -> Instance:
-        """Rent `offer`, labelled; the instance starts loading (not running yet)."""
+    async def create(self, offer: Offer, label: str, onstart: str | None, *, image: str | None = None,
+                     env: dict[str, str] | None = None, disk_gb: float | None = None) -> Instance:
+        """Rent `offer`, labelled; the instance starts loading (not running yet). `image`/`env`/`disk_gb`:
+        another image than the provider's training one (a rented ComfyUI)."""
 
     async def status(self, instance_id: str) -> Instance:
         """The instance now; state `gone` when the provider no longer has it."""

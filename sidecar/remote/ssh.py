@@ -48,7 +48,9 @@ class SshProvider:
         return [Offer(id=self.where, gpu_name=f"{self.settings.device} on {self.host}", num_gpus=1,
                       gpu_memory_gb=0, price_per_hour=0.0, where=self.host)]
 
-    async def create(self, offer: Offer, label: str, onstart: str | None) -> Instance:
+    async def create(self, offer: Offer, label: str, onstart: str | None, *, image: str | None = None,
+                     env: dict[str, str] | None = None, disk_gb: float | None = None) -> Instance:
+        # The artist's own machine: nothing is rented, so no image, environment or disk to ask for.
         folder = posixpath.join(self.settings.work_dir, label)
         shell = await self.shell(None, None)
         try:

@@ -14,9 +14,10 @@ from typing import Any
 # next start. `destroy_failed`: destroying did not go through; the reaper tries again at the next start.
 # `failed`: the run ended before it had a machine (none rented, or the SSH host refused the login):
 # nothing was left there; `message` says why.
-STATES = ("searching", "creating", "starting", "uploading", "training", "pulling", "destroying", "destroyed",
-          "detached", "destroy_failed", "failed")
-LIVE = frozenset({"creating", "starting", "uploading", "training", "pulling", "destroying", "detached",
+# `serving`: a rented ComfyUI in the backends' routing (sidecar.backends.renting), between starting and destroying.
+STATES = ("searching", "creating", "starting", "uploading", "training", "pulling", "serving", "destroying",
+          "destroyed", "detached", "destroy_failed", "failed")
+LIVE = frozenset({"creating", "starting", "uploading", "training", "pulling", "serving", "destroying", "detached",
                   "destroy_failed"})
 
 

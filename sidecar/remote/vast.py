@@ -80,14 +80,20 @@ class VastProvider:
             "reliability": {"gte": limits.min_reliability},
             "disk_space": {"gte": limits.min_disk_gb},
         }
+        if limits.gpu_name:
+            query["gpu_name"] = {"eq": limits.gpu_name}
         rows = await self._call("search offers", self._sdk.search_offers, query=query, order="dph_total",
                                 limit=SEARCH_LIMIT, storage=limits.min_disk_gb)
         return [offer_from(row) for row in rows or []]
 
-    async def create(self, offer: Offer, label: str, onstart: str | None) -> Instance:
+    async def create(self, offer: Offer, label: str, onstart: str | None, *, image: str | None = None,
+                     env: dict[str, str] | None = None, disk_gb: float | None = None) -> Instance:
+        """`image`, `env` and `disk_gb` override the training defaults (a rented ComfyUI brings its own
+        image). No `-p` port is ever asked for: only SSH is reachable from outside."""
         s = self.settings
-        answer = await self._call("rent the offer", self._sdk.create_instance, id=int(offer.id), image=s.image,
-                                  disk=s.min_disk_gb, label=label, onstart_cmd=onstart, ssh=True, direct=True)
+        answer = await self._call("rent the offer", self._sdk.create_instance, id=int(offer.id),
+                                  image=image or s.image, disk=disk_gb or s.min_disk_gb, label=label, env=env or None,
+                                  onstart_cmd=onstart, ssh=True, direct=True)
         if not isinstance(answer, dict) or not answer.get("success") or not answer.get("new_contract"):
             raise RemoteUnavailable(f"vast.ai did not rent offer {offer.id}: {_message_of(answer)}",
                                     {"provider": "vast", "offer": offer.id})

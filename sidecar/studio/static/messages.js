@@ -83,6 +83,7 @@ const MESSAGES = {
   group_not_found: () => ["Those variations are no longer in the daemon's list."],
   preview_not_found: () => ["No preview yet."],
   training_not_found: () => ["That training run is no longer in the daemon's list."],
+  backend_not_found: () => ["That rented backend is no longer rented (it was released or never started). The view now shows the backends there are."],
   project_not_configured: () => ["No project is open. Start the daemon with a project folder to see its pages here."],
   version_not_found: () => ["That version of the page is no longer there. Reload the page."],
   project_path_outside: () => ["This file of the project leads outside the project folder (a link or a path elsewhere), so the studio does not open or write it. Replace the link with the file itself."],

@@ -3,7 +3,7 @@
 // pause and resume the queue. Everything moves with /events; /health is asked again when an event says
 // something changed.
 import { api } from "../api.js";
-import { applyBackendEvent, renderBackends } from "../backends.js";
+import { applyBackendEvent, renderBackends, renderRentals } from "../backends.js";
 import { h, replace, seconds, toast } from "../dom.js";
 import { jobList } from "../jobs.js";
 
@@ -41,6 +41,20 @@ export function mount(root, ctx) {
   const healthBox = h("section", { class: "health", "aria-label": "daemon health" }, h("p", { class: "muted" }, "…"));
   const list = h("div", { class: "jobs grid" });
   const backendsBox = h("section", { class: "backends-box", "aria-label": "generation backends" });
+  const rentalsBox = h("section", { class: "rentals-box", "aria-label": "rented backends" });
+  // Stop on a rented backend: it leaves routing and is destroyed (the daemon owns it; this only asks).
+  const release = async (ev) => {
+    const button = ev.target.closest("button[data-action=release]");
+    if (!button) return;
+    button.disabled = true;
+    try {
+      const r = await api(`/backends/${encodeURIComponent(button.dataset.backend)}/release`, { method: "POST" });
+      toast(`${r.name} released: ${r.state}, cost $${r.cost.toFixed(4)}`);
+    } catch (err) { toast(err, "error"); button.disabled = false; }
+    refresh();
+  };
+  backendsBox.addEventListener("click", release);
+  rentalsBox.addEventListener("click", release);
   // Pause: a running job finishes, nothing new starts (kept across a restart); the button says which.
   const pauseButton = h("button", { class: "ghost", type: "button", dataset: { action: "pause" } }, "Pause queue");
   let paused = false;
@@ -60,6 +74,7 @@ export function mount(root, ctx) {
     healthBox,
     h("h2", {}, "Backends"),
     backendsBox,
+    rentalsBox,
     h("div", { class: "section-head" }, h("h2", {}, "Queue and recent jobs"),
       h("div", { class: "row" }, pauseButton, h("a", { class: "button", href: "#/generate" }, "New image"))),
     list);
@@ -74,6 +89,8 @@ export function mount(root, ctx) {
         renderHealth(healthBox, health);
         renderBackends(backendsBox, health.backends);
         showPaused(health.queue);
+        const listed = await api("/backends");
+        renderRentals(rentalsBox, listed.rentals, new Set(health.backends.map((b) => b.name)));
       } catch (err) { toast(err, "error"); }
     }, 150);
   };
