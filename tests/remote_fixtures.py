@@ -78,7 +78,7 @@ async def app_client(aiohttp_client, settings: Settings):
 
 async def submit(client, dataset: Path, remote: dict, **body) -> dict:
     payload = {"datasetDir": str(dataset), "outputName": "spyke", "steps": 6, "saveEveryNSteps": 2,
-               "remote": remote, **body}
+               "remote": remote, "force": True, **body}
     resp = await client.post("/loras/train", json=payload)
     assert resp.status == 202, await resp.text()
     return await resp.json()

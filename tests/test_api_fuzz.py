@@ -37,7 +37,7 @@ EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "12"))
 # status, response_schema_conformance the code). Any other refusal of valid data (invalid_field,
 # unknown_field, ...) means the document and the code disagree, and fails.
 BEYOND_THE_SCHEMA = frozenset({
-    "dataset_invalid", "pose_image_invalid", "init_image_invalid", "prompt_file_invalid", "character_invalid",
+    "dataset_invalid", "dataset_not_ready", "pose_image_invalid", "init_image_invalid", "prompt_file_invalid", "character_invalid",
     "tagger_invalid", "lora_not_found", "checkpoint_not_found", "controlnet_not_found", "upscale_model_not_found",
     "workflow_invalid", "node_not_supported", "sampler_not_supported", "resolution_exceeds_profile",
     "batch_size_not_supported", "no_backend_admits", "remote_not_configured", "page_project_missing",

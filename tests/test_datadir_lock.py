@@ -170,7 +170,7 @@ def test_a_second_daemon_leaves_a_live_training_run_alone(tmp_path: Path, kohya_
     first = serve(data, port, *daemon_args, env=env, log=tmp_path / "first.log")
     try:
         wait_for(lambda: get(f"{url}/health")["status"], START, "the first daemon")
-        run = post(f"{url}/loras/train", {"datasetDir": str(dataset_dir), "outputName": "spyke", "steps": 5000,
+        run = post(f"{url}/loras/train", {"datasetDir": str(dataset_dir), "outputName": "spyke", "steps": 5000, "force": True,
                                           "saveEveryNSteps": 1000, "engine": "kohya"})
         wait_for(lambda: get(f"{url}/loras/{run['id']}/status")["step"] > 0, 60, "training to run")
         leader, worker = (int(p) for p in pids.read_text().split())

@@ -163,7 +163,7 @@ async def test_a_run_followed_again_after_the_daemon_was_killed_reports_the_trai
             try:
                 await wait_up(http, url, proc)
                 async with http.post(f"{url}/loras/train", json={
-                        "datasetDir": str(dataset), "outputName": "spyke", "steps": steps, "saveEveryNSteps": every,
+                        "datasetDir": str(dataset), "outputName": "spyke", "steps": steps, "saveEveryNSteps": every, "force": True,
                         "remote": SSH}) as resp:
                     assert resp.status == 202, await resp.text()
                     run_id = (await resp.json())["id"]

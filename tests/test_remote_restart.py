@@ -94,7 +94,7 @@ async def test_a_run_reattaches_after_the_daemon_is_killed_and_its_instance_is_d
             try:
                 await wait_up(http, url, proc)
                 async with http.post(f"{url}/loras/train", json={
-                        "datasetDir": str(dataset), "outputName": "spyke", "steps": 16, "saveEveryNSteps": 2,
+                        "datasetDir": str(dataset), "outputName": "spyke", "steps": 16, "saveEveryNSteps": 2, "force": True,
                         "remote": {"provider": provider}}) as resp:
                     assert resp.status == 202, await resp.text()
                     run_id = (await resp.json())["id"]

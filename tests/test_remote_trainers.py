@@ -174,7 +174,7 @@ async def test_the_cli_plans_then_trains_an_ai_toolkit_flux_lora_on_vast(
         tmp_path, remote_settings(tmp_path, client_key, vast_url=vast.url)))
     url = str(client.make_url("")).rstrip("/")
     env = {"XDG_CONFIG_HOME": str(tmp_path / "cfg")}
-    args = ["train", str(dataset), "--name", "spyke", "--trainer", "ai-toolkit", "--family", "flux", "--remote",
+    args = ["train", str(dataset), "--force", "--name", "spyke", "--trainer", "ai-toolkit", "--family", "flux", "--remote",
             "vast", "--steps", "6", "--save-every", "2", "--sample-prompt", "spyke_plasma_v1, smiling", "--url", url]
     plan = await invoke([*args, "--estimate"], env)
     assert plan.exit_code == 0, plan.output
@@ -197,7 +197,7 @@ async def test_the_cli_trains_an_sdxl_lora_with_kohya_on_vast(
     client = await app_client(aiohttp_client, make_settings(
         tmp_path, remote_settings(tmp_path, client_key, vast_url=vast.url)))
     url = str(client.make_url("")).rstrip("/")
-    result = await invoke(["train", str(dataset), "--name", "spyke", "--trainer", "kohya", "--family", "sdxl",
+    result = await invoke(["train", str(dataset), "--force", "--name", "spyke", "--trainer", "kohya", "--family", "sdxl",
                            "--remote", "vast", "--steps", "6", "--save-every", "2", "--url", url,
                            "--poll-interval", "0.05"], {"XDG_CONFIG_HOME": str(tmp_path / "cfg")})
     assert result.exit_code == 0, result.output

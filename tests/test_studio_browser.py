@@ -319,6 +319,7 @@ def test_a_training_run_is_followed_to_its_end_and_promoted_on_the_loras_view(br
     form.locator("input[name=resolution]").fill("64")
     form.locator("input[name=networkDim]").fill("4")
     form.locator("input[name=networkAlpha]").fill("2")
+    form.locator("input[name=force]").check()  # three 64 px images: past the quality gate
     form.locator("button[type=submit]").click()
     run = page.locator(".run[data-run-id]").first
     run.locator(".step", has_text="6/6").wait_for(timeout=180_000)
@@ -391,7 +392,7 @@ def _trained_run(daemon: Daemon, folder: Path, name: str) -> dict:
     """A finished training run with checkpoints at steps 2 and 4, trained through the API."""
     run = daemon.api("POST", "/loras/train", {"datasetDir": str(folder), "outputName": name, "steps": 4,
                                               "saveEveryNSteps": 2, "resolution": 64, "networkDim": 4,
-                                              "networkAlpha": 2, "engine": "embedded"})
+                                              "networkAlpha": 2, "engine": "embedded", "force": True})
     deadline = time.monotonic() + 300
     while (run := daemon.api("GET", f"/loras/{run['id']}/status"))["status"] in ("queued", "running"):
         assert time.monotonic() < deadline, run
@@ -836,6 +837,67 @@ def test_every_error_code_reads_as_a_sentence_without_paths_routes_or_flags(brow
 
 VIEWS = {"now": ".tiles", "generate": ".gallery .job, .gallery .empty", "pages": ".page-main .section-head",
          "loras": ".run, .empty-runs", "dataset": ".dataset-image", "doctor": "tr[data-check]"}
+
+
+def test_the_gate_s_findings_then_a_preset_run_s_samples_per_checkpoint_and_beside_the_sweep(
+        browser, daemon, tmp_path, shots) -> None:
+    from axe_playwright_python.sync_playwright import Axe
+
+    from tests.training_fixtures import make_dataset
+
+    folder = make_dataset(tmp_path / "samples")
+    context, page, console = signed_in(browser, daemon)
+    page.click("#nav a[data-view=loras]")
+    form = page.locator("form.train")
+    for name, value in (("datasetDir", str(folder)), ("outputName", "spyke_samples"), ("steps", "4"),
+                        ("saveEveryNSteps", "2"), ("resolution", "64"), ("networkDim", "4"), ("networkAlpha", "2")):
+        form.locator(f"input[name={name}]").fill(value)
+    form.locator("select[name=engine]").select_option("embedded")
+    form.locator("select[name=preset]").select_option("character")
+    form.locator("button[type=submit]").click()
+    # Three 64 px images: the gate lists what to fix, each with its file and fix; nothing starts.
+    findings = form.locator(".gate-findings")
+    findings.wait_for()
+    assert findings.locator("li[data-check=count]").inner_text().startswith("count: 3 source images")
+    assert "img00.png" in findings.locator("li[data-check=size]").first.inner_text()
+    assert "Fix: replace it with a larger image" in findings.inner_text()
+    assert not [r for r in daemon.api("GET", "/loras/runs?limit=50")["runs"] if r["outputName"] == "spyke_samples"]
+    found = [v for v in Axe().run(page).response["violations"] if v["impact"] in ("serious", "critical")]
+    assert found == [], found
+    form.locator("input[name=force]").check()
+    form.locator("button[type=submit]").click()
+    findings.wait_for(state="detached")
+    card = page.locator(".run[data-run-id]", has=page.locator("strong", has_text="spyke_samples")).first
+    card.locator(".badge.succeeded").wait_for(timeout=240_000)
+    run = daemon.api("GET", f"/loras/{card.get_attribute('data-run-id')}/status")
+    assert run["params"]["preset"] == "character" and run["params"]["force"] is True
+    prompts = run["params"]["samplePrompts"]
+    assert len(prompts) == 3 and all(p.startswith("spyke_plasma_v1, ") for p in prompts)
+    # Each checkpoint shows the samples the trainer drew at its step; a click shows one whole.
+    strip = card.locator(".checkpoints li[data-step='2']:not([data-final]) .samples .sample-thumb")
+    assert strip.count() == 3
+    page.wait_for_function("(sel) => [...document.querySelectorAll(sel)].every((i) => i.naturalWidth === 64)",
+                           arg=f".run[data-run-id='{run['id']}'] .checkpoints .sample-thumb img")
+    strip.nth(1).click()
+    viewer = page.locator("dialog#sample-viewer[open]")
+    viewer.wait_for()
+    assert prompts[1] in viewer.inner_text() and "step 2" in viewer.inner_text()
+    page.wait_for_function("() => document.querySelector('dialog#sample-viewer img').naturalWidth === 64")
+    found = [v for v in Axe().run(page).response["violations"] if v["impact"] in ("serious", "critical")]
+    assert found == [], found
+    page.keyboard.press("Escape")
+    page.wait_for_function("() => !document.querySelector('dialog#sample-viewer').open")
+    # Beside the sweep: prompts down, checkpoints across; Pick promotes that checkpoint.
+    grid = card.locator(".sample-grid")
+    assert grid.locator("tbody tr").count() == 3 and grid.locator("thead th[data-step]").count() == 2
+    page.set_viewport_size({"width": DESKTOP["width"], "height": 1400})
+    card.scroll_into_view_if_needed()
+    card.screenshot(path=str(shots / "studio-loras-samples.png"))
+    grid.locator("thead th[data-step='2'] button", has_text="Pick").click()
+    page.locator("#toasts", has_text="installed as spyke_samples").wait_for()
+    assert (daemon.root / "models" / "loras" / "spyke_samples.safetensors").is_file()
+    context.close()
+    assert [e for e in console.errors if "status of 400" not in e] == []  # the gate's refusal
 
 
 def _each_view(page, daemon: Daemon, folder: Path):

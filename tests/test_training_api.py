@@ -27,7 +27,7 @@ def slow(monkeypatch):
 
 
 async def test_submit_answers_202_with_the_run(client, dataset_dir, fake_env) -> None:
-    resp = await client.post("/loras/train", json={"datasetDir": str(dataset_dir), "outputName": "spyke",
+    resp = await client.post("/loras/train", json={"datasetDir": str(dataset_dir), "force": True, "outputName": "spyke",
                                                    "steps": 4, "saveEveryNSteps": 2, "seed": 42})
     assert resp.status == 202
     run = await resp.json()
@@ -37,7 +37,8 @@ async def test_submit_answers_202_with_the_run(client, dataset_dir, fake_env) ->
     assert run["params"] == {"steps": 4, "resolution": 512, "networkDim": 32, "networkAlpha": 16.0,
                              "learningRate": 0.0001, "saveEveryNSteps": 2, "seed": 42,
                              "checkpoint": "anything-v5.safetensors", "trainer": "kohya", "family": "sd15",
-                             "baseModel": None, "samplePrompts": [], "sampleEvery": 2, "tracking": None}
+                             "baseModel": None, "samplePrompts": [], "sampleEvery": 2, "tracking": None, "preset": None, "force": True, "repeats": None,
+                             "captionDropoutRate": None, "trainTextEncoder": None, "textEncoderLr": None}
     assert run["etaSeconds"] is None and run["checkpoints"] == []
     done = await wait_run(client, run["id"], {"succeeded", "failed"})
     assert done["status"] == "succeeded"
@@ -57,7 +58,7 @@ async def test_training_asks_the_generation_backend_to_free_the_device_first(cli
 
 @pytest.mark.parametrize("field", ["batchSize", "batch_size"])
 async def test_batch_size_above_one_is_refused_naming_the_profile(client, dataset_dir, field: str) -> None:
-    resp = await client.post("/loras/train", json={"datasetDir": str(dataset_dir), "outputName": "spyke",
+    resp = await client.post("/loras/train", json={"datasetDir": str(dataset_dir), "force": True, "outputName": "spyke",
                                                    field: 2})
     body = await resp.json()
     assert resp.status == 400 and body["error"]["code"] == "batch_size_not_supported"
@@ -70,7 +71,7 @@ async def test_batch_size_one_is_accepted(client, dataset_dir, fake_env) -> None
 
 
 async def test_resolution_over_the_profile_is_refused(client, dataset_dir) -> None:
-    resp = await client.post("/loras/train", json={"datasetDir": str(dataset_dir), "outputName": "s",
+    resp = await client.post("/loras/train", json={"datasetDir": str(dataset_dir), "force": True, "outputName": "s",
                                                    "resolution": 768})
     body = await resp.json()
     assert resp.status == 400 and body["error"]["code"] == "resolution_exceeds_profile"
@@ -90,7 +91,7 @@ async def test_resolution_over_the_profile_is_refused(client, dataset_dir) -> No
     ({"datasetDir": "~nosuchuser/set"}, "dataset_invalid"),
 ])
 async def test_invalid_requests(client, dataset_dir, body, code) -> None:
-    resp = await client.post("/loras/train", json={"datasetDir": str(dataset_dir), "outputName": "s", **body})
+    resp = await client.post("/loras/train", json={"datasetDir": str(dataset_dir), "force": True, "outputName": "s", **body})
     assert resp.status == 400 and (await resp.json())["error"]["code"] == code
 
 
@@ -100,21 +101,21 @@ async def test_kohya_engine_without_kohya_is_a_clear_400(aiohttp_client, tmp_pat
     from tests.scripted_backend import ScriptedBackend
 
     c = await aiohttp_client(create_app(Settings(data_dir=tmp_path / "d", engine="embedded"), ScriptedBackend()))
-    resp = await c.post("/loras/train", json={"datasetDir": str(dataset_dir), "outputName": "s", "engine": "kohya"})
+    resp = await c.post("/loras/train", json={"datasetDir": str(dataset_dir), "force": True, "outputName": "s", "engine": "kohya"})
     body = await resp.json()
     assert resp.status == 400 and body["error"]["details"]["field"] == "engine" and "kohya_dir" in body["error"]["message"]
 
 
 async def test_second_training_is_409_while_one_runs(client, dataset_dir, fake_env, slow) -> None:
     run = await start_training(client, dataset_dir, steps=400)
-    resp = await client.post("/loras/train", json={"datasetDir": str(dataset_dir), "outputName": "other"})
+    resp = await client.post("/loras/train", json={"datasetDir": str(dataset_dir), "force": True, "outputName": "other"})
     body = await resp.json()
     assert resp.status == 409 and body["error"]["code"] == "training_in_progress"
     assert body["error"]["details"]["training"]["id"] == run["id"]
     await client.post(f"/loras/{run['id']}/cancel")
     await wait_run(client, run["id"], {"cancelled"})
     # Once it ended, training is accepted again.
-    resp = await client.post("/loras/train", json={"datasetDir": str(dataset_dir), "outputName": "other",
+    resp = await client.post("/loras/train", json={"datasetDir": str(dataset_dir), "force": True, "outputName": "other",
                                                    "steps": 2, "engine": "kohya"})
     assert resp.status == 202
 
@@ -130,7 +131,7 @@ async def test_generation_during_training_is_409_with_its_progress(client, datas
     assert isinstance(training["step"], int) and not isinstance(training["step"], bool)
     assert 0 <= training["step"] < 400
     # One gate, one message: a second training is refused by the same words.
-    other = await (await client.post("/loras/train", json={"datasetDir": str(dataset_dir), "outputName": "o"})).json()
+    other = await (await client.post("/loras/train", json={"datasetDir": str(dataset_dir), "force": True, "outputName": "o"})).json()
     for refusal in (body, other):
         assert refusal["error"]["code"] == "training_in_progress"
         assert refusal["error"]["message"].startswith(f"LoRA training {run['id']} holds the device (running, step ")

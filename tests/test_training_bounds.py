@@ -49,7 +49,7 @@ async def client(aiohttp_client, tmp_path: Path):
 
 
 async def refused(client, dataset: Path) -> dict:
-    resp = await client.post("/loras/train", json={"datasetDir": str(dataset), "outputName": "spyke",
+    resp = await client.post("/loras/train", json={"datasetDir": str(dataset), "force": True, "outputName": "spyke",
                                                    "engine": "embedded", "steps": 4})
     body = await resp.json()
     assert resp.status == 400, body

@@ -44,7 +44,7 @@ async def invoke(args: list[str], env: dict[str, str]):
 
 
 async def test_train_follows_the_run_to_its_final_lora(client, dataset_dir, settings, env) -> None:
-    result = await invoke(["train", str(dataset_dir), "--name", "spyke", "--steps", "4", "--save-every", "2",
+    result = await invoke(["train", str(dataset_dir), "--force", "--name", "spyke", "--steps", "4", "--save-every", "2",
                            "--engine", "kohya", "--url", url(client), "--poll-interval", "0.02"], env)
     assert result.exit_code == 0, result.output
     assert "spyke" in result.output and "succeeded" in result.output and "checkpoints at 2, 4" in result.output
@@ -53,7 +53,7 @@ async def test_train_follows_the_run_to_its_final_lora(client, dataset_dir, sett
 
 
 async def test_detached_train_then_status_follow_by_output_name(client, dataset_dir, env) -> None:
-    submitted = await invoke(["train", str(dataset_dir), "--name", "spyke", "--steps", "4", "--save-every", "2",
+    submitted = await invoke(["train", str(dataset_dir), "--force", "--name", "spyke", "--steps", "4", "--save-every", "2",
                               "--engine", "kohya", "--detach", "--json", "--url", url(client)], env)
     assert submitted.exit_code == 0, submitted.output
     run = json.loads(submitted.output)
@@ -68,7 +68,7 @@ async def test_detached_train_then_status_follow_by_output_name(client, dataset_
 
 async def test_cancel_keeps_checkpoints_and_resume_finishes_the_run(client, dataset_dir, env, monkeypatch) -> None:
     monkeypatch.setenv("FAKE_KOHYA_STEP_SECONDS", "0.15")
-    submitted = await invoke(["train", str(dataset_dir), "--name", "spyke", "--steps", "8", "--save-every", "2",
+    submitted = await invoke(["train", str(dataset_dir), "--force", "--name", "spyke", "--steps", "8", "--save-every", "2",
                               "--engine", "kohya", "--detach", "--json", "--url", url(client)], env)
     run = json.loads(submitted.output)
     for _ in range(400):  # until the first checkpoint is saved
@@ -102,10 +102,10 @@ async def test_refusals_have_their_exit_codes(client, dataset_dir, env, tmp_path
     assert down.exit_code == 3 and "sidecar serve" in down.output
 
     monkeypatch.setenv("FAKE_KOHYA_STEP_SECONDS", "0.2")
-    first = await invoke(["train", str(dataset_dir), "--name", "a", "--steps", "50", "--engine", "kohya",
+    first = await invoke(["train", str(dataset_dir), "--force", "--name", "a", "--steps", "50", "--engine", "kohya",
                           "--detach", "--url", url(client)], env)
     assert first.exit_code == 0, first.output
-    second = await invoke(["train", str(dataset_dir), "--name", "b", "--engine", "kohya", "--url", url(client)], env)
+    second = await invoke(["train", str(dataset_dir), "--force", "--name", "b", "--engine", "kohya", "--url", url(client)], env)
     assert second.exit_code == 4 and "training_in_progress" in second.output
     listed = await invoke(["runs", "--url", url(client)], env)
     assert listed.exit_code == 0 and listed.output.startswith("a (")

@@ -22,7 +22,7 @@ from tests.training_fixtures import (  # noqa: F401  (fixtures)
 
 
 async def post(client, dataset: Path, **body):
-    resp = await client.post("/loras/train", json={"datasetDir": str(dataset), "outputName": "spyke", "steps": 4,
+    resp = await client.post("/loras/train", json={"datasetDir": str(dataset), "force": True, "outputName": "spyke", "steps": 4,
                                                    "saveEveryNSteps": 2, "engine": "kohya", **body})
     return resp.status, await resp.json()
 
@@ -100,7 +100,7 @@ async def test_flat_folder_is_laid_out_for_kohya(client, dataset_dir, fake_env) 
 
 @pytest.mark.parametrize("bad", ["img/../x", "a/b", ".hidden", ""])
 async def test_output_name_must_be_a_plain_name(client, dataset_dir, bad: str) -> None:
-    resp = await client.post("/loras/train", json={"datasetDir": str(dataset_dir), "outputName": bad})
+    resp = await client.post("/loras/train", json={"datasetDir": str(dataset_dir), "force": True, "outputName": bad})
     assert resp.status == 400 and (await resp.json())["error"]["code"] == "invalid_field"
 
 

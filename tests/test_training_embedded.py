@@ -54,7 +54,7 @@ def tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
 
 
 async def test_embedded_training_writes_kohya_checkpoints_and_final_lora(client, dataset_dir) -> None:
-    resp = await client.post("/loras/train", json={"datasetDir": str(dataset_dir), **BODY})
+    resp = await client.post("/loras/train", json={"datasetDir": str(dataset_dir), "force": True, **BODY})
     assert resp.status == 202, await resp.text()
     run = await resp.json()
     done = await wait_run(client, run["id"], {"succeeded", "failed"}, timeout=120)
@@ -98,7 +98,7 @@ async def test_embedded_training_writes_kohya_checkpoints_and_final_lora(client,
 async def test_the_engine_draws_differently_with_the_trained_lora(aiohttp_client, settings, dataset_dir) -> None:
     """Train, then generate through the real embedded engine with and without the result."""
     c = await aiohttp_client(create_app(settings))  # the daemon's own backend: the embedded engine
-    run = await (await c.post("/loras/train", json={"datasetDir": str(dataset_dir), **BODY})).json()
+    run = await (await c.post("/loras/train", json={"datasetDir": str(dataset_dir), "force": True, **BODY})).json()
     done = await wait_run(c, run["id"], {"succeeded", "failed"}, timeout=120)
     assert done["status"] == "succeeded", done["error"]
     shutil.copyfile(done["finalFile"], settings.models_path / "loras" / "spyke.safetensors")
@@ -179,13 +179,13 @@ async def test_regularisation_images_join_the_epoch(tmp_path, settings) -> None:
 
 async def test_resumed_run_ends_where_an_uninterrupted_one_does(client, dataset_dir) -> None:
     body = {**BODY, "steps": 6}
-    run = await (await client.post("/loras/train", json={"datasetDir": str(dataset_dir), **body})).json()
+    run = await (await client.post("/loras/train", json={"datasetDir": str(dataset_dir), "force": True, **body})).json()
     reference = await wait_run(client, run["id"], {"succeeded", "failed"}, timeout=120)
     assert reference["status"] == "succeeded"
     expected, _ = tensors(Path(reference["finalFile"]))
 
     queue = client.app[EVENTS].subscribe()
-    run = await (await client.post("/loras/train", json={"datasetDir": str(dataset_dir), **body,
+    run = await (await client.post("/loras/train", json={"datasetDir": str(dataset_dir), "force": True, **body,
                                                          "outputName": "spyke2"})).json()
     while True:  # cancel right after the first checkpoint
         event = await asyncio.wait_for(queue.get(), 60)

@@ -49,7 +49,7 @@ def big_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 async def start_and_wait_for_caching(client, dataset: Path, name: str) -> tuple[dict, list[str]]:
-    resp = await client.post("/loras/train", json={"datasetDir": str(dataset), "outputName": name, **BODY})
+    resp = await client.post("/loras/train", json={"datasetDir": str(dataset), "force": True, "outputName": name, **BODY})
     assert resp.status == 202, await resp.text()
     run = await resp.json()
     for _ in range(6000):

@@ -65,7 +65,12 @@ async def invoke(args: list[str], env: dict[str, str]):
 
 
 async def test_sweep_of_two_checkpoints_writes_a_contact_sheet(daemon, dataset_dir, settings, env, tmp_path) -> None:
-    run = await trained_run(daemon, dataset_dir)
+    # With a sample prompt: the (fake) kohya writes a sample at each save, as --sample_prompts does.
+    run = await start_training(daemon, dataset_dir, steps=4, saveEveryNSteps=2, samplePrompts=["spyke_plasma_v1, portrait"])
+    run = await wait_run(daemon, run["id"], {"succeeded", "failed"})
+    assert run["status"] == "succeeded"
+    written = {c["step"]: c["samples"] for c in run["checkpoints"] if not c["final"]}
+    assert len(written[2]) == 1 and len(written[4]) == 1
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("# sweep prompts\nspyke_plasma_v1, full body, standing\n\nspyke_plasma_v1, portrait\n")
     out = tmp_path / "sweep"
@@ -78,6 +83,8 @@ async def test_sweep_of_two_checkpoints_writes_a_contact_sheet(daemon, dataset_d
     assert sheet.size == (260 + 2 * 64, 28 + 4 * 64)
     index = json.loads((out / "index.json").read_text())
     assert [c["label"] for c in index["columns"]] == ["step 2", "step 4"]
+    # The trainer's own samples ride with their checkpoint's column, beside the sweep's renders.
+    assert [c["samples"] for c in index["columns"]] == [written[2], written[4]]
     assert len(index["cells"]) == 8 and all(c["status"] == "succeeded" for c in index["cells"])
     assert {(c["seed"], c["step"]) for c in index["cells"]} == {(1, 2), (1, 4), (2, 2), (2, 4)}
     assert all((out / c["image"]).is_file() for c in index["cells"])

@@ -106,7 +106,8 @@ async def wait_for(predicate, timeout: float = 30, what: str = "condition") -> N
 
 
 async def start_training(client, dataset_dir: Path, **body) -> dict:
-    payload = {"datasetDir": str(dataset_dir), "outputName": "spyke", "steps": 6, "saveEveryNSteps": 2,
+    # Tiny sets of 64 px images exercise the trainers, not the quality gate: past it with force.
+    payload = {"datasetDir": str(dataset_dir), "outputName": "spyke", "steps": 6, "saveEveryNSteps": 2, "force": True,
                "engine": "kohya", **body}
     resp = await client.post("/loras/train", json=payload)
     assert resp.status == 202, await resp.text()

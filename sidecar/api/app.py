@@ -18,7 +18,7 @@ from aiohttp import web
 from sidecar.api import backends as backends_api  # not `backends`: create_app's parameter has that name
 from sidecar.api import (
     captions, chapter, dataset, dataset_build, doctor, events, health, jobs, likeness, loras, maintenance,
-    model_files, openapi, page_refine, project, prompts, queue, studio, sweep, tasks, training,
+    model_files, openapi, page_refine, project, prompts, queue, run_files, studio, sweep, tasks, training,
 )
 from sidecar.api.edge import edge_middleware
 from sidecar.api.errors import error_middleware
@@ -168,6 +168,7 @@ def create_app(settings: Settings, backend: GenerationBackend | None = None, *,
     training.setup_routes(app)
     tasks.setup(app, settings)
     app.router.add_routes(sweep.routes)
+    app.router.add_routes(run_files.routes)
     maintenance.setup_routes(app)
     studio.setup_routes(app)
     return app

@@ -14,11 +14,12 @@ from pathlib import Path
 from aiohttp import web
 
 from sidecar.api.errors import parse_body, query_int, query_limit
-from sidecar.api.keys import BACKEND, DEVICE, EVENTS, PROFILE, SETTINGS, TRAINING_STORE
+from sidecar.api.keys import BACKEND, DEVICE, EVENTS, LIKENESS, PROFILE, SETTINGS, TRAINING_STORE
 from sidecar.api.operations import Query, operation
 from sidecar.api.responses import json_response
+from sidecar.dataprep.gate import require_ready
 from sidecar.errors import (
-    BatchSizeNotSupported, CheckpointFileMissing, CheckpointNotFound, DatasetInvalid, EngineUnavailable,
+    BatchSizeNotSupported, CheckpointFileMissing, CheckpointNotFound, DatasetInvalid, DatasetNotReady, EngineUnavailable,
     FamilyNotSupported, InvalidState,
     LoraExists, NoOfferUnderLimits, NotFound, RemoteNotConfigured, RemoteUnavailable, ResolutionExceedsProfile,
     TrainingInProgress, TrainingNotFound,
@@ -41,8 +42,12 @@ routes = web.RouteTableDef()
 
 def setup_routes(app: web.Application) -> None:
     """Register the training routes and their background resources on the app."""
+    async def gate(dataset_dir: Path, trigger: str, preset: str | None, family: str) -> None:
+        # The likeness judge is the app's (the project's references); PIL and the judge run in a thread.
+        await asyncio.to_thread(require_ready, dataset_dir, trigger, preset, family, app.get(LIKENESS))
+
     app[TRAINING] = TrainingManager(app[SETTINGS], app[PROFILE], app[DEVICE], app[EVENTS], app[TRAINING_STORE],
-                                    app[BACKEND])
+                                    app[BACKEND], gate=gate)
     app.cleanup_ctx.append(_training_ctx)
     app.router.add_routes(routes)
 
@@ -59,7 +64,7 @@ async def _training_ctx(app: web.Application) -> AsyncIterator[None]:
 
 @routes.post("/loras/train")
 @operation("Submit a LoRA training run", {202: TrainingRun}, request=TrainRequest,
-           errors=(BatchSizeNotSupported, ResolutionExceedsProfile, DatasetInvalid, CheckpointNotFound,
+           errors=(BatchSizeNotSupported, ResolutionExceedsProfile, DatasetInvalid, DatasetNotReady, CheckpointNotFound,
                    TrainingInProgress, EngineUnavailable, RemoteNotConfigured, RemoteUnavailable, FamilyNotSupported),
            response_headers={202: {"Location": "the run's status URL"}})
 async def train(request: web.Request) -> web.Response:

@@ -42,8 +42,13 @@ BLANK_SHARE = 0.005  # under 0.5% of pixels away from the dominant colour: nothi
 class CheckOptions:
     trigger: str
     min_images: int = 15
-    max_images: int = 20
+    max_images: int | None = 20  # None: no upper bound (the training gate)
     size: int = 512
+    # The training gate's size rule: each image's short side at least this (any shape; trainers bucket),
+    # instead of exactly `size` x `size` (DATA-01's square crops).
+    min_side: int | None = None
+    parts: bool = True  # the artist's four-part captions (DATA-02); the gate takes any caption
+    what: str = "one character"  # what the count is for, in its message
     asymmetric: bool = True
     max_flip_share: float = 0.25
     flip_tag: str = "mirrored"
@@ -119,18 +124,21 @@ def check_dataset(folder: Path, opts: CheckOptions, likeness: LikenessService | 
     sources = [p for p in images if not is_flip(p)]
     flips = [p for p in images if is_flip(p)]
     report.sources, report.flips = len(sources), len(flips)
-    if not opts.min_images <= len(sources) <= opts.max_images:
-        report.add("count", "error", f"{len(sources)} source images (before flips); "
-                   f"{opts.min_images}-{opts.max_images} are needed for one character")
+    _check_count(report, len(sources), opts)
     report.passed["count"] = f"{len(sources)} source images + {len(flips)} flips"
 
     for path, img in opened.items():
-        if img.size != (opts.size, opts.size):
+        if opts.min_side is not None:
+            if min(img.size) < opts.min_side:
+                report.add("size", "error", f"{img.width}x{img.height} px; the short side must be at least "
+                           f"{opts.min_side} px", path)
+        elif img.size != (opts.size, opts.size):
             report.add("size", "error", f"{img.width}x{img.height} px; every image must be "
                        f"{opts.size}x{opts.size} (crop --size {opts.size})", path)
         if is_blank(img):
             report.add("blank", "error", "blank (one flat colour): remove it", path)
-    report.passed["size"] = f"all {opts.size}x{opts.size}"
+    report.passed["size"] = (f"all at least {opts.min_side} px on the short side" if opts.min_side is not None
+                             else f"all {opts.size}x{opts.size}")
     report.passed["blank"] = "none blank"
 
     _check_captions(report, images, opts)
@@ -139,6 +147,16 @@ def check_dataset(folder: Path, opts: CheckOptions, likeness: LikenessService | 
     _check_flips(report, folder, sources, flips, opts)
     _check_likeness(report, [p for p in sources if p in opened], [p for p in flips if p in opened], likeness)
     return report
+
+
+def _check_count(report: Report, sources: int, opts: CheckOptions) -> None:
+    if opts.max_images is None:
+        if sources < opts.min_images:
+            report.add("count", "error", f"{sources} source images (before flips); at least {opts.min_images} are "
+                       f"needed for {opts.what}")
+    elif not opts.min_images <= sources <= opts.max_images:
+        report.add("count", "error", f"{sources} source images (before flips); "
+                   f"{opts.min_images}-{opts.max_images} are needed for {opts.what}")
 
 
 def _check_likeness(report: Report, sources: list[Path], flips: list[Path], likeness: LikenessService | None) -> None:
@@ -191,12 +209,13 @@ def _check_captions(report: Report, images: list[Path], opts: CheckOptions) -> N
             report.add("trigger", "error", f"caption starts with {parts[0]!r}, not the trigger word "
                        f"{opts.trigger!r}", path)
         body = parts[:-1] if is_flip(path) and opts.flip_tag and parts[-1] == opts.flip_tag else parts
-        if len(body) != 4 or not all(body):
+        if opts.parts and (len(body) != 4 or not all(body)):
             report.add("parts", "error", f"{len(body)} caption part(s) {caption!r}; the format is "
                        "trigger, framing, pose/action, background", path)
     report.passed["captions"] = f"{captioned} captioned"
     report.passed["trigger"] = f"all start with {opts.trigger}"
-    report.passed["parts"] = "all have 4 parts"
+    if opts.parts:
+        report.passed["parts"] = "all have 4 parts"
 
 
 def _check_proposals(report: Report, folder: Path) -> None:

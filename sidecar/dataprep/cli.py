@@ -23,6 +23,7 @@ from sidecar.cli_support import tool_group, url_option
 from sidecar.client import DaemonClient
 from sidecar.dataprep import caption as caption_mod
 from sidecar.dataprep import check as check_mod
+from sidecar.dataprep.gate import gate_options
 from sidecar.dataprep import crop as crop_mod
 from sidecar.dataprep import flip as flip_mod
 from sidecar.dataprep import layout as layout_mod
@@ -247,10 +248,15 @@ def caption(folder: Path, init: bool, auto: bool, proposer: str, tagger_name: st
 @click.option("--project", type=click.Path(path_type=Path, file_okay=False, exists=True), default=None,
               help="the project whose character.toml `references` judge likeness [default: project_root, else "
                    "the nearest character.toml above FOLDER]")
+@click.option("--preset", type=click.Choice(["character", "style", "concept"]), default=None,
+              help="check as the training quality gate does for this preset (its image count, the family's short "
+                   "side, any caption shape) instead of the count, size and caption format above")
+@click.option("--family", type=click.Choice(["sd15", "sdxl", "flux"]), default="sd15", show_default=True,
+              help="with --preset: the base model's family (its short side: 512 sd15, 1024 sdxl and flux)")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable report")
 def check(folder: Path, trigger: str | None, flip_tag: str, min_images: int, max_images: int, size: int,
           asymmetric: bool, max_flip_share: float, max_hash_distance: int, project: Path | None,
-          as_json: bool) -> None:
+          preset: str | None, family: str, as_json: bool) -> None:
     """Check a training set: 15-20 images before flips, 512 px, captioned, trigger word first,
     four caption parts, no near-duplicates, no blank images, and (with a project's reference set and the
     likeness weights) every image the character, flips judged mirrored. Exits 1 on errors; warnings do
@@ -260,10 +266,15 @@ def check(folder: Path, trigger: str | None, flip_tag: str, min_images: int, max
     Examples:
       sidecar dataset check set/
       sidecar dataset check set/ --symmetric --json
+      sidecar dataset check set/ --preset character --family sdxl    # as the training gate judges it
     """
     opts = check_mod.CheckOptions(trigger=_trigger(trigger), min_images=min_images, max_images=max_images,
                                   size=size, asymmetric=asymmetric, max_flip_share=max_flip_share,
                                   flip_tag=flip_tag, max_phash=max_hash_distance)
+    if preset is not None:  # the gate's thresholds (sidecar/dataprep/gate.py), the rest as given
+        gate = gate_options(opts.trigger, preset, family)
+        opts.min_images, opts.max_images, opts.min_side, opts.parts, opts.what = (
+            gate.min_images, gate.max_images, gate.min_side, gate.parts, gate.what)
     report = check_mod.check_dataset(folder, opts, _likeness(folder, project))
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2))

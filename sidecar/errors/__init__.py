@@ -22,6 +22,7 @@ codes), `edge`, `inputs`, `state`, `services`, `storage`, `jobs`, `startup`, `cl
     │   ├── PoseImageInvalid          pose_image_invalid
     │   ├── InitImageInvalid          init_image_invalid                   (initImagePath / initJobId; denoise without one)
     │   ├── DatasetInvalid            dataset_invalid
+    │   ├── DatasetNotReady           dataset_not_ready                    (the training gate's findings; `force` passes)
     │   ├── CharacterInvalid          character_invalid                    (character.toml unreadable or wrong)
     │   ├── PromptFileInvalid         prompt_file_invalid                  (a prompt file to refine, rewrite or render)
     │   ├── PageProjectMissing        page_project_missing                 (a page job, and no project to write it in)
@@ -147,6 +148,7 @@ from sidecar.errors.inputs import (  # noqa: F401
     CheckpointNotFound,
     ControlnetNotFound,
     DatasetInvalid,
+    DatasetNotReady,
     FamilyNotSupported,
     InitImageInvalid,
     InvalidField,

@@ -46,6 +46,13 @@ class DatasetInvalid(BadRequest):
     code = "dataset_invalid"
 
 
+class DatasetNotReady(BadRequest):
+    """The training quality gate's findings (too few images, too small, captions, duplicates, likeness):
+    `details.findings` lists each with its file and fix; `force` trains past them."""
+
+    code = "dataset_not_ready"
+
+
 class CharacterInvalid(BadRequest):
     """`character.toml` (trigger, locked traits) cannot be read or breaks its own rules."""
 

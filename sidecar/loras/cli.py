@@ -21,6 +21,7 @@ from sidecar.errors import EXIT_INPUT
 from sidecar.loras import runs
 from sidecar.loras import sweep as sweep_mod
 from sidecar.loras.client import TrainingClient
+from sidecar.loras.publish import publish
 
 
 class _Lines:
@@ -57,12 +58,14 @@ def loras() -> None:
       sidecar loras status spyke_plasma_v1 --follow
       sidecar loras sweep spyke_plasma_v1 --prompts prompts.txt --seeds 1,2,3
       sidecar loras promote spyke_plasma_v1 --step 800
+      sidecar loras publish spyke_plasma_v1 --with-dataset
       sidecar loras list
     """
 
 
 for command in runs.COMMANDS:
     loras.add_command(command)
+loras.add_command(publish)
 
 
 @loras.command()
@@ -142,7 +145,7 @@ async def _sweep(ref: str, prompts: list[str], seeds: list[int], out: Path | Non
         if isinstance(reporter, _Bar):
             reporter.close()
     sheet = await asyncio.to_thread(sweep_mod.contact_sheet, plan, cell_px)
-    index = await asyncio.to_thread(sweep_mod.write_index, plan, sheet)
+    index = await asyncio.to_thread(sweep_mod.write_index, plan, sheet, job.get("loraStrength"))
     failed = sum(c.status != "succeeded" for c in plan.cells)
     best = sweep_mod.pick(plan)
     if not as_json:

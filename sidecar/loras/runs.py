@@ -19,7 +19,7 @@ from typing import Any
 import click
 
 from sidecar.cli_support import current_settings, url_option
-from sidecar.errors import EXIT_FAILED, EXIT_INTERRUPTED
+from sidecar.errors import EXIT_FAILED, EXIT_INTERRUPTED, DaemonRefused, DatasetNotReady
 from sidecar.eta import format_eta
 from sidecar.loras.client import TrainingClient
 from sidecar.loras.remote_options import describe_remote, plan_lines, remote_body, remote_options
@@ -163,6 +163,11 @@ def _call(url: str | None, work: Callable[[TrainingClient], Awaitable[int]]) -> 
               help="experiment tracking by the trainer's own switch [default: none]")
 @click.option("--trigger", "trigger_word", default=None, help="[default: the configured trigger_word]")
 @click.option("--checkpoint", default=None, help="base model file name [default: the configured checkpoint]")
+@click.option("--preset", type=click.Choice(["character", "style", "concept"]), default=None,
+              help="training values for a character, a style or a concept, per family and trainer (the options "
+                   "given win); see docs/training/presets.md")
+@click.option("--force", is_flag=True, default=False,
+              help="train even when the dataset quality gate finds problems (recorded in the run)")
 @click.option("--detach", is_flag=True, help="submit and return at once")
 @remote_options
 @url_option
@@ -176,6 +181,7 @@ def train(dataset_dir: Path, detach: bool, url: str | None, as_json: bool, poll_
     Examples:
       sidecar loras train ~/lora/train --name spyke_plasma_v1
       sidecar loras train ~/lora/train --name spyke_plasma_v1 --steps 1200 --engine embedded --detach
+      sidecar loras train ~/lora/train --name spyke_plasma_v1 --preset character
       sidecar loras train ~/lora/train --name spyke_plasma_v1 --remote vast --estimate
       sidecar loras train ~/lora/train --name spyke_plasma_v1 --remote vast --max-total-cost 2
       sidecar loras train ~/lora/train --name spyke_plasma_v1 --remote ssh --host me@desktop.local
@@ -194,7 +200,12 @@ def train(dataset_dir: Path, detach: bool, url: str | None, as_json: bool, poll_
             plan = await client.request("POST", "/loras/estimate", json=body)
             click.echo(json.dumps(plan, indent=2) if as_json else "\n".join(plan_lines(plan)))
             return 0
-        run = await client.train(body)
+        try:
+            run = await client.train(body)
+        except DaemonRefused as exc:
+            if exc.code == DatasetNotReady.code and not as_json:
+                print_findings(exc.details)
+            raise
         if not as_json:
             click.echo(f"training {run['outputName']} as run {run['id']} ({run['engine']}, {run['total']} steps)")
         if not detach:
@@ -202,6 +213,22 @@ def train(dataset_dir: Path, detach: bool, url: str | None, as_json: bool, poll_
         return _finish(run, as_json)
 
     _call(url, work)
+
+
+def print_findings(details: dict[str, Any]) -> None:
+    """The quality gate's findings, one a line with its fix (the error line follows from the group)."""
+    findings = details.get("findings") or []
+    click.echo(f"the dataset quality gate found {details.get('findingCount', len(findings))} problem(s) "
+               f"(preset {details.get('preset') or 'none: character thresholds'}, family {details.get('family')}, "
+               f"at least {details.get('minImages')} images, short side at least {details.get('minSide')} px):",
+               err=True)
+    for f in findings:
+        where = f"{f['file']}: " if f.get("file") else ""
+        click.echo(f"  {f['check']:<10} {where}{f['message']}\n             fix: {f['fix']}", err=True)
+    if details.get("findingCount", 0) > len(findings):
+        click.echo(f"  ... and {details['findingCount'] - len(findings)} more", err=True)
+    click.echo(f"fix them (`sidecar dataset check DIR --preset {details.get('preset') or 'character'} --family "
+               f"{details.get('family') or 'sd15'}` runs the same checks), or pass --force to train anyway.", err=True)
 
 
 def _camel(name: str) -> str:

@@ -52,6 +52,8 @@ class Column:
     step: int | None
     source: str | None  # the checkpoint file (None for the no-LoRA baseline)
     lora_id: str | None = None  # the staged name the daemon finds it by, once staged
+    # The samples the trainer drew at this step (the run's checkpoints list them): shown beside the sweep's renders.
+    samples: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -96,7 +98,7 @@ def plan_sweep(run: dict[str, Any], prompts: list[str], seeds: list[int], out: P
     columns = [Column("no LoRA", None, None)] if baseline else []
     for c in checkpoints:
         columns.append(Column(f"final (step {c['step']})" if c.get("final") else f"step {c['step']}",
-                              c["step"], c["path"]))
+                              c["step"], c["path"], samples=list(c.get("samples") or [])))
     plan = SweepPlan(run, prompts, seeds, columns, out)
     for r, (prompt, seed) in enumerate(plan.rows):
         for ci, col in enumerate(columns):
@@ -232,8 +234,9 @@ def contact_sheet(plan: SweepPlan, cell_px: int = 256) -> Path:
     return write_sheet(plan.out / "contact-sheet.png", sheet)
 
 
-def write_index(plan: SweepPlan, sheet: Path) -> Path:
+def write_index(plan: SweepPlan, sheet: Path, strength: float | None = None) -> Path:
     index = {
+        "strength": strength,  # the LoRA strength rendered at (null: the daemon's default); publish recommends it
         "run": plan.run["id"],
         "outputName": plan.run["outputName"],
         "triggerWord": plan.run.get("triggerWord"),
@@ -241,8 +244,8 @@ def write_index(plan: SweepPlan, sheet: Path) -> Path:
         "sheet": sheet.name,
         "prompts": plan.prompts,
         "seeds": plan.seeds,
-        "columns": [{"label": c.label, "step": c.step, "checkpoint": c.source, "loraId": c.lora_id}
-                    for c in plan.columns],
+        "columns": [{"label": c.label, "step": c.step, "checkpoint": c.source, "loraId": c.lora_id,
+                     "samples": c.samples} for c in plan.columns],
         "cells": [asdict(c) for c in plan.cells],
         "ranking": plan.ranking,
         "pick": pick(plan),

@@ -1,5 +1,5 @@
 """Admission of a training run: what is checked before a run is queued (profile limits, the trainer
-engine installed or configured, the base model found). Pure checks that raise our coded errors; the
+engine installed or configured, the base model found, the preset resolved and the quality gate passed). Pure checks that raise our coded errors; the
 manager (`manager.py`) calls them and queues what passes.
 """
 
@@ -8,12 +8,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from sidecar.backend import GenerationBackend
 from sidecar.config import Settings
 from sidecar.errors import CheckpointNotFound, EngineUnavailable, InvalidField
 from sidecar.profiles import Profile
+from sidecar.training import presets
 from sidecar.training.wire import TrainRequest
 
 
@@ -73,6 +75,20 @@ def check_engine(settings: Settings, engine: str) -> None:
         raise EngineUnavailable(
             f"The embedded trainer needs {', '.join(missing)}: install plasma-sidecar[engine], or "
             "configure kohya_dir and train with engine 'kohya'.", {"missing": missing})
+
+
+# dataset dir, trigger word, preset, family -> raises `dataset_not_ready` with the findings
+# (`sidecar.dataprep.gate`, handed in by the app: it sits a layer above the training package)
+Gate = Callable[[Path, str, str | None, str], Awaitable[None]]
+
+
+async def preset_and_gate(req: TrainRequest, family: str, trainer: str, trigger: str, gate: Gate | None) -> TrainRequest:
+    """The request with its preset resolved into its own values (for the family and trainer the run was
+    placed on), after the quality gate passed it (or `force` skipped the gate)."""
+    req = presets.apply(req, family, trainer, trigger)
+    if gate is not None and not req.force:
+        await gate(Path(req.dataset_dir), trigger, req.preset, family)
+    return req
 
 
 async def find_base_model(settings: Settings, backend: GenerationBackend | None, name: str) -> Path:

@@ -71,7 +71,8 @@ def job_config(job: TrainJob, device: str, gpu_memory_gb: float | None = None) -
     datasets = [{
         "folder_path": str(job.work_dir / "img" / subset.name),
         "caption_ext": "txt",
-        "caption_dropout_rate": 0.05,
+        # The example config's 0.05 unless the request (or its preset) says otherwise.
+        "caption_dropout_rate": 0.05 if s.caption_dropout_rate is None else s.caption_dropout_rate,
         "shuffle_tokens": False,
         "cache_latents_to_disk": True,
         "resolution": [s.resolution],
@@ -89,7 +90,8 @@ def job_config(job: TrainJob, device: str, gpu_memory_gb: float | None = None) -
         "datasets": datasets,
         "train": {
             "batch_size": 1, "steps": s.steps, "gradient_accumulation_steps": 1, "train_unet": True,
-            "train_text_encoder": False, "gradient_checkpointing": True, "noise_scheduler": NOISE[family],
+            # The text encoder only on SD 1.5 when asked ("probably won't work with flux", the example says).
+            "train_text_encoder": bool(s.train_text_encoder) and family == "sd15", "gradient_checkpointing": True, "noise_scheduler": NOISE[family],
             # adamw, not the example's adamw8bit: bitsandbytes is optional and absent on many machines.
             "optimizer": "adamw", "lr": s.learning_rate, "dtype": "bf16" if family == "flux" else "fp16",
             "disable_sampling": not s.sample_prompts,

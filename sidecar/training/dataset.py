@@ -91,9 +91,11 @@ def _names(paths: list[Path], root: Path) -> list[str]:
     return [str(p.relative_to(root)) if p.is_relative_to(root) else str(p) for p in paths]
 
 
-def load_dataset(root: Path, trigger_word: str, should_stop: Callable[[], bool] | None = None) -> Dataset:
+def load_dataset(root: Path, trigger_word: str, should_stop: Callable[[], bool] | None = None,
+                 repeats: int | None = None) -> Dataset:
     """Validate `root` and describe it. Blocking (file system): call it in a thread. `should_stop` is
-    looked at per image (a run cancelled while its set of thousands is checked): JobCancelled."""
+    looked at per image (a run cancelled while its set of thousands is checked): JobCancelled.
+    `repeats`: a flat folder's (a preset's or the request's); kohya's folders keep their names' own."""
     root = user_path(str(root), "datasetDir", DatasetInvalid)  # absolute; `~nosuchuser` is a 400
     limits = FileLimits(root)
     if not root.exists():
@@ -112,8 +114,8 @@ def load_dataset(root: Path, trigger_word: str, should_stop: Callable[[], bool] 
                             "the <repeats>_<class> folders.")
     else:
         layout = "flat"
-        subsets = [Subset(subset_name(FLAT_REPEATS, f"{trigger_word} character"), root, FLAT_REPEATS,
-                          f"{trigger_word} character")]
+        n = repeats or FLAT_REPEATS
+        subsets = [Subset(subset_name(n, f"{trigger_word} character"), root, n, f"{trigger_word} character")]
     reg_subsets = _subsets(reg_dir, warnings) if reg_dir is not None else []
     for subset in reg_subsets:
         # Regularisation images show the class without the character: no trigger word, captions optional

@@ -6,6 +6,12 @@ them, written in kohya's format (`kohya_format.py`) so ComfyUI and the engine lo
 folder (`NAME-state/`) to resume from; a NaN loss stops the run. Torch runs in a worker thread;
 hooks hop back to the event loop. Model loading is the embedded engine's.
 
+With sample prompts (a preset's, or the request's) it renders them at every save with the models it trains
+(`sampling.py`), into `OUT/sample/` as kohya names its samples.
+
+Why one module: one training run read top to bottom (set-up, latent cache, loop, saves), as a diffusers
+pipeline's `__call__` is; its helpers (format, sampling, checkpoints) live beside it.
+
 A cancel (or the daemon's SIGTERM) is noticed within a second in every phase: between steps, between
 images while latents are cached (5,000 images take half a minute), and while the base model loads
 (that call runs in a helper thread the trainer stops waiting for).
@@ -181,7 +187,10 @@ class _Training:
             module.requires_grad_(False)
         self.latents, self.captions = self._cache(parts, accelerator.device)
         self._check_stop()
-        del parts.vae  # only needed for the latent cache: give its memory back
+        # The VAE is needed past the latent cache only to decode samples: else its memory goes back.
+        self.parts = parts if spec.sample_prompts else None
+        if not spec.sample_prompts:
+            del parts.vae
         if accelerator.device.type == "cuda":
             torch.cuda.empty_cache()
         elif accelerator.device.type == "mps":
@@ -371,6 +380,8 @@ class _Training:
         job = self.job
         tensors = self._tensors(SAVE_DTYPE)
         self._save_state(step)
+        if self.parts is not None and (step % self.spec.save_every == 0 or step == self.spec.steps):
+            self._samples(step)  # before the checkpoint is announced, as kohya samples before it saves
         if step % self.spec.save_every == 0:
             path = job.output_dir / step_file_name(self.spec.output_name, step)
             kf.save_lora(path, tensors, self._meta(step))
@@ -380,6 +391,15 @@ class _Training:
         if step == self.spec.steps:
             kf.save_lora(job.final_file, tensors, self._meta(step))
             self.hooks.log(f"saving checkpoint: {job.final_file}")
+
+    def _samples(self, step: int) -> None:
+        from sidecar.training.sampling import render_samples
+
+        p, spec = self.parts, self.spec
+        render_samples(unet=self.unet, text_encoder=self.te, vae=p.vae, tokenizer=p.tokenizer,
+                       scheduler_config=p.scheduler_config, prompts=spec.sample_prompts, output_dir=self.job.output_dir,
+                       output_name=spec.output_name, step=step, size=spec.resolution, seed=spec.seed,
+                       autocast=self.accelerator.autocast, should_stop=self.stop.is_set, log=self.hooks.log)
 
     def _save_state(self, step: int) -> Path:
         """`NAME-state/`: fp32 LoRA weights, optimizer, step. Swapped in whole, never half-written."""

@@ -15,7 +15,7 @@ from sidecar.remote.plan import SETUP_HOURS, choose
 from sidecar.remote.providers import limits_of, provider_for
 from sidecar.errors import CheckpointNotFound
 from sidecar.remote.wire import MemoryAdvice, OfferInfo, TrainEstimate
-from sidecar.training import admission, placement
+from sidecar.training import admission, placement, presets
 from sidecar.training.memory_plan import table
 from sidecar.training.store import TrainingStore
 from sidecar.training.wire import TrainRequest
@@ -31,6 +31,8 @@ async def estimate(settings: Settings, store: TrainingStore, req: TrainRequest, 
             base = await admission.find_base_model(settings, backend, req.checkpoint or settings.checkpoint)
     where = await placement.place(settings, profile, req, engine, base or Path("-"))
     placement.fit_remote(resolved, where)
+    if req.preset is not None:  # the plan counts the preset's steps, as the run would
+        req = presets.apply(req, where.family, where.trainer, req.trigger_word or settings.trigger_word)
     here = await measured_seconds_per_step(store)
     out = TrainEstimate(steps=req.steps, seconds_per_step_here=round(here, 3) if here else None,
                         hours_here=round(req.steps * here / 3600, 3) if here else None,

@@ -25,7 +25,8 @@ SCRIPTS = {"sd15": "train_network.py", "sdxl": "sdxl_train_network.py", "flux": 
 SAMPLE_PROMPTS = "sample_prompts.txt"
 # train_util's sample file names: `{output_name}_{steps:06d}_{i:02d}_{YYYYmmddHHMMSS}[_{seed}].png` in
 # `<output_dir>/sample/` (`e{epoch:06d}` in place of the steps at an epoch's end).
-SAMPLE_FILE = re.compile(r"^(?P<name>.+)_(?P<step>\d{6})_(?P<i>\d{2})_\d{14}(?:_\d+)?\.png$")
+# The embedded trainer names its samples the same way without the time (`<name>_<step>_<i>_<seed>.png`).
+SAMPLE_FILE = re.compile(r"^(?P<name>.+)_(?P<step>\d{6})_(?P<i>\d{2})(?:_\d{14})?(?:_\d+)?\.png$")
 # ComfyUI's example names for Flux's text encoders and autoencoder (design.md "Families"), looked for beside
 # the Flux model on the machine that trains.
 FLUX_FILES = {"clip_l": "clip_l.safetensors", "t5xxl": "t5xxl_fp8_e4m3fn.safetensors", "ae": "ae.safetensors"}
@@ -111,6 +112,13 @@ def build_args(job: TrainJob, device: str, tokenizer_cache: Path | None,
     if s.sample_prompts:
         args += [f"--sample_prompts={job.work_dir / SAMPLE_PROMPTS}",
                  f"--sample_every_n_steps={s.sample_interval}", "--sample_sampler=euler_a"]
+    # What a preset (or the request) set beyond the canonical config; left out, kohya's defaults hold.
+    if family == "sd15" and s.train_text_encoder is False:  # SDXL and Flux train the U-Net only already
+        args.append("--network_train_unet_only")
+    elif family == "sd15" and s.text_encoder_lr is not None:
+        args.append(f"--text_encoder_lr={s.text_encoder_lr:g}")
+    if s.caption_dropout_rate:
+        args.append(f"--caption_dropout_rate={s.caption_dropout_rate:g}")
     if s.tracking:
         args += [f"--log_with={s.tracking}", f"--logging_dir={job.work_dir / 'logs'}"]
     if job.dataset.reg_subsets:

@@ -29,7 +29,7 @@ from sidecar.events import EventBus
 from sidecar.profiles import Profile
 from sidecar.sqlite_store import now_iso
 from sidecar.statuses import RUN_ACTIVE, RUN_RESUMABLE
-from sidecar.training import admission, placement, recovery, staging
+from sidecar.training import admission, placement, presets, recovery, staging
 from sidecar.training.checkpoints import safetensors_ok
 from sidecar.training.dataset import load_dataset
 from sidecar.training.live import LiveRun, trainer_hooks
@@ -54,7 +54,9 @@ STOP_TIMEOUT = 30.0  # how long shutdown waits for a trainer to stop before leav
 
 class TrainingManager:
     def __init__(self, settings: Settings, profile: Profile, device: Device, events: EventBus, store: TrainingStore,
-                 backend: GenerationBackend | None = None, trainer_factory: TrainerFactory | None = None):
+                 backend: GenerationBackend | None = None, trainer_factory: TrainerFactory | None = None,
+                 gate: admission.Gate | None = None):
+        self.gate = gate  # the dataset quality gate (`admission.Gate`)
         self.settings = settings
         self.profile = profile
         self.device = device
@@ -141,27 +143,24 @@ class TrainingManager:
         async with self._submit_lock:
             self.device.training.refuse_if_training()
             trigger = req.trigger_word or s.trigger_word
-            dataset = await asyncio.to_thread(load_dataset, Path(req.dataset_dir), trigger)
             if req.base_model is not None:  # a hub id or a path on the training machine: passed as given
                 base = Path(req.base_model).expanduser()
             else:
                 base = await admission.find_base_model(s, self.backend, req.checkpoint or s.checkpoint)
             placement.fit_remote(remote, where := await placement.place(s, self.profile, req, engine, base))
-            spec = TrainSpec(
-                output_name=req.output_name, dataset_dir=str(dataset.root), steps=req.steps,
-                resolution=where.resolution, network_dim=req.network_dim, network_alpha=req.network_alpha,
-                learning_rate=req.learning_rate, save_every=req.save_every_n_steps,
-                seed=req.seed if req.seed is not None else random.randrange(2**32), engine=engine,
-                trigger_word=trigger, checkpoint=base.name, remote=remote, trainer=where.trainer,
-                family=where.family, base_model_ref=where.base_model_ref, tracking=req.tracking,
-                sample_prompts=list(req.sample_prompts), sample_every=req.sample_every,
-            )
+            req = await admission.preset_and_gate(  # before the run is queued: before a remote run rents anything
+                req, where.family, where.trainer, trigger, self.gate)
+            dataset = await asyncio.to_thread(load_dataset, Path(req.dataset_dir), trigger, None, req.repeats)
+            spec = TrainSpec.of_request(
+                req, where, dataset_dir=str(dataset.root), engine=engine, trigger_word=trigger, checkpoint=base.name,
+                remote=remote, seed=req.seed if req.seed is not None else random.randrange(2**32))
             run_id = uuid.uuid4().hex
             work = self.runs_dir / run_id
             output = work / "output" / req.output_name if where.trainer == "ai-toolkit" else work / "output"
             run = RunRecord(id=run_id, status="queued", engine=engine, spec=spec.to_dict(), work_dir=str(work),
                             output_dir=str(output), base_model=str(base), total=spec.steps,
-                            warnings=list(dataset.warnings) + list(where.warnings))
+                            warnings=list(dataset.warnings) + list(where.warnings)
+                            + (presets.embedded_warnings(req) if where.trainer == "embedded" else []))
             await self.store.insert(run)
             self._enqueue(run)
         log.info("training run %s queued (%s, %d steps, dataset %s)", run_id, engine, spec.steps, spec.dataset_dir)
@@ -341,7 +340,7 @@ class TrainingManager:
         try:
             # A cancel is looked at per image while a set of thousands is checked again.
             dataset = await asyncio.to_thread(load_dataset, Path(spec.dataset_dir), spec.trigger_word,
-                                              live.cancel.is_set)
+                                              live.cancel.is_set, spec.repeats)
             job = TrainJob(run_id=run.id, spec=spec, dataset=dataset, work_dir=Path(run.work_dir),
                            output_dir=Path(run.output_dir), base_model=Path(run.base_model), resume=resume,
                            remote=run.remote)

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from sidecar.errors import JobFailed
 from sidecar.training.dataset import Dataset
+from sidecar.training.wire import TrainRequest
 
 TRAINING_FAILED = "training_failed"
 
@@ -43,9 +44,29 @@ class TrainSpec:
     sample_prompts: list[str] = field(default_factory=list)
     sample_every: int | None = None  # None: at every save
     tracking: str | None = None  # "tensorboard" | "wandb"
+    # What a preset (or the request) set beyond the canonical config; None: the trainer's default.
+    preset: str | None = None
+    force: bool = False  # trained past the quality gate's findings
+    repeats: int | None = None
+    caption_dropout_rate: float | None = None
+    train_text_encoder: bool | None = None
+    text_encoder_lr: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def of_request(cls, req: TrainRequest, where: Any, **resolved: Any) -> TrainSpec:
+        """The request (its preset already resolved), where it trains (`placement.Placement`: resolution, trainer,
+        family, base model) and what admission resolved: dataset_dir, engine, trigger_word, checkpoint, remote, seed."""
+        return cls(output_name=req.output_name, steps=req.steps, network_dim=req.network_dim,
+                   resolution=where.resolution, trainer=where.trainer, family=where.family,
+                   base_model_ref=where.base_model_ref,
+                   network_alpha=req.network_alpha, learning_rate=req.learning_rate, save_every=req.save_every_n_steps,
+                   tracking=req.tracking, sample_prompts=list(req.sample_prompts), sample_every=req.sample_every,
+                   preset=req.preset, force=req.force, repeats=req.repeats,
+                   caption_dropout_rate=req.caption_dropout_rate, train_text_encoder=req.train_text_encoder,
+                   text_encoder_lr=req.text_encoder_lr, **resolved)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainSpec:

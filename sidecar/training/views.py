@@ -56,7 +56,10 @@ def run_view(run: RunRecord, tracker: ProgressTracker | None, tail: list[str]) -
                               save_every_n_steps=spec.save_every, seed=spec.seed, checkpoint=spec.checkpoint,
                               trainer=spec.trainer, family=spec.family, base_model=spec.base_model_ref,
                               sample_prompts=list(spec.sample_prompts), sample_every=spec.sample_interval,
-                              tracking=spec.tracking),
+                              tracking=spec.tracking,
+                              preset=spec.preset, force=spec.force, repeats=spec.repeats,
+                              caption_dropout_rate=spec.caption_dropout_rate,
+                              train_text_encoder=spec.train_text_encoder, text_encoder_lr=spec.text_encoder_lr),
         warnings=list(run.warnings),
         log_tail=tail,
         error=(ErrorInfo(code=run.error_code, message=run.error_message or "", details=run.error_details or {})

@@ -81,6 +81,23 @@ class TrainRequest(Wire):
                                      description="steps between samples [default: every save]")
     tracking: Literal["tensorboard", "wandb"] | None = Field(
         None, description="experiment tracking through the trainer's own switch [default: none]")
+    # Presets and the quality gate (docs/training/presets.md, docs/training/gate.md). A preset fills the
+    # fields below and steps, networkDim, networkAlpha, learningRate that the request leaves out
+    # (`sidecar.training.presets.apply`); the run's params show what was resolved.
+    preset: Literal["character", "style", "concept"] | None = Field(
+        None, description="fill the training values for a character, a style or a concept (per family and "
+                          "trainer: docs/training/presets.md); every field the request gives wins")
+    force: bool = Field(False, description="train even when the dataset quality gate finds problems (recorded "
+                                           "in the run's params)")
+    repeats: int | None = Field(None, ge=1, le=1000, description="passes over each image per epoch, for a flat "
+                                "folder (kohya's <repeats>_ folders keep their own) [default: 10]")
+    caption_dropout_rate: float | None = Field(None, ge=0, le=1, description="share of steps that train on an "
+                                               "empty caption (kohya --caption_dropout_rate, ai-toolkit "
+                                               "caption_dropout_rate) [default: the trainer's, 0]")
+    train_text_encoder: bool | None = Field(None, description="train the text encoder too (false: the U-Net "
+                                            "only) [default: the trainer's]")
+    text_encoder_lr: float | None = Field(None, gt=0, le=1, description="the text encoder's learning rate "
+                                          "[default: learningRate]")
 
 
 # The one LoRA folder field of promote, stage and unstage.
@@ -132,6 +149,30 @@ class UnstagedLoras(Wire):
     removed: list[str] = Field(..., description="the loraIds no longer staged")
 
 
+class PublishRequest(Wire):
+    """POST /loras/{id}/publish: write the LoRA's bundle (`sidecar loras publish`)."""
+
+    step: int | None = Field(None, ge=1, description="the checkpoint to publish [default: the sweep's pick when the "
+                                                     "run was swept and ranked, else the final LoRA]")
+    with_dataset: bool = Field(False, description="put the training images and captions in the bundle too (the "
+                                                  "manifest of their hashes and captions is always there)")
+    name: str | None = Field(None, pattern=NAME_PATTERN, description="the bundle's and the file's name [default: "
+                                                                     "the run's output name]")
+    root: str | None = Field(None, min_length=1, max_length=4096, pattern=r"^/",
+                             description="absolute folder the bundle goes under, as root/dist/<name>/ and "
+                                         "root/dist/<name>.zip [default: the daemon's project_root]")
+
+
+class PublishedBundle(Wire):
+    run_id: str
+    step: int
+    folder: str = Field(description="dist/<name>/")
+    zip: str = Field(description="dist/<name>.zip: the folder's files under <name>/, byte-reproducible")
+    files: list[str] = Field(description="the folder's files, sorted")
+    recommended_strength: float
+    with_dataset: bool
+
+
 class LossInfo(Wire):
     last: float | None = None
     smoothed: float | None = None
@@ -172,6 +213,12 @@ class TrainingParams(Wire):
     sample_prompts: list[str] = Field(default_factory=list)
     sample_every: int | None = None
     tracking: str | None = None
+    preset: str | None = None
+    force: bool = Field(False, description="true: trained past the dataset quality gate's findings")
+    repeats: int | None = None
+    caption_dropout_rate: float | None = None
+    train_text_encoder: bool | None = None
+    text_encoder_lr: float | None = None
 
 
 class TrainingRun(Wire):

@@ -49,6 +49,7 @@ const MESSAGES = {
   init_image_invalid: () => ["The image to start from cannot be read any more: render it again, then try More like this."],
   dataset_invalid: (d) => BUILD_FIELDS[d && d.field] ? [BUILD_FIELDS[d.field]]
     : ["That folder is not a training set yet: it needs images, each with a caption. Open it in Dataset to see what is missing.", { label: "Open Dataset", href: "#/dataset" }],
+  dataset_not_ready: (d) => [`The training set is not ready: ${(d && d.findingCount) || "some"} problem(s) to fix first (listed under the form), or train anyway.`, { label: "Open Dataset", href: "#/dataset" }],
   character_invalid: () => ["The character's settings in the project cannot be read. Check the project's character file."],
   prompt_file_invalid: () => ["This page's prompt file cannot be read. Fix its text (or its front matter) and try again.", PAGES],
   page_project_missing: () => ["No project is open, so there are no pages to render into.", PAGES],

@@ -2,10 +2,13 @@
 // that grows live (training.* events); checkpoints (with the sweep's likeness rank and pick), the sweep's
 // contact sheet when there is one, promote; a finished run's checkpoints swept from here (the daemon runs
 // the sweep, the card follows it) and its pick promoted;
-// start a run from a dataset folder; cancel and resume.
+// each checkpoint's samples (thumbnails, a click shows one whole) and, beside the sweep, all of them by
+// checkpoint with a Pick each; start a run from a dataset folder (a preset, the quality gate's findings, "Train
+// anyway"); cancel and resume.
 import { api } from "../api.js";
 import { field, h, problem, replace, seconds, toast } from "../dom.js";
 import { followTask, stepWords } from "../tasks.js";
+import { gateFindings, sampleGrid, sampleStrip } from "./samples.js";
 
 const ACTIVE = new Set(["queued", "running"]);
 const RESUMABLE = new Set(["interrupted", "cancelled", "failed"]);
@@ -63,19 +66,28 @@ export function mount(root, ctx) {
   const resolution = h("input", { name: "resolution", type: "number", min: 64, max: 4096, step: 64, value: 512 });
   const dim = h("input", { name: "networkDim", type: "number", min: 1, max: 256, value: 32 });
   const alpha = h("input", { name: "networkAlpha", type: "number", min: 0.5, max: 256, step: 0.5, value: 16 });
+  const preset = h("select", { name: "preset" }, h("option", { value: "" }, "none"), h("option", { value: "character" }, "character"),
+    h("option", { value: "style" }, "style"), h("option", { value: "concept" }, "concept"));
+  const force = h("input", { name: "force", type: "checkbox" });
+  const gateBox = h("div", { class: "gate-box", "aria-live": "polite" });
   const engine = h("select", { name: "engine" }, h("option", { value: "" }, "default"), h("option", { value: "embedded" }, "embedded"), h("option", { value: "kohya" }, "kohya"));
   const trainForm = h("form", { class: "card form train" },
     h("h2", {}, "Train a LoRA"),
     field("Dataset folder", datasetDir, "a flat folder of images + .txt captions, or kohya's img/ folder"),
     h("div", { class: "cols" }, field("Name", outputName), field("Steps", steps), field("Save every", every), field("Engine", engine)),
-    h("div", { class: "cols" }, field("Resolution", resolution, "square, multiple of 64"), field("Network dim", dim), field("Network alpha", alpha)),
-    h("div", { class: "row" }, h("button", { type: "submit", class: "primary" }, "Start training")));
+    h("div", { class: "cols" }, field("Resolution", resolution, "square, multiple of 64"), field("Network dim", dim), field("Network alpha", alpha),
+      field("Preset", preset, "the fields beside it win")),
+    h("div", { class: "row" }, h("label", { class: "check" }, force, " Train anyway, past the quality gate's findings"),
+      h("button", { type: "submit", class: "primary" }, "Start training")),
+    gateBox);
   // The form is kept (this browser) across views and reloads, as Generate's is.
   let kept = {};
   try { kept = JSON.parse(localStorage.getItem(KEPT) || "{}") || {}; } catch { kept = {}; }
-  for (const el of trainForm.querySelectorAll("input[name], select[name]")) if (kept[el.name] !== undefined) el.value = kept[el.name];
+  // "Train anyway" is not kept: it is a choice about one set, not a habit.
+  const kept_ = () => [...trainForm.querySelectorAll("input[name], select[name]")].filter((el) => el.type !== "checkbox");
+  for (const el of kept_()) if (kept[el.name] !== undefined) el.value = kept[el.name];
   const keep = () => {
-    const values = Object.fromEntries([...trainForm.querySelectorAll("input[name], select[name]")].map((el) => [el.name, el.value]));
+    const values = Object.fromEntries(kept_().map((el) => [el.name, el.value]));
     try { localStorage.setItem(KEPT, JSON.stringify(values)); } catch { /* private mode: not kept */ }
   };
   trainForm.addEventListener("input", keep);
@@ -86,7 +98,17 @@ export function mount(root, ctx) {
       saveEveryNSteps: Number(every.value), resolution: Number(resolution.value), networkDim: Number(dim.value),
       networkAlpha: Number(alpha.value) };
     if (engine.value) body.engine = engine.value;
-    try { upsert(await api("/loras/train", { method: "POST", body })); toast("training queued", "good"); } catch (err) { toast(err, "error"); }
+    if (preset.value) body.preset = preset.value;
+    if (force.checked) body.force = true;
+    try {
+      upsert(await api("/loras/train", { method: "POST", body }));
+      replace(gateBox);
+      force.checked = false;
+      toast("training queued", "good");
+    } catch (err) {
+      if (err.code === "dataset_not_ready") replace(gateBox, gateFindings(err));
+      toast(err, "error");
+    }
   });
 
   root.append(h("h1", {}, "LoRAs"),
@@ -255,17 +277,20 @@ export function mount(root, ctx) {
       promotable(run).length ? h("div", { class: "checkpoints" }, h("h3", {}, "Checkpoints"),
         pick ? h("p", { class: "small pick" }, `Most like the character (sweep): ${pick.label}, mean likeness ${pick.meanScore.toFixed(2)}, ${Math.round(100 * pick.shareSame)}% same`)
           : sweep && sweep.index && sweep.index.unranked ? h("p", { class: "muted small" }, `Sweep not ranked: ${sweep.index.unranked}`) : null,
-        h("ul", {}, promotable(run).map((c) => h("li", { class: `row${c.final ? " final" : ""}`, dataset: c.final ? { step: c.step, final: "1" } : { step: c.step } },
+        h("ul", {}, promotable(run).map((c) => h("li", { class: `row${c.final ? " final" : ""}${(c.samples || []).length ? " has-samples" : ""}`, dataset: c.final ? { step: c.step, final: "1" } : { step: c.step } },
           h("span", {}, c.final ? `final LoRA (step ${c.step})` : `step ${c.step}`), h("span", { class: "muted small" }, c.fileName),
           ranks.has(c.step) && !c.final ? h("span", { class: `badge rank${pick && pick.step === c.step ? " succeeded" : ""}`,
             title: `mean likeness ${ranks.get(c.step).meanScore}, ${Math.round(100 * ranks.get(c.step).shareSame)}% same, ${ranks.get(c.step).failures} failed` },
           `#${ranks.get(c.step).rank} ${ranks.get(c.step).meanScore.toFixed(2)}`) : null,
-          h("button", { type: "button", class: c.final ? "small primary" : "small", onclick: () => act(run, "promote", c.final ? {} : { step: c.step }) }, "Promote"))))) : null,
+          h("button", { type: "button", class: c.final ? "small primary" : "small", onclick: () => act(run, "promote", c.final ? {} : { step: c.step }) }, "Promote"),
+          sampleStrip(run, c))))) : null,
       pick && !ACTIVE.has(run.status) ? h("div", { class: "row pick-promote" }, h("button", { type: "button", class: "primary",
         onclick: () => act(run, "promote", pick.step === null || pick.step === undefined ? {} : { step: pick.step }) }, `Promote the pick (${pick.label})`)) : null,
       !ACTIVE.has(run.status) && run.checkpoints.length ? sweepPanel(run, card).form : null,
-      sweep && sweep.contactSheetUrl ? h("details", { class: "sweep", open: card.sweepOpen || false }, h("summary", {}, "Sweep contact sheet"),
-        h("a", { href: sweep.contactSheetUrl, target: "_blank", rel: "noopener" }, h("img", { src: sweep.contactSheetUrl, alt: "contact sheet", class: "sheet" }))) : null,
+      h("div", { class: "sweep-compare" },
+        sweep && sweep.contactSheetUrl ? h("details", { class: "sweep", open: card.sweepOpen || false }, h("summary", {}, "Sweep contact sheet"),
+          h("a", { href: sweep.contactSheetUrl, target: "_blank", rel: "noopener" }, h("img", { src: sweep.contactSheetUrl, alt: "contact sheet", class: "sheet" }))) : null,
+        ACTIVE.has(run.status) ? null : sampleGrid(run, run.checkpoints, (c) => act(run, "promote", { step: c.step }), pick && pick.step)),
       run.logTail.length ? h("details", { class: "log" }, h("summary", {}, "Log"), h("pre", {}, run.logTail.join("\n"))) : null);
     card.querySelector(".bar").style.width = `${pct}%`;
   }
