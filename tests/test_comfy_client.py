@@ -494,8 +494,14 @@ async def test_an_answer_past_its_bound_or_not_json_is_comfyui_unavailable_not_h
 
     app = web.Application()
     app.router.add_get("/system_stats", endless)
-    app.router.add_get("/queue", lambda _r: web.Response(text="<html>not ComfyUI</html>"))
-    app.router.add_get("/models/checkpoints", lambda _r: web.Response(text="{nope"))
+    async def not_comfyui(_r: web.Request) -> web.Response:
+        return web.Response(text="<html>not ComfyUI</html>")
+
+    async def not_json(_r: web.Request) -> web.Response:
+        return web.Response(text="{nope")
+
+    app.router.add_get("/queue", not_comfyui)
+    app.router.add_get("/models/checkpoints", not_json)
     server = await aiohttp_server(app)
     client = ComfyClient(str(server.make_url("")).rstrip("/"))
     await client.start()
