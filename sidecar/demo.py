@@ -8,6 +8,7 @@ between runs: a second run reuses the models and adds version 2 of the page.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -23,6 +24,7 @@ from sidecar.assets import EXAMPLE_CHAPTER, asset_path
 from sidecar.config import client_token, http_url
 
 TINY_CHECKPOINT = "tiny-sd15.safetensors"
+DEMO_LORA = "spyke_plasma_v1.safetensors"  # the example chapter's LoRA, the tiny one standing in for it
 START_TIMEOUT = 120.0  # the first start imports torch and diffusers
 
 
@@ -54,6 +56,20 @@ def _write_config(folder: Path, port: int) -> Path:
     return config
 
 
+def model_families(url: str, token: str | None = None) -> str:
+    """The demo's checkpoint and LoRA with the family the daemon read from their headers (GET /models), as
+    one line; a daemon that does not answer is named, never fatal (the render says the rest)."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(f"{url}/models", headers=headers), timeout=30) as resp:
+            listed = json.load(resp)
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        return f"== model families not known: GET /models failed ({exc})"
+    found = {m["name"]: m["family"] for kind in ("checkpoints", "loras") for m in listed.get(kind, [])}
+    shown = [f"{name}: {found.get(name, 'not listed')}" for name in (TINY_CHECKPOINT, DEMO_LORA)]
+    return f"== model families (read from the files' headers): {'; '.join(shown)}"
+
+
 def studio_hint(config: Path, url: str) -> str:
     """How to see the demo's page in the studio: the daemon again on the demo's config, and the URL."""
     here = Path(sys.executable).parent / "sidecar"
@@ -81,7 +97,7 @@ def demo(folder: Path, port: int) -> None:
         click.echo(f"== making tiny models in {models}")
         subprocess.run([python, "-m", "sidecar.cli", "models", "make-tiny", "--out", str(models)], env=env, check=True)
         # The example chapter asks for the character's LoRA by name; the tiny one stands in for it.
-        shutil.copyfile(models / "loras" / "tiny-lora.safetensors", models / "loras" / "spyke_plasma_v1.safetensors")
+        shutil.copyfile(models / "loras" / "tiny-lora.safetensors", models / "loras" / DEMO_LORA)
     project = folder / "project"
     if not project.is_dir():
         shutil.copytree(asset_path(EXAMPLE_CHAPTER), project)
@@ -104,6 +120,7 @@ def demo(folder: Path, port: int) -> None:
                 raise click.ClickException(f"the daemon did not answer in {START_TIMEOUT:.0f} s; see "
                                            f"{folder / 'daemon.log'}")
             time.sleep(0.5)
+        click.echo(model_families(url, token))
         click.echo("== generate --comfyui -c 1 --page 1")
         done = subprocess.run([python, "-m", "pipeline_stage", "--comfyui", "-c", "1", "--page", "1",
                                "--root", str(project), "--daemon", url], env=env)

@@ -14,6 +14,15 @@ models and LoRAs in the formats people install:
   kohya's `lora_te2_`, diffusers' `text_encoder_2.`), else SD 1.5's one (`cond_stage_model.transformer.`,
   `lora_te_`).
 
+When the tensors do not decide (a width of neither, as in the tiny test models; no UNet or text-encoder
+key), the header's own metadata does: the SAI model spec's `modelspec.architecture`
+(`stable-diffusion-v1`, `stable-diffusion-xl-v1-base`, `flux-1-dev`..., with `/lora` after it in kohya's
+LoRAs, `-lora` in the spec's own examples) and `ss_base_model_version` (kohya's `sd_v1`,
+`sdxl_base_v1-0`, `flux1`: sd-scripts library/sai_model_spec.py, model_util.py, flux_utils.py;
+ai-toolkit's `sd_1.5`, `sdxl_1.0`, `flux.1`).
+Tensors that decide win: metadata that contradicts them (or the two metadata keys each other) makes
+the file `unknown`, saying both, since a mislabelled file is one a person should look at.
+
 What fits none of them is `unknown`, with the reason. Answers are cached by (path, size, mtime), so a
 file replaced under the same name is read again.
 """
@@ -43,6 +52,7 @@ TEMPLATE_PREFIX = {"sd15": "", "sdxl": "sdxl-", "flux": "flux-"}
 # A Flux checkpoint's header is under 1 MB; a larger length is not a header we can trust to hold.
 MAX_HEADER = 32 * 1024 * 1024
 CONTEXT_WIDTHS: dict[int, Family] = {768: "sd15", 2048: "sdxl"}
+FOREIGN_WIDTHS = {1024: "SD 2.x"}  # a width that shows another real architecture
 
 _FLUX_DOUBLE = re.compile(r"(^|[._])double_blocks[._]\d")
 _FLUX_SINGLE = re.compile(r"(^|[._])single_(transformer_)?blocks[._]\d")
@@ -87,22 +97,84 @@ def read_header(path: Path) -> dict[str, Any]:
 
 def family_of_tensors(shapes: dict[str, list[int]]) -> FamilyReading:
     """The family that tensor names and shapes show (see the module's docstring for the signs)."""
+    return _tensor_evidence(shapes)[0]
+
+
+def _tensor_evidence(shapes: dict[str, list[int]]) -> tuple[FamilyReading, bool]:
+    """(reading, whether the tensors decide): an unknown width of another real architecture (SD 2.x's
+    1024) decides against every family; a width of none (a tiny test model's) or no sign at all does not."""
     names = list(shapes)
     if any(_FLUX_DOUBLE.search(n) for n in names) or any(_FLUX_SINGLE.search(n) for n in names):
-        return FamilyReading("flux")
+        return FamilyReading("flux"), True
     widths = {shape[1] for name, shape in shapes.items() if _ATTN2_K.search(name) and len(shape) >= 2}
     if widths:
         families = {CONTEXT_WIDTHS.get(w) for w in widths}
         if len(families) == 1 and None not in families:
-            return FamilyReading(families.pop())  # type: ignore[arg-type]
-        return FamilyReading(UNKNOWN, f"its UNet cross-attention width is {', '.join(map(str, sorted(widths)))}; "
-                                      "SD 1.5 has 768, SDXL 2048")
+            return FamilyReading(families.pop()), True  # type: ignore[arg-type]
+        return (FamilyReading(UNKNOWN, f"its UNet cross-attention width is {', '.join(map(str, sorted(widths)))}; "
+                                       "SD 1.5 has 768, SDXL 2048"),
+                bool(widths & FOREIGN_WIDTHS.keys()))
     if any(n.startswith(("conditioner.embedders.1.", "lora_te2_", "text_encoder_2.")) for n in names):
-        return FamilyReading("sdxl")
+        return FamilyReading("sdxl"), True
     if any(n.startswith(("cond_stage_model.transformer.", "lora_te_")) for n in names):
-        return FamilyReading("sd15")
+        return FamilyReading("sd15"), True
     return FamilyReading(UNKNOWN, "no tensor of an SD 1.5 or SDXL UNet, their text encoders, or Flux's "
-                                  "transformer blocks")
+                                  "transformer blocks"), False
+
+
+# modelspec.architecture (adapter suffix removed) and ss_base_model_version values, per family. Flux
+# "chroma" is left out: ComfyUI loads it as its own model type, not as Flux.
+MODELSPEC_FAMILIES: dict[str, Family] = {
+    "stable-diffusion-v1": "sd15", "stable-diffusion-xl-v1-base": "sdxl", "stable-diffusion-xl-v0_9-base": "sdxl",
+    "flux-1-dev": "flux", "flux-1-schnell": "flux", "flux-1": "flux"}
+# kohya's (`sd_v1`, `sdxl_base_v1-0`, `flux1`) and ai-toolkit's (`sd_1.5`, `sdxl_1.0`, `flux.1`:
+# toolkit/stable_diffusion_model.py get_base_model_version) ss_base_model_version values.
+BASE_MODEL_VERSIONS: dict[str, Family] = {"sd_v1": "sd15", "sdxl_base_v1-0": "sdxl", "flux1": "flux",
+                                          "sd_1.5": "sd15", "sdxl_1.0": "sdxl", "flux.1": "flux"}
+_ADAPTER_SUFFIX = re.compile(r"(/[^/]*|-lora|-textual-inversion)$")
+
+
+def family_of_metadata(meta: dict[str, Any]) -> FamilyReading | None:
+    """What a header's `__metadata__` says of its family: None when it says nothing we read; `unknown`
+    (with the reason) when it names another architecture or its two keys disagree."""
+    said: dict[str, str] = {}
+    arch = str(meta.get("modelspec.architecture") or "").strip()
+    if arch:
+        said[f"modelspec.architecture = {arch!r}"] = MODELSPEC_FAMILIES.get(_ADAPTER_SUFFIX.sub("", arch), UNKNOWN)
+    version = str(meta.get("ss_base_model_version") or "").strip()
+    if version:
+        said[f"ss_base_model_version = {version!r}"] = BASE_MODEL_VERSIONS.get(version, UNKNOWN)
+    if not said:
+        return None
+    families = set(said.values())
+    if families == {UNKNOWN}:
+        return FamilyReading(UNKNOWN, f"its metadata names another architecture ({'; '.join(said)})")
+    families.discard(UNKNOWN)  # one key of ours and one we do not know (kohya's "sd_v1_v"): ours stands
+    if len(families) > 1:
+        return FamilyReading(UNKNOWN, f"its metadata contradicts itself ({'; '.join(said)})")
+    family = families.pop()
+    keys = "; ".join(k for k, v in said.items() if v == family)
+    return FamilyReading(family, f"from its metadata ({keys})")  # type: ignore[arg-type]
+
+
+def family_of_header(header: dict[str, Any]) -> FamilyReading:
+    """A safetensors header's family: its tensors', else its metadata's (see the module's docstring)."""
+    shapes = {name: list(value.get("shape") or []) for name, value in header.items()
+              if name != "__metadata__" and isinstance(value, dict)}
+    tensors, decided = _tensor_evidence(shapes)
+    meta = header.get("__metadata__")
+    stated = family_of_metadata(meta) if isinstance(meta, dict) else None
+    if stated is None:
+        return tensors
+    if not decided:
+        return stated
+    # The tensors decide. Metadata naming an architecture we do not know proves nothing against them.
+    if stated.family in (UNKNOWN, tensors.family):
+        return tensors
+    shown = FAMILY_NAMES[tensors.family] if tensors.known else f"no family of ours ({tensors.reason})"
+    return FamilyReading(UNKNOWN, f"its tensors read as {shown}, but its metadata says "
+                                  f"{FAMILY_NAMES[stated.family]} {(stated.reason or '').removeprefix('from its metadata ')}: "
+                                  "a mislabelled or converted file")
 
 
 # A LoRA's text-encoder weights, in kohya's names (`lora_te_`, `lora_te1_` CLIP-L, `lora_te2_`, `lora_te3_` T5)
@@ -144,9 +216,7 @@ def family_of_file(path: Path) -> FamilyReading:
         header = read_header(path)
     except (OSError, ValueError) as exc:
         return FamilyReading(UNKNOWN, str(exc))
-    shapes = {name: list(value.get("shape") or []) for name, value in header.items()
-              if name != "__metadata__" and isinstance(value, dict)}
-    return family_of_tensors(shapes)
+    return family_of_header(header)
 
 
 def sha256_of(path: Path) -> str:

@@ -60,7 +60,8 @@ NODE_TYPES: dict[str, NodeType] = {
         "strength_clip": Value(float, param="lora_strength"),
     }, ("MODEL", "CLIP")),
     # The Flux templates' LoRA loader (its LoRAs carry transformer weights): MODEL alone, as the recorded
-    # object_info declares it. The embedded engine does not run it (a Flux job never reaches it).
+    # object_info declares it. The embedded engine runs it too (SD 1.5 and SDXL: the LoRA's UNet weights),
+    # since a user's whole workflow may hold it.
     "LoraLoaderModelOnly": NodeType({
         "model": Linked("MODEL"), "lora_name": Value(str, folder="loras"),
         "strength_model": Value(float, param="lora_strength"),
@@ -132,7 +133,6 @@ NODE_TYPES: dict[str, NodeType] = {
 SUPPORTED_NODES = frozenset(NODE_TYPES)
 # The nodes only Flux graphs use (its templates): checked here, run by ComfyUI; the embedded engine runs SD 1.5.
 FLUX_NODES = frozenset({"UNETLoader", "DualCLIPLoader", "VAELoader", "FluxGuidance", "ModelSamplingFlux",
-                        "LoraLoaderModelOnly",
                         "EmptySD3LatentImage"})
 LATENT_NODES = ("EmptyLatentImage", "EmptySD3LatentImage")  # the nodes that set an image size and batch
 SAMPLER_NODES = ("KSampler",)

@@ -174,3 +174,13 @@ def known_profile(name: str) -> str:
     if name not in PROFILES:
         raise ValueError(f"unknown profile {name!r}; known: {', '.join(sorted(PROFILES))}")
     return name
+
+
+def where_it_trains(family: str) -> list[str]:
+    """Where a LoRA of `family` can train, in words a message names: SD 1.5 everywhere; SDXL and Flux on a
+    GPU (kohya or ai-toolkit), remote or on a CUDA machine whose profile allows the family."""
+    if family == "sd15":
+        return ["here (every profile)", "remote vast", "remote ssh"]
+    gpus = [p.name for p in PROFILES.values() if family in p.families and p.accelerator == "cuda"]
+    return ["remote vast", "remote ssh", f"here on a CUDA machine whose profile allows {family} "
+                                        f"({', '.join(gpus)})"]

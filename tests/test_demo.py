@@ -32,6 +32,10 @@ def test_demo_renders_page_one_twice_and_stops_its_daemon(tmp_path) -> None:
     assert (raw / "ch01_p001_v1.workflow.json").is_file()
     [entry] = json.loads((folder / "project" / "output" / "ch-01" / "generation-log.json").read_text())
     assert (entry["engine"], entry["model"], entry["loraId"]) == ("embedded", "tiny-sd15.safetensors", "spyke_plasma_v1")
+    # The tiny models' headers say their family (modelspec metadata), and the demo names it.
+    assert entry["family"] == "sd15"
+    assert ("== model families (read from the files' headers): tiny-sd15.safetensors: sd15; "
+            "spyke_plasma_v1.safetensors: sd15") in first.stdout
     # It ends with the studio's URL on the demo page, and the daemon it names shows the demo's project.
     assert first.stdout.rstrip().splitlines()[-2].endswith(f"sidecar serve --config {folder.resolve() / 'sidecar.toml'}")
     assert f"http://127.0.0.1:{port}/#/pages/1/1" in first.stdout.rstrip().splitlines()[-1]

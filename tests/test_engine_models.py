@@ -222,3 +222,24 @@ def test_make_tiny_also_writes_a_tiny_likeness_model(engine_models: Path) -> Non
 
     scorer = CcipScorer.open(engine_models, "ccip-tiny")  # CCIP's three files, loadable as the real ones
     assert scorer.threshold > 0 and len(scorer.weights) == 16
+
+
+async def test_the_tiny_models_say_their_family_in_get_models(aiohttp_client, tmp_path, engine_models: Path,
+                                                              sdxl_models: Path) -> None:
+    # The demo's models: their 32-wide cross-attention is no real family's, so the header's modelspec
+    # metadata (written by make-tiny as sd-scripts writes it) says the family.
+    from sidecar.api.app import create_app
+
+    models = tmp_path / "models"
+    shutil.copytree(engine_models, models)
+    for name in ("checkpoints/tiny-sdxl.safetensors", "loras/tiny-sdxl-lora.safetensors"):
+        shutil.copyfile(sdxl_models / name, models / name)
+    settings = Settings(data_dir=tmp_path / "data", device="cpu", models_dir=models)
+    client = await aiohttp_client(create_app(settings, EmbeddedBackend(settings)))
+    body = await (await client.get("/models")).json()
+    seen = {m["name"]: (m["family"], m.get("familyNote") or "") for kind in ("checkpoints", "loras") for m in body[kind]}
+    assert seen[TINY_CHECKPOINT][0] == "sd15" and "modelspec.architecture" in seen[TINY_CHECKPOINT][1]
+    assert seen[TINY_LORA][0] == "sd15"
+    assert seen["tiny-sdxl.safetensors"][0] == "sdxl" and seen["tiny-sdxl-lora.safetensors"][0] == "sdxl"
+    _, meta = _keys(engine_models / "checkpoints" / TINY_CHECKPOINT)
+    assert meta["modelspec.architecture"] == "stable-diffusion-v1" and meta["modelspec.resolution"] == "512x512"

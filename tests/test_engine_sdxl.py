@@ -296,3 +296,24 @@ def test_prompts_condition_the_unet_as_diffusers_sdxl_pipeline_does(sdxl_models:
     time_ids = pipe._get_add_time_ids((96, 64), (0, 0), (96, 64), dtype=torch.float32,
                                       text_encoder_projection_dim=parts.text_encoder_2.config.projection_dim)
     assert torch.equal(size_conditioning(64, 96, our_pooled, torch.float32)["time_ids"], time_ids)
+
+
+def test_the_embedded_trainer_refuses_an_sdxl_or_flux_base_naming_where_it_trains(sdxl_models: Path,
+                                                                                 tmp_path: Path) -> None:
+    # Even when the run was told family sd15: the file's header is read before any weight is.
+    from sidecar.engine.models import load_training_components
+    from sidecar.errors import FamilyNotSupported
+    from tests.family_headers import FLUX_DIFFUSION_MODEL, write_safetensors
+
+    with pytest.raises(FamilyNotSupported) as sdxl:
+        load_training_components(sdxl_models / "checkpoints" / "tiny-sdxl.safetensors")
+    assert sdxl.value.code == "family_not_supported" and sdxl.value.http_status == 400
+    assert "kohya or ai-toolkit" in str(sdxl.value) and "tiny-sdxl.safetensors" in str(sdxl.value)
+    assert sdxl.value.details["family"] == "sdxl" and "remote vast" in sdxl.value.details["where"]
+    assert any("cuda-24gb" in w for w in sdxl.value.details["where"])
+    # A ComfyUI all-in-one Flux checkpoint: BFL's blocks under the UNet prefix.
+    flux = write_safetensors(tmp_path / "checkpoints" / "flux1-dev-fp8.safetensors",
+                             {f"model.diffusion_model.{k}": v for k, v in FLUX_DIFFUSION_MODEL.items()})
+    with pytest.raises(FamilyNotSupported) as refused:
+        load_training_components(flux)
+    assert refused.value.details["family"] == "flux" and "Flux" in str(refused.value)

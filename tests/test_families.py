@@ -46,6 +46,59 @@ def test_a_file_of_no_known_family_says_why(tmp_path) -> None:
     assert family_of_file(ckpt).family == "unknown" and ".ckpt" in (family_of_file(ckpt).reason or "")
 
 
+# A model too small or too unusual for its tensors to decide: a 32-wide cross-attention (the tiny test models').
+NARROW_CHECKPOINT = {
+    "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight": [64, 32],
+    "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight": [514, 32],
+}
+
+
+@pytest.mark.parametrize(("metadata", "family"), [
+    ({"modelspec.architecture": "stable-diffusion-v1"}, "sd15"),
+    ({"modelspec.architecture": "stable-diffusion-v1/lora"}, "sd15"),  # kohya's adapter suffix
+    ({"modelspec.architecture": "stable-diffusion-xl-v1-base-lora"}, "sdxl"),  # the spec's own example
+    ({"modelspec.architecture": "flux-1-dev/lora"}, "flux"),
+    ({"modelspec.architecture": "flux-1-schnell"}, "flux"),
+    ({"ss_base_model_version": "sd_v1"}, "sd15"),
+    ({"ss_base_model_version": "sdxl_base_v1-0"}, "sdxl"),
+    ({"ss_base_model_version": "flux1"}, "flux"),
+    ({"ss_base_model_version": "sdxl_1.0"}, "sdxl"),  # ai-toolkit's names
+    ({"ss_base_model_version": "flux.1"}, "flux"),
+    # kohya's v-prediction SD 1.x: a version we do not place, beside an architecture we do.
+    ({"modelspec.architecture": "stable-diffusion-v1", "ss_base_model_version": "sd_v1_v"}, "sd15"),
+])
+def test_the_header_metadata_decides_when_the_tensors_do_not(tmp_path, metadata, family) -> None:
+    reading = family_of_file(write_safetensors(tmp_path / "m.safetensors", NARROW_CHECKPOINT, metadata))
+    assert reading.family == family
+    assert "metadata" in (reading.reason or "") and next(iter(metadata)) in (reading.reason or "")
+
+
+def test_tensors_that_decide_win_and_a_contradiction_is_unknown_with_both_sides(tmp_path) -> None:
+    agreeing = write_safetensors(tmp_path / "a.safetensors", SDXL_CHECKPOINT,
+                                 {"modelspec.architecture": "stable-diffusion-xl-v1-base"})
+    assert (family_of_file(agreeing).family, family_of_file(agreeing).reason) == ("sdxl", None)
+    liar = family_of_file(write_safetensors(tmp_path / "b.safetensors", SDXL_CHECKPOINT,
+                                            {"ss_base_model_version": "sd_v1"}))
+    assert liar.family == "unknown"
+    assert "read as SDXL" in liar.reason and "says Stable Diffusion 1.5" in liar.reason and "ss_base_model_version = 'sd_v1'" in liar.reason
+    # SD 2.x's 1024-wide cross-attention is no family of ours, whatever its metadata claims.
+    sd2 = family_of_file(write_safetensors(tmp_path / "c.safetensors", SD2_CHECKPOINT,
+                                           {"modelspec.architecture": "stable-diffusion-v1"}))
+    assert sd2.family == "unknown" and "1024" in sd2.reason and "Stable Diffusion 1.5" in sd2.reason
+    # The two keys disagree, and the tensors do not decide.
+    torn = family_of_file(write_safetensors(tmp_path / "d.safetensors", NARROW_CHECKPOINT,
+                                            {"modelspec.architecture": "flux-1-dev", "ss_base_model_version": "sd_v1"}))
+    assert torn.family == "unknown" and "contradicts itself" in torn.reason
+    # Another architecture's metadata: unknown, saying which.
+    sd3 = family_of_file(write_safetensors(tmp_path / "e.safetensors", NARROW_CHECKPOINT,
+                                           {"modelspec.architecture": "stable-diffusion-3-large"}))
+    assert sd3.family == "unknown" and "stable-diffusion-3-large" in sd3.reason
+    # Metadata we cannot place does not override tensors that decide.
+    plain = family_of_file(write_safetensors(tmp_path / "f.safetensors", SD15_LORA,
+                                             {"modelspec.architecture": "my-own-arch"}))
+    assert plain.family == "sd15"
+
+
 def test_a_diffusers_folder_says_its_family_in_model_index(tmp_path) -> None:
     folder = tmp_path / "animagine"
     folder.mkdir()

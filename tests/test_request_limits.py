@@ -112,7 +112,8 @@ async def test_an_unknown_node_type_is_refused_naming_the_node(client) -> None:
 
 
 def test_the_node_types_are_listed_once_and_the_engine_runs_exactly_those() -> None:
-    # Flux's nodes are checked like the others but not run here: the embedded engine refuses a Flux job
+    # Flux's nodes (LoraLoaderModelOnly aside: SD LoRAs load by it too) are checked like the others but not run
+    # here: the embedded engine refuses a Flux job
     # (family_not_supported) before its graph would reach the interpreter.
     assert set(NODES) == SUPPORTED_NODES - FLUX_NODES
 

@@ -33,6 +33,16 @@ XL_LORAS = ("spyke_plasma_xl", "ink_style_xl", "screentone_xl")
 
 @pytest.fixture
 def pool(tmp_path: Path) -> Iterator[tuple[DaemonThread, FakeComfyUI]]:
+    yield from _pool(tmp_path, start_desk=True)
+
+
+@pytest.fixture
+def pool_desk_later(tmp_path: Path) -> Iterator[tuple[DaemonThread, FakeComfyUI]]:
+    """The same, the GPU backend not answering yet: the test starts it."""
+    yield from _pool(tmp_path, start_desk=False)
+
+
+def _pool(tmp_path: Path, start_desk: bool) -> Iterator[tuple[DaemonThread, FakeComfyUI]]:
     local = tmp_path / "local-models"
     write_safetensors(local / "checkpoints" / SD15, SD15_CHECKPOINT)
     write_safetensors(local / "checkpoints" / SDXL, SDXL_CHECKPOINT)
@@ -50,7 +60,8 @@ def pool(tmp_path: Path) -> Iterator[tuple[DaemonThread, FakeComfyUI]]:
     home = ScriptedBackend(folders={"checkpoints": local / "checkpoints", "loras": local / "loras"})
     daemon = DaemonThread(settings, home)
     daemon._thread.start()
-    daemon.call(desk.start())
+    if start_desk:
+        daemon.call(desk.start())
     daemon.call(daemon._start())
     try:
         yield daemon, desk
@@ -156,4 +167,47 @@ def test_an_sdxl_checkpoint_s_sizes_and_a_stack_of_three_loras_go_to_the_gpu_bac
     assert width <= NARROW["width"], f"the Generate view scrolls sideways: {width} px"
     form.screenshot(path=str(shots / "studio-generate-families-narrow.png"))
     context.close()
+    assert console.errors == []
+
+
+def test_a_checkpoint_listed_before_its_backend_answers_becomes_runnable_without_a_reload(
+        browser, pool_desk_later, tmp_path) -> None:
+    daemon, desk = pool_desk_later
+    page = browser.new_page(viewport={"width": 1512, "height": 982})
+    console = Console()
+    console.attach(page)
+    page.goto(f"{daemon.url}/#/generate")
+    form = page.locator("form.generate")
+    sdxl = form.locator(f"select[name=checkpoint] option[value='{SDXL}']")
+    sdxl.wait_for(state="attached")
+    # Only the GPU backend's profile runs SDXL, and it does not answer yet.
+    assert sdxl.inner_text() == f"{SDXL} — SDXL (no backend runs it here)"
+    page.select_option("select[name=checkpoint]", SDXL)
+    assert form.locator(".runs-on").inner_text() == "no backend here runs SDXL models"
+    page.fill("textarea[name=prompt]", "spyke_plasma_v1, standing")
+    assert page.locator("button[type=submit]").is_disabled()
+
+    # It comes up: backend.up on /events, and the list is asked again by itself.
+    daemon.call(desk.start())
+    page.wait_for_function("() => document.querySelector('.runs-on').textContent === 'runs on desk'", timeout=15_000)
+    assert page.input_value("select[name=checkpoint]") == SDXL  # the choice stays
+    assert sdxl.inner_text() == f"{SDXL} — SDXL · desk"
+    page.select_option("select[name=where]", "desk")
+    page.fill("input[name=steps]", "3")
+    assert page.locator("button[type=submit]").is_enabled(), page.inner_text(".problems")
+
+    # A checkpoint installed while the view is open shows when the list is opened again.
+    added = "pony-xl.safetensors"
+    write_safetensors(tmp_path / "local-models" / "checkpoints" / added, SDXL_CHECKPOINT)
+    shutil.copyfile(tmp_path / "local-models" / "checkpoints" / added, desk.base_dir / "models" / "checkpoints" / added)
+    page.wait_for_timeout(1100)  # the list is asked again at most once a second
+    page.locator("select[name=checkpoint]").click()
+    form.locator(f"select[name=checkpoint] option[value='{added}']").wait_for(state="attached", timeout=10_000)
+    page.keyboard.press("Escape")
+    assert page.input_value("select[name=checkpoint]") == SDXL
+    page.click("button[type=submit]")
+    page.locator(".result .job[data-status=succeeded]").wait_for(timeout=30_000)
+    [job] = daemon.jobs()
+    assert (job["backend"], job["params"]["checkpoint"]) == ("desk", SDXL)
+    page.close()
     assert console.errors == []

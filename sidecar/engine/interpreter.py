@@ -179,6 +179,14 @@ def _lora_loader(nid: str, i: dict) -> tuple:
     return replace(model, loras=(*model.loras, (name, sm))), replace(clip, loras=(*clip.loras, (name, sc)))
 
 
+def _lora_loader_model_only(nid: str, i: dict) -> tuple:
+    """ComfyUI's LoraLoaderModelOnly: the LoRA's UNet weights only (strength_model); its text-encoder
+    weights, if any, are left out, as ComfyUI's node patches the model alone."""
+    model = _typed(nid, i, "model", Model)
+    name = _text(nid, i, "lora_name")
+    return (replace(model, loras=(*model.loras, (name, _number(nid, i, "strength_model", float, -100, 100)))),)
+
+
 def _compute_dtype(nid: str, i: dict) -> tuple:
     dtype = i.get("dtype")
     if dtype not in ("default", "fp32", "fp16", "bf16"):
@@ -256,6 +264,7 @@ def _image_upscale_with_model(nid: str, i: dict) -> tuple:
 NODES: dict[str, Callable[[str, dict], tuple]] = {
     "CheckpointLoaderSimple": _checkpoint_loader,
     "LoraLoader": _lora_loader,
+    "LoraLoaderModelOnly": _lora_loader_model_only,
     "ModelComputeDtype": _compute_dtype,
     "CLIPTextEncode": _clip_text_encode,
     "EmptyLatentImage": _empty_latent,

@@ -21,7 +21,11 @@ import torch
 
 from sidecar.engine import convert, convert_sdxl
 from sidecar.engine.tokenizer import TokenizerSource, find_tokenizer, load_tokenizer
-from sidecar.errors import CheckpointNotFound, ControlnetNotFound, JobFailed, LoraNotFound, UpscaleModelNotFound
+from sidecar.errors import (
+    CheckpointNotFound, ControlnetNotFound, FamilyNotSupported, JobFailed, LoraNotFound, UpscaleModelNotFound,
+)
+from sidecar.families import FAMILY_NAMES, family_of_file
+from sidecar.profiles import where_it_trains
 
 log = logging.getLogger("sidecar.engine")
 
@@ -331,12 +335,26 @@ def _load_diffusers_folder(path: Path) -> Components:
 
 
 def load_training_components(base_model: Path, places: TokenizerPlaces | None = None) -> Components:
-    """A private fp32 CPU copy of a base model for the embedded trainer (never the engine's cached one)."""
+    """A private fp32 CPU copy of a base model for the embedded trainer (never the engine's cached one).
+    The embedded trainer trains SD 1.5 only: an SDXL or Flux base is refused by its header, before
+    gigabytes are read (the run may have been told `family: sd15` of a file that is not)."""
+    _refuse_untrainable(family_of_file(base_model).known, base_model)
     places = places or TokenizerPlaces(models_path=base_model.parent.parent)
     parts = load_checkpoint(base_model, places)
+    _refuse_untrainable(parts.family, base_model)  # a header that said nothing: what loaded decides
     for model in (parts.text_encoder, parts.unet, parts.vae):
         torch.nn.Module.to(model, torch.float32)
     return parts
+
+
+def _refuse_untrainable(family: str | None, base_model: Path) -> None:
+    if family is None or family == "sd15":
+        return
+    where = where_it_trains(family)
+    raise FamilyNotSupported(
+        f"The embedded trainer trains SD 1.5 LoRAs only, and the base model {base_model.name} is "
+        f"{FAMILY_NAMES.get(family, family)} ({family}): train it with kohya or ai-toolkit ({', '.join(where)}).",
+        {"family": family, "trainer": "embedded", "baseModel": base_model.name, "where": where})
 
 
 # -- ControlNets

@@ -120,7 +120,8 @@ def make_models(out: Path, *, seed: int = 0, full_size: bool = False, dtype: tor
         **convert.vae_to_ldm(vae.state_dict(), vae_cfg),
         **convert.clip_to_ldm(text_encoder.state_dict()),
     }
-    _save(ckpt, {k: v.to(dtype) for k, v in tensors.items()})
+    _save(ckpt, {k: v.to(dtype) for k, v in tensors.items()},
+          modelspec("stable-diffusion-v1", ckpt.stem, 512, SGM_IMPLEMENTATION))
     tok_dir = ckpt.parent / (name.removesuffix(".safetensors") + ".tokenizer")
     write_tokenizer(tok_dir, byte_level_vocab(), [])
     te_arch = _arch_of(text_encoder.config.to_dict(), "text_encoder")
@@ -164,6 +165,25 @@ def _random_lora(unet: torch.nn.Module, text_encoder: torch.nn.Module, rank: int
     return tensors
 
 
+# sd-scripts' IMPL_STABILITY_AI and IMPL_DIFFUSERS (library/sai_model_spec.py): what it writes for a
+# single-file checkpoint and an SD 1.x LoRA.
+SGM_IMPLEMENTATION = "https://github.com/Stability-AI/generative-models"
+DIFFUSERS_IMPLEMENTATION = "diffusers"
+
+
+def modelspec(architecture: str, title: str, resolution: int, implementation: str) -> dict[str, str]:
+    """The SAI model spec's MUST keys (and resolution, prediction type) as sd-scripts writes them: the
+    header then says its own family (`sidecar.families`) however small its tensors are."""
+    return {
+        "modelspec.sai_model_spec": "1.0.1",
+        "modelspec.architecture": architecture,
+        "modelspec.implementation": implementation,
+        "modelspec.title": title,
+        "modelspec.resolution": f"{resolution}x{resolution}",
+        "modelspec.prediction_type": "epsilon",
+    }
+
+
 def _lora_metadata(title: str, checkpoint: str) -> dict[str, str]:
     return {
         "ss_network_module": "networks.lora",
@@ -176,6 +196,5 @@ def _lora_metadata(title: str, checkpoint: str) -> dict[str, str]:
         "ss_steps": "0",
         "ss_resolution": "(512, 512)",
         "ss_training_comment": "random weights, made by `sidecar models make-tiny` for tests",
-        "modelspec.architecture": "stable-diffusion-v1/lora",
-        "modelspec.title": title,
+        **modelspec("stable-diffusion-v1/lora", title, 512, DIFFUSERS_IMPLEMENTATION),
     }

@@ -19,7 +19,7 @@ import torch
 
 from sidecar.engine import convert, convert_sdxl
 from sidecar.engine.models import shipped_config
-from sidecar.engine.tiny import ModelSet, TINY_VAE, _save, _write_arch
+from sidecar.engine.tiny import SGM_IMPLEMENTATION, TINY_VAE, ModelSet, _save, _write_arch, modelspec
 from sidecar.engine.tokenizer import byte_level_vocab, write_tokenizer
 
 CHECKPOINT = "tiny-sdxl.safetensors"
@@ -83,7 +83,7 @@ def make_sdxl_models(out: Path, *, seed: int = 0, full_size: bool = False,
         **convert_sdxl.te1_to_sgm(te1.state_dict()),
         **convert_sdxl.te2_to_sgm(te2.state_dict()),
     }
-    _save(ckpt, tensors)
+    _save(ckpt, tensors, modelspec("stable-diffusion-xl-v1-base", ckpt.stem, 1024, SGM_IMPLEMENTATION))
     del tensors
     tok_dir = ckpt.parent / (name.removesuffix(".safetensors") + ".tokenizer")
     write_tokenizer(tok_dir, byte_level_vocab(), [])
@@ -130,6 +130,5 @@ def _lora_metadata(title: str, checkpoint: str) -> dict[str, str]:
         "ss_steps": "0",
         "ss_resolution": "(1024, 1024)",
         "ss_training_comment": "random weights, made by `sidecar models make-tiny --family sdxl` for tests",
-        "modelspec.architecture": "stable-diffusion-xl-v1-base/lora",
-        "modelspec.title": title,
+        **modelspec("stable-diffusion-xl-v1-base/lora", title, 1024, SGM_IMPLEMENTATION),
     }

@@ -15,7 +15,7 @@ from pathlib import Path
 from sidecar.config import Settings
 from sidecar.errors import FamilyNotSupported, InvalidField
 from sidecar.families import family_of_file
-from sidecar.profiles import PROFILES, Profile
+from sidecar.profiles import Profile, where_it_trains
 from sidecar.training.wire import TrainRequest
 
 BASE_SIZE = {"sd15": 512, "sdxl": 1024, "flux": 1024}  # each family's training size (design.md: the gate's)
@@ -32,14 +32,6 @@ class Placement:
     resolution: int
     warnings: tuple[str, ...] = ()
     base_model_ref: str | None = None
-
-
-def where_it_trains(family: str) -> list[str]:
-    if family == "sd15":
-        return ["here (every profile)", "remote vast", "remote ssh"]
-    gpus = [p.name for p in PROFILES.values() if family in p.families and p.accelerator == "cuda"]
-    return ["remote vast", "remote ssh", f"here on a CUDA machine whose profile allows {family} "
-                                        f"({', '.join(gpus)})"]
 
 
 def _is_here(path: Path) -> bool:

@@ -1,7 +1,8 @@
 // Generate: a form over POST /jobs with the profile's limits shown and checked before submit, a seed
 // dice, a pose image picked from disk (previewed here, stored by the daemon), where it runs (a backend,
 // a tag, local or any). The checkpoint comes from GET /models with its family (read from the file) and
-// the backends that can run it; the LoRA stack (views/stack.js) offers only LoRAs of that family, up to
+// the backends that can run it (asked again when a backend comes up or goes, and when the list is opened);
+// the LoRA stack (views/stack.js) offers only LoRAs of that family, up to
 // the profile's max_loras; the sizes are those the family allows on the profiles of the backends that
 // would run it (its buckets as a list, any multiple of 8 within them by hand), and change with the
 // checkpoint. The form is kept (this browser's localStorage) across views and reloads; Ctrl/Cmd+Enter
@@ -19,6 +20,7 @@ import { familyName, loraStack } from "./stack.js";
 const SEED_MAX = 2 ** 32 - 1;
 const KEPT = "studio.generate.form"; // the form's values, as the artist left them
 const SOURCE = "studio"; // the jobs this view submits, and lists
+const REOPEN_MS = 1000; // opening the checkpoint list asks GET /models again at most this often
 
 // A die (drawn, not an emoji: not every system has an emoji font).
 function dieIcon() {
@@ -311,23 +313,26 @@ export function mount(root, ctx, args) {
   });
   // "Edit" on a result: the form drawn again with that job's parameters (kept from then on).
   function remount() {
-    off(); list.off();
+    off(); offBackends(); list.off();
     root.replaceChildren();
     cleanup = mount(root, ctx, args);
     window.scrollTo({ top: 0 });
   }
   let cleanup = null;
 
-  api("/health").then((health) => {
+  // /health (the backends) and GET /models (where each checkpoint runs) are asked again when a backend joins
+  // or leaves routing (backend.up / backend.down on /events) and when the artist opens the checkpoint list:
+  // a checkpoint listed while the backends were unprobed becomes runnable without a reload.
+  const loadHealth = () => api("/health").then((health) => {
     backends = health.backends;
+    const current = where.options.length > 1 ? where.value : (prefill.where || "");
     replace(where, whereChoices(backends, cfg.defaultWhere).map(([v, label]) =>
-      h("option", { value: v, selected: v === (prefill.where || "") }, label)));
+      h("option", { value: v, selected: v === current }, label)));
     setLimits();
     check();
-  }).catch((err) => toast(err, "error"));
-
-  // The models with their families and where each runs; the LoRAs' trigger words from GET /loras.
-  Promise.all([api("/models"), api("/loras").catch(() => ({ loras: [] }))]).then(([listed, { loras }]) => {
+  });
+  let shownModels = ""; // the list as last drawn: redrawn only when it changed (an open list stays open)
+  const showModels = ([listed, { loras }]) => {
     models = listed;
     modelsSettled = true;
     const words = new Map(loras.map((l) => [l.fileName, l.triggerWord]));
@@ -335,19 +340,44 @@ export function mount(root, ctx, args) {
     const current = checkpoint.value;
     // With several backends each says where it runs (one backend: the line under the list says it).
     const all = [...listed.checkpoints, ...listed.diffusionModels];
-    const several = all.some((m) => m.backends.some((b) => b !== "local"));
-    const option = (m) => h("option", { value: m.name, selected: m.name === current, title: m.familyNote || "" },
-      `${m.name} — ${familyName(m.family)}${!m.backends.length ? " (no backend runs it here)" : several ? ` · ${m.backends.join(", ")}` : ""}`);
-    const known = all.some((m) => m.name === current);
-    replace(checkpoint, known ? null : h("option", { value: current, selected: true }, `${current} (not installed)`),
-      listed.checkpoints.length ? h("optgroup", { label: "Checkpoints" }, listed.checkpoints.map(option)) : null,
-      listed.diffusionModels.length ? h("optgroup", { label: "Diffusion models (Flux)" }, listed.diffusionModels.map(option)) : null);
+    const drawn = JSON.stringify([current, all.map((m) => [m.name, m.family, m.familyNote, m.backends])]);
+    if (drawn !== shownModels) {
+      shownModels = drawn;
+      const several = all.some((m) => m.backends.some((b) => b !== "local"));
+      const option = (m) => h("option", { value: m.name, selected: m.name === current, title: m.familyNote || "" },
+        `${m.name} — ${familyName(m.family)}${!m.backends.length ? " (no backend runs it here)" : several ? ` · ${m.backends.join(", ")}` : ""}`);
+      const known = all.some((m) => m.name === current);
+      replace(checkpoint, known ? null : h("option", { value: current, selected: true }, `${current} (not installed)`),
+        listed.checkpoints.length ? h("optgroup", { label: "Checkpoints" }, listed.checkpoints.map(option)) : null,
+        listed.diffusionModels.length ? h("optgroup", { label: "Diffusion models (Flux)" }, listed.diffusionModels.map(option)) : null);
+    }
     setLimits();
     check();
-  }).catch((err) => { modelsSettled = true; setLimits(); check(); toast(err, "error"); });
+  };
+  // One request at a time; asks made while one is out make one more after it.
+  let loading = null;
+  let askedAgain = false;
+  const loadModels = () => {
+    if (loading) { askedAgain = true; return; }
+    loading = Promise.all([api("/models"), api("/loras").catch(() => ({ loras: [] }))]).then(showModels)
+      .catch((err) => { modelsSettled = true; setLimits(); check(); toast(err, "error"); })
+      .finally(() => { loading = null; if (askedAgain) { askedAgain = false; loadModels(); } });
+  };
+  loadHealth().catch((err) => toast(err, "error"));
+  loadModels();
+  // Opening the list (a click, or the keyboard reaching it) asks again, at most every few seconds.
+  let askedAt = Date.now();
+  const reopened = () => { if (Date.now() - askedAt > REOPEN_MS) { askedAt = Date.now(); loadModels(); } };
+  checkpoint.addEventListener("pointerdown", reopened);
+  checkpoint.addEventListener("focus", reopened);
+  const offBackends = ctx.events.on((ev) => {
+    if (ev.type !== "backend.up" && ev.type !== "backend.down") return;
+    askedAt = Date.now();
+    loadHealth().catch(() => {}).then(loadModels);
+  });
 
   root.append(h("h1", {}, "Generate"), h("div", { class: "split" }, form, h("section", { class: "result-col", "aria-label": "results" },
     h("h2", {}, "Results"), gallery)));
   check();
-  return () => { if (cleanup) cleanup(); else { off(); list.off(); } };
+  return () => { offBackends(); if (cleanup) cleanup(); else { off(); list.off(); } };
 }
