@@ -147,10 +147,12 @@ def assemble(fields: ConceptFields, sheet: CharacterSheet | None, answer: Compos
     refused: list[Refusal] = []
     seen: set[str] = set()
 
-    def put(where: str, tag: str, source: Source) -> None:
-        if key(tag) not in seen:
-            seen.add(key(tag))
-            tags.append(ComposedTag(where, tag, source))
+    def put(where: str, tag: str, source: Source) -> bool:
+        if key(tag) in seen:
+            return False
+        seen.add(key(tag))
+        tags.append(ComposedTag(where, tag, source))
+        return True
 
     if sheet is not None:
         put("character", sheet.trigger, "character")
@@ -170,14 +172,14 @@ def assemble(fields: ConceptFields, sheet: CharacterSheet | None, answer: Compos
             kept = []
             for part in proposed[name]:
                 new = [w for w in invented(part, vocab) if w not in words(name)]
-                why = _why_not(part, sheet) or (f"{', '.join(new)} is in no field of the concept" if new else None)
+                why = _why_not(part, sheet) or (f"{', '.join(new)} is in no field of the concept" if new else None) \
+                    or (None if words(part) else "it says nothing (no word of the field)")
                 if why:
                     refused.append(Refusal(name, part, why))
                 else:
                     kept.append(part)
-            if kept:
-                for part in kept:
-                    put(name, part, "model")
+            # Parts that only repeat tags already in the prompt render nothing of this field: its own then.
+            if sum(put(name, part, "model") for part in kept):
                 continue
         for tag in own:
             why = _why_not(tag, sheet)
