@@ -17,8 +17,8 @@ from aiohttp import web
 
 from sidecar.api import backends as backends_api  # not `backends`: create_app's parameter has that name
 from sidecar.api import (
-    captions, chapter, concepts, dataset, dataset_build, doctor, events, health, jobs, likeness, loras, maintenance,
-    model_files, openapi, page_refine, project, prompts, queue, studio, sweep, tasks, training,
+    captions, chapter, concepts, dataset, dataset_build, doctor, events, explorer, health, jobs, likeness, loras,
+    maintenance, model_files, openapi, page_refine, project, prompts, queue, studio, sweep, tasks, training,
 )
 from sidecar.api.edge import edge_middleware
 from sidecar.api.errors import error_middleware
@@ -165,7 +165,7 @@ def create_app(settings: Settings, backend: GenerationBackend | None = None, *,
     app.cleanup_ctx.append(_templates_ctx)
     app.cleanup_ctx.append(_runner_ctx)
     for module in (health, backends_api, jobs, loras, model_files, events, openapi, project, chapter, dataset,
-                   dataset_build, doctor, queue, prompts, page_refine, captions, likeness, concepts):
+                   dataset_build, doctor, queue, prompts, page_refine, captions, likeness, concepts, explorer):
         app.router.add_routes(module.routes)
     training.setup_routes(app)
     tasks.setup(app, settings)
