@@ -75,24 +75,23 @@ async def test_loras_with_family_and_trigger_and_a_cached_showcase(explorer) -> 
 async def test_two_lora_combinations_side_by_side_on_the_same_seeds(explorer) -> None:
     client, _ = explorer
     resp = await client.post("/explorer/compare", json={
-        "prompt": "1boy, rooftop, dusk", "seeds": [5, 9], "width": 64, "height": 96,
-        "a": {"label": "ink", "loras": [{"id": "ink_style", "strength": 0.6}]},
-        "b": {"label": "ink + tone", "loras": [{"id": "ink_style", "strength": 0.6},
-                                               {"id": "screentone", "strength": 0.4}]}})
+        "prompt": "1boy, rooftop, dusk", "seed": 5, "rows": 2, "width": 64, "height": 96,
+        "a": {"label": "ink", "loras": {"ink_style": 0.6}},
+        "b": {"label": "ink + tone", "loras": {"ink_style": 0.6, "screentone": 0.4}}})
     assert resp.status == 202, await resp.text()
     grid = await resp.json()
-    assert [(c["column"], c["seed"]) for c in grid["cells"]] == [("a", 5), ("b", 5), ("a", 9), ("b", 9)]
+    assert [(c["column"], c["seed"]) for c in grid["cells"]] == [("a", 5), ("b", 5), ("a", 6), ("b", 6)]
     jobs = await settled(client, [c["job"]["id"] for c in grid["cells"]])
     assert all(j["status"] == "succeeded" and j["groupId"] == grid["groupId"] for j in jobs)
     stacks = [[(u["id"], u["strength"]) for u in j["params"]["loras"]] for j in jobs]
     assert stacks[0] == stacks[2] == [("ink_style", 0.6)]
     assert stacks[1] == stacks[3] == [("ink_style", 0.6), ("screentone", 0.4)]
-    assert [j["params"]["seed"] for j in jobs] == [5, 5, 9, 9]
+    assert [j["params"]["seed"] for j in jobs] == [5, 5, 6, 6]
     assert len({j["params"]["prompt"] for j in jobs}) == 1
 
     # An SDXL LoRA on the SD 1.5 checkpoint: refused before anything is queued.
     bad = await client.post("/explorer/compare", json={
-        "prompt": "x", "seeds": [1], "a": {"loras": []}, "b": {"loras": [{"id": "xl_light"}]}})
+        "prompt": "x", "seed": 1, "a": {"loras": {}}, "b": {"loras": {"xl_light": None}}})
     assert bad.status == 400 and (await bad.json())["error"]["code"] == "lora_family_mismatch"
     listing = await (await client.get("/jobs")).json()
     assert len(listing["jobs"]) == 4

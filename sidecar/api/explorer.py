@@ -19,13 +19,13 @@ from sidecar.api.operations import operation
 from sidecar.api.responses import JobSummary, LoraInfo, json_response
 from sidecar.concepts import showcase
 from sidecar.concepts.compose import style_for
-from sidecar.concepts.fields import Wire
+from sidecar.concepts.fields import BareName, Wire
 from sidecar.errors import (
     CheckpointNotFound, ComfyUnavailable, DiskFull, FamilyNotSupported, InvalidField, JobNotFound, LoraFamilyMismatch,
     LoraNotFound, QueueFull, ResolutionExceedsProfile, TrainingInProgress,
 )
-from sidecar.jobs.params import GenerationRequest, LoraRef, ModelName, Prompt, Resolution, Seed, Steps
-from sidecar.jobs.variations import new_group_id
+from sidecar.jobs.params import GenerationRequest, LoraRef, LoraStrength, Pixels, Prompt, Resolution, Steps
+from sidecar.jobs.variations import new_group_id, variation_seeds
 
 routes = web.RouteTableDef()
 SOURCE = "explorer"
@@ -58,11 +58,11 @@ class ExplorerLoras(Wire):
 
 
 class ShowcaseRequest(In):
-    checkpoint: ModelName | None = Field(None, description="default: the daemon's checkpoint")
-    strength: float | None = Field(None, ge=-10, le=10)
+    checkpoint: BareName | None = Field(None, description="default: the daemon's checkpoint")
+    strength: LoraStrength | None = Field(None, description="the LoRA's strength (default: lora_strength)")
     steps: Steps | None = None
-    width: int | None = Field(None, ge=8, le=8192)
-    height: int | None = Field(None, ge=8, le=8192)
+    width: Pixels | None = None
+    height: Pixels | None = None
     force: bool = Field(False, description="render again even when the cached showcase is current")
 
 
@@ -76,19 +76,24 @@ class ShowcaseAnswer(Wire):
 
 class Combination(In):
     label: Annotated[str, StringConstraints(max_length=40)] = ""
-    loras: list[LoraRef] = Field(max_length=8, description="the stack ([] : no LoRA)")
+    # An object, LoRA id -> strength (null: lora_strength), in the order applied: an id cannot be given twice.
+    loras: dict[BareName, LoraStrength | None] = Field(
+        max_length=3, json_schema_extra={"additionalProperties": False},
+        description="the stack, LoRA id -> strength ({} : no LoRA; at most 3, every profile's max_loras)")
 
 
 class CompareRequest(In):
     prompt: Prompt
     a: Combination
     b: Combination
-    seeds: list[Seed] = Field(min_length=1, max_length=4, description="each seed renders both combinations")
-    checkpoint: ModelName | None = None
+    seed: int = Field(ge=0, le=2**64 - 4,
+                      description="the first row's seed; the rows are seed, seed+1, ... (as variations)")
+    rows: int = Field(2, ge=1, le=4, description="how many seeds: each renders both combinations")
+    checkpoint: BareName | None = None
     negative_prompt: Annotated[str, StringConstraints(max_length=4000)] | None = None
     steps: Steps | None = None
-    width: int | None = Field(None, ge=8, le=8192)
-    height: int | None = Field(None, ge=8, le=8192)
+    width: Pixels | None = None
+    height: Pixels | None = None
 
 
 class CompareCell(Wire):
@@ -194,19 +199,18 @@ async def showcase_route(request: web.Request) -> web.Response:
 async def compare(request: web.Request) -> web.Response:
     app = request.app
     req = await parse_body(request, CompareRequest)
-    if len(set(req.seeds)) != len(req.seeds):
-        raise InvalidField("seeds must differ (each is one row).", {"field": "seeds"})
+    seeds = variation_seeds(req.seed, req.rows)
     _refuse_if_training(app)
     size = Resolution(width=req.width, height=req.height) if req.width or req.height else None
-    cells: list[tuple[str, int]] = [(column, seed) for seed in req.seeds for column in ("a", "b")]
+    cells: list[tuple[str, int]] = [(column, seed) for seed in seeds for column in ("a", "b")]
     specs = []
     for column, seed in cells:
         stack = (req.a if column == "a" else req.b).loras
         specs.append(await app[BUILDER].build(GenerationRequest(
             prompt=req.prompt, negative_prompt=req.negative_prompt, checkpoint=req.checkpoint, seed=seed,
-            steps=req.steps, resolution=size, loras=list(stack))))
+            steps=req.steps, resolution=size, loras=[LoraRef(id=i, strength=v) for i, v in stack.items()])))
     group = new_group_id()
     jobs = await app[RUNNER].submit_many(specs, group_id=group, source=SOURCE)
     return json_response(CompareAnswer(
-        group_id=group, columns={"a": req.a, "b": req.b}, seeds=list(req.seeds),
+        group_id=group, columns={"a": req.a, "b": req.b}, seeds=seeds,
         cells=[CompareCell(column=c, seed=s, job=JobSummary.from_record(j)) for (c, s), j in zip(cells, jobs)]), 202)

@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from pydantic.alias_generators import to_camel
 
-from sidecar.jobs.params import LoraRef, ModelName, Steps
+from sidecar.jobs.params import LoraStrength, Pixels, Steps
 from sidecar.whole_numbers import WholeNumbers
 
 FIELD_NAMES: tuple[str, ...] = ("subject", "pose", "expression", "outfit", "background", "style", "mood", "lighting")
@@ -26,6 +26,23 @@ Text = Annotated[str, StringConstraints(strip_whitespace=True, max_length=300, p
 # One tag: no comma (it would be two), not blank.
 ExtraTag = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=80,
                                             pattern=r"^[^,\n\r]*[^,\s][^,\n\r]*$")]
+
+
+# A model file's bare name as the job builder takes it (`check_name`: no separator, no `..`, not blank), said
+# in the schema so a client (and the fuzzer) knows it before a request is refused for it.
+_C = r"[^./\\\x00]"
+BareName = Annotated[str, StringConstraints(
+    min_length=1, max_length=200,
+    pattern=rf"^(?:{_C}|\.{_C})*(?:[^\s\x1c-\x1f./\\\x00]|\.(?:{_C}|$))(?:{_C}|\.{_C})*\.?$")]
+
+
+class LoraUse(BaseModel):
+    """One LoRA of a stack: its id (GET /loras) and strength (default: the lora_strength setting)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    id: BareName
+    strength: LoraStrength | None = None
 
 
 class Wire(WholeNumbers):
@@ -74,12 +91,12 @@ class RenderSettings(Wire):
     """What a round renders with; anything left out comes from the project's pipeline.toml `[generate]`,
     then the daemon's defaults (as `generate` does)."""
 
-    checkpoint: ModelName | None = Field(None, description="checkpoint file name (its family picks the prompt style)")
-    loras: list[LoraRef] | None = Field(None, max_length=8, description="the LoRA stack ([] : none, even if "
+    checkpoint: BareName | None = Field(None, description="checkpoint file name (its family picks the prompt style)")
+    loras: list[LoraUse] | None = Field(None, max_length=3, description="the LoRA stack ([] : none, even if "
                                                                          "pipeline.toml names one)")
     steps: Steps | None = None
-    width: int | None = Field(None, ge=8, le=8192)
-    height: int | None = Field(None, ge=8, le=8192)
+    width: Pixels | None = None
+    height: Pixels | None = None
 
 
 class Concept(Wire):

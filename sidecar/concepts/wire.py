@@ -6,10 +6,10 @@ from typing import Annotated, Any
 
 from pydantic import Field, StringConstraints
 
-from sidecar.concepts.fields import ConceptFields, RenderSettings, Wire
+from sidecar.concepts.fields import BareName, ConceptFields, LoraUse, RenderSettings, Wire
 from sidecar.concepts.intent import Intent, Preference, Reject
 from sidecar.api.responses import JobSummary
-from sidecar.jobs.params import LoraRef, ModelName, Seed, Steps
+from sidecar.jobs.params import Pixels, Steps
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$")]
 JobId = Annotated[str, StringConstraints(min_length=1, max_length=64)]
@@ -76,19 +76,19 @@ class Composed(Wire):
 
 
 class ComposeRequest(In):
-    checkpoint: ModelName | None = Field(None, description="the checkpoint whose family picks the prompt style "
+    checkpoint: BareName | None = Field(None, description="the checkpoint whose family picks the prompt style "
                                                            "(default: the concept's render, then the daemon's)")
 
 
 class RoundRequest(In):
     """What this round renders with, over the concept's `render` (which it then keeps)."""
 
-    checkpoint: ModelName | None = None
-    loras: list[LoraRef] | None = Field(None, max_length=8)
+    checkpoint: BareName | None = None
+    loras: list[LoraUse] | None = Field(None, max_length=3, description="at most 3 (every profile's max_loras)")
     steps: Steps | None = None
-    width: int | None = Field(None, ge=8, le=8192)
-    height: int | None = Field(None, ge=8, le=8192)
-    seed: Seed | None = Field(None, description="the first of the four seeds (seed, seed+1, ...); random when absent")
+    width: Pixels | None = None
+    height: Pixels | None = None
+    seed: int | None = Field(None, ge=0, le=2**64 - 4, description="the first of the four seeds (seed, seed+1, ...); random when absent")
 
 
 class RoundStarted(Wire):
