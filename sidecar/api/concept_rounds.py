@@ -103,7 +103,8 @@ def _options(render: RenderSettings) -> GenerateOptions:
 
 
 async def compose_concept(app: web.Application, root: Path, name: str, checkpoint: str | None = None,
-                          req: RoundRequest | None = None) -> tuple[Concept, Composition, RenderSettings, PipelineDefaults]:
+                          req: RoundRequest | None = None
+                          ) -> tuple[Concept, Composition, RenderSettings, PipelineDefaults]:
     settings = app[SETTINGS]
 
     def load() -> tuple[Concept, Character, intents.Intent, PipelineDefaults]:

@@ -153,7 +153,8 @@ async def _jobs_alive(app: web.Application, ids: list[str]) -> list | None:
 
 @routes.post("/explorer/loras/{id}/showcase")
 @operation("A LoRA's showcase: a few fixed prompts on one seed, rendered once per LoRA file and then cached",
-           {200: ShowcaseAnswer, 202: ShowcaseAnswer}, request=ShowcaseRequest, errors=(*RENDER_ERRORS, ComfyUnavailable),
+           {200: ShowcaseAnswer, 202: ShowcaseAnswer}, request=ShowcaseRequest,
+           errors=(*RENDER_ERRORS, ComfyUnavailable),
            description="200: the cached showcase (its LoRA file and checkpoint unchanged; nothing rendered). 202: "
                        "new jobs queued (never rendered, the file changed since, its jobs removed, or `force`).")
 async def showcase_route(request: web.Request) -> web.Response:

@@ -88,7 +88,8 @@ class RoundRequest(In):
     steps: Steps | None = None
     width: Pixels | None = None
     height: Pixels | None = None
-    seed: int | None = Field(None, ge=0, le=2**64 - 4, description="the first of the four seeds (seed, seed+1, ...); random when absent")
+    seed: int | None = Field(None, ge=0, le=2**64 - 4,
+                             description="the first of the four seeds (seed, seed+1, ...); random when absent")
 
 
 class RoundStarted(Wire):
