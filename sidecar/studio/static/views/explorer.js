@@ -28,9 +28,17 @@ function follow(ids, draw, timers) {
 export function mount(root, ctx) {
   const timers = [];
   const list = h("div", { class: "explorer-loras" }, h("p", { class: "muted" }, "…"));
-  const compareBox = h("section", { class: "card form compare", "aria-label": "compare two LoRA combinations" });
+  const compareBox = h("form", { class: "card form compare", "aria-label": "compare two LoRA combinations" });
   const grid = h("div", { class: "compare-grid", "aria-live": "polite" });
-  root.append(h("h1", {}, "Explorer"), h("div", { class: "explorer" }, list, h("div", {}, compareBox, grid)));
+  // The size every render here asks for (empty: the daemon's default for the model).
+  const width = h("input", { type: "number", name: "width", min: 64, step: 8, placeholder: "default", class: "narrow" });
+  const height = h("input", { type: "number", name: "height", min: 64, step: 8, placeholder: "default", class: "narrow" });
+  const size = () => Object.fromEntries([["width", width], ["height", height]].filter(([, el]) => el.value)
+    .map(([k, el]) => [k, Number(el.value)]));
+  root.append(h("h1", {}, "Explorer"),
+    h("div", { class: "row" }, field("Width", width), field("Height", height),
+      h("span", { class: "small muted" }, "the size of the showcases and comparisons")),
+    h("div", { class: "explorer" }, list, h("div", {}, compareBox, grid)));
   let loras = [];
 
   async function load() {
@@ -47,7 +55,7 @@ export function mount(root, ctx) {
     button.addEventListener("click", async () => {
       button.disabled = true;
       try {
-        const answer = await api(`/explorer/loras/${encodeURIComponent(lora.id)}/showcase`, { method: "POST", body: {} });
+        const answer = await api(`/explorer/loras/${encodeURIComponent(lora.id)}/showcase`, { method: "POST", body: size() });
         follow(answer.jobs.map((j) => j.id), (jobs) => replace(shown, thumbs(jobs, lora.id),
           h("p", { class: "small muted" }, answer.cached ? "from the cache (this LoRA file was shown before)" : "rendered for this file")), timers);
       } catch (err) { toast(err, "error"); }
@@ -93,7 +101,7 @@ export function mount(root, ctx) {
     compareBox.onsubmit = async (e) => {
       e.preventDefault();
       const body = { prompt: prompt.value.trim(), seed: Number(seed.value), rows: Number(rows.value),
-        a: { label: "A", loras: stack(a) }, b: { label: "B", loras: stack(b) } };
+        a: { label: "A", loras: stack(a) }, b: { label: "B", loras: stack(b) }, ...size() };
       if (!body.prompt) return;
       go.disabled = true;
       try {
