@@ -88,6 +88,7 @@ def test_three_rounds_with_the_subject_locked_to_a_page_prompt(browser, daemon: 
         assert page.input_value(".concept-field[data-field=background] input") == f"empty rooftop at dusk {number}"
         assert page.input_value(".concept-field[data-field=subject] input") == SUBJECT
     page.locator(".preferences li", has_text="rejected: busy background ×3").wait_for()
+    page.wait_for_function("() => document.querySelectorAll('.concept-image .pic.loaded').length === 4")
     page.screenshot(path=str(shots / "studio-concept.png"), full_page=True)
 
     pick = page.locator(".concept-image").nth(0)
@@ -133,6 +134,7 @@ def test_a_showcase_is_cached_and_two_combinations_compare_side_by_side(browser,
     page.click("[data-action=compare]")
     page.wait_for_function("() => document.querySelectorAll('.compare-row .pic[data-status=succeeded]').length === 4",
                            timeout=300_000)
+    page.wait_for_function("() => document.querySelectorAll('.compare-row .pic.loaded').length === 4")
     heads = page.locator(".compare-head b").all_inner_texts()
     assert heads[0].startswith("A: ") and heads[1].startswith("B: ") and heads[0] != heads[1]
     page.screenshot(path=str(shots / "studio-explorer.png"), full_page=True)

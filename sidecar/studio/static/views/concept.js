@@ -82,8 +82,8 @@ export function mount(root, ctx, args) {
           const on = e.currentTarget.getAttribute("aria-pressed") !== "true";
           e.currentTarget.setAttribute("aria-pressed", String(on));
           e.currentTarget.classList.toggle("on", on);
-          e.currentTarget.textContent = on ? "🔒 locked" : "lock";
-        } }, locked ? "🔒 locked" : "lock");
+          e.currentTarget.textContent = on ? "locked" : "lock";
+        } }, locked ? "locked" : "lock");
       return h("div", { class: "concept-field", dataset: { field: f } }, h("span", { class: "label small" }, f), inputs[f], locks[f]);
     });
     const who = concept.character;

@@ -50,12 +50,16 @@ export function mount(root, ctx) {
   function card(lora) {
     const info = lora.info;
     const shown = h("div", { class: "showcase" });
+    const state = h("span", { class: "small muted", dataset: { showcase: lora.showcase.status } },
+      { none: "never shown", cached: "shown before", stale: "file changed since" }[lora.showcase.status]);
     const button = h("button", { type: "button", class: "small", dataset: { action: "showcase" } },
       lora.showcase.status === "cached" ? "Show" : lora.showcase.status === "stale" ? "Render again (file changed)" : "Showcase");
     button.addEventListener("click", async () => {
       button.disabled = true;
       try {
         const answer = await api(`/explorer/loras/${encodeURIComponent(lora.id)}/showcase`, { method: "POST", body: size() });
+        state.textContent = "shown before";
+        state.dataset.showcase = "cached";
         follow(answer.jobs.map((j) => j.id), (jobs) => replace(shown, thumbs(jobs, lora.id),
           h("p", { class: "small muted" }, answer.cached ? "from the cache (this LoRA file was shown before)" : "rendered for this file")), timers);
       } catch (err) { toast(err, "error"); }
@@ -67,8 +71,7 @@ export function mount(root, ctx) {
       h("div", { class: "row" }, h("h2", {}, lora.id), h("span", { class: "pill" }, lora.family)),
       h("p", { class: "small" }, "trigger ", h("code", {}, lora.trigger)),
       facts ? h("p", { class: "small muted" }, facts) : null,
-      h("div", { class: "row" }, button, h("span", { class: "small muted", dataset: { showcase: lora.showcase.status } },
-        { none: "never shown", cached: "shown before", stale: "file changed since" }[lora.showcase.status])),
+      h("div", { class: "row" }, button, state),
       shown);
   }
 
