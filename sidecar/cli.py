@@ -33,6 +33,8 @@ LAZY_COMMANDS = {
     "doctor": ("sidecar.doctor.cli:doctor", "Check what is installed and how to fix what is missing."),
     "grid": ("sidecar.grids.cli:grid", "Render every combination of job parameters into a labelled contact sheet."),
     "prompt": ("sidecar.assist.cli:prompt", "Page prompts: refine one from feedback through a local Ollama."),
+    "concepts": ("sidecar.concepts.cli:concepts", "Concepts: fields with locks, composed by the local LLM, "
+                                                  "rendered in rounds, steered by your picks."),
     "gc": ("sidecar.gc:gc", "Remove finished jobs older than keep_days and their images (--dry-run)."),
     "studio": ("sidecar.studio.cli:studio", "Open the studio (the daemon's web page) in the browser."),
     "sync": ("sidecar.storage.cli:sync", "Keep datasets, LoRAs and outputs in the [storage] bucket (push, pull)."),

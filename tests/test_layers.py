@@ -26,13 +26,13 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                   "sidecar.dataprep.progress", "sidecar.dataprep.reg", "sidecar.doctor.cli", "sidecar.doctor.bench",
                   "sidecar.gc", "sidecar.launchd.cli", "sidecar.demo", "sidecar.engine.cli", "sidecar.studio.cli",
                   "sidecar.grids", "sidecar.assist.cli", "sidecar.likeness.cli", "sidecar.storage.cli",
-                  "sidecar.storage.progress", "sidecar.backends.cli")),
+                  "sidecar.storage.progress", "sidecar.backends.cli", "sidecar.concepts.cli")),
     ("what the commands share", ("sidecar.cli_support", "sidecar.client")),
     ("the HTTP API", ("sidecar.api", "sidecar.studio")),
     # Libraries the commands and the daemon (the studio's routes) both run: no click, no daemon client.
     ("the doctor's checks, the dataset tools, the pipeline project's prompts", (
         "sidecar.doctor", "sidecar.dataprep", "sidecar.launchd", "pipeline_stage.prompts", "pipeline_stage.entry",
-        "sidecar.likeness")),  # the likeness judge: the daemon's routes and the commands both score
+        "sidecar.likeness", "sidecar.concepts")),  # concepts: the routes and `sidecar concepts`; the likeness judge: the daemon's routes and the commands both score
     # The wire: what POST /jobs takes and the API answers, shared by the daemon and its clients.
     ("request and response models", ("sidecar.api.models", "sidecar.api.responses")),
     ("jobs and training", ("sidecar.jobs", "sidecar.training")),

@@ -17,8 +17,9 @@ from aiohttp import web
 
 from sidecar.api import backends as backends_api  # not `backends`: create_app's parameter has that name
 from sidecar.api import (
-    captions, chapter, dataset, dataset_build, doctor, events, health, jobs, likeness, loras, maintenance,
-    model_files, openapi, page_refine, project, prompts, queue, run_files, studio, sweep, tasks, training,
+    captions, chapter, concepts, dataset, dataset_build, doctor, events, explorer, health, jobs, likeness, loras,
+    maintenance, model_files, openapi, page_refine, project, prompts, queue, run_files, studio, sweep, tasks,
+    training,
 )
 from sidecar.api.edge import edge_middleware
 from sidecar.api.errors import error_middleware
@@ -27,6 +28,7 @@ from sidecar.api.keys import (
     BACKEND,
     BUILDER,
     CAPTIONS_LOCK,
+    CONCEPT_LOCKS,
     FULL_LISTING_LOCK,
     DATADIR_LOCK,
     DEVICE,
@@ -150,6 +152,7 @@ def create_app(settings: Settings, backend: GenerationBackend | None = None, *,
     app[STARTUP_WARNINGS] = []
     app[SOCKETS] = events.new_socket_set()
     app[CAPTIONS_LOCK] = asyncio.Lock()
+    app[CONCEPT_LOCKS] = {}
     app[FULL_LISTING_LOCK] = asyncio.Lock()
     app[LIKENESS] = service_for(settings, settings.project_root)
     app.on_shutdown.append(events.close_all)
@@ -162,8 +165,8 @@ def create_app(settings: Settings, backend: GenerationBackend | None = None, *,
         app.cleanup_ctx.append(_renter_ctx)
     app.cleanup_ctx.append(_templates_ctx)
     app.cleanup_ctx.append(_runner_ctx)
-    for module in (health, backends_api, jobs, loras, model_files, events, openapi, project, chapter, dataset, dataset_build,
-                   doctor, queue, prompts, page_refine, captions, likeness):
+    for module in (health, backends_api, jobs, loras, model_files, events, openapi, project, chapter, dataset,
+                   dataset_build, doctor, queue, prompts, page_refine, captions, likeness, concepts, explorer):
         app.router.add_routes(module.routes)
     training.setup_routes(app)
     tasks.setup(app, settings)

@@ -50,3 +50,5 @@ CAPTIONS_LOCK = web.AppKey("captions_lock", asyncio.Lock)
 FULL_LISTING_LOCK = web.AppKey("full_listing_lock", asyncio.Lock)
 # The likeness judge of the daemon's project (`--project`) and models folder: scorer opened on first use.
 LIKENESS = web.AppKey("likeness", LikenessService)
+# One change at a time per concept (its TOML and intent document): a round and its feedback read, then write.
+CONCEPT_LOCKS = web.AppKey("concept_locks", dict)

@@ -19,7 +19,12 @@ routes = web.RouteTableDef()
 @routes.get("/loras")
 @operation("Installed LoRAs with their safetensors metadata", {200: LoraList}, errors=(ComfyUnavailable,))
 async def loras(request: web.Request) -> web.Response:
-    backend = request.app[BACKEND]
+    return json_response(LoraList(loras=await installed_loras(request.app)))
+
+
+async def installed_loras(app: web.Application) -> list[LoraInfo]:
+    """The LoRAs as GET /loras lists them (the Explorer adds each one's family and showcase)."""
+    backend = app[BACKEND]
     directory = backend.models_dir("loras")
     if directory is None:
         # Attached to a ComfyUI: it lists the files and reads their metadata (`model_metadata`).
@@ -28,4 +33,4 @@ async def loras(request: web.Request) -> web.Response:
                                         if hasattr(backend, "model_metadata") else None)
     else:
         items = await asyncio.to_thread(list_loras, directory)
-    return json_response(LoraList(loras=[LoraInfo.model_validate(item) for item in items]))
+    return [LoraInfo.model_validate(item) for item in items]

@@ -202,6 +202,15 @@ class Settings(BaseSettings):
                                                       "--auto --proposer ollama)")
     ollama_timeout: float = Field(120.0, gt=0, le=3600, description="seconds to wait for an Ollama answer "
                                                                     "(a first call also loads the model)")
+    # The concept builder's three stages (sidecar/concepts/): each its own model, the ones above when unset.
+    concept_compose_model: str | None = Field(None, description="Ollama model of the concept builder's prompt "
+                                                                "engineer (fields -> prompt); prompt_model when unset")
+    concept_interpret_model: str | None = Field(None, description="Ollama model of the concept builder's feedback "
+                                                                  "interpreter (picks, rejections, words -> field "
+                                                                  "changes); prompt_model when unset")
+    concept_vision_model: str | None = Field(None, description="Ollama vision model that describes a picked image "
+                                                               "for a concept's next round (\"more like this\"); "
+                                                               "vision_model when unset")
 
     # -- live previews
     previews: bool = Field(True, description="send live previews of running jobs (job.preview events, GET "

@@ -26,6 +26,7 @@ codes), `edge`, `inputs`, `state`, `services`, `storage`, `jobs`, `startup`, `cl
     │   ├── CharacterInvalid          character_invalid                    (character.toml unreadable or wrong)
     │   ├── PromptFileInvalid         prompt_file_invalid                  (a prompt file to refine, rewrite or render)
     │   ├── PageProjectMissing        page_project_missing                 (a page job, and no project to write it in)
+    │   ├── ConceptInvalid            concept_invalid                      (concepts/NAME.toml or its intent unreadable)
     │   ├── TaggerInvalid             tagger_invalid                       (no usable tagger in models/taggers/)
     │   ├── NodeNotSupported          node_not_supported
     │   ├── SamplerNotSupported       sampler_not_supported
@@ -50,7 +51,9 @@ codes), `edge`, `inputs`, `state`, `services`, `storage`, `jobs`, `startup`, `cl
     │   ├── TrainingNotFound          training_not_found
     │   ├── BackendNotFound           backend_not_found                    (release: no rented backend of that name)
     │   ├── ProjectNotConfigured      project_not_configured               (the studio's pages: no --project)
-    │   └── VersionNotFound           version_not_found                    (no such page version in the log)
+    │   ├── VersionNotFound           version_not_found                    (no such page version in the log)
+    │   ├── ConceptNotFound           concept_not_found                    (no concepts/NAME.toml)
+    │   └── RoundNotFound             round_not_found                      (the concept has no round N)
     ├── Conflict                      conflict                   409    2
     │   ├── JobNotFinished            job_not_finished
     │   ├── InvalidState              invalid_state
@@ -62,6 +65,8 @@ codes), `edge`, `inputs`, `state`, `services`, `storage`, `jobs`, `startup`, `cl
     │   ├── PromptFileChanged         prompt_file_changed               2  (the page's prompt is no longer the one refined)
     │   ├── ReferencesMissing         references_missing                2  (likeness: character.toml names no reference image)
     │   ├── NoOfferUnderLimits        no_offer_under_limits             1  (no rentable GPU fits the limits)
+    │   ├── ConceptExists             concept_exists                    2  (POST /concepts never overwrites)
+    │   ├── PromptFileExists          prompt_file_exists                2  (a concept's page: the prompt file is there)
     │   └── SyncConflict              sync_conflict                     1  (`sidecar sync`: both sides changed; names the files)
     ├── WebSocketRequired             websocket_required         426    2  (a plain GET of /events)
     ├── QueueFull                     queue_full                 429    1  (retry later)
@@ -146,6 +151,7 @@ from sidecar.errors.inputs import (  # noqa: F401
     BatchSizeNotSupported,
     CharacterInvalid,
     CheckpointNotFound,
+    ConceptInvalid,
     ControlnetNotFound,
     DatasetInvalid,
     DatasetNotReady,
@@ -168,6 +174,8 @@ from sidecar.errors.inputs import (  # noqa: F401
 )
 from sidecar.errors.state import (  # noqa: F401
     CheckpointFileMissing,
+    ConceptExists,
+    ConceptNotFound,
     DiskFull,
     GenerationLogInvalid,
     GroupNotFound,
@@ -180,7 +188,9 @@ from sidecar.errors.state import (  # noqa: F401
     PreviewNotFound,
     ProjectNotConfigured,
     PromptFileChanged,
+    PromptFileExists,
     ReferencesMissing,
+    RoundNotFound,
     QueueFull,
     TrainingInProgress,
     TrainingNotFound,

@@ -113,3 +113,9 @@ class RemoteNotConfigured(BadRequest):
     """A remote run asked for a provider the configuration cannot use (no vast.ai key, no SSH host)."""
 
     code = "remote_not_configured"
+
+
+class ConceptInvalid(BadRequest):
+    """A concept file (`concepts/NAME.toml`) or its intent document cannot be read or breaks its rules."""
+
+    code = "concept_invalid"

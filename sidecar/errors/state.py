@@ -110,3 +110,27 @@ class NoOfferUnderLimits(Conflict):
 
     code = "no_offer_under_limits"
     exit_code = EXIT_FAILED
+
+
+class ConceptNotFound(NotFound):
+    """No `concepts/NAME.toml` in the project by that name."""
+
+    code = "concept_not_found"
+
+
+class RoundNotFound(NotFound):
+    """The concept has no round of that number (its intent document lists the rounds)."""
+
+    code = "round_not_found"
+
+
+class ConceptExists(Conflict):
+    """POST /concepts never overwrites a concept of the same name (PUT changes one)."""
+
+    code = "concept_exists"
+
+
+class PromptFileExists(Conflict):
+    """A concept made into a page never overwrites that page's prompt file unless asked (`overwrite`)."""
+
+    code = "prompt_file_exists"

@@ -207,6 +207,16 @@ class JobBuilder:
     async def _family(self, folder: ModelFolder, name: str) -> str | None:
         return (await self.families.family(folder, name)).known
 
+    async def checkpoint_family(self, checkpoint: str | None) -> str | None:
+        """The family a job of `checkpoint` (else the default checkpoint) renders as, the way `build` reads it;
+        None when unknown (a prompt for it is composed as SD 1.5 tags). Refuses nothing: the job's build does."""
+        name = checkpoint or self.settings.checkpoint
+        try:
+            folder = await self._checkpoint_folder(name)
+            return await self._family(folder, name) or ("flux" if folder == "diffusion_models" else None)
+        except (OSError, SidecarError):
+            return None
+
     def _check_family(self, family: str | None) -> Profile:
         """The limits a job of `family` is held to; `family_not_supported` naming where it can run."""
         if family is None:
