@@ -48,9 +48,10 @@ from sidecar.api.keys import (
     TRAINING_STORE,
 )
 from sidecar.backend import GenerationBackend
-from sidecar.backends.catalog import PoolCatalog, widest_profile
+from sidecar.backends.catalog import PoolCatalog, profiles_by_name, widest_profile
 from sidecar.backends.abandoned import AbandonedStore
 from sidecar.backends.pool import build_pool
+from sidecar.backends.on_demand import OnDemand
 from sidecar.backends.renting import Renter
 from sidecar.config import Settings
 from sidecar.datadir_lock import DataDirLock
@@ -137,15 +138,18 @@ def create_app(settings: Settings, backend: GenerationBackend | None = None, *,
                             judge=lambda image: likeness.likeness_for_log(app[LIKENESS], image))
     find_job = app[RUNNER].get
     app[BUILDER] = (JobBuilder(settings, profile, templates, PoolCatalog(pool), limits=widest_profile(pool),  # type: ignore[arg-type]
-                               find_job=find_job, backend_profiles={m.name: m.profile for m in pool.members})
+                               find_job=find_job, backend_profiles=profiles_by_name(pool))
                     if pool is not None else JobBuilder(settings, profile, templates, backend, find_job=find_job))
     if pool is not None:
-        app[RENTER] = Renter(settings, pool)
+        app[RENTER] = renter = Renter(settings, pool)
+        runner = app[RUNNER]
+        runner.on_demand = OnDemand(pool, renter.rent, lambda name: name in renter.active)
+        renter.on_never_joined = runner.rent_failed
         builder = app[BUILDER]
 
         def members_changed() -> None:  # a rented backend joined or left: what the API admits follows
             builder.limits = widest_profile(pool)
-            builder.backend_profiles = {m.name: m.profile for m in pool.members}
+            builder.backend_profiles = profiles_by_name(pool)
 
         pool.on_members = members_changed
     app[IDEMPOTENCY] = IdempotencyKeys(store)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sidecar.backends.pool import BackendPool
-from sidecar.profiles import FamilySizes, Profile
+from sidecar.profiles import FamilySizes, Profile, get_profile
 
 UNBOUNDED = 16384  # the largest side any request may give (jobs.params.Pixels)
 
@@ -49,8 +49,14 @@ def _default_size(profiles: list[Profile], family: str) -> tuple[int, int] | Non
     return None
 
 
+def profiles_by_name(pool: BackendPool) -> dict[str, Profile]:
+    """Each backend's profile, and each on-demand table's (a job it could run is rented for, not refused)."""
+    named = {name: get_profile(spec.profile) for name, spec in pool.on_demand.items()}
+    return {**named, **{m.name: m.profile for m in pool.members}}
+
+
 def widest_profile(pool: BackendPool) -> Profile:
-    profiles = [m.profile for m in pool.members]
+    profiles = list(profiles_by_name(pool).values())
     return Profile(
         name="+".join(dict.fromkeys(p.name for p in profiles)),
         # Sizes are the router's to refuse, with each backend's own limit in the answer.

@@ -89,6 +89,7 @@ def build_pool(settings: Settings, device: Device, default_backend: Callable[[],
                                  url=settings.comfyui_base_url if backend.name == "comfyui" else None))
     pool = BackendPool(members, settings.backend_probe_interval)
     pool.rentable = frozenset(s.name for s in settings.backends if s.rented)
+    pool.on_demand = {s.name: s for s in settings.backends if s.rented and s.rent == "on-demand"}
     return pool
 
 
@@ -114,6 +115,7 @@ class BackendPool:
         self.events: EventBus | None = None  # backend.up / backend.down go here (the app sets it)
         self.store: AbandonedStore | None = None  # the prompts to interrupt, kept across restarts
         self.rentable: frozenset[str] = frozenset()  # kind = "vast" tables: members only while rented
+        self.on_demand: dict[str, BackendSpec] = {}  # of those, the tables rented when a job needs them
         self.departed: dict[str, str] = {}  # name -> why, of members that left the pool (rented, released)
         self._caps_at: dict[str, float] = {}
         self._fails: dict[str, int] = {}

@@ -70,3 +70,12 @@ class RentalStore:
         ended = [r for r in records if r not in live][-KEEP_ENDED:]
         body = {"rentals": [r.to_dict() for r in [*ended, *live]]}
         atomic.write_text(self.path, json.dumps(body, indent=1), sync=True)
+
+
+def summary(r: RentalRecord, idle_seconds: float | None) -> dict[str, Any]:
+    """One rental as `GET /backends` shows it."""
+    st, spec = r.st, r.spec
+    return {"name": spec.name, "provider": st.provider, "state": st.state, "instanceId": st.instance_id,
+            "gpu": st.gpu, "offer": st.offer, "pricePerHour": st.price_per_hour, "cost": st.cost(),
+            "maxTotalCost": st.max_total_cost, "maxHours": st.max_hours, "idleMinutes": spec.idle_minutes,
+            "idleSeconds": idle_seconds, "message": st.message}

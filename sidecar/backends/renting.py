@@ -25,6 +25,7 @@ import contextlib
 import logging
 import math
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +36,7 @@ from sidecar.backends.member import Member
 from sidecar.backends.pool import BackendPool
 from sidecar.backends.rent_reaper import destroy, reap, unfinished
 from sidecar.backends.rent_limits import RentFailed, comfy_env, in_time, limit_hit, limits_for
-from sidecar.backends.rentals import RentalRecord, RentalStore, new_label
+from sidecar.backends.rentals import RentalRecord, RentalStore, new_label, summary
 from sidecar.backends.tunnel import Tunnel, TunnelError, open_tunnel, write_known_hosts
 from sidecar.config import Settings
 from sidecar.config.backends import VAST_COMFY_PYTHON, BackendSpec, SshTarget
@@ -64,6 +65,7 @@ class Rental:
     member: Member | None = None
     last_busy: float = field(default_factory=time.monotonic)
     released: bool = False
+    code: str = "remote_unavailable"  # the stable code of why renting failed (jobs waiting for it fail with it)
 
     @property
     def spec(self) -> BackendSpec:
@@ -84,6 +86,8 @@ class Renter:
         self.reaped: list[dict[str, Any]] = []
         self._provider_factory = provider_factory or self._vast
         self._reaper: asyncio.Task[None] | None = None
+        # (name, code, reason) of a rental that ended before it joined: the runner fails the jobs waiting for it.
+        self.on_never_joined: Callable[[str, str, str], Awaitable[None]] | None = None
 
     def _vast(self) -> Provider:
         from sidecar.remote.vast import VastProvider
@@ -130,6 +134,8 @@ class Renter:
             raise
         except (SidecarError, RentFailed, TunnelError, OSError) as exc:
             reason = getattr(exc, "message", None) or str(exc)
+            if isinstance(exc, SidecarError):
+                rental.code = exc.code
             log.warning("renting backend %s failed: %s", rental.spec.name, reason)
             await self._release(rental, f"renting failed: {reason}", failed=True)
             return
@@ -337,6 +343,8 @@ class Renter:
             await self.pool.leave(rental.member, f"released: {reason}")
         if rental.tunnel is not None:
             await rental.tunnel.close()
+        if rental.member is None and self.on_never_joined is not None:
+            await self.on_never_joined(spec.name, rental.code, reason)  # never raises: jobs end in the ledger
         if st.instance_id is None:
             st.state = "failed" if failed else "destroyed"
             self._save()
@@ -373,15 +381,11 @@ class Renter:
         return [self.summary(r) for r in self.records]
 
     def summary(self, r: RentalRecord) -> dict[str, Any]:
-        st, spec = r.st, r.spec
-        rental = self.active.get(spec.name)
+        rental = self.active.get(r.spec.name)
         idle = None
-        if rental is not None and rental.record is r and st.state == "serving":
+        if rental is not None and rental.record is r and r.st.state == "serving":
             idle = round(time.monotonic() - rental.last_busy, 1)
-        return {"name": spec.name, "provider": st.provider, "state": st.state, "instanceId": st.instance_id,
-                "gpu": st.gpu, "offer": st.offer, "pricePerHour": st.price_per_hour, "cost": st.cost(),
-                "maxTotalCost": st.max_total_cost, "maxHours": st.max_hours, "idleMinutes": spec.idle_minutes,
-                "idleSeconds": idle, "message": st.message}
+        return summary(r, idle)
 
     def _save(self) -> None:
         try:

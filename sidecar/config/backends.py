@@ -120,6 +120,10 @@ class BackendSpec(BaseModel):
                                description="vast: ComfyUI's port inside the instance, reached through the tunnel")
     start_timeout: float = Field(900, gt=0, description="vast: seconds from renting until ComfyUI answers; past "
                                                         "it the instance is destroyed")
+    rent: Literal["manual", "on-demand"] = Field(
+        "manual", description="vast: `manual` (rented only by `sidecar backends rent NAME`) or `on-demand` (the "
+                              "daemon rents it, under this table's limits, when a job that no backend in the pool "
+                              "runs could run there and its `where` names this table, one of its tags, or `any`)")
 
     @model_validator(mode="before")
     @classmethod
@@ -218,7 +222,7 @@ class BackendSpec(BaseModel):
 
 
 RENTED_ONLY = ("gpu", "max_price_per_hour", "max_total_cost", "max_hours", "idle_minutes", "min_gpu_memory_gb",
-               "disk_gb", "image", "comfyui_dir", "instance_port", "start_timeout")
+               "disk_gb", "image", "comfyui_dir", "instance_port", "start_timeout", "rent")
 
 
 def check_tables(specs: list[BackendSpec]) -> None:

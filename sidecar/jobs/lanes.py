@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 
 from sidecar.backends.member import Member
 from sidecar.backends.pool import BackendPool
@@ -32,6 +33,7 @@ class Worker:
         self.default_where = default_where
         self.wakeup = asyncio.Event()
         self.running: str | None = None  # the job id being run (a single-backend daemon)
+        self.held: Callable[[str], bool] = lambda job_id: False  # waits for a backend rented on demand
         self._lanes: asyncio.TaskGroup | None = None
 
     def wake(self) -> None:
@@ -117,7 +119,7 @@ class Worker:
         items = []
         for job_id in self.queue.runnable():  # in order; while paused only those already running
             job = self.ledger.live.get(job_id)
-            if job is None or job.status in TERMINAL:
+            if job is None or job.status in TERMINAL or self.held(job_id):
                 continue
             # A job that was running when the daemon stopped is reconciled where its prompt is.
             pinned = job.backend if job.status == "running" and job.prompt_id else None

@@ -26,10 +26,13 @@ from typing import Any
 
 from sidecar.backend import GenerationBackend
 from sidecar.backends.admission import Needs
+from sidecar.backends.on_demand import OnDemand
 from sidecar.backends.pool import BackendPool
 from sidecar.backends.router import admit
 from sidecar.device import Device
-from sidecar.errors import GroupNotFound, InvalidField, InvalidState, JobNotFound, QueueFull
+from sidecar.config.backends import BackendSpec
+from sidecar.errors import (FamilyNotSupported, GroupNotFound, InvalidField, InvalidState, JobNotFound, NoBackendAdmits,
+                            QueueFull, SidecarError)
 from sidecar.events import EventBus
 from sidecar.jobs.execute import Executor
 from sidecar.jobs.faults import sweep_temp_files
@@ -74,6 +77,8 @@ class JobRunner:
         # A job recovered onto a backend that stays away is handed over after this long (jobs.stranded).
         self.stranded = (Stranded(self.ledger, self.queue, pool, default_where=default_where,
                                   timeout=recovery_timeout, wake=self._wake) if pool is not None else None)
+        self.on_demand: OnDemand | None = None  # on-demand rented tables (the app sets it, with the renter)
+        self.worker.held = lambda job_id: self.on_demand is not None and self.on_demand.holds(job_id)
         self.max_queue = max_queue
         self._submitting = 0  # submits between the depth check and the queue (the store write)
         self._task: asyncio.Task | None = None
@@ -178,8 +183,7 @@ class JobRunner:
                             "once some have run, or with fewer variations.",
                             {"limit": self.max_queue, "queueDepth": waiting, "adding": len(specs)})
         wheres = [built.where or self.default_where for built in specs]
-        for where, built in zip(wheres, specs):
-            self._admit(where, built.workflow, built.params.family)
+        rents = [self._admit(where, built.workflow, built.params.family) for where, built in zip(wheres, specs)]
         rank = self.queue.next_front_rank() if front else None
         jobs = [JobRecord(
             id=uuid.uuid4().hex,
@@ -195,7 +199,8 @@ class JobRunner:
             front_rank=rank,
             source=source or DEFAULT_SOURCE,
             page=ref,
-        ) for where, built, ref in zip(wheres, specs, pages)]
+            backend_reason=_renting_reason(rent),
+        ) for where, built, ref, rent in zip(wheres, specs, pages, rents)]
         self._submitting += len(jobs)
         try:
             await self.store.insert_many(jobs, claim)  # a full disk raises DiskFull here: 507, nothing queued
@@ -207,23 +212,35 @@ class JobRunner:
             log.info("job %s queued (template %s, where %s, queue depth %d%s)", job.id, job.template, job.where_,
                      len(self.queue), ", at the front" if front else "")
             self.ledger.announce(job)
+        for job, rent in zip(jobs, rents):
+            if rent is not None and self.on_demand is not None:
+                try:
+                    self.on_demand.wait(job.id, rent[0])
+                except SidecarError as exc:  # e.g. no vast.ai API key: nothing was rented
+                    await self.rent_failed(rent[0].name, exc.code, exc.message)
         self._wake()
         return jobs
 
-    def _admit(self, where: str, workflow: dict[str, Any], family: str | None = None) -> None:
+    def _admit(self, where: str, workflow: dict[str, Any],
+               family: str | None = None) -> tuple[BackendSpec, str] | None:
         """Refuse now what no backend `where` allows admits (400, each backend's reason), and, while a
-        training holds this machine's device, what only this machine's backends admit (409)."""
+        training holds this machine's device, what only this machine's backends admit (409). A job an
+        on-demand table could run instead is admitted: (that table, why nothing in the pool runs it)."""
         if self.pool is None:
             if where not in ("local", "any"):
                 raise InvalidField(f"where: {where!r} names no backend; this daemon has one (`local`): configure "
                                    "[[backends]] tables to route jobs elsewhere.",
                                    {"field": "where", "value": where, "allowed": ["local", "any"]})
             self.device.training.refuse_if_training()
-            return
+            return None
+        needs = Needs.of(workflow, family)
         try:
-            verdicts = admit(where, Needs.of(workflow, family), self.pool.members, self.pool.local_models)
-        except InvalidField as exc:
-            if where not in self.pool.rentable:
+            verdicts = admit(where, needs, self.pool.members, self.pool.local_models)
+        except (InvalidField, NoBackendAdmits, FamilyNotSupported) as exc:
+            table = self.on_demand.candidate(where, needs) if self.on_demand is not None else None
+            if table is not None:
+                return table, exc.message
+            if not isinstance(exc, InvalidField) or where not in self.pool.rentable:
                 raise
             raise InvalidField(f"where: {where!r} is a backend to rent (kind = \"vast\") and is not rented now: "
                                f"rent it first (`sidecar backends rent {where}`), or name another `where`.",
@@ -231,6 +248,20 @@ class JobRunner:
         admitting = {v.backend for v in verdicts if v.admitted}
         if all(self.pool.by_name[name].local for name in admitting):
             self.device.training.refuse_if_training()
+        return None
+
+    async def rent_failed(self, name: str, code: str, reason: str) -> None:
+        """An on-demand rental ended before its backend joined: the jobs that waited for it fail with why."""
+        if self.on_demand is None:
+            return
+        for job_id in self.on_demand.give_up(name):
+            job = self.ledger.live.get(job_id)
+            if job is None or job.status in TERMINAL or not self.queue.remove(job_id):
+                continue
+            await self.ledger.finish_or_keep(
+                job, "failed", code=code, details={"backend": name},
+                message=f"Backend {name} was to be rented for this job (rent = \"on-demand\") and was not: {reason}.")
+        self._wake()
 
     def _wake(self) -> None:
         self.worker.wake()
@@ -300,3 +331,11 @@ class JobRunner:
     def planned(self) -> dict[str, int]:
         """Queued jobs the router would put on each backend now (/health)."""
         return self.worker.planned()
+
+
+def _renting_reason(rent: tuple[BackendSpec, str] | None) -> str | None:
+    if rent is None:
+        return None
+    spec, why = rent
+    return (f"renting backend {spec.name} for it (rent = \"on-demand\"; GET /backends shows the rental); it runs "
+            f"there once that backend joins. Nothing in the pool runs it: {why}")
