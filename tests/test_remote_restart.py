@@ -16,6 +16,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from tests.storage_fixtures import s3_server  # noqa: F401  (fixture: moto's S3 server)
+
 from sidecar.remote.provider import Limits, label_for
 from sidecar.config.remote import VastSettings
 from sidecar.remote.vast import VastProvider
@@ -47,7 +49,8 @@ async def vast(tmp_path: Path, trainer_env):
 
 
 def start_daemon(tmp_path: Path, port: int, vast: FakeVast, client_key: Path,
-                 ssh_host: FakeHost | None = None) -> subprocess.Popen[bytes]:
+                 ssh_host: FakeHost | None = None, extra: str = "") -> subprocess.Popen[bytes]:
+    """`extra`: more TOML at the end of the configuration (a `[storage]` table)."""
     config = tmp_path / "sidecar.toml"
     settings = make_settings(tmp_path, remote_settings(tmp_path, client_key, ssh_host))  # makes the base model
     ssh = settings.remote.ssh
@@ -58,7 +61,7 @@ def start_daemon(tmp_path: Path, port: int, vast: FakeVast, client_key: Path,
         f'identity_file = "{client_key}"\nstart_timeout = 30\n'
         + (f'\n[remote.ssh]\nhost = "{ssh.host}"\nport = {ssh.port}\nidentity_file = "{ssh.identity_file}"\n'
            f'known_hosts = "{ssh.known_hosts}"\nkohya_dir = "{ssh.kohya_dir}"\npython = "{ssh.python}"\n'
-           if ssh_host is not None else ""))
+           if ssh_host is not None else "") + extra)
     with (tmp_path / "daemon.log").open("ab") as log:
         # The key comes the way a user gives it: VAST_API_KEY in the environment.
         return subprocess.Popen(
@@ -157,3 +160,53 @@ async def test_the_reaper_destroys_instances_of_runs_no_longer_active_at_start(
     after = await wait_run(client, run["id"], lambda b: any("reaper" in w for w in b["warnings"]))
     await VastProvider(VastSettings(api_key=KEY, server_url=vast.url)).destroy(foreign.id)
     assert json.dumps(after).count(KEY) == 0
+
+
+async def test_a_run_reattached_after_a_restart_still_fetches_its_checkpoints_through_the_bucket(
+        tmp_path: Path, client_key, vast, dataset, trainer_env, s3_server, request,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.storage_fixtures import make_store
+    from tests.test_storage_sync import remote_files
+
+    store = make_store("s3", request, tmp_path)
+    for name, value in store.env.items():  # the daemon's environment: the store's credentials (moto)
+        monkeypatch.setenv(name, value) if value else monkeypatch.delenv(name, raising=False)
+    trainer_env.update({"AWS_ACCESS_KEY_ID": "AKIAMACHINEOWNKEY000", "AWS_SECRET_ACCESS_KEY": "machine-own-wrong",
+                        "AWS_ENDPOINT_URL": s3_server.endpoint, "FAKE_KOHYA_STEP_SECONDS": "0.3"})
+    ssh_host = FakeHost(tmp_path / "machine", [Path(f"{client_key}.pub").read_text()], "ssh-host", trainer_env)
+    install_kohya(ssh_host.home)
+    await ssh_host.start()
+    port, storage = free_port(), f'\n[storage]\nurl = "{store.url}"\n'
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as http:
+            proc = start_daemon(tmp_path, port, vast, client_key, ssh_host, storage)
+            try:
+                await wait_up(http, url, proc)
+                async with http.post(f"{url}/loras/train", json={
+                        "datasetDir": str(dataset), "outputName": "spyke", "steps": 8, "saveEveryNSteps": 4,
+                        "force": True, "remote": {"provider": "ssh"}}) as resp:
+                    assert resp.status == 202, await resp.text()
+                    run_id = (await resp.json())["id"]
+                await status(http, url, run_id, lambda b: b["step"] >= 2)  # killed before its first checkpoint
+                proc.send_signal(signal.SIGKILL)
+                await asyncio.to_thread(proc.wait, 10)
+                before = set(remote_files(store, f"runs/{run_id}"))
+                proc = start_daemon(tmp_path, port, vast, client_key, ssh_host, storage)
+                await wait_up(http, url, proc)
+                done = await status(http, url, run_id, lambda b: b["status"] in ENDED)
+            finally:
+                proc.kill()
+                await asyncio.to_thread(proc.wait, 10)
+        log = (tmp_path / "daemon.log").read_text()
+        assert done["status"] == "succeeded", (done["error"], log[-3000:])
+        assert done["remote"]["reattached"] >= 1
+        assert sum("setsid nohup" in c for c in ssh_host.commands) == 1, "training was started again"
+        through = remote_files(store, f"runs/{run_id}")
+        # Every checkpoint saved after the restart, and the final file, came through the bucket, byte-identical.
+        after = {c["fileName"] for c in done["checkpoints"]} - before
+        assert after and after <= set(through), (after, sorted(through))
+        assert "spyke.safetensors" in through and Path(done["finalFile"]).read_bytes() == through["spyke.safetensors"]
+        assert "through the bucket failed" not in log and "come over SSH" not in log
+    finally:
+        await ssh_host.close()

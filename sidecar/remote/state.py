@@ -61,6 +61,12 @@ class RemoteState:
     reattached: int = 0
     pulled: list[PulledFile] = field(default_factory=list)
     message: str | None = None
+    # The run's [storage] bucket link (training/remote/bucket.py), kept so a re-attach after a daemon restart
+    # still fetches checkpoints through the bucket: the store's URL, and the machine's python that runs the
+    # agent (its credentials stay in the run's folder there until the run ends).
+    bucket_url: str | None = None
+    bucket_python: str | None = None
+    bucket_endpoint: str | None = None
 
     @property
     def live(self) -> bool:
@@ -95,6 +101,7 @@ class RemoteState:
         self.instances += 1
         self.instances_this_attempt += 1
         self.pid, self.log_offset, self.host_key, self.work_dir, self.start_step = None, 0, None, None, 0
+        self.bucket_url = self.bucket_python = self.bucket_endpoint = None  # a new machine is linked afresh
 
     def billed(self, started_at: float | None, price: float | None) -> None:
         """The provider's own figures for the current instance: when billing started, the price."""

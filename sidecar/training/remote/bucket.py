@@ -32,6 +32,7 @@ from pathlib import Path
 from sidecar.config import Settings
 from sidecar.errors import SidecarError
 from sidecar.remote.shell import CommandFailed, Shell, q
+from sidecar.remote.state import RemoteState
 from sidecar.remote.ssh import STORAGE_DIR  # the folder the SSH provider removes when the run ends
 from sidecar.storage import agent
 from sidecar.storage.handover import NoHandover, env_file, handover_for
@@ -82,6 +83,33 @@ async def prepare(settings: Settings, shell: Shell, rdir: str, python: str,
     await shell.put_private(env_file(env).encode("utf-8"), f"{folder}/env")
     await shell.put(Path(agent.__file__), f"{folder}/agent.py")
     return RunBucket(store, rdir, python, env.get("SIDECAR_STORAGE_ENDPOINT_URL"))
+
+
+def link(st: RemoteState, bucket: RunBucket | None) -> None:
+    """Keep the run's bucket link with its persisted state (`reopen` restores it after a daemon restart)."""
+    st.bucket_url = bucket.store.url if bucket is not None else None
+    st.bucket_python = bucket.python if bucket is not None else None
+    st.bucket_endpoint = bucket.endpoint_url if bucket is not None else None
+
+
+async def reopen(settings: Settings, st: RemoteState, warn: Callable[[str], None]) -> RunBucket | None:
+    """The bucket link of a run re-attached after a daemon restart: the credentials handed over at its start
+    are still in its folder there; this side opens the same store again. None (SSH, with a warning) when the
+    run had no link, or `[storage]` now names another store or cannot be opened."""
+    if st.bucket_url is None or st.bucket_python is None or st.work_dir is None:
+        return None
+    why = None
+    try:
+        store = await asyncio.to_thread(open_store, settings.storage) if settings.storage.url else None
+    except SidecarError as exc:
+        store, why = None, exc.message
+    if store is not None and store.url != st.bucket_url:
+        store, why = None, f"[storage] now names {store.url}"
+    if store is None:
+        warn(f"this run's checkpoints went through {st.bucket_url}, which this daemon cannot use now "
+             f"({why or '[storage] is not set'}): the rest come over SSH")
+        return None
+    return RunBucket(store, st.work_dir, st.bucket_python, st.bucket_endpoint)
 
 
 def _plan(bucket: RunBucket, job: TrainJob, shell: Shell, uploads: list[tuple[Path, str]]

@@ -16,6 +16,7 @@ from sidecar.remote import machine
 from sidecar.remote.shell import ConnectionLost, is_login_refused
 from sidecar.training.parser import BarUpdate, CheckpointSaved
 from sidecar.training.remote.base import InstanceLost, _append
+from sidecar.training.remote.bucket import reopen
 from sidecar.training.remote.starting import Starting
 from sidecar.training.spec import ResumePoint
 
@@ -40,6 +41,7 @@ class Reattaching(Starting):
             return False
         self.instance = inst
         await self.connect()
+        self.bucket = await reopen(self.settings, st, self.hooks.warning)  # checkpoints still come through it
         state = await self._shell().run(machine.alive_command(st.work_dir))
         finished = await self._shell().size(f"{st.work_dir}/exit_code")
         if "alive" not in state and finished is None:

@@ -20,7 +20,7 @@ from sidecar.remote.providers import limits_of
 from sidecar.remote.shell import Shell, q
 from sidecar.training import remote_files as transfer
 from sidecar.training.kohya_tokenizer import seed_tokenizer_cache
-from sidecar.training.remote.bucket import dataset_from_bucket, prepare
+from sidecar.training.remote.bucket import dataset_from_bucket, link, prepare
 from sidecar.training.remote.base import InstanceLost, remote_failed
 from sidecar.training.remote.guard import CostGuard
 
@@ -133,6 +133,7 @@ class Starting(CostGuard):
         uploads, model, remote_resume = await transfer.uploads(shell, job, rdir, tokenizer, self.resume,
                                                                str(out_there))
         self.bucket = await prepare(self.settings, shell, rdir, python, self.hooks.warning)
+        link(st, self.bucket)
         if self.bucket is not None:
             uploads = await dataset_from_bucket(self.bucket, shell, job, uploads, self.hooks.warning)
         sent = await shell.put_files(uploads)
