@@ -1,13 +1,14 @@
-"""LoRAs for a rented ComfyUI from the `[storage]` bucket instead of this machine's uplink.
+"""LoRAs and checkpoints for a rented ComfyUI from the `[storage]` bucket instead of this machine's uplink.
 
-When `[storage]` is set and the bucket holds the LoRA a job needs exactly as this machine has it (same
-size and sha256 in the `loras/` manifest that `sidecar sync push loras` writes), the instance fetches it
-itself: the daemon puts `agent.py` (`sidecar/storage/agent.py`) and the store's scoped credentials
-(`sidecar/storage/handover.py`; an owner-only file, never on a command line) in `~/.sidecar-storage/`
-there, has the image's python run `agent.py pull` into `<comfyui_dir>/models/loras/` (a temporary name,
-checked by sha256, then renamed), and removes that folder at once. Anything else (a LoRA not pushed or
-changed since, a checkpoint, a store that cannot be handed over or does not answer) goes over SFTP as
-before (`transfer.py`), with the reason logged.
+When `[storage]` is set and the bucket holds the LoRA or checkpoint a job needs exactly as this machine has
+it (same size and sha256 in the `loras/` or `checkpoints/` manifest that `sidecar sync push loras` or
+`sidecar sync push checkpoints` writes), the instance fetches it itself: the daemon puts `agent.py`
+(`sidecar/storage/agent.py`) and the store's scoped credentials (`sidecar/storage/handover.py`; an
+owner-only file, never on a command line) in `~/.sidecar-storage/` there, has the image's python run
+`agent.py pull` into `<comfyui_dir>/models/<folder>/` (a temporary name, checked by sha256, then renamed),
+and removes that folder at once. Anything else (a file not pushed or changed since, another kind of model,
+a store that cannot be handed over or does not answer) goes over SFTP as before (`transfer.py`), with the
+reason logged.
 """
 
 from __future__ import annotations
@@ -27,33 +28,36 @@ log = logging.getLogger("sidecar.backends")
 
 FOLDER = ".sidecar-storage"
 PULL_TIMEOUT = 3600.0
+FOLDERS = ("loras", "checkpoints")  # the model folders `sidecar sync` keeps in the bucket
+PUSH = {"loras": "sidecar sync push loras", "checkpoints": "sidecar sync push checkpoints"}
 # What the instance's python needs to reach each store (installed by the rental's on-start command).
 LIBRARIES = {"s3": "fsspec s3fs", "gs": "fsspec gcsfs", "file": "fsspec"}
 
 
-def _listed(settings: Settings, name: str, src: Path) -> tuple[object, str]:
-    """(store, sha256) when the bucket's loras/ manifest has `name` as `src` is; else (None, why)."""
+def _listed(settings: Settings, folder: str, name: str, src: Path) -> tuple[object, str]:
+    """(store, sha256) when the bucket's `folder`/ manifest has `name` as `src` is; else (None, why)."""
     from sidecar.storage.manifest import MANIFEST_NAME, Manifest, hash_file
     from sidecar.storage.store import open_store, translated
 
     store = open_store(settings.storage)
-    with translated(store, f"read {store.display(store.key('loras', MANIFEST_NAME))}"):
+    with translated(store, f"read {store.display(store.key(folder, MANIFEST_NAME))}"):
         try:
-            files = Manifest.model_validate_json(store.fs.cat_file(store.key("loras", MANIFEST_NAME))).files
+            files = Manifest.model_validate_json(store.fs.cat_file(store.key(folder, MANIFEST_NAME))).files
         except FileNotFoundError:
             files = {}
     entry = files.get(name)
     if entry is None:
-        return None, f"{name} is not in {store.url}/loras/ (`sidecar sync push loras` sends it)"
+        return None, f"{name} is not in {store.url}/{folder}/ (`{PUSH[folder]}` sends it)"
     sha = hash_file(src)
     if entry.size != src.stat().st_size or entry.sha256 != sha:
-        return None, f"{store.url}/loras/{name} is not the file here (`sidecar sync push loras` updates it)"
+        return None, f"{store.url}/{folder}/{name} is not the file here (`{PUSH[folder]}` updates it)"
     return store, sha
 
 
-async def fetch_lora(settings: Settings, target: SshTarget, key: Path, known_hosts: Path, python: str,
-                     name: str, src: Path) -> bool:
-    """True when the instance fetched `loras/<name>` from the bucket; False: copy it over SFTP."""
+async def fetch_model(settings: Settings, target: SshTarget, key: Path, known_hosts: Path, python: str,
+                      folder: str, name: str, src: Path) -> bool:
+    """True when the instance fetched `<folder>/<name>` (loras, checkpoints) from the bucket; False: copy it
+    over SFTP."""
     if settings.storage.url is None:
         return False
     from sidecar.remote.shell import CommandFailed, ConnectionLost, Endpoint, Shell, q
@@ -61,7 +65,7 @@ async def fetch_lora(settings: Settings, target: SshTarget, key: Path, known_hos
     from sidecar.storage.handover import NoHandover, env_file, handover_for
 
     try:
-        store, found = await asyncio.to_thread(_listed, settings, name, src)
+        store, found = await asyncio.to_thread(_listed, settings, folder, name, src)
         handover = handover_for(settings.storage, os.environ)
     except (SidecarError, NoHandover, OSError) as exc:
         log.warning("the bucket cannot be used for %s (%s): copied over SFTP", name, getattr(exc, "message", exc))
@@ -75,9 +79,10 @@ async def fetch_lora(settings: Settings, target: SshTarget, key: Path, known_hos
     except (ConnectionLost, SidecarError) as exc:
         log.warning("cannot reach %s for a bucket fetch (%s): copied over SFTP", target.host, exc)
         return False
+    models = folder
     folder = shell.path(f"~/{FOLDER}")
     base = shell.path(target.path if target.path.startswith(("/", "~")) else f"~/{target.path}")
-    dest = posixpath.join(base, "models", "loras", name)
+    dest = posixpath.join(base, "models", models, name)
     try:
         await shell.run(f"mkdir -p {q(folder)} && chmod 700 {q(folder)}")
         env = dict(handover.env)
@@ -87,7 +92,7 @@ async def fetch_lora(settings: Settings, target: SshTarget, key: Path, known_hos
         await shell.put_private(env_file(env).encode("utf-8"), f"{folder}/env")
         await shell.put(Path(agent.__file__), f"{folder}/agent.py")
         plan = {"url": store.url, "endpoint_url": env.get("SIDECAR_STORAGE_ENDPOINT_URL"),
-                "files": [[f"loras/{name}", dest, sha]]}
+                "files": [[f"{models}/{name}", dest, sha]]}
         await shell.put_private(json.dumps(plan).encode("utf-8"), f"{folder}/plan.json")
         await shell.run(f". {q(folder + '/env')} && {q(python)} {q(folder + '/agent.py')} pull "
                         f"{q(folder + '/plan.json')}", timeout=PULL_TIMEOUT)
@@ -106,16 +111,17 @@ async def fetch_lora(settings: Settings, target: SshTarget, key: Path, known_hos
 
 
 def fetcher(settings: Settings, member, known_hosts: Path, python: str):
-    """A rented member's `fetch` (None without [storage]): LoRAs from the bucket, fetched by the instance."""
+    """A rented member's `fetch` (None without [storage]): LoRAs and checkpoints from the bucket, fetched by
+    the instance."""
     if settings.storage.url is None:
         return None
 
     async def fetch(folder: str, name: str, src: Path) -> bool:
         m = member()
-        if folder != "loras" or m is None or m.ssh is None:
-            return False  # only LoRAs are kept in the bucket (`sidecar sync push loras`)
-        return await fetch_lora(settings, m.ssh, settings.remote.vast.identity_file.expanduser(), known_hosts,
-                                python, name, src)
+        if folder not in FOLDERS or m is None or m.ssh is None:
+            return False  # the other model folders are not kept in the bucket by `sidecar sync`
+        return await fetch_model(settings, m.ssh, settings.remote.vast.identity_file.expanduser(), known_hosts,
+                                 python, folder, name, src)
 
     return fetch
 

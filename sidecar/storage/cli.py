@@ -1,9 +1,12 @@
-"""`sidecar sync push|pull datasets|loras|outputs [PATH or NAME] [--dry-run] [--delete]`: keep training
+"""`sidecar sync push|pull datasets|loras|checkpoints|outputs [PATH or NAME] [--dry-run] [--delete]`: keep training
 folders, the LoRA folder and a project's outputs in the `[storage]` bucket. Runs here, no daemon needed.
 
 - `datasets PATH`: the training folder PATH, as `<prefix>/datasets/<folder name>/` (a pull creates PATH);
 - `loras [NAME]`: the daemon's LoRA folder (ComfyUI's models/loras/ when configured, else the data dir's),
   as `<prefix>/loras/`; NAME: only that LoRA file;
+- `checkpoints [NAME]`: the checkpoint folder (ComfyUI's models/checkpoints/ when configured, else the data
+  dir's models/checkpoints/), as `<prefix>/checkpoints/`; NAME: only that file (a rented ComfyUI fetches a
+  checkpoint from there instead of over SFTP, `sidecar/backends/bucket_models.py`);
 - `outputs [PROJECT]`: the project's `output/` (default: the project_root setting, else the working
   folder), as `<prefix>/outputs/<project folder name>/`.
 
@@ -22,7 +25,7 @@ from sidecar.cli_support import tool_group
 from sidecar.errors import InvalidField
 from sidecar.storage.sync import Direction, SyncReport, SyncRequest, conflict_error
 
-KINDS = ("datasets", "loras", "outputs")
+KINDS = ("datasets", "loras", "checkpoints", "outputs")
 SHOWN = 50  # files listed one per line; past it, a count
 
 
@@ -44,6 +47,8 @@ def _options(f):
                      help="the data dir (the record of the last sync is kept in its sync/ folder)"),
         click.option("--loras-dir", type=click.Path(path_type=Path), default=None,
                      help="loras: this folder instead of the daemon's LoRA folder"),
+        click.option("--checkpoints-dir", type=click.Path(path_type=Path), default=None,
+                     help="checkpoints: this folder instead of the daemon's checkpoint folder"),
         click.option("--quiet", "-q", is_flag=True, help="no progress bar, only the summary"),
     ]):
         f = opt(f)
@@ -54,7 +59,8 @@ def _options(f):
 @_options
 def push(**kwargs: Any) -> None:
     """Send what changed here to the store: `datasets PATH` (a training folder), `loras [NAME]` (the LoRA
-    folder, or one LoRA), `outputs [PROJECT]` (a project's output/). Files changed on both sides are
+    folder, or one LoRA), `checkpoints [NAME]` (the checkpoint folder, or one checkpoint), `outputs [PROJECT]`
+    (a project's output/). Files changed on both sides are
     named and left alone (exit 1)."""
     _run("push", **kwargs)
 
@@ -62,20 +68,22 @@ def push(**kwargs: Any) -> None:
 @sync.command("pull")
 @_options
 def pull(**kwargs: Any) -> None:
-    """Fetch what changed in the store into `datasets PATH`, `loras [NAME]` or `outputs [PROJECT]`. Files
+    """Fetch what changed in the store into `datasets PATH`, `loras [NAME]`, `checkpoints [NAME]` or
+    `outputs [PROJECT]`. Files
     changed on both sides are named and left alone (exit 1)."""
     _run("pull", **kwargs)
 
 
 def _run(direction: Direction, kind: str, target: str | None, dry_run: bool, delete: bool, loras_dir: Path | None,
-         quiet: bool, **flags: Any) -> None:
+         checkpoints_dir: Path | None, quiet: bool, **flags: Any) -> None:
     from sidecar.cli_support import settings_from
     from sidecar.storage.progress import RichProgress
     from sidecar.storage.store import open_store
     from sidecar.storage.sync import run_sync
 
     settings, _ = settings_from(flags)
-    request = build_request(direction, kind, target, settings, loras_dir, dry_run=dry_run, delete=delete)
+    request = build_request(direction, kind, target, settings, loras_dir, dry_run=dry_run, delete=delete,
+                            checkpoints_dir=checkpoints_dir)
     store = open_store(settings.storage)
     sink = None if (quiet or dry_run) else RichProgress()
     report = run_sync(store, request, settings.data_dir / "sync", sink)
@@ -87,7 +95,7 @@ def _run(direction: Direction, kind: str, target: str | None, dry_run: bool, del
 
 
 def build_request(direction: Direction, kind: str, target: str | None, settings: Any, loras_dir: Path | None, *,
-                  dry_run: bool, delete: bool) -> SyncRequest:
+                  dry_run: bool, delete: bool, checkpoints_dir: Path | None = None) -> SyncRequest:
     only = None
     if kind == "datasets":
         if not target:
@@ -106,6 +114,13 @@ def build_request(direction: Direction, kind: str, target: str | None, settings:
                 raise InvalidField(f"{target!r} is not a LoRA name (a file name in the LoRA folder)",
                                    {"field": "NAME"})
             only = frozenset({file})
+    elif kind == "checkpoints":
+        local, name = _checkpoint_dir(settings, checkpoints_dir), None
+        if target:
+            if "/" in target or target.startswith("."):
+                raise InvalidField(f"{target!r} is not a checkpoint name (a file name in the checkpoint folder)",
+                                   {"field": "NAME"})
+            only = frozenset({target})
     else:
         root = Path(target).expanduser().resolve() if target else (settings.project_root or Path.cwd().resolve())
         local = root / "output"
@@ -117,6 +132,18 @@ def build_request(direction: Direction, kind: str, target: str | None, settings:
     if name is not None and (not name or name.startswith(".")):
         raise InvalidField(f"{local} has no usable folder name to keep it under in the store", {"field": "PATH"})
     return SyncRequest(direction, kind, local, name, only, dry_run=dry_run, delete=delete)  # type: ignore[arg-type]
+
+
+def _checkpoint_dir(settings: Any, override: Path | None) -> Path:
+    """Where this machine's checkpoints live: ComfyUI's `models/checkpoints/` when configured, else ours."""
+    if override is not None:
+        return override.expanduser().resolve()
+    if settings.comfyui_dir is not None:
+        return settings.comfyui_dir / "models" / "checkpoints"
+    if settings.comfyui_url is not None:
+        raise InvalidField("The daemon attaches to a ComfyUI at a URL, so its checkpoint folder is unknown here: set "
+                           "comfyui_dir (SIDECAR_COMFYUI_DIR) or pass --checkpoints-dir.", {"field": "checkpoints_dir"})
+    return settings.models_path / "checkpoints"
 
 
 def _listed(verb: str, paths: list[str], where: str) -> list[str]:

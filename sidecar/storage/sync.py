@@ -25,7 +25,7 @@ from sidecar.storage.plan import Plan, next_base, plan_sync
 from sidecar.storage.store import Store, translated
 
 Direction = Literal["push", "pull"]
-Kind = Literal["datasets", "loras", "outputs"]
+Kind = Literal["datasets", "loras", "checkpoints", "outputs"]
 CONFLICTS_SHOWN = 20
 PARTIAL_MAX_AGE = 3600.0  # seconds after which a folder store's temporary file is a leftover
 
@@ -42,7 +42,7 @@ class SyncRequest:
     direction: Direction
     kind: Kind
     local: Path
-    name: str | None  # the folder under <prefix>/<kind>/; None for loras (the folder itself)
+    name: str | None  # the folder under <prefix>/<kind>/; None for loras and checkpoints (the folder itself)
     only: frozenset[str] | None = None  # relative paths to consider (one LoRA); None: all
     dry_run: bool = False
     delete: bool = False
