@@ -68,3 +68,20 @@ async def test_by_default_a_table_is_only_rented_by_hand(vast, aiohttp_client, t
     assert resp.status == 400 and (await resp.json())["error"]["code"] == "no_backend_admits"
     await asyncio.sleep(0.2)
     assert vast.instances == {} and (await (await client.get("/backends")).json())["rentals"] == []
+
+
+async def test_jobs_waiting_for_a_rental_when_the_daemon_stops_are_rented_for_at_the_next_start(
+        vast, aiohttp_client, tmp_path) -> None:
+    vast.loading_reads = 10**6  # the first instance is still starting when the daemon stops
+    settings = settings_for(tmp_path, vast, rent="on-demand", idle_minutes=0.02)
+    client = await aiohttp_client(create_app(settings, ScriptedBackend()))
+    resp = await client.post("/jobs", json={"prompt": "x", "steps": 2, "where": "gpu", "resolution": BIG})
+    job_id = (await resp.json())["id"]
+    await wait_rental(client, "gpu", {"starting"})
+    await client.close()  # a graceful stop: what it rented is destroyed, the job stays queued
+    assert vast.alive() == []
+    vast.loading_reads = 1
+    client = await aiohttp_client(create_app(settings, ScriptedBackend()))
+    done = await wait_status(client, job_id, {"succeeded", "failed"}, timeout=20)
+    assert (done["status"], done["backend"]) == ("succeeded", "gpu"), done.get("error")
+    assert len(vast.instances) == 2

@@ -98,6 +98,7 @@ class JobRunner:
         for job in await recover(self.ledger, self.queue):
             if self.stranded is not None and self.pool is not None and job.backend in self.pool.by_name:
                 self.stranded.watch(job)
+        await self._rent_for_recovered()
         if self.queue:
             self._wake()
         if self.pool is not None:
@@ -250,9 +251,28 @@ class JobRunner:
             self.device.training.refuse_if_training()
         return None
 
-    async def rent_failed(self, name: str, code: str, reason: str) -> None:
-        """An on-demand rental ended before its backend joined: the jobs that waited for it fail with why."""
+    async def _rent_for_recovered(self) -> None:
+        """Queued jobs that waited for an on-demand rental when the daemon stopped are rented for again."""
         if self.on_demand is None:
+            return
+        for job_id in list(self.queue):
+            job = self.ledger.live.get(job_id)
+            if job is None or job.status != "queued":
+                continue
+            try:
+                rent = self._admit(job.where_ or self.default_where, job.workflow, job.params.family)
+            except SidecarError:
+                continue  # the router fails it with each backend's reason
+            if rent is not None:
+                try:
+                    self.on_demand.wait(job.id, rent[0])
+                except SidecarError as exc:
+                    await self.rent_failed(rent[0].name, exc.code, exc.message)
+
+    async def rent_failed(self, name: str, code: str, reason: str) -> None:
+        """An on-demand rental ended before its backend joined: the jobs that waited for it fail with why
+        (unless the daemon is stopping: they stay queued, rented for again at the next start)."""
+        if self.on_demand is None or self._stopping:
             return
         for job_id in self.on_demand.give_up(name):
             job = self.ledger.live.get(job_id)
