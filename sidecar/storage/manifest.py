@@ -15,13 +15,37 @@ import json
 import os
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from sidecar.atomic import write_text
 
 MANIFEST_NAME = ".sidecar-manifest.json"
 PARTIAL_PREFIX = ".sidecar-partial"  # temporary names of files being moved: hidden, never synced
 CHUNK = 1 << 20
+# The store's manifest is read whole: a hostile or broken bucket must not make a pull read gigabytes of it.
+# 64 MiB holds some 400,000 entries (about 150 bytes each), far past any dataset, LoRA folder or outputs.
+MANIFEST_MAX_BYTES = 64 << 20
+PATH_MAX_CHARS = 1024  # a relative path in the manifest (each part also under the usual 255 bytes)
+
+
+def unsafe_path(rel: str) -> str | None:
+    """Why `rel` cannot be a synced file's relative path (None: it can). A manifest is read from the store,
+    which another machine or tool can write: a pull writes `local / rel`, so `..`, an absolute path, an
+    empty or hidden part, a backslash or NUL would write outside the folder or where a sync never looks."""
+    if not rel or len(rel) > PATH_MAX_CHARS:
+        return "empty or too long"
+    if "\x00" in rel or "\\" in rel:
+        return "holds a NUL or a backslash"
+    if rel.startswith("/"):
+        return "is absolute"
+    for part in rel.split("/"):
+        if part in ("", ".", ".."):
+            return "has an empty, '.' or '..' part"
+        if part.startswith("."):
+            return "has a hidden part (never synced)"
+        if len(part.encode("utf-8", "surrogatepass")) > 255:
+            return "has a part over 255 bytes"
+    return None
 
 
 class Entry(BaseModel):
@@ -38,6 +62,15 @@ class Manifest(BaseModel):
 
     version: int = 1
     files: dict[str, Entry] = Field(default_factory=dict)
+
+    @field_validator("files")
+    @classmethod
+    def _relative_inside(cls, files: dict[str, Entry]) -> dict[str, Entry]:
+        for rel in files:
+            why = unsafe_path(rel)
+            if why is not None:
+                raise ValueError(f"the path {rel[:200]!r} {why}")
+        return files
 
     def to_json(self) -> str:
         return json.dumps(self.model_dump(), indent=1, sort_keys=True) + "\n"

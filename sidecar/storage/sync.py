@@ -15,11 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
+from pydantic import ValidationError
+
 from sidecar.errors import StorageRefused, StorageUnavailable, SyncConflict
 from sidecar.storage import transfer
 from sidecar.storage.manifest import (
-    MANIFEST_NAME, PARTIAL_PREFIX, Cached, Entry, Manifest, append_journal, load_record, local_manifest, read_journal,
-    record_path, save_record,
+    MANIFEST_MAX_BYTES, MANIFEST_NAME, PARTIAL_PREFIX, Cached, Entry, Manifest, append_journal, load_record,
+    local_manifest, read_journal, record_path, save_record,
 )
 from sidecar.storage.plan import Plan, next_base, plan_sync
 from sidecar.storage.store import Store, translated
@@ -97,8 +99,11 @@ def run_sync(store: Store, request: SyncRequest, state_dir: Path, sink: Progress
 
     check_reachable(store)
     with translated(store, f"read {store.display(manifest_key)}"):
-        text = transfer.read_text(store, manifest_key)
-    remote_files = Manifest.model_validate_json(text).files if text else {}
+        text = transfer.read_text(store, manifest_key, MANIFEST_MAX_BYTES)
+    if text is transfer.TOO_LARGE:
+        raise StorageRefused(f"{store.display(manifest_key)} is over {MANIFEST_MAX_BYTES >> 20} MiB: not a manifest "
+                             "this tool wrote; nothing was changed.", {"store": store.url, "file": MANIFEST_NAME})
+    remote_files = _manifest_files(text, store, manifest_key)
     local_files, hashes = local_manifest(request.local, record.hashes)
     record.hashes = hashes
 
@@ -118,7 +123,7 @@ def run_sync(store: Store, request: SyncRequest, state_dir: Path, sink: Progress
 
     if request.direction == "push":
         _push(store, request, folder, plan, source, target, journal_file, report, sink)
-        if report.done or report.deleted or remote_files != _manifest_files(text):
+        if report.done or report.deleted or remote_files != _manifest_files(text, store, manifest_key):
             with translated(store, f"write {store.display(manifest_key)}"):
                 transfer.write_small(store, manifest_key, Manifest(files=dict(sorted(target.items()))).to_json())
         journal_file.unlink(missing_ok=True)
@@ -147,8 +152,18 @@ def conflict_error(report: SyncReport) -> SyncConflict | None:
         "yours, move it away, pull, put it back and push.", {"files": conflicts})
 
 
-def _manifest_files(text: str | None) -> dict[str, Entry]:
-    return Manifest.model_validate_json(text).files if text else {}
+def _manifest_files(text: str | None, store: Store, key: str) -> dict[str, Entry]:
+    """The store's manifest, checked: it is read from a bucket another machine or tool can write, and a pull
+    writes each path it names, so one unreadable entry or one path leading out of the folder refuses it all."""
+    if not text:
+        return {}
+    try:
+        return Manifest.model_validate_json(text).files
+    except ValueError as exc:
+        first = exc.errors()[0] if isinstance(exc, ValidationError) and exc.errors() else {"msg": str(exc)}
+        raise StorageRefused(f"{store.display(key)} is not a manifest this tool can use ({str(first['msg'])[:300]}); "
+                             "nothing was changed. Push again from a machine with the files to rewrite it.",
+                             {"store": store.url, "file": MANIFEST_NAME}) from None
 
 
 def _verified_journal(store: Store, folder: str, journal: dict[str, Entry],
@@ -203,13 +218,28 @@ def _push(store: Store, request: SyncRequest, folder: str, plan: Plan, source: d
             sink.stop()
 
 
+def _inside(local: Path, rel: str) -> Path:
+    """Where a pulled file goes: under `local` even when a folder on the way is a link out of it (the manifest's
+    paths are already checked; a link the user made would still lead the write elsewhere)."""
+    dest = local / rel
+    root = local.resolve()
+    parent = dest.parent.resolve()
+    if parent != root and root not in parent.parents:
+        raise StorageRefused(f"{dest} leads out of {local} (a folder on the way is a link); nothing was written "
+                             "for it.", {"file": rel})
+    if dest.is_symlink():
+        raise StorageRefused(f"{dest} is a link: a pull does not write through it; nothing was written for it.",
+                             {"file": rel})
+    return dest
+
+
 def _pull(store: Store, request: SyncRequest, folder: str, plan: Plan, source: dict[str, Entry],
           report: SyncReport, sink: ProgressSink | None, hashes: dict[str, Cached]) -> None:
     if sink is not None:
         sink.start(len(plan.send) + len(plan.delete), sum(source[p].size for p in plan.send))
     try:
         for rel in plan.send:
-            dest = request.local / rel
+            dest = _inside(request.local, rel)
             try:
                 with translated(store, f"download {rel}"):
                     transfer.download(store, f"{folder}/{rel}", dest, source[rel], sink.advance if sink else None)

@@ -67,6 +67,10 @@ class DownloadMismatch(Exception):
 def download(store: Store, key: str, local: Path, expected: Entry, progress: Progress | None = None) -> None:
     cb = _callback(progress)
     kwargs = {"callback": cb} if cb is not None else {}
+    # The manifest's size first: an object larger than it says (a hostile or half-rewritten bucket) is not
+    # fetched at all, so a pull never fills the disk with bytes the manifest did not announce.
+    if int(store.fs.info(key).get("size", -1)) != expected.size:
+        raise DownloadMismatch(key)
     with replacing(local) as tmp:
         store.fs.get_file(key, str(tmp), **kwargs)
         if hash_file(tmp) != expected.sha256:
@@ -77,11 +81,18 @@ def delete(store: Store, key: str) -> None:
     store.fs.rm_file(key)
 
 
-def read_text(store: Store, key: str) -> str | None:
+TOO_LARGE = "\x00too large"  # read_text's answer for an object over its limit (no manifest holds a NUL)
+
+
+def read_text(store: Store, key: str, limit: int) -> str | None:
+    """The object's text, None if there is none, TOO_LARGE past `limit` bytes (only limit + 1 are fetched)."""
     try:
-        return store.fs.cat_file(key).decode("utf-8")
+        data = store.fs.cat_file(key, start=0, end=limit + 1)
     except FileNotFoundError:
         return None
+    if len(data) > limit:
+        return TOO_LARGE
+    return data.decode("utf-8", errors="replace")
 
 
 def write_small(store: Store, key: str, text: str) -> None:
