@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StrictInt
+import re
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StrictInt, field_validator
 from pydantic.alias_generators import to_camel
 
 from sidecar.remote.wire import RemoteRequest, RemoteStatus
@@ -16,6 +18,21 @@ from sidecar.whole_numbers import WholeNumbers
 from sidecar.statuses import RunStatus
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"  # no path separators, no leading dot
+# Both GPU trainers read options inside a sample prompt: kohya's prompt file is one prompt a line and splits
+# each on " --" (`--n` negative, `--w`/`--h` size, `--l` CFG, `--ss` sampler...), ai-toolkit splits each prompt
+# on any "--" (`--w 4096` past the run's size, `--w x` a ValueError that stops the run). A prompt (and the
+# trigger word, which the presets' prompts and ai-toolkit's `[trigger]` put in them) must stay one prompt:
+# no line breaks or other control characters, no "--".
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def prompt_text_problem(text: str) -> str | None:
+    if _CONTROL.search(text):
+        return "must be one line (no line breaks, tabs or other control characters)"
+    if "--" in text:
+        return ("must not hold \"--\": the trainers read \"--n\", \"--w\" and the like in a sample prompt as "
+                "options (the run sets size, seed and steps itself)")
+    return None
 
 
 class Wire(WholeNumbers):
@@ -79,6 +96,23 @@ class TrainRequest(Wire):
         description="prompts the trainer renders with its own sampler while it trains [default: none]")
     sample_every: int | None = Field(None, ge=1, le=100_000,
                                      description="steps between samples [default: every save]")
+
+    @field_validator("sample_prompts")
+    @classmethod
+    def _one_prompt_each(cls, prompts: list[str]) -> list[str]:
+        for i, prompt in enumerate(prompts):
+            why = prompt_text_problem(prompt)
+            if why is not None:
+                raise ValueError(f"sample prompt {i + 1} {why}")
+        return prompts
+
+    @field_validator("trigger_word")
+    @classmethod
+    def _trigger_one_prompt(cls, trigger: str | None) -> str | None:
+        why = None if trigger is None else prompt_text_problem(trigger)
+        if why is not None:
+            raise ValueError(f"the trigger word {why}")
+        return trigger
     tracking: Literal["tensorboard", "wandb"] | None = Field(
         None, description="experiment tracking through the trainer's own switch [default: none]")
     # Presets and the quality gate (docs/training/presets.md, docs/training/gate.md). A preset fills the
