@@ -5,6 +5,8 @@ refused with invalid_field naming it, and no run is queued."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tests.training_fixtures import (  # noqa: F401  (fixtures)
@@ -46,3 +48,39 @@ async def test_a_prompt_with_single_dashes_and_unicode_is_accepted(client, datas
                                                    "samplePrompts": prompts, "steps": 2, "saveEveryNSteps": 2})
     assert resp.status == 202, await resp.text()
     assert (await resp.json())["params"]["samplePrompts"] == prompts
+
+
+async def test_a_sample_replaced_by_a_link_out_of_the_run_is_not_served(client, dataset_dir, fake_env, tmp_path) -> None:
+    from tests.training_fixtures import wait_run
+
+    resp = await client.post("/loras/train", json={
+        "datasetDir": str(dataset_dir), "force": True, "outputName": "spyke", "engine": "kohya", "steps": 4,
+        "saveEveryNSteps": 2, "samplePrompts": ["spyke_plasma_v1, portrait", "spyke_plasma_v1, full body"]})
+    assert resp.status == 202, await resp.text()
+    done = await wait_run(client, (await resp.json())["id"], {"succeeded", "failed"})
+    assert done["status"] == "succeeded", done["error"]
+    first, second = [c for c in done["checkpoints"] if c["step"] == 4][0]["samples"][:2]
+    assert (await client.get(f"/loras/{done['id']}/samples/{first}")).status == 200
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(b"\x89PNG not the run's: a file elsewhere on this machine")
+    sample = Path(done["outputDir"]) / "sample" / first
+    sample.unlink()
+    sample.symlink_to(secret)
+    got = await client.get(f"/loras/{done['id']}/samples/{first}")
+    assert got.status == 404 and (await got.json())["error"]["code"] == "not_found"
+    assert (await client.get(f"/loras/{done['id']}/samples/{second}")).status == 200
+    for bad in ("..%2F..%2Ftrain.log", "%2Fetc%2Fpasswd", "a%00.png", "x" * 300 + ".png"):
+        got = await client.get(f"/loras/{done['id']}/samples/{bad}")
+        assert got.status == 404 and (await got.json())["error"]["code"] == "not_found", bad
+
+
+def test_a_link_in_the_samples_folder_is_never_listed(tmp_path) -> None:
+    from sidecar.training.adapter import samples_by_step
+    from sidecar.training.kohya_args import KohyaAdapter
+
+    out = tmp_path / "out"
+    (out / "sample").mkdir(parents=True)
+    (out / "sample" / "spyke_000002_00_5.png").write_bytes(b"\x89PNG")
+    (tmp_path / "elsewhere.png").write_bytes(b"\x89PNG")
+    (out / "sample" / "spyke_000002_01_6.png").symlink_to(tmp_path / "elsewhere.png")
+    assert samples_by_step(KohyaAdapter(), out, "spyke") == {2: ["sample/spyke_000002_00_5.png"]}

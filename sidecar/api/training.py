@@ -123,7 +123,7 @@ async def sample(request: web.Request) -> web.StreamResponse:
         raise NotFound(f"Training run {run.id} has no sample {name!r}.", {"runId": run.id, "file": name})
     folder = adapter_for(run.params.trainer or "kohya").samples_dir(Path(run.output_dir))
     path = folder / name
-    if not await asyncio.to_thread(path.is_file):
+    if await asyncio.to_thread(path.is_symlink) or not await asyncio.to_thread(path.is_file):
         raise NotFound(f"The sample {name} of run {run.id} is no longer on disk ({path}).",
                        {"runId": run.id, "file": name})
     kind = "image/png" if path.suffix.lower() == ".png" else "image/jpeg"

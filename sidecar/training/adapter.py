@@ -79,7 +79,9 @@ def samples_by_step(adapter: TrainerAdapter, output_dir: Path, name: str) -> dic
     if not folder.is_dir():
         return out
     for path in sorted(folder.iterdir()):
-        if path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
+        # A link is never a sample: served by GET /loras/{id}/samples/{file} and copied into a publish
+        # bundle, it could lead anywhere on this machine.
+        if path.suffix.lower() not in IMAGE_SUFFIXES or path.is_symlink() or not path.is_file():
             continue
         step = adapter.sample_step(path.name, name)
         if step is not None:
