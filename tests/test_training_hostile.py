@@ -84,3 +84,33 @@ def test_a_link_in_the_samples_folder_is_never_listed(tmp_path) -> None:
     (tmp_path / "elsewhere.png").write_bytes(b"\x89PNG")
     (out / "sample" / "spyke_000002_01_6.png").symlink_to(tmp_path / "elsewhere.png")
     assert samples_by_step(KohyaAdapter(), out, "spyke") == {2: ["sample/spyke_000002_00_5.png"]}
+
+
+async def test_publish_never_replaces_a_folder_that_is_not_a_bundle(client, dataset_dir, fake_env, tmp_path) -> None:
+    from tests.training_fixtures import wait_run
+
+    resp = await client.post("/loras/train", json={"datasetDir": str(dataset_dir), "force": True, "outputName": "spyke",
+                                                   "engine": "kohya", "steps": 2, "saveEveryNSteps": 2})
+    done = await wait_run(client, (await resp.json())["id"], {"succeeded", "failed"})
+    assert done["status"] == "succeeded", done["error"]
+    root = tmp_path / "site"
+    mine = root / "dist" / "spyke"  # a web project's own build output, say: not ours to delete
+    mine.mkdir(parents=True)
+    (mine / "index.html").write_text("the user's page")
+    got = await client.post(f"/loras/{done['id']}/publish", json={"root": str(root)})
+    answer = await got.json()
+    assert got.status == 400 and answer["error"]["code"] == "invalid_field", answer
+    assert answer["error"]["details"]["field"] == "name"
+    assert (mine / "index.html").read_text() == "the user's page" and sorted(p.name for p in mine.iterdir()) == [
+        "index.html"]
+    assert not (root / "dist" / "spyke.zip").exists()
+    # Under another name it is written; published again under that name, the bundle is replaced as before.
+    for _ in range(2):
+        got = await client.post(f"/loras/{done['id']}/publish", json={"root": str(root), "name": "spyke-v1"})
+        assert got.status == 201, await got.text()
+    assert (root / "dist" / "spyke-v1" / "metadata.json").is_file()
+    for bad in ({"name": "../escape"}, {"name": "a/b"}, {"name": ".hidden"}, {"root": "relative/dir"},
+                {"root": "/tmp/x\u0000y"}, {"name": "x" * 101}, {"step": 0}, {"withDataset": "yes"}):
+        got = await client.post(f"/loras/{done['id']}/publish", json={"root": str(root), **bad})
+        assert got.status == 400, (bad, await got.text())
+    assert sorted(p.name for p in (root / "dist").iterdir()) == ["spyke", "spyke-v1", "spyke-v1.zip"]

@@ -101,6 +101,7 @@ def build(run: RunRecord, root: Path, *, step: int | None, with_dataset: bool, n
     if not lora.is_file():
         raise CheckpointFileMissing(f"The LoRA file {lora} no longer exists.", {"file": str(lora)})
     name = name or spec.output_name
+    _refuse_foreign(root / "dist" / name)
     base = Path(run.base_model)
     family = family_of_file(base).known or "sd15"
     ranked = next((r for r in (sweep or {}).get("ranking") or [] if r.get("step") == step), None)
@@ -152,6 +153,16 @@ def build(run: RunRecord, root: Path, *, step: int | None, with_dataset: bool, n
     zip_path = dist / f"{name}.zip"
     write_with(zip_path, lambda fh: _zip(fh, folder, name, files))
     return Bundle(folder, zip_path, step, files, strength, with_dataset)
+
+
+def _refuse_foreign(folder: Path) -> None:
+    """A bundle replaces the previous bundle of its name, never anything else: `dist/` is a common folder
+    name (a web project's build output, a Python package's), and the swap removes the old folder whole."""
+    if not folder.exists() and not folder.is_symlink():
+        return
+    if folder.is_symlink() or not folder.is_dir() or not (folder / "metadata.json").is_file():
+        raise InvalidField(f"{folder} exists and is not a publish bundle: nothing was written. Choose another "
+                           "name (name), another root, or move it away.", {"field": "name", "value": folder.name})
 
 
 def _zip(fh, folder: Path, name: str, files: list[str]) -> None:

@@ -192,7 +192,7 @@ class PublishRequest(Wire):
                                                   "manifest of their hashes and captions is always there)")
     name: str | None = Field(None, pattern=NAME_PATTERN, description="the bundle's and the file's name [default: "
                                                                      "the run's output name]")
-    root: str | None = Field(None, min_length=1, max_length=4096, pattern=r"^/",
+    root: str | None = Field(None, min_length=1, max_length=4096, pattern=r"^/[^\x00]*$",
                              description="absolute folder the bundle goes under, as root/dist/<name>/ and "
                                          "root/dist/<name>.zip [default: the daemon's project_root]")
 
