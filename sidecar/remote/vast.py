@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,7 @@ SEARCH_LIMIT = 64
 # retries, and its thread cannot be stopped, so the daemon stops waiting here (the run fails as
 # `remote_unavailable`; a late answer is dropped).
 CALL_TIMEOUT = 300.0
+START_SKEW = 600.0  # seconds a start time may lie ahead of this clock (the two clocks differ a little)
 
 
 def sdk_version() -> str | None:
@@ -84,7 +87,8 @@ class VastProvider:
             query["gpu_name"] = {"eq": limits.gpu_name}
         rows = await self._call("search offers", self._sdk.search_offers, query=query, order="dph_total",
                                 limit=SEARCH_LIMIT, storage=limits.min_disk_gb)
-        return [offer_from(row) for row in rows or []]
+        offers = [offer_from(row) for row in rows or []]
+        return [o for o in offers if o is not None]
 
     async def create(self, offer: Offer, label: str, onstart: str | None, *, image: str | None = None,
                      env: dict[str, str] | None = None, disk_gb: float | None = None) -> Instance:
@@ -150,22 +154,33 @@ class VastProvider:
         return f"vast.ai key accepted ({len(rows)} instance(s) on the account)"
 
 
-def offer_from(row: dict[str, Any]) -> Offer:
+def offer_from(row: dict[str, Any]) -> Offer | None:
+    """An offer row, or None for one without an id or whose price is not a price (missing, zero, negative,
+    NaN, infinite): the limits compare against it, and NaN > max is false, so such an offer would pass
+    every price limit (and a zero or negative one would make the cost guard count nothing)."""
+    price = _price(row.get("dph_total")) if isinstance(row, dict) else None
+    if price is None or price == 0 or row.get("id") is None:
+        return None
     return Offer(
-        id=str(row["id"]), gpu_name=str(row.get("gpu_name") or "?"), num_gpus=int(row.get("num_gpus") or 1),
-        gpu_memory_gb=float(row.get("gpu_ram") or 0) / 1000, price_per_hour=float(row.get("dph_total") or 0),
+        id=str(row["id"]), gpu_name=str(row.get("gpu_name") or "?"), num_gpus=_int(row.get("num_gpus")) or 1,
+        gpu_memory_gb=(_price(row.get("gpu_ram")) or 0) / 1000, price_per_hour=price,
         reliability=_float(row.get("reliability2", row.get("reliability"))),
         cuda_version=_float(row.get("cuda_max_good")), total_tflops=_float(row.get("total_flops")),
         disk_gb=_float(row.get("disk_space")), where=row.get("geolocation"))
 
 
-def instance_from(row: dict[str, Any]) -> Instance:
+def instance_from(row: dict[str, Any], now: float | None = None) -> Instance:
+    """An instance row. A price that is not one reads 0 (the rental keeps the offer's price: 0 never
+    replaces it); a start time that is not finite or lies ahead of this clock reads None (the rental keeps
+    its own): either would otherwise make the cost so far NaN, negative or zero and blind the cost guard."""
     actual = row.get("actual_status") or row.get("cur_state") or "unknown"
     state = "running" if actual == "running" and row.get("intended_status", "running") == "running" else actual
+    started = _price(row.get("start_date"))
+    if started is not None and started > (time.time() if now is None else now) + START_SKEW:
+        started = None
     return Instance(id=str(row["id"]), state=str(state), label=row.get("label"), ssh_host=row.get("ssh_host"),
-                    ssh_port=_int(row.get("ssh_port")), price_per_hour=float(row.get("dph_total") or 0),
-                    gpu_name=row.get("gpu_name"), message=row.get("status_msg"),
-                    started_at=_float(row.get("start_date")))
+                    ssh_port=_int(row.get("ssh_port")), price_per_hour=_price(row.get("dph_total")) or 0.0,
+                    gpu_name=row.get("gpu_name"), message=row.get("status_msg"), started_at=started or None)
 
 
 async def _in_time(what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -187,16 +202,24 @@ def _public_key(identity: Path) -> str | None:
 
 
 def _float(v: Any) -> float | None:
+    """A finite number, or None (vast.ai's JSON is read by Python's parser, which takes NaN and Infinity)."""
     try:
-        return float(v) if v is not None else None
-    except (TypeError, ValueError):
+        f = float(v) if v is not None and not isinstance(v, bool) else None
+    except (TypeError, ValueError, OverflowError):
         return None
+    return f if f is not None and math.isfinite(f) else None
+
+
+def _price(v: Any) -> float | None:
+    """A finite number at least 0 (a price, a size, a time), or None."""
+    f = _float(v)
+    return f if f is not None and f >= 0 else None
 
 
 def _int(v: Any) -> int | None:
     try:
         return int(v) if v is not None else None
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
 
 
