@@ -9,7 +9,8 @@ import itertools
 from typing import Literal
 
 from aiohttp import web
-from pydantic import Field
+from pydantic import ConfigDict, Field, ValidationError
+from pydantic.alias_generators import to_camel
 
 from sidecar.api.errors import parse_body
 from sidecar.api.health import backends_status
@@ -30,6 +31,9 @@ routes = web.RouteTableDef()
 class RentRequest(Wire):
     """POST /backends/rent: a `[[backends]] kind = "vast"` table by `name`, these fields over it; or, with
     no such table, a new rented backend (named `vast-1`, `vast-2`, ... when no name is given)."""
+
+    # Strict, as POST /jobs and POST /loras/train: "0.5" is not a price, true not a number of hours.
+    model_config = ConfigDict(strict=True, allow_inf_nan=False)
 
     provider: Literal["vast"] = Field("vast", description="where to rent (vast.ai)")
     name: str | None = Field(None, description="a kind = \"vast\" table to rent, or the new backend's name")
@@ -80,8 +84,12 @@ def spec_for(app: web.Application, req: RentRequest) -> BackendSpec:
         name = next(f"vast-{i}" for i in itertools.count(1) if f"vast-{i}" not in taken)
     try:
         return BackendSpec.model_validate({**base, **overrides, "name": name, "kind": "vast"})
-    except ValueError as exc:
-        raise InvalidField(f"rent: {exc}", {"field": "name" if "name" in str(exc) else "body"}) from None
+    except ValidationError as exc:
+        # The first problem in the request's words (camelCase field, the rule), not pydantic's report.
+        first = exc.errors(include_url=False)[0]
+        field = to_camel(str(first["loc"][0])) if first["loc"] else "body"
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise InvalidField(f"{field}: {message}.", {"field": field}) from None
 
 
 @routes.get("/backends")
