@@ -110,7 +110,7 @@ async def test_publish_never_replaces_a_folder_that_is_not_a_bundle(client, data
         assert got.status == 201, await got.text()
     assert (root / "dist" / "spyke-v1" / "metadata.json").is_file()
     for bad in ({"name": "../escape"}, {"name": "a/b"}, {"name": ".hidden"}, {"root": "relative/dir"},
-                {"root": "/tmp/x\u0000y"}, {"name": "x" * 101}, {"step": 0}, {"withDataset": "yes"}):
+                {"root": "/tmp/x\u0000y"}, {"name": "x" * 101}, {"step": 0}, {"step": "2"}, {"withDataset": "yes"}, {"withDataset": 1}):
         got = await client.post(f"/loras/{done['id']}/publish", json={"root": str(root), **bad})
         assert got.status == 400, (bad, await got.text())
     assert sorted(p.name for p in (root / "dist").iterdir()) == ["spyke", "spyke-v1", "spyke-v1.zip"]

@@ -186,6 +186,8 @@ class UnstagedLoras(Wire):
 class PublishRequest(Wire):
     """POST /loras/{id}/publish: write the LoRA's bundle (`sidecar loras publish`)."""
 
+    model_config = ConfigDict(strict=True)  # "2" is not a step, "yes" not a yes
+
     step: int | None = Field(None, ge=1, description="the checkpoint to publish [default: the sweep's pick when the "
                                                      "run was swept and ranked, else the final LoRA]")
     with_dataset: bool = Field(False, description="put the training images and captions in the bundle too (the "
