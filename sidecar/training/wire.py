@@ -24,6 +24,11 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"  # no path separators, no le
 # trigger word, which the presets' prompts and ai-toolkit's `[trigger]` put in them) must stay one prompt:
 # no line breaks or other control characters, no "--".
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# The same rule as a pattern, for the OpenAPI document (clients and the fuzzer read it): each character is
+# no control character, and a "-" is followed by something other than "-" (or ends the text). Checked first
+# by the validators below, in words.
+PROMPT_PATTERN = r"^(?:[^\x00-\x1f\x7f-]|-[^\x00-\x1f\x7f-])*-?$"
+TRIGGER_PATTERN = r"^(?:[^,/\\\x00-\x1f\x7f-]|-[^,/\\\x00-\x1f\x7f-])*-?$"
 
 
 def prompt_text_problem(text: str) -> str | None:
@@ -64,7 +69,7 @@ class TrainRequest(Wire):
     engine: Literal["kohya", "embedded", "ai-toolkit"] | None = Field(
         None, description="an alias of `trainer` (kept for older clients); default: kohya when a kohya_ss dir is "
                           "configured, else embedded")
-    trigger_word: str | None = Field(None, min_length=1, max_length=100, pattern=r"^[^,/\\]+$",
+    trigger_word: str | None = Field(None, min_length=1, max_length=100, pattern=TRIGGER_PATTERN,
                                      description="first tag of every caption [default: the configured trigger_word]")
     checkpoint: str | None = Field(None, max_length=200, pattern=r"^[^/\\]+$",
                                    description="base model file name [default: the configured checkpoint]")
@@ -91,25 +96,27 @@ class TrainRequest(Wire):
         None, min_length=1, max_length=4096,
         description="a hub id or a path on the training machine (ai-toolkit, kohya's SDXL and Flux); kohya's "
                     "SD files a path [default: the `checkpoint` found here, uploaded to a remote machine]")
-    sample_prompts: list[Annotated[str, Field(min_length=1, max_length=1000)]] = Field(
+    sample_prompts: list[Annotated[str, Field(min_length=1, max_length=1000, pattern=PROMPT_PATTERN)]] = Field(
         default_factory=list, max_length=16,
         description="prompts the trainer renders with its own sampler while it trains [default: none]")
     sample_every: int | None = Field(None, ge=1, le=100_000,
                                      description="steps between samples [default: every save]")
 
-    @field_validator("sample_prompts")
+    # "before": the rule in words, ahead of the pattern's "should match pattern" (the type checks stay the
+    # fields' own: anything not a list of strings passes through to them).
+    @field_validator("sample_prompts", mode="before")
     @classmethod
-    def _one_prompt_each(cls, prompts: list[str]) -> list[str]:
-        for i, prompt in enumerate(prompts):
-            why = prompt_text_problem(prompt)
+    def _one_prompt_each(cls, prompts: Any) -> Any:
+        for i, prompt in enumerate(prompts if isinstance(prompts, list) else []):
+            why = prompt_text_problem(prompt) if isinstance(prompt, str) else None
             if why is not None:
                 raise ValueError(f"sample prompt {i + 1} {why}")
         return prompts
 
-    @field_validator("trigger_word")
+    @field_validator("trigger_word", mode="before")
     @classmethod
-    def _trigger_one_prompt(cls, trigger: str | None) -> str | None:
-        why = None if trigger is None else prompt_text_problem(trigger)
+    def _trigger_one_prompt(cls, trigger: Any) -> Any:
+        why = prompt_text_problem(trigger) if isinstance(trigger, str) else None
         if why is not None:
             raise ValueError(f"the trigger word {why}")
         return trigger
