@@ -1,0 +1,62 @@
+"""A safetensors file from elsewhere whose header lies (not JSON, not an object, entries without offsets,
+offsets that are not numbers, a shape whose size is not its bytes, a negative size, a header length past the
+library's bound) is refused by the embedded engine's reader with a ValueError naming what is wrong: the
+one type its callers turn into a job's clear code (model_load_failed, upscale_model_unsupported), never
+a TypeError or KeyError that escapes them, and nothing allocated for a shape the bytes do not hold."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import pytest
+
+from sidecar.engine.models import read_safetensors
+from sidecar.engine.upscale import load_upscaler
+
+
+def write(path: Path, header: object, data: bytes = b"", length: int | None = None) -> Path:
+    raw = header if isinstance(header, bytes) else json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw) if length is None else length) + raw + data)
+    return path
+
+
+F32 = {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}
+
+
+@pytest.mark.parametrize(("header", "data", "says"), [
+    (b"\xff\xfe not json", b"", "not JSON"),
+    ([1, 2], b"", "not a JSON object"),
+    ({"w": 5}, b"", "not an object"),
+    ({"w": {"dtype": "F32", "shape": [1]}}, b"\0" * 4, "data_offsets"),
+    ({"w": {**F32, "data_offsets": ["a", 4]}}, b"\0" * 4, "data_offsets"),
+    ({"w": {**F32, "shape": [1_000_000, 1_000_000]}}, b"\0" * 4, "is not the 4 bytes"),
+    ({"w": {**F32, "shape": [-1]}}, b"\0" * 4, "not a list of sizes"),
+    ({"w": {**F32, "shape": "1"}}, b"\0" * 4, "not a list of sizes"),
+    ({"w": {**F32, "data_offsets": [0, 3]}}, b"\0" * 4, "is not the 3 bytes"),
+    ({"w": {**F32, "dtype": ["F32"]}}, b"\0" * 4, "unsupported dtype"),
+])
+def test_a_header_that_lies_is_a_value_error_naming_it(tmp_path: Path, header, data, says) -> None:
+    path = write(tmp_path / "m.safetensors", header, data)
+    with pytest.raises(ValueError, match=says):
+        read_safetensors(path)
+    with pytest.raises(ValueError):  # the upscaler's loader turns ValueError into upscale_model_unsupported
+        load_upscaler(path)
+
+
+def test_a_header_length_past_the_bound_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "big.safetensors"
+    with path.open("wb") as f:
+        f.write(struct.pack("<Q", 150_000_000))
+        f.truncate(150_000_100)  # sparse: a file long enough for the length it claims
+    with pytest.raises(ValueError, match="a header of 150000000 bytes"):
+        read_safetensors(path)
+
+
+def test_a_truthful_file_still_loads(tmp_path: Path) -> None:
+    path = write(tmp_path / "ok.safetensors", {"__metadata__": {"a": "b"}, "w": F32,
+                                                "e": {"dtype": "F16", "shape": [0, 4], "data_offsets": [4, 4]}},
+                 struct.pack("<f", 2.5))
+    got = read_safetensors(path)
+    assert got["w"].tolist() == [2.5] and tuple(got["e"].shape) == (0, 4)
