@@ -60,3 +60,23 @@ def test_a_truthful_file_still_loads(tmp_path: Path) -> None:
                  struct.pack("<f", 2.5))
     got = read_safetensors(path)
     assert got["w"].tolist() == [2.5] and tuple(got["e"].shape) == (0, 4)
+
+
+@pytest.mark.parametrize("config", [
+    {"_class_name": "UNet2DConditionModel", "block_out_channels": "abc", "down_block_types": 5},
+    {"_class_name": "UNet2DConditionModel", "sample_size": "x", "cross_attention_dim": {"a": 1}},
+])
+def test_a_diffusers_folder_with_a_hostile_config_fails_model_load_failed(tmp_path: Path, config) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    from sidecar.engine.models import TokenizerPlaces, load_checkpoint
+    from sidecar.errors import JobFailed
+
+    folder = tmp_path / "odd-diffusers"
+    (folder / "unet").mkdir(parents=True)
+    (folder / "unet" / "config.json").write_text(json.dumps(config))
+    save_file({"x": torch.zeros(1)}, str(folder / "unet" / "diffusion_pytorch_model.safetensors"))
+    with pytest.raises(JobFailed) as failed:
+        load_checkpoint(folder, TokenizerPlaces(tmp_path))
+    assert failed.value.code == "model_load_failed" and "odd-diffusers" in failed.value.message

@@ -347,8 +347,8 @@ def _load_diffusers_folder(path: Path) -> Components:
         text_encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder", local_files_only=True)
         text_encoder_2 = (CLIPTextModelWithProjection.from_pretrained(path, subfolder="text_encoder_2",
                                                                       local_files_only=True).eval() if sdxl else None)
-    except (OSError, ValueError) as exc:
-        raise _load_failed("diffusers folder", path, exc) from None
+    except Exception as exc:  # a config.json from elsewhere: diffusers raises TypeError, KeyError... on odd values
+        raise _load_failed("diffusers folder", path, f"{type(exc).__name__}: {str(exc)[:300]}") from None
     tokenizer_dir = path / "tokenizer"
     if (tokenizer_dir / "vocab.json").is_file():
         tokenizer = load_tokenizer(TokenizerSource("files", tokenizer_dir))
@@ -359,7 +359,12 @@ def _load_diffusers_folder(path: Path) -> Components:
     scheduler = shipped_config("scheduler", "sdxl" if sdxl else "sd15")
     sched_file = path / "scheduler" / "scheduler_config.json"
     if sched_file.is_file():
-        given = json.loads(sched_file.read_text("utf-8"))
+        try:
+            given = json.loads(sched_file.read_text("utf-8"))
+        except (OSError, ValueError) as exc:
+            raise _load_failed("diffusers folder", path, f"scheduler/scheduler_config.json: {exc}") from None
+        if not isinstance(given, dict):
+            raise _load_failed("diffusers folder", path, "scheduler/scheduler_config.json is not a JSON object")
         scheduler.update({k: given[k] for k in scheduler if k in given})
     return Components(tokenizer, text_encoder.eval(), unet.eval(), vae.eval(), scheduler,
                       text_encoder_2=text_encoder_2, family="sdxl" if sdxl else "sd15")
