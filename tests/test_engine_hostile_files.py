@@ -80,3 +80,27 @@ def test_a_diffusers_folder_with_a_hostile_config_fails_model_load_failed(tmp_pa
     with pytest.raises(JobFailed) as failed:
         load_checkpoint(folder, TokenizerPlaces(tmp_path))
     assert failed.value.code == "model_load_failed" and "odd-diffusers" in failed.value.message
+
+
+@pytest.mark.parametrize(("tensors", "says"), [
+    ({"down": (2, 5), "up": (3, 2)}, "is not a delta"),  # in 5, the layer takes 4
+    ({"down": (2, 4), "up": (3, 3)}, "is not a delta"),  # rank 2 down, 3 up
+    ({"down": (2, 4), "up": (7, 2)}, "is not a delta"),  # out 7, the layer gives 3
+    ({"down": (2,), "up": (3, 2)}, "not matrices"),
+    ({"down": (2, 4), "up": (3, 2), "alpha": True}, "alpha"),
+])
+def test_a_lora_whose_shapes_do_not_fit_the_layer_is_a_value_error_and_leaves_it_untouched(tensors, says) -> None:
+    import torch
+
+    from sidecar.engine.lora import Patcher
+
+    layer = torch.nn.Linear(4, 3)
+    before = layer.weight.detach().clone()
+    given = {"lora_unet_x.lora_down.weight": torch.ones(tensors["down"]),
+             "lora_unet_x.lora_up.weight": torch.ones(tensors["up"])}
+    if "alpha" in tensors:
+        given["lora_unet_x.alpha"] = torch.tensor([float("nan"), 1.0])
+    patcher = Patcher(layer, "lora_unet_", namer=lambda m: {"lora_unet_x": m})
+    with pytest.raises(ValueError, match=says):
+        patcher.apply(given, 1.0)
+    assert torch.equal(layer.weight, before)

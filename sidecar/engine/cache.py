@@ -104,7 +104,11 @@ class ModelCache:
             patchers.append((base.te2_patch, use.strength_clip))
         for patcher, strength in patchers:
             if strength:
-                a, s = patcher.apply(tensors, strength)
+                try:
+                    a, s = patcher.apply(tensors, strength)
+                except ValueError as exc:  # the caller restores what was merged before
+                    raise JobFailed(f"LoRA {use.path.name} does not fit this checkpoint: {exc}.",
+                                    {"lora": use.path.name}, code="lora_incompatible") from None
                 applied, skipped = applied + a, skipped + s
         if applied == 0:
             family = "SDXL" if base.components.family == "sdxl" else "SD1.5"

@@ -16,6 +16,7 @@ comfy/lora.py maps both.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -56,10 +57,20 @@ def lora_modules(tensors: dict[str, torch.Tensor], prefix: str) -> list[str]:
 
 
 def delta_weight(tensors: dict[str, torch.Tensor], name: str, shape: torch.Size) -> torch.Tensor:
+    """The module's weight delta. ValueError naming the module when the LoRA's tensors cannot be one for a
+    weight of `shape` (a LoRA for another model, or a file that lies): checked before any product is formed."""
     down = tensors[name + DOWN].float()
     up = tensors[name + UP].float()
+    if down.dim() < 2 or up.dim() < 2 or down.shape[0] == 0:
+        raise ValueError(f"{name}: lora_down/lora_up are not matrices")
     rank = down.shape[0]
-    alpha = float(tensors[name + ALPHA]) if name + ALPHA in tensors else float(rank)
+    if up.shape[0] != shape[0] or up.flatten(1).shape[1] != rank or down.flatten(1).shape[1] != math.prod(shape[1:]):
+        raise ValueError(f"{name}: lora_up {tuple(up.shape)} x lora_down {tuple(down.shape)} is not a delta for "
+                         f"a weight of {tuple(shape)}")
+    given = tensors.get(name + ALPHA)
+    if given is not None and (given.numel() != 1 or not math.isfinite(float(given))):
+        raise ValueError(f"{name}: its alpha is not one finite number")
+    alpha = float(given) if given is not None else float(rank)
     # up is (out, rank[, 1, 1]) so one matmul covers linear, 1x1 and kxk convolutions alike.
     return (up.flatten(1) @ down.flatten(1)).reshape(shape) * (alpha / rank)
 
