@@ -16,7 +16,9 @@ of the process and of its sections one the real config classes read (fixtures/ai
 an unknown key exits 2 here, where the real one would silently ignore it).
 
 Knobs (environment): FAKE_AITK_STEP_SECONDS (default 0.02), FAKE_AITK_CRASH_AT (a CUDA out-of-memory error at
-that step), FAKE_AITK_ARGV_FILE (argv and the config as JSON), FAKE_AITK_PIDFILE (its pid).
+that step), FAKE_AITK_ARGV_FILE (argv and the config as JSON), FAKE_AITK_PIDFILE (its pid), FAKE_AITK_HOLD_AT +
+FAKE_AITK_HOLD_FILE (after the save of that step and the bar's update, wait until the file exists: a test can act
+while the trainer is sure to be still running, however loaded the machine).
 """
 
 from __future__ import annotations
@@ -92,6 +94,13 @@ def samples(save_root: Path, sample: dict, step: int) -> None:
         Image.new("RGB", (8, 8), (step % 256, 30 * i % 256, 60)).save(folder / f"{ms}__{step:09d}_{i}.jpg")
 
 
+def hold(step: int) -> None:
+    gate = os.environ.get("FAKE_AITK_HOLD_FILE")
+    if gate and step == int(os.environ.get("FAKE_AITK_HOLD_AT", "0")):
+        while not Path(gate).exists():
+            time.sleep(0.02)
+
+
 def run_job(config: dict, step_s: float, crash_at: int) -> None:
     from tqdm import tqdm
 
@@ -133,6 +142,7 @@ def run_job(config: dict, step_s: float, crash_at: int) -> None:
             if sampling and sample_every and step % sample_every == 0:
                 samples(save_root, sample, step)
         bar.update(step + 1 - bar.n)
+        hold(step)
     bar.close()
     final = save_root / f"{name}.safetensors"
     write_lora(final, steps, name)

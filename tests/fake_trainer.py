@@ -24,7 +24,10 @@ FAKE_KOHYA_CRASH_AT (raise at that global step), FAKE_KOHYA_NAN_AT (avr_loss=nan
 FAKE_KOHYA_PIDFILE (write "leader worker" pids), FAKE_KOHYA_ARGV_FILE (write argv as JSON),
 FAKE_KOHYA_OFFLINE (no model hub: a tokenizer that is not in the cache cannot be fetched),
 FAKE_KOHYA_ENV_FILE (write the environment variables of `RECORDED_ENV` as JSON, null when unset),
-FAKE_KOHYA_NO_FINAL (train and print as usual, exit 0, but write no `NAME.safetensors`).
+FAKE_KOHYA_NO_FINAL (train and print as usual, exit 0, but write no `NAME.safetensors`),
+FAKE_KOHYA_HOLD_AT + FAKE_KOHYA_HOLD_FILE (after that global step, its save and its redraw, wait until the
+file exists: a test can do what it must while the trainer is sure to be still running, however loaded
+the machine).
 """
 
 from __future__ import annotations
@@ -290,6 +293,14 @@ def main(argv: list[str]) -> int:
         worker.wait()
 
 
+def hold(step: int) -> None:
+    """FAKE_KOHYA_HOLD_AT/_FILE: stay at this step (alive, in the middle of training) until the test releases it."""
+    gate = os.environ.get("FAKE_KOHYA_HOLD_FILE")
+    if gate and step == int(os.environ.get("FAKE_KOHYA_HOLD_AT", "0")):
+        while not Path(gate).exists():
+            time.sleep(0.02)
+
+
 def train(args: argparse.Namespace, rec: Recording, step_s: float, crash_at: int, nan_at: int) -> int:
     if not has_data(args.train_data_dir):
         out(rec.nodata[0])
@@ -364,6 +375,7 @@ def train(args: argparse.Namespace, rec: Recording, step_s: float, crash_at: int
                 remove_old_state(args, out_dir, name, step, save_every)
         loss = "nan" if nan_at and step >= nan_at else f"{max(0.05, 1.09 - 0.01 * step):.3g}"
         out(bar(n, shown, n * rate, rate, loss), end="")
+        hold(step)
     out(rec.final_glue, end="\n")
     if args.save_state:
         for line in rec.final_state:

@@ -42,6 +42,15 @@ async def ssh_host(tmp_path: Path, client_key: Path, trainer_env):
     assert not leftover, f"processes left running on the SSH host: {leftover}"
 
 
+def hold_trainer(env: dict[str, str], step: int, trainer: str = "KOHYA") -> Path:
+    """Make the fake trainer (FAKE_KOHYA_* or FAKE_AITK_*) of the next run started stay at `step` until the returned
+    file exists (`.touch()` it): what a test does then happens while training is sure to be under way,
+    however loaded the machine, instead of racing the trainer to its end."""
+    gate = Path(env["FAKE_KOHYA_ARGV_FILE"]).parent / f"release-{trainer.lower()}-{step}"
+    env[f"FAKE_{trainer}_HOLD_AT"], env[f"FAKE_{trainer}_HOLD_FILE"] = str(step), str(gate)
+    return gate
+
+
 def known_hosts_for(host: FakeHost, path: Path) -> Path:
     path.write_text(f"[127.0.0.1]:{host.port} {host.host_key.export_public_key().decode().strip()}\n")
     return path

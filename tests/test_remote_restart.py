@@ -29,6 +29,7 @@ from tests.remote_fixtures import (  # noqa: F401  (fixtures)
     app_client,
     client_key,
     dataset,
+    hold_trainer,
     make_settings,
     remote_settings,
     submit,
@@ -84,6 +85,8 @@ async def status(http: aiohttp.ClientSession, url: str, run_id: str, done, timeo
 async def test_a_run_reattaches_after_the_daemon_is_killed_and_its_instance_is_destroyed_at_the_end(
         tmp_path: Path, client_key, vast, dataset, trainer_env, provider) -> None:
     trainer_env["FAKE_KOHYA_STEP_SECONDS"] = "0.12"
+    # Held at step 6 until the second daemon is up: killed and started again mid-training, on any machine.
+    gate = hold_trainer(trainer_env, 6)
     ssh_host = None
     if provider == "ssh":
         ssh_host = FakeHost(tmp_path / "machine", [Path(f"{client_key}.pub").read_text()], "ssh-host", trainer_env)
@@ -108,6 +111,7 @@ async def test_a_run_reattaches_after_the_daemon_is_killed_and_its_instance_is_d
                 assert host.processes(), "the trainer stopped with the daemon"  # still training (and billing)
                 proc = start_daemon(tmp_path, port, vast, client_key, ssh_host)
                 await wait_up(http, url, proc)
+                gate.touch()
                 done = await status(http, url, run_id, lambda b: b["status"] in ENDED)
             finally:
                 proc.kill()

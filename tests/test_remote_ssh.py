@@ -13,6 +13,7 @@ from tests.remote_fixtures import (  # noqa: F401  (fixtures)
     app_client,
     client_key,
     dataset,
+    hold_trainer,
     make_settings,
     remote_settings,
     ssh_host,
@@ -89,6 +90,7 @@ async def test_a_resumed_run_followed_again_after_a_restart_counts_from_its_resu
     # The one case with an offset: a trainer started with --resume counts only the steps after its resume
     # point, and a daemon that re-attaches to it must add exactly that, not the state it was queued with.
     trainer_env["FAKE_KOHYA_STEP_SECONDS"] = "0.15"
+    hold_trainer(trainer_env, 4)  # cancelled there, never released
     settings = make_settings(tmp_path, remote_settings(tmp_path, client_key, ssh_host))
     client = await app_client(aiohttp_client, settings)
     run = await submit(client, dataset, SSH, steps=20)
@@ -96,11 +98,15 @@ async def test_a_resumed_run_followed_again_after_a_restart_counts_from_its_resu
     await client.post(f"/loras/{run['id']}/cancel")
     cancelled = await wait_run(client, run["id"], {"cancelled"})
     resumed_from = max(c["step"] for c in cancelled["checkpoints"])
+    # The resumed trainer stays at the step after its next checkpoint until the daemon has stopped and started
+    # again: it is still training then, however slow the machine.
+    gate = hold_trainer(trainer_env, resumed_from + 4)
     assert (await client.post(f"/loras/{run['id']}/resume")).status == 202
     # Past a checkpoint pulled after the resume: the restart queues the run again from that newer state.
     await wait_run(client, run["id"], lambda b: any(c["step"] > resumed_from + 2 for c in b["checkpoints"]))
     await client.close()  # the daemon stops: the trainer goes on there, detached
     client = await app_client(aiohttp_client, settings)
+    gate.touch()
     seen: list[dict] = []
 
     def ended(body: dict) -> bool:

@@ -17,6 +17,7 @@ from tests.remote_fixtures import (  # noqa: F401  (fixtures)
     app_client,
     client_key,
     dataset,
+    hold_trainer,
     make_settings,
     remote_settings,
     ssh_host,
@@ -210,12 +211,14 @@ async def test_a_daemon_stopped_while_ai_toolkit_trains_on_an_ssh_host_follows_i
         aiohttp_client, tmp_path: Path, client_key, ssh_host, dataset, aitk_env) -> None:
     install_ai_toolkit(ssh_host.home)
     aitk_env["FAKE_AITK_STEP_SECONDS"] = "0.1"
+    gate = hold_trainer(aitk_env, 2, "AITK")  # past its first checkpoint, until the daemon is back
     settings = make_settings(tmp_path, remote_settings(tmp_path, client_key, ssh_host))
     client = await app_client(aiohttp_client, settings)
     run = await submit(client, dataset, SSH, steps=12, **FLUX)
     await wait_run(client, run["id"], lambda b: b["checkpoints"] or b["status"] in ENDED)
     await client.close()  # the daemon stops mid-run: the trainer goes on there, detached
     client = await app_client(aiohttp_client, settings)
+    gate.touch()
     done = await wait_run(client, run["id"], ENDED, timeout=60)
     assert done["status"] == "succeeded", done["error"]
     assert done["remote"]["reattached"] >= 1 and done["step"] == 12

@@ -21,6 +21,7 @@ from tests.remote_fixtures import (  # noqa: F401  (fixtures)
     app_client,
     client_key,
     dataset,
+    hold_trainer,
     make_settings,
     remote_settings,
     submit,
@@ -136,6 +137,7 @@ async def test_a_refused_rental_fails_the_run_and_rents_nothing(
 async def test_the_cost_guard_stops_the_run_keeps_the_last_checkpoint_and_resume_finishes_it(
         aiohttp_client, tmp_path: Path, client_key, vast, dataset, trainer_env) -> None:
     trainer_env["FAKE_KOHYA_STEP_SECONDS"] = "0.1"
+    gate = hold_trainer(trainer_env, 4)  # mid-run when the guard looks, however slow the machine
     client = await app_client(aiohttp_client, settings_for(tmp_path, client_key, vast))
     run = await submit(client, dataset, {**VAST, "maxTotalCost": 0.5}, steps=24)
     await wait_run(client, run["id"], lambda b: len(b["checkpoints"]) >= 1)
@@ -148,6 +150,7 @@ async def test_the_cost_guard_stops_the_run_keeps_the_last_checkpoint_and_resume
     assert last and last == max(c["step"] for c in done["checkpoints"]) and done["step"] < 24
     assert Path(done["checkpoints"][-1]["path"]).is_file()
     # Resumed, it continues from that checkpoint's state on a new instance, the limit applying afresh.
+    gate.touch()
     resp = await client.post(f"/loras/{run['id']}/resume")
     assert resp.status == 202, await resp.text()
     again = await wait_run(client, run["id"], ENDED)
