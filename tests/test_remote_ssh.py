@@ -98,8 +98,8 @@ async def test_a_resumed_run_followed_again_after_a_restart_counts_from_its_resu
     await client.post(f"/loras/{run['id']}/cancel")
     cancelled = await wait_run(client, run["id"], {"cancelled"})
     resumed_from = max(c["step"] for c in cancelled["checkpoints"])
-    # The resumed trainer stays at the step after its next checkpoint until the daemon has stopped and started
-    # again: it is still training then, however slow the machine.
+    # The resumed trainer stays at its second checkpoint (waited for below) until the daemon has stopped and
+    # started again: it is still training then, however slow the machine.
     gate = hold_trainer(trainer_env, resumed_from + 4)
     assert (await client.post(f"/loras/{run['id']}/resume")).status == 202
     # Past a checkpoint pulled after the resume: the restart queues the run again from that newer state.
