@@ -5,9 +5,11 @@ nothing is left running there on any ending."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
+from sidecar.training import manager, remote_files
 from sidecar.training.lora_metadata import read_lora_metadata
 from tests.remote_fixtures import (  # noqa: F401  (fixtures)
     app_client,
@@ -121,4 +123,37 @@ async def test_a_resumed_run_followed_again_after_a_restart_counts_from_its_resu
     off = [(b["step"], b["total"]) for b in seen if b["total"] != 20 or b["step"] > 20]
     assert not off, off[:5]
     assert all(c["step"] <= 20 for c in done["checkpoints"])
+    assert not ssh_host.processes()
+
+
+async def test_a_daemon_stop_that_outwaits_a_long_pull_leaves_the_trainer_going_and_follows_it_again(
+        aiohttp_client, tmp_path: Path, client_key, ssh_host, dataset, trainer_env, monkeypatch) -> None:
+    # A big checkpoint on a slow link: the stop's wait (STOP_TIMEOUT) runs out mid-pull and the run's task is
+    # cancelled. That is a stop like any other: the trainer keeps going there and the next start follows it.
+    monkeypatch.setattr(manager, "STOP_TIMEOUT", 0.5)
+    real_fetch, pulling = remote_files.fetch, asyncio.Event()
+
+    async def slow_fetch(shell, remote: str, local: Path):
+        if remote.endswith("step00000004.safetensors") and slow:
+            pulling.set()
+            await asyncio.sleep(3600)  # the link crawls: only the daemon's stop ends this
+        return await real_fetch(shell, remote, local)
+
+    slow = True
+    monkeypatch.setattr(remote_files, "fetch", slow_fetch)
+    gate = hold_trainer(trainer_env, 6)
+    settings = make_settings(tmp_path, remote_settings(tmp_path, client_key, ssh_host))
+    client = await app_client(aiohttp_client, settings)
+    run = await submit(client, dataset, SSH, steps=8)
+    await asyncio.wait_for(pulling.wait(), 60)
+    await client.close()  # the daemon stops while checkpoint 4 is being pulled
+    assert ssh_host.processes(), "the stop killed the trainer"
+    slow = False
+    client = await app_client(aiohttp_client, settings)
+    gate.touch()
+    done = await wait_run(client, run["id"], {"succeeded", "failed", "cancelled", "interrupted"}, timeout=60)
+    assert done["status"] == "succeeded", (done["status"], done["error"])
+    assert done["remote"]["reattached"] >= 1
+    assert sum("setsid nohup" in c for c in ssh_host.commands) == 1, "training was started again"
+    assert [c["step"] for c in done["checkpoints"]] == [2, 4, 6, 8]
     assert not ssh_host.processes()

@@ -48,6 +48,16 @@ class Session(Reattaching):
                 raise
             await self.wind_down()
             raise
+        except asyncio.CancelledError:
+            # The daemon's stop outwaited (manager.STOP_TIMEOUT) something long, such as a big checkpoint's pull:
+            # still a stop, not an end. The trainer goes on and the next start re-attaches, as above; destroying
+            # the instance here would throw away the training (and, on vast.ai, its unpulled files).
+            if self.stopping and self.st.state in ("training", "detached") and self.st.pid:
+                detach = True
+                self.publish("detached")
+                log.info("run %s: daemon stopped mid-operation; %s %s keeps training, re-attached at the next start",
+                         self.job.run_id, self.provider.name, self.st.instance_id)
+            raise
         except SidecarError as exc:
             failure = exc
             raise
