@@ -13,10 +13,11 @@ from pathlib import Path
 
 from sidecar.backend import GenerationBackend
 from sidecar.config import Settings
-from sidecar.errors import CheckpointNotFound, EngineUnavailable, InvalidField
+from sidecar.errors import CheckpointNotFound, DatasetInvalid, EngineUnavailable, InvalidField
 from sidecar.profiles import Profile
 from sidecar.training import presets
 from sidecar.training.wire import TrainRequest
+from sidecar.userfiles import user_path
 
 
 def trainer_of(req: TrainRequest, settings: Settings) -> str:
@@ -33,6 +34,9 @@ def trainer_of(req: TrainRequest, settings: Settings) -> str:
 
 def check_request(req: TrainRequest, settings: Settings, profile: Profile) -> str:
     """The request's limits; returns the trainer engine it will run on ("remote" for a run on another machine)."""
+    # The dataset's path first: a name the file system cannot hold is the request's mistake, whatever else
+    # (the base model, the placement) would be refused after it.
+    user_path(req.dataset_dir, "datasetDir", DatasetInvalid)
     trainer = trainer_of(req, settings)
     if req.batch_size is not None:
         profile.check_batch(req.batch_size, training=True)
