@@ -146,5 +146,11 @@ async def test_two_lora_combinations_side_by_side_on_the_same_seeds(explorer) ->
     bad = await client.post("/explorer/compare", json={
         "prompt": "x", "seed": 1, "a": {"loras": {}}, "b": {"loras": {"xl_light": None}}})
     assert bad.status == 400 and (await bad.json())["error"]["code"] == "lora_family_mismatch"
+    # A LoRA given twice in one combination (a repeated JSON key: parsers keep the last one): refused.
+    twice = await client.post("/explorer/compare", headers={"Content-Type": "application/json"},
+                              data='{"prompt": "x", "seed": 1, "a": {"loras": {"ink_style": 0.5, "ink_style": 0.9}},'
+                                   ' "b": {"loras": {}}}')
+    assert twice.status == 400 and (await twice.json())["error"]["code"] == "invalid_field"
+    assert "twice" in (await twice.json())["error"]["message"]
     listing = await (await client.get("/jobs")).json()
     assert len(listing["jobs"]) == 4

@@ -8,8 +8,9 @@ with a contact sheet of them (`sidecar.concepts.compare_sheet`) to save and shar
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from aiohttp import web
 from pydantic import Field, StringConstraints
@@ -206,6 +207,7 @@ async def showcase_route(request: web.Request) -> web.Response:
 async def compare(request: web.Request) -> web.Response:
     app = request.app
     req = await parse_body(request, CompareRequest)
+    _refuse_repeated_keys(await request.read())
     seeds = variation_seeds(req.seed, req.rows)
     _refuse_if_training(app)
     size = Resolution(width=req.width, height=req.height) if req.width or req.height else None
@@ -226,6 +228,23 @@ async def compare(request: web.Request) -> web.Response:
     return json_response(CompareAnswer(
         group_id=group, columns={"a": req.a, "b": req.b}, seeds=seeds, sheet=f"/explorer/compare/{group}/sheet.png",
         cells=[CompareCell(column=c, seed=s, job=JobSummary.from_record(j)) for (c, s), j in zip(cells, jobs)]), 202)
+
+
+def _refuse_repeated_keys(raw: bytes) -> None:
+    """A combination's stack is an object, LoRA id -> strength, and JSON parsers keep the last of a repeated
+    key: `{"ink": 0.5, "ink": 0.9}` would render one LoRA at a strength the artist may not have meant.
+    (The body already parsed once: this reading cannot fail.)"""
+    repeated: list[str] = []
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        keys = [k for k, _ in items]
+        repeated.extend(k for i, k in enumerate(keys) if k in keys[:i])
+        return dict(items)
+
+    json.loads(raw, object_pairs_hook=pairs)
+    if repeated:
+        raise InvalidField(f"The body gives {repeated[0][:80]!r} twice: a combination names each LoRA once, with "
+                           "its strength.", {"field": "loras", "key": repeated[0][:80]})
 
 
 def _label(column: str, combination: Combination) -> str:
