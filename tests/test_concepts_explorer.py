@@ -137,8 +137,8 @@ async def test_two_lora_combinations_side_by_side_on_the_same_seeds(explorer) ->
     assert [c["jobId"] for c in index["cells"]] == [c["job"]["id"] for c in grid["cells"]]
     assert (folder / "contact-sheet.png").read_bytes() == await (await client.get(grid["sheet"])).read()
     for path, status, code in ((f"/explorer/compare/{'0' * 32}/sheet.png", 404, "not_found"),
-                               ("/explorer/compare/..%2F..%2Fx/sheet.png", 400, "invalid_field"),
-                               ("/explorer/compare/ABC/sheet.png", 400, "invalid_field")):
+                               ("/explorer/compare/..%2F..%2Fx/sheet.png", 404, "not_found"),
+                               ("/explorer/compare/ABC/sheet.png", 404, "not_found")):
         resp = await client.get(path)
         assert resp.status == status and (await resp.json())["error"]["code"] == code, path
 

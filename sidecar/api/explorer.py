@@ -256,7 +256,7 @@ def _label(column: str, combination: Combination) -> str:
 
 @routes.get("/explorer/compare/{group}/sheet.png")
 @operation("A compare's contact sheet: combination A and B side by side, a row per seed (PNG)",
-           {200: None}, binary="image/png", errors=(NotFound, InvalidField),
+           {200: None}, binary="image/png", errors=(NotFound,),
            description="Drawn once every cell has finished and then kept (`explorer/compare/<groupId>/` in the "
                        "data dir, beside its `index.json`); before that, a preview with each unfinished cell's "
                        "status (`Cache-Control: no-store`).")

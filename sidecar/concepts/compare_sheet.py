@@ -14,7 +14,7 @@ from pydantic import Field, ValidationError
 from sidecar.atomic import write_text
 from sidecar.contact_sheet import SheetCell, draw_sheet, wrap, write_sheet
 from sidecar.concepts.fields import Wire
-from sidecar.errors import InvalidField, NotFound
+from sidecar.errors import NotFound
 
 GROUP = re.compile(r"^[0-9a-f]{32}$")  # new_group_id's uuid4 hex: nothing else names a folder here
 CELL_PX = 256
@@ -39,9 +39,9 @@ class CompareIndex(Wire):
 
 
 def folder(data_dir: Path, group_id: str) -> Path:
-    if not GROUP.match(group_id):
-        raise InvalidField(f"A compare's id is its group id (32 hex digits); got {group_id[:80]!r}.",
-                           {"field": "groupId"})
+    if not GROUP.match(group_id):  # no compare has such an id (as /jobs/{id} of an id never given)
+        raise NotFound(f"No Explorer compare {group_id[:80]!r}: its id is the compare's groupId (32 hex digits).",
+                       {"groupId": group_id[:80]})
     return data_dir / "explorer" / "compare" / group_id
 
 
