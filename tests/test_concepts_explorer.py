@@ -124,12 +124,12 @@ async def test_two_lora_combinations_side_by_side_on_the_same_seeds(explorer) ->
     resp = await client.get(grid["sheet"])
     assert resp.status == 200 and resp.content_type == "image/png"
     sheet = Image.open(io.BytesIO(await resp.read())).convert("RGB")
-    assert sheet.size == (120 + 2 * 256, 28 + 2 * 256)
+    assert sheet.size == (260 + 2 * 256, 28 + 2 * 256)
     for cell, job in zip(grid["cells"], jobs):
         row, col = [5, 6].index(cell["seed"]), "ab".index(cell["column"])
         image = Image.open(io.BytesIO(await (await client.get(f"/jobs/{job['id']}/image")).read())).convert("RGB")
         assert image.size == (64, 96)
-        x0, y0 = 120 + col * 256 + (256 - 64) // 2, 28 + row * 256 + (256 - 96) // 2
+        x0, y0 = 260 + col * 256 + (256 - 64) // 2, 28 + row * 256 + (256 - 96) // 2
         assert sheet.crop((x0, y0, x0 + 64, y0 + 96)).tobytes() == image.tobytes(), cell
     folder = tmp_data(client) / "explorer" / "compare" / grid["groupId"]
     index = json.loads((folder / "index.json").read_text())

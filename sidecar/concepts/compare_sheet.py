@@ -69,16 +69,19 @@ def draw(data_dir: Path, index: CompareIndex, outcomes: dict[str, tuple[str, Pat
          *, keep: bool) -> Path:
     """`outcomes`: job id -> (status, its image or None, its error). `keep`: every cell finished, the
     sheet is the compare's for good; else a preview beside it that the next request draws again."""
-    title = "compare: " + (wrap(index.prompt, 80) or [""])[0]
+    # The title stays short (it shares the header line with the column labels); the prompt goes beside each
+    # row, under its seed, as the grid's rows say what they vary.
+    title = "Explorer compare"
     columns = [index.columns["a"], index.columns["b"]]
-    rows = [[f"seed {seed}"] for seed in index.seeds]
+    prompt = wrap(index.prompt, 34)
+    rows = [[f"seed {seed}", *prompt[:7], *(["..."] if len(prompt) > 7 else [])] for seed in index.seeds]
     cells = []
     for cell in index.cells:
         status, image, error = outcomes.get(cell.job_id, ("removed", None, ""))
         cells.append(SheetCell(index.seeds.index(cell.seed), 0 if cell.column == "a" else 1,
                                image if status == "succeeded" else None, error or status))
     name = index.sheet if keep else "contact-sheet.preview.png"
-    sheet = draw_sheet(title, columns, rows, cells, CELL_PX, label_w=120)
+    sheet = draw_sheet(title, columns, rows, cells, CELL_PX)
     return write_sheet(folder(data_dir, index.group_id) / name, sheet)
 
 
