@@ -36,7 +36,7 @@ from pipeline_stage.stage import PageTask
 from sidecar.api.models import JobRequest
 from sidecar.api.responses import JobParams, JobSummary, Likeness
 from sidecar.jobs.params import LoraRef, Resolution
-from sidecar.loras.sheet import SheetCell, draw_sheet, write_sheet
+from sidecar.contact_sheet import SheetCell, draw_sheet, write_sheet
 from sidecar.statuses import JOB_TERMINAL
 
 INDEX = "index.json"

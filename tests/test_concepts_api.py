@@ -242,3 +242,96 @@ async def test_without_a_project_the_routes_say_how_to_give_one(aiohttp_client, 
     client = await aiohttp_client(create_app(Settings(data_dir=tmp_path / "d", engine="embedded"), backend))
     for call in (client.get("/concepts"), client.post("/concepts", json=CONCEPT)):
         assert (await error_of(await call, 404))["code"] == "project_not_configured"
+
+
+async def test_more_like_this_the_vision_analyzer_describes_the_pick_and_the_interpreter_reads_it(
+        client, project: Path, ollama_fake: FakeOllama) -> None:
+    import base64
+
+    assert (await client.post("/concepts", json=CONCEPT)).status == 201
+    ollama_fake.answer(compose_answer(("subject", SUBJECT)))
+    resp = await client.post("/concepts/rooftop/rounds", json={"seed": 7})
+    assert resp.status == 202, await resp.text()
+    jobs = await settled(client, [j["id"] for j in (await resp.json())["jobs"]])
+    pick = jobs[2]
+    seen = ["low angle, looking up at the figure", "water tower silhouetted against an orange sky"]
+    ollama_fake.answer(
+        {"observations": seen},  # the vision analyzer, on the picked image
+        {"changes": [{"field": "pose", "value": "low angle, looking up", "reason": "the pick's framing"},
+                     {"field": "lighting", "value": "orange dusk sky", "reason": "the pick's light"},
+                     {"field": "subject", "value": "a water tower", "reason": "the pick shows one"}],
+         "summary": "more like the low-angle pick"})
+    resp = await client.post("/concepts/rooftop/rounds/1/feedback", json={
+        "picks": [pick["id"]], "look": True, "text": "more like this"})
+    assert resp.status == 200, await resp.text()
+    fed = await resp.json()
+
+    look, asked = ollama_fake.chats[-2], ollama_fake.chats[-1]
+    # The vision model was sent the picked job's own image, base64 as the client encodes it.
+    assert look["model"] == "llava:7b" and look["format"]["title"] == "ImageNotes"
+    image = await (await client.get(f"/jobs/{pick['id']}/image")).read()
+    assert base64.b64decode(look["messages"][-1]["images"][0]) == image
+    # The interpreter (the prompt model) read the description beside the feedback.
+    assert asked["model"] == "llama3.1:8b" and not any(m.get("images") for m in asked["messages"])
+    assert "The picked image shows: " + "; ".join(seen) in asked["messages"][1]["content"]
+    # Fields changed as the look suggested; the locked subject untouched whatever was proposed.
+    assert fed["observations"] == seen and not fed["messages"]
+    assert [(c["field"], c["status"]) for c in fed["changes"]] == [
+        ("pose", "applied"), ("lighting", "applied"), ("subject", "refused")]
+    assert fed["fields"]["subject"] == {"value": SUBJECT, "locked": True}
+    stored = tomllib.loads((project / "concepts" / "rooftop.toml").read_text())
+    assert stored["pose"]["value"] == "low angle, looking up" and stored["lighting"]["value"] == "orange dusk sky"
+    assert stored["subject"] == {"value": SUBJECT, "locked": True}
+    # The intent records the look: what the analyzer saw, the pick, and what the interpreter changed.
+    intent = (await (await client.get("/concepts/rooftop/intent")).json())["intent"]
+    feedback = intent["rounds"][0]["feedback"]
+    assert feedback["observations"] == seen and feedback["picks"] == [pick["id"]]
+    assert feedback["interpreter"] == "llama3.1:8b" and feedback["summary"] == "more like the low-angle pick"
+    assert [(c["field"], c["status"]) for c in feedback["changes"]] == [
+        ("pose", "applied"), ("lighting", "applied"), ("subject", "refused")]
+
+
+async def test_concept_files_edited_by_hand_into_something_hostile_are_clear_4xx_and_hide_nothing(
+        client, project: Path) -> None:
+    assert (await client.post("/concepts", json=CONCEPT)).status == 201
+    assert (await client.post("/concepts", json={"name": "other"})).status == 201
+    toml_file, intent_file = project / "concepts" / "rooftop.toml", project / "concepts" / "rooftop.intent.json"
+    good = toml_file.read_text()
+    hostile = {"nested arrays": "x = " + "[" * 20_000 + "]" * 20_000,  # under the 64 KiB limit
+               "nested tables": "x = " + "{a=" * 5_000 + "1" + "}" * 5_000,
+               "a render LoRA twice": good + "",  # filled below
+               "wrong types": "[subject]\nvalue = 3\n", "unknown keys": "[subject]\nvalue = 'a'\ncolour = 1\n"}
+    hostile["a render LoRA twice"] = good.replace("[render]", "[render]\nloras = [{id = 'a'}, {id = 'a'}]")
+    for label, text in hostile.items():
+        toml_file.write_text(text)
+        assert (await error_of(await client.get("/concepts/rooftop"), 400))["code"] == "concept_invalid", label
+        rounds = await client.post("/concepts/rooftop/rounds", json={})
+        assert (await error_of(rounds, 400))["code"] == "concept_invalid", label
+        # The list still shows the other concept, and names this one with why.
+        listing = await (await client.get("/concepts")).json()
+        assert [c["name"] for c in listing["concepts"]] == ["other"], label
+        assert [(u["name"], u["code"]) for u in listing["unreadable"]] == [("rooftop", "concept_invalid")]
+        assert toml_file.read_text() == text  # left for the artist to mend
+    toml_file.write_text(good)
+    for label, text in {"nested": "[" * 200_000 + "]" * 200_000, "malformed": "{\"rounds\": [",
+                        "wrong types": '{"rounds": 3}'}.items():
+        intent_file.write_text(text)
+        for call in (client.get("/concepts/rooftop/intent"), client.put("/concepts/rooftop/intent", json={"notes": []}),
+                     client.post("/concepts/rooftop/rounds", json={})):
+            assert (await error_of(await call, 400))["code"] == "concept_invalid", label
+        assert intent_file.read_text() == text
+    assert not any(p.name.endswith(".tmp") for p in (project / "concepts").iterdir())
+
+
+async def test_a_lora_given_twice_in_a_concepts_stack_is_refused_when_saved(client, project: Path) -> None:
+    assert (await client.post("/concepts", json=CONCEPT)).status == 201
+    before = (project / "concepts" / "rooftop.toml").read_text()
+    twice = {"loras": [{"id": "spyke_plasma_v1"}, {"id": "spyke_plasma_v1", "strength": 0.5}]}
+    for call in (client.put("/concepts/rooftop", json={"fields": CONCEPT["fields"], "render": twice}),
+                 client.post("/concepts", json={"name": "again", "render": twice}),
+                 client.post("/concepts/rooftop/rounds", json=twice)):
+        error = await error_of(await call, 400)
+        assert error["code"] == "invalid_field" and "twice" in error["message"]
+    assert (project / "concepts" / "rooftop.toml").read_text() == before
+    assert not (project / "concepts" / "again.toml").exists()
+    assert not (project / "concepts" / "rooftop.intent.json").exists()

@@ -47,5 +47,10 @@ def test_a_concept_from_flags_to_a_page_prompt(tmp_path: Path) -> None:
         again = runner.invoke(main, ["concepts", "page", "dusk", "-c", "3", "--page", "2", "--job", ids[0],
                                      "--url", daemon.url])
         assert again.exit_code == 2 and "prompt_file_exists" in again.output + (again.stderr or "")
+        # A concept file edited by hand into something else: `list` still shows the others and names it.
+        (project / "concepts" / "broken.toml").write_text("[subject]\nvalue = 3\n")
+        listed = runner.invoke(main, ["concepts", "list", "--url", daemon.url])
+        assert listed.exit_code == 0 and "1boy on a rooftop" in listed.output
+        assert "broken: cannot be read (concept_invalid)" in listed.stderr
     finally:
         daemon.stop()

@@ -52,6 +52,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "sidecar", "sidecar.config", "sidecar.profiles", "sidecar.families", "sidecar.errors", "sidecar.statuses", "sidecar.eta",
         "sidecar.atomic", "sidecar.hosts", "sidecar.sqlite_store", "sidecar.durations", "sidecar.assets",
         "sidecar.answer_limits", "sidecar.whole_numbers", "sidecar.family_sizes",
+        "sidecar.contact_sheet",  # the grid, the sweep and the Explorer's compare draw their sheets with it
         "sidecar.dataprep.kohya_layout", "sidecar.assist.provenance",
         "sidecar.likeness.wire")),
 ]

@@ -17,6 +17,7 @@ import pytest
 
 from pipeline_stage.prompts import load_prompt
 from sidecar.assets import EXAMPLE_CHAPTER, asset_path
+from tests.family_headers import SDXL_LORA, write_safetensors
 from tests.fake_ollama import FakeOllama, ollama_fake, ollama_server  # noqa: F401  (fixtures)
 from tests.studio_browser import (  # noqa: F401  (fixtures)
     NARROW, Daemon, browser, screenshot_dir, signed_in, start_daemon, stop_daemon, studio_models,
@@ -67,6 +68,10 @@ def test_three_rounds_with_the_subject_locked_to_a_page_prompt(browser, daemon: 
     page.fill(".concept-field[data-field=background] input", "city rooftops at dusk, water tower")
     page.fill(".concept-field[data-field=lighting] input", "dusk light")
     page.click("[data-lock=subject]")
+    page.click(".concept-render [data-action=add-lora]")  # the character's LoRA, a little lighter
+    page.locator(".concept-render select[name='loras[0].id'] option[value=spyke_plasma_v1]").wait_for(state="attached")
+    page.select_option(".concept-render select[name='loras[0].id']", "spyke_plasma_v1")
+    page.fill(".concept-render input[name='loras[0].strength']", "0.8")
 
     for number in (1, 2, 3):
         ollama_fake.answer({"parts": [{"field": "subject", "text": "1girl"}, {"field": "background", "text": "rooftops"},
@@ -115,6 +120,62 @@ def test_three_rounds_with_the_subject_locked_to_a_page_prompt(browser, daemon: 
     assert console.errors == []
 
 
+def test_the_rounds_checkpoint_and_lora_stack_are_picked_in_the_view_and_kept(browser, daemon: Daemon,
+                                                                              ollama_fake: FakeOllama) -> None:
+    # An SDXL LoRA beside the SD 1.5 ones: listed, but not pickable for the SD 1.5 checkpoint.
+    write_safetensors(daemon.root / "models" / "loras" / "xl_only.safetensors", SDXL_LORA)
+    context, page, console = signed_in(browser, daemon)
+    page.goto(f"{daemon.url}/#/concept")
+    page.locator(".concept-fields h2, .empty-concepts").first.wait_for()
+    page.fill("input[name=newName]", "picked")
+    page.click("[data-action=new-concept]")
+    page.locator(".concept-fields h2", has_text="picked").wait_for()
+    page.fill(".concept-field[data-field=subject] input", SUBJECT)
+    render = page.locator(".concept-render")
+    assert "pipeline.toml" in render.locator(".stack-note").inner_text()
+    render.locator("select[name=checkpoint] option[value='tiny-sd15.safetensors']").wait_for(state="attached")
+    render.locator("select[name=checkpoint]").select_option("tiny-sd15.safetensors")
+    assert render.locator(".pill.family").inner_text() == "SD 1.5"
+    render.locator("[data-action=add-lora]").click()
+    xl = render.locator("select[name='loras[0].id'] option[value=xl_only]")
+    assert xl.is_disabled() and "SDXL, not for this SD 1.5 checkpoint" in xl.inner_text()
+    render.locator("select[name='loras[0].id']").select_option("tiny-lora")
+    render.locator("input[name='loras[0].strength']").fill("0.4")
+    render.locator("[data-action=add-lora]").click()
+    render.locator("select[name='loras[1].id']").select_option("spyke_plasma_v1")
+    render.locator("input[name='loras[1].strength']").fill("0.7")
+    assert render.locator(".stack-note").inner_text() == ""
+
+    ollama_fake.answer({"parts": [{"field": "subject", "text": SUBJECT}]})
+    page.click("[data-action=round]")
+    wait_round(page, 1)
+    ids = [page.locator(".concept-image").nth(i).get_attribute("data-job") for i in range(4)]
+    for job_id in ids:
+        params = daemon.api("GET", f"/jobs/{job_id}")["params"]
+        assert params["checkpoint"] == "tiny-sd15.safetensors"
+        assert [(u["id"], u["strength"]) for u in params["loras"]] == [("tiny-lora", 0.4), ("spyke_plasma_v1", 0.7)]
+    saved = tomllib.loads((daemon.project / "concepts/picked.toml").read_text())["render"]
+    assert saved["checkpoint"] == "tiny-sd15.safetensors"
+    assert saved["loras"] == [{"id": "tiny-lora", "strength": 0.4}, {"id": "spyke_plasma_v1", "strength": 0.7}]
+
+    # A reload shows what the concept renders with; emptying the stack is saved as "no LoRA" ([]).
+    page.reload()
+    page.locator(".concept-fields h2", has_text="picked").wait_for()
+    render.locator("select[name='loras[1].id'] option[value=spyke_plasma_v1]").wait_for(state="attached")
+    assert render.locator("select[name=checkpoint]").input_value() == "tiny-sd15.safetensors"
+    assert render.locator("select[name='loras[0].id']").input_value() == "tiny-lora"
+    assert render.locator("input[name='loras[1].strength']").input_value() == "0.7"
+    render.locator("[data-action=remove-lora]").first.click()
+    render.locator("[data-action=remove-lora]").first.click()
+    ollama_fake.answer({"parts": [{"field": "subject", "text": SUBJECT}]})
+    page.click("[data-action=compose]")
+    page.locator(".fields-tags li").first.wait_for()
+    assert tomllib.loads((daemon.project / "concepts/picked.toml").read_text())["render"]["loras"] == []
+    context.close()
+    (daemon.root / "models" / "loras" / "xl_only.safetensors").unlink()
+    assert console.errors == []
+
+
 def test_a_showcase_is_cached_and_two_combinations_compare_side_by_side(browser, daemon: Daemon, shots: Path) -> None:
     context, page, console = signed_in(browser, daemon)
     page.goto(f"{daemon.url}/#/explorer")
@@ -137,7 +198,14 @@ def test_a_showcase_is_cached_and_two_combinations_compare_side_by_side(browser,
     page.wait_for_function("() => document.querySelectorAll('.compare-row .pic.loaded').length === 4")
     heads = page.locator(".compare-head b").all_inner_texts()
     assert heads[0].startswith("A: ") and heads[1].startswith("B: ") and heads[0] != heads[1]
-    page.screenshot(path=str(shots / "studio-explorer.png"), full_page=True)
+    # The contact sheet link: the compare's PNG, both columns side by side, as the page's session fetches it
+    # (the cookie counts only on a request the browser marks same-origin: a plain client's would be 401).
+    href = page.locator("[data-action=sheet]").get_attribute("href")
+    assert href.startswith("/explorer/compare/") and href.endswith("/sheet.png")
+    status, kind, width, height = page.evaluate("""async (u) => {
+        const r = await fetch(u); const bmp = await createImageBitmap(await r.blob());
+        return [r.status, r.headers.get("content-type"), bmp.width, bmp.height]; }""", href)
+    assert (status, kind, width, height) == (200, "image/png", 260 + 2 * 256, 28 + 2 * 256)
     context.close()
     assert console.errors == []
 

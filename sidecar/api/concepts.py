@@ -21,7 +21,7 @@ from sidecar.concepts import store
 from sidecar.concepts.fields import Concept
 from sidecar.concepts.wire import (
     Composed, ComposeRequest, ConceptList, ConceptNew, ConceptPut, ConceptView, FeedbackAnswer, FeedbackRequest,
-    IntentEdit, IntentView, PageRequest, PageWritten, RoundRequest, RoundStarted,
+    IntentEdit, IntentView, PageRequest, PageWritten, RoundRequest, RoundStarted, UnreadableConcept,
 )
 from sidecar.errors import (
     AssistantAnswerInvalid, CharacterInvalid, CheckpointNotFound, ConceptExists, ConceptInvalid, ConceptNotFound,
@@ -46,7 +46,14 @@ async def list_concepts(request: web.Request) -> web.Response:
     root, settings = project_root(request), request.app[SETTINGS]
 
     def read() -> ConceptList:
-        return ConceptList(concepts=[view(root, n, settings) for n in store.names(root)])
+        # One hand-edited file that no longer reads hides none of the others (it is named, with why).
+        found, unreadable = [], []
+        for n in store.names(root):
+            try:
+                found.append(view(root, n, settings))
+            except ConceptInvalid as exc:
+                unreadable.append(UnreadableConcept(name=n, code=exc.code, message=exc.message))
+        return ConceptList(concepts=found, unreadable=unreadable)
 
     return json_response(await asyncio.to_thread(read))
 

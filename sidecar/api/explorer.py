@@ -1,13 +1,16 @@
 """The Explorer's routes: the installed LoRAs with their family, trigger and metadata and the state of
 each one's showcase; a showcase rendered once per LoRA file and then served from the cache
 (`sidecar.concepts.showcase`); and two LoRA combinations (with strengths) compared side by side on the
-same seeds, one group of jobs (for each seed: combination A, then B) as a `lora:<id>` grid's cells are.
+same seeds, one group of jobs (for each seed: combination A, then B) as a `lora:<id>` grid's cells are,
+with a contact sheet of them (`sidecar.concepts.compare_sheet`) to save and share.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+import json
+from pathlib import Path
+from typing import Annotated, Any
 
 from aiohttp import web
 from pydantic import Field, StringConstraints
@@ -17,15 +20,16 @@ from sidecar.api.errors import parse_body
 from sidecar.api.loras import installed_loras
 from sidecar.api.operations import operation
 from sidecar.api.responses import JobSummary, LoraInfo, json_response
-from sidecar.concepts import showcase
+from sidecar.concepts import compare_sheet, showcase
 from sidecar.concepts.compose import style_for
 from sidecar.concepts.fields import BareName, Wire
 from sidecar.errors import (
     CheckpointNotFound, ComfyUnavailable, DiskFull, FamilyNotSupported, InvalidField, JobNotFound, LoraFamilyMismatch,
-    LoraNotFound, QueueFull, ResolutionExceedsProfile, TrainingInProgress,
+    LoraNotFound, NotFound, QueueFull, ResolutionExceedsProfile, TrainingInProgress,
 )
 from sidecar.jobs.params import GenerationRequest, LoraRef, LoraStrength, Pixels, Prompt, Resolution, Steps
 from sidecar.jobs.variations import new_group_id, variation_seeds
+from sidecar.statuses import JOB_TERMINAL
 
 routes = web.RouteTableDef()
 SOURCE = "explorer"
@@ -107,6 +111,7 @@ class CompareAnswer(Wire):
     columns: dict[str, Combination]
     seeds: list[int]
     cells: list[CompareCell] = Field(description="row by row: for each seed, a then b")
+    sheet: str = Field(description="the contact sheet's URL (a then b side by side, a row per seed)")
 
 
 def _refuse_if_training(app: web.Application) -> None:
@@ -155,8 +160,8 @@ async def _jobs_alive(app: web.Application, ids: list[str]) -> list | None:
 @operation("A LoRA's showcase: a few fixed prompts on one seed, rendered once per LoRA file and then cached",
            {200: ShowcaseAnswer, 202: ShowcaseAnswer}, request=ShowcaseRequest,
            errors=(*RENDER_ERRORS, ComfyUnavailable),
-           description="200: the cached showcase (its LoRA file and checkpoint unchanged; nothing rendered). 202: "
-                       "new jobs queued (never rendered, the file changed since, its jobs removed, or `force`).")
+           description="200: the cached showcase (its LoRA file and every setting unchanged: checkpoint, size, "
+                       "steps, strength, prompts; nothing rendered). 202: new jobs queued (never rendered, the file changed since, its jobs removed, or `force`).")
 async def showcase_route(request: web.Request) -> web.Response:
     app = request.app
     req = await parse_body(request, ShowcaseRequest)
@@ -169,24 +174,26 @@ async def showcase_route(request: web.Request) -> web.Response:
     digest = await app[BUILDER].families.sha256("loras", lora.info.file_name)
     cache = await asyncio.to_thread(showcase.read, settings.data_dir)
     entry = cache.loras.get(lora_id)
-    if not req.force and showcase.fresh(entry, digest, checkpoint):
-        assert entry is not None
-        records = await _jobs_alive(app, entry.jobs)
-        if records is not None:
-            return json_response(ShowcaseAnswer(lora=lora_id, cached=True, prompts=entry.prompts, seed=entry.seed,
-                                                jobs=[JobSummary.from_record(r) for r in records]))
-    _refuse_if_training(app)
+    # The jobs are built (nothing queued) before the cache is asked: its key is their resolved parameters.
     family = await app[BUILDER].checkpoint_family(checkpoint)
     prompts = showcase.prompts_for(lora.trigger, style_for(family))
     size = Resolution(width=req.width, height=req.height) if req.width or req.height else None
     specs = [await app[BUILDER].build(GenerationRequest(
         prompt=p, checkpoint=checkpoint, seed=showcase.SEED, steps=req.steps, resolution=size,
         loras=[LoraRef(id=lora_id, strength=req.strength)])) for p in prompts]
+    key = showcase.settings_key(s.params.stored() for s in specs)
+    if not req.force and showcase.fresh(entry, digest, key):
+        assert entry is not None
+        records = await _jobs_alive(app, entry.jobs)
+        if records is not None:
+            return json_response(ShowcaseAnswer(lora=lora_id, cached=True, prompts=entry.prompts, seed=entry.seed,
+                                                jobs=[JobSummary.from_record(r) for r in records]))
+    _refuse_if_training(app)
     group = new_group_id()
     jobs = await app[RUNNER].submit_many(specs, group_id=group, source=SOURCE)
     cache.loras[lora_id] = showcase.ShowcaseEntry(sha256=digest, checkpoint=checkpoint, prompts=prompts,
-                                                  seed=showcase.SEED, strength=req.strength, group_id=group,
-                                                  jobs=[j.id for j in jobs])
+                                                  seed=showcase.SEED, strength=req.strength, settings_key=key,
+                                                  group_id=group, jobs=[j.id for j in jobs])
     await asyncio.to_thread(showcase.write, settings.data_dir, cache)
     return json_response(ShowcaseAnswer(lora=lora_id, cached=False, prompts=prompts, seed=showcase.SEED,
                                         jobs=[JobSummary.from_record(j) for j in jobs]), 202)
@@ -200,6 +207,7 @@ async def showcase_route(request: web.Request) -> web.Response:
 async def compare(request: web.Request) -> web.Response:
     app = request.app
     req = await parse_body(request, CompareRequest)
+    _refuse_repeated_keys(await request.read())
     seeds = variation_seeds(req.seed, req.rows)
     _refuse_if_training(app)
     size = Resolution(width=req.width, height=req.height) if req.width or req.height else None
@@ -212,6 +220,63 @@ async def compare(request: web.Request) -> web.Response:
             steps=req.steps, resolution=size, loras=[LoraRef(id=i, strength=v) for i, v in stack.items()])))
     group = new_group_id()
     jobs = await app[RUNNER].submit_many(specs, group_id=group, source=SOURCE)
+    index = compare_sheet.CompareIndex(
+        group_id=group, prompt=req.prompt, columns={k: _label(k, c) for k, c in (("a", req.a), ("b", req.b))},
+        stacks={"a": dict(req.a.loras), "b": dict(req.b.loras)}, seeds=seeds,
+        cells=[compare_sheet.IndexCell(column=c, seed=s, job_id=j.id) for (c, s), j in zip(cells, jobs)])
+    await asyncio.to_thread(compare_sheet.write_index, app[SETTINGS].data_dir, index)
     return json_response(CompareAnswer(
-        group_id=group, columns={"a": req.a, "b": req.b}, seeds=seeds,
+        group_id=group, columns={"a": req.a, "b": req.b}, seeds=seeds, sheet=f"/explorer/compare/{group}/sheet.png",
         cells=[CompareCell(column=c, seed=s, job=JobSummary.from_record(j)) for (c, s), j in zip(cells, jobs)]), 202)
+
+
+def _refuse_repeated_keys(raw: bytes) -> None:
+    """A combination's stack is an object, LoRA id -> strength, and JSON parsers keep the last of a repeated
+    key: `{"ink": 0.5, "ink": 0.9}` would render one LoRA at a strength the artist may not have meant.
+    (The body already parsed once: this reading cannot fail.)"""
+    repeated: list[str] = []
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        keys = [k for k, _ in items]
+        repeated.extend(k for i, k in enumerate(keys) if k in keys[:i])
+        return dict(items)
+
+    json.loads(raw, object_pairs_hook=pairs)
+    if repeated:
+        raise InvalidField(f"The body gives {repeated[0][:80]!r} twice: a combination names each LoRA once, with "
+                           "its strength.", {"field": "loras", "key": repeated[0][:80]})
+
+
+def _label(column: str, combination: Combination) -> str:
+    if combination.label:
+        return combination.label
+    stack = " + ".join(f"{i}:{v}" if v is not None else i for i, v in combination.loras.items())
+    return f"{column}: {stack or 'no LoRA'}"
+
+
+@routes.get("/explorer/compare/{group}/sheet.png")
+@operation("A compare's contact sheet: combination A and B side by side, a row per seed (PNG)",
+           {200: None}, binary="image/png", errors=(NotFound,),
+           description="Drawn once every cell has finished and then kept (`explorer/compare/<groupId>/` in the "
+                       "data dir, beside its `index.json`); before that, a preview with each unfinished cell's "
+                       "status (`Cache-Control: no-store`).")
+async def compare_sheet_route(request: web.Request) -> web.StreamResponse:
+    data_dir = request.app[SETTINGS].data_dir
+    group = request.match_info["group"]
+    index = await asyncio.to_thread(compare_sheet.read_index, data_dir, group)
+    done = await asyncio.to_thread(compare_sheet.kept, data_dir, index)
+    if done is not None:
+        return web.FileResponse(done, headers={"Content-Type": "image/png", "Cache-Control": "no-cache"})
+    outcomes: dict[str, tuple[str, Path | None, str]] = {}
+    for cell in index.cells:
+        try:
+            record = await request.app[RUNNER].get(cell.job_id)
+        except JobNotFound:
+            continue  # removed (retention): drawn as such
+        image = Path(record.output_file) if record.output_file else None
+        outcomes[cell.job_id] = (record.status, image if image is not None and image.is_file() else None,
+                                 record.error_code or "")
+    finished = len(outcomes) == len(index.cells) and all(o[0] in JOB_TERMINAL for o in outcomes.values())
+    path = await asyncio.to_thread(compare_sheet.draw, data_dir, index, outcomes, keep=finished)
+    cache = "no-cache" if finished else "no-store"
+    return web.FileResponse(path, headers={"Content-Type": "image/png", "Cache-Control": cache})

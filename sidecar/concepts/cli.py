@@ -79,7 +79,14 @@ def _show_concept(body: dict[str, Any]) -> None:
 @click.option("--json", "as_json", is_flag=True, help="the daemon's answer as JSON")
 def list_(url: str | None, as_json: bool) -> None:
     """The project's concepts."""
-    _echo(_call(url, "GET", "/concepts"), as_json, lambda b: [_show_concept(c) for c in b["concepts"]])
+    _echo(_call(url, "GET", "/concepts"), as_json, _show_list)
+
+
+def _show_list(body: dict[str, Any]) -> None:
+    for c in body["concepts"]:
+        _show_concept(c)
+    for u in body.get("unreadable", []):  # a hand-edited file that no longer reads: named, with why
+        click.echo(f"{u['name']}: cannot be read ({u['code']}): {u['message']}", err=True)
 
 
 @concepts.command()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 from pydantic.alias_generators import to_camel
 
 from sidecar.jobs.params import LoraStrength, Pixels, Steps
@@ -43,6 +43,20 @@ class LoraUse(BaseModel):
 
     id: BareName
     strength: LoraStrength | None = None
+
+
+def _once_each(stack: list[LoraUse] | None) -> list[LoraUse] | None:
+    """A LoRA given twice would be refused at render time (POST /jobs: invalid_field): refused here, when
+    the concept is saved (or read from a hand-edited file), so a stack that cannot render is never kept."""
+    seen: set[str] = set()
+    for use in stack or []:
+        if use.id in seen:
+            raise ValueError(f"LoRA {use.id!r} is listed twice; give it once with the strength wanted")
+        seen.add(use.id)
+    return stack
+
+
+LoraStack = Annotated[list[LoraUse] | None, AfterValidator(_once_each)]
 
 
 class Wire(WholeNumbers):
@@ -92,7 +106,7 @@ class RenderSettings(Wire):
     then the daemon's defaults (as `generate` does)."""
 
     checkpoint: BareName | None = Field(None, description="checkpoint file name (its family picks the prompt style)")
-    loras: list[LoraUse] | None = Field(None, max_length=3, description="the LoRA stack ([] : none, even if "
+    loras: LoraStack = Field(None, max_length=3, description="the LoRA stack ([] : none, even if "
                                                                          "pipeline.toml names one)")
     steps: Steps | None = None
     width: Pixels | None = None

@@ -109,6 +109,9 @@ def read(root: Path, name: str) -> Intent:
             raise ConceptInvalid(f"concepts/{name}.intent.json is over {MAX_BYTES} bytes.", {"name": name})
         data: Any = json.loads(path.read_text(encoding="utf-8"))
         return Intent.model_validate(data)
+    except RecursionError:  # json recurses per nesting level: a hand-made `[[[[...` within the size limit
+        raise ConceptInvalid(f"concepts/{name}.intent.json nests too deeply to be an intent document; it is left "
+                             "as it is. Move it aside to start the concept's intent afresh.", {"name": name}) from None
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         if isinstance(exc, ValidationError):
             problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])

@@ -1,5 +1,6 @@
 """The Explorer's LoRA showcase: a few fixed prompts per LoRA, rendered once and remembered by the LoRA
-file's SHA-256 (and the checkpoint), so opening the Explorer again shows the same images without a
+file's SHA-256 and what it was rendered with (`settings_key`: every resolved job parameter, so the
+checkpoint, size, steps, strength and prompts), so opening the Explorer again shows the same images without a
 render, and a LoRA file replaced under the same name (a new training run promoted) is rendered anew.
 
 The cache is one JSON file in the daemon's data dir (`explorer/showcase.json`): LoRA id -> its file's
@@ -9,8 +10,11 @@ removed by retention make the entry stale too). Blocking: call from a thread.
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, ValidationError
 
@@ -34,6 +38,8 @@ class ShowcaseEntry(Wire):
     prompts: list[str]
     seed: int
     strength: float | None = None
+    # Null in a cache written before the key was kept: such an entry is never fresh (rendered again once).
+    settings_key: str | None = Field(None, description="SHA-256 of the jobs' resolved parameters")
     group_id: str
     jobs: list[str]
 
@@ -64,6 +70,13 @@ def write(data_dir: Path, cache: ShowcaseCache) -> None:
     write_text(cache_file(data_dir), cache.model_dump_json(by_alias=True, indent=2) + "\n")
 
 
-def fresh(entry: ShowcaseEntry | None, sha256: str | None, checkpoint: str | None) -> bool:
-    """The entry still shows this LoRA file with this checkpoint."""
-    return entry is not None and entry.sha256 == sha256 and entry.checkpoint == checkpoint
+def settings_key(params: Iterable[dict[str, Any]]) -> str:
+    """One digest of the showcase jobs' resolved parameters (prompt, seed, steps, size, checkpoint, LoRA
+    strengths, ...): a showcase asked with any other setting is not the cached one."""
+    text = json.dumps(list(params), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def fresh(entry: ShowcaseEntry | None, sha256: str | None, key: str) -> bool:
+    """The entry still shows this LoRA file rendered with these settings."""
+    return entry is not None and entry.sha256 == sha256 and entry.settings_key == key

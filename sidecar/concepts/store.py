@@ -68,6 +68,9 @@ def read(root: Path, name: str) -> Concept:
         raise ConceptInvalid(f"{FOLDER}/{name}.toml cannot be read ({exc}).", {"name": name}) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConceptInvalid(f"{FOLDER}/{name}.toml is not valid TOML: {exc}.", {"name": name}) from None
+    except RecursionError:  # tomllib recurses per nesting level: a hand-made `x = [[[[...` of 64 KiB
+        raise ConceptInvalid(f"{FOLDER}/{name}.toml nests arrays or tables too deeply: not a concept.",
+                             {"name": name}) from None
     # On disk each field is its own table at the top ([subject], ...) beside [render]: what an artist edits.
     unknown = sorted(set(data) - {*ALL_FIELDS, "render"})
     if unknown:

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from pydantic import Field, StringConstraints
 
-from sidecar.concepts.fields import BareName, ConceptFields, LoraUse, RenderSettings, Wire
+from sidecar.concepts.fields import BareName, ConceptFields, LoraStack, RenderSettings, Wire
 from sidecar.concepts.intent import Intent, Preference, Reject
 from sidecar.api.responses import JobSummary
 from sidecar.jobs.params import Pixels, Steps
@@ -46,8 +46,17 @@ class ConceptView(Wire):
     rounds: int = Field(description="how many rounds were rendered")
 
 
+class UnreadableConcept(Wire):
+    name: str
+    code: str = Field(description="`concept_invalid`: the file (or its intent document) cannot be used as it is")
+    message: str = Field(description="what is wrong, and where: the file is left as it is for the artist to mend")
+
+
 class ConceptList(Wire):
     concepts: list[ConceptView]
+    unreadable: list[UnreadableConcept] = Field(
+        default_factory=list, description="concepts whose file cannot be read (hand-edited into something else): "
+                                          "listed apart so the others stay usable; GET /concepts/{name} says why")
 
 
 class ComposedTagOut(Wire):
@@ -84,7 +93,7 @@ class RoundRequest(In):
     """What this round renders with, over the concept's `render` (which it then keeps)."""
 
     checkpoint: BareName | None = None
-    loras: list[LoraUse] | None = Field(None, max_length=3, description="at most 3 (every profile's max_loras)")
+    loras: LoraStack = Field(None, max_length=3, description="at most 3 (every profile's max_loras), each once")
     steps: Steps | None = None
     width: Pixels | None = None
     height: Pixels | None = None

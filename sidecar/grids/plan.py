@@ -19,7 +19,7 @@ from typing import Any
 from sidecar.atomic import write_text
 from sidecar.errors import InvalidField
 from sidecar.grids.axes import Axis, apply, check_value, resolve_name
-from sidecar.loras.sheet import SheetCell, draw_sheet, wrap, write_sheet
+from sidecar.contact_sheet import SheetCell, draw_sheet, wrap, write_sheet
 
 MAX_CELLS = 1000
 FENCE = "+++"

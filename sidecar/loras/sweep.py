@@ -1,7 +1,7 @@
 """Checkpoint sweep: the same prompts and seeds rendered with every saved checkpoint of a run,
 through the running daemon, into a labelled contact sheet PNG and a JSON index (LORA-02: pick the
 best-generalising checkpoint, not necessarily the last). It is a grid whose columns are the
-checkpoints: rendered and drawn with the grids' code (`sidecar.grids.render`, `sidecar.loras.sheet`).
+checkpoints: rendered and drawn with the grids' code (`sidecar.grids.render`, `sidecar.contact_sheet`).
 
 How a checkpoint becomes a `loraId`: the daemon stages it (`POST /loras/{id}/stage`: linked into its
 LoRA folder under a `sweep--...` name no installed LoRA uses) for the sweep's duration, and removes the
@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from sidecar.atomic import write_text
 from sidecar.errors import InvalidField, SidecarError
 from sidecar.grids.render import render_cells
-from sidecar.loras.sheet import SheetCell, draw_sheet, wrap, write_sheet
+from sidecar.contact_sheet import SheetCell, draw_sheet, wrap, write_sheet
 
 
 def read_prompts(path: Path) -> list[str]:

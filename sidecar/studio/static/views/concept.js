@@ -4,9 +4,13 @@
 // rejected with a word, the artist's words, and "send feedback" (the local model turns it into field
 // changes; the next round renders them). Beside: the intent (what the rounds taught: preferences, notes).
 // Without Ollama everything still works: the prompt is the fields as written, and the view says so.
+// Under the fields, what the rounds render with (the concept's `[render]`): Generate's checkpoint picker
+// and LoRA stack (GET /models' families, the profile's max_loras), saved with the fields.
 import { api } from "../api.js";
 import { field, h, picture, problem, replace, toast } from "../dom.js";
+import { allModels, checkpointOptions, withTriggers } from "./checkpoint.js";
 import { intentBox } from "./concept_intent.js";
+import { familyName, loraStack } from "./stack.js";
 
 const FIELDS = ["subject", "pose", "expression", "outfit", "background", "style", "mood", "lighting", "extra"];
 const HINTS = { subject: "who or what: 1boy on a rooftop", background: "where: city rooftops at dusk",
@@ -19,7 +23,14 @@ function ollamaNote(message) {
     " Start Ollama (the Doctor view says how) to let it compose and read your feedback.");
 }
 
+const UNSET = "default (pipeline.toml's, else the daemon's)";
+
 export function mount(root, ctx, args) {
+  const cfg = ctx.config;
+  let models = null; // {listed: GET /models, loras: its LoRAs with GET /loras' trigger words}
+  const modelsReady = Promise.all([api("/models"), api("/loras").catch(() => ({ loras: [] }))])
+    .then(([listed, { loras }]) => { models = { listed, loras: withTriggers(listed, loras) }; })
+    .catch((err) => toast(err, "error"));
   let name = args[0] || null;
   let concept = null;
   let round = null; // {round, groupId, jobs}
@@ -33,8 +44,9 @@ export function mount(root, ctx, args) {
   const composedBox = h("div", { class: "composed", "aria-live": "polite" });
   const roundBox = h("section", { class: "card concept-round", "aria-label": "round" });
   const intentHost = h("aside", { class: "card concept-intent", "aria-label": "intent" });
+  const unreadable = h("ul", { class: "small unreadable-concepts", role: "status" });
   root.append(h("h1", {}, "Concept"),
-    h("div", { class: "row wrap" }, field("Concept", picker), create),
+    h("div", { class: "row wrap" }, field("Concept", picker), create), unreadable,
     h("div", { class: "concept-layout" }, h("div", {}, fieldsBox, composedBox), roundBox, intentHost));
 
   create.addEventListener("submit", async (e) => {
@@ -49,7 +61,11 @@ export function mount(root, ctx, args) {
 
   async function load() {
     let list;
-    try { list = (await api("/concepts")).concepts; } catch (err) { replace(fieldsBox, problemText(err)); return; }
+    let listing;
+    try { listing = await api("/concepts"); list = listing.concepts; } catch (err) { replace(fieldsBox, problemText(err)); return; }
+    // A concept file edited by hand into something that no longer reads: named, with why; the others work.
+    replace(unreadable, (listing.unreadable || []).map((u) =>
+      h("li", { dataset: { concept: u.name } }, h("b", {}, u.name), ` cannot be read: ${u.message}`)));
     replace(picker, list.length ? null : h("option", { value: "" }, "no concept yet"),
       list.map((c) => h("option", { value: c.name, selected: c.name === name }, c.name)));
     if (!name && list.length) name = list[0].name;
@@ -87,15 +103,18 @@ export function mount(root, ctx, args) {
       return h("div", { class: "concept-field", dataset: { field: f } }, h("span", { class: "label small" }, f), inputs[f], locks[f]);
     });
     const who = concept.character;
+    const render = renderBox();
     replace(fieldsBox, h("h2", {}, concept.name),
       h("p", { class: "small muted character" }, "always in, locked: ", h("b", {}, who.trigger),
         who.locked.length ? `, ${who.locked.join(", ")}` : ""),
-      rows,
+      rows, render.element,
       h("div", { class: "row wrap" },
         h("button", { type: "button", dataset: { action: "compose" }, onclick: () => save().then(compose) }, "Compose"),
         h("button", { type: "submit", class: "primary", dataset: { action: "round" } }, round ? "Next round" : "Render 4")));
     fieldsBox.onsubmit = async (e) => {
       e.preventDefault();
+      const wrong = render.problems();
+      if (wrong.length) { toast(wrong.join("; "), "error"); return; }
       if (await save()) await startRound();
     };
 
@@ -108,10 +127,54 @@ export function mount(root, ctx, args) {
           : { value: inputs[f].value.trim(), locked };
       }
       try {
-        concept = await api(`/concepts/${name}`, { method: "PUT", body: { fields, render: concept.render } });
+        concept = await api(`/concepts/${name}`, { method: "PUT", body: { fields, render: render.value() } });
         return true;
       } catch (err) { toast(err, "error"); return false; }
     }
+  }
+
+  // The rounds' checkpoint and LoRA stack. `loras` stays null (pipeline.toml's [generate] LoRAs) until the
+  // artist sets a stack here; an emptied stack is [] (no LoRA). Kept in `concept.render` as it changes, so a
+  // redraw (after feedback) shows what was chosen; saved with the fields (PUT) before a round.
+  function renderBox() {
+    const r = concept.render;
+    const checkpoint = h("select", { name: "checkpoint", "aria-label": "checkpoint" },
+      h("option", { value: r.checkpoint || "" }, r.checkpoint || UNSET));
+    const pill = h("span", { class: "pill family", dataset: { family: "" } }, "family …");
+    let touched = r.loras != null;
+    const note = h("p", { class: "small muted stack-note" });
+    const stack = loraStack({ limits: cfg.limits.loraStrength, defaultStrength: cfg.defaults.loraStrength,
+      onChange: () => { touched = true; keep(); } });
+    stack.set(r.loras || []);
+    const value = () => ({ ...concept.render, checkpoint: checkpoint.value || null,
+      loras: touched || stack.value().length ? stack.value() : null });
+    function keep() { concept.render = value(); fit(); }
+    function fit() {
+      const chosen = checkpoint.value || cfg.defaults.checkpoint;
+      const model = models && allModels(models.listed).find((m) => m.name === chosen);
+      const family = model && model.family !== "unknown" ? model.family : null;
+      stack.setFamily(family);
+      const profiles = Object.values(cfg.profiles || {}).filter((p) => !family || (p.families || {})[family]);
+      stack.setMost(Math.max(...(profiles.length ? profiles : [cfg.profile]).map((p) => p.maxLoras)));
+      pill.dataset.family = model ? model.family : "";
+      pill.textContent = model ? familyName(model.family) : "family …";
+      note.textContent = value().loras === null ? "No stack set: the rounds use pipeline.toml's [generate] LoRAs." : "";
+    }
+    const fill = () => {
+      if (!models) return;
+      checkpointOptions(checkpoint, models.listed, concept.render.checkpoint || "", { unset: UNSET });
+      stack.setLoras(models.loras);
+      fit();
+    };
+    checkpoint.addEventListener("change", keep);
+    if (models) fill(); else modelsReady.then(fill);
+    fit();
+    return {
+      element: h("fieldset", { class: "concept-render" }, h("legend", { class: "label" }, "Render with"),
+        field("Checkpoint", checkpoint, h("span", { class: "family-line" }, pill)), stack.element, note),
+      value,
+      problems: () => stack.problems(),
+    };
   }
 
   function showComposed(c) {

@@ -1,6 +1,7 @@
 // Explorer: the installed LoRAs with their family, trigger word and metadata, each with its showcase (a
 // few fixed prompts on one seed, rendered once and kept until the LoRA file changes), and two LoRA
-// combinations with their strengths compared side by side on the same seeds (one column each).
+// combinations with their strengths compared side by side on the same seeds (one column each), with a
+// link to the compare's contact sheet (one PNG of both columns, to save or share).
 import { api } from "../api.js";
 import { field, h, picture, replace, toast } from "../dom.js";
 
@@ -100,11 +101,13 @@ export function mount(root, ctx) {
         h("fieldset", {}, h("legend", {}, "A"), a.map((r) => r.row)),
         h("fieldset", {}, h("legend", {}, "B"), b.map((r) => r.row))),
       h("div", { class: "row" }, field("First seed", seed), field("Seeds", rows)), h("div", { class: "row" }, go));
+    // The contact sheet's column heads: the stack itself, as far as a label goes (40 characters).
+    const describe = (col, st) => `${col}: ${Object.entries(st).map(([id, v]) => `${id} ${v}`).join(" + ") || "no LoRA"}`.slice(0, 40);
     const stack = (rowsOf) => Object.fromEntries(rowsOf.filter((r) => r.lora.value).map((r) => [r.lora.value, Number(r.strength.value)]));
     compareBox.onsubmit = async (e) => {
       e.preventDefault();
       const body = { prompt: prompt.value.trim(), seed: Number(seed.value), rows: Number(rows.value),
-        a: { label: "A", loras: stack(a) }, b: { label: "B", loras: stack(b) }, ...size() };
+        a: { label: describe("A", stack(a)), loras: stack(a) }, b: { label: describe("B", stack(b)), loras: stack(b) }, ...size() };
       if (!body.prompt) return;
       go.disabled = true;
       try {
@@ -119,7 +122,11 @@ export function mount(root, ctx) {
     const label = (c) => Object.entries(answer.columns[c].loras).map(([id, s]) => `${id} ${s ?? ""}`).join(" + ") || "no LoRA";
     replace(grid, h("div", { class: "compare-head" }, h("b", {}, `A: ${label("a")}`), h("b", {}, `B: ${label("b")}`)),
       answer.seeds.map((seed, r) => h("div", { class: "compare-row", dataset: { seed } },
-        ["a", "b"].map((c, k) => thumbs([jobs[r * 2 + k]], `${c.toUpperCase()} seed ${seed}`)))));
+        ["a", "b"].map((c, k) => thumbs([jobs[r * 2 + k]], `${c.toUpperCase()} seed ${seed}`)))),
+      // One PNG of both columns (kept by the daemon once every cell has finished): to save or share.
+      h("p", { class: "small" }, h("a", { href: answer.sheet, target: "_blank", rel: "noopener", dataset: { action: "sheet" },
+        download: `compare-${answer.groupId.slice(0, 8)}.png` }, "Contact sheet (PNG)"),
+        jobs.every((j) => ["succeeded", "failed", "cancelled"].includes(j.status)) ? null : h("span", { class: "muted" }, " · a preview until every image is done")));
   }
 
   load();

@@ -15,6 +15,7 @@ import { allowedBy, whereChoices } from "../backends.js";
 import { field, h, problem, replace, toast } from "../dom.js";
 import { jobList } from "../jobs.js";
 import { resultActions } from "./results.js";
+import { allModels, checkpointOptions, withTriggers } from "./checkpoint.js";
 import { familyName, loraStack } from "./stack.js";
 
 const SEED_MAX = 2 ** 32 - 1;
@@ -335,21 +336,13 @@ export function mount(root, ctx, args) {
   const showModels = ([listed, { loras }]) => {
     models = listed;
     modelsSettled = true;
-    const words = new Map(loras.map((l) => [l.fileName, l.triggerWord]));
-    stack.setLoras(listed.loras.map((l) => ({ ...l, triggerWord: words.get(l.name) || null })));
+    stack.setLoras(withTriggers(listed, loras));
     const current = checkpoint.value;
-    // With several backends each says where it runs (one backend: the line under the list says it).
-    const all = [...listed.checkpoints, ...listed.diffusionModels];
+    const all = allModels(listed);
     const drawn = JSON.stringify([current, all.map((m) => [m.name, m.family, m.familyNote, m.backends])]);
     if (drawn !== shownModels) {
       shownModels = drawn;
-      const several = all.some((m) => m.backends.some((b) => b !== "local"));
-      const option = (m) => h("option", { value: m.name, selected: m.name === current, title: m.familyNote || "" },
-        `${m.name} — ${familyName(m.family)}${!m.backends.length ? " (no backend runs it here)" : several ? ` · ${m.backends.join(", ")}` : ""}`);
-      const known = all.some((m) => m.name === current);
-      replace(checkpoint, known ? null : h("option", { value: current, selected: true }, `${current} (not installed)`),
-        listed.checkpoints.length ? h("optgroup", { label: "Checkpoints" }, listed.checkpoints.map(option)) : null,
-        listed.diffusionModels.length ? h("optgroup", { label: "Diffusion models (Flux)" }, listed.diffusionModels.map(option)) : null);
+      checkpointOptions(checkpoint, listed, current);
     }
     setLimits();
     check();

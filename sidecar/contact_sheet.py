@@ -1,6 +1,7 @@
 """A labelled contact sheet: a grid of images with a title, a label per column and a few lines per row,
 written as one PNG. A cell without an image shows its note (an error) on grey instead. The sweep's
-checkpoint x prompt/seed sheet is one such grid; any other grid of renders can use it as it is.
+checkpoint x prompt/seed sheet is one such grid, `sidecar grid`'s another, the Explorer's compare (a
+daemon route) a third: so it sits below the commands and the API, knowing neither.
 """
 
 from __future__ import annotations
