@@ -59,7 +59,9 @@ def _why_not_removed(tag: str, sheet: CharacterSheet | None) -> str | None:
     return None
 
 
-def _why_not_added(tag: str, sheet: CharacterSheet | None) -> str | None:
+def why_not_added(tag: str, sheet: CharacterSheet | None) -> str | None:
+    """Why the character's rules keep `tag` out of a prompt (None: they allow it), whatever its source: a
+    refinement's change or a composed concept."""
     if key(tag) in FLIP_TAGS:
         return f"{tag!r} marks a mirrored image; the character is never drawn mirrored"
     if sheet is None:
@@ -93,7 +95,7 @@ def apply_changes(prompt_tags: list[str], change_set: ChangeSet, sheet: Characte
 
 def _apply_one(tags: list[str], change: Change, sheet: CharacterSheet | None) -> Outcome:
     if change.op == "add":
-        why = _why_not_added(change.tag, sheet)
+        why = why_not_added(change.tag, sheet)
         if why:
             return Outcome(change, "refused", why)
         if _find(tags, change.tag) is not None:
@@ -112,7 +114,7 @@ def _apply_one(tags: list[str], change: Change, sheet: CharacterSheet | None) ->
     assert change.replacement is not None
     if key(change.replacement) == key(change.tag):
         return Outcome(change, "unchanged", "the replacement is the same tag")
-    why = _why_not_added(change.replacement, sheet)
+    why = why_not_added(change.replacement, sheet)
     if why:
         return Outcome(change, "refused", why)
     if at is None:

@@ -20,9 +20,10 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from sidecar.assist.apply import why_not_added
 from sidecar.assist.character import CharacterSheet
 from sidecar.assist.ollama_client import OllamaAssistant
-from sidecar.assist.tags import FLIP_TAGS, key, mirrors_any, split_tags
+from sidecar.assist.tags import key, split_tags
 from sidecar.concepts.fields import ALL_FIELDS, AnyField, ConceptFields
 from sidecar.concepts.grounding import invented, words
 from sidecar.config import Settings
@@ -116,19 +117,6 @@ def question(fields: ConceptFields, sheet: CharacterSheet | None, preferences: l
     return "\n".join(lines)
 
 
-def _why_not(tag: str, sheet: CharacterSheet | None) -> str | None:
-    """The character's rules, for any tag whatever its source."""
-    if key(tag) in FLIP_TAGS:
-        return f"{tag!r} marks a mirrored image; the character is never drawn mirrored"
-    if sheet is not None:
-        if key(tag) in sheet.negative_keys():
-            return f"{tag!r} is in locked_negative (character.toml): it never enters the prompt"
-        trait = mirrors_any(tag, sheet.locked)
-        if trait is not None and key(tag) not in sheet.locked_keys():
-            return f"{tag!r} mirrors the locked trait {trait!r}: that detail stays on its side"
-    return None
-
-
 def vocabulary(fields: ConceptFields, sheet: CharacterSheet | None) -> set[str]:
     vocab: set[str] = set()
     for name in ALL_FIELDS:
@@ -172,7 +160,7 @@ def assemble(fields: ConceptFields, sheet: CharacterSheet | None, answer: Compos
             kept = []
             for part in proposed[name]:
                 new = [w for w in invented(part, vocab) if w not in words(name)]
-                why = _why_not(part, sheet) or (f"{', '.join(new)} is in no field of the concept" if new else None) \
+                why = why_not_added(part, sheet) or (f"{', '.join(new)} is in no field of the concept" if new else None) \
                     or (None if words(part) else "it says nothing (no word of the field)")
                 if why:
                     refused.append(Refusal(name, part, why))
@@ -182,7 +170,7 @@ def assemble(fields: ConceptFields, sheet: CharacterSheet | None, answer: Compos
             if sum(put(name, part, "model") for part in kept):
                 continue
         for tag in own:
-            why = _why_not(tag, sheet)
+            why = why_not_added(tag, sheet)
             if why:
                 refused.append(Refusal(name, tag, why))
             else:

@@ -20,11 +20,12 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from sidecar.assist.apply import why_not_added
 from sidecar.assist.changes import ImageNotes
 from sidecar.assist.character import CharacterSheet
 from sidecar.assist.ollama_client import OllamaAssistant
 from sidecar.assist.tags import split_tags
-from sidecar.concepts.compose import OLLAMA_ERRORS, _why_not, absent
+from sidecar.concepts.compose import OLLAMA_ERRORS, absent
 from sidecar.concepts.fields import ALL_FIELDS, AnyField, ConceptFields
 from sidecar.config import Settings
 
@@ -130,7 +131,7 @@ def apply_changes(fields: ConceptFields, answer: FieldChanges, sheet: CharacterS
         if change.field in done:
             outcomes.append(out("refused", f"{change.field} was already changed by this answer"))
             continue
-        why = next((w for t in split_tags(new) if (w := _why_not(t, sheet))), None)
+        why = next((w for t in split_tags(new) if (w := why_not_added(t, sheet))), None)
         if why:
             outcomes.append(out("refused", why))
             continue

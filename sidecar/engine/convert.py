@@ -34,12 +34,13 @@ def vae_from_ldm(checkpoint: Tensors, config: dict[str, Any]) -> Tensors:
     return convert_ldm_vae_checkpoint(checkpoint, config)
 
 
-def clip_from_ldm(checkpoint: Tensors) -> Tensors:
-    """`cond_stage_model.transformer.text_model.X` -> `X` (transformers 5's flattened CLIPTextModel).
-    Old checkpoints carry a `position_ids` buffer the model no longer has: dropped."""
+def clip_from_ldm(checkpoint: Tensors, prefixes: tuple[str, ...] = CLIP_PREFIXES) -> Tensors:
+    """`cond_stage_model.transformer.text_model.X` -> `X` (transformers 5's flattened CLIPTextModel), or the
+    same under other `prefixes` (SDXL's first encoder). Old checkpoints carry a `position_ids` buffer the
+    model no longer has: dropped."""
     out: Tensors = {}
     for key, value in checkpoint.items():
-        for prefix in CLIP_PREFIXES:
+        for prefix in prefixes:
             if key.startswith(prefix):
                 name = key[len(prefix):]
                 if not name.endswith("position_ids"):

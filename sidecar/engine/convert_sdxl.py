@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from sidecar.engine.convert import Tensors
+from sidecar.engine.convert import Tensors, clip_from_ldm
 
 TE1_PREFIXES = ("conditioner.embedders.0.transformer.text_model.", "conditioner.embedders.0.transformer.")
 TE2_PREFIX = "conditioner.embedders.1.model."
@@ -28,16 +28,9 @@ def is_sdxl(keys: Any) -> bool:
 # -- SGM -> diffusers (loading)
 
 def te1_from_sgm(checkpoint: Tensors) -> Tensors:
-    """CLIP-L -> transformers 5's flattened CLIPTextModel names (no `text_model.` level)."""
-    out: Tensors = {}
-    for key, value in checkpoint.items():
-        for prefix in TE1_PREFIXES:
-            if key.startswith(prefix):
-                name = key[len(prefix):]
-                if not name.endswith("position_ids"):
-                    out[name] = value
-                break
-    return out
+    """CLIP-L -> transformers 5's flattened CLIPTextModel names (no `text_model.` level): SD 1.5's CLIP
+    under SDXL's prefix."""
+    return clip_from_ldm(checkpoint, TE1_PREFIXES)
 
 
 def te2_from_sgm(checkpoint: Tensors, text_model: torch.nn.Module) -> Tensors:
