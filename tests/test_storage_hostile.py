@@ -126,3 +126,29 @@ def test_a_well_formed_pull_still_lands_every_file(s: Setup) -> None:
     result = s.pull()
     assert result.exit_code == 0, result.output
     assert {k: (s.target / k).read_bytes() for k in files} == files
+
+
+def test_a_rented_backend_s_model_lookup_reads_a_bad_or_huge_manifest_as_not_in_the_bucket(s: Setup) -> None:
+    # The rented ComfyUI's model copy reads the same manifests: a bad or huge one is "not usable", so the
+    # file goes over SFTP, never an error past the copy and never a whole huge object read.
+    from sidecar.backends.bucket_models import _listed
+    from sidecar.config import Settings
+    from sidecar.errors import StorageRefused
+
+    src = s.tmp / "lora.safetensors"
+    src.write_bytes(b"lora bytes")
+    loras = s.bucket / "loras"
+    loras.mkdir()
+    settings = Settings(data_dir=s.tmp / "data", storage={"url": f"file://{s.bucket}"})
+    (loras / ".sidecar-manifest.json").write_text('{"version": 1, "files": {"../x": {"sha256": "00", "size": 1}}}')
+    with pytest.raises(StorageRefused):
+        _listed(settings, "loras", "lora.safetensors", src)
+    with (loras / ".sidecar-manifest.json").open("wb") as f:
+        f.truncate(MANIFEST_MAX_BYTES + 10)
+    with pytest.raises(StorageRefused, match="MiB"):
+        _listed(settings, "loras", "lora.safetensors", src)
+    sha = hashlib.sha256(b"lora bytes").hexdigest()
+    (loras / ".sidecar-manifest.json").write_text(json.dumps(
+        {"version": 1, "files": {"lora.safetensors": {"sha256": sha, "size": 10}}}))
+    store, found = _listed(settings, "loras", "lora.safetensors", src)
+    assert store is not None and found == sha

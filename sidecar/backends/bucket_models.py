@@ -36,15 +36,12 @@ LIBRARIES = {"s3": "fsspec s3fs", "gs": "fsspec gcsfs", "file": "fsspec"}
 
 def _listed(settings: Settings, folder: str, name: str, src: Path) -> tuple[object, str]:
     """(store, sha256) when the bucket's `folder`/ manifest has `name` as `src` is; else (None, why)."""
-    from sidecar.storage.manifest import MANIFEST_NAME, Manifest, hash_file
-    from sidecar.storage.store import open_store, translated
+    from sidecar.storage.manifest import MANIFEST_NAME, hash_file
+    from sidecar.storage.store import open_store
+    from sidecar.storage.sync import read_manifest
 
     store = open_store(settings.storage)
-    with translated(store, f"read {store.display(store.key(folder, MANIFEST_NAME))}"):
-        try:
-            files = Manifest.model_validate_json(store.fs.cat_file(store.key(folder, MANIFEST_NAME))).files
-        except FileNotFoundError:
-            files = {}
+    files = read_manifest(store, store.key(folder, MANIFEST_NAME))
     entry = files.get(name)
     if entry is None:
         return None, f"{name} is not in {store.url}/{folder}/ (`{PUSH[folder]}` sends it)"

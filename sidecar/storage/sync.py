@@ -98,12 +98,8 @@ def run_sync(store: Store, request: SyncRequest, state_dir: Path, sink: Progress
     record = load_record(record_file, store.display(folder), request.local)
 
     check_reachable(store)
-    with translated(store, f"read {store.display(manifest_key)}"):
-        text = transfer.read_text(store, manifest_key, MANIFEST_MAX_BYTES)
-    if text is transfer.TOO_LARGE:
-        raise StorageRefused(f"{store.display(manifest_key)} is over {MANIFEST_MAX_BYTES >> 20} MiB: not a manifest "
-                             "this tool wrote; nothing was changed.", {"store": store.url, "file": MANIFEST_NAME})
-    remote_files = _manifest_files(text, store, manifest_key)
+    stored = read_manifest(store, manifest_key)
+    remote_files = dict(stored)  # a push updates this copy as files land; `stored` says whether to rewrite it
     local_files, hashes = local_manifest(request.local, record.hashes)
     record.hashes = hashes
 
@@ -123,7 +119,7 @@ def run_sync(store: Store, request: SyncRequest, state_dir: Path, sink: Progress
 
     if request.direction == "push":
         _push(store, request, folder, plan, source, target, journal_file, report, sink)
-        if report.done or report.deleted or remote_files != _manifest_files(text, store, manifest_key):
+        if report.done or report.deleted or remote_files != stored:
             with translated(store, f"write {store.display(manifest_key)}"):
                 transfer.write_small(store, manifest_key, Manifest(files=dict(sorted(target.items()))).to_json())
         journal_file.unlink(missing_ok=True)
@@ -152,9 +148,15 @@ def conflict_error(report: SyncReport) -> SyncConflict | None:
         "yours, move it away, pull, put it back and push.", {"files": conflicts})
 
 
-def _manifest_files(text: str | None, store: Store, key: str) -> dict[str, Entry]:
-    """The store's manifest, checked: it is read from a bucket another machine or tool can write, and a pull
-    writes each path it names, so one unreadable entry or one path leading out of the folder refuses it all."""
+def read_manifest(store: Store, key: str) -> dict[str, Entry]:
+    """The store's manifest at `key` ({} when there is none), bounded and checked: it is read from a bucket
+    another machine or tool can write, and a pull writes each path it names, so one unreadable entry or one
+    path leading out of the folder refuses it all (StorageRefused; nothing was changed)."""
+    with translated(store, f"read {store.display(key)}"):
+        text = transfer.read_text(store, key, MANIFEST_MAX_BYTES)
+    if text is transfer.TOO_LARGE:
+        raise StorageRefused(f"{store.display(key)} is over {MANIFEST_MAX_BYTES >> 20} MiB: not a manifest "
+                             "this tool wrote; nothing was changed.", {"store": store.url, "file": MANIFEST_NAME})
     if not text:
         return {}
     try:

@@ -36,8 +36,9 @@ from sidecar.remote.state import RemoteState
 from sidecar.remote.ssh import STORAGE_DIR  # the folder the SSH provider removes when the run ends
 from sidecar.storage import agent
 from sidecar.storage.handover import NoHandover, env_file, handover_for
-from sidecar.storage.manifest import MANIFEST_NAME, Manifest, hash_file
+from sidecar.storage.manifest import MANIFEST_NAME, hash_file
 from sidecar.storage.store import Store, open_store, translated
+from sidecar.storage.sync import read_manifest
 from sidecar.training import checkpoints as files
 from sidecar.training.spec import TrainJob
 
@@ -118,11 +119,7 @@ def _plan(bucket: RunBucket, job: TrainJob, shell: Shell, uploads: list[tuple[Pa
     root = os.path.abspath(os.path.expanduser(job.spec.dataset_dir))
     name = os.path.basename(root)
     key = bucket.store.key("datasets", name, MANIFEST_NAME)
-    with translated(bucket.store, f"read {bucket.store.display(key)}"):
-        try:
-            manifest = Manifest.model_validate_json(bucket.store.fs.cat_file(key)).files
-        except FileNotFoundError:
-            manifest = {}
+    manifest = read_manifest(bucket.store, key)
     fetch: list[list[str]] = []
     rest: list[tuple[Path, str]] = []
     missing: list[str] = []
