@@ -76,8 +76,8 @@ async def train(request: web.Request) -> web.Response:
 @routes.post("/loras/estimate")
 @operation("What a run would take here and on a rented GPU, and cost, without renting anything",
            {200: TrainEstimate}, request=TrainRequest,
-           errors=(BatchSizeNotSupported, ResolutionExceedsProfile, EngineUnavailable, RemoteNotConfigured,
-                   NoOfferUnderLimits, RemoteUnavailable, FamilyNotSupported))
+           errors=(BatchSizeNotSupported, ResolutionExceedsProfile, DatasetInvalid, EngineUnavailable,
+                   RemoteNotConfigured, NoOfferUnderLimits, RemoteUnavailable, FamilyNotSupported))
 async def estimate(request: web.Request) -> web.Response:
     req = await parse_body(request, TrainRequest)
     return json_response(await request.app[TRAINING].estimate(req))
