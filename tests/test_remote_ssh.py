@@ -72,6 +72,36 @@ async def test_a_dropped_ssh_connection_reattaches_without_restarting_training(
     assert not ssh_host.processes()
 
 
+async def test_a_daemon_stop_while_the_finished_run_s_lora_is_pulled_keeps_the_machine_and_pulls_it_next_start(
+        aiohttp_client, tmp_path: Path, client_key, ssh_host, dataset, trainer_env, monkeypatch) -> None:
+    # The trainer has ended well and the final LoRA is on its way over a slow link when the daemon stops:
+    # the machine (on vast.ai, the only copy of that LoRA) is kept, and the next start pulls it.
+    monkeypatch.setattr(manager, "STOP_TIMEOUT", 0.5)
+    real_fetch, pulling = remote_files.fetch, asyncio.Event()
+
+    async def slow_fetch(shell, remote: str, local: Path):
+        if remote.endswith("/spyke.safetensors") and slow:
+            pulling.set()
+            await asyncio.sleep(3600)
+        return await real_fetch(shell, remote, local)
+
+    slow = True
+    monkeypatch.setattr(remote_files, "fetch", slow_fetch)
+    settings = make_settings(tmp_path, remote_settings(tmp_path, client_key, ssh_host))
+    client = await app_client(aiohttp_client, settings)
+    run = await submit(client, dataset, SSH)
+    await asyncio.wait_for(pulling.wait(), 60)
+    await client.close()  # the daemon stops while the final LoRA is being pulled
+    slow = False
+    client = await app_client(aiohttp_client, settings)
+    done = await wait_run(client, run["id"], {"succeeded", "failed", "cancelled", "interrupted"}, timeout=60)
+    assert done["status"] == "succeeded", (done["status"], done["error"])
+    assert done["remote"]["reattached"] >= 1
+    assert sum("setsid nohup" in c for c in ssh_host.commands) == 1, "training was started again"
+    assert [c["step"] for c in done["checkpoints"]][-1] == 6
+    assert not ssh_host.processes()
+
+
 async def test_cancel_stops_the_trainer_on_the_host_and_keeps_the_pulled_checkpoints(
         aiohttp_client, tmp_path: Path, client_key, ssh_host, dataset, trainer_env) -> None:
     trainer_env["FAKE_KOHYA_STEP_SECONDS"] = "0.2"

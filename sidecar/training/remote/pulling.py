@@ -25,6 +25,10 @@ log = logging.getLogger("sidecar.training.remote")
 
 
 class Pulling(SessionBase):
+    # The trainer exited well and its files are being pulled: a daemon stop now must keep the machine (on
+    # vast.ai the only copy of the final LoRA) for the next start to pull from.
+    trainer_succeeded = False
+
     async def wind_down(self) -> None:
         """Cancel or limit: stop the trainer, then pull the checkpoints it finished (the last one first)."""
         if self.shell is None or not self.st.work_dir:
@@ -113,6 +117,7 @@ class Pulling(SessionBase):
         if parser.no_data:
             raise training_failed("kohya found no training images on the machine and exited without training.",
                                   "no_data", exitCode=code, logTail=tail)
+        self.trainer_succeeded = True
         self.publish("pulling")
         await self.pull_finished()  # a save the bar never redrew after
         final = f"{self.output_there}/{job.spec.output_name}.safetensors"

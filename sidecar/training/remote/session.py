@@ -38,7 +38,7 @@ class Session(Reattaching):
                     attached = False
                     await self.replace_lost(str(lost))
         except JobCancelled:
-            if self.stopping and self.st.state in ("training", "detached") and self.st.pid:
+            if self.stopping and self._still_there():
                 # The daemon stops: training goes on there and the next start re-attaches (or the reaper
                 # destroys the instance if the run is no longer active then).
                 detach = True
@@ -52,7 +52,7 @@ class Session(Reattaching):
             # The daemon's stop outwaited (manager.STOP_TIMEOUT) something long, such as a big checkpoint's pull:
             # still a stop, not an end. The trainer goes on and the next start re-attaches, as above; destroying
             # the instance here would throw away the training (and, on vast.ai, its unpulled files).
-            if self.stopping and self.st.state in ("training", "detached") and self.st.pid:
+            if self.stopping and self._still_there():
                 detach = True
                 self.publish("detached")
                 log.info("run %s: daemon stopped mid-operation; %s %s keeps training, re-attached at the next start",
@@ -69,6 +69,13 @@ class Session(Reattaching):
                 # Ended before it had a machine (a refused login included): a final state, and why.
                 self.st.message = failure.message
                 self.publish("failed")
+
+    def _still_there(self) -> bool:
+        """Whether a daemon stop leaves the machine for the next start: the trainer runs, or it ended well and
+        its files are still being pulled (state `pulling`: re-attached, the next start pulls them)."""
+        if not self.st.pid:
+            return False
+        return self.st.state in ("training", "detached") or (self.st.state == "pulling" and self.trainer_succeeded)
 
     # -- following the trainer
     async def follow(self) -> TrainResult:
