@@ -156,6 +156,11 @@ def _random_lora(unet: torch.nn.Module, text_encoder: torch.nn.Module, rank: int
                   if any(k.endswith(s) for s in ("_to_q", "_to_k", "_to_v", "_to_out_0"))},
                **{k: m for k, m in kohya_names(text_encoder, TE_PREFIX).items()
                   if any(k.endswith(s) for s in ("_q_proj", "_k_proj", "_v_proj", "_out_proj"))}}
+    return random_lora_tensors(targets, rank)
+
+
+def random_lora_tensors(targets: dict[str, torch.nn.Module], rank: int) -> dict[str, torch.Tensor]:
+    """Random kohya down/up/alpha tensors for each named module (in name order, so a seed makes the same file)."""
     tensors: dict[str, torch.Tensor] = {}
     for name, module in sorted(targets.items()):
         out_f, in_f = module.weight.shape[:2]

@@ -19,7 +19,9 @@ import torch
 
 from sidecar.engine import convert, convert_sdxl
 from sidecar.engine.models import shipped_config
-from sidecar.engine.tiny import SGM_IMPLEMENTATION, TINY_VAE, ModelSet, _save, _write_arch, modelspec
+from sidecar.engine.tiny import (
+    SGM_IMPLEMENTATION, TINY_VAE, ModelSet, _save, _write_arch, modelspec, random_lora_tensors,
+)
 from sidecar.engine.tokenizer import byte_level_vocab, write_tokenizer
 
 CHECKPOINT = "tiny-sdxl.safetensors"
@@ -109,13 +111,7 @@ def random_sdxl_lora(unet: torch.nn.Module, te1: torch.nn.Module, te2: torch.nn.
     for encoder, prefix in ((te1, TE1_PREFIX), (te2, TE2_PREFIX)):
         targets.update({k: m for k, m in kohya_names(encoder, prefix).items()
                         if k.endswith(("_q_proj", "_k_proj", "_v_proj", "_out_proj"))})
-    tensors: dict[str, torch.Tensor] = {}
-    for key, module in sorted(targets.items()):
-        out_f, in_f = module.weight.shape[:2]
-        tensors[f"{key}.lora_down.weight"] = torch.randn(rank, in_f) / in_f**0.5
-        tensors[f"{key}.lora_up.weight"] = torch.randn(out_f, rank) / rank**0.5
-        tensors[f"{key}.alpha"] = torch.tensor(float(rank))
-    return tensors
+    return random_lora_tensors(targets, rank)
 
 
 def _lora_metadata(title: str, checkpoint: str) -> dict[str, str]:
